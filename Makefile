@@ -1,0 +1,62 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is
+# a step of those two. Every target is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+SCALE ?= default
+export PYTHONPATH := $(CURDIR)
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
+
+.PHONY: setup demo test test-fast lint format pipeline serve bench data summary clean help
+
+help:
+	@echo "make demo   - set up, generate the default data set, summarise it from DuckDB"
+	@echo "make test   - set up, lint, run every test"
+	@echo "make setup | lint | format | data | summary | pipeline | serve | bench | clean"
+
+setup: $(STAMP)
+
+# The venv is rebuilt only when the lock or the project definition changes.
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+data: setup
+	$(PY) -m jobs.generate_data --scale $(SCALE)
+
+summary: setup
+	$(PY) -m jobs.summarize
+
+demo: setup data summary
+
+pipeline: setup
+	@echo "The full pipeline DAG lands with issue #4; for now: data + summary."
+	$(MAKE) data summary
+
+serve: setup
+	@echo "The feed API lands with issue #5."; exit 1
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf data/lake data/truth data/warehouse.duckdb .airflow
