@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 SCALE ?= default
 export PYTHONPATH := $(CURDIR)
+export REC_DATA_DIR ?= $(CURDIR)/data
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo test test-fast lint format pipeline serve bench data summary clean help
+.PHONY: setup demo test lint format pipeline serve bench bench-milvus data summary clean help
 
 help:
 	@echo "make demo   - set up, generate the default data set, summarise it from DuckDB"
@@ -60,3 +61,6 @@ bench: setup
 
 clean:
 	rm -rf data/lake data/truth data/warehouse.duckdb .airflow
+
+bench-milvus: setup
+	$(PY) benchmarks/milvus_versions.py

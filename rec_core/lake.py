@@ -97,6 +97,7 @@ class Lake:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             previous = self.current() if self.exists() else None
+            self._remove_orphans(previous)
             stage = self.root / f".staging-{os.getpid()}"
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir()
@@ -141,6 +142,14 @@ class Lake:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("v"))
+
+    def _remove_orphans(self, live: LakeVersion | None) -> None:
+        # A writer killed after renaming its version folder but before swapping
+        # CURRENT leaves a complete but never-published version: drop it.
+        for name in self.versions():
+            if live is None or name > live.name:
+                log.warning("removing unpublished lake version %s left by an interrupted commit", name)
+                shutil.rmtree(self.root / name, ignore_errors=True)
 
     def _prune(self, keep: str) -> None:
         # Versions are numbered in commit order, so the newest K include the live one.

@@ -1,0 +1,41 @@
+"""Generate the synthetic short-video world into the lake, then rebuild the warehouse."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset, Param, dag, task
+
+from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
+
+
+@dag(
+    dag_id="generate_data",
+    description="Generate a synthetic short-video world (videos, users, follows, interactions) into the lake.",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["recsys", "data"],
+    params={
+        "scale": Param(
+            "default",
+            enum=["tiny", "default", "large"],
+            description="tiny: ~300 users (tests); default: 10k users, 50k videos, ~1M interactions; "
+            "large: 100k users, 500k videos.",
+        ),
+        "seed": Param(42, type="integer", minimum=0, description="Random seed; the same seed gives the same lake."),
+    },
+)
+def generate_data_dag() -> None:
+    @task(outlets=[Asset(LAKE_URI)])
+    def generate(params: dict | None = None) -> dict:
+        from jobs.generate_data import generate_data
+        from rec_core.settings import Settings
+
+        assert params is not None
+        return generate_data(Settings.load(), scale=params["scale"], seed=int(params["seed"]))
+
+    task(summarize_lake, task_id="summarize")(generate())
+
+
+generate_data_dag()

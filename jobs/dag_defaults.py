@@ -1,0 +1,29 @@
+"""What every DAG of this project shares. Imports nothing heavy: DAG files are parsed often,
+and this module is imported at parse time (it lives in `jobs` so that it is importable
+wherever the DAGs are, without relying on the DAG folder being on sys.path)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+OWNER = "recsys"
+
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 1,
+    "retry_delay": dt.timedelta(seconds=30),
+}
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+# The lake is the asset that connects the stage DAGs: a new lake version
+# (generated, imported or ingested) is what training consumes.
+LAKE_URI = "file://rec/lake"
+
+
+def summarize_lake(_upstream: object = None) -> None:
+    """Task body shared by the data DAGs: rebuild the warehouse and log the lake summary."""
+    from jobs.summarize import format_results, summarize
+    from rec_core.settings import Settings
+
+    print(format_results(summarize(Settings.load())))

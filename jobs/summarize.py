@@ -1,0 +1,107 @@
+"""``python -m jobs.summarize``: rebuild the DuckDB warehouse and print a summary of the lake.
+
+The queries here are the ones an analyst would start with; they run against the
+warehouse file that ``duckdb data/warehouse.duckdb`` opens too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import duckdb
+
+from rec_core.lake import LakeError
+from rec_core.progress import setup_logging
+from rec_core.settings import Settings, SettingsError
+from rec_core.warehouse import build_warehouse
+
+QUERIES: dict[str, str] = {
+    "Tables": """
+        SELECT 'videos' AS "table", count(*) AS "rows" FROM videos
+        UNION ALL SELECT 'users', count(*) FROM users
+        UNION ALL SELECT 'follows', count(*) FROM follows
+        UNION ALL SELECT 'interactions', count(*) FROM interactions
+        UNION ALL SELECT 'creators', count(DISTINCT creator_id) FROM videos""",
+    "Time span": """
+        SELECT min(ts) AS first_interaction, max(ts) AS last_interaction,
+               date_diff('day', min(ts), max(ts)) AS days
+        FROM interactions""",
+    "Engagement": """
+        SELECT round(avg(completion), 3) AS avg_completion, round(avg(watch_time_s), 1) AS avg_watch_s,
+               round(avg(liked::INT), 4) AS like_rate, round(avg(shared::INT), 4) AS share_rate,
+               round(avg(commented::INT), 4) AS comment_rate
+        FROM interactions""",
+    "Activity per user (heavy tail)": """
+        WITH per_user AS (SELECT user_id, count(*) AS n FROM interactions GROUP BY user_id)
+        SELECT quantile_cont(n, 0.5)::INT AS p50, quantile_cont(n, 0.9)::INT AS p90,
+               quantile_cont(n, 0.99)::INT AS p99, max(n) AS max,
+               round(sum(n) FILTER (WHERE n >= (SELECT quantile_cont(n, 0.9) FROM per_user))
+                     / sum(n), 3) AS top10pct_share
+        FROM per_user""",
+    "Popularity (power law)": """
+        WITH per_video AS (SELECT video_id, count(*) AS n FROM interactions GROUP BY video_id),
+             ranked AS (SELECT n, row_number() OVER (ORDER BY n DESC) AS r, count(*) OVER () AS total FROM per_video)
+        SELECT round(sum(n) FILTER (WHERE r <= total * 0.01) / sum(n), 3) AS top1pct_share,
+               round(sum(n) FILTER (WHERE r <= total * 0.10) / sum(n), 3) AS top10pct_share
+        FROM ranked""",
+    "Cold videos (posted after the last interaction)": """
+        SELECT count(*) AS cold_videos FROM videos WHERE created_at > (SELECT max(ts) FROM interactions)""",
+    "Top hashtags": """
+        SELECT tag, count(*) AS videos FROM (SELECT unnest(hashtags) AS tag FROM videos)
+        GROUP BY tag ORDER BY videos DESC LIMIT 10""",
+}
+
+
+def summarize(settings: Settings) -> dict[str, list[tuple]]:
+    path = build_warehouse(settings)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        out: dict[str, list[tuple]] = {}
+        for title, sql in QUERIES.items():
+            result = con.execute(sql)
+            columns = [d[0] for d in result.description]
+            out[title] = [tuple(columns), *result.fetchall()]
+        return out
+    finally:
+        con.close()
+
+
+def format_results(results: dict[str, list[tuple]]) -> str:
+    lines: list[str] = []
+    for title, rows in results.items():
+        lines.append(f"\n## {title}")
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+        for j, row in enumerate(rows):
+            lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+            if j == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.data_dir:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    setup_logging(settings.log_level)
+    try:
+        results = summarize(settings)
+    except LakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_results(results))
+    print(f"\nWarehouse: duckdb {settings.warehouse_path}  (views: videos, users, follows, interactions, lake_info)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

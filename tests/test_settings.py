@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from rec_core.settings import Settings, SettingsError, settings_table_markdown
+
+
+def test_defaults_are_embedded() -> None:
+    s = Settings.load({})
+    assert s.data_dir == Path("data")
+    assert s.effective_milvus_uri == str(Path("data") / "milvus.db")
+    assert (s.api_port, s.feed_length, s.embedding_dim) == (3002, 500, 64)
+
+
+def test_environment_overrides_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "rec.toml"
+    cfg.write_text('[rec]\napi_port = 4000\nfeed_length = 100\ndata_dir = "/srv/rec"\n')
+    s = Settings.load({"REC_CONFIG": str(cfg), "REC_FEED_LENGTH": "250"})
+    assert s.api_port == 4000
+    assert s.feed_length == 250
+    assert s.data_dir == Path("/srv/rec")
+    assert s.lake_dir == Path("/srv/rec/lake")
+
+
+@pytest.mark.parametrize(
+    ("env", "named", "reason"),
+    [
+        ({"REC_API_PORT": "abc"}, "REC_API_PORT", "integer"),
+        ({"REC_API_PORT": "0"}, "REC_API_PORT", "at least 1"),
+        ({"REC_FEED_LENGTH": "1000001"}, "REC_FEED_LENGTH", "at most"),
+        ({"REC_CURSOR_SECRET": "short"}, "REC_CURSOR_SECRET", "16 characters"),
+        ({"REC_LOG_LEVEL": "LOUD"}, "REC_LOG_LEVEL", "DEBUG"),
+        ({"REC_MILVUS_URI": "milvus.txt"}, "REC_MILVUS_URI", ".db"),
+        ({"REC_EMBEDING_DIM": "64"}, "REC_EMBEDING_DIM", "unknown setting"),
+        ({"REC_CONFIG": "/nonexistent/rec.toml"}, "REC_CONFIG", "does not exist"),
+    ],
+)
+def test_bad_settings_name_the_setting(env: dict[str, str], named: str, reason: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.load(env)
+    assert str(err.value).startswith(named)
+    assert reason in str(err.value)
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "rec.toml"
+    cfg.write_text("api_port = [")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        Settings.load({"REC_CONFIG": str(cfg)})
+
+
+def test_milvus_server_uri_accepted() -> None:
+    s = Settings.load({"REC_MILVUS_URI": "http://milvus:19530"})
+    assert s.effective_milvus_uri == "http://milvus:19530"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for line in settings_table_markdown().splitlines()[2:]:
+        variable = line.split("|")[1].strip()
+        assert variable in readme, f"{variable} is missing from the README's settings table"
