@@ -31,10 +31,24 @@ from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
 def import_dataset_dag() -> None:
     @task(outlets=[Asset(LAKE_URI)])
     def run_import(params: dict | None = None) -> dict:
-        from jobs.import_dataset import run_import_from_params
+        from pathlib import Path
+
+        from jobs.import_dataset import import_dataset
 
         assert params is not None
-        return run_import_from_params(params)
+
+        def optional(key: str) -> Path | None:
+            return Path(params[key]) if params.get(key) else None
+
+        report = import_dataset(
+            Path(params["videos"]),
+            Path(params["interactions"]),
+            optional("users"),
+            optional("follows"),
+            strict=bool(params["strict"]),
+        )
+        print(report.format_text())
+        return report.to_dict()
 
     task(summarize_lake, task_id="summarize")(run_import())
 
