@@ -27,3 +27,11 @@ def summarize_lake(_upstream: object = None) -> None:
     from rec_core.settings import Settings
 
     print(format_results(summarize(Settings.load())))
+
+
+# A new promoted model is what re-embedding consumes (issue #4 wires the consumer).
+MODEL_URI = "file://rec/model"
+# Vectors of a new snapshot are loaded: materialization can start.
+EMBEDDINGS_URI = "file://rec/embeddings"
+# A new snapshot is live: the API picks it up, analysts' warehouse is rebuilt.
+SNAPSHOT_URI = "file://rec/snapshot"

@@ -1,0 +1,97 @@
+"""``python -m jobs.models list`` / ``show [VERSION]`` / ``promote VERSION``: the model versions.
+
+``promote`` is the manual override of the quality gate (for a rollback, say);
+it only moves the ``CURRENT`` pointer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from rec_core.evaluation import markdown_table
+from rec_core.model_store import ModelStore, ModelStoreError
+from rec_core.settings import Settings, SettingsError
+
+
+def list_versions(store: ModelStore) -> str:
+    current = store.current()
+    lines = [
+        "| version | current | dataset | best epoch | two-tower recall@50 | MostPop recall@50 |",
+        "| --- |" * 1 + " --- |" * 5,
+    ]
+    for version in store.versions():
+        config = store.read_json(version, "config.json")
+        models = store.read_json(version, "metrics.json").get("models", {})
+        ours = models.get("two_tower", {}).get("recall@50")
+        pop = models.get("most_pop", {}).get("recall@50")
+        lines.append(
+            f"| {version} | {'*' if version == current else ''} | {config.get('dataset')} | {config.get('best_epoch')} "
+            f"| {_fmt(ours)} | {_fmt(pop)} |"
+        )
+    return "\n".join(lines)
+
+
+def show(store: ModelStore, version: str | None) -> str:
+    version = version or store.current()
+    if version is None:
+        raise ModelStoreError("no current model; name a version")
+    config = store.read_json(version, "config.json")
+    metrics = store.read_json(version, "metrics.json")
+    folder = store.root / version
+    return "\n".join(
+        [
+            f"# {version}{' (current)' if version == store.current() else ''}",
+            f"folder: {folder}",
+            "config: " + json.dumps({k: v for k, v in config.items() if k != "tower"}, indent=2),
+            "tower: " + json.dumps(config.get("tower"), indent=2),
+            "",
+            markdown_table(metrics.get("models", {})),
+            "",
+            f"curves: {folder / 'curves.png'}",
+            f"report: {folder / 'report' / 'report.md'}",
+        ]
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every version, the current one starred")
+    show_p = sub.add_parser("show", help="config, metrics and files of a version")
+    show_p.add_argument("version", nargs="?")
+    promote_p = sub.add_parser("promote", help="make VERSION current (bypasses the gate)")
+    promote_p.add_argument("version")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.data_dir:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    store = ModelStore(settings.models_dir)
+    try:
+        if args.command == "list":
+            print(list_versions(store))
+        elif args.command == "show":
+            print(show(store, args.version))
+        else:
+            store.promote(args.version)
+            print(f"{args.version} is now current")
+    except ModelStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

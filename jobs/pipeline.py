@@ -1,0 +1,113 @@
+"""The glue between pipeline stages that is not a stage itself: choosing the model, beginning a snapshot.
+
+Kept here, as plain functions, so that the DAG files stay thin wrappers and a
+person can run the same steps by hand (``python -m jobs.pipeline begin``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import sys
+
+import pyarrow.compute as pc
+
+from jobs.train_towers import evaluate_version, gate_version, train_version
+from rec_core.lake import Lake
+from rec_core.model_store import ModelStore, ModelStoreError
+from rec_core.settings import Settings, SettingsError
+from rec_core.snapshot_layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
+from rec_core.training import TrainConfig
+
+
+def lake_watermark(lake: Lake) -> dt.datetime:
+    """Just after the newest thing the lake knows; features "as of" it see everything, deterministically."""
+    newest = max(
+        pc.max(lake.read("interactions", columns=["ts"])["ts"]).as_py() or dt.datetime.min.replace(tzinfo=dt.UTC),
+        pc.max(lake.read("videos", columns=["created_at"])["created_at"]).as_py(),
+    )
+    return newest + dt.timedelta(milliseconds=1)
+
+
+def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None) -> dict:
+    """Train a candidate and gate it (``retrain``), or reuse the current model; returns the model to serve."""
+    store = ModelStore(settings.models_dir)
+    gate = None
+    if retrain or store.current() is None:
+        config = TrainConfig(embedding_dim=settings.embedding_dim, seed=settings.seed)
+        if epochs is not None:
+            config = dataclasses.replace(config, epochs=epochs)
+        version = train_version(settings, config)
+        evaluate_version(settings, version)
+        gate = gate_version(settings, version)
+    current = store.current()
+    if current is None:
+        raise ModelStoreError(f"no model passed the quality gate: {gate['reasons'] if gate else 'none trained'}")
+    return {"model_version": current, "gate": gate}
+
+
+def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
+    """Start a snapshot of the current model over the live lake; returns its id and the shard lists to map over."""
+    store = ModelStore(settings.models_dir)
+    model = store.current()
+    if model is None:
+        raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
+    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    dim = int(store.read_json(model, "config.json")["tower"]["embedding_dim"])
+    paths = begin_snapshot(
+        settings,
+        model_version=model,
+        lake_version=lake.current().name,
+        as_of=lake_watermark(lake),
+        video_shards=video_shards,
+        user_shards=user_shards,
+        embedding_dim=dim,
+    )
+    return {
+        "snapshot_id": paths.snapshot_id,
+        "video_shards": list(range(video_shards)),
+        "user_shards": list(range(user_shards)),
+    }
+
+
+def latest_unpublished(settings: Settings) -> str:
+    """The newest snapshot that has been begun but not validated: what a standalone materialize run continues."""
+    live = live_snapshot_id(settings)
+    root = settings.snapshots_dir
+    candidates = (
+        sorted(
+            p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("s") and not (p / MANIFEST_FILE).exists()
+        )
+        if root.is_dir()
+        else []
+    )
+    candidates = [c for c in candidates if live is None or c > live]
+    if not candidates:
+        raise SnapshotError("no snapshot in progress: run refresh_embeddings (or recsys_pipeline) first")
+    return candidates[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("begin", help="begin a snapshot of the current model")
+    b.add_argument("--video-shards", type=int, default=4)
+    b.add_argument("--user-shards", type=int, default=4)
+    sub.add_parser("latest", help="print the newest unpublished snapshot id")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+        if args.command == "begin":
+            print(json.dumps(begin(settings, video_shards=args.video_shards, user_shards=args.user_shards)))
+        else:
+            print(latest_unpublished(settings))
+    except (SettingsError, ModelStoreError, SnapshotError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Evaluation of a two-tower model against the baselines on one temporal split.
+
+The live lake is loaded once into a :class:`LakeData`; every model (a freshly
+trained one, the current one, an old version) is scored over the full
+catalogue on the same held-out split, and the result has the shape other tools
+read::
+
+    {"dataset": ..., "split": {...}, "models": {"two_tower": {...}, "most_pop": {...}, ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from rec_core.atomic import write_bytes_atomic
+from rec_core.baselines import evaluate_baselines
+from rec_core.features import follows_frame, interaction_frame, video_frame
+from rec_core.lake import Lake
+from rec_core.metrics import evaluate_scores
+from rec_core.model_store import LoadedModel
+from rec_core.plots import comparison_png
+from rec_core.settings import Settings
+from rec_core.split import Split, SplitPart, split_from_lake
+from rec_core.text_features import embed_videos_text
+from rec_core.towers import TwoTower
+from rec_core.training import TrainingData, prepare, scorer
+
+log = logging.getLogger(__name__)
+
+REPORT_METRICS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50", "hit_rate@50"]
+
+
+@dataclass(slots=True)
+class LakeData:
+    """The live lake as the model code wants it, plus its temporal split."""
+
+    dataset: str
+    lake_version: str
+    split: Split
+    videos: pl.DataFrame
+    interactions: pl.DataFrame
+    follows: pl.DataFrame
+
+    def text(self, settings: Settings, text_model: str | None = None) -> np.ndarray:
+        """Caption embeddings aligned with the catalogue (cached; only new captions are encoded)."""
+        if text_model:
+            settings = dataclasses.replace(settings, text_model=text_model)
+        table = self.videos.select("video_id", "caption", "hashtags").to_arrow()
+        vectors, _ = embed_videos_text(table, settings)
+        return vectors
+
+
+def load_lake_data(settings: Settings) -> LakeData:
+    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    version = lake.current()
+    split = split_from_lake(lake)
+    videos = video_frame(lake.read("videos"))
+    if not np.array_equal(videos["video_id"].to_numpy().astype(object), split.item_ids):
+        raise AssertionError("catalogue order differs between the split and the videos table")
+    return LakeData(
+        dataset=version.manifest.get("source", "unknown"),
+        lake_version=version.name,
+        split=split,
+        videos=videos,
+        interactions=interaction_frame(lake.read("interactions")),
+        follows=follows_frame(lake.read("follows")),
+    )
+
+
+def prepare_loaded(model: LoadedModel, data: LakeData, settings: Settings) -> TrainingData:
+    """Inputs for a saved model on ``data``'s split, with that model's own vocabularies and statistics."""
+    text = data.text(settings, model.config.get("text_model"))
+    return prepare(
+        data.split, data.videos, data.interactions, data.follows, text, vocabs=model.vocabs, stats=model.stats
+    )
+
+
+def two_tower_metrics(net: TwoTower, prepared: TrainingData, on: SplitPart = "test") -> dict[str, float]:
+    _, score = scorer(net, prepared)
+    return evaluate_scores(score, prepared.split, on=on)
+
+
+def comparison(dataset: str, split: Split, models: dict[str, dict[str, float]]) -> dict:
+    return {"dataset": dataset, "split": split.summary(), "models": models}
+
+
+def baseline_metrics(split: Split, on: SplitPart = "test") -> dict[str, dict[str, float]]:
+    return evaluate_baselines(split, on=on)
+
+
+def write_report(result: dict, folder: Path, title: str) -> Path:
+    """A Markdown report with PNG plots beside it; returns the Markdown file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = result["models"]
+    write_bytes_atomic(folder / "comparison.png", comparison_png(models, REPORT_METRICS, title))
+    cold = {name: {"cold_recall@50": m.get("cold_recall@50", 0.0)} for name, m in models.items()}
+    write_bytes_atomic(folder / "cold.png", comparison_png(cold, ["cold_recall@50"], "cold-video recall@50"))
+    lines = [
+        f"# {title}",
+        "",
+        f"Dataset: `{result['dataset']}`. Split: {result['split']}.",
+        "",
+        markdown_table(models),
+        "",
+        "![comparison](comparison.png)",
+        "",
+        "![cold videos](cold.png)",
+        "",
+    ]
+    path = folder / "report.md"
+    write_bytes_atomic(path, "\n".join(lines).encode())
+    return path
+
+
+def markdown_table(models: dict[str, dict[str, float]]) -> str:
+    columns = [*REPORT_METRICS, "coverage@50", "cold_recall@50"]
+    rows = ["| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for name, m in models.items():
+        rows.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in columns) + " |")
+    return "\n".join(rows)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or value != value:  # NaN: no user had such an item
+        return "n/a"
+    return f"{value:.4f}"

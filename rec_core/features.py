@@ -1,0 +1,402 @@
+"""Tower inputs built from the lake "as of" a point in time.
+
+Everything a tower sees is computed from what was known at ``as_of``: the
+engagement counts of a video are counted from the interactions before it (the
+lake's lifetime counters would leak the future into an evaluation), a user's
+history is their interactions before it. Training uses ``as_of`` = the start
+of the validation period; the batch that serves feeds uses "now".
+
+Videos are addressed by their position in the catalogue (the videos table
+sorted by ``video_id``, the same order as ``Split.item_ids``); ids enter the
+model through :class:`Vocabs`, fixed when a model is trained.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import torch
+
+from rec_core.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
+
+HISTORY_CAP = 64  # most recent videos per user that the user tower pools over (recency, and training speed)
+MIN_HASHTAG_VIDEOS = 2  # a hashtag on fewer videos than this gets no vector of its own
+# Raw dense columns that are zero for a video the moment it is posted (no views yet, age 0).
+NEW_VIDEO_COLUMNS = [VIDEO_DENSE.index(c) for c in ("log_views", "like_rate", "comment_rate", "share_rate", "age_days")]
+
+
+# ---- vocabularies -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabs:
+    """Id -> index maps of a model; index 0 is "unknown" in each."""
+
+    items: np.ndarray  # object array of video ids, index i+1
+    creators: np.ndarray
+    hashtags: np.ndarray
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return len(self.items) + 1, len(self.creators) + 1, len(self.hashtags) + 1
+
+    @staticmethod
+    def lookup(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Index of each id in ``vocab`` (sorted), 0 where absent."""
+        if len(vocab) == 0 or len(ids) == 0:
+            return np.zeros(len(ids), dtype=np.int64)
+        ids = np.asarray(ids, dtype=object)
+        pos = np.clip(np.searchsorted(vocab, ids), 0, len(vocab) - 1)
+        return np.where(vocab[pos] == ids, pos + 1, 0).astype(np.int64)
+
+    def save(self, folder: Path) -> None:
+        for name in ("items", "creators", "hashtags"):
+            pq.write_table(
+                pa.table({"id": pa.array(getattr(self, name), pa.string())}), folder / f"vocab_{name}.parquet"
+            )
+
+    @classmethod
+    def load(cls, folder: Path) -> Vocabs:
+        def read(name: str) -> np.ndarray:
+            return pq.read_table(folder / f"vocab_{name}.parquet")["id"].to_numpy(zero_copy_only=False).astype(object)
+
+        return cls(read("items"), read("creators"), read("hashtags"))
+
+
+def build_vocabs(videos: pl.DataFrame, interactions: pl.DataFrame, as_of_ms: int) -> Vocabs:
+    """Vocabularies from what was known before ``as_of``: videos with a watch, their creators, common hashtags."""
+    before = interactions.filter(pl.col("ts_ms") < as_of_ms)
+    seen = before.select("video_id").unique()
+    known = videos.join(seen, on="video_id", how="semi")
+    posted = videos.filter(pl.col("created_ms") < as_of_ms)
+    tags = (
+        posted.select(pl.col("hashtags").list.unique().explode().alias("tag"))
+        .drop_nulls()
+        .group_by("tag")
+        .len()
+        .filter(pl.col("len") >= MIN_HASHTAG_VIDEOS)
+    )
+
+    def sorted_ids(col: pl.Series) -> np.ndarray:
+        return np.array(sorted(col.unique().to_list()), dtype=object)
+
+    return Vocabs(sorted_ids(known["video_id"]), sorted_ids(known["creator_id"]), sorted_ids(tags["tag"]))
+
+
+# ---- standardisation ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureStats:
+    video_mean: list[float]
+    video_std: list[float]
+    user_mean: list[float]
+    user_std: list[float]
+
+    @classmethod
+    def fit(cls, video_dense: np.ndarray, user_dense: np.ndarray) -> FeatureStats:
+        def std(x: np.ndarray) -> list[float]:
+            return np.maximum(x.std(axis=0), 1e-6).tolist()
+
+        return cls(
+            video_dense.mean(axis=0).tolist(), std(video_dense), user_dense.mean(axis=0).tolist(), std(user_dense)
+        )
+
+    def video(self, x: np.ndarray) -> np.ndarray:
+        return ((x - np.asarray(self.video_mean)) / np.asarray(self.video_std)).astype(np.float32)
+
+    def user(self, x: np.ndarray) -> np.ndarray:
+        return ((x - np.asarray(self.user_mean)) / np.asarray(self.user_std)).astype(np.float32)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "video": dict(zip(VIDEO_DENSE, zip(self.video_mean, self.video_std, strict=True), strict=True)),
+                "user": dict(zip(USER_DENSE, zip(self.user_mean, self.user_std, strict=True), strict=True)),
+                "raw": asdict(self),
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureStats:
+        return cls(**json.loads(text)["raw"])
+
+
+# ---- the catalogue ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """Video-tower inputs for every video, in catalogue order; unstandardised dense features."""
+
+    video_ids: np.ndarray  # object, sorted
+    creator_ids: np.ndarray  # object
+    text: np.ndarray  # (n, text_dim) float32
+    duration_s: np.ndarray  # float32
+    item_idx: np.ndarray  # int64 model vocab index, 0 = unknown
+    creator_idx: np.ndarray
+    hashtag_idx: np.ndarray  # int64, flattened vocab indices
+    hashtag_offsets: np.ndarray  # int64 (n,)
+    dense: np.ndarray  # (n, len(VIDEO_DENSE)) float32
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def batch(self, rows: np.ndarray, stats: FeatureStats, as_new: np.ndarray | None = None) -> VideoBatch:
+        """Video-tower inputs for ``rows``; rows flagged in ``as_new`` look as on the day they were posted.
+
+        Training shows some positives "as new" (no id, no views, age zero) because
+        that is how every video looks when it most needs to be recommended; without
+        it the model learns that a video with no views is never watched, and cold
+        videos never reach a feed.
+        """
+        dense = self.dense[rows]
+        item_idx = self.item_idx[rows]
+        if as_new is not None and as_new.any():
+            dense = dense.copy()
+            dense[np.ix_(as_new, NEW_VIDEO_COLUMNS)] = 0.0
+            item_idx = np.where(as_new, 0, item_idx)
+        starts = self.hashtag_offsets[rows]
+        ends = np.append(self.hashtag_offsets, len(self.hashtag_idx))[rows + 1]
+        tags, offsets = _gather_ranges(self.hashtag_idx, starts, ends)
+        return VideoBatch(
+            text=torch.from_numpy(self.text[rows]),
+            item_idx=torch.from_numpy(item_idx),
+            creator_idx=torch.from_numpy(self.creator_idx[rows]),
+            hashtag_idx=torch.from_numpy(tags),
+            hashtag_offsets=torch.from_numpy(offsets),
+            dense=torch.from_numpy(stats.video(dense)),
+        )
+
+
+def video_frame(videos: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(videos)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(pl.col("created_at").dt.epoch("ms").alias("created_ms")).sort("video_id")
+
+
+def interaction_frame(interactions: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(interactions)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
+
+
+def build_catalogue(
+    videos: pl.DataFrame, interactions: pl.DataFrame, text: np.ndarray, vocabs: Vocabs, as_of_ms: int
+) -> Catalogue:
+    """Catalogue inputs as of ``as_of``; ``text`` is aligned with ``videos`` (sorted by video_id)."""
+    counts = (
+        interactions.filter(pl.col("ts_ms") < as_of_ms)
+        .group_by("video_id")
+        .agg(
+            pl.len().alias("n_views"),
+            pl.col("liked").sum().alias("n_likes"),
+            pl.col("commented").sum().alias("n_comments"),
+            pl.col("shared").sum().alias("n_shares"),
+        )
+    )
+    v = videos.join(counts, on="video_id", how="left").sort("video_id").fill_null(0)
+    views = v["n_views"].to_numpy().astype(np.float64)
+
+    def rate(col: str) -> np.ndarray:
+        # Smoothed towards zero so that three views and one like is not a 33% like rate.
+        return v[col].to_numpy().astype(np.float64) / (views + 20.0)
+
+    age_days = np.maximum(as_of_ms - v["created_ms"].to_numpy(), 0) / 86_400_000.0
+    dense = np.stack(
+        [
+            np.log1p(v["duration_s"].to_numpy()),
+            np.log(np.maximum(v["width"].to_numpy(), 1) / np.maximum(v["height"].to_numpy(), 1)),
+            np.log1p(v["creator_followers"].to_numpy()),
+            np.log1p(v["creator_likes"].to_numpy()),
+            np.log1p(views),
+            rate("n_likes"),
+            rate("n_comments"),
+            rate("n_shares"),
+            np.log1p(age_days),
+        ],
+        axis=1,
+    ).astype(np.float32)
+    tags = v["hashtags"].to_list()
+    lengths = np.array([len(t) for t in tags], dtype=np.int64)
+    flat = np.array([tag for t in tags for tag in t], dtype=object)
+    return Catalogue(
+        video_ids=v["video_id"].to_numpy().astype(object),
+        creator_ids=v["creator_id"].to_numpy().astype(object),
+        text=np.ascontiguousarray(text, dtype=np.float32),
+        duration_s=v["duration_s"].to_numpy().astype(np.float32),
+        item_idx=Vocabs.lookup(vocabs.items, v["video_id"].to_numpy()),
+        creator_idx=Vocabs.lookup(vocabs.creators, v["creator_id"].to_numpy()),
+        hashtag_idx=Vocabs.lookup(vocabs.hashtags, flat),
+        hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        dense=dense,
+    )
+
+
+# ---- users --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Histories:
+    """What each user did before ``as_of``: the user tower's raw inputs, one row per user."""
+
+    user_ids: np.ndarray  # object, sorted
+    watched: sp.csr_matrix  # users x catalogue positions, the most recent HISTORY_CAP watches
+    liked: sp.csr_matrix  # users x catalogue positions
+    watched_text_sum: np.ndarray  # (n_users, text_dim): sum of the watched videos' text vectors
+    liked_text_sum: np.ndarray
+    followed_idx: np.ndarray  # int64 creator vocab indices, flattened
+    followed_offsets: np.ndarray  # int64 (n_users,)
+    dense: np.ndarray  # (n_users, len(USER_DENSE)) float32, unstandardised
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def batch(
+        self, rows: np.ndarray, catalogue: Catalogue, stats: FeatureStats, exclude: np.ndarray | None = None
+    ) -> UserBatch:
+        """User-tower inputs for ``rows``; ``exclude`` (catalogue positions, one per row) leaves the
+        training target out of its own user's history, so the model cannot learn to find itself."""
+        w_idx, w_off, w_text = _pool_rows(self.watched, self.watched_text_sum, rows, catalogue, exclude)
+        l_idx, l_off, l_text = _pool_rows(self.liked, self.liked_text_sum, rows, catalogue, exclude)
+        ends = np.append(self.followed_offsets, len(self.followed_idx))[rows + 1]
+        f_idx, f_off = _gather_ranges(self.followed_idx, self.followed_offsets[rows], ends)
+        return UserBatch(
+            watched_text=torch.from_numpy(w_text),
+            liked_text=torch.from_numpy(l_text),
+            watched_idx=torch.from_numpy(w_idx),
+            watched_offsets=torch.from_numpy(w_off),
+            liked_idx=torch.from_numpy(l_idx),
+            liked_offsets=torch.from_numpy(l_off),
+            followed_idx=torch.from_numpy(f_idx),
+            followed_offsets=torch.from_numpy(f_off),
+            dense=torch.from_numpy(stats.user(self.dense[rows])),
+        )
+
+
+def user_dense_features(
+    n_watched: np.ndarray,
+    n_liked: np.ndarray,
+    n_followed: np.ndarray,
+    avg_completion: np.ndarray,
+    avg_watch: np.ndarray,
+) -> np.ndarray:
+    """The one definition of the user tower's dense features, shared by the batch and the API."""
+    return np.stack(
+        [np.log1p(n_watched), np.log1p(n_liked), np.log1p(n_followed), avg_completion, np.log1p(avg_watch)], axis=1
+    ).astype(np.float32)
+
+
+def build_histories(
+    user_ids: np.ndarray,
+    interactions: pl.DataFrame,
+    follows: pl.DataFrame,
+    catalogue: Catalogue,
+    vocabs: Vocabs,
+    as_of_ms: int,
+) -> Histories:
+    n_users, n_items = len(user_ids), len(catalogue)
+    users = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)}).with_row_index("u")
+    items = pl.DataFrame({"video_id": pl.Series(catalogue.video_ids, dtype=pl.String)}).with_row_index("i")
+    before = (
+        interactions.filter(pl.col("ts_ms") < as_of_ms)
+        .join(users, on="user_id")
+        .join(items, on="video_id")
+        .select("u", "i", "ts_ms", "completion", "watch_time_s", "liked")
+    )
+    agg = before.group_by("u").agg(
+        pl.len().alias("n"),
+        pl.col("liked").sum().alias("n_liked"),
+        pl.col("completion").mean().alias("completion"),
+        pl.col("watch_time_s").mean().alias("watch"),
+    )
+    recent = before.sort(["u", "ts_ms"], descending=[False, True]).group_by("u", maintain_order=True).head(HISTORY_CAP)
+    watched = _csr(recent["u"].to_numpy(), recent["i"].to_numpy(), n_users, n_items)
+    likes = before.filter(pl.col("liked"))
+    liked = _csr(likes["u"].to_numpy(), likes["i"].to_numpy(), n_users, n_items)
+
+    f = follows.filter(pl.col("ts_ms") < as_of_ms).join(users, on="user_id").sort(["u", "creator_id"])
+    f_idx = Vocabs.lookup(vocabs.creators, f["creator_id"].to_numpy())
+    f_counts = np.bincount(f["u"].to_numpy(), minlength=n_users) if f.height else np.zeros(n_users, dtype=np.int64)
+
+    def per_user(col: str, default: float) -> np.ndarray:
+        out = np.full(n_users, default, dtype=np.float64)
+        out[agg["u"].to_numpy()] = agg[col].to_numpy()
+        return out
+
+    dense = user_dense_features(
+        per_user("n", 0), per_user("n_liked", 0), f_counts, per_user("completion", 0.0), per_user("watch", 0.0)
+    )
+    return Histories(
+        user_ids=np.asarray(user_ids, dtype=object),
+        watched=watched,
+        liked=liked,
+        watched_text_sum=np.asarray(watched @ catalogue.text, dtype=np.float32),
+        liked_text_sum=np.asarray(liked @ catalogue.text, dtype=np.float32),
+        followed_idx=f_idx,
+        followed_offsets=np.concatenate([[0], np.cumsum(f_counts)[:-1]]).astype(np.int64),
+        dense=dense,
+    )
+
+
+def follows_frame(follows: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(follows)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
+
+
+def to_ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+# ---- helpers ------------------------------------------------------------------
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_rows, n_cols))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def _gather_ranges(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate ``flat[starts[k]:ends[k]]`` for every k; return (values, offsets into them)."""
+    lengths = (ends - starts).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64), offsets
+    index = np.repeat(starts - offsets, lengths) + np.arange(total)
+    return flat[index].astype(np.int64), offsets
+
+
+def _pool_rows(
+    matrix: sp.csr_matrix, text_sum: np.ndarray, rows: np.ndarray, catalogue: Catalogue, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the bag of item vocab indices and the mean text vector, optionally leaving one item out.
+
+    The text mean starts from the precomputed per-user sum and subtracts the left-out
+    item, so a training step touches ``batch x text_dim`` floats, not a whole history each.
+    """
+    positions, offsets = _gather_ranges(matrix.indices, matrix.indptr[rows], matrix.indptr[rows + 1])
+    lengths = np.diff(np.append(offsets, len(positions)))
+    text = text_sum[rows]
+    if exclude is not None and len(positions):
+        keep = positions != np.repeat(exclude, lengths)
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        removed = np.bincount(owner[~keep], minlength=len(rows))
+        positions = positions[keep]
+        lengths = lengths - removed
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        text = text - removed[:, None].astype(np.float32) * catalogue.text[exclude]
+    text = (text / np.maximum(lengths, 1)[:, None]).astype(np.float32)
+    return catalogue.item_idx[positions], offsets, text

@@ -1,0 +1,191 @@
+"""Full-catalogue ranking metrics.
+
+Every evaluated user is ranked against the whole catalogue (no sampled
+negatives), in batches: ``score_fn`` returns a (batch, n_items) score matrix,
+the items the user interacted with in TRAINING are set to ``-inf``, and
+``torch.topk`` takes the top ``max(ks)``.
+
+Definitions (binary relevance, averaged over the evaluated users):
+
+* the relevant set ``R_u`` of a user is the items of their held-out positives
+  (see ``Split.positive``) minus the items they already interacted with in
+  training -- those are excluded from the ranking, so counting them would
+  only cap every model's recall for no information;
+* evaluated users are those with a non-empty ``R_u``, restricted by
+  ``population`` to all, warm (has a train interaction) or cold-start users;
+* ``recall@K = |top_K ∩ R_u| / |R_u|`` (the standard definition; it cannot
+  reach 1 when ``|R_u| > K``);
+* ``ndcg@K = DCG@K / IDCG@K`` with ``DCG = Σ_r rel_r / log2(r + 2)`` over the
+  0-based ranks r < K and the ideal DCG putting ``min(|R_u|, K)`` hits first;
+* ``hit_rate@K``: 1 if any relevant item is in the top K;
+* ``coverage@K``: fraction of the full catalogue that appears in at least one
+  evaluated user's top K;
+* ``cold_recall@K``: recall restricted to relevant items that are cold (no
+  train interaction, ``Split.cold_item_mask``), averaged over the users that
+  have at least one such item; ``nan`` when no user has one. ``cold_users``
+  says how many users it averaged over.
+
+Ties are broken by ``torch.topk`` (arbitrary but deterministic for a given
+input); scorers that care break them themselves. A ``-inf`` (or NaN) score
+means "not recommended": such an item never counts as a hit, nor towards
+coverage, even when K exceeds the number of scorable items.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from rec_core.progress import Progress
+from rec_core.split import Split, SplitPart, interaction_matrix
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[np.ndarray], torch.Tensor | np.ndarray]
+Population = Literal["all", "warm", "cold"]
+
+DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalTargets:
+    """What one evaluation ranks and against what; built once per (split, part, population)."""
+
+    users: np.ndarray  # int64 user indices that are evaluated
+    history: sp.csr_matrix  # n_users x n_items, train interactions (excluded from rankings)
+    relevant: sp.csr_matrix  # n_users x n_items, held-out positives not in history
+    cold_relevant: sp.csr_matrix  # relevant restricted to cold items
+    n_items: int
+
+
+def build_targets(split: Split, on: SplitPart = "test", population: Population = "all") -> EvalTargets:
+    if on not in ("valid", "test"):
+        raise ValueError(f"evaluate on 'valid' or 'test', got {on!r}")
+    if population not in ("all", "warm", "cold"):
+        raise ValueError(f"population must be all, warm or cold, got {population!r}")
+    history = interaction_matrix(split, "train", "binary")
+    held = interaction_matrix(split, on, "binary", positives_only=True)
+    # Held-out items the user already had in training are unrankable (masked), so not targets.
+    relevant = (held - held.multiply(history)).tocsr()
+    relevant.eliminate_zeros()
+    cold_relevant = relevant.multiply(split.cold_item_mask.astype(np.float32)[None, :]).tocsr()
+    cold_relevant.eliminate_zeros()
+    has_target = np.diff(relevant.indptr) > 0
+    if population == "warm":
+        has_target &= split.user_has_train
+    elif population == "cold":
+        has_target &= ~split.user_has_train
+    return EvalTargets(
+        users=np.flatnonzero(has_target).astype(np.int64),
+        history=history,
+        relevant=relevant,
+        cold_relevant=cold_relevant,
+        n_items=split.n_items,
+    )
+
+
+def evaluate_scores(
+    score_fn: ScoreFn,
+    split: Split,
+    on: SplitPart = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 1024,
+    population: Population = "all",
+) -> dict[str, float]:
+    """Rank the full catalogue for every evaluated user and average the metrics.
+
+    ``score_fn(user_idx)`` returns scores of shape (len(user_idx), n_items).
+    Keys: ``recall@K``, ``ndcg@K``, ``hit_rate@K``, ``coverage@K``,
+    ``cold_recall@K`` for each K in ``ks``, plus ``users`` (evaluated) and
+    ``cold_users`` (users with a cold relevant item).
+    """
+    return evaluate_targets(score_fn, build_targets(split, on, population), ks, batch_size)
+
+
+def evaluate_targets(
+    score_fn: ScoreFn, targets: EvalTargets, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024
+) -> dict[str, float]:
+    """:func:`evaluate_scores` on prebuilt targets (reuse them across epochs of a training loop)."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    n_items, users = targets.n_items, targets.users
+    k_top = min(ks[-1], n_items)
+    discounts = 1.0 / torch.log2(torch.arange(2, k_top + 2, dtype=torch.float64))
+    ideal = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discounts, 0)])  # ideal[m] = IDCG with m hits
+
+    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "hit_rate", "cold_recall")}
+    covered = {k: torch.zeros(n_items, dtype=torch.bool) for k in ks}
+    cold_users = 0
+    progress = Progress("evaluate", len(users), every_s=10.0, logger=log)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        scores = _masked_scores(score_fn, batch, targets.history, n_items)
+        top_vals, top_idx = torch.topk(scores, k_top, dim=1, sorted=True)
+        del scores
+        ranked = top_vals > float("-inf")  # padding when fewer than K items are scorable
+        rel_hits = _membership(targets.relevant, batch, n_items).gather(1, top_idx) & ranked
+        cold_hits = _membership(targets.cold_relevant, batch, n_items).gather(1, top_idx) & ranked
+        n_rel = torch.from_numpy(np.diff(targets.relevant.indptr)[batch]).to(torch.float64)
+        n_cold = torch.from_numpy(np.diff(targets.cold_relevant.indptr)[batch]).to(torch.float64)
+        has_cold = n_cold > 0
+        cold_users += int(has_cold.sum())
+        for k in ks:
+            kk = min(k, k_top)
+            hits_k = rel_hits[:, :kk]
+            n_hits = hits_k.sum(1).to(torch.float64)
+            dcg = (hits_k.to(torch.float64) * discounts[:kk]).sum(1)
+            idcg = ideal[torch.clamp(n_rel, max=kk).long()]
+            sums[f"recall@{k}"] += float((n_hits / n_rel).sum())
+            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
+            sums[f"hit_rate@{k}"] += float((n_hits > 0).sum())
+            cold_k = cold_hits[:, :kk].sum(1).to(torch.float64)
+            sums[f"cold_recall@{k}"] += float((cold_k[has_cold] / n_cold[has_cold]).sum())
+            covered[k][top_idx[:, :kk][ranked[:, :kk]]] = True
+        progress.advance(len(batch))
+
+    n_users = len(users)
+    out: dict[str, float] = {}
+    for k in ks:
+        for name in ("recall", "ndcg", "hit_rate"):
+            out[f"{name}@{k}"] = sums[f"{name}@{k}"] / n_users if n_users else math.nan
+        out[f"coverage@{k}"] = float(covered[k].sum()) / n_items if n_items else math.nan
+        out[f"cold_recall@{k}"] = sums[f"cold_recall@{k}"] / cold_users if cold_users else math.nan
+    out["users"] = float(n_users)
+    out["cold_users"] = float(cold_users)
+    return out
+
+
+def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix, n_items: int) -> torch.Tensor:
+    raw = score_fn(batch)
+    # Always copy: the scorer may hand back a view (e.g. an expanded popularity row) or its own buffer.
+    scores = torch.as_tensor(raw).to(torch.float32, copy=True)
+    if scores.shape != (len(batch), n_items):
+        raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(batch), n_items)}")
+    scores.masked_fill_(torch.isnan(scores), float("-inf"))
+    rows, cols = _batch_coo(history, batch)
+    scores[rows, cols] = float("-inf")
+    return scores
+
+
+def _membership(matrix: sp.csr_matrix, batch: np.ndarray, n_items: int) -> torch.Tensor:
+    dense = torch.zeros((len(batch), n_items), dtype=torch.bool)
+    rows, cols = _batch_coo(matrix, batch)
+    dense[rows, cols] = True
+    return dense
+
+
+def _batch_coo(matrix: sp.csr_matrix, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row-within-batch, column) of the non-zeros of ``matrix[batch]``."""
+    sub = matrix[batch]
+    rows = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(sub.indptr))
+    return torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))

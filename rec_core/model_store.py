@@ -1,0 +1,164 @@
+"""Model versions under ``<data root>/models/``.
+
+Each version is a folder written whole and then renamed into place::
+
+    models/<version>/weights.safetensors   the towers and the engagement head
+    models/<version>/config.json           tower + training config, lake version, split cuts, text model
+    models/<version>/feature_stats.json    standardisation of the dense features
+    models/<version>/vocab_*.parquet       id vocabularies (index 0 = unknown)
+    models/<version>/metrics.json          evaluation of this model and the baselines on the same split
+    models/<version>/curves.png            loss and validation curves
+    models/CURRENT                         the promoted version (one atomic rename to change)
+
+Promotion goes through :func:`gate`: a model that does not clearly beat
+MostPop, or falls too far below the current model on the same test split,
+is kept as a version but never becomes current.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_model, save_model
+
+from rec_core.atomic import fsync_dir, write_bytes_atomic
+from rec_core.features import FeatureStats, Vocabs
+from rec_core.towers import TowerConfig, TwoTower
+
+CURRENT = "CURRENT"
+
+
+class ModelStoreError(RuntimeError):
+    """No such model version, or no current model."""
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    version: str
+    model: TwoTower
+    vocabs: Vocabs
+    stats: FeatureStats
+    config: dict
+    metrics: dict
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def new_version_name(self, config: dict) -> str:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"m{stamp}-{digest}"
+
+    def save(
+        self,
+        version: str,
+        model: TwoTower,
+        vocabs: Vocabs,
+        stats: FeatureStats,
+        config: dict,
+        metrics: dict,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / version
+        if final.exists():
+            raise ModelStoreError(f"model version {version} already exists")
+        stage = self.root / f".staging-{version}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        try:
+            save_model(model, str(stage / "weights.safetensors"))
+            config = {**config, "tower": model.cfg.to_dict(), "version": version}
+            (stage / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            (stage / "feature_stats.json").write_text(stats.to_json())
+            (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            vocabs.save(stage)
+            for name, data in (extra_files or {}).items():
+                (stage / name).write_bytes(data)
+            for f in stage.iterdir():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+            fsync_dir(stage)
+            os.replace(stage, final)
+            fsync_dir(self.root)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return final
+
+    def update_metrics(self, version: str, metrics: dict) -> None:
+        write_bytes_atomic(self.root / version / "metrics.json", json.dumps(metrics, indent=2).encode())
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("m"))
+
+    def current(self) -> str | None:
+        pointer = self.root / CURRENT
+        return pointer.read_text().strip() if pointer.is_file() else None
+
+    def promote(self, version: str) -> None:
+        if version not in self.versions():
+            raise ModelStoreError(f"no model version {version!r} under {self.root}")
+        write_bytes_atomic(self.root / CURRENT, f"{version}\n".encode())
+
+    def read_json(self, version: str, name: str) -> dict:
+        path = self.root / version / name
+        if not path.is_file():
+            raise ModelStoreError(f"no model version {version!r} under {self.root}")
+        return json.loads(path.read_text())
+
+    def load(self, version: str | None = None) -> LoadedModel:
+        version = version or self.current()
+        if version is None:
+            raise ModelStoreError(f"no current model under {self.root}: run `python -m jobs.train_towers` first")
+        folder = self.root / version
+        config = self.read_json(version, "config.json")
+        model = TwoTower(TowerConfig(**config["tower"]))
+        load_model(model, str(folder / "weights.safetensors"))
+        model.eval()
+        stats = FeatureStats.from_json((folder / "feature_stats.json").read_text())
+        return LoadedModel(version, model, Vocabs.load(folder), stats, config, self.read_json(version, "metrics.json"))
+
+
+def gate(
+    candidate: dict[str, float],
+    most_pop: dict[str, float],
+    current: dict[str, float] | None,
+    *,
+    metric: str = "recall@50",
+    min_lift_over_most_pop: float = 1.1,
+    max_drop_vs_current: float = 0.05,
+) -> GateDecision:
+    """May ``candidate`` become the current model? All three are metrics on the same test split.
+
+    It must beat MostPop by ``min_lift_over_most_pop`` (a ratio) and must not
+    fall more than ``max_drop_vs_current`` (relative) below the current model.
+    """
+    failures: list[str] = []
+    ours, pop = candidate[metric], most_pop[metric]
+    if ours < pop * min_lift_over_most_pop:
+        failures.append(f"{metric} {ours:.4f} is not {min_lift_over_most_pop:.2f}x MostPop's {pop:.4f}")
+    if current is not None and ours < current[metric] * (1 - max_drop_vs_current):
+        failures.append(
+            f"{metric} {ours:.4f} is more than {max_drop_vs_current:.0%} below the current model's "
+            f"{current[metric]:.4f}"
+        )
+    if failures:
+        return GateDecision(promote=False, reasons=failures)
+    vs = f"current model {current[metric]:.4f}" if current is not None else "no current model"
+    return GateDecision(promote=True, reasons=[f"{metric} {ours:.4f} vs MostPop {pop:.4f}, {vs}"])

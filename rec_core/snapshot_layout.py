@@ -1,0 +1,172 @@
+"""Where a feed snapshot's files live, and the build record every stage reads.
+
+A snapshot is built in ``<data root>/snapshots/<snapshot id>/`` by several
+stages (embed videos and users, load Milvus, materialize feeds), possibly on
+several workers, then validated and published by one pointer change
+(``rec_core.snapshot`` / ``jobs.publish``). Until published, nothing reads it.
+
+Layout of one snapshot folder::
+
+    build.json                          what this build is: model version, lake version, as-of time, shards
+    vectors/videos-00000-of-00004.parquet   video_id, vector (fixed_size_list<float32>[dim])
+    vectors/users-00000-of-00004.parquet    user_id, vector
+    feeds/part-00000-of-00004.parquet       user_id, rank, video_id, score, reason; sorted by (user_id, rank)
+    trending.parquet                    rank, video_id, score, reason: the feed of a user with no history
+    milvus.db                           Milvus Lite file with the ``videos`` collection (embedded mode only)
+    manifest.json                       written by validation: counts, checksums, ids (publish reads it)
+
+With a Milvus server (``REC_MILVUS_URI=http://...``) the collection is
+``videos_<snapshot id>`` on the server instead of a per-snapshot file; one file
+per snapshot is how the embedded mode respects that a Milvus Lite file can be
+opened by one process at a time (the API owns the live one, the batch builds
+the next one beside it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rec_core.atomic import write_bytes_atomic
+from rec_core.settings import Settings
+
+LIVE_POINTER = "LIVE"
+BUILD_FILE = "build.json"
+MANIFEST_FILE = "manifest.json"
+SNAPSHOT_ID = re.compile(r"^s\d{8}T\d{6}Z-[0-9a-z]{4,16}$")
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot is missing, malformed, or fails validation."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInfo:
+    snapshot_id: str
+    model_version: str
+    lake_version: str
+    as_of: str  # ISO time: features and histories are computed from what was known before it
+    video_shards: int
+    user_shards: int
+    embedding_dim: int
+    feed_length: int
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPaths:
+    root: Path  # the snapshot folder
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.root.name
+
+    @property
+    def build_file(self) -> Path:
+        return self.root / BUILD_FILE
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.root / "vectors"
+
+    @property
+    def feeds_dir(self) -> Path:
+        return self.root / "feeds"
+
+    @property
+    def trending_file(self) -> Path:
+        return self.root / "trending.parquet"
+
+    @property
+    def milvus_lite_file(self) -> Path:
+        return self.root / "milvus.db"
+
+    def video_vectors(self, shard: int, shards: int) -> Path:
+        return self.vectors_dir / f"videos-{shard:05d}-of-{shards:05d}.parquet"
+
+    def user_vectors(self, shard: int, shards: int) -> Path:
+        return self.vectors_dir / f"users-{shard:05d}-of-{shards:05d}.parquet"
+
+    def feed_part(self, shard: int, shards: int) -> Path:
+        return self.feeds_dir / f"part-{shard:05d}-of-{shards:05d}.parquet"
+
+    def read_build(self) -> BuildInfo:
+        if not self.build_file.is_file():
+            raise SnapshotError(f"snapshot {self.snapshot_id} has no {BUILD_FILE}; was it begun?")
+        return BuildInfo(**json.loads(self.build_file.read_text()))
+
+    def collection_name(self, settings: Settings) -> str:
+        """The Milvus collection of this snapshot (a per-snapshot file in embedded mode)."""
+        return "videos" if not settings.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
+
+    def milvus_uri(self, settings: Settings) -> str:
+        return settings.milvus_uri or str(self.milvus_lite_file)
+
+
+def snapshots_root(settings: Settings) -> Path:
+    return settings.snapshots_dir
+
+
+def snapshot_paths(settings: Settings, snapshot_id: str) -> SnapshotPaths:
+    if not SNAPSHOT_ID.match(snapshot_id):
+        raise SnapshotError(f"malformed snapshot id {snapshot_id!r}")
+    return SnapshotPaths(settings.snapshots_dir / snapshot_id)
+
+
+def new_snapshot_id(model_version: str, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    tail = re.sub(r"[^0-9a-z]", "", model_version.split("-")[-1].lower())[:8] or "model"
+    return f"s{now:%Y%m%dT%H%M%S}Z-{tail}"
+
+
+def begin_snapshot(
+    settings: Settings,
+    *,
+    model_version: str,
+    lake_version: str,
+    as_of: dt.datetime,
+    video_shards: int,
+    user_shards: int,
+    embedding_dim: int,
+    now: dt.datetime | None = None,
+) -> SnapshotPaths:
+    """Create the folder of a new snapshot and its ``build.json``; stages then fill it."""
+    if video_shards < 1 or user_shards < 1:
+        raise ValueError("shard counts must be at least 1")
+    snapshot_id = new_snapshot_id(model_version, now)
+    paths = snapshot_paths(settings, snapshot_id)
+    paths.root.mkdir(parents=True, exist_ok=False)
+    paths.vectors_dir.mkdir()
+    paths.feeds_dir.mkdir()
+    info = BuildInfo(
+        snapshot_id=snapshot_id,
+        model_version=model_version,
+        lake_version=lake_version,
+        as_of=as_of.astimezone(dt.UTC).isoformat(),
+        video_shards=video_shards,
+        user_shards=user_shards,
+        embedding_dim=embedding_dim,
+        feed_length=settings.feed_length,
+        created_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+    )
+    write_bytes_atomic(paths.build_file, json.dumps(asdict(info), indent=2).encode())
+    return paths
+
+
+def live_snapshot_id(settings: Settings) -> str | None:
+    pointer = settings.snapshots_dir / LIVE_POINTER
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def shard_bounds(n: int, shard: int, shards: int) -> tuple[int, int]:
+    """Rows [lo, hi) of shard ``shard`` of ``shards`` over ``n`` rows (contiguous, sizes differ by at most 1)."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} outside 0..{shards - 1}")
+    return n * shard // shards, n * (shard + 1) // shards
