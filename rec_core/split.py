@@ -336,7 +336,7 @@ def _epoch_ms(df: pl.DataFrame, column: str) -> pl.Expr:
 def _to_ms(value: dt.datetime) -> int:
     if value.tzinfo is None:
         raise ValueError("cut timestamps must be timezone-aware (UTC)")
-    return int(round(value.timestamp() * 1000))
+    return round(value.timestamp() * 1000)
 
 
 def _ms_to_datetime(ms: int) -> dt.datetime:
