@@ -262,14 +262,30 @@ class Histories:
         return len(self.user_ids)
 
     def batch(
-        self, rows: np.ndarray, catalogue: Catalogue, stats: FeatureStats, exclude: np.ndarray | None = None
+        self,
+        rows: np.ndarray,
+        catalogue: Catalogue,
+        stats: FeatureStats,
+        exclude: np.ndarray | None = None,
+        as_new: np.ndarray | None = None,
     ) -> UserBatch:
-        """User-tower inputs for ``rows``; ``exclude`` (catalogue positions, one per row) leaves the
-        training target out of its own user's history, so the model cannot learn to find itself."""
-        w_idx, w_off, w_text = _pool_rows(self.watched, self.watched_text_sum, rows, catalogue, exclude)
-        l_idx, l_off, l_text = _pool_rows(self.liked, self.liked_text_sum, rows, catalogue, exclude)
+        """User-tower inputs for ``rows``.
+
+        ``exclude`` (catalogue positions, one per row) leaves the training target out
+        of its own user's history, so the model cannot learn to find itself. Rows
+        flagged in ``as_new`` look like a user who just signed up (no history, no
+        follows): training shows some of those so that the model learns what to
+        recommend to a newcomer, who otherwise never appears in training data.
+        """
+        w_idx, w_off, w_text = _pool_rows(self.watched, self.watched_text_sum, rows, catalogue, exclude, as_new)
+        l_idx, l_off, l_text = _pool_rows(self.liked, self.liked_text_sum, rows, catalogue, exclude, as_new)
+        starts = self.followed_offsets[rows]
         ends = np.append(self.followed_offsets, len(self.followed_idx))[rows + 1]
-        f_idx, f_off = _gather_ranges(self.followed_idx, self.followed_offsets[rows], ends)
+        dense = self.dense[rows]
+        if as_new is not None and as_new.any():
+            ends = np.where(as_new, starts, ends)
+            dense = np.where(as_new[:, None], NEW_USER_DENSE, dense)
+        f_idx, f_off = _gather_ranges(self.followed_idx, starts, ends)
         return UserBatch(
             watched_text=torch.from_numpy(w_text),
             liked_text=torch.from_numpy(l_text),
@@ -279,7 +295,7 @@ class Histories:
             liked_offsets=torch.from_numpy(l_off),
             followed_idx=torch.from_numpy(f_idx),
             followed_offsets=torch.from_numpy(f_off),
-            dense=torch.from_numpy(stats.user(self.dense[rows])),
+            dense=torch.from_numpy(stats.user(dense)),
         )
 
 
@@ -294,6 +310,10 @@ def user_dense_features(
     return np.stack(
         [np.log1p(n_watched), np.log1p(n_liked), np.log1p(n_followed), avg_completion, np.log1p(avg_watch)], axis=1
     ).astype(np.float32)
+
+
+# What a user who just signed up looks like to the user tower.
+NEW_USER_DENSE = user_dense_features(*(np.zeros(1),) * 5)[0]
 
 
 def build_histories(
@@ -380,12 +400,18 @@ def _gather_ranges(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tu
 
 
 def _pool_rows(
-    matrix: sp.csr_matrix, text_sum: np.ndarray, rows: np.ndarray, catalogue: Catalogue, exclude: np.ndarray | None
+    matrix: sp.csr_matrix,
+    text_sum: np.ndarray,
+    rows: np.ndarray,
+    catalogue: Catalogue,
+    exclude: np.ndarray | None,
+    as_new: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: the bag of item vocab indices and the mean text vector, optionally leaving one item out.
 
     The text mean starts from the precomputed per-user sum and subtracts the left-out
     item, so a training step touches ``batch x text_dim`` floats, not a whole history each.
+    Rows flagged ``as_new`` get an empty history.
     """
     positions, offsets = _gather_ranges(matrix.indices, matrix.indptr[rows], matrix.indptr[rows + 1])
     lengths = np.diff(np.append(offsets, len(positions)))
@@ -396,7 +422,12 @@ def _pool_rows(
         removed = np.bincount(owner[~keep], minlength=len(rows))
         positions = positions[keep]
         lengths = lengths - removed
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         text = text - removed[:, None].astype(np.float32) * catalogue.text[exclude]
+    if as_new is not None and as_new.any():
+        keep = ~np.repeat(as_new, lengths)
+        positions = positions[keep]
+        lengths = np.where(as_new, 0, lengths)
+        text = np.where(as_new[:, None], 0.0, text)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     text = (text / np.maximum(lengths, 1)[:, None]).astype(np.float32)
     return catalogue.item_idx[positions], offsets, text

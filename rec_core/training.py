@@ -49,6 +49,7 @@ class TrainConfig:
     aux_weight: float = 0.5
     id_dropout: float = 0.25
     as_new_rate: float = 0.25  # share of positives shown as freshly posted videos (see Catalogue.batch)
+    new_user_rate: float = 0.1  # share of examples whose user is shown as a newcomer (see Histories.batch)
     patience: int = 2
     eval_k: int = 50
     eval_users: int = 3000  # validation users sampled for early stopping (all of them when fewer)
@@ -175,7 +176,8 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
         for step in range(steps_per_epoch):
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             users, items = train.user_idx[rows], train.item_idx[rows]
-            u = model.user(data.histories.batch(users, data.catalogue, data.stats, exclude=items))
+            new_user = rng.random(len(users)) < cfg.new_user_rate
+            u = model.user(data.histories.batch(users, data.catalogue, data.stats, exclude=items, as_new=new_user))
             as_new = rng.random(len(items)) < cfg.as_new_rate
             v = model.video(data.catalogue.batch(items, data.stats, as_new=as_new))
             item_t = torch.from_numpy(items.astype(np.int64))
