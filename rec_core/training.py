@@ -36,6 +36,9 @@ from rec_core.towers import TowerConfig, TwoTower, sampled_softmax_loss
 
 log = logging.getLogger(__name__)
 
+MIN_STEPS_PER_EPOCH = 64
+MIN_BATCH = 128
+
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
@@ -147,8 +150,12 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
     model = TwoTower(tower_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = data.split.train
-    if len(train) < cfg.batch_size:
-        raise ValueError(f"only {len(train)} training interactions; need at least one batch of {cfg.batch_size}")
+    # A small data set still gets enough optimizer steps per epoch to learn in a few epochs.
+    batch_size = min(cfg.batch_size, max(MIN_BATCH, len(train) // MIN_STEPS_PER_EPOCH))
+    if len(train) < batch_size:
+        raise ValueError(f"only {len(train)} training interactions; need at least one batch of {batch_size}")
+    if batch_size != cfg.batch_size:
+        log.info("batch size %d instead of %d: %d training interactions", batch_size, cfg.batch_size, len(train))
 
     # log q: how often each video is drawn as an in-batch negative, i.e. its share of training examples.
     freq = np.bincount(train.item_idx, minlength=len(data.catalogue)).astype(np.float64)
@@ -166,7 +173,7 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
         f"valid_recall@{cfg.eval_k}": [],
     }
     best_state, best_valid, best_epoch, bad_epochs = None, -1.0, 0, 0
-    steps_per_epoch = len(train) // cfg.batch_size
+    steps_per_epoch = len(train) // batch_size
     started = time.monotonic()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -174,7 +181,7 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
         sums = np.zeros(3)
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", steps_per_epoch, logger=log)
         for step in range(steps_per_epoch):
-            rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            rows = order[step * batch_size : (step + 1) * batch_size]
             users, items = train.user_idx[rows], train.item_idx[rows]
             new_user = rng.random(len(users)) < cfg.new_user_rate
             u = model.user(data.histories.batch(users, data.catalogue, data.stats, exclude=items, as_new=new_user))

@@ -1,0 +1,79 @@
+"""``python -m jobs.embed_videos --snapshot ID --shard I``: video vectors of one catalogue shard.
+
+Writes ``vectors/videos-<shard>-of-<shards>.parquet`` of the snapshot (``video_id``,
+``vector``) with the snapshot's model, as of its ``as_of``. Idempotent: a rerun
+computes the same vectors and atomically replaces the file; a killed run leaves
+no file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rec_core.embedding import video_vectors_for_shard, write_vectors
+from rec_core.lake import LakeError
+from rec_core.model_store import ModelStoreError
+from rec_core.progress import setup_logging
+from rec_core.settings import Settings, SettingsError
+from rec_core.snapshot_layout import SnapshotError, snapshot_paths
+
+log = logging.getLogger("jobs.embed_videos")
+
+
+def embed_videos(settings: Settings, snapshot_id: str, shard: int) -> dict:
+    started = time.perf_counter()
+    paths = snapshot_paths(settings, snapshot_id)
+    build = paths.read_build()
+    if not 0 <= shard < build.video_shards:
+        raise ValueError(f"video shard {shard} outside 0..{build.video_shards - 1} of snapshot {snapshot_id}")
+    table = video_vectors_for_shard(settings, build, shard)
+    target = paths.video_vectors(shard, build.video_shards)
+    write_vectors(table, target)
+    log.info("wrote %d video vectors to %s", table.num_rows, target)
+    return {
+        "snapshot": snapshot_id,
+        "shard": shard,
+        "shards": build.video_shards,
+        "rows": table.num_rows,
+        "path": str(target),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: list[str] | None) -> int:
+    """``--snapshot ID --shard I [--data-dir DIR]``; prints the job's summary as JSON. Shared by the embed jobs."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", required=True, help="snapshot id (its build.json must exist)")
+    parser.add_argument("--shard", type=int, required=True, help="shard index, 0-based")
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.data_dir:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    setup_logging(settings.log_level)
+    try:
+        summary = job(settings, args.snapshot, args.shard)
+    except (SnapshotError, LakeError, ModelStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return shard_cli(embed_videos, __doc__, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""``python -m jobs.load_vectors --snapshot ID``: load a snapshot's video vectors into its Milvus collection.
+
+Reads every ``vectors/videos-*`` shard, (re)creates the snapshot's collection
+(``videos`` in the snapshot's own Milvus Lite file, or ``videos_<snapshot id>`` on
+a server), writes the vectors in batches, flushes, and checks that the collection
+holds exactly as many rows as the shards. Idempotent: a rerun drops and rebuilds
+the collection. Run it as ONE task: in embedded mode this process is the only one
+that may open the snapshot's Lite file, and it closes it before returning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from rec_core.embedding import VIDEO_ID, read_vector_shards, vectors_array
+from rec_core.progress import Progress, setup_logging
+from rec_core.settings import Settings, SettingsError
+from rec_core.snapshot_layout import SnapshotError, snapshot_paths
+from rec_core.vector_store import VectorStore, VectorStoreError
+
+log = logging.getLogger("jobs.load_vectors")
+
+BATCH = 10_000  # rows per progress step; the store splits requests further by size
+
+
+def load_vectors(settings: Settings, snapshot_id: str) -> dict:
+    started = time.perf_counter()
+    paths = snapshot_paths(settings, snapshot_id)
+    build = paths.read_build()
+    table = read_vector_shards(paths, "videos", build.video_shards)
+    ids = table.column(VIDEO_ID).to_pylist()
+    vectors = vectors_array(table)
+    if vectors.shape[1] != build.embedding_dim:
+        raise SnapshotError(f"video vectors are {vectors.shape[1]}-d, snapshot expects {build.embedding_dim}")
+    if pc.count_distinct(table.column(VIDEO_ID)).as_py() != len(ids):
+        raise SnapshotError(f"snapshot {snapshot_id}: a video id appears in more than one vector row")
+    uri, collection = paths.milvus_uri(settings), paths.collection_name(settings)
+    log.info("loading %d video vectors into %s (collection %s)", len(ids), uri, collection)
+    with VectorStore(uri, collection, build.embedding_dim) as store:
+        store.create(drop_existing=True)
+        progress = Progress(f"load_vectors {snapshot_id}", len(ids), logger=log)
+        for lo in range(0, len(ids), BATCH):
+            hi = min(lo + BATCH, len(ids))
+            store.upsert(ids[lo:hi], vectors[lo:hi])
+            progress.advance(hi - lo)
+        store.flush()
+        count = store.count()
+    if count != len(ids):
+        raise SnapshotError(f"collection {collection} at {uri} holds {count} vectors, expected {len(ids)}")
+    return {
+        "snapshot": snapshot_id,
+        "uri": uri,
+        "collection": collection,
+        "rows": count,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", required=True, help="snapshot id (its video vector shards must exist)")
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.data_dir:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    setup_logging(settings.log_level)
+    try:
+        summary = load_vectors(settings, args.snapshot)
+    except (SnapshotError, VectorStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""Exact candidate generation: every user against every video, best ``k`` per user, watched videos excluded.
+
+``scores = users @ videos.T`` in batches of users, watched (and own) videos set
+to ``-inf`` from a CSR of exclusions, then ``torch.topk``. Memory is bounded by
+the batch: ``batch_size x n_videos`` float32 (1,024 x 50,000 is 200 MB).
+
+Why exact matmul and not the Milvus index: at the catalogue sizes of a batch
+run (50,000 videos, 64-d) one user-batch matmul is a dense GEMM that runs near
+the CPU's peak, and the top-k over it costs about as much as the GEMM; a
+Milvus search costs a round trip per query batch plus the index's own scan
+(FLAT is the same arithmetic, HNSW is approximate). Exact top-k is therefore
+both faster here and exact -- which also keeps feeds deterministic: an
+approximate index can return a different neighbour set run to run. Milvus
+stays the tool for what it is good at: live lookups in the API for users and
+videos the batch has not seen. ``benchmarks/bench_materialize.py`` measures
+this stage against the plain matmul + topk bound.
+
+Ties (equal scores) are broken by the lower video index, so with videos sorted
+by id the order never depends on torch's top-k internals (which video wins a
+tie exactly at the k-th place is still torch's choice, deterministic for a given
+input and thread count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class ExclusionCSR:
+    """Per-user sets of excluded video indices (watched, own): row ``u`` is ``indices[indptr[u]:indptr[u+1]]``."""
+
+    indptr: np.ndarray  # int64 [n_users + 1]
+    indices: np.ndarray  # int64, sorted and unique within each row
+
+    @property
+    def n_users(self) -> int:
+        return len(self.indptr) - 1
+
+    def row(self, user: int) -> np.ndarray:
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, videos: np.ndarray, n_users: int) -> ExclusionCSR:
+        """Build from aligned (user index, video index) pairs; duplicates are dropped."""
+        users = np.asarray(users, dtype=np.int64)
+        videos = np.asarray(videos, dtype=np.int64)
+        if len(users) != len(videos):
+            raise ValueError(f"{len(users)} users for {len(videos)} videos")
+        if len(users) and (users.min() < 0 or users.max() >= n_users):
+            raise ValueError(f"user index outside 0..{n_users - 1}")
+        order = np.lexsort((videos, users))
+        users, videos = users[order], videos[order]
+        keep = np.ones(len(users), dtype=bool)
+        keep[1:] = (users[1:] != users[:-1]) | (videos[1:] != videos[:-1])
+        users, videos = users[keep], videos[keep]
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
+        return cls(indptr, videos)
+
+    @classmethod
+    def empty(cls, n_users: int) -> ExclusionCSR:
+        return cls(np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBatch:
+    """Top-k of users ``lo..hi-1``; ``indices`` is -1 (and ``scores`` -inf) where fewer than k videos remain."""
+
+    lo: int
+    hi: int
+    indices: np.ndarray  # int64 [hi - lo, k], best first
+    scores: np.ndarray  # float32 [hi - lo, k]
+    subsets: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # (indices, scores) per requested subset, same layout
+
+
+def iter_top_k(
+    user_vectors: np.ndarray,
+    video_vectors: np.ndarray,
+    k: int,
+    *,
+    exclude: ExclusionCSR | None = None,
+    batch_size: int = 512,
+    subsets: Sequence[tuple[np.ndarray, int]] = (),
+) -> Iterator[CandidateBatch]:
+    """Yield exact top-``k`` video indices per user, ``batch_size`` users at a time.
+
+    ``subsets`` asks for extra top-k lists restricted to a subset of videos
+    (``(video indices, k)``, e.g. the fresh videos) from the same score matrix,
+    which costs a column gather instead of another matmul. Returned indices are
+    always into the full ``video_vectors``.
+    """
+    users = torch.from_numpy(np.ascontiguousarray(user_vectors, dtype=np.float32))
+    videos_t = torch.from_numpy(np.ascontiguousarray(video_vectors, dtype=np.float32)).T.contiguous()
+    n_users, n_videos = users.shape[0], videos_t.shape[1]
+    if users.shape[1] != videos_t.shape[0]:
+        raise ValueError(f"user vectors are {users.shape[1]}-d but video vectors {videos_t.shape[0]}-d")
+    if exclude is not None and exclude.n_users != n_users:
+        raise ValueError(f"exclusions for {exclude.n_users} users, vectors for {n_users}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    k = max(0, min(k, n_videos))
+    subset_idx = [torch.from_numpy(np.asarray(idx, dtype=np.int64)) for idx, _ in subsets]
+    subset_k = [max(0, min(sk, len(idx))) for idx, sk in subsets]
+    with torch.inference_mode():
+        for lo in range(0, n_users, batch_size):
+            hi = min(lo + batch_size, n_users)
+            scores = users[lo:hi] @ videos_t
+            if exclude is not None:
+                a, b = exclude.indptr[lo], exclude.indptr[hi]
+                if b > a:
+                    rows = np.repeat(np.arange(hi - lo), np.diff(exclude.indptr[lo : hi + 1]))
+                    scores[torch.from_numpy(rows), torch.from_numpy(exclude.indices[a:b])] = -torch.inf
+            indices, top = _top_k(scores, k)
+            extra = []
+            for idx_t, sk in zip(subset_idx, subset_k, strict=True):
+                sub_i, sub_s = _top_k(scores[:, idx_t], sk)
+                full = np.where(sub_i >= 0, idx_t.numpy()[np.maximum(sub_i, 0)], -1)
+                extra.append((full, sub_s))
+            yield CandidateBatch(lo, hi, indices, top, tuple(extra))
+
+
+def top_k(
+    user_vectors: np.ndarray,
+    video_vectors: np.ndarray,
+    k: int,
+    *,
+    exclude: ExclusionCSR | None = None,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All users at once: ``(indices [U, k], scores [U, k])``; see :func:`iter_top_k`."""
+    parts = list(iter_top_k(user_vectors, video_vectors, k, exclude=exclude, batch_size=batch_size))
+    width = max(0, min(k, len(video_vectors)))
+    if not parts:
+        return np.zeros((0, width), dtype=np.int64), np.zeros((0, width), dtype=np.float32)
+    return np.concatenate([p.indices for p in parts]), np.concatenate([p.scores for p in parts])
+
+
+def _top_k(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if k == 0:
+        rows = scores.shape[0]
+        return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0), dtype=np.float32)
+    values, indices = torch.topk(scores, k, dim=1, sorted=True)
+    values_np, indices_np = values.numpy(), indices.numpy()
+    # topk's order among equal scores is an implementation detail; re-sort the (rare) rows with ties by index.
+    ties = np.flatnonzero((values_np[:, 1:] == values_np[:, :-1]).any(axis=1))
+    if len(ties):
+        order = np.lexsort((indices_np[ties], -values_np[ties]), axis=-1)
+        values_np[ties] = np.take_along_axis(values_np[ties], order, axis=1)
+        indices_np[ties] = np.take_along_axis(indices_np[ties], order, axis=1)
+    indices_np = np.where(np.isneginf(values_np), -1, indices_np)
+    return indices_np.astype(np.int64, copy=False), values_np.astype(np.float32, copy=False)
+
+
+# Engagement weights of the popularity ("trending") score: a view counts 1, watching it through adds up to 1 more,
+# and the deliberate actions count more because they are rarer and say more.
+VIEW_WEIGHT, COMPLETION_WEIGHT, LIKE_WEIGHT, COMMENT_WEIGHT, SHARE_WEIGHT = 1.0, 1.0, 2.0, 3.0, 4.0
+TRENDING_HALF_LIFE_DAYS = 2.0
+TRENDING_WINDOW_DAYS = 14.0
+
+
+def trending_scores(
+    video: np.ndarray,
+    ts_ms: np.ndarray,
+    completion: np.ndarray,
+    liked: np.ndarray,
+    commented: np.ndarray,
+    shared: np.ndarray,
+    *,
+    n_videos: int,
+    as_of_ms: int,
+    half_life_days: float = TRENDING_HALF_LIFE_DAYS,
+    window_days: float = TRENDING_WINDOW_DAYS,
+) -> np.ndarray:
+    """Recent engagement per video, each interaction decayed by its age before ``as_of`` (float64 [n_videos]).
+
+    Interactions at or after ``as_of`` or older than ``window_days`` count nothing.
+    """
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    age_days = (as_of_ms - ts_ms) / 86_400_000.0
+    keep = (age_days > 0) & (age_days <= window_days)
+    weight = (
+        VIEW_WEIGHT
+        + COMPLETION_WEIGHT * np.clip(np.asarray(completion, dtype=np.float64), 0.0, 1.0)
+        + LIKE_WEIGHT * np.asarray(liked, dtype=np.float64)
+        + COMMENT_WEIGHT * np.asarray(commented, dtype=np.float64)
+        + SHARE_WEIGHT * np.asarray(shared, dtype=np.float64)
+    )
+    decayed = weight[keep] * np.exp2(-age_days[keep] / half_life_days)
+    return np.bincount(np.asarray(video, dtype=np.int64)[keep], weights=decayed, minlength=n_videos)
+
+
+def trending_order(popularity: np.ndarray, created_ms: np.ndarray) -> np.ndarray:
+    """Video indices by popularity, then newest first, then index: a total, deterministic order."""
+    return np.lexsort((np.arange(len(popularity)), -np.asarray(created_ms, dtype=np.int64), -popularity))

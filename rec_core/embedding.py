@@ -1,0 +1,330 @@
+"""Video and user vectors of a snapshot, sharded, plus the user tower online.
+
+A snapshot's ``build.json`` (:class:`~rec_core.snapshot_layout.BuildInfo`) pins
+what every shard reads: the lake version (read by name, not through ``CURRENT``,
+so a lake commit in the middle of a build cannot give two shards two worlds), the
+model version, and ``as_of``: features and histories are computed from the
+interactions and follows before it, exactly as :mod:`rec_core.features` defines
+them for training, with the model's own vocabularies and feature statistics.
+
+Shards are contiguous row ranges (:func:`~rec_core.snapshot_layout.shard_bounds`)
+of the catalogue (every video of the lake version, sorted by ``video_id``) and of
+the users (the users table plus users seen only in interactions, sorted by
+``user_id``, as :mod:`rec_core.split` defines them). A video shard builds the
+catalogue of its own rows only (every video feature is a function of its row);
+a user shard needs the whole catalogue, because histories point into it, but
+builds histories for its own users only.
+
+Online, :func:`user_vector_from_profile` turns a request-shaped
+:class:`UserProfile` into the same one-row :class:`~rec_core.features.Histories`
+the batch would have built, so a user's online vector and batch vector agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import torch
+
+from rec_core.atomic import write_with
+from rec_core.features import (
+    HISTORY_CAP,
+    Catalogue,
+    FeatureStats,
+    Histories,
+    Vocabs,
+    build_catalogue,
+    build_histories,
+    follows_frame,
+    interaction_frame,
+    to_ms,
+    user_dense_features,
+    video_frame,
+)
+from rec_core.model_store import LoadedModel, ModelStore
+from rec_core.settings import Settings
+from rec_core.snapshot_layout import BuildInfo, SnapshotError, SnapshotPaths, shard_bounds
+from rec_core.text_features import embed_videos_text
+from rec_core.training import user_vectors, video_vectors
+
+log = logging.getLogger(__name__)
+
+VIDEO_ID = "video_id"
+USER_ID = "user_id"
+VECTOR = "vector"
+USER_CHUNK = 4096  # users per user-tower forward pass: bounds memory on big shards
+
+
+# ---- inputs of a build ----------------------------------------------------------
+
+
+def as_of_ms(build: BuildInfo) -> int:
+    return to_ms(dt.datetime.fromisoformat(build.as_of))
+
+
+def read_lake_table(settings: Settings, build: BuildInfo, table: str, columns: list[str] | None = None) -> pa.Table:
+    """A table of the lake version the build names (not the live one)."""
+    path = settings.lake_dir / build.lake_version / f"{table}.parquet"
+    if not path.is_file():
+        raise SnapshotError(
+            f"snapshot {build.snapshot_id} reads lake version {build.lake_version}, which has no {table} table "
+            f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.lake_versions_keep}); begin a new snapshot"
+        )
+    return pq.read_table(path, columns=columns)
+
+
+def load_build_model(settings: Settings, build: BuildInfo) -> LoadedModel:
+    """The model version the build names, checked against the build's embedding size."""
+    loaded = ModelStore(settings.models_dir).load(build.model_version)
+    if loaded.model.cfg.embedding_dim != build.embedding_dim:
+        raise SnapshotError(
+            f"model {build.model_version} makes {loaded.model.cfg.embedding_dim}-d vectors, "
+            f"snapshot {build.snapshot_id} expects {build.embedding_dim}"
+        )
+    return loaded
+
+
+def model_text(settings: Settings, loaded: LoadedModel, videos: pl.DataFrame) -> np.ndarray:
+    """Caption embeddings of ``videos`` (rows aligned) from the text encoder the model was trained with; cached."""
+    text_settings = dataclasses.replace(settings, text_model=loaded.config.get("text_model", settings.text_model))
+    vectors, _ = embed_videos_text(videos.select("video_id", "caption", "hashtags").to_arrow(), text_settings)
+    return vectors
+
+
+def load_catalogue(
+    settings: Settings,
+    build: BuildInfo,
+    loaded: LoadedModel,
+    *,
+    videos: pl.DataFrame | None = None,
+    interactions: pl.DataFrame | None = None,
+) -> Catalogue:
+    """The whole catalogue of the build as the model sees it; the API builds this once per snapshot."""
+    videos = video_frame(read_lake_table(settings, build, "videos")) if videos is None else videos
+    interactions = _interactions(settings, build) if interactions is None else interactions
+    text = model_text(settings, loaded, videos)
+    return build_catalogue(videos, interactions, text, loaded.vocabs, as_of_ms(build))
+
+
+def all_user_ids(users: pa.Table, interactions: pl.DataFrame) -> np.ndarray:
+    """Every user of the users table plus every user seen in interactions, sorted: the order user shards cut."""
+    ids = pl.concat(
+        [pl.Series(users.column(USER_ID).to_pylist(), dtype=pl.String), interactions[USER_ID].cast(pl.String)]
+    )
+    return np.asarray(ids.unique().sort().to_list(), dtype=object)
+
+
+def _interactions(settings: Settings, build: BuildInfo) -> pl.DataFrame:
+    # Only the past is ever looked at, so drop the rest once here rather than in every join.
+    frame = interaction_frame(read_lake_table(settings, build, "interactions"))
+    return frame.filter(pl.col("ts_ms") < as_of_ms(build))
+
+
+# ---- batch vectors of one shard -----------------------------------------------
+
+
+def video_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> pa.Table:
+    """``video_id``, ``vector`` for shard ``shard`` of ``build.video_shards`` of the catalogue."""
+    started = time.perf_counter()
+    loaded = load_build_model(settings, build)
+    videos = video_frame(read_lake_table(settings, build, "videos"))
+    lo, hi = shard_bounds(videos.height, shard, build.video_shards)
+    part = videos.slice(lo, hi - lo)
+    catalogue = build_catalogue(
+        part, _interactions(settings, build), model_text(settings, loaded, part), loaded.vocabs, as_of_ms(build)
+    )
+    vectors = video_vectors(loaded.model, catalogue, loaded.stats).numpy()
+    log.info(
+        "video shard %d/%d: %d videos [%d, %d) embedded in %.1fs",
+        shard,
+        build.video_shards,
+        len(catalogue),
+        lo,
+        hi,
+        time.perf_counter() - started,
+    )
+    return vector_table(VIDEO_ID, catalogue.video_ids, vectors)
+
+
+def user_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> pa.Table:
+    """``user_id``, ``vector`` for shard ``shard`` of ``build.user_shards`` of the users."""
+    started = time.perf_counter()
+    loaded = load_build_model(settings, build)
+    interactions = _interactions(settings, build)
+    user_ids = all_user_ids(read_lake_table(settings, build, "users", columns=[USER_ID]), interactions)
+    lo, hi = shard_bounds(len(user_ids), shard, build.user_shards)
+    ids = user_ids[lo:hi]
+    catalogue = load_catalogue(settings, build, loaded, interactions=interactions)
+    follows = follows_frame(read_lake_table(settings, build, "follows"))
+    histories = build_histories(ids, interactions, follows, catalogue, loaded.vocabs, as_of_ms(build))
+    parts = [
+        user_vectors(loaded.model, histories, catalogue, loaded.stats, np.arange(a, min(a + USER_CHUNK, len(ids))))
+        for a in range(0, len(ids), USER_CHUNK)
+    ]
+    dim = loaded.model.cfg.embedding_dim
+    vectors = torch.cat(parts).numpy() if parts else np.zeros((0, dim), dtype=np.float32)
+    log.info(
+        "user shard %d/%d: %d users [%d, %d) embedded in %.1fs",
+        shard,
+        build.user_shards,
+        len(ids),
+        lo,
+        hi,
+        time.perf_counter() - started,
+    )
+    return vector_table(USER_ID, ids, vectors)
+
+
+# ---- vector files ---------------------------------------------------------------
+
+
+def vector_schema(id_column: str, dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(id_column, pa.string(), nullable=False),
+            pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+def vector_table(id_column: str, ids: np.ndarray | Sequence[str], vectors: np.ndarray) -> pa.Table:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+    return pa.Table.from_arrays([pa.array(list(ids), pa.string()), column], schema=vector_schema(id_column, dim))
+
+
+def write_vectors(table: pa.Table, target: Path) -> None:
+    """Atomically (temp name, fsync, rename): a rerun overwrites, a killed run leaves no half file."""
+    # Float vectors barely compress; uncompressed is faster both ways. Same input, same bytes.
+    write_with(target, lambda tmp: pq.write_table(table, tmp, compression="none"))
+
+
+def vectors_array(table: pa.Table) -> np.ndarray:
+    """The ``vector`` column as an (n, dim) float32 array."""
+    column = table.column(VECTOR).combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def read_vector_shards(paths: SnapshotPaths, kind: str, shards: int) -> pa.Table:
+    """All shards of ``kind`` (``"videos"`` or ``"users"``) in order; raises naming any missing shard."""
+    locate = {"videos": paths.video_vectors, "users": paths.user_vectors}[kind]
+    files = [locate(i, shards) for i in range(shards)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SnapshotError(f"snapshot {paths.snapshot_id} lacks {len(missing)} {kind} vector shard(s): {missing}")
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+# ---- the user tower online --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """What a request can tell about a user the batch has not embedded (or has, but with stale history).
+
+    ``watched`` are the video ids of watch events, most recent first, repeats
+    allowed: the first :data:`~rec_core.features.HISTORY_CAP` pool into the
+    history, all of them count for how much the user watches. ``liked`` are the
+    video ids of liked watches (a like is also a watch: list it in ``watched``
+    too). Averages are over the same watches; ``None`` means no data (0, as the
+    batch has for a user with no history).
+    """
+
+    watched: list[str] = field(default_factory=list)
+    liked: list[str] = field(default_factory=list)
+    followed: list[str] = field(default_factory=list)  # creator ids
+    avg_watch_time_s: float | None = None
+    completion_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineUserVector:
+    vector: np.ndarray  # (dim,) float32, L2-normalised
+    unknown_video_ids: list[str]  # ids of ``watched``/``liked`` outside the catalogue: ignored
+    unknown_creator_ids: list[str]  # followed ids with no video in the catalogue: counted, but carry no vector
+
+
+def profile_histories(
+    profile: UserProfile, catalogue: Catalogue, vocabs: Vocabs
+) -> tuple[Histories, list[str], list[str]]:
+    """The one-row :class:`Histories` the batch would build for ``profile``; plus the unknown video/creator ids."""
+    watched, unknown_watched = _positions(catalogue, profile.watched)
+    liked, unknown_liked = _positions(catalogue, profile.liked)
+    # Every follow counts, as in build_histories: a creator with no video yet is still someone the user chose.
+    followed = sorted(set(profile.followed))
+    known_creators = set(catalogue.creator_ids.tolist())
+    n_items = len(catalogue)
+
+    def row(positions: np.ndarray) -> sp.csr_matrix:
+        cols = np.unique(positions)  # sorted, as the batch's CSR rows are
+        return sp.csr_matrix((np.ones(len(cols), dtype=np.float32), cols, np.array([0, len(cols)])), shape=(1, n_items))
+
+    watched_row, liked_row = row(watched[:HISTORY_CAP]), row(liked)
+    dense = user_dense_features(
+        np.array([len(watched)], dtype=np.float64),
+        np.array([len(liked)], dtype=np.float64),
+        np.array([len(followed)], dtype=np.float64),
+        np.array([profile.completion_rate or 0.0]),
+        np.array([profile.avg_watch_time_s or 0.0]),
+    )
+    histories = Histories(
+        user_ids=np.array(["<online>"], dtype=object),
+        watched=watched_row,
+        liked=liked_row,
+        watched_text_sum=np.asarray(watched_row @ catalogue.text, dtype=np.float32),
+        liked_text_sum=np.asarray(liked_row @ catalogue.text, dtype=np.float32),
+        followed_idx=Vocabs.lookup(vocabs.creators, np.array(followed, dtype=object)),
+        followed_offsets=np.zeros(1, dtype=np.int64),
+        dense=dense,
+    )
+    unknown_videos = list(dict.fromkeys(unknown_watched + unknown_liked))
+    return histories, unknown_videos, [c for c in followed if c not in known_creators]
+
+
+def user_vector_from_profile(
+    loaded: LoadedModel, catalogue: Catalogue, stats: FeatureStats, profile: UserProfile
+) -> OnlineUserVector:
+    """The user tower on one request-shaped profile, through the batch's own input code (Histories.batch)."""
+    histories, unknown_videos, unknown_creators = profile_histories(profile, catalogue, loaded.vocabs)
+    vector = user_vectors(loaded.model, histories, catalogue, stats, np.zeros(1, dtype=np.int64))[0].numpy()
+    return OnlineUserVector(vector, unknown_videos, unknown_creators)
+
+
+def profile_from_events(user_id: str, interactions: pl.DataFrame, follows: pl.DataFrame, as_of: int) -> UserProfile:
+    """The profile of ``user_id`` from event frames (``interaction_frame`` / ``follows_frame``) before ``as_of`` (ms).
+
+    The same aggregation the batch does in ``build_histories``, so the online vector
+    of a lake user equals their batch vector.
+    """
+    mine = interactions.filter((pl.col(USER_ID) == user_id) & (pl.col("ts_ms") < as_of)).sort("ts_ms", descending=True)
+    follows_mine = follows.filter((pl.col(USER_ID) == user_id) & (pl.col("ts_ms") < as_of))
+    return UserProfile(
+        watched=mine[VIDEO_ID].to_list(),
+        liked=mine.filter(pl.col("liked"))[VIDEO_ID].to_list(),
+        followed=follows_mine["creator_id"].to_list(),
+        avg_watch_time_s=mine["watch_time_s"].mean() if mine.height else None,  # type: ignore[arg-type]
+        completion_rate=mine["completion"].mean() if mine.height else None,  # type: ignore[arg-type]
+    )
+
+
+def _positions(catalogue: Catalogue, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Catalogue positions of the known ``ids`` (order and repeats kept), and the unknown ids."""
+    if not ids:
+        return np.zeros(0, dtype=np.int64), []
+    arr = np.asarray(list(ids), dtype=object)
+    pos = Vocabs.lookup(catalogue.video_ids, arr) - 1  # the catalogue is sorted by id like a vocabulary
+    unknown = list(dict.fromkeys(arr[pos < 0].tolist()))
+    return pos[pos >= 0], unknown

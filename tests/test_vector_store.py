@@ -1,0 +1,152 @@
+"""VectorStore against a real Milvus Lite file: exact search, exclusions, upserts, and releasing the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rec_core.vector_store import FILTER_MAX_IDS, VectorStore, VectorStoreError
+
+DIM = 8
+N = 1_000
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# One id with a quote and a backslash, to prove exclusion filters escape ids.
+IDS = [f"v{i:04d}" for i in range(N - 1)] + ['odd"id\\x']
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Iterator[tuple[VectorStore, np.ndarray]]:
+    vectors = unit(np.random.default_rng(0), N)
+    store = VectorStore(str(tmp_path / "vectors.db"), "videos", DIM)
+    store.create()
+    store.upsert(IDS, vectors)
+    store.flush()
+    yield store, vectors
+    store.close()
+
+
+def exact(vectors: np.ndarray, queries: np.ndarray, k: int, exclude: list[set[str]] | None = None) -> list[list[str]]:
+    scores = queries @ vectors.T
+    out = []
+    for row, s in enumerate(scores):
+        order = [IDS[j] for j in np.argsort(-s, kind="stable")]
+        if exclude is not None:
+            order = [i for i in order if i not in exclude[row]]
+        out.append(order[:k])
+    return out
+
+
+def ids_of(hits: list[list[tuple[str, float]]]) -> list[list[str]]:
+    return [[i for i, _ in h] for h in hits]
+
+
+def test_search_is_exact_inner_product(filled: tuple[VectorStore, np.ndarray]) -> None:
+    store, vectors = filled
+    assert store.count() == N
+    queries = unit(np.random.default_rng(1), 20)
+    hits = store.search(queries, 10)
+    assert ids_of(hits) == exact(vectors, queries, 10)
+    for q, h in zip(queries, hits, strict=True):
+        scores = [s for _, s in h]
+        assert scores == sorted(scores, reverse=True)
+        np.testing.assert_allclose(scores, [float(q @ vectors[IDS.index(i)]) for i, _ in h], atol=1e-5)
+    # A stored vector finds itself first, with score 1; one vector in, one answer list out.
+    (single,) = store.search(vectors[5], 3)
+    assert single[0][0] == IDS[5] and single[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_exclusions_shared_per_query_and_over_fetched(filled: tuple[VectorStore, np.ndarray]) -> None:
+    store, vectors = filled
+    queries = vectors[[0, 7, N - 1]]  # each query's best hit is itself
+    # Small shared list: a filter expression (the quoted id must survive it).
+    small = [IDS[0], IDS[7], IDS[N - 1]]
+    assert ids_of(store.search(queries, 5, small)) == exact(vectors, queries, 5, [set(small)] * 3)
+    # A shared list too long for an expression: over-fetch and filter here.
+    nearest = exact(vectors, queries[:1], FILTER_MAX_IDS + 50)[0]
+    assert ids_of(store.search(queries[:1], 5, nearest)) == exact(vectors, queries[:1], 5, [set(nearest)])
+    # One list per query.
+    per_query = [[IDS[0]], [], exact(vectors, queries[2:], 30)[0]]
+    expected = exact(vectors, queries, 5, [set(e) for e in per_query])
+    assert ids_of(store.search(queries, 5, per_query)) == expected
+    with pytest.raises(VectorStoreError):
+        store.search(queries, 5, [[IDS[0]]])
+
+
+def test_upsert_replaces_and_create_drops(filled: tuple[VectorStore, np.ndarray]) -> None:
+    store, vectors = filled
+    moved = -vectors[:10]
+    store.upsert(IDS[:10], moved)
+    store.flush()
+    assert store.count() == N
+    assert store.search(moved[3], 1)[0][0][0] == IDS[3]
+    store.create(drop_existing=False)  # keeps what is there
+    assert store.count() == N
+    store.create()  # drops and recreates
+    assert store.exists() and store.count() == 0
+    store.drop()
+    assert not store.exists()
+
+
+def test_rejects_malformed_input(filled: tuple[VectorStore, np.ndarray]) -> None:
+    store, vectors = filled
+    with pytest.raises(VectorStoreError):
+        store.upsert(IDS[:2], vectors[:3])
+    with pytest.raises(VectorStoreError):
+        store.upsert(["x"], np.zeros((1, DIM + 1), dtype=np.float32))
+    with pytest.raises(VectorStoreError):
+        store.upsert(["x" * 200], vectors[:1])
+    with pytest.raises(VectorStoreError):
+        store.search(np.zeros(DIM + 1, dtype=np.float32), 3)
+
+
+_COUNT_IN_CHILD = textwrap.dedent(
+    """
+    import sys
+    from rec_core.vector_store import VectorStore, VectorStoreError
+    try:
+        with VectorStore(sys.argv[1], "videos", 8) as store:
+            print("count", store.count())
+    except VectorStoreError as exc:
+        print("refused", exc)
+    """
+)
+
+
+def _count_in_child(uri: str) -> str:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_IN_CHILD, uri], capture_output=True, text=True, cwd=root, timeout=120
+    )
+    return done.stdout.strip()
+
+
+def test_close_releases_the_lite_file_to_other_processes(tmp_path: Path) -> None:
+    uri = str(tmp_path / "owned.db")
+    store = VectorStore(uri, "videos", DIM)
+    store.create()
+    store.upsert(["a", "b"], unit(np.random.default_rng(2), 2))
+    store.flush()
+    # A second store on the same file in this process shares the server; closing it must not stop the first.
+    other = VectorStore(uri, "videos", DIM)
+    other.close()
+    assert store.count() == 2
+    assert _count_in_child(uri).startswith("refused")
+    store.close()
+    store.close()  # idempotent
+    assert _count_in_child(uri) == "count 2"
+    with VectorStore(uri, "videos", DIM) as again:  # and this process can open it again
+        assert again.count() == 2
+    with pytest.raises(VectorStoreError):
+        again.count()
