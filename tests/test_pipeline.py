@@ -6,9 +6,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from rec_core.warehouse import ANALYSIS_QUERIES
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -40,7 +42,15 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
     snapshot = settings.snapshots_dir / first
     manifest = json.loads((snapshot / "manifest.json").read_text())
     assert manifest["snapshot_id"] == first and manifest["counts"]["feed_users"] == manifest["counts"]["lake_users"]
-    assert (settings.data_dir / "warehouse.duckdb").is_file()
+    # The warehouse answers the README's analysis queries on the live snapshot.
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM feeds").fetchone()[0] == manifest["counts"]["feed_rows"]
+        for title, sql in ANALYSIS_QUERIES.items():
+            assert con.execute(sql).fetchall() is not None, title
+        assert con.execute("SELECT count(*) FROM snapshots WHERE live").fetchone()[0] == 1
+    finally:
+        con.close()
 
     # Same lake, same model: reusing the current model must give the same feeds.
     run = dag.test(run_conf={**conf, "retrain": False})
