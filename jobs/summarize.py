@@ -1,4 +1,4 @@
-"""``python -m jobs.summarize``: rebuild the DuckDB warehouse and print a summary of the lake.
+"""``python -m jobs.summarize``: rebuild the DuckDB warehouse and print a summary of the lake and live snapshot.
 
 The queries here are the ones an analyst would start with; they run against the
 warehouse file that ``duckdb data/warehouse.duckdb`` opens too.
@@ -16,7 +16,7 @@ import duckdb
 from rec_core.lake import LakeError
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings, SettingsError
-from rec_core.warehouse import build_warehouse
+from rec_core.warehouse import ANALYSIS_QUERIES, build_warehouse
 
 QUERIES: dict[str, str] = {
     "Tables": """
@@ -60,7 +60,10 @@ def summarize(settings: Settings) -> dict[str, list[tuple]]:
     con = duckdb.connect(str(path), read_only=True)
     try:
         out: dict[str, list[tuple]] = {}
-        for title, sql in QUERIES.items():
+        tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        # Once a snapshot is live, the analysis queries of the README run too.
+        queries = {**QUERIES, **(ANALYSIS_QUERIES if "feeds" in tables else {})}
+        for title, sql in queries.items():
             result = con.execute(sql)
             columns = [d[0] for d in result.description]
             out[title] = [tuple(columns), *result.fetchall()]
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_results(results))
-    print(f"\nWarehouse: duckdb {settings.warehouse_path}  (views: videos, users, follows, interactions, lake_info)")
+    print(f"\nWarehouse: {settings.warehouse_path} (open it with duckdb; `SHOW TABLES` lists the views)")
     return 0
 
 

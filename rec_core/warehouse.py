@@ -120,7 +120,7 @@ ANALYSIS_QUERIES: dict[str, str] = {
         FROM feeds f""",
     "Fresh-video exposure (posted within 3 days of the snapshot)": """
         SELECT round(100.0 * avg((v.created_at >= s.as_of - INTERVAL 3 DAY)::INT), 2) AS pct_slots_fresh,
-               round(100.0 * avg((f.rank < 20 AND v.created_at >= s.as_of - INTERVAL 3 DAY)::INT), 2)
+               round(100.0 * avg((v.created_at >= s.as_of - INTERVAL 3 DAY)::INT) FILTER (WHERE f.rank < 20), 2)
                    AS pct_first_page_fresh
         FROM feeds f JOIN videos v USING (video_id), snapshot_info s""",
     "Why videos are shown (reason mix)": """
