@@ -13,12 +13,12 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo test lint format pipeline serve bench bench-milvus data summary clean help
+.PHONY: setup demo test lint format pipeline serve bench bench-milvus eval data train summary airflow-db clean help
 
 help:
-	@echo "make demo   - set up, generate the default data set, summarise it from DuckDB"
+	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB"
 	@echo "make test   - set up, lint, run every test"
-	@echo "make setup | lint | format | data | summary | pipeline | serve | bench | clean"
+	@echo "make setup | lint | format | data | train | pipeline | summary | serve | bench | eval | clean"
 
 setup: $(STAMP)
 
@@ -47,11 +47,18 @@ data: setup
 summary: setup
 	$(PY) -m jobs.summarize
 
-demo: setup data summary
+train: setup
+	$(PY) -m jobs.train_towers
 
-pipeline: setup
-	@echo "The full pipeline DAG lands with issue #4; for now: data + summary."
-	$(MAKE) data summary
+demo: setup data pipeline summary
+
+airflow-db: setup
+	$(VENV)/bin/airflow db migrate >/dev/null
+
+# The whole batch DAG, in-process, on embedded defaults (SQLite, Milvus Lite, Parquet under data/).
+pipeline: airflow-db
+	@test -f $(REC_DATA_DIR)/lake/CURRENT || $(MAKE) data
+	$(VENV)/bin/airflow dags test recsys_pipeline
 
 serve: setup
 	@echo "The feed API lands with issue #5."; exit 1
@@ -59,8 +66,12 @@ serve: setup
 bench: setup
 	$(PY) -m benchmarks.run
 
+# Recommendation quality on held-out data (synthetic + MovieLens), with ablations; writes data/eval/quality.md.
+eval: setup
+	$(PY) -m benchmarks.quality
+
 clean:
-	rm -rf data/lake data/truth data/warehouse.duckdb .airflow
+	rm -rf data/lake data/truth data/features data/models data/snapshots data/inbox data/eval data/warehouse.duckdb .airflow
 
 bench-milvus: setup
 	$(PY) benchmarks/milvus_versions.py

@@ -11,9 +11,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from jobs.cli import settings_for
 from rec_core.lake import Lake, LakeError
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 from rec_core.text_features import embed_videos_text
 
 
@@ -28,14 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         print(build_features(settings))
     except LakeError as exc:

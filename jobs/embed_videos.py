@@ -9,7 +9,6 @@ no file behind.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -17,11 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from jobs.cli import settings_for
 from rec_core.embedding import video_vectors_for_shard, write_vectors
 from rec_core.lake import LakeError
 from rec_core.model_store import ModelStoreError
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 from rec_core.snapshot_layout import SnapshotError, snapshot_paths
 
 log = logging.getLogger("jobs.embed_videos")
@@ -54,14 +53,7 @@ def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: 
     parser.add_argument("--shard", type=int, required=True, help="shard index, 0-based")
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         summary = job(settings, args.snapshot, args.shard)
     except (SnapshotError, LakeError, ModelStoreError, ValueError) as exc:

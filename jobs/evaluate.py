@@ -11,11 +11,11 @@ plots (``--report DIR``, default ``<data root>/reports/<version>/``)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from jobs.cli import settings_for
 from rec_core.atomic import write_bytes_atomic
 from rec_core.evaluation import (
     baseline_metrics,
@@ -28,8 +28,7 @@ from rec_core.evaluation import (
 )
 from rec_core.lake import LakeError
 from rec_core.model_store import ModelStore, ModelStoreError
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 
 
 def evaluate(settings: Settings, version: str | None = None, *, with_baselines: bool = True) -> dict:
@@ -52,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baselines", action="store_true", help="only the two-tower model")
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         result = evaluate(settings, args.model, with_baselines=not args.no_baselines)
     except (LakeError, ModelStoreError) as exc:

@@ -12,16 +12,15 @@ byte-identical tables, so a rerun leaves the lake version unchanged.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from jobs.cli import settings_for
 from rec_core.lake import Lake
-from rec_core.progress import Progress, setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.progress import Progress
+from rec_core.settings import Settings
 from rec_core.synthetic import SCALES, generate_world, params_for, write_truth
 
 log = logging.getLogger(__name__)
@@ -153,14 +152,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir is not None:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     summary = generate_data(settings, args.scale, users=args.users, videos=args.videos, seed=args.seed)
     print(format_summary(summary))
     return 0

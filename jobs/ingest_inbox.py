@@ -11,7 +11,6 @@ video the lake does not know are counted and dropped. Idempotent: see
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import polars as pl
 
+from jobs.cli import settings_for
 from rec_core.inbox import InboxBatch, iter_kind, mark_consumed, read_new
 from rec_core.lake import Lake, LakeError
-from rec_core.progress import setup_logging
 from rec_core.schemas import TABLES
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 
 log = logging.getLogger("jobs.ingest_inbox")
 
@@ -157,14 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         print(json.dumps(ingest_inbox(settings)))
     except LakeError as exc:

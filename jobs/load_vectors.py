@@ -11,7 +11,6 @@ that may open the snapshot's Lite file, and it closes it before returning.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from jobs.cli import settings_for
 from rec_core.embedding import VIDEO_ID, read_vector_shards, vectors_array
-from rec_core.progress import Progress, setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.progress import Progress
+from rec_core.settings import Settings
 from rec_core.snapshot_layout import SnapshotError, snapshot_paths
 from rec_core.vector_store import VectorStore, VectorStoreError
 
@@ -69,14 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot", required=True, help="snapshot id (its video vector shards must exist)")
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         summary = load_vectors(settings, args.snapshot)
     except (SnapshotError, VectorStoreError, ValueError) as exc:

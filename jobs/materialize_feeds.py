@@ -25,7 +25,6 @@ Deterministic: the same snapshot and lake give byte-identical files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -46,10 +45,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from jobs.cli import settings_for
 from rec_core.atomic import write_with
 from rec_core.candidates import ExclusionCSR, iter_top_k, trending_order, trending_scores
 from rec_core.feed_policy import FeedPolicy, select_eligible
-from rec_core.progress import Progress, setup_logging
+from rec_core.progress import Progress
 from rec_core.reasons import (
     ReasonCatalogue,
     TagIndex,
@@ -59,7 +59,7 @@ from rec_core.reasons import (
     render,
     unit_rows,
 )
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 from rec_core.snapshot_layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
 
 log = logging.getLogger(__name__)
@@ -704,14 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--trending", action="store_true", help="build trending.parquet instead")
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         if args.trending:
             summary = build_trending(settings, args.snapshot)

@@ -7,14 +7,13 @@ it only moves the ``CURRENT`` pointer.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from jobs.cli import settings_for
 from rec_core.evaluation import markdown_table
 from rec_core.model_store import ModelStore, ModelStoreError
-from rec_core.settings import Settings, SettingsError
 
 
 def list_versions(store: ModelStore) -> str:
@@ -71,13 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     promote_p = sub.add_parser("promote", help="make VERSION current (bypasses the gate)")
     promote_p.add_argument("version")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    settings = settings_for(args, logging=False)
     store = ModelStore(settings.models_dir)
     try:
         if args.command == "list":

@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+from jobs.cli import settings_for
 from rec_core.lake import LakeError
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 from rec_core.snapshot import list_snapshots, rollback, validate_snapshot
 from rec_core.snapshot import publish as publish_snapshot
 from rec_core.snapshot_layout import SnapshotError
@@ -43,14 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.snapshot or args.rollback or args.list):
         parser.error("give --snapshot ID, --rollback or --list")
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         if args.list:
             for row in list_snapshots(settings):

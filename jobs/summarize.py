@@ -7,15 +7,14 @@ warehouse file that ``duckdb data/warehouse.duckdb`` opens too.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import duckdb
 
+from jobs.cli import settings_for
 from rec_core.lake import LakeError
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 from rec_core.warehouse import ANALYSIS_QUERIES, build_warehouse
 
 QUERIES: dict[str, str] = {
@@ -88,14 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     try:
         results = summarize(settings)
     except LakeError as exc:

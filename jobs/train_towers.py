@@ -10,13 +10,13 @@ metrics and curves; promote it if it passes the quality gate.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from jobs.cli import settings_for
 from rec_core.evaluation import (
     LakeData,
     baseline_metrics,
@@ -30,8 +30,7 @@ from rec_core.evaluation import (
 from rec_core.lake import LakeError
 from rec_core.model_store import ModelStore, ModelStoreError, gate
 from rec_core.plots import training_curves_png
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 from rec_core.training import TrainConfig, prepare, train
 
 log = logging.getLogger("jobs.train_towers")
@@ -139,14 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="default: REC_SEED")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    setup_logging(settings.log_level)
+    settings = settings_for(args)
     config = TrainConfig(
         embedding_dim=args.embedding_dim or settings.embedding_dim,
         epochs=args.epochs,
