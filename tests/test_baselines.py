@@ -1,4 +1,4 @@
-"""Baselines on small hand-made and planted-cluster data."""
+"""Baselines on small hand-made and planted-cluster data, and against dense reference formulas."""
 
 from __future__ import annotations
 
@@ -6,15 +6,21 @@ import datetime as dt
 
 import numpy as np
 import polars as pl
+import pytest
 
-from rec_core.baselines import EASE, ItemKNN, MostPop, evaluate_baselines
-from rec_core.split import temporal_split
+from rec_core.baselines import EASE, TIE_BREAK, ItemKNN, MostPop, evaluate_baselines, popularity
+from rec_core.split import Split, temporal_split, train_matrix
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def _split(train: list[tuple[str, str]], test: list[tuple[str, str]], videos: list[str]):
-    rows = [(u, v, T0) for u, v in train] + [(u, v, T0 + dt.timedelta(days=10)) for u, v in test]
+def make_split(
+    train: list[tuple[str, str]], test: list[tuple[str, str]], videos: list[str], train_days: list[float] | None = None
+) -> Split:
+    """Train rows on day 0 (or ``train_days``), test rows on day 10; one cut at day 5."""
+    days = train_days or [0.0] * len(train)
+    rows = [(u, v, T0 + dt.timedelta(days=d)) for (u, v), d in zip(train, days, strict=True)]
+    rows += [(u, v, T0 + dt.timedelta(days=10)) for u, v in test]
     interactions = pl.DataFrame(
         {"user_id": [r[0] for r in rows], "video_id": [r[1] for r in rows], "ts": [r[2] for r in rows]}
     )
@@ -22,24 +28,81 @@ def _split(train: list[tuple[str, str]], test: list[tuple[str, str]], videos: li
     return temporal_split(interactions, pl.DataFrame({"video_id": videos}), valid_start=cut, test_start=cut)
 
 
-def test_most_pop_ranks_by_training_popularity() -> None:
-    split = _split(
-        [("u1", "b"), ("u2", "b"), ("u3", "b"), ("u1", "c"), ("u2", "c"), ("u3", "a")],
-        [("u1", "a")],
-        ["a", "b", "c", "d"],
-    )
+def random_split(n_users: int, n_items: int, density: float, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    videos = [f"v{i:02d}" for i in range(n_items)]
+    train = [(f"u{u:02d}", v) for u in range(n_users) for v in videos if rng.random() < density]
+    return make_split(train, [("u00", videos[0])], videos)
+
+
+def ranking(scores: np.ndarray) -> list[int]:
+    return list(np.argsort(-scores, kind="stable"))
+
+
+def test_most_pop_counts_distinct_users_and_breaks_ties_by_index() -> None:
+    # b: 3 users; c: 2 users; a: 1 user who watched it 4 times; d, e: nobody.
+    train = [("u1", "b"), ("u2", "b"), ("u3", "b"), ("u1", "c"), ("u2", "c")] + [("u3", "a")] * 4
+    split = make_split(train, [("u1", "a")], ["a", "b", "c", "d", "e"], train_days=[0, 0, 0, 0, 0, 0, 1, 2, 3])
     scores = MostPop().fit(split).score(np.array([0, 1]))
-    assert scores.shape == (2, 4)
-    assert list(np.argsort(-scores[0].numpy())[:3]) == [1, 2, 0]
+    assert scores.shape == (2, 5)
+    assert ranking(scores[0].numpy()) == [1, 2, 0, 3, 4]
+    assert ranking(scores[1].numpy()) == [1, 2, 0, 3, 4]
+
+
+def test_most_pop_recency_weighting() -> None:
+    # a: 3 users 200 days before the cut; b: 2 users 1 day before it.
+    train = [("u1", "a"), ("u2", "a"), ("u3", "a"), ("u1", "b"), ("u2", "b")]
+    days = [-195.0, -195.0, -195.0, 4.0, 4.0]
+    split = make_split(train, [("u3", "b")], ["a", "b"], train_days=days)
+    assert ranking(MostPop().fit(split).score(np.array([0]))[0].numpy()) == [0, 1]
+    recent = MostPop(half_life_days=30.0).fit(split)
+    assert ranking(recent.score(np.array([0]))[0].numpy()) == [1, 0]
+    assert popularity(split, 30.0) == pytest.approx([3 * 0.5 ** (200 / 30), 2 * 0.5 ** (1 / 30)])
 
 
 def test_item_knn_follows_co_occurrence() -> None:
     # a and b are always watched together; c goes with d.
     train = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "c"), ("u3", "d"), ("u4", "a")]
-    split = _split(train, [("u4", "b")], ["a", "b", "c", "d"])
-    u4 = split.user_positions(["u4"])
-    scores = ItemKNN(shrink=0.0).fit(split).score(u4)[0].numpy()
+    split = make_split(train, [("u4", "b")], ["a", "b", "c", "d"])
+    scores = ItemKNN(shrink=0.0).fit(split).score(split.user_positions(["u4"]))[0].numpy()
     assert scores[1] > scores[2] and scores[1] > scores[3]
+    assert scores[1] == pytest.approx(2 / np.sqrt(3 * 2), abs=2 * TIE_BREAK)  # cos(a, b) = 2 / sqrt(3 * 2)
+
+
+def test_item_knn_matches_dense_cosine_reference() -> None:
+    split = random_split(40, 12, 0.3, seed=4)
+    x = train_matrix(split).toarray().astype(np.float64)
+    shrink = 2.0
+    norms = np.sqrt(x.sum(0))
+    sim = (x.T @ x) / (norms[:, None] * norms[None, :] + shrink)
+    np.fill_diagonal(sim, 0.0)
+    expected = x @ sim  # no pruning: every item keeps all 11 others
+    got = ItemKNN(neighbours=50, shrink=shrink).fit(split).score(np.arange(split.n_users)).numpy()
+    assert got == pytest.approx(expected, abs=2 * TIE_BREAK)
+
+
+def test_item_knn_keeps_only_the_nearest_neighbours() -> None:
+    # a co-occurs with b (3 users) far more than with c (1 user); u9 watched b and c.
+    train = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "b"), ("u4", "a"), ("u4", "c")]
+    train += [("u9", "b"), ("u9", "c")]
+    split = make_split(train, [("u9", "a")], ["a", "b", "c"])
+    u9 = split.user_positions(["u9"])
+    full = ItemKNN(neighbours=2, shrink=0.0).fit(split).score(u9)[0].numpy()
+    pruned = ItemKNN(neighbours=1, shrink=0.0).fit(split).score(u9)[0].numpy()
+    sim_ab, sim_ac = 3 / np.sqrt(4 * 4), 1 / np.sqrt(4 * 2)
+    assert full[0] == pytest.approx(sim_ab + sim_ac, abs=2 * TIE_BREAK)
+    assert pruned[0] == pytest.approx(sim_ab, abs=2 * TIE_BREAK)  # c is not among a's 1 nearest
+
+
+def test_ease_matches_closed_form() -> None:
+    split = random_split(40, 12, 0.3, seed=5)
+    x = train_matrix(split).toarray().astype(np.float64)
+    l2 = 3.0
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(split.n_items))
+    b = np.eye(split.n_items) - p / np.diag(p)[None, :]
+    got = EASE(l2=l2).fit(split).score(np.arange(split.n_users)).numpy()
+    assert got == pytest.approx(x @ b, abs=1e-4)
+    assert np.abs(np.diag(b)).max() < 1e-9  # the constraint diag(B) = 0
 
 
 def test_ease_recovers_blocks_and_cannot_score_unseen_items() -> None:
@@ -48,20 +111,44 @@ def test_ease_recovers_blocks_and_cannot_score_unseen_items() -> None:
     for u in range(40):
         block = ["a", "b", "c"] if u % 2 == 0 else ["x", "y", "z"]
         train += [(f"u{u}", v) for v in rng.choice(block, size=2, replace=False)]
-    split = _split(train, [("u0", "a")], ["a", "b", "c", "x", "y", "z", "cold"])
+    split = make_split(train, [("u0", "a")], ["a", "b", "c", "x", "y", "z", "cold"])
     ease = EASE(l2=1.0).fit(split)
-    seen = {(u, v) for u, v in train}
+    seen = set(train)
     for u in range(40):
         scores = ease.score(split.user_positions([f"u{u}"]))[0].numpy()
-        unseen = [i for i in np.argsort(-scores) if (f"u{u}", split.item_ids[i]) not in seen]
+        unseen = [i for i in ranking(scores) if (f"u{u}", split.item_ids[i]) not in seen]
         # The one block item the user has not watched is their top recommendation.
         assert split.item_ids[unseen[0]] in ({"a", "b", "c"} if u % 2 == 0 else {"x", "y", "z"}), u
-    assert ease.score(np.array([0]))[0, list(split.item_ids).index("cold")] == float("-inf")
+    assert ease.score(np.array([0]))[0, split.item_positions(["cold"])[0]] == float("-inf")
+
+
+def test_ease_max_items_keeps_the_most_popular() -> None:
+    # Popularity: a 3, b 2, c 1.
+    train = [("u1", "a"), ("u2", "a"), ("u3", "a"), ("u1", "b"), ("u2", "b"), ("u3", "c")]
+    split = make_split(train, [("u1", "c")], ["a", "b", "c"])
+    ease = EASE(l2=1.0, max_items=2).fit(split)
+    assert ease.items.tolist() == [0, 1]
+    scores = ease.score(np.arange(split.n_users)).numpy()
+    assert np.isneginf(scores[:, 2]).all() and np.isfinite(scores[:, :2]).all()
+
+
+def test_users_without_history_get_popularity_order() -> None:
+    train = [("u1", "c"), ("u2", "c"), ("u3", "c"), ("u1", "a"), ("u2", "a"), ("u3", "b")]
+    split = make_split(train, [("new", "a")], ["a", "b", "c", "d"])
+    new = split.user_positions(["new"])
+    for model in (ItemKNN(), EASE()):
+        assert ranking(model.fit(split).score(new)[0].numpy())[:3] == [2, 0, 1], model.name
+
+
+def test_scores_cover_the_full_catalogue() -> None:
+    split = make_split([("u1", "a"), ("u2", "b")], [("u1", "b")], ["a", "b", "c"])
+    for model in (MostPop(), ItemKNN(), EASE()):
+        assert model.fit(split).score(np.array([0, 1])).shape == (2, 3)
 
 
 def test_collaborative_baselines_beat_popularity_on_planted_clusters() -> None:
     rng = np.random.default_rng(1)
-    clusters = [[f"c{c}_{i}" for i in range(30)] for c in range(4)]
+    clusters = [[f"c{c}_{i:02d}" for i in range(30)] for c in range(4)]
     # One cluster is far more popular overall, so MostPop recommends it to everyone.
     weights = np.array([0.55, 0.15, 0.15, 0.15])
     train, test = [], []
@@ -71,14 +158,20 @@ def test_collaborative_baselines_beat_popularity_on_planted_clusters() -> None:
         noise = rng.choice(clusters[int(rng.choice(4, p=weights))], size=4, replace=False)
         train += [(f"u{u}", v) for v in [*watched[:8], *noise]]
         test += [(f"u{u}", v) for v in watched[8:]]
-    split = _split(train, test, sorted(v for c in clusters for v in c))
-    results = evaluate_baselines(split)
+    split = make_split(train, test, sorted(v for c in clusters for v in c))
+    results = evaluate_baselines(split, ks=(10,))
+    assert set(results) == {"most_pop", "item_knn", "ease"}
     pop = results["most_pop"]["recall@10"]
     assert results["item_knn"]["recall@10"] > 1.5 * pop, results
     assert results["ease"]["recall@10"] > 1.5 * pop, results
+    assert results["ease"]["users"] == 400 and results["ease"]["fit_seconds"] >= 0
 
 
-def test_baseline_scores_cover_the_full_catalogue() -> None:
-    split = _split([("u1", "a"), ("u2", "b")], [("u1", "b")], ["a", "b", "c"])
-    for model in (MostPop(), ItemKNN(), EASE()):
-        assert model.fit(split).score(np.array([0, 1])).shape == (2, 3)
+def test_invalid_parameters() -> None:
+    with pytest.raises(ValueError):
+        ItemKNN(neighbours=0)
+    with pytest.raises(ValueError):
+        EASE(l2=0.0)
+    split = make_split([("u1", "a")], [("u1", "b")], ["a", "b"])
+    with pytest.raises(ValueError):
+        MostPop(half_life_days=-1.0).fit(split)
