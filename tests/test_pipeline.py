@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -63,11 +67,6 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
 def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path, data_env: Path) -> None:
     """SIGKILL in the middle of writing a feed shard: the live snapshot is untouched, the half-built one is
     refused by validation, and a rerun of the shard completes it."""
-    import os
-    import signal  # noqa: F401  (used by the child)
-    import subprocess
-    import sys
-
     from jobs.embed_users import embed_users
     from jobs.embed_videos import embed_videos
     from jobs.generate_data import generate_data
@@ -97,8 +96,6 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
     validate_snapshot(settings, live)
     publish(settings, live)
     before = {p.name: p.read_bytes() for p in (settings.snapshots_dir / live / "feeds").iterdir()}
-
-    import time
 
     time.sleep(1.1)  # snapshot ids have one-second resolution
     new = build_upto_materialize()
