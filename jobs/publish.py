@@ -1,66 +1,119 @@
-"""``python -m jobs.publish``: validate a built snapshot and make it live; list; roll back.
+"""``python -m jobs.publish``: validate a built snapshot and make it live; list snapshots; roll back.
 
-    python -m jobs.publish --snapshot ID            validate, publish, rebuild the warehouse
-    python -m jobs.publish --snapshot ID --validate-only
-    python -m jobs.publish --rollback               the previous snapshot becomes live again
-    python -m jobs.publish --list
+    python -m jobs.publish --snapshot ID                  validate, publish, rebuild the warehouse
+    python -m jobs.publish --snapshot ID --validate-only  validate and write the manifest; publish nothing
+    python -m jobs.publish --rollback                     the previous snapshot becomes live again
+    python -m jobs.publish --list                         every snapshot folder and its state
 
-A refused snapshot exits with status 2 and every reason; the live one is untouched.
+A refused snapshot exits with status 2 and lists every reason; the live snapshot
+is untouched. Publishing the live snapshot again is a no-op. Exit status 1 means
+the publish or rollback happened but the warehouse could not be rebuilt (rerun
+``python -m jobs.summarize``). See :mod:`rec_core.snapshot` for the protocol.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import datetime as dt
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from jobs.cli import settings_for
 from rec_core.lake import LakeError
 from rec_core.settings import Settings
-from rec_core.snapshot import list_snapshots, rollback, validate_snapshot
+from rec_core.snapshot import ABANDONED_AFTER, list_snapshots, rollback, validate_snapshot
 from rec_core.snapshot import publish as publish_snapshot
 from rec_core.snapshot_layout import SnapshotError
 from rec_core.warehouse import build_warehouse
 
+log = logging.getLogger("jobs.publish")
 
-def validate(settings: Settings, snapshot_id: str) -> dict:
+
+def validate(settings: Settings, snapshot_id: str) -> dict[str, Any]:
+    """Validate and write the manifest; returns it as a dict (Airflow passes it on as XCom)."""
     return dataclasses.asdict(validate_snapshot(settings, snapshot_id))
 
 
-def publish(settings: Settings, snapshot_id: str) -> dict:
-    return dataclasses.asdict(publish_snapshot(settings, snapshot_id))
+def publish(settings: Settings, snapshot_id: str, *, abandoned_after: dt.timedelta = ABANDONED_AFTER) -> dict[str, Any]:
+    """Publish an already validated snapshot (the DAG validates in the task before); returns the result as a dict."""
+    return dataclasses.asdict(publish_snapshot(settings, snapshot_id, abandoned_after=abandoned_after))
+
+
+def format_list(settings: Settings) -> str:
+    rows = [("", "snapshot", "state", "published_at", "model_version", "users", "feed rows")]
+    for s in list_snapshots(settings):
+        rows.append(
+            (
+                "*" if s.live else "",
+                s.snapshot_id,
+                s.state,
+                s.published_at or "-",
+                s.model_version or "-",
+                str(s.counts.get("feed_users", "-")),
+                str(s.counts.get("feed_rows", "-")),
+            )
+        )
+    if len(rows) == 1:
+        return f"no snapshots under {settings.snapshots_dir}"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _rebuild_warehouse(settings: Settings) -> int:
+    try:
+        print(f"warehouse rebuilt: {build_warehouse(settings)}")
+    except Exception as exc:  # the swap already happened: report it, but do not pretend the publish failed
+        print(f"warning: the warehouse could not be rebuilt ({exc}); run `python -m jobs.summarize`", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--snapshot", help="snapshot id")
-    parser.add_argument("--validate-only", action="store_true")
-    parser.add_argument("--rollback", action="store_true")
-    parser.add_argument("--list", action="store_true")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--snapshot", metavar="ID", help="the snapshot to validate and publish")
+    action.add_argument("--rollback", action="store_true", help="make the previously published snapshot live again")
+    action.add_argument("--list", action="store_true", help="list snapshots and which one is live")
+    parser.add_argument("--validate-only", action="store_true", help="with --snapshot: validate, do not publish")
+    parser.add_argument(
+        "--abandoned-after-hours",
+        type=float,
+        default=ABANDONED_AFTER.total_seconds() / 3600,
+        help="never-published snapshot folders untouched this long are removed when pruning (default: %(default)s)",
+    )
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)
-    if not (args.snapshot or args.rollback or args.list):
-        parser.error("give --snapshot ID, --rollback or --list")
+    if args.validate_only and not args.snapshot:
+        parser.error("--validate-only needs --snapshot ID")
     settings = settings_for(args)
     try:
         if args.list:
-            for row in list_snapshots(settings):
-                print(json.dumps(row))
+            print(format_list(settings))
             return 0
         if args.rollback:
-            print(f"live: {rollback(settings)}")
-        else:
-            print(json.dumps(validate(settings, args.snapshot)["counts"]))
-            if args.validate_only:
-                return 0
-            print(json.dumps(publish(settings, args.snapshot)))
-        print(f"warehouse: {build_warehouse(settings)}")
+            target = rollback(settings)
+            print(f"rolled back: {target} is live")
+            return _rebuild_warehouse(settings)
+        manifest = validate_snapshot(settings, args.snapshot)
+        print(f"snapshot {args.snapshot} is valid: {manifest.counts}")
+        if args.validate_only:
+            return 0
+        result = publish_snapshot(
+            settings, args.snapshot, abandoned_after=dt.timedelta(hours=args.abandoned_after_hours)
+        )
     except (SnapshotError, LakeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    if not result.changed:
+        print(f"snapshot {args.snapshot} is already live; nothing to do")
+        return 0
+    print(f"published: {result.snapshot_id} is live (previous: {result.previous or 'none'})")
+    if result.pruned:
+        print(f"pruned: {', '.join(result.pruned)}")
+    return _rebuild_warehouse(settings)
 
 
 if __name__ == "__main__":

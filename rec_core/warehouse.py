@@ -1,12 +1,29 @@
-"""The DuckDB warehouse: a small database file of views for analysts' ad hoc SQL.
+"""The DuckDB warehouse: one small database file of views, for analysts' ad hoc SQL.
 
-Views over the live lake version (videos, users, follows, interactions), the
-live snapshot (feeds, trending, video_vectors, user_vectors: present once a
-snapshot is published), and two small tables: ``snapshots`` (publish history)
-and ``model_metrics`` (one row per model version, model and metric). It is
-rebuilt atomically after every lake commit and every publish: a new file is
-written beside the old one and renamed over it, so an analyst never opens a
-half-built warehouse. ``ANALYSIS_QUERIES`` are the README's example queries.
+``duckdb data/warehouse.duckdb`` then ``SHOW TABLES`` lists what is there:
+
+* always: views ``videos``, ``users``, ``follows``, ``interactions`` over the live
+  lake version, and the table ``lake_info`` (lake version, source, commit time);
+* always, possibly empty: ``snapshots`` (one row per published snapshot: when it
+  was first and last made live, its model, whether it is live, whether its folder
+  is still kept), ``snapshot_history`` (one row per publish / rollback) and
+  ``model_metrics`` (one row per model version, model and metric from
+  ``models/*/metrics.json``; ``current`` marks ``models/CURRENT``);
+* once a snapshot is live: views ``feeds``, ``trending``, ``video_vectors``,
+  ``user_vectors`` over the live snapshot's files, and the one-row table
+  ``snapshot_info`` (its id, model, lake version, as-of time). Before the first
+  publish these are absent, so a query over ``feeds`` fails with "Table ... does
+  not exist" rather than answering from nothing.
+
+Views name absolute file paths (the exact shard list of the snapshot's
+``build.json``, never a glob a stray file could join), so the warehouse opens
+from any working directory. It holds no data of its own beyond the small tables,
+and is rebuilt after every lake commit, publish and rollback: written beside the
+old file and renamed over it, so an analyst never opens a half-built warehouse.
+A warehouse built before a publish keeps pointing at the snapshot that was live
+then; that snapshot stays on disk for ``snapshots_keep`` more publishes.
+
+``ANALYSIS_QUERIES`` are the README's example queries (a test runs each of them).
 """
 
 from __future__ import annotations
@@ -21,9 +38,11 @@ from rec_core.atomic import atomic_path
 from rec_core.lake import Lake
 from rec_core.schemas import TABLES
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import live_snapshot_id
+from rec_core.snapshot_layout import SnapshotError, SnapshotPaths, live_snapshot_id
 
 log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"  # rec_core.snapshot.HISTORY_FILE (not imported: the warehouse only reads it)
 
 
 def _sql_str(value: str | Path) -> str:
@@ -31,7 +50,7 @@ def _sql_str(value: str | Path) -> str:
 
 
 def build_warehouse(settings: Settings) -> Path:
-    """(Re)build ``settings.warehouse_path`` with one view per lake table."""
+    """(Re)build ``settings.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
     lake = Lake(settings.lake_dir, settings.lake_versions_keep)
     version = lake.current()
     target = settings.warehouse_path
@@ -44,47 +63,74 @@ def build_warehouse(settings: Settings) -> Path:
                 if path.is_file():
                     con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_str(path)})")
             con.execute(
-                "CREATE TABLE lake_info AS SELECT ? AS lake_version, ? AS source, ? AS committed_at",
+                "CREATE TABLE lake_info AS SELECT ? AS lake_version, ? AS source, ?::TIMESTAMPTZ AS committed_at",
                 [version.name, version.manifest.get("source"), version.manifest.get("created_at")],
             )
-            _snapshot_views(con, settings)
+            live = _snapshot_tables(con, settings)
             _model_metrics(con, settings)
             con.execute("CHECKPOINT")
         finally:
             con.close()
-    log.info("warehouse %s rebuilt over lake %s", target, version.name)
+    log.info("warehouse %s rebuilt over lake %s, live snapshot %s", target, version.name, live or "none")
     return target
 
 
-def _snapshot_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    history_file = settings.snapshots_dir / "history.json"
+def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str | None:
+    history_file = settings.snapshots_dir / HISTORY_FILE
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     live = live_snapshot_id(settings)
     con.execute(
-        "CREATE TABLE snapshots (snapshot_id VARCHAR, published_at TIMESTAMPTZ, model_version VARCHAR, live BOOLEAN)"
+        "CREATE TABLE snapshot_history (seq INTEGER, snapshot_id VARCHAR, published_at TIMESTAMPTZ, "
+        "model_version VARCHAR, action VARCHAR, previous VARCHAR)"
     )
-    for entry in history:
-        con.execute(
-            "INSERT INTO snapshots VALUES (?, ?, ?, ?)",
-            [entry["snapshot_id"], entry["published_at"], entry["model_version"], entry["snapshot_id"] == live],
+    rows = [
+        (
+            i,
+            e["snapshot_id"],
+            e.get("published_at"),
+            e.get("model_version"),
+            e.get("action", "publish"),
+            e.get("previous"),
         )
-    if live is None:
-        return
-    root = (settings.snapshots_dir / live).resolve()
-    views = {
-        "feeds": root / "feeds" / "part-*.parquet",
-        "trending": root / "trending.parquet",
-        "video_vectors": root / "vectors" / "videos-*.parquet",
-        "user_vectors": root / "vectors" / "users-*.parquet",
-    }
-    for name, pattern in views.items():
-        if list(pattern.parent.glob(pattern.name)):
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_str(pattern)})")
-    build = json.loads((root / "build.json").read_text())
+        for i, e in enumerate(history)
+    ]
+    if rows:
+        con.executemany("INSERT INTO snapshot_history VALUES (?, ?, ?, ?, ?, ?)", rows)
+    kept = sorted(p.name for p in settings.snapshots_dir.glob("s*") if p.is_dir()) if history else []
     con.execute(
-        "CREATE TABLE snapshot_info AS SELECT ? AS snapshot_id, ? AS model_version, ?::TIMESTAMPTZ AS as_of",
-        [live, build["model_version"], build["as_of"]],
+        "CREATE TABLE snapshots AS SELECT snapshot_id, any_value(model_version) AS model_version, "
+        "min(published_at) AS first_published_at, max(published_at) AS published_at, count(*) AS times_made_live, "
+        "snapshot_id = ? AS live, list_contains(?::VARCHAR[], snapshot_id) AS kept "
+        "FROM snapshot_history GROUP BY snapshot_id ORDER BY first_published_at",
+        [live or "", kept],
     )
+    if live is None:
+        return None
+    paths = SnapshotPaths((settings.snapshots_dir / live).resolve())
+    try:
+        build = paths.read_build()
+    except SnapshotError as exc:
+        log.warning("live snapshot %s is unreadable, the warehouse has no feeds: %s", live, exc)
+        return None
+    views = {
+        "feeds": [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)],
+        "trending": [paths.trending_file],
+        "video_vectors": [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)],
+        "user_vectors": [paths.user_vectors(i, build.user_shards) for i in range(build.user_shards)],
+    }
+    for name, files in views.items():
+        if files and all(f.is_file() for f in files):
+            listed = ", ".join(_sql_str(f) for f in files)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
+        else:
+            log.warning("live snapshot %s lacks files of %s; no such view", live, name)
+    published = next((e.get("published_at") for e in reversed(history) if e["snapshot_id"] == live), None)
+    con.execute(
+        "CREATE TABLE snapshot_info AS SELECT ? AS snapshot_id, ? AS model_version, ? AS lake_version, "
+        "?::TIMESTAMPTZ AS as_of, ?::TIMESTAMPTZ AS created_at, ?::TIMESTAMPTZ AS published_at, ? AS feed_length",
+        [live, build.model_version, build.lake_version, build.as_of, build.created_at, published, build.feed_length],
+    )
+    return live
 
 
 def _model_metrics(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
@@ -92,47 +138,87 @@ def _model_metrics(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
         "CREATE TABLE model_metrics (model_version VARCHAR, current BOOLEAN, dataset VARCHAR, model VARCHAR, "
         "metric VARCHAR, value DOUBLE)"
     )
-    pointer = settings.models_dir / "CURRENT"
+    root = settings.models_dir
+    pointer = root / "CURRENT"
     current = pointer.read_text().strip() if pointer.is_file() else None
     rows = []
-    for path in sorted(settings.models_dir.glob("m*/metrics.json")) if settings.models_dir.is_dir() else []:
-        metrics = json.loads(path.read_text())
+    # Version folders start with "m" (rec_core.model_store); ".staging-*" folders are half-written saves.
+    for path in sorted(root.glob("m*/metrics.json")) if root.is_dir() else []:
+        try:
+            metrics = json.loads(path.read_text())
+        except ValueError as exc:
+            log.warning("skipping unreadable %s: %s", path, exc)
+            continue
         version = path.parent.name
-        for model, values in metrics.get("models", {}).items():
+        for model, values in (metrics.get("models") or {}).items():
             rows += [
                 (version, version == current, metrics.get("dataset"), model, metric, float(value))
                 for metric, value in values.items()
-                if isinstance(value, int | float)
+                if isinstance(value, int | float) and not isinstance(value, bool)
             ]
     if rows:
         con.executemany("INSERT INTO model_metrics VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
-# The README's example queries; a test runs each of them on a published snapshot.
+# The README's example queries; tests/test_warehouse.py runs each of them on a published snapshot.
+# "Later" means after the live snapshot's as-of: interactions the batch had not seen when it ranked the feeds.
 ANALYSIS_QUERIES: dict[str, str] = {
-    "Feed share per creator (top 10)": """
-        SELECT v.creator_id, count(*) AS slots, round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS pct_of_slots
+    "Feed share per creator (top 10 by feed slots)": """
+        SELECT v.creator_id, count(*) AS slots,
+               round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS pct_of_slots,
+               count(*) FILTER (WHERE f.rank < 20) AS first_page_slots,
+               count(DISTINCT f.user_id) AS users_reached
         FROM feeds f JOIN videos v USING (video_id)
-        GROUP BY v.creator_id ORDER BY slots DESC LIMIT 10""",
+        GROUP BY v.creator_id ORDER BY slots DESC, v.creator_id LIMIT 10""",
     "Catalogue coverage of the feeds": """
-        SELECT count(DISTINCT f.video_id) AS videos_in_feeds, (SELECT count(*) FROM videos) AS catalogue,
-               round(100.0 * count(DISTINCT f.video_id) / (SELECT count(*) FROM videos), 2) AS pct_covered
-        FROM feeds f""",
-    "Fresh-video exposure (posted within 3 days of the snapshot)": """
-        SELECT round(100.0 * avg((v.created_at >= s.as_of - INTERVAL 3 DAY)::INT), 2) AS pct_slots_fresh,
-               round(100.0 * avg((v.created_at >= s.as_of - INTERVAL 3 DAY)::INT) FILTER (WHERE f.rank < 20), 2)
-                   AS pct_first_page_fresh
-        FROM feeds f JOIN videos v USING (video_id), snapshot_info s""",
+        SELECT (SELECT count(*) FROM videos) AS catalogue,
+               count(DISTINCT video_id) AS videos_in_feeds,
+               round(100.0 * count(DISTINCT video_id) / (SELECT count(*) FROM videos), 2) AS pct_covered,
+               count(DISTINCT video_id) FILTER (WHERE rank < 20) AS videos_on_first_pages,
+               round(100.0 * count(DISTINCT video_id) FILTER (WHERE rank < 20) / (SELECT count(*) FROM videos), 2)
+                   AS pct_covered_first_page
+        FROM feeds""",
+    "Cold-video exposure (posted within 3 days of as-of, or never watched before it)": """
+        WITH watched AS (
+            SELECT DISTINCT video_id FROM interactions, snapshot_info s WHERE interactions.ts < s.as_of
+        ), slots AS (
+            SELECT f.rank, v.created_at >= s.as_of - INTERVAL 3 DAY AS fresh, w.video_id IS NULL AS unwatched
+            FROM feeds f JOIN videos v USING (video_id) CROSS JOIN snapshot_info s
+            LEFT JOIN watched w USING (video_id)
+        )
+        SELECT count(*) AS slots,
+               round(100.0 * avg(fresh::INT), 2) AS pct_fresh,
+               round(100.0 * avg(unwatched::INT), 2) AS pct_never_watched,
+               round(100.0 * avg(fresh::INT) FILTER (WHERE rank < 20), 2) AS pct_fresh_first_page,
+               round(100.0 * avg(unwatched::INT) FILTER (WHERE rank < 20), 2) AS pct_never_watched_first_page
+        FROM slots""",
     "Why videos are shown (reason mix)": """
-        SELECT regexp_extract(
-                   reason, '^(because you liked|from|popular with|trending in|new from|new in|popular|based on)', 1
-               ) AS kind, count(*) AS slots, round(avg(rank), 1) AS avg_rank
-        FROM feeds GROUP BY kind ORDER BY slots DESC""",
-    "Average feed rank of videos users later watched or liked": """
-        SELECT i.liked, count(*) AS interactions, round(avg(f.rank), 1) AS avg_rank_in_feed
-        FROM interactions i JOIN feeds f USING (user_id, video_id), snapshot_info s
-        WHERE i.ts >= s.as_of GROUP BY i.liked ORDER BY i.liked""",
-    "Model quality over versions (test recall@50)": """
-        SELECT model_version, current, model, round(value, 4) AS recall_at_50
-        FROM model_metrics WHERE metric = 'recall@50' ORDER BY model_version, value DESC""",
+        SELECT regexp_replace(regexp_replace(regexp_replace(reason, '"[^"]*"', '"…"', 'g'), '@\\S+', '@creator', 'g'),
+                              '#\\S+', '#tag', 'g') AS reason_kind,
+               count(*) AS slots, round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS pct_of_slots,
+               round(avg(rank), 1) AS avg_rank
+        FROM feeds GROUP BY reason_kind ORDER BY slots DESC""",
+    "Average feed rank of videos users watched or liked after as-of": """
+        WITH later AS (
+            SELECT i.user_id, i.video_id, i.liked FROM interactions i, snapshot_info s WHERE i.ts >= s.as_of
+        )
+        SELECT k.liked, count(l.user_id) AS later_interactions, count(f.video_id) AS in_feed,
+               round(100.0 * count(f.video_id) / nullif(count(l.user_id), 0), 2) AS pct_in_feed,
+               round(avg(f.rank), 1) AS avg_rank_in_feed,
+               round(100.0 * count(*) FILTER (WHERE f.rank < 20) / nullif(count(f.video_id), 0), 2)
+                   AS pct_of_hits_on_first_page
+        FROM (VALUES (false), (true)) k(liked)
+        LEFT JOIN later l USING (liked)
+        LEFT JOIN feeds f ON f.user_id = l.user_id AND f.video_id = l.video_id
+        GROUP BY k.liked ORDER BY k.liked""",
+    "Model metrics over versions (test split)": """
+        SELECT model_version, current, model,
+               round(max(value) FILTER (WHERE metric = 'recall@50'), 4) AS recall_at_50,
+               round(max(value) FILTER (WHERE metric = 'ndcg@50'), 4) AS ndcg_at_50,
+               round(max(value) FILTER (WHERE metric = 'cold_recall@50'), 4) AS cold_recall_at_50,
+               round(max(value) FILTER (WHERE metric = 'coverage@50'), 4) AS coverage_at_50
+        FROM model_metrics GROUP BY ALL ORDER BY model_version, recall_at_50 DESC NULLS LAST""",
+    "Published snapshots": """
+        SELECT snapshot_id, model_version, first_published_at, published_at, times_made_live, live, kept
+        FROM snapshots ORDER BY first_published_at""",
 }

@@ -1,200 +1,601 @@
-"""Snapshot validation, publishing, pruning, rollback, and kills during publish."""
+"""Snapshot validation, publishing, pruning, rollback, and kills during publish (real files, real DuckDB).
+
+Snapshots are written by hand over a tiny generated lake, so each test controls
+exactly what is wrong with them. The helpers here are reused by test_warehouse.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import re
 import subprocess
 import sys
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.generate_data import generate_data
+from jobs.publish import main as publish_main
 from rec_core.lake import Lake
 from rec_core.settings import Settings
-from rec_core.snapshot import list_snapshots, publish, rollback, validate_snapshot
+from rec_core.snapshot import (
+    ABANDONED_AFTER,
+    Manifest,
+    list_snapshots,
+    live_snapshot,
+    prune,
+    publish,
+    read_history,
+    read_manifest,
+    rollback,
+    sha256_file,
+    validate_snapshot,
+    verify_checksums,
+)
 from rec_core.snapshot_layout import SnapshotError, SnapshotPaths, begin_snapshot, live_snapshot_id
+from tests.conftest import ROOT
 
 DIM = 8
+FEED = 20
+USER_SHARDS = 2
+REASONS = ["because you liked a video", "from @c1 you follow", "popular right now", "trending in #tag"]
+MODEL = "m20260101T000000Z-abcd1234"
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = dataclasses.replace(Settings.load({}), data_dir=tmp_path_factory.mktemp("snap") / "data", feed_length=20)
-    generate_data(settings, "tiny", seed=3)
-    return settings
+# ---- helpers (also used by test_warehouse.py) -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def settings(base: Settings, tmp_path: Path) -> Settings:
-    # Each test gets its own snapshots folder over the shared lake.
-    return _fresh(base, tmp_path)
-
-
-def _fresh(base: Settings, tmp_path: Path) -> Settings:
+def fresh_settings(lake_settings: Settings, tmp_path: Path) -> Settings:
+    """A data root of its own (snapshots, models, warehouse) over an already generated lake."""
     data = tmp_path / "data"
     data.mkdir()
-    (data / "lake").symlink_to(base.lake_dir)
-    return dataclasses.replace(base, data_dir=data)
+    (data / "lake").symlink_to(lake_settings.lake_dir)
+    return dataclasses.replace(lake_settings, data_dir=data)
 
 
-def build(settings: Settings, second: int = 0) -> SnapshotPaths:
-    """A small, valid snapshot written by hand: every user gets the same 20 videos."""
+def lake_ids(settings: Settings) -> tuple[list[str], list[str], dt.datetime]:
+    """Video ids, the users a snapshot must cover, and a mid-history as-of (so some interactions come after)."""
     lake = Lake(settings.lake_dir)
     videos = sorted(lake.read("videos", columns=["video_id"])["video_id"].to_pylist())
-    users = sorted(
-        set(lake.read("users", columns=["user_id"])["user_id"].to_pylist())
-        | set(lake.read("interactions", columns=["user_id"])["user_id"].to_pylist())
-    )
-    paths = begin_snapshot(
-        settings,
-        model_version="m20260101T000000Z-abcd1234",
-        lake_version=lake.current().name,
-        as_of=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        video_shards=1,
-        user_shards=2,
-        embedding_dim=DIM,
-        now=dt.datetime(2026, 1, 1, 0, 0, second, tzinfo=dt.UTC),
-    )
-    vec = pa.list_(pa.float32(), DIM)
-    rng = np.random.default_rng(second)
-
-    def vectors(ids: list[str], column: str) -> pa.Table:
-        return pa.table({column: ids, "vector": pa.array(list(rng.standard_normal((len(ids), DIM))), vec)})
-
-    pq.write_table(vectors(videos, "video_id"), paths.video_vectors(0, 1))
-    half = len(users) // 2
-    for shard, part in enumerate([users[:half], users[half:]]):
-        pq.write_table(vectors(part, "user_id"), paths.user_vectors(shard, 2))
-        rows = [(u, r, videos[r], 1.0 - r / 100, "popular right now") for u in part for r in range(20)]
-        pq.write_table(_feeds(rows), paths.feed_part(shard, 2))
-    pq.write_table(
-        pa.table({"rank": list(range(20)), "video_id": videos[:20], "score": [1.0] * 20, "reason": ["trending"] * 20}),
-        paths.trending_file,
-    )
-    return paths
+    inter = lake.read("interactions", columns=["user_id", "ts"])
+    as_of = pc.quantile(pc.cast(inter["ts"], pa.int64()), q=0.75)[0].as_py()
+    as_of_dt = dt.datetime.fromtimestamp(as_of / 1000, dt.UTC)
+    before = pc.filter(inter["user_id"], pc.less(pc.cast(inter["ts"], pa.int64()), int(as_of))).to_pylist()
+    users = sorted(set(lake.read("users", columns=["user_id"])["user_id"].to_pylist()) | set(before))
+    return videos, users, as_of_dt
 
 
-def _feeds(rows: list[tuple]) -> pa.Table:
+def feed_table(rows: list[tuple]) -> pa.Table:
     return pa.table(
         {
-            "user_id": [r[0] for r in rows],
+            "user_id": pa.array([r[0] for r in rows], pa.string()),
             "rank": pa.array([r[1] for r in rows], pa.int32()),
-            "video_id": [r[2] for r in rows],
+            "video_id": pa.array([r[2] for r in rows], pa.string()),
             "score": pa.array([r[3] for r in rows], pa.float32()),
-            "reason": [r[4] for r in rows],
+            "reason": pa.array([r[4] for r in rows], pa.string()),
         }
     )
 
 
-def _rewrite_part(paths: SnapshotPaths, change) -> None:
-    part = paths.feed_part(0, 2)
+def vector_table(column: str, ids: list[str], rng: np.random.Generator, dim: int = DIM) -> pa.Table:
+    values = pa.array(rng.standard_normal(len(ids) * dim).astype(np.float32))
+    return pa.table({column: pa.array(ids, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(values, dim)})
+
+
+def build_snapshot(settings: Settings, second: int = 0, *, milvus: bool = True) -> SnapshotPaths:
+    """A small valid snapshot: each user gets FEED distinct videos (rotated per user), two user shards."""
+    videos, users, as_of = lake_ids(settings)
+    lake = Lake(settings.lake_dir)
+    paths = begin_snapshot(
+        settings,
+        model_version=MODEL,
+        lake_version=lake.current().name,
+        as_of=as_of,
+        video_shards=1,
+        user_shards=USER_SHARDS,
+        embedding_dim=DIM,
+        now=dt.datetime(2026, 1, 1, 0, 0, second, tzinfo=dt.UTC),
+    )
+    rng = np.random.default_rng(second)
+    pq.write_table(vector_table("video_id", videos, rng), paths.video_vectors(0, 1))
+    for shard in range(USER_SHARDS):
+        lo, hi = len(users) * shard // USER_SHARDS, len(users) * (shard + 1) // USER_SHARDS
+        part = users[lo:hi]
+        pq.write_table(vector_table("user_id", part, rng), paths.user_vectors(shard, USER_SHARDS))
+        rows = [
+            (u, r, videos[(i + r) % len(videos)], 1.0 - r / 100, REASONS[(i + r) % len(REASONS)])
+            for i, u in enumerate(part, start=lo)
+            for r in range(FEED)
+        ]
+        pq.write_table(feed_table(rows), paths.feed_part(shard, USER_SHARDS))
+    trending = {
+        "rank": pa.array(range(FEED), pa.int32()),
+        "video_id": videos[:FEED],
+        "score": pa.array([1.0] * FEED, pa.float32()),
+        "reason": ["trending"] * FEED,
+    }
+    pq.write_table(pa.table(trending), paths.trending_file)
+    if milvus:
+        # Validation only requires the Lite file to exist (opening it needs a Milvus Lite server).
+        paths.milvus_lite_file.write_bytes(b"SQLite format 3\x00 stand-in for a Milvus Lite file")
+    return paths
+
+
+def valid_snapshot(settings: Settings, second: int = 0) -> SnapshotPaths:
+    paths = build_snapshot(settings, second)
+    validate_snapshot(settings, paths.snapshot_id)
+    return paths
+
+
+def rewrite_part(paths: SnapshotPaths, change: Callable[[list[dict]], list[dict]], shard: int = 0) -> None:
+    part = paths.feed_part(shard, USER_SHARDS)
     rows = pq.read_table(part).to_pylist()
-    pq.write_table(_feeds([tuple(r.values()) for r in change(rows)]), part)
+    pq.write_table(feed_table([tuple(r.values()) for r in change(rows)]), part)
 
 
-def test_valid_snapshot_publishes_and_rolls_back(settings: Settings) -> None:
-    first = build(settings, 1)
-    validate_snapshot(settings, first.snapshot_id)
-    publish(settings, first.snapshot_id)
-    assert live_snapshot_id(settings) == first.snapshot_id
-    second = build(settings, 2)
-    validate_snapshot(settings, second.snapshot_id)
-    result = publish(settings, second.snapshot_id)
-    assert result.previous == first.snapshot_id and live_snapshot_id(settings) == second.snapshot_id
-    assert not publish(settings, second.snapshot_id).changed  # idempotent
-    assert rollback(settings) == first.snapshot_id
-    assert live_snapshot_id(settings) == first.snapshot_id
-    assert [s["live"] for s in list_snapshots(settings)] == [True, False]
+def file_bytes(paths: SnapshotPaths) -> dict[str, bytes]:
+    return {str(f.relative_to(paths.root)): f.read_bytes() for f in sorted(paths.root.rglob("*")) if f.is_file()}
+
+
+def assert_intact(settings: Settings, paths: SnapshotPaths, before: dict[str, bytes]) -> None:
+    assert paths.root.is_dir(), f"{paths.snapshot_id} is gone"
+    assert file_bytes(paths) == before
+    assert verify_checksums(paths, read_manifest(paths)) == []
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = dataclasses.replace(
+        Settings.load({}), data_dir=tmp_path_factory.mktemp("snaplake") / "data", feed_length=FEED
+    )
+    generate_data(settings, "tiny", seed=1)
+    return settings
+
+
+@pytest.fixture
+def settings(lake_settings: Settings, tmp_path: Path) -> Settings:
+    return fresh_settings(lake_settings, tmp_path)
+
+
+# ---- validation -----------------------------------------------------------------------------------------------------
+
+
+def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Settings) -> None:
+    paths = build_snapshot(settings)
+    manifest = validate_snapshot(settings, paths.snapshot_id)
+    _, users, _ = lake_ids(settings)
+    on_disk = Manifest.from_json(paths.manifest_file.read_text())
+    assert on_disk == manifest
+    json.dumps(dataclasses.asdict(manifest))  # JSON-serialisable as it is
+    assert manifest.counts["feed_users"] == manifest.counts["lake_users"] == manifest.counts["user_vectors"]
+    assert manifest.counts["lake_users"] == len(users)
+    assert manifest.counts["feed_rows"] == len(users) * FEED
+    assert manifest.counts["video_vectors"] == manifest.counts["videos"] == 1500
+    assert manifest.counts["trending"] == FEED
+    expected = {"build.json", "trending.parquet", "milvus.db", "vectors/videos-00000-of-00001.parquet"}
+    expected |= {f"vectors/users-0000{i}-of-00002.parquet" for i in range(2)}
+    expected |= {f"feeds/part-0000{i}-of-00002.parquet" for i in range(2)}
+    assert set(manifest.checksums) == expected
+    assert all(sha256_file(paths.root / rel) == digest for rel, digest in manifest.checksums.items())
+    ts = Lake(settings.lake_dir).read("interactions", columns=["ts"])["ts"]
+    assert dt.datetime.fromisoformat(manifest.lake_watermark) == pc.max(ts).as_py()
+    assert (manifest.milvus_uri, manifest.milvus_collection) == ("milvus.db", "videos")
+    assert manifest.model_version == MODEL and manifest.embedding_dim == DIM and manifest.feed_length == FEED
+
+
+def _swap_two_rows(rows: list[dict]) -> list[dict]:
+    rows[1], rows[2] = rows[2], rows[1]
+    return rows
 
 
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda rows: [*rows, rows[0]], "duplicate (user_id, rank)"),
-        (lambda rows: [{**r, "video_id": "nope"} if i == 3 else r for i, r in enumerate(rows)], "unknown video"),
-        (lambda rows: [{**r, "score": float("nan")} if i == 5 else r for i, r in enumerate(rows)], "non-finite"),
-        (lambda rows: [r for r in rows if r["user_id"] != rows[0]["user_id"]], "users without a feed"),
-        (lambda rows: [r for i, r in enumerate(rows) if i != 4], "not contiguous"),
-        (lambda rows: rows[::-1], "not sorted"),
+        (lambda rows: [*rows, {**rows[0], "video_id": rows[-1]["video_id"]}], "duplicate (user_id, rank)"),
+        (
+            lambda rows: [{**r, "video_id": rows[0]["video_id"]} if i == 1 else r for i, r in enumerate(rows)],
+            "(user_id, video_id)",
+        ),
+        (lambda rows: [{**r, "video_id": "v_nope"} if i == 3 else r for i, r in enumerate(rows)], "unknown video ids"),
+        (lambda rows: [{**r, "score": float("nan")} if i == 5 else r for i, r in enumerate(rows)], "non-finite scores"),
+        (lambda rows: [{**r, "score": float("inf")} if i == 6 else r for i, r in enumerate(rows)], "non-finite scores"),
+        (lambda rows: [r for r in rows if r["user_id"] != rows[0]["user_id"]], "users without a feed: 1 of"),
+        (lambda rows: [r for i, r in enumerate(rows) if i != 4], "not contiguous from 0"),
+        (lambda rows: [{**r, "rank": r["rank"] + 1} for r in rows], "not contiguous from 0"),
+        (_swap_two_rows, "not sorted by (user_id, rank)"),
+        (lambda rows: [{**r, "reason": ""} if i == 0 else r for i, r in enumerate(rows)], "without a reason"),
+        (lambda rows: [*rows, {**rows[0], "user_id": "u_stranger"}], "unknown to the lake"),
     ],
 )
-def test_corrupt_snapshot_is_refused(settings: Settings, change, reason: str) -> None:
-    paths = build(settings)
-    _rewrite_part(paths, change)
+def test_corrupt_feeds_are_refused_with_the_reason(settings: Settings, change: Callable, reason: str) -> None:
+    paths = build_snapshot(settings)
+    rewrite_part(paths, change)
     with pytest.raises(SnapshotError, match=re.escape(reason)):
         validate_snapshot(settings, paths.snapshot_id)
+    assert not paths.manifest_file.exists()
     with pytest.raises(SnapshotError, match="not been validated"):
         publish(settings, paths.snapshot_id)
     assert live_snapshot_id(settings) is None
 
 
-def test_missing_shard_is_refused(settings: Settings) -> None:
-    paths = build(settings)
-    paths.feed_part(1, 2).unlink()
-    with pytest.raises(SnapshotError, match="missing file"):
+def _drop_first_video_vector(paths: SnapshotPaths) -> None:
+    table = pq.read_table(paths.video_vectors(0, 1))
+    pq.write_table(table.slice(1), paths.video_vectors(0, 1))
+
+
+def _nan_user_vector(paths: SnapshotPaths) -> None:
+    table = pq.read_table(paths.user_vectors(1, USER_SHARDS))
+    values = table["vector"].combine_chunks().flatten().to_numpy().copy()
+    values[3] = np.nan
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(values), DIM)
+    pq.write_table(table.set_column(1, "vector", vectors), paths.user_vectors(1, USER_SHARDS))
+
+
+def _wrong_dim(paths: SnapshotPaths) -> None:
+    table = pq.read_table(paths.video_vectors(0, 1))
+    rng = np.random.default_rng(0)
+    pq.write_table(vector_table("video_id", table["video_id"].to_pylist(), rng, dim=DIM + 1), paths.video_vectors(0, 1))
+
+
+def _rank_int64(paths: SnapshotPaths) -> None:
+    table = pq.read_table(paths.feed_part(1, USER_SHARDS))
+    pq.write_table(table.set_column(1, "rank", pc.cast(table["rank"], pa.int64())), paths.feed_part(1, USER_SHARDS))
+
+
+def _duplicate_trending(paths: SnapshotPaths) -> None:
+    table = pq.read_table(paths.trending_file)
+    ids = table["video_id"].to_pylist()
+    pq.write_table(table.set_column(1, "video_id", pa.array([ids[0], *ids[1:-1], ids[0]])), paths.trending_file)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.feed_part(1, USER_SHARDS).unlink(), "missing file(s): feeds/part-00001-of-00002.parquet"),
+        (lambda p: p.user_vectors(0, USER_SHARDS).unlink(), "missing file(s): vectors/users-00000-of-00002.parquet"),
+        (lambda p: p.trending_file.unlink(), "missing file(s): trending.parquet"),
+        (lambda p: p.milvus_lite_file.unlink(), "milvus.db missing"),
+        (_drop_first_video_vector, "1499 video vectors for 1500 videos"),
+        (_nan_user_vector, "1 non-finite vector component"),
+        (_wrong_dim, "fixed_size_list<float>[8] (the build's dim)"),
+        (_rank_int64, "rank is int64, expected int32"),
+        (_duplicate_trending, "trending has 1 duplicate video id"),
+        (lambda p: p.feed_part(0, USER_SHARDS).write_bytes(b"PAR1 not really"), "not a readable Parquet file"),
+        (lambda p: (p.feeds_dir / "part-00000-of-00004.parquet").write_bytes(b""), "unexpected file(s)"),
+    ],
+)
+def test_damaged_snapshot_files_are_refused(settings: Settings, damage: Callable, reason: str) -> None:
+    paths = build_snapshot(settings)
+    damage(paths)
+    with pytest.raises(SnapshotError, match=re.escape(reason)):
         validate_snapshot(settings, paths.snapshot_id)
 
 
-def test_file_damaged_after_validation_is_refused_at_publish(settings: Settings) -> None:
-    paths = build(settings)
-    validate_snapshot(settings, paths.snapshot_id)
-    with paths.feed_part(0, 2).open("r+b") as fh:
-        fh.seek(10)
-        fh.write(b"\x00\x00\x00")
-    with pytest.raises(SnapshotError, match="checksum"):
-        publish(settings, paths.snapshot_id)
-    assert live_snapshot_id(settings) is None
-
-
-def test_keeps_k_snapshots_never_the_live_or_one_in_progress(settings: Settings) -> None:
-    settings = dataclasses.replace(settings, snapshots_keep=2)
-    published = []
-    for second in range(4):
-        paths = build(settings, 10 + second)
+def test_every_reason_is_listed_and_a_stale_manifest_is_withdrawn(settings: Settings) -> None:
+    paths = valid_snapshot(settings)
+    assert paths.manifest_file.is_file()
+    rewrite_part(
+        paths,
+        lambda rows: [{**r, "score": float("nan"), "video_id": "v_x"} if i == 0 else r for i, r in enumerate(rows)],
+    )
+    paths.trending_file.unlink()
+    with pytest.raises(SnapshotError) as err:
         validate_snapshot(settings, paths.snapshot_id)
-        publish(settings, paths.snapshot_id)
-        published.append(paths.snapshot_id)
-    in_progress = build(settings, 30)
-    assert sorted(p.name for p in settings.snapshots_dir.glob("s*")) == [*published[2:], in_progress.snapshot_id]
+    for reason in ("non-finite scores", "unknown video ids", "trending.parquet", "v_x"):
+        assert reason in str(err.value)
+    assert not paths.manifest_file.exists()  # the earlier "valid" verdict no longer stands
 
 
-@pytest.mark.parametrize("die_at", ["history", "pointer"])
-def test_killed_publish_leaves_the_previous_snapshot_live(settings: Settings, die_at: str) -> None:
-    old = build(settings, 40)
-    validate_snapshot(settings, old.snapshot_id)
+# ---- publish, history, idempotence, checksums -----------------------------------------------------------------------
+
+
+def test_publish_swaps_live_and_appends_history(settings: Settings) -> None:
+    first, second = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
+    assert live_snapshot(settings) is None
+    result = publish(settings, first.snapshot_id)
+    assert result.changed and result.previous is None and result.model_version == MODEL
+    assert (settings.snapshots_dir / "LIVE").read_text() == f"{first.snapshot_id}\n"
+    assert live_snapshot(settings) == first
+    result = publish(settings, second.snapshot_id)
+    assert result.previous == first.snapshot_id and live_snapshot_id(settings) == second.snapshot_id
+    history = read_history(settings)
+    assert [(h["snapshot_id"], h["action"], h["previous"]) for h in history] == [
+        (first.snapshot_id, "publish", None),
+        (second.snapshot_id, "publish", first.snapshot_id),
+    ]
+    assert all(h["model_version"] == MODEL and h["published_at"] for h in history)
+    again = publish(settings, second.snapshot_id)  # idempotent: nothing changes
+    assert not again.changed and again.snapshot_id == second.snapshot_id
+    assert read_history(settings) == history
+    assert [(s.snapshot_id, s.state) for s in list_snapshots(settings)] == [
+        (first.snapshot_id, "published"),
+        (second.snapshot_id, "live"),
+    ]
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
+def test_file_damaged_after_validation_is_refused_at_publish(settings: Settings, how: str) -> None:
+    old = valid_snapshot(settings, 1)
     publish(settings, old.snapshot_id)
-    new = build(settings, 41)
-    validate_snapshot(settings, new.snapshot_id)
-    checksums = {f.name: f.read_bytes() for f in old.feeds_dir.iterdir()}
-    # Kill the publisher inside the write of the history (before the swap) or of the pointer itself.
-    target = "history.json" if die_at == "history" else "LIVE"
-    script = f"""
-import os, signal, dataclasses
-from pathlib import Path
-import rec_core.snapshot as snap
-from rec_core.settings import Settings
-real = snap.write_bytes_atomic
-def dying(path, data):
-    if Path(path).name == {target!r}:
-        tmp = Path(path).with_name("." + Path(path).name + ".partial")
-        tmp.write_bytes(data[: len(data) // 2])
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(path, data)
-snap.write_bytes_atomic = dying
-settings = dataclasses.replace(Settings.load({{}}), data_dir=Path({str(settings.data_dir)!r}))
-snap.publish(settings, {new.snapshot_id!r})
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=dict(os.environ))
-    assert proc.returncode == -9, proc.stderr.decode()[-500:]
+    new = valid_snapshot(settings, 2)
+    part = new.feed_part(1, USER_SHARDS)
+    if how == "flip":
+        with part.open("r+b") as fh:
+            fh.seek(100)
+            byte = fh.read(1)
+            fh.seek(100)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+    elif how == "truncate":
+        with part.open("r+b") as fh:
+            fh.truncate(part.stat().st_size // 2)
+    else:
+        part.unlink()
+    with pytest.raises(SnapshotError, match=re.escape("feeds/part-00001-of-00002.parquet (")):
+        publish(settings, new.snapshot_id)
     assert live_snapshot_id(settings) == old.snapshot_id
-    assert {f.name: f.read_bytes() for f in old.feeds_dir.iterdir()} == checksums
-    # Publishing again after the crash works.
-    publish(settings, new.snapshot_id)
+    assert [h["snapshot_id"] for h in read_history(settings)] == [old.snapshot_id]
+
+
+def test_unvalidated_or_unknown_snapshot_is_refused(settings: Settings) -> None:
+    paths = build_snapshot(settings)
+    with pytest.raises(SnapshotError, match="not been validated"):
+        publish(settings, paths.snapshot_id)
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        publish(settings, "s20200101T000000Z-gone")
+    with pytest.raises(SnapshotError, match="malformed snapshot id"):
+        publish(settings, "../../etc")
+
+
+# ---- pruning --------------------------------------------------------------------------------------------------------
+
+
+def _age(paths: SnapshotPaths, days: float) -> None:
+    when = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).timestamp()
+    for f in [paths.root, *paths.root.rglob("*")]:
+        os.utime(f, (when, when))
+
+
+def test_keeps_k_published_never_the_live_or_one_in_progress(settings: Settings) -> None:
+    settings = dataclasses.replace(settings, snapshots_keep=2)
+    abandoned = build_snapshot(settings, 5)  # begun long ago, never finished
+    _age(abandoned, 3)
+    in_progress = build_snapshot(settings, 50)  # newer than anything published, still being written
+    published = []
+    for second in range(10, 14):
+        paths = valid_snapshot(settings, second)
+        result = publish(settings, paths.snapshot_id)
+        published.append(paths.snapshot_id)
+    assert result.pruned == [published[1]]
+    remaining = sorted(p.name for p in settings.snapshots_dir.iterdir() if p.is_dir())
+    assert remaining == [*published[2:], in_progress.snapshot_id]
+    assert live_snapshot_id(settings) == published[-1]
+    # A rollback makes an older one live; the next publish keeps it (most recently live) and the new one.
+    assert rollback(settings) == published[2]
+    newest = valid_snapshot(settings, 20)
+    result = publish(settings, newest.snapshot_id)
+    assert result.pruned == [published[3]]
+    assert {s.snapshot_id for s in list_snapshots(settings)} == {
+        published[2],
+        newest.snapshot_id,
+        in_progress.snapshot_id,
+    }
+    # Once the in-progress build is abandoned for longer than the threshold, pruning removes it too.
+    _age(in_progress, ABANDONED_AFTER.days + 1)
+    assert prune(settings) == [in_progress.snapshot_id]
+    assert live_snapshot_id(settings) == newest.snapshot_id and live_snapshot(settings).root.is_dir()
+
+
+def test_pruning_drops_server_collections_and_retries_failed_drops(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rec_core.snapshot as snapshot
+
+    settings = dataclasses.replace(settings, snapshots_keep=1)
+    ids = []
+    for second in (1, 2):
+        paths = build_snapshot(settings, second, milvus=False)
+        validate_snapshot(settings, paths.snapshot_id, require_milvus=False)
+        ids.append(paths.snapshot_id)
+    server = dataclasses.replace(settings, milvus_uri="http://milvus.invalid:19530")
+    dropped: list[str] = []
+    fail = {"on": True}
+
+    def drop(s: Settings, snapshot_id: str) -> None:
+        if fail["on"]:
+            raise ConnectionError("milvus unreachable")
+        dropped.append(SnapshotPaths(s.snapshots_dir / snapshot_id).collection_name(s))
+
+    monkeypatch.setattr(snapshot, "_drop_collection", drop)
+    publish(server, ids[0])
+    publish(server, ids[1])  # prunes ids[0]; its drop fails, so its trash folder stays for a retry
+    assert not (settings.snapshots_dir / ids[0]).exists()
+    assert (settings.snapshots_dir / f".trash-{ids[0]}").is_dir()
+    fail["on"] = False
+    prune(server)
+    assert dropped == [f"videos_{ids[0].replace('-', '_')}"]
+    assert not (settings.snapshots_dir / f".trash-{ids[0]}").exists()
+
+
+# ---- rollback -------------------------------------------------------------------------------------------------------
+
+
+def test_rollback_goes_back_and_never_returns_to_a_snapshot_rolled_back_from(settings: Settings) -> None:
+    with pytest.raises(SnapshotError, match="nothing has been published"):
+        rollback(settings)
+    a, b, c = (valid_snapshot(settings, s) for s in (1, 2, 3))
+    for paths in (a, b, c):
+        publish(settings, paths.snapshot_id)
+    assert rollback(settings) == b.snapshot_id
+    assert live_snapshot_id(settings) == b.snapshot_id
+    last = read_history(settings)[-1]
+    assert (last["snapshot_id"], last["action"], last["previous"]) == (b.snapshot_id, "rollback", c.snapshot_id)
+    assert rollback(settings) == a.snapshot_id  # not back to c, which was rolled back from
+    with pytest.raises(SnapshotError, match="no earlier published snapshot"):
+        rollback(settings)
+    assert live_snapshot_id(settings) == a.snapshot_id
+    publish(settings, c.snapshot_id)  # an explicit publish rehabilitates c
+    assert rollback(settings) == a.snapshot_id
+
+
+def test_rollback_refuses_a_damaged_target(settings: Settings) -> None:
+    a, b = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
+    publish(settings, a.snapshot_id)
+    publish(settings, b.snapshot_id)
+    a.trending_file.write_bytes(b"garbage")
+    with pytest.raises(SnapshotError, match=re.escape("trending.parquet")):
+        rollback(settings)
+    assert live_snapshot_id(settings) == b.snapshot_id
+
+
+def test_rollback_tolerates_a_milvus_lite_file_rewritten_while_live(settings: Settings) -> None:
+    a, b = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
+    publish(settings, a.snapshot_id)
+    a.milvus_lite_file.write_bytes(b"SQLite pages rewritten by the API's Milvus Lite")
+    publish(settings, b.snapshot_id)
+    assert rollback(settings) == a.snapshot_id
+
+
+# ---- the command line -----------------------------------------------------------------------------------------------
+
+
+def test_command_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(settings.data_dir)]
+    good, bad = build_snapshot(settings, 1), build_snapshot(settings, 2)
+    rewrite_part(bad, lambda rows: rows[1:])
+    assert publish_main(["--snapshot", good.snapshot_id, "--validate-only", *data]) == 0
+    assert live_snapshot_id(settings) is None
+    assert publish_main(["--snapshot", good.snapshot_id, *data]) == 0
+    assert live_snapshot_id(settings) == good.snapshot_id and settings.warehouse_path.is_file()
+    capsys.readouterr()
+    assert publish_main(["--snapshot", bad.snapshot_id, *data]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "not contiguous from 0" in err
+    assert publish_main(["--snapshot", good.snapshot_id, *data]) == 0
+    assert "already live" in capsys.readouterr().out
+    assert publish_main(["--list", *data]) == 0
+    out = capsys.readouterr().out
+    assert good.snapshot_id in out and "building" in out and "live" in out
+    assert publish_main(["--rollback", *data]) == 2
+    assert "no earlier published snapshot" in capsys.readouterr().err
+
+
+# ---- kills during publish -------------------------------------------------------------------------------------------
+
+# Runs publish in a child process that SIGKILLs itself at one chosen point, through wrappers around the file
+# operations publish uses (no test hooks in the product code).
+CHILD = textwrap.dedent(
+    """
+    import dataclasses, os, pathlib, shutil, signal, sys
+    import rec_core.snapshot as snap
+    from rec_core.settings import Settings
+
+    data_dir, snapshot_id, point, keep = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    real_replace, real_write, real_rmtree = os.replace, pathlib.Path.write_bytes, shutil.rmtree
+    real_sha = snap.sha256_file
+    calls = {"sha": 0}
+
+    def replace(src, dst, *a, **k):
+        target = pathlib.Path(dst).name
+        if point == "before-rename" and target == "LIVE":
+            die()
+        real_replace(src, dst, *a, **k)
+        if point == "after-rename" and target == "LIVE":
+            die()
+
+    def write_bytes(self, data):
+        if (point == "mid-pointer" and self.name.startswith(".LIVE.")) or (
+            point == "mid-history" and self.name.startswith(".history.json.")
+        ):
+            real_write(self, data[: len(data) // 2])
+            die()
+        return real_write(self, data)
+
+    def rmtree(path, *a, **k):
+        if point == "mid-prune":
+            files = sorted(p for p in pathlib.Path(path).rglob("*") if p.is_file())
+            for f in files[: len(files) // 2]:
+                f.unlink()
+            die()
+        return real_rmtree(path, *a, **k)
+
+    def sha(path):
+        calls["sha"] += 1
+        if point == "mid-verify" and calls["sha"] == 3:
+            die()
+        return real_sha(path)
+
+    os.replace, pathlib.Path.write_bytes, shutil.rmtree, snap.sha256_file = replace, write_bytes, rmtree, sha
+    settings = dataclasses.replace(Settings.load({}), data_dir=pathlib.Path(data_dir), snapshots_keep=keep)
+    snap.publish(settings, snapshot_id)
+    print("publish finished without being killed", file=sys.stderr)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("point", "new_is_live"),
+    [
+        ("mid-verify", False),
+        ("mid-pointer", False),
+        ("before-rename", False),
+        ("after-rename", True),
+        ("mid-history", True),
+        ("mid-prune", True),
+    ],
+)
+def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
+    settings: Settings, point: str, new_is_live: bool
+) -> None:
+    keep = 1 if point == "mid-prune" else 3
+    settings = dataclasses.replace(settings, snapshots_keep=keep)
+    old = valid_snapshot(settings, 1)
+    publish(settings, old.snapshot_id)
+    new = valid_snapshot(settings, 2)
+    before = {p.snapshot_id: file_bytes(p) for p in (old, new)}
+    history = read_history(settings)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(settings.data_dir), new.snapshot_id, point, str(keep)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+    # Exactly one whole snapshot is live: the old one, or (once the rename happened) the new one.
+    live = (settings.snapshots_dir / "LIVE").read_text()
+    expected = new if new_is_live else old
+    assert live == f"{expected.snapshot_id}\n"
+    assert_intact(settings, expected, before[expected.snapshot_id])
+    if not new_is_live:
+        assert read_history(settings) == history  # nothing but the pointer is ever the visible change
+        assert_intact(settings, new, before[new.snapshot_id])
+    elif point == "mid-prune":
+        assert not (settings.snapshots_dir / old.snapshot_id).exists()  # renamed to trash before any deletion
+        assert [s.snapshot_id for s in list_snapshots(settings)] == [new.snapshot_id]
+
+    # The next publish finishes the job: history records the live snapshot once, the trash is gone.
+    result = publish(settings, new.snapshot_id)
+    assert result.changed is not new_is_live
     assert live_snapshot_id(settings) == new.snapshot_id
+    entries = read_history(settings)
+    assert [e["snapshot_id"] for e in entries] == [old.snapshot_id, new.snapshot_id]
+    assert not [p for p in settings.snapshots_dir.iterdir() if p.name.startswith((".trash-", ".LIVE.", ".history"))]
+    assert_intact(settings, new, before[new.snapshot_id])
+    if point != "mid-prune":
+        assert_intact(settings, old, before[old.snapshot_id])
+        assert rollback(settings) == old.snapshot_id
