@@ -12,35 +12,12 @@ training are encoded once, not once per user shard.
 
 from __future__ import annotations
 
-import logging
-import time
-
-from jobs.embed_videos import shard_cli
-from rec_core.embedding import user_vectors_for_shard, write_vectors
+from jobs.embed_videos import embed_shard, shard_cli
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import snapshot_paths
-
-log = logging.getLogger("jobs.embed_users")
 
 
 def embed_users(settings: Settings, snapshot_id: str, shard: int) -> dict:
-    started = time.perf_counter()
-    paths = snapshot_paths(settings, snapshot_id)
-    build = paths.read_build()
-    if not 0 <= shard < build.user_shards:
-        raise ValueError(f"user shard {shard} outside 0..{build.user_shards - 1} of snapshot {snapshot_id}")
-    table = user_vectors_for_shard(settings, build, shard)
-    target = paths.user_vectors(shard, build.user_shards)
-    write_vectors(table, target)
-    log.info("wrote %d user vectors to %s", table.num_rows, target)
-    return {
-        "snapshot": snapshot_id,
-        "shard": shard,
-        "shards": build.user_shards,
-        "rows": table.num_rows,
-        "path": str(target),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return embed_shard(settings, snapshot_id, shard, "user")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,31 +15,40 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from jobs.cli import settings_for
-from rec_core.embedding import video_vectors_for_shard, write_vectors
+from rec_core.embedding import user_vectors_for_shard, video_vectors_for_shard, write_vectors
 from rec_core.lake import LakeError
 from rec_core.model_store import ModelStoreError
 from rec_core.settings import Settings
 from rec_core.snapshot_layout import SnapshotError, snapshot_paths
 
-log = logging.getLogger("jobs.embed_videos")
+log = logging.getLogger("jobs.embed")
 
 
 def embed_videos(settings: Settings, snapshot_id: str, shard: int) -> dict:
+    return embed_shard(settings, snapshot_id, shard, "video")
+
+
+def embed_shard(settings: Settings, snapshot_id: str, shard: int, kind: Literal["video", "user"]) -> dict:
+    """Compute and atomically write one shard of video or user vectors. Shared by the embed jobs."""
     started = time.perf_counter()
     paths = snapshot_paths(settings, snapshot_id)
     build = paths.read_build()
-    if not 0 <= shard < build.video_shards:
-        raise ValueError(f"video shard {shard} outside 0..{build.video_shards - 1} of snapshot {snapshot_id}")
-    table = video_vectors_for_shard(settings, build, shard)
-    target = paths.video_vectors(shard, build.video_shards)
+    shards = build.video_shards if kind == "video" else build.user_shards
+    if not 0 <= shard < shards:
+        raise ValueError(f"{kind} shard {shard} outside 0..{shards - 1} of snapshot {snapshot_id}")
+    if kind == "video":
+        table, target = video_vectors_for_shard(settings, build, shard), paths.video_vectors(shard, shards)
+    else:
+        table, target = user_vectors_for_shard(settings, build, shard), paths.user_vectors(shard, shards)
     write_vectors(table, target)
-    log.info("wrote %d video vectors to %s", table.num_rows, target)
+    log.info("wrote %d %s vectors to %s", table.num_rows, kind, target)
     return {
         "snapshot": snapshot_id,
         "shard": shard,
-        "shards": build.video_shards,
+        "shards": shards,
         "rows": table.num_rows,
         "path": str(target),
         "seconds": round(time.perf_counter() - started, 2),
