@@ -13,7 +13,7 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo test lint format pipeline serve bench bench-milvus eval data train summary airflow-db clean help
+.PHONY: setup demo test lint format pipeline serve bench bench-milvus eval data train summary airflow-db airflow clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB"
@@ -59,6 +59,13 @@ airflow-db: setup
 pipeline: airflow-db
 	@test -f $(REC_DATA_DIR)/lake/CURRENT || $(MAKE) data
 	$(VENV)/bin/airflow dags test recsys_pipeline
+
+# The Airflow UI on embedded defaults (SQLite, LocalExecutor via `airflow standalone`), with the project's DAGs.
+# Log in as `admin`; the password is generated once into $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated.
+airflow: airflow-db
+	@echo "Airflow UI: http://localhost:$${AIRFLOW__API__PORT:-8080}  user: admin"
+	@echo "password: $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (written at first start)"
+	$(VENV)/bin/airflow standalone
 
 serve: setup
 	@echo "The feed API lands with issue #5."; exit 1
