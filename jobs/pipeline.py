@@ -89,6 +89,39 @@ def latest_unpublished(settings: Settings) -> str:
     return candidates[-1]
 
 
+def run_all(
+    settings: Settings, *, retrain: bool = True, epochs: int | None = None, video_shards: int = 2, user_shards: int = 2
+) -> str:
+    """Every stage of ``recsys_pipeline`` in this process, in order; returns the published snapshot id.
+
+    The same stage functions the DAG maps over, run one after the other: for tests,
+    benchmarks and a machine without Airflow. The DAG stays the way to run it in production.
+    """
+    from jobs.build_features import build_features
+    from jobs.embed_users import embed_users
+    from jobs.embed_videos import embed_videos
+    from jobs.ingest_inbox import ingest_inbox
+    from jobs.load_vectors import load_vectors
+    from jobs.materialize_feeds import build_trending, materialize_feeds
+    from jobs.publish import publish, validate
+
+    ingest_inbox(settings)
+    build_features(settings)
+    choose_model(settings, retrain=retrain, epochs=epochs)
+    snapshot_id = begin(settings, video_shards=video_shards, user_shards=user_shards)["snapshot_id"]
+    for shard in range(video_shards):
+        embed_videos(settings, snapshot_id, shard)
+    for shard in range(user_shards):
+        embed_users(settings, snapshot_id, shard)
+    load_vectors(settings, snapshot_id)
+    build_trending(settings, snapshot_id)
+    for shard in range(user_shards):
+        materialize_feeds(settings, snapshot_id, shard)
+    validate(settings, snapshot_id)
+    publish(settings, snapshot_id)
+    return snapshot_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,11 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--video-shards", type=int, default=4)
     b.add_argument("--user-shards", type=int, default=4)
     sub.add_parser("latest", help="print the newest unpublished snapshot id")
+    r = sub.add_parser("run", help="run every stage in this process, without Airflow, and publish")
+    r.add_argument("--reuse-model", action="store_true", help="serve the current model instead of training one")
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--video-shards", type=int, default=2)
+    r.add_argument("--user-shards", type=int, default=2)
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
         if args.command == "begin":
             print(json.dumps(begin(settings, video_shards=args.video_shards, user_shards=args.user_shards)))
+        elif args.command == "run":
+            snapshot_id = run_all(
+                settings,
+                retrain=not args.reuse_model,
+                epochs=args.epochs,
+                video_shards=args.video_shards,
+                user_shards=args.user_shards,
+            )
+            print(json.dumps({"published": snapshot_id}))
         else:
             print(latest_unpublished(settings))
     except (SettingsError, ModelStoreError, SnapshotError, ValueError) as exc:

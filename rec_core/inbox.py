@@ -92,15 +92,23 @@ class InboxBatch:
     bad_lines: int
 
 
-def read_new(root: Path) -> InboxBatch:
-    """Every complete record not yet consumed. A torn last line (a writer killed mid-write) is left unread."""
+def read_new(root: Path, since: dict[str, int] | None = None) -> InboxBatch:
+    """Every complete record after ``since`` (default: what the batch consumed), oldest segment first.
+
+    A torn last line (a writer killed mid-write, or one writing right now) is left
+    unread: the returned offsets stop before it, so the next read picks it up whole.
+    Readers that follow the inbox (the API's workers) pass the offsets of their last read.
+    """
     root = Path(root)
-    consumed = _consumed(root)
+    consumed = _consumed(root) if since is None else since
     records: list[InboxRecord] = []
     offsets: dict[str, int] = {}
     bad = 0
     for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
         start = consumed.get(path.name, 0)
+        if since is not None and path.stat().st_size <= start:
+            offsets[path.name] = start
+            continue
         with path.open("rb") as fh:
             fh.seek(start)
             data = fh.read()

@@ -49,7 +49,14 @@ class Settings:
     )
     api_host: str = _setting("127.0.0.1", "Address the feed API binds to.")
     api_port: int = _setting(3002, "Port of the feed API.", lo=1, hi=65535)
-    api_workers: int = _setting(1, "ASGI worker processes of the feed API.", lo=1, hi=64)
+    api_workers: int = _setting(
+        1, "ASGI worker processes of the feed API (more than 1 needs a Milvus server URI).", lo=1, hi=64
+    )
+    api_server: str = _setting("granian", "ASGI server of the feed API: `granian` or `uvicorn`.")
+    api_reload_ms: int = _setting(
+        1000, "How often the API looks for a new live snapshot and for inbox records of other workers.", lo=50
+    )
+    api_rate_limit: int = _setting(0, "Requests per second allowed per client address; 0 turns limiting off.", lo=0)
     cursor_secret: str = _setting(
         "",
         "HMAC secret that signs feed cursors (at least 16 characters). Empty: a random one is "
@@ -65,6 +72,13 @@ class Settings:
     snapshots_keep: int = _setting(3, "Published snapshots kept for rollback and in-flight cursors.", lo=1, hi=100)
     lake_versions_keep: int = _setting(3, "Lake versions kept after each commit.", lo=1, hi=100)
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    torch_threads: int = _setting(
+        0,
+        "Torch threads per job process; 0 = torch's default (one per core). Set it when several Airflow "
+        "workers share a machine, e.g. cores / worker concurrency, so they don't oversubscribe the CPUs.",
+        lo=0,
+        hi=1024,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -76,9 +90,17 @@ class Settings:
                 raise SettingsError(f.name, f"must be at most {hi}, got {value}")
         if self.cursor_secret and len(self.cursor_secret) < 16:
             raise SettingsError("cursor_secret", "must be at least 16 characters long")
+        if self.api_server not in {"granian", "uvicorn"}:
+            raise SettingsError("api_server", f"must be granian or uvicorn, got {self.api_server!r}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         server = self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        if self.api_workers > 1 and not server:
+            raise SettingsError(
+                "api_workers",
+                "more than one worker needs REC_MILVUS_URI to name a Milvus server: "
+                "a Milvus Lite file can be opened by one process only",
+            )
         if self.milvus_uri and not server and not self.milvus_uri.endswith(".db"):
             raise SettingsError(
                 "milvus_uri", f"must be a server URL or a Milvus Lite file ending in .db, got {self.milvus_uri!r}"

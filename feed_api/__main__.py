@@ -1,0 +1,58 @@
+"""``python -m feed_api``: serve the feed API with the ASGI server the settings name.
+
+granian is the default because it measured faster on the same app (``make bench``,
+benchmarks/bench_api.py); uvicorn stays available with ``REC_API_SERVER=uvicorn``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from rec_core.settings import Settings, SettingsError
+
+APP = "feed_api.app:create_app"
+
+
+def main() -> int:
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(
+        f"feed API on http://{settings.api_host}:{settings.api_port} ({settings.api_server}, "
+        f"{settings.api_workers} worker(s)); docs at /schema, data root {settings.data_dir}",
+        flush=True,
+    )
+    if settings.api_server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            APP,
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=settings.api_workers,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+        return 0
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        APP,
+        factory=True,
+        address=settings.api_host,
+        port=settings.api_port,
+        interface=Interfaces.ASGI,
+        workers=settings.api_workers,
+        log_access=False,
+    ).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

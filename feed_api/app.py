@@ -1,0 +1,186 @@
+"""The Litestar app: routes, error mapping, limits, OpenAPI. The work is in :mod:`feed_api.service`.
+
+``create_app()`` builds the app from the settings; ``python -m feed_api`` serves it.
+The OpenAPI schema is at ``/schema/openapi.json`` and browsable docs at ``/schema``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.status_codes import HTTP_200_OK
+
+from feed_api.errors import ApiError
+from feed_api.metrics import metrics_middleware
+from feed_api.schemas import (
+    MAX_LIMIT,
+    EventIn,
+    EventsIn,
+    EventsOut,
+    RecommendationsIn,
+    RecommendationsOut,
+    UserIn,
+    UserOut,
+    VideoIn,
+    VideoOut,
+    decode,
+    plain_reason,
+)
+from feed_api.service import FeedService
+from rec_core.settings import Settings
+
+log = logging.getLogger("feed_api")
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.load()
+    service = FeedService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    @get("/health", summary="Alive", description="200 as long as the process answers.", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get(
+        "/ready",
+        summary="Serving a snapshot",
+        description="200 with the live snapshot; 503 before one is loaded.",
+        tags=["ops"],
+    )
+    async def ready() -> dict[str, Any]:
+        view = service.live_view()
+        return {"status": "ready", "snapshot_id": view.snapshot_id, "model_version": view.build.model_version}
+
+    @get("/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", tags=["ops"])
+    async def metrics() -> str:
+        return service.metrics.render(service.gauges())
+
+    @post(
+        "/recommendations",
+        status_code=HTTP_200_OK,
+        summary="A page of a user's feed",
+        description=(
+            f"`limit` is 1 to {MAX_LIMIT} (default 20). Pass the previous page's `next_cursor` to continue; "
+            "`has_more` is false only when the catalogue is exhausted for this user. 400 for a tampered cursor or "
+            "one of another user; 410 `cursor_expired` when the walk's snapshot is no longer kept (restart with "
+            "`cursor: null`)."
+        ),
+        tags=["feed"],
+    )
+    async def recommendations(data: RecommendationsIn) -> RecommendationsOut:
+        return await service.recommend(data)
+
+    @post(
+        "/events",
+        status_code=HTTP_200_OK,
+        summary="Interactions",
+        description=(
+            'One event object, or `{"events": [...]}` with up to 10,000. Durable (fsync\'d in the inbox) before the '
+            "reply; a watched or skipped video leaves the user's feed at once."
+        ),
+        tags=["events"],
+    )
+    async def events(request: Request) -> EventsOut:
+        raw = await request.body()
+        batch = _decode_events(raw)
+        return await service.add_events(batch)
+
+    @post(
+        "/embeddings/video",
+        status_code=HTTP_200_OK,
+        summary="Add or update a video",
+        description="Encoded and searchable at once; durable in the inbox for the next batch. Idempotent by video_id.",
+        tags=["embeddings"],
+    )
+    async def embed_video(data: VideoIn) -> VideoOut:
+        return await service.add_video(data)
+
+    @post(
+        "/embeddings/user",
+        status_code=HTTP_200_OK,
+        summary="A user's vector from their history",
+        description=(
+            "The user tower online; kept for live search and durable in the inbox. "
+            "Unknown video ids are ignored and listed in the reply."
+        ),
+        tags=["embeddings"],
+    )
+    async def embed_user(data: UserIn) -> UserOut:
+        return await service.add_user(data)
+
+    middleware: list[Any] = [metrics_middleware(service.metrics)]
+    if settings.api_rate_limit:
+        middleware.append(
+            RateLimitConfig(
+                rate_limit=("second", settings.api_rate_limit), exclude=["/health", "/ready", "/metrics"]
+            ).middleware
+        )
+    app = Litestar(
+        route_handlers=[health, ready, metrics, recommendations, events, embed_video, embed_user],
+        lifespan=[lifespan],
+        middleware=middleware,
+        exception_handlers={Exception: _error_response},
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Feed API",
+            version="1.0.0",
+            description="Pages of each user's short-video feed, live fallback search, and interactions.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        debug=False,
+    )
+    app.state.service = service
+    return app
+
+
+def _decode_events(raw: bytes) -> list[EventIn]:
+    try:
+        head = msgspec.json.decode(raw) if raw.strip() else None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
+    if isinstance(head, dict) and "events" in head:
+        return decode(raw, EventsIn).events
+    return [decode(raw, EventIn)]
+
+
+def _error_response(_: Request, exc: Exception) -> Response[bytes]:
+    error = _as_api_error(exc)
+    return Response(error.body(), status_code=error.status, media_type=MediaType.JSON)
+
+
+def _as_api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
+        first = extra[0] if isinstance(extra[0], dict) else {}
+        field = str(first.get("key") or "body")
+        reason = str(first.get("message") or exc.detail)
+        return ApiError(400, "invalid_field", field, plain_reason(field, reason))
+    if isinstance(exc, HTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}
+        reasons = {413: f"request bodies are limited to {MAX_BODY_BYTES} bytes (1 MiB)"}
+        code = codes.get(exc.status_code, "http_error")
+        field = "body" if exc.status_code == 413 else None
+        return ApiError(exc.status_code, code, field, reasons.get(exc.status_code, exc.detail))
+    log.exception("unhandled error", exc_info=exc)
+    return ApiError(500, "internal_error", None, "the server failed on this request; it has been logged")

@@ -1,0 +1,249 @@
+"""One published snapshot, held in memory for serving.
+
+Everything a page needs is here as flat numpy arrays, so a precomputed page is
+a few slices and no database query (ARCHITECTURE.md, invariant 4):
+
+* the catalogue of the snapshot (video ids sorted, creator, creation time, and
+  each video's position, its "code", which feeds and cursors refer to),
+* every user's ranked feed as one concatenated array of codes with a
+  user -> [start, end) index, scores, and reasons as a dictionary,
+* the trending list, the users' batch vectors, and the snapshot's Milvus
+  collection for live search,
+* the model that built it, for the user tower online and for encoding new
+  videos into the same vector space (loaded once; it also needs the lake
+  version the snapshot was built from).
+
+Loading happens off the request path (:mod:`feed_api.snapshots`), and the
+object is never mutated afterwards except for the videos added through the API,
+which live in :class:`AddedVideos` under a lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from rec_core.embedding import (
+    OnlineUserVector,
+    UserProfile,
+    as_of_ms,
+    load_build_model,
+    load_catalogue,
+    read_lake_table,
+    read_vector_shards,
+    user_vector_from_profile,
+    vectors_array,
+)
+from rec_core.features import Catalogue, video_frame
+from rec_core.model_store import LoadedModel
+from rec_core.settings import Settings
+from rec_core.snapshot import read_manifest
+from rec_core.snapshot_layout import BuildInfo, SnapshotPaths
+from rec_core.vector_store import VectorStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RankedList:
+    """Ranked items as catalogue codes, with scores and reasons (``reasons[reason_codes[i]]``)."""
+
+    codes: np.ndarray  # int32
+    scores: np.ndarray  # float32
+    reason_codes: np.ndarray  # int32
+    reasons: list[str]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedIndex:
+    """All users' feeds, concatenated in (user, rank) order."""
+
+    user_row: dict[str, int]
+    offsets: np.ndarray  # int64, len(users) + 1
+    items: RankedList
+
+    def bounds(self, user_id: str) -> tuple[int, int] | None:
+        row = self.user_row.get(user_id)
+        return None if row is None else (int(self.offsets[row]), int(self.offsets[row + 1]))
+
+
+@dataclass(slots=True)
+class AddedVideos:
+    """Videos posted to this API since the snapshot was built: searchable in its collection at once."""
+
+    creators: dict[str, str] = field(default_factory=dict)
+    created_ms: dict[str, int] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    payload_hash: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(slots=True)
+class SnapshotView:
+    snapshot_id: str
+    build: BuildInfo
+    published_at: float  # unix time this process saw it live (for the snapshot age metric)
+    as_of_ms: int
+    video_ids: np.ndarray  # object, sorted: code -> id
+    video_code: dict[str, int]
+    creator_ids: np.ndarray  # object, by code
+    created_ms: np.ndarray  # int64, by code
+    video_vectors: np.ndarray  # float32 (n, dim), by code
+    feeds: FeedIndex
+    trending: RankedList
+    trending_vector: np.ndarray  # the mean of the top trending videos' vectors: a user with nothing
+    user_row: dict[str, int]
+    user_vectors: np.ndarray
+    model: LoadedModel
+    catalogue: Catalogue
+    store: VectorStore
+    added: AddedVideos = field(default_factory=AddedVideos)
+
+    @property
+    def dim(self) -> int:
+        return self.video_vectors.shape[1]
+
+    def catalogue_size(self) -> int:
+        return len(self.video_ids) + len(self.added.creators)
+
+    def creator_of(self, video_id: str) -> str | None:
+        code = self.video_code.get(video_id)
+        if code is not None:
+            return str(self.creator_ids[code])
+        return self.added.creators.get(video_id)
+
+    def created_of(self, video_id: str) -> int:
+        code = self.video_code.get(video_id)
+        return int(self.created_ms[code]) if code is not None else self.added.created_ms.get(video_id, self.as_of_ms)
+
+    def known_video(self, video_id: str) -> bool:
+        return video_id in self.video_code or video_id in self.added.creators
+
+    def video_vector(self, video_id: str) -> np.ndarray | None:
+        code = self.video_code.get(video_id)
+        return self.video_vectors[code] if code is not None else self.added.vectors.get(video_id)
+
+    def batch_vector(self, user_id: str) -> np.ndarray | None:
+        row = self.user_row.get(user_id)
+        return None if row is None else self.user_vectors[row]
+
+    def profile_vector(self, profile: UserProfile) -> OnlineUserVector:
+        """The user tower online, in this snapshot's vector space."""
+        return user_vector_from_profile(self.model, self.catalogue, self.model.stats, profile)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
+    """Read a published snapshot into memory and open its Milvus collection; raises on anything missing."""
+    started = time.perf_counter()
+    manifest = read_manifest(paths)
+    build = paths.read_build()
+    videos = read_vector_shards(paths, "videos", build.video_shards)
+    video_ids = np.asarray(videos.column("video_id").to_pylist(), dtype=object)
+    order = np.argsort(video_ids, kind="stable")
+    video_ids = video_ids[order]
+    vectors = vectors_array(videos)[order]
+    codes = pl.DataFrame({"video_id": video_ids.astype(str), "code": np.arange(len(video_ids), dtype=np.int32)})
+
+    meta = video_frame(read_lake_table(settings, build, "videos", columns=None)).select(
+        "video_id", "creator_id", "created_ms"
+    )
+    meta = codes.join(meta, on="video_id", how="left").sort("code")
+    if meta["creator_id"].null_count():
+        missing = meta.filter(pl.col("creator_id").is_null())["video_id"].head(3).to_list()
+        raise ValueError(f"snapshot {paths.snapshot_id}: vectors for videos the lake does not have, e.g. {missing}")
+
+    feeds = _feed_index(paths, build, codes)
+    trending = _ranked(pl.read_parquet(paths.trending_file).sort("rank"), codes)
+    users = read_vector_shards(paths, "users", build.user_shards)
+    user_ids = users.column("user_id").to_pylist()
+    top = trending.codes[: min(50, len(trending))]
+    centroid = vectors[top].mean(axis=0) if len(top) else vectors.mean(axis=0)
+    centroid = (centroid / max(float(np.linalg.norm(centroid)), 1e-12)).astype(np.float32)
+
+    model = load_build_model(settings, build)
+    catalogue = load_catalogue(settings, build, model)
+    store = VectorStore(paths.milvus_uri(settings), paths.collection_name(settings), build.embedding_dim)
+    if not store.exists():
+        store.close()
+        raise ValueError(f"snapshot {paths.snapshot_id}: Milvus collection {manifest.milvus_collection} is missing")
+    view = SnapshotView(
+        snapshot_id=paths.snapshot_id,
+        build=build,
+        published_at=time.time(),
+        as_of_ms=as_of_ms(build),
+        video_ids=video_ids,
+        video_code={v: i for i, v in enumerate(video_ids.tolist())},
+        creator_ids=meta["creator_id"].to_numpy().astype(object),
+        created_ms=meta["created_ms"].to_numpy().astype(np.int64),
+        video_vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        feeds=feeds,
+        trending=trending,
+        trending_vector=centroid,
+        user_row={u: i for i, u in enumerate(user_ids)},
+        user_vectors=np.ascontiguousarray(vectors_array(users), dtype=np.float32),
+        model=model,
+        catalogue=catalogue,
+        store=store,
+    )
+    log.info(
+        "snapshot %s loaded in %.1fs: %d videos, %d users with feeds (%d items), %d user vectors",
+        paths.snapshot_id,
+        time.perf_counter() - started,
+        len(video_ids),
+        len(feeds.user_row),
+        len(feeds.items),
+        len(user_ids),
+    )
+    return view
+
+
+def _ranked(frame: pl.DataFrame, codes: pl.DataFrame) -> RankedList:
+    """Rows (in their order) with video ids turned into codes; reasons dictionary-encoded."""
+    joined = frame.with_row_index("_row").join(codes, on="video_id", how="left").sort("_row")
+    if joined["code"].null_count():
+        raise ValueError("a feed names a video without a vector in the snapshot")
+    reasons = joined["reason"].fill_null("")
+    uniques = reasons.unique(maintain_order=True)
+    lookup = pl.DataFrame({"reason": uniques, "reason_code": np.arange(len(uniques), dtype=np.int32)})
+    reason_codes = (
+        joined.select("reason")
+        .with_columns(pl.col("reason").fill_null(""))
+        .join(lookup, on="reason", how="left", maintain_order="left")["reason_code"]
+    )
+    return RankedList(
+        codes=joined["code"].to_numpy().astype(np.int32),
+        scores=joined["score"].to_numpy().astype(np.float32),
+        reason_codes=reason_codes.to_numpy().astype(np.int32),
+        reasons=uniques.to_list(),
+    )
+
+
+def _feed_index(paths: SnapshotPaths, build: BuildInfo, codes: pl.DataFrame) -> FeedIndex:
+    parts = [paths.feed_part(s, build.user_shards) for s in range(build.user_shards)]
+    frame = pl.concat([pl.from_arrow(pq.read_table(p)) for p in parts])  # type: ignore[misc]
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.sort(["user_id", "rank"])
+    counts = frame.group_by("user_id", maintain_order=True).agg(pl.len().alias("n"))
+    offsets = np.concatenate([[0], np.cumsum(counts["n"].to_numpy())]).astype(np.int64)
+    return FeedIndex(
+        user_row={u: i for i, u in enumerate(counts["user_id"].to_list())},
+        offsets=offsets,
+        items=_ranked(frame.select("video_id", "score", "reason"), codes),
+    )
+
+
+def utc_ms(now: dt.datetime | None = None) -> int:
+    return int((now or dt.datetime.now(dt.UTC)).timestamp() * 1000)

@@ -1,0 +1,152 @@
+"""Feed cursors: where one walk through a user's feed stands, signed so a client cannot forge one.
+
+A walk is the sequence of pages a client reads by handing back each page's
+``next_cursor``. The cursor carries everything the next page needs to continue
+without a duplicate or a gap, so the server keeps no per-walk state:
+
+* the snapshot the walk started on (every page of a walk comes from it, even
+  after a newer snapshot is published),
+* the user (a cursor is refused for anyone else),
+* the position in the precomputed list (the user's feed, or trending),
+* the videos already served from live search, as catalogue positions of that
+  snapshot (sorted, delta-encoded and compressed: a few bytes per item), plus
+  the ids of videos the snapshot's catalogue does not have (added through the API).
+
+The token is ``base64url(payload || HMAC-SHA256(secret, payload)[:16])`` with
+the payload in MessagePack. It is opaque to clients, not secret: it is signed,
+not encrypted, so put nothing in it a user may not see.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import time
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+VERSION = 1
+TAG_BYTES = 16
+SECRET_FILE = "api/cursor_secret"
+MAX_TOKEN_CHARS = 64 * 1024  # a walk of ~10,000 live items; anything longer is not one of ours
+
+
+class CursorError(ValueError):
+    """A cursor that cannot be used: ``kind`` is ``malformed``, ``tampered`` or ``wrong_user``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class Cursor(msgspec.Struct, frozen=True, array_like=True):
+    snapshot_id: str
+    user_id: str
+    source: str  # "feed" (the user's precomputed feed), "trending", or "live" (no precomputed list)
+    position: int  # next index of the precomputed list to look at
+    live_codes: bytes = b""  # catalogue positions served from live search, see encode_codes
+    live_extra: tuple[str, ...] = ()  # served ids outside the snapshot's catalogue
+    page: int = 1  # pages served so far in this walk
+    version: int = VERSION
+
+    def served_codes(self) -> np.ndarray:
+        return decode_codes(self.live_codes)
+
+
+def encode_codes(codes: Iterable[int] | np.ndarray) -> bytes:
+    """Sorted unique non-negative ints as zlib(delta uint32): about 1-2 bytes each for a walk's codes."""
+    arr = np.unique(np.asarray(list(codes) if not isinstance(codes, np.ndarray) else codes, dtype=np.int64))
+    if len(arr) == 0:
+        return b""
+    if arr[0] < 0 or arr[-1] >= 2**32:
+        raise ValueError("codes must be in [0, 2**32)")
+    deltas = np.diff(arr, prepend=0).astype("<u4")
+    return zlib.compress(deltas.tobytes(), 6)
+
+
+def decode_codes(blob: bytes) -> np.ndarray:
+    if not blob:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        raw = zlib.decompress(blob, bufsize=4096)
+    except zlib.error as exc:
+        raise CursorError("malformed", "cursor has a corrupt served-items list") from exc
+    if len(raw) % 4:
+        raise CursorError("malformed", "cursor has a corrupt served-items list")
+    return np.cumsum(np.frombuffer(raw, dtype="<u4").astype(np.int64))
+
+
+class CursorSigner:
+    """Signs and checks cursors with one secret (shared by every API worker)."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("cursor secret must be at least 16 bytes")
+        self._secret = secret
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(Cursor)
+
+    def _tag(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:TAG_BYTES]
+
+    def encode(self, cursor: Cursor) -> str:
+        payload = self._encoder.encode(cursor)
+        return base64.urlsafe_b64encode(payload + self._tag(payload)).rstrip(b"=").decode("ascii")
+
+    def decode(self, token: str, *, user_id: str) -> Cursor:
+        """The cursor in ``token``, checked: signed by us, in a version we read, and for ``user_id``."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise CursorError("malformed", "cursor is empty or too long")
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise CursorError("malformed", "cursor is not one this API issued") from exc
+        payload, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
+        if len(raw) <= TAG_BYTES or not hmac.compare_digest(tag, self._tag(payload)):
+            raise CursorError("tampered", "cursor signature does not match: it was altered or not issued here")
+        try:
+            cursor = self._decoder.decode(payload)
+        except msgspec.DecodeError as exc:  # signed by us but unreadable: an older format
+            raise CursorError("malformed", "cursor format is not supported by this API version") from exc
+        if cursor.version != VERSION:
+            raise CursorError("malformed", f"cursor version {cursor.version} is not supported")
+        if cursor.user_id != user_id:
+            raise CursorError("wrong_user", "cursor belongs to another user")
+        if cursor.position < 0 or cursor.source not in ("feed", "trending", "live"):
+            raise CursorError("malformed", "cursor has an impossible position")
+        return cursor
+
+
+def cursor_secret(configured: str, data_dir: Path) -> bytes:
+    """The configured secret, or one created once under the data root and shared by every worker.
+
+    Created with O_EXCL so concurrent workers starting together agree on one;
+    a restart keeps it, so cursors survive restarts.
+    """
+    if configured:
+        return configured.encode()
+    path = data_dir / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker is writing it this instant
+            secret = path.read_bytes()
+            if len(secret) >= 32:
+                return secret
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is shorter than 32 bytes; delete it or set REC_CURSOR_SECRET") from None
+    try:
+        os.write(fd, secrets.token_bytes(32))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path.read_bytes()
