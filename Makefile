@@ -62,10 +62,12 @@ pipeline: airflow-db
 
 # The Airflow UI on embedded defaults (SQLite, LocalExecutor via `airflow standalone`), with the project's DAGs.
 # Log in as `admin`; the password is generated once into $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated.
+# standalone runs `airflow` from PATH for its parts, hence the venv first on PATH.
 airflow: airflow-db
+	@test -f $(REC_DATA_DIR)/lake/CURRENT || echo "No lake yet: trigger the generate_data DAG first (or run make data)."
 	@echo "Airflow UI: http://localhost:$${AIRFLOW__API__PORT:-8080}  user: admin"
-	@echo "password: $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (written at first start)"
-	$(VENV)/bin/airflow standalone
+	@echo "Password: printed below at the first start, and kept in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/airflow standalone
 
 serve: setup
 	@echo "The feed API lands with issue #5."; exit 1
