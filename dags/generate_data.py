@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
+from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, job_settings, summarize_lake
 
 
 @dag(
@@ -30,10 +30,9 @@ def generate_data_dag() -> None:
     @task(outlets=[Asset(LAKE_URI)])
     def generate(params: dict | None = None) -> dict:
         from jobs.generate_data import generate_data
-        from rec_core.settings import Settings
 
         assert params is not None
-        return generate_data(Settings.load(), scale=params["scale"], seed=int(params["seed"]))
+        return generate_data(job_settings(), scale=params["scale"], seed=int(params["seed"]))
 
     task(summarize_lake, task_id="summarize")(generate())
 

@@ -45,8 +45,20 @@ from jobs.dag_tasks import (
             description="Train a new model (it still has to pass the gate); false reuses the current model.",
         ),
         "epochs": Param(6, type="integer", minimum=1, maximum=200, description="Most training epochs."),
-        "video_shards": Param(4, type="integer", minimum=1, maximum=256, description="Parallel video shards."),
-        "user_shards": Param(4, type="integer", minimum=1, maximum=256, description="Parallel user shards."),
+        "video_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="Video embedding shards: mapped tasks that run in parallel (on several workers with Celery).",
+        ),
+        "user_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="User shards for embedding and feed materialization: mapped tasks that run in parallel.",
+        ),
     },
 )
 def recsys_pipeline() -> None:

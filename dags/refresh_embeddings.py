@@ -23,8 +23,20 @@ from jobs.dag_tasks import begin_snapshot, embed_users, embed_videos, load_vecto
     default_args=DEFAULT_ARGS,
     tags=["recsys", "embeddings"],
     params={
-        "video_shards": Param(4, type="integer", minimum=1, maximum=256, description="Parallel video shards."),
-        "user_shards": Param(4, type="integer", minimum=1, maximum=256, description="Parallel user shards."),
+        "video_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="Video embedding shards: mapped tasks that run in parallel (on several workers with Celery).",
+        ),
+        "user_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="User shards for embedding and feed materialization: mapped tasks that run in parallel.",
+        ),
     },
 )
 def refresh_embeddings() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
 
-from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, MODEL_URI, START
+from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, MODEL_URI, START, job_settings
 
 
 @dag(
@@ -32,18 +32,16 @@ def train_towers_dag() -> None:
     @task
     def embed_text() -> dict:
         from jobs.build_features import build_features
-        from rec_core.settings import Settings
 
-        return build_features(Settings.load())
+        return build_features(job_settings())
 
     @task
     def train(_features: dict, params: dict | None = None) -> str:
         from jobs.train_towers import train_version
-        from rec_core.settings import Settings
         from rec_core.training import TrainConfig
 
         assert params is not None
-        settings = Settings.load()
+        settings = job_settings()
         config = TrainConfig(
             epochs=int(params["epochs"]), embedding_dim=int(params["embedding_dim"]), seed=settings.seed
         )
@@ -52,18 +50,16 @@ def train_towers_dag() -> None:
     @task
     def evaluate(version: str) -> str:
         from jobs.train_towers import evaluate_version
-        from rec_core.settings import Settings
 
-        evaluate_version(Settings.load(), version)
+        evaluate_version(job_settings(), version)
         return version
 
     @task(outlets=[Asset(MODEL_URI)])
     def quality_gate(version: str, params: dict | None = None) -> dict:
         from jobs.train_towers import gate_version
-        from rec_core.settings import Settings
 
         assert params is not None
-        return gate_version(Settings.load(), version, promote=bool(params["promote"]))
+        return gate_version(job_settings(), version, promote=bool(params["promote"]))
 
     quality_gate(evaluate(train(embed_text())))
 

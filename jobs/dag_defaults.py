@@ -5,6 +5,10 @@ wherever the DAGs are, without relying on the DAG folder being on sys.path)."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rec_core.settings import Settings
 
 OWNER = "recsys"
 
@@ -21,12 +25,22 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 LAKE_URI = "file://rec/lake"
 
 
+def job_settings() -> Settings:
+    """The settings a task runs with: ``REC_*`` from the worker's environment, torch threads capped
+    (``REC_TORCH_THREADS``) so that several workers on one machine don't oversubscribe it."""
+    from jobs.cli import apply_torch_threads
+    from rec_core.settings import Settings
+
+    settings = Settings.load()
+    apply_torch_threads(settings)
+    return settings
+
+
 def summarize_lake(_upstream: object = None) -> None:
     """Task body shared by the data DAGs: rebuild the warehouse and log the lake summary."""
     from jobs.summarize import format_results, summarize
-    from rec_core.settings import Settings
 
-    print(format_results(summarize(Settings.load())))
+    print(format_results(summarize(job_settings())))
 
 
 # A new promoted model is what re-embedding consumes (issue #4 wires the consumer).

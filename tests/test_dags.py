@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,12 @@ def test_dagbag_has_no_import_errors_and_nothing_heavy_at_parse_time() -> None:
     script = f"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.definitions._internal.types import NOTSET
 bag = DagBag({str(ROOT / "dags")!r})
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
-meta = {{d.dag_id: [d.description, sorted(d.tags), d.owner] for d in bag.dags.values()}}
+def param_doc(d):
+    return {{k: [d.params.get_param(k).description, d.params.get_param(k).value is not NOTSET] for k in d.params}}
+meta = {{d.dag_id: [d.description, sorted(d.tags), d.owner, param_doc(d)] for d in bag.dags.values()}}
 errors = {{k: v[-300:] for k, v in bag.import_errors.items()}}
 print(json.dumps({{"errors": errors, "dags": sorted(bag.dags), "heavy": heavy, "meta": meta}}))
 """
@@ -30,8 +34,46 @@ print(json.dumps({{"errors": errors, "dags": sorted(bag.dags), "heavy": heavy, "
     assert result["errors"] == {}
     assert {"generate_data", "import_dataset"} <= set(result["dags"])
     assert result["heavy"] == [], f"DAG files import heavy modules at parse time: {result['heavy']}"
-    for dag_id, (description, tags, owner) in result["meta"].items():
-        assert description and "recsys" in tags and owner == "recsys", dag_id
+    assert set(result["dags"]) == set(result["meta"]) and len(result["dags"]) == len(list((ROOT / "dags").glob("*.py")))
+    for dag_id, (description, tags, owner, params) in result["meta"].items():
+        assert description and "recsys" in tags and len(tags) >= 2 and owner == "recsys", dag_id
+        # Every param the UI's trigger form shows is documented and has a default.
+        for name, (doc, has_default) in params.items():
+            assert doc and has_default, (dag_id, name)
+    assert result["meta"]["recsys_pipeline"][3].keys() >= {"retrain", "epochs", "video_shards", "user_shards"}
+
+
+def test_task_settings_cap_torch_threads(tmp_path: Path) -> None:
+    """REC_TORCH_THREADS caps torch in task code, whether torch is imported before or after the settings."""
+    script = """
+import json, sys
+from jobs.dag_defaults import job_settings
+first = job_settings().torch_threads
+import torch
+after_import = torch.get_num_threads()
+torch.set_num_threads(2)
+job_settings()
+print(json.dumps([first, after_import, torch.get_num_threads()]))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REC_", "OMP_", "MKL_"))}
+    env.update(PYTHONPATH=str(ROOT), REC_DATA_DIR=str(tmp_path), REC_TORCH_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, 1, 1]
+    # 0 (the default) leaves torch alone.
+    env["REC_TORCH_THREADS"] = "0"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from jobs.dag_defaults import job_settings; job_settings(); import os; "
+            "print(os.environ.get('OMP_NUM_THREADS'))",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert proc.stdout.strip() == "None"
 
 
 @pytest.mark.slow
