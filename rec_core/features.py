@@ -9,6 +9,16 @@ of the validation period; the batch that serves feeds uses "now".
 Videos are addressed by their position in the catalogue (the videos table
 sorted by ``video_id``, the same order as ``Split.item_ids``); ids enter the
 model through :class:`Vocabs`, fixed when a model is trained.
+
+A video's engagement features change with time (views, rates, age, views in
+the last 1/7/30/180 days), so the catalogue keeps each video's timeline of
+interactions before ``as_of`` and can give its features as they were at any
+earlier instant (:meth:`Catalogue.dense_at`). Training shows every positive as
+it looked when it was watched, not as it looks at the cut: otherwise a
+training interaction from years ago sees the video's later fame, the model
+never sees what a video looks like in the days it is new and rising, and it
+cannot learn that recency matters (it does: on MovieLens most held-out watches
+are of films released after the cut).
 """
 
 from __future__ import annotations
@@ -29,8 +39,24 @@ from rec_core.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
 
 HISTORY_CAP = 64  # most recent videos per user that the user tower pools over (recency, and training speed)
 MIN_HASHTAG_VIDEOS = 2  # a hashtag on fewer videos than this gets no vector of its own
+DAY_MS = 86_400_000
+RECENT_WINDOWS_DAYS = (1, 7, 30, 180)  # views in the last N days: VIDEO_DENSE's log_views_<N>d columns
+LIKE_RATE_SMOOTHING = 20.0  # rates are likes / (views + this): three views and one like is not a 33% like rate
 # Raw dense columns that are zero for a video the moment it is posted (no views yet, age 0).
-NEW_VIDEO_COLUMNS = [VIDEO_DENSE.index(c) for c in ("log_views", "like_rate", "comment_rate", "share_rate", "age_days")]
+NEW_VIDEO_COLUMNS = [
+    VIDEO_DENSE.index(c)
+    for c in (
+        "log_views",
+        "like_rate",
+        "comment_rate",
+        "share_rate",
+        "age_days",
+        *(f"log_views_{d}d" for d in RECENT_WINDOWS_DAYS),
+    )
+]
+# The columns that depend on time (all the others are fixed properties of the video or its creator).
+TIME_VIDEO_COLUMNS = NEW_VIDEO_COLUMNS
+STATIC_VIDEO_COLUMNS = ("log_duration", "log_aspect", "log_creator_followers", "log_creator_likes")
 
 
 # ---- vocabularies -------------------------------------------------------------
@@ -111,6 +137,8 @@ class FeatureStats:
         )
 
     def video(self, x: np.ndarray) -> np.ndarray:
+        # A model saved before columns were appended to VIDEO_DENSE reads only the columns it was trained on.
+        x = x[:, : len(self.video_mean)]
         return ((x - np.asarray(self.video_mean)) / np.asarray(self.video_std)).astype(np.float32)
 
     def user(self, x: np.ndarray) -> np.ndarray:
@@ -119,7 +147,7 @@ class FeatureStats:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "video": dict(zip(VIDEO_DENSE, zip(self.video_mean, self.video_std, strict=True), strict=True)),
+                "video": dict(zip(VIDEO_DENSE, zip(self.video_mean, self.video_std, strict=True), strict=False)),
                 "user": dict(zip(USER_DENSE, zip(self.user_mean, self.user_std, strict=True), strict=True)),
                 "raw": asdict(self),
             },
@@ -135,6 +163,57 @@ class FeatureStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemTimeline:
+    """Each catalogue row's interactions before ``as_of``, sorted by time: engagement at any earlier instant.
+
+    ``keys`` is ``row * span + (ts - t0)``, sorted, so one ``searchsorted`` finds, for
+    many (row, instant) pairs at once, how many of the row's interactions came before.
+    ``cum_*`` are running totals over ``keys`` with a leading zero.
+    """
+
+    indptr: np.ndarray  # int64 (n_rows + 1,)
+    keys: np.ndarray  # int64, sorted
+    t0: int
+    span: int
+    cum_likes: np.ndarray  # int64 (len(keys) + 1,)
+    cum_comments: np.ndarray
+    cum_shares: np.ndarray
+
+    @classmethod
+    def build(
+        cls, rows: np.ndarray, ts_ms: np.ndarray, liked: np.ndarray, commented: np.ndarray, shared: np.ndarray, n: int
+    ) -> ItemTimeline:
+        rows, ts_ms = rows.astype(np.int64), ts_ms.astype(np.int64)
+        t0 = int(ts_ms.min()) if len(ts_ms) else 0
+        span = (int(ts_ms.max()) - t0 + 2) if len(ts_ms) else 2
+        if n * span >= 2**62:
+            raise ValueError(f"timeline too long to index: {n} videos over {span} ms")
+        keys = rows * span + (ts_ms - t0)
+        order = np.argsort(keys, kind="stable")
+
+        def running(flag: np.ndarray) -> np.ndarray:
+            return np.concatenate([[0], np.cumsum(flag.astype(np.int64)[order])])
+
+        return cls(
+            indptr=np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64),
+            keys=keys[order],
+            t0=t0,
+            span=span,
+            cum_likes=running(liked),
+            cum_comments=running(commented),
+            cum_shares=running(shared),
+        )
+
+    def position(self, rows: np.ndarray, t_ms: np.ndarray | int) -> np.ndarray:
+        """Index into ``keys`` of each row's first interaction at or after ``t_ms``."""
+        offset = np.clip(np.asarray(t_ms, dtype=np.int64) - self.t0, 0, self.span - 1)
+        return np.searchsorted(self.keys, rows.astype(np.int64) * self.span + offset, side="left")
+
+    def count_before(self, rows: np.ndarray, t_ms: np.ndarray | int) -> np.ndarray:
+        return self.position(rows, t_ms) - self.indptr[rows]
+
+
+@dataclass(frozen=True, slots=True)
 class Catalogue:
     """Video-tower inputs for every video, in catalogue order; unstandardised dense features."""
 
@@ -146,36 +225,89 @@ class Catalogue:
     creator_idx: np.ndarray
     hashtag_idx: np.ndarray  # int64, flattened vocab indices
     hashtag_offsets: np.ndarray  # int64 (n,)
-    dense: np.ndarray  # (n, len(VIDEO_DENSE)) float32
+    dense: np.ndarray  # (n, len(VIDEO_DENSE)) float32, as of ``as_of_ms``
+    created_ms: np.ndarray | None = None  # int64 (n,)
+    timeline: ItemTimeline | None = None  # interactions before as_of, for features at an earlier instant
+    creator_debut: np.ndarray | None = None  # bool (n,): no earlier video of the same creator
+    as_of_ms: int = 0
 
     def __len__(self) -> int:
         return len(self.video_ids)
 
-    def batch(self, rows: np.ndarray, stats: FeatureStats, as_new: np.ndarray | None = None) -> VideoBatch:
-        """Video-tower inputs for ``rows``; rows flagged in ``as_new`` look as on the day they were posted.
+    def dense_at(self, rows: np.ndarray, t_ms: np.ndarray | int) -> np.ndarray:
+        """Unstandardised dense features of ``rows`` as they were at ``t_ms`` (one instant, or one per row).
 
-        Training shows some positives "as new" (no id, no views, age zero) because
-        that is how every video looks when it most needs to be recommended; without
-        it the model learns that a video with no views is never watched, and cold
-        videos never reach a feed.
+        Only the past of ``as_of`` is known, so an instant after it gives the features at ``as_of``.
         """
-        dense = self.dense[rows]
+        if self.timeline is None or self.created_ms is None:
+            raise ValueError("this catalogue has no timeline; build it with build_catalogue")
+        rows = np.asarray(rows, dtype=np.int64)
+        t = np.minimum(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), rows.shape), self.as_of_ms)
+        out = self.dense[rows].copy()
+        out[:, TIME_VIDEO_COLUMNS] = _time_columns(self.timeline, self.created_ms, rows, t)
+        return out
+
+    def batch(
+        self,
+        rows: np.ndarray,
+        stats: FeatureStats,
+        as_new: np.ndarray | None = None,
+        at_ms: np.ndarray | None = None,
+    ) -> VideoBatch:
+        """Video-tower inputs for ``rows``, as of ``at_ms`` (default: ``as_of``).
+
+        Rows flagged in ``as_new`` look as on the day they were posted: no id, no
+        views, age zero, and no creator vector when the video was its creator's
+        first (on MovieLens every film is its own creator, so a cold film's creator
+        is always unknown). Training shows some positives like that because that is
+        how every video looks when it most needs to be recommended; without it the
+        model learns that a video with no views is never watched, and cold videos
+        never reach a feed.
+        """
+        dense = self.dense[rows] if at_ms is None else self.dense_at(rows, at_ms)
         item_idx = self.item_idx[rows]
+        creator_idx = self.creator_idx[rows]
         if as_new is not None and as_new.any():
             dense = dense.copy()
             dense[np.ix_(as_new, NEW_VIDEO_COLUMNS)] = 0.0
             item_idx = np.where(as_new, 0, item_idx)
+            if self.creator_debut is not None:
+                creator_idx = np.where(as_new & self.creator_debut[rows], 0, creator_idx)
         starts = self.hashtag_offsets[rows]
         ends = np.append(self.hashtag_offsets, len(self.hashtag_idx))[rows + 1]
         tags, offsets = _gather_ranges(self.hashtag_idx, starts, ends)
         return VideoBatch(
             text=torch.from_numpy(self.text[rows]),
             item_idx=torch.from_numpy(item_idx),
-            creator_idx=torch.from_numpy(self.creator_idx[rows]),
+            creator_idx=torch.from_numpy(creator_idx),
             hashtag_idx=torch.from_numpy(tags),
             hashtag_offsets=torch.from_numpy(offsets),
             dense=torch.from_numpy(stats.video(dense)),
         )
+
+
+def _time_columns(timeline: ItemTimeline, created_ms: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The TIME_VIDEO_COLUMNS of ``rows`` at instants ``t`` (same order as NEW_VIDEO_COLUMNS)."""
+    pos = timeline.position(rows, t)
+    start = timeline.indptr[rows]
+    views = (pos - start).astype(np.float64)
+
+    def rate(cum: np.ndarray) -> np.ndarray:
+        return (cum[pos] - cum[start]) / (views + LIKE_RATE_SMOOTHING)
+
+    age_days = np.maximum(t - created_ms[rows], 0) / DAY_MS
+    windows = [views - timeline.count_before(rows, t - d * DAY_MS) for d in RECENT_WINDOWS_DAYS]
+    return np.stack(
+        [
+            np.log1p(views),
+            rate(timeline.cum_likes),
+            rate(timeline.cum_comments),
+            rate(timeline.cum_shares),
+            np.log1p(age_days),
+            *(np.log1p(w) for w in windows),
+        ],
+        axis=1,
+    ).astype(np.float32)
 
 
 def video_frame(videos: pa.Table) -> pl.DataFrame:
@@ -193,39 +325,49 @@ def interaction_frame(interactions: pa.Table) -> pl.DataFrame:
 def build_catalogue(
     videos: pl.DataFrame, interactions: pl.DataFrame, text: np.ndarray, vocabs: Vocabs, as_of_ms: int
 ) -> Catalogue:
-    """Catalogue inputs as of ``as_of``; ``text`` is aligned with ``videos`` (sorted by video_id)."""
-    counts = (
+    """Catalogue inputs as of ``as_of``; ``text`` is aligned with ``videos`` (sorted by video_id).
+
+    ``interactions`` needs ``video_id``, ``ts_ms``, ``liked``, ``commented`` and ``shared``.
+    """
+    v = videos.sort("video_id")
+    n = v.height
+    rows = pl.DataFrame({"video_id": v["video_id"]}).with_row_index("row")
+    events = (
         interactions.filter(pl.col("ts_ms") < as_of_ms)
-        .group_by("video_id")
-        .agg(
-            pl.len().alias("n_views"),
-            pl.col("liked").sum().alias("n_likes"),
-            pl.col("commented").sum().alias("n_comments"),
-            pl.col("shared").sum().alias("n_shares"),
-        )
+        .select("video_id", "ts_ms", "liked", "commented", "shared")
+        .join(rows, on="video_id", how="inner")
     )
-    v = videos.join(counts, on="video_id", how="left").sort("video_id").fill_null(0)
-    views = v["n_views"].to_numpy().astype(np.float64)
-
-    def rate(col: str) -> np.ndarray:
-        # Smoothed towards zero so that three views and one like is not a 33% like rate.
-        return v[col].to_numpy().astype(np.float64) / (views + 20.0)
-
-    age_days = np.maximum(as_of_ms - v["created_ms"].to_numpy(), 0) / 86_400_000.0
-    dense = np.stack(
+    timeline = ItemTimeline.build(
+        events["row"].to_numpy(),
+        events["ts_ms"].to_numpy(),
+        events["liked"].to_numpy(),
+        events["commented"].to_numpy(),
+        events["shared"].to_numpy(),
+        n,
+    )
+    created = v["created_ms"].to_numpy().astype(np.int64)
+    all_rows = np.arange(n, dtype=np.int64)
+    static = np.stack(
         [
             np.log1p(v["duration_s"].to_numpy()),
             np.log(np.maximum(v["width"].to_numpy(), 1) / np.maximum(v["height"].to_numpy(), 1)),
             np.log1p(v["creator_followers"].to_numpy()),
             np.log1p(v["creator_likes"].to_numpy()),
-            np.log1p(views),
-            rate("n_likes"),
-            rate("n_comments"),
-            rate("n_shares"),
-            np.log1p(age_days),
         ],
         axis=1,
-    ).astype(np.float32)
+    )
+    dense = np.zeros((n, len(VIDEO_DENSE)), dtype=np.float32)
+    dense[:, [VIDEO_DENSE.index(c) for c in STATIC_VIDEO_COLUMNS]] = static
+    dense[:, TIME_VIDEO_COLUMNS] = _time_columns(timeline, created, all_rows, np.full(n, as_of_ms, dtype=np.int64))
+    # A creator's debut: no video of theirs was posted before this one (ties: the smaller id is first).
+    debut = (
+        v.with_row_index("row")
+        .sort(["creator_id", "created_ms", "video_id"])
+        .with_columns((pl.col("creator_id") != pl.col("creator_id").shift(1)).fill_null(True).alias("debut"))
+        .sort("row")["debut"]
+        .to_numpy()
+        .astype(bool)
+    )
     tags = v["hashtags"].to_list()
     lengths = np.array([len(t) for t in tags], dtype=np.int64)
     flat = np.array([tag for t in tags for tag in t], dtype=object)
@@ -239,6 +381,10 @@ def build_catalogue(
         hashtag_idx=Vocabs.lookup(vocabs.hashtags, flat),
         hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         dense=dense,
+        created_ms=created,
+        timeline=timeline,
+        creator_debut=debut,
+        as_of_ms=int(as_of_ms),
     )
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_model, save_model
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
 from rec_core.features import FeatureStats, Vocabs
-from rec_core.towers import TowerConfig, TwoTower
+from rec_core.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
 
 CURRENT = "CURRENT"
 
@@ -122,15 +122,19 @@ class ModelStore:
             raise ModelStoreError(f"no model version {version!r} under {self.root}")
         return json.loads(path.read_text())
 
-    def load(self, version: str | None = None) -> LoadedModel:
+    def load(self, version: str | None = None, *, quantize: bool = False) -> LoadedModel:
+        """A model version (default: the current one); ``quantize`` gives int8 towers for inference only."""
         version = version or self.current()
         if version is None:
             raise ModelStoreError(f"no current model under {self.root}: run `python -m jobs.train_towers` first")
         folder = self.root / version
         config = self.read_json(version, "config.json")
-        model = TwoTower(TowerConfig(**config["tower"]))
+        # A version saved before the dense video inputs grew reads the first LEGACY_VIDEO_DENSE of them.
+        model = TwoTower(TowerConfig(**{"video_dense": LEGACY_VIDEO_DENSE, **config["tower"]}))
         load_model(model, str(folder / "weights.safetensors"))
         model.eval()
+        if quantize:
+            model = quantize_int8(model)
         stats = FeatureStats.from_json((folder / "feature_stats.json").read_text())
         return LoadedModel(version, model, Vocabs.load(folder), stats, config, self.read_json(version, "metrics.json"))
 

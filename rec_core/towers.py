@@ -29,7 +29,14 @@ VIDEO_DENSE = (
     "comment_rate",
     "share_rate",
     "age_days",
+    # Views in the last 1, 7, 30 and 180 days (rec_core.features.RECENT_WINDOWS_DAYS); appended last so a
+    # model saved with the first nine columns still reads its own.
+    "log_views_1d",
+    "log_views_7d",
+    "log_views_30d",
+    "log_views_180d",
 )
+LEGACY_VIDEO_DENSE = 9  # models saved before the windows were added
 # Dense user features, in this order (see rec_core.features.user_dense_features).
 USER_DENSE = ("log_watched", "log_liked", "log_followed", "avg_completion", "log_avg_watch_time")
 
@@ -46,6 +53,7 @@ class TowerConfig:
     hidden: int = 256
     id_dropout: float = 0.5
     temperature: float = 0.05
+    video_dense: int = len(VIDEO_DENSE)  # dense video inputs the model reads (the first N of VIDEO_DENSE)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +96,7 @@ class VideoTower(nn.Module):
         self.cfg = cfg
         self.item_emb, self.creator_emb = item_emb, creator_emb
         self.hashtag_emb = nn.EmbeddingBag(cfg.n_hashtags, cfg.hashtag_dim, mode="mean", padding_idx=0)
-        width = cfg.text_dim + cfg.hashtag_dim + 2 * cfg.id_dim + len(VIDEO_DENSE)
+        width = cfg.text_dim + cfg.hashtag_dim + 2 * cfg.id_dim + cfg.video_dense
         self.mlp = _mlp(width, cfg.hidden, cfg.embedding_dim)
 
     def forward(self, b: VideoBatch) -> torch.Tensor:
@@ -97,7 +105,7 @@ class VideoTower(nn.Module):
             keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.cfg.id_dropout
             ids = ids * keep
         tags = self.hashtag_emb(b.hashtag_idx, b.hashtag_offsets)
-        x = torch.cat([b.text, tags, ids, self.creator_emb(b.creator_idx), b.dense], dim=1)
+        x = torch.cat([b.text, tags, ids, self.creator_emb(b.creator_idx), b.dense[:, : self.cfg.video_dense]], dim=1)
         return F.normalize(self.mlp(x), dim=1)
 
 
@@ -155,16 +163,52 @@ class TwoTower(nn.Module):
         self.engagement = EngagementHead(cfg.embedding_dim)
 
 
+def quantize_int8(model: TwoTower) -> TwoTower:
+    """An inference-only copy of ``model`` with int8 dynamic quantization of every ``nn.Linear``.
+
+    Weights are stored int8 with per-channel scales and activations are quantized on the
+    fly, so the tower MLPs run int8 matmuls on CPU; embeddings, LayerNorm and the
+    normalisation stay fp32. The original model is left untouched. Measured in
+    ``make bench`` (``bench_towers``): speed-up and agreement with the fp32 vectors.
+    """
+    import copy
+    import warnings
+
+    # torch.ao.quantization warns that it will move to torchao; eager dynamic quantization still works.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        out = copy.deepcopy(model).eval()
+        spec = {name: per_channel_dynamic_qconfig for name, m in out.named_modules() if isinstance(m, nn.Linear)}
+        return quantize_dynamic(out, spec, dtype=torch.qint8)
+
+
 def sampled_softmax_loss(
-    u: torch.Tensor, v: torch.Tensor, item_idx: torch.Tensor, log_q: torch.Tensor | None, temperature: float
+    u: torch.Tensor,
+    v: torch.Tensor,
+    item_idx: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: float,
+    extra_v: torch.Tensor | None = None,
+    extra_idx: torch.Tensor | None = None,
+    extra_log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """In-batch sampled softmax with log-Q correction (Yi et al., RecSys 2019).
+    """In-batch sampled softmax with log-Q correction (Yi et al., RecSys 2019), optionally with extra negatives.
 
     Row i's positive is column i; the other videos of the batch are its negatives.
     Popular videos appear as in-batch negatives more often than uniform sampling
     would have them, so their logits are lowered by log q (their sampling
     probability), which keeps the model from simply learning to demote them.
     The same video appearing twice in a batch is not its own negative.
+
+    ``extra_v`` (with their ids ``extra_idx`` and ``extra_log_q``) are more
+    negatives shared by every row: mixed negative sampling (Yang et al., WWW
+    2020) adds videos drawn uniformly from the catalogue, which in-batch
+    negatives (drawn by popularity) almost never show: the long tail, and the
+    videos nobody watched. ``log_q`` and ``extra_log_q`` must then both be the
+    log probability under the mixture of the two samplers.
     """
     logits = u @ v.T / temperature
     if log_q is not None:
@@ -172,4 +216,11 @@ def sampled_softmax_loss(
     same = item_idx.unsqueeze(0) == item_idx.unsqueeze(1)
     eye = torch.eye(len(item_idx), dtype=torch.bool, device=u.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
+    if extra_v is not None and len(extra_v):
+        extra = u @ extra_v.T / temperature
+        if extra_log_q is not None:
+            extra = extra - extra_log_q.unsqueeze(0)
+        assert extra_idx is not None
+        extra = extra.masked_fill(item_idx.unsqueeze(1) == extra_idx.unsqueeze(0), float("-inf"))
+        logits = torch.cat([logits, extra], dim=1)
     return F.cross_entropy(logits, torch.arange(len(item_idx), device=u.device))

@@ -52,6 +52,8 @@ class TrainConfig:
     aux_weight: float = 0.5
     id_dropout: float = 0.25
     as_new_rate: float = 0.25  # share of positives shown as freshly posted videos (see Catalogue.batch)
+    time_aware: bool = True  # show each positive as it was when watched (Catalogue.dense_at), not as of the cut
+    uniform_negatives: int = 512  # extra negatives per batch drawn uniformly from the videos posted by then
     new_user_rate: float = 0.1  # share of examples whose user is shown as a newcomer (see Histories.batch)
     patience: int = 2
     eval_k: int = 50
@@ -102,7 +104,12 @@ def prepare(
     vocabs = vocabs or build_vocabs(videos, interactions, as_of)
     catalogue = build_catalogue(videos, interactions, text, vocabs, as_of)
     histories = build_histories(split.user_ids, interactions, follows, catalogue, vocabs, as_of)
-    stats = stats or FeatureStats.fit(catalogue.dense, histories.dense[split.user_has_train])
+    if stats is None:
+        # Training shows videos as they were when watched, so the scales come from those too, not only the cut.
+        rng = np.random.default_rng(0)
+        sample = rng.choice(len(split.train), size=min(len(split.train), 200_000), replace=False)
+        past = catalogue.dense_at(split.train.item_idx[sample], split.train.ts_ms[sample])
+        stats = FeatureStats.fit(np.concatenate([catalogue.dense, past]), histories.dense[split.user_has_train])
     return TrainingData(split, vocabs, catalogue, histories, stats)
 
 
@@ -157,9 +164,26 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
     if batch_size != cfg.batch_size:
         log.info("batch size %d instead of %d: %d training interactions", batch_size, cfg.batch_size, len(train))
 
-    # log q: how often each video is drawn as an in-batch negative, i.e. its share of training examples.
+    # q: how often each video is drawn as a negative: in the batch, by its share of training examples; among
+    # the uniform negatives, by one over the number of videos posted by then. Mixture: B * p + M / n(t).
     freq = np.bincount(train.item_idx, minlength=len(data.catalogue)).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / freq.sum()).astype(np.float32))
+    share = np.maximum(freq, 1.0) / freq.sum()
+    n_uniform = cfg.uniform_negatives
+    created = data.catalogue.created_ms
+    by_created = np.argsort(created, kind="stable")
+    created_sorted = created[by_created]
+
+    def log_q(items: np.ndarray, at_ms: np.ndarray) -> torch.Tensor:
+        posted = np.maximum(np.searchsorted(created_sorted, at_ms, side="right"), 1)
+        return torch.from_numpy(np.log(batch_size * share[items] + n_uniform / posted).astype(np.float32))
+
+    def uniform_negatives(at_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Each negative borrows the instant of a random row of the batch and is drawn among the videos posted by
+        # then: a video posted later cannot have been watched then, and would teach that new videos are bad.
+        when = at_ms[rng.integers(0, len(at_ms), n_uniform)]
+        posted = np.maximum(np.searchsorted(created_sorted, when, side="right"), 1)
+        return by_created[(rng.random(n_uniform) * posted).astype(np.int64)], when
+
     duration = data.catalogue.duration_s[train.item_idx]
     targets = torch.from_numpy(
         np.stack([train.completion, np.log1p(train.completion * duration) / 5.0, train.liked.astype(np.float32)], 1)
@@ -186,9 +210,25 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
             new_user = rng.random(len(users)) < cfg.new_user_rate
             u = model.user(data.histories.batch(users, data.catalogue, data.stats, exclude=items, as_new=new_user))
             as_new = rng.random(len(items)) < cfg.as_new_rate
-            v = model.video(data.catalogue.batch(items, data.stats, as_new=as_new))
+            at_ms = train.ts_ms[rows] if cfg.time_aware else np.full(len(rows), data.catalogue.as_of_ms)
+            v = model.video(data.catalogue.batch(items, data.stats, as_new=as_new, at_ms=at_ms))
             item_t = torch.from_numpy(items.astype(np.int64))
-            retrieval = sampled_softmax_loss(u, v, item_t, log_q[item_t] if cfg.logq else None, cfg.temperature)
+            extra_v = extra_t = extra_q = None
+            if n_uniform > 0:
+                negatives, neg_ms = uniform_negatives(at_ms)
+                extra_v = model.video(data.catalogue.batch(negatives, data.stats, at_ms=neg_ms))
+                extra_t = torch.from_numpy(negatives)
+                extra_q = log_q(negatives, neg_ms) if cfg.logq else None
+            retrieval = sampled_softmax_loss(
+                u,
+                v,
+                item_t,
+                log_q(items, at_ms) if cfg.logq else None,
+                cfg.temperature,
+                extra_v,
+                extra_t,
+                extra_q,
+            )
             aux = F.mse_loss(model.engagement(u, v), targets[rows]) if cfg.aux_weight > 0 else torch.zeros(())
             loss = retrieval + cfg.aux_weight * aux
             optimizer.zero_grad(set_to_none=True)

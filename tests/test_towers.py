@@ -1,10 +1,27 @@
-"""Pure-logic unit tests of the tower modules and the loss."""
+"""Unit tests of the tower modules, the loss, the time-aware catalogue features and int8 inference."""
+
+import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
+import polars as pl
+import pytest
 import torch
 
-from rec_core.features import Vocabs, _gather_ranges
-from rec_core.towers import USER_DENSE, VIDEO_DENSE, TowerConfig, TwoTower, UserBatch, VideoBatch, sampled_softmax_loss
+from rec_core.features import NEW_VIDEO_COLUMNS, FeatureStats, Vocabs, _gather_ranges, build_catalogue
+from rec_core.model_store import ModelStore
+from rec_core.towers import (
+    LEGACY_VIDEO_DENSE,
+    USER_DENSE,
+    VIDEO_DENSE,
+    TowerConfig,
+    TwoTower,
+    UserBatch,
+    VideoBatch,
+    quantize_int8,
+    sampled_softmax_loss,
+)
 
 
 def _video_batch(n: int, cfg: TowerConfig) -> VideoBatch:
@@ -96,3 +113,128 @@ def test_gather_ranges() -> None:
     values, offsets = _gather_ranges(flat, np.array([3, 0, 2]), np.array([5, 0, 3]))
     np.testing.assert_array_equal(values, [13, 14, 12])
     np.testing.assert_array_equal(offsets, [0, 2, 2])
+
+
+def test_extra_negatives_join_the_softmax_and_never_mask_the_positive_away() -> None:
+    g = torch.Generator().manual_seed(2)
+    u = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    extra = torch.nn.functional.normalize(torch.randn(2, 4, generator=g), dim=1)
+    log_q, extra_q = torch.log(torch.tensor([0.5, 0.2, 0.1])), torch.log(torch.tensor([0.01, 0.02]))
+    ids, extra_ids = torch.tensor([1, 2, 3]), torch.tensor([9, 2])  # extra video 2 is row 1's own positive
+    got = sampled_softmax_loss(u, v, ids, log_q, 0.1, extra, extra_ids, extra_q)
+    logits = torch.cat([u @ v.T / 0.1 - log_q, u @ extra.T / 0.1 - extra_q], dim=1)
+    logits[1, 4] = float("-inf")
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(logits, torch.arange(3)))
+    assert got > sampled_softmax_loss(u, v, ids, log_q, 0.1)  # more negatives, a harder softmax
+
+
+def test_int8_towers_agree_with_fp32_and_leave_the_original_alone() -> None:
+    cfg = TowerConfig(embedding_dim=16, text_dim=32, n_items=5, n_creators=3, n_hashtags=4)
+    torch.manual_seed(0)
+    model = TwoTower(cfg).eval()
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    int8 = quantize_int8(model)
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    assert not any("quantized" in type(m).__module__ for m in model.modules())
+    for key, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[key])
+    with torch.inference_mode():
+        videos, users = _video_batch(8, cfg), _user_batch(8, cfg)
+        cos_v = (model.video(videos) * int8.video(videos)).sum(1)
+        cos_u = (model.user(users) * int8.user(users)).sum(1)
+        assert not torch.equal(model.video(videos), int8.video(videos))  # really a different computation
+    assert cos_v.min() > 0.98 and cos_u.min() > 0.98, (cos_v, cos_u)
+
+
+def _catalogue_world() -> tuple[pl.DataFrame, pl.DataFrame]:
+    day = 86_400_000
+    videos = pl.DataFrame(
+        {
+            "video_id": ["a", "b", "c"],
+            "creator_id": ["x", "x", "c"],
+            "hashtags": [["t"], [], ["t"]],
+            "duration_s": [10.0, 20.0, 30.0],
+            "width": [1080, 1080, 1920],
+            "height": [1920, 1920, 1080],
+            "creator_followers": [5, 5, 0],
+            "creator_likes": [7, 7, 0],
+            "created_ms": [0, 10 * day, 30 * day],
+        }
+    )
+    # Video a: watched on days 1, 2, 20 and 25 (liked on day 2); b: on day 12; c: never before as-of.
+    events = pl.DataFrame(
+        {
+            "video_id": ["a", "a", "a", "a", "b", "c"],
+            "ts_ms": [1 * day, 2 * day, 20 * day, 25 * day, 12 * day, 40 * day],
+            "liked": [False, True, False, False, False, True],
+            "commented": [False] * 6,
+            "shared": [False] * 6,
+        }
+    )
+    return videos, events
+
+
+def test_catalogue_features_as_of_any_earlier_instant() -> None:
+    day = 86_400_000
+    videos, events = _catalogue_world()
+    vocabs = Vocabs(np.array(["a", "b"], dtype=object), np.array(["x"], dtype=object), np.array([], dtype=object))
+    as_of = 30 * day
+    cat = build_catalogue(videos, events, np.zeros((3, 4), dtype=np.float32), vocabs, as_of)
+    col = {name: i for i, name in enumerate(VIDEO_DENSE)}
+    # At the cut: a has 4 views (one liked), two in the last 30 days, none in the last 1 or 7 days.
+    a = cat.dense[0]
+    assert np.expm1(a[col["log_views"]]) == pytest.approx(4)
+    assert a[col["like_rate"]] == pytest.approx(1 / (4 + 20))
+    assert np.expm1(a[col["age_days"]]) == pytest.approx(30)
+    assert [round(float(np.expm1(a[col[f"log_views_{d}d"]]))) for d in (1, 7, 30, 180)] == [0, 1, 4, 4]
+    # c is posted at the cut and its day-40 view is in the future: it looks brand new.
+    assert np.all(cat.dense[2][NEW_VIDEO_COLUMNS] == 0)
+    np.testing.assert_allclose(cat.dense_at(np.arange(3), as_of), cat.dense)
+    np.testing.assert_allclose(cat.dense_at(np.arange(3), 100 * day), cat.dense)  # nothing after the cut is known
+    # On day 2 (before that day's watch) a had one view, a day earlier, and was two days old.
+    then = cat.dense_at(np.array([0, 1]), np.array([2 * day, 11 * day]))
+    assert np.expm1(then[0, col["log_views"]]) == pytest.approx(1)
+    assert np.expm1(then[0, col["log_views_1d"]]) == pytest.approx(1)  # [day 1, day 2)
+    assert np.expm1(then[0, col["log_views_7d"]]) == pytest.approx(1)
+    assert np.expm1(then[0, col["age_days"]]) == pytest.approx(2)
+    assert np.all(then[1, NEW_VIDEO_COLUMNS[:4]] == 0) and np.expm1(then[1, col["age_days"]]) == pytest.approx(1)
+    # Fixed columns do not move with time.
+    static = [col[c] for c in ("log_duration", "log_aspect", "log_creator_followers", "log_creator_likes")]
+    np.testing.assert_allclose(then[:, static], cat.dense[:2][:, static])
+
+
+def test_as_new_hides_id_and_views_and_the_creator_only_on_a_creators_first_video() -> None:
+    videos, events = _catalogue_world()
+    vocabs = Vocabs(np.array(["a", "b"], dtype=object), np.array(["c", "x"], dtype=object), np.array([], dtype=object))
+    cat = build_catalogue(videos, events, np.zeros((3, 4), dtype=np.float32), vocabs, 30 * 86_400_000)
+    np.testing.assert_array_equal(cat.creator_debut, [True, False, True])
+    stats = FeatureStats.fit(cat.dense, np.zeros((1, len(USER_DENSE))))
+    rows = np.array([0, 1, 2])
+    batch = cat.batch(rows, stats, as_new=np.array([True, True, False]))
+    np.testing.assert_array_equal(batch.item_idx, [0, 0, 0])  # c has no id: never watched before the cut
+    np.testing.assert_array_equal(batch.creator_idx, [0, 2, 1])  # b is x's second video: x is known by then
+    new = stats.video(np.zeros((1, len(VIDEO_DENSE)), dtype=np.float32))[0, NEW_VIDEO_COLUMNS]
+    np.testing.assert_allclose(batch.dense[:2, NEW_VIDEO_COLUMNS], np.tile(new, (2, 1)), rtol=1e-5)
+    np.testing.assert_allclose(cat.batch(rows, stats).dense[2], batch.dense[2])
+
+
+def test_a_model_saved_with_fewer_dense_inputs_still_loads_and_scores(tmp_path: Path) -> None:
+    videos, events = _catalogue_world()
+    vocabs = Vocabs(np.array(["a", "b"], dtype=object), np.array(["x"], dtype=object), np.array(["t"], dtype=object))
+    cat = build_catalogue(videos, events, np.zeros((3, 8), dtype=np.float32), vocabs, 30 * 86_400_000)
+    legacy = FeatureStats.fit(cat.dense[:, :LEGACY_VIDEO_DENSE], np.zeros((2, len(USER_DENSE))))
+    cfg = TowerConfig(embedding_dim=8, text_dim=8, n_items=3, n_creators=2, n_hashtags=2)
+    model = TwoTower(dataclasses.replace(cfg, video_dense=LEGACY_VIDEO_DENSE)).eval()
+    store = ModelStore(tmp_path)
+    store.save("m1", model, vocabs, legacy, {}, {})
+    config = json.loads((tmp_path / "m1" / "config.json").read_text())
+    del config["tower"]["video_dense"]  # what a version written before the field existed has
+    (tmp_path / "m1" / "config.json").write_text(json.dumps(config))
+    loaded = store.load("m1")
+    assert loaded.model.cfg.video_dense == LEGACY_VIDEO_DENSE
+    with torch.inference_mode():
+        got = loaded.model.video(cat.batch(np.arange(3), loaded.stats))
+        want = model.video(cat.batch(np.arange(3), legacy))
+    torch.testing.assert_close(got, want)
+    assert store.load("m1", quantize=True).model.video(cat.batch(np.arange(3), loaded.stats)).shape == (3, 8)
