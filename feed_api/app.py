@@ -33,7 +33,7 @@ from feed_api.schemas import (
     VideoIn,
     VideoOut,
     decode,
-    plain_reason,
+    locate,
 )
 from feed_api.service import FeedService
 from rec_core.settings import Settings
@@ -173,9 +173,10 @@ def _as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
         first = extra[0] if isinstance(extra[0], dict) else {}
-        field = str(first.get("key") or "body")
-        reason = str(first.get("message") or exc.detail)
-        return ApiError(400, "invalid_field", field, plain_reason(field, reason))
+        field, reason = locate(str(first.get("key") or ""), str(first.get("message") or exc.detail))
+        return ApiError(400, "invalid_field", field, reason)
+    if isinstance(exc, HTTPException) and exc.status_code == 400:  # Litestar's own body parsing: malformed JSON
+        return ApiError(400, "invalid_json", "body", str(exc.detail))
     if isinstance(exc, HTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}
         reasons = {413: f"request bodies are limited to {MAX_BODY_BYTES} bytes (1 MiB)"}

@@ -125,11 +125,8 @@ def decode(raw: bytes, kind: type[B]) -> B:
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _AT.search(message)
-        field = match.group(1) if match else "body"
-        reason = _AT.sub("", message)
-        if "unknown field" in reason:
-            field = reason.split("`")[1] if "`" in reason else field
-        raise ApiError(400, "invalid_field", field or "body", plain_reason(field, reason)) from None
+        field, reason = locate(match.group(1) if match else "", _AT.sub("", message))
+        raise ApiError(400, "invalid_field", field, reason) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
     _check_finite(value)
@@ -141,6 +138,18 @@ def _check_finite(value: Any) -> None:
         v = getattr(value, name)
         if isinstance(v, float) and not math.isfinite(v):
             raise ApiError(400, "invalid_field", name, "must be a finite number")
+
+
+_NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+
+
+def locate(field: str, reason: str) -> tuple[str, str]:
+    """The field at fault (a missing or unknown one is named in the message, not the path) and a plain reason."""
+    field = "" if field in ("body", "data") else field
+    if named := _NAMED.search(reason):
+        field = f"{field}.{named.group(1)}" if field else named.group(1)
+    field = field or "body"
+    return field, plain_reason(field, reason)
 
 
 def plain_reason(field: str, reason: str) -> str:

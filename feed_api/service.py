@@ -239,6 +239,7 @@ class FeedService:
             with self._videos_lock:
                 self._videos.update({p["video_id"]: p for p in fresh})
             self.metrics.count("videos_indexed", len(fresh))
+            self.metrics.count("video_batches")
         return [view.added.vectors[p["video_id"]] for p in payloads]
 
     def _encode_into(self, view: SnapshotView, payloads: list[dict[str, Any]]) -> None:

@@ -106,7 +106,7 @@ class CursorSigner:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise CursorError("malformed", "cursor is empty or too long")
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise CursorError("malformed", "cursor is not one this API issued") from exc
         payload, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,3 +50,103 @@ def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data = tmp_path / "data"
     monkeypatch.setenv("REC_DATA_DIR", str(data))
     return data
+
+
+# ---- the feed API over real HTTP --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    """``python -m feed_api`` as a child process on a free port, as `make serve` runs it."""
+
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("REC_")},
+            "PYTHONPATH": str(ROOT),
+            "REC_DATA_DIR": str(data_dir),
+            "REC_API_PORT": str(self.port),
+            "REC_API_RELOAD_MS": "200",
+            **{f"REC_{k.upper()}": v for k, v in settings.items()},
+        }
+        self.log = data_dir.parent / f"api-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *, ready: bool = True, timeout: float = 120.0) -> ApiServer:
+        import time
+
+        import httpx
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "feed_api"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        path = "/ready" if ready else "/health"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"feed API exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"feed API not {path} in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown hooks, as in a crash."""
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def api_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with a tiny world and one published snapshot, built by the real pipeline stages."""
+    from jobs.generate_data import generate_data
+    from jobs.pipeline import run_all
+    from rec_core.settings import Settings
+
+    data = tmp_path_factory.mktemp("api") / "data"
+    settings = Settings.load({"REC_DATA_DIR": str(data), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2"})
+    generate_data(settings, "tiny", seed=7)
+    run_all(settings, epochs=2, video_shards=1, user_shards=2)
+    # Untouched by any server: tests that publish, prune or kill start from a copy of this.
+    shutil.copytree(data, data.parent / "pristine")
+    return data
+
+
+@pytest.fixture(scope="session")
+def api(api_world: Path) -> Iterator[ApiServer]:
+    server = ApiServer(api_world, feed_length="200", snapshots_keep="2").start()
+    try:
+        yield server
+    finally:
+        server.stop()

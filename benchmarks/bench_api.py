@@ -1,0 +1,220 @@
+"""The feed API under load, over real HTTP, on a default-scale snapshot (10,000 users x 500 items, 50,000 videos).
+
+For each ASGI server (granian, uvicorn; one worker each, the same app):
+
+* peak throughput of ``GET /health`` and of a 20-item precomputed page, in
+  alternating rounds, and their ratio (target: pages at least 70% of health);
+* p50/p99 of precomputed pages at half of that peak, open loop (target p99 < 10 ms);
+* p50/p99 of a fresh user's first page: a user the snapshot does not have, with a
+  profile posted to ``/embeddings/user``: the user tower online plus a live Milvus
+  search over the 50,000 videos (target p99 < 50 ms);
+* the server's resident memory with the snapshot loaded (process tree).
+
+The world is built once under ``<data root>/bench/api-world`` by the real pipeline
+(about 6 minutes) and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import psutil
+
+from benchmarks.common import BenchRow
+from benchmarks.loadgen import closed_loop, http_request, open_loop
+from rec_core.settings import Settings
+
+NAME = "bench_api"
+log = logging.getLogger(NAME)
+ROOT = Path(__file__).resolve().parents[1]
+SERVERS = ("granian", "uvicorn")
+ROUNDS = 3
+ROUND_S = 4.0
+CONCURRENCY = 16
+FRESH_USERS = 300
+
+
+def ensure_world(settings: Settings) -> Path:
+    from jobs.generate_data import generate_data
+    from jobs.pipeline import run_all
+
+    data = settings.data_dir / "bench" / "api-world"
+    if (data / "snapshots" / "LIVE").is_file():
+        return data
+    log.info("building the default-scale world for the API benchmark in %s (once, ~6 min)", data)
+    world = dataclasses.replace(settings, data_dir=data)
+    generate_data(world, "default", seed=settings.seed)
+    run_all(world, epochs=1, video_shards=4, user_shards=4)  # speed of serving, not quality, is measured here
+    return data
+
+
+@contextlib.contextmanager
+def serve(data: Path, server: str) -> Iterator[tuple[str, int, int]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REC_")}
+    env.update(REC_DATA_DIR=str(data), REC_API_PORT=str(port), REC_API_SERVER=server, REC_LOG_LEVEL="WARNING")
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feed_api"], env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"{server} exited with {proc.returncode}")
+            time.sleep(0.5)
+        else:
+            raise TimeoutError(f"{server} not ready in 300 s")
+        yield url, port, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def rss_mib(pid: int) -> float:
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+def page_requests(users: list[str]) -> list[bytes]:
+    return [http_request("POST", "/recommendations", json.dumps({"user_id": u, "limit": 20}).encode()) for u in users]
+
+
+def measure(server: str, data: Path, users: list[str], videos: list[str]) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    health = [http_request("GET", "/health")]
+    pages = page_requests(users)
+    fresh = [f"bench-fresh-{i}" for i in range(FRESH_USERS)]
+    with serve(data, server) as (url, port, pid):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for user in fresh:
+                watched = rng.choice(videos, size=20, replace=False).tolist()
+                body = {"user_id": user, "watched_videos": watched, "liked_videos": watched[:3]}
+                client.post("/embeddings/user", json=body).raise_for_status()
+        run = asyncio.run
+        run(closed_loop("127.0.0.1", port, pages, CONCURRENCY, 2.0))  # warm-up
+        h_rates, p_rates = [], []
+        for _ in range(ROUNDS):  # alternate, so drift of a shared machine hits both alike
+            h_rates.append(run(closed_loop("127.0.0.1", port, health, CONCURRENCY, ROUND_S)).rate)
+            p = run(closed_loop("127.0.0.1", port, pages, CONCURRENCY, ROUND_S))
+            assert p.errors == 0, f"{p.errors} page errors"
+            p_rates.append(p.rate)
+        peak_h, peak_p = float(np.median(h_rates)), float(np.median(p_rates))
+        half = run(open_loop("127.0.0.1", port, pages, 0.5 * peak_p, 8.0))
+        live = run(closed_loop("127.0.0.1", port, page_requests(fresh), 2, 8.0))
+        assert live.errors == 0, f"{live.errors} fresh-page errors"
+        return {
+            "health_rps": peak_h,
+            "page_rps": peak_p,
+            "ratio": peak_p / peak_h,
+            "half_rate": half.rate,
+            "half_p50": half.pct(50),
+            "half_p99": half.pct(99),
+            "fresh_rps": live.rate,
+            "fresh_p50": live.pct(50),
+            "fresh_p99": live.pct(99),
+            "rss_mib": rss_mib(pid),
+        }
+
+
+# Bytes the API holds per item (feed_api/snapshot_view.py): a feed row is a code, a score and a reason code;
+# a video its 64-d vector, its 384-d caption embedding (the online user tower pools them), its id, creator and
+# creation time, its dict entry and its row in the Milvus Lite process; a user a vector and a dict entry.
+FEED_ROW_BYTES = 4 + 4 + 4
+VIDEO_BYTES = 64 * 4 + 384 * 4 + 8 + 2 * 60 + 100 + 64 * 4 * 2
+USER_BYTES = 64 * 4 + 60 + 100
+LARGE = {"users": 100_000, "videos": 500_000, "feed_rows": 100_000 * 500}
+
+
+def projected_large(rss_mib: float, users: int, feed_rows: int, videos: int) -> BenchRow:
+    """Measured resident memory at default scale, grown by what each extra item costs (not measured)."""
+    extra = (
+        (LARGE["feed_rows"] - feed_rows) * FEED_ROW_BYTES
+        + (LARGE["videos"] - videos) * VIDEO_BYTES
+        + (LARGE["users"] - users) * USER_BYTES
+    )
+    return BenchRow(
+        NAME,
+        "resident memory projected to the large scale",
+        rss_mib + extra / 2**20,
+        "MiB",
+        "projection, not a measurement: 100k users x 500 items, 500k videos; measured default RSS plus "
+        f"{FEED_ROW_BYTES} B/feed row, {VIDEO_BYTES} B/video, {USER_BYTES} B/user",
+    )
+
+
+def run() -> list[BenchRow]:
+    settings = Settings.load()
+    data = ensure_world(settings)
+    live = (data / "snapshots" / "LIVE").read_text().strip()
+    feeds = pl.read_parquet(data / "snapshots" / live / "feeds" / "*.parquet", columns=["user_id"])
+    users = feeds["user_id"].unique().sort().to_list()
+    videos = pl.read_parquet(data / "snapshots" / live / "vectors" / "videos-*.parquet", columns=["video_id"])
+    sample = np.random.default_rng(1).choice(users, size=min(2000, len(users)), replace=False).tolist()
+    shape = f"{len(users):,} users x {len(feeds) // max(len(users), 1)} items, {len(videos):,} videos"
+    rows: list[BenchRow] = []
+    results = {}
+    for server in SERVERS:
+        r = results[server] = measure(server, data, sample, videos["video_id"].to_list())
+        rows += [
+            BenchRow(NAME, f"{server}: GET /health peak", r["health_rps"], "req/s", f"1 worker, {CONCURRENCY} conns"),
+            BenchRow(NAME, f"{server}: 20-item precomputed page peak", r["page_rps"], "req/s", shape),
+            BenchRow(NAME, f"{server}: page / health throughput", r["ratio"], "x", "target >= 0.7"),
+            BenchRow(
+                NAME,
+                f"{server}: page p99 at half peak",
+                r["half_p99"],
+                "ms",
+                f"p50 {r['half_p50']:.2f} ms, open loop, {r['half_rate']:.0f} req/s; target < 10",
+            ),
+            BenchRow(
+                NAME,
+                f"{server}: fresh-user page p99",
+                r["fresh_p99"],
+                "ms",
+                f"p50 {r['fresh_p50']:.1f} ms, {r['fresh_rps']:.0f} req/s, 2 conns, live search over {len(videos):,}; "
+                "target < 50",
+            ),
+            BenchRow(NAME, f"{server}: resident memory", r["rss_mib"], "MiB", shape),
+        ]
+    rows.append(projected_large(results["granian"]["rss_mib"], len(users), len(feeds), len(videos)))
+    rows.append(
+        BenchRow(
+            NAME,
+            "granian / uvicorn page throughput",
+            results["granian"]["page_rps"] / results["uvicorn"]["page_rps"],
+            "x",
+            "decides REC_API_SERVER's default",
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    for row in run():
+        print(row)
