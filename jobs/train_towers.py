@@ -126,18 +126,24 @@ def train_towers(settings: Settings, config: TrainConfig | None = None, *, promo
     return {**decision, "seconds": round(time.monotonic() - started, 1), "metrics": metrics["models"]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    # Defaults from an instance: on a slots dataclass, TrainConfig.epochs is a slot descriptor, not 6.
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
-    parser.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs)
+    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
     parser.add_argument("--embedding-dim", type=_positive_int, help="default: REC_EMBEDDING_DIM")
-    parser.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
+    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
     parser.add_argument("--no-logq", action="store_true", help="ablation: no log-Q popularity correction")
-    parser.add_argument("--aux-weight", type=float, default=TrainConfig.aux_weight, help="0 disables the MSE head")
+    parser.add_argument("--aux-weight", type=float, default=defaults.aux_weight, help="0 disables the MSE head")
     parser.add_argument("--no-promote", action="store_true", help="save the version but never make it current")
     parser.add_argument("--seed", type=int, help="default: REC_SEED")
     parser.add_argument("--json", type=Path, help="also write the summary here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = settings_for(args)
     config = TrainConfig(
         embedding_dim=args.embedding_dim or settings.embedding_dim,
