@@ -39,6 +39,11 @@ VARIANTS: dict[str, dict] = {
     "two_tower (no log-Q)": {"logq": False},
     "two_tower (no aux head)": {"aux_weight": 0.0},
 }
+# The cold-start options of TrainConfig (``--all-ablations``; each one more training per data set).
+MORE_VARIANTS: dict[str, dict] = {
+    "two_tower (time-aware + uniform negatives)": {"time_aware": True, "uniform_negatives": 512},
+    "two_tower (time-aware only)": {"time_aware": True},
+}
 
 
 def evaluate_dataset(settings: Settings, data: LakeData, variants: dict[str, dict], truth_dir: Path | None) -> dict:
@@ -81,11 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["synthetic", "movielens"])
     parser.add_argument("--no-ablations", action="store_true", help="only the full two-tower model")
+    parser.add_argument("--all-ablations", action="store_true", help="also the cold-start options of TrainConfig")
+    parser.add_argument("--only-cold-start", action="store_true", help="the default model and the cold-start options")
     args = parser.parse_args(argv)
     base = Settings.load()
     setup_logging(base.log_level)
     out_dir = base.data_dir / "eval"
     variants = {"two_tower": {}} if args.no_ablations else VARIANTS
+    if args.only_cold_start:
+        variants = {"two_tower": {}, **MORE_VARIANTS}
+    elif args.all_ablations:
+        variants = {**variants, **MORE_VARIANTS}
     results: dict[str, dict] = {}
     if args.only in (None, "synthetic"):
         settings = dataclasses.replace(base, data_dir=out_dir / "synthetic")
