@@ -13,6 +13,7 @@ from jobs.evaluate import main as evaluate_main
 from jobs.generate_data import generate_data
 from jobs.train_towers import gate_version, train_towers
 from rec_core.evaluation import LakeData, load_lake_data, prepare_loaded, two_tower_metrics
+from rec_core.metrics import evaluate_scores
 from rec_core.model_store import ModelStore, gate
 from rec_core.settings import Settings
 from rec_core.synthetic import load_truth
@@ -125,3 +126,16 @@ def test_gate_rules() -> None:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_cold_start_options_train_and_rank_cold_videos(world: tuple[Settings, LakeData]) -> None:
+    """Features as of each watch plus uniform negatives: still learns, and cold videos reach the top 50."""
+    settings, data = world
+    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    config = dataclasses.replace(TINY, time_aware=True, uniform_negatives=128)
+    result = train(prepared, config)
+    metrics = two_tower_metrics(result.model, prepared, on="valid")
+    popularity = np.bincount(data.split.train.item_idx, minlength=data.split.n_items).astype(np.float64)
+    most_pop = evaluate_scores(lambda users: np.tile(popularity, (len(users), 1)), data.split, on="valid")
+    assert metrics["recall@50"] > most_pop["recall@50"], (metrics, most_pop)
+    assert metrics["cold_recall@50"] > 0, metrics
