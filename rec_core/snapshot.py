@@ -784,10 +784,10 @@ def _remove_trash(settings: Settings, trash: Path) -> None:
 
 
 def _drop_collection(settings: Settings, snapshot_id: str) -> None:
-    from pymilvus import MilvusClient  # slow import; server mode only
+    from rec_core.vector_store import open_client  # pymilvus is slow to import: only in server mode
 
     name = SnapshotPaths(settings.snapshots_dir / snapshot_id).collection_name(settings)
-    client = MilvusClient(uri=settings.milvus_uri)
+    client = open_client(settings.milvus_uri)
     try:
         if client.has_collection(name):
             client.drop_collection(name)

@@ -18,6 +18,13 @@ pymilvus 3.0.2):
   exclusion filters are literal expressions.
 * A Lite write request costs time quadratic in its rows (server side), so writes go
   in requests of 2,000 rows: 50,000 vectors load in about 2.5 s.
+* pymilvus 3 shares one gRPC connection per address among all clients of a process
+  (the first client's options win) and by default pings it every 10 s even when idle.
+  A gRPC server with gRPC's default keepalive policy (milvus-lite's server binary on
+  a TCP address, as tests/test_milvus_server.py runs it) answers the third idle ping
+  with GOAWAY "too_many_pings", and a request that lands then fails with UNAVAILABLE.
+  So every client opened here (:func:`open_client`) pings only during calls; a real
+  Milvus server permits idle pings, and loses nothing but the idle ping without them.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ FILTER_MAX_IDS = 512
 WRITE_BATCH_ROWS = 2_000
 WRITE_BATCH_BYTES = 4 << 20
 
+# gRPC channel options of every client: no keepalive pings on an idle connection (see the module doc).
+GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
+
 Hits = list[tuple[str, float]]
 
 
@@ -61,6 +71,11 @@ class VectorStoreError(RuntimeError):
 
 def is_lite_uri(uri: str) -> bool:
     return uri.endswith(".db")
+
+
+def open_client(uri: str) -> MilvusClient:
+    """A pymilvus client with this module's gRPC options; use it for every client of a product process."""
+    return MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
 
 
 class VectorStore:
@@ -81,7 +96,7 @@ class VectorStore:
             with warnings.catch_warnings():
                 # milvus-lite 2.5.1 imports pkg_resources on first use; the pin (setuptools<81) is deliberate.
                 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-                self._client: MilvusClient | None = MilvusClient(uri=uri)
+                self._client: MilvusClient | None = open_client(uri)
         except MilvusException as exc:
             if self._lite_path is not None:
                 _release_lite(self._lite_path)
