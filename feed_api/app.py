@@ -16,6 +16,7 @@ from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.status_codes import HTTP_200_OK
 
@@ -84,9 +85,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "`cursor: null`)."
         ),
         tags=["feed"],
+        responses={200: ResponseSpec(data_container=RecommendationsOut, description="A page of the feed")},
     )
-    async def recommendations(data: RecommendationsIn) -> RecommendationsOut:
-        return await service.recommend(data)
+    async def recommendations(data: RecommendationsIn) -> Response[bytes]:
+        # Encoded here in one msgspec call: Litestar's generic serialization cost more than the page itself.
+        page = await service.recommend(data)
+        return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
 
     @post(
         "/events",

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from feed_api.snapshot_view import RankedList, SnapshotView
@@ -35,8 +36,9 @@ SHIFT_HALF = 4.0  # positive events since the batch at which they weigh as much 
 OVERFETCH = 4  # live candidates fetched per item needed, so the creator cap still fills a page
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(msgspec.Struct, frozen=True):
+    """One feed item, also the API's item shape (a Struct: 20 of them per page are built in microseconds)."""
+
     video_id: str
     score: float
     reason: str
@@ -144,13 +146,22 @@ def next_page(
     ids = view.video_ids
     trending = cursor.source == "trending"
     while len(items) < limit and pos < end:
-        code = int(ranked.codes[pos])
-        pos += 1
-        video_id = ids[code]
-        if video_id in seen or (trending and view.creator_ids[code] == user_id):
-            continue
-        reason = TRENDING_REASON if trending else ranked.reasons[ranked.reason_codes[pos - 1]]
-        items.append(Item(video_id, float(ranked.scores[pos - 1]), reason))
+        # Slices as Python lists: indexing numpy scalar by scalar costs more than the rest of a page.
+        hi = min(end, pos + limit - len(items) + len(seen))
+        codes = ranked.codes[pos:hi].tolist()
+        video_ids = ids[codes].tolist()
+        scores = ranked.scores[pos:hi].tolist()
+        reasons = ranked.reason_codes[pos:hi].tolist()
+        creators = view.creator_ids[codes].tolist() if trending else None
+        for i, video_id in enumerate(video_ids):
+            if len(items) == limit:
+                hi = pos + i
+                break
+            if video_id in seen or (creators is not None and creators[i] == user_id):
+                continue
+            reason = TRENDING_REASON if trending else ranked.reasons[reasons[i]]
+            items.append(Item(video_id, scores[i], reason))
+        pos = hi
     from_list = len(items)
     served_codes = cursor.served_codes()
     extra = list(cursor.live_extra)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from feed_api.errors import ApiError
+from feed_api.pager import Item
 
 MAX_ID_CHARS = 128
 MAX_IDS = 10_000
@@ -44,10 +45,7 @@ class RecommendationsIn(Body):
     cursor: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
 
 
-class ItemOut(msgspec.Struct):
-    video_id: str
-    score: float
-    reason: str
+ItemOut = Item  # the pager's item is the API's item
 
 
 class RecommendationsOut(msgspec.Struct):

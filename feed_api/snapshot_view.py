@@ -107,6 +107,7 @@ class SnapshotView:
     model: LoadedModel
     catalogue: Catalogue
     store: VectorStore
+    known_creators: frozenset[str]
     added: AddedVideos = field(default_factory=AddedVideos)
 
     @property
@@ -139,7 +140,7 @@ class SnapshotView:
 
     def profile_vector(self, profile: UserProfile) -> OnlineUserVector:
         """The user tower online, in this snapshot's vector space."""
-        return user_vector_from_profile(self.model, self.catalogue, self.model.stats, profile)
+        return user_vector_from_profile(self.model, self.catalogue, self.model.stats, profile, self.known_creators)
 
     def close(self) -> None:
         self.store.close()
@@ -197,6 +198,7 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
         model=model,
         catalogue=catalogue,
         store=store,
+        known_creators=frozenset(catalogue.creator_ids.tolist()),
     )
     log.info(
         "snapshot %s loaded in %.1fs: %d videos, %d users with feeds (%d items), %d user vectors",

@@ -124,6 +124,7 @@ class UserStates:
         with self._lock:
             activity = self._touch(user_id)
             activity.profile = profile
+            activity.seen.update(profile.watched)  # a watch history the app sends is as watched as an event
             activity.version += 1
 
     def __len__(self) -> int:
