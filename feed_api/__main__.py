@@ -1,7 +1,8 @@
 """``python -m feed_api``: serve the feed API with the ASGI server the settings name.
 
-granian is the default because it measured faster on the same app (``make bench``,
-benchmarks/bench_api.py); uvicorn stays available with ``REC_API_SERVER=uvicorn``.
+uvicorn is the default because it measured better on this app (``make bench``,
+benchmarks/bench_api.py: the same page throughput as granian and a much shorter
+tail at half load); granian stays available with ``REC_API_SERVER=granian``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> int:
         f"{settings.api_workers} worker(s)); docs at /schema, data root {settings.data_dir}",
         flush=True,
     )
-    if settings.api_server == "uvicorn":
+    if settings.api_server == "uvicorn":  # the default
         import uvicorn
 
         uvicorn.run(
