@@ -136,7 +136,7 @@ class FeedService:
                     exc.kind, "cursor_invalid"
                 )
                 raise ApiError(400, code, "cursor", str(exc), "start again with cursor null") from None
-            view = self.registry.views_by_id().get(cursor.snapshot_id) or await asyncio.to_thread(
+            view = self.registry.loaded(cursor.snapshot_id) or await asyncio.to_thread(
                 self.registry.get, cursor.snapshot_id
             )
             if view is None:

@@ -20,7 +20,6 @@ which live in :class:`AddedVideos` under a lock.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -220,11 +219,7 @@ def _ranked(frame: pl.DataFrame, codes: pl.DataFrame) -> RankedList:
     reasons = joined["reason"].fill_null("")
     uniques = reasons.unique(maintain_order=True)
     lookup = pl.DataFrame({"reason": uniques, "reason_code": np.arange(len(uniques), dtype=np.int32)})
-    reason_codes = (
-        joined.select("reason")
-        .with_columns(pl.col("reason").fill_null(""))
-        .join(lookup, on="reason", how="left", maintain_order="left")["reason_code"]
-    )
+    reason_codes = reasons.to_frame().join(lookup, on="reason", how="left", maintain_order="left")["reason_code"]
     return RankedList(
         codes=joined["code"].to_numpy().astype(np.int32),
         scores=joined["score"].to_numpy().astype(np.float32),
@@ -245,7 +240,3 @@ def _feed_index(paths: SnapshotPaths, build: BuildInfo, codes: pl.DataFrame) -> 
         offsets=offsets,
         items=_ranked(frame.select("video_id", "score", "reason"), codes),
     )
-
-
-def utc_ms(now: dt.datetime | None = None) -> int:
-    return int((now or dt.datetime.now(dt.UTC)).timestamp() * 1000)

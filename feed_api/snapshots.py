@@ -74,8 +74,9 @@ class SnapshotRegistry:
             return None
         return self._load(snapshot_id)
 
-    def views_by_id(self) -> dict[str, SnapshotView]:
-        return dict(self._views)
+    def loaded(self, snapshot_id: str) -> SnapshotView | None:
+        """The snapshot if it is in memory now; never loads (safe on the event loop)."""
+        return self._views.get(snapshot_id)
 
     def views(self) -> list[SnapshotView]:
         return list(self._views.values())
