@@ -22,6 +22,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from feed_api.errors import ApiError
 from feed_api.metrics import metrics_middleware
+from feed_api.page_route import recommendations_fast_path
 from feed_api.schemas import (
     MAX_LIMIT,
     EventIn,
@@ -86,9 +87,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         tags=["feed"],
         responses={200: ResponseSpec(data_container=RecommendationsOut, description="A page of the feed")},
+        middleware=[recommendations_fast_path(service, MAX_BODY_BYTES)],
     )
     async def recommendations(data: RecommendationsIn) -> Response[bytes]:
-        # Encoded here in one msgspec call: Litestar's generic serialization cost more than the page itself.
+        # Reached only for what the fast path leaves to Litestar (no Content-Length, or a body over the limit).
         page = await service.recommend(data)
         return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
 

@@ -316,6 +316,25 @@ def test_bad_bodies(api: ApiServer) -> None:
     error(httpx.get(f"{api.url}/recommendations"), 405)
 
 
+def test_the_fast_path_and_litestars_handler_answer_alike(api: ApiServer) -> None:
+    """A body with Content-Length takes feed_api.page_route; a streamed one takes the documented handler."""
+    url = f"{api.url}/recommendations"
+
+    def streamed(body: dict):
+        yield json.dumps(body).encode()
+
+    for body in [{"user_id": "u0000011", "limit": 7}, {"user_id": "nobody-at-all", "limit": 3}]:
+        fast, slow = httpx.post(url, json=body), httpx.post(url, content=streamed(body))
+        assert "content-length" not in slow.request.headers
+        assert fast.status_code == slow.status_code == 200
+        assert fast.headers["content-type"].startswith("application/json")
+        assert [i["video_id"] for i in fast.json()["items"]] == [i["video_id"] for i in slow.json()["items"]]
+    for body, field in BAD_PAGES:
+        fast, slow = httpx.post(url, json=body), httpx.post(url, content=streamed(body))
+        assert fast.status_code == slow.status_code == 400, (body, fast.text, slow.text)
+        assert fast.json()["error"]["field"] == slow.json()["error"]["field"] == field
+
+
 # ---- walks, as properties ----------------------------------------------------------------------------------
 
 
