@@ -13,12 +13,12 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo test lint format pipeline serve bench bench-milvus eval data train summary airflow-db airflow clean help
+.PHONY: setup demo test lint format pipeline serve bench profile-stages bench-milvus eval data train summary airflow-db airflow clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB, serve the API on :3002"
 	@echo "make test   - set up, lint, run every test"
-	@echo "make setup | lint | format | data | train | pipeline | summary | serve | bench | eval | clean"
+	@echo "make setup | lint | format | data | train | pipeline | summary | serve | bench | profile-stages | eval | clean"
 
 setup: $(STAMP)
 
@@ -76,6 +76,11 @@ serve: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# Wall, CPU and peak RSS of every pipeline stage as its own process, on a fresh root under
+# $(REC_DATA_DIR)/bench/stages-$(SCALE) (docs/scaling.md's per-stage table). Slow: not part of `make bench`.
+profile-stages: setup
+	$(PY) -m benchmarks.stage_profile --scale $(SCALE)
 
 # Recommendation quality on held-out data (synthetic + MovieLens), with ablations; writes data/eval/quality.md.
 eval: setup

@@ -1,0 +1,212 @@
+"""``make profile-stages``: wall time, CPU time and peak memory of every pipeline stage, one process each.
+
+docs/scaling.md's "Measured: time and memory per stage" table was first made by
+hand with ``/usr/bin/time -v``; this makes it reproducible. Each stage runs as
+its own ``python -m jobs.<stage>`` command, in the order ``recsys_pipeline``
+runs them, on a fresh data root (so the caption cache starts cold), and the
+child's rusage from ``os.wait4`` gives its wall, CPU (user + sys) and peak RSS.
+The machine may be shared, so the 1-minute load average at the start and end of
+each stage is recorded too: under load, CPU seconds are the cost to project from.
+
+Too slow for ``make bench`` (a cold caption pass alone is minutes at default
+scale), hence its own target. MB here means MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rec_core.progress import setup_logging
+from rec_core.settings import Settings
+from rec_core.synthetic import SCALES
+
+log = logging.getLogger("bench.stages")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StageRow:
+    stage: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float | None  # None on summed rows: peaks of separate processes do not add up
+    load_start: float | None
+    load_end: float | None
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def run_stage(stage: str, args: list[str], env: dict[str, str]) -> tuple[StageRow, str]:
+    """Run ``python -m <args>`` as a child, streaming its output; returns its measurements and its stdout."""
+    cmd = [sys.executable, "-m", *args]
+    log.info("stage %s: %s", stage, " ".join(args))
+    load_start = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    captured: list[str] = []
+    for line in proc.stdout:  # stderr (the logs) goes straight to the console
+        sys.stdout.write(line)
+        captured.append(line)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again
+    if proc.returncode != 0:
+        raise StageFailed(f"stage {stage!r} failed with exit status {proc.returncode}: {' '.join(cmd)}")
+    row = StageRow(stage, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, load_start, os.getloadavg()[0])
+    log.info(
+        "%s: %.1fs wall, %.1f CPU-s, %.0f MB peak RSS, load %.1f-%.1f",
+        stage,
+        row.wall_s,
+        row.cpu_s,
+        row.peak_rss_mb,
+        row.load_start,
+        row.load_end,
+    )
+    return row, "".join(captured)
+
+
+def profile(data_dir: Path, scale: str, epochs: int, video_shards: int, user_shards: int) -> list[StageRow]:
+    """Every stage of the pipeline from an empty data root to a published snapshot and its warehouse."""
+    env = {**os.environ, "REC_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    rows: list[StageRow] = []
+
+    def stage(name: str, *args: str) -> str:
+        row, out = run_stage(name, list(args), env)
+        rows.append(row)
+        return out
+
+    def sharded(name: str, shards: int, *args: str) -> None:
+        for i in range(shards):
+            stage(f"{name} (shard {i + 1} of {shards})", *args, "--shard", str(i))
+        part = rows[-shards:]
+        wall, cpu = sum(r.wall_s for r in part), sum(r.cpu_s for r in part)
+        rows.append(StageRow(f"{name}, all {shards} shards (sum)", wall, cpu, None, None, None))
+
+    try:
+        stage("generate data", "jobs.generate_data", "--scale", scale)
+        stage("ingest inbox", "jobs.ingest_inbox")
+        stage("caption embeddings, cold cache", "jobs.build_features")
+        stage("caption embeddings, cached", "jobs.build_features")
+        stage("train + evaluate + gate", "jobs.train_towers", "--epochs", str(epochs))
+        begun = stage(
+            "begin snapshot",
+            "jobs.pipeline",
+            "begin",
+            "--video-shards",
+            str(video_shards),
+            "--user-shards",
+            str(user_shards),
+        )
+        snapshot = json.loads(begun.strip().splitlines()[-1])["snapshot_id"]
+        sharded("embed videos", video_shards, "jobs.embed_videos", "--snapshot", snapshot)
+        sharded("embed users", user_shards, "jobs.embed_users", "--snapshot", snapshot)
+        stage("load vectors into Milvus Lite", "jobs.load_vectors", "--snapshot", snapshot)
+        stage("trending list", "jobs.materialize_feeds", "--snapshot", snapshot, "--trending")
+        sharded("materialize feeds", user_shards, "jobs.materialize_feeds", "--snapshot", snapshot)
+        stage("validate snapshot", "jobs.publish", "--snapshot", snapshot, "--validate-only")
+        # The CLI re-validates before the swap and rebuilds the warehouse after it; the DAG splits those.
+        stage("publish (re-validate + warehouse)", "jobs.publish", "--snapshot", snapshot)
+        stage("warehouse + summary", "jobs.summarize")
+    except StageFailed:
+        if rows:
+            print("\nmeasured before the failure:\n" + to_markdown(rows), file=sys.stderr)
+        raise
+    return rows
+
+
+def _size_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / MIB
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / MIB if path.is_dir() else 0.0
+
+
+def disk_sizes(data_dir: Path) -> dict[str, float]:
+    """MB on disk of the lake (current version and all kept), the feature cache and the live snapshot's parts."""
+    settings = Settings(data_dir=data_dir)
+    lake = settings.lake_dir
+    current = lake / (lake / "CURRENT").read_text().strip()
+    snapshot = settings.snapshots_dir / (settings.snapshots_dir / "LIVE").read_text().strip()
+    return {
+        f"lake, current version ({current.name})": _size_mb(current),
+        "lake, all kept versions": _size_mb(lake),
+        "feature cache (features/)": _size_mb(data_dir / "features"),
+        "snapshot feeds/": _size_mb(snapshot / "feeds"),
+        "snapshot vectors/": _size_mb(snapshot / "vectors"),
+        "snapshot milvus.db": _size_mb(snapshot / "milvus.db"),
+        "snapshot, whole folder": _size_mb(snapshot),
+    }
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def to_markdown(rows: list[StageRow]) -> str:
+    lines = ["| stage | wall s | CPU s | peak RSS MB | load 1m |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        rss = "—" if r.peak_rss_mb is None else f"{r.peak_rss_mb:,.0f}"
+        load = "—" if r.load_start is None else f"{r.load_start:.1f}–{r.load_end:.1f}"
+        lines.append(f"| {r.stage} | {_num(r.wall_s)} | {_num(r.cpu_s)} | {rss} | {load} |")
+    return "\n".join(lines)
+
+
+def _git_head() -> str:
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="default")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: the DAG's, 6)")
+    parser.add_argument("--video-shards", type=int, default=4)
+    parser.add_argument("--user-shards", type=int, default=4)
+    parser.add_argument("--data", type=Path, help="data root to recreate (default: <REC_DATA_DIR>/bench/stages-SCALE)")
+    parser.add_argument("--out", type=Path, help="Markdown table (default: <data>/stages.md; JSON beside it)")
+    args = parser.parse_args(argv)
+    settings = Settings.load()
+    setup_logging(settings.log_level)
+    data_dir = (args.data or settings.data_dir / "bench" / f"stages-{args.scale}").resolve()
+    user_root = settings.data_dir.resolve()
+    if data_dir == user_root or data_dir in user_root.parents:
+        parser.error(f"--data {data_dir} would delete the data root {user_root}; name a folder of its own")
+    shutil.rmtree(data_dir, ignore_errors=True)  # a fresh root, so the caption cache starts cold
+    data_dir.mkdir(parents=True)
+    log.info("profiling every stage at %s scale in %s (%d CPUs)", args.scale, data_dir, os.cpu_count() or 0)
+    try:
+        rows = profile(data_dir, args.scale, args.epochs, args.video_shards, args.user_shards)
+    except StageFailed as exc:
+        log.error("%s", exc)
+        return 1
+    sizes = disk_sizes(data_dir)
+    head = (
+        f"Scale {args.scale}, {args.epochs} epochs, {args.video_shards} video / {args.user_shards} user shards, "
+        f"commit {_git_head()}, {os.cpu_count()} CPUs; load 1m = at stage start–end."
+    )
+    size_lines = "\n".join(f"- {name}: {mb:,.1f} MB" for name, mb in sizes.items())
+    report = f"{head}\n\n{to_markdown(rows)}\n\nOn disk:\n\n{size_lines}\n"
+    out = args.out or data_dir / "stages.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    summary = {"scale": args.scale, "epochs": args.epochs, "video_shards": args.video_shards}
+    summary |= {"user_shards": args.user_shards, "commit": _git_head(), "cpus": os.cpu_count()}
+    summary |= {"stages": [asdict(r) for r in rows], "disk_mb": sizes}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{report}\nwritten to {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
