@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 
-from jobs.dag_defaults import DEFAULT_ARGS, START
+from jobs.dag_defaults import DEFAULT_ARGS, START, shard_params
 from jobs.dag_tasks import (
     begin_snapshot,
     build_features,
@@ -45,20 +45,7 @@ from jobs.dag_tasks import (
             description="Train a new model (it still has to pass the gate); false reuses the current model.",
         ),
         "epochs": Param(6, type="integer", minimum=1, maximum=200, description="Most training epochs."),
-        "video_shards": Param(
-            4,
-            type="integer",
-            minimum=1,
-            maximum=256,
-            description="Video embedding shards: mapped tasks that run in parallel (on several workers with Celery).",
-        ),
-        "user_shards": Param(
-            4,
-            type="integer",
-            minimum=1,
-            maximum=256,
-            description="User shards for embedding and feed materialization: mapped tasks that run in parallel.",
-        ),
+        **shard_params(),
     },
 )
 def recsys_pipeline() -> None:

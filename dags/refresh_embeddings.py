@@ -6,9 +6,9 @@ begins is finished by `materialize_feeds`, which the embeddings asset triggers.
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, Param, dag
+from airflow.sdk import Asset, dag
 
-from jobs.dag_defaults import DEFAULT_ARGS, MODEL_URI, START
+from jobs.dag_defaults import DEFAULT_ARGS, MODEL_URI, START, shard_params
 from jobs.dag_tasks import begin_snapshot, embed_users, embed_videos, load_vectors, shard_list
 
 
@@ -22,22 +22,7 @@ from jobs.dag_tasks import begin_snapshot, embed_users, embed_videos, load_vecto
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["recsys", "embeddings"],
-    params={
-        "video_shards": Param(
-            4,
-            type="integer",
-            minimum=1,
-            maximum=256,
-            description="Video embedding shards: mapped tasks that run in parallel (on several workers with Celery).",
-        ),
-        "user_shards": Param(
-            4,
-            type="integer",
-            minimum=1,
-            maximum=256,
-            description="User shards for embedding and feed materialization: mapped tasks that run in parallel.",
-        ),
-    },
+    params=shard_params(),
 )
 def refresh_embeddings() -> None:
     snap = begin_snapshot({})

@@ -5,7 +5,7 @@ wherever the DAGs are, without relying on the DAG folder being on sys.path)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rec_core.settings import Settings
@@ -19,6 +19,29 @@ DEFAULT_ARGS = {
 }
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def shard_params() -> dict[str, Any]:
+    """The shard-count params of every DAG that embeds (``recsys_pipeline``, ``refresh_embeddings``)."""
+    from airflow.sdk import Param
+
+    return {
+        "video_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="Video embedding shards: mapped tasks that run in parallel (on several workers with Celery).",
+        ),
+        "user_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="User shards for embedding and feed materialization: mapped tasks that run in parallel.",
+        ),
+    }
+
 
 # The lake is the asset that connects the stage DAGs: a new lake version
 # (generated, imported or ingested) is what training consumes.
