@@ -40,11 +40,13 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
 
-from rec_core.metrics import DEFAULT_KS, Population, build_targets, evaluate_targets
+from rec_core.metrics import DEFAULT_KS, Population, ServedAs, build_targets, evaluate_targets
 from rec_core.progress import Progress
 from rec_core.split import Split, SplitPart, train_matrix
 
 log = logging.getLogger(__name__)
+
+AS_SERVED = " (as served)"
 
 # Small enough not to reorder scores that differ, large enough to survive float32 around 0..1.
 TIE_BREAK = 1e-6
@@ -214,11 +216,12 @@ def evaluate_baselines(
     models: Sequence[Recommender] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     population: Population = "all",
+    served: ServedAs | None = None,
 ) -> dict[str, dict[str, float]]:
     """Fit each baseline on the training part and evaluate it on ``on`` over the full catalogue.
 
     Returns ``{name: metrics}`` with the keys of :func:`rec_core.metrics.evaluate_scores`
-    plus ``fit_seconds`` and ``eval_seconds``.
+    plus ``fit_seconds`` and ``eval_seconds``; with ``served``, also ``{name + AS_SERVED: metrics}``.
     """
     targets = build_targets(split, on, population)
     out: dict[str, dict[str, float]] = {}
@@ -227,10 +230,12 @@ def evaluate_baselines(
         started = time.monotonic()
         model.fit(split)
         fitted = time.monotonic()
-        metrics = evaluate_targets(model.score, targets, ks)
+        metrics = evaluate_targets(model.score, targets, ks, served=served)
         metrics["fit_seconds"] = round(fitted - started, 2)
         metrics["eval_seconds"] = round(time.monotonic() - fitted, 2)
         out[model.name] = metrics
+        if served is not None:  # the same fitted model, ranked as the feed would show it
+            out[model.name + AS_SERVED] = evaluate_targets(model.score, targets, ks, served=served)
         log.info(
             "%s: fit %.1fs, evaluate %.1fs on %d users: %s",
             model.name,

@@ -21,8 +21,9 @@ import polars as pl
 from rec_core.atomic import write_bytes_atomic
 from rec_core.baselines import evaluate_baselines
 from rec_core.features import follows_frame, interaction_frame, video_frame
+from rec_core.feed_policy import FeedPolicy
 from rec_core.lake import Lake
-from rec_core.metrics import evaluate_scores
+from rec_core.metrics import ServedAs, evaluate_scores
 from rec_core.model_store import LoadedModel
 from rec_core.plots import comparison_png
 from rec_core.settings import Settings
@@ -55,6 +56,11 @@ class LakeData:
         vectors, _ = embed_videos_text(table, settings)
         return vectors
 
+    def served_as(self, policy: FeedPolicy | None = None) -> ServedAs:
+        """Evaluate rankings as served: the feed policy, with this split's cold videos as the fresh ones."""
+        _, creator_codes = np.unique(self.videos["creator_id"].to_numpy().astype(str), return_inverse=True)
+        return ServedAs(policy or FeedPolicy(), self.split.cold_item_mask, creator_codes.astype(np.int64))
+
 
 def load_lake_data(settings: Settings) -> LakeData:
     lake = Lake(settings.lake_dir, settings.lake_versions_keep)
@@ -81,17 +87,21 @@ def prepare_loaded(model: LoadedModel, data: LakeData, settings: Settings) -> Tr
     )
 
 
-def two_tower_metrics(net: TwoTower, prepared: TrainingData, on: SplitPart = "test") -> dict[str, float]:
+def two_tower_metrics(
+    net: TwoTower, prepared: TrainingData, on: SplitPart = "test", served: ServedAs | None = None
+) -> dict[str, float]:
     _, score = scorer(net, prepared)
-    return evaluate_scores(score, prepared.split, on=on)
+    return evaluate_scores(score, prepared.split, on=on, served=served)
 
 
 def comparison(dataset: str, split: Split, models: dict[str, dict[str, float]]) -> dict:
     return {"dataset": dataset, "split": split.summary(), "models": models}
 
 
-def baseline_metrics(split: Split, on: SplitPart = "test") -> dict[str, dict[str, float]]:
-    return evaluate_baselines(split, on=on)
+def baseline_metrics(
+    split: Split, on: SplitPart = "test", served: ServedAs | None = None
+) -> dict[str, dict[str, float]]:
+    return evaluate_baselines(split, on=on, served=served)
 
 
 def write_report(result: dict, folder: Path, title: str) -> Path:

@@ -25,6 +25,13 @@ Definitions (binary relevance, averaged over the evaluated users):
   have at least one such item; ``nan`` when no user has one. ``cold_users``
   says how many users it averaged over.
 
+With ``served`` (:class:`ServedAs`), the top K is not the plain score order
+but the feed the product would show: the feed policy
+(:mod:`rec_core.feed_policy`: creator cap, and fresh slots reserved for items
+that appeared after the training cut) applied to the model's ranking. Any
+scorer can be evaluated that way, baselines included, so a comparison "as
+served" is like for like.
+
 Ties are broken by ``torch.topk`` (arbitrary but deterministic for a given
 input); scorers that care break them themselves. A ``-inf`` (or NaN) score
 means "not recommended": such an item never counts as a hit, nor towards
@@ -33,6 +40,7 @@ coverage, even when K exceeds the number of scorable items.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -43,6 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from rec_core.feed_policy import FeedPolicy, select_eligible
 from rec_core.progress import Progress
 from rec_core.split import Split, SplitPart, interaction_matrix
 
@@ -63,6 +72,23 @@ class EvalTargets:
     relevant: sp.csr_matrix  # n_users x n_items, held-out positives not in history
     cold_relevant: sp.csr_matrix  # relevant restricted to cold items
     n_items: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServedAs:
+    """Rank as the feed is served: ``policy`` over the scores, ``fresh`` items eligible for its fresh slots.
+
+    In an offline evaluation the fresh items are the cold ones (first seen after the training cut): during the
+    held-out period each of them was new when it appeared, which is what the policy's fresh slots are for.
+    """
+
+    policy: FeedPolicy
+    fresh: np.ndarray  # bool per item
+    creator_codes: np.ndarray  # int64 per item, dense codes 0..n_creators-1
+
+    @property
+    def n_creators(self) -> int:
+        return int(self.creator_codes.max()) + 1 if len(self.creator_codes) else 0
 
 
 def build_targets(split: Split, on: SplitPart = "test", population: Population = "all") -> EvalTargets:
@@ -98,6 +124,7 @@ def evaluate_scores(
     ks: Sequence[int] = DEFAULT_KS,
     batch_size: int = 1024,
     population: Population = "all",
+    served: ServedAs | None = None,
 ) -> dict[str, float]:
     """Rank the full catalogue for every evaluated user and average the metrics.
 
@@ -106,11 +133,15 @@ def evaluate_scores(
     ``cold_recall@K`` for each K in ``ks``, plus ``users`` (evaluated) and
     ``cold_users`` (users with a cold relevant item).
     """
-    return evaluate_targets(score_fn, build_targets(split, on, population), ks, batch_size)
+    return evaluate_targets(score_fn, build_targets(split, on, population), ks, batch_size, served)
 
 
 def evaluate_targets(
-    score_fn: ScoreFn, targets: EvalTargets, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024
+    score_fn: ScoreFn,
+    targets: EvalTargets,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 1024,
+    served: ServedAs | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate_scores` on prebuilt targets (reuse them across epochs of a training loop)."""
     ks = sorted({int(k) for k in ks})
@@ -130,9 +161,12 @@ def evaluate_targets(
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = _masked_scores(score_fn, batch, targets.history, n_items)
-        top_vals, top_idx = torch.topk(scores, k_top, dim=1, sorted=True)
+        if served is None:
+            top_vals, top_idx = torch.topk(scores, k_top, dim=1, sorted=True)
+            ranked = top_vals > float("-inf")  # padding when fewer than K items are scorable
+        else:
+            top_idx, ranked = _served_top(scores, k_top, served)
         del scores
-        ranked = top_vals > float("-inf")  # padding when fewer than K items are scorable
         rel_hits = _membership(targets.relevant, batch, n_items).gather(1, top_idx) & ranked
         cold_hits = _membership(targets.cold_relevant, batch, n_items).gather(1, top_idx) & ranked
         n_rel = torch.from_numpy(np.diff(targets.relevant.indptr)[batch]).to(torch.float64)
@@ -175,6 +209,28 @@ def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix,
     rows, cols = _batch_coo(history, batch)
     scores[rows, cols] = float("-inf")
     return scores
+
+
+def _served_top(scores: torch.Tensor, k: int, served: ServedAs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` items of each row's feed under ``served.policy``: (item indices, real-item mask)."""
+    policy = dataclasses.replace(served.policy, feed_length=k)
+    # Candidates: enough of the best overall for the creator cap to skip some, plus the best fresh ones for the
+    # reserved slots (they rarely make the overall top).
+    n_slots = int(policy.fresh_slots(k).sum())
+    fresh_mask = torch.from_numpy(served.fresh)
+    _, top = torch.topk(scores, min(4 * k, scores.shape[1]), dim=1)
+    _, top_fresh = torch.topk(scores.masked_fill(~fresh_mask, float("-inf")), min(2 * n_slots + 1, scores.shape[1]), 1)
+    out = torch.zeros((len(scores), k), dtype=torch.int64)
+    ranked = torch.zeros((len(scores), k), dtype=torch.bool)
+    for row in range(len(scores)):
+        cand = torch.unique(torch.cat([top[row], top_fresh[row]]))
+        cand_scores = scores[row, cand]
+        cand = cand[cand_scores > float("-inf")]
+        cand = cand[torch.argsort(scores[row, cand], descending=True, stable=True)].numpy()
+        picked = cand[select_eligible(served.creator_codes[cand], served.n_creators, served.fresh[cand], policy)]
+        out[row, : len(picked)] = torch.from_numpy(picked)
+        ranked[row, : len(picked)] = True
+    return out, ranked
 
 
 def _membership(matrix: sp.csr_matrix, batch: np.ndarray, n_items: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from rec_core.metrics import build_targets, evaluate_scores
+from rec_core.feed_policy import FeedPolicy
+from rec_core.metrics import ServedAs, build_targets, evaluate_scores
 from rec_core.split import Split, temporal_split
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -158,3 +159,27 @@ def test_targets_and_errors() -> None:
         evaluate_scores(lambda users: np.zeros((len(users), 5)), split, on="train")
     with pytest.raises(ValueError, match="ks"):
         evaluate_scores(lambda users: np.zeros((len(users), 5)), split, ks=(0,))
+
+
+def test_served_rankings_fill_the_fresh_slots_by_hand() -> None:
+    # a..d were trained on (warm); e and f appear only later (cold: the fresh ones as served).
+    videos = [*VIDEOS, "f"]
+    split = make_split([("u1", "a"), ("u2", "b"), ("u3", "c"), ("u3", "d")], [("u1", "f")], videos=videos)
+    assert list(split.cold_item_mask) == [False, False, False, False, True, True]
+    score = fixed({"u1": [1.0, 0.9, 0.8, 0.7, 0.5, 0.6]}, split)  # after masking a: b c d f e
+    # fresh_share 0.5 reserves positions 0 and 2 (round(0.5 * (i + 1)) steps up at i = 0 and i = 2).
+    served = ServedAs(FeedPolicy(fresh_share=0.5), split.cold_item_mask, np.arange(len(videos)))
+    plain = evaluate_scores(score, split, ks=(3,))
+    fed = evaluate_scores(score, split, ks=(3,), served=served)
+    assert plain["recall@3"] == 0.0  # b c d
+    assert fed["recall@3"] == 1.0 and fed["ndcg@3"] == 1.0  # f (best fresh) b e (next fresh)
+    assert fed["cold_recall@3"] == 1.0
+
+
+def test_served_rankings_respect_the_creator_cap() -> None:
+    split = make_split([("u1", "a")], [("u1", "e")])
+    score = fixed({"u1": [1.0, 0.9, 0.8, 0.7, 0.6]}, split)  # after masking a: b c d e
+    creators = np.array([0, 1, 1, 1, 2])  # b, c, d share a creator: at most 2 of them in any 10
+    served = ServedAs(FeedPolicy(fresh_share=0.0), np.zeros(5, dtype=bool), creators)
+    assert evaluate_scores(score, split, ks=(3,))["recall@3"] == 0.0  # b c d
+    assert evaluate_scores(score, split, ks=(3,), served=served)["recall@3"] == 1.0  # b c e
