@@ -230,7 +230,7 @@ def evaluate_baselines(
         started = time.monotonic()
         model.fit(split)
         fitted = time.monotonic()
-        metrics = evaluate_targets(model.score, targets, ks, served=served)
+        metrics = evaluate_targets(model.score, targets, ks)
         metrics["fit_seconds"] = round(fitted - started, 2)
         metrics["eval_seconds"] = round(time.monotonic() - fitted, 2)
         out[model.name] = metrics
