@@ -82,9 +82,12 @@ def profile(data_dir: Path, scale: str, epochs: int, video_shards: int, user_sha
     env = {**os.environ, "REC_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     rows: list[StageRow] = []
 
+    partial = data_dir.parent / f"{data_dir.name}.partial.md"  # beside the root: it survives a killed run
+
     def stage(name: str, *args: str) -> str:
         row, out = run_stage(name, list(args), env)
         rows.append(row)
+        partial.write_text(to_markdown(rows) + "\n")
         return out
 
     def sharded(name: str, shards: int, *args: str) -> None:
