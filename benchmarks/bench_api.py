@@ -16,6 +16,7 @@ The world is built once under ``<data root>/bench/api-world`` by the real pipeli
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -150,6 +151,53 @@ def measure(server: str, data: Path, users: list[str], videos: list[str]) -> dic
         }
 
 
+def in_process(data: Path, user: str, n: int = 5000) -> dict[str, float]:
+    """Microseconds per request of the app itself, no server or socket: /health, a page through the fast path,
+    and the same page through Litestar's generic handler (a body without Content-Length takes that path)."""
+    from litestar.testing import AsyncTestClient
+
+    from feed_api.app import create_app
+
+    settings = dataclasses.replace(Settings.load(), data_dir=data)
+    app = create_app(settings)
+    body = json.dumps({"user_id": user, "limit": 20}).encode()
+
+    def scope(method: str, path: str, length: int | None) -> dict:
+        headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        return {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 3002), "state": {}, "app": app,
+        }  # fmt: skip
+
+    async def per_request(method: str, path: str, payload: bytes, length: int | None) -> float:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        async def send(_: dict) -> None:
+            return None
+
+        started = time.perf_counter()
+        for _ in range(n):
+            await app(scope(method, path, length), receive, send)
+        return (time.perf_counter() - started) / n * 1e6
+
+    async def measure_all() -> dict[str, float]:
+        async with AsyncTestClient(app) as client:
+            while (await client.get("/ready")).status_code != 200:
+                await asyncio.sleep(0.2)
+            out: dict[str, list[float]] = {"health": [], "page": [], "page_litestar": []}
+            for _ in range(3):  # interleaved rounds, the median of each
+                out["health"].append(await per_request("GET", "/health", b"", None))
+                out["page"].append(await per_request("POST", "/recommendations", body, len(body)))
+                out["page_litestar"].append(await per_request("POST", "/recommendations", body, None))
+            return {key: float(np.median(values)) for key, values in out.items()}
+
+    return asyncio.run(measure_all())
+
+
 # Bytes the API holds per item (feed_api/snapshot_view.py): a feed row is a code, a score and a reason code;
 # a video its 64-d vector, its 384-d caption embedding (the online user tower pools them), its id, creator and
 # creation time, its dict entry and its row in the Milvus Lite process; a user a vector and a dict entry.
@@ -217,6 +265,12 @@ def run() -> list[BenchRow]:
             ),
             BenchRow(NAME, f"{server}: resident memory", r["rss_mib"], "MiB", shape),
         ]
+    us = in_process(data, sample[0])
+    rows += [
+        BenchRow(NAME, "in process: GET /health", us["health"], "µs", "the app alone, no server or socket"),
+        BenchRow(NAME, "in process: page, fast path", us["page"], "µs", "feed_api/page_route.py"),
+        BenchRow(NAME, "in process: page, Litestar handler", us["page_litestar"], "µs", "body without Content-Length"),
+    ]
     rows.append(projected_large(results["granian"]["rss_mib"], len(users), len(feeds), len(videos)))
     rows.append(
         BenchRow(
