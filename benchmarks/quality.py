@@ -77,6 +77,11 @@ def evaluate_dataset(
         f"two_tower, seed {seed}": two_tower_metrics(train(prepared, TrainConfig(seed=seed)).model, prepared)
         for seed in range(settings.seed + 1, settings.seed + seeds)
     }
+    if spread:
+        runs = [models["two_tower"], *spread.values()]
+        spread[f"two_tower, mean of {len(runs)} seeds"] = {
+            key: float(np.mean([run[key] for run in runs])) for key in runs[0] if key != "train_seconds"
+        }
     return {
         "dataset": data.dataset,
         "split": data.split.summary(),
