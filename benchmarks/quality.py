@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if result["seeds"]:
             lines += [
-                f"The default model trained with {len(result['seeds'])} more seeds (the first table's is {base.seed}):",
+                f"The default model trained with {len(result['seeds']) - 1} more seeds (the first table's is "
+                f"{base.seed}), and the mean over all of them:",
                 "",
                 markdown_table(result["seeds"]),
                 "",
