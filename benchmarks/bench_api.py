@@ -284,7 +284,31 @@ def run() -> list[BenchRow]:
     return rows
 
 
+def serving_memory(data: Path, server: str = "uvicorn") -> dict[str, float]:
+    """Resident memory of the API serving ``data``'s live snapshot, after one page of each kind has been served
+    (a snapshot user's, a newcomer's trending page, and a fresh user's live search, which loads the Milvus side)."""
+    live = (data / "snapshots" / "LIVE").read_text().strip()
+    user = pl.read_parquet(data / "snapshots" / live / "feeds" / "*.parquet", columns=["user_id"], n_rows=1)[0, 0]
+    video = pl.read_parquet(data / "snapshots" / live / "vectors" / "videos-*.parquet", columns=["video_id"])[0, 0]
+    started = time.monotonic()
+    with serve(data, server) as (url, _, pid):
+        ready_s = time.monotonic() - started
+        with httpx.Client(base_url=url, timeout=120) as client:
+            client.post("/embeddings/user", json={"user_id": "bench-memory", "watched_videos": [video]})
+            for body in ({"user_id": user}, {"user_id": "bench-nobody"}, {"user_id": "bench-memory"}):
+                client.post("/recommendations", json=body).raise_for_status()
+        return {"rss_mib": rss_mib(pid), "ready_s": ready_s}
+
+
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memory-of", type=Path, help="only the resident memory of the API serving this data root")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    for row in run():
-        print(row)
+    if args.memory_of:
+        print(serving_memory(args.memory_of.resolve()))
+    else:
+        for row in run():
+            print(row)
