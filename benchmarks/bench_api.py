@@ -198,32 +198,6 @@ def in_process(data: Path, user: str, n: int = 5000) -> dict[str, float]:
     return asyncio.run(measure_all())
 
 
-# Bytes the API holds per item (feed_api/snapshot_view.py): a feed row is a code, a score and a reason code;
-# a video its 64-d vector, its 384-d caption embedding (the online user tower pools them), its id, creator and
-# creation time, its dict entry and its row in the Milvus Lite process; a user a vector and a dict entry.
-FEED_ROW_BYTES = 4 + 4 + 4
-VIDEO_BYTES = 64 * 4 + 384 * 4 + 8 + 2 * 60 + 100 + 64 * 4 * 2
-USER_BYTES = 64 * 4 + 60 + 100
-LARGE = {"users": 100_000, "videos": 500_000, "feed_rows": 100_000 * 500}
-
-
-def projected_large(rss_mib: float, users: int, feed_rows: int, videos: int) -> BenchRow:
-    """Measured resident memory at default scale, grown by what each extra item costs (not measured)."""
-    extra = (
-        (LARGE["feed_rows"] - feed_rows) * FEED_ROW_BYTES
-        + (LARGE["videos"] - videos) * VIDEO_BYTES
-        + (LARGE["users"] - users) * USER_BYTES
-    )
-    return BenchRow(
-        NAME,
-        "resident memory projected to the large scale",
-        rss_mib + extra / 2**20,
-        "MiB",
-        "projection, not a measurement: 100k users x 500 items, 500k videos; measured default RSS plus "
-        f"{FEED_ROW_BYTES} B/feed row, {VIDEO_BYTES} B/video, {USER_BYTES} B/user",
-    )
-
-
 def run() -> list[BenchRow]:
     settings = Settings.load()
     data = ensure_world(settings)
@@ -271,7 +245,6 @@ def run() -> list[BenchRow]:
         BenchRow(NAME, "in process: page, fast path", us["page"], "µs", "feed_api/page_route.py"),
         BenchRow(NAME, "in process: page, Litestar handler", us["page_litestar"], "µs", "body without Content-Length"),
     ]
-    rows.append(projected_large(results["granian"]["rss_mib"], len(users), len(feeds), len(videos)))
     rows.append(
         BenchRow(
             NAME,
