@@ -220,14 +220,16 @@ def _served_top(scores: torch.Tensor, k: int, served: ServedAs) -> tuple[torch.T
     fresh_mask = torch.from_numpy(served.fresh)
     _, top = torch.topk(scores, min(4 * k, scores.shape[1]), dim=1)
     _, top_fresh = torch.topk(scores.masked_fill(~fresh_mask, float("-inf")), min(2 * n_slots + 1, scores.shape[1]), 1)
+    n_creators = served.n_creators  # a max over the catalogue: once per batch, not per row
     out = torch.zeros((len(scores), k), dtype=torch.int64)
     ranked = torch.zeros((len(scores), k), dtype=torch.bool)
     for row in range(len(scores)):
         cand = torch.unique(torch.cat([top[row], top_fresh[row]]))
         cand_scores = scores[row, cand]
-        cand = cand[cand_scores > float("-inf")]
-        cand = cand[torch.argsort(scores[row, cand], descending=True, stable=True)].numpy()
-        picked = cand[select_eligible(served.creator_codes[cand], served.n_creators, served.fresh[cand], policy)]
+        scorable = cand_scores > float("-inf")
+        cand, cand_scores = cand[scorable], cand_scores[scorable]
+        cand = cand[torch.argsort(cand_scores, descending=True, stable=True)].numpy()
+        picked = cand[select_eligible(served.creator_codes[cand], n_creators, served.fresh[cand], policy)]
         out[row, : len(picked)] = torch.from_numpy(picked)
         ranked[row, : len(picked)] = True
     return out, ranked
