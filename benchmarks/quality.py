@@ -57,6 +57,7 @@ def evaluate_dataset(
     prepared = prepare(data.split, data.videos, data.interactions, data.follows, text)
     models: dict[str, dict[str, float]] = {}
     served_models: dict[str, dict[str, float]] = {}
+    served = data.served_as()
     extra: dict[str, float] = {}
     for name, overrides in variants.items():
         config = dataclasses.replace(TrainConfig(seed=settings.seed), **overrides)
@@ -67,9 +68,9 @@ def evaluate_dataset(
         if name == "two_tower" and truth_dir is not None:
             extra["planted_affinity_spearman"] = planted_affinity_correlation(result.model, prepared, truth_dir)
         if name == "two_tower":
-            served_models = {name: two_tower_metrics(result.model, prepared, served=data.served_as())}
+            served_models = {name: two_tower_metrics(result.model, prepared, served=served)}
     started = time.monotonic()
-    for name, metrics in baseline_metrics(data.split, served=data.served_as()).items():
+    for name, metrics in baseline_metrics(data.split, served=served).items():
         (served_models if name.endswith(AS_SERVED) else models)[name.removesuffix(AS_SERVED)] = metrics
     extra["baselines_seconds"] = round(time.monotonic() - started, 1)
     # On a small test set (MovieLens: 74 users) one training run's luck can flip a comparison: other seeds say how much.
