@@ -39,6 +39,8 @@ from benchmarks.common import BenchRow
 from benchmarks.loadgen import closed_loop, http_request, open_loop, run_load
 from rec_core.model_store import ModelStore, ModelStoreError
 from rec_core.settings import Settings
+from rec_core.snapshot import live_snapshot
+from rec_core.snapshot_layout import SnapshotPaths
 
 NAME = "bench_api"
 log = logging.getLogger(NAME)
@@ -55,7 +57,7 @@ def ensure_world(settings: Settings) -> Path:
     from jobs.pipeline import run_all
 
     data = settings.data_dir / "bench" / "api-world"
-    if (data / "snapshots" / "LIVE").is_file():
+    if live_snapshot(dataclasses.replace(settings, data_dir=data)) is not None:
         return data
     log.info("building the default-scale world for the API benchmark in %s (once, ~6 min)", data)
     world = dataclasses.replace(settings, data_dir=data)
@@ -101,6 +103,14 @@ def serve(data: Path, server: str) -> Iterator[tuple[str, int, int]]:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def served_snapshot(data: Path) -> SnapshotPaths:
+    """The live snapshot of the data root ``data`` (what the API started on it serves)."""
+    live = live_snapshot(dataclasses.replace(Settings.load(), data_dir=data))
+    if live is None:
+        raise RuntimeError(f"no snapshot has been published under {data}")
+    return live
 
 
 def rss_mib(pid: int) -> float:
@@ -201,10 +211,10 @@ def in_process(data: Path, user: str, n: int = 5000) -> dict[str, float]:
 def run() -> list[BenchRow]:
     settings = Settings.load()
     data = ensure_world(settings)
-    live = (data / "snapshots" / "LIVE").read_text().strip()
-    feeds = pl.read_parquet(data / "snapshots" / live / "feeds" / "*.parquet", columns=["user_id"])
+    live = served_snapshot(data)
+    feeds = pl.read_parquet(live.feeds_dir / "*.parquet", columns=["user_id"])
     users = feeds["user_id"].unique().sort().to_list()
-    videos = pl.read_parquet(data / "snapshots" / live / "vectors" / "videos-*.parquet", columns=["video_id"])
+    videos = pl.read_parquet(live.vectors_dir / "videos-*.parquet", columns=["video_id"])
     sample = np.random.default_rng(1).choice(users, size=min(2000, len(users)), replace=False).tolist()
     shape = f"{len(users):,} users x {len(feeds) // max(len(users), 1)} items, {len(videos):,} videos"
     rows: list[BenchRow] = []
@@ -260,9 +270,9 @@ def run() -> list[BenchRow]:
 def serving_memory(data: Path, server: str = "uvicorn") -> dict[str, float]:
     """Resident memory of the API serving ``data``'s live snapshot, after one page of each kind has been served
     (a snapshot user's, a newcomer's trending page, and a fresh user's live search, which loads the Milvus side)."""
-    live = (data / "snapshots" / "LIVE").read_text().strip()
-    user = pl.read_parquet(data / "snapshots" / live / "feeds" / "*.parquet", columns=["user_id"], n_rows=1)[0, 0]
-    video = pl.read_parquet(data / "snapshots" / live / "vectors" / "videos-*.parquet", columns=["video_id"])[0, 0]
+    live = served_snapshot(data)
+    user = pl.read_parquet(live.feeds_dir / "*.parquet", columns=["user_id"], n_rows=1)[0, 0]
+    video = pl.read_parquet(live.vectors_dir / "videos-*.parquet", columns=["video_id"])[0, 0]
     started = time.monotonic()
     with serve(data, server) as (url, _, pid):
         ready_s = time.monotonic() - started

@@ -25,8 +25,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rec_core.lake import Lake
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
+from rec_core.snapshot import live_snapshot
 from rec_core.synthetic import SCALES
 
 log = logging.getLogger("bench.stages")
@@ -138,17 +140,18 @@ def _size_mb(path: Path) -> float:
 def disk_sizes(data_dir: Path) -> dict[str, float]:
     """MB on disk of the lake (current version and all kept), the feature cache and the live snapshot's parts."""
     settings = Settings(data_dir=data_dir)
-    lake = settings.lake_dir
-    current = lake / (lake / "CURRENT").read_text().strip()
-    snapshot = settings.snapshots_dir / (settings.snapshots_dir / "LIVE").read_text().strip()
+    current = Lake(settings.lake_dir, settings.lake_versions_keep).current()
+    snapshot = live_snapshot(settings)
+    if snapshot is None:
+        raise StageFailed(f"the run published no snapshot under {data_dir}")
     return {
-        f"lake, current version ({current.name})": _size_mb(current),
-        "lake, all kept versions": _size_mb(lake),
+        f"lake, current version ({current.name})": _size_mb(current.path),
+        "lake, all kept versions": _size_mb(settings.lake_dir),
         "feature cache (features/)": _size_mb(data_dir / "features"),
-        "snapshot feeds/": _size_mb(snapshot / "feeds"),
-        "snapshot vectors/": _size_mb(snapshot / "vectors"),
-        "snapshot milvus.db": _size_mb(snapshot / "milvus.db"),
-        "snapshot, whole folder": _size_mb(snapshot),
+        "snapshot feeds/": _size_mb(snapshot.feeds_dir),
+        "snapshot vectors/": _size_mb(snapshot.vectors_dir),
+        "snapshot milvus.db": _size_mb(snapshot.milvus_lite_file),
+        "snapshot, whole folder": _size_mb(snapshot.root),
     }
 
 
