@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
     parser.add_argument("--no-logq", action="store_true", help="ablation: no log-Q popularity correction")
     parser.add_argument("--aux-weight", type=float, default=defaults.aux_weight, help="0 disables the MSE head")
+    parser.add_argument(
+        "--time-windows",
+        type=_non_negative_int,
+        default=defaults.time_windows,
+        help="batches per time window (each batch from one window, videos as of its start); 0: random batches",
+    )
     parser.add_argument("--no-promote", action="store_true", help="save the version but never make it current")
     parser.add_argument("--seed", type=int, help="default: REC_SEED")
     parser.add_argument("--json", type=Path, help="also write the summary here")
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         logq=not args.no_logq,
         aux_weight=args.aux_weight,
+        time_windows=args.time_windows,
         seed=settings.seed if args.seed is None else args.seed,
     )
     try:
@@ -164,9 +171,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "0 or a positive integer")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
 
 

@@ -253,8 +253,12 @@ class Catalogue:
         stats: FeatureStats,
         as_new: np.ndarray | None = None,
         at_ms: np.ndarray | None = None,
+        dense: np.ndarray | None = None,
     ) -> VideoBatch:
         """Video-tower inputs for ``rows``, as of ``at_ms`` (default: ``as_of``).
+
+        ``dense`` gives the rows' unstandardised dense features directly, when the
+        caller already has them at the instant it wants (training's time windows).
 
         Rows flagged in ``as_new`` look as on the day they were posted: no id, no
         views, age zero, and no creator vector when the video was its creator's
@@ -264,7 +268,8 @@ class Catalogue:
         model learns that a video with no views is never watched, and cold videos
         never reach a feed.
         """
-        dense = self.dense[rows] if at_ms is None else self.dense_at(rows, at_ms)
+        if dense is None:
+            dense = self.dense[rows] if at_ms is None else self.dense_at(rows, at_ms)
         item_idx = self.item_idx[rows]
         creator_idx = self.creator_idx[rows]
         if as_new is not None and as_new.any():

@@ -194,6 +194,7 @@ def sampled_softmax_loss(
     extra_v: torch.Tensor | None = None,
     extra_idx: torch.Tensor | None = None,
     extra_log_q: torch.Tensor | None = None,
+    user_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-batch sampled softmax with log-Q correction (Yi et al., RecSys 2019), optionally with extra negatives.
 
@@ -214,6 +215,8 @@ def sampled_softmax_loss(
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
     same = item_idx.unsqueeze(0) == item_idx.unsqueeze(1)
+    if user_idx is not None:  # another positive of the same user is not a negative for it either
+        same = same | (user_idx.unsqueeze(0) == user_idx.unsqueeze(1))
     eye = torch.eye(len(item_idx), dtype=torch.bool, device=u.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
     if extra_v is not None and len(extra_v):

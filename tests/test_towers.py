@@ -91,6 +91,18 @@ def test_duplicate_item_in_batch_is_not_its_own_negative() -> None:
     assert same < 1e-4  # without the mask this would be log(2)
 
 
+def test_another_positive_of_the_same_user_is_not_a_negative() -> None:
+    g = torch.Generator().manual_seed(3)
+    u = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    users = torch.tensor([5, 5, 8])  # rows 0 and 1 are two watches of one user
+    got = sampled_softmax_loss(u, v, torch.tensor([1, 2, 3]), None, 0.1, user_idx=users)
+    logits = u @ v.T / 0.1
+    logits[0, 1] = logits[1, 0] = float("-inf")
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(logits, torch.arange(3)))
+    assert got < sampled_softmax_loss(u, v, torch.tensor([1, 2, 3]), None, 0.1)  # one fewer negative each
+
+
 def test_log_q_correction_subtracts_log_q_from_every_column() -> None:
     g = torch.Generator().manual_seed(1)
     u = torch.nn.functional.normalize(torch.randn(4, 3, generator=g), dim=1)

@@ -18,7 +18,7 @@ from rec_core.model_store import ModelStore, gate
 from rec_core.settings import Settings
 from rec_core.synthetic import load_truth
 from rec_core.towers import TowerConfig, TwoTower
-from rec_core.training import TrainConfig, prepare, scorer, train
+from rec_core.training import TimeWindows, TrainConfig, _windowed_order, prepare, scorer, train
 
 pytestmark = pytest.mark.slow
 
@@ -129,13 +129,49 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_cold_start_options_train_and_rank_cold_videos(world: tuple[Settings, LakeData]) -> None:
-    """Features as of each watch plus uniform negatives: still learns, and cold videos reach the top 50."""
+    """Random batches, features as of each watch, uniform negatives: still learns; cold videos reach the top 50."""
     settings, data = world
     prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
-    config = dataclasses.replace(TINY, time_aware=True, uniform_negatives=128)
+    config = dataclasses.replace(TINY, time_windows=0, time_aware=True, uniform_negatives=128)
     result = train(prepared, config)
     metrics = two_tower_metrics(result.model, prepared, on="valid")
     popularity = np.bincount(data.split.train.item_idx, minlength=data.split.n_items).astype(np.float64)
     most_pop = evaluate_scores(lambda users: np.tile(popularity, (len(users), 1)), data.split, on="valid")
     assert metrics["recall@50"] > most_pop["recall@50"], (metrics, most_pop)
     assert metrics["cold_recall@50"] > 0, metrics
+
+
+def test_windowed_order_keeps_every_batch_inside_one_time_window() -> None:
+    rng = np.random.default_rng(0)
+    order = _windowed_order(50, batch_size=4, per_window=3, rng=rng)  # windows of 12 rows; 12 whole batches
+    assert len(order) == 48 and len(set(order.tolist())) == 48
+    batches = order.reshape(-1, 4)
+    assert all(len(set((batch // 12).tolist())) == 1 for batch in batches)
+    # Batches come in random window order, not in time order.
+    assert not np.array_equal(batches[:, 0] // 12, np.sort(batches[:, 0] // 12))
+    np.testing.assert_array_equal(order, _windowed_order(50, 4, 3, np.random.default_rng(0)))
+
+
+def test_time_windows_show_a_batch_as_of_its_window_start(world: tuple[Settings, LakeData]) -> None:
+    settings, data = world
+    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    train_rows = data.split.train
+    windows = TimeWindows.build(train_rows, prepared.catalogue, size=500)
+    rng = np.random.default_rng(0)
+    for w in (0, 3, len(windows.start_ms) - 1):  # the last window is a partial one
+        lo, hi = w * 500, min((w + 1) * 500, len(train_rows))
+        rows = rng.choice(np.arange(lo, hi), size=min(64, hi - lo), replace=False)
+        items = train_rows.item_idx[rows]
+        dense, log_q = windows.view(rows, items, batch_size=64)
+        np.testing.assert_allclose(dense, prepared.catalogue.dense_at(items, train_rows.ts_ms[lo]), rtol=1e-6)
+        in_window = train_rows.item_idx[lo:hi]
+        share = np.array([(in_window == item).sum() for item in items]) / (hi - lo)
+        np.testing.assert_allclose(log_q.numpy(), np.log(64 * share), rtol=1e-5)
+
+
+def test_time_windows_reject_the_random_batch_options() -> None:
+    with pytest.raises(ValueError, match="time_windows=0"):
+        TrainConfig(time_aware=True)
+    with pytest.raises(ValueError, match="time_windows"):
+        TrainConfig(time_windows=-1)
+    assert TrainConfig(time_windows=0, uniform_negatives=64).uniform_negatives == 64
