@@ -23,7 +23,7 @@ from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, MODEL_URI, START, job_sett
     default_args=DEFAULT_ARGS,
     tags=["recsys", "model"],
     params={
-        "epochs": Param(15, type="integer", minimum=1, maximum=200, description="Most epochs (early stopping)."),
+        "epochs": Param(6, type="integer", minimum=1, maximum=200, description="Most epochs (early stopping)."),
         "embedding_dim": Param(64, type="integer", minimum=4, maximum=2048, description="Tower output size."),
         "promote": Param(True, type="boolean", description="Promote the model if it passes the quality gate."),
     },
