@@ -199,6 +199,36 @@ def evaluate_targets(
     return out
 
 
+def cold_ranks(
+    score_fn: ScoreFn, targets: EvalTargets, cold: np.ndarray, k: int = 50, batch_size: int = 1024
+) -> dict[str, float]:
+    """Where the relevant cold items rank, which recall alone hides while they sit just below the top K.
+
+    ``median_cold_rank``: the median 1-based rank of each (user, relevant cold item) pair among the items
+    the user did not interact with in training (ties counted in the item's favour); ``cold_share@K``: the
+    share of the evaluated users' top K slots that hold cold items (``cold``, a bool per item).
+    """
+    ranks: list[np.ndarray] = []
+    cold_slots, slots = 0, 0
+    cold_t = torch.from_numpy(np.asarray(cold, dtype=bool))
+    for lo in range(0, len(targets.users), batch_size):
+        batch = targets.users[lo : lo + batch_size]
+        scores = _masked_scores(score_fn, batch, targets.history, targets.n_items)
+        rows, cols = _batch_coo(targets.cold_relevant, batch)
+        for at in range(0, len(rows), batch_size):  # pairs in chunks: one row of scores per pair
+            r, c = rows[at : at + batch_size], cols[at : at + batch_size]
+            ranks.append(((scores[r] > scores[r, c].unsqueeze(1)).sum(dim=1) + 1).numpy())
+        top = torch.topk(scores, min(k, targets.n_items), dim=1)
+        real = torch.isfinite(top.values)
+        cold_slots += int((cold_t[top.indices] & real).sum())
+        slots += int(real.sum())
+    all_ranks = np.concatenate(ranks) if ranks else np.array([])
+    return {
+        "median_cold_rank": float(np.median(all_ranks)) if len(all_ranks) else math.nan,
+        f"cold_share@{k}": cold_slots / slots if slots else math.nan,
+    }
+
+
 def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix, n_items: int) -> torch.Tensor:
     raw = score_fn(batch)
     # Always copy: the scorer may hand back a view (e.g. an expanded popularity row) or its own buffer.

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rec_core.feed_policy import FeedPolicy
-from rec_core.metrics import ServedAs, build_targets, evaluate_scores
+from rec_core.metrics import ServedAs, build_targets, cold_ranks, evaluate_scores
 from rec_core.split import Split, temporal_split
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -183,3 +183,20 @@ def test_served_rankings_respect_the_creator_cap() -> None:
     served = ServedAs(FeedPolicy(fresh_share=0.0), np.zeros(5, dtype=bool), creators)
     assert evaluate_scores(score, split, ks=(3,))["recall@3"] == 0.0  # b c d
     assert evaluate_scores(score, split, ks=(3,), served=served)["recall@3"] == 1.0  # b c e
+
+
+def test_cold_ranks_by_hand() -> None:
+    # "e" is cold (no train row). u1 trained on a; u2 on b. Test: u1 -> e, u2 -> e and c.
+    split = make_split(train=[("u1", "a"), ("u2", "b"), ("u3", "c"), ("u3", "d")], test=[("u1", "e"), ("u2", "e")])
+    targets = build_targets(split)
+    idx = {v: i for i, v in enumerate(split.item_ids)}
+    scores = np.zeros((split.n_users, split.n_items), dtype=np.float32)
+    u1, u2 = (int(np.flatnonzero(split.user_ids == u)[0]) for u in ("u1", "u2"))
+    # u1: a (history, masked) 9, b 3, c 2, e 1, d 0 -> e ranks 3rd among b, c, d, e.
+    scores[u1, [idx["a"], idx["b"], idx["c"], idx["d"], idx["e"]]] = [9, 3, 2, 0, 1]
+    # u2: e first.
+    scores[u2, [idx["a"], idx["b"], idx["c"], idx["d"], idx["e"]]] = [1, 9, 2, 3, 5]
+    got = cold_ranks(lambda users: scores[users], targets, split.cold_item_mask, k=2)
+    assert got["median_cold_rank"] == 2.0  # ranks 3 and 1
+    # top 2: u1 -> b, c (no cold); u2 -> e, d (one cold): 1 of 4 slots.
+    assert got["cold_share@2"] == pytest.approx(0.25)
