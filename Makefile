@@ -39,7 +39,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 data: setup
 	$(PY) -m jobs.generate_data --scale $(SCALE)
