@@ -45,7 +45,7 @@ class Settings:
         "Data root: the lake, models, snapshots, inbox, warehouse.",
     )
     milvus_uri: str = _setting(
-        "", "Milvus URI. Empty means a Milvus Lite file under the data root; `http://host:19530` a server."
+        "", "Milvus server URL (`http://host:19530`). Empty: Milvus Lite, one file in each snapshot's folder."
     )
     api_host: str = _setting("127.0.0.1", "Address the feed API binds to.")
     api_port: int = _setting(3002, "Port of the feed API.", lo=1, hi=65535)
@@ -103,9 +103,12 @@ class Settings:
                 "more than one worker needs REC_MILVUS_URI to name a Milvus server: "
                 "a Milvus Lite file can be opened by one process only",
             )
-        if self.milvus_uri and not server and not self.milvus_uri.endswith(".db"):
+        if self.milvus_uri and not server:
+            # A Lite file named here would hold every snapshot, locked by the batch and the API at once.
             raise SettingsError(
-                "milvus_uri", f"must be a server URL or a Milvus Lite file ending in .db, got {self.milvus_uri!r}"
+                "milvus_uri",
+                "must be empty (Milvus Lite: one file per snapshot under the data root) or a Milvus server URL "
+                f"(http://host:19530), got {self.milvus_uri!r}",
             )
 
     # Derived locations: one place decides the layout of the data root.
@@ -132,10 +135,6 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
-
-    @property
-    def effective_milvus_uri(self) -> str:
-        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:

@@ -8,7 +8,7 @@ from rec_core.settings import Settings, SettingsError, settings_table_markdown
 def test_defaults_are_embedded() -> None:
     s = Settings.load({})
     assert s.data_dir == Path("data")
-    assert s.effective_milvus_uri == str(Path("data") / "milvus.db")
+    assert s.milvus_uri == ""  # Milvus Lite, a file per snapshot
     assert (s.api_port, s.feed_length, s.embedding_dim) == (3002, 500, 64)
 
 
@@ -30,7 +30,8 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ({"REC_FEED_LENGTH": "1000001"}, "REC_FEED_LENGTH", "at most"),
         ({"REC_CURSOR_SECRET": "short"}, "REC_CURSOR_SECRET", "16 characters"),
         ({"REC_LOG_LEVEL": "LOUD"}, "REC_LOG_LEVEL", "DEBUG"),
-        ({"REC_MILVUS_URI": "milvus.txt"}, "REC_MILVUS_URI", ".db"),
+        ({"REC_MILVUS_URI": "milvus.txt"}, "REC_MILVUS_URI", "server URL"),
+        ({"REC_MILVUS_URI": "/srv/milvus.db"}, "REC_MILVUS_URI", "one file per snapshot"),
         ({"REC_EMBEDING_DIM": "64"}, "REC_EMBEDING_DIM", "unknown setting"),
         ({"REC_CONFIG": "/nonexistent/rec.toml"}, "REC_CONFIG", "does not exist"),
     ],
@@ -51,7 +52,7 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 
 def test_milvus_server_uri_accepted() -> None:
     s = Settings.load({"REC_MILVUS_URI": "http://milvus:19530"})
-    assert s.effective_milvus_uri == "http://milvus:19530"
+    assert s.milvus_uri == "http://milvus:19530"
 
 
 def test_readme_documents_every_setting() -> None:
