@@ -224,31 +224,38 @@ def exact_search(view: SnapshotView, query: np.ndarray, k: int, exclude: set[str
 def _live(
     view: SnapshotView, query: np.ndarray, need: int, exclude: set[str], user_id: str, policy: FeedPolicy
 ) -> list[tuple[str, float]]:
-    """Up to ``need`` (video id, score) from live search, best first, under the feed policy."""
-    k = min(need * OVERFETCH + 16, view.catalogue_size())
-    if k < 1:
-        return []
-    if k + len(exclude) <= MAX_TOPK:
-        hits = view.store.search(query, k, exclude_ids=sorted(exclude))[0]
-    else:
-        hits = exact_search(view, query, k, exclude)
-    if not hits:
-        return []
-    hit_ids = [h[0] for h in hits]
-    chosen = apply(
-        hit_ids,
-        [view.creator_of(v) or "" for v in hit_ids],
-        [view.created_of(v) for v in hit_ids],
-        user_id=user_id,
-        seen=(),
-        as_of=view.as_of_ms,
-        policy=FeedPolicy(
-            feed_length=min(need, len(hit_ids)),
-            max_per_creator_in_window=policy.max_per_creator_in_window,
-            window=policy.window,
-            fresh_share=policy.fresh_share,
-            fresh_days=policy.fresh_days,
-        ),
-        scores=[h[1] for h in hits],
-    )
-    return [hits[i] for i in chosen.tolist()]
+    """Up to ``need`` (video id, score) from live search, best first, under the feed policy.
+
+    The creator cap can leave an over-fetched answer short (a user whose nearest videos are all one creator's):
+    then it searches again, four times deeper, until the page fills or the catalogue is exhausted.
+    """
+    catalogue = view.catalogue_size()
+    k = min(need * OVERFETCH + 16, catalogue)
+    while k >= 1:
+        if k + len(exclude) <= MAX_TOPK:
+            hits = view.store.search(query, k, exclude_ids=sorted(exclude))[0]
+        else:
+            hits = exact_search(view, query, k, exclude)
+        if not hits:
+            return []
+        hit_ids = [h[0] for h in hits]
+        chosen = apply(
+            hit_ids,
+            [view.creator_of(v) or "" for v in hit_ids],
+            [view.created_of(v) for v in hit_ids],
+            user_id=user_id,
+            seen=(),
+            as_of=view.as_of_ms,
+            policy=FeedPolicy(
+                feed_length=min(need, len(hit_ids)),
+                max_per_creator_in_window=policy.max_per_creator_in_window,
+                window=policy.window,
+                fresh_share=policy.fresh_share,
+                fresh_days=policy.fresh_days,
+            ),
+            scores=[h[1] for h in hits],
+        )
+        if len(chosen) >= need or len(hits) < k or k >= catalogue:
+            return [hits[i] for i in chosen.tolist()]
+        k = min(4 * k, catalogue)
+    return []

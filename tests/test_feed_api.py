@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ApiServer
@@ -340,6 +340,9 @@ def test_the_fast_path_and_litestars_handler_answer_alike(api: ApiServer) -> Non
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(user=st.integers(100, 299), limits=st.lists(st.integers(1, 100), min_size=1, max_size=6))
+# Found by the search: this user's nearest live videos past the feed are all one creator's, so one over-fetch
+# left the page a video short under the creator cap.
+@example(user=292, limits=[3, 100, 100])
 def test_any_page_sizes_walk_the_same_feed_without_duplicates_or_gaps(
     api: ApiServer, api_world: Path, user: int, limits: list[int]
 ) -> None:
