@@ -46,6 +46,7 @@ from rec_core.embedding import UserProfile
 from rec_core.feed_policy import FeedPolicy
 from rec_core.inbox import InboxRecord, InboxWriter, read_new
 from rec_core.settings import Settings
+from rec_core.snapshot_layout import SnapshotError, live_snapshot_id, snapshot_paths
 from rec_core.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -279,8 +280,10 @@ class FeedService:
             log.info("snapshot %s: %d videos posted since its batch indexed", view.snapshot_id, len(missing))
 
     def _follow_inbox(self) -> None:
-        """Apply inbox records this process has not seen: all unconsumed ones at start, then other workers'."""
-        batch = read_new(self.settings.inbox_dir, self._inbox_offsets)
+        """Apply inbox records this process has not seen: at start every one the live snapshot does not reflect,
+        then other workers'."""
+        since = self._inbox_offsets if self._inbox_offsets is not None else self._replay_from()
+        batch = read_new(self.settings.inbox_dir, since)
         self._inbox_offsets = {**(self._inbox_offsets or {}), **batch.offsets}
         videos: list[dict[str, Any]] = []
         for record in batch.records:
@@ -295,6 +298,23 @@ class FeedService:
                     stale = [v for v in new if view.added.payload_hash.get(v["video_id"]) != _hash(v)]
                 if stale:
                     self._encode_into(view, stale)
+
+    def _replay_from(self) -> dict[str, int] | None:
+        """Where a starting process replays the inbox from: the offsets the live snapshot's batch had taken in.
+
+        Not what the batch has consumed by now: a batch that ingested the inbox but has not published yet
+        would leave those events in the lake and out of every feed served. None (the consumed offsets) when
+        there is no snapshot yet, or it was begun before snapshots recorded their offsets.
+        """
+        live = live_snapshot_id(self.settings)
+        if live is None:
+            return None
+        try:
+            offsets = snapshot_paths(self.settings, live).read_build().inbox_offsets
+        except (OSError, ValueError, TypeError, SnapshotError) as exc:
+            log.warning("cannot read the inbox offsets of snapshot %s (%s): replaying what is unconsumed", live, exc)
+            return None
+        return dict(offsets) if offsets is not None else None
 
     def _apply(self, record: InboxRecord, videos: list[dict[str, Any]]) -> None:
         data = record.data

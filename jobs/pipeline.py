@@ -15,6 +15,7 @@ import sys
 import pyarrow.compute as pc
 
 from jobs.train_towers import evaluate_version, gate_version, train_version
+from rec_core.inbox import consumed_offsets
 from rec_core.lake import Lake
 from rec_core.model_store import ModelStore, ModelStoreError
 from rec_core.settings import Settings, SettingsError
@@ -54,12 +55,16 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     model = store.current()
     if model is None:
         raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
+    # The inbox offsets first: ingest marks them only after its lake commit, so read before the lake version
+    # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
+    inbox_offsets = consumed_offsets(settings.inbox_dir)
     lake = Lake(settings.lake_dir, settings.lake_versions_keep)
     dim = int(store.read_json(model, "config.json")["tower"]["embedding_dim"])
     paths = begin_snapshot(
         settings,
         model_version=model,
         lake_version=lake.current().name,
+        inbox_offsets=inbox_offsets,
         as_of=lake_watermark(lake),
         video_shards=video_shards,
         user_shards=user_shards,

@@ -100,7 +100,7 @@ def read_new(root: Path, since: dict[str, int] | None = None) -> InboxBatch:
     Readers that follow the inbox (the API's workers) pass the offsets of their last read.
     """
     root = Path(root)
-    consumed = _consumed(root) if since is None else since
+    consumed = consumed_offsets(root) if since is None else since
     records: list[InboxRecord] = []
     offsets: dict[str, int] = {}
     bad = 0
@@ -124,7 +124,7 @@ def read_new(root: Path, since: dict[str, int] | None = None) -> InboxBatch:
 
 
 def mark_consumed(root: Path, offsets: dict[str, int]) -> None:
-    merged = {**_consumed(Path(root)), **offsets}
+    merged = {**consumed_offsets(Path(root)), **offsets}
     write_bytes_atomic(Path(root) / CONSUMED, json.dumps(merged, indent=1, sort_keys=True).encode())
 
 
@@ -132,8 +132,9 @@ def iter_kind(batch: InboxBatch, kind: str) -> Iterator[InboxRecord]:
     return (r for r in batch.records if r.kind == kind)
 
 
-def _consumed(root: Path) -> dict[str, int]:
-    path = root / CONSUMED
+def consumed_offsets(root: Path) -> dict[str, int]:
+    """How far the batch has taken each segment into the lake (a snapshot records this when it begins)."""
+    path = Path(root) / CONSUMED
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

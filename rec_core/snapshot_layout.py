@@ -54,6 +54,10 @@ class BuildInfo:
     embedding_dim: int
     feed_length: int
     created_at: str
+    # How far the batch had taken the inbox into the lake when the snapshot began (read before the lake version,
+    # so never ahead of it): on a restart the API replays the inbox from here, not from what the batch has taken
+    # in since, which the live snapshot does not reflect yet. None for snapshots begun before this was recorded.
+    inbox_offsets: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ def begin_snapshot(
     video_shards: int,
     user_shards: int,
     embedding_dim: int,
+    inbox_offsets: dict[str, int] | None = None,
     now: dt.datetime | None = None,
 ) -> SnapshotPaths:
     """Create the folder of a new snapshot and its ``build.json``; stages then fill it."""
@@ -155,6 +160,7 @@ def begin_snapshot(
         embedding_dim=embedding_dim,
         feed_length=settings.feed_length,
         created_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+        inbox_offsets=inbox_offsets,
     )
     write_bytes_atomic(paths.build_file, json.dumps(asdict(info), indent=2).encode())
     return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -68,6 +69,26 @@ def test_an_acknowledged_event_survives_a_kill(world_copy: Path) -> None:
         assert {"user_id": "u0000010", "video_id": first, "type": "watch"}.items() <= events[-1].items()
         server.start()  # a restart replays the inbox: the watched video stays out of the feed
         assert first not in [i["video_id"] for i in page(server, "u0000010", limit=20)["items"]]
+    finally:
+        server.stop()
+
+
+def test_events_the_batch_took_in_but_has_not_published_are_replayed_on_restart(world_copy: Path) -> None:
+    """The gap between a batch's ingest and its publish: the lake has the event, the live feed does not."""
+    from jobs.ingest_inbox import ingest_inbox
+    from rec_core.settings import Settings
+
+    server = ApiServer(world_copy).start()
+    try:
+        first = page(server, "u0000012", limit=5)["items"][0]["video_id"]
+        r = httpx.post(f"{server.url}/events", json={"user_id": "u0000012", "video_id": first, "type": "watch"})
+        assert r.status_code == 200
+        server.kill()
+        taken = ingest_inbox(Settings.load({"REC_DATA_DIR": str(world_copy)}))  # the next batch's first task
+        built_from = json.loads((world_copy / "snapshots" / live_id(world_copy) / "build.json").read_text())
+        assert taken["records"] >= 1 and taken["lake_version"] != built_from["lake_version"]
+        server.start()
+        assert first not in [i["video_id"] for i in page(server, "u0000012", limit=20)["items"]]
     finally:
         server.stop()
 
