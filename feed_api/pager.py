@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 import numpy as np
@@ -246,13 +246,7 @@ def _live(
             user_id=user_id,
             seen=(),
             as_of=view.as_of_ms,
-            policy=FeedPolicy(
-                feed_length=min(need, len(hit_ids)),
-                max_per_creator_in_window=policy.max_per_creator_in_window,
-                window=policy.window,
-                fresh_share=policy.fresh_share,
-                fresh_days=policy.fresh_days,
-            ),
+            policy=replace(policy, feed_length=min(need, len(hit_ids))),
             scores=[h[1] for h in hits],
         )
         if len(chosen) >= need or len(hits) < k or k >= catalogue:

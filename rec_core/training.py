@@ -222,12 +222,14 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
     }
     best_state, best_valid, best_epoch, bad_epochs = None, -1.0, 0, 0
     steps_per_epoch = len(train) // batch_size
-    n_rows, window = len(train), batch_size * cfg.time_windows
+    window = batch_size * cfg.time_windows
     windows = TimeWindows.build(train, data.catalogue, window) if window else None
     started = time.monotonic()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = _windowed_order(len(train), batch_size, cfg.time_windows, rng) if window else rng.permutation(n_rows)
+        order = (
+            _windowed_order(len(train), batch_size, cfg.time_windows, rng) if window else rng.permutation(len(train))
+        )
         sums = np.zeros(3)
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", steps_per_epoch, logger=log)
         for step in range(steps_per_epoch):
