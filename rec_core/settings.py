@@ -64,6 +64,45 @@ class Settings:
         "HMAC secret that signs feed cursors (at least 16 characters). Empty: a random one is "
         "created once under the data root and shared by every worker.",
     )
+    api_keys_file: str = _setting(
+        "",
+        "File of the API's keys (hashed, with scopes), managed by `python -m feed_api.keys`. Empty: "
+        "`<data root>/api/keys.json`. Once it holds a key, every endpoint but /health and /ready needs one.",
+    )
+    api_trusted_proxies: str = _setting(
+        "",
+        "Comma-separated addresses or networks (CIDR) of reverse proxies whose `X-Forwarded-For` names the "
+        "client (for rate limiting). Empty: the connection's peer is the client, and the header is ignored.",
+    )
+    cursor_ttl_s: int = _setting(
+        6 * 3600,
+        "Seconds a feed cursor stays valid after it is issued; later it is refused (410).",
+        lo=60,
+        hi=30 * 86400,
+    )
+    api_users_max: int = _setting(
+        200_000, "Users whose activity since the batch one API worker keeps in memory (least recent first out).", lo=1
+    )
+    api_user_videos_max: int = _setting(
+        2_000,
+        "Videos remembered per user since the batch (watched, skipped, liked); past it the oldest are forgotten "
+        "(the next snapshot has them from the inbox).",
+        lo=1,
+    )
+    api_posted_videos_max: int = _setting(
+        50_000,
+        "Videos posted through the API that one worker keeps searchable until a snapshot includes them; "
+        "past it the oldest leave live search (they stay in the inbox for the next batch).",
+        lo=1,
+    )
+    api_inbox_read_bytes: int = _setting(
+        8 << 20, "Most inbox bytes the API reads per pass when it replays or follows the inbox.", lo=4096
+    )
+    import_dir: str = _setting(
+        "",
+        "The only folder the import_dataset DAG reads files from. Empty: `<data root>/import`. "
+        "(`python -m jobs.import_dataset` run by hand reads any path it is given.)",
+    )
     feed_length: int = _setting(500, "Items in each user's precomputed feed.", lo=1, hi=100_000)
     embedding_dim: int = _setting(64, "Size of the two-tower output vectors.", lo=4, hi=2048)
     text_model: str = _setting(
@@ -135,6 +174,14 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.api_keys_file) if self.api_keys_file else self.data_dir / "api" / "keys.json"
+
+    @property
+    def import_root(self) -> Path:
+        return Path(self.import_dir) if self.import_dir else self.data_dir / "import"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
