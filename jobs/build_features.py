@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 from jobs.cli import settings_for
-from rec_core.lake import Lake, LakeError
+from rec_core.lake import LakeError, lake_for
 from rec_core.settings import Settings
 from rec_core.text_features import embed_videos_text
 
 
 def build_features(settings: Settings) -> dict:
-    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    lake = lake_for(settings)
     videos = lake.read("videos", columns=["video_id", "caption", "hashtags"])
     _, stats = embed_videos_text(videos, settings)
     return {"videos": videos.num_rows, **dataclasses.asdict(stats)}

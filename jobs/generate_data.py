@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import settings_for
-from rec_core.lake import Lake
+from rec_core.lake import lake_for
 from rec_core.progress import Progress
 from rec_core.settings import Settings
 from rec_core.synthetic import SCALES, generate_world, params_for, write_truth
@@ -55,7 +55,7 @@ def generate_data(
     world = generate_world(params, seed)
     steps.advance()
 
-    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    lake = lake_for(settings)
     before = lake.current().name if lake.exists() else None
     source = f"generate_data scale={scale} users={params.users} videos={params.videos} seed={seed}"
     t_lake = time.perf_counter()

@@ -16,7 +16,7 @@ from pathlib import Path
 from jobs.import_dataset import add_common_arguments, run_cli
 from rec_core import movielens
 from rec_core.ingest import ImportReport, run_import
-from rec_core.lake import Lake
+from rec_core.lake import lake_for
 from rec_core.settings import Settings
 
 # The shared data sets sit beside the repository; resolving from this file makes the default
@@ -34,7 +34,7 @@ def import_movielens(
     """Convert the MovieLens folder to canonical tables and import them; raises ``IngestError`` on failure."""
     settings = settings or Settings.load()
     raw = movielens.load(Path(path))
-    lake = None if dry_run else Lake(settings.lake_dir, settings.lake_versions_keep)
+    lake = None if dry_run else lake_for(settings)
     return run_import(raw, lake, strict=strict, source=f"import_movielens {path}")
 
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from jobs.train_towers import evaluate_version, gate_version, train_version
 from rec_core.inbox import consumed_offsets
-from rec_core.lake import Lake
+from rec_core.lake import Lake, LakeError, lake_for
 from rec_core.model_store import ModelStore, ModelStoreError
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot_layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
@@ -58,18 +58,24 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     # The inbox offsets first: ingest marks them only after its lake commit, so read before the lake version
     # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
     inbox_offsets = consumed_offsets(settings.inbox_dir)
-    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    # One version for the name and the watermark: a commit between two reads of CURRENT would mix them.
+    version = lake_for(settings).current().name
+    lake = lake_for(settings).at(version)
     dim = int(store.read_json(model, "config.json")["tower"]["embedding_dim"])
     paths = begin_snapshot(
         settings,
         model_version=model,
-        lake_version=lake.current().name,
+        lake_version=version,
         inbox_offsets=inbox_offsets,
         as_of=lake_watermark(lake),
         video_shards=video_shards,
         user_shards=user_shards,
         embedding_dim=dim,
     )
+    # The version is pinned from the moment build.json names it; a commit that pruned it before then
+    # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
+    if not (settings.lake_dir / version).is_dir():
+        raise LakeError(f"lake version {version} was pruned while snapshot {paths.snapshot_id} began; run again")
     return {
         "snapshot_id": paths.snapshot_id,
         "video_shards": list(range(video_shards)),

@@ -22,7 +22,7 @@ from rec_core.atomic import write_bytes_atomic
 from rec_core.baselines import evaluate_baselines
 from rec_core.features import follows_frame, interaction_frame, video_frame
 from rec_core.feed_policy import FeedPolicy
-from rec_core.lake import Lake
+from rec_core.lake import lake_for
 from rec_core.metrics import ServedAs, evaluate_scores
 from rec_core.model_store import LoadedModel
 from rec_core.plots import comparison_png
@@ -63,7 +63,7 @@ class LakeData:
 
 
 def load_lake_data(settings: Settings) -> LakeData:
-    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    lake = lake_for(settings)
     version = lake.current()
     split = split_from_lake(lake)
     videos = video_frame(lake.read("videos"))

@@ -12,27 +12,48 @@ then swaps ``CURRENT`` with one atomic rename. A crash at any moment therefore
 leaves the previous version live and complete, and a multi-table import either
 lands whole or not at all. Committing content identical to the live version is
 a no-op, which makes every writer idempotent.
+
+Two things keep other parties' work safe from a commit:
+
+- Pins. After a commit the lake prunes all but the newest ``keep_versions``
+  versions, EXCEPT versions a caller-supplied ``pinned()`` names. Feed snapshots
+  read the lake version they were built from by name (``rec_core.embedding``),
+  at build time, at publish, on an API restart and after a rollback, so
+  :func:`lake_for` pins the version of every snapshot folder under the data
+  root (live, kept for rollback, or being built). Pruning a snapshot frees its
+  version at the next commit. If the pins cannot be read, nothing is pruned:
+  disk is cheaper than a snapshot that cannot load.
+- Compare-and-swap. A read-modify-write writer (``jobs.ingest_inbox``) reads a
+  fixed version through :meth:`Lake.at`, then commits with ``expect=`` that
+  version's name; if another writer committed in between, the commit raises
+  :class:`LakeConflict` and writes nothing, so the writer re-reads instead of
+  silently reverting the other commit. Whole-lake replacements (imports,
+  ``generate_data``) need no ``expect``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
 from rec_core.schemas import TABLES, conform
+from rec_core.settings import Settings
+from rec_core.snapshot_layout import BUILD_FILE, SNAPSHOT_ID
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +63,19 @@ MANIFEST = "manifest.json"
 
 class LakeError(RuntimeError):
     """The lake is missing, empty, or a table is absent."""
+
+
+class LakeConflict(LakeError):
+    """A commit based on one lake version found another one live: re-read and try again."""
+
+
+class _Unchecked(enum.Enum):
+    UNCHECKED = "unchecked"
+
+
+# ``commit(expect=UNCHECKED)``: replace whatever is live (the default, for whole-lake writers).
+UNCHECKED = _Unchecked.UNCHECKED
+Pins = Callable[[], Iterable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +89,45 @@ class LakeVersion:
 
 
 class Lake:
-    def __init__(self, root: Path, keep_versions: int = 3) -> None:
+    def __init__(self, root: Path, keep_versions: int = 3, pinned: Pins | None = None) -> None:
+        """``pinned`` names versions other parties still read; pruning keeps them (see the module doc)."""
         self.root = Path(root)
         self.keep_versions = keep_versions
+        self.pinned = pinned
+        # Set on a view made by ``at``: which version it reads ("" = the empty lake); None = follow CURRENT.
+        self._fixed: str | None = None
+
+    def at(self, version: str | None) -> Lake:
+        """A read-only view of one version (None: the empty lake), unaffected by later commits."""
+        view = Lake(self.root, self.keep_versions, self.pinned)
+        view._fixed = version or ""
+        return view
 
     # ---- reading -------------------------------------------------------
     def current(self) -> LakeVersion:
+        if self._fixed is not None:
+            return self._version(self._fixed)
         pointer = self.root / CURRENT
         if not pointer.is_file():
             raise LakeError(
                 f"no lake at {self.root}: run `python -m jobs.generate_data` or `python -m jobs.import_dataset` first"
             )
-        name = pointer.read_text().strip()
-        path = self.root / name
-        return LakeVersion(name, path, json.loads((path / MANIFEST).read_text()))
+        return self._version(pointer.read_text().strip())
+
+    def current_name(self) -> str | None:
+        """The live version's name, or None for an empty lake: what to pass as ``commit(expect=...)``."""
+        return self.current().name if self.exists() else None
 
     def exists(self) -> bool:
+        if self._fixed is not None:
+            return self._fixed != ""
         return (self.root / CURRENT).is_file()
+
+    def _version(self, name: str) -> LakeVersion:
+        path = self.root / name
+        if not name or not (path / MANIFEST).is_file():
+            raise LakeError(f"lake version {name or '(empty)'} is not in {self.root} (pruned, or never committed)")
+        return LakeVersion(name, path, json.loads((path / MANIFEST).read_text()))
 
     def path(self, table: str) -> Path:
         _check_name(table)
@@ -87,16 +143,31 @@ class Lake:
         return self.exists() and self.current().table_path(table).is_file()
 
     # ---- writing -------------------------------------------------------
-    def commit(self, tables: Mapping[str, pa.Table], *, source: str) -> LakeVersion:
+    def commit(
+        self,
+        tables: Mapping[str, pa.Table],
+        *,
+        source: str,
+        expect: str | Literal[_Unchecked.UNCHECKED] | None = UNCHECKED,
+    ) -> LakeVersion:
         """Validate ``tables`` against their schemas and make them live together.
 
         Tables not named keep their current content. Raises ``SchemaError``
-        before anything is written if a table does not conform.
+        before anything is written if a table does not conform. With ``expect``
+        (the version name the tables were derived from, None for an empty lake),
+        raises :class:`LakeConflict`, writing nothing, if another version is live.
         """
+        if self._fixed is not None:
+            raise LakeError(f"a view of lake version {self._fixed or '(empty)'} is read-only; commit through the lake")
         conformed = {name: _sorted(name, conform(name, t)) for name, t in tables.items()}
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             previous = self.current() if self.exists() else None
+            if expect is not UNCHECKED and (live := previous.name if previous else None) != expect:
+                raise LakeConflict(
+                    f"lake moved while {source} worked: it read {expect or 'an empty lake'}, "
+                    f"but {live or 'nothing'} is live now; re-read and retry"
+                )
             self._remove_orphans(previous)
             stage = self.root / f".staging-{os.getpid()}"
             shutil.rmtree(stage, ignore_errors=True)
@@ -153,7 +224,18 @@ class Lake:
 
     def _prune(self, keep: str) -> None:
         # Versions are numbered in commit order, so the newest K include the live one.
-        for name in [v for v in self.versions()[: -self.keep_versions] if v != keep]:
+        doomed = [v for v in self.versions()[: -self.keep_versions] if v != keep]
+        if not doomed:
+            return
+        try:
+            pinned = set(self.pinned()) if self.pinned else set()
+        except Exception as exc:  # not knowing what snapshots read, deleting anything could break one
+            log.warning("lake not pruned: cannot tell which versions snapshots still read (%s)", exc)
+            return
+        for name in doomed:
+            if name in pinned:
+                log.info("lake %s kept past REC_LAKE_VERSIONS_KEEP: a snapshot still reads it", name)
+                continue
             shutil.rmtree(self.root / name, ignore_errors=True)
 
     @contextmanager
@@ -164,6 +246,33 @@ class Lake:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lake_for(settings: Settings) -> Lake:
+    """THE way jobs open the lake: pruning keeps every version a snapshot under the data root reads."""
+    return Lake(settings.lake_dir, settings.lake_versions_keep, pinned=lambda: snapshot_lake_versions(settings))
+
+
+def snapshot_lake_versions(settings: Settings) -> set[str]:
+    """The lake version of every snapshot folder (live, kept for rollback, or being built).
+
+    A folder without ``build.json`` pins nothing (a build killed before it had a lake version).
+    An unreadable ``build.json`` raises: the caller must then assume anything may be in use.
+    """
+    root = settings.snapshots_dir
+    if not root.is_dir():
+        return set()
+    pinned = set()
+    for folder in root.iterdir():
+        build = folder / BUILD_FILE
+        if not SNAPSHOT_ID.match(folder.name):
+            continue  # LIVE, history.json, .trash-<id> (being deleted), temp files
+        try:
+            text = build.read_text()
+        except FileNotFoundError:
+            continue  # no build.json yet, or the folder was just moved to the trash
+        pinned.add(str(json.loads(text)["lake_version"]))
+    return pinned
 
 
 def _check_name(table: str) -> None:

@@ -111,7 +111,13 @@ class Settings:
     )
     seed: int = _setting(42, "Seed for every random choice (data generation, training).", lo=0)
     snapshots_keep: int = _setting(3, "Published snapshots kept for rollback and in-flight cursors.", lo=1, hi=100)
-    lake_versions_keep: int = _setting(3, "Lake versions kept after each commit.", lo=1, hi=100)
+    lake_versions_keep: int = _setting(
+        3,
+        "Lake versions kept after each commit, plus every version a snapshot under the data root was built from "
+        "(live, kept for rollback, or being built).",
+        lo=1,
+        hi=100,
+    )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
     torch_threads: int = _setting(
         0,

@@ -35,7 +35,7 @@ from pathlib import Path
 import duckdb
 
 from rec_core.atomic import atomic_path
-from rec_core.lake import Lake
+from rec_core.lake import lake_for
 from rec_core.schemas import TABLES
 from rec_core.settings import Settings
 from rec_core.snapshot_layout import SnapshotError, SnapshotPaths, live_snapshot_id
@@ -51,7 +51,7 @@ def _sql_str(value: str | Path) -> str:
 
 def build_warehouse(settings: Settings) -> Path:
     """(Re)build ``settings.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
-    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    lake = lake_for(settings)
     version = lake.current()
     target = settings.warehouse_path
     with atomic_path(target) as tmp:

@@ -117,3 +117,60 @@ Lake({str(tmp_path / "lake")!r}).commit({{"users": t}}, source="doomed")
     v = lake.commit({"users": users(["a", "b"])}, source="test")
     assert lake.read("users").num_rows == 2
     assert v.name in lake.versions()
+
+
+def test_commit_refuses_when_current_moved_since_the_read(tmp_path: Path) -> None:
+    from rec_core.lake import LakeConflict
+
+    lake = Lake(tmp_path / "lake")
+    read = lake.commit({"users": users(["a"])}, source="test").name
+    lake.commit({"users": users(["a", "imported"])}, source="import")
+    with pytest.raises(LakeConflict, match=f"read {read}"):
+        lake.commit({"users": users(["a", "inbox"])}, source="ingest", expect=read)
+    assert lake.read("users")["user_id"].to_pylist() == ["a", "imported"]
+    assert lake.commit({"users": users(["a", "imported", "inbox"])}, source="ingest", expect="v000002").name == (
+        "v000003"
+    )
+
+
+def test_commit_expecting_an_empty_lake_refuses_a_filled_one(tmp_path: Path) -> None:
+    from rec_core.lake import LakeConflict
+
+    lake = Lake(tmp_path / "lake")
+    lake.commit({"users": users(["a"])}, source="import")
+    with pytest.raises(LakeConflict, match="empty"):
+        lake.commit({"users": users(["b"])}, source="ingest", expect=None)
+    assert Lake(tmp_path / "other").commit({"users": users(["b"])}, source="ingest", expect=None).name == "v000001"
+
+
+def test_view_at_a_version_reads_that_version_only(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    v1 = lake.commit({"users": users(["a"])}, source="test").name
+    lake.commit({"users": users(["a", "b"]), "follows": follows([("a", "b")])}, source="test")
+    old = lake.at(v1)
+    assert old.read("users").num_rows == 1 and not old.has("follows") and old.current().name == v1
+    assert not lake.at(None).exists() and not lake.at(None).has("users")
+    with pytest.raises(LakeError, match="read-only"):
+        old.commit({"users": users(["c"])}, source="test")
+
+
+def test_pinned_versions_survive_pruning(tmp_path: Path) -> None:
+    pins: set[str] = {"v000002"}
+    lake = Lake(tmp_path / "lake", keep_versions=1, pinned=lambda: pins)
+    for i in range(4):
+        lake.commit({"users": users([f"u{j}" for j in range(i + 1)])}, source="test")
+    assert lake.versions() == ["v000002", "v000004"]
+    assert lake.at("v000002").read("users").num_rows == 2
+    pins.clear()
+    lake.commit({"users": users(["z"])}, source="test")
+    assert lake.versions() == ["v000005"]
+
+
+def test_unreadable_pins_prune_nothing(tmp_path: Path) -> None:
+    def broken() -> set[str]:
+        raise ValueError("build.json unreadable")
+
+    lake = Lake(tmp_path / "lake", keep_versions=1, pinned=broken)
+    for i in range(3):
+        lake.commit({"users": users([f"u{j}" for j in range(i + 1)])}, source="test")
+    assert lake.versions() == ["v000001", "v000002", "v000003"]
