@@ -3,7 +3,10 @@
 msgspec checks every rule while decoding and names the field that breaks one,
 which :func:`decode` turns into a 400 ``{"error": {"field", "reason"}}``:
 
-* ids: 1 to 128 characters, no control characters;
+* ids: the one rule of :mod:`rec_core.ids` (1 to 128 UTF-8 bytes, no control, bidi, zero-width or other
+  invisible characters, no whitespace at either end), checked in each body's ``__post_init__`` so that every
+  way of decoding a body (:func:`decode`, Litestar's own ``data:`` parameter) refuses a bad id before a
+  handler can write anything, with the field named (``video_id``, ``watched_videos[3]``);
 * lists of ids: at most 10,000;
 * ``limit``: 1 to 100 (default 20);
 * numbers: finite and in range (durations and sizes positive, rates in [0, 1]);
@@ -14,32 +17,62 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
 from feed_api.errors import ApiError
 from feed_api.pager import Item
+from rec_core.ids import MAX_ID_BYTES, id_problem
 
-MAX_ID_CHARS = 128
+# An id's bytes are checked by the rule; a character limit too (never stricter: a character is 1 to 4 bytes) keeps
+# msgspec from copying a huge string and states a bound in the OpenAPI schema.
+MAX_ID_CHARS = MAX_ID_BYTES
 MAX_IDS = 10_000
 MAX_LIMIT = 100
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ID_RULE = (
+    f"An id: 1 to {MAX_ID_BYTES} bytes of UTF-8 (64 x 'é' fits, 128 do not), no control, bidi, zero-width or "
+    "other invisible characters, no whitespace at either end."
+)
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, description=ID_RULE)]
 IdList = Annotated[list[Id], msgspec.Meta(max_length=MAX_IDS)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]
 Rate = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Pixels = Annotated[int, msgspec.Meta(ge=1, le=16_384)]
 Text = Annotated[str, msgspec.Meta(max_length=4_000)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f\s]+$")]
+# "(?![\s\S])" is the end of the text in Python and in the JSON Schema (ECMA) dialect alike; Python's "$" also
+# matches before a final newline ("cats\n"), and "\Z" means a literal Z to an ECMA validator.
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f\s]+(?![\s\S])")]
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True):
-    pass
+    # The fields holding an id or a list of ids, checked by rec_core.ids after msgspec has decoded the rest.
+    _ids: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self._ids:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    _check_id(f"{name}[{i}]", item)
+            elif value is not None:
+                _check_id(name, value)
+
+
+# msgspec reports an exception raised in __post_init__ as a ValidationError with this message (and, for a
+# nested body, its path after " - at "); locate() reads the field back out of it.
+_BAD_ID = re.compile(r"^invalid id in `([^`]+)`: (.*)\Z", re.DOTALL)
+
+
+def _check_id(field: str, value: str) -> None:
+    if (problem := id_problem(value)) is not None:
+        raise ValueError(f"invalid id in `{field}`: {problem}")
 
 
 class RecommendationsIn(Body):
+    _ids = ("user_id",)
     user_id: Id
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = 20
     cursor: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
@@ -57,6 +90,7 @@ class RecommendationsOut(msgspec.Struct):
 
 
 class VideoIn(Body):
+    _ids = ("video_id", "creator_id")
     video_id: Id
     caption: Text
     hashtags: Annotated[list[Tag], msgspec.Meta(max_length=100)]
@@ -75,6 +109,7 @@ class VideoOut(msgspec.Struct):
 
 
 class UserIn(Body):
+    _ids = ("user_id", "watched_videos", "liked_videos", "followed_users")
     user_id: Id
     watched_videos: IdList = []
     liked_videos: IdList = []
@@ -95,6 +130,7 @@ EventType = Literal["watch", "like", "share", "comment", "skip"]
 
 
 class EventIn(Body):
+    _ids = ("user_id", "video_id")
     user_id: Id
     video_id: Id
     type: EventType
@@ -144,6 +180,9 @@ _NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
 def locate(field: str, reason: str) -> tuple[str, str]:
     """The field at fault (a missing or unknown one is named in the message, not the path) and a plain reason."""
     field = "" if field in ("body", "data") else field
+    if bad_id := _BAD_ID.search(reason):  # from Body.__post_init__: the field is in the message
+        field = f"{field}.{bad_id.group(1)}" if field else bad_id.group(1)
+        return field, bad_id.group(2)
     if named := _NAMED.search(reason):
         field = f"{field}.{named.group(1)}" if field else named.group(1)
     field = field or "body"

@@ -13,6 +13,11 @@ a few slices and no database query (ARCHITECTURE.md, invariant 4):
   videos into the same vector space (loaded once; it also needs the lake
   version the snapshot was built from).
 
+A row whose id breaks the id rule (:mod:`rec_core.ids`: a snapshot built from a
+lake an older API or batch let such an id into) is left out with a warning and
+counted in ``skipped_ids``; the rest loads, so one bad id does not keep every
+later snapshot from going live.
+
 Loading happens off the request path (:mod:`feed_api.snapshots`), and the
 object is never mutated afterwards except for the videos added through the API,
 which live in :class:`AddedVideos` under a lock.
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.embedding import (
@@ -41,6 +47,7 @@ from rec_core.embedding import (
     vectors_array,
 )
 from rec_core.features import Catalogue, video_frame
+from rec_core.ids import id_problems
 from rec_core.model_store import LoadedModel
 from rec_core.settings import Settings
 from rec_core.snapshot import read_manifest
@@ -108,6 +115,7 @@ class SnapshotView:
     store: VectorStore
     known_creators: frozenset[str]
     added: AddedVideos = field(default_factory=AddedVideos)
+    skipped_ids: dict[str, int] = field(default_factory=dict)  # "videos" / "users" -> rows left out for their id
 
     @property
     def dim(self) -> int:
@@ -150,7 +158,7 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
     started = time.perf_counter()
     manifest = read_manifest(paths)
     build = paths.read_build()
-    videos = read_vector_shards(paths, "videos", build.video_shards)
+    videos, bad_videos = _without_bad_ids(paths, read_vector_shards(paths, "videos", build.video_shards), "videos")
     video_ids = np.asarray(videos.column("video_id").to_pylist(), dtype=object)
     order = np.argsort(video_ids, kind="stable")
     video_ids = video_ids[order]
@@ -165,9 +173,10 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
         missing = meta.filter(pl.col("creator_id").is_null())["video_id"].head(3).to_list()
         raise ValueError(f"snapshot {paths.snapshot_id}: vectors for videos the lake does not have, e.g. {missing}")
 
-    feeds = _feed_index(paths, build, codes)
-    trending = _ranked(pl.read_parquet(paths.trending_file).sort("rank"), codes)
-    users = read_vector_shards(paths, "users", build.user_shards)
+    feeds = _feed_index(paths, build, codes, bad_videos)
+    trending_rows = pl.read_parquet(paths.trending_file).filter(~pl.col("video_id").is_in(bad_videos))
+    trending = _ranked(trending_rows.sort("rank"), codes)
+    users, bad_users = _without_bad_ids(paths, read_vector_shards(paths, "users", build.user_shards), "users")
     user_ids = users.column("user_id").to_pylist()
     top = trending.codes[: min(50, len(trending))]
     centroid = vectors[top].mean(axis=0) if len(top) else vectors.mean(axis=0)
@@ -198,6 +207,7 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
         catalogue=catalogue,
         store=store,
         known_creators=frozenset(catalogue.creator_ids.tolist()),
+        skipped_ids={k: len(v) for k, v in (("videos", bad_videos), ("users", bad_users)) if v},
     )
     log.info(
         "snapshot %s loaded in %.1fs: %d videos, %d users with feeds (%d items), %d user vectors",
@@ -209,6 +219,23 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
         len(user_ids),
     )
     return view
+
+
+def _without_bad_ids(paths: SnapshotPaths, table: pa.Table, kind: str) -> tuple[pa.Table, list[str]]:
+    """``kind``'s vector rows less those whose id breaks the id rule, and those ids."""
+    ids = pl.Series("id", table.column(0).combine_chunks(), dtype=pl.String)
+    bad_mask = ids.is_null() | id_problems(ids).is_not_null()
+    if not bad_mask.any():
+        return table, []
+    bad = ids.filter(bad_mask).to_list()
+    log.warning(
+        "snapshot %s: %d %s vector(s) left out for an id that breaks the id rule, e.g. %s",
+        paths.snapshot_id,
+        len(bad),
+        kind,
+        ascii(bad[0])[:200],
+    )
+    return table.filter(pa.array((~bad_mask).to_numpy())), bad
 
 
 def _ranked(frame: pl.DataFrame, codes: pl.DataFrame) -> RankedList:
@@ -228,10 +255,12 @@ def _ranked(frame: pl.DataFrame, codes: pl.DataFrame) -> RankedList:
     )
 
 
-def _feed_index(paths: SnapshotPaths, build: BuildInfo, codes: pl.DataFrame) -> FeedIndex:
+def _feed_index(paths: SnapshotPaths, build: BuildInfo, codes: pl.DataFrame, bad_videos: list[str]) -> FeedIndex:
     parts = [paths.feed_part(s, build.user_shards) for s in range(build.user_shards)]
     frame = pl.concat([pl.from_arrow(pq.read_table(p)) for p in parts])  # type: ignore[misc]
     assert isinstance(frame, pl.DataFrame)
+    if bad_videos:  # left out of the catalogue above; the ranks after them close up when paged
+        frame = frame.filter(~pl.col("video_id").is_in(bad_videos))
     frame = frame.sort(["user_id", "rank"])
     counts = frame.group_by("user_id", maintain_order=True).agg(pl.len().alias("n"))
     offsets = np.concatenate([[0], np.cumsum(counts["n"].to_numpy())]).astype(np.int64)

@@ -4,50 +4,77 @@ Videos and users are upserted by id, follows added, and events folded into
 interaction rows: all events of one user on one video in a batch become one
 row at the time of the first event, with the highest completion and watch
 time, and liked / shared / commented if any event said so. Events naming a
-video the lake does not know are counted and dropped. Idempotent: see
+video the lake does not know are counted and dropped. A record with an id that
+breaks the id rule (:mod:`rec_core.ids`; written by an older API that let it
+through) is skipped, counted (``records_invalid_id``) and logged with an example:
+it never reaches the lake, where it would fail every later publish. Idempotent: see
 ``rec_core.inbox`` for why a crash at any point loses nothing and duplicates nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from jobs.cli import settings_for
-from rec_core.inbox import InboxBatch, iter_kind, mark_consumed, read_new
-from rec_core.lake import Lake, LakeError
+from rec_core.ids import id_problem
+from rec_core.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, read_new
+from rec_core.lake import Lake, LakeError, LakeVersion, lake_for
 from rec_core.schemas import TABLES
 from rec_core.settings import Settings
 
 log = logging.getLogger("jobs.ingest_inbox")
 
+COMMIT_ATTEMPTS = 5  # merges retried when another writer commits meanwhile; each retry re-reads the lake
+
 
 def ingest_inbox(settings: Settings) -> dict:
-    lake = Lake(settings.lake_dir, settings.lake_versions_keep)
+    lake = lake_for(settings)
     batch = read_new(settings.inbox_dir)
     summary = {"records": len(batch.records), "bad_lines": batch.bad_lines}
     if not batch.records:
         if batch.offsets:
             mark_consumed(settings.inbox_dir, batch.offsets)
         log.info("inbox: nothing new")
-        return {**summary, "lake_version": lake.current().name if lake.exists() else None}
-    tables, counts = merge(lake, batch)
-    version = lake.commit(
-        {name: df.to_arrow() for name, df in tables.items()}, source=f"ingest_inbox records={len(batch.records)}"
-    )
-    mark_consumed(settings.inbox_dir, batch.offsets)
+        return {**summary, "lake_version": lake.current_name()}
+    version, counts = _merge_and_commit(lake, batch)
+    mark_consumed(settings.inbox_dir, batch.offsets)  # only once the commit landed: a conflict consumes nothing
     summary.update(counts, lake_version=version.name)
     log.info("inbox ingested: %s", json.dumps(summary))
     return summary
 
 
+def _merge_and_commit(lake: Lake, batch: InboxBatch) -> tuple[LakeVersion, dict[str, int]]:
+    # Merge outside the lake lock (it reads whole tables), then commit only if the version it read is still live:
+    # an import or generate_data that committed meanwhile would otherwise be silently reverted. On a conflict,
+    # merge again onto the new version.
+    source = f"ingest_inbox records={len(batch.records)}"
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        base = lake.current_name()
+        try:
+            tables, counts = merge(lake.at(base), batch)
+            version = lake.commit({name: df.to_arrow() for name, df in tables.items()}, source=source, expect=base)
+        except (LakeError, OSError) as exc:
+            # A version pruned under the merge, or a conflict: both mean the lake moved, so re-read. Anything
+            # else (or the last attempt) is a real failure.
+            if attempt == COMMIT_ATTEMPTS or lake.current_name() == base:
+                raise
+            log.warning("inbox merge raced a lake commit (attempt %d of %d): %s", attempt, COMMIT_ATTEMPTS, exc)
+            continue
+        return version, counts
+    raise AssertionError("unreachable")
+
+
 def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
     """The lake's tables with the inbox folded in (pure: writes nothing)."""
+    batch, invalid = _without_invalid_ids(batch)
     videos = _read(lake, "videos")
     new_videos = pl.DataFrame(
         [
@@ -142,8 +169,63 @@ def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[
         "users_added": new_users.height,
         "events": len(events),
         "events_unknown_video": unknown,
+        "records_invalid_id": invalid,
     }
     return {"videos": videos, "users": users, "follows": follows, "interactions": interactions}, counts
+
+
+# The id fields of each kind of record, and whether each is optional (absent, null or "" is fine).
+_ID_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "video": (("video_id", False), ("creator_id", True)),
+    "event": (("user_id", False), ("video_id", False)),
+    "user": (("user_id", False),),
+}
+_ID_LISTS: dict[str, tuple[str, ...]] = {"user": ("followed_users", "watched_videos", "liked_videos")}
+
+
+def record_id_problem(record: InboxRecord) -> tuple[str, Any, str] | None:
+    """The first (field, value, reason) of ``record`` that breaks the id rule, or None."""
+    data = record.data
+    for name, optional in _ID_FIELDS.get(record.kind, ()):
+        value = data.get(name)
+        if optional and value in (None, ""):
+            continue
+        if (problem := id_problem(value)) is not None:
+            return name, value, problem
+    for name in _ID_LISTS.get(record.kind, ()):
+        values = data.get(name) or []
+        if not isinstance(values, list):
+            return name, values, "must be a list of ids"
+        for i, value in enumerate(values):
+            if (problem := id_problem(value)) is not None:
+                return f"{name}[{i}]", value, problem
+    return None
+
+
+def _without_invalid_ids(batch: InboxBatch) -> tuple[InboxBatch, int]:
+    # Skipped, not fatal: the batch's offsets still cover these lines, so they are consumed with the rest and
+    # reported once, instead of failing this and every later run.
+    kept: list[InboxRecord] = []
+    first: tuple[InboxRecord, tuple[str, Any, str]] | None = None
+    for record in batch.records:
+        problem = record_id_problem(record)
+        if problem is None:
+            kept.append(record)
+        elif first is None:
+            first = (record, problem)
+    invalid = len(batch.records) - len(kept)
+    if first is not None:
+        record, (name, value, reason) = first
+        log.warning(
+            "inbox: skipping %d record(s) with an invalid id, e.g. a %s record at %s: %s %s %s",
+            invalid,
+            record.kind,
+            record.at.isoformat(),
+            name,
+            ascii(value)[:200],
+            reason,
+        )
+    return dataclasses.replace(batch, records=kept), invalid
 
 
 def _read(lake: Lake, name: str) -> pl.DataFrame:

@@ -3,7 +3,10 @@
 Reads every ``vectors/videos-*`` shard, (re)creates the snapshot's collection
 (``videos`` in the snapshot's own Milvus Lite file, or ``videos_<snapshot id>`` on
 a server), writes the vectors in batches, flushes, and checks that the collection
-holds exactly as many rows as the shards. Idempotent: a rerun drops and rebuilds
+holds exactly as many rows as the shards less the ids it skipped: an id that
+breaks the id rule (:mod:`rec_core.ids`) is left out of the collection, logged and
+reported (``skipped_ids``, ``skipped_examples``), and the rest is loaded; one bad
+id must not fail the publish. Idempotent: a rerun drops and rebuilds
 the collection. Run it as ONE task: in embedded mode this process is the only one
 that may open the snapshot's Lite file, and it closes it before returning.
 """
@@ -29,6 +32,7 @@ from rec_core.vector_store import VectorStore, VectorStoreError
 log = logging.getLogger("jobs.load_vectors")
 
 BATCH = 10_000  # rows per progress step; the store splits requests further by size
+MAX_SKIPPED_EXAMPLES = 5
 
 
 def load_vectors(settings: Settings, snapshot_id: str) -> dict:
@@ -47,19 +51,26 @@ def load_vectors(settings: Settings, snapshot_id: str) -> dict:
     with VectorStore(uri, collection, build.embedding_dim) as store:
         store.create(drop_existing=True)
         progress = Progress(f"load_vectors {snapshot_id}", len(ids), logger=log)
+        skipped: dict[str, str] = {}
         for lo in range(0, len(ids), BATCH):
             hi = min(lo + BATCH, len(ids))
-            store.upsert(ids[lo:hi], vectors[lo:hi])
+            skipped.update(store.upsert(ids[lo:hi], vectors[lo:hi]).skipped)
             progress.advance(hi - lo)
         store.flush()
         count = store.count()
-    if count != len(ids):
-        raise SnapshotError(f"collection {collection} at {uri} holds {count} vectors, expected {len(ids)}")
+    expected = len(ids) - len(skipped)
+    if count != expected:
+        raise SnapshotError(f"collection {collection} at {uri} holds {count} vectors, expected {expected}")
+    examples = [f"{i!a}: {why}" for i, why in list(skipped.items())[:MAX_SKIPPED_EXAMPLES]]
+    if skipped:
+        log.warning("snapshot %s: %d video id(s) not indexed, e.g. %s", snapshot_id, len(skipped), examples)
     return {
         "snapshot": snapshot_id,
         "uri": uri,
         "collection": collection,
         "rows": count,
+        "skipped_ids": len(skipped),
+        "skipped_examples": examples,
         "seconds": round(time.perf_counter() - started, 2),
     }
 

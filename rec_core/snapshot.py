@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic
+from rec_core.ids import is_valid_id
 from rec_core.settings import Settings
 from rec_core.snapshot_layout import (
     BUILD_FILE,
@@ -201,7 +202,7 @@ def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: b
         con.close()
     problems += _check_sorted(paths, feeds)
     if require_milvus:
-        problems += _check_milvus(settings, paths, build, counts.get("videos", 0))
+        problems += _check_milvus(settings, paths, build, video_vecs)
     if problems:
         _refuse(settings, paths, problems)
 
@@ -479,7 +480,7 @@ def _check_sorted(paths: SnapshotPaths, feeds: list[Path]) -> list[str]:
     return problems
 
 
-def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, videos: int) -> list[str]:
+def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, video_vecs: list[Path]) -> list[str]:
     if not settings.milvus_uri:
         # The Lite file is a SQLite database only a Milvus Lite server may open (and lock); opening it here
         # would cost seconds and race the loader. jobs.load_vectors checks its row count when writing it.
@@ -497,6 +498,10 @@ def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, vi
             count = store.count()
     except Exception as exc:  # any failure to reach the server refuses the snapshot, with the reason
         return [f"cannot check Milvus collection {collection} at {settings.milvus_uri}: {exc}"]
+    # jobs.load_vectors skips (and reports) ids Milvus cannot hold; they are not missing vectors.
+    videos = sum(
+        is_valid_id(v) for f in video_vecs for v in pq.read_table(f, columns=["video_id"]).column(0).to_pylist()
+    )
     return [] if count == videos else [f"Milvus collection {collection} holds {count} vectors, expected {videos}"]
 
 

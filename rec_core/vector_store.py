@@ -34,6 +34,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -41,11 +42,13 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from rec_core.ids import MAX_ID_BYTES, id_problem
+
 log = logging.getLogger(__name__)
 
 ID_FIELD = "video_id"
 VECTOR_FIELD = "vector"
-ID_MAX_LENGTH = 128
+ID_MAX_LENGTH = MAX_ID_BYTES  # VARCHAR max_length counts UTF-8 bytes
 # Milvus rejects a topk or a number of queries above 16384 in one request.
 MAX_TOPK = 16_384
 MAX_QUERIES = 16_384
@@ -67,6 +70,14 @@ Hits = list[tuple[str, float]]
 
 class VectorStoreError(RuntimeError):
     """The vector store cannot be opened, or a request to it is malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """What :meth:`VectorStore.upsert` did: rows written, and the ids it left out with the reason for each."""
+
+    written: int
+    skipped: dict[str, str]
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -148,16 +159,34 @@ class VectorStore:
         if self.exists():
             self.client.drop_collection(self.collection)
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> int:
-        """Insert or replace ``vectors`` (n x dim, L2-normalised) under ``ids``; returns the rows written."""
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> Upserted:
+        """Insert or replace ``vectors`` (n x dim, L2-normalised) under ``ids``.
+
+        An id that breaks the id rule (:mod:`rec_core.ids`; over 128 bytes is one Milvus itself refuses) is
+        skipped, logged and listed in the answer, and the others are written: one bad id that got past the
+        API or the importer must not fail a whole load or publish. Malformed vectors still raise.
+        """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise VectorStoreError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
         if len(ids) != len(vectors):
             raise VectorStoreError(f"{len(ids)} ids for {len(vectors)} vectors")
-        too_long = [i for i in ids if len(i.encode()) > ID_MAX_LENGTH]
-        if too_long:
-            raise VectorStoreError(f"{len(too_long)} id(s) longer than {ID_MAX_LENGTH} bytes, e.g. {too_long[0]!r}")
+        ids = [i if isinstance(i, str) else str(i) for i in ids]
+        problems = [id_problem(i) for i in ids]
+        skipped = {i: p for i, p in zip(ids, problems, strict=True) if p is not None}
+        if skipped:
+            example, reason = next(iter(skipped.items()))
+            log.warning(
+                "%s#%s: skipping %d id(s) that cannot be indexed, e.g. %s: %s",
+                self.uri,
+                self.collection,
+                len(skipped),
+                ascii(example)[:200],  # ascii: a bidi or newline character must not garble the log line
+                reason,
+            )
+            keep = [p is None for p in problems]
+            ids = [i for i, k in zip(ids, keep, strict=True) if k]
+            vectors = vectors[np.asarray(keep, dtype=bool)]
         batch = max(1, min(WRITE_BATCH_ROWS, WRITE_BATCH_BYTES // (4 * self.dim + ID_MAX_LENGTH)))
         for lo in range(0, len(ids), batch):
             rows = [
@@ -165,7 +194,7 @@ class VectorStore:
                 for i, v in zip(ids[lo : lo + batch], vectors[lo : lo + batch], strict=True)
             ]
             self.client.upsert(self.collection, rows)
-        return len(ids)
+        return Upserted(written=len(ids), skipped=skipped)
 
     def flush(self) -> None:
         """Seal what was written so that a count or a reopen sees all of it."""

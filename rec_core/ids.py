@@ -1,0 +1,132 @@
+"""THE rule for an id (video, user, creator): one place, used by the API, the importer, the batch and the indexer.
+
+An id is refused, with a plain reason, when it is
+
+* empty;
+* over :data:`MAX_ID_BYTES` bytes of UTF-8: Milvus' VARCHAR ``max_length`` counts bytes, not characters, so
+  64 x "é" fits and 128 x "é" does not;
+* carrying a character that cannot be seen or that changes how text around it is shown: control characters
+  (C0, DEL, C1), line and paragraph separators, every format character (category Cf: bidi controls such as
+  U+202E, zero-width ones such as U+200B and U+FEFF, soft hyphen, ...), the other default-ignorable code points
+  (variation selectors, Hangul fillers, tag characters, ...) and lone surrogates. Two ids that print alike
+  must be the same id, and an id must not reorder the log line or the report it is printed in;
+* starting or ending with whitespace: " u1" and "u1" print alike too. The importer strips such whitespace
+  before checking (a CSV cell padded by hand means the same id); the API refuses it, because an API client
+  that sends it has a bug worth hearing about. Whitespace inside an id is allowed.
+
+The characters are a fixed list of code point ranges rather than ``unicodedata`` categories, because Python's
+``re``/``unicodedata`` and polars' Rust regex carry different Unicode versions: one explicit list makes the
+scalar check (:func:`id_problem`) and the vectorised one (:func:`id_problems`) agree on every string, and
+tests/test_ids.py checks that the list covers every Cc, Cf, Cs, Zl and Zp character both of them know.
+No regex here is anchored with ``$``, which also matches before a trailing newline ("abc\\n").
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+MAX_ID_BYTES = 128  # UTF-8 bytes: Milvus' VARCHAR max_length for the primary key
+
+EMPTY = "must not be empty"
+TOO_LONG = f"must be at most {MAX_ID_BYTES} bytes in UTF-8"
+INVISIBLE = "must not contain control, bidi, zero-width or other invisible characters"
+SPACE_AT_ENDS = "must not start or end with whitespace"
+NOT_TEXT = "must be a string"
+
+# Refused anywhere in an id (inclusive ranges). A superset of Cc, Cf (Unicode 16), Cs, Zl and Zp, plus the
+# Default_Ignorable_Code_Point characters of other categories.
+REFUSED_RANGES: tuple[tuple[int, int], ...] = (
+    (0x0000, 0x001F),  # C0 controls
+    (0x007F, 0x009F),  # DEL, C1 controls
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x034F, 0x034F),  # combining grapheme joiner
+    (0x0600, 0x0605),  # Arabic number signs
+    (0x061C, 0x061C),  # Arabic letter mark (bidi)
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x115F, 0x1160),  # Hangul fillers
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),  # Mongolian variation selectors and vowel separator
+    (0x200B, 0x200F),  # zero-width space, non-joiner, joiner; LRM, RLM
+    (0x2028, 0x202E),  # line and paragraph separators; bidi embeddings and overrides
+    (0x2060, 0x206F),  # word joiner, invisible operators, bidi isolates, deprecated format characters
+    (0x3164, 0x3164),  # Hangul filler
+    (0xD800, 0xDFFF),  # surrogates: only a lone one can be in a Python str, never in UTF-8 text
+    (0xFE00, 0xFE0F),  # variation selectors
+    (0xFEFF, 0xFEFF),  # zero-width no-break space (BOM)
+    (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+    (0xFFF0, 0xFFFB),  # unassigned specials, interlinear annotation
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),  # Egyptian hieroglyph format controls
+    (0x1BCA0, 0x1BCA3),  # shorthand format controls
+    (0x1D173, 0x1D17A),  # musical symbol format controls
+    (0xE0000, 0xE0FFF),  # tags, variation selectors supplement
+)
+
+# Unicode White_Space, the set polars' strip_chars() and Rust's \s use; refused at either end of an id.
+WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+_SURROGATES = (0xD800, 0xDFFF)
+
+
+def _py_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    return "[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges) + "]"
+
+
+def _rust_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    # Rust regex patterns are UTF-8 and cannot name a surrogate; polars strings cannot hold one either.
+    kept = [r for r in ranges if r != _SURROGATES]
+    return "[" + "".join(f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in kept) + "]"
+
+
+_REFUSED = re.compile(_py_class(REFUSED_RANGES))
+_RUST_REFUSED = _rust_class(REFUSED_RANGES)
+_RUST_WS = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in WHITESPACE) + "]"
+_RUST_SPACE_AT_ENDS = f"^{_RUST_WS}|{_RUST_WS}\\z"  # \z: the very end, not "before a final newline"
+
+
+def id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an id (a plain reason, as the field's error), or None if it can."""
+    if not isinstance(value, str):
+        return NOT_TEXT
+    if not value:
+        return EMPTY
+    if _REFUSED.search(value):
+        return INVISIBLE
+    # At most 4 bytes a character: 32 characters always fit, so most ids skip the encode.
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode()) > MAX_ID_BYTES:
+        return TOO_LONG
+    if value[0] in WHITESPACE or value[-1] in WHITESPACE:
+        return SPACE_AT_ENDS
+    return None
+
+
+def is_valid_id(value: object) -> bool:
+    return id_problem(value) is None
+
+
+def id_problem_expr(column: pl.Expr) -> pl.Expr:
+    """The reason a string column's id is refused (as :func:`id_problem` words it), or null: for one that is
+    fine, and for a null, which is the caller's to allow (an optional id) or refuse (a missing one)."""
+    return (
+        pl.when(column.str.len_bytes() == 0)
+        .then(pl.lit(EMPTY))
+        .when(column.str.contains(_RUST_REFUSED))
+        .then(pl.lit(INVISIBLE))
+        .when(column.str.len_bytes() > MAX_ID_BYTES)
+        .then(pl.lit(TOO_LONG))
+        .when(column.str.contains(_RUST_SPACE_AT_ENDS))
+        .then(pl.lit(SPACE_AT_ENDS))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+
+
+def id_problems(ids: pl.Series) -> pl.Series:
+    """:func:`id_problem_expr` over a series of strings: a string series of reasons, null where fine or null."""
+    frame = pl.DataFrame({"id": ids.cast(pl.String)})
+    return frame.select(id_problem_expr(pl.col("id"))).to_series().alias(ids.name)
