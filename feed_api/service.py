@@ -7,7 +7,13 @@ thread picks up new snapshots and follows the inbox (records from other
 workers, and on start-up everything the batch has not consumed yet).
 
 Durability first (ARCHITECTURE.md, invariant 6): a write endpoint appends to
-the inbox and fsyncs before it changes anything in memory and before it replies.
+the inbox and fsyncs before it changes anything in memory and before it replies;
+an append that fails raises :class:`rec_core.inbox.InboxWriteError` unchanged to
+the app's error handler (a 503), with nothing of it kept and nothing changed.
+
+Bounded (invariant 9): user state (:mod:`feed_api.user_state`), the posted videos
+kept searchable (``api_posted_videos_max``, oldest out first) and each inbox read
+(``api_inbox_read_bytes`` a pass) all have a cap.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -44,7 +51,8 @@ from feed_api.video_encoding import encode_videos
 from rec_core.cursor import CursorError, CursorSigner, cursor_secret
 from rec_core.embedding import UserProfile
 from rec_core.feed_policy import FeedPolicy
-from rec_core.inbox import InboxRecord, InboxWriter, read_new
+from rec_core.ids import id_problem
+from rec_core.inbox import InboxRecord, InboxWriter, consumed_offsets, read_new
 from rec_core.settings import Settings
 from rec_core.snapshot_layout import SnapshotError, live_snapshot_id, snapshot_paths
 from rec_core.text_encoder import TextEncoder
@@ -60,22 +68,24 @@ class FeedService:
         # Online work is one user or a few videos at a time: one torch thread each avoids the pool's
         # hand-offs, which cost more than the math at that size (measured: the user tower 31 -> 10 ms).
         torch.set_num_threads(settings.torch_threads or 1)
-        self.signer = CursorSigner(cursor_secret(settings.cursor_secret, settings.data_dir))
+        self.signer = CursorSigner(cursor_secret(settings.cursor_secret, settings.data_dir), settings.cursor_ttl_s)
         self.registry = SnapshotRegistry(settings, on_loaded=self._adopt_videos)
-        self.users = UserStates()
+        self.users = UserStates(settings.api_users_max, settings.api_user_videos_max)
+        self._users_of: str | None = None  # the snapshot whose inbox offsets self.users was replayed from
         self.vectors = LiveVectors()
         self.metrics = Metrics()
         self.policy = FeedPolicy(feed_length=settings.feed_length)
         self.inbox = InboxWriter(settings.inbox_dir)
         self._encoders: dict[str, TextEncoder] = {}
         self._encoders_lock = threading.Lock()
-        self._videos: dict[str, dict[str, Any]] = {}  # posted videos the batch has not taken in yet, by id
+        # Posted videos the batch has not taken in yet, by id, oldest first: the ones live search drops first.
+        self._videos: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._videos_lock = threading.Lock()
         self._inbox_offsets: dict[str, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inbox_batcher: MicroBatcher[Records, str] = MicroBatcher(self._append, name="inbox")
-        self._video_batcher: MicroBatcher[dict[str, Any], np.ndarray] = MicroBatcher(
+        self._video_batcher: MicroBatcher[tuple[dict[str, Any], bool], np.ndarray | ApiError] = MicroBatcher(
             self._index_videos, max_batch=32, name="videos"
         )
 
@@ -133,6 +143,14 @@ class FeedService:
             try:
                 cursor = self.signer.decode(req.cursor, user_id=user_id)
             except CursorError as exc:
+                if exc.kind == "expired":
+                    raise ApiError(
+                        410,
+                        "cursor_expired",
+                        "cursor",
+                        str(exc),
+                        "restart from the first page: send the request again with cursor null",
+                    ) from None
                 code = {"wrong_user": "cursor_wrong_user", "tampered": "cursor_tampered"}.get(
                     exc.kind, "cursor_invalid"
                 )
@@ -211,10 +229,15 @@ class FeedService:
             unknown_followed_users=online.unknown_creator_ids,
         )
 
-    async def add_video(self, req: VideoIn) -> VideoOut:
+    async def add_video(self, req: VideoIn, *, may_update: bool = False) -> VideoOut:
+        """Encode and index a posted video. An id the catalogue or an earlier post already has is refused (409)
+        unless the caller may update videos; the same body posted again is answered as before, writing nothing,
+        so a client may retry a post whose answer it lost."""
         view = self.live_view()
         payload = msgspec.structs.asdict(req)
-        vector = await self._video_batcher.submit(payload)
+        vector = await self._video_batcher.submit((payload, may_update))
+        if isinstance(vector, ApiError):
+            raise vector
         return VideoOut(
             video_id=req.video_id, snapshot_id=view.snapshot_id, embedding=[round(float(x), 6) for x in vector]
         )
@@ -227,26 +250,47 @@ class FeedService:
         self.inbox.append_many([record for records in batch for record in records], at)
         return [at.isoformat()] * len(batch)
 
-    def _index_videos(self, payloads: list[dict[str, Any]]) -> list[np.ndarray]:
-        """Durable in the inbox, then encoded and searchable in the live collection; repeats are free."""
+    def _index_videos(self, items: list[tuple[dict[str, Any], bool]]) -> list[np.ndarray | ApiError]:
+        """Refuse what may not be posted, make the rest durable in the inbox, then encode it and make it
+        searchable in the live collection. The check runs here, one batch at a time, so two racing posts of
+        one new id cannot both pass it; and before the append, so a refused post writes nothing."""
         view = self.live_view()
+        answers: list[np.ndarray | ApiError | None] = [None] * len(items)
+        fresh: dict[str, dict[str, Any]] = {}  # id -> payload to write and encode, in this batch
         with view.added.lock:
-            known = {p["video_id"]: view.added.vectors.get(p["video_id"]) for p in payloads}
-            fresh = [
-                p
-                for p in payloads
-                if known[p["video_id"]] is None or view.added.payload_hash.get(p["video_id"]) != _hash(p)
-            ]
+            for i, (payload, may_update) in enumerate(items):
+                vid, digest = payload["video_id"], _hash(payload)
+                if vid in fresh:
+                    same = _hash(fresh[vid]) == digest
+                elif view.added.payload_hash.get(vid) == digest:
+                    answers[i] = view.added.vectors[vid]  # the same post again: nothing to write
+                    continue
+                else:
+                    same = False
+                exists = vid in fresh or vid in view.video_code or vid in view.added.vectors
+                if exists and not same and not may_update:
+                    answers[i] = ApiError(
+                        409,
+                        "video_exists",
+                        "video_id",
+                        f"video {vid!r} already exists",
+                        "post it under a new video_id; changing an existing video needs a key with videos:update",
+                    )
+                elif not same:
+                    fresh[vid] = payload  # a batch may post one id twice (may_update): the last wins
         if fresh:
-            self.inbox.append_many([("video", p) for p in fresh])
-            self._encode_into(view, fresh)
-            with self._videos_lock:
-                self._videos.update({p["video_id"]: p for p in fresh})
+            self.inbox.append_many([("video", p) for p in fresh.values()])
+            vectors = self._encode_into(view, list(fresh.values()))
+            self._remember_videos(view, list(fresh.values()))
             self.metrics.count("videos_indexed", len(fresh))
             self.metrics.count("video_batches")
-        return [view.added.vectors[p["video_id"]] for p in payloads]
+            for i, (payload, _) in enumerate(items):
+                if answers[i] is None:
+                    answers[i] = vectors[payload["video_id"]]
+        assert all(a is not None for a in answers)
+        return answers  # type: ignore[return-value]
 
-    def _encode_into(self, view: SnapshotView, payloads: list[dict[str, Any]]) -> None:
+    def _encode_into(self, view: SnapshotView, payloads: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         last = {p["video_id"]: p for p in payloads}  # a batch may post one id twice: the last wins
         payloads = list(last.values())
         now = dt.datetime.now(dt.UTC)
@@ -259,6 +303,35 @@ class FeedService:
                 view.added.creators[vid] = p.get("creator_id") or vid
                 view.added.created_ms[vid] = int(now.timestamp() * 1000)
                 view.added.payload_hash[vid] = _hash(p)
+        return {p["video_id"]: vector for p, vector in zip(payloads, vectors, strict=True)}
+
+    def _remember_videos(self, view: SnapshotView | None, payloads: list[dict[str, Any]]) -> None:
+        """Keep posted videos for the next snapshots to index; past ``api_posted_videos_max`` the oldest leave
+        live search (the inbox still has them: the next batch takes them into the catalogue)."""
+        with self._videos_lock:
+            for p in payloads:
+                self._videos[p["video_id"]] = p
+                self._videos.move_to_end(p["video_id"])
+            evicted = []
+            while len(self._videos) > self.settings.api_posted_videos_max:
+                evicted.append(self._videos.popitem(last=False)[0])
+        if evicted and view is not None:
+            self._forget_added(view, evicted)
+            log.info("%d posted videos left live search (over api_posted_videos_max)", len(evicted))
+
+    @staticmethod
+    def _forget_added(view: SnapshotView, ids: list[str]) -> None:
+        with view.added.lock:
+            ids = [v for v in ids if v in view.added.vectors]
+            for vid in ids:
+                for table in (view.added.vectors, view.added.creators, view.added.created_ms, view.added.payload_hash):
+                    table.pop(vid, None)
+        gone = [v for v in ids if v not in view.video_code]
+        if gone:
+            view.store.client.delete(view.store.collection, ids=gone)
+        updated = [v for v in ids if v in view.video_code]  # a catalogue video a post changed: back to the snapshot's
+        if updated:
+            view.store.upsert(updated, view.video_vectors[[view.video_code[v] for v in updated]])
 
     def _encoder(self, view: SnapshotView) -> TextEncoder:
         model = view.model.config.get("text_model", self.settings.text_model)
@@ -279,50 +352,110 @@ class FeedService:
         if missing:
             log.info("snapshot %s: %d videos posted since its batch indexed", view.snapshot_id, len(missing))
 
-    def _follow_inbox(self) -> None:
-        """Apply inbox records this process has not seen: at start every one the live snapshot does not reflect,
-        then other workers'."""
-        since = self._inbox_offsets if self._inbox_offsets is not None else self._replay_from()
-        batch = read_new(self.settings.inbox_dir, since)
-        self._inbox_offsets = {**(self._inbox_offsets or {}), **batch.offsets}
-        videos: list[dict[str, Any]] = []
-        for record in batch.records:
-            self._apply(record, videos)
-        if videos:
-            with self._videos_lock:
-                new = [v for v in videos if self._videos.get(v["video_id"]) != v]
-                self._videos.update({v["video_id"]: v for v in new})
-            view = self.registry.live
-            if view is not None and new:
-                with view.added.lock:
-                    stale = [v for v in new if view.added.payload_hash.get(v["video_id"]) != _hash(v)]
-                if stale:
-                    self._encode_into(view, stale)
+    # ---- following the inbox -----------------------------------------------------------------------------------
 
-    def _replay_from(self) -> dict[str, int] | None:
-        """Where a starting process replays the inbox from: the offsets the live snapshot's batch had taken in.
+    def _follow_inbox(self) -> None:
+        """Keep ``self.users`` equal to the inbox replayed from where the live snapshot's batch stopped reading it.
+
+        That one rule covers the start-up replay and what a new snapshot makes stale. The new snapshot's
+        ``build.json`` records the inbox offsets its batch had taken into the lake; its feeds already leave out
+        every video those records name, so the activity they carry is dropped, and the activity after them is
+        kept. Exactly that is what a replay from those offsets into an empty state gives, so on a new live
+        snapshot the state is rebuilt that way, off to the side, and swapped in. (A rule by record time would
+        be simpler but wrong: the snapshot does not record when its batch read the inbox, and writers stamp
+        records a moment before they append them.) Between rebuilds, only other workers' segments are read:
+        this process applied its own records when it accepted them.
+        """
+        live = self.registry.live
+        if self._inbox_offsets is None or (live is not None and live.snapshot_id != self._users_of):
+            self._rebuild_users(live)
+        else:
+            self._inbox_offsets = self._read_inbox(self.users, self._inbox_offsets, skip_own=True)
+
+    def _rebuild_users(self, live: SnapshotView | None) -> None:
+        snapshot_id, since = self._replay_from(live)
+        users = UserStates(self.settings.api_users_max, self.settings.api_user_videos_max)
+        offsets = self._read_inbox(users, since if since is not None else consumed_offsets(self.settings.inbox_dir))
+        self.users, self._users_of = users, snapshot_id
+        # Records this process accepted while the replay ran were applied to the old state only; being durable
+        # before they are applied, they are all in the inbox now: read them once more into the new state (one
+        # accepted since the swap may be read and applied twice, which the replay keys make a no-op).
+        self._inbox_offsets = self._read_inbox(users, offsets)
+        if live is not None:
+            log.info(
+                "user state replayed from the inbox offsets of snapshot %s: %d users", live.snapshot_id, len(users)
+            )
+
+    def _read_inbox(self, users: UserStates, since: dict[str, int], *, skip_own: bool = False) -> dict[str, int]:
+        """Apply every inbox record after ``since`` to ``users``, reading at most ``api_inbox_read_bytes`` at a
+        time (a big inbox replays in flat memory); returns the offsets read up to."""
+        offsets = dict(since)
+        while True:
+            batch = read_new(
+                self.settings.inbox_dir,
+                offsets,
+                max_bytes=self.settings.api_inbox_read_bytes,
+                skip=self.inbox.owns if skip_own else None,
+            )
+            offsets.update(batch.offsets)
+            videos: list[dict[str, Any]] = []
+            for record in batch.records:
+                self._apply(users, record, videos)
+            if videos:
+                self._take_videos(videos)
+            if not batch.more:
+                return offsets
+
+    def _take_videos(self, videos: list[dict[str, Any]]) -> None:
+        """Posted videos read from the inbox (other workers', or at start-up): searchable here too."""
+        with self._videos_lock:
+            new = list({v["video_id"]: v for v in videos if self._videos.get(v["video_id"]) != v}.values())
+        view = self.registry.live
+        self._remember_videos(view, new)
+        if view is not None and new:
+            with self._videos_lock:
+                new = [v for v in new if v["video_id"] in self._videos]  # not already pushed out by the cap
+            with view.added.lock:
+                stale = [v for v in new if view.added.payload_hash.get(v["video_id"]) != _hash(v)]
+            for lo in range(0, len(stale), 256):
+                self._encode_into(view, stale[lo : lo + 256])
+
+    def _replay_from(self, live: SnapshotView | None) -> tuple[str | None, dict[str, int] | None]:
+        """The snapshot the user state follows and where it replays the inbox from: the offsets that snapshot's
+        batch had taken in (the live one, or at start-up the one the LIVE pointer names).
 
         Not what the batch has consumed by now: a batch that ingested the inbox but has not published yet
         would leave those events in the lake and out of every feed served. None (the consumed offsets) when
         there is no snapshot yet, or it was begun before snapshots recorded their offsets.
         """
-        live = live_snapshot_id(self.settings)
-        if live is None:
-            return None
+        if live is not None:
+            offsets = live.build.inbox_offsets
+            return live.snapshot_id, dict(offsets) if offsets is not None else None
+        snapshot_id = live_snapshot_id(self.settings)
+        if snapshot_id is None:
+            return None, None
         try:
-            offsets = snapshot_paths(self.settings, live).read_build().inbox_offsets
+            offsets = snapshot_paths(self.settings, snapshot_id).read_build().inbox_offsets
         except (OSError, ValueError, TypeError, SnapshotError) as exc:
-            log.warning("cannot read the inbox offsets of snapshot %s (%s): replaying what is unconsumed", live, exc)
-            return None
-        return dict(offsets) if offsets is not None else None
+            log.warning(
+                "cannot read the inbox offsets of snapshot %s (%s): replaying what is unconsumed", snapshot_id, exc
+            )
+            return snapshot_id, None
+        return snapshot_id, dict(offsets) if offsets is not None else None
 
-    def _apply(self, record: InboxRecord, videos: list[dict[str, Any]]) -> None:
+    def _apply(self, users: UserStates, record: InboxRecord, videos: list[dict[str, Any]]) -> None:
         data = record.data
         try:
+            # The inbox may hold records an older API accepted, or another writer wrote: one id that breaks the
+            # id rule must not reach the user state, live search or a page.
+            for key in ("user_id", "video_id", "creator_id"):
+                if data.get(key) is not None and (problem := id_problem(data[key])) is not None:
+                    log.warning("skipping an inbox %s record: %s %s: %s", record.kind, key, problem, ascii(data)[:200])
+                    return
             if record.kind == "event":
-                self.users.apply_event(data, record.at.isoformat())
+                users.apply_event(data, record.at.isoformat())
             elif record.kind == "user" and "watched_videos" in data:
-                self.users.set_profile(
+                users.set_profile(
                     data["user_id"],
                     UserProfile(
                         watched=data["watched_videos"],

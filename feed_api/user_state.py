@@ -3,17 +3,25 @@
 This is the "real time" half of the feed: a watched (or skipped) video leaves
 the feed at once, and likes and long watches move the user's live vector. The
 state is rebuilt from the inbox on start-up and followed from the inbox while
-running, so it survives restarts and is shared by workers; applying a record
-twice changes nothing, which is what makes that replay safe.
+running, so it survives restarts and is shared by workers; applying a recent
+record twice changes nothing, which is what makes that replay safe.
 
-Bounded: the least recently active users are forgotten past ``max_users``
-(their events are in the inbox and reach the next snapshot anyway).
+Bounded (ARCHITECTURE.md, invariant 9), so a flood of events keeps memory flat:
+
+* users: the least recently active are forgotten past ``max_users``;
+* per user: the newest ``max_videos`` seen, positive and liked videos are kept
+  (the oldest leave first), and the last :data:`RECENT_CAP` (at most ``max_videos``) watches;
+* replay de-duplication: the keys of the last ``max_replay_keys`` applied events.
+
+What is forgotten is in the inbox and reaches the next snapshot, whose feeds
+leave those videos out; meanwhile a forgotten video may be served again.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +30,18 @@ from rec_core.embedding import UserProfile
 LONG_WATCH = 0.8  # completion at or above which a watch says "more like this"
 POSITIVE_TYPES = frozenset({"like", "share", "comment"})
 RECENT_CAP = 256  # recent watches kept per user for the online user tower
+# Replays only repeat records read moments ago (see FeedService._follow_inbox), so a window of the last
+# 64k keys is plenty, and at about 200 bytes a key it stays near 13 MB.
+REPLAY_KEYS = 1 << 16
+# Versions from one counter for the process: a user forgotten (or a state rebuilt) and seen again never
+# reuses a version, which keys the cache of live vectors.
+_VERSIONS = itertools.count(1)
 
 
 @dataclass(slots=True)
 class UserActivity:
+    """A private copy of one user's activity, what a page reads."""
+
     seen: set[str] = field(default_factory=set)  # every video with an event: never served again
     positive: dict[str, float] = field(default_factory=dict)  # video -> weight of "more like this"
     recent: list[str] = field(default_factory=list)  # watched video ids, newest last
@@ -58,19 +74,60 @@ class UserActivity:
         )
 
 
-class UserStates:
-    """Thread-safe map user id -> :class:`UserActivity`, least recently used first out."""
+class _Activity:
+    """One user's live state, bounded: ordered dicts drop their oldest entry in O(1)."""
 
-    def __init__(self, max_users: int = 500_000) -> None:
-        self._users: OrderedDict[str, UserActivity] = OrderedDict()
+    __slots__ = (
+        "completion_sum",
+        "liked",
+        "positive",
+        "profile",
+        "recent",
+        "seen",
+        "version",
+        "watch_time_sum",
+        "watches",
+    )
+
+    def __init__(self, max_videos: int) -> None:
+        self.seen: OrderedDict[str, None] = OrderedDict()  # an insertion-ordered set
+        self.positive: OrderedDict[str, float] = OrderedDict()  # last touched last
+        self.recent: deque[str] = deque(maxlen=min(RECENT_CAP, max_videos))
+        self.liked: OrderedDict[str, None] = OrderedDict()
+        self.watch_time_sum = 0.0
+        self.completion_sum = 0.0
+        self.watches = 0
+        self.profile: UserProfile | None = None
+        self.version = next(_VERSIONS)
+
+
+def _add(ordered: OrderedDict[str, Any], key: str, value: Any, cap: int, *, renew: bool) -> None:
+    """Set ``key``; ``renew`` moves an existing key to the newest end. Past ``cap`` the oldest key leaves."""
+    if key in ordered:
+        ordered[key] = value
+        if renew:
+            ordered.move_to_end(key)
+        return
+    ordered[key] = value
+    while len(ordered) > cap:
+        ordered.popitem(last=False)
+
+
+class UserStates:
+    """Thread-safe map user id -> activity, least recently used first out; every part bounded."""
+
+    def __init__(self, max_users: int = 200_000, max_videos: int = 2_000, max_replay_keys: int = REPLAY_KEYS) -> None:
+        self._users: OrderedDict[str, _Activity] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_users
-        self._applied: set[tuple[Any, ...]] = set()  # (user, video, type, at) of applied events: replay-safe
+        self.max_videos = max_videos
+        self.max_replay_keys = max_replay_keys
+        self._applied: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # (user, video, type, at), newest last
 
-    def _touch(self, user_id: str) -> UserActivity:
+    def _touch(self, user_id: str) -> _Activity:
         activity = self._users.get(user_id)
         if activity is None:
-            activity = self._users[user_id] = UserActivity()
+            activity = self._users[user_id] = _Activity(self.max_videos)
             if len(self._users) > self._max:
                 self._users.popitem(last=False)
         else:
@@ -78,28 +135,27 @@ class UserStates:
         return activity
 
     def apply_event(self, event: dict[str, Any], at: str) -> None:
-        """Fold one event (the ``POST /events`` body) in; a second application of the same record is a no-op."""
+        """Fold one event (the ``POST /events`` body) in; applying a recent record again is a no-op."""
         key = (event["user_id"], event["video_id"], event["type"], at)
+        cap = self.max_videos
         with self._lock:
             if key in self._applied:
                 return
-            self._applied.add(key)
-            if len(self._applied) > 4 * self._max:  # old keys only guard replays of old records
-                self._applied.clear()
+            _add(self._applied, key, None, self.max_replay_keys, renew=False)
             activity = self._touch(event["user_id"])
             video, kind = event["video_id"], event["type"]
-            activity.seen.add(video)
+            _add(activity.seen, video, None, cap, renew=False)
             if kind != "skip":
                 activity.recent.append(video)
-                del activity.recent[:-RECENT_CAP]
                 activity.watches += 1
                 activity.watch_time_sum += float(event.get("watch_time_s") or 0.0)
                 activity.completion_sum += float(event.get("completion") or 0.0)
             if kind == "like":
-                activity.liked.append(video)
+                _add(activity.liked, video, None, cap, renew=True)
             if kind in POSITIVE_TYPES or float(event.get("completion") or 0.0) >= LONG_WATCH:
-                activity.positive[video] = activity.positive.get(video, 0.0) + (2.0 if kind == "like" else 1.0)
-            activity.version += 1
+                weight = activity.positive.get(video, 0.0) + (2.0 if kind == "like" else 1.0)
+                _add(activity.positive, video, weight, cap, renew=True)
+            activity.version = next(_VERSIONS)
 
     def copy_of(self, user_id: str) -> UserActivity | None:
         """A private copy of a user's activity: a page reads it while events keep arriving."""
@@ -124,8 +180,12 @@ class UserStates:
         with self._lock:
             activity = self._touch(user_id)
             activity.profile = profile
-            activity.seen.update(profile.watched)  # a watch history the app sends is as watched as an event
-            activity.version += 1
+            for video in profile.watched:  # a watch history the app sends is as watched as an event
+                _add(activity.seen, video, None, self.max_videos, renew=False)
+            activity.version = next(_VERSIONS)
+
+    def replay_keys(self) -> int:
+        return len(self._applied)
 
     def __len__(self) -> int:
         return len(self._users)

@@ -19,17 +19,21 @@ One record per line::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 CONSUMED = "consumed.json"
 EVENT_TYPES = ("watch", "like", "share", "comment", "skip")
@@ -43,8 +47,20 @@ class InboxRecord:
     data: dict[str, Any]
 
 
+class InboxWriteError(OSError):
+    """An append that did not become durable; nothing of it is kept, so the caller may retry it whole."""
+
+
 class InboxWriter:
-    """Appends records to one segment file of this writer; thread-safe; fsyncs before returning."""
+    """Appends records to one segment file of this writer; thread-safe; fsyncs before returning.
+
+    A failed append (a full disk, an I/O error) raises :class:`InboxWriteError` and leaves the segment as it
+    was before the append: the file is truncated back, so a torn line can never glue onto the next record
+    and a refused record is never taken in by the batch. Should even the truncation fail, the segment is
+    abandoned: its torn tail is never read (it has no newline, and nothing is appended after it), though whole
+    lines of the refused append before it would be. The segment file is opened lazily, so a failed open is
+    retried by the next append.
+    """
 
     def __init__(self, root: Path, writer_id: str | None = None, max_segment_bytes: int = 64 << 20) -> None:
         self.root = Path(root)
@@ -53,36 +69,86 @@ class InboxWriter:
         self.max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()
         self._seq = 0
-        self._fh = self._open_segment()
+        # Raw file descriptor, no Python buffer: after a failed write a buffer could hold bytes that a later
+        # flush would write after all.
+        self._fd: int | None = None
+        self._size = 0  # bytes durably in the open segment
 
-    def _open_segment(self):
+    def owns(self, segment_name: str) -> bool:
+        """Whether this writer wrote the segment named ``segment_name``."""
+        return f"-{self.writer_id}-" in segment_name
+
+    def _open_segment(self) -> None:
         self._seq += 1
         path = self.root / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{self.writer_id}-{self._seq:06d}.jsonl"
-        fh = path.open("ab")
-        fsync_dir(self.root)  # the new file's name must survive a crash too
-        return fh
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fsync_dir(self.root)  # the new file's name must survive a crash too
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._fd, self._size = fd, 0
 
     def append(self, kind: str, data: dict[str, Any], at: dt.datetime | None = None) -> None:
         self.append_many([(kind, data)], at)
 
     def append_many(self, records: list[tuple[str, dict[str, Any]]], at: dt.datetime | None = None) -> None:
-        """Durably append ``records``; when this returns they survive a crash of the process or the machine."""
+        """Durably append ``records``; when this returns they survive a crash of the process or the machine.
+
+        Raises :class:`InboxWriteError` when they could not be made durable; then none of them is kept (but
+        for a failed truncation, which the message says).
+        """
         stamp = (at or dt.datetime.now(dt.UTC)).isoformat()
         payload = b"".join(
             json.dumps({"kind": kind, "at": stamp, "data": data}, separators=(",", ":")).encode() + b"\n"
             for kind, data in records
         )
         with self._lock:
-            if self._fh.tell() + len(payload) > self.max_segment_bytes and self._fh.tell() > 0:
-                self._fh.close()
-                self._fh = self._open_segment()
-            self._fh.write(payload)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if self._fd is not None and self._size > 0 and self._size + len(payload) > self.max_segment_bytes:
+                self._abandon()
+            try:
+                if self._fd is None:
+                    self._open_segment()
+            except OSError as exc:
+                raise InboxWriteError(exc.errno, f"cannot open a new inbox segment in {self.root}: {exc}") from exc
+            assert self._fd is not None
+            try:
+                view = memoryview(payload)
+                while view:  # os.write may write part of it (a nearly full disk) and fail on the rest
+                    view = view[os.write(self._fd, view) :]
+                os.fsync(self._fd)
+            except OSError as exc:
+                kept = self._roll_back()
+                raise InboxWriteError(
+                    exc.errno,
+                    f"inbox append of {len(records)} record(s) failed: {exc.strerror or exc}; "
+                    + ("nothing of it was kept" if kept else "its segment was abandoned with a torn tail"),
+                ) from exc
+            self._size += len(payload)
+
+    def _roll_back(self) -> bool:
+        """Cut the segment back to its last durable size; False (and the segment abandoned) if that fails too."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+            return True
+        except OSError:
+            log.exception("inbox: cannot truncate a failed append away; abandoning segment of %s", self.writer_id)
+            self._abandon()
+            return False
+
+    def _abandon(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def close(self) -> None:
         with self._lock:
-            self._fh.close()
+            self._abandon()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,28 +156,44 @@ class InboxBatch:
     records: list[InboxRecord]
     offsets: dict[str, int]  # segment name -> byte offset read up to (complete lines only)
     bad_lines: int
+    more: bool = False  # stopped at ``max_bytes``: read again from ``offsets`` for the rest
 
 
-def read_new(root: Path, since: dict[str, int] | None = None) -> InboxBatch:
+def read_new(
+    root: Path,
+    since: dict[str, int] | None = None,
+    *,
+    max_bytes: int | None = None,
+    skip: Callable[[str], bool] | None = None,
+) -> InboxBatch:
     """Every complete record after ``since`` (default: what the batch consumed), oldest segment first.
 
     A torn last line (a writer killed mid-write, or one writing right now) is left
     unread: the returned offsets stop before it, so the next read picks it up whole.
     Readers that follow the inbox (the API's workers) pass the offsets of their last read.
+
+    ``max_bytes`` bounds one read (the API replays a big inbox in passes, so its memory stays flat): it
+    stops at a line boundary once that many bytes are read (a single longer line is still read whole, so
+    every pass makes progress) and sets ``more``. Segments for which ``skip(name)`` is true are left out.
     """
     root = Path(root)
     consumed = consumed_offsets(root) if since is None else since
     records: list[InboxRecord] = []
     offsets: dict[str, int] = {}
     bad = 0
+    budget = max_bytes  # bytes this pass may still read; None: no bound
+    more = False
     for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
+        if skip is not None and skip(path.name):
+            continue
         start = consumed.get(path.name, 0)
-        if since is not None and path.stat().st_size <= start:
+        if path.stat().st_size <= start:
             offsets[path.name] = start
             continue
-        with path.open("rb") as fh:
-            fh.seek(start)
-            data = fh.read()
+        if budget is not None and budget <= 0:
+            more = True
+            break
+        data, complete = _read_lines(path, start, budget, at_least_one=not records and not bad)
         end = data.rfind(b"\n") + 1  # only whole lines
         for line in data[:end].splitlines():
             record = _parse(line)
@@ -120,7 +202,37 @@ def read_new(root: Path, since: dict[str, int] | None = None) -> InboxBatch:
             else:
                 records.append(record)
         offsets[path.name] = start + end
-    return InboxBatch(records, offsets, bad)
+        if budget is not None:
+            budget -= end
+            if not complete:
+                more = True
+                break
+    return InboxBatch(records, offsets, bad, more)
+
+
+def _read_lines(path: Path, start: int, budget: int | None, *, at_least_one: bool) -> tuple[bytes, bool]:
+    """The bytes of ``path`` from ``start`` (all, or whole lines within ``budget``), and whether that is all of it.
+
+    With ``at_least_one``, a first line longer than the budget is read whole: otherwise no pass ever reads past it.
+    """
+    with path.open("rb") as fh:
+        fh.seek(start)
+        if budget is None:
+            return fh.read(), True
+        data = fh.read(budget + 1)  # one byte more tells whether the file goes on
+        if len(data) <= budget:
+            return data, True
+        data = data[:budget]
+        end = data.rfind(b"\n") + 1
+        if end or not at_least_one:
+            return data[:end], False
+        fh.seek(start + budget)
+        while chunk := fh.read(1 << 16):
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                return data + chunk[: newline + 1], False
+            data += chunk
+        return data, True
 
 
 def mark_consumed(root: Path, offsets: dict[str, int]) -> None:

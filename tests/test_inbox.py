@@ -105,3 +105,36 @@ def test_crash_after_commit_before_marking_duplicates_nothing(lake_settings: Set
     (lake_settings.inbox_dir / "consumed.json").unlink()  # as if the run died before recording its offsets
     ingest_inbox(lake_settings)
     assert lake.read("interactions").num_rows == rows
+
+
+def test_read_new_in_bounded_passes_reads_everything_once(tmp_path: Path) -> None:
+    """A follower reads a big inbox in passes of at most ``max_bytes`` (whole lines), so its memory stays flat."""
+    writers = [InboxWriter(tmp_path, writer_id=f"w{i}") for i in range(2)]
+    for i in range(300):
+        writers[i % 2].append("event", {"user_id": f"u{i}", "video_id": "v" * (i % 7), "type": "watch"}, AT)
+    writers[0].append("event", {"user_id": "big", "video_id": "x" * 5000, "type": "watch"}, AT)  # over the budget
+    whole = read_new(tmp_path, {})
+    offsets: dict[str, int] = {}
+    seen: list[str] = []
+    passes = 0
+    while True:
+        batch = read_new(tmp_path, offsets, max_bytes=2048)
+        consumed = sum(batch.offsets.values()) - sum(offsets.get(k, 0) for k in batch.offsets)
+        assert consumed <= 2048 or len(batch.records) == 1, "a pass stays within its budget but one line"
+        offsets.update(batch.offsets)
+        seen += [r.data["user_id"] for r in batch.records]
+        passes += 1
+        if not batch.more:
+            break
+    assert passes > 5
+    assert sorted(seen) == sorted(r.data["user_id"] for r in whole.records) and len(seen) == 301
+    assert offsets == whole.offsets
+    assert read_new(tmp_path, offsets, max_bytes=2048).records == []
+
+
+def test_read_new_can_leave_out_segments(tmp_path: Path) -> None:
+    mine, theirs = InboxWriter(tmp_path, writer_id="mine"), InboxWriter(tmp_path, writer_id="theirs")
+    mine.append("event", {"user_id": "a", "video_id": "v", "type": "watch"}, AT)
+    theirs.append("event", {"user_id": "b", "video_id": "v", "type": "watch"}, AT)
+    batch = read_new(tmp_path, {}, skip=mine.owns)
+    assert [r.data["user_id"] for r in batch.records] == ["b"]
