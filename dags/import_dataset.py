@@ -1,7 +1,10 @@
 """Import a real data set (canonical CSV or Parquet files) into the lake, then rebuild the warehouse.
 
-Paths are on the machine that runs the task. Bad rows are reported by reason in the
-task log; with ``strict`` any bad row fails the run and the lake is left unchanged.
+Paths are on the machine that runs the task and must lie inside the import folder
+(``REC_IMPORT_DIR``, default ``<data root>/import``); relative paths are taken from
+there, and a path (or a symlink) leading outside it fails the run before anything is
+read. Bad rows are reported by reason in the task log; with ``strict`` any bad row
+fails the run and the lake is left unchanged.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
     default_args={**DEFAULT_ARGS, "retries": 0},
     tags=["recsys", "data"],
     params={
-        "videos": Param("", type="string", minLength=1, description="Videos file: video_id, caption, ..."),
-        "interactions": Param("", type="string", minLength=1, description="Interactions file: user_id, video_id, ts"),
-        "users": Param(None, type=["null", "string"], description="Optional users file."),
-        "follows": Param(None, type=["null", "string"], description="Optional follows file."),
+        "videos": Param(
+            "", type="string", minLength=1, description="Videos file in the import folder: video_id, caption, ..."
+        ),
+        "interactions": Param(
+            "", type="string", minLength=1, description="Interactions file in the import folder: user_id, video_id, ts"
+        ),
+        "users": Param(None, type=["null", "string"], description="Optional users file in the import folder."),
+        "follows": Param(None, type=["null", "string"], description="Optional follows file in the import folder."),
         "strict": Param(False, type="boolean", description="Fail the import on any bad row."),
     },
 )
@@ -33,19 +40,25 @@ def import_dataset_dag() -> None:
     def run_import(params: dict | None = None) -> dict:
         from pathlib import Path
 
-        from jobs.import_dataset import import_dataset
+        from jobs.dag_defaults import job_settings
+        from jobs.import_dataset import import_dataset, resolve_import_path
 
         assert params is not None
+        settings = job_settings()
 
-        def optional(key: str) -> Path | None:
-            return Path(params[key]) if params.get(key) else None
+        # Whoever can trigger a run chooses these paths: each must resolve inside the import folder.
+        def confined(key: str) -> Path | None:
+            return resolve_import_path(settings, params[key], key) if params.get(key) else None
 
+        videos, interactions = confined("videos"), confined("interactions")
+        assert videos is not None and interactions is not None  # minLength=1 params
         report = import_dataset(
-            Path(params["videos"]),
-            Path(params["interactions"]),
-            optional("users"),
-            optional("follows"),
+            videos,
+            interactions,
+            confined("users"),
+            confined("follows"),
             strict=bool(params["strict"]),
+            settings=settings,
         )
         print(report.format_text())
         return report.to_dict()

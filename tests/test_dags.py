@@ -97,12 +97,15 @@ def test_import_dataset_dag_imports_files(airflow_db: Path, data_env: Path, tmp_
 
     from rec_core.lake import Lake
 
-    videos = tmp_path / "videos.csv"
+    incoming = data_env / "import"  # the DAG reads only inside the import folder
+    incoming.mkdir(parents=True)
+    videos = incoming / "videos.csv"
     videos.write_text("video_id,caption,hashtags\nv1,sourdough bread at home,baking|bread\nv2,cat zoomies,cats pets\n")
-    interactions = tmp_path / "interactions.csv"
+    interactions = incoming / "interactions.csv"
     interactions.write_text("user_id,video_id,ts\nu1,v1,2026-01-02T10:00:00Z\nu1,v2,1767350000\nu2,v9,1767350000\n")
     dag = DagBag(str(ROOT / "dags")).get_dag("import_dataset")
-    run = dag.test(run_conf={"videos": str(videos), "interactions": str(interactions)})
+    # One absolute path inside the folder, one relative to it.
+    run = dag.test(run_conf={"videos": str(videos), "interactions": "interactions.csv"})
     assert run.state == "success"
     lake = Lake(data_env / "lake")
     assert lake.read("interactions").num_rows == 2  # the row naming unknown video v9 is skipped
@@ -113,9 +116,11 @@ def test_import_dataset_dag_imports_files(airflow_db: Path, data_env: Path, tmp_
 def test_import_dataset_dag_fails_strict_and_keeps_the_lake(airflow_db: Path, data_env: Path, tmp_path: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    videos = tmp_path / "videos.csv"
+    incoming = data_env / "import"
+    incoming.mkdir(parents=True)
+    videos = incoming / "videos.csv"
     videos.write_text("video_id,caption\nv1,hello\n")
-    interactions = tmp_path / "interactions.csv"
+    interactions = incoming / "interactions.csv"
     interactions.write_text("user_id,video_id,ts\nu1,v9,1767350000\n")
     dag = DagBag(str(ROOT / "dags")).get_dag("import_dataset")
     run = dag.test(run_conf={"videos": str(videos), "interactions": str(interactions), "strict": True})

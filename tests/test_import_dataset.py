@@ -674,3 +674,119 @@ def test_cli_report_json_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert report["skipped_total"] == 25
     assert report["counts"]["interactions"] == {"read": 12, "skipped": 10, "added": 0, "written": 2}
     assert {(b["table"], b["reason"], b["column"]) for b in report["bad_rows"]} == set(EXPECTED_BAD)
+
+
+# ---- the import DAG reads only from the import folder ---------------------------------------------------------
+
+
+@pytest.fixture
+def confined(tmp_path: Path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.import_root.mkdir(parents=True)
+    return settings
+
+
+def test_import_root_defaults_under_the_data_root_and_follows_the_setting(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).import_root == tmp_path / "import"
+    assert Settings(data_dir=tmp_path, import_dir=str(tmp_path / "drop")).import_root == tmp_path / "drop"
+
+
+def test_a_file_inside_the_import_folder_is_accepted(confined: Settings) -> None:
+    from jobs.import_dataset import resolve_import_path
+
+    root = confined.import_root
+    (root / "batch1").mkdir()
+    target = write_csv(root / "batch1" / "videos.csv", VIDEO_HEADER, VIDEO_ROWS)
+    resolved = root.resolve() / "batch1" / "videos.csv"
+    # Relative paths are taken from the import folder; absolute ones must already be inside it.
+    assert resolve_import_path(confined, "batch1/videos.csv", "videos") == resolved
+    assert resolve_import_path(confined, str(target), "videos") == resolved
+    assert resolve_import_path(confined, "batch1/../batch1/videos.csv", "videos") == resolved
+    # A symlink that stays inside the folder is fine: what counts is where it leads.
+    (root / "latest.csv").symlink_to(root / "batch1" / "videos.csv")
+    assert resolve_import_path(confined, "latest.csv", "videos") == resolved
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlinked_dir", "sibling_prefix"])
+def test_paths_leading_outside_the_import_folder_are_refused(tmp_path: Path, confined: Settings, kind: str) -> None:
+    from jobs.import_dataset import ImportPathError, resolve_import_path
+
+    root = confined.import_root
+    outside = write_csv(tmp_path / "secret.csv", VIDEO_HEADER, VIDEO_ROWS)
+    (tmp_path / "outdir").mkdir()
+    write_csv(tmp_path / "outdir" / "videos.csv", VIDEO_HEADER, VIDEO_ROWS)
+    # A folder whose name merely starts with the import folder's is not inside it.
+    (tmp_path / "data" / "import-evil").mkdir()
+    write_csv(tmp_path / "data" / "import-evil" / "v.csv", VIDEO_HEADER, VIDEO_ROWS)
+    (root / "link.csv").symlink_to(outside)
+    (root / "linkdir").symlink_to(tmp_path / "outdir")
+    raw = {
+        "dotdot": "../../secret.csv",
+        "absolute": str(outside),
+        "symlink": "link.csv",
+        "symlinked_dir": "linkdir/videos.csv",
+        "sibling_prefix": str(tmp_path / "data" / "import-evil" / "v.csv"),
+    }[kind]
+    with pytest.raises(ImportPathError) as err:
+        resolve_import_path(confined, raw, "interactions")
+    message = str(err.value)
+    assert "'interactions'" in message and str(root.resolve()) in message and "outside" in message
+    # Refused before anything is read: an InputError, so the CLI-style exit code and the task failure agree.
+    assert isinstance(err.value, InputError)
+
+
+def test_etc_passwd_through_dotdot_is_refused(confined: Settings) -> None:
+    from jobs.import_dataset import ImportPathError, resolve_import_path
+
+    with pytest.raises(ImportPathError, match="outside the import folder"):
+        resolve_import_path(confined, "../../../../../../../../etc/passwd", "videos")
+    with pytest.raises(ImportPathError, match="outside the import folder"):
+        resolve_import_path(confined, "/etc/passwd", "videos")
+
+
+def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Settings) -> None:
+    from jobs.import_dataset import ImportPathError, resolve_import_path
+
+    root = confined.import_root
+    with pytest.raises(ImportPathError, match=r"'videos'.*does not exist"):
+        resolve_import_path(confined, "nope.csv", "videos")
+    (root / "sub").mkdir()
+    with pytest.raises(ImportPathError, match=r"'videos'.*not a file"):
+        resolve_import_path(confined, "sub", "videos")
+    # A dangling symlink inside the folder is a missing file, whatever it pointed at.
+    (root / "dangling.csv").symlink_to(root / "gone.csv")
+    with pytest.raises(ImportPathError, match="does not exist"):
+        resolve_import_path(confined, "dangling.csv", "videos")
+
+
+def test_missing_import_folder_says_how_to_create_it(tmp_path: Path) -> None:
+    from jobs.import_dataset import ImportPathError, resolve_import_path
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with pytest.raises(ImportPathError, match=r"import folder .*import does not exist"):
+        resolve_import_path(settings, "videos.csv", "videos")
+
+
+@pytest.mark.slow
+def test_import_dag_refuses_a_path_outside_the_import_folder_and_reads_one_inside(
+    airflow_db: Path, data_env: Path, tmp_path: Path
+) -> None:
+    """The real DAG, run with dag.test(): the task fails on a symlink leading out of the import folder and
+    leaves the lake alone; the same files copied into the folder are imported."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    outside = full_csv(tmp_path / "elsewhere")
+    root = data_env / "import"
+    root.mkdir(parents=True)
+    (root / "videos.csv").symlink_to(outside["videos"])
+    dag = DagBag(str(Path(__file__).resolve().parents[1] / "dags")).get_dag("import_dataset")
+    # Before the confinement, this read the file the symlink leads to.
+    run = dag.test(run_conf={"videos": str(root / "videos.csv"), "interactions": str(outside["interactions"])})
+    assert run.state == "failed"
+    assert not (data_env / "lake" / "CURRENT").exists()
+
+    (root / "videos.csv").unlink()
+    inside = full_csv(root / "batch")
+    run = dag.test(run_conf={"videos": "batch/videos.csv", "interactions": str(inside["interactions"])})
+    assert run.state == "success"
+    assert sorted(Lake(data_env / "lake").read("videos")["video_id"].to_pylist()) == ["v1", "v2", "v3"]
