@@ -13,7 +13,7 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo test lint format pipeline serve bench profile-stages bench-milvus eval data train summary airflow-db airflow clean help
+.PHONY: setup demo dev-key test lint format pipeline serve bench profile-stages bench-milvus eval data train summary airflow-db airflow clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB, serve the API on :3002"
@@ -50,7 +50,12 @@ summary: setup
 train: setup
 	$(PY) -m jobs.train_towers
 
-demo: setup data pipeline summary serve
+demo: setup data pipeline summary dev-key serve
+
+# One key with every scope for this laptop, created once (its token kept in $(REC_DATA_DIR)/api/dev-token);
+# once a key exists the API requires one. Use it as: curl -H "Authorization: Bearer $$(cat data/api/dev-token)" ...
+dev-key: setup
+	@$(PY) -m feed_api.keys ensure-dev
 
 airflow-db: setup
 	$(VENV)/bin/airflow db migrate >/dev/null

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from feed_api.auth import check_bind
+from feed_api.keys import KeyStore
 from rec_core.settings import Settings, SettingsError
 
 APP = "feed_api.app:create_app"
@@ -22,9 +24,14 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        auth = check_bind(settings.api_host, KeyStore(settings.keys_path))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"feed API on http://{settings.api_host}:{settings.api_port} ({settings.api_server}, "
-        f"{settings.api_workers} worker(s)); docs at /schema, data root {settings.data_dir}",
+        f"{settings.api_workers} worker(s)); docs at /schema, data root {settings.data_dir}\n{auth}",
         flush=True,
     )
     if settings.api_server == "uvicorn":  # the default
@@ -38,6 +45,9 @@ def main() -> int:
             workers=settings.api_workers,
             log_level=settings.log_level.lower(),
             access_log=False,
+            # X-Forwarded-For is read by the app, and only from REC_API_TRUSTED_PROXIES (feed_api.request_rules);
+            # uvicorn's own handling trusts it from 127.0.0.1 by default, which lets any local client pick its address.
+            proxy_headers=False,
         )
         return 0
     from granian import Granian

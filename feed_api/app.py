@@ -6,6 +6,7 @@ The OpenAPI schema is at ``/schema/openapi.json`` and browsable docs at ``/schem
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,12 +18,15 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.status_codes import HTTP_200_OK
 
-from feed_api.errors import ApiError
+from feed_api.auth import auth_middleware, principal_of
+from feed_api.docs import docs_plugins_and_routes
+from feed_api.errors import ApiError, too_deep
+from feed_api.keys import KeyStore
 from feed_api.metrics import metrics_middleware
 from feed_api.page_route import recommendations_fast_path
+from feed_api.request_rules import client_address, json_only_middleware, parse_networks
 from feed_api.schemas import (
     MAX_LIMIT,
     EventIn,
@@ -38,26 +42,33 @@ from feed_api.schemas import (
     locate,
 )
 from feed_api.service import FeedService
+from rec_core.inbox import InboxWriteError
 from rec_core.settings import Settings
 
 log = logging.getLogger("feed_api")
 
 MAX_BODY_BYTES = 1 << 20
+RATE_LIMIT_SWEEP_S = 10.0
+PUBLIC = {"public": True}  # probes a load balancer calls without a key
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.load()
+    keys = KeyStore(settings.keys_path)
+    trusted_proxies = parse_networks(settings.api_trusted_proxies)
     service = FeedService(settings)
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await service.start()
+        purge = asyncio.create_task(_purge_rate_limits(app), name="rate-limit-purge")
         try:
             yield
         finally:
+            purge.cancel()
             await service.stop()
 
-    @get("/health", summary="Alive", description="200 as long as the process answers.", tags=["ops"])
+    @get("/health", summary="Alive", description="200 as long as the process answers.", tags=["ops"], opt=PUBLIC)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -66,12 +77,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         summary="Serving a snapshot",
         description="200 with the live snapshot; 503 before one is loaded.",
         tags=["ops"],
+        opt=PUBLIC,
     )
     async def ready() -> dict[str, Any]:
         view = service.live_view()
         return {"status": "ready", "snapshot_id": view.snapshot_id, "model_version": view.build.model_version}
 
-    @get("/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", tags=["ops"])
+    @get(
+        "/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", tags=["ops"], opt={"scope": "metrics:read"}
+    )
     async def metrics() -> str:
         return service.metrics.render(service.gauges())
 
@@ -86,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "`cursor: null`)."
         ),
         tags=["feed"],
+        opt={"scope": "feed:read"},
         responses={200: ResponseSpec(data_container=RecommendationsOut, description="A page of the feed")},
         middleware=[recommendations_fast_path(service, MAX_BODY_BYTES)],
     )
@@ -103,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "reply; a watched or skipped video leaves the user's feed at once."
         ),
         tags=["events"],
+        opt={"scope": "events:write"},
     )
     async def events(request: Request) -> EventsOut:
         raw = await request.body()
@@ -113,11 +129,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         "/embeddings/video",
         status_code=HTTP_200_OK,
         summary="Add or update a video",
-        description="Encoded and searchable at once; durable in the inbox for the next batch. Idempotent by video_id.",
+        description=(
+            "Encoded and searchable at once; durable in the inbox for the next batch. A video_id already in the "
+            "catalogue or posted before is refused (409 `video_exists`) unless the key has `videos:update`."
+        ),
         tags=["embeddings"],
+        opt={"scope": "videos:write"},
     )
-    async def embed_video(data: VideoIn) -> VideoOut:
-        return await service.add_video(data)
+    async def embed_video(data: VideoIn, request: Request) -> VideoOut:
+        may_update = principal_of(request.scope).allows("videos:update")
+        return await service.add_video(data, may_update=may_update)
 
     @post(
         "/embeddings/user",
@@ -128,19 +149,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "Unknown video ids are ignored and listed in the reply."
         ),
         tags=["embeddings"],
+        opt={"scope": "events:write"},
     )
     async def embed_user(data: UserIn) -> UserOut:
         return await service.add_user(data)
 
+    # Outermost first: every answer is counted; floods are limited before a key is even checked; the key
+    # before the body's type.
     middleware: list[Any] = [metrics_middleware(service.metrics)]
     if settings.api_rate_limit:
         middleware.append(
             RateLimitConfig(
-                rate_limit=("second", settings.api_rate_limit), exclude=["/health", "/ready", "/metrics"]
+                rate_limit=("second", settings.api_rate_limit),
+                exclude=["/health", "/ready", "/metrics"],
+                identifier_for_request=client_address(trusted_proxies),
             ).middleware
         )
+    middleware += [auth_middleware(keys, host=settings.api_host), json_only_middleware]
+    docs_plugin, docs_routes = docs_plugins_and_routes()
     app = Litestar(
-        route_handlers=[health, ready, metrics, recommendations, events, embed_video, embed_user],
+        route_handlers=[health, ready, metrics, recommendations, events, embed_video, embed_user, *docs_routes],
         lifespan=[lifespan],
         middleware=middleware,
         exception_handlers={Exception: _error_response},
@@ -150,12 +178,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version="1.0.0",
             description="Pages of each user's short-video feed, live fallback search, and interactions.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[docs_plugin],
         ),
         debug=False,
     )
     app.state.service = service
+    app.state.keys = keys
     return app
+
+
+async def _purge_rate_limits(app: Litestar) -> None:
+    """The limiter keeps one entry per client address and drops an expired one only when that client returns:
+    without a sweep, every address ever seen stays in memory."""
+    store = app.stores.get("rate_limit")
+    while True:
+        await asyncio.sleep(RATE_LIMIT_SWEEP_S)
+        await store.delete_expired()  # type: ignore[attr-defined]
 
 
 def _decode_events(raw: bytes) -> list[EventIn]:
@@ -163,6 +201,8 @@ def _decode_events(raw: bytes) -> list[EventIn]:
         head = msgspec.json.decode(raw) if raw.strip() else None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep() from None
     if isinstance(head, dict) and "events" in head:
         return decode(raw, EventsIn).events
     return [decode(raw, EventIn)]
@@ -170,12 +210,19 @@ def _decode_events(raw: bytes) -> list[EventIn]:
 
 def _error_response(_: Request, exc: Exception) -> Response[bytes]:
     error = _as_api_error(exc)
-    return Response(error.body(), status_code=error.status, media_type=MediaType.JSON)
+    return Response(error.body(), status_code=error.status, media_type=MediaType.JSON, headers=error.headers)
 
 
 def _as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, InboxWriteError):  # a full or failing disk: nothing was kept, the client may retry
+        log.error("inbox write failed: %s", exc)
+        return ApiError(
+            503, "inbox_unavailable", None, "the write could not be made durable; nothing was kept", "retry shortly"
+        )
+    if isinstance(exc, RecursionError):  # msgspec's answer to `[[[[...` thousands deep, in Litestar's own decoding
+        return too_deep()
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
         first = extra[0] if isinstance(extra[0], dict) else {}

@@ -7,9 +7,11 @@ generic 500/503 body in the same shape, never a traceback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import msgspec
+from litestar.types import Send
 
 
 @dataclass(slots=True)
@@ -19,9 +21,35 @@ class ApiError(Exception):
     field: str | None
     reason: str
     hint: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> bytes:
         error = {"status": self.status, "code": self.code, "field": self.field, "reason": self.reason}
         if self.hint:
             error["hint"] = self.hint
         return msgspec.json.encode({"error": error})
+
+
+def too_deep() -> ApiError:
+    return ApiError(400, "invalid_json", "body", "JSON nested too deeply")
+
+
+async def send_json(send: Send, status: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer straight from ASGI (the fast path and the guards, which run before Litestar's handlers)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send_json(send, error.status, error.body(), headers)

@@ -14,6 +14,9 @@ from collections.abc import Callable
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+# Every label takes values from a fixed set: a client sending made-up methods or paths must not grow the
+# series (routes come from path templates, unrouted paths share one label, statuses are HTTP's own).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -109,7 +112,8 @@ def metrics_middleware(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
                 await app(scope, receive, send_wrapper)
             finally:
                 route = scope.get("path_template") or "unrouted"
-                metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+                method = scope["method"] if scope["method"] in METHODS else "other"
+                metrics.observe(method, route, status, time.perf_counter() - started)
 
         return middleware
 

@@ -19,11 +19,10 @@ from collections.abc import Callable
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from feed_api.errors import ApiError
+from feed_api.errors import ApiError, send_json
 from feed_api.schemas import RecommendationsIn, decode
 from feed_api.service import FeedService
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 _encoder = msgspec.json.Encoder()
 
 
@@ -46,14 +45,7 @@ def recommendations_fast_path(service: FeedService, max_body_bytes: int) -> Call
                 # Answered here, not raised: raised, it would pass the metrics middleware before becoming a
                 # response, and be counted as a 500.
                 status, payload = exc.status, exc.body()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+            await send_json(send, status, payload)
 
         return route
 

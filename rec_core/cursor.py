@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -33,14 +35,19 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from rec_core.atomic import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
 VERSION = 1
 TAG_BYTES = 16
 SECRET_FILE = "api/cursor_secret"
+SECRET_BYTES = 32
 MAX_TOKEN_CHARS = 64 * 1024  # a walk of ~10,000 live items; anything longer is not one of ours
 
 
 class CursorError(ValueError):
-    """A cursor that cannot be used: ``kind`` is ``malformed``, ``tampered`` or ``wrong_user``."""
+    """A cursor that cannot be used: ``kind`` is ``malformed``, ``tampered``, ``wrong_user`` or ``expired``."""
 
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
@@ -56,6 +63,7 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
     live_extra: tuple[str, ...] = ()  # served ids outside the snapshot's catalogue
     page: int = 1  # pages served so far in this walk
     version: int = VERSION
+    issued_at: int = 0  # unix seconds, set when signed; cursors from before expiry existed read as 0 (expired)
 
     def served_codes(self) -> np.ndarray:
         return decode_codes(self.live_codes)
@@ -85,24 +93,30 @@ def decode_codes(blob: bytes) -> np.ndarray:
 
 
 class CursorSigner:
-    """Signs and checks cursors with one secret (shared by every API worker)."""
+    """Signs and checks cursors with one secret (shared by every API worker).
 
-    def __init__(self, secret: bytes) -> None:
+    With ``ttl_s``, a cursor is refused as ``expired`` that long after it was signed: a leaked cursor
+    stops working, and a walk left open for hours restarts on the newest snapshot instead of an old one.
+    """
+
+    def __init__(self, secret: bytes, ttl_s: int | None = None) -> None:
         if len(secret) < 16:
             raise ValueError("cursor secret must be at least 16 bytes")
         self._secret = secret
+        self._ttl_s = ttl_s
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Cursor)
 
     def _tag(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:TAG_BYTES]
 
-    def encode(self, cursor: Cursor) -> str:
-        payload = self._encoder.encode(cursor)
+    def encode(self, cursor: Cursor, *, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        payload = self._encoder.encode(msgspec.structs.replace(cursor, issued_at=issued))
         return base64.urlsafe_b64encode(payload + self._tag(payload)).rstrip(b"=").decode("ascii")
 
-    def decode(self, token: str, *, user_id: str) -> Cursor:
-        """The cursor in ``token``, checked: signed by us, in a version we read, and for ``user_id``."""
+    def decode(self, token: str, *, user_id: str, now: float | None = None) -> Cursor:
+        """The cursor in ``token``, checked: signed by us, in a version we read, for ``user_id``, not expired."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise CursorError("malformed", "cursor is empty or too long")
         try:
@@ -122,31 +136,32 @@ class CursorSigner:
             raise CursorError("wrong_user", "cursor belongs to another user")
         if cursor.position < 0 or cursor.source not in ("feed", "trending", "live"):
             raise CursorError("malformed", "cursor has an impossible position")
+        age = (time.time() if now is None else now) - cursor.issued_at
+        if self._ttl_s is not None and age > self._ttl_s:
+            raise CursorError("expired", f"cursor expired: cursors are valid for {self._ttl_s} s after they are issued")
         return cursor
 
 
 def cursor_secret(configured: str, data_dir: Path) -> bytes:
     """The configured secret, or one created once under the data root and shared by every worker.
 
-    Created with O_EXCL so concurrent workers starting together agree on one;
-    a restart keeps it, so cursors survive restarts.
+    Created under a lock and written whole before its name appears (temp file, fsync, rename), so
+    concurrent workers agree on one and a crash never leaves an empty file behind. A file too short to be
+    one of ours (left by an older version's crash) is replaced, not waited on: an empty file used to block
+    every start. A restart keeps the secret, so cursors survive restarts.
     """
     if configured:
         return configured.encode()
     path = data_dir / SECRET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # another worker is writing it this instant
+    with (path.parent / ".cursor_secret.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
             secret = path.read_bytes()
-            if len(secret) >= 32:
+            if len(secret) >= SECRET_BYTES:
                 return secret
-            time.sleep(0.02)
-        raise RuntimeError(f"{path} is shorter than 32 bytes; delete it or set REC_CURSOR_SECRET") from None
-    try:
-        os.write(fd, secrets.token_bytes(32))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path.read_bytes()
+            log.warning("%s is %d bytes, too short to be a secret: replacing it", path, len(secret))
+        secret = secrets.token_bytes(SECRET_BYTES)
+        write_bytes_atomic(path, secret)
+        os.chmod(path, 0o600)
+        return secret

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
@@ -33,7 +34,8 @@ def test_a_walk_of_a_thousand_items_stays_small() -> None:
 )
 def test_signed_cursors_round_trip(user: str, source: str, position: int, extra: list[str]) -> None:
     cursor = Cursor("s20260101T000000Z-abcd", user, source, position, encode_codes([3, 1, 2]), tuple(extra), 4)
-    assert SIGNER.decode(SIGNER.encode(cursor), user_id=user) == cursor
+    decoded = SIGNER.decode(SIGNER.encode(cursor), user_id=user)
+    assert msgspec.structs.replace(decoded, issued_at=0) == cursor and decoded.issued_at > 0
 
 
 @given(st.data())
@@ -63,3 +65,26 @@ def test_secret_is_created_once_and_kept(tmp_path: Path) -> None:
     first = cursor_secret("", tmp_path)
     assert len(first) == 32 and cursor_secret("", tmp_path) == first
     assert cursor_secret("configured-secret-123", tmp_path) == b"configured-secret-123"
+
+
+def test_a_cursor_expires_its_ttl_after_it_was_issued() -> None:
+    signer = CursorSigner(b"0123456789abcdef0123", ttl_s=3600)
+    token = signer.encode(Cursor("s20260101T000000Z-abcd", "u1", "feed", 40), now=1_000_000)
+    assert signer.decode(token, user_id="u1", now=1_000_000 + 3600).position == 40
+    with pytest.raises(CursorError) as exc:
+        signer.decode(token, user_id="u1", now=1_000_000 + 3601)
+    assert exc.value.kind == "expired"
+    # A cursor signed before expiry existed carries no issue time: it is expired, not valid forever.
+    legacy = SIGNER.encode(Cursor("s20260101T000000Z-abcd", "u1", "feed", 40), now=0)
+    with pytest.raises(CursorError):
+        signer.decode(legacy, user_id="u1")
+
+
+@pytest.mark.parametrize("left_behind", [b"", b"short"])
+def test_a_torn_secret_file_is_replaced_not_waited_on(tmp_path: Path, left_behind: bytes) -> None:
+    """An older version killed between creating the file and writing it left it empty, which blocked every start."""
+    path = tmp_path / "api" / "cursor_secret"
+    path.parent.mkdir()
+    path.write_bytes(left_behind)
+    secret = cursor_secret("", tmp_path)
+    assert len(secret) == 32 and path.read_bytes() == secret and cursor_secret("", tmp_path) == secret

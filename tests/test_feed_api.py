@@ -288,16 +288,17 @@ def test_limit_edges_are_accepted(api: ApiServer) -> None:
 
 def test_bad_bodies(api: ApiServer) -> None:
     url = f"{api.url}/recommendations"
-    error(httpx.post(url, content=b"{not json"), 400, "body")
-    error(httpx.post(url, content=b"[1, 2]"), 400, "body")
+    as_json = {"content-type": "application/json"}
+    error(httpx.post(url, content=b"{not json", headers=as_json), 400, "body")
+    error(httpx.post(url, content=b"[1, 2]", headers=as_json), 400, "body")
     big = b'{"user_id": "' + b"x" * (1 << 20) + b'"}'
-    error(httpx.post(url, content=big), 413, "body", "body_too_large")
+    error(httpx.post(url, content=big, headers=as_json), 413, "body", "body_too_large")
 
     def chunks():  # no Content-Length: the limit holds on the bytes actually streamed
         for _ in range(20):
             yield b" " * (1 << 17)
 
-    error(httpx.post(url, content=chunks()), 413, "body", "body_too_large")
+    error(httpx.post(url, content=chunks(), headers=as_json), 413, "body", "body_too_large")
     ids = [f"v{i}" for i in range(10_001)]
     error(
         httpx.post(f"{api.url}/embeddings/user", json={"user_id": "u1", "watched_videos": ids}), 400, "watched_videos"
@@ -323,14 +324,16 @@ def test_the_fast_path_and_litestars_handler_answer_alike(api: ApiServer) -> Non
     def streamed(body: dict):
         yield json.dumps(body).encode()
 
+    json_type = {"content-type": "application/json"}
+
     for body in [{"user_id": "u0000011", "limit": 7}, {"user_id": "nobody-at-all", "limit": 3}]:
-        fast, slow = httpx.post(url, json=body), httpx.post(url, content=streamed(body))
+        fast, slow = httpx.post(url, json=body), httpx.post(url, content=streamed(body), headers=json_type)
         assert "content-length" not in slow.request.headers
         assert fast.status_code == slow.status_code == 200
         assert fast.headers["content-type"].startswith("application/json")
         assert [i["video_id"] for i in fast.json()["items"]] == [i["video_id"] for i in slow.json()["items"]]
     for body, field in BAD_PAGES:
-        fast, slow = httpx.post(url, json=body), httpx.post(url, content=streamed(body))
+        fast, slow = httpx.post(url, json=body), httpx.post(url, content=streamed(body), headers=json_type)
         assert fast.status_code == slow.status_code == 400, (body, fast.text, slow.text)
         assert fast.json()["error"]["field"] == slow.json()["error"]["field"] == field
 
