@@ -25,6 +25,7 @@ from feed_api.docs import docs_plugins_and_routes
 from feed_api.errors import ApiError, too_deep
 from feed_api.keys import KeyStore
 from feed_api.metrics import metrics_middleware
+from feed_api.openapi import finish_openapi
 from feed_api.page_route import recommendations_fast_path
 from feed_api.request_rules import client_address, json_only_middleware, parse_networks
 from feed_api.schemas import (
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
+    finish_openapi(app.openapi_schema)
     app.state.service = service
     app.state.keys = keys
     return app

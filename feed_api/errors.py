@@ -14,6 +14,20 @@ import msgspec
 from litestar.types import Send
 
 
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    status: int
+    code: str
+    field: str | None
+    reason: str
+    hint: str | None = None
+
+
+class ErrorOut(msgspec.Struct):
+    """Every error body of the API (documented once in the OpenAPI schema as ``Error``)."""
+
+    error: ErrorDetail
+
+
 @dataclass(slots=True)
 class ApiError(Exception):
     status: int
@@ -24,10 +38,7 @@ class ApiError(Exception):
     headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        error = {"status": self.status, "code": self.code, "field": self.field, "reason": self.reason}
-        if self.hint:
-            error["hint"] = self.hint
-        return msgspec.json.encode({"error": error})
+        return msgspec.json.encode(ErrorOut(ErrorDetail(self.status, self.code, self.field, self.reason, self.hint)))
 
 
 def too_deep() -> ApiError:

@@ -23,7 +23,7 @@ import msgspec
 
 from feed_api.errors import ApiError
 from feed_api.pager import Item
-from rec_core.ids import MAX_ID_BYTES, id_problem
+from rec_core.ids import ID_PATTERN, MAX_ID_BYTES, id_problem
 
 # An id's bytes are checked by the rule; a character limit too (never stricter: a character is 1 to 4 bytes) keeps
 # msgspec from copying a huge string and states a bound in the OpenAPI schema.
@@ -35,7 +35,10 @@ ID_RULE = (
     f"An id: 1 to {MAX_ID_BYTES} bytes of UTF-8 (64 x 'é' fits, 128 do not), no control, bidi, zero-width or "
     "other invisible characters, no whitespace at either end."
 )
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, description=ID_RULE)]
+Id = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, description=ID_RULE, extra_json_schema={"pattern": ID_PATTERN}),
+]
 IdList = Annotated[list[Id], msgspec.Meta(max_length=MAX_IDS)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]

@@ -84,7 +84,18 @@ def _rust_class(ranges: tuple[tuple[int, int], ...]) -> str:
     return "[" + "".join(f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in kept) + "]"
 
 
+def _json_schema_pattern(ranges: tuple[tuple[int, int], ...]) -> str:
+    # \uXXXX reads the same in Python's re, ECMA and Rust regex; astral code points have no common spelling, so
+    # the documented pattern leaves them (and surrogates) to the check. "(?![\s\S])" is the end of the text in
+    # every dialect, where Python's "$" also matches before a final newline.
+    bmp = [(a, b) for a, b in ranges if b <= 0xFFFF and (a, b) != _SURROGATES]
+    cls = "".join(f"\\u{a:04X}" + (f"-\\u{b:04X}" if b > a else "") for a, b in bmp)
+    return f"^[^{cls}]+(?![\\s\\S])"
+
+
 _REFUSED = re.compile(_py_class(REFUSED_RANGES))
+# The rule's characters for the OpenAPI schema: documentation and fuzzing; the check itself is id_problem.
+ID_PATTERN = _json_schema_pattern(REFUSED_RANGES)
 _RUST_REFUSED = _rust_class(REFUSED_RANGES)
 _RUST_WS = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in WHITESPACE) + "]"
 _RUST_SPACE_AT_ENDS = f"^{_RUST_WS}|{_RUST_WS}\\z"  # \z: the very end, not "before a final newline"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import unicodedata
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from rec_core.ids import (
     EMPTY,
+    ID_PATTERN,
     INVISIBLE,
     MAX_ID_BYTES,
     NOT_TEXT,
@@ -165,3 +167,13 @@ def test_a_hashtag_with_a_trailing_newline_is_refused() -> None:
         decode(json.dumps({**body, "user_likes": 0, "hashtags": ["ok", "cats\n"]}).encode(), VideoIn)
     assert caught.value.body() and b"hashtags[1]" in caught.value.body()
     assert decode(json.dumps({**body, "user_likes": 0, "hashtags": ["cats"]}).encode(), VideoIn).hashtags == ["cats"]
+
+
+@given(st.text(max_size=40))
+def test_what_the_documented_pattern_refuses_the_rule_refuses(value: str) -> None:
+    """The OpenAPI schema's pattern may be looser than the rule (bytes, astral characters), never stricter: a fuzzer
+    sending what the pattern refuses must always get a 400."""
+    if re.search(ID_PATTERN, value) is None:
+        assert id_problem(value) is not None
+    elif value.isascii() and value.strip() == value:
+        assert id_problem(value) is None
