@@ -208,23 +208,33 @@ def _now() -> str:
 def main(argv: list[str] | None = None) -> int:
     from rec_core.settings import Settings, SettingsError
 
-    parser = argparse.ArgumentParser(prog="python -m feed_api.keys", description="Manage the feed API's keys.")
-    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR); keys in <root>/api/")
+    # --data-dir before or after the command: SUPPRESS keeps a subcommand's absent flag from erasing the other.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="data root (default: REC_DATA_DIR); keys in <root>/api/",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m feed_api.keys", description="Manage the feed API's keys.", parents=[common]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    create = commands.add_parser("create", help="create a key and print its token (shown once)")
+    create = commands.add_parser("create", parents=[common], help="create a key and print its token (shown once)")
     create.add_argument("--scopes", required=True, help=f"comma-separated, of: {', '.join(SCOPES)}")
     create.add_argument("--name", default="", help="what the key is for (shown by list)")
-    commands.add_parser("list", help="list keys (never their tokens)")
+    commands.add_parser("list", parents=[common], help="list keys (never their tokens)")
     commands.add_parser(
         "ensure-dev",
+        parents=[common],
         help=f"once: a key with every scope for local development, its token kept in <root>/api/{DEV_TOKEN_FILE}",
     )
-    revoke = commands.add_parser("revoke", help="revoke a key by id; takes effect within a second")
+    revoke = commands.add_parser("revoke", parents=[common], help="revoke a key by id; takes effect within a second")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
     try:
         env = dict(os.environ)
-        if args.data_dir:
+        if getattr(args, "data_dir", None):
             env["REC_DATA_DIR"] = str(args.data_dir)
         store = KeyStore(Settings.load(env).keys_path)
         if args.command == "create":

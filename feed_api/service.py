@@ -126,9 +126,17 @@ class FeedService:
     def live_view(self) -> SnapshotView:
         view = self.registry.live
         if view is None:
-            reason = self.registry.last_error or "no snapshot has been published yet (run `make pipeline`)"
-            raise ApiError(503, "not_ready", None, reason, "retry in a few seconds")
+            raise ApiError(503, "not_ready", None, self._not_ready_reason(), "retry in a few seconds")
         return view
+
+    def _not_ready_reason(self) -> str:
+        if self.registry.last_error:
+            return self.registry.last_error
+        # Only while nothing is served: a file read per refused request costs nothing then.
+        published = live_snapshot_id(self.settings)
+        if published is not None:
+            return f"snapshot {published} is loading"
+        return "no snapshot has been published yet (run `make pipeline`)"
 
     async def recommend(self, req: RecommendationsIn) -> RecommendationsOut:
         user_id = req.user_id
