@@ -335,8 +335,7 @@ class FeedService:
                 for table in (view.added.vectors, view.added.creators, view.added.created_ms, view.added.payload_hash):
                     table.pop(vid, None)
         gone = [v for v in ids if v not in view.video_code]
-        if gone:
-            view.store.client.delete(view.store.collection, ids=gone)
+        view.store.delete(gone)
         updated = [v for v in ids if v in view.video_code]  # a catalogue video a post changed: back to the snapshot's
         if updated:
             view.store.upsert(updated, view.video_vectors[[view.video_code[v] for v in updated]])

@@ -196,6 +196,11 @@ class VectorStore:
             self.client.upsert(self.collection, rows)
         return Upserted(written=len(ids), skipped=skipped)
 
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove ``ids`` (absent ones are ignored)."""
+        if ids:
+            self.client.delete(self.collection, ids=list(ids))
+
     def flush(self) -> None:
         """Seal what was written so that a count or a reopen sees all of it."""
         self.client.flush(self.collection)

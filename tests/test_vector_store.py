@@ -99,6 +99,13 @@ def test_upsert_replaces_and_create_drops(filled: tuple[VectorStore, np.ndarray]
     assert not store.exists()
 
 
+def test_deleted_ids_leave_search(filled: tuple[VectorStore, np.ndarray]) -> None:
+    store, vectors = filled
+    best = store.search(vectors[0], 1)[0][0][0]
+    store.delete([best, "never-there"])
+    assert best not in [i for i, _ in store.search(vectors[0], 10)[0]]
+
+
 def test_rejects_malformed_input(filled: tuple[VectorStore, np.ndarray]) -> None:
     store, vectors = filled
     with pytest.raises(VectorStoreError):
