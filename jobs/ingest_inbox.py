@@ -72,6 +72,9 @@ def _merge_and_commit(lake: Lake, batch: InboxBatch) -> tuple[LakeVersion, dict[
     raise AssertionError("unreachable")
 
 
+ENGAGEMENT = ("views", "likes", "comments", "shares")
+
+
 def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
     """The lake's tables with the inbox folded in (pure: writes nothing)."""
     batch, invalid = _without_invalid_ids(batch)
@@ -99,13 +102,18 @@ def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[
         ],
         schema=videos.schema,
     )
-    # A re-posted video keeps its first created_at; its other fields take the newest values.
+    # An update (a key with videos:update) changes what the uploader describes. When the video first appeared
+    # and what users did with it are the platform's own record: the first created_at and the lake's engagement
+    # counters stay (a new video starts at zero).
     first_seen = pl.concat([videos, new_videos]).group_by("video_id").agg(pl.col("created_at").min())
+    engagement = videos.select("video_id", *ENGAGEMENT)
     videos = (
         pl.concat([videos, new_videos])
         .unique("video_id", keep="last", maintain_order=True)
-        .drop("created_at")
+        .drop("created_at", *ENGAGEMENT)
         .join(first_seen, on="video_id")
+        .join(engagement, on="video_id", how="left")
+        .with_columns(pl.col(c).fill_null(0) for c in ENGAGEMENT)
         .select(videos.columns)
     )
     known_videos = set(videos["video_id"].to_list())

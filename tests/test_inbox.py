@@ -138,3 +138,21 @@ def test_read_new_can_leave_out_segments(tmp_path: Path) -> None:
     theirs.append("event", {"user_id": "b", "video_id": "v", "type": "watch"}, AT)
     batch = read_new(tmp_path, {}, skip=mine.owns)
     assert [r.data["user_id"] for r in batch.records] == ["b"]
+
+
+def test_an_update_to_a_catalogue_video_keeps_its_engagement(lake_settings: Settings) -> None:
+    """A key allowed to update videos changes what the uploader describes (caption, hashtags, creator stats);
+    what users did with the video (views, likes, comments, shares) and when it appeared are the platform's record:
+    an update must not reset them to zero."""
+    lake = Lake(lake_settings.lake_dir)
+    before = {r["video_id"]: r for r in lake.read("videos").to_pylist()}
+    vid = max(before, key=lambda v: before[v]["views"])
+    assert before[vid]["views"] > 0
+    update = {"video_id": vid, "caption": "a better caption", "hashtags": ["new"], "duration": 12.0}
+    update |= {"width": 720, "height": 1280, "user_followers": 5, "user_likes": 6}
+    InboxWriter(lake_settings.inbox_dir).append("video", update, AT)
+    ingest_inbox(lake_settings)
+    after = {r["video_id"]: r for r in Lake(lake_settings.lake_dir).read("videos").to_pylist()}[vid]
+    assert after["caption"] == "a better caption" and after["hashtags"] == ["new"] and after["creator_followers"] == 5
+    for counter in ("views", "likes", "comments", "shares", "created_at"):
+        assert after[counter] == before[vid][counter], counter
