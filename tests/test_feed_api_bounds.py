@@ -170,7 +170,7 @@ def test_posted_videos_past_the_cap_leave_live_search_first_in_first_out(world_c
             vectors = {}
             for i, caption in enumerate(["sourdough bread", "a cat naps", "mountain bike jump"]):
                 vectors[f"p{i}"] = np.asarray((await service.add_video(video(f"p{i}", caption))).embedding)
-            assert set(view.added.vectors) == {"p1", "p2"} and list(service._videos) == ["p1", "p2"]
+            assert set(view.added.vectors) == {"p1", "p2"} and service.posted.ids() == ["p1", "p2"]
             hits = {v for v, _ in view.store.search(vectors["p0"].astype(np.float32), 50)[0]}
             assert "p0" not in hits and not view.known_video("p0"), "the oldest post left live search"
             assert inbox_videos(world_copy) == ["p0", "p1", "p2"], "it is still in the inbox for the next batch"
