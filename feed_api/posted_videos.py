@@ -8,7 +8,7 @@ inbox, encoded by the snapshot's own text encoder and video tower, and upserted
 into the live snapshot's collection. Each newer snapshot indexes the ones its
 batch did not include (:meth:`PostedVideos.adopt`) until a batch takes them in.
 
-Bounded (ARCHITECTURE.md, invariant 9): past ``api_posted_videos_max`` the
+Bounded (docs/architecture.md, invariant 9): past ``api_posted_videos_max`` the
 oldest leave live search; the inbox still has them for the next batch.
 """
 

@@ -8,7 +8,7 @@ snapshot has yet). A background thread picks up new snapshots and follows the
 inbox (records from other workers, and on start-up everything the live snapshot
 does not reflect).
 
-Durability first (ARCHITECTURE.md, invariant 6): a write endpoint appends to
+Durability first (docs/architecture.md, invariant 6): a write endpoint appends to
 the inbox and fsyncs before it changes anything in memory and before it replies;
 an append that fails raises :class:`rec_core.inbox.InboxWriteError` unchanged to
 the app's error handler (a 503), with nothing of it kept and nothing changed.

@@ -1,7 +1,7 @@
 """One published snapshot, held in memory for serving.
 
 Everything a page needs is here as flat numpy arrays, so a precomputed page is
-a few slices and no database query (ARCHITECTURE.md, invariant 4):
+a few slices and no database query (docs/architecture.md, invariant 4):
 
 * the catalogue of the snapshot (video ids sorted, creator, creation time, and
   each video's position, its "code", which feeds and cursors refer to),

@@ -4,7 +4,7 @@ A background thread calls :meth:`SnapshotRegistry.refresh` every
 ``REC_API_RELOAD_MS``: when ``LIVE`` names a new snapshot it is loaded off the
 request path and then swapped in with one reference assignment, so a request
 sees the old snapshot or the new one, never a mix. If the new one fails to load
-the old one keeps serving (ARCHITECTURE.md, invariant 4) and the failure is
+the old one keeps serving (docs/architecture.md, invariant 4) and the failure is
 logged and retried with a back-off. The previous live snapshot stays loaded, so
 walks that began on it continue on it; a retained snapshot not in memory (after
 a restart) is loaded on the first cursor that names it. A snapshot whose folder

@@ -6,7 +6,7 @@ state is rebuilt from the inbox on start-up and followed from the inbox while
 running, so it survives restarts and is shared by workers; applying a recent
 record twice changes nothing, which is what makes that replay safe.
 
-Bounded (ARCHITECTURE.md, invariant 9), so a flood of events keeps memory flat:
+Bounded (docs/architecture.md, invariant 9), so a flood of events keeps memory flat:
 
 * users: the least recently active are forgotten past ``max_users``;
 * per user: the newest ``max_videos`` seen, positive and liked videos are kept

@@ -1,4 +1,4 @@
 """The recommender's library: schemas, lake, data, models, feeds.
 
-Never imports Airflow or Litestar (see ARCHITECTURE.md).
+Never imports Airflow or Litestar (see docs/architecture.md).
 """

@@ -1,7 +1,7 @@
 """Crash-safe file writes: write to a temporary name beside the target, fsync, rename.
 
 A reader therefore sees either the old file or the new one, never half of one
-(ARCHITECTURE.md, invariant 2).
+(docs/architecture.md, invariant 2).
 """
 
 from __future__ import annotations

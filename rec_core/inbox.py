@@ -1,7 +1,7 @@
 """The inbox: what the API accepts between two batch runs, durable before the reply.
 
 Writers append JSON lines to their own segment file under ``<data root>/inbox/``
-and fsync before acknowledging (ARCHITECTURE.md, invariant 6). The batch reads
+and fsync before acknowledging (docs/architecture.md, invariant 6). The batch reads
 every segment up to its last complete line, takes the records into the lake,
 and only then records how far it read in ``inbox/consumed.json``. A crash
 between the lake commit and that record makes the next run read the same lines

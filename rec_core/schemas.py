@@ -1,6 +1,6 @@
 """Arrow schemas of the lake tables, defined once and checked on every write.
 
-The lake is the one source of truth (ARCHITECTURE.md, invariant 1); everything
+The lake is the one source of truth (docs/architecture.md, invariant 1); everything
 else is derived from these four tables, so their shapes are pinned here.
 """
 

@@ -1,4 +1,4 @@
-"""Validating, publishing, pruning and rolling back feed snapshots (ARCHITECTURE.md, invariant 3).
+"""Validating, publishing, pruning and rolling back feed snapshots (docs/architecture.md, invariant 3).
 
 The protocol, in the order it runs:
 

@@ -2,7 +2,7 @@
 
 The same class talks to Milvus Lite (``uri`` is a ``.db`` file) and to a Milvus
 server (``uri`` is ``http://host:19530``); nothing else changes between the two
-(ARCHITECTURE.md, invariant 7). The primary key is the item id as a VARCHAR.
+(docs/architecture.md, invariant 7). The primary key is the item id as a VARCHAR.
 
 Milvus Lite facts this module designs around (measured with milvus-lite 2.5.1 and
 pymilvus 3.0.2):

@@ -1,4 +1,4 @@
-"""Every in-memory structure of the feed API that grows with traffic has a bound (ARCHITECTURE.md, invariant 9).
+"""Every in-memory structure of the feed API that grows with traffic has a bound (docs/architecture.md, invariant 9).
 
 A flood of events for one user, users past the cap, posted videos past the cap, and a
 restart over a big inbox: sizes stay at their bounds and memory stays flat.
