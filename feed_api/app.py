@@ -185,7 +185,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     finish_openapi(app.openapi_schema)
     app.state.service = service
-    app.state.keys = keys
     return app
 
 
@@ -203,8 +202,6 @@ def _decode_events(raw: bytes) -> list[EventIn]:
         head = msgspec.json.decode(raw) if raw.strip() else None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise too_deep() from None
     if isinstance(head, dict) and "events" in head:
         return decode(raw, EventsIn).events
     return [decode(raw, EventIn)]

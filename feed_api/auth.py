@@ -23,6 +23,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from feed_api.errors import ApiError, send_error
 from feed_api.keys import DEVELOPMENT, KeyStore, Principal
+from feed_api.request_rules import header
 
 DEFAULT_SCOPE = "docs:read"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="feed-api"'}
@@ -105,8 +106,8 @@ def _authorize(scope: Scope, store: KeyStore, always: bool, needed: str) -> Prin
 
 
 def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() or None if scheme.lower() == "bearer" else None
-    return None
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

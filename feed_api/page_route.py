@@ -20,6 +20,7 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from feed_api.errors import ApiError, send_json
+from feed_api.request_rules import header
 from feed_api.schemas import RecommendationsIn, decode
 from feed_api.service import FeedService
 
@@ -53,13 +54,11 @@ def recommendations_fast_path(service: FeedService, max_body_bytes: int) -> Call
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -44,12 +44,21 @@ def json_only_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case, as ASGI gives names), read straight from the scope: the
+    guards and the page fast path run before Litestar builds a request."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            media = value.decode("latin-1").split(";", 1)[0].strip().lower()
-            return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-    return False
+    value = header(scope, b"content-type")
+    if value is None:
+        return False
+    media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
