@@ -613,12 +613,8 @@ def row_publish(run: Run) -> Row:
             run.logs,
         )
         new = json.loads(out.strip().splitlines()[-1])["published"]
-        _wait_for(lambda: run.api.ready_id() == new, 30)
-        time.sleep(3)
-    judge_load(row, load, run.feeds)
-    row.snapshot, problems = watch.verdict(old, new)
-    row.failures += problems
-    return row
+        _serve_until_live(run, new)
+    return _judge_publish(row, load, run, watch, old, new)
 
 
 def row_kill_api(run: Run) -> Row:
@@ -807,10 +803,19 @@ def row_kill_materialize(run: Run) -> Row:
                     row.failures.append(f"a killed materialize left a torn {part.name}: {exc}")
         run_stage([*materialize, "0"], run.data, run.logs)
         run_stage(["jobs.publish", "--snapshot", snap], run.data, run.logs)
-        _wait_for(lambda: run.api.ready_id() == snap, 30)
-        time.sleep(3)
+        _serve_until_live(run, snap)
+    return _judge_publish(row, load, run, watch, old, snap)
+
+
+def _serve_until_live(run: Run, snapshot_id: str) -> None:
+    """Keep the load going until the API serves the new snapshot, and a few seconds past the swap."""
+    _wait_for(lambda: run.api.ready_id() == snapshot_id, 30)
+    time.sleep(3)
+
+
+def _judge_publish(row: Row, load: Load, run: Run, watch: PointerWatch, old: str, new: str) -> Row:
     judge_load(row, load, run.feeds)
-    row.snapshot, problems = watch.verdict(old, snap)
+    row.snapshot, problems = watch.verdict(old, new)
     row.failures += problems
     return row
 
