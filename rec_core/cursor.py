@@ -123,6 +123,10 @@ class CursorSigner:
             raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise CursorError("malformed", "cursor is not one this API issued") from exc
+        # Base64's last character carries unused low bits that decoding ignores, so several spellings give
+        # the same bytes; only the one we would have written is accepted, or an altered token could pass.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+            raise CursorError("malformed", "cursor is not one this API issued")
         payload, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
         if len(raw) <= TAG_BYTES or not hmac.compare_digest(tag, self._tag(payload)):
             raise CursorError("tampered", "cursor signature does not match: it was altered or not issued here")

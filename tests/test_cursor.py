@@ -38,17 +38,20 @@ def test_signed_cursors_round_trip(user: str, source: str, position: int, extra:
     assert msgspec.structs.replace(decoded, issued_at=0) == cursor and decoded.issued_at > 0
 
 
-@given(st.data())
-def test_any_change_to_a_token_is_refused(data: st.DataObject) -> None:
+def test_any_change_to_a_token_is_refused() -> None:
+    # Every position and every other base64url character, not a sample: the last character's unused low
+    # bits let a random sample pass for a while and then fail CI (three of the ~5,000 edits decoded alike).
     token = SIGNER.encode(Cursor("s20260101T000000Z-abcd", "u1", "feed", 40))
-    i = data.draw(st.integers(0, len(token) - 1))
-    c = data.draw(
-        st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_").filter(
-            lambda c: c != token[i]
-        )
-    )
-    with pytest.raises(CursorError):
-        SIGNER.decode(token[:i] + c + token[i + 1 :], user_id="u1")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    accepted = []
+    for i, old in enumerate(token):
+        for c in alphabet.replace(old, ""):
+            try:
+                SIGNER.decode(token[:i] + c + token[i + 1 :], user_id="u1")
+                accepted.append((i, c))
+            except CursorError:
+                pass
+    assert accepted == []
 
 
 def test_foreign_user_and_foreign_secret() -> None:
