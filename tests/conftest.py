@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rec-airflow-"))
@@ -26,6 +28,12 @@ os.environ.update(
 # The tests choose their own data roots; a developer's REC_* must not leak in.
 for key in [k for k in os.environ if k.startswith("REC_")]:
     del os.environ[key]
+
+# `make test` draws the same examples on every run, so CI passes or fails on the code and not on a lucky
+# draw; `HYPOTHESIS_PROFILE=explore make test` searches fresh examples (and keeps what fails in .hypothesis/).
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
