@@ -37,10 +37,10 @@ import psutil
 
 from benchmarks.common import BenchRow
 from benchmarks.loadgen import closed_loop, http_request, open_loop, run_load
-from rec_core.model_store import ModelStore, ModelStoreError
+from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.settings import Settings
-from rec_core.snapshot import live_snapshot
-from rec_core.snapshot_layout import SnapshotPaths
+from rec_core.snapshot.layout import SnapshotPaths
+from rec_core.snapshot.publish import live_snapshot
 
 NAME = "bench_api"
 log = logging.getLogger(NAME)

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import BenchRow, stopwatch
+from rec_core.model.text_encoder import TextEncoder, video_text
+from rec_core.model.text_features import embed_videos_text
 from rec_core.settings import Settings
-from rec_core.text_encoder import TextEncoder, video_text
-from rec_core.text_features import embed_videos_text
 
 NAME = "bench_text"
 N_CAPTIONS = 2_000

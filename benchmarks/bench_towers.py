@@ -2,7 +2,7 @@
 
 A model is trained on the tiny synthetic world (seed 42, its own data root under
 ``data/bench/towers-world``, so caption embeddings are cached after the first
-run), then quantized with :func:`rec_core.towers.quantize_int8`. Both towers are
+run), then quantized with :func:`rec_core.model.towers.quantize_int8`. Both towers are
 timed on prebuilt inputs (``N_ROWS`` videos and users, the world's rows
 repeated), fp32 and int8 alternately in the same run, best of ``ROUNDS``; the
 quality change is the held-out metrics of both models on the same split, the
@@ -18,10 +18,10 @@ import torch
 
 from benchmarks.common import BenchRow, stopwatch
 from jobs.generate_data import generate_data
-from rec_core.evaluation import load_lake_data, two_tower_metrics
+from rec_core.eval.evaluation import load_lake_data, two_tower_metrics
+from rec_core.model.towers import TwoTower, quantize_int8
+from rec_core.model.training import TrainConfig, prepare, scorer, train
 from rec_core.settings import Settings
-from rec_core.towers import TwoTower, quantize_int8
-from rec_core.training import TrainConfig, prepare, scorer, train
 
 NAME = "bench_towers"
 N_ROWS = 20_000

@@ -1,7 +1,7 @@
 """Candidate retrieval for feed materialization: Milvus Lite search against an exact torch matmul + topk.
 
 50,000 64-d unit vectors, the top 500 for 1,000 users, through
-``rec_core.vector_store.VectorStore`` (FLAT, inner product, batched queries) and
+``rec_core.snapshot.vector_store.VectorStore`` (FLAT, inner product, batched queries) and
 through one matrix product per chunk of users with ``torch.topk``. Both are timed
 alternately in the same run (best of ``ROUNDS``), so the ratio survives the drift
 of a shared machine. Also reported: what loading the collection costs, a single
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchRow, stopwatch
-from rec_core.vector_store import VectorStore
+from rec_core.snapshot.vector_store import VectorStore
 
 NAME = "bench_vector_search"
 N_VECTORS = 50_000

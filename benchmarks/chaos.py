@@ -270,7 +270,7 @@ def live_pointer(data: Path) -> str | None:
 
 def lake_pairs(data: Path) -> pl.DataFrame:
     """The lake's interactions as (user_id, video_id) rows, read through the lake's own reader."""
-    from rec_core.lake import lake_for
+    from rec_core.data.lake import lake_for
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
     return pl.from_arrow(lake_for(settings).read("interactions", columns=["user_id", "video_id"]))
@@ -846,7 +846,7 @@ def choose_users_and_pairs(data: Path, rng: random.Random) -> tuple[list[str], I
     walk_users, post_users = users[:40], users[-120:]
     lake = lake_pairs(data)
     seen = set(zip(lake["user_id"].to_list(), lake["video_id"].to_list(), strict=True))
-    from rec_core.lake import lake_for
+    from rec_core.data.lake import lake_for
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
     videos = sorted(pl.from_arrow(lake_for(settings).read("videos", columns=["video_id"]))["video_id"].to_list())

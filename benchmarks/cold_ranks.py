@@ -14,11 +14,11 @@ import dataclasses
 import logging
 
 from jobs.import_movielens import DEFAULT_PATH, import_movielens
-from rec_core.evaluation import load_lake_data, two_tower_metrics
-from rec_core.metrics import build_targets, cold_ranks
+from rec_core.eval.evaluation import load_lake_data, two_tower_metrics
+from rec_core.eval.ranking_metrics import build_targets, cold_ranks
+from rec_core.model.training import TrainConfig, prepare, scorer, train
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
-from rec_core.training import TrainConfig, prepare, scorer, train
 
 log = logging.getLogger("bench.cold_ranks")
 

@@ -25,11 +25,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rec_core.lake import Lake
+from rec_core.data.lake import Lake
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
-from rec_core.snapshot import live_snapshot
-from rec_core.synthetic import SCALES
+from rec_core.snapshot.publish import live_snapshot
+from rec_core.synthetic.world import SCALES
 
 log = logging.getLogger("bench.stages")
 MIB = 1024 * 1024

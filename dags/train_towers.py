@@ -38,7 +38,7 @@ def train_towers_dag() -> None:
     @task
     def train(_features: dict, params: dict | None = None) -> str:
         from jobs.train_towers import train_version
-        from rec_core.training import TrainConfig
+        from rec_core.model.training import TrainConfig
 
         assert params is not None
         settings = job_settings()

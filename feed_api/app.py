@@ -43,7 +43,7 @@ from feed_api.schemas import (
     locate,
 )
 from feed_api.service import FeedService
-from rec_core.inbox import InboxWriteError
+from rec_core.data.inbox import InboxWriteError
 from rec_core.settings import Settings
 
 log = logging.getLogger("feed_api")

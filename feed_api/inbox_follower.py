@@ -15,11 +15,11 @@ from typing import Any
 from feed_api.posted_videos import PostedVideos
 from feed_api.snapshot_view import SnapshotView
 from feed_api.user_state import UserStates
-from rec_core.embedding import UserProfile
+from rec_core.data.inbox import InboxRecord, InboxWriter, consumed_offsets, read_new
 from rec_core.ids import id_problem
-from rec_core.inbox import InboxRecord, InboxWriter, consumed_offsets, read_new
+from rec_core.model.inference import UserProfile
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import SnapshotError, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.layout import SnapshotError, live_snapshot_id, snapshot_paths
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import numpy as np
 
 from feed_api.snapshot_view import RankedList, SnapshotView
 from feed_api.user_state import UserActivity
-from rec_core.cursor import Cursor, encode_codes
-from rec_core.feed_policy import FeedPolicy, apply
-from rec_core.vector_store import MAX_TOPK
+from rec_core.feed.cursor import Cursor, encode_codes
+from rec_core.feed.policy import FeedPolicy, apply
+from rec_core.snapshot.vector_store import MAX_TOPK
 
 LIVE_REASON = "based on what you watch"
 TRENDING_REASON = "trending"

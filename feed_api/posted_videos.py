@@ -27,9 +27,9 @@ from feed_api.errors import ApiError
 from feed_api.metrics import Metrics
 from feed_api.snapshot_view import SnapshotView
 from feed_api.video_encoding import encode_videos
-from rec_core.inbox import InboxWriter
+from rec_core.data.inbox import InboxWriter
+from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import Settings
-from rec_core.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ does not reflect).
 
 Durability first (docs/architecture.md, invariant 6): a write endpoint appends to
 the inbox and fsyncs before it changes anything in memory and before it replies;
-an append that fails raises :class:`rec_core.inbox.InboxWriteError` unchanged to
+an append that fails raises :class:`rec_core.data.inbox.InboxWriteError` unchanged to
 the app's error handler (a 503), with nothing of it kept and nothing changed.
 
 Bounded (invariant 9): user state (:mod:`feed_api.user_state`), the posted videos
@@ -50,12 +50,12 @@ from feed_api.schemas import (
 from feed_api.snapshot_view import SnapshotView
 from feed_api.snapshots import SnapshotRegistry
 from feed_api.user_state import UserStates
-from rec_core.cursor import CursorError, CursorSigner, cursor_secret
-from rec_core.embedding import UserProfile
-from rec_core.feed_policy import FeedPolicy
-from rec_core.inbox import InboxWriter
+from rec_core.data.inbox import InboxWriter
+from rec_core.feed.cursor import CursorError, CursorSigner, cursor_secret
+from rec_core.feed.policy import FeedPolicy
+from rec_core.model.inference import UserProfile
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import live_snapshot_id
+from rec_core.snapshot.layout import live_snapshot_id
 
 log = logging.getLogger(__name__)
 

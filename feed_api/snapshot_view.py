@@ -35,7 +35,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rec_core.embedding import (
+from rec_core.ids import id_problems
+from rec_core.model.features import Catalogue, video_frame
+from rec_core.model.inference import (
     OnlineUserVector,
     UserProfile,
     as_of_ms,
@@ -46,13 +48,11 @@ from rec_core.embedding import (
     user_vector_from_profile,
     vectors_array,
 )
-from rec_core.features import Catalogue, video_frame
-from rec_core.ids import id_problems
-from rec_core.model_store import LoadedModel
+from rec_core.model.store import LoadedModel
 from rec_core.settings import Settings
-from rec_core.snapshot import read_manifest
-from rec_core.snapshot_layout import BuildInfo, SnapshotPaths
-from rec_core.vector_store import VectorStore
+from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
+from rec_core.snapshot.publish import read_manifest
+from rec_core.snapshot.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 

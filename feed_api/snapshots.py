@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from feed_api.snapshot_view import SnapshotView, load_view
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import MANIFEST_FILE, SnapshotError, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, live_snapshot_id, snapshot_paths
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rec_core.embedding import UserProfile
+from rec_core.model.inference import UserProfile
 
 LONG_WATCH = 0.8  # completion at or above which a watch says "more like this"
 POSITIVE_TYPES = frozenset({"like", "share", "comment"})

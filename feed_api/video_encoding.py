@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 
 from feed_api.snapshot_view import SnapshotView
-from rec_core.features import build_catalogue
-from rec_core.schemas import VIDEOS
-from rec_core.text_encoder import TextEncoder, video_text
-from rec_core.training import video_vectors
+from rec_core.data.tables import VIDEOS
+from rec_core.model.features import build_catalogue
+from rec_core.model.text_encoder import TextEncoder, video_text
+from rec_core.model.training import video_vectors
 
 
 def video_row(payload: dict[str, Any], created_at: dt.datetime) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from jobs.cli import settings_for
-from rec_core.lake import LakeError, lake_for
+from rec_core.data.lake import LakeError, lake_for
+from rec_core.model.text_features import embed_videos_text
 from rec_core.settings import Settings
-from rec_core.text_features import embed_videos_text
 
 
 def build_features(settings: Settings) -> dict:

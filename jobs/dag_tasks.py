@@ -101,7 +101,7 @@ def latest_snapshot(params: dict | None = None) -> str:
 @task
 def shard_list(snapshot_id: str, kind: str) -> list[int]:
     """The shard numbers of ``kind`` ("video" or "user") that the snapshot was begun with, to map over."""
-    from rec_core.snapshot_layout import snapshot_paths
+    from rec_core.snapshot.layout import snapshot_paths
 
     build = snapshot_paths(job_settings(), snapshot_id).read_build()
     return list(range(build.video_shards if kind == "video" else build.user_shards))
@@ -109,6 +109,6 @@ def shard_list(snapshot_id: str, kind: str) -> list[int]:
 
 @task
 def rebuild_warehouse(_published: dict) -> str:
-    from rec_core.warehouse import build_warehouse
+    from rec_core.data.warehouse import build_warehouse
 
     return str(build_warehouse(job_settings()))

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Literal
 
 from jobs.cli import settings_for
-from rec_core.embedding import user_vectors_for_shard, video_vectors_for_shard, write_vectors
-from rec_core.lake import LakeError
-from rec_core.model_store import ModelStoreError
+from rec_core.data.lake import LakeError
+from rec_core.model.inference import user_vectors_for_shard, video_vectors_for_shard, write_vectors
+from rec_core.model.store import ModelStoreError
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import SnapshotError, snapshot_paths
+from rec_core.snapshot.layout import SnapshotError, snapshot_paths
 
 log = logging.getLogger("jobs.embed")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from jobs.cli import settings_for
 from rec_core.atomic import write_bytes_atomic
-from rec_core.evaluation import (
+from rec_core.data.lake import LakeError
+from rec_core.eval.evaluation import (
     baseline_metrics,
     comparison,
     load_lake_data,
@@ -26,8 +27,7 @@ from rec_core.evaluation import (
     two_tower_metrics,
     write_report,
 )
-from rec_core.lake import LakeError
-from rec_core.model_store import ModelStore, ModelStoreError
+from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.settings import Settings
 
 

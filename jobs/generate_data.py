@@ -1,6 +1,6 @@
 """``python -m jobs.generate_data``: generate the synthetic world and commit it to the lake.
 
-The world (see :mod:`rec_core.synthetic`) lands as ONE lake commit of all four
+The world (see :mod:`rec_core.synthetic.world`) lands as ONE lake commit of all four
 tables, so readers never see videos of one world with interactions of another.
 The planted ground truth goes to ``<data root>/truth/`` beside the lake, tagged
 with the lake version and table checksums it belongs to. The same seed gives
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import settings_for
-from rec_core.lake import lake_for
+from rec_core.data.lake import lake_for
 from rec_core.progress import Progress
 from rec_core.settings import Settings
-from rec_core.synthetic import SCALES, generate_world, params_for, write_truth
+from rec_core.synthetic.world import SCALES, generate_world, params_for, write_truth
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
         [--strict] [--dry-run] [--report-json FILE] [--data-dir DIR]
 
 The columns, their defaults and the bad-row reasons are documented in
-:mod:`rec_core.ingest`. The report is printed to stdout (and written as JSON
+:mod:`rec_core.data.ingest`. The report is printed to stdout (and written as JSON
 with ``--report-json``). Exit codes: 0 imported, or identical to the live lake
 version already; 1 rejected (a bad row under ``--strict``, or no valid video);
 2 unusable input (missing file or required column, unreadable file, bad
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rec_core.atomic import write_bytes_atomic
-from rec_core.ingest import ImportReport, IngestError, InputError, read_canonical, run_import
-from rec_core.lake import lake_for
+from rec_core.data.ingest import ImportReport, IngestError, InputError, read_canonical, run_import
+from rec_core.data.lake import lake_for
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings, SettingsError
 

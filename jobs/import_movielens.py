@@ -4,7 +4,7 @@
         [--strict] [--dry-run] [--report-json FILE] [--data-dir DIR]
 
 The mapping (movies -> videos, ratings -> watches, genres and tags -> hashtags)
-is documented in :mod:`rec_core.movielens`; validation, report and exit codes
+is documented in :mod:`rec_core.data.movielens`; validation, report and exit codes
 are those of ``jobs.import_dataset``. The files are read in place, never copied.
 """
 
@@ -14,9 +14,9 @@ import argparse
 from pathlib import Path
 
 from jobs.import_dataset import add_common_arguments, run_cli
-from rec_core import movielens
-from rec_core.ingest import ImportReport, run_import
-from rec_core.lake import lake_for
+from rec_core.data import movielens
+from rec_core.data.ingest import ImportReport, run_import
+from rec_core.data.lake import lake_for
 from rec_core.settings import Settings
 
 # The shared data sets sit beside the repository; resolving from this file makes the default

@@ -8,7 +8,7 @@ video the lake does not know are counted and dropped. A record with an id that
 breaks the id rule (:mod:`rec_core.ids`; written by an older API that let it
 through) is skipped, counted (``records_invalid_id``) and logged with an example:
 it never reaches the lake, where it would fail every later publish. Idempotent: see
-``rec_core.inbox`` for why a crash at any point loses nothing and duplicates nothing.
+``rec_core.data.inbox`` for why a crash at any point loses nothing and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import polars as pl
 
 from jobs.cli import settings_for
+from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, read_new
+from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for
+from rec_core.data.tables import TABLES
 from rec_core.ids import id_problem
-from rec_core.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, read_new
-from rec_core.lake import Lake, LakeError, LakeVersion, lake_for
-from rec_core.schemas import TABLES
 from rec_core.settings import Settings
 
 log = logging.getLogger("jobs.ingest_inbox")

@@ -23,11 +23,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from jobs.cli import settings_for
-from rec_core.embedding import VIDEO_ID, read_vector_shards, vectors_array
+from rec_core.model.inference import VIDEO_ID, read_vector_shards, vectors_array
 from rec_core.progress import Progress
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import SnapshotError, snapshot_paths
-from rec_core.vector_store import VectorStore, VectorStoreError
+from rec_core.snapshot.layout import SnapshotError, snapshot_paths
+from rec_core.snapshot.vector_store import VectorStore, VectorStoreError
 
 log = logging.getLogger("jobs.load_vectors")
 

@@ -6,10 +6,10 @@ time, caption, hashtags), interactions before as-of (what each user has seen
 and liked, and recent popularity) and follows. Then, per batch of users:
 
 1. exact top-k by ``user . video`` with watched and own videos excluded
-   (:mod:`rec_core.candidates`), plus the best fresh videos for the fresh slots;
-2. the feed policy (:mod:`rec_core.feed_policy`) over those candidates, backed
+   (:mod:`rec_core.feed.candidates`), plus the best fresh videos for the fresh slots;
+2. the feed policy (:mod:`rec_core.feed.policy`) over those candidates, backed
    by the trending list so a user whose candidates run out still gets a full feed;
-3. a reason per item (:mod:`rec_core.reasons`).
+3. a reason per item (:mod:`rec_core.feed.reasons`).
 
 A user with no interaction before as-of gets the trending list under the same
 policy. Output: ``feeds/part-<shard>-of-<user shards>.parquet`` with
@@ -47,10 +47,9 @@ import torch
 
 from jobs.cli import settings_for
 from rec_core.atomic import write_with
-from rec_core.candidates import ExclusionCSR, iter_top_k, trending_order, trending_scores
-from rec_core.feed_policy import FeedPolicy, select_eligible
-from rec_core.progress import Progress
-from rec_core.reasons import (
+from rec_core.feed.candidates import ExclusionCSR, iter_top_k, trending_order, trending_scores
+from rec_core.feed.policy import FeedPolicy, select_eligible
+from rec_core.feed.reasons import (
     ReasonCatalogue,
     TagIndex,
     UserSignals,
@@ -59,8 +58,9 @@ from rec_core.reasons import (
     render,
     unit_rows,
 )
+from rec_core.progress import Progress
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from jobs.cli import settings_for
-from rec_core.evaluation import markdown_table
-from rec_core.model_store import ModelStore, ModelStoreError
+from rec_core.eval.evaluation import markdown_table
+from rec_core.model.store import ModelStore, ModelStoreError
 
 
 def list_versions(store: ModelStore) -> str:

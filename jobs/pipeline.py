@@ -15,12 +15,12 @@ import sys
 import pyarrow.compute as pc
 
 from jobs.train_towers import evaluate_version, gate_version, train_version
-from rec_core.inbox import consumed_offsets
-from rec_core.lake import Lake, LakeError, lake_for
-from rec_core.model_store import ModelStore, ModelStoreError
+from rec_core.data.inbox import consumed_offsets
+from rec_core.data.lake import Lake, LakeError, lake_for
+from rec_core.model.store import ModelStore, ModelStoreError
+from rec_core.model.training import TrainConfig
 from rec_core.settings import Settings, SettingsError
-from rec_core.snapshot_layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
-from rec_core.training import TrainConfig
+from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
 
 
 def lake_watermark(lake: Lake) -> dt.datetime:

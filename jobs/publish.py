@@ -8,7 +8,7 @@
 A refused snapshot exits with status 2 and lists every reason; the live snapshot
 is untouched. Publishing the live snapshot again is a no-op. Exit status 1 means
 the publish or rollback happened but the warehouse could not be rebuilt (rerun
-``python -m jobs.summarize``). See :mod:`rec_core.snapshot` for the protocol.
+``python -m jobs.summarize``). See :mod:`rec_core.snapshot.publish` for the protocol.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import settings_for
-from rec_core.lake import LakeError
+from rec_core.data.lake import LakeError
+from rec_core.data.warehouse import build_warehouse
 from rec_core.settings import Settings
-from rec_core.snapshot import ABANDONED_AFTER, list_snapshots, rollback, validate_snapshot
-from rec_core.snapshot import publish as publish_snapshot
-from rec_core.snapshot_layout import SnapshotError
-from rec_core.warehouse import build_warehouse
+from rec_core.snapshot.layout import SnapshotError
+from rec_core.snapshot.publish import ABANDONED_AFTER, list_snapshots, rollback, validate_snapshot
+from rec_core.snapshot.publish import publish as publish_snapshot
 
 log = logging.getLogger("jobs.publish")
 

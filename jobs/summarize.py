@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 
 from jobs.cli import settings_for
-from rec_core.lake import LakeError
+from rec_core.data.lake import LakeError
+from rec_core.data.warehouse import ANALYSIS_QUERIES, build_warehouse
 from rec_core.settings import Settings
-from rec_core.warehouse import ANALYSIS_QUERIES, build_warehouse
 
 QUERIES: dict[str, str] = {
     "Tables": """

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from jobs.cli import settings_for
-from rec_core.evaluation import (
+from rec_core.data.lake import LakeError
+from rec_core.eval.evaluation import (
     LakeData,
     baseline_metrics,
     comparison,
@@ -27,11 +28,10 @@ from rec_core.evaluation import (
     two_tower_metrics,
     write_report,
 )
-from rec_core.lake import LakeError
-from rec_core.model_store import ModelStore, ModelStoreError, gate
-from rec_core.plots import training_curves_png
+from rec_core.eval.plots import training_curves_png
+from rec_core.model.store import ModelStore, ModelStoreError, gate
+from rec_core.model.training import TrainConfig, prepare, train
 from rec_core.settings import Settings
-from rec_core.training import TrainConfig, prepare, train
 
 log = logging.getLogger("jobs.train_towers")
 

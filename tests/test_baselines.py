@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rec_core.baselines import AS_SERVED, EASE, TIE_BREAK, ItemKNN, MostPop, evaluate_baselines, popularity
-from rec_core.feed_policy import FeedPolicy
-from rec_core.metrics import ServedAs
-from rec_core.split import Split, temporal_split, train_matrix
+from rec_core.data.split import Split, temporal_split, train_matrix
+from rec_core.eval.baselines import AS_SERVED, EASE, TIE_BREAK, ItemKNN, MostPop, evaluate_baselines, popularity
+from rec_core.eval.ranking_metrics import ServedAs
+from rec_core.feed.policy import FeedPolicy
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rec_core.cursor import Cursor, CursorError, CursorSigner, cursor_secret, decode_codes, encode_codes
+from rec_core.feed.cursor import Cursor, CursorError, CursorSigner, cursor_secret, decode_codes, encode_codes
 
 SIGNER = CursorSigner(b"0123456789abcdef0123")
 

@@ -83,7 +83,7 @@ print(json.dumps([first, after_import, torch.get_num_threads()]))
 def test_generate_data_dag_runs_end_to_end(airflow_db: Path, data_env: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from rec_core.lake import Lake
+    from rec_core.data.lake import Lake
 
     dag = DagBag(str(ROOT / "dags")).get_dag("generate_data")
     run = dag.test(run_conf={"scale": "tiny", "seed": 7})
@@ -98,7 +98,7 @@ def test_generate_data_dag_runs_end_to_end(airflow_db: Path, data_env: Path) -> 
 def test_import_dataset_dag_imports_files(airflow_db: Path, data_env: Path, tmp_path: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from rec_core.lake import Lake
+    from rec_core.data.lake import Lake
 
     incoming = data_env / "import"  # the DAG reads only inside the import folder
     incoming.mkdir(parents=True)
@@ -216,7 +216,7 @@ def _returned(dag_id: str, run_id: str, task_id: str) -> Any:
 
 
 def _gate_must_promote(models: dict[str, dict[str, float]]) -> bool:
-    """The quality gate's documented rule (README "The model"), written out independently of rec_core.model_store:
+    """The quality gate's documented rule (README "The model"), written out independently of rec_core.model.store:
     test recall@50 at least 1.1x MostPop's, and not more than 5% below the current model re-evaluated on the
     same split (when there is one)."""
     ours = models["two_tower"]["recall@50"]
@@ -233,7 +233,7 @@ def test_train_towers_dag_trains_evaluates_and_gates(airflow_db: Path, data_env:
 
     from jobs.dag_defaults import MODEL_URI
     from jobs.generate_data import generate_data
-    from rec_core.model_store import ModelStore
+    from rec_core.model.store import ModelStore
     from rec_core.settings import Settings
 
     generate_data(Settings.load(), "tiny", seed=5)

@@ -16,7 +16,9 @@ from jobs.embed_videos import main as embed_videos_main
 from jobs.generate_data import generate_data
 from jobs.load_vectors import load_vectors
 from jobs.train_towers import train_version
-from rec_core.embedding import (
+from rec_core.data.lake import Lake
+from rec_core.model.features import HISTORY_CAP, follows_frame, interaction_frame
+from rec_core.model.inference import (
     UserProfile,
     all_user_ids,
     as_of_ms,
@@ -30,12 +32,10 @@ from rec_core.embedding import (
     vectors_array,
     video_vectors_for_shard,
 )
-from rec_core.features import HISTORY_CAP, follows_frame, interaction_frame
-from rec_core.lake import Lake
+from rec_core.model.training import TrainConfig
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import BuildInfo, SnapshotError, SnapshotPaths, begin_snapshot
-from rec_core.training import TrainConfig
-from rec_core.vector_store import VectorStore
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, begin_snapshot
+from rec_core.snapshot.vector_store import VectorStore
 
 pytestmark = pytest.mark.slow
 

@@ -212,7 +212,7 @@ def test_a_posted_video_is_searchable_at_once_and_idempotent(api: ApiServer, api
     again = httpx.post(f"{api.url}/embeddings/video", json=video, timeout=60)
     assert again.json()["embedding"] == first.json()["embedding"]
     # A user whose live vector is the new video's own vector gets it first.
-    from rec_core.inbox import iter_kind, read_new
+    from rec_core.data.inbox import iter_kind, read_new
 
     records = [r for r in iter_kind(read_new(api_world / "inbox"), "video") if r.data["video_id"] == "posted-1"]
     assert len(records) == 1, "an identical repost is acknowledged without a second inbox record"

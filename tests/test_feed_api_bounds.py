@@ -22,7 +22,7 @@ from feed_api.errors import ApiError
 from feed_api.schemas import EventIn, RecommendationsIn, VideoIn
 from feed_api.service import FeedService
 from feed_api.user_state import RECENT_CAP, UserStates
-from rec_core.inbox import iter_kind, read_new
+from rec_core.data.inbox import iter_kind, read_new
 from rec_core.settings import Settings
 from tests.conftest import ApiServer
 from tests.test_feed_api import page

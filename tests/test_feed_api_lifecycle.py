@@ -61,7 +61,7 @@ def test_an_acknowledged_event_survives_a_kill(world_copy: Path, batch_ingests_b
     """A restart replays the inbox, also across the gap between a batch's ingest and its publish (the lake then
     has the event, the live feed does not): either way the watched video stays out of the feed."""
     from jobs.ingest_inbox import ingest_inbox
-    from rec_core.inbox import iter_kind, read_new
+    from rec_core.data.inbox import iter_kind, read_new
     from rec_core.settings import Settings
 
     server = ApiServer(world_copy).start()
@@ -128,7 +128,7 @@ def test_exact_search_for_deep_walks_agrees_with_milvus(world_copy: Path) -> Non
     from feed_api.pager import exact_search
     from feed_api.snapshot_view import load_view
     from rec_core.settings import Settings
-    from rec_core.snapshot_layout import snapshot_paths
+    from rec_core.snapshot.layout import snapshot_paths
 
     settings = Settings.load({"REC_DATA_DIR": str(world_copy)})
     view = load_view(settings, snapshot_paths(settings, live_id(world_copy)))

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rec_core.candidates import ExclusionCSR, iter_top_k, top_k, trending_order, trending_scores
-from rec_core.feed_policy import MS_PER_DAY, FeedPolicy, apply, check_feed, select, select_eligible
-from rec_core.reasons import Reason, ReasonCatalogue, TagIndex, UserSignals, explain, render, truncate
+from rec_core.feed.candidates import ExclusionCSR, iter_top_k, top_k, trending_order, trending_scores
+from rec_core.feed.policy import MS_PER_DAY, FeedPolicy, apply, check_feed, select, select_eligible
+from rec_core.feed.reasons import Reason, ReasonCatalogue, TagIndex, UserSignals, explain, render, truncate
 
 AS_OF = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 AS_OF_MS = int(AS_OF.timestamp() * 1000)

@@ -144,7 +144,7 @@ def test_whitespace_is_what_polars_strips() -> None:
 
 def test_the_importer_uses_the_same_rule() -> None:
     """Bytes, not characters: 128 x "é" passed the importer's old character limit and failed Milvus later."""
-    from rec_core.ingest import ID_CONTROL, ID_TOO_LONG, CanonicalInput, run_import
+    from rec_core.data.ingest import ID_CONTROL, ID_TOO_LONG, CanonicalInput, run_import
 
     ids = ["v1", "é" * 128, "é" * 64, "v\u202e2", "v\u200b3", " v4 ", "abc\n5"]
     raw = CanonicalInput(

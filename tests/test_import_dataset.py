@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.import_dataset import import_dataset, main
-from rec_core import ingest
-from rec_core.ingest import DEFAULTS, OPTIONAL, REASONS, REQUIRED, InputError, RejectedError
-from rec_core.lake import Lake
-from rec_core.schemas import TABLES
+from rec_core.data import ingest
+from rec_core.data.ingest import DEFAULTS, OPTIONAL, REASONS, REQUIRED, InputError, RejectedError
+from rec_core.data.lake import Lake
+from rec_core.data.tables import TABLES
 from rec_core.settings import Settings
 
 UTC = dt.UTC

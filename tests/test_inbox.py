@@ -13,8 +13,8 @@ import pytest
 
 from jobs.generate_data import generate_data
 from jobs.ingest_inbox import ingest_inbox
-from rec_core.inbox import InboxWriter, read_new
-from rec_core.lake import Lake
+from rec_core.data.inbox import InboxWriter, read_new
+from rec_core.data.lake import Lake
 from rec_core.settings import Settings
 
 AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
@@ -40,7 +40,7 @@ def test_torn_last_line_is_not_read(tmp_path: Path) -> None:
 def test_acknowledged_append_survives_a_kill(tmp_path: Path) -> None:
     script = f"""
 import os, signal
-from rec_core.inbox import InboxWriter
+from rec_core.data.inbox import InboxWriter
 w = InboxWriter({str(tmp_path)!r})
 w.append("event", {{"user_id": "u1", "video_id": "v1", "type": "like"}})
 print("acked", flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rec_core.inbox import InboxWriteError, InboxWriter, read_new
+from rec_core.data.inbox import InboxWriteError, InboxWriter, read_new
 
 AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 

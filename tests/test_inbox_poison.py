@@ -123,7 +123,7 @@ def test_good_ids_still_go_through(private_api: tuple[ApiServer, Path]) -> None:
 
 def write_poison(data: Path) -> None:
     """Records an older API accepted: straight into an inbox segment, next to good ones."""
-    from rec_core.inbox import InboxWriter
+    from rec_core.data.inbox import InboxWriter
 
     writer = InboxWriter(data / "inbox", writer_id="old-api")
     at = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -213,7 +213,7 @@ def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 
 def test_upsert_writes_the_good_ids_and_reports_the_bad(tmp_path: Path) -> None:
-    from rec_core.vector_store import VectorStore
+    from rec_core.snapshot.vector_store import VectorStore
 
     ids = ["a", POISON, "b", "c\n", "é" * 64]
     with VectorStore(str(tmp_path / "m.db"), "videos", 8) as store:
@@ -229,7 +229,7 @@ def test_upsert_writes_the_good_ids_and_reports_the_bad(tmp_path: Path) -> None:
 def poison_snapshot(data: Path) -> str:
     """The live snapshot with a video an older batch let through: in its vectors, a feed, trending and the lake."""
     from rec_core.settings import Settings
-    from rec_core.snapshot_layout import snapshot_paths
+    from rec_core.snapshot.layout import snapshot_paths
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
     snapshot_id = live_id(data)
@@ -268,7 +268,7 @@ def test_load_vectors_and_the_api_skip_a_bad_id_in_a_snapshot(api_world: Path, t
     from feed_api.snapshot_view import load_view
     from jobs.load_vectors import load_vectors
     from rec_core.settings import Settings
-    from rec_core.snapshot_layout import snapshot_paths
+    from rec_core.snapshot.layout import snapshot_paths
 
     data = copy_world(api_world, tmp_path)
     snapshot_id = poison_snapshot(data)

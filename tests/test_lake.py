@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from rec_core.lake import Lake, LakeError
-from rec_core.schemas import SchemaError, conform
+from rec_core.data.lake import Lake, LakeError
+from rec_core.data.tables import SchemaError, conform
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -98,11 +98,11 @@ def test_killed_commit_leaves_previous_version_live(tmp_path: Path) -> None:
 import os, signal, datetime as dt
 import pyarrow as pa
 import rec_core.atomic as atomic
-from rec_core.lake import Lake
+from rec_core.data.lake import Lake
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 atomic.write_bytes_atomic = die
-import rec_core.lake as lake_mod
+import rec_core.data.lake as lake_mod
 lake_mod.write_bytes_atomic = die
 t = pa.table({{"user_id": ["zzz"], "created_at": pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]),
               "country": pa.array([None], pa.string()), "language": pa.array([None], pa.string()),
@@ -120,7 +120,7 @@ Lake({str(tmp_path / "lake")!r}).commit({{"users": t}}, source="doomed")
 
 
 def test_commit_refuses_when_current_moved_since_the_read(tmp_path: Path) -> None:
-    from rec_core.lake import LakeConflict
+    from rec_core.data.lake import LakeConflict
 
     lake = Lake(tmp_path / "lake")
     read = lake.commit({"users": users(["a"])}, source="test").name
@@ -134,7 +134,7 @@ def test_commit_refuses_when_current_moved_since_the_read(tmp_path: Path) -> Non
 
 
 def test_commit_expecting_an_empty_lake_refuses_a_filled_one(tmp_path: Path) -> None:
-    from rec_core.lake import LakeConflict
+    from rec_core.data.lake import LakeConflict
 
     lake = Lake(tmp_path / "lake")
     lake.commit({"users": users(["a"])}, source="import")

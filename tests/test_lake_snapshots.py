@@ -16,12 +16,12 @@ from feed_api.snapshot_view import load_view
 from jobs.generate_data import generate_data
 from jobs.ingest_inbox import ingest_inbox
 from jobs.pipeline import run_all
-from rec_core.embedding import read_lake_table
-from rec_core.inbox import InboxBatch, InboxWriter, consumed_offsets
-from rec_core.lake import Lake
+from rec_core.data.inbox import InboxBatch, InboxWriter, consumed_offsets
+from rec_core.data.lake import Lake
+from rec_core.model.inference import read_lake_table
 from rec_core.settings import Settings
-from rec_core.snapshot import rollback
-from rec_core.snapshot_layout import begin_snapshot, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.layout import begin_snapshot, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.publish import rollback
 
 AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
@@ -105,7 +105,7 @@ def test_ingest_retries_when_an_import_lands_during_its_merge(world: Settings, m
 
 
 def test_ingest_that_keeps_losing_the_race_consumes_nothing(world: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rec_core.lake import LakeConflict
+    from rec_core.data.lake import LakeConflict
 
     lake = Lake(world.lake_dir)
     video = lake.read("videos")["video_id"][0].as_py()

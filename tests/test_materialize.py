@@ -15,10 +15,10 @@ import pytest
 
 from jobs.generate_data import generate_data
 from jobs.materialize_feeds import build_trending, main, materialize_feeds
-from rec_core.feed_policy import FeedPolicy
-from rec_core.lake import Lake
+from rec_core.data.lake import Lake
+from rec_core.feed.policy import FeedPolicy
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import SnapshotError, SnapshotPaths, begin_snapshot, shard_bounds
+from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, begin_snapshot, shard_bounds
 
 # Inside the tiny world's interaction window, so some interactions and videos come after it and must be ignored.
 AS_OF = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)

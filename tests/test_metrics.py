@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import torch
 
-from rec_core.feed_policy import FeedPolicy
-from rec_core.metrics import ServedAs, build_targets, cold_ranks, evaluate_scores
-from rec_core.split import Split, temporal_split
+from rec_core.data.split import Split, temporal_split
+from rec_core.eval.ranking_metrics import ServedAs, build_targets, cold_ranks, evaluate_scores
+from rec_core.feed.policy import FeedPolicy
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 VIDEOS = ["a", "b", "c", "d", "e"]

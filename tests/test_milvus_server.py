@@ -25,7 +25,7 @@ from tests.conftest import ApiServer, free_port
 
 pytestmark = [
     pytest.mark.slow,
-    # milvus-lite 2.5.1 imports pkg_resources (the setuptools<81 pin is deliberate, see rec_core.vector_store).
+    # milvus-lite 2.5.1 imports pkg_resources (the setuptools<81 pin is deliberate, see rec_core.snapshot.vector_store).
     pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning"),
 ]
 
@@ -98,7 +98,7 @@ def milvus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _client(url: str):
     # The product's own client options: pymilvus shares one connection per address in a process.
-    from rec_core.vector_store import open_client
+    from rec_core.snapshot.vector_store import open_client
 
     return open_client(url)
 
@@ -160,8 +160,8 @@ def collection_of(snapshot_id: str) -> str:
 
 def test_pipeline_loads_one_collection_per_snapshot_and_prune_drops_it(world: World) -> None:
     from jobs.pipeline import run_all
-    from rec_core.snapshot import read_manifest
-    from rec_core.snapshot_layout import snapshot_paths
+    from rec_core.snapshot.layout import snapshot_paths
+    from rec_core.snapshot.publish import read_manifest
 
     first = live_id(world.data)
     videos = lake_videos(world.data).height

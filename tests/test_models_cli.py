@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 
 from jobs.models import main as models_main
 from jobs.train_towers import train_version
-from rec_core.evaluation import load_lake_data
-from rec_core.model_store import ModelStore
+from rec_core.eval.evaluation import load_lake_data
+from rec_core.model.store import ModelStore
+from rec_core.model.training import TrainConfig
 from rec_core.settings import Settings
-from rec_core.training import TrainConfig
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

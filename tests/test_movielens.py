@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 
 from jobs.import_movielens import DEFAULT_PATH, import_movielens, main
-from rec_core import movielens
-from rec_core.ingest import ImportReport, InputError, RejectedError
-from rec_core.lake import Lake
-from rec_core.schemas import TABLES
+from rec_core.data import movielens
+from rec_core.data.ingest import ImportReport, InputError, RejectedError
+from rec_core.data.lake import Lake
+from rec_core.data.tables import TABLES
 from rec_core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

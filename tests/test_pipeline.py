@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from rec_core.warehouse import ANALYSIS_QUERIES
+from rec_core.data.warehouse import ANALYSIS_QUERIES
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def _check_readme_queries(data_dir: Path, warehouse: Path) -> list[tuple]:
     polars, from the live lake version, the live snapshot's files, models/*/metrics.json and the publish history.
     Returns the "Published snapshots" rows (snapshot_id, ..., live, kept)."""
     queries = _readme_queries()
-    # The README and rec_core.warehouse (what `make summary` prints) show the same queries.
+    # The README and rec_core.data.warehouse (what `make summary` prints) show the same queries.
     assert list(queries) == list(ANALYSIS_QUERIES) == list(README_QUERY_COLUMNS)
     for title, sql in queries.items():
         assert " ".join(sql.split()) == " ".join(ANALYSIS_QUERIES[title].split()), title
@@ -273,7 +273,7 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
 
     from jobs.generate_data import generate_data
     from rec_core.settings import Settings
-    from rec_core.snapshot_layout import live_snapshot_id
+    from rec_core.snapshot.layout import live_snapshot_id
 
     settings = Settings.load()
     generate_data(settings, "tiny", seed=4)
@@ -310,8 +310,8 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
     from jobs.materialize_feeds import build_trending, materialize_feeds
     from jobs.pipeline import begin, choose_model
     from rec_core.settings import Settings
-    from rec_core.snapshot import publish, validate_snapshot
-    from rec_core.snapshot_layout import SnapshotError, live_snapshot_id
+    from rec_core.snapshot.layout import SnapshotError, live_snapshot_id
+    from rec_core.snapshot.publish import publish, validate_snapshot
 
     settings = Settings.load()
     generate_data(settings, "tiny", seed=6)

@@ -25,9 +25,10 @@ import pytest
 
 from jobs.generate_data import generate_data
 from jobs.publish import main as publish_main
-from rec_core.lake import Lake
+from rec_core.data.lake import Lake
 from rec_core.settings import Settings
-from rec_core.snapshot import (
+from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, begin_snapshot, live_snapshot_id
+from rec_core.snapshot.publish import (
     ABANDONED_AFTER,
     Manifest,
     list_snapshots,
@@ -41,7 +42,6 @@ from rec_core.snapshot import (
     validate_snapshot,
     verify_checksums,
 )
-from rec_core.snapshot_layout import SnapshotError, SnapshotPaths, begin_snapshot, live_snapshot_id
 from tests.conftest import ROOT
 
 DIM = 8
@@ -400,7 +400,7 @@ def test_keeps_k_published_never_the_live_or_one_in_progress(settings: Settings)
 def test_pruning_drops_server_collections_and_retries_failed_drops(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rec_core.snapshot as snapshot
+    import rec_core.snapshot.publish as snapshot
 
     settings = dataclasses.replace(settings, snapshots_keep=1)
     ids = []
@@ -498,7 +498,7 @@ def test_command_line(settings: Settings, capsys: pytest.CaptureFixture[str]) ->
 CHILD = textwrap.dedent(
     """
     import dataclasses, os, pathlib, shutil, signal, sys
-    import rec_core.snapshot as snap
+    import rec_core.snapshot.publish as snap
     from rec_core.settings import Settings
 
     data_dir, snapshot_id, point, keep = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

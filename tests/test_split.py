@@ -11,8 +11,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from rec_core.lake import Lake
-from rec_core.split import interaction_matrix, split_from_lake, temporal_split, train_matrix, with_positive
+from rec_core.data.lake import Lake
+from rec_core.data.split import interaction_matrix, split_from_lake, temporal_split, train_matrix, with_positive
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -141,7 +141,7 @@ def test_matrix_weights() -> None:
 
 
 def test_unknown_videos_are_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="rec_core.split"):
+    with caplog.at_level(logging.WARNING, logger="rec_core.data.split"):
         split = temporal_split(frame([*ROWS, ("u1", "ghost", 3)]), videos(CATALOGUE))
     assert "dropped 1 interaction" in caplog.text
     assert len(split.train) + len(split.valid) + len(split.test) == len(ROWS)

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import rec_core.text_features as text_features
+import rec_core.model.text_features as text_features
+from rec_core.model.text_encoder import MAX_LENGTH, TextEncoder, resolve_model, resolve_model_id, video_text
+from rec_core.model.text_features import CACHE_FILE, cache_dir, embed_videos_text
 from rec_core.settings import Settings, SettingsError
-from rec_core.text_encoder import MAX_LENGTH, TextEncoder, resolve_model, resolve_model_id, video_text
-from rec_core.text_features import CACHE_FILE, cache_dir, embed_videos_text
 
 CAPTIONS = [
     "baking sourdough bread at home",

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from rec_core.features import NEW_VIDEO_COLUMNS, FeatureStats, Vocabs, _gather_ranges, build_catalogue
-from rec_core.model_store import ModelStore
-from rec_core.towers import (
+from rec_core.model.features import NEW_VIDEO_COLUMNS, FeatureStats, Vocabs, _gather_ranges, build_catalogue
+from rec_core.model.store import ModelStore
+from rec_core.model.towers import (
     LEGACY_VIDEO_DENSE,
     USER_DENSE,
     VIDEO_DENSE,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs.train_towers import build_parser
-from rec_core.training import TrainConfig
+from rec_core.model.training import TrainConfig
 
 
 def test_without_flags_the_command_uses_the_training_defaults() -> None:

@@ -12,14 +12,12 @@ import torch
 from jobs.evaluate import main as evaluate_main
 from jobs.generate_data import generate_data
 from jobs.train_towers import gate_version, train_towers
-from rec_core.baselines import EASE, ItemKNN, MostPop
-from rec_core.evaluation import LakeData, load_lake_data, prepare_loaded, two_tower_metrics
-from rec_core.metrics import EvalTargets, ScoreFn, build_targets, evaluate_scores, evaluate_targets
-from rec_core.model_store import ModelStore, gate
-from rec_core.settings import Settings
-from rec_core.synthetic import load_truth
-from rec_core.towers import TowerConfig, TwoTower
-from rec_core.training import (
+from rec_core.eval.baselines import EASE, ItemKNN, MostPop
+from rec_core.eval.evaluation import LakeData, load_lake_data, prepare_loaded, two_tower_metrics
+from rec_core.eval.ranking_metrics import EvalTargets, ScoreFn, build_targets, evaluate_scores, evaluate_targets
+from rec_core.model.store import ModelStore, gate
+from rec_core.model.towers import TowerConfig, TwoTower
+from rec_core.model.training import (
     TimeWindows,
     TrainConfig,
     TrainingData,
@@ -29,6 +27,8 @@ from rec_core.training import (
     scorer,
     train,
 )
+from rec_core.settings import Settings
+from rec_core.synthetic.world import load_truth
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_held_out_test_period_beats_item_knn_and_ease_by_more_than_the_bootstrap
 
 
 def _per_user_recall(score: ScoreFn, targets: EvalTargets, k: int = 50) -> np.ndarray:
-    """Recall@k of each evaluated user over the full catalogue, training items masked, as rec_core.metrics ranks."""
+    """Recall@k of each evaluated user over the full catalogue (training items masked), as ranking_metrics ranks."""
     out = []
     for lo in range(0, len(targets.users), 512):
         users = targets.users[lo : lo + 512]

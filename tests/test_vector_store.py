@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rec_core.vector_store import FILTER_MAX_IDS, VectorStore, VectorStoreError
+from rec_core.snapshot.vector_store import FILTER_MAX_IDS, VectorStore, VectorStoreError
 
 DIM = 8
 N = 1_000
@@ -121,7 +121,7 @@ def test_rejects_malformed_input(filled: tuple[VectorStore, np.ndarray]) -> None
 _COUNT_IN_CHILD = textwrap.dedent(
     """
     import sys
-    from rec_core.vector_store import VectorStore, VectorStoreError
+    from rec_core.snapshot.vector_store import VectorStore, VectorStoreError
     try:
         with VectorStore(sys.argv[1], "videos", 8) as store:
             print("count", store.count())

@@ -15,9 +15,9 @@ import pytest
 
 from jobs.generate_data import generate_data
 from jobs.summarize import summarize
+from rec_core.data.warehouse import ANALYSIS_QUERIES, build_warehouse
 from rec_core.settings import Settings
-from rec_core.snapshot import publish, read_manifest, rollback
-from rec_core.warehouse import ANALYSIS_QUERIES, build_warehouse
+from rec_core.snapshot.publish import publish, read_manifest, rollback
 from tests.test_snapshot import FEED, MODEL, fresh_settings, valid_snapshot
 
 

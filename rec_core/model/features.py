@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from rec_core.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
+from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
 
 HISTORY_CAP = 64  # most recent videos per user that the user tower pools over (recency, and training speed)
 MIN_HASHTAG_VIDEOS = 2  # a hashtag on fewer videos than this gets no vector of its own

@@ -28,8 +28,8 @@ from pathlib import Path
 from safetensors.torch import load_model, save_model
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
-from rec_core.features import FeatureStats, Vocabs
-from rec_core.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
+from rec_core.model.features import FeatureStats, Vocabs
+from rec_core.model.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
 
 CURRENT = "CURRENT"
 

@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from rec_core.atomic import write_bytes_atomic
 from rec_core.ids import is_valid_id
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import (
+from rec_core.snapshot.layout import (
     BUILD_FILE,
     LIVE_POINTER,
     MANIFEST_FILE,
@@ -77,7 +77,7 @@ TRASH_PREFIX = ".trash-"
 ABANDONED_AFTER = dt.timedelta(days=1)
 EXAMPLES = 3  # offending values quoted per refusal reason
 
-# The snapshot contract (rec_core.snapshot_layout): exact Arrow types, so the API can memory-map without casting.
+# The snapshot contract (rec_core.snapshot.layout): exact Arrow types, so the API can memory-map without casting.
 FEED_COLUMNS = {
     "user_id": pa.string(),
     "rank": pa.int32(),
@@ -316,7 +316,7 @@ def _check_content(
         f"CREATE TEMP TABLE lake_videos AS SELECT DISTINCT video_id FROM read_parquet({_sql_str(lake['videos'])})"
     )
     # The users a build must cover: the users table plus anyone seen in interactions before as-of
-    # (rec_core.embedding.all_user_ids cuts user shards over exactly this set).
+    # (rec_core.model.inference.all_user_ids cuts user shards over exactly this set).
     con.execute(
         f"CREATE TEMP TABLE lake_users AS SELECT user_id FROM read_parquet({_sql_str(lake['users'])}) UNION "
         f"SELECT user_id FROM read_parquet({_sql_str(lake['interactions'])}) WHERE ts < {as_of}::TIMESTAMPTZ"
@@ -488,7 +488,7 @@ def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, vi
             hint = f"run `python -m jobs.load_vectors --snapshot {build.snapshot_id}`"
             return [f"{paths.milvus_lite_file.name} missing: {hint}"]
         return []
-    from rec_core.vector_store import VectorStore  # pymilvus is slow to import: only in server mode
+    from rec_core.snapshot.vector_store import VectorStore  # pymilvus is slow to import: only in server mode
 
     collection = paths.collection_name(settings)
     try:
@@ -789,7 +789,7 @@ def _remove_trash(settings: Settings, trash: Path) -> None:
 
 
 def _drop_collection(settings: Settings, snapshot_id: str) -> None:
-    from rec_core.vector_store import open_client  # pymilvus is slow to import: only in server mode
+    from rec_core.snapshot.vector_store import open_client  # pymilvus is slow to import: only in server mode
 
     name = SnapshotPaths(settings.snapshots_dir / snapshot_id).collection_name(settings)
     client = open_client(settings.milvus_uri)

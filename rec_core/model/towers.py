@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Dense video features, in this order (see rec_core.features.video_dense_features).
+# Dense video features, in this order (see rec_core.model.features.video_dense_features).
 VIDEO_DENSE = (
     "log_duration",
     "log_aspect",
@@ -29,7 +29,7 @@ VIDEO_DENSE = (
     "comment_rate",
     "share_rate",
     "age_days",
-    # Views in the last 1, 7, 30 and 180 days (rec_core.features.RECENT_WINDOWS_DAYS); appended last so a
+    # Views in the last 1, 7, 30 and 180 days (rec_core.model.features.RECENT_WINDOWS_DAYS); appended last so a
     # model saved with the first nine columns still reads its own.
     "log_views_1d",
     "log_views_7d",
@@ -37,7 +37,7 @@ VIDEO_DENSE = (
     "log_views_180d",
 )
 LEGACY_VIDEO_DENSE = 9  # models saved before the windows were added
-# Dense user features, in this order (see rec_core.features.user_dense_features).
+# Dense user features, in this order (see rec_core.model.features.user_dense_features).
 USER_DENSE = ("log_watched", "log_liked", "log_followed", "avg_completion", "log_avg_watch_time")
 
 

@@ -35,14 +35,14 @@ from pathlib import Path
 import duckdb
 
 from rec_core.atomic import atomic_path
-from rec_core.lake import lake_for
-from rec_core.schemas import TABLES
+from rec_core.data.lake import lake_for
+from rec_core.data.tables import TABLES
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import SnapshotError, SnapshotPaths, live_snapshot_id
+from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, live_snapshot_id
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.json"  # rec_core.snapshot.HISTORY_FILE (not imported: the warehouse only reads it)
+HISTORY_FILE = "history.json"  # rec_core.snapshot.publish.HISTORY_FILE (not imported: the warehouse only reads it)
 
 
 def _sql_str(value: str | Path) -> str:
@@ -142,7 +142,7 @@ def _model_metrics(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     pointer = root / "CURRENT"
     current = pointer.read_text().strip() if pointer.is_file() else None
     rows = []
-    # Version folders start with "m" (rec_core.model_store); ".staging-*" folders are half-written saves.
+    # Version folders start with "m" (rec_core.model.store); ".staging-*" folders are half-written saves.
     for path in sorted(root.glob("m*/metrics.json")) if root.is_dir() else []:
         try:
             metrics = json.loads(path.read_text())

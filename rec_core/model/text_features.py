@@ -3,7 +3,7 @@
 Cache layout: ``<data root>/features/text/<model slug>/embeddings.parquet`` with
 columns ``key`` (sha256 hex) and ``embedding`` (``fixed_size_list<float32>[dim]``).
 A key is the sha256 of the model id and the exact encoder input
-(:func:`rec_core.text_encoder.video_text` of caption and hashtags), so a changed
+(:func:`rec_core.model.text_encoder.video_text` of caption and hashtags), so a changed
 caption, changed hashtags, another model (or its int8 variant), or a change of the
 text format all miss, while unchanged videos hit no matter their ``video_id``.
 
@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_with
+from rec_core.model.text_encoder import TextEncoder, resolve_model, video_text
 from rec_core.settings import Settings
-from rec_core.text_encoder import TextEncoder, resolve_model, video_text
 
 log = logging.getLogger(__name__)
 

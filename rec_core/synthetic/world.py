@@ -45,8 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import fsync_dir
+from rec_core.data.tables import TS
 from rec_core.progress import Progress
-from rec_core.schemas import TS
 
 log = logging.getLogger(__name__)
 

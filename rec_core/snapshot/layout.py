@@ -3,7 +3,7 @@
 A snapshot is built in ``<data root>/snapshots/<snapshot id>/`` by several
 stages (embed videos and users, load Milvus, materialize feeds), possibly on
 several workers, then validated and published by one pointer change
-(``rec_core.snapshot`` / ``jobs.publish``). Until published, nothing reads it.
+(``rec_core.snapshot.publish`` / ``jobs.publish``). Until published, nothing reads it.
 
 Layout of one snapshot folder::
 

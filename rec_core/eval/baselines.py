@@ -40,9 +40,9 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
 
-from rec_core.metrics import DEFAULT_KS, Population, ServedAs, build_targets, evaluate_targets
+from rec_core.data.split import Split, SplitPart, train_matrix
+from rec_core.eval.ranking_metrics import DEFAULT_KS, Population, ServedAs, build_targets, evaluate_targets
 from rec_core.progress import Progress
-from rec_core.split import Split, SplitPart, train_matrix
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def evaluate_baselines(
 ) -> dict[str, dict[str, float]]:
     """Fit each baseline on the training part and evaluate it on ``on`` over the full catalogue.
 
-    Returns ``{name: metrics}`` with the keys of :func:`rec_core.metrics.evaluate_scores`
+    Returns ``{name: metrics}`` with the keys of :func:`rec_core.eval.ranking_metrics.evaluate_scores`
     plus ``fit_seconds`` and ``eval_seconds``; with ``served``, also ``{name + AS_SERVED: metrics}``.
     """
     targets = build_targets(split, on, population)

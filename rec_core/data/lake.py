@@ -17,7 +17,7 @@ Two things keep other parties' work safe from a commit:
 
 - Pins. After a commit the lake prunes all but the newest ``keep_versions``
   versions, EXCEPT versions a caller-supplied ``pinned()`` names. Feed snapshots
-  read the lake version they were built from by name (``rec_core.embedding``),
+  read the lake version they were built from by name (``rec_core.model.inference``),
   at build time, at publish, on an API restart and after a rollback, so
   :func:`lake_for` pins the version of every snapshot folder under the data
   root (live, kept for rollback, or being built). Pruning a snapshot frees its
@@ -51,9 +51,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
-from rec_core.schemas import TABLES, conform
+from rec_core.data.tables import TABLES, conform
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import BUILD_FILE, SNAPSHOT_ID
+from rec_core.snapshot.layout import BUILD_FILE, SNAPSHOT_ID
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import polars as pl
 import pyarrow as pa
 import scipy.sparse as sp
 
-from rec_core.lake import Lake
+from rec_core.data.lake import Lake
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Canonical input files -> the four lake tables, with a report of every row left out.
 
 This is the one validation path for outside data: ``jobs.import_dataset`` feeds it
-CSV/Parquet files, ``rec_core.movielens`` feeds it MovieLens converted to the
+CSV/Parquet files, ``rec_core.data.movielens`` feeds it MovieLens converted to the
 same canonical columns. Nothing here writes anywhere except :func:`run_import`,
 which commits all four tables to the lake in one all-or-nothing commit.
 
@@ -94,8 +94,8 @@ import polars as pl
 import pyarrow as pa
 
 from rec_core.ids import MAX_ID_BYTES, TOO_LONG, id_problems
-from rec_core.lake import Lake
-from rec_core.schemas import TABLES, conform
+from rec_core.data.lake import Lake
+from rec_core.data.tables import TABLES, conform
 
 log = logging.getLogger(__name__)
 

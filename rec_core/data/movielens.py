@@ -1,4 +1,4 @@
-"""MovieLens (ml-latest-small layout) -> canonical tables for :mod:`rec_core.ingest`.
+"""MovieLens (ml-latest-small layout) -> canonical tables for :mod:`rec_core.data.ingest`.
 
 The adapter only renames and reshapes; every value then goes through the same
 validation as a canonical import (``ingest.run_import``), so a bad MovieLens row
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rec_core.ingest import CanonicalInput, InputError, check_columns, read_table_file
+from rec_core.data.ingest import CanonicalInput, InputError, check_columns, read_table_file
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ are mean-pooled over real (non-padding) tokens and L2-normalised, which is what
 sentence-transformers does for all-MiniLM, so a dot product is a cosine.
 
 torch and transformers are imported lazily, inside :class:`TextEncoder`: the
-embedding cache (``rec_core.text_features``) needs :func:`resolve_model_id` and
+embedding cache (``rec_core.model.text_features``) needs :func:`resolve_model_id` and
 :func:`video_text` on a fully cached rerun and should not pay seconds of imports
 for a model it never runs.
 """

@@ -27,7 +27,7 @@ Definitions (binary relevance, averaged over the evaluated users):
 
 With ``served`` (:class:`ServedAs`), the top K is not the plain score order
 but the feed the product would show: the feed policy
-(:mod:`rec_core.feed_policy`: creator cap, and fresh slots reserved for items
+(:mod:`rec_core.feed.policy`: creator cap, and fresh slots reserved for items
 that appeared after the training cut) applied to the model's ranking. Any
 scorer can be evaluated that way, baselines included, so a comparison "as
 served" is like for like.
@@ -51,9 +51,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from rec_core.feed_policy import FeedPolicy, select_eligible
+from rec_core.data.split import Split, SplitPart, interaction_matrix
+from rec_core.feed.policy import FeedPolicy, select_eligible
 from rec_core.progress import Progress
-from rec_core.split import Split, SplitPart, interaction_matrix
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ import numpy as np
 import polars as pl
 
 from rec_core.atomic import write_bytes_atomic
-from rec_core.baselines import evaluate_baselines
-from rec_core.features import follows_frame, interaction_frame, video_frame
-from rec_core.feed_policy import FeedPolicy
-from rec_core.lake import lake_for
-from rec_core.metrics import ServedAs, evaluate_scores
-from rec_core.model_store import LoadedModel
-from rec_core.plots import comparison_png
+from rec_core.data.lake import lake_for
+from rec_core.data.split import Split, SplitPart, split_from_lake
+from rec_core.eval.baselines import evaluate_baselines
+from rec_core.eval.plots import comparison_png
+from rec_core.eval.ranking_metrics import ServedAs, evaluate_scores
+from rec_core.feed.policy import FeedPolicy
+from rec_core.model.features import follows_frame, interaction_frame, video_frame
+from rec_core.model.store import LoadedModel
+from rec_core.model.text_features import embed_videos_text
+from rec_core.model.towers import TwoTower
+from rec_core.model.training import TrainingData, prepare, scorer
 from rec_core.settings import Settings
-from rec_core.split import Split, SplitPart, split_from_lake
-from rec_core.text_features import embed_videos_text
-from rec_core.towers import TwoTower
-from rec_core.training import TrainingData, prepare, scorer
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,9 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from rec_core.features import (
+from rec_core.data.split import InteractionArrays, Split
+from rec_core.eval.ranking_metrics import EvalTargets, build_targets, evaluate_targets
+from rec_core.model.features import (
     Catalogue,
     FeatureStats,
     Histories,
@@ -42,10 +44,8 @@ from rec_core.features import (
     build_histories,
     build_vocabs,
 )
-from rec_core.metrics import EvalTargets, build_targets, evaluate_targets
+from rec_core.model.towers import TowerConfig, TwoTower, sampled_softmax_loss
 from rec_core.progress import Progress
-from rec_core.split import InteractionArrays, Split
-from rec_core.towers import TowerConfig, TwoTower, sampled_softmax_loss
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def user_vectors(
 
 
 def scorer(model: TwoTower, data: TrainingData) -> tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor]]:
-    """Score function over the full catalogue for rec_core.metrics."""
+    """Score function over the full catalogue for rec_core.eval.ranking_metrics."""
     items = video_vectors(model, data.catalogue, data.stats)
 
     def score(user_rows: np.ndarray) -> torch.Tensor:

@@ -1,22 +1,22 @@
 """Video and user vectors of a snapshot, sharded, plus the user tower online.
 
-A snapshot's ``build.json`` (:class:`~rec_core.snapshot_layout.BuildInfo`) pins
+A snapshot's ``build.json`` (:class:`~rec_core.snapshot.layout.BuildInfo`) pins
 what every shard reads: the lake version (read by name, not through ``CURRENT``,
 so a lake commit in the middle of a build cannot give two shards two worlds), the
 model version, and ``as_of``: features and histories are computed from the
-interactions and follows before it, exactly as :mod:`rec_core.features` defines
+interactions and follows before it, exactly as :mod:`rec_core.model.features` defines
 them for training, with the model's own vocabularies and feature statistics.
 
-Shards are contiguous row ranges (:func:`~rec_core.snapshot_layout.shard_bounds`)
+Shards are contiguous row ranges (:func:`~rec_core.snapshot.layout.shard_bounds`)
 of the catalogue (every video of the lake version, sorted by ``video_id``) and of
 the users (the users table plus users seen only in interactions, sorted by
-``user_id``, as :mod:`rec_core.split` defines them). A video shard builds the
+``user_id``, as :mod:`rec_core.data.split` defines them). A video shard builds the
 catalogue of its own rows only (every video feature is a function of its row);
 a user shard needs the whole catalogue, because histories point into it, but
 builds histories for its own users only.
 
 Online, :func:`user_vector_from_profile` turns a request-shaped
-:class:`UserProfile` into the same one-row :class:`~rec_core.features.Histories`
+:class:`UserProfile` into the same one-row :class:`~rec_core.model.features.Histories`
 the batch would have built, so a user's online vector and batch vector agree.
 """
 
@@ -38,7 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.atomic import write_with
-from rec_core.features import (
+from rec_core.model.features import (
     HISTORY_CAP,
     Catalogue,
     FeatureStats,
@@ -52,11 +52,11 @@ from rec_core.features import (
     user_dense_features,
     video_frame,
 )
-from rec_core.model_store import LoadedModel, ModelStore
+from rec_core.model.store import LoadedModel, ModelStore
+from rec_core.model.text_features import embed_videos_text
+from rec_core.model.training import user_vectors, video_vectors
 from rec_core.settings import Settings
-from rec_core.snapshot_layout import BuildInfo, SnapshotError, SnapshotPaths, shard_bounds
-from rec_core.text_features import embed_videos_text
-from rec_core.training import user_vectors, video_vectors
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class UserProfile:
     """What a request can tell about a user the batch has not embedded (or has, but with stale history).
 
     ``watched`` are the video ids of watch events, most recent first, repeats
-    allowed: the first :data:`~rec_core.features.HISTORY_CAP` pool into the
+    allowed: the first :data:`~rec_core.model.features.HISTORY_CAP` pool into the
     history, all of them count for how much the user watches. ``liked`` are the
     video ids of liked watches (a like is also a watch: list it in ``watched``
     too). Averages are over the same watches; ``None`` means no data (0, as the
