@@ -43,13 +43,11 @@ from rec_core.model.inference import (
     as_of_ms,
     load_build_model,
     load_catalogue,
-    read_lake_table,
-    read_vector_shards,
     user_vector_from_profile,
-    vectors_array,
 )
 from rec_core.model.store import LoadedModel
 from rec_core.settings import Settings
+from rec_core.snapshot.files import read_lake_table, read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
 from rec_core.snapshot.publish import read_manifest
 from rec_core.snapshot.vector_store import VectorStore

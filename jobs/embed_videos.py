@@ -19,9 +19,10 @@ from typing import Literal
 
 from jobs.cli import settings_for
 from rec_core.data.lake import LakeError
-from rec_core.model.inference import user_vectors_for_shard, video_vectors_for_shard, write_vectors
+from rec_core.model.inference import user_vectors_for_shard, video_vectors_for_shard
 from rec_core.model.store import ModelStoreError
 from rec_core.settings import Settings
+from rec_core.snapshot.files import write_vectors
 from rec_core.snapshot.layout import SnapshotError, snapshot_paths
 
 log = logging.getLogger("jobs.embed")

@@ -23,9 +23,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from jobs.cli import settings_for
-from rec_core.model.inference import VIDEO_ID, read_vector_shards, vectors_array
 from rec_core.progress import Progress
 from rec_core.settings import Settings
+from rec_core.snapshot.files import VIDEO_ID, read_vector_shards, vectors_array
 from rec_core.snapshot.layout import SnapshotError, snapshot_paths
 from rec_core.snapshot.vector_store import VectorStore, VectorStoreError
 

@@ -60,6 +60,7 @@ from rec_core.feed.reasons import (
 )
 from rec_core.progress import Progress
 from rec_core.settings import Settings
+from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, lake_table_path
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,6 @@ CREATOR_LIKES = 50  # recent likes per creator behind "popular with creators you
 TOP_TAGS = 3  # hashtags per user behind "trending in #tag"
 BATCH_USERS = 512  # users per matmul batch: 512 x 50,000 float32 scores is 100 MB
 ROW_GROUP = 131_072
-
-FEED_SCHEMA = pa.schema(
-    [
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("rank", pa.int32(), nullable=False),
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-    ]
-)
-TRENDING_SCHEMA = pa.schema([f for f in FEED_SCHEMA if f.name != "user_id"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +236,7 @@ def _load(settings: Settings, paths: SnapshotPaths, build: BuildInfo, *, with_ve
 
     videos = pl.from_arrow(
         pq.read_table(
-            _lake_table(settings, build, "videos"),
+            lake_table_path(settings, build, "videos"),
             columns=["video_id", "creator_id", "caption", "hashtags", "created_at"],
         )
     )
@@ -267,7 +257,7 @@ def _load(settings: Settings, paths: SnapshotPaths, build: BuildInfo, *, with_ve
     creator_ids, creator_codes = np.unique(videos["creator_id"].to_numpy().astype(str), return_inverse=True)
     created_ms = videos["created_ms"].to_numpy().astype(np.int64)
     interactions = (
-        pl.scan_parquet(_lake_table(settings, build, "interactions"))
+        pl.scan_parquet(lake_table_path(settings, build, "interactions"))
         .select("user_id", "video_id", "ts", "completion", "liked", "shared", "commented")
         .with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
         .filter(pl.col("ts_ms") < as_of_ms)
@@ -299,17 +289,6 @@ def _load(settings: Settings, paths: SnapshotPaths, build: BuildInfo, *, with_ve
         captions=videos["caption"].to_arrow(),
     )
     return Loaded(paths, build, as_of, policy, catalogue, interactions.select("user_id", "vidx", "ts_ms", "liked"))
-
-
-def _lake_table(settings: Settings, build: BuildInfo, table: str) -> Path:
-    # The lake version the snapshot was begun on, not the live one: a rerun must see the same data.
-    path = settings.lake_dir / build.lake_version / f"{table}.parquet"
-    if not path.is_file():
-        raise SnapshotError(
-            f"lake version {build.lake_version} of snapshot {build.snapshot_id} has no {table} table at {path} "
-            "(pruned? begin a new snapshot)"
-        )
-    return path
 
 
 def _read_ids(path: Path, id_column: str) -> pa.Array:
@@ -398,7 +377,7 @@ def _user_signals(settings: Settings, loaded: Loaded, user_ids: pa.Array, shard_
     has_history = np.bincount(shard_inter["uidx"].to_numpy(), minlength=n_users) > 0
 
     follows = (
-        pl.scan_parquet(_lake_table(settings, loaded.build, "follows"))
+        pl.scan_parquet(lake_table_path(settings, loaded.build, "follows"))
         .with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
         .filter(pl.col("ts_ms") < as_of_ms)
         .select("user_id", "creator_id")

@@ -25,15 +25,13 @@ from rec_core.model.inference import (
     load_build_model,
     load_catalogue,
     profile_from_events,
-    read_lake_table,
-    read_vector_shards,
     user_vector_from_profile,
     user_vectors_for_shard,
-    vectors_array,
     video_vectors_for_shard,
 )
 from rec_core.model.training import TrainConfig
 from rec_core.settings import Settings
+from rec_core.snapshot.files import read_lake_table, read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, begin_snapshot
 from rec_core.snapshot.vector_store import VectorStore
 

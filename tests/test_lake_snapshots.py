@@ -18,8 +18,8 @@ from jobs.ingest_inbox import ingest_inbox
 from jobs.pipeline import run_all
 from rec_core.data.inbox import InboxBatch, InboxWriter, consumed_offsets
 from rec_core.data.lake import Lake
-from rec_core.model.inference import read_lake_table
 from rec_core.settings import Settings
+from rec_core.snapshot.files import read_lake_table
 from rec_core.snapshot.layout import begin_snapshot, live_snapshot_id, snapshot_paths
 from rec_core.snapshot.publish import rollback
 

@@ -28,16 +28,13 @@ import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from rec_core.atomic import write_with
 from rec_core.model.features import (
     HISTORY_CAP,
     Catalogue,
@@ -56,13 +53,11 @@ from rec_core.model.store import LoadedModel, ModelStore
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.training import user_vectors, video_vectors
 from rec_core.settings import Settings
-from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, shard_bounds
+from rec_core.snapshot.files import USER_ID, VIDEO_ID, read_lake_table, vector_table
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, shard_bounds
 
 log = logging.getLogger(__name__)
 
-VIDEO_ID = "video_id"
-USER_ID = "user_id"
-VECTOR = "vector"
 USER_CHUNK = 4096  # users per user-tower forward pass: bounds memory on big shards
 
 
@@ -71,17 +66,6 @@ USER_CHUNK = 4096  # users per user-tower forward pass: bounds memory on big sha
 
 def as_of_ms(build: BuildInfo) -> int:
     return to_ms(dt.datetime.fromisoformat(build.as_of))
-
-
-def read_lake_table(settings: Settings, build: BuildInfo, table: str, columns: list[str] | None = None) -> pa.Table:
-    """A table of the lake version the build names (not the live one)."""
-    path = settings.lake_dir / build.lake_version / f"{table}.parquet"
-    if not path.is_file():
-        raise SnapshotError(
-            f"snapshot {build.snapshot_id} reads lake version {build.lake_version}, which has no {table} table "
-            f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.lake_versions_keep}); begin a new snapshot"
-        )
-    return pq.read_table(path, columns=columns)
 
 
 def load_build_model(settings: Settings, build: BuildInfo) -> LoadedModel:
@@ -184,48 +168,6 @@ def user_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> 
         time.perf_counter() - started,
     )
     return vector_table(USER_ID, ids, vectors)
-
-
-# ---- vector files ---------------------------------------------------------------
-
-
-def vector_schema(id_column: str, dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field(id_column, pa.string(), nullable=False),
-            pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
-        ]
-    )
-
-
-def vector_table(id_column: str, ids: np.ndarray | Sequence[str], vectors: np.ndarray) -> pa.Table:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
-    return pa.Table.from_arrays([pa.array(list(ids), pa.string()), column], schema=vector_schema(id_column, dim))
-
-
-def write_vectors(table: pa.Table, target: Path) -> None:
-    """Atomically (temp name, fsync, rename): a rerun overwrites, a killed run leaves no half file."""
-    # Float vectors barely compress; uncompressed is faster both ways. Same input, same bytes.
-    write_with(target, lambda tmp: pq.write_table(table, tmp, compression="none"))
-
-
-def vectors_array(table: pa.Table) -> np.ndarray:
-    """The ``vector`` column as an (n, dim) float32 array."""
-    column = table.column(VECTOR).combine_chunks()
-    dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-
-
-def read_vector_shards(paths: SnapshotPaths, kind: str, shards: int) -> pa.Table:
-    """All shards of ``kind`` (``"videos"`` or ``"users"``) in order; raises naming any missing shard."""
-    locate = {"videos": paths.video_vectors, "users": paths.user_vectors}[kind]
-    files = [locate(i, shards) for i in range(shards)]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise SnapshotError(f"snapshot {paths.snapshot_id} lacks {len(missing)} {kind} vector shard(s): {missing}")
-    return pa.concat_tables([pq.read_table(f) for f in files])
 
 
 # ---- the user tower online --------------------------------------------------------

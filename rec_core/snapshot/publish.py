@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from rec_core.atomic import write_bytes_atomic
 from rec_core.ids import is_valid_id
 from rec_core.settings import Settings
+from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, columns_of
 from rec_core.snapshot.layout import (
     BUILD_FILE,
     LIVE_POINTER,
@@ -77,15 +78,8 @@ TRASH_PREFIX = ".trash-"
 ABANDONED_AFTER = dt.timedelta(days=1)
 EXAMPLES = 3  # offending values quoted per refusal reason
 
-# The snapshot contract (rec_core.snapshot.layout): exact Arrow types, so the API can memory-map without casting.
-FEED_COLUMNS = {
-    "user_id": pa.string(),
-    "rank": pa.int32(),
-    "video_id": pa.string(),
-    "score": pa.float32(),
-    "reason": pa.string(),
-}
-TRENDING_COLUMNS = {k: v for k, v in FEED_COLUMNS.items() if k != "user_id"}
+FEED_COLUMNS = columns_of(FEED_SCHEMA)
+TRENDING_COLUMNS = columns_of(TRENDING_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
