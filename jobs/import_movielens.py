@@ -13,38 +13,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.import_dataset import add_common_arguments, run_cli
-from rec_core.data import movielens
-from rec_core.data.ingest import ImportReport, run_import
-from rec_core.data.lake import lake_for
-from rec_core.settings import Settings
-
-# The shared data sets sit beside the repository; resolving from this file makes the default
-# independent of the working directory.
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens-small"
-
-
-def import_movielens(
-    path: Path = DEFAULT_PATH,
-    *,
-    strict: bool = False,
-    dry_run: bool = False,
-    settings: Settings | None = None,
-) -> ImportReport:
-    """Convert the MovieLens folder to canonical tables and import them; raises ``IngestError`` on failure."""
-    settings = settings or Settings.load()
-    raw = movielens.load(Path(path))
-    lake = None if dry_run else lake_for(settings)
-    return run_import(raw, lake, strict=strict, source=f"import_movielens {path}")
+from rec_core.data.file_import import run_import_command
+from rec_core.data.movielens import DEFAULT_PATH, import_movielens
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.import_movielens", description=__doc__.split("\n")[0])
     parser.add_argument("--path", type=Path, default=DEFAULT_PATH, help="MovieLens folder (default: %(default)s)")
-    add_common_arguments(parser)
+    parser.add_argument("--strict", action="store_true", help="fail the import on any bad row")
+    parser.add_argument("--dry-run", action="store_true", help="validate and report only; do not touch the lake")
+    parser.add_argument("--report-json", type=Path, help="also write the report as JSON to this file")
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR / settings)")
     args = parser.parse_args(argv)
-    return run_cli(
-        args, lambda settings: import_movielens(args.path, strict=args.strict, dry_run=args.dry_run, settings=settings)
+    return run_import_command(
+        lambda settings: import_movielens(args.path, strict=args.strict, dry_run=args.dry_run, settings=settings),
+        data_dir=args.data_dir,
+        strict=args.strict,
+        report_json=args.report_json,
     )
 
 

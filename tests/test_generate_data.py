@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.generate_data import generate_data, main
+from jobs.generate_data import main
 from rec_core.data.lake import Lake
 from rec_core.data.tables import TABLES
 from rec_core.settings import Settings
-from rec_core.synthetic.world import Truth, load_truth
+from rec_core.synthetic.commit import generate_data
+from rec_core.synthetic.truth import Truth, load_truth
 
 SEED = 7
 DAY_MS = 86_400_000

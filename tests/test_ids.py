@@ -144,7 +144,8 @@ def test_whitespace_is_what_polars_strips() -> None:
 
 def test_the_importer_uses_the_same_rule() -> None:
     """Bytes, not characters: 128 x "é" passed the importer's old character limit and failed Milvus later."""
-    from rec_core.data.ingest import ID_CONTROL, ID_TOO_LONG, CanonicalInput, run_import
+    from rec_core.data.file_import import CanonicalInput, run_import
+    from rec_core.data.import_spec import ID_CONTROL, ID_TOO_LONG
 
     ids = ["v1", "é" * 128, "é" * 64, "v\u202e2", "v\u200b3", " v4 ", "abc\n5"]
     raw = CanonicalInput(
@@ -159,8 +160,8 @@ def test_the_importer_uses_the_same_rule() -> None:
 
 def test_a_hashtag_with_a_trailing_newline_is_refused() -> None:
     """The same "$" pitfall in the hashtag pattern: "cats\\n" matched ``^[^...\\s]+$``."""
+    from feed_api.bodies import VideoIn, decode
     from feed_api.errors import ApiError
-    from feed_api.schemas import VideoIn, decode
 
     body = {"video_id": "v1", "caption": "c", "duration": 1, "width": 1, "height": 1, "user_followers": 0}
     with pytest.raises(ApiError) as caught:

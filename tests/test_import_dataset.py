@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.import_dataset import import_dataset, main
-from rec_core.data import ingest
-from rec_core.data.ingest import DEFAULTS, OPTIONAL, REASONS, REQUIRED, InputError, RejectedError
+from jobs.import_dataset import main
+from rec_core.data import import_checks, import_spec
+from rec_core.data.file_import import import_dataset
+from rec_core.data.import_report import InputError, RejectedError
+from rec_core.data.import_spec import DEFAULTS, OPTIONAL, REASONS, REQUIRED
 from rec_core.data.lake import Lake
 from rec_core.data.tables import TABLES
 from rec_core.settings import Settings
@@ -370,8 +372,8 @@ def test_empty_cells_in_present_columns_get_defaults(tmp_path: Path, settings: S
 
 def test_defaults_table_is_documented_and_complete() -> None:
     # The README cites DEFAULTS; the module docstring must show the same table.
-    for line in ingest.defaults_markdown().splitlines()[2:]:
-        assert line in ingest.__doc__, line
+    for line in import_spec.defaults_markdown().splitlines()[2:]:
+        assert line in import_spec.__doc__, line
     # Every lake column is either required or has a documented default.
     for table, spec in TABLES.items():
         assert set(REQUIRED[table]) | set(OPTIONAL[table]) == set(spec.schema.names), table
@@ -443,7 +445,7 @@ def test_vectorised_timestamp_parsing_agrees_with_the_stdlib() -> None:
         "2024-13-02T03:04:05",
         "next tuesday",
     ]
-    assert ingest._ts_ms(pl.Series(texts)).to_list() == [ingest._iso_to_ms(t) for t in texts]
+    assert import_checks._ts_ms(pl.Series(texts)).to_list() == [import_checks._iso_to_ms(t) for t in texts]
 
 
 # ---- bad rows -------------------------------------------------------------------------
@@ -692,7 +694,7 @@ def test_import_root_defaults_under_the_data_root_and_follows_the_setting(tmp_pa
 
 
 def test_a_file_inside_the_import_folder_is_accepted(confined: Settings) -> None:
-    from jobs.import_dataset import resolve_import_path
+    from rec_core.data.import_paths import resolve_import_path
 
     root = confined.import_root
     (root / "batch1").mkdir()
@@ -709,7 +711,7 @@ def test_a_file_inside_the_import_folder_is_accepted(confined: Settings) -> None
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlinked_dir", "sibling_prefix"])
 def test_paths_leading_outside_the_import_folder_are_refused(tmp_path: Path, confined: Settings, kind: str) -> None:
-    from jobs.import_dataset import ImportPathError, resolve_import_path
+    from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
     root = confined.import_root
     outside = write_csv(tmp_path / "secret.csv", VIDEO_HEADER, VIDEO_ROWS)
@@ -736,7 +738,7 @@ def test_paths_leading_outside_the_import_folder_are_refused(tmp_path: Path, con
 
 
 def test_etc_passwd_through_dotdot_is_refused(confined: Settings) -> None:
-    from jobs.import_dataset import ImportPathError, resolve_import_path
+    from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
     with pytest.raises(ImportPathError, match="outside the import folder"):
         resolve_import_path(confined, "../../../../../../../../etc/passwd", "videos")
@@ -745,7 +747,7 @@ def test_etc_passwd_through_dotdot_is_refused(confined: Settings) -> None:
 
 
 def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Settings) -> None:
-    from jobs.import_dataset import ImportPathError, resolve_import_path
+    from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
     root = confined.import_root
     with pytest.raises(ImportPathError, match=r"'videos'.*does not exist"):
@@ -760,7 +762,7 @@ def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Se
 
 
 def test_missing_import_folder_says_how_to_create_it(tmp_path: Path) -> None:
-    from jobs.import_dataset import ImportPathError, resolve_import_path
+    from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
     settings = Settings(data_dir=tmp_path / "data")
     with pytest.raises(ImportPathError, match=r"import folder .*import does not exist"):
@@ -773,13 +775,15 @@ def test_import_dag_refuses_a_path_outside_the_import_folder_and_reads_one_insid
 ) -> None:
     """The real DAG, run with dag.test(): the task fails on a symlink leading out of the import folder and
     leaves the lake alone; the same files copied into the folder are imported."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
     outside = full_csv(tmp_path / "elsewhere")
     root = data_env / "import"
     root.mkdir(parents=True)
     (root / "videos.csv").symlink_to(outside["videos"])
-    dag = DagBag(str(Path(__file__).resolve().parents[1] / "dags")).get_dag("import_dataset")
+    # Read as Airflow's own processes do: the dags folder is a bundle, so its helper package rec_dags imports.
+    dags = Path(__file__).resolve().parents[1] / "dags"
+    dag = BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder").get_dag("import_dataset")
     # Before the confinement, this read the file the symlink leads to.
     run = dag.test(run_conf={"videos": str(root / "videos.csv"), "interactions": str(outside["interactions"])})
     assert run.state == "failed"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.generate_data import generate_data
-from jobs.ingest_inbox import ingest_inbox
 from rec_core.data.inbox import InboxWriter, read_new
+from rec_core.data.inbox_merge import ingest_inbox
 from rec_core.data.lake import Lake
 from rec_core.settings import Settings
+from rec_core.synthetic.commit import generate_data
 
 AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 

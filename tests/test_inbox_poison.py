@@ -160,7 +160,7 @@ def lake_ids(data: Path) -> set[str]:
 
 
 def test_the_batch_skips_and_reports_poison_inbox_records(api_world: Path, tmp_path: Path) -> None:
-    from jobs.ingest_inbox import ingest_inbox
+    from rec_core.data.inbox_merge import ingest_inbox
     from rec_core.ids import is_valid_id
     from rec_core.settings import Settings
 
@@ -266,9 +266,9 @@ def poison_snapshot(data: Path) -> str:
 
 def test_load_vectors_and_the_api_skip_a_bad_id_in_a_snapshot(api_world: Path, tmp_path: Path) -> None:
     from feed_api.snapshot_view import load_view
-    from jobs.load_vectors import load_vectors
     from rec_core.settings import Settings
     from rec_core.snapshot.layout import snapshot_paths
+    from rec_core.snapshot.vector_load import load_vectors
 
     data = copy_world(api_world, tmp_path)
     snapshot_id = poison_snapshot(data)
@@ -289,8 +289,8 @@ def test_load_vectors_and_the_api_skip_a_bad_id_in_a_snapshot(api_world: Path, t
 
 
 def test_the_api_serves_a_snapshot_with_a_bad_id(api_world: Path, tmp_path: Path) -> None:
-    from jobs.load_vectors import load_vectors
     from rec_core.settings import Settings
+    from rec_core.snapshot.vector_load import load_vectors
 
     data = copy_world(api_world, tmp_path)
     snapshot_id = poison_snapshot(data)

@@ -10,10 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from jobs.import_movielens import DEFAULT_PATH, import_movielens, main
+from jobs.import_movielens import main
 from rec_core.data import movielens
-from rec_core.data.ingest import ImportReport, InputError, RejectedError
+from rec_core.data.import_report import ImportReport, InputError, RejectedError
 from rec_core.data.lake import Lake
+from rec_core.data.movielens import DEFAULT_PATH, import_movielens
 from rec_core.data.tables import TABLES
 from rec_core.settings import Settings
 

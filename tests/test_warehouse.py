@@ -13,11 +13,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jobs.generate_data import generate_data
-from jobs.summarize import summarize
+from rec_core.data.summary import summarize
 from rec_core.data.warehouse import ANALYSIS_QUERIES, build_warehouse
 from rec_core.settings import Settings
-from rec_core.snapshot.publish import publish, read_manifest, rollback
+from rec_core.snapshot.manifest import read_manifest
+from rec_core.snapshot.publish import publish, rollback
+from rec_core.synthetic.commit import generate_data
 from tests.test_snapshot import FEED, MODEL, fresh_settings, valid_snapshot
 
 

@@ -23,7 +23,7 @@ Two things keep other parties' work safe from a commit:
   root (live, kept for rollback, or being built). Pruning a snapshot frees its
   version at the next commit. If the pins cannot be read, nothing is pruned:
   disk is cheaper than a snapshot that cannot load.
-- Compare-and-swap. A read-modify-write writer (``jobs.ingest_inbox``) reads a
+- Compare-and-swap. A read-modify-write writer (the inbox merge) reads a
   fixed version through :meth:`Lake.at`, then commits with ``expect=`` that
   version's name; if another writer committed in between, the commit raises
   :class:`LakeConflict` and writes nothing, so the writer re-reads instead of

@@ -1,7 +1,7 @@
-"""MovieLens (ml-latest-small layout) -> canonical tables for :mod:`rec_core.data.ingest`.
+"""MovieLens (ml-latest-small layout) -> canonical tables for :mod:`rec_core.data.file_import`.
 
 The adapter only renames and reshapes; every value then goes through the same
-validation as a canonical import (``ingest.run_import``), so a bad MovieLens row
+validation as a canonical import (``file_import.run_import``), so a bad MovieLens row
 is skipped and reported exactly like a bad canonical row. The files are read
 in place and never copied.
 
@@ -10,7 +10,7 @@ Mapping
 - ``movies.csv`` (movieId, title, genres) -> videos: ``video_id = "m<movieId>"``,
   ``caption = title``, hashtags = the genres (split on ``|``, ``(no genres
   listed)`` dropped) followed by the movie's kept user tags, all normalised by
-  :func:`normalise_tag`. Every other video column takes the ingest default: so
+  :func:`normalise_tag`. Every other video column takes the import default: so
   ``duration_s`` 30, ``creator_id`` the movie itself, counts from the ratings,
   and ``created_at`` the movie's first rating ts.
 - All 9,742 movies are kept, including the 18 that nobody rated: they are the
@@ -18,9 +18,9 @@ Mapping
   which is exactly the case the live vector search exists for.
 - ``ratings.csv`` (userId, movieId, rating, timestamp) -> interactions: one watch
   per rating, ``user_id = "u<userId>"``, ``completion = rating / 5`` (0.1-1.0),
-  ``liked = rating >= 4``, ``watch_time_s`` left to the ingest default
+  ``liked = rating >= 4``, ``watch_time_s`` left to the import default
   (completion * duration_s), shared/commented false.
-- Users are the raters (there is no users file; ingest adds them with
+- Users are the raters (there is no users file; the importer adds them with
   ``created_at`` = their first rating). There are no follows.
 
 Tags
@@ -44,9 +44,16 @@ from pathlib import Path
 
 import polars as pl
 
-from rec_core.data.ingest import CanonicalInput, InputError, check_columns, read_table_file
+from rec_core.data.file_import import CanonicalInput, check_columns, read_table_file, run_import
+from rec_core.data.import_report import ImportReport, InputError
+from rec_core.data.lake import lake_for
+from rec_core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The shared data sets sit beside the repository; resolving from this file makes the default
+# independent of the working directory.
+DEFAULT_PATH = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "movielens-small"
 
 MIN_TAG_USERS = 2
 MAX_TAGS_PER_MOVIE = 10
@@ -77,7 +84,7 @@ def _normalise_tag_expr(expr: pl.Expr) -> pl.Expr:
 
 
 def _prefixed(column: str, prefix: str) -> pl.Expr:
-    # An empty source id must stay empty (so ingest reports "empty id"), not become a bare prefix.
+    # An empty source id must stay empty (so the importer reports "empty id"), not become a bare prefix.
     text = pl.col(column).str.strip_chars()
     return pl.when(text.str.len_chars() > 0).then(pl.lit(prefix) + text)
 
@@ -128,7 +135,7 @@ def load(
         _prefixed("userId", USER_PREFIX).alias("user_id"),
         _prefixed("movieId", MOVIE_PREFIX).alias("video_id"),
         pl.col("timestamp").alias("ts"),
-        # A rating that does not parse is passed on as its raw text, so ingest reports it as an
+        # A rating that does not parse is passed on as its raw text, so the importer reports it as an
         # unparseable completion instead of it silently taking the completion default (1.0).
         pl.when(rating.is_not_null())
         .then((rating / MAX_RATING).cast(pl.String))
@@ -175,3 +182,17 @@ def _movie_tags(tags_path: Path, min_tag_users: int, max_tags_per_movie: int) ->
         per_movie.height,
     )
     return per_movie if per_movie.height else empty
+
+
+def import_movielens(
+    path: Path = DEFAULT_PATH,
+    *,
+    strict: bool = False,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+) -> ImportReport:
+    """Convert the MovieLens folder to canonical tables and import them; raises ``IngestError`` on failure."""
+    settings = settings or Settings.load()
+    raw = load(Path(path))
+    lake = None if dry_run else lake_for(settings)
+    return run_import(raw, lake, strict=strict, source=f"import_movielens {path}")
