@@ -9,9 +9,12 @@ a few slices and no database query (docs/architecture.md, invariant 4):
   user -> [start, end) index, scores, and reasons as a dictionary,
 * the trending list, the users' batch vectors, and the snapshot's Milvus
   collection for live search,
-* the model that built it, for the user tower online and for encoding new
-  videos into the same vector space (loaded once; it also needs the lake
-  version the snapshot was built from).
+* the model that built it and the snapshot's catalogue (the video tower's
+  inputs, written by the video shards), for the user tower online and for
+  encoding new videos into the same vector space (loaded once).
+
+Everything comes from the snapshot folder (and the model store): serving never
+reads the lake, so a snapshot keeps serving after its lake version is pruned.
 
 A row whose id breaks the id rule (:mod:`rec_core.ids`: a snapshot built from a
 lake an older API or batch let such an id into) is left out with a warning and
@@ -36,20 +39,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.ids import id_problems
-from rec_core.model.features import Catalogue, video_frame
+from rec_core.model.features import Catalogue
 from rec_core.model.inference import (
     OnlineUserVector,
     UserProfile,
     as_of_ms,
     load_build_model,
-    load_catalogue,
+    snapshot_catalogue,
     user_vector_from_profile,
 )
 from rec_core.model.store import LoadedModel
 from rec_core.settings import Settings
-from rec_core.snapshot.files import read_lake_table, read_vector_shards, vectors_array
+from rec_core.snapshot.files import read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
-from rec_core.snapshot.publish import read_manifest
+from rec_core.snapshot.manifest import read_manifest
 from rec_core.snapshot.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -163,13 +166,19 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
     vectors = vectors_array(videos)[order]
     codes = pl.DataFrame({"video_id": video_ids.astype(str), "code": np.arange(len(video_ids), dtype=np.int32)})
 
-    meta = video_frame(read_lake_table(settings, build, "videos", columns=None)).select(
-        "video_id", "creator_id", "created_ms"
+    model = load_build_model(settings, build)
+    catalogue = snapshot_catalogue(paths, build, model)
+    meta = pl.DataFrame(
+        {
+            "video_id": catalogue.video_ids.astype(str),
+            "creator_id": catalogue.creator_ids.astype(str),
+            "created_ms": catalogue.created_ms,
+        }
     )
     meta = codes.join(meta, on="video_id", how="left").sort("code")
     if meta["creator_id"].null_count():
         missing = meta.filter(pl.col("creator_id").is_null())["video_id"].head(3).to_list()
-        raise ValueError(f"snapshot {paths.snapshot_id}: vectors for videos the lake does not have, e.g. {missing}")
+        raise ValueError(f"snapshot {paths.snapshot_id}: vectors for videos its catalogue lacks, e.g. {missing}")
 
     feeds = _feed_index(paths, build, codes, bad_videos)
     trending_rows = pl.read_parquet(paths.trending_file).filter(~pl.col("video_id").is_in(bad_videos))
@@ -180,8 +189,6 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
     centroid = vectors[top].mean(axis=0) if len(top) else vectors.mean(axis=0)
     centroid = (centroid / max(float(np.linalg.norm(centroid)), 1e-12)).astype(np.float32)
 
-    model = load_build_model(settings, build)
-    catalogue = load_catalogue(settings, build, model)
     store = VectorStore(paths.milvus_uri(settings), paths.collection_name(settings), build.embedding_dim)
     if not store.exists():
         store.close()

@@ -12,12 +12,8 @@ training are encoded once, not once per user shard.
 
 from __future__ import annotations
 
-from jobs.embed_videos import embed_shard, shard_cli
-from rec_core.settings import Settings
-
-
-def embed_users(settings: Settings, snapshot_id: str, shard: int) -> dict:
-    return embed_shard(settings, snapshot_id, shard, "user")
+from jobs.cli import shard_cli
+from rec_core.model.inference import embed_users
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,38 +8,28 @@
 A refused snapshot exits with status 2 and lists every reason; the live snapshot
 is untouched. Publishing the live snapshot again is a no-op. Exit status 1 means
 the publish or rollback happened but the warehouse could not be rebuilt (rerun
-``python -m jobs.summarize``). See :mod:`rec_core.snapshot.publish` for the protocol.
+``python -m jobs.summarize``). See :mod:`rec_core.snapshot.validate` and
+:mod:`rec_core.snapshot.publish` for the protocol.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from jobs.cli import settings_for
 from rec_core.data.lake import LakeError
 from rec_core.data.warehouse import build_warehouse
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotError
-from rec_core.snapshot.publish import ABANDONED_AFTER, list_snapshots, rollback, validate_snapshot
+from rec_core.snapshot.publish import ABANDONED_AFTER, list_snapshots, rollback
 from rec_core.snapshot.publish import publish as publish_snapshot
+from rec_core.snapshot.validate import validate_snapshot
 
 log = logging.getLogger("jobs.publish")
-
-
-def validate(settings: Settings, snapshot_id: str) -> dict[str, Any]:
-    """Validate and write the manifest; returns it as a dict (Airflow passes it on as XCom)."""
-    return dataclasses.asdict(validate_snapshot(settings, snapshot_id))
-
-
-def publish(settings: Settings, snapshot_id: str, *, abandoned_after: dt.timedelta = ABANDONED_AFTER) -> dict[str, Any]:
-    """Publish an already validated snapshot (the DAG validates in the task before); returns the result as a dict."""
-    return dataclasses.asdict(publish_snapshot(settings, snapshot_id, abandoned_after=abandoned_after))
 
 
 def format_list(settings: Settings) -> str:

@@ -10,30 +10,31 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.embed_users import embed_users
-from jobs.embed_videos import embed_videos
 from jobs.embed_videos import main as embed_videos_main
-from jobs.generate_data import generate_data
-from jobs.load_vectors import load_vectors
-from jobs.train_towers import train_version
 from rec_core.data.lake import Lake
 from rec_core.model.features import HISTORY_CAP, follows_frame, interaction_frame
 from rec_core.model.inference import (
     UserProfile,
     all_user_ids,
     as_of_ms,
+    embed_users,
+    embed_videos,
     load_build_model,
     load_catalogue,
     profile_from_events,
+    snapshot_catalogue,
     user_vector_from_profile,
     user_vectors_for_shard,
-    video_vectors_for_shard,
+    video_shard,
 )
-from rec_core.model.training import TrainConfig
+from rec_core.model.release import train_version
+from rec_core.model.training import TrainConfig, video_vectors
 from rec_core.settings import Settings
 from rec_core.snapshot.files import read_lake_table, read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, begin_snapshot
+from rec_core.snapshot.vector_load import load_vectors
 from rec_core.snapshot.vector_store import VectorStore
+from rec_core.synthetic.commit import generate_data
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def test_video_shards_cover_the_catalogue_once(snapshot: tuple[Settings, Snapsho
     sharded = read_vector_shards(paths, "videos", VIDEO_SHARDS)
     lake_ids = sorted(read_lake_table(settings, build, "videos", columns=["video_id"])["video_id"].to_pylist())
     assert sharded["video_id"].to_pylist() == lake_ids
-    whole = video_vectors_for_shard(settings, dataclasses.replace(build, video_shards=1), 0)
+    whole = video_shard(settings, dataclasses.replace(build, video_shards=1), 0).vectors
     assert whole["video_id"].to_pylist() == lake_ids
     np.testing.assert_allclose(vectors_array(sharded), vectors_array(whole), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vectors_array(sharded), axis=1), 1.0, atol=1e-5)
@@ -95,7 +96,11 @@ def test_users_seen_only_in_interactions_are_included() -> None:
 
 def test_reruns_give_the_same_bytes_and_leave_no_temp_files(snapshot: tuple[Settings, SnapshotPaths]) -> None:
     settings, paths = snapshot
-    files = [paths.video_vectors(1, VIDEO_SHARDS), paths.user_vectors(0, USER_SHARDS)]
+    files = [
+        paths.video_vectors(1, VIDEO_SHARDS),
+        paths.catalogue_part(1, VIDEO_SHARDS),
+        paths.user_vectors(0, USER_SHARDS),
+    ]
     before = [f.read_bytes() for f in files]
     embed_videos(settings, paths.snapshot_id, 1)
     embed_users(settings, paths.snapshot_id, 0)
@@ -104,6 +109,9 @@ def test_reruns_give_the_same_bytes_and_leave_no_temp_files(snapshot: tuple[Sett
         [paths.video_vectors(i, VIDEO_SHARDS).name for i in range(VIDEO_SHARDS)]
         + [paths.user_vectors(i, USER_SHARDS).name for i in range(USER_SHARDS)]
     )
+    assert sorted(p.name for p in paths.catalogue_dir.iterdir()) == [
+        paths.catalogue_part(i, VIDEO_SHARDS).name for i in range(VIDEO_SHARDS)
+    ]
     with pytest.raises(ValueError):
         embed_videos(settings, paths.snapshot_id, VIDEO_SHARDS)
 
@@ -184,3 +192,32 @@ def test_load_vectors_names_missing_shards(snapshot: tuple[Settings, SnapshotPat
     embed_videos(settings, other.snapshot_id, 0)
     with pytest.raises(SnapshotError, match="videos-00001-of-00002"):
         load_vectors(settings, other.snapshot_id)
+
+
+def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
+    snapshot: tuple[Settings, SnapshotPaths],
+) -> None:
+    """The catalogue the video shards wrote gives the towers the inputs the lake gives them: the same video
+    vectors as the shards, the same online user vectors, and the same creators and creation times."""
+    settings, paths = snapshot
+    build = paths.read_build()
+    loaded = load_build_model(settings, build)
+    from_lake = load_catalogue(settings, build, loaded)
+    served = snapshot_catalogue(paths, build, loaded)
+    for name in ("video_ids", "creator_ids", "created_ms", "item_idx", "creator_idx", "hashtag_idx", "hashtag_offsets"):
+        np.testing.assert_array_equal(getattr(served, name), getattr(from_lake, name), err_msg=name)
+    for name in ("text", "dense", "duration_s"):
+        np.testing.assert_array_equal(getattr(served, name), getattr(from_lake, name), err_msg=name)
+    assert served.as_of_ms == from_lake.as_of_ms == as_of_ms(build)
+
+    shards = vectors_array(read_vector_shards(paths, "videos", VIDEO_SHARDS))
+    np.testing.assert_allclose(video_vectors(loaded.model, served, loaded.stats).numpy(), shards, atol=1e-6)
+
+    interactions = interaction_frame(read_lake_table(settings, build, "interactions"))
+    follows = follows_frame(read_lake_table(settings, build, "follows"))
+    for user in interactions["user_id"].unique().sort().head(5).to_list():
+        profile = profile_from_events(user, interactions, follows, as_of_ms(build))
+        np.testing.assert_array_equal(
+            user_vector_from_profile(loaded, served, loaded.stats, profile).vector,
+            user_vector_from_profile(loaded, from_lake, loaded.stats, profile).vector,
+        )

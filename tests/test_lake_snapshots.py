@@ -11,17 +11,17 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-import jobs.ingest_inbox as ingest_job
+import rec_core.data.inbox_merge as ingest_job
 from feed_api.snapshot_view import load_view
-from jobs.generate_data import generate_data
-from jobs.ingest_inbox import ingest_inbox
-from jobs.pipeline import run_all
 from rec_core.data.inbox import InboxBatch, InboxWriter, consumed_offsets
+from rec_core.data.inbox_merge import ingest_inbox
 from rec_core.data.lake import Lake
 from rec_core.settings import Settings
 from rec_core.snapshot.files import read_lake_table
 from rec_core.snapshot.layout import begin_snapshot, live_snapshot_id, snapshot_paths
 from rec_core.snapshot.publish import rollback
+from rec_core.stages import run_all
+from rec_core.synthetic.commit import generate_data
 
 AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
@@ -55,7 +55,7 @@ def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> Non
         assert _ingest_one_event(world, f"late{i}") != built_from
     assert built_from in Lake(world.lake_dir).versions()
     build = paths.read_build()
-    assert read_lake_table(world, build, "videos").num_rows > 0  # what the API and the embed stages read
+    assert read_lake_table(world, build, "videos").num_rows > 0  # what the embed stages and validation read
     assert read_lake_table(world, build, "interactions").num_rows > 0
 
     # Once the snapshot is gone, its lake version is an ordinary old version again.
@@ -143,7 +143,7 @@ def test_live_and_rollback_snapshots_stay_loadable_after_lake_commits(api_world:
         _ingest_one_event(settings, f"after{i}")
     assert Lake(settings.lake_dir).current().name not in versions.values()
 
-    # A restart loads the live snapshot; a rollback loads the one before: both read their own lake version.
+    # A restart loads the live snapshot; a rollback loads the one before: each from its own folder alone.
     for snapshot_id in (second, rollback(settings)):
         view = load_view(settings, snapshot_paths(settings, snapshot_id))
         try:

@@ -124,9 +124,9 @@ def _collections(url: str) -> list[str]:
 @pytest.fixture(scope="module")
 def world(milvus_url: str, tmp_path_factory: pytest.TempPathFactory) -> World:
     """A tiny world with one snapshot published by the real pipeline, its vectors on the server."""
-    from jobs.generate_data import generate_data
-    from jobs.pipeline import run_all
     from rec_core.settings import Settings
+    from rec_core.stages import run_all
+    from rec_core.synthetic.commit import generate_data
 
     data = tmp_path_factory.mktemp("server-world") / "data"
     settings = Settings.load(
@@ -159,9 +159,9 @@ def collection_of(snapshot_id: str) -> str:
 
 
 def test_pipeline_loads_one_collection_per_snapshot_and_prune_drops_it(world: World) -> None:
-    from jobs.pipeline import run_all
     from rec_core.snapshot.layout import snapshot_paths
-    from rec_core.snapshot.publish import read_manifest
+    from rec_core.snapshot.manifest import read_manifest
+    from rec_core.stages import run_all
 
     first = live_id(world.data)
     videos = lake_videos(world.data).height

@@ -23,25 +23,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.generate_data import generate_data
 from jobs.publish import main as publish_main
 from rec_core.data.lake import Lake
 from rec_core.settings import Settings
+from rec_core.snapshot.files import catalogue_table
 from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, begin_snapshot, live_snapshot_id
+from rec_core.snapshot.manifest import Manifest, read_manifest, sha256_file, verify_checksums
 from rec_core.snapshot.publish import (
     ABANDONED_AFTER,
-    Manifest,
     list_snapshots,
     live_snapshot,
     prune,
     publish,
     read_history,
-    read_manifest,
     rollback,
-    sha256_file,
-    validate_snapshot,
-    verify_checksums,
 )
+from rec_core.snapshot.validate import validate_snapshot
+from rec_core.synthetic.commit import generate_data
 from tests.conftest import ROOT
 
 DIM = 8
@@ -91,6 +89,20 @@ def vector_table(column: str, ids: list[str], rng: np.random.Generator, dim: int
     return pa.table({column: pa.array(ids, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(values, dim)})
 
 
+def catalogue_part(settings: Settings, videos: list[str], rng: np.random.Generator) -> pa.Table:
+    """The catalogue part of ``videos`` (sorted ids of the lake): lake columns, random tower inputs."""
+    lake = Lake(settings.lake_dir).read(
+        "videos", columns=["video_id", "creator_id", "caption", "hashtags", "created_at"]
+    )
+    lake = lake.take(pc.sort_indices(lake["video_id"]))
+    assert lake["video_id"].to_pylist() == videos
+    served = {c: lake[c].to_pylist() for c in ("video_id", "creator_id", "caption", "hashtags")}
+    served["created_ms"] = pc.cast(lake["created_at"], pa.int64()).to_pylist()
+    served["duration_s"] = [10.0] * len(videos)
+    text = rng.standard_normal((len(videos), 4)).astype(np.float32)
+    return catalogue_table(served, text, rng.standard_normal((len(videos), 3)).astype(np.float32))
+
+
 def build_snapshot(settings: Settings, second: int = 0, *, milvus: bool = True) -> SnapshotPaths:
     """A small valid snapshot: each user gets FEED distinct videos (rotated per user), two user shards."""
     videos, users, as_of = lake_ids(settings)
@@ -107,6 +119,7 @@ def build_snapshot(settings: Settings, second: int = 0, *, milvus: bool = True) 
     )
     rng = np.random.default_rng(second)
     pq.write_table(vector_table("video_id", videos, rng), paths.video_vectors(0, 1))
+    pq.write_table(catalogue_part(settings, videos, rng), paths.catalogue_part(0, 1))
     for shard in range(USER_SHARDS):
         lo, hi = len(users) * shard // USER_SHARDS, len(users) * (shard + 1) // USER_SHARDS
         part = users[lo:hi]
@@ -182,9 +195,10 @@ def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Sett
     assert manifest.counts["feed_users"] == manifest.counts["lake_users"] == manifest.counts["user_vectors"]
     assert manifest.counts["lake_users"] == len(users)
     assert manifest.counts["feed_rows"] == len(users) * FEED
-    assert manifest.counts["video_vectors"] == manifest.counts["videos"] == 1500
+    assert manifest.counts["video_vectors"] == manifest.counts["videos"] == manifest.counts["catalogue"] == 1500
     assert manifest.counts["trending"] == FEED
     expected = {"build.json", "trending.parquet", "milvus.db", "vectors/videos-00000-of-00001.parquet"}
+    expected |= {"catalogue/part-00000-of-00001.parquet"}
     expected |= {f"vectors/users-0000{i}-of-00002.parquet" for i in range(2)}
     expected |= {f"feeds/part-0000{i}-of-00002.parquet" for i in range(2)}
     assert set(manifest.checksums) == expected
@@ -249,6 +263,25 @@ def _wrong_dim(paths: SnapshotPaths) -> None:
     pq.write_table(vector_table("video_id", table["video_id"].to_pylist(), rng, dim=DIM + 1), paths.video_vectors(0, 1))
 
 
+def _rewrite_catalogue(paths: SnapshotPaths, change: Callable[[pa.Table], pa.Table]) -> None:
+    pq.write_table(change(pq.read_table(paths.catalogue_part(0, 1))), paths.catalogue_part(0, 1))
+
+
+def _catalogue_out_of_step(table: pa.Table) -> pa.Table:
+    # Two rows swapped: every video is still there, but row i no longer describes vector i.
+    order = list(range(table.num_rows))
+    order[0], order[1] = 1, 0
+    return table.take(order)
+
+
+def _nan_catalogue_text(table: pa.Table) -> pa.Table:
+    text = table["text"].combine_chunks()
+    values = text.flatten().to_numpy().copy()
+    values[5] = np.nan
+    index = table.schema.get_field_index("text")
+    return table.set_column(index, "text", pa.FixedSizeListArray.from_arrays(pa.array(values), text.type.list_size))
+
+
 def _rank_int64(paths: SnapshotPaths) -> None:
     table = pq.read_table(paths.feed_part(1, USER_SHARDS))
     pq.write_table(table.set_column(1, "rank", pc.cast(table["rank"], pa.int64())), paths.feed_part(1, USER_SHARDS))
@@ -274,6 +307,12 @@ def _duplicate_trending(paths: SnapshotPaths) -> None:
         (_duplicate_trending, "trending has 1 duplicate video id"),
         (lambda p: p.feed_part(0, USER_SHARDS).write_bytes(b"PAR1 not really"), "not a readable Parquet file"),
         (lambda p: (p.feeds_dir / "part-00000-of-00004.parquet").write_bytes(b""), "unexpected file(s)"),
+        (lambda p: p.catalogue_part(0, 1).unlink(), "missing file(s): catalogue/part-00000-of-00001.parquet"),
+        (lambda p: (p.catalogue_dir / "part-00001-of-00002.parquet").write_bytes(b""), "unexpected file(s)"),
+        (lambda p: _rewrite_catalogue(p, _catalogue_out_of_step), "does not list the videos of videos-00000"),
+        (lambda p: _rewrite_catalogue(p, lambda t: t.slice(1)), "does not list the videos of videos-00000"),
+        (lambda p: _rewrite_catalogue(p, _nan_catalogue_text), "null or non-finite text"),
+        (lambda p: _rewrite_catalogue(p, lambda t: t.drop_columns(["creator_id"])), "creator_id is absent"),
     ],
 )
 def test_damaged_snapshot_files_are_refused(settings: Settings, damage: Callable, reason: str) -> None:
@@ -498,13 +537,14 @@ def test_command_line(settings: Settings, capsys: pytest.CaptureFixture[str]) ->
 CHILD = textwrap.dedent(
     """
     import dataclasses, os, pathlib, shutil, signal, sys
+    import rec_core.snapshot.manifest as manifest
     import rec_core.snapshot.publish as snap
     from rec_core.settings import Settings
 
     data_dir, snapshot_id, point, keep = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     real_replace, real_write, real_rmtree = os.replace, pathlib.Path.write_bytes, shutil.rmtree
-    real_sha = snap.sha256_file
+    real_sha = manifest.sha256_file
     calls = {"sha": 0}
 
     def replace(src, dst, *a, **k):
@@ -537,7 +577,7 @@ CHILD = textwrap.dedent(
             die()
         return real_sha(path)
 
-    os.replace, pathlib.Path.write_bytes, shutil.rmtree, snap.sha256_file = replace, write_bytes, rmtree, sha
+    os.replace, pathlib.Path.write_bytes, shutil.rmtree, manifest.sha256_file = replace, write_bytes, rmtree, sha
     settings = dataclasses.replace(Settings.load({}), data_dir=pathlib.Path(data_dir), snapshots_keep=keep)
     snap.publish(settings, snapshot_id)
     print("publish finished without being killed", file=sys.stderr)

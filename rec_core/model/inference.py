@@ -11,9 +11,11 @@ Shards are contiguous row ranges (:func:`~rec_core.snapshot.layout.shard_bounds`
 of the catalogue (every video of the lake version, sorted by ``video_id``) and of
 the users (the users table plus users seen only in interactions, sorted by
 ``user_id``, as :mod:`rec_core.data.split` defines them). A video shard builds the
-catalogue of its own rows only (every video feature is a function of its row);
-a user shard needs the whole catalogue, because histories point into it, but
-builds histories for its own users only.
+catalogue of its own rows only (every video feature is a function of its row) and
+writes it into the snapshot beside its vectors, so serving reads the catalogue
+from the snapshot (:func:`snapshot_catalogue`), never from the lake; a user shard
+needs the whole catalogue, because histories point into it, but builds histories
+for its own users only.
 
 Online, :func:`user_vector_from_profile` turns a request-shaped
 :class:`UserProfile` into the same one-row :class:`~rec_core.model.features.Histories`
@@ -28,10 +30,12 @@ import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
@@ -53,8 +57,20 @@ from rec_core.model.store import LoadedModel, ModelStore
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.training import user_vectors, video_vectors
 from rec_core.settings import Settings
-from rec_core.snapshot.files import USER_ID, VIDEO_ID, read_lake_table, vector_table
-from rec_core.snapshot.layout import BuildInfo, SnapshotError, shard_bounds
+from rec_core.snapshot.files import (
+    CATALOGUE_DENSE,
+    CATALOGUE_TEXT,
+    USER_ID,
+    VIDEO_ID,
+    catalogue_table,
+    read_catalogue_shards,
+    read_lake_table,
+    vector_table,
+    vectors_array,
+    write_catalogue,
+    write_vectors,
+)
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, shard_bounds, snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +110,8 @@ def load_catalogue(
     videos: pl.DataFrame | None = None,
     interactions: pl.DataFrame | None = None,
 ) -> Catalogue:
-    """The whole catalogue of the build as the model sees it; the API builds this once per snapshot."""
+    """The whole catalogue of the build as the model sees it, from the lake (the batch's way; serving reads
+    :func:`snapshot_catalogue`)."""
     videos = video_frame(read_lake_table(settings, build, "videos")) if videos is None else videos
     interactions = _interactions(settings, build) if interactions is None else interactions
     text = model_text(settings, loaded, videos)
@@ -115,11 +132,46 @@ def _interactions(settings: Settings, build: BuildInfo) -> pl.DataFrame:
     return frame.filter(pl.col("ts_ms") < as_of_ms(build))
 
 
+def snapshot_catalogue(paths: SnapshotPaths, build: BuildInfo, loaded: LoadedModel) -> Catalogue:
+    """The whole catalogue of the build from the snapshot's catalogue parts: what the towers read at ``as_of``.
+
+    Equal to :func:`load_catalogue` in every input the towers read online (ids, creators, creation times, text,
+    dense features, vocabulary indices); it has no interaction timeline and no creator debuts, which only training
+    uses (features at an earlier instant, videos shown as new).
+    """
+    table = read_catalogue_shards(paths, build.video_shards)
+    video_ids = np.asarray(table.column(VIDEO_ID).to_pylist(), dtype=object)
+    creator_ids = np.asarray(table.column("creator_id").to_pylist(), dtype=object)
+    tags = table.column("hashtags").combine_chunks()
+    lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
+    return Catalogue(
+        video_ids=video_ids,
+        creator_ids=creator_ids,
+        text=np.ascontiguousarray(vectors_array(table, CATALOGUE_TEXT)),
+        duration_s=table.column("duration_s").to_numpy().astype(np.float32),
+        item_idx=Vocabs.lookup(loaded.vocabs.items, video_ids),
+        creator_idx=Vocabs.lookup(loaded.vocabs.creators, creator_ids),
+        hashtag_idx=Vocabs.lookup(loaded.vocabs.hashtags, np.asarray(tags.flatten().to_pylist(), dtype=object)),
+        hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        dense=np.ascontiguousarray(vectors_array(table, CATALOGUE_DENSE)),
+        created_ms=table.column("created_ms").to_numpy().astype(np.int64),
+        as_of_ms=as_of_ms(build),
+    )
+
+
 # ---- batch vectors of one shard -----------------------------------------------
 
 
-def video_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> pa.Table:
-    """``video_id``, ``vector`` for shard ``shard`` of ``build.video_shards`` of the catalogue."""
+@dataclass(frozen=True, slots=True)
+class VideoShard:
+    """What one video shard writes into the snapshot: its vectors and, row for row, its catalogue part."""
+
+    vectors: pa.Table  # video_id, vector
+    catalogue: pa.Table  # rec_core.snapshot.files.catalogue_schema
+
+
+def video_shard(settings: Settings, build: BuildInfo, shard: int) -> VideoShard:
+    """Vectors and catalogue part of shard ``shard`` of ``build.video_shards`` of the catalogue."""
     started = time.perf_counter()
     loaded = load_build_model(settings, build)
     videos = video_frame(read_lake_table(settings, build, "videos"))
@@ -138,7 +190,18 @@ def video_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) ->
         hi,
         time.perf_counter() - started,
     )
-    return vector_table(VIDEO_ID, catalogue.video_ids, vectors)
+    served = {
+        VIDEO_ID: catalogue.video_ids,
+        "creator_id": catalogue.creator_ids,
+        "created_ms": catalogue.created_ms,
+        "caption": part["caption"].to_list(),  # part is sorted by video_id, as the catalogue is
+        "hashtags": part["hashtags"].to_list(),
+        "duration_s": catalogue.duration_s,
+    }
+    return VideoShard(
+        vectors=vector_table(VIDEO_ID, catalogue.video_ids, vectors),
+        catalogue=catalogue_table(served, catalogue.text, catalogue.dense),
+    )
 
 
 def user_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> pa.Table:
@@ -168,6 +231,36 @@ def user_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> 
         time.perf_counter() - started,
     )
     return vector_table(USER_ID, ids, vectors)
+
+
+def embed_shard(settings: Settings, snapshot_id: str, shard: int, kind: Literal["video", "user"]) -> dict:
+    """Compute one shard of video or user vectors and write it into the snapshot; returns a summary.
+
+    Atomic per file and idempotent: a rerun computes the same bytes and replaces them, a killed run leaves no half
+    file. A video shard writes its catalogue part before its vectors, so present vectors mean a whole shard.
+    """
+    started = time.perf_counter()
+    paths = snapshot_paths(settings, snapshot_id)
+    build = paths.read_build()
+    shards = build.video_shards if kind == "video" else build.user_shards
+    if not 0 <= shard < shards:
+        raise ValueError(f"{kind} shard {shard} outside 0..{shards - 1} of snapshot {snapshot_id}")
+    if kind == "video":
+        built = video_shard(settings, build, shard)
+        write_catalogue(built.catalogue, paths.catalogue_part(shard, shards))
+        table, target = built.vectors, paths.video_vectors(shard, shards)
+    else:
+        table, target = user_vectors_for_shard(settings, build, shard), paths.user_vectors(shard, shards)
+    write_vectors(table, target)
+    log.info("wrote %d %s vectors to %s", table.num_rows, kind, target)
+    return {
+        "snapshot": snapshot_id,
+        "shard": shard,
+        "shards": shards,
+        "rows": table.num_rows,
+        "path": str(target),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 # ---- the user tower online --------------------------------------------------------
@@ -279,3 +372,13 @@ def _positions(catalogue: Catalogue, ids: Sequence[str]) -> tuple[np.ndarray, li
     pos = Vocabs.lookup(catalogue.video_ids, arr) - 1  # the catalogue is sorted by id like a vocabulary
     unknown = list(dict.fromkeys(arr[pos < 0].tolist()))
     return pos[pos >= 0], unknown
+
+
+def embed_videos(settings: Settings, snapshot_id: str, shard: int) -> dict:
+    """The ``embed_videos`` stage: vectors and serving catalogue of one video shard."""
+    return embed_shard(settings, snapshot_id, shard, "video")
+
+
+def embed_users(settings: Settings, snapshot_id: str, shard: int) -> dict:
+    """The ``embed_users`` stage: vectors of one user shard."""
+    return embed_shard(settings, snapshot_id, shard, "user")

@@ -1,7 +1,8 @@
 """The snapshot's files and the lake tables a build reads: their schemas, and the one way to read and write them.
 
 Every stage that writes into a snapshot (the embed stages, materialization, trending) and every reader (validation,
-the vector load, the API) takes its schema and its reader from here, so the contract is written once.
+the vector load, the API) takes its schema and its reader from here, so the contract is written once. The lake
+readers are for the batch stages only: the API reads nothing but the snapshot (see ``rec_core.snapshot.layout``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ VIDEO_ID = "video_id"
 USER_ID = "user_id"
 VECTOR = "vector"
 
+
+def columns_of(schema: pa.Schema) -> dict[str, pa.DataType]:
+    """Column name -> type, the form validation compares a file against."""
+    return {f.name: f.type for f in schema}
+
+
 # Exact Arrow types, so a reader can memory-map without casting.
 FEED_SCHEMA = pa.schema(
     [
@@ -33,10 +40,34 @@ FEED_SCHEMA = pa.schema(
 )
 TRENDING_SCHEMA = pa.schema([f for f in FEED_SCHEMA if f.name != USER_ID])
 
+# The catalogue part of a video shard, row for row with its vectors. ``text`` and ``dense`` are the video tower's
+# inputs as of the build's as-of (the caption embedding of the model's text encoder and the unstandardised dense
+# features); their widths belong to the model, so they are checked as fixed-size float32 lists of any width.
+CATALOGUE_TEXT = "text"
+CATALOGUE_DENSE = "dense"
 
-def columns_of(schema: pa.Schema) -> dict[str, pa.DataType]:
-    """Column name -> type, the form validation compares a file against."""
-    return {f.name: f.type for f in schema}
+
+def catalogue_schema(text_dim: int, dense_dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field("creator_id", pa.string(), nullable=False),
+            pa.field("created_ms", pa.int64(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("hashtags", pa.list_(pa.string()), nullable=False),
+            pa.field("duration_s", pa.float32(), nullable=False),
+            pa.field(CATALOGUE_TEXT, pa.list_(pa.float32(), text_dim), nullable=False),
+            pa.field(CATALOGUE_DENSE, pa.list_(pa.float32(), dense_dim), nullable=False),
+        ]
+    )
+
+
+# Validation compares these exactly; the two matrix columns only for being fixed-size float32 lists.
+CATALOGUE_COLUMNS = {
+    name: kind
+    for name, kind in columns_of(catalogue_schema(1, 1)).items()
+    if name not in {CATALOGUE_TEXT, CATALOGUE_DENSE}
+}
 
 
 # ---- lake tables of a build -------------------------------------------------------
@@ -82,18 +113,47 @@ def write_vectors(table: pa.Table, target: Path) -> None:
     write_with(target, lambda tmp: pq.write_table(table, tmp, compression="none"))
 
 
-def vectors_array(table: pa.Table) -> np.ndarray:
-    """The ``vector`` column as an (n, dim) float32 array."""
-    column = table.column(VECTOR).combine_chunks()
-    dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+def vectors_array(table: pa.Table, column: str = VECTOR) -> np.ndarray:
+    """A fixed-size list column (``vector`` by default) as an (n, width) float32 array."""
+    values = table.column(column).combine_chunks()
+    dim = values.type.list_size
+    return values.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
 
 
 def read_vector_shards(paths: SnapshotPaths, kind: str, shards: int) -> pa.Table:
     """All shards of ``kind`` (``"videos"`` or ``"users"``) in order; raises naming any missing shard."""
     locate = {"videos": paths.video_vectors, "users": paths.user_vectors}[kind]
-    files = [locate(i, shards) for i in range(shards)]
+    return _read_shards(paths, [locate(i, shards) for i in range(shards)], f"{kind} vector")
+
+
+# ---- the catalogue --------------------------------------------------------------------
+
+
+def catalogue_table(videos: pa.Table | dict[str, Sequence], text: np.ndarray, dense: np.ndarray) -> pa.Table:
+    """A catalogue part: ``videos`` (the plain columns of :func:`catalogue_schema`) plus the two matrices."""
+    text = np.ascontiguousarray(text, dtype=np.float32)
+    dense = np.ascontiguousarray(dense, dtype=np.float32)
+    schema = catalogue_schema(text.shape[1], dense.shape[1])
+    columns = [pa.array(videos[name], schema.field(name).type) for name in CATALOGUE_COLUMNS]
+    matrices = [
+        pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1), pa.float32()), m.shape[1]) for m in (text, dense)
+    ]
+    return pa.Table.from_arrays([*columns, *matrices], schema=schema)
+
+
+def write_catalogue(table: pa.Table, target: Path) -> None:
+    """Atomically, like the vectors (a snapshot begun before catalogues existed gets the folder here)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_with(target, lambda tmp: pq.write_table(table, tmp, compression="none"))
+
+
+def read_catalogue_shards(paths: SnapshotPaths, shards: int) -> pa.Table:
+    """Every catalogue part in shard order: the whole catalogue, sorted by ``video_id``."""
+    return _read_shards(paths, [paths.catalogue_part(i, shards) for i in range(shards)], "catalogue")
+
+
+def _read_shards(paths: SnapshotPaths, files: list[Path], what: str) -> pa.Table:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise SnapshotError(f"snapshot {paths.snapshot_id} lacks {len(missing)} {kind} vector shard(s): {missing}")
+        raise SnapshotError(f"snapshot {paths.snapshot_id} lacks {len(missing)} {what} shard(s): {missing}")
     return pa.concat_tables([pq.read_table(f) for f in files])

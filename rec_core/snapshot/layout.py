@@ -10,10 +10,17 @@ Layout of one snapshot folder::
     build.json                          what this build is: model version, lake version, as-of time, shards
     vectors/videos-00000-of-00004.parquet   video_id, vector (fixed_size_list<float32>[dim])
     vectors/users-00000-of-00004.parquet    user_id, vector
+    catalogue/part-00000-of-00004.parquet   the videos of video shard 0 as serving sees them (see below)
     feeds/part-00000-of-00004.parquet       user_id, rank, video_id, score, reason; sorted by (user_id, rank)
     trending.parquet                    rank, video_id, score, reason: the feed of a user with no history
     milvus.db                           Milvus Lite file with the ``videos`` collection (embedded mode only)
     manifest.json                       written by validation: counts, checksums, ids (publish reads it)
+
+The catalogue parts make the snapshot self-contained: each video shard writes,
+beside its vectors and row for row with them, what the API would otherwise have
+to rebuild from the lake (creator, creation time, caption, hashtags, and the
+video tower's inputs as of ``as_of``: caption embedding and dense features).
+The API reads the snapshot, never the lake.
 
 With a Milvus server (``REC_MILVUS_URI=http://...``) the collection is
 ``videos_<snapshot id>`` on the server instead of a per-snapshot file; one file
@@ -85,6 +92,10 @@ class SnapshotPaths:
         return self.root / "feeds"
 
     @property
+    def catalogue_dir(self) -> Path:
+        return self.root / "catalogue"
+
+    @property
     def trending_file(self) -> Path:
         return self.root / "trending.parquet"
 
@@ -97,6 +108,10 @@ class SnapshotPaths:
 
     def user_vectors(self, shard: int, shards: int) -> Path:
         return self.vectors_dir / f"users-{shard:05d}-of-{shards:05d}.parquet"
+
+    def catalogue_part(self, shard: int, shards: int) -> Path:
+        """The catalogue rows of video shard ``shard``: the same videos, in the same order, as its vectors."""
+        return self.catalogue_dir / f"part-{shard:05d}-of-{shards:05d}.parquet"
 
     def feed_part(self, shard: int, shards: int) -> Path:
         return self.feeds_dir / f"part-{shard:05d}-of-{shards:05d}.parquet"
@@ -112,6 +127,16 @@ class SnapshotPaths:
 
     def milvus_uri(self, settings: Settings) -> str:
         return settings.milvus_uri or str(self.milvus_lite_file)
+
+
+def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
+    """Every data file the build promises (absolute), in a stable order: what validation checks and hashes."""
+    files = [paths.build_file, paths.trending_file]
+    files += [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
+    files += [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
+    files += [paths.user_vectors(i, build.user_shards) for i in range(build.user_shards)]
+    files += [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)]
+    return files
 
 
 def snapshots_root(settings: Settings) -> Path:
@@ -149,6 +174,7 @@ def begin_snapshot(
     paths = snapshot_paths(settings, snapshot_id)
     paths.root.mkdir(parents=True, exist_ok=False)
     paths.vectors_dir.mkdir()
+    paths.catalogue_dir.mkdir()
     paths.feeds_dir.mkdir()
     info = BuildInfo(
         snapshot_id=snapshot_id,
