@@ -27,11 +27,11 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.common import BenchRow, stopwatch
-from jobs.generate_data import generate_data
-from jobs.materialize_feeds import BATCH_USERS, build_trending, materialize_feeds
 from rec_core.data.lake import Lake
+from rec_core.feed.batch import BATCH_USERS, build_trending, materialize_feeds
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import begin_snapshot
+from rec_core.synthetic.commit import generate_data
 
 NAME = "materialize"
 SCALE = "default"

@@ -4,12 +4,15 @@ A walk (a first page and the pages its cursors lead to) reads one snapshot:
 
 1. a precomputed list: the user's materialized feed, or for a user the snapshot
    does not know and who has no vector, the trending list (reason "trending");
-   a user with a vector but no feed has none;
+   a user with a vector but no feed has none; paged through the feed pipeline's
+   filters (:func:`rec_core.feed.live.listed_keep`), so what the user watched since
+   the batch, and their own videos in trending, are skipped;
 2. when that list runs out, live search in the snapshot's Milvus collection
    with the user's live vector (:func:`live_vector`), excluding the whole list,
-   everything served live in this walk (carried in the cursor), everything the
-   user has watched or skipped, and under the same feed policy as the batch
-   (creator cap, fresh slots, never one's own videos).
+   everything served live in this walk (carried in the cursor) and everything the
+   user has watched or skipped, then the batch's own feed pipeline over the answer
+   (:data:`rec_core.feed.pipeline.FEED_PIPELINE` via :func:`rec_core.feed.live.rank_live`:
+   the same filters, creator cap and reasons as the materialized feeds).
 
 ``has_more`` is false only when nothing in the catalogue is left to serve.
 """
@@ -27,11 +30,14 @@ import numpy as np
 from feed_api.snapshot_view import RankedList, SnapshotView
 from feed_api.user_state import UserActivity
 from rec_core.feed.cursor import Cursor, encode_codes
-from rec_core.feed.policy import FeedPolicy, apply
+from rec_core.feed.live import listed_keep, rank_live
+from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline
+from rec_core.feed.policy import FeedPolicy
+from rec_core.feed.reasons import PLAIN_TEXT, Reason
 from rec_core.snapshot.vector_store import MAX_TOPK
 
-LIVE_REASON = "based on what you watch"
-TRENDING_REASON = "trending"
+LIVE_REASON = PLAIN_TEXT[Reason.FOR_YOU]  # what the pipeline's reasons stage says of a live item
+TRENDING_REASON = PLAIN_TEXT[Reason.TRENDING]
 SHIFT_HALF = 4.0  # positive events since the batch at which they weigh as much as the batch vector
 OVERFETCH = 4  # live candidates fetched per item needed, so the creator cap still fills a page
 
@@ -137,6 +143,7 @@ def next_page(
     activity: UserActivity | None,
     vector: Callable[[], np.ndarray | None],
     policy: FeedPolicy,
+    pipeline: FeedPipeline = FEED_PIPELINE,
 ) -> Page:
     seen = activity.seen if activity else set()
     user_id = cursor.user_id
@@ -148,19 +155,33 @@ def next_page(
     while len(items) < limit and pos < end:
         # Slices as Python lists: indexing numpy scalar by scalar costs more than the rest of a page.
         hi = min(end, pos + limit - len(items) + len(seen))
-        codes = ranked.codes[pos:hi].tolist()
+        codes = ranked.codes[pos:hi]
+        # A user's own feed passed the pipeline's filters in the batch: only events since can make them drop more.
+        keep = None
+        if seen or trending:
+            keep = listed_keep(
+                pipeline,
+                codes,
+                ranked.scores[pos:hi],
+                view.creator_ids[codes],
+                view.created_ms[codes],
+                user_id=user_id,
+                seen=seen,
+                video_code=view.video_code,
+                video_ids=ids,
+                as_of_ms=view.as_of_ms,
+                policy=policy,
+            ).tolist()
         video_ids = ids[codes].tolist()
         scores = ranked.scores[pos:hi].tolist()
         reasons = ranked.reason_codes[pos:hi].tolist()
-        creators = view.creator_ids[codes].tolist() if trending else None
         for i, video_id in enumerate(video_ids):
             if len(items) == limit:
                 hi = pos + i
                 break
-            if video_id in seen or (creators is not None and creators[i] == user_id):
-                continue
-            reason = TRENDING_REASON if trending else ranked.reasons[reasons[i]]
-            items.append(Item(video_id, scores[i], reason))
+            if keep is None or keep[i]:
+                reason = TRENDING_REASON if trending else ranked.reasons[reasons[i]]
+                items.append(Item(video_id, scores[i], reason))
         pos = hi
     from_list = len(items)
     served_codes = cursor.served_codes()
@@ -169,20 +190,20 @@ def next_page(
     has_more = list_left
     if not list_left:
         listed = ids[ranked.codes[start:end]].tolist()
-        exclude = set(listed) | seen | set(ids[served_codes].tolist()) | set(extra)
-        new: list[tuple[str, float]] = []
+        walked = set(listed) | set(ids[served_codes].tolist()) | set(extra)
+        exclude = walked | seen
+        new: list[Item] = []
         need = limit - len(items)
         if need:
             query = vector()
             if query is None:
                 query = view.trending_vector
-            reason = TRENDING_REASON if query is view.trending_vector else LIVE_REASON
-            new = _live(view, query, need, exclude, user_id, policy)
-            items += [Item(video_id, score, reason) for video_id, score in new]
-            served_codes = np.concatenate(
-                [served_codes, np.asarray([view.video_code[v] for v, _ in new if v in view.video_code], dtype=np.int64)]
-            )
-            extra += [v for v, _ in new if v not in view.video_code]
+            live = _Live(view, user_id, seen, walked, policy, pipeline, query is view.trending_vector)
+            new = _live(view, query, need, exclude, live)
+            items += new
+            known = [view.video_code[i.video_id] for i in new if i.video_id in view.video_code]
+            served_codes = np.concatenate([served_codes, np.asarray(known, dtype=np.int64)])
+            extra += [i.video_id for i in new if i.video_id not in view.video_code]
         left = view.catalogue_size() - sum(1 for v in exclude if view.known_video(v)) - len(new)
         # An empty live answer means what is left is all blocked (the user's own videos): the walk ends.
         has_more = left > 0 and (need == 0 or bool(new))
@@ -221,13 +242,42 @@ def exact_search(view: SnapshotView, query: np.ndarray, k: int, exclude: set[str
     return [(str(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
 
 
-def _live(
-    view: SnapshotView, query: np.ndarray, need: int, exclude: set[str], user_id: str, policy: FeedPolicy
-) -> list[tuple[str, float]]:
-    """Up to ``need`` (video id, score) from live search, best first, under the feed policy.
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """Who a live answer is for: what the pipeline's context needs besides the search."""
 
-    The creator cap can leave an over-fetched answer short (a user whose nearest videos are all one creator's):
-    then it searches again, four times deeper, until the page fills or the catalogue is exhausted.
+    view: SnapshotView
+    user_id: str
+    seen: set[str]
+    walked: set[str]  # listed or served in this walk
+    policy: FeedPolicy
+    pipeline: FeedPipeline
+    trending_query: bool
+
+    def rank(self, hits: list[tuple[str, float]], need: int) -> list[Item]:
+        view = self.view
+        chosen = rank_live(
+            self.pipeline,
+            hits,
+            [view.creator_of(v) or "" for v, _ in hits],
+            [view.created_of(v) for v, _ in hits],
+            user_id=self.user_id,
+            seen=self.seen,
+            served=self.walked,
+            video_code=view.video_code,
+            video_ids=view.video_ids,
+            as_of_ms=view.as_of_ms,
+            policy=replace(self.policy, feed_length=min(need, len(hits))),
+            trending_query=self.trending_query,
+        )
+        return [Item(c.video_id, c.score, c.reason) for c in chosen]
+
+
+def _live(view: SnapshotView, query: np.ndarray, need: int, exclude: set[str], live: _Live) -> list[Item]:
+    """Up to ``need`` items from live search, best first, through the feed pipeline.
+
+    The creator cap (or any filter) can leave an over-fetched answer short (a user whose nearest videos are all one
+    creator's): then it searches again, four times deeper, until the page fills or the catalogue is exhausted.
     """
     catalogue = view.catalogue_size()
     k = min(need * OVERFETCH + 16, catalogue)
@@ -238,18 +288,8 @@ def _live(
             hits = exact_search(view, query, k, exclude)
         if not hits:
             return []
-        hit_ids = [h[0] for h in hits]
-        chosen = apply(
-            hit_ids,
-            [view.creator_of(v) or "" for v in hit_ids],
-            [view.created_of(v) for v in hit_ids],
-            user_id=user_id,
-            seen=(),
-            as_of=view.as_of_ms,
-            policy=replace(policy, feed_length=min(need, len(hit_ids))),
-            scores=[h[1] for h in hits],
-        )
+        chosen = live.rank(hits, need)
         if len(chosen) >= need or len(hits) < k or k >= catalogue:
-            return [hits[i] for i in chosen.tolist()]
+            return chosen
         k = min(4 * k, catalogue)
     return []

@@ -13,12 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.generate_data import generate_data
-from jobs.materialize_feeds import build_trending, main, materialize_feeds
+from jobs.materialize_feeds import main
 from rec_core.data.lake import Lake
+from rec_core.feed.batch import build_trending, materialize_feeds
 from rec_core.feed.policy import FeedPolicy
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, begin_snapshot, shard_bounds
+from rec_core.synthetic.commit import generate_data
 
 # Inside the tiny world's interaction window, so some interactions and videos come after it and must be ignored.
 AS_OF = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
@@ -464,7 +465,7 @@ def test_feeds_follow_the_model_scores(api_world: Path) -> None:
 
 
 def test_prefetch_passes_items_in_order_and_surfaces_errors() -> None:
-    from jobs.materialize_feeds import _prefetch
+    from rec_core.feed.prefetch import prefetch as _prefetch
 
     assert list(_prefetch(iter(range(50)), depth=2)) == list(range(50))
 

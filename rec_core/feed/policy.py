@@ -1,13 +1,17 @@
 """The feed policy: turns one user's ranked candidates into the feed they see.
 
-The same code serves the batch (``jobs.materialize_feeds``, 10,000s of users)
-and the API (live results for one user), so its entry points take one user's
+Both feed paths reach it through the feed pipeline's selector stage
+(:class:`rec_core.feed.ordering.PolicySelector` calls :func:`select_eligible` per
+user, after the pipeline's filters), so the batch (10,000s of users) and the API
+(live results for one user) obey one policy. Its entry points take one user's
 candidates as flat arrays and return the chosen positions, in feed order:
 
-* :func:`apply` -- ids as strings, creation times, a ``seen`` collection; what
-  the API holds for one request.
-* :func:`select` -- the same rules over any comparable keys (the batch passes
-  integer codes, which is much faster) and a precomputed ``fresh`` flag.
+* :func:`apply` -- ids as strings, creation times, a ``seen`` collection; the
+  whole rule set in one call, for tools and tests.
+* :func:`select` -- the same rules over any comparable keys (integer codes are
+  much faster) and a precomputed ``fresh`` flag.
+* :func:`select_eligible` -- rules 2-4 only, for candidates the pipeline's
+  filters already made unique and eligible.
 
 Rules, all hard constraints:
 

@@ -218,8 +218,11 @@ def explain(
     return kinds, args
 
 
-def render(kinds: np.ndarray, args: np.ndarray, catalogue: ReasonCatalogue) -> pa.Array:
-    """The text of each (kind, argument) row, formatted once per distinct pair."""
+def render(kinds: np.ndarray, args: np.ndarray, catalogue: ReasonCatalogue | None) -> pa.Array:
+    """The text of each (kind, argument) row, formatted once per distinct pair.
+
+    Without a catalogue only the kinds that take no argument can be rendered (what the live path gives).
+    """
     kinds = np.asarray(kinds, dtype=np.int64)
     args = np.asarray(args, dtype=np.int64)
     if len(kinds) == 0:
@@ -230,6 +233,18 @@ def render(kinds: np.ndarray, args: np.ndarray, catalogue: ReasonCatalogue) -> p
     distinct = keys.unique()
     texts = pl.Series([_text(Reason(k // span), k % span, catalogue) for k in distinct.to_list()], dtype=pl.String)
     return keys.replace_strict(distinct, texts, return_dtype=pl.String).to_arrow().cast(pa.string())
+
+
+def render_list(kinds: np.ndarray, args: np.ndarray, catalogue: ReasonCatalogue | None) -> list[str]:
+    """:func:`render` for a page's worth of rows, as Python strings: no Series to build for twenty items."""
+    known: dict[tuple[int, int], str] = {}
+    out = []
+    for pair in zip(np.asarray(kinds).tolist(), np.asarray(args).tolist(), strict=True):
+        text = known.get(pair)
+        if text is None:
+            text = known[pair] = _text(Reason(pair[0]), pair[1], catalogue)
+        out.append(text)
+    return out
 
 
 def truncate(text: str, limit: int = CAPTION_CHARS) -> str:
@@ -244,27 +259,31 @@ def truncate(text: str, limit: int = CAPTION_CHARS) -> str:
     return cut.rstrip(" ,.;:-") + "…"
 
 
-def _text(kind: Reason, arg: int, catalogue: ReasonCatalogue) -> str:
+# Reasons whose text takes no argument.
+PLAIN_TEXT = {
+    Reason.NEW: "new for you",
+    Reason.FOLLOWED_POPULAR: "popular with creators you follow",
+    Reason.POPULAR: "popular right now",
+    Reason.FOR_YOU: "based on what you watch",
+    Reason.TRENDING: "trending",
+}
+
+
+def _text(kind: Reason, arg: int, catalogue: ReasonCatalogue | None) -> str:
+    if kind in PLAIN_TEXT:
+        return PLAIN_TEXT[kind]
+    if catalogue is None:
+        raise ValueError(f"reason {kind.name} needs the reason catalogue")
     if kind is Reason.NEW_FOLLOWED:
         return f"new from @{catalogue.creator_ids[arg]} you follow"
     if kind is Reason.NEW_TAG:
         return f"new from #{catalogue.tags.names[arg]}"
-    if kind is Reason.NEW:
-        return "new for you"
     if kind is Reason.FOLLOWED:
         return f"from @{catalogue.creator_ids[arg]} you follow"
     if kind is Reason.LIKED:
         caption = truncate(catalogue.captions[arg].as_py() or "")
         return f'because you liked "{caption}"' if caption else "because of a video you liked"
-    if kind is Reason.FOLLOWED_POPULAR:
-        return "popular with creators you follow"
-    if kind is Reason.TAG:
-        return f"trending in #{catalogue.tags.names[arg]}"
-    if kind is Reason.POPULAR:
-        return "popular right now"
-    if kind is Reason.FOR_YOU:
-        return "based on what you watch"
-    return "trending"
+    return f"trending in #{catalogue.tags.names[arg]}"  # Reason.TAG
 
 
 def _pair_lookup(

@@ -1,0 +1,348 @@
+"""Batch feeds: every user of one shard ranked by the feed pipeline, and the trending list.
+
+Reads the snapshot's video vectors (all shards) and this shard's user vectors, and from the lake version the
+snapshot was begun on: videos, interactions before as-of and follows (:mod:`rec_core.feed.catalogue`,
+:mod:`rec_core.feed.history`). Then, per block of users, :data:`rec_core.feed.pipeline.FEED_PIPELINE` over this
+path's candidate source: exact top-k by ``user . video`` (watched and own videos left out up front,
+:mod:`rec_core.feed.candidates`), the best fresh videos for the fresh slots, and the trending list behind them so
+a user whose candidates run out still gets a full feed. A user with no interaction before as-of gets the trending
+list through the same pipeline.
+
+Output: ``feeds/part-<shard>-of-<user shards>.parquet`` with ``user_id, rank, video_id, score, reason`` sorted by
+(user_id, rank), written atomically; ``score`` is the model's ``user . video`` for every row.
+Deterministic: the same snapshot and lake give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rec_core.atomic import write_with
+from rec_core.feed.block import CandidateBlock, FeedContext
+from rec_core.feed.candidates import ExclusionCSR, iter_top_k
+from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, load_inputs, read_vectors
+from rec_core.feed.history import ShardHistory, shard_history
+from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline, feed_rows
+from rec_core.feed.policy import FeedPolicy
+from rec_core.feed.prefetch import prefetch
+from rec_core.feed.reasons import ReasonCatalogue, like_threshold, render, unit_rows
+from rec_core.progress import Progress
+from rec_core.settings import Settings
+from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, USER_ID
+from rec_core.snapshot.layout import snapshot_paths
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_FACTOR = 3  # top-k = 3 x feed length: slack for the creator cap and dedup
+BACKFILL_FACTOR = 3  # trending items appended behind the personal candidates, in feed lengths
+FRESH_FACTOR = 3  # fresh candidates per reserved fresh slot
+BATCH_USERS = 512  # users per matmul batch: 512 x 50,000 float32 scores is 100 MB
+ROW_GROUP = 131_072
+TRENDING_TEXT = "trending"
+
+
+def materialize_feeds(
+    settings: Settings, snapshot_id: str, shard: int, pipeline: FeedPipeline = FEED_PIPELINE
+) -> dict[str, Any]:
+    """Write the feed part of user shard ``shard``; returns a JSON-friendly summary (rows, users/s, timings)."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    paths = snapshot_paths(settings, snapshot_id)
+    build = paths.read_build()
+    if not 0 <= shard < build.user_shards:
+        raise ValueError(f"shard {shard} outside 0..{build.user_shards - 1} of snapshot {snapshot_id}")
+    inputs = load_inputs(settings, paths, build)
+    cat, policy = inputs.catalogue, inputs.policy
+    user_file = paths.user_vectors(shard, build.user_shards)
+    user_ids, user_vectors = read_vectors([user_file], USER_ID, build, str(user_file))
+    n_users = len(user_ids)
+    timings["load"] = time.perf_counter() - started
+    log.info(
+        "materialize %s shard %d/%d: %d users, %d videos, as of %s, feed %d",
+        snapshot_id,
+        shard,
+        build.user_shards,
+        n_users,
+        len(cat.video_ids),
+        build.as_of,
+        policy.feed_length,
+    )
+
+    t = time.perf_counter()
+    history = shard_history(settings, inputs, user_ids)
+    ctx = _shard_context(inputs, history)
+    timings["history"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    feeds, feed_scores = select_feeds(cat, ctx, user_vectors, history.exclude, pipeline)
+    timings["candidates + policy"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    table = _feed_table(cat, ctx, user_ids, feeds, feed_scores, pipeline)
+    timings["scores + reasons"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    target = paths.feed_part(shard, build.user_shards)
+    _write_parquet(table, target)
+    timings["write"] = time.perf_counter() - t
+
+    lengths = np.fromiter((len(f) for f in feeds), dtype=np.int64, count=n_users)
+    seconds = time.perf_counter() - started
+    summary = {
+        "snapshot_id": snapshot_id,
+        "shard": shard,
+        "shards": build.user_shards,
+        "users": n_users,
+        "users_with_history": int(history.signals.has_history.sum()),
+        "rows": table.num_rows,
+        "short_feeds": int((lengths < policy.feed_length).sum()),
+        "min_feed_length": int(lengths.min()) if n_users else 0,
+        "seconds": round(seconds, 3),
+        "users_per_s": round(n_users / max(seconds, 1e-9), 1),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "path": str(target),
+    }
+    log.info(
+        "materialize shard %d done: %d users, %d rows in %.1fs (%.0f users/s); %s",
+        shard,
+        n_users,
+        table.num_rows,
+        seconds,
+        summary["users_per_s"],
+        summary["timings"],
+    )
+    return summary
+
+
+def build_trending(settings: Settings, snapshot_id: str, pipeline: FeedPipeline = FEED_PIPELINE) -> dict[str, Any]:
+    """Write ``trending.parquet``: the most popular videos before as-of, through the pipeline for nobody."""
+    started = time.perf_counter()
+    paths = snapshot_paths(settings, snapshot_id)
+    inputs = load_inputs(settings, paths, paths.read_build())
+    cat = inputs.catalogue
+    picked = trending_feed(cat, inputs.policy, pipeline)
+    table = pa.Table.from_arrays(
+        [
+            pa.array(np.arange(len(picked), dtype=np.int32)),
+            cat.video_ids.take(pa.array(picked)),
+            pa.array(cat.popularity[picked].astype(np.float32)),
+            pa.array(np.full(len(picked), TRENDING_TEXT), pa.string()),
+        ],
+        schema=TRENDING_SCHEMA,
+    )
+    _write_parquet(table, paths.trending_file)
+    seconds = time.perf_counter() - started
+    summary = {
+        "snapshot_id": snapshot_id,
+        "rows": table.num_rows,
+        "fresh": int(cat.fresh[picked].sum()),
+        "seconds": round(seconds, 3),
+        "path": str(paths.trending_file),
+    }
+    log.info("trending for %s: %d videos in %.1fs", snapshot_id, table.num_rows, seconds)
+    return summary
+
+
+# ---- contexts: what the stages know about a run's users ------------------------------------------------------------
+
+
+def _context(cat: FeedCatalogue, policy: FeedPolicy, user_creator: np.ndarray, seen: ExclusionCSR) -> FeedContext:
+    video_ids = cat.video_ids.to_numpy(zero_copy_only=False)
+    return FeedContext(policy, video_ids, cat.creator_ids, user_creator, seen)
+
+
+def _shard_context(inputs: FeedInputs, history: ShardHistory) -> FeedContext:
+    cat, policy = inputs.catalogue, inputs.policy
+    unit = unit_rows(cat.vectors)
+    reasons = ReasonCatalogue(
+        captions=cat.captions,
+        creator_codes=cat.creator_codes,
+        creator_ids=cat.creator_ids,
+        tags=cat.tags,
+        popular=_popular_mask(cat, policy),
+        unit_vectors=unit,
+        like_threshold=like_threshold(unit),
+    )
+    ctx = _context(cat, policy, history.creator, history.seen)
+    return replace(ctx, signals=history.signals, reason_catalogue=reasons)
+
+
+def _popular_mask(cat: FeedCatalogue, policy: FeedPolicy) -> np.ndarray:
+    # "Popular right now" is the head of the trending order: a feed's worth, but never more than 5% of the catalogue.
+    popular = np.zeros(len(cat.video_ids), dtype=bool)
+    top = cat.trending[: min(policy.feed_length, max(1, len(cat.video_ids) // 20))]
+    popular[top[cat.popularity[top] > 0]] = True
+    return popular
+
+
+# ---- candidate sources and the pipeline over them ------------------------------------------------------------------
+
+
+def trending_feed(cat: FeedCatalogue, policy: FeedPolicy, pipeline: FeedPipeline = FEED_PIPELINE) -> np.ndarray:
+    """The trending order through the pipeline for nobody in particular: only the non-personal rules bite."""
+    nobody = _context(cat, policy, np.full(1, -1, dtype=np.int64), ExclusionCSR.empty(1))
+    block = _list_block(cat, np.zeros(1, dtype=np.int64), cat.trending)
+    block, picks = pipeline.run(block, nobody)
+    return block.video[0][picks[0]]
+
+
+def _list_block(cat: FeedCatalogue, users: np.ndarray, videos: np.ndarray) -> CandidateBlock:
+    """The same ranked list for every user of ``users``; not scored (a list is not ranked by the user's vector)."""
+    rows = (len(users), len(videos))
+    return CandidateBlock(
+        users=users,
+        video=np.broadcast_to(videos, rows),
+        score=np.full(rows, np.nan, dtype=np.float32),
+        creator=np.broadcast_to(cat.creator_codes[videos], rows),
+        fresh=np.broadcast_to(cat.fresh[videos], rows),
+        unique_parts=(0, len(videos)),
+    )
+
+
+def select_feeds(
+    cat: FeedCatalogue,
+    ctx: FeedContext,
+    user_vectors: np.ndarray,
+    exclude: ExclusionCSR,
+    pipeline: FeedPipeline = FEED_PIPELINE,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's feed as video indices in feed order, and the model score (``user . video``) of each item."""
+    n_users, n_videos = len(user_vectors), len(cat.video_ids)
+    empty_i, empty_s = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    feeds: list[np.ndarray] = [empty_i] * n_users
+    scores: list[np.ndarray] = [empty_s] * n_users
+    if n_videos == 0:
+        return feeds, scores
+    assert ctx.signals is not None
+    backfill = cat.trending[: BACKFILL_FACTOR * ctx.policy.feed_length]
+    progress = Progress("materialize: users", n_users, logger=log)
+
+    # Users without history: the trending feed (what trending.parquet holds) then more of the trending order, through
+    # the same pipeline, so their own videos still go and the creator cap still holds around them.
+    cold = np.flatnonzero(~ctx.signals.has_history)
+    if len(cold):
+        trending = trending_feed(cat, ctx.policy, pipeline)
+        cold_list = np.concatenate([trending, backfill[~np.isin(backfill, trending)]])
+        for lo in range(0, len(cold), BATCH_USERS):
+            block, picks = pipeline.run(_list_block(cat, cold[lo : lo + BATCH_USERS], cold_list), ctx)
+            for r, u in enumerate(block.users.tolist()):
+                feeds[u] = block.video[r][picks[r]]
+                scores[u] = (cat.vectors[feeds[u]] @ user_vectors[u]).astype(np.float32)
+            progress.advance(block.rows)
+
+    warm = np.flatnonzero(ctx.signals.has_history)
+    if len(warm) == 0:
+        return feeds, scores
+    # Candidates come from a helper thread (torch releases the GIL) while this one filters and selects (numpy and
+    # Python): the two overlap instead of taking turns. The result does not depend on the timing.
+    for block in prefetch(_top_k_blocks(cat, ctx, user_vectors, exclude, warm, backfill), 2):
+        block, keep = pipeline.filter_and_score(block, ctx)
+        picks = pipeline.select(block, keep, ctx)
+        for r, u in enumerate(block.users.tolist()):
+            feeds[u] = block.video[r][picks[r]]
+            scores[u] = block.score[r][picks[r]]
+        progress.advance(block.rows)
+    return feeds, scores
+
+
+def _top_k_blocks(
+    cat: FeedCatalogue,
+    ctx: FeedContext,
+    user_vectors: np.ndarray,
+    exclude: ExclusionCSR,
+    warm: np.ndarray,
+    backfill: np.ndarray,
+) -> Iterator[CandidateBlock]:
+    """The batch's candidate source for users with history: per user [personal top-k | fresh top-k | trending].
+
+    Seen and own videos (``exclude``) are pushed into the top-k so they do not take its places; the filters still
+    see every candidate, the trending part included.
+    """
+    length = ctx.policy.feed_length
+    warm_vectors = np.ascontiguousarray(user_vectors[warm])
+    warm_exclude = ExclusionCSR.from_pairs(
+        np.repeat(np.arange(len(warm)), np.diff(exclude.indptr)[warm]),
+        np.concatenate([exclude.row(int(u)) for u in warm]),
+        len(warm),
+    )
+    backfill_t = torch.from_numpy(np.ascontiguousarray(cat.vectors[backfill].T))
+    fresh_idx = np.flatnonzero(cat.fresh)
+    fresh_k = FRESH_FACTOR * int(ctx.policy.fresh_slots(length).sum())
+    subsets = [(fresh_idx, fresh_k)] if len(fresh_idx) and fresh_k else []
+    k = CANDIDATE_FACTOR * length
+    for batch in iter_top_k(
+        warm_vectors, cat.vectors, k, exclude=warm_exclude, batch_size=BATCH_USERS, subsets=subsets
+    ):
+        rows = batch.hi - batch.lo
+        parts_i = [batch.indices, *(sub_i for sub_i, _ in batch.subsets)]
+        parts_s = [batch.scores, *(sub_s for _, sub_s in batch.subsets)]
+        with torch.inference_mode():
+            parts_s.append((torch.from_numpy(warm_vectors[batch.lo : batch.hi]) @ backfill_t).numpy())
+        parts_i.append(np.broadcast_to(backfill, (rows, len(backfill))))
+        all_i = np.concatenate(parts_i, axis=1)
+        safe = np.maximum(all_i, 0)
+        yield CandidateBlock(
+            users=warm[batch.lo : batch.hi],
+            video=all_i,
+            score=np.concatenate(parts_s, axis=1),
+            creator=cat.creator_codes[safe],
+            fresh=cat.fresh[safe],
+            unique_parts=tuple(np.cumsum([0, *(p.shape[1] for p in parts_i)]).tolist()),
+        )
+
+
+# ---- output --------------------------------------------------------------------------------------------------------
+
+
+def _feed_table(
+    cat: FeedCatalogue,
+    ctx: FeedContext,
+    user_ids: pa.Array,
+    feeds: list[np.ndarray],
+    feed_scores: list[np.ndarray],
+    pipeline: FeedPipeline,
+) -> pa.Table:
+    n_users = len(feeds)
+    lengths = np.fromiter((len(f) for f in feeds), dtype=np.int64, count=n_users)
+    row_video = np.concatenate(feeds) if n_users else np.zeros(0, dtype=np.int64)
+    rows = feed_rows(np.arange(n_users), lengths, row_video, cat.fresh[row_video], ctx)
+    kinds = np.zeros(len(row_video), dtype=np.int8)
+    args = np.zeros(len(row_video), dtype=np.int64)
+    scores = np.concatenate(feed_scores) if n_users else np.zeros(0, dtype=np.float32)
+    # Per block of users: the reasons' working memory is [users, n_videos] bits.
+    bounds = np.searchsorted(rows.user, np.arange(0, n_users + BATCH_USERS, BATCH_USERS))
+    for a, b in itertools.pairwise(bounds):
+        if a < b:
+            s = slice(a, b)
+            part = replace(
+                rows, user=rows.user[s], rank=rows.rank[s], video=rows.video[s], fresh_slot=rows.fresh_slot[s]
+            )
+            kinds[s], args[s] = pipeline.reasons.explain(part, ctx)
+    return pa.Table.from_arrays(
+        [
+            user_ids.take(pa.array(rows.user)),
+            pa.array(rows.rank.astype(np.int32)),
+            cat.video_ids.take(pa.array(row_video)),
+            pa.array(scores),
+            render(kinds, args, ctx.reason_catalogue),
+        ],
+        schema=FEED_SCHEMA,
+    )
+
+
+def _write_parquet(table: pa.Table, target: Path) -> None:
+    write_with(
+        target,
+        lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True),
+    )

@@ -1,0 +1,161 @@
+"""The live continuation's run of the feed pipeline: one user's search answer through the batch's own stages.
+
+The API hands in its candidate source's answer (Milvus search, or the exact search past Milvus' top-k cap) and
+what it knows of the user; this module lays them out as a one-row :class:`rec_core.feed.block.CandidateBlock` in
+the snapshot's video codes (videos posted since the snapshot get codes after the catalogue's) and runs the same
+:data:`rec_core.feed.pipeline.FEED_PIPELINE` the batch runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from rec_core.feed.block import CandidateBlock, FeedContext, FeedRows
+from rec_core.feed.candidates import ExclusionCSR
+from rec_core.feed.pipeline import FeedPipeline
+from rec_core.feed.policy import FeedPolicy
+from rec_core.feed.reasons import render_list
+
+
+@dataclass(frozen=True, slots=True)
+class LiveItem:
+    video_id: str
+    score: float
+    reason: str
+
+
+def rank_live(
+    pipeline: FeedPipeline,
+    hits: Sequence[tuple[str, float]],
+    creators: Sequence[str],
+    created_ms: Sequence[int],
+    *,
+    user_id: str,
+    seen: Collection[str],
+    served: Collection[str],
+    video_code: Mapping[str, int],
+    video_ids: np.ndarray,
+    as_of_ms: int,
+    policy: FeedPolicy,
+    trending_query: bool,
+) -> list[LiveItem]:
+    """The feed the pipeline makes of ``hits`` (best first; ties by video id), at most ``policy.feed_length`` long.
+
+    ``seen`` is what the user watched or skipped, ``served`` what this walk already listed or served;
+    ``video_code``/``video_ids`` are the snapshot's code space, ``creators``/``created_ms`` align with ``hits``.
+    """
+    if not hits:
+        return []
+    ids = np.asarray([h[0] for h in hits], dtype=object).astype(str)
+    scores = np.asarray([h[1] for h in hits], dtype=np.float64)
+    ranking = np.lexsort((ids, -scores))
+    # Videos posted since the snapshot: codes after the catalogue's.
+    extra = {v: len(video_ids) + i for i, v in enumerate(dict.fromkeys(v for v in ids if v not in video_code))}
+    codes = np.asarray([video_code.get(v, extra.get(v, -1)) for v in ids.tolist()], dtype=np.int64)
+    all_ids = np.concatenate([video_ids, np.asarray(list(extra), dtype=object)]) if extra else video_ids
+    block, ctx = _one_user(
+        codes[ranking],
+        scores[ranking],
+        np.asarray(creators, dtype=object)[ranking],
+        np.asarray(created_ms, dtype=np.int64)[ranking],
+        user_id=user_id,
+        as_of_ms=as_of_ms,
+        policy=policy,
+        video_ids=all_ids,
+        seen=_one_row(seen, video_code, extra),
+        served=_one_row(served, video_code, extra),
+        unique=False,
+    )
+    ctx = replace(ctx, trending_query=trending_query)
+    scored, picks = pipeline.run(block, ctx)
+    chosen = scored.video[0][picks[0]]
+    # Ranks within this answer; no fresh slots here (the batch placed them), so no "new" reasons either.
+    rows = FeedRows(np.zeros(len(chosen), np.int64), np.arange(len(chosen)), chosen, np.zeros(len(chosen), bool))
+    kinds, args = pipeline.reasons.explain(rows, ctx)
+    reasons = render_list(kinds, args, ctx.reason_catalogue)
+    # Scores as the search gave them: the API reports its own float, not the block's float32 copy.
+    hit_of = {c: i for i, c in enumerate(codes.tolist())}
+    return [LiveItem(*hits[hit_of[c]], r) for c, r in zip(chosen.tolist(), reasons, strict=True)]
+
+
+def listed_keep(
+    pipeline: FeedPipeline,
+    codes: np.ndarray,
+    scores: np.ndarray,
+    creators: np.ndarray,
+    created_ms: np.ndarray,
+    *,
+    user_id: str,
+    seen: Collection[str],
+    video_code: Mapping[str, int],
+    video_ids: np.ndarray,
+    as_of_ms: int,
+    policy: FeedPolicy,
+) -> np.ndarray:
+    """bool per item of a slice of a precomputed list (a feed, or trending): whether the pipeline's filters keep it.
+
+    The list is already a feed (selected and explained in the batch); paging it only re-checks the rules against
+    what changed since (events since the batch) and, for the trending list, the rules it was built without (own
+    videos). No selector: the list's order is the feed.
+    """
+    block, ctx = _one_user(
+        codes,
+        scores,
+        creators,
+        created_ms,
+        user_id=user_id,
+        as_of_ms=as_of_ms,
+        policy=policy,
+        video_ids=video_ids,
+        seen=_one_row(seen, video_code, {}),
+        served=None,
+        unique=True,
+    )
+    return pipeline.keep(block, ctx)[0]
+
+
+def _one_user(
+    codes: np.ndarray,
+    scores: np.ndarray,
+    creators: np.ndarray,
+    created_ms: np.ndarray,
+    *,
+    user_id: str,
+    as_of_ms: int,
+    policy: FeedPolicy,
+    video_ids: np.ndarray,
+    seen: ExclusionCSR,
+    served: ExclusionCSR | None,
+    unique: bool,
+) -> tuple[CandidateBlock, FeedContext]:
+    """A one-row block of ranked candidates and its context; creators are coded over the row and the user."""
+    # Dense creator codes in order of appearance (a dict: a page's worth of strings is no job for a sort).
+    index: dict[str, int] = {}
+    creator_codes = np.asarray([index.setdefault(c, len(index)) for c in [*creators.tolist(), user_id]], np.int64)
+    creator_ids = np.asarray(list(index), dtype=object)
+    block = CandidateBlock(
+        users=np.zeros(1, dtype=np.int64),
+        video=np.asarray(codes, dtype=np.int64)[None, :],
+        score=np.asarray(scores, dtype=np.float32)[None, :],
+        creator=creator_codes[None, :-1],
+        fresh=policy.is_fresh(created_ms, as_of_ms)[None, :],
+        unique_parts=(0, len(codes)) if unique else None,
+    )
+    ctx = FeedContext(
+        policy=policy,
+        video_ids=video_ids,
+        creator_ids=creator_ids,
+        user_creator=creator_codes[-1:],
+        seen=seen,
+        served=served,
+    )
+    return block, ctx
+
+
+def _one_row(ids: Collection[str], video_code: Mapping[str, int], extra: Mapping[str, int]) -> ExclusionCSR:
+    """One user's set of videos as a CSR row of codes; ids outside the code space cannot be candidates anyway."""
+    codes = sorted({c for c in (video_code.get(v, extra.get(v, -1)) for v in ids) if c >= 0})
+    return ExclusionCSR(np.array([0, len(codes)], dtype=np.int64), np.asarray(codes, dtype=np.int64))
