@@ -1,6 +1,8 @@
-"""The Litestar app: routes, error mapping, limits, OpenAPI. The work is in :mod:`feed_api.service`.
+"""The app factory: wires the controllers, their services, middleware, lifespan, error mapping and OpenAPI.
 
 ``create_app()`` builds the app from the settings; ``python -m feed_api`` serves it.
+The routes are in :mod:`feed_api.controllers`, the work in
+:class:`feed_api.reader.FeedReader` and :class:`feed_api.live_updates.LiveUpdates`.
 The OpenAPI schema is at ``/schema/openapi.json`` and browsable docs at ``/schema``.
 """
 
@@ -12,166 +14,46 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
-from litestar import Litestar, MediaType, Request, Response, get, post
+import torch
+from litestar import Litestar, MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.status_codes import HTTP_200_OK
 
-from feed_api.auth import auth_middleware, principal_of
+from feed_api.auth import auth_middleware
+from feed_api.bodies import MAX_BODY_BYTES, locate
+from feed_api.controllers import CONTROLLERS
+from feed_api.dependencies import app_state, provide_updates
 from feed_api.docs import docs_plugins_and_routes
 from feed_api.errors import ApiError, too_deep
 from feed_api.keys import KeyStore
-from feed_api.metrics import metrics_middleware
+from feed_api.live_updates import LiveUpdates
 from feed_api.openapi import finish_openapi
-from feed_api.page_route import recommendations_fast_path
+from feed_api.reader import FeedReader
 from feed_api.request_rules import client_address, json_only_middleware, parse_networks
-from feed_api.schemas import (
-    MAX_LIMIT,
-    EventIn,
-    EventsIn,
-    EventsOut,
-    RecommendationsIn,
-    RecommendationsOut,
-    UserIn,
-    UserOut,
-    VideoIn,
-    VideoOut,
-    decode,
-    locate,
-)
-from feed_api.service import FeedService
+from feed_api.telemetry import Metrics, metrics_middleware
 from rec_core.data.inbox import InboxWriteError
 from rec_core.settings import Settings
 
 log = logging.getLogger("feed_api")
 
-MAX_BODY_BYTES = 1 << 20
 RATE_LIMIT_SWEEP_S = 10.0
-PUBLIC = {"public": True}  # probes a load balancer calls without a key
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.load()
-    keys = KeyStore(settings.keys_path)
-    trusted_proxies = parse_networks(settings.api_trusted_proxies)
-    service = FeedService(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await service.start()
-        purge = asyncio.create_task(_purge_rate_limits(app), name="rate-limit-purge")
-        try:
-            yield
-        finally:
-            purge.cancel()
-            await service.stop()
-
-    @get("/health", summary="Alive", description="200 as long as the process answers.", tags=["ops"], opt=PUBLIC)
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @get(
-        "/ready",
-        summary="Serving a snapshot",
-        description="200 with the live snapshot; 503 before one is loaded.",
-        tags=["ops"],
-        opt=PUBLIC,
-    )
-    async def ready() -> dict[str, Any]:
-        view = service.live_view()
-        return {"status": "ready", "snapshot_id": view.snapshot_id, "model_version": view.build.model_version}
-
-    @get(
-        "/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", tags=["ops"], opt={"scope": "metrics:read"}
-    )
-    async def metrics() -> str:
-        return service.metrics.render(service.gauges())
-
-    @post(
-        "/recommendations",
-        status_code=HTTP_200_OK,
-        summary="A page of a user's feed",
-        description=(
-            f"`limit` is 1 to {MAX_LIMIT} (default 20). Pass the previous page's `next_cursor` to continue; "
-            "`has_more` is false only when the catalogue is exhausted for this user. 400 for a tampered cursor or "
-            "one of another user; 410 `cursor_expired` when the walk's snapshot is no longer kept (restart with "
-            "`cursor: null`)."
-        ),
-        tags=["feed"],
-        opt={"scope": "feed:read"},
-        responses={200: ResponseSpec(data_container=RecommendationsOut, description="A page of the feed")},
-        middleware=[recommendations_fast_path(service, MAX_BODY_BYTES)],
-    )
-    async def recommendations(data: RecommendationsIn) -> Response[bytes]:
-        # Reached only for what the fast path leaves to Litestar (no Content-Length, or a body over the limit).
-        page = await service.recommend(data)
-        return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
-
-    @post(
-        "/events",
-        status_code=HTTP_200_OK,
-        summary="Interactions",
-        description=(
-            'One event object, or `{"events": [...]}` with up to 10,000. Durable (fsync\'d in the inbox) before the '
-            "reply; a watched or skipped video leaves the user's feed at once."
-        ),
-        tags=["events"],
-        opt={"scope": "events:write"},
-    )
-    async def events(request: Request) -> EventsOut:
-        raw = await request.body()
-        batch = _decode_events(raw)
-        return await service.add_events(batch)
-
-    @post(
-        "/embeddings/video",
-        status_code=HTTP_200_OK,
-        summary="Add or update a video",
-        description=(
-            "Encoded and searchable at once; durable in the inbox for the next batch. A video_id already in the "
-            "catalogue or posted before is refused (409 `video_exists`) unless the key has `videos:update`."
-        ),
-        tags=["embeddings"],
-        opt={"scope": "videos:write"},
-    )
-    async def embed_video(data: VideoIn, request: Request) -> VideoOut:
-        may_update = principal_of(request.scope).allows("videos:update")
-        return await service.add_video(data, may_update=may_update)
-
-    @post(
-        "/embeddings/user",
-        status_code=HTTP_200_OK,
-        summary="A user's vector from their history",
-        description=(
-            "The user tower online; kept for live search and durable in the inbox. "
-            "Unknown video ids are ignored and listed in the reply."
-        ),
-        tags=["embeddings"],
-        opt={"scope": "events:write"},
-    )
-    async def embed_user(data: UserIn) -> UserOut:
-        return await service.add_user(data)
-
-    # Outermost first: every answer is counted; floods are limited before a key is even checked; the key
-    # before the body's type.
-    middleware: list[Any] = [metrics_middleware(service.metrics)]
-    if settings.api_rate_limit:
-        middleware.append(
-            RateLimitConfig(
-                rate_limit=("second", settings.api_rate_limit),
-                exclude=["/health", "/ready", "/metrics"],
-                identifier_for_request=client_address(trusted_proxies),
-            ).middleware
-        )
-    middleware += [auth_middleware(keys, host=settings.api_host), json_only_middleware]
+    # Online work is one user or a few videos at a time: one torch thread each avoids the pool's
+    # hand-offs, which cost more than the math at that size (measured: the user tower 31 -> 10 ms).
+    torch.set_num_threads(settings.torch_threads or 1)
+    telemetry = Metrics()
+    updates = LiveUpdates(settings, telemetry)
+    reader = FeedReader(settings, updates.registry, telemetry, activity=updates.activity)
     docs_plugin, docs_routes = docs_plugins_and_routes()
     app = Litestar(
-        route_handlers=[health, ready, metrics, recommendations, events, embed_video, embed_user, *docs_routes],
-        lifespan=[lifespan],
-        middleware=middleware,
+        route_handlers=[*CONTROLLERS, *docs_routes],
+        state=app_state(reader, updates, telemetry),
+        lifespan=[_lifespan],
+        middleware=_middleware(settings, telemetry),
         exception_handlers={Exception: _error_response},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
@@ -184,8 +66,35 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     finish_openapi(app.openapi_schema)
-    app.state.service = service
     return app
+
+
+def _middleware(settings: Settings, telemetry: Metrics) -> list[Any]:
+    """Outermost first: every answer is counted; floods are limited before a key is even checked; the key
+    before the body's type."""
+    middleware: list[Any] = [metrics_middleware(telemetry)]
+    if settings.api_rate_limit:
+        middleware.append(
+            RateLimitConfig(
+                rate_limit=("second", settings.api_rate_limit),
+                exclude=["/health", "/ready", "/metrics"],
+                identifier_for_request=client_address(parse_networks(settings.api_trusted_proxies)),
+            ).middleware
+        )
+    keys = KeyStore(settings.keys_path)
+    return [*middleware, auth_middleware(keys, host=settings.api_host), json_only_middleware]
+
+
+@asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    updates = provide_updates(app.state)
+    await updates.start()
+    purge = asyncio.create_task(_purge_rate_limits(app), name="rate-limit-purge")
+    try:
+        yield
+    finally:
+        purge.cancel()
+        await updates.stop()
 
 
 async def _purge_rate_limits(app: Litestar) -> None:
@@ -197,17 +106,7 @@ async def _purge_rate_limits(app: Litestar) -> None:
         await store.delete_expired()  # type: ignore[attr-defined]
 
 
-def _decode_events(raw: bytes) -> list[EventIn]:
-    try:
-        head = msgspec.json.decode(raw) if raw.strip() else None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
-    if isinstance(head, dict) and "events" in head:
-        return decode(raw, EventsIn).events
-    return [decode(raw, EventIn)]
-
-
-def _error_response(_: Request, exc: Exception) -> Response[bytes]:
+def _error_response(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     error = _as_api_error(exc)
     return Response(error.body(), status_code=error.status, media_type=MediaType.JSON, headers=error.headers)
 

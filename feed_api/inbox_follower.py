@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from feed_api.bodies import user_profile
 from feed_api.posted_videos import PostedVideos
 from feed_api.snapshot_view import SnapshotView
 from feed_api.user_state import UserStates
 from rec_core.data.inbox import InboxRecord, InboxWriter, consumed_offsets, read_new
 from rec_core.ids import id_problem
-from rec_core.model.inference import UserProfile
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotError, live_snapshot_id, snapshot_paths
 
@@ -121,16 +121,7 @@ class InboxFollower:
             if record.kind == "event":
                 users.apply_event(data, record.at.isoformat())
             elif record.kind == "user" and "watched_videos" in data:
-                users.set_profile(
-                    data["user_id"],
-                    UserProfile(
-                        watched=data["watched_videos"],
-                        liked=data["liked_videos"],
-                        followed=data["followed_users"],
-                        avg_watch_time_s=data.get("average_watch_time"),
-                        completion_rate=data.get("completion_rate"),
-                    ),
-                )
+                users.set_profile(data["user_id"], user_profile(data))
             elif record.kind == "video" and "caption" in data:
                 videos.append(data)
         except (KeyError, TypeError, ValueError) as exc:  # a record written by something else: skip, say so

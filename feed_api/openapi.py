@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 from litestar.openapi.spec import OpenAPI
 
+from feed_api.bodies import EventIn, EventsIn, RecommendationsIn, UserIn, VideoIn
 from feed_api.errors import ErrorOut
-from feed_api.schemas import EventIn, EventsIn, RecommendationsIn, UserIn, VideoIn
 
 REF = "#/components/schemas/{name}"
 # Each request body, by route; a list is a choice of shapes.

@@ -24,8 +24,8 @@ import msgspec
 import numpy as np
 
 from feed_api.errors import ApiError
-from feed_api.metrics import Metrics
 from feed_api.snapshot_view import SnapshotView
+from feed_api.telemetry import Metrics
 from feed_api.video_encoding import encode_videos
 from rec_core.data.inbox import InboxWriter
 from rec_core.model.text_encoder import TextEncoder

@@ -30,7 +30,7 @@ from rec_core.model.inference import UserProfile
 LONG_WATCH = 0.8  # completion at or above which a watch says "more like this"
 POSITIVE_TYPES = frozenset({"like", "share", "comment"})
 RECENT_CAP = 256  # recent watches kept per user for the online user tower
-# Replays only repeat records read moments ago (see FeedService._follow_inbox), so a window of the last
+# Replays only repeat records read moments ago (see InboxFollower.follow), so a window of the last
 # 64k keys is plenty, and at about 200 bytes a key it stays near 13 MB.
 REPLAY_KEYS = 1 << 16
 # Versions from one counter for the process: a user forgotten (or a state rebuilt) and seen again never

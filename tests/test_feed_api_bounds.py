@@ -12,15 +12,18 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from feed_api.bodies import EventIn, RecommendationsIn, VideoIn
 from feed_api.errors import ApiError
-from feed_api.schemas import EventIn, RecommendationsIn, VideoIn
-from feed_api.service import FeedService
+from feed_api.live_updates import LiveUpdates
+from feed_api.reader import FeedReader
+from feed_api.telemetry import Metrics
 from feed_api.user_state import RECENT_CAP, UserStates
 from rec_core.data.inbox import iter_kind, read_new
 from rec_core.settings import Settings
@@ -101,21 +104,31 @@ def world_copy(api_world: Path, tmp_path: Path) -> Path:
     return data
 
 
+@dataclass(frozen=True)
+class Services:
+    """The two halves of the API as the app wires them: the read path and the live-update side."""
+
+    reader: FeedReader
+    updates: LiveUpdates
+
+
 @asynccontextmanager
-async def running(data: Path, **env: str) -> AsyncIterator[FeedService]:
-    """A started FeedService (batchers, background thread) serving the published snapshot under ``data``."""
+async def running(data: Path, **env: str) -> AsyncIterator[Services]:
+    """Started services (batchers, background thread) serving the published snapshot under ``data``."""
     settings = Settings.load({"REC_DATA_DIR": str(data), "REC_API_RELOAD_MS": "100", **env})
-    service = FeedService(settings)
-    await service.start()
+    telemetry = Metrics()
+    updates = LiveUpdates(settings, telemetry)
+    reader = FeedReader(settings, updates.registry, telemetry, activity=updates.activity)
+    await updates.start()
     try:
         for _ in range(1200):
-            if service.ready:
+            if updates.ready:
                 break
             await asyncio.sleep(0.1)
-        assert service.ready, service.registry.last_error
-        yield service
+        assert updates.ready, updates.registry.last_error
+        yield Services(reader, updates)
     finally:
-        await service.stop()
+        await updates.stop()
 
 
 def video(video_id: str, caption: str = "a kitten climbs the stairs") -> VideoIn:
@@ -137,26 +150,28 @@ def inbox_videos(data: Path) -> list[str]:
 
 def test_a_posted_id_that_exists_is_refused_before_anything_is_written(world_copy: Path) -> None:
     async def scenario() -> None:
-        async with running(world_copy) as service:
-            catalogued = str(service.live_view().video_ids[0])
-            first = await service.add_video(video("fresh-1"))
-            again = await service.add_video(video("fresh-1"))  # the same body: a retry, answered the same
+        async with running(world_copy) as api:
+            catalogued = str(api.reader.live_view().video_ids[0])
+            first = await api.updates.add_video(video("fresh-1"))
+            again = await api.updates.add_video(video("fresh-1"))  # the same body: a retry, answered the same
             assert again.embedding == first.embedding and inbox_videos(world_copy) == ["fresh-1"]
             for vid in ("fresh-1", catalogued):
                 with pytest.raises(ApiError) as refused:
-                    await service.add_video(video(vid, "something else entirely"))
+                    await api.updates.add_video(video(vid, "something else entirely"))
                 assert (refused.value.status, refused.value.code, refused.value.field) == (
                     409,
                     "video_exists",
                     "video_id",
                 )
             assert inbox_videos(world_copy) == ["fresh-1"], "a refused post writes nothing"
-            changed = await service.add_video(video(catalogued, "something else entirely"), may_update=True)
+            changed = await api.updates.add_video(video(catalogued, "something else entirely"), may_update=True)
             assert changed.embedding != first.embedding
             assert inbox_videos(world_copy) == ["fresh-1", catalogued]
             # Two racing posts of one new id with different bodies: one wins, the other is refused.
             racing = await asyncio.gather(
-                service.add_video(video("race", "one")), service.add_video(video("race", "two")), return_exceptions=True
+                api.updates.add_video(video("race", "one")),
+                api.updates.add_video(video("race", "two")),
+                return_exceptions=True,
             )
             assert sorted(type(r).__name__ for r in racing) == ["ApiError", "VideoOut"]
 
@@ -165,12 +180,12 @@ def test_a_posted_id_that_exists_is_refused_before_anything_is_written(world_cop
 
 def test_posted_videos_past_the_cap_leave_live_search_first_in_first_out(world_copy: Path) -> None:
     async def scenario() -> None:
-        async with running(world_copy, REC_API_POSTED_VIDEOS_MAX="2") as service:
-            view = service.live_view()
+        async with running(world_copy, REC_API_POSTED_VIDEOS_MAX="2") as api:
+            view = api.reader.live_view()
             vectors = {}
             for i, caption in enumerate(["sourdough bread", "a cat naps", "mountain bike jump"]):
-                vectors[f"p{i}"] = np.asarray((await service.add_video(video(f"p{i}", caption))).embedding)
-            assert set(view.added.vectors) == {"p1", "p2"} and service.posted.ids() == ["p1", "p2"]
+                vectors[f"p{i}"] = np.asarray((await api.updates.add_video(video(f"p{i}", caption))).embedding)
+            assert set(view.added.vectors) == {"p1", "p2"} and api.updates.posted.ids() == ["p1", "p2"]
             hits = {v for v, _ in view.store.search(vectors["p0"].astype(np.float32), 50)[0]}
             assert "p0" not in hits and not view.known_video("p0"), "the oldest post left live search"
             assert inbox_videos(world_copy) == ["p0", "p1", "p2"], "it is still in the inbox for the next batch"
@@ -180,13 +195,13 @@ def test_posted_videos_past_the_cap_leave_live_search_first_in_first_out(world_c
 
 def test_an_expired_cursor_is_410_with_a_restart_hint(world_copy: Path) -> None:
     async def scenario() -> None:
-        async with running(world_copy) as service:
-            first = await service.recommend(RecommendationsIn(user_id="u0000010", limit=5))
+        async with running(world_copy) as api:
+            first = await api.reader.recommend(RecommendationsIn(user_id="u0000010", limit=5))
             assert first.next_cursor is not None
-            cursor = service.signer.decode(first.next_cursor, user_id="u0000010")
-            stale = service.signer.encode(cursor, now=time.time() - service.settings.cursor_ttl_s - 60)
+            cursor = api.reader.signer.decode(first.next_cursor, user_id="u0000010")
+            stale = api.reader.signer.encode(cursor, now=time.time() - api.reader.settings.cursor_ttl_s - 60)
             with pytest.raises(ApiError) as expired:
-                await service.recommend(RecommendationsIn(user_id="u0000010", limit=5, cursor=stale))
+                await api.reader.recommend(RecommendationsIn(user_id="u0000010", limit=5, cursor=stale))
             assert (expired.value.status, expired.value.code, expired.value.field) == (410, "cursor_expired", "cursor")
             assert "cursor null" in (expired.value.hint or "")
 
@@ -196,28 +211,28 @@ def test_an_expired_cursor_is_410_with_a_restart_hint(world_copy: Path) -> None:
 def test_a_new_snapshot_drops_the_activity_its_batch_took_in(world_copy: Path) -> None:
     """What the new snapshot's batch read from the inbox is in its feeds: the user state lets go of it, and
     keeps what came after."""
-    from jobs.pipeline import run_all
+    from rec_core.stages import run_all
 
     settings = Settings.load({"REC_DATA_DIR": str(world_copy), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2"})
 
     async def scenario() -> None:
-        async with running(world_copy, REC_FEED_LENGTH="200", REC_SNAPSHOTS_KEEP="2") as service:
-            first = service.live_view().snapshot_id
-            items = (await service.recommend(RecommendationsIn(user_id="u0000012", limit=2))).items
+        async with running(world_copy, REC_FEED_LENGTH="200", REC_SNAPSHOTS_KEEP="2") as api:
+            first = api.reader.live_view().snapshot_id
+            items = (await api.reader.recommend(RecommendationsIn(user_id="u0000012", limit=2))).items
             before, after = items[0].video_id, items[1].video_id
-            await service.add_events([EventIn(user_id="u0000012", video_id=before, type="watch", completion=0.9)])
+            await api.updates.add_events([EventIn(user_id="u0000012", video_id=before, type="watch", completion=0.9)])
             second = await asyncio.to_thread(run_all, settings, retrain=False, video_shards=1, user_shards=1)
-            await service.add_events([EventIn(user_id="u0000012", video_id=after, type="like")])
+            await api.updates.add_events([EventIn(user_id="u0000012", video_id=after, type="like")])
             activity = None
             for _ in range(300):  # the new snapshot goes live, then the state follows it
-                live = service.registry.live
-                activity = service.users.copy_of("u0000012")
+                live = api.updates.registry.live
+                activity = api.updates.users.copy_of("u0000012")
                 if live is not None and live.snapshot_id == second and activity and activity.seen == {after}:
                     break
                 await asyncio.sleep(0.1)
             assert second != first
             assert activity is not None and activity.seen == {after}, "the batch took `before` in, not `after`"
-            page = await service.recommend(RecommendationsIn(user_id="u0000012", limit=50))
+            page = await api.reader.recommend(RecommendationsIn(user_id="u0000012", limit=50))
             assert page.snapshot_id == second and not {before, after} & {i.video_id for i in page.items}
 
     asyncio.run(scenario())

@@ -60,8 +60,8 @@ def test_not_ready_before_a_snapshot_and_rate_limited(tmp_path: Path) -> None:
 def test_an_acknowledged_event_survives_a_kill(world_copy: Path, batch_ingests_before_restart: bool) -> None:
     """A restart replays the inbox, also across the gap between a batch's ingest and its publish (the lake then
     has the event, the live feed does not): either way the watched video stays out of the feed."""
-    from jobs.ingest_inbox import ingest_inbox
     from rec_core.data.inbox import iter_kind, read_new
+    from rec_core.data.inbox_merge import ingest_inbox
     from rec_core.settings import Settings
 
     server = ApiServer(world_copy).start()
@@ -83,8 +83,8 @@ def test_an_acknowledged_event_survives_a_kill(world_copy: Path, batch_ingests_b
 
 
 def test_a_walk_survives_a_publish_and_expires_after_the_prune(world_copy: Path) -> None:
-    from jobs.pipeline import run_all
     from rec_core.settings import Settings
+    from rec_core.stages import run_all
 
     settings = Settings.load({"REC_DATA_DIR": str(world_copy), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2"})
     first = live_id(world_copy)

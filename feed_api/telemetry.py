@@ -2,17 +2,26 @@
 
 Per route: request counts by status and a latency histogram. Per page: where it
 came from (precomputed, live, mixed, trending), so the fallback rate is
-``live + mixed`` over all pages. Plus the live snapshot and its age.
+``live + mixed`` over all pages. Plus the live snapshot and its age (:func:`gauges`).
+(The ranking metrics of evaluation are another thing: rec_core/eval/ranking_metrics.py.)
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from feed_api.snapshots import SnapshotRegistry
+    from feed_api.user_state import UserStates
+
+Gauges = dict[str, tuple[float, dict[str, str]]]
 
 # Every label takes values from a fixed set: a client sending made-up methods or paths must not grow the
 # series (routes come from path templates, unrouted paths share one label, statuses are HTTP's own).
@@ -48,7 +57,7 @@ class Metrics:
         with self._lock:
             self.counters[name] += n
 
-    def render(self, gauges: dict[str, tuple[float, dict[str, str]]]) -> str:
+    def render(self, gauges: Gauges) -> str:
         lines = [
             "# HELP feed_api_requests_total Requests by method, route and status.",
             "# TYPE feed_api_requests_total counter",
@@ -89,6 +98,22 @@ class Metrics:
             label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
             lines += [f"# TYPE feed_api_{name} gauge", f"feed_api_{name}{{{label_text}}} {value}"]
         return "\n".join(lines) + "\n"
+
+
+def gauges(registry: SnapshotRegistry, users: UserStates) -> Gauges:
+    """The served state now: the live snapshot, its age, the snapshots in memory, the users followed."""
+    view = registry.live
+    out: Gauges = {
+        "ready": (1.0 if view else 0.0, {}),
+        "users_tracked": (float(len(users)), {}),
+        "snapshots_loaded": (float(len(registry.views())), {}),
+    }
+    if view is not None:
+        created = dt.datetime.fromisoformat(view.build.created_at).timestamp()
+        out["snapshot_info"] = (1.0, {"snapshot_id": view.snapshot_id, "model_version": view.build.model_version})
+        out["snapshot_age_seconds"] = (round(time.time() - created, 3), {})
+        out["videos_added_live"] = (float(len(view.added.vectors)), {})
+    return out
 
 
 def metrics_middleware(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:

@@ -1,4 +1,5 @@
-"""Request and response bodies of the feed API, with the input rules in the types.
+"""Request and response bodies of the feed API (HTTP only: the lake's tables are in rec_core/data/tables.py),
+with the input rules in the types.
 
 msgspec checks every rule while decoding and names the field that breaks one,
 which :func:`decode` turns into a 400 ``{"error": {"field", "reason"}}``:
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -24,12 +26,14 @@ import msgspec
 from feed_api.errors import ApiError
 from feed_api.pager import Item
 from rec_core.ids import ID_PATTERN, MAX_ID_BYTES, id_problem
+from rec_core.model.inference import UserProfile
 
 # An id's bytes are checked by the rule; a character limit too (never stricter: a character is 1 to 4 bytes) keeps
 # msgspec from copying a huge string and states a bound in the OpenAPI schema.
 MAX_ID_CHARS = MAX_ID_BYTES
 MAX_IDS = 10_000
 MAX_LIMIT = 100
+MAX_BODY_BYTES = 1 << 20
 
 ID_RULE = (
     f"An id: 1 to {MAX_ID_BYTES} bytes of UTF-8 (64 x 'é' fits, 128 do not), no control, bidi, zero-width or "
@@ -121,6 +125,18 @@ class UserIn(Body):
     completion_rate: Rate | None = None
 
 
+def user_profile(body: Mapping[str, Any]) -> UserProfile:
+    """The user tower's input from a ``POST /embeddings/user`` body, as decoded or as the inbox kept it (a record
+    an older API wrote may lack the optional fields)."""
+    return UserProfile(
+        watched=body["watched_videos"],
+        liked=body["liked_videos"],
+        followed=body["followed_users"],
+        avg_watch_time_s=body.get("average_watch_time"),
+        completion_rate=body.get("completion_rate"),
+    )
+
+
 class UserOut(msgspec.Struct):
     user_id: str
     snapshot_id: str
@@ -168,6 +184,17 @@ def decode(raw: bytes, kind: type[B]) -> B:
         raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
     _check_finite(value)
     return value
+
+
+def decode_events(raw: bytes) -> list[EventIn]:
+    """A ``POST /events`` body: one event, or ``{"events": [...]}``."""
+    try:
+        head = msgspec.json.decode(raw) if raw.strip() else None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
+    if isinstance(head, dict) and "events" in head:
+        return decode(raw, EventsIn).events
+    return [decode(raw, EventIn)]
 
 
 def _check_finite(value: Any) -> None:

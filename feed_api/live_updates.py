@@ -1,0 +1,153 @@
+"""The live-update side: what arrives between batches, made durable, then served.
+
+* ``POST /events`` and ``POST /embeddings/user``: appended to the inbox, then
+  applied to the user state that pages read;
+* ``POST /embeddings/video``: :class:`feed_api.posted_videos.PostedVideos`
+  (refused, or made durable, encoded and searchable), one forward pass per
+  micro-batch;
+* a background thread that follows the inbox
+  (:class:`feed_api.inbox_follower.InboxFollower`: other workers' records, and
+  on start-up everything the live snapshot does not reflect) and picks up new
+  snapshots (:class:`feed_api.snapshots.SnapshotRegistry`, which the read path
+  reads).
+
+Durability first (docs/architecture.md, invariant 6): a write appends to the
+inbox and fsyncs (one fsync per micro-batch of requests, a group commit) before
+it changes anything in memory and before it replies; an append that fails
+raises :class:`rec_core.data.inbox.InboxWriteError` unchanged to the app's
+error handler (a 503), with nothing of it kept and nothing changed.
+
+Bounded (invariant 9): user state (:mod:`feed_api.user_state`), the posted
+videos kept searchable (``api_posted_videos_max``, oldest out first) and each
+inbox read (``api_inbox_read_bytes`` a pass) all have a cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from feed_api.batcher import MicroBatcher
+from feed_api.bodies import EventIn, EventsOut, UserIn, UserOut, VideoIn, VideoOut, user_profile
+from feed_api.errors import ApiError
+from feed_api.inbox_follower import InboxFollower
+from feed_api.live_snapshot import live_view
+from feed_api.posted_videos import PostedVideos
+from feed_api.snapshots import SnapshotRegistry
+from feed_api.telemetry import Metrics
+from feed_api.user_state import UserActivity, UserStates
+from rec_core.data.inbox import InboxWriter
+from rec_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Records = list[tuple[str, dict[str, Any]]]
+
+
+class LiveUpdates:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self.inbox = InboxWriter(settings.inbox_dir)
+        self.posted = PostedVideos(settings, self.inbox, metrics)
+        self.follower = InboxFollower(settings, self.inbox, self.posted)
+        self.registry = SnapshotRegistry(settings, on_loaded=self.posted.adopt)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inbox_batcher: MicroBatcher[Records, str] = MicroBatcher(self._append, name="inbox")
+        self._video_batcher: MicroBatcher[tuple[dict[str, Any], bool], np.ndarray | ApiError] = MicroBatcher(
+            lambda items: self.posted.index(live_view(self.registry, settings), items), max_batch=32, name="videos"
+        )
+
+    # ---- life cycle ------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._inbox_batcher.start()
+        self._video_batcher.start()
+        self._thread = threading.Thread(target=self._background, name="snapshots+inbox", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._inbox_batcher.stop()
+        await self._video_batcher.stop()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        self.registry.close()
+        self.inbox.close()
+
+    def _background(self) -> None:
+        interval = self.settings.api_reload_ms / 1000
+        while True:
+            try:
+                self.follower.follow(self.registry.live)
+                self.registry.refresh()
+            except Exception:  # the loop must survive anything; the next tick retries
+                log.exception("background refresh failed")
+            if self._stop.wait(interval):
+                return
+
+    # ---- what the read path reads ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.registry.live is not None
+
+    @property
+    def users(self) -> UserStates:
+        """What users did since the live snapshot's batch (kept by :class:`InboxFollower`)."""
+        return self.follower.users
+
+    def activity(self, user_id: str) -> UserActivity | None:
+        """A private copy of the user's activity since the batch, for one page."""
+        return self.follower.users.copy_of(user_id)
+
+    # ---- writes ------------------------------------------------------------------------------------------------
+
+    async def add_events(self, events: list[EventIn]) -> EventsOut:
+        records = [("event", msgspec.structs.asdict(e)) for e in events]
+        at = await self._inbox_batcher.submit(records)  # durable from here on
+        for _, data in records:
+            self.users.apply_event(data, at)
+        self._metrics.count("events", len(records))
+        return EventsOut(accepted=len(records))
+
+    async def add_user(self, req: UserIn) -> UserOut:
+        view = live_view(self.registry, self.settings)
+        body = msgspec.structs.asdict(req)
+        await self._inbox_batcher.submit([("user", body)])
+        profile = user_profile(body)
+        self.users.set_profile(req.user_id, profile)
+        online = await asyncio.to_thread(view.profile_vector, profile)
+        return UserOut(
+            user_id=req.user_id,
+            snapshot_id=view.snapshot_id,
+            embedding=[round(float(x), 6) for x in online.vector],
+            ignored_video_ids=online.unknown_video_ids,
+            unknown_followed_users=online.unknown_creator_ids,
+        )
+
+    async def add_video(self, req: VideoIn, *, may_update: bool = False) -> VideoOut:
+        """Encode and index a posted video. An id the catalogue or an earlier post already has is refused (409)
+        unless the caller may update videos; the same body posted again is answered as before, writing nothing,
+        so a client may retry a post whose answer it lost."""
+        view = live_view(self.registry, self.settings)
+        payload = msgspec.structs.asdict(req)
+        vector = await self._video_batcher.submit((payload, may_update))
+        if isinstance(vector, ApiError):
+            raise vector
+        return VideoOut(
+            video_id=req.video_id, snapshot_id=view.snapshot_id, embedding=[round(float(x), 6) for x in vector]
+        )
+
+    def _append(self, batch: list[Records]) -> list[str]:
+        """One fsync for every request in the batch (group commit); returns each request's record time."""
+        at = dt.datetime.now(dt.UTC)
+        self.inbox.append_many([record for records in batch for record in records], at)
+        return [at.isoformat()] * len(batch)

@@ -1,0 +1,111 @@
+"""The read path: a page of a user's feed (``POST /recommendations``), from the snapshot its walk reads.
+
+A first page starts on the live snapshot; a cursor's page continues on the
+snapshot the cursor names (loaded again if it is retained but not in memory,
+410 when it is gone). Which items a page holds is :mod:`feed_api.pager`'s
+rule. Nothing here writes: what users did since the batch comes in through
+``activity`` (kept by :class:`feed_api.live_updates.LiveUpdates`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from feed_api.bodies import RecommendationsIn, RecommendationsOut
+from feed_api.errors import ApiError
+from feed_api.live_snapshot import live_view
+from feed_api.pager import LiveVectors, Page, first_cursor, next_page, precomputed
+from feed_api.snapshot_view import SnapshotView
+from feed_api.snapshots import SnapshotRegistry
+from feed_api.telemetry import Metrics
+from feed_api.user_state import UserActivity
+from rec_core.feed.cursor import Cursor, CursorError, CursorSigner, cursor_secret
+from rec_core.feed.policy import FeedPolicy
+from rec_core.settings import Settings
+
+RESTART_HINT = "restart from the first page: send the request again with cursor null"
+
+
+def has_live_vector(view: SnapshotView, user_id: str, activity: UserActivity | None) -> bool:
+    """Whether :func:`feed_api.pager.live_vector` has a vector for the user, without computing it: a batch
+    vector, a posted profile or events since the batch (the user tower reads those)."""
+    return view.batch_vector(user_id) is not None or (
+        activity is not None and (activity.profile is not None or activity.watches > 0)
+    )
+
+
+def precomputed_suffices(view: SnapshotView, cursor: Cursor, limit: int, activity: UserActivity | None) -> bool:
+    """Whether the page comes whole from the walk's precomputed list, even if every video the user has seen
+    since the batch is in it: then no live search or user tower is needed."""
+    _, start, end = precomputed(view, cursor)
+    return end - start - cursor.position > limit + (len(activity.seen) if activity else 0)
+
+
+class FeedReader:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: SnapshotRegistry,
+        metrics: Metrics,
+        activity: Callable[[str], UserActivity | None],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.signer = CursorSigner(cursor_secret(settings.cursor_secret, settings.data_dir), settings.cursor_ttl_s)
+        self.vectors = LiveVectors()
+        self.policy = FeedPolicy(feed_length=settings.feed_length)
+        self._metrics = metrics
+        self._activity = activity
+
+    def live_view(self) -> SnapshotView:
+        return live_view(self.registry, self.settings)
+
+    async def recommend(self, req: RecommendationsIn) -> RecommendationsOut:
+        user_id = req.user_id
+        activity = self._activity(user_id)
+        if req.cursor is None:
+            view = self.live_view()
+            cursor = first_cursor(view, user_id, has_vector=has_live_vector(view, user_id, activity))
+        else:
+            cursor = self._decode(req.cursor, user_id)
+            view = await self._view_of(cursor)
+
+        def page() -> Page:
+            return next_page(
+                view, cursor, req.limit, activity, lambda: self.vectors.get(view, user_id, activity), self.policy
+            )
+
+        # The precomputed part is a few array slices: answer it on the event loop. Live search and the
+        # user tower block for milliseconds: give them a thread.
+        if precomputed_suffices(view, cursor, req.limit, activity):
+            result = page()
+        else:
+            result = await asyncio.to_thread(page)
+        self._metrics.page(result.source)
+        return RecommendationsOut(
+            items=result.items,
+            has_more=result.has_more,
+            next_cursor=self.signer.encode(result.cursor) if result.cursor is not None else None,
+            snapshot_id=view.snapshot_id,
+            source=result.source,
+        )
+
+    def _decode(self, token: str, user_id: str) -> Cursor:
+        try:
+            return self.signer.decode(token, user_id=user_id)
+        except CursorError as exc:
+            if exc.kind == "expired":
+                raise ApiError(410, "cursor_expired", "cursor", str(exc), RESTART_HINT) from None
+            code = {"wrong_user": "cursor_wrong_user", "tampered": "cursor_tampered"}.get(exc.kind, "cursor_invalid")
+            raise ApiError(400, code, "cursor", str(exc), "start again with cursor null") from None
+
+    async def _view_of(self, cursor: Cursor) -> SnapshotView:
+        """The snapshot the walk reads; loading a retained one takes seconds, so off the event loop."""
+        view = self.registry.loaded(cursor.snapshot_id) or await asyncio.to_thread(
+            self.registry.get, cursor.snapshot_id
+        )
+        if view is None:
+            reason = f"snapshot {cursor.snapshot_id} of this walk is no longer kept"
+            raise ApiError(410, "cursor_expired", "cursor", reason, RESTART_HINT)
+        return view
