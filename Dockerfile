@@ -26,9 +26,10 @@ COPY rec_core ./rec_core
 COPY jobs ./jobs
 COPY feed_api ./feed_api
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && python -c "import rec_core.settings, jobs.dag_tasks, airflow.providers.celery, psycopg2"
+    && python -c "import rec_core.settings, rec_core.stages, airflow.sdk, airflow.providers.celery, psycopg2"
 
 COPY dags ./dags
+RUN PYTHONPATH=/app/dags python -c "import rec_dags.stage_tasks"
 
 # An unprivileged user that owns the data root and the Airflow home (logs).
 RUN useradd --create-home --uid 50000 --gid 0 rec \

@@ -53,8 +53,8 @@ FRESH_USERS = 300
 
 
 def ensure_world(settings: Settings) -> Path:
-    from jobs.generate_data import generate_data
-    from jobs.pipeline import run_all
+    from rec_core.stages import run_all
+    from rec_core.synthetic.commit import generate_data
 
     data = settings.data_dir / "bench" / "api-world"
     if live_snapshot(dataclasses.replace(settings, data_dir=data)) is not None:

@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import BenchRow, stopwatch
-from jobs.generate_data import generate_data
 from rec_core.data.lake import Lake
 from rec_core.data.split import split_from_lake
 from rec_core.eval.baselines import evaluate_baselines
 from rec_core.settings import Settings
+from rec_core.synthetic.commit import generate_data
 
 NAME = "baselines"
 SCALE = "default"

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import BenchRow, stopwatch
-from jobs.generate_data import generate_data
 from rec_core.settings import Settings
+from rec_core.synthetic.commit import generate_data
 
 NAME = "generate_data"
 SCALE = "default"

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchRow, stopwatch
-from jobs.generate_data import generate_data
 from rec_core.eval.evaluation import load_lake_data, two_tower_metrics
 from rec_core.model.towers import TwoTower, quantize_int8
 from rec_core.model.training import TrainConfig, prepare, scorer, train
 from rec_core.settings import Settings
+from rec_core.synthetic.commit import generate_data
 
 NAME = "bench_towers"
 N_ROWS = 20_000

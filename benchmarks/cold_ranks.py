@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import logging
 
-from jobs.import_movielens import DEFAULT_PATH, import_movielens
+from rec_core.data.movielens import DEFAULT_PATH, import_movielens
 from rec_core.eval.evaluation import load_lake_data, two_tower_metrics
 from rec_core.eval.ranking_metrics import build_targets, cold_ranks
 from rec_core.model.training import TrainConfig, prepare, scorer, train

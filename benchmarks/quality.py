@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.generate_data import generate_data
-from jobs.import_movielens import DEFAULT_PATH, import_movielens
+from rec_core.data.movielens import DEFAULT_PATH, import_movielens
 from rec_core.eval.baselines import AS_SERVED, MostPop, default_baselines, evaluate_baselines
 from rec_core.eval.evaluation import LakeData, load_lake_data, markdown_table, two_tower_metrics
 from rec_core.model.training import TrainConfig, prepare, scorer, train
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
-from rec_core.synthetic.world import load_truth
+from rec_core.synthetic.commit import generate_data
+from rec_core.synthetic.truth import load_truth
 
 log = logging.getLogger("bench.quality")
 

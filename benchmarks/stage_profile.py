@@ -29,7 +29,7 @@ from rec_core.data.lake import Lake
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
 from rec_core.snapshot.publish import live_snapshot
-from rec_core.synthetic.world import SCALES
+from rec_core.synthetic.params import SCALES
 
 log = logging.getLogger("bench.stages")
 MIB = 1024 * 1024

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
-
-from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, job_settings, summarize_lake
+from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
 
 
 @dag(
@@ -29,7 +28,8 @@ from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, job_settings, summa
 def generate_data_dag() -> None:
     @task(outlets=[Asset(LAKE_URI)])
     def generate(params: dict | None = None) -> dict:
-        from jobs.generate_data import generate_data
+        from rec_core.runtime import job_settings
+        from rec_core.synthetic.commit import generate_data
 
         assert params is not None
         return generate_data(job_settings(), scale=params["scale"], seed=int(params["seed"]))

@@ -10,8 +10,7 @@ fails the run and the lake is left unchanged.
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
-
-from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
+from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
 
 
 @dag(
@@ -40,8 +39,9 @@ def import_dataset_dag() -> None:
     def run_import(params: dict | None = None) -> dict:
         from pathlib import Path
 
-        from jobs.dag_defaults import job_settings
-        from jobs.import_dataset import import_dataset, resolve_import_path
+        from rec_core.data.file_import import import_dataset
+        from rec_core.data.import_paths import resolve_import_path
+        from rec_core.runtime import job_settings
 
         assert params is not None
         settings = job_settings()

@@ -2,15 +2,17 @@
 
 Runs when `refresh_embeddings` has loaded a snapshot's vectors (the embeddings
 asset), or by hand with an explicit `snapshot_id`. A snapshot that fails
-validation is never published; the previous one stays live.
+validation is never published; the previous one stays live. Its stages are the
+pipeline's (`rec_core.stages`) from `trending` to the end.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag
+from rec_dags.defaults import DEFAULT_ARGS, EMBEDDINGS_URI, START
+from rec_dags.stage_tasks import wire
 
-from jobs.dag_defaults import DEFAULT_ARGS, EMBEDDINGS_URI, START
-from jobs.dag_tasks import latest_snapshot, materialize, publish, rebuild_warehouse, shard_list, trending, validate
+from rec_core.stages import PIPELINE, RESUME_SNAPSHOT, between
 
 
 @dag(
@@ -30,12 +32,7 @@ from jobs.dag_tasks import latest_snapshot, materialize, publish, rebuild_wareho
     },
 )
 def materialize_feeds() -> None:
-    snapshot_id = latest_snapshot()
-    feeds = materialize.partial(snapshot_id=snapshot_id).expand(shard=shard_list(snapshot_id, "user"))
-    top = trending(snapshot_id)
-    checked = validate(snapshot_id)
-    [feeds, top] >> checked
-    rebuild_warehouse(publish(snapshot_id, checked))
+    wire((RESUME_SNAPSHOT, *between("trending", PIPELINE[-1].name)))
 
 
 materialize_feeds()

@@ -1,31 +1,19 @@
 """The whole batch, end to end: inbox -> lake -> features -> model -> vectors -> feeds -> live snapshot.
 
-Embedding and materialization are mapped over shards, so with several Airflow
-workers (CeleryExecutor) the shards run in parallel on different machines.
-Each step is idempotent and writes atomically; publishing is one pointer swap,
-so a failure anywhere leaves the previous snapshot live.
+The stages and their order are declared once, in `rec_core.stages` (`python -m jobs.pipeline run`
+runs the same list without Airflow). Embedding and materialization are mapped over shards, so
+with several Airflow workers (CeleryExecutor) the shards run in parallel on different machines.
+Each step is idempotent and writes atomically; publishing is one pointer swap, so a failure
+anywhere leaves the previous snapshot live.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param, dag
+from rec_dags.defaults import DEFAULT_ARGS, START, shard_params
+from rec_dags.stage_tasks import wire
 
-from jobs.dag_defaults import DEFAULT_ARGS, START, shard_params
-from jobs.dag_tasks import (
-    begin_snapshot,
-    build_features,
-    embed_users,
-    embed_videos,
-    ingest_inbox,
-    load_vectors,
-    materialize,
-    publish,
-    rebuild_warehouse,
-    shard_list,
-    train_or_reuse,
-    trending,
-    validate,
-)
+from rec_core.stages import PIPELINE
 
 
 @dag(
@@ -49,21 +37,7 @@ from jobs.dag_tasks import (
     },
 )
 def recsys_pipeline() -> None:
-    model = train_or_reuse(build_features(ingest_inbox()))
-    snap = begin_snapshot(model)
-    snapshot_id = snap["snapshot_id"]
-    videos = embed_videos.partial(snapshot_id=snapshot_id).expand(shard=shard_list(snapshot_id, "video"))
-    user_shards = shard_list(snapshot_id, "user")
-    users = embed_users.partial(snapshot_id=snapshot_id).expand(shard=user_shards)
-    loaded = load_vectors(snapshot_id)
-    videos >> loaded
-    top = trending(snapshot_id)
-    feeds = materialize.partial(snapshot_id=snapshot_id).expand(shard=user_shards)
-    [loaded, users] >> feeds
-    loaded >> top
-    checked = validate(snapshot_id)
-    [feeds, top] >> checked
-    rebuild_warehouse(publish(snapshot_id, checked))
+    wire(PIPELINE)
 
 
 recsys_pipeline()

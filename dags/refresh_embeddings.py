@@ -2,14 +2,16 @@
 
 Runs when a new model is promoted (the model asset), or by hand. The snapshot it
 begins is finished by `materialize_feeds`, which the embeddings asset triggers.
+Its stages are the pipeline's (`rec_core.stages`) from `begin_snapshot` to `load_vectors`.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Asset, dag
+from rec_dags.defaults import DEFAULT_ARGS, MODEL_URI, START, shard_params
+from rec_dags.stage_tasks import wire
 
-from jobs.dag_defaults import DEFAULT_ARGS, MODEL_URI, START, shard_params
-from jobs.dag_tasks import begin_snapshot, embed_users, embed_videos, load_vectors, shard_list
+from rec_core.stages import between
 
 
 @dag(
@@ -25,13 +27,7 @@ from jobs.dag_tasks import begin_snapshot, embed_users, embed_videos, load_vecto
     params=shard_params(),
 )
 def refresh_embeddings() -> None:
-    snap = begin_snapshot({})
-    snapshot_id = snap["snapshot_id"]
-    videos = embed_videos.partial(snapshot_id=snapshot_id).expand(shard=shard_list(snapshot_id, "video"))
-    user_shards = shard_list(snapshot_id, "user")
-    users = embed_users.partial(snapshot_id=snapshot_id).expand(shard=user_shards)
-    loaded = load_vectors(snapshot_id)
-    [videos, users] >> loaded
+    wire(between("begin_snapshot", "load_vectors"))
 
 
 refresh_embeddings()

@@ -4,13 +4,17 @@ Tasks: embed captions (cached) -> train a new model version -> evaluate it, the
 baselines and the current model on the same held-out split -> gate. A refused
 gate leaves the current model in place and says why in the task log; the new
 version stays on disk for inspection (`python -m jobs.models show VERSION`).
+Only a promotion updates the model asset (`announce_model`, skipped otherwise),
+so `refresh_embeddings` re-embeds only for a new current model.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, dag
+from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START
+from rec_dags.stage_tasks import wire
 
-from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, MODEL_URI, START, job_settings
+from rec_core.stages import MODEL_RELEASE
 
 
 @dag(
@@ -29,39 +33,7 @@ from jobs.dag_defaults import DEFAULT_ARGS, LAKE_URI, MODEL_URI, START, job_sett
     },
 )
 def train_towers_dag() -> None:
-    @task
-    def embed_text() -> dict:
-        from jobs.build_features import build_features
-
-        return build_features(job_settings())
-
-    @task
-    def train(_features: dict, params: dict | None = None) -> str:
-        from jobs.train_towers import train_version
-        from rec_core.model.training import TrainConfig
-
-        assert params is not None
-        settings = job_settings()
-        config = TrainConfig(
-            epochs=int(params["epochs"]), embedding_dim=int(params["embedding_dim"]), seed=settings.seed
-        )
-        return train_version(settings, config)
-
-    @task
-    def evaluate(version: str) -> str:
-        from jobs.train_towers import evaluate_version
-
-        evaluate_version(job_settings(), version)
-        return version
-
-    @task(outlets=[Asset(MODEL_URI)])
-    def quality_gate(version: str, params: dict | None = None) -> dict:
-        from jobs.train_towers import gate_version
-
-        assert params is not None
-        return gate_version(job_settings(), version, promote=bool(params["promote"]))
-
-    quality_gate(evaluate(train(embed_text())))
+    wire(MODEL_RELEASE)
 
 
 train_towers_dag()

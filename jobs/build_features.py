@@ -7,21 +7,12 @@ videos; training and serving read the same cache.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from jobs.cli import settings_for
-from rec_core.data.lake import LakeError, lake_for
-from rec_core.model.text_features import embed_videos_text
-from rec_core.settings import Settings
-
-
-def build_features(settings: Settings) -> dict:
-    lake = lake_for(settings)
-    videos = lake.read("videos", columns=["video_id", "caption", "hashtags"])
-    _, stats = embed_videos_text(videos, settings)
-    return {"videos": videos.num_rows, **dataclasses.asdict(stats)}
+from rec_core.data.lake import LakeError
+from rec_core.model.release import build_features
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
+from rec_core.data.lake import LakeError
+from rec_core.model.store import ModelStoreError
 from rec_core.progress import setup_logging
+from rec_core.runtime import apply_torch_threads
 from rec_core.settings import Settings, SettingsError
+from rec_core.snapshot.layout import SnapshotError
 
 
 def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
@@ -26,19 +32,18 @@ def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
     return settings
 
 
-def apply_torch_threads(settings: Settings) -> None:
-    """Cap torch's intra-op threads at ``REC_TORCH_THREADS`` (0 leaves torch's default, one per core).
-
-    Several Airflow workers on one machine each run a job process; uncapped, each would start a
-    thread per core and they would oversubscribe the CPUs. Call it where a job starts, before the
-    heavy work: torch reads ``OMP_NUM_THREADS`` when it is imported, and an already imported torch
-    is set directly.
-    """
-    threads = settings.torch_threads
-    if threads <= 0:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
+def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: list[str] | None) -> int:
+    """``--snapshot ID --shard I [--data-dir DIR]``; prints the job's summary as JSON. Shared by the embed jobs."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", required=True, help="snapshot id (its build.json must exist)")
+    parser.add_argument("--shard", type=int, required=True, help="shard index, 0-based")
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
+    args = parser.parse_args(argv)
+    settings = settings_for(args)
+    try:
+        summary = job(settings, args.snapshot, args.shard)
+    except (SnapshotError, LakeError, ModelStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

@@ -18,29 +18,9 @@ from pathlib import Path
 from jobs.cli import settings_for
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.lake import LakeError
-from rec_core.eval.evaluation import (
-    baseline_metrics,
-    comparison,
-    load_lake_data,
-    markdown_table,
-    prepare_loaded,
-    two_tower_metrics,
-    write_report,
-)
-from rec_core.model.store import ModelStore, ModelStoreError
-from rec_core.settings import Settings
-
-
-def evaluate(settings: Settings, version: str | None = None, *, with_baselines: bool = True) -> dict:
-    store = ModelStore(settings.models_dir)
-    loaded = store.load(version)
-    data = load_lake_data(settings)
-    models = {"two_tower": two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings))}
-    if with_baselines:
-        models.update(baseline_metrics(data.split))
-    result = comparison(data.dataset, data.split, models)
-    result["model_version"] = loaded.version
-    return result
+from rec_core.eval.evaluation import markdown_table, write_report
+from rec_core.model.release import evaluate_model
+from rec_core.model.store import ModelStoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_for(args)
     try:
-        result = evaluate(settings, args.model, with_baselines=not args.no_baselines)
+        result = evaluate_model(settings, args.model, with_baselines=not args.no_baselines)
     except (LakeError, ModelStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -137,9 +137,9 @@ class ApiServer:
 @pytest.fixture(scope="session")
 def api_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root with a tiny world and one published snapshot, built by the real pipeline stages."""
-    from jobs.generate_data import generate_data
-    from jobs.pipeline import run_all
     from rec_core.settings import Settings
+    from rec_core.stages import run_all
+    from rec_core.synthetic.commit import generate_data
 
     data = tmp_path_factory.mktemp("api") / "data"
     settings = Settings.load({"REC_DATA_DIR": str(data), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2"})

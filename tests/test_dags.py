@@ -16,41 +16,132 @@ import pytest
 from tests.conftest import ROOT
 
 HEAVY = ("torch", "transformers", "pymilvus", "polars", "duckdb", "pyarrow", "rec_core", "litestar", "numpy")
+# Of rec_core, DAG files import only the stage declarations (standard library only) at parse time.
+LIGHT_REC_CORE = ["rec_core", "rec_core.stages"]
+DAGS = ROOT / "dags"
+
+
+def _bag() -> Any:
+    """The DAG folder as the DAG processor and the workers read it: a bundle, whose folder is on sys.path, so
+    the DAG files import their helpers (``rec_dags``) by name."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    return BundleDagBag(dag_folder=DAGS, bundle_path=DAGS, bundle_name="dags-folder")
 
 
 def test_dagbag_has_no_import_errors_and_nothing_heavy_at_parse_time() -> None:
     # A fresh interpreter, so that modules other tests imported do not hide a heavy import.
     script = f"""
 import json, sys
-from airflow.dag_processing.dagbag import DagBag
+from pathlib import Path
+from airflow.dag_processing.dagbag import BundleDagBag
 from airflow.sdk.definitions._internal.types import NOTSET
-bag = DagBag({str(ROOT / "dags")!r})
-heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+dags = Path({str(DAGS)!r})
+bag = BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder")
+rec_core = sorted(m for m in sys.modules if m.split(".")[0] == "rec_core")
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}) - {{"rec_core"}})
 def param_doc(d):
     return {{k: [d.params.get_param(k).description, d.params.get_param(k).value is not NOTSET] for k in d.params}}
 meta = {{d.dag_id: [d.description, sorted(d.tags), d.owner, param_doc(d)] for d in bag.dags.values()}}
 errors = {{k: v[-300:] for k, v in bag.import_errors.items()}}
-print(json.dumps({{"errors": errors, "dags": sorted(bag.dags), "heavy": heavy, "meta": meta}}))
+tasks = {{d.dag_id: {{t.task_id: sorted(t.upstream_task_ids) for t in d.tasks}} for d in bag.dags.values()}}
+print(json.dumps({{"errors": errors, "dags": sorted(bag.dags), "heavy": heavy, "rec_core": rec_core, "meta": meta,
+                  "tasks": tasks}}))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The helper package is imported by the DAG files, not parsed as one (.airflowignore): no broken DAG.
     assert result["errors"] == {}
     assert {"generate_data", "import_dataset"} <= set(result["dags"])
     assert result["heavy"] == [], f"DAG files import heavy modules at parse time: {result['heavy']}"
-    assert set(result["dags"]) == set(result["meta"]) and len(result["dags"]) == len(list((ROOT / "dags").glob("*.py")))
+    assert result["rec_core"] == LIGHT_REC_CORE, f"DAG files import rec_core beyond the stages: {result['rec_core']}"
+    assert set(result["dags"]) == set(result["meta"]) and len(result["dags"]) == len(list(DAGS.glob("*.py")))
     for dag_id, (description, tags, owner, params) in result["meta"].items():
         assert description and "recsys" in tags and len(tags) >= 2 and owner == "recsys", dag_id
         # Every param the UI's trigger form shows is documented and has a default.
         for name, (doc, has_default) in params.items():
             assert doc and has_default, (dag_id, name)
     assert result["meta"]["recsys_pipeline"][3].keys() >= {"retrain", "epochs", "video_shards", "user_shards"}
+    _check_dags_follow_the_declared_stages(result["tasks"])
+
+
+def _check_dags_follow_the_declared_stages(tasks: dict[str, dict[str, list[str]]]) -> None:
+    """Each stage DAG runs the declared stages (rec_core.stages), one task each, and no task waits for a stage
+    declared after it, while each waits for what its stage declares it waits for. The other tasks are glue: the
+    shard lists to map over, and the model announcement after the stage that may promote one."""
+    from rec_core.stages import MODEL_RELEASE, PIPELINE, RESUME_SNAPSHOT, between
+
+    glue = {"shard_list", "shard_list__1", "announce_model"}
+    declared = {
+        "recsys_pipeline": PIPELINE,
+        "refresh_embeddings": between("begin_snapshot", "load_vectors"),
+        "materialize_feeds": (RESUME_SNAPSHOT, *between("trending", "rebuild_warehouse")),
+        "train_towers": MODEL_RELEASE,
+    }
+    for dag_id, stages in declared.items():
+        names = [stage.name for stage in stages]
+        upstream = tasks[dag_id]
+        assert set(upstream) - glue == set(names), dag_id
+        for position, stage in enumerate(stages):
+            waits_for = set(upstream[stage.name]) - glue
+            assert waits_for <= set(names[:position]), (dag_id, stage.name, waits_for)
+            assert waits_for >= set(stage.after) & set(names), (dag_id, stage.name, waits_for)
+        for task_id in glue & set(upstream):
+            assert set(upstream[task_id]) <= set(names), (dag_id, task_id)  # glue waits on stages only
+    # The model is announced after, and only by, the stage that may promote one.
+    assert tasks["recsys_pipeline"]["announce_model"] == ["train_or_reuse"]
+    assert tasks["train_towers"]["announce_model"] == ["quality_gate"]
+
+
+def test_stage_declarations_resolve_to_functions_that_take_what_they_are_given(settings: Any) -> None:
+    """Every declared stage names an importable function that accepts the settings, the values the stage needs
+    and, for a sharded stage, the shard, as keywords: what both the DAG tasks and run_all call it with."""
+    import inspect
+
+    from rec_core.stages import MODEL_RELEASE, PIPELINE, RESUME_SNAPSHOT
+
+    for stage in {*PIPELINE, *MODEL_RELEASE, RESUME_SNAPSHOT}:
+        function = stage.function()
+        assert callable(function), stage.call
+        given = {name: None for name in stage.needs} | ({"shard": 0} if stage.shards else {})
+        inspect.signature(function).bind(settings, **given)  # raises TypeError on a mismatch
+    assert len({stage.name for stage in PIPELINE}) == len(PIPELINE)
+
+
+def test_stage_order_is_checked_where_it_is_declared() -> None:
+    from rec_core.stages import MODEL_RELEASE, PIPELINE, Stage, between, check_order
+
+    # The declared lists themselves, with the params their DAGs (and run_all) give.
+    check_order(PIPELINE, ("retrain", "epochs", "video_shards", "user_shards"))
+    check_order(MODEL_RELEASE, ("epochs", "embedding_dim", "promote"))
+    # A stage needing a value no earlier stage provides, or declared before a stage it waits for, is refused.
+    with pytest.raises(ValueError, match="needs"):
+        check_order(between("embed_videos", "publish"), ("retrain",))
+    swapped = (PIPELINE[1], PIPELINE[0])
+    with pytest.raises(ValueError, match="declared before"):
+        check_order(swapped)
+    # Stages a slice waits for outside the slice ran before it (the trigger's announcement).
+    check_order(between("trending", "rebuild_warehouse"), ("snapshot_id",))
+    check_order((Stage("a", "m:f"), Stage("b", "m:g", after=("a", "elsewhere"))))
+
+
+def test_rec_core_stages_imports_only_the_standard_library() -> None:
+    script = """
+import sys
+before = set(sys.modules)
+import rec_core.stages
+added = set(sys.modules) - before
+print(sorted({m.split(".")[0] for m in added} - set(sys.stdlib_module_names)), sorted(m for m in added if "rec_" in m))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert proc.stdout.strip() == f"['rec_core'] {LIGHT_REC_CORE}"
 
 
 def test_task_settings_cap_torch_threads(tmp_path: Path) -> None:
     """REC_TORCH_THREADS caps torch in task code, whether torch is imported before or after the settings."""
     script = """
 import json, sys
-from jobs.dag_defaults import job_settings
+from rec_core.runtime import job_settings
 first = job_settings().torch_threads
 import torch
 after_import = torch.get_num_threads()
@@ -68,7 +159,7 @@ print(json.dumps([first, after_import, torch.get_num_threads()]))
         [
             sys.executable,
             "-c",
-            "from jobs.dag_defaults import job_settings; job_settings(); import os; "
+            "from rec_core.runtime import job_settings; job_settings(); import os; "
             "print(os.environ.get('OMP_NUM_THREADS'))",
         ],
         capture_output=True,
@@ -81,11 +172,9 @@ print(json.dumps([first, after_import, torch.get_num_threads()]))
 
 @pytest.mark.slow
 def test_generate_data_dag_runs_end_to_end(airflow_db: Path, data_env: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     from rec_core.data.lake import Lake
 
-    dag = DagBag(str(ROOT / "dags")).get_dag("generate_data")
+    dag = _bag().get_dag("generate_data")
     run = dag.test(run_conf={"scale": "tiny", "seed": 7})
     assert run.state == "success"
     lake = Lake(data_env / "lake")
@@ -96,8 +185,6 @@ def test_generate_data_dag_runs_end_to_end(airflow_db: Path, data_env: Path) -> 
 
 @pytest.mark.slow
 def test_import_dataset_dag_imports_files(airflow_db: Path, data_env: Path, tmp_path: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     from rec_core.data.lake import Lake
 
     incoming = data_env / "import"  # the DAG reads only inside the import folder
@@ -106,7 +193,7 @@ def test_import_dataset_dag_imports_files(airflow_db: Path, data_env: Path, tmp_
     videos.write_text("video_id,caption,hashtags\nv1,sourdough bread at home,baking|bread\nv2,cat zoomies,cats pets\n")
     interactions = incoming / "interactions.csv"
     interactions.write_text("user_id,video_id,ts\nu1,v1,2026-01-02T10:00:00Z\nu1,v2,1767350000\nu2,v9,1767350000\n")
-    dag = DagBag(str(ROOT / "dags")).get_dag("import_dataset")
+    dag = _bag().get_dag("import_dataset")
     # One absolute path inside the folder, one relative to it.
     run = dag.test(run_conf={"videos": str(videos), "interactions": "interactions.csv"})
     assert run.state == "success"
@@ -117,15 +204,13 @@ def test_import_dataset_dag_imports_files(airflow_db: Path, data_env: Path, tmp_
 
 @pytest.mark.slow
 def test_import_dataset_dag_fails_strict_and_keeps_the_lake(airflow_db: Path, data_env: Path, tmp_path: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     incoming = data_env / "import"
     incoming.mkdir(parents=True)
     videos = incoming / "videos.csv"
     videos.write_text("video_id,caption\nv1,hello\n")
     interactions = incoming / "interactions.csv"
     interactions.write_text("user_id,video_id,ts\nu1,v9,1767350000\n")
-    dag = DagBag(str(ROOT / "dags")).get_dag("import_dataset")
+    dag = _bag().get_dag("import_dataset")
     run = dag.test(run_conf={"videos": str(videos), "interactions": str(interactions), "strict": True})
     assert run.state == "failed"
     assert not (data_env / "lake" / "CURRENT").exists()
@@ -203,6 +288,19 @@ def _queued_for(dag_id: str) -> list[str]:
         )
 
 
+def _task_state(dag_id: str, run_id: str, task_id: str) -> str | None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalars(
+            select(TaskInstance.state).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
+            )
+        ).one()
+
+
 def _returned(dag_id: str, run_id: str, task_id: str) -> Any:
     """What a task of a run returned (its XCom)."""
     from airflow.models.xcom import XComModel
@@ -227,17 +325,17 @@ def _gate_must_promote(models: dict[str, dict[str, float]]) -> bool:
 @pytest.mark.slow
 def test_train_towers_dag_trains_evaluates_and_gates(airflow_db: Path, data_env: Path) -> None:
     """Two runs whose gate outcome is known in advance: the first (no current model, 3 epochs) must be promoted,
-    the second (1 epoch, 4-d towers) must be refused and leave the first current. The promotion is announced on
-    the model asset, which queues refresh_embeddings."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from jobs.dag_defaults import MODEL_URI
-    from jobs.generate_data import generate_data
+    the second (1 epoch, 4-d towers) must be refused and leave the first current. The promotion, and only the
+    promotion, is announced on the model asset, which queues refresh_embeddings: a refused model is no new model
+    to re-embed with."""
     from rec_core.model.store import ModelStore
     from rec_core.settings import Settings
+    from rec_core.synthetic.commit import generate_data
 
     generate_data(Settings.load(), "tiny", seed=5)
-    dag = DagBag(str(ROOT / "dags")).get_dag("train_towers")
+    dag = _bag().get_dag("train_towers")
+    from rec_dags.defaults import MODEL_URI  # importable once the bag has put the DAG folder on sys.path
+
     store = ModelStore(data_env / "models")
     with _unpaused("refresh_embeddings"):
         run = dag.test(run_conf={"epochs": 3, "embedding_dim": 32, "promote": True})
@@ -254,8 +352,9 @@ def test_train_towers_dag_trains_evaluates_and_gates(airflow_db: Path, data_env:
         assert store.current() == first
         decision = _returned("train_towers", run_id, "quality_gate")
         assert decision["passed"] and decision["promoted"] and decision["current"] == first, decision
-        # The gate's outlet: one model-asset event from quality_gate, and refresh_embeddings is queued by it.
-        assert _asset_events(MODEL_URI, run_id) == [("train_towers", "quality_gate")]
+        # The promotion's announcement: one model-asset event, and refresh_embeddings is queued by it.
+        assert _task_state("train_towers", run_id, "announce_model") == "success"
+        assert _asset_events(MODEL_URI, run_id) == [("train_towers", "announce_model")]
         assert _queued_for("refresh_embeddings") == [MODEL_URI]
 
         # A deliberately crippled candidate on the same lake: 1 epoch, 4-d towers (measured 0.070 recall@50).
@@ -275,6 +374,9 @@ def test_train_towers_dag_trains_evaluates_and_gates(airflow_db: Path, data_env:
         assert decision["version"] == second and decision["current"] == first, decision
         assert not decision["passed"] and not decision["promoted"]
         assert any("below the current model" in reason for reason in decision["reasons"]), decision["reasons"]
+        # Nothing announced: no model-asset event from this run, so nothing re-embeds an unchanged model.
+        assert _task_state("train_towers", run_id, "announce_model") == "skipped"
+        assert _asset_events(MODEL_URI, run_id) == []
 
 
 @pytest.mark.slow
@@ -282,7 +384,6 @@ def test_asset_chain_schedules_each_stage_dag_from_the_one_before(airflow_db: Pa
     """generate_data/import_dataset -> lake -> train_towers -> model -> refresh_embeddings -> embeddings ->
     materialize_feeds: the consumers' schedules name exactly the producers' outlets, and a real run of
     generate_data records a lake event from which the scheduler's own code creates a train_towers run."""
-    from airflow.dag_processing.dagbag import DagBag
     from airflow.jobs.job import Job
     from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
     from airflow.models.dag import DagModel
@@ -290,9 +391,9 @@ def test_asset_chain_schedules_each_stage_dag_from_the_one_before(airflow_db: Pa
     from airflow.utils.session import create_session
     from sqlalchemy import delete, select
 
-    from jobs.dag_defaults import EMBEDDINGS_URI, LAKE_URI, MODEL_URI, SNAPSHOT_URI
+    bag = _bag()
+    from rec_dags.defaults import EMBEDDINGS_URI, LAKE_URI, MODEL_URI, SNAPSHOT_URI
 
-    bag = DagBag(str(ROOT / "dags"))
     stages = ("generate_data", "import_dataset", "train_towers", "refresh_embeddings", "materialize_feeds")
     # Parse level: which stage task updates which asset, and which DAG each asset schedules.
     outlets = {
@@ -304,7 +405,7 @@ def test_asset_chain_schedules_each_stage_dag_from_the_one_before(airflow_db: Pa
     assert outlets == {
         ("generate_data", "generate"): [LAKE_URI],
         ("import_dataset", "run_import"): [LAKE_URI],
-        ("train_towers", "quality_gate"): [MODEL_URI],
+        ("train_towers", "announce_model"): [MODEL_URI],
         ("refresh_embeddings", "load_vectors"): [EMBEDDINGS_URI],
         ("materialize_feeds", "publish"): [SNAPSHOT_URI],
     }

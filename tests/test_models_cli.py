@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from jobs.models import main as models_main
-from jobs.train_towers import train_version
 from rec_core.eval.evaluation import load_lake_data
+from rec_core.model.release import train_version
 from rec_core.model.store import ModelStore
 from rec_core.model.training import TrainConfig
 from rec_core.settings import Settings

@@ -85,6 +85,7 @@ README_QUERY_COLUMNS: dict[str, list[str]] = {
     ],
 }
 FIRST_PAGE = 20  # the queries' "rank < 20"
+DAGS = ROOT / "dags"  # read as a bundle, the way the DAG processor does: its folder on sys.path (rec_dags)
 
 
 def _readme_queries() -> dict[str, str]:
@@ -269,15 +270,15 @@ def _check_readme_queries(data_dir: Path, warehouse: Path) -> list[tuple]:
 
 
 def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Path, data_env: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    from jobs.generate_data import generate_data
     from rec_core.settings import Settings
     from rec_core.snapshot.layout import live_snapshot_id
+    from rec_core.synthetic.commit import generate_data
 
     settings = Settings.load()
     generate_data(settings, "tiny", seed=4)
-    dag = DagBag(str(ROOT / "dags")).get_dag("recsys_pipeline")
+    dag = BundleDagBag(dag_folder=DAGS, bundle_path=DAGS, bundle_name="dags-folder").get_dag("recsys_pipeline")
     conf = {"retrain": True, "epochs": 3, "video_shards": 2, "user_shards": 2}
     run = dag.test(run_conf=conf)
     assert run.state == "success"
@@ -303,15 +304,16 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
 def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path, data_env: Path) -> None:
     """SIGKILL in the middle of writing a feed shard: the live snapshot is untouched, the half-built one is
     refused by validation, and a rerun of the shard completes it."""
-    from jobs.embed_users import embed_users
-    from jobs.embed_videos import embed_videos
-    from jobs.generate_data import generate_data
-    from jobs.load_vectors import load_vectors
-    from jobs.materialize_feeds import build_trending, materialize_feeds
-    from jobs.pipeline import begin, choose_model
+    from rec_core.feed.batch import build_trending, materialize_feeds
+    from rec_core.model.inference import embed_users, embed_videos
+    from rec_core.model.release import choose_model
     from rec_core.settings import Settings
+    from rec_core.snapshot.begin import begin
     from rec_core.snapshot.layout import SnapshotError, live_snapshot_id
-    from rec_core.snapshot.publish import publish, validate_snapshot
+    from rec_core.snapshot.publish import publish
+    from rec_core.snapshot.validate import validate_snapshot
+    from rec_core.snapshot.vector_load import load_vectors
+    from rec_core.synthetic.commit import generate_data
 
     settings = Settings.load()
     generate_data(settings, "tiny", seed=6)
@@ -338,14 +340,14 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
     script = f"""
 import os, signal
 from pathlib import Path
-import jobs.materialize_feeds as mf
+import rec_core.feed.batch as batch
 from rec_core.settings import Settings
 def dying(table, target):
     tmp = Path(target).with_name("." + Path(target).name + ".partial")
     tmp.write_bytes(b"PAR1 half a file")
     os.kill(os.getpid(), signal.SIGKILL)
-mf._write_parquet = dying
-mf.materialize_feeds(Settings.load(), {new!r}, 0)
+batch._write_parquet = dying
+batch.materialize_feeds(Settings.load(), {new!r}, 0)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=dict(os.environ))
     assert proc.returncode == -9, proc.stderr.decode()[-500:]

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from jobs.evaluate import main as evaluate_main
-from jobs.generate_data import generate_data
-from jobs.train_towers import gate_version, train_towers
 from rec_core.eval.baselines import EASE, ItemKNN, MostPop
 from rec_core.eval.evaluation import LakeData, load_lake_data, prepare_loaded, two_tower_metrics
 from rec_core.eval.ranking_metrics import EvalTargets, ScoreFn, build_targets, evaluate_scores, evaluate_targets
+from rec_core.model.release import gate_version, train_towers
 from rec_core.model.store import ModelStore, gate
 from rec_core.model.towers import TowerConfig, TwoTower
 from rec_core.model.training import (
@@ -28,7 +27,8 @@ from rec_core.model.training import (
     train,
 )
 from rec_core.settings import Settings
-from rec_core.synthetic.world import load_truth
+from rec_core.synthetic.commit import generate_data
+from rec_core.synthetic.truth import load_truth
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,60 @@
+"""What every DAG of this project shares: owner, retries, start date, shard params, and the assets that
+chain the stage DAGs. Imported at parse time, so it imports nothing heavy."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+OWNER = "recsys"
+
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 1,
+    "retry_delay": dt.timedelta(seconds=30),
+}
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+# The lake is the asset that connects the stage DAGs: a new lake version
+# (generated, imported or ingested) is what training consumes.
+LAKE_URI = "file://rec/lake"
+# A newly promoted model is what re-embedding consumes.
+MODEL_URI = "file://rec/model"
+# Vectors of a new snapshot are loaded: materialization can start.
+EMBEDDINGS_URI = "file://rec/embeddings"
+# A new snapshot is live: the API picks it up, analysts' warehouse is rebuilt.
+SNAPSHOT_URI = "file://rec/snapshot"
+
+# The asset behind each announcement a stage declares (rec_core.stages.Announcement).
+ASSET_URIS = {"lake": LAKE_URI, "model": MODEL_URI, "embeddings": EMBEDDINGS_URI, "snapshot": SNAPSHOT_URI}
+
+
+def shard_params() -> dict[str, Any]:
+    """The shard-count params of every DAG that embeds (``recsys_pipeline``, ``refresh_embeddings``)."""
+    from airflow.sdk import Param
+
+    return {
+        "video_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="Video embedding shards: mapped tasks that run in parallel (on several workers with Celery).",
+        ),
+        "user_shards": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            description="User shards for embedding and feed materialization: mapped tasks that run in parallel.",
+        ),
+    }
+
+
+def summarize_lake(_upstream: object = None) -> None:
+    """Task body shared by the data DAGs: rebuild the warehouse and log the lake summary."""
+    from rec_core.data.summary import format_results, summarize
+    from rec_core.runtime import job_settings
+
+    print(format_results(summarize(job_settings())))

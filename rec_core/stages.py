@@ -1,0 +1,198 @@
+"""The batch pipeline's stages and their order, declared once.
+
+The Airflow DAGs (``dags/``) and ``python -m jobs.pipeline run`` are both built
+from these declarations, so a stage is added or moved in one place. DAG files
+import this module at parse time, which Airflow does often: it imports nothing
+but the standard library, and names each stage's function as
+``"module:function"``, imported only when the stage runs.
+
+A stage function takes the settings and, as keywords, the values the stage
+``needs``: run parameters (``retrain``, ``video_shards``, ...), values an earlier
+stage ``provides`` (``snapshot_id``), and ``shard`` for a stage run once per
+shard. It returns a JSON-friendly dict (Airflow keeps it as the task's XCom).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from rec_core.settings import Settings
+
+# What a stage's success changes, for whoever waits on it (Airflow's assets).
+Announcement = Literal["lake", "model", "embeddings", "snapshot"]
+# Which shards a sharded stage runs over: those its snapshot was begun with.
+ShardKind = Literal["video", "user"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of the batch: a function of the settings, run once, or once per shard of a snapshot."""
+
+    name: str  # the Airflow task id too
+    call: str  # "module:function"
+    needs: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()  # keys of its result that later stages need
+    after: tuple[str, ...] = ()  # stages that must have finished, beyond those whose values it needs
+    shards: ShardKind | None = None
+    announces: Announcement | None = None
+    # The key of the result that says whether there is anything to announce; None: every success announces.
+    announce_if: str | None = None
+
+    def function(self) -> Callable[..., Any]:
+        module, _, attribute = self.call.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def run(self, settings: Settings, values: Mapping[str, Any], shard: int | None = None) -> Any:
+        """Call the stage's function with the values it needs (and ``shard`` for a sharded stage)."""
+        kwargs = {name: values[name] for name in self.needs}
+        if self.shards is not None:
+            kwargs["shard"] = shard
+        return self.function()(settings, **kwargs)
+
+
+BUILD_FEATURES = Stage("build_features", "rec_core.model.release:build_features", after=("ingest_inbox",))
+
+# The whole batch, in order: inbox -> lake -> features -> model -> vectors -> feeds -> live snapshot.
+PIPELINE: tuple[Stage, ...] = (
+    Stage("ingest_inbox", "rec_core.data.inbox_merge:ingest_inbox", announces="lake"),
+    BUILD_FEATURES,
+    # A new model version is announced only when the gate promoted it, not when the current one is reused.
+    Stage(
+        "train_or_reuse",
+        "rec_core.model.release:choose_model",
+        needs=("retrain", "epochs"),
+        after=("build_features",),
+        announces="model",
+        announce_if="promoted",
+    ),
+    Stage(
+        "begin_snapshot",
+        "rec_core.snapshot.begin:begin",
+        needs=("video_shards", "user_shards"),
+        provides=("snapshot_id",),
+        after=("train_or_reuse",),
+    ),
+    Stage("embed_videos", "rec_core.model.inference:embed_videos", needs=("snapshot_id",), shards="video"),
+    Stage("embed_users", "rec_core.model.inference:embed_users", needs=("snapshot_id",), shards="user"),
+    # The embeddings announcement starts materialization elsewhere, so it waits for the user vectors too.
+    Stage(
+        "load_vectors",
+        "rec_core.snapshot.vector_load:load_vectors",
+        needs=("snapshot_id",),
+        after=("embed_videos", "embed_users"),
+        announces="embeddings",
+    ),
+    Stage("trending", "rec_core.feed.batch:build_trending", needs=("snapshot_id",), after=("load_vectors",)),
+    Stage(
+        "materialize",
+        "rec_core.feed.batch:materialize_feeds",
+        needs=("snapshot_id",),
+        shards="user",
+        after=("load_vectors", "embed_users"),
+    ),
+    Stage(
+        "validate",
+        "rec_core.snapshot.validate:validate_stage",
+        needs=("snapshot_id",),
+        after=("materialize", "trending"),
+    ),
+    Stage(
+        "publish",
+        "rec_core.snapshot.publish:publish_stage",
+        needs=("snapshot_id",),
+        after=("validate",),
+        announces="snapshot",
+    ),
+    Stage("rebuild_warehouse", "rec_core.data.summary:rebuild_warehouse", after=("publish",)),
+)
+
+# Where a run that starts mid-pipeline takes its snapshot from: the one named, or the newest unpublished one.
+RESUME_SNAPSHOT = Stage(
+    "latest_snapshot", "rec_core.snapshot.begin:resume", needs=("snapshot_id",), provides=("snapshot_id",)
+)
+
+# The model stage step by step, for a run that releases a model and stops there (the train_towers DAG);
+# train_or_reuse above runs the same steps in one call (rec_core.model.release).
+MODEL_RELEASE: tuple[Stage, ...] = (
+    BUILD_FEATURES,
+    Stage(
+        "train",
+        "rec_core.model.release:train_candidate",
+        needs=("epochs", "embedding_dim"),
+        provides=("version",),
+        after=("build_features",),
+    ),
+    Stage("evaluate", "rec_core.model.release:evaluate_version", needs=("version",)),
+    Stage(
+        "quality_gate",
+        "rec_core.model.release:gate_version",
+        needs=("version", "promote"),
+        after=("evaluate",),
+        announces="model",
+        announce_if="promoted",
+    ),
+)
+
+
+def between(first: str, last: str, stages: tuple[Stage, ...] = PIPELINE) -> tuple[Stage, ...]:
+    """The stages from ``first`` to ``last``, both included, in their declared order."""
+    names = [stage.name for stage in stages]
+    return stages[names.index(first) : names.index(last) + 1]
+
+
+def check_order(stages: tuple[Stage, ...], params: Iterable[str] = ()) -> None:
+    """Raise ValueError unless every value a stage needs is a parameter or comes from an earlier stage, and no
+    stage is declared before one it waits for. A stage it waits for that is not in ``stages`` at all is done
+    before such a run starts (that is what the run's trigger announced)."""
+    known, names = set(params), [stage.name for stage in stages]
+    for position, stage in enumerate(stages):
+        missing = [name for name in stage.needs if name not in known]
+        if missing:
+            raise ValueError(f"stage {stage.name} needs {missing}, which no parameter or earlier stage provides")
+        early = [name for name in stage.after if name in names[position:]]
+        if early:
+            raise ValueError(f"stage {stage.name} is declared before {early}, which it waits for")
+        known.update(stage.provides)
+
+
+def run_stages(settings: Settings, stages: Iterable[Stage], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run ``stages`` one after the other in this process (a sharded stage once per shard, in order);
+    returns the run parameters and every value the stages provided."""
+    values = dict(params)
+    for stage in stages:
+        if stage.shards is None:
+            result = stage.run(settings, values)
+            values.update({name: result[name] for name in stage.provides})
+            continue
+        for shard in shard_numbers(settings, values["snapshot_id"], stage.shards):
+            stage.run(settings, values, shard)
+    return values
+
+
+def shard_numbers(settings: Settings, snapshot_id: str, kind: ShardKind) -> list[int]:
+    """The shards of ``kind`` that the snapshot was begun with (its build.json), to run or map over."""
+    from rec_core.snapshot.layout import snapshot_paths
+
+    build = snapshot_paths(settings, snapshot_id).read_build()
+    return list(range(build.video_shards if kind == "video" else build.user_shards))
+
+
+def run_all(
+    settings: Settings,
+    *,
+    retrain: bool = True,
+    epochs: int | None = None,
+    video_shards: int = 2,
+    user_shards: int = 2,
+) -> str:
+    """Every stage of the pipeline in this process, in order; returns the published snapshot id.
+
+    The same stages the recsys_pipeline DAG maps over shards: for tests, benchmarks and
+    a machine without Airflow. The DAG stays the way to run it in production.
+    """
+    params = {"retrain": retrain, "epochs": epochs, "video_shards": video_shards, "user_shards": user_shards}
+    return run_stages(settings, PIPELINE, params)["snapshot_id"]
