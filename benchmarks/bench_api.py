@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -56,13 +55,13 @@ def ensure_world(settings: Settings) -> Path:
     from rec_core.stages import run_all
     from rec_core.synthetic.commit import generate_data
 
-    data = settings.data_dir / "bench" / "api-world"
-    if live_snapshot(dataclasses.replace(settings, data_dir=data)) is not None:
+    data = settings.paths.data_dir / "bench" / "api-world"
+    if live_snapshot(settings.override(data_dir=data)) is not None:
         return data
     log.info("building the default-scale world for the API benchmark in %s (once, ~6 min)", data)
-    world = dataclasses.replace(settings, data_dir=data)
+    world = settings.override(data_dir=data)
     generate_data(world, "default", seed=settings.seed)
-    store = ModelStore(world.models_dir)
+    store = ModelStore(world.paths.models_dir)
     if store.current() is None and store.versions():
         store.promote(store.versions()[-1])  # an earlier build trained one: serving speed does not need a better one
     try:
@@ -107,7 +106,7 @@ def serve(data: Path, server: str) -> Iterator[tuple[str, int, int]]:
 
 def served_snapshot(data: Path) -> SnapshotPaths:
     """The live snapshot of the data root ``data`` (what the API started on it serves)."""
-    live = live_snapshot(dataclasses.replace(Settings.load(), data_dir=data))
+    live = live_snapshot(Settings.load().override(data_dir=data))
     if live is None:
         raise RuntimeError(f"no snapshot has been published under {data}")
     return live
@@ -168,7 +167,7 @@ def in_process(data: Path, user: str, n: int = 5000) -> dict[str, float]:
 
     from feed_api.app import create_app
 
-    settings = dataclasses.replace(Settings.load(), data_dir=data)
+    settings = Settings.load().override(data_dir=data)
     app = create_app(settings)
     body = json.dumps({"user_id": user, "limit": 20}).encode()
 

@@ -9,7 +9,6 @@ baseline shows up next to the others.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -28,10 +27,10 @@ SCALE = "default"
 def run() -> list[BenchRow]:
     settings = Settings.load()
     with tempfile.TemporaryDirectory(prefix="bench_baselines_") as tmp:
-        settings = dataclasses.replace(settings, data_dir=Path(tmp))
+        settings = settings.override(data_dir=Path(tmp))
         generate_data(settings, SCALE)
         with stopwatch() as t_split:
-            split = split_from_lake(Lake(settings.lake_dir))
+            split = split_from_lake(Lake(settings.paths.lake_dir))
     note = f"{split.n_users:,} users, {split.n_items:,} videos, {len(split.train):,} train interactions"
     rows = [BenchRow(NAME, f"temporal split, {SCALE} scale", t_split[0], "s", note)]
     for name, metrics in evaluate_baselines(split, "test").items():

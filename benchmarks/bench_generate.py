@@ -7,7 +7,6 @@ the time each stage took, so a regression points at its stage.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ SCALE = "default"
 def run() -> list[BenchRow]:
     settings = Settings.load()
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
-        settings = dataclasses.replace(settings, data_dir=Path(tmp))
+        settings = settings.override(data_dir=Path(tmp))
         with stopwatch() as t:
             summary = generate_data(settings, SCALE)
     seconds = t[0]

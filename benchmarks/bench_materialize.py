@@ -15,7 +15,6 @@ ratio ``materialize users/s / bound users/s`` is the figure to watch (target >= 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import tempfile
 from pathlib import Path
@@ -61,9 +60,9 @@ def matmul_topk_bound(users: np.ndarray, videos: np.ndarray, k: int, batch: int 
 def run() -> list[BenchRow]:
     base = Settings.load()
     with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
-        settings = dataclasses.replace(base, data_dir=Path(tmp), feed_length=500, embedding_dim=DIM)
+        settings = base.override(data_dir=Path(tmp), feed_length=500, embedding_dim=DIM)
         generate_data(settings, SCALE, seed=SEED)
-        lake = Lake(settings.lake_dir)
+        lake = Lake(settings.paths.lake_dir)
         inter_ts = lake.read("interactions", ["ts"])["ts"]
         created = lake.read("videos", ["created_at"])["created_at"]
         as_of = max(pc.max(inter_ts).as_py(), pc.max(created).as_py()) + dt.timedelta(milliseconds=1)
@@ -83,17 +82,17 @@ def run() -> list[BenchRow]:
         _write(paths.video_vectors(0, 1), "video_id", video_ids, videos)
         _write(paths.user_vectors(0, 1), "user_id", user_ids, users)
 
-        bound_before = matmul_topk_bound(users, videos, settings.feed_length)
+        bound_before = matmul_topk_bound(users, videos, settings.batch.feed_length)
         with stopwatch() as t_trend:
             build_trending(settings, paths.snapshot_id)
         with stopwatch() as t_mat:
             summary = materialize_feeds(settings, paths.snapshot_id, 0)
-        bound_after = matmul_topk_bound(users, videos, settings.feed_length)
+        bound_after = matmul_topk_bound(users, videos, settings.batch.feed_length)
 
     n = len(users)
     bound_s = (bound_before + bound_after) / 2
     mat_rate, bound_rate = n / t_mat[0], n / bound_s
-    shape = f"{n:,} users x {len(videos):,} videos, {DIM}-d, feed {settings.feed_length}"
+    shape = f"{n:,} users x {len(videos):,} videos, {DIM}-d, feed {settings.batch.feed_length}"
     rows = [
         BenchRow(NAME, "materialize throughput", mat_rate, "users/s", f"{shape}, 1 shard, end to end incl. I/O"),
         BenchRow(NAME, "bound: matmul + topk", bound_rate, "users/s", f"same vectors, batch {BATCH_USERS}, k=feed"),

@@ -83,7 +83,7 @@ def run() -> list[BenchRow]:
     cosines = (vectors["fp32"] * vectors["int8"]).sum(axis=1)
 
     with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
-        settings = Settings(data_dir=Path(tmp))
+        settings = Settings.of(data_dir=Path(tmp))
         _, cold = embed_videos_text(videos, settings, fp32)
         warm_seconds = []
         for _ in range(CACHED_REPEATS):

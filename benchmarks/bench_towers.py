@@ -11,8 +11,6 @@ cosine between their video vectors and the overlap of their top-50 lists.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -40,7 +38,7 @@ def _time(fn, inputs: list) -> float:
 
 def run() -> list[BenchRow]:
     base = Settings.load()
-    settings = dataclasses.replace(base, data_dir=base.data_dir / "bench" / "towers-world")
+    settings = base.override(data_dir=base.paths.data_dir / "bench" / "towers-world")
     generate_data(settings, "tiny", seed=42)
     data = load_lake_data(settings)
     prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))

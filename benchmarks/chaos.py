@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     # A TERM (make interrupted, a CI timeout) must still run the cleanup below: processes, the tmpfs mount.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    base = Settings.load().data_dir.resolve() / "chaos"
+    base = Settings.load().paths.data_dir.resolve() / "chaos"
     world = ensure_world(base, args.rebuild_world)
     data, logs = base / "run", base / "logs"
     if os.path.ismount(data / "inbox"):  # left by a run that was killed before its cleanup

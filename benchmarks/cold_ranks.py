@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = Settings.load()
     setup_logging(base.log_level)
-    settings = dataclasses.replace(base, data_dir=base.data_dir / "eval" / "movielens")
+    settings = base.override(data_dir=base.paths.data_dir / "eval" / "movielens")
     import_movielens(DEFAULT_PATH, settings=settings)
     data = load_lake_data(settings)
     prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = Settings.load()
     setup_logging(base.log_level)
-    out_dir = base.data_dir / "eval"
+    out_dir = base.paths.data_dir / "eval"
     variants = {"two_tower": {}} if args.no_ablations else VARIANTS
     if args.only_cold_start:
         variants = {"two_tower": {}, **MORE_VARIANTS}
@@ -166,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         variants = {**variants, **MORE_VARIANTS}
     results: dict[str, dict] = {}
     if args.only in (None, "synthetic"):
-        settings = dataclasses.replace(base, data_dir=out_dir / "synthetic")
+        settings = base.override(data_dir=out_dir / "synthetic")
         generate_data(settings, "default", seed=42)
         results["synthetic"] = evaluate_dataset(
-            settings, load_lake_data(settings), variants, settings.truth_dir, args.seeds
+            settings, load_lake_data(settings), variants, settings.paths.truth_dir, args.seeds
         )
     if args.only in (None, "movielens"):
-        settings = dataclasses.replace(base, data_dir=out_dir / "movielens")
+        settings = base.override(data_dir=out_dir / "movielens")
         import_movielens(DEFAULT_PATH, settings=settings)
         results["movielens"] = evaluate_dataset(settings, load_lake_data(settings), variants, None, args.seeds)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"benchmarks.{name}")
         rows.extend(module.run())
     table = to_markdown(rows)
-    out = settings.data_dir / "bench" / f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
+    out = settings.paths.data_dir / "bench" / f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     print(table)

@@ -139,14 +139,14 @@ def _size_mb(path: Path) -> float:
 
 def disk_sizes(data_dir: Path) -> dict[str, float]:
     """MB on disk of the lake (current version and all kept), the feature cache and the live snapshot's parts."""
-    settings = Settings(data_dir=data_dir)
-    current = Lake(settings.lake_dir, settings.lake_versions_keep).current()
+    settings = Settings.of(data_dir=data_dir)
+    current = Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep).current()
     snapshot = live_snapshot(settings)
     if snapshot is None:
         raise StageFailed(f"the run published no snapshot under {data_dir}")
     return {
         f"lake, current version ({current.name})": _size_mb(current.path),
-        "lake, all kept versions": _size_mb(settings.lake_dir),
+        "lake, all kept versions": _size_mb(settings.paths.lake_dir),
         "feature cache (features/)": _size_mb(data_dir / "features"),
         "snapshot feeds/": _size_mb(snapshot.feeds_dir),
         "snapshot vectors/": _size_mb(snapshot.vectors_dir),
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.load()
     setup_logging(settings.log_level)
-    data_dir = (args.data or settings.data_dir / "bench" / f"stages-{args.scale}").resolve()
-    user_root = settings.data_dir.resolve()
+    data_dir = (args.data or settings.paths.data_dir / "bench" / f"stages-{args.scale}").resolve()
+    user_root = settings.paths.data_dir.resolve()
     if data_dir == user_root or data_dir in user_root.parents:
         parser.error(f"--data {data_dir} would delete the data root {user_root}; name a folder of its own")
     shutil.rmtree(data_dir, ignore_errors=True)  # a fresh root, so the caption cache starts cold

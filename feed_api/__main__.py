@@ -25,24 +25,24 @@ def main() -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        auth = check_bind(settings.api_host, KeyStore(settings.keys_path))
+        auth = check_bind(settings.api.host, KeyStore(settings.paths.keys_path))
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"feed API on http://{settings.api_host}:{settings.api_port} ({settings.api_server}, "
-        f"{settings.api_workers} worker(s)); docs at /schema, data root {settings.data_dir}\n{auth}",
+        f"feed API on http://{settings.api.host}:{settings.api.port} ({settings.api.server}, "
+        f"{settings.api.workers} worker(s)); docs at /schema, data root {settings.paths.data_dir}\n{auth}",
         flush=True,
     )
-    if settings.api_server == "uvicorn":  # the default
+    if settings.api.server == "uvicorn":  # the default
         import uvicorn
 
         uvicorn.run(
             APP,
             factory=True,
-            host=settings.api_host,
-            port=settings.api_port,
-            workers=settings.api_workers,
+            host=settings.api.host,
+            port=settings.api.port,
+            workers=settings.api.workers,
             log_level=settings.log_level.lower(),
             access_log=False,
             # X-Forwarded-For is read by the app, and only from REC_API_TRUSTED_PROXIES (feed_api.request_rules);
@@ -56,10 +56,10 @@ def main() -> int:
     Granian(
         APP,
         factory=True,
-        address=settings.api_host,
-        port=settings.api_port,
+        address=settings.api.host,
+        port=settings.api.port,
         interface=Interfaces.ASGI,
-        workers=settings.api_workers,
+        workers=settings.api.workers,
         log_access=False,
     ).serve()
     return 0

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.load()
     # Online work is one user or a few videos at a time: one torch thread each avoids the pool's
     # hand-offs, which cost more than the math at that size (measured: the user tower 31 -> 10 ms).
-    torch.set_num_threads(settings.torch_threads or 1)
+    torch.set_num_threads(settings.model.torch_threads or 1)
     telemetry = Metrics()
     updates = LiveUpdates(settings, telemetry)
     reader = FeedReader(settings, updates.registry, telemetry, activity=updates.activity)
@@ -73,16 +73,16 @@ def _middleware(settings: Settings, telemetry: Metrics) -> list[Any]:
     """Outermost first: every answer is counted; floods are limited before a key is even checked; the key
     before the body's type."""
     middleware: list[Any] = [metrics_middleware(telemetry)]
-    if settings.api_rate_limit:
+    if settings.api.rate_limit:
         middleware.append(
             RateLimitConfig(
-                rate_limit=("second", settings.api_rate_limit),
+                rate_limit=("second", settings.api.rate_limit),
                 exclude=["/health", "/ready", "/metrics"],
-                identifier_for_request=client_address(parse_networks(settings.api_trusted_proxies)),
+                identifier_for_request=client_address(parse_networks(settings.api.trusted_proxies)),
             ).middleware
         )
-    keys = KeyStore(settings.keys_path)
-    return [*middleware, auth_middleware(keys, host=settings.api_host), json_only_middleware]
+    keys = KeyStore(settings.paths.keys_path)
+    return [*middleware, auth_middleware(keys, host=settings.api.host), json_only_middleware]
 
 
 @asynccontextmanager

@@ -29,7 +29,7 @@ class InboxFollower:
         self.settings = settings
         self._inbox = inbox
         self._posted = posted
-        self.users = UserStates(settings.api_users_max, settings.api_user_videos_max)
+        self.users = UserStates(settings.api.users_max, settings.api.user_videos_max)
         self._users_of: str | None = None  # the snapshot whose inbox offsets self.users was replayed from
         self._inbox_offsets: dict[str, int] | None = None
 
@@ -52,8 +52,10 @@ class InboxFollower:
 
     def _rebuild(self, live: SnapshotView | None) -> None:
         snapshot_id, since = self._replay_from(live)
-        users = UserStates(self.settings.api_users_max, self.settings.api_user_videos_max)
-        offsets = self._read(users, since if since is not None else consumed_offsets(self.settings.inbox_dir), live)
+        users = UserStates(self.settings.api.users_max, self.settings.api.user_videos_max)
+        offsets = self._read(
+            users, since if since is not None else consumed_offsets(self.settings.paths.inbox_dir), live
+        )
         self.users, self._users_of = users, snapshot_id
         # Records this process accepted while the replay ran were applied to the old state only; being durable
         # before they are applied, they are all in the inbox now: read them once more into the new state (one
@@ -72,9 +74,9 @@ class InboxFollower:
         offsets = dict(since)
         while True:
             batch = read_new(
-                self.settings.inbox_dir,
+                self.settings.paths.inbox_dir,
                 offsets,
-                max_bytes=self.settings.api_inbox_read_bytes,
+                max_bytes=self.settings.api.inbox_read_bytes,
                 skip=self._inbox.owns if skip_own else None,
             )
             offsets.update(batch.offsets)

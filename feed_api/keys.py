@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         if getattr(args, "data_dir", None):
             env["REC_DATA_DIR"] = str(args.data_dir)
-        store = KeyStore(Settings.load(env).keys_path)
+        store = KeyStore(Settings.load(env).paths.keys_path)
         if args.command == "create":
             key, token = store.create(parse_scopes(args.scopes), args.name)
             print(f"created key {key.key_id} ({', '.join(key.scopes)}) in {store.path}", file=sys.stderr)

@@ -54,7 +54,7 @@ class LiveUpdates:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self._metrics = metrics
-        self.inbox = InboxWriter(settings.inbox_dir)
+        self.inbox = InboxWriter(settings.paths.inbox_dir)
         self.posted = PostedVideos(settings, self.inbox, metrics)
         self.follower = InboxFollower(settings, self.inbox, self.posted)
         self.registry = SnapshotRegistry(settings, on_loaded=self.posted.adopt)
@@ -83,7 +83,7 @@ class LiveUpdates:
         self.inbox.close()
 
     def _background(self) -> None:
-        interval = self.settings.api_reload_ms / 1000
+        interval = self.settings.api.reload_ms / 1000
         while True:
             try:
                 self.follower.follow(self.registry.live)

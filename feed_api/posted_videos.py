@@ -114,7 +114,7 @@ class PostedVideos:
                 self._videos[p["video_id"]] = p
                 self._videos.move_to_end(p["video_id"])
             evicted = []
-            while len(self._videos) > self._settings.api_posted_videos_max:
+            while len(self._videos) > self._settings.api.posted_videos_max:
                 evicted.append(self._videos.popitem(last=False)[0])
         if evicted and view is not None:
             self._forget_added(view, evicted)
@@ -134,7 +134,7 @@ class PostedVideos:
             view.store.upsert(updated, view.video_vectors[[view.video_code[v] for v in updated]])
 
     def _encoder(self, view: SnapshotView) -> TextEncoder:
-        model = view.model.config.get("text_model", self._settings.text_model)
+        model = view.model.config.get("text_model", self._settings.model.text_model)
         with self._encoders_lock:  # seconds to load: once per process, not once per racing caller
             if model not in self._encoders:
                 self._encoders[model] = TextEncoder(model)

@@ -52,9 +52,11 @@ class FeedReader:
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.signer = CursorSigner(cursor_secret(settings.cursor_secret, settings.data_dir), settings.cursor_ttl_s)
+        self.signer = CursorSigner(
+            cursor_secret(settings.api.cursor_secret, settings.paths.data_dir), settings.api.cursor_ttl_s
+        )
         self.vectors = LiveVectors()
-        self.policy = FeedPolicy(feed_length=settings.feed_length)
+        self.policy = FeedPolicy(feed_length=settings.batch.feed_length)
         self._metrics = metrics
         self._activity = activity
 

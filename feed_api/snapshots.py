@@ -114,7 +114,7 @@ class SnapshotRegistry:
         return self.live.snapshot_id if self.live else None
 
     def _evict(self) -> None:
-        keep = self._settings.snapshots_keep + 1
+        keep = self._settings.batch.snapshots_keep + 1
         for snapshot_id in list(self._views):
             if len(self._views) <= keep:
                 break
@@ -124,6 +124,6 @@ class SnapshotRegistry:
     def _forget_pruned(self) -> None:
         with self._lock:
             for snapshot_id, view in list(self._views.items()):
-                if not (self._settings.snapshots_dir / snapshot_id).is_dir() and view is not self.live:
+                if not (self._settings.paths.snapshots_dir / snapshot_id).is_dir() and view is not self.live:
                     log.info("snapshot %s was pruned; its cursors now expire", snapshot_id)
                     self._closing.append(self._views.pop(snapshot_id))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -25,7 +24,7 @@ def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if getattr(args, "data_dir", None) is not None:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+        settings = settings.override(data_dir=args.data_dir)
     if logging:
         setup_logging(settings.log_level)
     apply_torch_threads(settings)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     promote_p.add_argument("version")
     args = parser.parse_args(argv)
     settings = settings_for(args, logging=False)
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     try:
         if args.command == "list":
             print(list_versions(store))

@@ -47,7 +47,7 @@ def format_list(settings: Settings) -> str:
             )
         )
     if len(rows) == 1:
-        return f"no snapshots under {settings.snapshots_dir}"
+        return f"no snapshots under {settings.paths.snapshots_dir}"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

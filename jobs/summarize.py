@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_results(results))
-    print(f"\nWarehouse: {settings.warehouse_path} (open it with duckdb; `SHOW TABLES` lists the views)")
+    print(f"\nWarehouse: {settings.paths.warehouse_path} (open it with duckdb; `SHOW TABLES` lists the views)")
     return 0
 
 

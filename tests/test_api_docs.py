@@ -93,7 +93,7 @@ def test_docs_module_serves_the_swagger_ui_from_the_installed_package() -> None:
 
 @pytest.fixture
 def app_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+    return Settings.of(data_dir=tmp_path / "data")
 
 
 def test_feed_api_docs_page_loads_no_script_or_style_from_a_cdn(app_settings: Settings) -> None:
@@ -112,7 +112,7 @@ def test_feed_api_docs_assets_need_no_key_where_keys_are_required(app_settings: 
     from feed_api.docs import ASSETS_PATH
     from feed_api.keys import KeyStore
 
-    _, token = KeyStore(app_settings.keys_path).create(("feed:read",))
+    _, token = KeyStore(app_settings.paths.keys_path).create(("feed:read",))
     with TestClient(create_app(app_settings)) as client:
         assert client.get("/schema").status_code == 401  # the page itself is the app's to guard
         reply = client.get(f"{ASSETS_PATH}/swagger-ui-bundle.js")

@@ -142,7 +142,7 @@ def test_task_settings_cap_torch_threads(tmp_path: Path) -> None:
     script = """
 import json, sys
 from rec_core.runtime import job_settings
-first = job_settings().torch_threads
+first = job_settings().model.torch_threads
 import torch
 after_import = torch.get_num_threads()
 torch.set_num_threads(2)

@@ -119,18 +119,18 @@ def test_every_service_has_an_image_and_ours_build_one_image_from_the_dockerfile
 
 
 def test_every_rec_variable_is_a_real_setting_and_loads(services: dict[str, dict]) -> None:
-    from rec_core.settings import Settings
+    from rec_core.settings import Settings, variable_names
 
     text = COMPOSE.read_text()
     named = set(re.findall(r"\bREC_[A-Z0-9_]+", text))
-    fields = {f"REC_{name.upper()}" for name in Settings.__dataclass_fields__}
+    fields = set(variable_names())
     assert named, "the compose file wires nothing by REC_* settings"
     assert named <= fields, f"not settings of rec_core.settings.Settings: {sorted(named - fields)}"
     for name, service in _ours(services).items():
         env = {k: v for k, v in _env(service).items() if k.startswith("REC_")}
         settings = Settings.load(env)  # a bad value raises SettingsError naming it
-        assert str(settings.data_dir) == "/data", name
-        assert urlsplit(settings.milvus_uri).hostname == "milvus" and "milvus" in services, name
+        assert str(settings.paths.data_dir) == "/data", name
+        assert urlsplit(settings.paths.milvus_uri).hostname == "milvus" and "milvus" in services, name
     api = next(s for s in services.values() if _command(s) == ["python", "-m", "feed_api"])
     assert _env(api)["REC_API_HOST"] == "0.0.0.0"
 
@@ -308,7 +308,7 @@ def test_generation_commands_in_env_example_give_usable_values() -> None:
             ).stdout.strip()
     assert set(values) == _required_variables()
     Fernet(values["AIRFLOW_FERNET_KEY"].encode())  # raises on a malformed key
-    Settings(cursor_secret=values["REC_CURSOR_SECRET"])  # 16+ characters
+    Settings.of(cursor_secret=values["REC_CURSOR_SECRET"])  # 16+ characters
     assert len(values["MINIO_ROOT_USER"]) >= 3 and len(values["MINIO_ROOT_PASSWORD"]) >= 8
     assert re.fullmatch(r"[\w-]+", values["POSTGRES_PASSWORD"]), "it goes into database URLs unescaped"
 

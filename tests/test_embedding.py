@@ -44,17 +44,17 @@ VIDEO_SHARDS, USER_SHARDS = 3, 2
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, SnapshotPaths]:
     """A tiny world, a briefly trained model, and a begun snapshot whose shards are all embedded."""
-    settings = dataclasses.replace(Settings.load({}), data_dir=tmp_path_factory.mktemp("embed") / "data")
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("embed") / "data")
     generate_data(settings, "tiny", seed=1)
-    version = train_version(settings, TrainConfig(embedding_dim=settings.embedding_dim, epochs=2, batch_size=256))
+    version = train_version(settings, TrainConfig(embedding_dim=settings.model.embedding_dim, epochs=2, batch_size=256))
     paths = begin_snapshot(
         settings,
         model_version=version,
-        lake_version=Lake(settings.lake_dir).current().name,
+        lake_version=Lake(settings.paths.lake_dir).current().name,
         as_of=dt.datetime.now(dt.UTC),
         video_shards=VIDEO_SHARDS,
         user_shards=USER_SHARDS,
-        embedding_dim=settings.embedding_dim,
+        embedding_dim=settings.model.embedding_dim,
     )
     for shard in range(VIDEO_SHARDS):
         embed_videos(settings, paths.snapshot_id, shard)
@@ -118,7 +118,7 @@ def test_reruns_give_the_same_bytes_and_leave_no_temp_files(snapshot: tuple[Sett
 
 def test_cli_runs_one_shard(snapshot: tuple[Settings, SnapshotPaths], capsys: pytest.CaptureFixture[str]) -> None:
     settings, paths = snapshot
-    args = ["--snapshot", paths.snapshot_id, "--data-dir", str(settings.data_dir)]
+    args = ["--snapshot", paths.snapshot_id, "--data-dir", str(settings.paths.data_dir)]
     assert embed_videos_main([*args, "--shard", "0"]) == 0
     assert '"rows"' in capsys.readouterr().out
     assert embed_videos_main([*args, "--shard", "9"]) == 2

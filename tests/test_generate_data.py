@@ -43,7 +43,7 @@ class Generated:
 
 
 def _generate(data_dir: Path, seed: int = SEED, **kwargs: int) -> dict:
-    return generate_data(Settings(data_dir=data_dir), "tiny", seed=seed, **kwargs)
+    return generate_data(Settings.of(data_dir=data_dir), "tiny", seed=seed, **kwargs)
 
 
 def _manifest_sha(data_dir: Path) -> dict[str, str]:
@@ -57,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Generated:
     summary = _generate(data_dir)
     lake = Lake(data_dir / "lake")
     tables = {name: lake.read(name) for name in TABLES}
-    return Generated(Settings(data_dir=data_dir), summary, tables, load_truth(data_dir / "truth"))
+    return Generated(Settings.of(data_dir=data_dir), summary, tables, load_truth(data_dir / "truth"))
 
 
 def _top_share(counts: np.ndarray, fraction: float) -> float:
@@ -85,7 +85,7 @@ def test_summary_reports_counts_version_and_time(world: Generated) -> None:
 
 def test_same_seed_gives_identical_tables_and_rerun_changes_nothing(world: Generated, tmp_path: Path) -> None:
     summary = _generate(tmp_path)
-    assert _manifest_sha(tmp_path) == _manifest_sha(world.settings.data_dir)
+    assert _manifest_sha(tmp_path) == _manifest_sha(world.settings.paths.data_dir)
     again = _generate(tmp_path)
     assert again["lake_version"] == summary["lake_version"] == "v000001"
     assert again["lake_changed"] is False
@@ -94,7 +94,7 @@ def test_same_seed_gives_identical_tables_and_rerun_changes_nothing(world: Gener
 
 def test_different_seed_gives_different_tables(world: Generated, tmp_path: Path) -> None:
     _generate(tmp_path, seed=SEED + 1)
-    mine, theirs = _manifest_sha(tmp_path), _manifest_sha(world.settings.data_dir)
+    mine, theirs = _manifest_sha(tmp_path), _manifest_sha(world.settings.paths.data_dir)
     assert all(mine[name] != theirs[name] for name in TABLES)
 
 
@@ -303,7 +303,7 @@ def test_platform_counts_are_consistent(world: Generated) -> None:
 def test_truth_round_trips_and_matches_the_lake(world: Generated) -> None:
     t = world.truth
     assert t.params["seed"] == SEED and t.params["lake_version"] == world.summary["lake_version"]
-    assert t.params["lake_sha256"] == _manifest_sha(world.settings.data_dir)
+    assert t.params["lake_sha256"] == _manifest_sha(world.settings.paths.data_dir)
     assert len(t.taxonomy.topics) >= 10 and len(t.taxonomy.subtopics) >= 40
     assert t.user_latent.shape == (300, t.subtopic_latent.shape[1]) and t.video_latent.shape[0] == 1_500
     np.testing.assert_allclose(np.linalg.norm(t.video_latent, axis=1), 1.0, atol=1e-5)

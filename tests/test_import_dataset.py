@@ -45,11 +45,11 @@ def rows_by(table: pa.Table, key: str) -> dict[str, dict]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+    return Settings.of(data_dir=tmp_path / "data")
 
 
 def lake_of(settings: Settings) -> Lake:
-    return Lake(settings.lake_dir, settings.lake_versions_keep)
+    return Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep)
 
 
 # ---- a complete, valid data set --------------------------------------------------
@@ -230,7 +230,7 @@ def test_happy_path_parquet_matches_csv(tmp_path: Path, settings: Settings) -> N
     report = import_dataset(**full_parquet(tmp_path / "pq"), settings=settings)
     assert report.status == "committed" and report.skipped_total == 0
 
-    csv_settings = Settings(data_dir=tmp_path / "csv_data")
+    csv_settings = Settings.of(data_dir=tmp_path / "csv_data")
     import_dataset(**full_csv(tmp_path / "csv"), settings=csv_settings)
     pq_lake, csv_lake = lake_of(settings), lake_of(csv_settings)
     for table in ("videos", "interactions", "users"):
@@ -572,7 +572,7 @@ def test_examples_are_capped_at_three(tmp_path: Path, settings: Settings) -> Non
 
 def test_strict_rejects_and_leaves_the_lake_alone(tmp_path: Path, settings: Settings) -> None:
     import_dataset(**full_csv(tmp_path / "good"), settings=settings)
-    lake_dir = settings.lake_dir
+    lake_dir = settings.paths.lake_dir
     before = (lake_dir / "CURRENT").read_text(), (lake_dir / "v000001" / "manifest.json").read_text()
 
     with pytest.raises(RejectedError) as err:
@@ -584,7 +584,7 @@ def test_strict_rejects_and_leaves_the_lake_alone(tmp_path: Path, settings: Sett
 
     # The same through the CLI: exit 1, the reason on stderr, still nothing written.
     bad = bad_dataset(tmp_path / "bad2")
-    argv = [f"--{t}={p}" for t, p in bad.items()] + ["--strict", f"--data-dir={settings.data_dir}"]
+    argv = [f"--{t}={p}" for t, p in bad.items()] + ["--strict", f"--data-dir={settings.paths.data_dir}"]
     assert main(argv) == 1
     assert lake_of(settings).versions() == ["v000001"]
     assert (lake_dir / "CURRENT").read_text() == before[0]
@@ -609,15 +609,15 @@ def test_missing_required_column_names_file_and_column(
 ) -> None:
     files = full_csv(tmp_path / "in")
     import_dataset(**files, settings=settings)  # a live lake that must survive
-    current = (settings.lake_dir / "CURRENT").read_text()
+    current = (settings.paths.lake_dir / "CURRENT").read_text()
     df = pl.read_csv(files[table], infer_schema=False).drop(column)
     df.write_csv(files[table])
 
-    argv = [f"--{t}={p}" for t, p in files.items()] + [f"--data-dir={settings.data_dir}"]
+    argv = [f"--{t}={p}" for t, p in files.items()] + [f"--data-dir={settings.paths.data_dir}"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(files[table]) in err and repr(column) in err
-    assert (settings.lake_dir / "CURRENT").read_text() == current
+    assert (settings.paths.lake_dir / "CURRENT").read_text() == current
     assert lake_of(settings).versions() == ["v000001"]
 
 
@@ -634,12 +634,12 @@ def test_unusable_file_is_an_input_error(tmp_path: Path, settings: Settings, nam
 def test_rerun_is_idempotent(tmp_path: Path, settings: Settings) -> None:
     files = full_csv(tmp_path / "in")
     first = import_dataset(**files, settings=settings)
-    manifest = (settings.lake_dir / "v000001" / "manifest.json").read_text()
+    manifest = (settings.paths.lake_dir / "v000001" / "manifest.json").read_text()
     second = import_dataset(**files, settings=settings)
     assert (first.status, second.status) == ("committed", "unchanged")
     assert first.lake_version == second.lake_version == "v000001"
     assert lake_of(settings).versions() == ["v000001"]
-    assert (settings.lake_dir / "v000001" / "manifest.json").read_text() == manifest
+    assert (settings.paths.lake_dir / "v000001" / "manifest.json").read_text() == manifest
     # Same content in another format is the same lake content too.
     follows_csv = files["follows"]
     third = import_dataset(**{**full_parquet(tmp_path / "pq"), "follows": follows_csv}, settings=settings)
@@ -683,20 +683,20 @@ def test_cli_report_json_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.fixture
 def confined(tmp_path: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "data")
-    settings.import_root.mkdir(parents=True)
+    settings = Settings.of(data_dir=tmp_path / "data")
+    settings.paths.import_root.mkdir(parents=True)
     return settings
 
 
 def test_import_root_defaults_under_the_data_root_and_follows_the_setting(tmp_path: Path) -> None:
-    assert Settings(data_dir=tmp_path).import_root == tmp_path / "import"
-    assert Settings(data_dir=tmp_path, import_dir=str(tmp_path / "drop")).import_root == tmp_path / "drop"
+    assert Settings.of(data_dir=tmp_path).paths.import_root == tmp_path / "import"
+    assert Settings.of(data_dir=tmp_path, import_dir=str(tmp_path / "drop")).paths.import_root == tmp_path / "drop"
 
 
 def test_a_file_inside_the_import_folder_is_accepted(confined: Settings) -> None:
     from rec_core.data.import_paths import resolve_import_path
 
-    root = confined.import_root
+    root = confined.paths.import_root
     (root / "batch1").mkdir()
     target = write_csv(root / "batch1" / "videos.csv", VIDEO_HEADER, VIDEO_ROWS)
     resolved = root.resolve() / "batch1" / "videos.csv"
@@ -713,7 +713,7 @@ def test_a_file_inside_the_import_folder_is_accepted(confined: Settings) -> None
 def test_paths_leading_outside_the_import_folder_are_refused(tmp_path: Path, confined: Settings, kind: str) -> None:
     from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
-    root = confined.import_root
+    root = confined.paths.import_root
     outside = write_csv(tmp_path / "secret.csv", VIDEO_HEADER, VIDEO_ROWS)
     (tmp_path / "outdir").mkdir()
     write_csv(tmp_path / "outdir" / "videos.csv", VIDEO_HEADER, VIDEO_ROWS)
@@ -749,7 +749,7 @@ def test_etc_passwd_through_dotdot_is_refused(confined: Settings) -> None:
 def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Settings) -> None:
     from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
-    root = confined.import_root
+    root = confined.paths.import_root
     with pytest.raises(ImportPathError, match=r"'videos'.*does not exist"):
         resolve_import_path(confined, "nope.csv", "videos")
     (root / "sub").mkdir()
@@ -764,7 +764,7 @@ def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Se
 def test_missing_import_folder_says_how_to_create_it(tmp_path: Path) -> None:
     from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings.of(data_dir=tmp_path / "data")
     with pytest.raises(ImportPathError, match=r"import folder .*import does not exist"):
         resolve_import_path(settings, "videos.csv", "videos")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import subprocess
@@ -22,7 +21,7 @@ AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
 @pytest.fixture
 def lake_settings(tmp_path: Path) -> Settings:
-    settings = dataclasses.replace(Settings.load({}), data_dir=tmp_path / "data")
+    settings = Settings.load({}).override(data_dir=tmp_path / "data")
     generate_data(settings, "tiny", seed=2)
     return settings
 
@@ -52,10 +51,10 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_ingest_folds_events_upserts_and_is_idempotent(lake_settings: Settings) -> None:
-    lake = Lake(lake_settings.lake_dir)
+    lake = Lake(lake_settings.paths.lake_dir)
     before = lake.read("interactions").num_rows
     user = lake.read("users")["user_id"][0].as_py()
-    writer = InboxWriter(lake_settings.inbox_dir)
+    writer = InboxWriter(lake_settings.paths.inbox_dir)
     writer.append(
         "video",
         {
@@ -96,13 +95,13 @@ def test_ingest_folds_events_upserts_and_is_idempotent(lake_settings: Settings) 
 
 
 def test_crash_after_commit_before_marking_duplicates_nothing(lake_settings: Settings) -> None:
-    lake = Lake(lake_settings.lake_dir)
-    writer = InboxWriter(lake_settings.inbox_dir)
+    lake = Lake(lake_settings.paths.lake_dir)
+    writer = InboxWriter(lake_settings.paths.inbox_dir)
     video = lake.read("videos")["video_id"][0].as_py()
     writer.append("event", {"user_id": "ux", "video_id": video, "type": "watch", "completion": 0.5}, AT)
     ingest_inbox(lake_settings)
     rows = lake.read("interactions").num_rows
-    (lake_settings.inbox_dir / "consumed.json").unlink()  # as if the run died before recording its offsets
+    (lake_settings.paths.inbox_dir / "consumed.json").unlink()  # as if the run died before recording its offsets
     ingest_inbox(lake_settings)
     assert lake.read("interactions").num_rows == rows
 
@@ -144,15 +143,15 @@ def test_an_update_to_a_catalogue_video_keeps_its_engagement(lake_settings: Sett
     """A key allowed to update videos changes what the uploader describes (caption, hashtags, creator stats);
     what users did with the video (views, likes, comments, shares) and when it appeared are the platform's record:
     an update must not reset them to zero."""
-    lake = Lake(lake_settings.lake_dir)
+    lake = Lake(lake_settings.paths.lake_dir)
     before = {r["video_id"]: r for r in lake.read("videos").to_pylist()}
     vid = max(before, key=lambda v: before[v]["views"])
     assert before[vid]["views"] > 0
     update = {"video_id": vid, "caption": "a better caption", "hashtags": ["new"], "duration": 12.0}
     update |= {"width": 720, "height": 1280, "user_followers": 5, "user_likes": 6}
-    InboxWriter(lake_settings.inbox_dir).append("video", update, AT)
+    InboxWriter(lake_settings.paths.inbox_dir).append("video", update, AT)
     ingest_inbox(lake_settings)
-    after = {r["video_id"]: r for r in Lake(lake_settings.lake_dir).read("videos").to_pylist()}[vid]
+    after = {r["video_id"]: r for r in Lake(lake_settings.paths.lake_dir).read("videos").to_pylist()}[vid]
     assert after["caption"] == "a better caption" and after["hashtags"] == ["new"] and after["creator_followers"] == 5
     for counter in ("views", "likes", "comments", "shares", "created_at"):
         assert after[counter] == before[vid][counter], counter

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -29,19 +28,19 @@ AT = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 @pytest.fixture
 def world(tmp_path: Path) -> Settings:
     # Keep ONE lake version: every commit then prunes everything but the live version and what snapshots pin.
-    settings = dataclasses.replace(Settings.load({}), data_dir=tmp_path / "data", lake_versions_keep=1)
+    settings = Settings.load({}).override(data_dir=tmp_path / "data", lake_versions_keep=1)
     generate_data(settings, "tiny", seed=3)
     return settings
 
 
 def _ingest_one_event(settings: Settings, user_id: str) -> str:
-    video = Lake(settings.lake_dir).read("videos")["video_id"][0].as_py()
-    InboxWriter(settings.inbox_dir).append("event", {"user_id": user_id, "video_id": video, "type": "like"}, AT)
+    video = Lake(settings.paths.lake_dir).read("videos")["video_id"][0].as_py()
+    InboxWriter(settings.paths.inbox_dir).append("event", {"user_id": user_id, "video_id": video, "type": "like"}, AT)
     return ingest_inbox(settings)["lake_version"]
 
 
 def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> None:
-    built_from = Lake(world.lake_dir).current().name
+    built_from = Lake(world.paths.lake_dir).current().name
     paths = begin_snapshot(
         world,
         model_version="m-test",
@@ -53,7 +52,7 @@ def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> Non
     )
     for i in range(3):  # each through a real writer job; with keep=1 each would prune the snapshot's version
         assert _ingest_one_event(world, f"late{i}") != built_from
-    assert built_from in Lake(world.lake_dir).versions()
+    assert built_from in Lake(world.paths.lake_dir).versions()
     build = paths.read_build()
     assert read_lake_table(world, build, "videos").num_rows > 0  # what the embed stages and validation read
     assert read_lake_table(world, build, "interactions").num_rows > 0
@@ -61,23 +60,23 @@ def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> Non
     # Once the snapshot is gone, its lake version is an ordinary old version again.
     shutil.rmtree(paths.root)
     _ingest_one_event(world, "later")
-    assert built_from not in Lake(world.lake_dir).versions()
+    assert built_from not in Lake(world.paths.lake_dir).versions()
 
 
 def test_regenerating_the_world_keeps_the_version_a_snapshot_reads(world: Settings) -> None:
-    built_from = Lake(world.lake_dir).current().name
+    built_from = Lake(world.paths.lake_dir).current().name
     begin_snapshot(
         world, model_version="m-test", lake_version=built_from, as_of=AT, video_shards=1, user_shards=1, embedding_dim=8
     )
     for seed in (4, 5):  # whole-lake replacements prune like any commit
         generate_data(world, "tiny", seed=seed)
-    assert built_from in Lake(world.lake_dir).versions()
+    assert built_from in Lake(world.paths.lake_dir).versions()
 
 
 def test_ingest_retries_when_an_import_lands_during_its_merge(world: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    lake = Lake(world.lake_dir)
+    lake = Lake(world.paths.lake_dir)
     video = lake.read("videos")["video_id"][0].as_py()
-    InboxWriter(world.inbox_dir).append("event", {"user_id": "from_inbox", "video_id": video, "type": "like"}, AT)
+    InboxWriter(world.paths.inbox_dir).append("event", {"user_id": "from_inbox", "video_id": video, "type": "like"}, AT)
     real_merge = ingest_job.merge
     calls: list[str] = []
 
@@ -101,15 +100,15 @@ def test_ingest_retries_when_an_import_lands_during_its_merge(world: Settings, m
     assert {"from_import", "from_inbox"} <= ids
     assert summary["lake_version"] == lake.current().name
     assert any(r["user_id"] == "from_inbox" for r in lake.read("interactions").to_pylist())
-    assert consumed_offsets(world.inbox_dir)  # consumed only once the commit landed
+    assert consumed_offsets(world.paths.inbox_dir)  # consumed only once the commit landed
 
 
 def test_ingest_that_keeps_losing_the_race_consumes_nothing(world: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from rec_core.data.lake import LakeConflict
 
-    lake = Lake(world.lake_dir)
+    lake = Lake(world.paths.lake_dir)
     video = lake.read("videos")["video_id"][0].as_py()
-    InboxWriter(world.inbox_dir).append("event", {"user_id": "from_inbox", "video_id": video, "type": "like"}, AT)
+    InboxWriter(world.paths.inbox_dir).append("event", {"user_id": "from_inbox", "video_id": video, "type": "like"}, AT)
     real_merge = ingest_job.merge
     n = iter(range(1000))
 
@@ -122,7 +121,7 @@ def test_ingest_that_keeps_losing_the_race_consumes_nothing(world: Settings, mon
     monkeypatch.setattr(ingest_job, "merge", merge_then_import)
     with pytest.raises(LakeConflict, match="moved"):
         ingest_inbox(world)
-    assert consumed_offsets(world.inbox_dir) == {}
+    assert consumed_offsets(world.paths.inbox_dir) == {}
     assert "from_inbox" not in lake.read("users")["user_id"].to_pylist()
 
 
@@ -134,14 +133,16 @@ def test_live_and_rollback_snapshots_stay_loadable_after_lake_commits(api_world:
     )
     first = live_snapshot_id(settings)
     assert first is not None
-    video = Lake(settings.lake_dir).read("videos")["video_id"][0].as_py()
-    InboxWriter(settings.inbox_dir).append("event", {"user_id": "newcomer", "video_id": video, "type": "like"}, AT)
+    video = Lake(settings.paths.lake_dir).read("videos")["video_id"][0].as_py()
+    InboxWriter(settings.paths.inbox_dir).append(
+        "event", {"user_id": "newcomer", "video_id": video, "type": "like"}, AT
+    )
     second = run_all(settings, retrain=False, video_shards=1, user_shards=1)  # ingests, then builds on the new version
     versions = {s: snapshot_paths(settings, s).read_build().lake_version for s in (first, second)}
     assert versions[first] != versions[second]
     for i in range(2):
         _ingest_one_event(settings, f"after{i}")
-    assert Lake(settings.lake_dir).current().name not in versions.values()
+    assert Lake(settings.paths.lake_dir).current().name not in versions.values()
 
     # A restart loads the live snapshot; a rollback loads the one before: each from its own folder alone.
     for snapshot_id in (second, rollback(settings)):

@@ -45,7 +45,7 @@ def _write_vectors(path: Path, id_column: str, ids: list[str], rng: np.random.Ge
 
 
 def _begin(settings: Settings, video_ids: list[str], user_ids: list[str]) -> SnapshotPaths:
-    lake = Lake(settings.lake_dir)
+    lake = Lake(settings.paths.lake_dir)
     paths = begin_snapshot(
         settings,
         model_version="m-test",
@@ -69,9 +69,9 @@ def _begin(settings: Settings, video_ids: list[str], user_ids: list[str]) -> Sna
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("materialize")
-    settings = dataclasses.replace(Settings.load({}), data_dir=root / "data", feed_length=FEED)
+    settings = Settings.load({}).override(data_dir=root / "data", feed_length=FEED)
     generate_data(settings, "tiny", seed=1)
-    lake = Lake(settings.lake_dir)
+    lake = Lake(settings.paths.lake_dir)
     video_ids = lake.read("videos", ["video_id"])["video_id"].to_pylist()
     user_ids = sorted([*lake.read("users", ["user_id"])["user_id"].to_pylist(), NO_HISTORY_USER])
     paths = _begin(settings, video_ids, user_ids)
@@ -81,7 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 def _lake(world: World, table: str) -> pl.DataFrame:
-    out = pl.from_arrow(Lake(world.settings.lake_dir).read(table))
+    out = pl.from_arrow(Lake(world.settings.paths.lake_dir).read(table))
     assert isinstance(out, pl.DataFrame)
     return out
 
@@ -267,7 +267,7 @@ def test_validator_catches_broken_feeds(world: World) -> None:
 
 
 def test_missing_vectors_are_a_clear_error(world: World) -> None:
-    lake = Lake(world.settings.lake_dir)
+    lake = Lake(world.settings.paths.lake_dir)
     paths = begin_snapshot(
         world.settings,
         model_version="m-empty",
@@ -285,7 +285,7 @@ def test_missing_vectors_are_a_clear_error(world: World) -> None:
 
 
 def test_cli(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    data_dir = str(world.settings.data_dir)
+    data_dir = str(world.settings.paths.data_dir)
     assert main(["--snapshot", world.paths.snapshot_id, "--trending", "--data-dir", data_dir]) == 0
     assert '"rows": 200' in capsys.readouterr().out
     assert main(["--snapshot", world.paths.snapshot_id, "--shard", "0", "--data-dir", data_dir]) == 0

@@ -42,7 +42,7 @@ class Versions:
 
     @property
     def store(self) -> ModelStore:
-        return ModelStore(self.settings.models_dir)
+        return ModelStore(self.settings.paths.models_dir)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def versions(api_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Versi
     pristine = api_world.parent / "pristine"
     for part in ("lake", "features"):
         shutil.copytree(pristine / part, data / part)
-    settings = dataclasses.replace(Settings.load({}), data_dir=data)
+    settings = Settings.load({}).override(data_dir=data)
     lake = load_lake_data(settings)
     older = train_version(settings, CONFIG, lake)
     newer = train_version(settings, CONFIG, lake)
@@ -62,7 +62,7 @@ def versions(api_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Versi
 def _cli(versions: Versions, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """``jobs.models.main`` in this process: (exit status, stdout, stderr)."""
     capsys.readouterr()
-    code = models_main(["--data-dir", str(versions.settings.data_dir), *argv])
+    code = models_main(["--data-dir", str(versions.settings.paths.data_dir), *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -121,7 +121,7 @@ def test_models_cli_lists_shows_and_promotes_the_older_version(
     # The real entry point, in its own process: promote the newer one first.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.models", "--data-dir", str(versions.settings.data_dir), "promote", newer],
+        [sys.executable, "-m", "jobs.models", "--data-dir", str(versions.settings.paths.data_dir), "promote", newer],
         capture_output=True,
         text=True,
         env=env,

@@ -36,7 +36,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 def lake_of(settings: Settings) -> Lake:
-    return Lake(settings.lake_dir, settings.lake_versions_keep)
+    return Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep)
 
 
 # ---- the real data set ----------------------------------------------------------------
@@ -46,7 +46,7 @@ def lake_of(settings: Settings) -> Lake:
 def ml_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, ImportReport]:
     if not (ML_SMALL / "ratings.csv").is_file():
         pytest.skip(f"MovieLens small data set not found at {ML_SMALL}")
-    settings = Settings(data_dir=tmp_path_factory.mktemp("ml") / "data")
+    settings = Settings.of(data_dir=tmp_path_factory.mktemp("ml") / "data")
     report = import_movielens(ML_SMALL, settings=settings)
     return settings, report
 
@@ -150,7 +150,7 @@ def small_movielens(folder: Path, ratings: list[list[object]] | None = None) -> 
 
 
 def test_small_folder_mapping_and_tag_filter(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings.of(data_dir=tmp_path / "data")
     report = import_movielens(small_movielens(tmp_path / "ml"), settings=settings)
     assert report.status == "committed" and report.skipped_total == 0
     lake = lake_of(settings)
@@ -188,7 +188,7 @@ def test_bad_movielens_rows_go_through_the_canonical_validation(tmp_path: Path) 
             [6, 1, 3.0, "soon"],  # unparseable ts
         ],
     )
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings.of(data_dir=tmp_path / "data")
     report = import_movielens(folder, settings=settings)
     got = {(b.table, b.reason, b.column): b.count for b in report.bad_rows}
     assert got == {
@@ -200,7 +200,7 @@ def test_bad_movielens_rows_go_through_the_canonical_validation(tmp_path: Path) 
     }
     assert lake_of(settings).read("interactions").num_rows == 1
     with pytest.raises(RejectedError):
-        import_movielens(folder, strict=True, settings=Settings(data_dir=tmp_path / "strict"))
+        import_movielens(folder, strict=True, settings=Settings.of(data_dir=tmp_path / "strict"))
     assert not (tmp_path / "strict").exists()
 
 

@@ -284,20 +284,20 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
     assert run.state == "success"
     first = live_snapshot_id(settings)
     assert first is not None
-    snapshot = settings.snapshots_dir / first
+    snapshot = settings.paths.snapshots_dir / first
     manifest = json.loads((snapshot / "manifest.json").read_text())
     assert manifest["snapshot_id"] == first and manifest["counts"]["feed_users"] == manifest["counts"]["lake_users"]
     # The warehouse answers the README's analysis queries on the live snapshot, with the right numbers.
-    _check_readme_queries(settings.data_dir, settings.warehouse_path)
+    _check_readme_queries(settings.paths.data_dir, settings.paths.warehouse_path)
 
     # Same lake, same model: reusing the current model must give the same feeds.
     run = dag.test(run_conf={**conf, "retrain": False})
     assert run.state == "success"
     second = live_snapshot_id(settings)
     assert second != first
-    assert _feeds_hash(settings.snapshots_dir / second) == _feeds_hash(snapshot)
+    assert _feeds_hash(settings.paths.snapshots_dir / second) == _feeds_hash(snapshot)
     # The publish rebuilt the warehouse: it now answers over the second snapshot and lists both.
-    published = _check_readme_queries(settings.data_dir, settings.warehouse_path)
+    published = _check_readme_queries(settings.paths.data_dir, settings.paths.warehouse_path)
     assert [(r[0], r[5]) for r in published] == [(first, False), (second, True)]
 
 
@@ -333,7 +333,7 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
         materialize_feeds(settings, live, shard)
     validate_snapshot(settings, live)
     publish(settings, live)
-    before = {p.name: p.read_bytes() for p in (settings.snapshots_dir / live / "feeds").iterdir()}
+    before = {p.name: p.read_bytes() for p in (settings.paths.snapshots_dir / live / "feeds").iterdir()}
 
     time.sleep(1.1)  # snapshot ids have one-second resolution
     new = build_upto_materialize()
@@ -352,7 +352,7 @@ batch.materialize_feeds(Settings.load(), {new!r}, 0)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=dict(os.environ))
     assert proc.returncode == -9, proc.stderr.decode()[-500:]
     assert live_snapshot_id(settings) == live
-    assert {p.name: p.read_bytes() for p in (settings.snapshots_dir / live / "feeds").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (settings.paths.snapshots_dir / live / "feeds").iterdir()} == before
     with pytest.raises(SnapshotError, match="missing file"):
         validate_snapshot(settings, new)
     for shard in range(2):

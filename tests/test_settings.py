@@ -7,19 +7,19 @@ from rec_core.settings import Settings, SettingsError, settings_table_markdown
 
 def test_defaults_are_embedded() -> None:
     s = Settings.load({})
-    assert s.data_dir == Path("data")
-    assert s.milvus_uri == ""  # Milvus Lite, a file per snapshot
-    assert (s.api_port, s.feed_length, s.embedding_dim) == (3002, 500, 64)
+    assert s.paths.data_dir == Path("data")
+    assert s.paths.milvus_uri == ""  # Milvus Lite, a file per snapshot
+    assert (s.api.port, s.batch.feed_length, s.model.embedding_dim) == (3002, 500, 64)
 
 
 def test_environment_overrides_toml(tmp_path: Path) -> None:
     cfg = tmp_path / "rec.toml"
     cfg.write_text('[rec]\napi_port = 4000\nfeed_length = 100\ndata_dir = "/srv/rec"\n')
     s = Settings.load({"REC_CONFIG": str(cfg), "REC_FEED_LENGTH": "250"})
-    assert s.api_port == 4000
-    assert s.feed_length == 250
-    assert s.data_dir == Path("/srv/rec")
-    assert s.lake_dir == Path("/srv/rec/lake")
+    assert s.api.port == 4000
+    assert s.batch.feed_length == 250
+    assert s.paths.data_dir == Path("/srv/rec")
+    assert s.paths.lake_dir == Path("/srv/rec/lake")
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 
 def test_milvus_server_uri_accepted() -> None:
     s = Settings.load({"REC_MILVUS_URI": "http://milvus:19530"})
-    assert s.milvus_uri == "http://milvus:19530"
+    assert s.paths.milvus_uri == "http://milvus:19530"
 
 
 def test_readme_documents_every_setting() -> None:

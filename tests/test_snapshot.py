@@ -56,13 +56,13 @@ def fresh_settings(lake_settings: Settings, tmp_path: Path) -> Settings:
     """A data root of its own (snapshots, models, warehouse) over an already generated lake."""
     data = tmp_path / "data"
     data.mkdir()
-    (data / "lake").symlink_to(lake_settings.lake_dir)
-    return dataclasses.replace(lake_settings, data_dir=data)
+    (data / "lake").symlink_to(lake_settings.paths.lake_dir)
+    return lake_settings.override(data_dir=data)
 
 
 def lake_ids(settings: Settings) -> tuple[list[str], list[str], dt.datetime]:
     """Video ids, the users a snapshot must cover, and a mid-history as-of (so some interactions come after)."""
-    lake = Lake(settings.lake_dir)
+    lake = Lake(settings.paths.lake_dir)
     videos = sorted(lake.read("videos", columns=["video_id"])["video_id"].to_pylist())
     inter = lake.read("interactions", columns=["user_id", "ts"])
     as_of = pc.quantile(pc.cast(inter["ts"], pa.int64()), q=0.75)[0].as_py()
@@ -91,7 +91,7 @@ def vector_table(column: str, ids: list[str], rng: np.random.Generator, dim: int
 
 def catalogue_part(settings: Settings, videos: list[str], rng: np.random.Generator) -> pa.Table:
     """The catalogue part of ``videos`` (sorted ids of the lake): lake columns, random tower inputs."""
-    lake = Lake(settings.lake_dir).read(
+    lake = Lake(settings.paths.lake_dir).read(
         "videos", columns=["video_id", "creator_id", "caption", "hashtags", "created_at"]
     )
     lake = lake.take(pc.sort_indices(lake["video_id"]))
@@ -106,7 +106,7 @@ def catalogue_part(settings: Settings, videos: list[str], rng: np.random.Generat
 def build_snapshot(settings: Settings, second: int = 0, *, milvus: bool = True) -> SnapshotPaths:
     """A small valid snapshot: each user gets FEED distinct videos (rotated per user), two user shards."""
     videos, users, as_of = lake_ids(settings)
-    lake = Lake(settings.lake_dir)
+    lake = Lake(settings.paths.lake_dir)
     paths = begin_snapshot(
         settings,
         model_version=MODEL,
@@ -170,9 +170,7 @@ def assert_intact(settings: Settings, paths: SnapshotPaths, before: dict[str, by
 
 @pytest.fixture(scope="module")
 def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = dataclasses.replace(
-        Settings.load({}), data_dir=tmp_path_factory.mktemp("snaplake") / "data", feed_length=FEED
-    )
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("snaplake") / "data", feed_length=FEED)
     generate_data(settings, "tiny", seed=1)
     return settings
 
@@ -203,7 +201,7 @@ def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Sett
     expected |= {f"feeds/part-0000{i}-of-00002.parquet" for i in range(2)}
     assert set(manifest.checksums) == expected
     assert all(sha256_file(paths.root / rel) == digest for rel, digest in manifest.checksums.items())
-    ts = Lake(settings.lake_dir).read("interactions", columns=["ts"])["ts"]
+    ts = Lake(settings.paths.lake_dir).read("interactions", columns=["ts"])["ts"]
     assert dt.datetime.fromisoformat(manifest.lake_watermark) == pc.max(ts).as_py()
     assert (manifest.milvus_uri, manifest.milvus_collection) == ("milvus.db", "videos")
     assert manifest.model_version == MODEL and manifest.embedding_dim == DIM and manifest.feed_length == FEED
@@ -345,7 +343,7 @@ def test_publish_swaps_live_and_appends_history(settings: Settings) -> None:
     assert live_snapshot(settings) is None
     result = publish(settings, first.snapshot_id)
     assert result.changed and result.previous is None and result.model_version == MODEL
-    assert (settings.snapshots_dir / "LIVE").read_text() == f"{first.snapshot_id}\n"
+    assert (settings.paths.snapshots_dir / "LIVE").read_text() == f"{first.snapshot_id}\n"
     assert live_snapshot(settings) == first
     result = publish(settings, second.snapshot_id)
     assert result.previous == first.snapshot_id and live_snapshot_id(settings) == second.snapshot_id
@@ -407,7 +405,7 @@ def _age(paths: SnapshotPaths, days: float) -> None:
 
 
 def test_keeps_k_published_never_the_live_or_one_in_progress(settings: Settings) -> None:
-    settings = dataclasses.replace(settings, snapshots_keep=2)
+    settings = settings.override(snapshots_keep=2)
     abandoned = build_snapshot(settings, 5)  # begun long ago, never finished
     _age(abandoned, 3)
     in_progress = build_snapshot(settings, 50)  # newer than anything published, still being written
@@ -417,7 +415,7 @@ def test_keeps_k_published_never_the_live_or_one_in_progress(settings: Settings)
         result = publish(settings, paths.snapshot_id)
         published.append(paths.snapshot_id)
     assert result.pruned == [published[1]]
-    remaining = sorted(p.name for p in settings.snapshots_dir.iterdir() if p.is_dir())
+    remaining = sorted(p.name for p in settings.paths.snapshots_dir.iterdir() if p.is_dir())
     assert remaining == [*published[2:], in_progress.snapshot_id]
     assert live_snapshot_id(settings) == published[-1]
     # A rollback makes an older one live; the next publish keeps it (most recently live) and the new one.
@@ -441,30 +439,30 @@ def test_pruning_drops_server_collections_and_retries_failed_drops(
 ) -> None:
     import rec_core.snapshot.publish as snapshot
 
-    settings = dataclasses.replace(settings, snapshots_keep=1)
+    settings = settings.override(snapshots_keep=1)
     ids = []
     for second in (1, 2):
         paths = build_snapshot(settings, second, milvus=False)
         validate_snapshot(settings, paths.snapshot_id, require_milvus=False)
         ids.append(paths.snapshot_id)
-    server = dataclasses.replace(settings, milvus_uri="http://milvus.invalid:19530")
+    server = settings.override(milvus_uri="http://milvus.invalid:19530")
     dropped: list[str] = []
     fail = {"on": True}
 
     def drop(s: Settings, snapshot_id: str) -> None:
         if fail["on"]:
             raise ConnectionError("milvus unreachable")
-        dropped.append(SnapshotPaths(s.snapshots_dir / snapshot_id).collection_name(s))
+        dropped.append(SnapshotPaths(s.paths.snapshots_dir / snapshot_id).collection_name(s))
 
     monkeypatch.setattr(snapshot, "_drop_collection", drop)
     publish(server, ids[0])
     publish(server, ids[1])  # prunes ids[0]; its drop fails, so its trash folder stays for a retry
-    assert not (settings.snapshots_dir / ids[0]).exists()
-    assert (settings.snapshots_dir / f".trash-{ids[0]}").is_dir()
+    assert not (settings.paths.snapshots_dir / ids[0]).exists()
+    assert (settings.paths.snapshots_dir / f".trash-{ids[0]}").is_dir()
     fail["on"] = False
     prune(server)
     assert dropped == [f"videos_{ids[0].replace('-', '_')}"]
-    assert not (settings.snapshots_dir / f".trash-{ids[0]}").exists()
+    assert not (settings.paths.snapshots_dir / f".trash-{ids[0]}").exists()
 
 
 # ---- rollback -------------------------------------------------------------------------------------------------------
@@ -510,13 +508,13 @@ def test_rollback_tolerates_a_milvus_lite_file_rewritten_while_live(settings: Se
 
 
 def test_command_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    data = ["--data-dir", str(settings.data_dir)]
+    data = ["--data-dir", str(settings.paths.data_dir)]
     good, bad = build_snapshot(settings, 1), build_snapshot(settings, 2)
     rewrite_part(bad, lambda rows: rows[1:])
     assert publish_main(["--snapshot", good.snapshot_id, "--validate-only", *data]) == 0
     assert live_snapshot_id(settings) is None
     assert publish_main(["--snapshot", good.snapshot_id, *data]) == 0
-    assert live_snapshot_id(settings) == good.snapshot_id and settings.warehouse_path.is_file()
+    assert live_snapshot_id(settings) == good.snapshot_id and settings.paths.warehouse_path.is_file()
     capsys.readouterr()
     assert publish_main(["--snapshot", bad.snapshot_id, *data]) == 2
     err = capsys.readouterr().err
@@ -578,7 +576,7 @@ CHILD = textwrap.dedent(
         return real_sha(path)
 
     os.replace, pathlib.Path.write_bytes, shutil.rmtree, manifest.sha256_file = replace, write_bytes, rmtree, sha
-    settings = dataclasses.replace(Settings.load({}), data_dir=pathlib.Path(data_dir), snapshots_keep=keep)
+    settings = Settings.load({}).override( data_dir=pathlib.Path(data_dir), snapshots_keep=keep)
     snap.publish(settings, snapshot_id)
     print("publish finished without being killed", file=sys.stderr)
     """
@@ -600,7 +598,7 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     settings: Settings, point: str, new_is_live: bool
 ) -> None:
     keep = 1 if point == "mid-prune" else 3
-    settings = dataclasses.replace(settings, snapshots_keep=keep)
+    settings = settings.override(snapshots_keep=keep)
     old = valid_snapshot(settings, 1)
     publish(settings, old.snapshot_id)
     new = valid_snapshot(settings, 2)
@@ -609,7 +607,7 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(settings.data_dir), new.snapshot_id, point, str(keep)],
+        [sys.executable, "-c", CHILD, str(settings.paths.data_dir), new.snapshot_id, point, str(keep)],
         capture_output=True,
         env=env,
         timeout=120,
@@ -617,7 +615,7 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
 
     # Exactly one whole snapshot is live: the old one, or (once the rename happened) the new one.
-    live = (settings.snapshots_dir / "LIVE").read_text()
+    live = (settings.paths.snapshots_dir / "LIVE").read_text()
     expected = new if new_is_live else old
     assert live == f"{expected.snapshot_id}\n"
     assert_intact(settings, expected, before[expected.snapshot_id])
@@ -625,7 +623,7 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
         assert read_history(settings) == history  # nothing but the pointer is ever the visible change
         assert_intact(settings, new, before[new.snapshot_id])
     elif point == "mid-prune":
-        assert not (settings.snapshots_dir / old.snapshot_id).exists()  # renamed to trash before any deletion
+        assert not (settings.paths.snapshots_dir / old.snapshot_id).exists()  # renamed to trash before any deletion
         assert [s.snapshot_id for s in list_snapshots(settings)] == [new.snapshot_id]
 
     # The next publish finishes the job: history records the live snapshot once, the trash is gone.
@@ -634,7 +632,9 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     assert live_snapshot_id(settings) == new.snapshot_id
     entries = read_history(settings)
     assert [e["snapshot_id"] for e in entries] == [old.snapshot_id, new.snapshot_id]
-    assert not [p for p in settings.snapshots_dir.iterdir() if p.name.startswith((".trash-", ".LIVE.", ".history"))]
+    assert not [
+        p for p in settings.paths.snapshots_dir.iterdir() if p.name.startswith((".trash-", ".LIVE.", ".history"))
+    ]
     assert_intact(settings, new, before[new.snapshot_id])
     if point != "mid-prune":
         assert_intact(settings, old, before[old.snapshot_id])

@@ -41,9 +41,9 @@ def test_a_published_snapshot_serves_with_the_lake_gone(api_world: Path, tmp_pat
     )
     expected = user_vector_from_profile(model, from_lake, model.stats, profile).vector
 
-    for folder in (settings.lake_dir, data / "features"):
+    for folder in (settings.paths.lake_dir, data / "features"):
         shutil.move(folder, tmp_path / f"away-{folder.name}")
-    assert not settings.lake_dir.exists()
+    assert not settings.paths.lake_dir.exists()
 
     view = load_view(settings, paths)
     try:
@@ -67,7 +67,7 @@ def test_a_published_snapshot_serves_with_the_lake_gone(api_world: Path, tmp_pat
         assert len(hits) == 10 and not {h[0] for h in hits} & set(profile.watched)
 
         # A newly posted video goes through the snapshot's model into its vector space.
-        encoder = TextEncoder(model.config.get("text_model", settings.text_model))
+        encoder = TextEncoder(model.config.get("text_model", settings.model.text_model))
         payload = {
             "video_id": "v_posted_after_the_lake_left",
             "creator_id": str(from_lake.creator_ids[0]),

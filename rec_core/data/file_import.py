@@ -357,7 +357,7 @@ def run_import_command(
     try:
         settings = Settings.load()
         if data_dir is not None:
-            settings = dataclasses.replace(settings, data_dir=data_dir)
+            settings = settings.override( data_dir=data_dir)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

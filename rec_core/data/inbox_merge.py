@@ -34,15 +34,15 @@ COMMIT_ATTEMPTS = 5  # merges retried when another writer commits meanwhile; eac
 def ingest_inbox(settings: Settings) -> dict:
     """Take the inbox's new records into the lake, then mark them consumed; returns a JSON-friendly summary."""
     lake = lake_for(settings)
-    batch = read_new(settings.inbox_dir)
+    batch = read_new(settings.paths.inbox_dir)
     summary = {"records": len(batch.records), "bad_lines": batch.bad_lines}
     if not batch.records:
         if batch.offsets:
-            mark_consumed(settings.inbox_dir, batch.offsets)
+            mark_consumed(settings.paths.inbox_dir, batch.offsets)
         log.info("inbox: nothing new")
         return {**summary, "lake_version": lake.current_name()}
     version, counts = _merge_and_commit(lake, batch)
-    mark_consumed(settings.inbox_dir, batch.offsets)  # only once the commit landed: a conflict consumes nothing
+    mark_consumed(settings.paths.inbox_dir, batch.offsets)  # only once the commit landed: a conflict consumes nothing
     summary.update(counts, lake_version=version.name)
     log.info("inbox ingested: %s", json.dumps(summary))
     return summary

@@ -250,7 +250,7 @@ class Lake:
 
 def lake_for(settings: Settings) -> Lake:
     """THE way jobs open the lake: pruning keeps every version a snapshot under the data root reads."""
-    return Lake(settings.lake_dir, settings.lake_versions_keep, pinned=lambda: snapshot_lake_versions(settings))
+    return Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(settings))
 
 
 def snapshot_lake_versions(settings: Settings) -> set[str]:
@@ -259,7 +259,7 @@ def snapshot_lake_versions(settings: Settings) -> set[str]:
     A folder without ``build.json`` pins nothing (a build killed before it had a lake version).
     An unreadable ``build.json`` raises: the caller must then assume anything may be in use.
     """
-    root = settings.snapshots_dir
+    root = settings.paths.snapshots_dir
     if not root.is_dir():
         return set()
     pinned = set()

@@ -50,10 +50,10 @@ def _sql_str(value: str | Path) -> str:
 
 
 def build_warehouse(settings: Settings) -> Path:
-    """(Re)build ``settings.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
+    """(Re)build ``settings.paths.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
     lake = lake_for(settings)
     version = lake.current()
-    target = settings.warehouse_path
+    target = settings.paths.warehouse_path
     with atomic_path(target) as tmp:
         tmp.unlink()  # DuckDB wants to create the file itself
         con = duckdb.connect(str(tmp))
@@ -76,7 +76,7 @@ def build_warehouse(settings: Settings) -> Path:
 
 
 def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str | None:
-    history_file = settings.snapshots_dir / HISTORY_FILE
+    history_file = settings.paths.snapshots_dir / HISTORY_FILE
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     live = live_snapshot_id(settings)
     con.execute(
@@ -96,7 +96,7 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str 
     ]
     if rows:
         con.executemany("INSERT INTO snapshot_history VALUES (?, ?, ?, ?, ?, ?)", rows)
-    kept = sorted(p.name for p in settings.snapshots_dir.glob("s*") if p.is_dir()) if history else []
+    kept = sorted(p.name for p in settings.paths.snapshots_dir.glob("s*") if p.is_dir()) if history else []
     con.execute(
         "CREATE TABLE snapshots AS SELECT snapshot_id, any_value(model_version) AS model_version, "
         "min(published_at) AS first_published_at, max(published_at) AS published_at, count(*) AS times_made_live, "
@@ -106,7 +106,7 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str 
     )
     if live is None:
         return None
-    paths = SnapshotPaths((settings.snapshots_dir / live).resolve())
+    paths = SnapshotPaths((settings.paths.snapshots_dir / live).resolve())
     try:
         build = paths.read_build()
     except SnapshotError as exc:
@@ -138,7 +138,7 @@ def _model_metrics(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
         "CREATE TABLE model_metrics (model_version VARCHAR, current BOOLEAN, dataset VARCHAR, model VARCHAR, "
         "metric VARCHAR, value DOUBLE)"
     )
-    root = settings.models_dir
+    root = settings.paths.models_dir
     pointer = root / "CURRENT"
     current = pointer.read_text().strip() if pointer.is_file() else None
     rows = []

@@ -10,7 +10,6 @@ read::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ class LakeData:
     def text(self, settings: Settings, text_model: str | None = None) -> np.ndarray:
         """Caption embeddings aligned with the catalogue (cached; only new captions are encoded)."""
         if text_model:
-            settings = dataclasses.replace(settings, text_model=text_model)
+            settings = settings.override(text_model=text_model)
         table = self.videos.select("video_id", "caption", "hashtags").to_arrow()
         vectors, _ = embed_videos_text(table, settings)
         return vectors

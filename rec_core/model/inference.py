@@ -24,7 +24,6 @@ the batch would have built, so a user's online vector and batch vector agree.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -86,7 +85,7 @@ def as_of_ms(build: BuildInfo) -> int:
 
 def load_build_model(settings: Settings, build: BuildInfo) -> LoadedModel:
     """The model version the build names, checked against the build's embedding size."""
-    loaded = ModelStore(settings.models_dir).load(build.model_version)
+    loaded = ModelStore(settings.paths.models_dir).load(build.model_version)
     if loaded.model.cfg.embedding_dim != build.embedding_dim:
         raise SnapshotError(
             f"model {build.model_version} makes {loaded.model.cfg.embedding_dim}-d vectors, "
@@ -97,7 +96,7 @@ def load_build_model(settings: Settings, build: BuildInfo) -> LoadedModel:
 
 def model_text(settings: Settings, loaded: LoadedModel, videos: pl.DataFrame) -> np.ndarray:
     """Caption embeddings of ``videos`` (rows aligned) from the text encoder the model was trained with; cached."""
-    text_settings = dataclasses.replace(settings, text_model=loaded.config.get("text_model", settings.text_model))
+    text_settings = settings.override(text_model=loaded.config.get("text_model", settings.model.text_model))
     vectors, _ = embed_videos_text(videos.select("video_id", "caption", "hashtags").to_arrow(), text_settings)
     return vectors
 

@@ -42,14 +42,14 @@ def build_features(settings: Settings) -> dict:
 
 def train_version(settings: Settings, config: TrainConfig | None = None, data: LakeData | None = None) -> str:
     """Train on the live lake's split and save a new model version (not yet evaluated or promoted)."""
-    config = config or TrainConfig(embedding_dim=settings.embedding_dim, seed=settings.seed)
+    config = config or TrainConfig(embedding_dim=settings.model.embedding_dim, seed=settings.seed)
     data = data or load_lake_data(settings)
     log.info("lake %s (%s): %s", data.lake_version, data.dataset, data.split.summary())
     prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
     result = train(prepared, config)
     run_config = {
         "train": config.to_dict(),
-        "text_model": settings.text_model,
+        "text_model": settings.model.text_model,
         "lake_version": data.lake_version,
         "dataset": data.dataset,
         "split": data.split.summary(),
@@ -57,7 +57,7 @@ def train_version(settings: Settings, config: TrainConfig | None = None, data: L
         "best_valid": result.best_valid,
         "train_seconds": round(result.seconds, 1),
     }
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     version = store.new_version_name(run_config)
     metrics = comparison(data.dataset, data.split, {"two_tower": two_tower_metrics(result.model, prepared)})
     store.save(
@@ -84,7 +84,7 @@ def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> d
 
 def evaluate_version(settings: Settings, version: str, data: LakeData | None = None) -> dict:
     """Add the baselines and the current model, on the same test split, to the version's metrics and report."""
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     data = data or load_lake_data(settings)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
@@ -106,7 +106,7 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
 
 def gate_version(settings: Settings, version: str, *, promote: bool = True) -> dict:
     """Apply the quality gate to an evaluated version; promote it if it passes and ``promote`` is set."""
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     models = store.read_json(version, "metrics.json")["models"]
     if "most_pop" not in models:
         raise ModelStoreError(f"{version} has not been evaluated against the baselines; run evaluate_version first")
@@ -140,10 +140,10 @@ def train_towers(settings: Settings, config: TrainConfig | None = None, *, promo
 def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None) -> dict:
     """Train a candidate and gate it (``retrain``), or reuse the current model; returns the model to serve and
     whether this call promoted a new one."""
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     decision = None
     if retrain or store.current() is None:
-        config = TrainConfig(embedding_dim=settings.embedding_dim, seed=settings.seed)
+        config = TrainConfig(embedding_dim=settings.model.embedding_dim, seed=settings.seed)
         if epochs is not None:
             config = dataclasses.replace(config, epochs=epochs)
         decision = train_towers(settings, config)
@@ -158,7 +158,7 @@ def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None
 def evaluate_model(settings: Settings, version: str | None = None, *, with_baselines: bool = True) -> dict:
     """A stored version (default: the current one) and, unless told not to, the baselines, on the live lake's
     held-out split; nothing is written."""
-    loaded = ModelStore(settings.models_dir).load(version)
+    loaded = ModelStore(settings.paths.models_dir).load(version)
     data = load_lake_data(settings)
     models = {"two_tower": two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings))}
     if with_baselines:

@@ -172,7 +172,7 @@ class TextEncoder:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, quantize: bool = False) -> TextEncoder:
-        return cls(settings.text_model, quantize=quantize)
+        return cls(settings.model.text_model, quantize=quantize)
 
     @property
     def model_id(self) -> str:

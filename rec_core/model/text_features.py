@@ -54,7 +54,7 @@ def cache_dir(settings: Settings, model_id: str, label: str) -> Path:
     if model_id.endswith("+int8"):
         readable += "-int8"
     digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
-    return settings.data_dir / "features" / "text" / f"{readable}-{digest}"
+    return settings.paths.data_dir / "features" / "text" / f"{readable}-{digest}"
 
 
 def text_key(model_id: str, text: str) -> str:
@@ -66,12 +66,12 @@ def embed_videos_text(
 ) -> tuple[np.ndarray, CacheStats]:
     """Embed each row's caption+hashtags: ``(videos.num_rows, dim)`` float32, rows aligned with ``videos``.
 
-    ``encoder`` defaults to ``settings.text_model`` (fp32) and is only constructed
+    ``encoder`` defaults to ``settings.model.text_model`` (fp32) and is only constructed
     if some video is not cached; a given encoder decides the model id (and so the
     cache folder) instead of the setting.
     """
     started = time.perf_counter()
-    source = encoder.source if encoder is not None else resolve_model(settings.text_model)
+    source = encoder.source if encoder is not None else resolve_model(settings.model.text_model)
     model_id = encoder.model_id if encoder is not None else source.model_id()
     dim = encoder.dim if encoder is not None else source.dim()
     path = cache_dir(settings, model_id, source.label) / CACHE_FILE
@@ -104,7 +104,7 @@ def embed_videos_text(
             todo.setdefault(keys[i], texts[i])
         encoded = len(todo)
         if encoder is None:
-            encoder = TextEncoder(settings.text_model)
+            encoder = TextEncoder(settings.model.text_model)
         new_vectors = encoder.encode(list(todo.values()))
         slot = {k: j for j, k in enumerate(todo)}
         missing_rows = np.flatnonzero(~found)

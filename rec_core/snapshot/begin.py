@@ -25,13 +25,13 @@ def lake_watermark(lake: Lake) -> dt.datetime:
 
 def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     """Start a snapshot of the current model over the live lake; returns its id and the shard lists to map over."""
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.paths.models_dir)
     model = store.current()
     if model is None:
         raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
     # The inbox offsets first: ingest marks them only after its lake commit, so read before the lake version
     # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
-    inbox_offsets = consumed_offsets(settings.inbox_dir)
+    inbox_offsets = consumed_offsets(settings.paths.inbox_dir)
     # One version for the name and the watermark: a commit between two reads of CURRENT would mix them.
     version = lake_for(settings).current().name
     lake = lake_for(settings).at(version)
@@ -48,7 +48,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
-    if not (settings.lake_dir / version).is_dir():
+    if not (settings.paths.lake_dir / version).is_dir():
         raise LakeError(f"lake version {version} was pruned while snapshot {paths.snapshot_id} began; run again")
     return {
         "snapshot_id": paths.snapshot_id,
@@ -60,7 +60,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
 def latest_unpublished(settings: Settings) -> str:
     """The newest snapshot that has been begun but not validated: what a standalone materialize run continues."""
     live = live_snapshot_id(settings)
-    root = settings.snapshots_dir
+    root = settings.paths.snapshots_dir
     candidates = (
         sorted(
             p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("s") and not (p / MANIFEST_FILE).exists()

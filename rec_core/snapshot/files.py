@@ -75,11 +75,11 @@ CATALOGUE_COLUMNS = {
 
 def lake_table_path(settings: Settings, build: BuildInfo, table: str) -> Path:
     """A table of the lake version the build names, not the live one: a rerun must see the same data."""
-    path = settings.lake_dir / build.lake_version / f"{table}.parquet"
+    path = settings.paths.lake_dir / build.lake_version / f"{table}.parquet"
     if not path.is_file():
         raise SnapshotError(
             f"snapshot {build.snapshot_id} reads lake version {build.lake_version}, which has no {table} table "
-            f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.lake_versions_keep}); begin a new snapshot"
+            f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.batch.lake_versions_keep}); begin a new snapshot"
         )
     return path
 

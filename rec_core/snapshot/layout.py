@@ -123,10 +123,10 @@ class SnapshotPaths:
 
     def collection_name(self, settings: Settings) -> str:
         """The Milvus collection of this snapshot (a per-snapshot file in embedded mode)."""
-        return "videos" if not settings.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
+        return "videos" if not settings.paths.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
 
     def milvus_uri(self, settings: Settings) -> str:
-        return settings.milvus_uri or str(self.milvus_lite_file)
+        return settings.paths.milvus_uri or str(self.milvus_lite_file)
 
 
 def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
@@ -140,13 +140,13 @@ def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
 
 
 def snapshots_root(settings: Settings) -> Path:
-    return settings.snapshots_dir
+    return settings.paths.snapshots_dir
 
 
 def snapshot_paths(settings: Settings, snapshot_id: str) -> SnapshotPaths:
     if not SNAPSHOT_ID.match(snapshot_id):
         raise SnapshotError(f"malformed snapshot id {snapshot_id!r}")
-    return SnapshotPaths(settings.snapshots_dir / snapshot_id)
+    return SnapshotPaths(settings.paths.snapshots_dir / snapshot_id)
 
 
 def new_snapshot_id(model_version: str, now: dt.datetime | None = None) -> str:
@@ -184,7 +184,7 @@ def begin_snapshot(
         video_shards=video_shards,
         user_shards=user_shards,
         embedding_dim=embedding_dim,
-        feed_length=settings.feed_length,
+        feed_length=settings.batch.feed_length,
         created_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         inbox_offsets=inbox_offsets,
     )
@@ -193,7 +193,7 @@ def begin_snapshot(
 
 
 def live_snapshot_id(settings: Settings) -> str | None:
-    pointer = settings.snapshots_dir / LIVE_POINTER
+    pointer = settings.paths.snapshots_dir / LIVE_POINTER
     return pointer.read_text().strip() if pointer.is_file() else None
 
 

@@ -96,7 +96,7 @@ def publish(settings: Settings, snapshot_id: str, *, abandoned_after: dt.timedel
             entry = _history(settings)[-1]
             return PublishResult(snapshot_id, live, False, entry.get("published_at"), entry.get("model_version", ""))
         if not paths.root.is_dir():
-            raise SnapshotError(f"no snapshot {snapshot_id} under {settings.snapshots_dir}")
+            raise SnapshotError(f"no snapshot {snapshot_id} under {settings.paths.snapshots_dir}")
         manifest = read_manifest(paths)
         if manifest.snapshot_id != snapshot_id:
             raise SnapshotError(f"snapshot {snapshot_id}: its manifest names {manifest.snapshot_id}")
@@ -150,7 +150,7 @@ def live_snapshot(settings: Settings) -> SnapshotPaths | None:
 
 def list_snapshots(settings: Settings) -> list[SnapshotInfo]:
     """Every snapshot folder, oldest first, with its state; read-only."""
-    root = settings.snapshots_dir
+    root = settings.paths.snapshots_dir
     if not root.is_dir():
         return []
     live = live_snapshot_id(settings)
@@ -192,8 +192,8 @@ def read_history(settings: Settings) -> list[dict]:
 
 @contextmanager
 def _locked(settings: Settings) -> Iterator[None]:
-    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.snapshots_dir / LOCK_FILE).open("w") as fh:
+    settings.paths.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.paths.snapshots_dir / LOCK_FILE).open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -207,7 +207,7 @@ def _verify_or_refuse(settings: Settings, paths: SnapshotPaths, manifest: Manife
     skip = frozenset({paths.milvus_lite_file.name}) if lenient_milvus else frozenset()
     if bad := verify_checksums(paths, manifest, skip=skip):
         _refuse_publish(paths.snapshot_id, [f"changed since validation: {', '.join(bad)}"])
-    lite = not settings.milvus_uri and manifest.milvus_uri == paths.milvus_lite_file.name
+    lite = not settings.paths.milvus_uri and manifest.milvus_uri == paths.milvus_lite_file.name
     if lite and not paths.milvus_lite_file.is_file():
         _refuse_publish(paths.snapshot_id, [f"{paths.milvus_lite_file.name} missing"])
 
@@ -220,7 +220,7 @@ def _refuse_publish(snapshot_id: str, problems: list[str]) -> None:
 
 def _swap(settings: Settings, snapshot_id: str, model_version: str, *, action: str, previous: str | None) -> dict:
     """THE visible change (one rename), then its log entry."""
-    write_bytes_atomic(settings.snapshots_dir / LIVE_POINTER, f"{snapshot_id}\n".encode())
+    write_bytes_atomic(settings.paths.snapshots_dir / LIVE_POINTER, f"{snapshot_id}\n".encode())
     entry = {
         "snapshot_id": snapshot_id,
         "published_at": _now(),
@@ -234,7 +234,7 @@ def _swap(settings: Settings, snapshot_id: str, model_version: str, *, action: s
 
 def _recover(settings: Settings) -> str | None:
     """Finish what a killed publish/prune left (call under the lock); returns the live id."""
-    root = settings.snapshots_dir
+    root = settings.paths.snapshots_dir
     for tmp in root.glob(f".{LIVE_POINTER}.*.tmp"):
         tmp.unlink(missing_ok=True)
     for tmp in root.glob(f".{HISTORY_FILE}.*.tmp"):
@@ -275,20 +275,20 @@ def _rollback_target(settings: Settings, history: list[dict], live: str) -> str 
         if sid in seen or sid == live or sid in retired:
             continue
         seen.add(sid)
-        paths = SnapshotPaths(settings.snapshots_dir / sid)
+        paths = SnapshotPaths(settings.paths.snapshots_dir / sid)
         if paths.manifest_file.is_file():
             return sid
     return None
 
 
 def _prune(settings: Settings, abandoned_after: dt.timedelta) -> list[str]:
-    root = settings.snapshots_dir
+    root = settings.paths.snapshots_dir
     live = live_snapshot_id(settings)
     keep: list[str] = []
     for entry in reversed(_history(settings)):
         if entry["snapshot_id"] not in keep:
             keep.append(entry["snapshot_id"])
-    keep = keep[: settings.snapshots_keep]
+    keep = keep[: settings.batch.snapshots_keep]
     published = {e["snapshot_id"] for e in _history(settings)}
     now = dt.datetime.now(dt.UTC).timestamp()
     doomed = []
@@ -310,7 +310,7 @@ def _prune(settings: Settings, abandoned_after: dt.timedelta) -> list[str]:
 
 def _remove_trash(settings: Settings, trash: Path) -> None:
     snapshot_id = trash.name[len(TRASH_PREFIX) :]
-    if settings.milvus_uri and SNAPSHOT_ID.match(snapshot_id):
+    if settings.paths.milvus_uri and SNAPSHOT_ID.match(snapshot_id):
         try:
             _drop_collection(settings, snapshot_id)
         except Exception as exc:  # keep the trash folder so the next prune retries the drop
@@ -322,8 +322,8 @@ def _remove_trash(settings: Settings, trash: Path) -> None:
 def _drop_collection(settings: Settings, snapshot_id: str) -> None:
     from rec_core.snapshot.vector_store import open_client  # pymilvus is slow to import: only in server mode
 
-    name = SnapshotPaths(settings.snapshots_dir / snapshot_id).collection_name(settings)
-    client = open_client(settings.milvus_uri)
+    name = SnapshotPaths(settings.paths.snapshots_dir / snapshot_id).collection_name(settings)
+    client = open_client(settings.paths.milvus_uri)
     try:
         if client.has_collection(name):
             client.drop_collection(name)
@@ -344,12 +344,12 @@ def _newest_mtime(folder: Path) -> float:
 
 
 def _history(settings: Settings) -> list[dict]:
-    path = settings.snapshots_dir / HISTORY_FILE
+    path = settings.paths.snapshots_dir / HISTORY_FILE
     return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _write_history(settings: Settings, history: list[dict]) -> None:
-    write_bytes_atomic(settings.snapshots_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
+    write_bytes_atomic(settings.paths.snapshots_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
 
 
 def _now() -> str:

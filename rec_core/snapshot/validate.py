@@ -64,7 +64,7 @@ def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: b
     build = paths.read_build()
     if build.snapshot_id != snapshot_id:
         _refuse(settings, paths, [f"{BUILD_FILE} names snapshot {build.snapshot_id!r}"])
-    lake_dir = settings.lake_dir / build.lake_version
+    lake_dir = settings.paths.lake_dir / build.lake_version
     lake = {t: lake_dir / f"{t}.parquet" for t in ("videos", "users", "interactions")}
     if absent := [t for t, p in lake.items() if not p.is_file()]:
         _refuse(
@@ -72,11 +72,11 @@ def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: b
             paths,
             [
                 f"lake version {build.lake_version} it was built from lacks {', '.join(absent)} "
-                f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.lake_versions_keep}); build a new snapshot"
+                f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.batch.lake_versions_keep}); build a new snapshot"
             ],
         )
     files = expected_files(paths, build)
-    milvus_file = paths.milvus_lite_file if not settings.milvus_uri else None
+    milvus_file = paths.milvus_lite_file if not settings.paths.milvus_uri else None
     # Hash before checking: a file rewritten during the checks then fails publish's re-hash.
     hashed = [f for f in files if f.is_file()]
     if milvus_file is not None and milvus_file.is_file():
@@ -125,7 +125,7 @@ def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: b
         user_shards=build.user_shards,
         counts=counts,
         checksums=checksums,
-        milvus_uri=settings.milvus_uri or paths.milvus_lite_file.name,
+        milvus_uri=settings.paths.milvus_uri or paths.milvus_lite_file.name,
         milvus_collection=paths.collection_name(settings),
     )
     write_bytes_atomic(paths.manifest_file, manifest.to_json().encode())
@@ -255,7 +255,7 @@ def _check_sorted(paths: SnapshotPaths, feeds: list[Path]) -> list[str]:
 
 
 def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, video_vecs: list[Path]) -> list[str]:
-    if not settings.milvus_uri:
+    if not settings.paths.milvus_uri:
         # The Lite file is a SQLite database only a Milvus Lite server may open (and lock); opening it here
         # would cost seconds and race the loader. jobs.load_vectors checks its row count when writing it.
         if not paths.milvus_lite_file.is_file():
@@ -266,12 +266,12 @@ def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, vi
 
     collection = paths.collection_name(settings)
     try:
-        with VectorStore(settings.milvus_uri, collection, build.embedding_dim) as store:
+        with VectorStore(settings.paths.milvus_uri, collection, build.embedding_dim) as store:
             if not store.exists():
-                return [f"Milvus collection {collection} is absent at {settings.milvus_uri}"]
+                return [f"Milvus collection {collection} is absent at {settings.paths.milvus_uri}"]
             count = store.count()
     except Exception as exc:  # any failure to reach the server refuses the snapshot, with the reason
-        return [f"cannot check Milvus collection {collection} at {settings.milvus_uri}: {exc}"]
+        return [f"cannot check Milvus collection {collection} at {settings.paths.milvus_uri}: {exc}"]
     # jobs.load_vectors skips (and reports) ids Milvus cannot hold; they are not missing vectors.
     videos = sum(
         is_valid_id(v) for f in video_vecs for v in pq.read_table(f, columns=["video_id"]).column(0).to_pylist()

@@ -1,7 +1,7 @@
 """A generated world into the lake: one commit of all four tables, the planted truth beside it, and a summary.
 
 The whole world lands as ONE lake commit, so readers never see videos of one world
-with interactions of another. The truth goes to ``settings.truth_dir``, tagged with the
+with interactions of another. The truth goes to ``settings.paths.truth_dir``, tagged with the
 lake version and table checksums it belongs to. The same seed gives byte-identical
 tables, so a rerun leaves the lake version unchanged.
 """
@@ -46,7 +46,7 @@ def generate_data(
         params.users,
         params.videos,
         seed,
-        settings.data_dir,
+        settings.paths.data_dir,
     )
     world = generate_world(params, seed)
     steps.advance()
@@ -63,7 +63,7 @@ def generate_data(
     tables = version.manifest["tables"]
     write_truth(
         world.truth,
-        settings.truth_dir,
+        settings.paths.truth_dir,
         {
             "scale": scale,
             "lake_version": version.name,
@@ -87,8 +87,8 @@ def generate_data(
             "lake commit": round(lake_s, 3),
             "truth": round(truth_s, 3),
         },
-        "lake_dir": str(settings.lake_dir),
-        "truth_dir": str(settings.truth_dir),
+        "lake_dir": str(settings.paths.lake_dir),
+        "truth_dir": str(settings.paths.truth_dir),
     }
     log.info(
         "generate_data done in %.1fs: lake %s (%s), rows %s",
