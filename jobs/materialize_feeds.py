@@ -23,8 +23,6 @@ from jobs.cli import settings_for
 from rec_core.feed.batch import build_trending, materialize_feeds
 from rec_core.snapshot.layout import SnapshotError
 
-__all__ = ["build_trending", "main", "materialize_feeds"]
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,7 +8,6 @@ what the import commands (``jobs.import_dataset``, ``jobs.import_movielens``) sh
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -357,7 +356,7 @@ def run_import_command(
     try:
         settings = Settings.load()
         if data_dir is not None:
-            settings = settings.override( data_dir=data_dir)
+            settings = settings.override(data_dir=data_dir)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -250,7 +250,9 @@ class Lake:
 
 def lake_for(settings: Settings) -> Lake:
     """THE way jobs open the lake: pruning keeps every version a snapshot under the data root reads."""
-    return Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(settings))
+    return Lake(
+        settings.paths.lake_dir, settings.batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(settings)
+    )
 
 
 def snapshot_lake_versions(settings: Settings) -> set[str]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Dense video features, in this order (see rec_core.model.features.video_dense_features).
+# Dense video features, in this order (rec_core.model.features builds them: STATIC_VIDEO_COLUMNS and the counts).
 VIDEO_DENSE = (
     "log_duration",
     "log_aspect",
