@@ -9,6 +9,7 @@ the snapshot's video codes (videos posted since the snapshot get codes after the
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -34,8 +35,8 @@ def rank_live(
     created_ms: Sequence[int],
     *,
     user_id: str,
-    seen: Collection[str],
-    served: Collection[str],
+    seen: AbstractSet[str],
+    served: AbstractSet[str],
     video_code: Mapping[str, int],
     video_ids: np.ndarray,
     as_of_ms: int,
@@ -54,7 +55,8 @@ def rank_live(
     ranking = np.lexsort((ids, -scores))
     # Videos posted since the snapshot: codes after the catalogue's.
     extra = {v: len(video_ids) + i for i, v in enumerate(dict.fromkeys(v for v in ids if v not in video_code))}
-    codes = np.asarray([video_code.get(v, extra.get(v, -1)) for v in ids.tolist()], dtype=np.int64)
+    hit_ids = ids.tolist()
+    codes = np.asarray([video_code.get(v, extra.get(v, -1)) for v in hit_ids], dtype=np.int64)
     all_ids = np.concatenate([video_ids, np.asarray(list(extra), dtype=object)]) if extra else video_ids
     block, ctx = _one_user(
         codes[ranking],
@@ -65,8 +67,10 @@ def rank_live(
         as_of_ms=as_of_ms,
         policy=policy,
         video_ids=all_ids,
-        seen=_one_row(seen, video_code, extra),
-        served=_one_row(served, video_code, extra),
+        # The search already left out what the user saw and the walk served; the filters still check (they are the
+        # contract, whatever the source did), over the answer's few ids rather than the user's whole history.
+        seen=_one_row([v for v in hit_ids if v in seen], video_code, extra),
+        served=_one_row([v for v in hit_ids if v in served], video_code, extra),
         unique=False,
     )
     ctx = replace(ctx, trending_query=trending_query)
@@ -157,5 +161,11 @@ def _one_user(
 
 def _one_row(ids: Collection[str], video_code: Mapping[str, int], extra: Mapping[str, int]) -> ExclusionCSR:
     """One user's set of videos as a CSR row of codes; ids outside the code space cannot be candidates anyway."""
-    codes = sorted({c for c in (video_code.get(v, extra.get(v, -1)) for v in ids) if c >= 0})
-    return ExclusionCSR(np.array([0, len(codes)], dtype=np.int64), np.asarray(codes, dtype=np.int64))
+    get = video_code.get
+    codes = {get(v, -1) for v in ids}
+    if extra:
+        codes |= {extra[v] for v in ids if v in extra}
+    codes.discard(-1)
+    row = np.fromiter(codes, dtype=np.int64, count=len(codes))
+    row.sort()
+    return ExclusionCSR(np.array([0, len(row)], dtype=np.int64), row)

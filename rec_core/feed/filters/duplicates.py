@@ -18,6 +18,12 @@ class Duplicates:
     def mask(self, block: CandidateBlock, ctx: FeedContext) -> np.ndarray:
         n = ctx.n_videos
         served = ctx.served is not None and len(ctx.served.indices) > 0
+        if block.rows == 1:  # the live path, per page: nothing catalogue-sized
+            one_part = block.unique_parts is not None and len(block.unique_parts) == 2
+            keep = np.ones(block.video.shape, dtype=bool) if one_part else _first_in_row(block.video)
+            if served:
+                keep &= ~ctx.served.contains(block.users, block.video, n)
+            return keep
         if ctx.served is not None:
             taken = ctx.served.bitmap(block.users, n)
         else:
