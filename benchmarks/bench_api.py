@@ -56,7 +56,7 @@ def ensure_world(settings: Settings) -> Path:
     from rec_core.synthetic.commit import generate_data
 
     data = settings.paths.data_dir / "bench" / "api-world"
-    if live_snapshot(settings.override(data_dir=data)) is not None:
+    if live_snapshot(settings.override(data_dir=data).paths) is not None:
         return data
     log.info("building the default-scale world for the API benchmark in %s (once, ~6 min)", data)
     world = settings.override(data_dir=data)
@@ -106,7 +106,7 @@ def serve(data: Path, server: str) -> Iterator[tuple[str, int, int]]:
 
 def served_snapshot(data: Path) -> SnapshotPaths:
     """The live snapshot of the data root ``data`` (what the API started on it serves)."""
-    live = live_snapshot(Settings.load().override(data_dir=data))
+    live = live_snapshot(Settings.load().override(data_dir=data).paths)
     if live is None:
         raise RuntimeError(f"no snapshot has been published under {data}")
     return live

@@ -67,7 +67,8 @@ def run() -> list[BenchRow]:
         created = lake.read("videos", ["created_at"])["created_at"]
         as_of = max(pc.max(inter_ts).as_py(), pc.max(created).as_py()) + dt.timedelta(milliseconds=1)
         paths = begin_snapshot(
-            settings,
+            settings.paths,
+            feed_length=settings.batch.feed_length,
             model_version="bench-random",
             lake_version=lake.current().name,
             as_of=as_of,

@@ -84,10 +84,10 @@ def run() -> list[BenchRow]:
 
     with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
         settings = Settings.of(data_dir=Path(tmp))
-        _, cold = embed_videos_text(videos, settings, fp32)
+        _, cold = embed_videos_text(videos, settings.paths, settings.model, fp32)
         warm_seconds = []
         for _ in range(CACHED_REPEATS):
-            _, warm = embed_videos_text(videos, settings)  # encoder=None: must not load a model
+            _, warm = embed_videos_text(videos, settings.paths, settings.model)  # encoder=None: must not load a model
             assert warm.misses == 0, warm
             warm_seconds.append(warm.seconds)
 

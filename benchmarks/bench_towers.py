@@ -40,8 +40,10 @@ def run() -> list[BenchRow]:
     base = Settings.load()
     settings = base.override(data_dir=base.paths.data_dir / "bench" / "towers-world")
     generate_data(settings, "tiny", seed=42)
-    data = load_lake_data(settings)
-    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    data = load_lake_data(settings.paths, settings.batch)
+    prepared = prepare(
+        data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
+    )
     with stopwatch() as fit:
         fp32: TwoTower = train(prepared, CONFIG).model.eval()
     with stopwatch() as quant:

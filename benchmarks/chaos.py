@@ -273,7 +273,7 @@ def lake_pairs(data: Path) -> pl.DataFrame:
     from rec_core.data.lake import lake_for
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
-    return pl.from_arrow(lake_for(settings).read("interactions", columns=["user_id", "video_id"]))
+    return pl.from_arrow(lake_for(settings.paths, settings.batch).read("interactions", columns=["user_id", "video_id"]))
 
 
 # ---- the load -------------------------------------------------------------------------------------------------------
@@ -849,7 +849,11 @@ def choose_users_and_pairs(data: Path, rng: random.Random) -> tuple[list[str], I
     from rec_core.data.lake import lake_for
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
-    videos = sorted(pl.from_arrow(lake_for(settings).read("videos", columns=["video_id"]))["video_id"].to_list())
+    videos = sorted(
+        pl.from_arrow(lake_for(settings.paths, settings.batch).read("videos", columns=["video_id"]))[
+            "video_id"
+        ].to_list()
+    )
 
     def pairs() -> Iterator[tuple[str, str]]:
         while True:

@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(base.log_level)
     settings = base.override(data_dir=base.paths.data_dir / "eval" / "movielens")
     import_movielens(DEFAULT_PATH, settings=settings)
-    data = load_lake_data(settings)
-    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    data = load_lake_data(settings.paths, settings.batch)
+    prepared = prepare(
+        data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
+    )
     targets = build_targets(data.split, "valid")
     configs = {k: v for k, v in CONFIGS.items() if not args.only_default or not v}
     rows = []

@@ -5,17 +5,31 @@ demo serves is touched:
 
 * ``synthetic``: the default synthetic world (seed 42); also checks that the
   model recovers the planted affinity;
-* ``movielens``: ``../shared/datasets/movielens-small`` (temporal split).
+* ``movielens``: ``../shared/datasets/movielens-small``.
+
+Each under two protocols (``--protocol``, default both; see
+``rec_core/data/split.py``): ``temporal``, one global cut (what a batch
+recommender lives with; on MovieLens it leaves 74 test users), and
+``leave-last-out``, each user's own last interactions held out (every
+MovieLens user is evaluated, at the price of other users' later interactions
+in training).
 
 For each: the two-tower model and its ablations (no log-Q correction, no
 auxiliary engagement head, random batches instead of time windows), MostPop,
 ItemKNN, EASE and a recency-weighted MostPop, all on the same split; then the
 default model and the baselines again "as served": through the feed policy,
-whose fresh slots go to videos that appeared after the cut (what a feed would
-show, and the only way an ID-based baseline shows a cold video at all). Writes
-``data/eval/quality-<data set>.md`` (the README's tables) and ``.json`` beside it. ``--only synthetic|movielens``
-runs one; ``--seeds N`` retrains the default model with more seeds (``make eval`` does so on MovieLens, whose
-74 test users make one run's luck visible).
+whose fresh slots go to videos without a training interaction (what a feed
+would show, and the only way an ID-based baseline shows a cold video at all).
+Every per-user metric comes with a 95% interval from bootstrapping the
+evaluated users (``rec_core/eval/intervals.py``), and the default model is
+compared, paired per user, with recency-weighted MostPop and EASE on
+recall@20 and ndcg@20: "better", "worse" or "within noise".
+
+Writes ``data/eval/quality-<data set>.md`` (temporal; the tables of
+docs/quality.md) and ``quality-<data set>-leave-last-out.md``, each with a
+``.json`` beside it. ``--only synthetic|movielens`` runs one data set;
+``--seeds N`` retrains the default model with more seeds (``make eval`` does
+so on MovieLens, whose few temporal test users make one run's luck visible).
 """
 
 from __future__ import annotations
@@ -30,9 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from rec_core.data.movielens import DEFAULT_PATH, import_movielens
-from rec_core.eval.baselines import AS_SERVED, MostPop, default_baselines, evaluate_baselines
-from rec_core.eval.evaluation import LakeData, load_lake_data, markdown_table, two_tower_metrics
-from rec_core.model.training import TrainConfig, prepare, scorer, train
+from rec_core.data.split import LLO_TEST_FRACTION, LLO_VALID_FRACTION, PROTOCOLS, Protocol
+from rec_core.eval.baselines import MostPop, default_baselines, run_baselines
+from rec_core.eval.evaluation import REPORT_METRICS, LakeData, load_lake_data, markdown_table, two_tower_metrics
+from rec_core.eval.intervals import RESAMPLES, Interval, metric_intervals, paired_difference
+from rec_core.eval.ranking_metrics import UserMetrics, build_targets, user_metrics
+from rec_core.model.training import TrainConfig, scorer, train
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
@@ -58,36 +75,55 @@ MORE_VARIANTS: dict[str, dict] = {
 # A reference beside the issue's baselines: popularity with each watch's weight halved every 180 days (the half-life
 # picked on MovieLens's validation period, not its test period). Recency is most of what a feed's future follows.
 RECENT_HALF_LIFE_DAYS = 180.0
+# Per-user metrics that get an interval (coverage is the catalogue's, not a user's), and the paired comparisons:
+# the default model against the strongest baseline and the strongest collaborative one.
+INTERVAL_METRICS = [*REPORT_METRICS, "cold_recall@50"]
+PAIRED_AGAINST = (f"most_pop_recent_{RECENT_HALF_LIFE_DAYS:g}d", "ease")
+PAIRED_METRICS = ("recall@20", "ndcg@20")
 
 
 def evaluate_dataset(
-    settings: Settings, data: LakeData, variants: dict[str, dict], truth_dir: Path | None, seeds: int = 1
+    settings: Settings,
+    data: LakeData,
+    variants: dict[str, dict],
+    truth_dir: Path | None,
+    seeds: int = 1,
+    base: TrainConfig | None = None,
 ) -> dict:
-    text = data.text(settings)
-    prepared = prepare(data.split, data.videos, data.interactions, data.follows, text)
-    models: dict[str, dict[str, float]] = {}
-    served_models: dict[str, dict[str, float]] = {}
+    """Every model on ``data``'s split; ``base`` is the training configuration the variants override."""
+    base = base or TrainConfig(seed=settings.seed)
+    text = data.text(settings.paths, settings.model)
+    prepared = data.prepare(text)
+    targets = build_targets(data.split, "test")
     served = data.served_as()
+    per_user: dict[str, UserMetrics] = {}
+    served_per_user: dict[str, UserMetrics] = {}
+    models: dict[str, dict[str, float]] = {}
     extra: dict[str, float] = {}
     for name, overrides in variants.items():
-        config = dataclasses.replace(TrainConfig(seed=settings.seed), **overrides)
+        config = dataclasses.replace(base, **overrides)
         started = time.monotonic()
         result = train(prepared, config)
-        models[name] = two_tower_metrics(result.model, prepared)
-        models[name]["train_seconds"] = round(time.monotonic() - started, 1)
+        _, score = scorer(result.model, prepared)
+        per_user[name] = user_metrics(score, targets)
+        models[name] = {**per_user[name].summary(), "train_seconds": round(time.monotonic() - started, 1)}
         if name == "two_tower" and truth_dir is not None:
             extra["planted_affinity_spearman"] = planted_affinity_correlation(result.model, prepared, truth_dir)
         if name == "two_tower":
-            served_models = {name: two_tower_metrics(result.model, prepared, served=served)}
+            served_per_user[name] = user_metrics(score, targets, served=served)
     started = time.monotonic()
     baselines = [*default_baselines(), MostPop(half_life_days=RECENT_HALF_LIFE_DAYS)]
-    for name, metrics in evaluate_baselines(data.split, models=baselines, served=served).items():
-        (served_models if name.endswith(AS_SERVED) else models)[name.removesuffix(AS_SERVED)] = metrics
+    for run in run_baselines(data.split, models=baselines, served=served):
+        models[run.name], per_user[run.name] = run.metrics, run.per_user
+        if run.served is not None:
+            served_per_user[run.name] = run.served
     extra["baselines_seconds"] = round(time.monotonic() - started, 1)
-    # On a small test set (MovieLens: 74 users) one training run's luck can flip a comparison: other seeds say how much.
+    # One training run's luck can flip a comparison the user intervals call clear: other seeds say how much.
     spread = {
-        f"two_tower, seed {seed}": two_tower_metrics(train(prepared, TrainConfig(seed=seed)).model, prepared)
-        for seed in range(settings.seed + 1, settings.seed + seeds)
+        f"two_tower, seed {seed}": two_tower_metrics(
+            train(prepared, dataclasses.replace(base, seed=seed)).model, prepared
+        )
+        for seed in range(base.seed + 1, base.seed + seeds)
     }
     if spread:
         runs = [models["two_tower"], *spread.values()]
@@ -98,10 +134,46 @@ def evaluate_dataset(
         "dataset": data.dataset,
         "split": data.split.summary(),
         "models": models,
-        "served": served_models,
+        "served": {name: metrics.summary() for name, metrics in served_per_user.items()},
         "seeds": spread,
         "checks": extra,
+        "intervals": _intervals_json(per_user),
+        "served_intervals": _intervals_json(served_per_user),
+        "paired": paired_comparisons(per_user),
     }
+
+
+def paired_comparisons(per_user: dict[str, UserMetrics]) -> list[dict]:
+    """The default two-tower model minus each reference baseline, per user, with the users redrawn together."""
+    out = []
+    for against in PAIRED_AGAINST:
+        if "two_tower" not in per_user or against not in per_user:
+            continue
+        for metric in PAIRED_METRICS:
+            diff = paired_difference(per_user["two_tower"], per_user[against], metric)
+            out.append(
+                {
+                    "model": "two_tower",
+                    "against": against,
+                    "metric": metric,
+                    **dataclasses.asdict(diff.interval),
+                    "verdict": diff.verdict,
+                }
+            )
+    return out
+
+
+def _intervals_json(per_user: dict[str, UserMetrics]) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        name: {
+            key: dataclasses.asdict(interval) for key, interval in metric_intervals(metrics, INTERVAL_METRICS).items()
+        }
+        for name, metrics in per_user.items()
+    }
+
+
+def _intervals(stored: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, Interval]]:
+    return {name: {key: Interval(**value) for key, value in metrics.items()} for name, metrics in stored.items()}
 
 
 def planted_affinity_correlation(model, prepared, truth_dir: Path, n_users: int = 500, n_videos: int = 2000) -> float:
@@ -122,19 +194,43 @@ def planted_affinity_correlation(model, prepared, truth_dir: Path, n_users: int 
 
 
 def report_lines(name: str, result: dict, seed: int) -> list[str]:
-    """The Markdown section of one data set: the plain table, the served one and the seed spread."""
+    """The Markdown section of one data set under one protocol: the tables with intervals, the paired
+    differences and the seed spread."""
     split = result["split"]
+    if split.get("protocol", "temporal") == "temporal":
+        how = f"Temporal split: train before {split['valid_start']}, test from {split['test_start']}"
+        fresh = "videos new since the cut"
+    else:
+        how = (
+            f"Leave-last-out split: each user's last {LLO_TEST_FRACTION:.0%} of interactions (at least one) for "
+            f"test, the {LLO_VALID_FRACTION:.0%} before them for validation; {split['held_out_users']:,} of "
+            f"{split['users']:,} users held out, training data ends {split['valid_start']}"
+        )
+        fresh = "videos without a training interaction"
+    users = int(result["models"].get("two_tower", next(iter(result["models"].values())))["users"])
     lines = [
         f"### {name}: {result['dataset']}",
         "",
-        f"Temporal split: train before {split['valid_start']}, test from {split['test_start']}; "
-        f"{split['items']:,} videos ranked; checks: {result['checks']}",
+        f"{how}; {users:,} users evaluated, {split['items']:,} videos ranked; checks: {result['checks']}",
         "",
-        markdown_table(result["models"]),
+        f"Each metric with its 95% interval from {RESAMPLES:,} bootstrap redraws of the evaluated users:",
         "",
-        "As served (the feed policy over each ranking: creator cap, 10% of slots for videos new since the cut):",
+        markdown_table(result["models"], _intervals(result["intervals"])),
         "",
-        markdown_table(result["served"]),
+        f"As served (the feed policy over each ranking: creator cap, 10% of slots for {fresh}):",
+        "",
+        markdown_table(result["served"], _intervals(result["served_intervals"])),
+        "",
+        "The default model minus each reference, per user, the users redrawn together (the interval of the "
+        'difference; "within noise" when it holds 0):',
+        "",
+        "| model | against | metric | difference [95%] | verdict |",
+        "| --- | --- | --- | ---: | --- |",
+        *(
+            f"| {row['model']} | {row['against']} | {row['metric']} | "
+            f"{_signed(Interval(row['estimate'], row['low'], row['high']))} | {row['verdict']} |"
+            for row in result["paired"]
+        ),
         "",
     ]
     if result["seeds"]:
@@ -148,9 +244,14 @@ def report_lines(name: str, result: dict, seed: int) -> list[str]:
     return lines
 
 
+def _signed(interval: Interval) -> str:
+    return f"{interval.estimate:+.4f} [{interval.low:+.3f}, {interval.high:+.3f}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["synthetic", "movielens"])
+    parser.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both", help="the split(s) to evaluate on")
     parser.add_argument("--no-ablations", action="store_true", help="only the full two-tower model")
     parser.add_argument("--all-ablations", action="store_true", help="also the cold-start options of TrainConfig")
     parser.add_argument("--only-cold-start", action="store_true", help="the default model and the cold-start options")
@@ -164,26 +265,35 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"two_tower": {}, **MORE_VARIANTS}
     elif args.all_ablations:
         variants = {**variants, **MORE_VARIANTS}
+    protocols: list[Protocol] = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     results: dict[str, dict] = {}
-    if args.only in (None, "synthetic"):
-        settings = base.override(data_dir=out_dir / "synthetic")
-        generate_data(settings, "default", seed=42)
-        results["synthetic"] = evaluate_dataset(
-            settings, load_lake_data(settings), variants, settings.paths.truth_dir, args.seeds
-        )
-    if args.only in (None, "movielens"):
-        settings = base.override(data_dir=out_dir / "movielens")
-        import_movielens(DEFAULT_PATH, settings=settings)
-        results["movielens"] = evaluate_dataset(settings, load_lake_data(settings), variants, None, args.seeds)
+    for name in ("synthetic", "movielens"):
+        if args.only not in (None, name):
+            continue
+        settings = base.override(data_dir=out_dir / name)
+        truth_dir = None
+        if name == "synthetic":
+            generate_data(settings, "default", seed=42)
+            truth_dir = settings.paths.truth_dir
+        else:
+            import_movielens(DEFAULT_PATH, settings=settings)
+        for protocol in protocols:
+            data = load_lake_data(settings.paths, settings.batch, protocol)
+            results[report_name(name, protocol)] = evaluate_dataset(settings, data, variants, truth_dir, args.seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
         lines = report_lines(name, result, base.seed)
-        # One file per data set, so ``--only`` reruns one without losing the other's last figures.
+        # One file per data set and protocol, so a rerun of one keeps the others' last figures.
         (out_dir / f"quality-{name}.md").write_text("\n".join(lines))
         (out_dir / f"quality-{name}.json").write_text(json.dumps(result, indent=2))
         print("\n".join(lines))
         print(f"written to {out_dir / f'quality-{name}.md'}")
     return 0
+
+
+def report_name(dataset: str, protocol: Protocol) -> str:
+    """``movielens`` for the temporal protocol (the report's historical name), ``movielens-leave-last-out`` else."""
+    return dataset if protocol == "temporal" else f"{dataset}-{protocol}"
 
 
 if __name__ == "__main__":

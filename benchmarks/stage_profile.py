@@ -141,7 +141,7 @@ def disk_sizes(data_dir: Path) -> dict[str, float]:
     """MB on disk of the lake (current version and all kept), the feature cache and the live snapshot's parts."""
     settings = Settings.of(data_dir=data_dir)
     current = Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep).current()
-    snapshot = live_snapshot(settings)
+    snapshot = live_snapshot(settings.paths)
     if snapshot is None:
         raise StageFailed(f"the run published no snapshot under {data_dir}")
     return {

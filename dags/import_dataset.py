@@ -48,7 +48,7 @@ def import_dataset_dag() -> None:
 
         # Whoever can trigger a run chooses these paths: each must resolve inside the import folder.
         def confined(key: str) -> Path | None:
-            return resolve_import_path(settings, params[key], key) if params.get(key) else None
+            return resolve_import_path(settings.paths, params[key], key) if params.get(key) else None
 
         videos, interactions = confined("videos"), confined("interactions")
         assert videos is not None and interactions is not None  # minLength=1 params

@@ -33,7 +33,7 @@ from feed_api.reader import FeedReader
 from feed_api.request_rules import client_address, json_only_middleware, parse_networks
 from feed_api.telemetry import Metrics, metrics_middleware
 from rec_core.data.inbox import InboxWriteError
-from rec_core.settings import Settings
+from rec_core.settings import ApiSettings, PathSettings, Settings
 
 log = logging.getLogger("feed_api")
 
@@ -46,14 +46,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # hand-offs, which cost more than the math at that size (measured: the user tower 31 -> 10 ms).
     torch.set_num_threads(settings.model.torch_threads or 1)
     telemetry = Metrics()
-    updates = LiveUpdates(settings, telemetry)
-    reader = FeedReader(settings, updates.registry, telemetry, activity=updates.activity)
+    updates = LiveUpdates(settings.paths, settings.batch, settings.model, settings.api, telemetry)
+    reader = FeedReader(
+        settings.paths, settings.batch, settings.api, updates.registry, telemetry, activity=updates.activity
+    )
     docs_plugin, docs_routes = docs_plugins_and_routes()
     app = Litestar(
         route_handlers=[*CONTROLLERS, *docs_routes],
         state=app_state(reader, updates, telemetry),
         lifespan=[_lifespan],
-        middleware=_middleware(settings, telemetry),
+        middleware=_middleware(settings.paths, settings.api, telemetry),
         exception_handlers={Exception: _error_response},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
@@ -69,20 +71,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return app
 
 
-def _middleware(settings: Settings, telemetry: Metrics) -> list[Any]:
+def _middleware(paths: PathSettings, api: ApiSettings, telemetry: Metrics) -> list[Any]:
     """Outermost first: every answer is counted; floods are limited before a key is even checked; the key
     before the body's type."""
     middleware: list[Any] = [metrics_middleware(telemetry)]
-    if settings.api.rate_limit:
+    if api.rate_limit:
         middleware.append(
             RateLimitConfig(
-                rate_limit=("second", settings.api.rate_limit),
+                rate_limit=("second", api.rate_limit),
                 exclude=["/health", "/ready", "/metrics"],
-                identifier_for_request=client_address(parse_networks(settings.api.trusted_proxies)),
+                identifier_for_request=client_address(parse_networks(api.trusted_proxies)),
             ).middleware
         )
-    keys = KeyStore(settings.paths.keys_path)
-    return [*middleware, auth_middleware(keys, host=settings.api.host), json_only_middleware]
+    keys = KeyStore(paths.keys_path)
+    return [*middleware, auth_middleware(keys, host=api.host), json_only_middleware]
 
 
 @asynccontextmanager

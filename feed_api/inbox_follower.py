@@ -18,18 +18,19 @@ from feed_api.snapshot_view import SnapshotView
 from feed_api.user_state import UserStates
 from rec_core.data.inbox import InboxRecord, InboxWriter, consumed_offsets, read_new
 from rec_core.ids import id_problem
-from rec_core.settings import Settings
+from rec_core.settings import ApiSettings, PathSettings
 from rec_core.snapshot.layout import SnapshotError, live_snapshot_id, snapshot_paths
 
 log = logging.getLogger(__name__)
 
 
 class InboxFollower:
-    def __init__(self, settings: Settings, inbox: InboxWriter, posted: PostedVideos) -> None:
-        self.settings = settings
+    def __init__(self, paths: PathSettings, api: ApiSettings, inbox: InboxWriter, posted: PostedVideos) -> None:
+        self._paths = paths
+        self._api = api
         self._inbox = inbox
         self._posted = posted
-        self.users = UserStates(settings.api.users_max, settings.api.user_videos_max)
+        self.users = UserStates(api.users_max, api.user_videos_max)
         self._users_of: str | None = None  # the snapshot whose inbox offsets self.users was replayed from
         self._inbox_offsets: dict[str, int] | None = None
 
@@ -52,10 +53,8 @@ class InboxFollower:
 
     def _rebuild(self, live: SnapshotView | None) -> None:
         snapshot_id, since = self._replay_from(live)
-        users = UserStates(self.settings.api.users_max, self.settings.api.user_videos_max)
-        offsets = self._read(
-            users, since if since is not None else consumed_offsets(self.settings.paths.inbox_dir), live
-        )
+        users = UserStates(self._api.users_max, self._api.user_videos_max)
+        offsets = self._read(users, since if since is not None else consumed_offsets(self._paths.inbox_dir), live)
         self.users, self._users_of = users, snapshot_id
         # Records this process accepted while the replay ran were applied to the old state only; being durable
         # before they are applied, they are all in the inbox now: read them once more into the new state (one
@@ -74,9 +73,9 @@ class InboxFollower:
         offsets = dict(since)
         while True:
             batch = read_new(
-                self.settings.paths.inbox_dir,
+                self._paths.inbox_dir,
                 offsets,
-                max_bytes=self.settings.api.inbox_read_bytes,
+                max_bytes=self._api.inbox_read_bytes,
                 skip=self._inbox.owns if skip_own else None,
             )
             offsets.update(batch.offsets)
@@ -99,11 +98,11 @@ class InboxFollower:
         if live is not None:
             offsets = live.build.inbox_offsets
             return live.snapshot_id, dict(offsets) if offsets is not None else None
-        snapshot_id = live_snapshot_id(self.settings)
+        snapshot_id = live_snapshot_id(self._paths)
         if snapshot_id is None:
             return None, None
         try:
-            offsets = snapshot_paths(self.settings, snapshot_id).read_build().inbox_offsets
+            offsets = snapshot_paths(self._paths, snapshot_id).read_build().inbox_offsets
         except (OSError, ValueError, TypeError, SnapshotError) as exc:
             log.warning(
                 "cannot read the inbox offsets of snapshot %s (%s): replaying what is unconsumed", snapshot_id, exc

@@ -43,7 +43,7 @@ from feed_api.snapshots import SnapshotRegistry
 from feed_api.telemetry import Metrics
 from feed_api.user_state import UserActivity, UserStates
 from rec_core.data.inbox import InboxWriter
-from rec_core.settings import Settings
+from rec_core.settings import ApiSettings, BatchSettings, ModelSettings, PathSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,24 @@ Records = list[tuple[str, dict[str, Any]]]
 
 
 class LiveUpdates:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
+    def __init__(
+        self, paths: PathSettings, batch: BatchSettings, model: ModelSettings, api: ApiSettings, metrics: Metrics
+    ) -> None:
+        """Every section, each handed to the part that reads it: the inbox and the snapshots (``paths``), how many
+        snapshots stay loaded (``batch``), the posted videos' text encoder (``model``), the bounds and the
+        refresh interval (``api``)."""
+        self._paths = paths
+        self._reload_s = api.reload_ms / 1000
         self._metrics = metrics
-        self.inbox = InboxWriter(settings.paths.inbox_dir)
-        self.posted = PostedVideos(settings, self.inbox, metrics)
-        self.follower = InboxFollower(settings, self.inbox, self.posted)
-        self.registry = SnapshotRegistry(settings, on_loaded=self.posted.adopt)
+        self.inbox = InboxWriter(paths.inbox_dir)
+        self.posted = PostedVideos(model, api, self.inbox, metrics)
+        self.follower = InboxFollower(paths, api, self.inbox, self.posted)
+        self.registry = SnapshotRegistry(paths, batch, on_loaded=self.posted.adopt)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inbox_batcher: MicroBatcher[Records, str] = MicroBatcher(self._append, name="inbox")
         self._video_batcher: MicroBatcher[tuple[dict[str, Any], bool], np.ndarray | ApiError] = MicroBatcher(
-            lambda items: self.posted.index(live_view(self.registry, settings), items), max_batch=32, name="videos"
+            lambda items: self.posted.index(live_view(self.registry, paths), items), max_batch=32, name="videos"
         )
 
     # ---- life cycle ------------------------------------------------------------------------------------------
@@ -83,14 +89,13 @@ class LiveUpdates:
         self.inbox.close()
 
     def _background(self) -> None:
-        interval = self.settings.api.reload_ms / 1000
         while True:
             try:
                 self.follower.follow(self.registry.live)
                 self.registry.refresh()
             except Exception:  # the loop must survive anything; the next tick retries
                 log.exception("background refresh failed")
-            if self._stop.wait(interval):
+            if self._stop.wait(self._reload_s):
                 return
 
     # ---- what the read path reads ------------------------------------------------------------------------------
@@ -119,7 +124,7 @@ class LiveUpdates:
         return EventsOut(accepted=len(records))
 
     async def add_user(self, req: UserIn) -> UserOut:
-        view = live_view(self.registry, self.settings)
+        view = live_view(self.registry, self._paths)
         body = msgspec.structs.asdict(req)
         await self._inbox_batcher.submit([("user", body)])
         profile = user_profile(body)
@@ -137,7 +142,7 @@ class LiveUpdates:
         """Encode and index a posted video. An id the catalogue or an earlier post already has is refused (409)
         unless the caller may update videos; the same body posted again is answered as before, writing nothing,
         so a client may retry a post whose answer it lost."""
-        view = live_view(self.registry, self.settings)
+        view = live_view(self.registry, self._paths)
         payload = msgspec.structs.asdict(req)
         vector = await self._video_batcher.submit((payload, may_update))
         if isinstance(vector, ApiError):

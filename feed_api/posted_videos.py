@@ -29,7 +29,7 @@ from feed_api.telemetry import Metrics
 from feed_api.video_encoding import encode_videos
 from rec_core.data.inbox import InboxWriter
 from rec_core.model.text_encoder import TextEncoder
-from rec_core.settings import Settings
+from rec_core.settings import ApiSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ ENCODE_CHUNK = 256  # videos per forward pass when a snapshot indexes a backlog
 
 
 class PostedVideos:
-    def __init__(self, settings: Settings, inbox: InboxWriter, metrics: Metrics) -> None:
-        self._settings = settings
+    def __init__(self, model: ModelSettings, api: ApiSettings, inbox: InboxWriter, metrics: Metrics) -> None:
+        self._default_text_model = model.text_model  # for models saved before their config named theirs
+        self._videos_max = api.posted_videos_max
         self._inbox = inbox
         self._metrics = metrics
         self._encoders: dict[str, TextEncoder] = {}
@@ -114,7 +115,7 @@ class PostedVideos:
                 self._videos[p["video_id"]] = p
                 self._videos.move_to_end(p["video_id"])
             evicted = []
-            while len(self._videos) > self._settings.api.posted_videos_max:
+            while len(self._videos) > self._videos_max:
                 evicted.append(self._videos.popitem(last=False)[0])
         if evicted and view is not None:
             self._forget_added(view, evicted)
@@ -134,7 +135,7 @@ class PostedVideos:
             view.store.upsert(updated, view.video_vectors[[view.video_code[v] for v in updated]])
 
     def _encoder(self, view: SnapshotView) -> TextEncoder:
-        model = view.model.config.get("text_model", self._settings.model.text_model)
+        model = view.model.config.get("text_model", self._default_text_model)
         with self._encoders_lock:  # seconds to load: once per process, not once per racing caller
             if model not in self._encoders:
                 self._encoders[model] = TextEncoder(model)

@@ -22,7 +22,7 @@ from feed_api.telemetry import Metrics
 from feed_api.user_state import UserActivity
 from rec_core.feed.cursor import Cursor, CursorError, CursorSigner, cursor_secret
 from rec_core.feed.policy import FeedPolicy
-from rec_core.settings import Settings
+from rec_core.settings import ApiSettings, BatchSettings, PathSettings
 
 RESTART_HINT = "restart from the first page: send the request again with cursor null"
 
@@ -45,23 +45,24 @@ def precomputed_suffices(view: SnapshotView, cursor: Cursor, limit: int, activit
 class FeedReader:
     def __init__(
         self,
-        settings: Settings,
+        paths: PathSettings,
+        batch: BatchSettings,
+        api: ApiSettings,
         registry: SnapshotRegistry,
         metrics: Metrics,
         activity: Callable[[str], UserActivity | None],
     ) -> None:
-        self.settings = settings
+        self._paths = paths
+        self.api = api
         self.registry = registry
-        self.signer = CursorSigner(
-            cursor_secret(settings.api.cursor_secret, settings.paths.data_dir), settings.api.cursor_ttl_s
-        )
+        self.signer = CursorSigner(cursor_secret(api.cursor_secret, paths.data_dir), api.cursor_ttl_s)
         self.vectors = LiveVectors()
-        self.policy = FeedPolicy(feed_length=settings.batch.feed_length)
+        self.policy = FeedPolicy(feed_length=batch.feed_length)
         self._metrics = metrics
         self._activity = activity
 
     def live_view(self) -> SnapshotView:
-        return live_view(self.registry, self.settings)
+        return live_view(self.registry, self._paths)
 
     async def recommend(self, req: RecommendationsIn) -> RecommendationsOut:
         user_id = req.user_id

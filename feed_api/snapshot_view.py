@@ -49,7 +49,7 @@ from rec_core.model.inference import (
     user_vector_from_profile,
 )
 from rec_core.model.store import LoadedModel
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings
 from rec_core.snapshot.files import read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
 from rec_core.snapshot.manifest import read_manifest
@@ -154,7 +154,7 @@ class SnapshotView:
         self.store.close()
 
 
-def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
+def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView:
     """Read a published snapshot into memory and open its Milvus collection; raises on anything missing."""
     started = time.perf_counter()
     manifest = read_manifest(paths)
@@ -166,7 +166,7 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
     vectors = vectors_array(videos)[order]
     codes = pl.DataFrame({"video_id": video_ids.astype(str), "code": np.arange(len(video_ids), dtype=np.int32)})
 
-    model = load_build_model(settings, build)
+    model = load_build_model(path_settings, build)
     catalogue = snapshot_catalogue(paths, build, model)
     meta = pl.DataFrame(
         {
@@ -189,7 +189,7 @@ def load_view(settings: Settings, paths: SnapshotPaths) -> SnapshotView:
     centroid = vectors[top].mean(axis=0) if len(top) else vectors.mean(axis=0)
     centroid = (centroid / max(float(np.linalg.norm(centroid)), 1e-12)).astype(np.float32)
 
-    store = VectorStore(paths.milvus_uri(settings), paths.collection_name(settings), build.embedding_dim)
+    store = VectorStore(paths.milvus_uri(path_settings), paths.collection_name(path_settings), build.embedding_dim)
     if not store.exists():
         store.close()
         raise ValueError(f"snapshot {paths.snapshot_id}: Milvus collection {manifest.milvus_collection} is missing")

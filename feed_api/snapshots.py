@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from feed_api.snapshot_view import SnapshotView, load_view
-from rec_core.settings import Settings
+from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, live_snapshot_id, snapshot_paths
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,11 @@ RETRY_S = 30.0  # wait before retrying a snapshot that failed to load
 
 
 class SnapshotRegistry:
-    def __init__(self, settings: Settings, on_loaded: Callable[[SnapshotView], None] | None = None) -> None:
-        self._settings = settings
+    def __init__(
+        self, paths: PathSettings, batch: BatchSettings, on_loaded: Callable[[SnapshotView], None] | None = None
+    ) -> None:
+        self._paths = paths
+        self._batch = batch
         self._on_loaded = on_loaded or (lambda view: None)
         self._views: OrderedDict[str, SnapshotView] = OrderedDict()
         self._failed: dict[str, float] = {}  # snapshot id -> time of the failed load
@@ -46,7 +49,7 @@ class SnapshotRegistry:
             view.close()
         self._closing = []
         try:
-            live_id = live_snapshot_id(self._settings)
+            live_id = live_snapshot_id(self._paths)
         except OSError as exc:
             log.warning("cannot read the LIVE pointer: %s", exc)
             return
@@ -67,7 +70,7 @@ class SnapshotRegistry:
         if view is not None:
             return view
         try:
-            paths = snapshot_paths(self._settings, snapshot_id)
+            paths = snapshot_paths(self._paths, snapshot_id)
         except SnapshotError:
             return None
         if not (paths.root / MANIFEST_FILE).is_file():
@@ -95,7 +98,7 @@ class SnapshotRegistry:
                 return self._views[snapshot_id]
             started = time.perf_counter()
             try:
-                view = load_view(self._settings, snapshot_paths(self._settings, snapshot_id))
+                view = load_view(self._paths, snapshot_paths(self._paths, snapshot_id))
                 self._on_loaded(view)
             except Exception as exc:  # keep serving what we have; say why this one is not served
                 self._failed[snapshot_id] = time.monotonic()
@@ -114,7 +117,7 @@ class SnapshotRegistry:
         return self.live.snapshot_id if self.live else None
 
     def _evict(self) -> None:
-        keep = self._settings.batch.snapshots_keep + 1
+        keep = self._batch.snapshots_keep + 1
         for snapshot_id in list(self._views):
             if len(self._views) <= keep:
                 break
@@ -124,6 +127,6 @@ class SnapshotRegistry:
     def _forget_pruned(self) -> None:
         with self._lock:
             for snapshot_id, view in list(self._views.items()):
-                if not (self._settings.paths.snapshots_dir / snapshot_id).is_dir() and view is not self.live:
+                if not (self._paths.snapshots_dir / snapshot_id).is_dir() and view is not self.live:
                     log.info("snapshot %s was pruned; its cursors now expire", snapshot_id)
                     self._closing.append(self._views.pop(snapshot_id))

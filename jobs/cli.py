@@ -1,19 +1,25 @@
-"""What every ``python -m jobs.<stage>`` command shares: settings with ``--data-dir`` on top, logging."""
+"""What every ``python -m jobs.<stage>`` command shares: settings with ``--data-dir`` on top, logging; and the
+tail the import commands share (the printed report and the exit code)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rec_core.atomic import write_bytes_atomic
+from rec_core.data.import_report import ImportReport, IngestError, InputError
 from rec_core.data.lake import LakeError
 from rec_core.model.store import ModelStoreError
 from rec_core.progress import setup_logging
 from rec_core.runtime import apply_torch_threads
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.layout import SnapshotError
+
+log = logging.getLogger(__name__)
 
 
 def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
@@ -27,7 +33,7 @@ def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
         settings = settings.override(data_dir=args.data_dir)
     if logging:
         setup_logging(settings.log_level)
-    apply_torch_threads(settings)
+    apply_torch_threads(settings.model)
     return settings
 
 
@@ -46,3 +52,38 @@ def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: 
         return 2
     print(json.dumps(summary))
     return 0
+
+
+# ---- the import commands' shared tail ---------------------------------------------
+
+EXIT_OK, EXIT_REJECTED, EXIT_INPUT = 0, 1, 2
+
+
+def run_import_command(
+    do_import: Callable[[Settings], ImportReport], *, data_dir: Path | None, strict: bool, report_json: Path | None
+) -> int:
+    """Settings, logging, the printed report (and its JSON copy) and the exit code of an import command.
+
+    Exit codes: 0 imported, or identical to the live lake version already; 1 rejected (a bad row under
+    ``strict``, or no valid video); 2 unusable input or a bad setting. On 1 and 2 the lake is untouched.
+    """
+    try:
+        settings = Settings.load()
+        if data_dir is not None:
+            settings = settings.override(data_dir=data_dir)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    setup_logging(settings.log_level)
+    try:
+        report = do_import(settings)
+        code = EXIT_OK
+    except IngestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        report = exc.report or ImportReport(source="import", strict=strict, status="error", error=str(exc))
+        code = EXIT_INPUT if isinstance(exc, InputError) else EXIT_REJECTED
+    print(report.format_text())
+    if report_json is not None:
+        write_bytes_atomic(report_json, (report.to_json() + "\n").encode())
+        log.info("report written to %s", report_json)
+    return code

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rec_core.data.file_import import import_dataset, run_import_command
+from jobs.cli import run_import_command
+from rec_core.data.file_import import import_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

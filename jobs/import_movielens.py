@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rec_core.data.file_import import run_import_command
+from jobs.cli import run_import_command
 from rec_core.data.movielens import DEFAULT_PATH, import_movielens
 
 

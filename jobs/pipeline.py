@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps({"published": snapshot_id}))
         else:
-            print(latest_unpublished(settings))
+            print(latest_unpublished(settings.paths))
     except (SettingsError, ModelStoreError, SnapshotError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

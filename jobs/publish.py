@@ -23,7 +23,7 @@ from pathlib import Path
 from jobs.cli import settings_for
 from rec_core.data.lake import LakeError
 from rec_core.data.warehouse import build_warehouse
-from rec_core.settings import Settings
+from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import SnapshotError
 from rec_core.snapshot.publish import ABANDONED_AFTER, list_snapshots, rollback
 from rec_core.snapshot.publish import publish as publish_snapshot
@@ -32,9 +32,9 @@ from rec_core.snapshot.validate import validate_snapshot
 log = logging.getLogger("jobs.publish")
 
 
-def format_list(settings: Settings) -> str:
+def format_list(paths: PathSettings) -> str:
     rows = [("", "snapshot", "state", "published_at", "model_version", "users", "feed rows")]
-    for s in list_snapshots(settings):
+    for s in list_snapshots(paths):
         rows.append(
             (
                 "*" if s.live else "",
@@ -47,14 +47,14 @@ def format_list(settings: Settings) -> str:
             )
         )
     if len(rows) == 1:
-        return f"no snapshots under {settings.paths.snapshots_dir}"
+        return f"no snapshots under {paths.snapshots_dir}"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def _rebuild_warehouse(settings: Settings) -> int:
+def _rebuild_warehouse(paths: PathSettings, batch: BatchSettings) -> int:
     try:
-        print(f"warehouse rebuilt: {build_warehouse(settings)}")
+        print(f"warehouse rebuilt: {build_warehouse(paths, batch)}")
     except Exception as exc:  # the swap already happened: report it, but do not pretend the publish failed
         print(f"warning: the warehouse could not be rebuilt ({exc}); run `python -m jobs.summarize`", file=sys.stderr)
         return 1
@@ -81,18 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(args)
     try:
         if args.list:
-            print(format_list(settings))
+            print(format_list(settings.paths))
             return 0
         if args.rollback:
-            target = rollback(settings)
+            target = rollback(settings.paths)
             print(f"rolled back: {target} is live")
-            return _rebuild_warehouse(settings)
-        manifest = validate_snapshot(settings, args.snapshot)
+            return _rebuild_warehouse(settings.paths, settings.batch)
+        manifest = validate_snapshot(settings.paths, args.snapshot)
         print(f"snapshot {args.snapshot} is valid: {manifest.counts}")
         if args.validate_only:
             return 0
         result = publish_snapshot(
-            settings, args.snapshot, abandoned_after=dt.timedelta(hours=args.abandoned_after_hours)
+            settings.paths,
+            args.snapshot,
+            keep=settings.batch.snapshots_keep,
+            abandoned_after=dt.timedelta(hours=args.abandoned_after_hours),
         )
     except (SnapshotError, LakeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"published: {result.snapshot_id} is live (previous: {result.previous or 'none'})")
     if result.pruned:
         print(f"pruned: {', '.join(result.pruned)}")
-    return _rebuild_warehouse(settings)
+    return _rebuild_warehouse(settings.paths, settings.batch)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import sys
 
-from rec_core.settings import Settings
+from rec_core.settings import ModelSettings, Settings
 
 
-def apply_torch_threads(settings: Settings) -> None:
+def apply_torch_threads(model: ModelSettings) -> None:
     """Cap torch's intra-op threads at ``REC_TORCH_THREADS`` (0 leaves torch's default, one per core).
 
     Several Airflow workers on one machine each run a job process; uncapped, each would start a
@@ -17,7 +17,7 @@ def apply_torch_threads(settings: Settings) -> None:
     heavy work: torch reads ``OMP_NUM_THREADS`` when it is imported, and an already imported torch
     is set directly.
     """
-    threads = settings.model.torch_threads
+    threads = model.torch_threads
     if threads <= 0:
         return
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -30,5 +30,5 @@ def apply_torch_threads(settings: Settings) -> None:
 def job_settings() -> Settings:
     """The settings a batch process runs with: ``REC_*`` from its environment, torch threads capped."""
     settings = Settings.load()
-    apply_torch_threads(settings)
+    apply_torch_threads(settings.model)
     return settings

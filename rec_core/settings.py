@@ -2,8 +2,16 @@
 
 :class:`Settings` holds one section per part of the product (``paths``, ``model``, ``batch``, ``api``) plus the
 two knobs every part shares (``seed``, ``log_level``); a part is handed only its section. Each field keeps its flat
-``REC_*`` name (``REC_FEED_LENGTH`` is ``settings.batch.feed_length``). Values come from, in
-order of precedence: ``REC_*`` environment variables, an optional TOML file
+``REC_*`` name (``REC_FEED_LENGTH`` is ``settings.batch.feed_length``).
+
+Who takes what: the stage entry points take the whole :class:`Settings` (the functions of the stage list in
+:mod:`rec_core.stages` and the top-level stage functions they call, such as ``materialize_feeds``, ``embed_shard``,
+``train_version``, ``publish_stage``, ``generate_data``, ``import_dataset``, ``summarize``; the ``jobs/`` CLIs;
+``feed_api.app.create_app``). Everything below them, the components, takes only the section(s) or the plain values
+it reads (``snapshot_paths(paths, ...)``, ``lake_for(paths, batch)``, ``publish(paths, ..., keep=...)``); one that
+needs two sections takes two parameters, never the whole object, so its signature says what it depends on.
+
+Values come from, in order of precedence: ``REC_*`` environment variables, an optional TOML file
 (``REC_CONFIG``, or ``rec.toml`` in the working directory), then the defaults
 below. Invalid values fail at start-up with a :class:`SettingsError` that names
 the setting, so a typo never surfaces later as a confusing crash.

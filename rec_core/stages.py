@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from rec_core.settings import Settings
+    from rec_core.settings import PathSettings, Settings
 
 # What a stage's success changes, for whoever waits on it (Airflow's assets).
 Announcement = Literal["lake", "model", "embeddings", "snapshot"]
@@ -168,16 +168,16 @@ def run_stages(settings: Settings, stages: Iterable[Stage], params: Mapping[str,
             result = stage.run(settings, values)
             values.update({name: result[name] for name in stage.provides})
             continue
-        for shard in shard_numbers(settings, values["snapshot_id"], stage.shards):
+        for shard in shard_numbers(settings.paths, values["snapshot_id"], stage.shards):
             stage.run(settings, values, shard)
     return values
 
 
-def shard_numbers(settings: Settings, snapshot_id: str, kind: ShardKind) -> list[int]:
+def shard_numbers(paths: PathSettings, snapshot_id: str, kind: ShardKind) -> list[int]:
     """The shards of ``kind`` that the snapshot was begun with (its build.json), to run or map over."""
     from rec_core.snapshot.layout import snapshot_paths
 
-    build = snapshot_paths(settings, snapshot_id).read_build()
+    build = snapshot_paths(paths, snapshot_id).read_build()
     return list(range(build.video_shards if kind == "video" else build.user_shards))
 
 

@@ -9,7 +9,16 @@ import polars as pl
 import pytest
 
 from rec_core.data.split import Split, temporal_split, train_matrix
-from rec_core.eval.baselines import AS_SERVED, EASE, TIE_BREAK, ItemKNN, MostPop, evaluate_baselines, popularity
+from rec_core.eval.baselines import (
+    AS_SERVED,
+    EASE,
+    TIE_BREAK,
+    ItemKNN,
+    MostPop,
+    evaluate_baselines,
+    popularity,
+    run_baselines,
+)
 from rec_core.eval.ranking_metrics import ServedAs
 from rec_core.feed.policy import FeedPolicy
 
@@ -184,6 +193,27 @@ def test_served_rows_come_beside_the_plain_ones_and_leave_them_alone() -> None:
     # fresh (cold) items, arbitrary ones for these models, so they are reached now and then.
     assert all(plain[n]["cold_recall@10"] == 0.0 for n in plain)
     assert any(both[n + AS_SERVED]["cold_recall@10"] > 0.0 for n in plain)
+
+
+def test_runs_keep_each_users_values_behind_the_averages() -> None:
+    rng = np.random.default_rng(4)
+    videos = [f"v{i:02d}" for i in range(30)]
+    train = [(f"u{u:02d}", v) for u in range(40) for v in rng.choice(videos, size=5, replace=False)]
+    split = make_split(train, [(f"u{u:02d}", videos[u % 30]) for u in range(40)], videos)
+    served = ServedAs(FeedPolicy(fresh_share=0.2), split.cold_item_mask, np.arange(split.n_items))
+    runs = run_baselines(split, ks=(10,), served=served)
+    averages = evaluate_baselines(split, ks=(10,), served=served)
+    for run in runs:
+        assert run.per_user.summary() == pytest.approx(
+            {k: v for k, v in run.metrics.items() if not k.endswith("_seconds")}, nan_ok=True
+        )
+        assert run.metrics["recall@10"] == averages[run.name]["recall@10"]
+        assert (
+            run.served is not None and run.served.summary()["recall@10"] == averages[run.name + AS_SERVED]["recall@10"]
+        )
+        # One value per evaluated user, the same users for every model: what a paired comparison needs.
+        assert np.array_equal(run.per_user.users, runs[0].per_user.users)
+        assert len(run.per_user.values["ndcg@10"]) == len(run.per_user.users) == run.metrics["users"]
 
 
 def test_invalid_parameters() -> None:

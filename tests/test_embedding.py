@@ -48,7 +48,8 @@ def snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Snapsh
     generate_data(settings, "tiny", seed=1)
     version = train_version(settings, TrainConfig(embedding_dim=settings.model.embedding_dim, epochs=2, batch_size=256))
     paths = begin_snapshot(
-        settings,
+        settings.paths,
+        feed_length=settings.batch.feed_length,
         model_version=version,
         lake_version=Lake(settings.paths.lake_dir).current().name,
         as_of=dt.datetime.now(dt.UTC),
@@ -67,9 +68,9 @@ def test_video_shards_cover_the_catalogue_once(snapshot: tuple[Settings, Snapsho
     settings, paths = snapshot
     build = paths.read_build()
     sharded = read_vector_shards(paths, "videos", VIDEO_SHARDS)
-    lake_ids = sorted(read_lake_table(settings, build, "videos", columns=["video_id"])["video_id"].to_pylist())
+    lake_ids = sorted(read_lake_table(settings.paths, build, "videos", columns=["video_id"])["video_id"].to_pylist())
     assert sharded["video_id"].to_pylist() == lake_ids
-    whole = video_shard(settings, dataclasses.replace(build, video_shards=1), 0).vectors
+    whole = video_shard(settings.paths, settings.model, dataclasses.replace(build, video_shards=1), 0).vectors
     assert whole["video_id"].to_pylist() == lake_ids
     np.testing.assert_allclose(vectors_array(sharded), vectors_array(whole), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vectors_array(sharded), axis=1), 1.0, atol=1e-5)
@@ -79,9 +80,9 @@ def test_user_shards_cover_every_user_once(snapshot: tuple[Settings, SnapshotPat
     settings, paths = snapshot
     build = paths.read_build()
     sharded = read_vector_shards(paths, "users", USER_SHARDS)
-    users = read_lake_table(settings, build, "users", columns=["user_id"])["user_id"].to_pylist()
+    users = read_lake_table(settings.paths, build, "users", columns=["user_id"])["user_id"].to_pylist()
     assert sharded["user_id"].to_pylist() == sorted(users)
-    whole = user_vectors_for_shard(settings, dataclasses.replace(build, user_shards=1), 0)
+    whole = user_vectors_for_shard(settings.paths, settings.model, dataclasses.replace(build, user_shards=1), 0)
     np.testing.assert_allclose(vectors_array(sharded), vectors_array(whole), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vectors_array(sharded), axis=1), 1.0, atol=1e-5)
 
@@ -127,10 +128,10 @@ def test_cli_runs_one_shard(snapshot: tuple[Settings, SnapshotPaths], capsys: py
 def test_online_user_vector_equals_the_batch_vector(snapshot: tuple[Settings, SnapshotPaths]) -> None:
     settings, paths = snapshot
     build = paths.read_build()
-    loaded = load_build_model(settings, build)
-    catalogue = load_catalogue(settings, build, loaded)
-    interactions = interaction_frame(read_lake_table(settings, build, "interactions"))
-    follows = follows_frame(read_lake_table(settings, build, "follows"))
+    loaded = load_build_model(settings.paths, build)
+    catalogue = load_catalogue(settings.paths, settings.model, build, loaded)
+    interactions = interaction_frame(read_lake_table(settings.paths, build, "interactions"))
+    follows = follows_frame(read_lake_table(settings.paths, build, "follows"))
     batch = read_vector_shards(paths, "users", USER_SHARDS)
     batch_ids = batch["user_id"].to_pylist()
     batch_vectors = vectors_array(batch)
@@ -166,7 +167,9 @@ def test_load_vectors_fills_the_snapshot_collection(snapshot: tuple[Settings, Sn
     assert load_vectors(settings, paths.snapshot_id)["rows"] == videos.num_rows  # a rerun rebuilds, same count
     users = vectors_array(read_vector_shards(paths, "users", USER_SHARDS))[:5]
     ids, vectors = videos["video_id"].to_pylist(), vectors_array(videos)
-    with VectorStore(paths.milvus_uri(settings), paths.collection_name(settings), vectors.shape[1]) as store:
+    with VectorStore(
+        paths.milvus_uri(settings.paths), paths.collection_name(settings.paths), vectors.shape[1]
+    ) as store:
         assert store.count() == len(ids)
         hits = store.search(users, 20)
     for user, found in zip(users, hits, strict=True):
@@ -180,7 +183,8 @@ def test_load_vectors_names_missing_shards(snapshot: tuple[Settings, SnapshotPat
     settings, paths = snapshot
     build: BuildInfo = paths.read_build()
     other = begin_snapshot(
-        settings,
+        settings.paths,
+        feed_length=settings.batch.feed_length,
         model_version=build.model_version,
         lake_version=build.lake_version,
         as_of=dt.datetime.now(dt.UTC),
@@ -201,8 +205,8 @@ def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
     vectors as the shards, the same online user vectors, and the same creators and creation times."""
     settings, paths = snapshot
     build = paths.read_build()
-    loaded = load_build_model(settings, build)
-    from_lake = load_catalogue(settings, build, loaded)
+    loaded = load_build_model(settings.paths, build)
+    from_lake = load_catalogue(settings.paths, settings.model, build, loaded)
     served = snapshot_catalogue(paths, build, loaded)
     for name in ("video_ids", "creator_ids", "created_ms", "item_idx", "creator_idx", "hashtag_idx", "hashtag_offsets"):
         np.testing.assert_array_equal(getattr(served, name), getattr(from_lake, name), err_msg=name)
@@ -213,8 +217,8 @@ def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
     shards = vectors_array(read_vector_shards(paths, "videos", VIDEO_SHARDS))
     np.testing.assert_allclose(video_vectors(loaded.model, served, loaded.stats).numpy(), shards, atol=1e-6)
 
-    interactions = interaction_frame(read_lake_table(settings, build, "interactions"))
-    follows = follows_frame(read_lake_table(settings, build, "follows"))
+    interactions = interaction_frame(read_lake_table(settings.paths, build, "interactions"))
+    follows = follows_frame(read_lake_table(settings.paths, build, "follows"))
     for user in interactions["user_id"].unique().sort().head(5).to_list():
         profile = profile_from_events(user, interactions, follows, as_of_ms(build))
         np.testing.assert_array_equal(

@@ -117,8 +117,10 @@ async def running(data: Path, **env: str) -> AsyncIterator[Services]:
     """Started services (batchers, background thread) serving the published snapshot under ``data``."""
     settings = Settings.load({"REC_DATA_DIR": str(data), "REC_API_RELOAD_MS": "100", **env})
     telemetry = Metrics()
-    updates = LiveUpdates(settings, telemetry)
-    reader = FeedReader(settings, updates.registry, telemetry, activity=updates.activity)
+    updates = LiveUpdates(settings.paths, settings.batch, settings.model, settings.api, telemetry)
+    reader = FeedReader(
+        settings.paths, settings.batch, settings.api, updates.registry, telemetry, activity=updates.activity
+    )
     await updates.start()
     try:
         for _ in range(1200):
@@ -199,7 +201,7 @@ def test_an_expired_cursor_is_410_with_a_restart_hint(world_copy: Path) -> None:
             first = await api.reader.recommend(RecommendationsIn(user_id="u0000010", limit=5))
             assert first.next_cursor is not None
             cursor = api.reader.signer.decode(first.next_cursor, user_id="u0000010")
-            stale = api.reader.signer.encode(cursor, now=time.time() - api.reader.settings.api.cursor_ttl_s - 60)
+            stale = api.reader.signer.encode(cursor, now=time.time() - api.reader.api.cursor_ttl_s - 60)
             with pytest.raises(ApiError) as expired:
                 await api.reader.recommend(RecommendationsIn(user_id="u0000010", limit=5, cursor=stale))
             assert (expired.value.status, expired.value.code, expired.value.field) == (410, "cursor_expired", "cursor")

@@ -131,7 +131,7 @@ def test_exact_search_for_deep_walks_agrees_with_milvus(world_copy: Path) -> Non
     from rec_core.snapshot.layout import snapshot_paths
 
     settings = Settings.load({"REC_DATA_DIR": str(world_copy)})
-    view = load_view(settings, snapshot_paths(settings, live_id(world_copy)))
+    view = load_view(settings.paths, snapshot_paths(settings.paths, live_id(world_copy)))
     try:
         rng = np.random.default_rng(0)
         for row in rng.choice(len(view.user_vectors), size=5, replace=False):

@@ -160,7 +160,7 @@ def world_copy(api_world: Path, tmp_path: Path) -> Path:
 def view(world_copy: Path) -> Iterator[SnapshotView]:
     settings = Settings.load({"REC_DATA_DIR": str(world_copy)})
     live = (world_copy / "snapshots" / "LIVE").read_text().strip()
-    loaded = load_view(settings, snapshot_paths(settings, live))
+    loaded = load_view(settings.paths, snapshot_paths(settings.paths, live))
     try:
         yield loaded
     finally:
@@ -187,7 +187,7 @@ def batch_feeds(world: Path, view: SnapshotView, pipeline: FeedPipeline) -> pl.D
     shards = view.build.user_shards
     for shard in range(shards):
         batch.materialize_feeds(settings, view.snapshot_id, shard, pipeline)
-    paths = snapshot_paths(settings, view.snapshot_id)
+    paths = snapshot_paths(settings.paths, view.snapshot_id)
     return pl.concat([pl.read_parquet(paths.feed_part(s, shards)) for s in range(shards)])
 
 

@@ -701,12 +701,12 @@ def test_a_file_inside_the_import_folder_is_accepted(confined: Settings) -> None
     target = write_csv(root / "batch1" / "videos.csv", VIDEO_HEADER, VIDEO_ROWS)
     resolved = root.resolve() / "batch1" / "videos.csv"
     # Relative paths are taken from the import folder; absolute ones must already be inside it.
-    assert resolve_import_path(confined, "batch1/videos.csv", "videos") == resolved
-    assert resolve_import_path(confined, str(target), "videos") == resolved
-    assert resolve_import_path(confined, "batch1/../batch1/videos.csv", "videos") == resolved
+    assert resolve_import_path(confined.paths, "batch1/videos.csv", "videos") == resolved
+    assert resolve_import_path(confined.paths, str(target), "videos") == resolved
+    assert resolve_import_path(confined.paths, "batch1/../batch1/videos.csv", "videos") == resolved
     # A symlink that stays inside the folder is fine: what counts is where it leads.
     (root / "latest.csv").symlink_to(root / "batch1" / "videos.csv")
-    assert resolve_import_path(confined, "latest.csv", "videos") == resolved
+    assert resolve_import_path(confined.paths, "latest.csv", "videos") == resolved
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlinked_dir", "sibling_prefix"])
@@ -730,7 +730,7 @@ def test_paths_leading_outside_the_import_folder_are_refused(tmp_path: Path, con
         "sibling_prefix": str(tmp_path / "data" / "import-evil" / "v.csv"),
     }[kind]
     with pytest.raises(ImportPathError) as err:
-        resolve_import_path(confined, raw, "interactions")
+        resolve_import_path(confined.paths, raw, "interactions")
     message = str(err.value)
     assert "'interactions'" in message and str(root.resolve()) in message and "outside" in message
     # Refused before anything is read: an InputError, so the CLI-style exit code and the task failure agree.
@@ -741,9 +741,9 @@ def test_etc_passwd_through_dotdot_is_refused(confined: Settings) -> None:
     from rec_core.data.import_paths import ImportPathError, resolve_import_path
 
     with pytest.raises(ImportPathError, match="outside the import folder"):
-        resolve_import_path(confined, "../../../../../../../../etc/passwd", "videos")
+        resolve_import_path(confined.paths, "../../../../../../../../etc/passwd", "videos")
     with pytest.raises(ImportPathError, match="outside the import folder"):
-        resolve_import_path(confined, "/etc/passwd", "videos")
+        resolve_import_path(confined.paths, "/etc/passwd", "videos")
 
 
 def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Settings) -> None:
@@ -751,14 +751,14 @@ def test_missing_files_and_folders_are_refused_with_the_param_named(confined: Se
 
     root = confined.paths.import_root
     with pytest.raises(ImportPathError, match=r"'videos'.*does not exist"):
-        resolve_import_path(confined, "nope.csv", "videos")
+        resolve_import_path(confined.paths, "nope.csv", "videos")
     (root / "sub").mkdir()
     with pytest.raises(ImportPathError, match=r"'videos'.*not a file"):
-        resolve_import_path(confined, "sub", "videos")
+        resolve_import_path(confined.paths, "sub", "videos")
     # A dangling symlink inside the folder is a missing file, whatever it pointed at.
     (root / "dangling.csv").symlink_to(root / "gone.csv")
     with pytest.raises(ImportPathError, match="does not exist"):
-        resolve_import_path(confined, "dangling.csv", "videos")
+        resolve_import_path(confined.paths, "dangling.csv", "videos")
 
 
 def test_missing_import_folder_says_how_to_create_it(tmp_path: Path) -> None:
@@ -766,7 +766,7 @@ def test_missing_import_folder_says_how_to_create_it(tmp_path: Path) -> None:
 
     settings = Settings.of(data_dir=tmp_path / "data")
     with pytest.raises(ImportPathError, match=r"import folder .*import does not exist"):
-        resolve_import_path(settings, "videos.csv", "videos")
+        resolve_import_path(settings.paths, "videos.csv", "videos")
 
 
 @pytest.mark.slow

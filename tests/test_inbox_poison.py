@@ -233,7 +233,7 @@ def poison_snapshot(data: Path) -> str:
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
     snapshot_id = live_id(data)
-    paths = snapshot_paths(settings, snapshot_id)
+    paths = snapshot_paths(settings.paths, snapshot_id)
     build = paths.read_build()
     shard = paths.video_vectors(0, build.video_shards)
     table = pq.read_table(shard)
@@ -278,7 +278,7 @@ def test_load_vectors_and_the_api_skip_a_bad_id_in_a_snapshot(api_world: Path, t
     assert summary["rows"] == vectors.height - 1
     assert summary["skipped_ids"] == 1 and ascii(POISON) in summary["skipped_examples"][0], summary
 
-    view = load_view(settings, snapshot_paths(settings, snapshot_id))
+    view = load_view(settings.paths, snapshot_paths(settings.paths, snapshot_id))
     try:
         assert POISON not in view.video_code and len(view.video_ids) == vectors.height - 1
         assert view.skipped_ids == {"videos": 1}, view.skipped_ids

@@ -42,7 +42,8 @@ def _ingest_one_event(settings: Settings, user_id: str) -> str:
 def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> None:
     built_from = Lake(world.paths.lake_dir).current().name
     paths = begin_snapshot(
-        world,
+        world.paths,
+        feed_length=world.batch.feed_length,
         model_version="m-test",
         lake_version=built_from,
         as_of=AT,
@@ -54,8 +55,8 @@ def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> Non
         assert _ingest_one_event(world, f"late{i}") != built_from
     assert built_from in Lake(world.paths.lake_dir).versions()
     build = paths.read_build()
-    assert read_lake_table(world, build, "videos").num_rows > 0  # what the embed stages and validation read
-    assert read_lake_table(world, build, "interactions").num_rows > 0
+    assert read_lake_table(world.paths, build, "videos").num_rows > 0  # what the embed stages and validation read
+    assert read_lake_table(world.paths, build, "interactions").num_rows > 0
 
     # Once the snapshot is gone, its lake version is an ordinary old version again.
     shutil.rmtree(paths.root)
@@ -66,7 +67,14 @@ def test_lake_pruning_keeps_the_version_a_snapshot_reads(world: Settings) -> Non
 def test_regenerating_the_world_keeps_the_version_a_snapshot_reads(world: Settings) -> None:
     built_from = Lake(world.paths.lake_dir).current().name
     begin_snapshot(
-        world, model_version="m-test", lake_version=built_from, as_of=AT, video_shards=1, user_shards=1, embedding_dim=8
+        world.paths,
+        feed_length=world.batch.feed_length,
+        model_version="m-test",
+        lake_version=built_from,
+        as_of=AT,
+        video_shards=1,
+        user_shards=1,
+        embedding_dim=8,
     )
     for seed in (4, 5):  # whole-lake replacements prune like any commit
         generate_data(world, "tiny", seed=seed)
@@ -131,24 +139,24 @@ def test_live_and_rollback_snapshots_stay_loadable_after_lake_commits(api_world:
     settings = Settings.load(
         {"REC_DATA_DIR": str(data), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2", "REC_LAKE_VERSIONS_KEEP": "1"}
     )
-    first = live_snapshot_id(settings)
+    first = live_snapshot_id(settings.paths)
     assert first is not None
     video = Lake(settings.paths.lake_dir).read("videos")["video_id"][0].as_py()
     InboxWriter(settings.paths.inbox_dir).append(
         "event", {"user_id": "newcomer", "video_id": video, "type": "like"}, AT
     )
     second = run_all(settings, retrain=False, video_shards=1, user_shards=1)  # ingests, then builds on the new version
-    versions = {s: snapshot_paths(settings, s).read_build().lake_version for s in (first, second)}
+    versions = {s: snapshot_paths(settings.paths, s).read_build().lake_version for s in (first, second)}
     assert versions[first] != versions[second]
     for i in range(2):
         _ingest_one_event(settings, f"after{i}")
     assert Lake(settings.paths.lake_dir).current().name not in versions.values()
 
     # A restart loads the live snapshot; a rollback loads the one before: each from its own folder alone.
-    for snapshot_id in (second, rollback(settings)):
-        view = load_view(settings, snapshot_paths(settings, snapshot_id))
+    for snapshot_id in (second, rollback(settings.paths)):
+        view = load_view(settings.paths, snapshot_paths(settings.paths, snapshot_id))
         try:
             assert view.snapshot_id == snapshot_id and view.catalogue_size() > 0
         finally:
             view.close()
-    assert live_snapshot_id(settings) == first
+    assert live_snapshot_id(settings.paths) == first

@@ -47,7 +47,8 @@ def _write_vectors(path: Path, id_column: str, ids: list[str], rng: np.random.Ge
 def _begin(settings: Settings, video_ids: list[str], user_ids: list[str]) -> SnapshotPaths:
     lake = Lake(settings.paths.lake_dir)
     paths = begin_snapshot(
-        settings,
+        settings.paths,
+        feed_length=settings.batch.feed_length,
         model_version="m-test",
         lake_version=lake.current().name,
         as_of=AS_OF,
@@ -269,7 +270,8 @@ def test_validator_catches_broken_feeds(world: World) -> None:
 def test_missing_vectors_are_a_clear_error(world: World) -> None:
     lake = Lake(world.settings.paths.lake_dir)
     paths = begin_snapshot(
-        world.settings,
+        world.settings.paths,
+        feed_length=world.settings.batch.feed_length,
         model_version="m-empty",
         lake_version=lake.current().name,
         as_of=AS_OF,

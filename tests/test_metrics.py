@@ -1,7 +1,8 @@
-"""Ranking metrics on cases small enough to compute by hand."""
+"""Ranking metrics on cases small enough to compute by hand, kept per user, and their bootstrap intervals."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Callable
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from rec_core.data.split import Split, temporal_split
-from rec_core.eval.ranking_metrics import ServedAs, build_targets, cold_ranks, evaluate_scores
+from rec_core.eval.intervals import bootstrap_means, difference, intervals, metric_intervals, paired_difference
+from rec_core.eval.ranking_metrics import ServedAs, build_targets, cold_ranks, evaluate_scores, user_metrics
 from rec_core.feed.policy import FeedPolicy
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -200,3 +202,87 @@ def test_cold_ranks_by_hand() -> None:
     assert got["median_cold_rank"] == 2.0  # ranks 3 and 1
     # top 2: u1 -> b, c (no cold); u2 -> e, d (one cold): 1 of 4 slots.
     assert got["cold_share@2"] == pytest.approx(0.25)
+
+
+# ---- per-user values and intervals ------------------------------------------------
+
+
+def test_per_user_values_by_hand_and_their_average_is_the_report() -> None:
+    # The case of test_two_users_by_hand: u1 hits at ranks 2 and 4 of targets b, d; u2 at ranks 1 and 2.
+    split = make_split([("u1", "a"), ("u2", "b")], [("u1", "b"), ("u1", "d"), ("u2", "a"), ("u2", "e")])
+    score = fixed({"u1": [10.0, 0.8, 0.9, 0.1, 0.5], "u2": [0.7, 10.0, 0.3, 0.2, 0.6]}, split)
+    per_user = user_metrics(score, build_targets(split), ks=(1, 2))
+    assert split.user_ids[per_user.users].tolist() == ["u1", "u2"]
+    assert per_user.values["recall@1"].tolist() == [0.0, 0.5]
+    assert per_user.values["hit_rate@2"].tolist() == [1.0, 1.0]
+    assert per_user.values["ndcg@2"] == pytest.approx([(1 / LOG2_3) / (1 + 1 / LOG2_3), 1.0])
+    assert np.isnan(per_user.values["cold_recall@1"]).tolist() == [False, False]  # d and e are cold (untrained)
+    assert per_user.summary() == pytest.approx(evaluate_scores(score, split, ks=(1, 2)), nan_ok=True)
+
+
+def test_interval_holds_the_point_estimate_and_is_reproducible() -> None:
+    values = np.random.default_rng(1).binomial(1, 0.3, size=200).astype(float)
+    (interval,) = intervals(values)
+    assert interval.estimate == pytest.approx(values.mean())
+    assert interval.low < interval.estimate < interval.high
+    assert interval.high - interval.low < 0.2  # ~ 4 standard errors of a mean of 200 coin flips: 0.13
+    assert intervals(values) == [interval]  # a fixed seed
+    (constant,) = intervals(np.full(50, 0.25))
+    assert (constant.low, constant.estimate, constant.high) == pytest.approx((0.25, 0.25, 0.25))
+    assert str(interval) == f"{interval.estimate:.4f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def test_more_users_give_a_narrower_interval() -> None:
+    rng = np.random.default_rng(2)
+    few, many = intervals(rng.random(50)), intervals(rng.random(2000))
+    assert many[0].high - many[0].low < 0.5 * (few[0].high - few[0].low)
+
+
+def test_missing_values_are_left_out_of_each_average() -> None:
+    # A cold-recall-like column: users without a value are not zeros.
+    column = np.array([1.0, np.nan, 0.0, np.nan, 1.0, 1.0])
+    estimate, redrawn = bootstrap_means(column, resamples=200)
+    assert estimate[0] == pytest.approx(0.75)
+    finite = redrawn[np.isfinite(redrawn)]
+    assert len(finite) > 190 and ((finite >= 0) & (finite <= 1)).all()
+
+
+def test_a_model_against_itself_is_within_noise() -> None:
+    values = np.random.default_rng(3).random(100)
+    same = difference(values, values)
+    assert (same.interval.estimate, same.interval.low, same.interval.high) == (0.0, 0.0, 0.0)
+    assert same.verdict == "within noise"
+    # Two models that differ only by noise: the interval holds 0.
+    rng = np.random.default_rng(4)
+    base = rng.random(300)
+    noisy = difference(base + rng.normal(0, 0.05, 300), base + rng.normal(0, 0.05, 300))
+    assert noisy.interval.low < 0 < noisy.interval.high and noisy.verdict == "within noise"
+
+
+def test_a_clearly_better_model_is_better_and_the_other_way_round_worse() -> None:
+    rng = np.random.default_rng(5)
+    weak = rng.random(300) * 0.2
+    strong = weak + 0.05 + rng.normal(0, 0.02, 300)
+    better = difference(strong, weak)
+    assert better.verdict == "better" and better.interval.low > 0
+    assert better.interval.estimate == pytest.approx(float(np.mean(strong - weak)))
+    assert difference(weak, strong).verdict == "worse"
+
+
+def test_paired_difference_of_two_rankings_of_the_same_users() -> None:
+    rng = np.random.default_rng(6)
+    train = [(f"u{u}", v) for u in range(40) for v in rng.choice(VIDEOS, size=1)]
+    test = [(f"u{u}", v) for u in range(40) for v in rng.choice(VIDEOS, size=2, replace=False)]
+    split = make_split(train, test)
+    targets = build_targets(split)
+    # An oracle that scores each user's targets first, against a constant ranking.
+    oracle = targets.relevant.toarray().astype(np.float32)
+    good = user_metrics(lambda users: oracle[users], targets, ks=(1,))
+    flat = user_metrics(lambda users: np.zeros((len(users), split.n_items)), targets, ks=(1,))
+    assert paired_difference(good, flat, "recall@1").verdict == "better"
+    assert paired_difference(good, good, "recall@1").verdict == "within noise"
+    shown = metric_intervals(good, ["recall@1", "hit_rate@1"])
+    assert shown["hit_rate@1"].estimate == 1.0 and shown["recall@1"].low <= shown["recall@1"].estimate
+    fewer = user_metrics(lambda users: oracle[users], dataclasses.replace(targets, users=targets.users[:10]), ks=(1,))
+    with pytest.raises(ValueError, match="same users"):
+        paired_difference(good, fewer, "recall@1")

@@ -169,7 +169,7 @@ def test_pipeline_loads_one_collection_per_snapshot_and_prune_drops_it(world: Wo
     folder = world.data / "snapshots" / first
     assert not (folder / "milvus.db").exists(), "server mode writes no Milvus Lite file"
     assert not list(world.data.rglob("milvus*.db")), "no Milvus Lite file anywhere under the data root"
-    manifest = read_manifest(snapshot_paths(world.settings, first))
+    manifest = read_manifest(snapshot_paths(world.settings.paths, first))
     assert manifest.milvus_uri == world.url and manifest.milvus_collection == collection_of(first)
 
     # REC_SNAPSHOTS_KEEP=1: publishing a second snapshot prunes the first, folder and collection.

@@ -52,7 +52,7 @@ def versions(api_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Versi
     for part in ("lake", "features"):
         shutil.copytree(pristine / part, data / part)
     settings = Settings.load({}).override(data_dir=data)
-    lake = load_lake_data(settings)
+    lake = load_lake_data(settings.paths, settings.batch)
     older = train_version(settings, CONFIG, lake)
     newer = train_version(settings, CONFIG, lake)
     assert older != newer

@@ -282,7 +282,7 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
     conf = {"retrain": True, "epochs": 3, "video_shards": 2, "user_shards": 2}
     run = dag.test(run_conf=conf)
     assert run.state == "success"
-    first = live_snapshot_id(settings)
+    first = live_snapshot_id(settings.paths)
     assert first is not None
     snapshot = settings.paths.snapshots_dir / first
     manifest = json.loads((snapshot / "manifest.json").read_text())
@@ -293,7 +293,7 @@ def test_recsys_pipeline_publishes_then_reruns_to_the_same_feeds(airflow_db: Pat
     # Same lake, same model: reusing the current model must give the same feeds.
     run = dag.test(run_conf={**conf, "retrain": False})
     assert run.state == "success"
-    second = live_snapshot_id(settings)
+    second = live_snapshot_id(settings.paths)
     assert second != first
     assert _feeds_hash(settings.paths.snapshots_dir / second) == _feeds_hash(snapshot)
     # The publish rebuilt the warehouse: it now answers over the second snapshot and lists both.
@@ -331,8 +331,8 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
     live = build_upto_materialize()
     for shard in range(2):
         materialize_feeds(settings, live, shard)
-    validate_snapshot(settings, live)
-    publish(settings, live)
+    validate_snapshot(settings.paths, live)
+    publish(settings.paths, live, keep=settings.batch.snapshots_keep)
     before = {p.name: p.read_bytes() for p in (settings.paths.snapshots_dir / live / "feeds").iterdir()}
 
     time.sleep(1.1)  # snapshot ids have one-second resolution
@@ -351,12 +351,12 @@ batch.materialize_feeds(Settings.load(), {new!r}, 0)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=dict(os.environ))
     assert proc.returncode == -9, proc.stderr.decode()[-500:]
-    assert live_snapshot_id(settings) == live
+    assert live_snapshot_id(settings.paths) == live
     assert {p.name: p.read_bytes() for p in (settings.paths.snapshots_dir / live / "feeds").iterdir()} == before
     with pytest.raises(SnapshotError, match="missing file"):
-        validate_snapshot(settings, new)
+        validate_snapshot(settings.paths, new)
     for shard in range(2):
         materialize_feeds(settings, new, shard)
-    validate_snapshot(settings, new)
-    publish(settings, new)
-    assert live_snapshot_id(settings) == new
+    validate_snapshot(settings.paths, new)
+    publish(settings.paths, new, keep=settings.batch.snapshots_keep)
+    assert live_snapshot_id(settings.paths) == new

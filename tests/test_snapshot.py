@@ -25,7 +25,7 @@ import pytest
 
 from jobs.publish import main as publish_main
 from rec_core.data.lake import Lake
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.files import catalogue_table
 from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, begin_snapshot, live_snapshot_id
 from rec_core.snapshot.manifest import Manifest, read_manifest, sha256_file, verify_checksums
@@ -108,7 +108,8 @@ def build_snapshot(settings: Settings, second: int = 0, *, milvus: bool = True) 
     videos, users, as_of = lake_ids(settings)
     lake = Lake(settings.paths.lake_dir)
     paths = begin_snapshot(
-        settings,
+        settings.paths,
+        feed_length=settings.batch.feed_length,
         model_version=MODEL,
         lake_version=lake.current().name,
         as_of=as_of,
@@ -145,7 +146,7 @@ def build_snapshot(settings: Settings, second: int = 0, *, milvus: bool = True) 
 
 def valid_snapshot(settings: Settings, second: int = 0) -> SnapshotPaths:
     paths = build_snapshot(settings, second)
-    validate_snapshot(settings, paths.snapshot_id)
+    validate_snapshot(settings.paths, paths.snapshot_id)
     return paths
 
 
@@ -185,7 +186,7 @@ def settings(lake_settings: Settings, tmp_path: Path) -> Settings:
 
 def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Settings) -> None:
     paths = build_snapshot(settings)
-    manifest = validate_snapshot(settings, paths.snapshot_id)
+    manifest = validate_snapshot(settings.paths, paths.snapshot_id)
     _, users, _ = lake_ids(settings)
     on_disk = Manifest.from_json(paths.manifest_file.read_text())
     assert on_disk == manifest
@@ -235,11 +236,11 @@ def test_corrupt_feeds_are_refused_with_the_reason(settings: Settings, change: C
     paths = build_snapshot(settings)
     rewrite_part(paths, change)
     with pytest.raises(SnapshotError, match=re.escape(reason)):
-        validate_snapshot(settings, paths.snapshot_id)
+        validate_snapshot(settings.paths, paths.snapshot_id)
     assert not paths.manifest_file.exists()
     with pytest.raises(SnapshotError, match="not been validated"):
-        publish(settings, paths.snapshot_id)
-    assert live_snapshot_id(settings) is None
+        publish(settings.paths, paths.snapshot_id, keep=settings.batch.snapshots_keep)
+    assert live_snapshot_id(settings.paths) is None
 
 
 def _drop_first_video_vector(paths: SnapshotPaths) -> None:
@@ -317,7 +318,7 @@ def test_damaged_snapshot_files_are_refused(settings: Settings, damage: Callable
     paths = build_snapshot(settings)
     damage(paths)
     with pytest.raises(SnapshotError, match=re.escape(reason)):
-        validate_snapshot(settings, paths.snapshot_id)
+        validate_snapshot(settings.paths, paths.snapshot_id)
 
 
 def test_every_reason_is_listed_and_a_stale_manifest_is_withdrawn(settings: Settings) -> None:
@@ -329,7 +330,7 @@ def test_every_reason_is_listed_and_a_stale_manifest_is_withdrawn(settings: Sett
     )
     paths.trending_file.unlink()
     with pytest.raises(SnapshotError) as err:
-        validate_snapshot(settings, paths.snapshot_id)
+        validate_snapshot(settings.paths, paths.snapshot_id)
     for reason in ("non-finite scores", "unknown video ids", "trending.parquet", "v_x"):
         assert reason in str(err.value)
     assert not paths.manifest_file.exists()  # the earlier "valid" verdict no longer stands
@@ -340,23 +341,25 @@ def test_every_reason_is_listed_and_a_stale_manifest_is_withdrawn(settings: Sett
 
 def test_publish_swaps_live_and_appends_history(settings: Settings) -> None:
     first, second = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
-    assert live_snapshot(settings) is None
-    result = publish(settings, first.snapshot_id)
+    assert live_snapshot(settings.paths) is None
+    result = publish(settings.paths, first.snapshot_id, keep=settings.batch.snapshots_keep)
     assert result.changed and result.previous is None and result.model_version == MODEL
     assert (settings.paths.snapshots_dir / "LIVE").read_text() == f"{first.snapshot_id}\n"
-    assert live_snapshot(settings) == first
-    result = publish(settings, second.snapshot_id)
-    assert result.previous == first.snapshot_id and live_snapshot_id(settings) == second.snapshot_id
-    history = read_history(settings)
+    assert live_snapshot(settings.paths) == first
+    result = publish(settings.paths, second.snapshot_id, keep=settings.batch.snapshots_keep)
+    assert result.previous == first.snapshot_id and live_snapshot_id(settings.paths) == second.snapshot_id
+    history = read_history(settings.paths)
     assert [(h["snapshot_id"], h["action"], h["previous"]) for h in history] == [
         (first.snapshot_id, "publish", None),
         (second.snapshot_id, "publish", first.snapshot_id),
     ]
     assert all(h["model_version"] == MODEL and h["published_at"] for h in history)
-    again = publish(settings, second.snapshot_id)  # idempotent: nothing changes
+    again = publish(
+        settings.paths, second.snapshot_id, keep=settings.batch.snapshots_keep
+    )  # idempotent: nothing changes
     assert not again.changed and again.snapshot_id == second.snapshot_id
-    assert read_history(settings) == history
-    assert [(s.snapshot_id, s.state) for s in list_snapshots(settings)] == [
+    assert read_history(settings.paths) == history
+    assert [(s.snapshot_id, s.state) for s in list_snapshots(settings.paths)] == [
         (first.snapshot_id, "published"),
         (second.snapshot_id, "live"),
     ]
@@ -365,7 +368,7 @@ def test_publish_swaps_live_and_appends_history(settings: Settings) -> None:
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
 def test_file_damaged_after_validation_is_refused_at_publish(settings: Settings, how: str) -> None:
     old = valid_snapshot(settings, 1)
-    publish(settings, old.snapshot_id)
+    publish(settings.paths, old.snapshot_id, keep=settings.batch.snapshots_keep)
     new = valid_snapshot(settings, 2)
     part = new.feed_part(1, USER_SHARDS)
     if how == "flip":
@@ -380,19 +383,19 @@ def test_file_damaged_after_validation_is_refused_at_publish(settings: Settings,
     else:
         part.unlink()
     with pytest.raises(SnapshotError, match=re.escape("feeds/part-00001-of-00002.parquet (")):
-        publish(settings, new.snapshot_id)
-    assert live_snapshot_id(settings) == old.snapshot_id
-    assert [h["snapshot_id"] for h in read_history(settings)] == [old.snapshot_id]
+        publish(settings.paths, new.snapshot_id, keep=settings.batch.snapshots_keep)
+    assert live_snapshot_id(settings.paths) == old.snapshot_id
+    assert [h["snapshot_id"] for h in read_history(settings.paths)] == [old.snapshot_id]
 
 
 def test_unvalidated_or_unknown_snapshot_is_refused(settings: Settings) -> None:
     paths = build_snapshot(settings)
     with pytest.raises(SnapshotError, match="not been validated"):
-        publish(settings, paths.snapshot_id)
+        publish(settings.paths, paths.snapshot_id, keep=settings.batch.snapshots_keep)
     with pytest.raises(SnapshotError, match="no snapshot"):
-        publish(settings, "s20200101T000000Z-gone")
+        publish(settings.paths, "s20200101T000000Z-gone", keep=settings.batch.snapshots_keep)
     with pytest.raises(SnapshotError, match="malformed snapshot id"):
-        publish(settings, "../../etc")
+        publish(settings.paths, "../../etc", keep=settings.batch.snapshots_keep)
 
 
 # ---- pruning --------------------------------------------------------------------------------------------------------
@@ -412,26 +415,26 @@ def test_keeps_k_published_never_the_live_or_one_in_progress(settings: Settings)
     published = []
     for second in range(10, 14):
         paths = valid_snapshot(settings, second)
-        result = publish(settings, paths.snapshot_id)
+        result = publish(settings.paths, paths.snapshot_id, keep=settings.batch.snapshots_keep)
         published.append(paths.snapshot_id)
     assert result.pruned == [published[1]]
     remaining = sorted(p.name for p in settings.paths.snapshots_dir.iterdir() if p.is_dir())
     assert remaining == [*published[2:], in_progress.snapshot_id]
-    assert live_snapshot_id(settings) == published[-1]
+    assert live_snapshot_id(settings.paths) == published[-1]
     # A rollback makes an older one live; the next publish keeps it (most recently live) and the new one.
-    assert rollback(settings) == published[2]
+    assert rollback(settings.paths) == published[2]
     newest = valid_snapshot(settings, 20)
-    result = publish(settings, newest.snapshot_id)
+    result = publish(settings.paths, newest.snapshot_id, keep=settings.batch.snapshots_keep)
     assert result.pruned == [published[3]]
-    assert {s.snapshot_id for s in list_snapshots(settings)} == {
+    assert {s.snapshot_id for s in list_snapshots(settings.paths)} == {
         published[2],
         newest.snapshot_id,
         in_progress.snapshot_id,
     }
     # Once the in-progress build is abandoned for longer than the threshold, pruning removes it too.
     _age(in_progress, ABANDONED_AFTER.days + 1)
-    assert prune(settings) == [in_progress.snapshot_id]
-    assert live_snapshot_id(settings) == newest.snapshot_id and live_snapshot(settings).root.is_dir()
+    assert prune(settings.paths, keep=settings.batch.snapshots_keep) == [in_progress.snapshot_id]
+    assert live_snapshot_id(settings.paths) == newest.snapshot_id and live_snapshot(settings.paths).root.is_dir()
 
 
 def test_pruning_drops_server_collections_and_retries_failed_drops(
@@ -443,24 +446,26 @@ def test_pruning_drops_server_collections_and_retries_failed_drops(
     ids = []
     for second in (1, 2):
         paths = build_snapshot(settings, second, milvus=False)
-        validate_snapshot(settings, paths.snapshot_id, require_milvus=False)
+        validate_snapshot(settings.paths, paths.snapshot_id, require_milvus=False)
         ids.append(paths.snapshot_id)
     server = settings.override(milvus_uri="http://milvus.invalid:19530")
     dropped: list[str] = []
     fail = {"on": True}
 
-    def drop(s: Settings, snapshot_id: str) -> None:
+    def drop(paths: PathSettings, snapshot_id: str) -> None:
         if fail["on"]:
             raise ConnectionError("milvus unreachable")
-        dropped.append(SnapshotPaths(s.paths.snapshots_dir / snapshot_id).collection_name(s))
+        dropped.append(SnapshotPaths(paths.snapshots_dir / snapshot_id).collection_name(paths))
 
     monkeypatch.setattr(snapshot, "_drop_collection", drop)
-    publish(server, ids[0])
-    publish(server, ids[1])  # prunes ids[0]; its drop fails, so its trash folder stays for a retry
+    publish(server.paths, ids[0], keep=server.batch.snapshots_keep)
+    publish(
+        server.paths, ids[1], keep=server.batch.snapshots_keep
+    )  # prunes ids[0]; its drop fails, so its trash folder stays for a retry
     assert not (settings.paths.snapshots_dir / ids[0]).exists()
     assert (settings.paths.snapshots_dir / f".trash-{ids[0]}").is_dir()
     fail["on"] = False
-    prune(server)
+    prune(server.paths, keep=server.batch.snapshots_keep)
     assert dropped == [f"videos_{ids[0].replace('-', '_')}"]
     assert not (settings.paths.snapshots_dir / f".trash-{ids[0]}").exists()
 
@@ -470,38 +475,38 @@ def test_pruning_drops_server_collections_and_retries_failed_drops(
 
 def test_rollback_goes_back_and_never_returns_to_a_snapshot_rolled_back_from(settings: Settings) -> None:
     with pytest.raises(SnapshotError, match="nothing has been published"):
-        rollback(settings)
+        rollback(settings.paths)
     a, b, c = (valid_snapshot(settings, s) for s in (1, 2, 3))
     for paths in (a, b, c):
-        publish(settings, paths.snapshot_id)
-    assert rollback(settings) == b.snapshot_id
-    assert live_snapshot_id(settings) == b.snapshot_id
-    last = read_history(settings)[-1]
+        publish(settings.paths, paths.snapshot_id, keep=settings.batch.snapshots_keep)
+    assert rollback(settings.paths) == b.snapshot_id
+    assert live_snapshot_id(settings.paths) == b.snapshot_id
+    last = read_history(settings.paths)[-1]
     assert (last["snapshot_id"], last["action"], last["previous"]) == (b.snapshot_id, "rollback", c.snapshot_id)
-    assert rollback(settings) == a.snapshot_id  # not back to c, which was rolled back from
+    assert rollback(settings.paths) == a.snapshot_id  # not back to c, which was rolled back from
     with pytest.raises(SnapshotError, match="no earlier published snapshot"):
-        rollback(settings)
-    assert live_snapshot_id(settings) == a.snapshot_id
-    publish(settings, c.snapshot_id)  # an explicit publish rehabilitates c
-    assert rollback(settings) == a.snapshot_id
+        rollback(settings.paths)
+    assert live_snapshot_id(settings.paths) == a.snapshot_id
+    publish(settings.paths, c.snapshot_id, keep=settings.batch.snapshots_keep)  # an explicit publish rehabilitates c
+    assert rollback(settings.paths) == a.snapshot_id
 
 
 def test_rollback_refuses_a_damaged_target(settings: Settings) -> None:
     a, b = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
-    publish(settings, a.snapshot_id)
-    publish(settings, b.snapshot_id)
+    publish(settings.paths, a.snapshot_id, keep=settings.batch.snapshots_keep)
+    publish(settings.paths, b.snapshot_id, keep=settings.batch.snapshots_keep)
     a.trending_file.write_bytes(b"garbage")
     with pytest.raises(SnapshotError, match=re.escape("trending.parquet")):
-        rollback(settings)
-    assert live_snapshot_id(settings) == b.snapshot_id
+        rollback(settings.paths)
+    assert live_snapshot_id(settings.paths) == b.snapshot_id
 
 
 def test_rollback_tolerates_a_milvus_lite_file_rewritten_while_live(settings: Settings) -> None:
     a, b = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
-    publish(settings, a.snapshot_id)
+    publish(settings.paths, a.snapshot_id, keep=settings.batch.snapshots_keep)
     a.milvus_lite_file.write_bytes(b"SQLite pages rewritten by the API's Milvus Lite")
-    publish(settings, b.snapshot_id)
-    assert rollback(settings) == a.snapshot_id
+    publish(settings.paths, b.snapshot_id, keep=settings.batch.snapshots_keep)
+    assert rollback(settings.paths) == a.snapshot_id
 
 
 # ---- the command line -----------------------------------------------------------------------------------------------
@@ -512,9 +517,9 @@ def test_command_line(settings: Settings, capsys: pytest.CaptureFixture[str]) ->
     good, bad = build_snapshot(settings, 1), build_snapshot(settings, 2)
     rewrite_part(bad, lambda rows: rows[1:])
     assert publish_main(["--snapshot", good.snapshot_id, "--validate-only", *data]) == 0
-    assert live_snapshot_id(settings) is None
+    assert live_snapshot_id(settings.paths) is None
     assert publish_main(["--snapshot", good.snapshot_id, *data]) == 0
-    assert live_snapshot_id(settings) == good.snapshot_id and settings.paths.warehouse_path.is_file()
+    assert live_snapshot_id(settings.paths) == good.snapshot_id and settings.paths.warehouse_path.is_file()
     capsys.readouterr()
     assert publish_main(["--snapshot", bad.snapshot_id, *data]) == 2
     err = capsys.readouterr().err
@@ -577,7 +582,7 @@ CHILD = textwrap.dedent(
 
     os.replace, pathlib.Path.write_bytes, shutil.rmtree, manifest.sha256_file = replace, write_bytes, rmtree, sha
     settings = Settings.load({}).override( data_dir=pathlib.Path(data_dir), snapshots_keep=keep)
-    snap.publish(settings, snapshot_id)
+    snap.publish(settings.paths, snapshot_id, keep=settings.batch.snapshots_keep)
     print("publish finished without being killed", file=sys.stderr)
     """
 )
@@ -600,10 +605,10 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     keep = 1 if point == "mid-prune" else 3
     settings = settings.override(snapshots_keep=keep)
     old = valid_snapshot(settings, 1)
-    publish(settings, old.snapshot_id)
+    publish(settings.paths, old.snapshot_id, keep=settings.batch.snapshots_keep)
     new = valid_snapshot(settings, 2)
     before = {p.snapshot_id: file_bytes(p) for p in (old, new)}
-    history = read_history(settings)
+    history = read_history(settings.paths)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -620,17 +625,17 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     assert live == f"{expected.snapshot_id}\n"
     assert_intact(settings, expected, before[expected.snapshot_id])
     if not new_is_live:
-        assert read_history(settings) == history  # nothing but the pointer is ever the visible change
+        assert read_history(settings.paths) == history  # nothing but the pointer is ever the visible change
         assert_intact(settings, new, before[new.snapshot_id])
     elif point == "mid-prune":
         assert not (settings.paths.snapshots_dir / old.snapshot_id).exists()  # renamed to trash before any deletion
-        assert [s.snapshot_id for s in list_snapshots(settings)] == [new.snapshot_id]
+        assert [s.snapshot_id for s in list_snapshots(settings.paths)] == [new.snapshot_id]
 
     # The next publish finishes the job: history records the live snapshot once, the trash is gone.
-    result = publish(settings, new.snapshot_id)
+    result = publish(settings.paths, new.snapshot_id, keep=settings.batch.snapshots_keep)
     assert result.changed is not new_is_live
-    assert live_snapshot_id(settings) == new.snapshot_id
-    entries = read_history(settings)
+    assert live_snapshot_id(settings.paths) == new.snapshot_id
+    entries = read_history(settings.paths)
     assert [e["snapshot_id"] for e in entries] == [old.snapshot_id, new.snapshot_id]
     assert not [
         p for p in settings.paths.snapshots_dir.iterdir() if p.name.startswith((".trash-", ".LIVE.", ".history"))
@@ -638,4 +643,4 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     assert_intact(settings, new, before[new.snapshot_id])
     if point != "mid-prune":
         assert_intact(settings, old, before[old.snapshot_id])
-        assert rollback(settings) == old.snapshot_id
+        assert rollback(settings.paths) == old.snapshot_id

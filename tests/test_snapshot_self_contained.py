@@ -24,14 +24,14 @@ def test_a_published_snapshot_serves_with_the_lake_gone(api_world: Path, tmp_pat
     data = tmp_path / "data"
     shutil.copytree(api_world.parent / "pristine", data)
     settings = Settings.load({"REC_DATA_DIR": str(data), "REC_FEED_LENGTH": "200"})
-    live = live_snapshot_id(settings)
+    live = live_snapshot_id(settings.paths)
     assert live is not None
-    paths = snapshot_paths(settings, live)
+    paths = snapshot_paths(settings.paths, live)
     build = paths.read_build()
 
     # What the tower makes of a fresh user, computed the batch's way (from the lake) while there is one.
-    model = load_build_model(settings, build)
-    from_lake = load_catalogue(settings, build, model)
+    model = load_build_model(settings.paths, build)
+    from_lake = load_catalogue(settings.paths, settings.model, build, model)
     profile = UserProfile(
         watched=from_lake.video_ids[[3, 1, 2]].tolist(),
         liked=[str(from_lake.video_ids[1])],
@@ -45,7 +45,7 @@ def test_a_published_snapshot_serves_with_the_lake_gone(api_world: Path, tmp_pat
         shutil.move(folder, tmp_path / f"away-{folder.name}")
     assert not settings.paths.lake_dir.exists()
 
-    view = load_view(settings, paths)
+    view = load_view(settings.paths, paths)
     try:
         # Served from the snapshot: the catalogue with creators and creation times, every user's feed, trending.
         assert len(view.video_ids) == len(from_lake) and view.catalogue_size() == len(from_lake)

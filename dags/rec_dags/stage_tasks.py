@@ -80,4 +80,4 @@ def shard_list(snapshot_id: str, kind: str) -> list[int]:
     from rec_core.runtime import job_settings
     from rec_core.stages import shard_numbers
 
-    return shard_numbers(job_settings(), snapshot_id, kind)  # type: ignore[arg-type]
+    return shard_numbers(job_settings().paths, snapshot_id, kind)  # type: ignore[arg-type]

@@ -2,25 +2,22 @@
 
 The columns, defaults and bad-row reasons are :mod:`rec_core.data.import_spec`. Nothing here
 writes to the lake except :func:`run_import`, which commits all four tables in one
-all-or-nothing commit (or, on a dry run, only validates them). :func:`run_import_command` is
-what the import commands (``jobs.import_dataset``, ``jobs.import_movielens``) share after parsing.
+all-or-nothing commit (or, on a dry run, only validates them). The import commands
+(``jobs.import_dataset``, ``jobs.import_movielens``) print its report (``jobs.cli.run_import_command``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
-from rec_core.atomic import write_bytes_atomic
 from rec_core.data.import_checks import InputRows
-from rec_core.data.import_report import ImportReport, IngestError, InputError, RejectedError
+from rec_core.data.import_report import ImportReport, InputError, RejectedError
 from rec_core.data.import_spec import (
     DEFAULT_COMPLETION,
     DEFAULT_DURATION_S,
@@ -40,8 +37,7 @@ from rec_core.data.import_spec import (
 )
 from rec_core.data.lake import Lake, lake_for
 from rec_core.data.tables import TABLES, conform
-from rec_core.progress import setup_logging
-from rec_core.settings import Settings, SettingsError
+from rec_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -335,41 +331,6 @@ def import_dataset(
     """Validate the files and make them the lake's content; raises ``IngestError`` if nothing was imported."""
     settings = settings or Settings.load()
     raw = read_canonical(videos, interactions, users, follows)
-    lake = None if dry_run else lake_for(settings)
+    lake = None if dry_run else lake_for(settings.paths, settings.batch)
     source = "import_dataset " + " ".join(f"{t}={p}" for t, p in raw.names.items())
     return run_import(raw, lake, strict=strict, source=source)
-
-
-# ---- the import commands' shared tail ---------------------------------------------
-
-EXIT_OK, EXIT_REJECTED, EXIT_INPUT = 0, 1, 2
-
-
-def run_import_command(
-    do_import: Callable[[Settings], ImportReport], *, data_dir: Path | None, strict: bool, report_json: Path | None
-) -> int:
-    """Settings, logging, the printed report (and its JSON copy) and the exit code of an import command.
-
-    Exit codes: 0 imported, or identical to the live lake version already; 1 rejected (a bad row under
-    ``strict``, or no valid video); 2 unusable input or a bad setting. On 1 and 2 the lake is untouched.
-    """
-    try:
-        settings = Settings.load()
-        if data_dir is not None:
-            settings = settings.override(data_dir=data_dir)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    setup_logging(settings.log_level)
-    try:
-        report = do_import(settings)
-        code = EXIT_OK
-    except IngestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        report = exc.report or ImportReport(source="import", strict=strict, status="error", error=str(exc))
-        code = EXIT_INPUT if isinstance(exc, InputError) else EXIT_REJECTED
-    print(report.format_text())
-    if report_json is not None:
-        write_bytes_atomic(report_json, (report.to_json() + "\n").encode())
-        log.info("report written to %s", report_json)
-    return code

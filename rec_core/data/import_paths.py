@@ -3,7 +3,7 @@
 Run by hand, ``jobs.import_dataset`` reads any path it is given: whoever has a shell on the worker can
 read those files anyway. The ``import_dataset`` DAG is different: its params come from anyone allowed to
 trigger a run, so it passes every path through :func:`resolve_import_path`, which confines it to
-``settings.paths.import_root`` (``REC_IMPORT_DIR``, default ``<data root>/import``).
+``PathSettings.import_root`` (``REC_IMPORT_DIR``, default ``<data root>/import``).
 """
 
 from __future__ import annotations
@@ -12,22 +12,22 @@ import os
 from pathlib import Path
 
 from rec_core.data.import_report import InputError
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings
 
 
 class ImportPathError(InputError):
     """A DAG param names a path that is missing, not a file, or leads outside the import folder."""
 
 
-def resolve_import_path(settings: Settings, raw: str | os.PathLike[str], param: str) -> Path:
-    """The real file a DAG param names, refused unless it lies inside ``settings.paths.import_root``.
+def resolve_import_path(paths: PathSettings, raw: str | os.PathLike[str], param: str) -> Path:
+    """The real file a DAG param names, refused unless it lies inside ``paths.import_root``.
 
     Relative paths are taken from the import folder. Symlinks are followed (``resolve(strict=True)``) and the
     target is what is checked, so a link inside the folder cannot lead out of it. Returns the resolved path,
     which the import then opens, so the file checked is the file read (short of a swap of a folder inside the
     import folder between the check and the read, which needs write access to that folder).
     """
-    configured = settings.paths.import_root.absolute()
+    configured = paths.import_root.absolute()
     try:
         root = configured.resolve(strict=True)
     except OSError:

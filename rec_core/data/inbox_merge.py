@@ -33,7 +33,7 @@ COMMIT_ATTEMPTS = 5  # merges retried when another writer commits meanwhile; eac
 
 def ingest_inbox(settings: Settings) -> dict:
     """Take the inbox's new records into the lake, then mark them consumed; returns a JSON-friendly summary."""
-    lake = lake_for(settings)
+    lake = lake_for(settings.paths, settings.batch)
     batch = read_new(settings.paths.inbox_dir)
     summary = {"records": len(batch.records), "bad_lines": batch.bad_lines}
     if not batch.records:

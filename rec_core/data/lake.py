@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
 from rec_core.data.tables import TABLES, conform
-from rec_core.settings import Settings
+from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import BUILD_FILE, SNAPSHOT_ID
 
 log = logging.getLogger(__name__)
@@ -248,20 +248,18 @@ class Lake:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def lake_for(settings: Settings) -> Lake:
+def lake_for(paths: PathSettings, batch: BatchSettings) -> Lake:
     """THE way jobs open the lake: pruning keeps every version a snapshot under the data root reads."""
-    return Lake(
-        settings.paths.lake_dir, settings.batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(settings)
-    )
+    return Lake(paths.lake_dir, batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(paths))
 
 
-def snapshot_lake_versions(settings: Settings) -> set[str]:
+def snapshot_lake_versions(paths: PathSettings) -> set[str]:
     """The lake version of every snapshot folder (live, kept for rollback, or being built).
 
     A folder without ``build.json`` pins nothing (a build killed before it had a lake version).
     An unreadable ``build.json`` raises: the caller must then assume anything may be in use.
     """
-    root = settings.paths.snapshots_dir
+    root = paths.snapshots_dir
     if not root.is_dir():
         return set()
     pinned = set()

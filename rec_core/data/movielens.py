@@ -194,5 +194,5 @@ def import_movielens(
     """Convert the MovieLens folder to canonical tables and import them; raises ``IngestError`` on failure."""
     settings = settings or Settings.load()
     raw = load(Path(path))
-    lake = None if dry_run else lake_for(settings)
+    lake = None if dry_run else lake_for(settings.paths, settings.batch)
     return run_import(raw, lake, strict=strict, source=f"import_movielens {path}")

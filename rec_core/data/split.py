@@ -1,11 +1,56 @@
-"""Temporal train / validation / test split of the lake's interactions.
+"""Train / validation / test splits of the lake's interactions, under two protocols.
 
-One global clock cuts the data: train is everything before ``valid_start``,
-validation is ``[valid_start, test_start)``, test is everything at or after
-``test_start``. The cuts default to the 0.8 and 0.9 quantiles of the
-interaction timestamps. A global cut (rather than a per-user leave-last-out)
-is what a batch recommender lives with: models are trained on the past and
-serve the future, so nothing after the cut can leak into training.
+``temporal`` (the default, :func:`temporal_split`): one global clock cuts the
+data. Train is everything before ``valid_start``, validation is
+``[valid_start, test_start)``, test is everything at or after ``test_start``.
+The cuts default to the 0.8 and 0.9 quantiles of the interaction timestamps.
+This is what a batch recommender lives with: models are trained on the past
+and serve the future, so nothing after the cut can leak into training. Its
+weakness is statistical: only users active after the cut are evaluated (on
+MovieLens-small, 74 of 610).
+
+``leave-last-out`` (:func:`leave_last_out_split`): each user is cut at their
+own instants. A user with at least ``min_interactions`` (5) interactions holds
+out their last ``test_fraction`` (10 %, rounded up, so at least one) for test
+and the ``valid_fraction`` (10 %, at least one) just before them for
+validation; everything earlier of theirs is training. The cuts are instants,
+not row counts: the test part starts at the timestamp of the user's n-th last
+interaction, and every interaction of theirs at or after it is test (ties with
+the cut's timestamp join the later part, so a part can be a little larger than
+its fraction). Users with fewer interactions, or whose interactions are so
+tied in time that nothing would be left before the test cut, stay wholly in
+training; one whose validation rows would leave nothing before them gets no
+validation (it only steers early stopping). On MovieLens-small every one of
+the 610 users is evaluated.
+
+The leakage leave-last-out admits: a user's test interactions are later than
+all of *their own* training, but not than other users' -- training holds other
+users' interactions from after this user's test period (a 2018 watch trains
+the model that is tested on a 1998 user), and so do the popularity and
+"views lately" features computed from it. That is the standard trade-off of
+the protocol (e.g. SASRec, BERT4Rec and most sequential-recommendation papers
+use it): it evaluates every user, which gives intervals narrow enough to tell
+models apart, at the price of a mild, global form of look-ahead that favours
+popularity-type signals. The temporal protocol, which admits none, stays the
+default; reports show both.
+
+What the split's single instants mean under each protocol:
+
+* ``valid_start`` is the instant the model's knowledge ends: training
+  features are computed "as of" it (``rec_core.model.training.prepare``), and
+  recency-weighted popularity measures ages from it. Temporal: the validation
+  cut. Leave-last-out: 1 ms after the latest training interaction, so that
+  "before ``valid_start``" is exactly all of training.
+* ``test_start``: temporal, the test cut. Leave-last-out has no global test
+  period; it equals ``valid_start``.
+* ``user_valid_start_ms`` / ``user_test_start_ms`` hold each user's own cuts
+  (under temporal, the global ones for everyone; under leave-last-out, the
+  largest int64 for users that stay wholly in training), and
+  :func:`training_view` cuts any (user_id, ts_ms) frame -- interactions,
+  follows -- to what training may see. ``prepare()`` already cuts its frames
+  at ``valid_start``; under leave-last-out that is not enough (a user's own
+  held-out interactions are before it), so its frames must go through
+  :func:`training_view` first.
 
 Ids become dense integer indices:
 
@@ -19,9 +64,10 @@ Held-out users are kept whether or not they have a training interaction;
 :attr:`Split.user_has_train` marks the ones that do ("warm" users), so an
 evaluation can report all users, only warm ones, or only cold-start ones.
 
-"Cold" items are those with no training interaction at all (first
-interaction at/after ``valid_start``, or none): a pure collaborative model
-cannot have learnt anything about them.
+"Cold" items are those with no training interaction at all: a pure
+collaborative model cannot have learnt anything about them. Temporal: first
+interaction at/after ``valid_start``, or none; leave-last-out: every
+interaction of theirs is some user's held-out one, or none.
 
 A "positive" for evaluation is, by default, any held-out interaction
 (``positive="any"``); ``"completed"`` keeps those with
@@ -50,8 +96,16 @@ log = logging.getLogger(__name__)
 PositiveRule = Literal["any", "completed", "liked"]
 MatrixWeights = Literal["binary", "count", "completion"]
 SplitPart = Literal["train", "valid", "test"]
+Protocol = Literal["temporal", "leave-last-out"]
 
+PROTOCOLS: tuple[Protocol, ...] = ("temporal", "leave-last-out")
 _POSITIVE_RULES: tuple[str, ...] = ("any", "completed", "liked")
+# A user cut here is never cut: every interaction of theirs is training.
+NEVER_MS = int(np.iinfo(np.int64).max)
+# Leave-last-out's rule: each user's last 10% for test, the 10% before for validation, users with 5 or more.
+LLO_TEST_FRACTION = 0.1
+LLO_VALID_FRACTION = 0.1
+LLO_MIN_INTERACTIONS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +135,13 @@ class Split:
     train: InteractionArrays
     valid: InteractionArrays
     test: InteractionArrays
-    valid_start_ms: int
+    valid_start_ms: int  # the end of the model's knowledge (see the module docstring)
     test_start_ms: int
     user_has_train: np.ndarray  # bool per user: at least one train interaction ("warm")
     cold_item_mask: np.ndarray  # bool per item: no train interaction
+    protocol: Protocol
+    user_valid_start_ms: np.ndarray  # int64 per user: their validation cut (NEVER_MS: wholly in training)
+    user_test_start_ms: np.ndarray  # int64 per user: their test cut
     positive: PositiveRule = "any"
     min_completion: float = 0.5
 
@@ -109,6 +166,11 @@ class Split:
     def test_start(self) -> dt.datetime:
         return _ms_to_datetime(self.test_start_ms)
 
+    @property
+    def held_out_users(self) -> np.ndarray:
+        """bool per user: some of their interactions may be held out (a cut before the end of time)."""
+        return self.user_valid_start_ms < NEVER_MS
+
     def part(self, on: SplitPart) -> InteractionArrays:
         if on not in ("train", "valid", "test"):
             raise ValueError(f"unknown split part {on!r}; expected train, valid or test")
@@ -132,7 +194,8 @@ class Split:
         return _positions(self.item_ids, video_ids, "video")
 
     def summary(self) -> dict[str, int | str]:
-        return {
+        out: dict[str, int | str] = {
+            "protocol": self.protocol,
             "users": self.n_users,
             "items": self.n_items,
             "train": len(self.train),
@@ -144,6 +207,9 @@ class Split:
             "test_start": self.test_start.isoformat(),
             "positive": self.positive,
         }
+        if self.protocol == "leave-last-out":
+            out["held_out_users"] = int(self.held_out_users.sum())
+        return out
 
 
 def temporal_split(
@@ -170,80 +236,121 @@ def temporal_split(
     """
     if not 0.0 < valid_quantile <= test_quantile <= 1.0:
         raise ValueError(f"need 0 < valid_quantile <= test_quantile <= 1, got {valid_quantile}, {test_quantile}")
-    if positive not in _POSITIVE_RULES:
-        raise ValueError(f"positive must be one of {', '.join(_POSITIVE_RULES)}, got {positive!r}")
-
-    inter = _interactions_frame(interactions)
-    if inter.height == 0:
-        raise ValueError("cannot split an empty interactions table")
-    catalogue = _videos_frame(videos)
-    user_frame = _users_frame(inter, users)
-
-    joined = inter.join(catalogue.select("video_id", "item_idx"), on="video_id", how="inner")
-    if dropped := inter.height - joined.height:
-        log.warning("split: dropped %d interaction(s) whose video is not in the videos table", dropped)
-    joined = (
-        joined.join(user_frame, on="user_id", how="inner")
-        .select("user_idx", "item_idx", "ts_ms", "completion", "liked")
-        .sort(["ts_ms", "user_idx", "item_idx", "completion", "liked"])
-    )
-    if joined.height == 0:
-        raise ValueError("no interaction refers to a video of the catalogue")
-    ts = joined["ts_ms"].to_numpy()
+    _check_positive(positive)
+    arrays, catalogue, user_frame = _indexed(interactions, videos, users)
+    ts = arrays.ts_ms
 
     # "lower" picks an observed timestamp, so the cut is a real instant and the split is exact.
     valid_ms = _to_ms(valid_start) if valid_start is not None else int(np.quantile(ts, valid_quantile, method="lower"))
     test_ms = _to_ms(test_start) if test_start is not None else int(np.quantile(ts, test_quantile, method="lower"))
     if test_ms < valid_ms:
         raise ValueError("test_start must not be before valid_start")
-
-    arrays = InteractionArrays(
-        user_idx=joined["user_idx"].to_numpy().astype(np.int32),
-        item_idx=joined["item_idx"].to_numpy().astype(np.int32),
-        ts_ms=ts.astype(np.int64),
-        completion=joined["completion"].to_numpy().astype(np.float32),
-        liked=joined["liked"].to_numpy().astype(bool),
+    n_users = user_frame.height
+    return _assemble(
+        arrays,
+        catalogue,
+        user_frame,
+        "temporal",
+        np.full(n_users, valid_ms, dtype=np.int64),
+        np.full(n_users, test_ms, dtype=np.int64),
+        (valid_ms, test_ms),
+        positive,
+        min_completion,
     )
-    train = arrays.select(ts < valid_ms)
-    valid = arrays.select((ts >= valid_ms) & (ts < test_ms))
-    test = arrays.select(ts >= test_ms)
 
-    n_users, n_items = user_frame.height, catalogue.height
-    user_has_train = np.zeros(n_users, dtype=bool)
-    user_has_train[train.user_idx] = True
-    cold = np.ones(n_items, dtype=bool)
-    cold[train.item_idx] = False
 
-    split = Split(
-        user_ids=user_frame["user_id"].to_numpy().astype(object),
-        item_ids=catalogue["video_id"].to_numpy().astype(object),
-        item_created_ms=catalogue["created_ms"].to_numpy().astype(np.int64),
-        train=train,
-        valid=valid,
-        test=test,
-        valid_start_ms=valid_ms,
-        test_start_ms=test_ms,
-        user_has_train=user_has_train,
-        cold_item_mask=cold,
-        positive=positive,
-        min_completion=float(min_completion),
+def leave_last_out_split(
+    interactions: pa.Table | pl.DataFrame,
+    videos: pa.Table | pl.DataFrame,
+    users: pa.Table | pl.DataFrame | None = None,
+    *,
+    test_fraction: float = LLO_TEST_FRACTION,
+    valid_fraction: float = LLO_VALID_FRACTION,
+    min_interactions: int = LLO_MIN_INTERACTIONS,
+    positive: PositiveRule = "any",
+    min_completion: float = 0.5,
+) -> Split:
+    """Split each user's interactions at their own two cuts; see the module docstring.
+
+    Takes the tables of :func:`temporal_split`. A user with ``n >= min_interactions``
+    interactions (in the catalogue) holds out ``ceil(test_fraction * n)`` for
+    test, widened to whole instants, and ``ceil(valid_fraction * n)`` before
+    those for validation, widened likewise.
+    """
+    if not (0.0 < test_fraction < 1.0 and 0.0 < valid_fraction < 1.0 and test_fraction + valid_fraction < 1.0):
+        raise ValueError(f"need fractions in (0, 1) summing below 1, got {test_fraction}, {valid_fraction}")
+    if min_interactions < 3:
+        raise ValueError(f"min_interactions must be at least 3 (train, validation, test), got {min_interactions}")
+    _check_positive(positive)
+    arrays, catalogue, user_frame = _indexed(interactions, videos, users)
+    n_users = user_frame.height
+
+    # Each user's interactions in time order: a stable sort by user of the (ts, user, item)-sorted rows.
+    by_user = np.argsort(arrays.user_idx, kind="stable")
+    ts = arrays.ts_ms[by_user]
+    counts = np.bincount(arrays.user_idx, minlength=n_users).astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    # The small epsilon keeps 0.1 * 30 = 3.0000000000000004 from rounding up to 4.
+    n_test = np.ceil(counts * test_fraction - 1e-9).astype(np.int64)
+    n_valid = np.ceil(counts * valid_fraction - 1e-9).astype(np.int64)
+    cut = np.flatnonzero(counts >= min_interactions)
+    test_ms = np.full(n_users, NEVER_MS, dtype=np.int64)
+    test_ms[cut] = ts[starts[cut] + counts[cut] - n_test[cut]]
+    # Validation is counted back from the first test row, once ties have widened the test part.
+    n_test_wide = np.bincount(arrays.user_idx[arrays.ts_ms >= test_ms[arrays.user_idx]], minlength=n_users)
+    n_before = counts - n_test_wide - n_valid  # the user's rows before their validation cut (at least)
+    valid_ms = test_ms.copy()
+    fits = cut[n_before[cut] >= 1]
+    valid_ms[fits] = ts[starts[fits] + n_before[fits]]
+    # A validation cut tied with the user's first interaction would leave nothing to train on: no validation then
+    # (it only steers early stopping). A test cut tied with it: the user is not cut at all.
+    crowded = fits[valid_ms[fits] <= ts[starts[fits]]]
+    valid_ms[crowded] = test_ms[crowded]
+    uncut = cut[test_ms[cut] <= ts[starts[cut]]]
+    test_ms[uncut] = NEVER_MS
+    valid_ms[uncut] = NEVER_MS
+    if len(uncut):
+        log.info("leave-last-out: %d user(s) too tied in time to cut stay wholly in training", len(uncut))
+
+    in_train = arrays.ts_ms < valid_ms[arrays.user_idx]
+    end_ms = int(arrays.ts_ms[in_train].max()) + 1  # training is never empty: an uncut user keeps everything
+    return _assemble(
+        arrays, catalogue, user_frame, "leave-last-out", valid_ms, test_ms, (end_ms, end_ms), positive, min_completion
     )
-    log.info("split: %s", split.summary())
-    return split
 
 
-def split_from_lake(lake: Lake, **kwargs: object) -> Split:
-    """:func:`temporal_split` of the lake's live version; ``kwargs`` go to it unchanged."""
+def split_from_lake(lake: Lake, protocol: Protocol = "temporal", **kwargs: object) -> Split:
+    """The ``protocol`` split of the lake's live version; ``kwargs`` go to its function unchanged."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     interactions = lake.read("interactions", columns=["user_id", "video_id", "ts", "completion", "liked"])
     videos = lake.read("videos", columns=["video_id", "created_at"])
     users = lake.read("users", columns=["user_id"]) if lake.has("users") else None
-    return temporal_split(interactions, videos, users, **kwargs)  # type: ignore[arg-type]
+    make = temporal_split if protocol == "temporal" else leave_last_out_split
+    return make(interactions, videos, users, **kwargs)  # type: ignore[arg-type]
+
+
+def training_view(split: Split, frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``frame`` (``user_id``, ``ts_ms``) that training may see: each before its user's validation cut.
+
+    For interactions and follows handed to the model code. Under the temporal
+    protocol this is "before ``valid_start``"; rows of users the split does not
+    know are cut there too.
+    """
+    cuts = pl.DataFrame(
+        {"user_id": pl.Series(split.user_ids, dtype=pl.String), "_cut_ms": split.user_valid_start_ms},
+        schema={"user_id": pl.String, "_cut_ms": pl.Int64},
+    )
+    return (
+        frame.join(cuts, on="user_id", how="left", maintain_order="left")
+        .filter(pl.col("ts_ms") < pl.col("_cut_ms").fill_null(split.valid_start_ms))
+        .drop("_cut_ms")
+    )
 
 
 def with_positive(split: Split, positive: PositiveRule, min_completion: float | None = None) -> Split:
     """The same split with another positive rule (the arrays are shared, not copied)."""
-    if positive not in _POSITIVE_RULES:
-        raise ValueError(f"positive must be one of {', '.join(_POSITIVE_RULES)}, got {positive!r}")
+    _check_positive(positive)
     threshold = split.min_completion if min_completion is None else float(min_completion)
     return dataclasses.replace(split, positive=positive, min_completion=threshold)
 
@@ -279,11 +386,86 @@ def interaction_matrix(
 
 
 def train_matrix(split: Split, weights: MatrixWeights = "binary") -> sp.csr_matrix:
-    """The user x item training matrix; only interactions before ``valid_start`` are in it."""
+    """The user x item training matrix: the training part only (before each user's validation cut)."""
     return interaction_matrix(split, "train", weights)
 
 
 # ---- helpers -----------------------------------------------------------------
+
+
+def _check_positive(positive: str) -> None:
+    if positive not in _POSITIVE_RULES:
+        raise ValueError(f"positive must be one of {', '.join(_POSITIVE_RULES)}, got {positive!r}")
+
+
+def _indexed(
+    interactions: pa.Table | pl.DataFrame, videos: pa.Table | pl.DataFrame, users: pa.Table | pl.DataFrame | None
+) -> tuple[InteractionArrays, pl.DataFrame, pl.DataFrame]:
+    """All interactions on the catalogue as arrays sorted by time, the catalogue and the users, both indexed."""
+    inter = _interactions_frame(interactions)
+    if inter.height == 0:
+        raise ValueError("cannot split an empty interactions table")
+    catalogue = _videos_frame(videos)
+    user_frame = _users_frame(inter, users)
+    joined = inter.join(catalogue.select("video_id", "item_idx"), on="video_id", how="inner")
+    if dropped := inter.height - joined.height:
+        log.warning("split: dropped %d interaction(s) whose video is not in the videos table", dropped)
+    joined = (
+        joined.join(user_frame, on="user_id", how="inner")
+        .select("user_idx", "item_idx", "ts_ms", "completion", "liked")
+        .sort(["ts_ms", "user_idx", "item_idx", "completion", "liked"])
+    )
+    if joined.height == 0:
+        raise ValueError("no interaction refers to a video of the catalogue")
+    arrays = InteractionArrays(
+        user_idx=joined["user_idx"].to_numpy().astype(np.int32),
+        item_idx=joined["item_idx"].to_numpy().astype(np.int32),
+        ts_ms=joined["ts_ms"].to_numpy().astype(np.int64),
+        completion=joined["completion"].to_numpy().astype(np.float32),
+        liked=joined["liked"].to_numpy().astype(bool),
+    )
+    return arrays, catalogue, user_frame
+
+
+def _assemble(
+    arrays: InteractionArrays,
+    catalogue: pl.DataFrame,
+    user_frame: pl.DataFrame,
+    protocol: Protocol,
+    user_valid_ms: np.ndarray,
+    user_test_ms: np.ndarray,
+    starts_ms: tuple[int, int],
+    positive: PositiveRule,
+    min_completion: float,
+) -> Split:
+    """The split of ``arrays`` at each user's cuts: one definition of the parts for both protocols."""
+    valid_cut, test_cut = user_valid_ms[arrays.user_idx], user_test_ms[arrays.user_idx]
+    train = arrays.select(arrays.ts_ms < valid_cut)
+    valid = arrays.select((arrays.ts_ms >= valid_cut) & (arrays.ts_ms < test_cut))
+    test = arrays.select(arrays.ts_ms >= test_cut)
+    user_has_train = np.zeros(user_frame.height, dtype=bool)
+    user_has_train[train.user_idx] = True
+    cold = np.ones(catalogue.height, dtype=bool)
+    cold[train.item_idx] = False
+    split = Split(
+        user_ids=user_frame["user_id"].to_numpy().astype(object),
+        item_ids=catalogue["video_id"].to_numpy().astype(object),
+        item_created_ms=catalogue["created_ms"].to_numpy().astype(np.int64),
+        train=train,
+        valid=valid,
+        test=test,
+        valid_start_ms=starts_ms[0],
+        test_start_ms=starts_ms[1],
+        user_has_train=user_has_train,
+        cold_item_mask=cold,
+        protocol=protocol,
+        user_valid_start_ms=user_valid_ms,
+        user_test_start_ms=user_test_ms,
+        positive=positive,
+        min_completion=float(min_completion),
+    )
+    log.info("split: %s", split.summary())
+    return split
 
 
 def _interactions_frame(table: pa.Table | pl.DataFrame) -> pl.DataFrame:

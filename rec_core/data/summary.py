@@ -48,7 +48,7 @@ QUERIES: dict[str, str] = {
 
 def summarize(settings: Settings) -> dict[str, list[tuple]]:
     """Rebuild the warehouse and run every summary query on it: title -> [column names, *rows]."""
-    path = build_warehouse(settings)
+    path = build_warehouse(settings.paths, settings.batch)
     con = duckdb.connect(str(path), read_only=True)
     try:
         out: dict[str, list[tuple]] = {}
@@ -79,4 +79,4 @@ def format_results(results: dict[str, list[tuple]]) -> str:
 
 def rebuild_warehouse(settings: Settings) -> dict[str, str]:
     """Rebuild the warehouse over the live lake and snapshot (after a publish); returns its path."""
-    return {"warehouse": str(build_warehouse(settings))}
+    return {"warehouse": str(build_warehouse(settings.paths, settings.batch))}

@@ -37,7 +37,7 @@ import duckdb
 from rec_core.atomic import atomic_path
 from rec_core.data.lake import lake_for
 from rec_core.data.tables import TABLES
-from rec_core.settings import Settings
+from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, live_snapshot_id
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ def _sql_str(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def build_warehouse(settings: Settings) -> Path:
-    """(Re)build ``settings.paths.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
-    lake = lake_for(settings)
+def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
+    """(Re)build ``paths.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
+    lake = lake_for(paths, batch)
     version = lake.current()
-    target = settings.paths.warehouse_path
+    target = paths.warehouse_path
     with atomic_path(target) as tmp:
         tmp.unlink()  # DuckDB wants to create the file itself
         con = duckdb.connect(str(tmp))
@@ -66,8 +66,8 @@ def build_warehouse(settings: Settings) -> Path:
                 "CREATE TABLE lake_info AS SELECT ? AS lake_version, ? AS source, ?::TIMESTAMPTZ AS committed_at",
                 [version.name, version.manifest.get("source"), version.manifest.get("created_at")],
             )
-            live = _snapshot_tables(con, settings)
-            _model_metrics(con, settings)
+            live = _snapshot_tables(con, paths)
+            _model_metrics(con, paths)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -75,10 +75,10 @@ def build_warehouse(settings: Settings) -> Path:
     return target
 
 
-def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str | None:
-    history_file = settings.paths.snapshots_dir / HISTORY_FILE
+def _snapshot_tables(con: duckdb.DuckDBPyConnection, paths: PathSettings) -> str | None:
+    history_file = paths.snapshots_dir / HISTORY_FILE
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
-    live = live_snapshot_id(settings)
+    live = live_snapshot_id(paths)
     con.execute(
         "CREATE TABLE snapshot_history (seq INTEGER, snapshot_id VARCHAR, published_at TIMESTAMPTZ, "
         "model_version VARCHAR, action VARCHAR, previous VARCHAR)"
@@ -96,7 +96,7 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str 
     ]
     if rows:
         con.executemany("INSERT INTO snapshot_history VALUES (?, ?, ?, ?, ?, ?)", rows)
-    kept = sorted(p.name for p in settings.paths.snapshots_dir.glob("s*") if p.is_dir()) if history else []
+    kept = sorted(p.name for p in paths.snapshots_dir.glob("s*") if p.is_dir()) if history else []
     con.execute(
         "CREATE TABLE snapshots AS SELECT snapshot_id, any_value(model_version) AS model_version, "
         "min(published_at) AS first_published_at, max(published_at) AS published_at, count(*) AS times_made_live, "
@@ -106,17 +106,17 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str 
     )
     if live is None:
         return None
-    paths = SnapshotPaths((settings.paths.snapshots_dir / live).resolve())
+    snapshot = SnapshotPaths((paths.snapshots_dir / live).resolve())
     try:
-        build = paths.read_build()
+        build = snapshot.read_build()
     except SnapshotError as exc:
         log.warning("live snapshot %s is unreadable, the warehouse has no feeds: %s", live, exc)
         return None
     views = {
-        "feeds": [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)],
-        "trending": [paths.trending_file],
-        "video_vectors": [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)],
-        "user_vectors": [paths.user_vectors(i, build.user_shards) for i in range(build.user_shards)],
+        "feeds": [snapshot.feed_part(i, build.user_shards) for i in range(build.user_shards)],
+        "trending": [snapshot.trending_file],
+        "video_vectors": [snapshot.video_vectors(i, build.video_shards) for i in range(build.video_shards)],
+        "user_vectors": [snapshot.user_vectors(i, build.user_shards) for i in range(build.user_shards)],
     }
     for name, files in views.items():
         if files and all(f.is_file() for f in files):
@@ -133,12 +133,12 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, settings: Settings) -> str 
     return live
 
 
-def _model_metrics(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def _model_metrics(con: duckdb.DuckDBPyConnection, paths: PathSettings) -> None:
     con.execute(
         "CREATE TABLE model_metrics (model_version VARCHAR, current BOOLEAN, dataset VARCHAR, model VARCHAR, "
         "metric VARCHAR, value DOUBLE)"
     )
-    root = settings.paths.models_dir
+    root = paths.models_dir
     pointer = root / "CURRENT"
     current = pointer.read_text().strip() if pointer.is_file() else None
     rows = []

@@ -4,7 +4,8 @@
   is the number of distinct users who watched the video in training; with
   ``half_life_days`` each (user, video) pair is weighted by
   ``0.5 ** (age / half_life)``, its age being the time from the pair's latest
-  training interaction to the validation cut, so recent hits count more.
+  training interaction to ``Split.valid_start`` (the validation cut; under
+  leave-last-out, the end of the training data), so recent hits count more.
 * :class:`ItemKNN`: item-item cosine similarity on the binary training matrix,
   ``sim(i, j) = |U_i ∩ U_j| / (sqrt(|U_i|) sqrt(|U_j|) + shrink)``; every item
   keeps its ``neighbours`` most similar items, and a user's score for item j is
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -41,7 +43,7 @@ import torch
 from scipy.linalg import lapack
 
 from rec_core.data.split import Split, SplitPart, train_matrix
-from rec_core.eval.ranking_metrics import DEFAULT_KS, Population, ServedAs, build_targets, evaluate_targets
+from rec_core.eval.ranking_metrics import DEFAULT_KS, Population, ServedAs, UserMetrics, build_targets, user_metrics
 from rec_core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,50 @@ def default_baselines() -> list[Recommender]:
     return [MostPop(), ItemKNN(), EASE()]
 
 
+@dataclass(slots=True)
+class BaselineRun:
+    """One baseline fitted and evaluated: its averages, and its per-user values for intervals."""
+
+    name: str
+    metrics: dict[str, float]  # the keys of evaluate_scores, plus fit_seconds and eval_seconds
+    per_user: UserMetrics
+    served: UserMetrics | None  # the same fitted model ranked as the feed would show it
+
+
+def run_baselines(
+    split: Split,
+    on: SplitPart = "test",
+    *,
+    models: Sequence[Recommender] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    population: Population = "all",
+    served: ServedAs | None = None,
+) -> list[BaselineRun]:
+    """Fit each baseline on the training part and evaluate it on ``on`` over the full catalogue."""
+    targets = build_targets(split, on, population)
+    out: list[BaselineRun] = []
+    for model in default_baselines() if models is None else models:
+        log.info("%s: fitting on %d training interactions", model.name, len(split.train))
+        started = time.monotonic()
+        model.fit(split)
+        fitted = time.monotonic()
+        per_user = user_metrics(model.score, targets, ks)
+        metrics = per_user.summary()
+        metrics["fit_seconds"] = round(fitted - started, 2)
+        metrics["eval_seconds"] = round(time.monotonic() - fitted, 2)
+        as_served = user_metrics(model.score, targets, ks, served=served) if served is not None else None
+        out.append(BaselineRun(model.name, metrics, per_user, as_served))
+        log.info(
+            "%s: fit %.1fs, evaluate %.1fs on %d users: %s",
+            model.name,
+            metrics["fit_seconds"],
+            metrics["eval_seconds"],
+            int(metrics["users"]),
+            ", ".join(f"{key} {metrics[key]:.4f}" for key in ("recall@20", "ndcg@20", "recall@50") if key in metrics),
+        )
+    return out
+
+
 def evaluate_baselines(
     split: Split,
     on: SplitPart = "test",
@@ -218,32 +264,16 @@ def evaluate_baselines(
     population: Population = "all",
     served: ServedAs | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Fit each baseline on the training part and evaluate it on ``on`` over the full catalogue.
+    """:func:`run_baselines`, averages only.
 
     Returns ``{name: metrics}`` with the keys of :func:`rec_core.eval.ranking_metrics.evaluate_scores`
     plus ``fit_seconds`` and ``eval_seconds``; with ``served``, also ``{name + AS_SERVED: metrics}``.
     """
-    targets = build_targets(split, on, population)
     out: dict[str, dict[str, float]] = {}
-    for model in default_baselines() if models is None else models:
-        log.info("%s: fitting on %d training interactions", model.name, len(split.train))
-        started = time.monotonic()
-        model.fit(split)
-        fitted = time.monotonic()
-        metrics = evaluate_targets(model.score, targets, ks)
-        metrics["fit_seconds"] = round(fitted - started, 2)
-        metrics["eval_seconds"] = round(time.monotonic() - fitted, 2)
-        out[model.name] = metrics
-        if served is not None:  # the same fitted model, ranked as the feed would show it
-            out[model.name + AS_SERVED] = evaluate_targets(model.score, targets, ks, served=served)
-        log.info(
-            "%s: fit %.1fs, evaluate %.1fs on %d users: %s",
-            model.name,
-            metrics["fit_seconds"],
-            metrics["eval_seconds"],
-            int(metrics["users"]),
-            ", ".join(f"{key} {metrics[key]:.4f}" for key in ("recall@20", "ndcg@20", "recall@50") if key in metrics),
-        )
+    for run in run_baselines(split, on, models=models, ks=ks, population=population, served=served):
+        out[run.name] = run.metrics
+        if run.served is not None:
+            out[run.name + AS_SERVED] = run.served.summary()
     return out
 
 

@@ -10,6 +10,7 @@ read::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +20,18 @@ import polars as pl
 
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.lake import lake_for
-from rec_core.data.split import Split, SplitPart, split_from_lake
+from rec_core.data.split import Protocol, Split, SplitPart, split_from_lake, training_view
 from rec_core.eval.baselines import evaluate_baselines
+from rec_core.eval.intervals import Interval
 from rec_core.eval.plots import comparison_png
 from rec_core.eval.ranking_metrics import ServedAs, evaluate_scores
 from rec_core.feed.policy import FeedPolicy
-from rec_core.model.features import follows_frame, interaction_frame, video_frame
+from rec_core.model.features import FeatureStats, Vocabs, follows_frame, interaction_frame, video_frame
 from rec_core.model.store import LoadedModel
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, prepare, scorer
-from rec_core.settings import Settings
+from rec_core.settings import BatchSettings, ModelSettings, PathSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,12 @@ class LakeData:
     interactions: pl.DataFrame
     follows: pl.DataFrame
 
-    def text(self, settings: Settings, text_model: str | None = None) -> np.ndarray:
+    def text(self, paths: PathSettings, model: ModelSettings, text_model: str | None = None) -> np.ndarray:
         """Caption embeddings aligned with the catalogue (cached; only new captions are encoded)."""
         if text_model:
-            settings = settings.override(text_model=text_model)
+            model = dataclasses.replace(model, text_model=text_model)
         table = self.videos.select("video_id", "caption", "hashtags").to_arrow()
-        vectors, _ = embed_videos_text(table, settings)
+        vectors, _ = embed_videos_text(table, paths, model)
         return vectors
 
     def served_as(self, policy: FeedPolicy | None = None) -> ServedAs:
@@ -60,11 +62,19 @@ class LakeData:
         _, creator_codes = np.unique(self.videos["creator_id"].to_numpy().astype(str), return_inverse=True)
         return ServedAs(policy or FeedPolicy(), self.split.cold_item_mask, creator_codes.astype(np.int64))
 
+    def prepare(
+        self, text: np.ndarray, vocabs: Vocabs | None = None, stats: FeatureStats | None = None
+    ) -> TrainingData:
+        """Tower inputs from what this split's training may see: under leave-last-out, a user's own held-out
+        interactions are before ``valid_start``, so the frames are cut per user first (``training_view``)."""
+        interactions, follows = (training_view(self.split, frame) for frame in (self.interactions, self.follows))
+        return prepare(self.split, self.videos, interactions, follows, text, vocabs=vocabs, stats=stats)
 
-def load_lake_data(settings: Settings) -> LakeData:
-    lake = lake_for(settings)
+
+def load_lake_data(paths: PathSettings, batch: BatchSettings, protocol: Protocol = "temporal") -> LakeData:
+    lake = lake_for(paths, batch)
     version = lake.current()
-    split = split_from_lake(lake)
+    split = split_from_lake(lake, protocol)
     videos = video_frame(lake.read("videos"))
     if not np.array_equal(videos["video_id"].to_numpy().astype(object), split.item_ids):
         raise AssertionError("catalogue order differs between the split and the videos table")
@@ -78,12 +88,12 @@ def load_lake_data(settings: Settings) -> LakeData:
     )
 
 
-def prepare_loaded(model: LoadedModel, data: LakeData, settings: Settings) -> TrainingData:
+def prepare_loaded(
+    model: LoadedModel, data: LakeData, paths: PathSettings, model_settings: ModelSettings
+) -> TrainingData:
     """Inputs for a saved model on ``data``'s split, with that model's own vocabularies and statistics."""
-    text = data.text(settings, model.config.get("text_model"))
-    return prepare(
-        data.split, data.videos, data.interactions, data.follows, text, vocabs=model.vocabs, stats=model.stats
-    )
+    text = data.text(paths, model_settings, model.config.get("text_model"))
+    return data.prepare(text, vocabs=model.vocabs, stats=model.stats)
 
 
 def two_tower_metrics(
@@ -127,11 +137,14 @@ def write_report(result: dict, folder: Path, title: str) -> Path:
     return path
 
 
-def markdown_table(models: dict[str, dict[str, float]]) -> str:
+def markdown_table(models: dict[str, dict[str, float]], intervals: dict[str, dict[str, Interval]] | None = None) -> str:
+    """One row per model; a metric with an interval in ``intervals[model]`` shows it beside the value."""
     columns = [*REPORT_METRICS, "coverage@50", "cold_recall@50"]
     rows = ["| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
     for name, m in models.items():
-        rows.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in columns) + " |")
+        known = (intervals or {}).get(name, {})
+        cells = (str(known[c]) if c in known else _fmt(m.get(c)) for c in columns)
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -131,7 +131,8 @@ def evaluate_scores(
     ``score_fn(user_idx)`` returns scores of shape (len(user_idx), n_items).
     Keys: ``recall@K``, ``ndcg@K``, ``hit_rate@K``, ``coverage@K``,
     ``cold_recall@K`` for each K in ``ks``, plus ``users`` (evaluated) and
-    ``cold_users`` (users with a cold relevant item).
+    ``cold_users`` (users with a cold relevant item). :func:`user_metrics`
+    keeps each user's values instead of their average.
     """
     return evaluate_targets(score_fn, build_targets(split, on, population), ks, batch_size, served)
 
@@ -144,6 +145,51 @@ def evaluate_targets(
     served: ServedAs | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate_scores` on prebuilt targets (reuse them across epochs of a training loop)."""
+    return user_metrics(score_fn, targets, ks, batch_size, served).summary()
+
+
+@dataclass(frozen=True, slots=True)
+class UserMetrics:
+    """One evaluation's values per evaluated user, kept so that intervals can resample users.
+
+    ``values`` holds ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``cold_recall@K``
+    as float64 arrays aligned with ``users`` (``cold_recall@K`` is NaN for a user
+    without a cold relevant item); ``coverage`` the catalogue-level ``coverage@K``,
+    which no single user has.
+    """
+
+    users: np.ndarray  # int64 user indices, the evaluated users
+    ks: tuple[int, ...]
+    values: dict[str, np.ndarray]
+    coverage: dict[str, float]
+
+    def mean(self, key: str) -> float:
+        """The average of ``values[key]`` over the users that have one (NaN when none has)."""
+        column = self.values[key]
+        return float(np.nanmean(column)) if np.isfinite(column).any() else math.nan
+
+    def summary(self) -> dict[str, float]:
+        """The averages :func:`evaluate_scores` reports (same keys, same order)."""
+        out: dict[str, float] = {}
+        for k in self.ks:
+            for name in ("recall", "ndcg", "hit_rate"):
+                out[f"{name}@{k}"] = self.mean(f"{name}@{k}")
+            out[f"coverage@{k}"] = self.coverage[f"coverage@{k}"]
+            out[f"cold_recall@{k}"] = self.mean(f"cold_recall@{k}")
+        out["users"] = float(len(self.users))
+        # A user with a cold relevant item has a cold recall at every K.
+        out["cold_users"] = float(np.isfinite(self.values[f"cold_recall@{self.ks[0]}"]).sum())
+        return out
+
+
+def user_metrics(
+    score_fn: ScoreFn,
+    targets: EvalTargets,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 1024,
+    served: ServedAs | None = None,
+) -> UserMetrics:
+    """Rank the full catalogue for every evaluated user; each user's metrics (see the module docstring)."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
@@ -154,9 +200,10 @@ def evaluate_targets(
     discounts = 1.0 / torch.log2(torch.arange(2, k_top + 2, dtype=torch.float64))
     ideal = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discounts, 0)])  # ideal[m] = IDCG with m hits
 
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "hit_rate", "cold_recall")}
+    parts: dict[str, list[np.ndarray]] = {
+        f"{n}@{k}": [] for k in ks for n in ("recall", "ndcg", "hit_rate", "cold_recall")
+    }
     covered = {k: torch.zeros(n_items, dtype=torch.bool) for k in ks}
-    cold_users = 0
     progress = Progress("evaluate", len(users), every_s=10.0, logger=log)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
@@ -171,32 +218,26 @@ def evaluate_targets(
         cold_hits = _membership(targets.cold_relevant, batch, n_items).gather(1, top_idx) & ranked
         n_rel = torch.from_numpy(np.diff(targets.relevant.indptr)[batch]).to(torch.float64)
         n_cold = torch.from_numpy(np.diff(targets.cold_relevant.indptr)[batch]).to(torch.float64)
-        has_cold = n_cold > 0
-        cold_users += int(has_cold.sum())
         for k in ks:
             kk = min(k, k_top)
             hits_k = rel_hits[:, :kk]
             n_hits = hits_k.sum(1).to(torch.float64)
             dcg = (hits_k.to(torch.float64) * discounts[:kk]).sum(1)
             idcg = ideal[torch.clamp(n_rel, max=kk).long()]
-            sums[f"recall@{k}"] += float((n_hits / n_rel).sum())
-            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
-            sums[f"hit_rate@{k}"] += float((n_hits > 0).sum())
+            parts[f"recall@{k}"].append((n_hits / n_rel).numpy())
+            parts[f"ndcg@{k}"].append((dcg / idcg).numpy())
+            parts[f"hit_rate@{k}"].append((n_hits > 0).to(torch.float64).numpy())
             cold_k = cold_hits[:, :kk].sum(1).to(torch.float64)
-            sums[f"cold_recall@{k}"] += float((cold_k[has_cold] / n_cold[has_cold]).sum())
+            parts[f"cold_recall@{k}"].append(torch.where(n_cold > 0, cold_k / n_cold, math.nan).numpy())
             covered[k][top_idx[:, :kk][ranked[:, :kk]]] = True
         progress.advance(len(batch))
 
-    n_users = len(users)
-    out: dict[str, float] = {}
-    for k in ks:
-        for name in ("recall", "ndcg", "hit_rate"):
-            out[f"{name}@{k}"] = sums[f"{name}@{k}"] / n_users if n_users else math.nan
-        out[f"coverage@{k}"] = float(covered[k].sum()) / n_items if n_items else math.nan
-        out[f"cold_recall@{k}"] = sums[f"cold_recall@{k}"] / cold_users if cold_users else math.nan
-    out["users"] = float(n_users)
-    out["cold_users"] = float(cold_users)
-    return out
+    return UserMetrics(
+        users=np.asarray(users, dtype=np.int64),
+        ks=tuple(ks),
+        values={key: np.concatenate(chunks) if chunks else np.zeros(0) for key, chunks in parts.items()},
+        coverage={f"coverage@{k}": float(covered[k].sum()) / n_items if n_items else math.nan for k in ks},
+    )
 
 
 def cold_ranks(

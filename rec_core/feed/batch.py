@@ -58,11 +58,11 @@ def materialize_feeds(
     """Write the feed part of user shard ``shard``; returns a JSON-friendly summary (rows, users/s, timings)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    paths = snapshot_paths(settings, snapshot_id)
+    paths = snapshot_paths(settings.paths, snapshot_id)
     build = paths.read_build()
     if not 0 <= shard < build.user_shards:
         raise ValueError(f"shard {shard} outside 0..{build.user_shards - 1} of snapshot {snapshot_id}")
-    inputs = load_inputs(settings, paths, build)
+    inputs = load_inputs(settings.paths, paths, build)
     cat, policy = inputs.catalogue, inputs.policy
     user_file = paths.user_vectors(shard, build.user_shards)
     user_ids, user_vectors = read_vectors([user_file], USER_ID, build, str(user_file))
@@ -80,7 +80,7 @@ def materialize_feeds(
     )
 
     t = time.perf_counter()
-    history = shard_history(settings, inputs, user_ids)
+    history = shard_history(settings.paths, inputs, user_ids)
     ctx = _shard_context(inputs, history)
     timings["history"] = time.perf_counter() - t
 
@@ -128,8 +128,8 @@ def materialize_feeds(
 def build_trending(settings: Settings, snapshot_id: str, pipeline: FeedPipeline = FEED_PIPELINE) -> dict[str, Any]:
     """Write ``trending.parquet``: the most popular videos before as-of, through the pipeline for nobody."""
     started = time.perf_counter()
-    paths = snapshot_paths(settings, snapshot_id)
-    inputs = load_inputs(settings, paths, paths.read_build())
+    paths = snapshot_paths(settings.paths, snapshot_id)
+    inputs = load_inputs(settings.paths, paths, paths.read_build(), with_vectors=False)  # trending ranks by popularity
     cat = inputs.catalogue
     picked = trending_feed(cat, inputs.policy, pipeline)
     table = pa.Table.from_arrays(

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from rec_core.feed.candidates import trending_order, trending_scores
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.reasons import TagIndex
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings
 from rec_core.snapshot.files import VECTOR, VIDEO_ID, lake_table_path, read_lake_table, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths
 
@@ -61,16 +61,21 @@ class FeedInputs:
         return int(self.as_of.timestamp() * 1000)
 
 
-def load_inputs(settings: Settings, paths: SnapshotPaths, build: BuildInfo) -> FeedInputs:
-    """The feed catalogue and interactions before as-of of a snapshot's build."""
+def load_inputs(
+    path_settings: PathSettings, paths: SnapshotPaths, build: BuildInfo, *, with_vectors: bool = True
+) -> FeedInputs:
+    """The feed catalogue and interactions before as-of of a snapshot's build (``paths``), whose lake version
+    lies under ``path_settings.lake_dir``; ``with_vectors=False`` leaves the catalogue's vectors out ([V, 0])."""
     as_of = dt.datetime.fromisoformat(build.as_of)
     as_of_ms = int(as_of.timestamp() * 1000)
     policy = FeedPolicy(feed_length=build.feed_length)
     files = [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
-    ids, vectors = read_vectors(files, VIDEO_ID, build, f"snapshot {paths.snapshot_id} video vectors")
+    ids, vectors = read_vectors(
+        files, VIDEO_ID, build, f"snapshot {paths.snapshot_id} video vectors", with_vectors=with_vectors
+    )
 
     videos = pl.from_arrow(
-        read_lake_table(settings, build, "videos", ["video_id", "creator_id", "caption", "hashtags", "created_at"])
+        read_lake_table(path_settings, build, "videos", ["video_id", "creator_id", "caption", "hashtags", "created_at"])
     )
     assert isinstance(videos, pl.DataFrame)
     videos = videos.with_columns(pl.col("created_at").dt.epoch("ms").alias("created_ms"))
@@ -89,7 +94,7 @@ def load_inputs(settings: Settings, paths: SnapshotPaths, build: BuildInfo) -> F
     creator_ids, creator_codes = np.unique(videos["creator_id"].to_numpy().astype(str), return_inverse=True)
     created_ms = videos["created_ms"].to_numpy().astype(np.int64)
     interactions = (
-        pl.scan_parquet(lake_table_path(settings, build, "interactions"))
+        pl.scan_parquet(lake_table_path(path_settings, build, "interactions"))
         .select("user_id", "video_id", "ts", "completion", "liked", "shared", "commented")
         .with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
         .filter(pl.col("ts_ms") < as_of_ms)
@@ -123,13 +128,25 @@ def load_inputs(settings: Settings, paths: SnapshotPaths, build: BuildInfo) -> F
     return FeedInputs(paths, build, as_of, policy, catalogue, interactions.select("user_id", "vidx", "ts_ms", "liked"))
 
 
-def read_vectors(files: Sequence[Path], id_column: str, build: BuildInfo, what: str) -> tuple[pa.Array, np.ndarray]:
-    """Ids and float32 [n, dim] vectors of shard files, sorted by id; raises on a missing file or a bad row."""
+def read_vectors(
+    files: Sequence[Path], id_column: str, build: BuildInfo, what: str, *, with_vectors: bool = True
+) -> tuple[pa.Array, np.ndarray]:
+    """Ids and float32 [n, dim] vectors of shard files, sorted by id; raises on a missing file or a bad row.
+
+    ``with_vectors=False`` reads the ids alone (a [n, 0] matrix comes back): for a stage that needs the set of
+    videos with a vector but not the vectors, such as trending.
+    """
     for path in files:
         if not path.is_file():
             raise SnapshotError(f"missing vector file {path}: run the embed stage for it first")
-    table = pa.concat_tables([pq.read_table(p, columns=[id_column, VECTOR]) for p in files])
+    columns = [id_column, VECTOR] if with_vectors else [id_column]
+    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in files])
     ids = table.column(id_column).combine_chunks()
+    if not with_vectors:
+        order = pc.sort_indices(ids).to_numpy()
+        ids = ids.take(pa.array(order))
+        _check_unique(ids, what)
+        return ids, np.zeros((len(ids), 0), dtype=np.float32)
     column = table.column(VECTOR).combine_chunks()
     if not pa.types.is_fixed_size_list(column.type) or column.type.list_size != build.embedding_dim:
         raise SnapshotError(

@@ -15,7 +15,7 @@ import pyarrow as pa
 from rec_core.feed.candidates import ExclusionCSR
 from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, codes_of
 from rec_core.feed.reasons import UserSignals
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings
 from rec_core.snapshot.files import lake_table_path
 
 RECENT_LIKES = 10  # liked videos per user a "because you liked" can point at
@@ -31,7 +31,7 @@ class ShardHistory:
     signals: UserSignals
 
 
-def shard_history(settings: Settings, inputs: FeedInputs, user_ids: pa.Array) -> ShardHistory:
+def shard_history(paths: PathSettings, inputs: FeedInputs, user_ids: pa.Array) -> ShardHistory:
     cat = inputs.catalogue
     shard_inter = _shard_interactions(inputs.interactions, user_ids)
     creator = codes_of(pl.Series(user_ids), pl.Series(cat.creator_ids))
@@ -42,7 +42,7 @@ def shard_history(settings: Settings, inputs: FeedInputs, user_ids: pa.Array) ->
         creator=creator,
         seen=ExclusionCSR.from_pairs(seen_u, seen_v, n_users),
         exclude=ExclusionCSR.from_pairs(np.concatenate([seen_u, own_u]), np.concatenate([seen_v, own_v]), n_users),
-        signals=_user_signals(settings, inputs, user_ids, shard_inter),
+        signals=_user_signals(paths, inputs, user_ids, shard_inter),
     )
 
 
@@ -65,13 +65,15 @@ def _own_pairs(cat: FeedCatalogue, user_creator: np.ndarray) -> tuple[np.ndarray
     return own_u, own_v.astype(np.int64)
 
 
-def _user_signals(settings: Settings, inputs: FeedInputs, user_ids: pa.Array, shard_inter: pl.DataFrame) -> UserSignals:
+def _user_signals(
+    paths: PathSettings, inputs: FeedInputs, user_ids: pa.Array, shard_inter: pl.DataFrame
+) -> UserSignals:
     cat = inputs.catalogue
     n_users, n_videos, n_creators = len(user_ids), len(cat.video_ids), len(cat.creator_ids)
     has_history = np.bincount(shard_inter["uidx"].to_numpy(), minlength=n_users) > 0
 
     follows = (
-        pl.scan_parquet(lake_table_path(settings, inputs.build, "follows"))
+        pl.scan_parquet(lake_table_path(paths, inputs.build, "follows"))
         .with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
         .filter(pl.col("ts_ms") < inputs.as_of_ms)
         .select("user_id", "creator_id")

@@ -24,6 +24,7 @@ the batch would have built, so a user's online vector and batch vector agree.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -55,7 +56,7 @@ from rec_core.model.features import (
 from rec_core.model.store import LoadedModel, ModelStore
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.training import user_vectors, video_vectors
-from rec_core.settings import Settings
+from rec_core.settings import ModelSettings, PathSettings, Settings
 from rec_core.snapshot.files import (
     CATALOGUE_DENSE,
     CATALOGUE_TEXT,
@@ -83,9 +84,9 @@ def as_of_ms(build: BuildInfo) -> int:
     return to_ms(dt.datetime.fromisoformat(build.as_of))
 
 
-def load_build_model(settings: Settings, build: BuildInfo) -> LoadedModel:
+def load_build_model(paths: PathSettings, build: BuildInfo) -> LoadedModel:
     """The model version the build names, checked against the build's embedding size."""
-    loaded = ModelStore(settings.paths.models_dir).load(build.model_version)
+    loaded = ModelStore(paths.models_dir).load(build.model_version)
     if loaded.model.cfg.embedding_dim != build.embedding_dim:
         raise SnapshotError(
             f"model {build.model_version} makes {loaded.model.cfg.embedding_dim}-d vectors, "
@@ -94,15 +95,16 @@ def load_build_model(settings: Settings, build: BuildInfo) -> LoadedModel:
     return loaded
 
 
-def model_text(settings: Settings, loaded: LoadedModel, videos: pl.DataFrame) -> np.ndarray:
+def model_text(paths: PathSettings, model: ModelSettings, loaded: LoadedModel, videos: pl.DataFrame) -> np.ndarray:
     """Caption embeddings of ``videos`` (rows aligned) from the text encoder the model was trained with; cached."""
-    text_settings = settings.override(text_model=loaded.config.get("text_model", settings.model.text_model))
-    vectors, _ = embed_videos_text(videos.select("video_id", "caption", "hashtags").to_arrow(), text_settings)
+    trained_with = dataclasses.replace(model, text_model=loaded.config.get("text_model", model.text_model))
+    vectors, _ = embed_videos_text(videos.select("video_id", "caption", "hashtags").to_arrow(), paths, trained_with)
     return vectors
 
 
 def load_catalogue(
-    settings: Settings,
+    paths: PathSettings,
+    model: ModelSettings,
     build: BuildInfo,
     loaded: LoadedModel,
     *,
@@ -111,9 +113,9 @@ def load_catalogue(
 ) -> Catalogue:
     """The whole catalogue of the build as the model sees it, from the lake (the batch's way; serving reads
     :func:`snapshot_catalogue`)."""
-    videos = video_frame(read_lake_table(settings, build, "videos")) if videos is None else videos
-    interactions = _interactions(settings, build) if interactions is None else interactions
-    text = model_text(settings, loaded, videos)
+    videos = video_frame(read_lake_table(paths, build, "videos")) if videos is None else videos
+    interactions = _interactions(paths, build) if interactions is None else interactions
+    text = model_text(paths, model, loaded, videos)
     return build_catalogue(videos, interactions, text, loaded.vocabs, as_of_ms(build))
 
 
@@ -125,9 +127,9 @@ def all_user_ids(users: pa.Table, interactions: pl.DataFrame) -> np.ndarray:
     return np.asarray(ids.unique().sort().to_list(), dtype=object)
 
 
-def _interactions(settings: Settings, build: BuildInfo) -> pl.DataFrame:
+def _interactions(paths: PathSettings, build: BuildInfo) -> pl.DataFrame:
     # Only the past is ever looked at, so drop the rest once here rather than in every join.
-    frame = interaction_frame(read_lake_table(settings, build, "interactions"))
+    frame = interaction_frame(read_lake_table(paths, build, "interactions"))
     return frame.filter(pl.col("ts_ms") < as_of_ms(build))
 
 
@@ -169,15 +171,15 @@ class VideoShard:
     catalogue: pa.Table  # rec_core.snapshot.files.catalogue_schema
 
 
-def video_shard(settings: Settings, build: BuildInfo, shard: int) -> VideoShard:
+def video_shard(paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int) -> VideoShard:
     """Vectors and catalogue part of shard ``shard`` of ``build.video_shards`` of the catalogue."""
     started = time.perf_counter()
-    loaded = load_build_model(settings, build)
-    videos = video_frame(read_lake_table(settings, build, "videos"))
+    loaded = load_build_model(paths, build)
+    videos = video_frame(read_lake_table(paths, build, "videos"))
     lo, hi = shard_bounds(videos.height, shard, build.video_shards)
     part = videos.slice(lo, hi - lo)
     catalogue = build_catalogue(
-        part, _interactions(settings, build), model_text(settings, loaded, part), loaded.vocabs, as_of_ms(build)
+        part, _interactions(paths, build), model_text(paths, model, loaded, part), loaded.vocabs, as_of_ms(build)
     )
     vectors = video_vectors(loaded.model, catalogue, loaded.stats).numpy()
     log.info(
@@ -203,16 +205,16 @@ def video_shard(settings: Settings, build: BuildInfo, shard: int) -> VideoShard:
     )
 
 
-def user_vectors_for_shard(settings: Settings, build: BuildInfo, shard: int) -> pa.Table:
+def user_vectors_for_shard(paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int) -> pa.Table:
     """``user_id``, ``vector`` for shard ``shard`` of ``build.user_shards`` of the users."""
     started = time.perf_counter()
-    loaded = load_build_model(settings, build)
-    interactions = _interactions(settings, build)
-    user_ids = all_user_ids(read_lake_table(settings, build, "users", columns=[USER_ID]), interactions)
+    loaded = load_build_model(paths, build)
+    interactions = _interactions(paths, build)
+    user_ids = all_user_ids(read_lake_table(paths, build, "users", columns=[USER_ID]), interactions)
     lo, hi = shard_bounds(len(user_ids), shard, build.user_shards)
     ids = user_ids[lo:hi]
-    catalogue = load_catalogue(settings, build, loaded, interactions=interactions)
-    follows = follows_frame(read_lake_table(settings, build, "follows"))
+    catalogue = load_catalogue(paths, model, build, loaded, interactions=interactions)
+    follows = follows_frame(read_lake_table(paths, build, "follows"))
     histories = build_histories(ids, interactions, follows, catalogue, loaded.vocabs, as_of_ms(build))
     parts = [
         user_vectors(loaded.model, histories, catalogue, loaded.stats, np.arange(a, min(a + USER_CHUNK, len(ids))))
@@ -239,17 +241,18 @@ def embed_shard(settings: Settings, snapshot_id: str, shard: int, kind: Literal[
     file. A video shard writes its catalogue part before its vectors, so present vectors mean a whole shard.
     """
     started = time.perf_counter()
-    paths = snapshot_paths(settings, snapshot_id)
+    paths = snapshot_paths(settings.paths, snapshot_id)
     build = paths.read_build()
     shards = build.video_shards if kind == "video" else build.user_shards
     if not 0 <= shard < shards:
         raise ValueError(f"{kind} shard {shard} outside 0..{shards - 1} of snapshot {snapshot_id}")
     if kind == "video":
-        built = video_shard(settings, build, shard)
+        built = video_shard(settings.paths, settings.model, build, shard)
         write_catalogue(built.catalogue, paths.catalogue_part(shard, shards))
         table, target = built.vectors, paths.video_vectors(shard, shards)
     else:
-        table, target = user_vectors_for_shard(settings, build, shard), paths.user_vectors(shard, shards)
+        table = user_vectors_for_shard(settings.paths, settings.model, build, shard)
+        target = paths.user_vectors(shard, shards)
     write_vectors(table, target)
     log.info("wrote %d %s vectors to %s", table.num_rows, kind, target)
     return {

@@ -35,17 +35,19 @@ log = logging.getLogger(__name__)
 
 def build_features(settings: Settings) -> dict:
     """Embed every video's caption and hashtags into the feature cache; a rerun encodes only new or changed text."""
-    videos = lake_for(settings).read("videos", columns=["video_id", "caption", "hashtags"])
-    _, stats = embed_videos_text(videos, settings)
+    videos = lake_for(settings.paths, settings.batch).read("videos", columns=["video_id", "caption", "hashtags"])
+    _, stats = embed_videos_text(videos, settings.paths, settings.model)
     return {"videos": videos.num_rows, **dataclasses.asdict(stats)}
 
 
 def train_version(settings: Settings, config: TrainConfig | None = None, data: LakeData | None = None) -> str:
     """Train on the live lake's split and save a new model version (not yet evaluated or promoted)."""
     config = config or TrainConfig(embedding_dim=settings.model.embedding_dim, seed=settings.seed)
-    data = data or load_lake_data(settings)
+    data = data or load_lake_data(settings.paths, settings.batch)
     log.info("lake %s (%s): %s", data.lake_version, data.dataset, data.split.summary())
-    prepared = prepare(data.split, data.videos, data.interactions, data.follows, data.text(settings))
+    prepared = prepare(
+        data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
+    )
     result = train(prepared, config)
     run_config = {
         "train": config.to_dict(),
@@ -85,7 +87,7 @@ def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> d
 def evaluate_version(settings: Settings, version: str, data: LakeData | None = None) -> dict:
     """Add the baselines and the current model, on the same test split, to the version's metrics and report."""
     store = ModelStore(settings.paths.models_dir)
-    data = data or load_lake_data(settings)
+    data = data or load_lake_data(settings.paths, settings.batch)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
     models.update(baseline_metrics(data.split))
@@ -93,7 +95,8 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     if current is not None and current != version:
         try:
             loaded = store.load(current)
-            models["current_model"] = two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings))
+            prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
+            models["current_model"] = two_tower_metrics(loaded.model, prepared)
             metrics["current_model_version"] = current
         except (ModelStoreError, KeyError, RuntimeError, ValueError) as exc:
             # A current model that cannot be evaluated on this data is no bar to clear; say so loudly.
@@ -130,7 +133,7 @@ def train_towers(settings: Settings, config: TrainConfig | None = None, *, promo
     """The whole model release on one read of the lake: train, evaluate against baselines and the current
     model, gate."""
     started = time.monotonic()
-    data = load_lake_data(settings)
+    data = load_lake_data(settings.paths, settings.batch)
     version = train_version(settings, config, data)
     metrics = evaluate_version(settings, version, data)
     decision = gate_version(settings, version, promote=promote)
@@ -159,8 +162,10 @@ def evaluate_model(settings: Settings, version: str | None = None, *, with_basel
     """A stored version (default: the current one) and, unless told not to, the baselines, on the live lake's
     held-out split; nothing is written."""
     loaded = ModelStore(settings.paths.models_dir).load(version)
-    data = load_lake_data(settings)
-    models = {"two_tower": two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings))}
+    data = load_lake_data(settings.paths, settings.batch)
+    models = {
+        "two_tower": two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
+    }
     if with_baselines:
         models.update(baseline_metrics(data.split))
     result = comparison(data.dataset, data.split, models)

@@ -31,7 +31,7 @@ from rec_core.progress import Progress
 from rec_core.settings import SettingsError
 
 if TYPE_CHECKING:
-    from rec_core.settings import Settings
+    from rec_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ class TextEncoder:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, quantize: bool = False) -> TextEncoder:
-        return cls(settings.model.text_model, quantize=quantize)
+    def from_settings(cls, model: ModelSettings, *, quantize: bool = False) -> TextEncoder:
+        return cls(model.text_model, quantize=quantize)
 
     @property
     def model_id(self) -> str:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from rec_core.atomic import write_with
 from rec_core.model.text_encoder import TextEncoder, resolve_model, video_text
-from rec_core.settings import Settings
+from rec_core.settings import ModelSettings, PathSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,13 @@ class CacheStats:
     encoded: int = 0  # distinct texts run through the model (misses after dedupe)
 
 
-def cache_dir(settings: Settings, model_id: str, label: str) -> Path:
+def cache_dir(paths: PathSettings, model_id: str, label: str) -> Path:
     """Folder of the cache of one model id: a readable label plus a hash of the full id."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "model"
     if model_id.endswith("+int8"):
         readable += "-int8"
     digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
-    return settings.paths.data_dir / "features" / "text" / f"{readable}-{digest}"
+    return paths.data_dir / "features" / "text" / f"{readable}-{digest}"
 
 
 def text_key(model_id: str, text: str) -> str:
@@ -62,19 +62,19 @@ def text_key(model_id: str, text: str) -> str:
 
 
 def embed_videos_text(
-    videos: pa.Table, settings: Settings, encoder: TextEncoder | None = None
+    videos: pa.Table, paths: PathSettings, model: ModelSettings, encoder: TextEncoder | None = None
 ) -> tuple[np.ndarray, CacheStats]:
     """Embed each row's caption+hashtags: ``(videos.num_rows, dim)`` float32, rows aligned with ``videos``.
 
-    ``encoder`` defaults to ``settings.model.text_model`` (fp32) and is only constructed
-    if some video is not cached; a given encoder decides the model id (and so the
-    cache folder) instead of the setting.
+    The cache lives under ``paths.data_dir``. ``encoder`` defaults to ``model.text_model`` (fp32) and is only
+    constructed if some video is not cached; a given encoder decides the model id (and so the cache folder)
+    instead of the setting.
     """
     started = time.perf_counter()
-    source = encoder.source if encoder is not None else resolve_model(settings.model.text_model)
+    source = encoder.source if encoder is not None else resolve_model(model.text_model)
     model_id = encoder.model_id if encoder is not None else source.model_id()
     dim = encoder.dim if encoder is not None else source.dim()
-    path = cache_dir(settings, model_id, source.label) / CACHE_FILE
+    path = cache_dir(paths, model_id, source.label) / CACHE_FILE
 
     captions = videos.column("caption").to_pylist()
     hashtags = videos.column("hashtags").to_pylist()
@@ -104,7 +104,7 @@ def embed_videos_text(
             todo.setdefault(keys[i], texts[i])
         encoded = len(todo)
         if encoder is None:
-            encoder = TextEncoder(settings.model.text_model)
+            encoder = TextEncoder(model.text_model)
         new_vectors = encoder.encode(list(todo.values()))
         slot = {k: j for j, k in enumerate(todo)}
         missing_rows = np.flatnonzero(~found)

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from rec_core.data.inbox import consumed_offsets
 from rec_core.data.lake import Lake, LakeError, lake_for
 from rec_core.model.store import ModelStore, ModelStoreError
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
 
 
@@ -33,11 +33,12 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
     inbox_offsets = consumed_offsets(settings.paths.inbox_dir)
     # One version for the name and the watermark: a commit between two reads of CURRENT would mix them.
-    version = lake_for(settings).current().name
-    lake = lake_for(settings).at(version)
+    lake = lake_for(settings.paths, settings.batch)
+    version = lake.current().name
+    lake = lake.at(version)
     dim = int(store.read_json(model, "config.json")["tower"]["embedding_dim"])
     paths = begin_snapshot(
-        settings,
+        settings.paths,
         model_version=model,
         lake_version=version,
         inbox_offsets=inbox_offsets,
@@ -45,6 +46,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         video_shards=video_shards,
         user_shards=user_shards,
         embedding_dim=dim,
+        feed_length=settings.batch.feed_length,
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
@@ -57,10 +59,10 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     }
 
 
-def latest_unpublished(settings: Settings) -> str:
+def latest_unpublished(paths: PathSettings) -> str:
     """The newest snapshot that has been begun but not validated: what a standalone materialize run continues."""
-    live = live_snapshot_id(settings)
-    root = settings.paths.snapshots_dir
+    live = live_snapshot_id(paths)
+    root = paths.snapshots_dir
     candidates = (
         sorted(
             p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("s") and not (p / MANIFEST_FILE).exists()
@@ -76,4 +78,4 @@ def latest_unpublished(settings: Settings) -> str:
 
 def resume(settings: Settings, *, snapshot_id: str | None) -> dict:
     """The snapshot a run continues: ``snapshot_id`` when given, else the newest unpublished one."""
-    return {"snapshot_id": snapshot_id or latest_unpublished(settings)}
+    return {"snapshot_id": snapshot_id or latest_unpublished(settings.paths)}

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_with
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths
 
 VIDEO_ID = "video_id"
@@ -73,19 +73,19 @@ CATALOGUE_COLUMNS = {
 # ---- lake tables of a build -------------------------------------------------------
 
 
-def lake_table_path(settings: Settings, build: BuildInfo, table: str) -> Path:
+def lake_table_path(paths: PathSettings, build: BuildInfo, table: str) -> Path:
     """A table of the lake version the build names, not the live one: a rerun must see the same data."""
-    path = settings.paths.lake_dir / build.lake_version / f"{table}.parquet"
+    path = paths.lake_dir / build.lake_version / f"{table}.parquet"
     if not path.is_file():
         raise SnapshotError(
             f"snapshot {build.snapshot_id} reads lake version {build.lake_version}, which has no {table} table "
-            f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.batch.lake_versions_keep}); begin a new snapshot"
+            "(pruned? see REC_LAKE_VERSIONS_KEEP); begin a new snapshot"
         )
     return path
 
 
-def read_lake_table(settings: Settings, build: BuildInfo, table: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(lake_table_path(settings, build, table), columns=columns)
+def read_lake_table(paths: PathSettings, build: BuildInfo, table: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(lake_table_path(paths, build, table), columns=columns)
 
 
 # ---- vector files -------------------------------------------------------------------

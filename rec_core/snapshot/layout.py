@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rec_core.atomic import write_bytes_atomic
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings
 
 LIVE_POINTER = "LIVE"
 BUILD_FILE = "build.json"
@@ -121,12 +121,12 @@ class SnapshotPaths:
             raise SnapshotError(f"snapshot {self.snapshot_id} has no {BUILD_FILE}; was it begun?")
         return BuildInfo(**json.loads(self.build_file.read_text()))
 
-    def collection_name(self, settings: Settings) -> str:
+    def collection_name(self, path_settings: PathSettings) -> str:
         """The Milvus collection of this snapshot (a per-snapshot file in embedded mode)."""
-        return "videos" if not settings.paths.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
+        return "videos" if not path_settings.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
 
-    def milvus_uri(self, settings: Settings) -> str:
-        return settings.paths.milvus_uri or str(self.milvus_lite_file)
+    def milvus_uri(self, path_settings: PathSettings) -> str:
+        return path_settings.milvus_uri or str(self.milvus_lite_file)
 
 
 def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
@@ -139,14 +139,14 @@ def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
     return files
 
 
-def snapshots_root(settings: Settings) -> Path:
-    return settings.paths.snapshots_dir
+def snapshots_root(paths: PathSettings) -> Path:
+    return paths.snapshots_dir
 
 
-def snapshot_paths(settings: Settings, snapshot_id: str) -> SnapshotPaths:
+def snapshot_paths(paths: PathSettings, snapshot_id: str) -> SnapshotPaths:
     if not SNAPSHOT_ID.match(snapshot_id):
         raise SnapshotError(f"malformed snapshot id {snapshot_id!r}")
-    return SnapshotPaths(settings.paths.snapshots_dir / snapshot_id)
+    return SnapshotPaths(paths.snapshots_dir / snapshot_id)
 
 
 def new_snapshot_id(model_version: str, now: dt.datetime | None = None) -> str:
@@ -156,7 +156,7 @@ def new_snapshot_id(model_version: str, now: dt.datetime | None = None) -> str:
 
 
 def begin_snapshot(
-    settings: Settings,
+    paths: PathSettings,
     *,
     model_version: str,
     lake_version: str,
@@ -164,6 +164,7 @@ def begin_snapshot(
     video_shards: int,
     user_shards: int,
     embedding_dim: int,
+    feed_length: int,
     inbox_offsets: dict[str, int] | None = None,
     now: dt.datetime | None = None,
 ) -> SnapshotPaths:
@@ -171,11 +172,11 @@ def begin_snapshot(
     if video_shards < 1 or user_shards < 1:
         raise ValueError("shard counts must be at least 1")
     snapshot_id = new_snapshot_id(model_version, now)
-    paths = snapshot_paths(settings, snapshot_id)
-    paths.root.mkdir(parents=True, exist_ok=False)
-    paths.vectors_dir.mkdir()
-    paths.catalogue_dir.mkdir()
-    paths.feeds_dir.mkdir()
+    snapshot = snapshot_paths(paths, snapshot_id)
+    snapshot.root.mkdir(parents=True, exist_ok=False)
+    snapshot.vectors_dir.mkdir()
+    snapshot.catalogue_dir.mkdir()
+    snapshot.feeds_dir.mkdir()
     info = BuildInfo(
         snapshot_id=snapshot_id,
         model_version=model_version,
@@ -184,16 +185,16 @@ def begin_snapshot(
         video_shards=video_shards,
         user_shards=user_shards,
         embedding_dim=embedding_dim,
-        feed_length=settings.batch.feed_length,
+        feed_length=feed_length,
         created_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         inbox_offsets=inbox_offsets,
     )
-    write_bytes_atomic(paths.build_file, json.dumps(asdict(info), indent=2).encode())
-    return paths
+    write_bytes_atomic(snapshot.build_file, json.dumps(asdict(info), indent=2).encode())
+    return snapshot
 
 
-def live_snapshot_id(settings: Settings) -> str | None:
-    pointer = settings.paths.snapshots_dir / LIVE_POINTER
+def live_snapshot_id(paths: PathSettings) -> str | None:
+    pointer = paths.snapshots_dir / LIVE_POINTER
     return pointer.read_text().strip() if pointer.is_file() else None
 
 

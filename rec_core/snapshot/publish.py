@@ -10,8 +10,8 @@ manifest that :mod:`rec_core.snapshot.manifest` reads back):
    killed after it, the new snapshot is live and whole, and the next publish,
    rollback or prune appends the missing history entry (``LIVE`` is the truth,
    the history a log of it).
-3. Pruning keeps the ``snapshots_keep`` most recently published snapshots plus
-   the live one. A doomed folder is first renamed to ``.trash-<id>`` (so no
+3. Pruning keeps the ``keep`` (``REC_SNAPSHOTS_KEEP``) most recently published
+   snapshots plus the live one. A doomed folder is first renamed to ``.trash-<id>`` (so no
    reader or rollback can pick up a half-deleted snapshot), its Milvus server
    collection dropped, then the folder removed; a kill in between leaves a trash
    folder the next prune finishes. Folders never published are left alone while
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from rec_core.atomic import write_bytes_atomic
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import (
     LIVE_POINTER,
     SNAPSHOT_ID,
@@ -83,82 +83,85 @@ class SnapshotInfo:
     counts: dict[str, int]
 
 
-def publish(settings: Settings, snapshot_id: str, *, abandoned_after: dt.timedelta = ABANDONED_AFTER) -> PublishResult:
-    """Make a validated snapshot live with one atomic pointer change, record it, then prune.
+def publish(
+    paths: PathSettings, snapshot_id: str, *, keep: int, abandoned_after: dt.timedelta = ABANDONED_AFTER
+) -> PublishResult:
+    """Make a validated snapshot live with one atomic pointer change, record it, then prune to the ``keep``
+    most recently published snapshots (plus the live one).
 
     Idempotent: publishing the live snapshot again changes nothing (beyond repairing a history
     entry a killed publish did not get to write).
     """
-    paths = snapshot_paths(settings, snapshot_id)
-    with _locked(settings):
-        live = _recover(settings)
+    snapshot = snapshot_paths(paths, snapshot_id)
+    with _locked(paths):
+        live = _recover(paths)
         if live == snapshot_id:
-            entry = _history(settings)[-1]
+            entry = _history(paths)[-1]
             return PublishResult(snapshot_id, live, False, entry.get("published_at"), entry.get("model_version", ""))
-        if not paths.root.is_dir():
-            raise SnapshotError(f"no snapshot {snapshot_id} under {settings.paths.snapshots_dir}")
-        manifest = read_manifest(paths)
+        if not snapshot.root.is_dir():
+            raise SnapshotError(f"no snapshot {snapshot_id} under {paths.snapshots_dir}")
+        manifest = read_manifest(snapshot)
         if manifest.snapshot_id != snapshot_id:
             raise SnapshotError(f"snapshot {snapshot_id}: its manifest names {manifest.snapshot_id}")
-        published_before = any(e["snapshot_id"] == snapshot_id for e in _history(settings))
-        _verify_or_refuse(settings, paths, manifest, lenient_milvus=published_before)
-        entry = _swap(settings, snapshot_id, manifest.model_version, action="publish", previous=live)
-        pruned = _prune(settings, abandoned_after)
+        published_before = any(e["snapshot_id"] == snapshot_id for e in _history(paths))
+        _verify_or_refuse(paths, snapshot, manifest, lenient_milvus=published_before)
+        entry = _swap(paths, snapshot_id, manifest.model_version, action="publish", previous=live)
+        pruned = _prune(paths, keep, abandoned_after)
     log.info("snapshot %s is live (previous: %s); pruned %s", snapshot_id, live, pruned or "nothing")
     return PublishResult(snapshot_id, live, True, entry["published_at"], manifest.model_version, pruned)
 
 
-def rollback(settings: Settings) -> str:
+def rollback(paths: PathSettings) -> str:
     """Make the previously published snapshot live again (atomically); returns its id."""
-    with _locked(settings):
-        live = _recover(settings)
+    with _locked(paths):
+        live = _recover(paths)
         if live is None:
             raise SnapshotError("nothing has been published yet: there is nothing to roll back")
-        history = _history(settings)
-        target = _rollback_target(settings, history, live)
+        history = _history(paths)
+        target = _rollback_target(paths, history, live)
         if target is None:
-            kept = [s.snapshot_id for s in list_snapshots(settings) if s.state == "published"]
+            kept = [s.snapshot_id for s in list_snapshots(paths) if s.state == "published"]
             raise SnapshotError(
                 f"no earlier published snapshot to roll back to from {live} "
                 f"(kept and not rolled back from: {kept or 'none'}); publish one with --snapshot ID"
             )
-        paths = snapshot_paths(settings, target)
-        manifest = read_manifest(paths)
-        _verify_or_refuse(settings, paths, manifest, lenient_milvus=True)
-        _swap(settings, target, manifest.model_version, action="rollback", previous=live)
+        snapshot = snapshot_paths(paths, target)
+        manifest = read_manifest(snapshot)
+        _verify_or_refuse(paths, snapshot, manifest, lenient_milvus=True)
+        _swap(paths, target, manifest.model_version, action="rollback", previous=live)
     log.warning("rolled back from %s to %s", live, target)
     return target
 
 
-def prune(settings: Settings, *, abandoned_after: dt.timedelta = ABANDONED_AFTER) -> list[str]:
+def prune(paths: PathSettings, *, keep: int, abandoned_after: dt.timedelta = ABANDONED_AFTER) -> list[str]:
     """Delete what publishing no longer needs (see the module doc); returns the snapshot ids removed."""
-    with _locked(settings):
-        _recover(settings)
-        return _prune(settings, abandoned_after)
+    with _locked(paths):
+        _recover(paths)
+        return _prune(paths, keep, abandoned_after)
 
 
-def live_snapshot(settings: Settings) -> SnapshotPaths | None:
+def live_snapshot(paths: PathSettings) -> SnapshotPaths | None:
     """The live snapshot's folder, or None before the first publish."""
-    live = live_snapshot_id(settings)
+    live = live_snapshot_id(paths)
     if live is None:
         return None
-    paths = snapshot_paths(settings, live)
-    if not paths.root.is_dir():
+    snapshot = snapshot_paths(paths, live)
+    if not snapshot.root.is_dir():
         raise SnapshotError(f"{LIVE_POINTER} names snapshot {live}, whose folder is missing")
-    return paths
+    return snapshot
 
 
-def list_snapshots(settings: Settings) -> list[SnapshotInfo]:
+def list_snapshots(paths: PathSettings) -> list[SnapshotInfo]:
     """Every snapshot folder, oldest first, with its state; read-only."""
-    root = settings.paths.snapshots_dir
+    root = paths.snapshots_dir
     if not root.is_dir():
         return []
-    live = live_snapshot_id(settings)
-    last: dict[str, dict] = {e["snapshot_id"]: e for e in _history(settings)}
+    live = live_snapshot_id(paths)
+    last: dict[str, dict] = {e["snapshot_id"]: e for e in _history(paths)}
     out = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)):
-        paths = SnapshotPaths(folder)
-        manifest = try_manifest(paths)
+        snapshot = SnapshotPaths(folder)
+        manifest = try_manifest(snapshot)
         entry = last.get(folder.name)
         if folder.name == live:
             state = "live"
@@ -167,8 +170,8 @@ def list_snapshots(settings: Settings) -> list[SnapshotInfo]:
         else:
             state = "validated" if manifest is not None else "building"
         model = entry.get("model_version") if entry else (manifest.model_version if manifest else None)
-        if model is None and paths.build_file.is_file():
-            model = paths.read_build().model_version
+        if model is None and snapshot.build_file.is_file():
+            model = snapshot.read_build().model_version
         out.append(
             SnapshotInfo(
                 snapshot_id=folder.name,
@@ -182,18 +185,18 @@ def list_snapshots(settings: Settings) -> list[SnapshotInfo]:
     return out
 
 
-def read_history(settings: Settings) -> list[dict]:
+def read_history(paths: PathSettings) -> list[dict]:
     """The publish log, oldest first: snapshot_id, published_at, model_version, action, previous."""
-    return _history(settings)
+    return _history(paths)
 
 
 # ---- internals ------------------------------------------------------------------------------------------------------
 
 
 @contextmanager
-def _locked(settings: Settings) -> Iterator[None]:
-    settings.paths.snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.paths.snapshots_dir / LOCK_FILE).open("w") as fh:
+def _locked(paths: PathSettings) -> Iterator[None]:
+    paths.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    with (paths.snapshots_dir / LOCK_FILE).open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -201,15 +204,17 @@ def _locked(settings: Settings) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _verify_or_refuse(settings: Settings, paths: SnapshotPaths, manifest: Manifest, *, lenient_milvus: bool) -> None:
+def _verify_or_refuse(
+    paths: PathSettings, snapshot: SnapshotPaths, manifest: Manifest, *, lenient_milvus: bool
+) -> None:
     # A Lite file that has been live was opened by the API's Milvus Lite, which rewrites SQLite pages: its bytes
     # legitimately differ from validation time, so once published it is only required to exist.
-    skip = frozenset({paths.milvus_lite_file.name}) if lenient_milvus else frozenset()
-    if bad := verify_checksums(paths, manifest, skip=skip):
-        _refuse_publish(paths.snapshot_id, [f"changed since validation: {', '.join(bad)}"])
-    lite = not settings.paths.milvus_uri and manifest.milvus_uri == paths.milvus_lite_file.name
-    if lite and not paths.milvus_lite_file.is_file():
-        _refuse_publish(paths.snapshot_id, [f"{paths.milvus_lite_file.name} missing"])
+    skip = frozenset({snapshot.milvus_lite_file.name}) if lenient_milvus else frozenset()
+    if bad := verify_checksums(snapshot, manifest, skip=skip):
+        _refuse_publish(snapshot.snapshot_id, [f"changed since validation: {', '.join(bad)}"])
+    lite = not paths.milvus_uri and manifest.milvus_uri == snapshot.milvus_lite_file.name
+    if lite and not snapshot.milvus_lite_file.is_file():
+        _refuse_publish(snapshot.snapshot_id, [f"{snapshot.milvus_lite_file.name} missing"])
 
 
 def _refuse_publish(snapshot_id: str, problems: list[str]) -> None:
@@ -218,9 +223,9 @@ def _refuse_publish(snapshot_id: str, problems: list[str]) -> None:
     raise SnapshotError(f"snapshot {snapshot_id} refused: " + "; ".join(problems))
 
 
-def _swap(settings: Settings, snapshot_id: str, model_version: str, *, action: str, previous: str | None) -> dict:
+def _swap(paths: PathSettings, snapshot_id: str, model_version: str, *, action: str, previous: str | None) -> dict:
     """THE visible change (one rename), then its log entry."""
-    write_bytes_atomic(settings.paths.snapshots_dir / LIVE_POINTER, f"{snapshot_id}\n".encode())
+    write_bytes_atomic(paths.snapshots_dir / LIVE_POINTER, f"{snapshot_id}\n".encode())
     entry = {
         "snapshot_id": snapshot_id,
         "published_at": _now(),
@@ -228,21 +233,21 @@ def _swap(settings: Settings, snapshot_id: str, model_version: str, *, action: s
         "action": action,
         "previous": previous,
     }
-    _write_history(settings, [*_history(settings), entry])
+    _write_history(paths, [*_history(paths), entry])
     return entry
 
 
-def _recover(settings: Settings) -> str | None:
+def _recover(paths: PathSettings) -> str | None:
     """Finish what a killed publish/prune left (call under the lock); returns the live id."""
-    root = settings.paths.snapshots_dir
+    root = paths.snapshots_dir
     for tmp in root.glob(f".{LIVE_POINTER}.*.tmp"):
         tmp.unlink(missing_ok=True)
     for tmp in root.glob(f".{HISTORY_FILE}.*.tmp"):
         tmp.unlink(missing_ok=True)
     for trash in sorted(root.glob(f"{TRASH_PREFIX}*")):
-        _remove_trash(settings, trash)
-    live = live_snapshot_id(settings)
-    history = _history(settings)
+        _remove_trash(paths, trash)
+    live = live_snapshot_id(paths)
+    history = _history(paths)
     if live is not None and (not history or history[-1]["snapshot_id"] != live):
         # Killed between the pointer rename and the history write: LIVE is the truth, log it now.
         manifest = try_manifest(SnapshotPaths(root / live))
@@ -256,12 +261,12 @@ def _recover(settings: Settings) -> str | None:
                 "previous": history[-1]["snapshot_id"] if history else None,
             }
         )
-        _write_history(settings, history)
+        _write_history(paths, history)
         log.warning("history.json lacked the live snapshot %s (a publish was killed after its swap); added", live)
     return live
 
 
-def _rollback_target(settings: Settings, history: list[dict], live: str) -> str | None:
+def _rollback_target(paths: PathSettings, history: list[dict], live: str) -> str | None:
     # A snapshot rolled back FROM is bad until someone publishes it again explicitly.
     retired: set[str] = set()
     for entry in history:
@@ -275,21 +280,20 @@ def _rollback_target(settings: Settings, history: list[dict], live: str) -> str 
         if sid in seen or sid == live or sid in retired:
             continue
         seen.add(sid)
-        paths = SnapshotPaths(settings.paths.snapshots_dir / sid)
-        if paths.manifest_file.is_file():
+        if SnapshotPaths(paths.snapshots_dir / sid).manifest_file.is_file():
             return sid
     return None
 
 
-def _prune(settings: Settings, abandoned_after: dt.timedelta) -> list[str]:
-    root = settings.paths.snapshots_dir
-    live = live_snapshot_id(settings)
+def _prune(paths: PathSettings, keep_published: int, abandoned_after: dt.timedelta) -> list[str]:
+    root = paths.snapshots_dir
+    live = live_snapshot_id(paths)
     keep: list[str] = []
-    for entry in reversed(_history(settings)):
+    for entry in reversed(_history(paths)):
         if entry["snapshot_id"] not in keep:
             keep.append(entry["snapshot_id"])
-    keep = keep[: settings.batch.snapshots_keep]
-    published = {e["snapshot_id"] for e in _history(settings)}
+    keep = keep[:keep_published]
+    published = {e["snapshot_id"] for e in _history(paths)}
     now = dt.datetime.now(dt.UTC).timestamp()
     doomed = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)):
@@ -304,26 +308,26 @@ def _prune(settings: Settings, abandoned_after: dt.timedelta) -> list[str]:
             log.warning("removing abandoned snapshot %s (untouched for over %s)", name, abandoned_after)
         trash = root / f"{TRASH_PREFIX}{name}"
         os.replace(root / name, trash)  # atomic: from here on no reader or rollback can pick it
-        _remove_trash(settings, trash)
+        _remove_trash(paths, trash)
     return doomed
 
 
-def _remove_trash(settings: Settings, trash: Path) -> None:
+def _remove_trash(paths: PathSettings, trash: Path) -> None:
     snapshot_id = trash.name[len(TRASH_PREFIX) :]
-    if settings.paths.milvus_uri and SNAPSHOT_ID.match(snapshot_id):
+    if paths.milvus_uri and SNAPSHOT_ID.match(snapshot_id):
         try:
-            _drop_collection(settings, snapshot_id)
+            _drop_collection(paths, snapshot_id)
         except Exception as exc:  # keep the trash folder so the next prune retries the drop
             log.warning("could not drop the Milvus collection of %s (will retry): %s", snapshot_id, exc)
             return
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _drop_collection(settings: Settings, snapshot_id: str) -> None:
+def _drop_collection(paths: PathSettings, snapshot_id: str) -> None:
     from rec_core.snapshot.vector_store import open_client  # pymilvus is slow to import: only in server mode
 
-    name = SnapshotPaths(settings.paths.snapshots_dir / snapshot_id).collection_name(settings)
-    client = open_client(settings.paths.milvus_uri)
+    name = SnapshotPaths(paths.snapshots_dir / snapshot_id).collection_name(paths)
+    client = open_client(paths.milvus_uri)
     try:
         if client.has_collection(name):
             client.drop_collection(name)
@@ -343,13 +347,13 @@ def _newest_mtime(folder: Path) -> float:
     return newest
 
 
-def _history(settings: Settings) -> list[dict]:
-    path = settings.paths.snapshots_dir / HISTORY_FILE
+def _history(paths: PathSettings) -> list[dict]:
+    path = paths.snapshots_dir / HISTORY_FILE
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def _write_history(settings: Settings, history: list[dict]) -> None:
-    write_bytes_atomic(settings.paths.snapshots_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
+def _write_history(paths: PathSettings, history: list[dict]) -> None:
+    write_bytes_atomic(paths.snapshots_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
 
 
 def _now() -> str:
@@ -360,4 +364,5 @@ def publish_stage(
     settings: Settings, snapshot_id: str, *, abandoned_after: dt.timedelta = ABANDONED_AFTER
 ) -> dict[str, Any]:
     """The ``publish`` stage: publish an already validated snapshot; returns the result as a dict."""
-    return dataclasses.asdict(publish(settings, snapshot_id, abandoned_after=abandoned_after))
+    result = publish(settings.paths, snapshot_id, keep=settings.batch.snapshots_keep, abandoned_after=abandoned_after)
+    return dataclasses.asdict(result)

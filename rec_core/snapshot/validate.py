@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic
 from rec_core.ids import is_valid_id
-from rec_core.settings import Settings
+from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.content import check_content
 from rec_core.snapshot.files import (
     CATALOGUE_COLUMNS,
@@ -55,28 +55,28 @@ FEED_COLUMNS = columns_of(FEED_SCHEMA)
 TRENDING_COLUMNS = columns_of(TRENDING_SCHEMA)
 
 
-def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: bool = True) -> Manifest:
+def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_milvus: bool = True) -> Manifest:
     """Check a built snapshot and write its manifest; raise :class:`SnapshotError` listing every problem.
 
     ``require_milvus=False`` skips the Milvus check (for snapshots built without ``load_vectors``).
     """
-    paths = snapshot_paths(settings, snapshot_id)
+    paths = snapshot_paths(path_settings, snapshot_id)
     build = paths.read_build()
     if build.snapshot_id != snapshot_id:
-        _refuse(settings, paths, [f"{BUILD_FILE} names snapshot {build.snapshot_id!r}"])
-    lake_dir = settings.paths.lake_dir / build.lake_version
+        _refuse(path_settings, paths, [f"{BUILD_FILE} names snapshot {build.snapshot_id!r}"])
+    lake_dir = path_settings.lake_dir / build.lake_version
     lake = {t: lake_dir / f"{t}.parquet" for t in ("videos", "users", "interactions")}
     if absent := [t for t, p in lake.items() if not p.is_file()]:
         _refuse(
-            settings,
+            path_settings,
             paths,
             [
                 f"lake version {build.lake_version} it was built from lacks {', '.join(absent)} "
-                f"(pruned? REC_LAKE_VERSIONS_KEEP={settings.batch.lake_versions_keep}); build a new snapshot"
+                "(pruned? see REC_LAKE_VERSIONS_KEEP); build a new snapshot"
             ],
         )
     files = expected_files(paths, build)
-    milvus_file = paths.milvus_lite_file if not settings.paths.milvus_uri else None
+    milvus_file = paths.milvus_lite_file if not path_settings.milvus_uri else None
     # Hash before checking: a file rewritten during the checks then fails publish's re-hash.
     hashed = [f for f in files if f.is_file()]
     if milvus_file is not None and milvus_file.is_file():
@@ -107,9 +107,9 @@ def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: b
     counts["catalogue"] = _check_catalogue(paths, build, problems)
     problems += _check_sorted(paths, feeds)
     if require_milvus:
-        problems += _check_milvus(settings, paths, build, video_vecs)
+        problems += _check_milvus(path_settings, paths, build, video_vecs)
     if problems:
-        _refuse(settings, paths, problems)
+        _refuse(path_settings, paths, problems)
 
     manifest = Manifest(
         snapshot_id=snapshot_id,
@@ -125,8 +125,8 @@ def validate_snapshot(settings: Settings, snapshot_id: str, *, require_milvus: b
         user_shards=build.user_shards,
         counts=counts,
         checksums=checksums,
-        milvus_uri=settings.paths.milvus_uri or paths.milvus_lite_file.name,
-        milvus_collection=paths.collection_name(settings),
+        milvus_uri=path_settings.milvus_uri or paths.milvus_lite_file.name,
+        milvus_collection=paths.collection_name(path_settings),
     )
     write_bytes_atomic(paths.manifest_file, manifest.to_json().encode())
     log.info("snapshot %s is valid: %s", snapshot_id, counts)
@@ -254,8 +254,10 @@ def _check_sorted(paths: SnapshotPaths, feeds: list[Path]) -> list[str]:
     return problems
 
 
-def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, video_vecs: list[Path]) -> list[str]:
-    if not settings.paths.milvus_uri:
+def _check_milvus(
+    path_settings: PathSettings, paths: SnapshotPaths, build: BuildInfo, video_vecs: list[Path]
+) -> list[str]:
+    if not path_settings.milvus_uri:
         # The Lite file is a SQLite database only a Milvus Lite server may open (and lock); opening it here
         # would cost seconds and race the loader. jobs.load_vectors checks its row count when writing it.
         if not paths.milvus_lite_file.is_file():
@@ -264,14 +266,14 @@ def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, vi
         return []
     from rec_core.snapshot.vector_store import VectorStore  # pymilvus is slow to import: only in server mode
 
-    collection = paths.collection_name(settings)
+    collection, uri = paths.collection_name(path_settings), path_settings.milvus_uri
     try:
-        with VectorStore(settings.paths.milvus_uri, collection, build.embedding_dim) as store:
+        with VectorStore(uri, collection, build.embedding_dim) as store:
             if not store.exists():
-                return [f"Milvus collection {collection} is absent at {settings.paths.milvus_uri}"]
+                return [f"Milvus collection {collection} is absent at {uri}"]
             count = store.count()
     except Exception as exc:  # any failure to reach the server refuses the snapshot, with the reason
-        return [f"cannot check Milvus collection {collection} at {settings.paths.milvus_uri}: {exc}"]
+        return [f"cannot check Milvus collection {collection} at {uri}: {exc}"]
     # jobs.load_vectors skips (and reports) ids Milvus cannot hold; they are not missing vectors.
     videos = sum(
         is_valid_id(v) for f in video_vecs for v in pq.read_table(f, columns=["video_id"]).column(0).to_pylist()
@@ -279,11 +281,11 @@ def _check_milvus(settings: Settings, paths: SnapshotPaths, build: BuildInfo, vi
     return [] if count == videos else [f"Milvus collection {collection} holds {count} vectors, expected {videos}"]
 
 
-def _refuse(settings: Settings, paths: SnapshotPaths, problems: list[str]) -> None:
+def _refuse(path_settings: PathSettings, paths: SnapshotPaths, problems: list[str]) -> None:
     snapshot_id = paths.snapshot_id
     # A stale manifest from an earlier, successful validation must not let the damaged snapshot through
     # (the live one keeps its manifest: readers and rollback bookkeeping use it; publish re-hashes anyway).
-    if paths.manifest_file.is_file() and snapshot_id != live_snapshot_id(settings):
+    if paths.manifest_file.is_file() and snapshot_id != live_snapshot_id(path_settings):
         paths.manifest_file.unlink()
     for problem in problems:
         log.error("snapshot %s: %s", snapshot_id, problem)
@@ -294,4 +296,4 @@ def _refuse(settings: Settings, paths: SnapshotPaths, problems: list[str]) -> No
 
 def validate_stage(settings: Settings, snapshot_id: str) -> dict[str, Any]:
     """The ``validate`` stage: validate and write the manifest; returns it as a dict (Airflow passes it on as XCom)."""
-    return dataclasses.asdict(validate_snapshot(settings, snapshot_id))
+    return dataclasses.asdict(validate_snapshot(settings.paths, snapshot_id))

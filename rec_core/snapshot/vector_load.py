@@ -21,7 +21,7 @@ MAX_SKIPPED_EXAMPLES = 5
 
 def load_vectors(settings: Settings, snapshot_id: str) -> dict:
     started = time.perf_counter()
-    paths = snapshot_paths(settings, snapshot_id)
+    paths = snapshot_paths(settings.paths, snapshot_id)
     build = paths.read_build()
     table = read_vector_shards(paths, "videos", build.video_shards)
     ids = table.column(VIDEO_ID).to_pylist()
@@ -30,7 +30,7 @@ def load_vectors(settings: Settings, snapshot_id: str) -> dict:
         raise SnapshotError(f"video vectors are {vectors.shape[1]}-d, snapshot expects {build.embedding_dim}")
     if pc.count_distinct(table.column(VIDEO_ID)).as_py() != len(ids):
         raise SnapshotError(f"snapshot {snapshot_id}: a video id appears in more than one vector row")
-    uri, collection = paths.milvus_uri(settings), paths.collection_name(settings)
+    uri, collection = paths.milvus_uri(settings.paths), paths.collection_name(settings.paths)
     log.info("loading %d video vectors into %s (collection %s)", len(ids), uri, collection)
     with VectorStore(uri, collection, build.embedding_dim) as store:
         store.create(drop_existing=True)

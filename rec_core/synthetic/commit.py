@@ -51,7 +51,7 @@ def generate_data(
     world = generate_world(params, seed)
     steps.advance()
 
-    lake = lake_for(settings)
+    lake = lake_for(settings.paths, settings.batch)
     before = lake.current().name if lake.exists() else None
     source = f"generate_data scale={scale} users={params.users} videos={params.videos} seed={seed}"
     t_lake = time.perf_counter()
