@@ -23,15 +23,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rec_core.progress import Progress
 from rec_core.settings import SettingsError
-
-if TYPE_CHECKING:
-    from rec_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +166,6 @@ class TextEncoder:
             max_length,
             torch.get_num_threads(),
         )
-
-    @classmethod
-    def from_settings(cls, model: ModelSettings, *, quantize: bool = False) -> TextEncoder:
-        return cls(model.text_model, quantize=quantize)
 
     @property
     def model_id(self) -> str:
