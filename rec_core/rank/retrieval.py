@@ -1,0 +1,110 @@
+"""The towers as of an instant: their inputs at t, the candidates they retrieve, what they say about a pair.
+
+The ranker reads the towers twice: for training examples as of the validation cut (where the towers' own training
+ended, so their inputs are exactly training's: :func:`rec_core.model.training.prepare`) and when it scores, as of
+the test cut or the batch's "now". :func:`tower_view` builds the towers' catalogue and user histories as of any t,
+with the model's own vocabularies and feature statistics, from the same frames, so a candidate's tower score,
+position and engagement prediction are as much "as of t" as the ranker's other features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from rec_core.model.features import Catalogue, FeatureStats, Histories, Vocabs, build_catalogue, build_histories
+from rec_core.model.towers import TwoTower
+from rec_core.model.training import TrainingData, user_vectors, video_vectors
+
+NOT_POSTED_PENALTY = 10.0  # scores are cosines: minus 10 puts a video below every posted one
+
+
+@dataclass(frozen=True, slots=True)
+class Towers:
+    """A trained two-tower model with what it needs to read the lake: vocabularies, scales, caption vectors."""
+
+    model: TwoTower
+    vocabs: Vocabs
+    stats: FeatureStats
+    text: np.ndarray  # (n_items, text_dim) float32, aligned with the catalogue (videos sorted by id)
+
+    @classmethod
+    def from_training(cls, model: TwoTower, data: TrainingData) -> Towers:
+        return cls(model.eval(), data.vocabs, data.stats, data.catalogue.text)
+
+
+@dataclass(frozen=True, slots=True)
+class TowerView:
+    """The towers' inputs as of ``t_ms`` and every video's vector then."""
+
+    towers: Towers
+    catalogue: Catalogue
+    histories: Histories
+    video_vectors: torch.Tensor  # (n_items, dim)
+    t_ms: int
+
+    def user_vectors(self, users: np.ndarray) -> torch.Tensor:
+        t = self.towers
+        return user_vectors(t.model, self.histories, self.catalogue, t.stats, np.asarray(users, dtype=np.int64))
+
+    def scores(self, user_vecs: torch.Tensor) -> torch.Tensor:
+        """(users, n_items) float32: the towers' score of every video for each user."""
+        return user_vecs @ self.video_vectors.T
+
+    def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
+        """float32 (rows, width, 3): the engagement head on each (row's user, ``items[row, col]``); NaN at -1."""
+        rows, width = items.shape
+        safe = torch.from_numpy(np.maximum(items, 0).reshape(-1))
+        u = user_vecs.repeat_interleave(width, dim=0)
+        with torch.inference_mode():
+            out = self.towers.model.engagement(u, self.video_vectors[safe]).numpy().astype(np.float32)
+        out = out.reshape(rows, width, -1)
+        out[items < 0] = np.nan
+        return out
+
+
+def tower_view(
+    towers: Towers,
+    user_ids: np.ndarray,
+    videos: pl.DataFrame,
+    interactions: pl.DataFrame,
+    follows: pl.DataFrame,
+    t_ms: int,
+) -> TowerView:
+    """The towers' view of the world just before ``t_ms`` (frames as :mod:`rec_core.model.features` reads them)."""
+    catalogue = build_catalogue(videos, interactions, towers.text, towers.vocabs, t_ms)
+    histories = build_histories(user_ids, interactions, follows, catalogue, towers.vocabs, t_ms)
+    vectors = video_vectors(towers.model, catalogue, towers.stats)
+    return TowerView(towers, catalogue, histories, vectors, int(t_ms))
+
+
+def as_of_scores(scores: torch.Tensor, seen: sp.csr_matrix, posted: np.ndarray, users: np.ndarray) -> torch.Tensor:
+    """A copy of ``scores`` (rows aligned with ``users``) as a ranking at t can use them: each user's watched videos
+    at ``-inf``, videos not ``posted`` yet moved below every posted one (in their own order).
+
+    Offline, the catalogue holds videos posted after t; a ranking made at t could not have shown them, and their
+    creation time is itself a label (on MovieLens a film's ``created_at`` is its first rating), so they are never
+    candidates; they stay in the tail so the evaluation still ranks the full catalogue.
+    """
+    sub = seen[np.asarray(users, dtype=np.int64)]
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
+    out = scores.clone()
+    out[:, torch.from_numpy(~posted)] -= NOT_POSTED_PENALTY
+    out[torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))] = float("-inf")
+    return out
+
+
+def top_candidates(scores: torch.Tensor, posted: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best ``n`` posted videos by :func:`as_of_scores`' ``scores``: (items int64 [rows, n], scores
+    float32 [rows, n]), -1 / NaN past the last one above ``-inf`` (a user who has seen almost everything)."""
+    scores = scores.masked_fill(torch.from_numpy(~posted), float("-inf"))
+    values, items = torch.topk(scores, min(n, scores.shape[1]), dim=1)
+    items_np, values_np = items.numpy().astype(np.int64), values.numpy().astype(np.float32)
+    missing = ~np.isfinite(values_np)
+    items_np[missing] = -1
+    values_np[missing] = np.nan
+    return items_np, values_np

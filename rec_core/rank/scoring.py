@@ -1,0 +1,84 @@
+"""Retrieval + ranking as one full-catalogue score function, and the per-block reordering a feed stage needs.
+
+:class:`RankedRetrieval` is a ``ScoreFn`` for :mod:`rec_core.eval.ranking_metrics`: for a batch of users it returns a
+score for every video of the catalogue, so retrieval + ranking is evaluated exactly like every other model. The
+towers' top N unseen videos posted before t come first, in the ranker's order; every other video follows in the
+towers' order, those not posted yet at t last (:func:`~rec_core.rank.retrieval.as_of_scores`); videos the user
+watched before t score ``-inf``. With ``ranker=None`` it is the same retrieval without the ranker (the very lists
+the ranker would reorder, in the towers' order): the fair "before" of the comparison.
+
+:func:`rank_order` is the reordering alone, over a block of candidate lists (rows of users, columns best first by
+the towers, -1 for none): the shape of the feed pipeline's ``CandidateBlock``, so a ``Scorer`` stage can wrap it
+for the batch's 512-user blocks or the live path's one user: features by
+:func:`~rec_core.rank.features.block_features` from the block's users, videos and tower scores, then the block's
+columns permuted row by row with this order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rec_core.rank.candidates import DEFAULT_CANDIDATES, candidate_block
+from rec_core.rank.ranker import Ranker
+from rec_core.rank.retrieval import TowerView, as_of_scores
+from rec_core.rank.state import AsOfState
+
+# Ranked candidates score above this (tower scores are cosines, at most 1), so they always precede the rest.
+CANDIDATE_FLOOR = 2.0
+
+
+def rank_order(ranker: Ranker, features: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """int64 (rows, width): each row's column positions in the ranker's order, invalid cells last.
+
+    ``features`` are :func:`~rec_core.rank.features.block_features`'s rows for the valid cells. Equal predictions
+    keep the towers' order (a stable sort over columns that are already best first).
+    """
+    rows, width = valid.shape
+    score = np.full((rows, width), -np.inf)
+    score[valid] = ranker.predict(features)
+    return np.argsort(-score, axis=1, kind="stable")
+
+
+@dataclass(slots=True)
+class RankedRetrieval:
+    """The towers' candidates reordered by ``ranker`` (or not, with None), as of ``state.t_ms``, as a ScoreFn."""
+
+    view: TowerView
+    state: AsOfState
+    ranker: Ranker | None
+    n: int = DEFAULT_CANDIDATES
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    users_scored: int = 0
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        users = np.asarray(users, dtype=np.int64)
+        self.users_scored += len(users)
+        if self.ranker is None:
+            started = time.perf_counter()
+            raw = self.view.scores(self.view.user_vectors(users))
+            scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users)
+            self.seconds["retrieve"] += time.perf_counter() - started
+            return scores
+        block = candidate_block(self.view, self.state, users, self.n)
+        for key, value in block.seconds.items():
+            self.seconds[key] += value
+        started = time.perf_counter()
+        order = rank_order(self.ranker, block.features, block.valid)
+        self.seconds["rank"] += time.perf_counter() - started
+        scores = block.all_scores
+        width = block.items.shape[1]
+        ranked_items = np.take_along_axis(block.items, order, axis=1)
+        value = CANDIDATE_FLOOR + (width - np.arange(width, dtype=np.float32)) / width
+        r, c = np.nonzero(ranked_items >= 0)
+        scores[torch.from_numpy(r), torch.from_numpy(ranked_items[r, c])] = torch.from_numpy(value[c])
+        return scores
+
+    def users_per_second(self, parts: tuple[str, ...] = ("features", "rank")) -> float:
+        """Users a second through ``parts`` of the work (default: the ranking step, without retrieval)."""
+        spent = sum(self.seconds.get(p, 0.0) for p in parts)
+        return self.users_scored / spent if spent else float("nan")

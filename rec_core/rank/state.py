@@ -1,0 +1,173 @@
+"""What was known at an instant t: counts over the interactions and follows strictly before t.
+
+:func:`state_at` is the one place the ranker's features meet time. It keeps the events with ``ts < t`` (a prefix of
+the time-sorted arrays of :class:`~rec_core.rank.events.RankEvents`) and counts from them alone, so nothing a
+feature reads can come from t or later (``tests/test_ranker.py`` appends events after t and checks that every
+feature stays the same). Windows ("the last 7 days") end at t; recency weights decay from t; smoothing priors are
+means over the same past.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from rec_core.rank.events import RankEvents
+
+DAY_MS = 86_400_000
+WINDOWS_DAYS = (1, 7, 30)  # "interactions in the last N days" of a video, a creator, a hashtag and a user
+HALF_LIVES_DAYS = (30.0, 180.0)  # recency-weighted popularity (180 d: the half-life of make eval's recent MostPop)
+TASTE_HALF_LIFE_DAYS = 30.0  # a user's recent taste: their hashtags with each watch's weight halved every 30 days
+RATE_PRIOR_VIEWS = 20.0  # completion and like rates are smoothed towards the global mean with this many views
+
+
+@dataclass(frozen=True, slots=True)
+class PairCounts:
+    """A sparse (row, column) -> value table with vectorised lookup: the user's count for a creator, a hashtag."""
+
+    keys: np.ndarray  # int64, sorted: row * n_cols + col
+    values: np.ndarray  # float32, aligned with keys
+    n_cols: int
+
+    @classmethod
+    def from_csr(cls, matrix: sp.csr_matrix) -> PairCounts:
+        m = matrix.tocsr()
+        m.sum_duplicates()
+        m.sort_indices()
+        rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+        return cls(rows * m.shape[1] + m.indices.astype(np.int64), m.data.astype(np.float32), int(m.shape[1]))
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """float32 of ``rows``' shape: the value at each (row, col), 0 where absent."""
+        if not len(self.keys):
+            return np.zeros(np.shape(rows), dtype=np.float32)
+        wanted = np.asarray(rows, dtype=np.int64) * self.n_cols + np.asarray(cols, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return np.where(self.keys[at] == wanted, self.values[at], 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class AsOfState:
+    """Everything the ranker's features read, as of ``t_ms``; arrays are per item, creator, hashtag or user."""
+
+    t_ms: int
+    events: RankEvents  # static content (creators, hashtags, creation times) and the index spaces
+    item_views: np.ndarray  # float64 per item: interactions before t
+    item_window_views: np.ndarray  # float64 (len(WINDOWS_DAYS), n_items): in the last N days before t
+    window_totals: np.ndarray  # float64 (len(WINDOWS_DAYS),): all interactions in those windows
+    item_decayed: np.ndarray  # float64 (len(HALF_LIVES_DAYS), n_items): recency-weighted interactions
+    decayed_totals: np.ndarray  # float64 (len(HALF_LIVES_DAYS),)
+    item_completion_rate: np.ndarray  # float64 per item, smoothed towards the global mean
+    item_like_rate: np.ndarray  # float64 per item, smoothed
+    creator_window_views: np.ndarray  # float64 (len(WINDOWS_DAYS), n_creators)
+    creator_videos: np.ndarray  # float64 per creator: videos posted before t
+    item_posted: np.ndarray  # bool per item: posted before t (a later video does not exist yet at t)
+    tag_share_30d: np.ndarray  # float64 per hashtag: its videos' share of the last 30 days' interactions
+    tag_share_all: np.ndarray  # float64 per hashtag: the same over all time before t
+    user_events: np.ndarray  # float64 per user: interactions before t
+    user_window_events: np.ndarray  # float64 (len(WINDOWS_DAYS), n_users)
+    user_days_idle: np.ndarray  # float64 per user: days since their last interaction (large when none)
+    user_completion: np.ndarray  # float64 per user: mean completion (0 when none)
+    user_like_rate: np.ndarray  # float64 per user
+    user_creator: PairCounts  # interactions of the user with the creator's videos
+    user_tag: PairCounts  # interactions of the user with videos carrying the hashtag
+    user_tag_recent: PairCounts  # the same, each weighted by 0.5 ** (age / TASTE_HALF_LIFE_DAYS)
+    user_recent_weight: np.ndarray  # float64 per user: the sum of those weights over their interactions
+    follows: PairCounts  # 1 where the user followed the creator before t
+    seen: sp.csr_matrix  # users x items, binary: watched before t (never a candidate)
+
+
+def state_at(events: RankEvents, t_ms: int) -> AsOfState:
+    """The state of the world just before ``t_ms``, from ``events`` with ``ts < t_ms`` only."""
+    t_ms = int(t_ms)
+    cut = events.interactions_before(t_ms)
+    user, item, ts = events.user[:cut], events.item[:cut], events.ts_ms[:cut]
+    completion, liked = events.completion[:cut].astype(np.float64), events.liked[:cut].astype(np.float64)
+    n_users, n_items, n_creators = events.n_users, events.n_items, events.n_creators
+    age_days = (t_ms - ts) / DAY_MS
+    in_window = [age_days <= d for d in WINDOWS_DAYS]
+
+    def per_item(weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(item, weights=weights, minlength=n_items).astype(np.float64)
+
+    def per_user(weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(user, weights=weights, minlength=n_users).astype(np.float64)
+
+    views = per_item()
+    window_views = np.stack([per_item(w.astype(np.float64)) for w in in_window])
+    decay = [decay_weights(age_days, h) for h in HALF_LIVES_DAYS]
+    decayed = np.stack([per_item(w) for w in decay])
+    mean_completion = float(completion.mean()) if cut else 0.0
+    mean_like = float(liked.mean()) if cut else 0.0
+
+    def smoothed(total: np.ndarray, prior: float) -> np.ndarray:
+        return (total + prior * RATE_PRIOR_VIEWS) / (views + RATE_PRIOR_VIEWS)
+
+    creator = events.item_creator
+    posted = events.item_created_ms < t_ms
+    tag_30d = np.asarray(events.item_tags.T @ window_views[WINDOWS_DAYS.index(30)]).ravel()
+    tag_all = np.asarray(events.item_tags.T @ views).ravel()
+
+    n_user = per_user()
+    last = np.full(n_users, np.nan)
+    if cut:
+        # Events are time-sorted, so each user's last index holds their latest instant.
+        last_at = np.full(n_users, -1, dtype=np.int64)
+        last_at[user] = np.arange(cut)
+        has = last_at >= 0
+        last[has] = ts[last_at[has]]
+    idle = np.where(np.isnan(last), 10_000.0, (t_ms - np.nan_to_num(last)) / DAY_MS)
+
+    pairs = sp.csr_matrix((np.ones(cut, dtype=np.float32), (user, item)), shape=(n_users, n_items))
+    pairs.sum_duplicates()
+    taste = decay_weights(age_days, TASTE_HALF_LIFE_DAYS)
+    recent = sp.csr_matrix((taste.astype(np.float32), (user, item)), shape=(n_users, n_items))
+    recent.sum_duplicates()
+    item_creator = sp.csr_matrix(
+        (np.ones(n_items, dtype=np.float32), (np.arange(n_items), creator)), shape=(n_items, n_creators)
+    )
+    n_follows = events.follows_before(t_ms)
+    follows = sp.csr_matrix(
+        (
+            np.ones(n_follows, dtype=np.float32),
+            (events.follow_user[:n_follows], events.follow_creator[:n_follows]),
+        ),
+        shape=(n_users, n_creators),
+    )
+    follows.sum_duplicates()
+    follows.data[:] = 1.0
+    seen = pairs.copy()
+    seen.data[:] = 1.0
+    return AsOfState(
+        t_ms=t_ms,
+        events=events,
+        item_views=views,
+        item_window_views=window_views,
+        window_totals=np.array([w.sum() for w in in_window], dtype=np.float64),
+        item_decayed=decayed,
+        decayed_totals=decayed.sum(axis=1),
+        item_completion_rate=smoothed(per_item(completion), mean_completion),
+        item_like_rate=smoothed(per_item(liked), mean_like),
+        creator_window_views=np.stack([np.bincount(creator, weights=w, minlength=n_creators) for w in window_views]),
+        creator_videos=np.bincount(creator[posted], minlength=n_creators).astype(np.float64),
+        item_posted=posted,
+        tag_share_30d=tag_30d / max(window_views[WINDOWS_DAYS.index(30)].sum(), 1.0),
+        tag_share_all=tag_all / max(views.sum(), 1.0),
+        user_events=n_user,
+        user_window_events=np.stack([per_user(w.astype(np.float64)) for w in in_window]),
+        user_days_idle=idle,
+        user_completion=per_user(completion) / np.maximum(n_user, 1.0),
+        user_like_rate=per_user(liked) / np.maximum(n_user, 1.0),
+        user_creator=PairCounts.from_csr(pairs @ item_creator),
+        user_tag=PairCounts.from_csr(pairs @ events.item_tags),
+        user_tag_recent=PairCounts.from_csr(recent @ events.item_tags),
+        user_recent_weight=per_user(taste),
+        follows=PairCounts.from_csr(follows),
+        seen=seen.tocsr(),
+    )
+
+
+def decay_weights(age_days: np.ndarray, half_life_days: float) -> np.ndarray:
+    return np.power(0.5, np.maximum(age_days, 0.0) / half_life_days)
