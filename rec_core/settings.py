@@ -147,6 +147,21 @@ class ModelSettings(_Section):
         hi=1024,
         env="TORCH_THREADS",
     )
+    ranker: str = _setting(
+        "on",
+        "The ranking stage after retrieval (`rec_core/rank`): `on` trains one with each model version and re-ranks "
+        "every feed with it; `off` trains, gates and serves retrieval alone (the ablation).",
+        env="RANKER",
+    )
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        if self.ranker not in {"on", "off"}:
+            raise SettingsError("ranker", f"must be on or off, got {self.ranker!r}")
+
+    @property
+    def ranker_on(self) -> bool:
+        return self.ranker == "on"
 
 
 @dataclass(frozen=True, slots=True)

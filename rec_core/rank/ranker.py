@@ -138,6 +138,11 @@ class Ranker:
         return folder
 
     @classmethod
+    def load_if_present(cls, folder: Path) -> Ranker | None:
+        """The ranker a model version (or a snapshot) carries in ``folder``; None when it was built without one."""
+        return cls.load(folder) if (folder / META_FILE).is_file() else None
+
+    @classmethod
     def load(cls, folder: Path) -> Ranker:
         meta = json.loads((folder / META_FILE).read_text())
         if tuple(meta["features"]) != FEATURES:
