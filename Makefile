@@ -40,11 +40,12 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 # Worker processes: the suite spends most of its wall time waiting on servers, DAG runs and subprocesses (about
-# half a core busy on average), so three workers on two cores finish sooner; worksteal keeps the long tests from
-# leaving one worker busy at the end. TEST_WORKERS=0 runs everything in one process.
+# half a core busy on average), so three workers on two cores finish sooner. Whole files go to one worker (a
+# module's fixtures, such as a trained model, are built once), files with slow tests first (tests/conftest.py).
+# TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 3
 test: setup lint
-	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 data: setup
 	$(PY) -m jobs.generate_data --scale $(SCALE)

@@ -36,6 +36,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files that hold a slow test run first (in their usual order otherwise): `make test` hands whole files to its
+    workers (``--dist loadfile``, so a module's fixtures are built once), and a long file handed out last would
+    leave one worker busy while the others idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated SQLite metadata database, created once per test session."""
