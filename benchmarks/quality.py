@@ -20,10 +20,21 @@ ItemKNN, EASE and a recency-weighted MostPop, all on the same split; then the
 default model and the baselines again "as served": through the feed policy,
 whose fresh slots go to videos without a training interaction (what a feed
 would show, and the only way an ID-based baseline shows a cold video at all).
+
+The ranking stage (``rec_core/rank``, ``--no-ranker`` skips it): the default
+towers' top N unseen videos reordered by a LightGBM ranker trained on the
+validation part (both objectives cross-validated on the validation users, the
+better one kept), scored on the test part as of the test cut (temporal: the
+global one; leave-last-out: each user's own), as ``two_tower + ranker``;
+beside it ``two_tower @ test cut``, the same candidate lists in the towers'
+order (retrieval alone: the fair "before"), and recency-weighted MostPop as
+of the same cut; with the ranking step's cost per user.
+
 Every per-user metric comes with a 95% interval from bootstrapping the
-evaluated users (``rec_core/eval/intervals.py``), and the default model is
-compared, paired per user, with recency-weighted MostPop and EASE on
-recall@20 and ndcg@20: "better", "worse" or "within noise".
+evaluated users (``rec_core/eval/intervals.py``), and the default model and
+the ranked one are compared, paired per user, with recency-weighted MostPop
+and EASE on recall@20, ndcg@20 and cold recall@50, and the ranked one with
+retrieval alone: "better", "worse" or "within noise".
 
 Writes ``data/eval/quality-<data set>.md`` (temporal; the tables of
 docs/quality.md) and ``quality-<data set>-leave-last-out.md``, each with a
@@ -39,18 +50,29 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rec_core.data.movielens import DEFAULT_PATH, import_movielens
 from rec_core.data.split import LLO_TEST_FRACTION, LLO_VALID_FRACTION, PROTOCOLS, Protocol
 from rec_core.eval.baselines import MostPop, default_baselines, run_baselines
 from rec_core.eval.evaluation import REPORT_METRICS, LakeData, load_lake_data, markdown_table, two_tower_metrics
 from rec_core.eval.intervals import RESAMPLES, Interval, metric_intervals, paired_difference
-from rec_core.eval.ranking_metrics import UserMetrics, build_targets, user_metrics
-from rec_core.model.training import TrainConfig, scorer, train
+from rec_core.eval.ranking_metrics import EvalTargets, UserMetrics, build_targets, user_metrics
+from rec_core.model.towers import TwoTower
+from rec_core.model.training import TrainConfig, TrainingData, scorer, train
 from rec_core.progress import setup_logging
+from rec_core.rank.candidates import DEFAULT_CANDIDATES
+from rec_core.rank.events import RankEvents
+from rec_core.rank.examples import DEFAULT_MAX_USERS, as_of_split, split_examples
+from rec_core.rank.ranker import RankerConfig, choose_objective
+from rec_core.rank.retrieval import Towers, as_of_scores
+from rec_core.rank.scoring import RankedRetrieval
+from rec_core.rank.state import HALF_LIVES_DAYS, AsOfState
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
 from rec_core.synthetic.truth import load_truth
@@ -75,11 +97,36 @@ MORE_VARIANTS: dict[str, dict] = {
 # A reference beside the issue's baselines: popularity with each watch's weight halved every 180 days (the half-life
 # picked on MovieLens's validation period, not its test period). Recency is most of what a feed's future follows.
 RECENT_HALF_LIFE_DAYS = 180.0
+RECENT = f"most_pop_recent_{RECENT_HALF_LIFE_DAYS:g}d"
+# The ranking stage's rows: retrieval alone (the very lists the ranker reorders), retrieval + ranking, and the
+# recent popularity as of the same cut (the ranked rows know the validation part; the baselines are fitted on
+# training alone).
+RETRIEVAL = "two_tower @ test cut"
+RANKED = "two_tower + ranker"
+RECENT_AT_CUT = f"{RECENT} @ test cut"
 # Per-user metrics that get an interval (coverage is the catalogue's, not a user's), and the paired comparisons:
-# the default model against the strongest baseline and the strongest collaborative one.
+# the default model and the ranked one against the strongest baseline and the strongest collaborative one (cold
+# recall too: the ID baselines cannot reach a cold video), and the ranked one against its own retrieval.
 INTERVAL_METRICS = [*REPORT_METRICS, "cold_recall@50"]
-PAIRED_AGAINST = (f"most_pop_recent_{RECENT_HALF_LIFE_DAYS:g}d", "ease")
-PAIRED_METRICS = ("recall@20", "ndcg@20")
+HEADLINE = ("recall@20", "ndcg@20")
+AGAINST_BASELINES = (*HEADLINE, "cold_recall@50")
+PAIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("two_tower", RECENT, AGAINST_BASELINES),
+    ("two_tower", "ease", AGAINST_BASELINES),
+    (RANKED, RETRIEVAL, HEADLINE),
+    (RANKED, RECENT, AGAINST_BASELINES),
+    (RANKED, "ease", AGAINST_BASELINES),
+    (RANKED, RECENT_AT_CUT, HEADLINE),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RankerSetup:
+    """How the ranking stage is trained and applied on each split."""
+
+    n: int = DEFAULT_CANDIDATES  # the towers' top N it reorders
+    max_users: int = DEFAULT_MAX_USERS  # validation users sampled for its examples
+    config: RankerConfig = field(default_factory=RankerConfig)
 
 
 def evaluate_dataset(
@@ -89,10 +136,14 @@ def evaluate_dataset(
     truth_dir: Path | None,
     seeds: int = 1,
     base: TrainConfig | None = None,
+    ranker: RankerSetup | None = None,
+    text: np.ndarray | None = None,
 ) -> dict:
-    """Every model on ``data``'s split; ``base`` is the training configuration the variants override."""
+    """Every model on ``data``'s split; ``base`` is the training configuration the variants override; ``ranker``:
+    also the ranking stage over the default model (None: not); ``text``: caption vectors aligned with the
+    catalogue (default: encoded by the settings' text model)."""
     base = base or TrainConfig(seed=settings.seed)
-    text = data.text(settings.paths, settings.model)
+    text = data.text(settings.paths, settings.model) if text is None else text
     prepared = data.prepare(text)
     targets = build_targets(data.split, "test")
     served = data.served_as()
@@ -100,6 +151,7 @@ def evaluate_dataset(
     served_per_user: dict[str, UserMetrics] = {}
     models: dict[str, dict[str, float]] = {}
     extra: dict[str, float] = {}
+    default: TwoTower | None = None
     for name, overrides in variants.items():
         config = dataclasses.replace(base, **overrides)
         started = time.monotonic()
@@ -111,6 +163,14 @@ def evaluate_dataset(
             extra["planted_affinity_spearman"] = planted_affinity_correlation(result.model, prepared, truth_dir)
         if name == "two_tower":
             served_per_user[name] = user_metrics(score, targets, served=served)
+            default = result.model
+    ranked = None
+    if ranker is not None and default is not None:
+        ranked = ranking_stage(default, prepared, data, targets, ranker, base.seed)
+        for row in (RETRIEVAL, RANKED):
+            per_user[row] = ranked.per_user[row]
+            models[row] = per_user[row].summary()
+        models[RANKED].update(ranked.info["cost"])
     started = time.monotonic()
     baselines = [*default_baselines(), MostPop(half_life_days=RECENT_HALF_LIFE_DAYS)]
     for run in run_baselines(data.split, models=baselines, served=served):
@@ -118,6 +178,9 @@ def evaluate_dataset(
         if run.served is not None:
             served_per_user[run.name] = run.served
     extra["baselines_seconds"] = round(time.monotonic() - started, 1)
+    if ranked is not None:
+        per_user[RECENT_AT_CUT] = ranked.per_user[RECENT_AT_CUT]
+        models[RECENT_AT_CUT] = per_user[RECENT_AT_CUT].summary()
     # One training run's luck can flip a comparison the user intervals call clear: other seeds say how much.
     spread = {
         f"two_tower, seed {seed}": two_tower_metrics(
@@ -140,20 +203,87 @@ def evaluate_dataset(
         "intervals": _intervals_json(per_user),
         "served_intervals": _intervals_json(served_per_user),
         "paired": paired_comparisons(per_user),
+        "ranker": ranked.info if ranked is not None else None,
     }
 
 
+@dataclass(frozen=True, slots=True)
+class RankingStage:
+    per_user: dict[str, UserMetrics]  # RETRIEVAL, RANKED, RECENT_AT_CUT
+    info: dict  # the report's ranker section; "cost": the ranking step's cost per user
+
+
+def ranking_stage(
+    model: TwoTower, prepared: TrainingData, data: LakeData, targets: EvalTargets, setup: RankerSetup, seed: int
+) -> RankingStage:
+    """The ranker over ``model``'s candidates, trained on the validation part and scored on the test part, both
+    as of the split's cuts (``rec_core.rank.examples``); both objectives are scored on test for information, the
+    one cross-validation chose is the ``RANKED`` row."""
+    split = data.split
+    frames = (data.videos, data.interactions, data.follows)
+    towers = Towers.from_training(model, prepared)
+    events = RankEvents.build(split.user_ids, *frames)
+    started = time.monotonic()
+    examples = split_examples(towers, events, split, frames, setup.n, setup.max_users, seed)
+    chosen, rankers = choose_objective(examples, dataclasses.replace(setup.config, seed=seed))
+    fit_seconds = time.monotonic() - started
+    view, state = as_of_split(towers, events, split, frames, "test")
+    per_user = {RETRIEVAL: user_metrics(RankedRetrieval(view, state, None, setup.n), targets)}
+    objectives: dict[str, dict] = {}
+    cost: dict[str, float] = {}
+    for objective, ranker in rankers.items():
+        score = RankedRetrieval(view, state, ranker, setup.n)
+        metrics = user_metrics(score, targets)
+        objectives[objective] = {"cv": ranker.cv[objective], "test": {key: metrics.mean(key) for key in HEADLINE}}
+        if ranker is chosen:
+            per_user[RANKED] = metrics
+            per = 1000.0 / max(score.users_scored, 1)
+            cost = {
+                "features_ms_per_user": per * score.seconds["features"],
+                "rank_ms_per_user": per * score.seconds["rank"],
+                "retrieve_ms_per_user": per * score.seconds["retrieve"],
+                "ranking_users_per_s": score.users_per_second(),
+            }
+    per_user[RECENT_AT_CUT] = user_metrics(recent_popularity(state), targets)
+    info = {
+        "candidates": setup.n,
+        "chosen": chosen.config.objective,
+        "examples": {
+            "users": len(examples.groups),
+            "rows": len(examples.labels),
+            "positive_share": float((examples.labels > 0).mean()) if len(examples.labels) else float("nan"),
+            "candidate_recall": examples.candidate_recall,
+        },
+        "objectives": objectives,
+        "cost": cost,
+        "fit_seconds": round(fit_seconds, 1),
+    }
+    return RankingStage(per_user, info)
+
+
+def recent_popularity(state: AsOfState) -> Callable[[np.ndarray], torch.Tensor]:
+    """Recency-weighted popularity (make eval's half-life) as of ``state``'s cut, each user's seen videos out and
+    videos not posted yet last, as :class:`RankedRetrieval` ranks them (a ScoreFn)."""
+    row = state.item_decayed[HALF_LIVES_DAYS.index(RECENT_HALF_LIFE_DAYS)].astype(np.float32)
+    popular = torch.from_numpy(row)
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return as_of_scores(popular.expand(len(users), -1), state.seen, state.item_posted, users)
+
+    return score
+
+
 def paired_comparisons(per_user: dict[str, UserMetrics]) -> list[dict]:
-    """The default two-tower model minus each reference baseline, per user, with the users redrawn together."""
+    """Each model of ``PAIRED`` minus its reference, per user, with the users redrawn together."""
     out = []
-    for against in PAIRED_AGAINST:
-        if "two_tower" not in per_user or against not in per_user:
+    for model, against, metrics in PAIRED:
+        if model not in per_user or against not in per_user:
             continue
-        for metric in PAIRED_METRICS:
-            diff = paired_difference(per_user["two_tower"], per_user[against], metric)
+        for metric in metrics:
+            diff = paired_difference(per_user[model], per_user[against], metric)
             out.append(
                 {
-                    "model": "two_tower",
+                    "model": model,
                     "against": against,
                     "metric": metric,
                     **dataclasses.asdict(diff.interval),
@@ -217,11 +347,12 @@ def report_lines(name: str, result: dict, seed: int) -> list[str]:
         "",
         markdown_table(result["models"], _intervals(result["intervals"])),
         "",
+        *ranker_lines(result.get("ranker")),
         f"As served (the feed policy over each ranking: creator cap, 10% of slots for {fresh}):",
         "",
         markdown_table(result["served"], _intervals(result["served_intervals"])),
         "",
-        "The default model minus each reference, per user, the users redrawn together (the interval of the "
+        "Each model minus its reference, per user, the users redrawn together (the interval of the "
         'difference; "within noise" when it holds 0):',
         "",
         "| model | against | metric | difference [95%] | verdict |",
@@ -244,6 +375,37 @@ def report_lines(name: str, result: dict, seed: int) -> list[str]:
     return lines
 
 
+def ranker_lines(info: dict | None) -> list[str]:
+    """The ranking stage's paragraph: how it was trained, what it costs, both objectives."""
+    if not info:
+        return []
+    ex, cost = info["examples"], info["cost"]
+    lines = [
+        f"`{RANKED}`: the towers' top {info['candidates']} unseen videos posted before the reference instant, "
+        f"reordered by the ranker (`rec_core/rank`), trained on {ex['users']:,} validation users "
+        f"({ex['rows']:,} pairs, {ex['positive_share']:.1%} positive; the candidates held "
+        f"{ex['candidate_recall']:.0%} of their validation watches), objective chosen by cross-validation on "
+        f"them: {info['chosen']}. `{RETRIEVAL}`: the same candidate lists in the towers' order (retrieval "
+        f"alone); `{RECENT_AT_CUT}`: recent popularity as of the same cut. All three are as of the test cut "
+        "(temporal: `test_start`; leave-last-out: each user's own), so they know the validation part, which the "
+        "baselines above do not. Ranking cost per user: "
+        f"{cost['features_ms_per_user']:.2f} ms of features (engagement head included) + "
+        f"{cost['rank_ms_per_user']:.2f} ms of LightGBM ({cost['ranking_users_per_s']:,.0f} users/s), after "
+        f"{cost['retrieve_ms_per_user']:.2f} ms of retrieval; training the ranker took {info['fit_seconds']} s.",
+        "",
+        "| objective | CV ndcg@20 | CV recall@20 | CV ndcg@20, towers' order | test recall@20 | test ndcg@20 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for objective, o in info["objectives"].items():
+        chosen = " (chosen)" if objective == info["chosen"] else ""
+        cv, test = o["cv"], o["test"]
+        lines.append(
+            f"| {objective}{chosen} | {cv['ndcg']:.4f} | {cv['recall']:.4f} | {cv['tower_ndcg']:.4f} | "
+            f"{test['recall@20']:.4f} | {test['ndcg@20']:.4f} |"
+        )
+    return [*lines, ""]
+
+
 def _signed(interval: Interval) -> str:
     return f"{interval.estimate:+.4f} [{interval.low:+.3f}, {interval.high:+.3f}]"
 
@@ -256,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-ablations", action="store_true", help="also the cold-start options of TrainConfig")
     parser.add_argument("--only-cold-start", action="store_true", help="the default model and the cold-start options")
     parser.add_argument("--seeds", type=int, default=1, help="also train the default model with N-1 more seeds")
+    parser.add_argument("--no-ranker", action="store_true", help="skip the ranking stage's rows")
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="the towers' top N to rerank")
     args = parser.parse_args(argv)
+    ranker = None if args.no_ranker else RankerSetup(n=args.candidates)
     base = Settings.load()
     setup_logging(base.log_level)
     out_dir = base.paths.data_dir / "eval"
@@ -279,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
             import_movielens(DEFAULT_PATH, settings=settings)
         for protocol in protocols:
             data = load_lake_data(settings.paths, settings.batch, protocol)
-            results[report_name(name, protocol)] = evaluate_dataset(settings, data, variants, truth_dir, args.seeds)
+            results[report_name(name, protocol)] = evaluate_dataset(
+                settings, data, variants, truth_dir, args.seeds, ranker=ranker
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
         lines = report_lines(name, result, base.seed)

@@ -8,12 +8,21 @@ import numpy as np
 import polars as pl
 import pytest
 
-from benchmarks.quality import evaluate_dataset, report_lines
-from rec_core.data.split import NEVER_MS, Split, leave_last_out_split, temporal_split, training_view
+from benchmarks.quality import RANKED, RECENT_AT_CUT, RETRIEVAL, RankerSetup, evaluate_dataset, report_lines
+from rec_core.data.split import (
+    NEVER_MS,
+    InteractionArrays,
+    Split,
+    leave_last_out_split,
+    temporal_split,
+    training_view,
+    view_before,
+)
 from rec_core.eval.baselines import MostPop, evaluate_baselines, popularity
 from rec_core.eval.evaluation import LakeData, load_lake_data
 from rec_core.eval.ranking_metrics import build_targets
 from rec_core.model.training import TrainConfig
+from rec_core.rank.ranker import RankerConfig
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
 
@@ -129,13 +138,23 @@ def test_cold_items_are_those_without_a_training_interaction() -> None:
     assert set(split.cold_items.tolist()) == (held_out_only - trained) | set(range(N_VIDEOS, N_VIDEOS + 5))
 
 
-def test_training_view_is_exactly_the_training_part() -> None:
+def test_training_view_is_exactly_the_training_part_and_the_test_cuts_add_the_validation_part() -> None:
     interactions, videos = random_world(seed=3)
     frame = interactions.with_columns(pl.col("ts").alias("ts_ms"))
+
+    def pairs(*parts: InteractionArrays) -> list[tuple[int, int]]:
+        return sorted((u, t) for p in parts for u, t in zip(p.user_idx.tolist(), p.ts_ms.tolist(), strict=True))
+
     for split in (leave_last_out_split(interactions, videos), temporal_split(interactions, videos)):
         seen = training_view(split, frame)
         got = sorted(zip(split.user_positions(seen["user_id"]).tolist(), seen["ts_ms"].to_list(), strict=True))
-        assert got == sorted(zip(split.train.user_idx.tolist(), split.train.ts_ms.tolist(), strict=True))
+        assert got == pairs(split.train)
+        cuts = split.cuts("test")
+        assert cuts.t_ms > max(split.train.ts_ms.max(), split.valid.ts_ms.max())
+        assert cuts.t_ms <= split.test.ts_ms.max()  # some test rows are after it, under either protocol
+        seen = view_before(split, frame, cuts)
+        got = sorted(zip(split.user_positions(seen["user_id"]).tolist(), seen["ts_ms"].to_list(), strict=True))
+        assert got == pairs(split.train, split.valid)
 
 
 def test_baselines_evaluate_unchanged_on_it_with_ages_from_the_end_of_training() -> None:
@@ -181,25 +200,44 @@ def test_the_model_sees_no_held_out_interaction_of_a_user(tiny: Settings) -> Non
 
 
 @pytest.mark.slow
-def test_quality_report_runs_under_both_protocols(tiny: Settings) -> None:
-    quick = TrainConfig(epochs=1, batch_size=256, seed=3)
+def test_quality_report_runs_under_both_protocols_with_the_ranker(tiny: Settings) -> None:
+    """The report's path end to end, ranker rows included; small towers, random caption vectors and a quick
+    ranker keep it cheap (what is measured here is the plumbing, not the model)."""
+    quick = TrainConfig(epochs=1, batch_size=1024, embedding_dim=32, eval_users=300, seed=3)
+    ranker = RankerSetup(n=50, max_users=300, config=RankerConfig(max_rounds=40, min_data_in_leaf=20, folds=3))
     for protocol in ("temporal", "leave-last-out"):
         data: LakeData = load_lake_data(tiny.paths, tiny.batch, protocol)  # type: ignore[arg-type]
-        result = evaluate_dataset(tiny, data, {"two_tower": {}}, None, base=quick)
+        captions = np.random.default_rng(0).normal(size=(data.split.n_items, 384)).astype(np.float32)
+        result = evaluate_dataset(tiny, data, {"two_tower": {}}, None, base=quick, ranker=ranker, text=captions)
         assert result["split"]["protocol"] == protocol
         users = result["models"]["two_tower"]["users"]
         assert users == len(build_targets(data.split, "test").users)
+        assert {RETRIEVAL, RANKED, RECENT_AT_CUT} <= set(result["models"])
         for name, metrics in result["intervals"].items():
+            assert result["models"][name]["users"] == users  # every row ranks the same users: pairs line up
             recall = metrics["recall@20"]
             assert recall["estimate"] == pytest.approx(result["models"][name]["recall@20"])
             assert recall["low"] <= recall["estimate"] <= recall["high"]
-        assert [(row["against"], row["metric"]) for row in result["paired"]] == [
-            ("most_pop_recent_180d", "recall@20"),
-            ("most_pop_recent_180d", "ndcg@20"),
-            ("ease", "recall@20"),
-            ("ease", "ndcg@20"),
+        # The ranker reorders the top N (here 50) and nothing else: the same videos make the top 50.
+        for key in ("recall@50", "hit_rate@50", "coverage@50"):
+            assert result["models"][RANKED][key] == pytest.approx(result["models"][RETRIEVAL][key]), key
+        assert result["models"][RANKED]["ndcg@20"] != result["models"][RETRIEVAL]["ndcg@20"]
+        info = result["ranker"]
+        assert info["chosen"] in info["objectives"] and info["cost"]["ranking_users_per_s"] > 0
+        chosen_test = info["objectives"][info["chosen"]]["test"]["recall@20"]
+        assert chosen_test == pytest.approx(result["models"][RANKED]["recall@20"])
+        three = ["recall@20", "ndcg@20", "cold_recall@50"]
+        assert [(row["model"], row["against"], row["metric"]) for row in result["paired"]] == [
+            *(("two_tower", against, metric) for against in ("most_pop_recent_180d", "ease") for metric in three),
+            (RANKED, RETRIEVAL, "recall@20"),
+            (RANKED, RETRIEVAL, "ndcg@20"),
+            *((RANKED, against, metric) for against in ("most_pop_recent_180d", "ease") for metric in three),
+            (RANKED, RECENT_AT_CUT, "recall@20"),
+            (RANKED, RECENT_AT_CUT, "ndcg@20"),
         ]
         text = "\n".join(report_lines("tiny", result, 0))
         assert ("Temporal split" if protocol == "temporal" else "Leave-last-out split") in text
-        assert re.search(r"\| two_tower \| \d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\] \|", text)
-        assert len(re.findall(r"\| (better|worse|within noise) \|", text)) == 4
+        for row in ("two_tower", RETRIEVAL, RANKED, RECENT_AT_CUT):
+            assert re.search(rf"\| {re.escape(row)} \| \d\.\d{{4}} \[\d\.\d{{3}}, \d\.\d{{3}}\] \|", text), row
+        assert len(re.findall(r"\| (better|worse|within noise) \|", text)) == len(result["paired"]) == 16
+        assert re.search(r"ms of LightGBM \([\d,]+ users/s\)", text)

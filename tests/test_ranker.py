@@ -11,12 +11,13 @@ import polars as pl
 import pytest
 import torch
 
+from rec_core.data.split import interaction_matrix
 from rec_core.eval.evaluation import LakeData, load_lake_data
 from rec_core.eval.ranking_metrics import evaluate_scores
 from rec_core.model.towers import TowerConfig, TwoTower
 from rec_core.rank.candidates import candidate_block
 from rec_core.rank.events import RankEvents
-from rec_core.rank.examples import RankExamples, split_examples
+from rec_core.rank.examples import RankExamples, as_of_split, label_matrix, split_examples
 from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
 from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_objective, list_metrics, train_ranker
 from rec_core.rank.retrieval import Towers, TowerView, tower_view
@@ -30,13 +31,18 @@ FAST = RankerConfig(max_rounds=60, early_stopping=15, min_data_in_leaf=20, folds
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[LakeData, Towers]:
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("rank") / "data")
+    generate_data(settings, "tiny", seed=11)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def world(lake: Settings) -> tuple[LakeData, Towers]:
     """The tiny synthetic world and towers over it. The towers are untrained and read seeded random caption vectors:
     these tests are about what the ranking stage does with whatever towers it is given, and training them or
     encoding captions would be most of this file's time (tests/test_training.py covers both)."""
-    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("rank") / "data")
-    generate_data(settings, "tiny", seed=11)
-    data = load_lake_data(settings.paths, settings.batch)
+    data = load_lake_data(lake.paths, lake.batch)
     text = np.random.default_rng(0).normal(size=(data.videos.height, 384)).astype(np.float32)
     prepared = data.prepare(text / np.linalg.norm(text, axis=1, keepdims=True))
     n_items, n_creators, n_tags = prepared.vocabs.sizes
@@ -50,10 +56,17 @@ def _frames(data: LakeData) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     return data.videos, data.interactions, data.follows
 
 
+@pytest.fixture(scope="module")
+def llo(lake: Settings) -> LakeData:
+    """The same world under the leave-last-out split (the towers of ``world`` read it: the catalogue is the same)."""
+    return load_lake_data(lake.paths, lake.batch, "leave-last-out")
+
+
 def _as_of(
-    towers: Towers, user_ids: np.ndarray, frames: tuple[pl.DataFrame, ...], t: int
+    towers: Towers, user_ids: np.ndarray, frames: tuple[pl.DataFrame, ...], t: int, user_cut: np.ndarray | None = None
 ) -> tuple[TowerView, AsOfState]:
-    return tower_view(towers, user_ids, *frames, t), state_at(RankEvents.build(user_ids, *frames), t)
+    view = tower_view(towers, user_ids, *frames, t, user_cut)
+    return view, state_at(RankEvents.build(user_ids, *frames), t, user_cut)
 
 
 def _features_on(view: TowerView, state: AsOfState, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -64,18 +77,22 @@ def _features_on(view: TowerView, state: AsOfState, users: np.ndarray, items: np
     return features
 
 
-def _append_after(data: LakeData, users: np.ndarray, items: np.ndarray, t: int) -> tuple[pl.DataFrame, ...]:
-    """The frames plus, from t on (t itself included), watches and likes of each user's first candidates and of
-    another user, and follows of those candidates' creators: events that touch every feature of these pairs."""
+def _append_after(
+    data: LakeData, users: np.ndarray, items: np.ndarray, t: int | np.ndarray, later: int | np.ndarray
+) -> tuple[pl.DataFrame, ...]:
+    """The frames plus watches and likes of each user's first candidates by the user at ``t`` and by another of
+    ``users`` at ``later`` (popularity moves), and follows of those candidates' creators by the user at ``t``:
+    events that touch every feature of these pairs. ``t`` and ``later``: one instant, or one per user."""
     split = data.split
     user_ids = split.user_ids[np.repeat(users, 5)]
     video_ids = split.item_ids[items[:, :5].reshape(-1)]
-    others = split.user_ids[np.roll(np.repeat(users, 5), 1)]  # someone else watches them too: popularity moves
+    others = np.roll(np.repeat(np.arange(len(users)), 5), 1)  # someone else watches them too
+    at, other_at = (np.broadcast_to(np.asarray(x, dtype=np.int64), len(users)) for x in (t, later))
     new = pl.DataFrame(
         {
-            "user_id": [*user_ids, *others],
+            "user_id": [*user_ids, *split.user_ids[users[others]]],
             "video_id": [*video_ids, *video_ids],
-            "ts_ms": np.concatenate([np.full(len(user_ids), t), np.full(len(others), t + DAY_MS)]),
+            "ts_ms": np.concatenate([np.repeat(at, 5), other_at[others]]),
         }
     )
     interactions = _like(data.interactions, new).with_columns(
@@ -84,7 +101,9 @@ def _append_after(data: LakeData, users: np.ndarray, items: np.ndarray, t: int) 
     creators = data.videos["creator_id"].to_numpy()[items[:, :3].reshape(-1)]
     follows = _like(
         data.follows,
-        pl.DataFrame({"user_id": [*np.repeat(split.user_ids[users], 3)], "creator_id": [*creators], "ts_ms": t}),
+        pl.DataFrame(
+            {"user_id": [*np.repeat(split.user_ids[users], 3)], "creator_id": [*creators], "ts_ms": np.repeat(at, 3)}
+        ),
     )
     return (
         data.videos,
@@ -114,7 +133,7 @@ def test_features_as_of_t_never_read_t_or_later(world: tuple[LakeData, Towers]) 
     users = np.unique(split.valid.user_idx)[:40]
     view, state = _as_of(towers, split.user_ids, _frames(data), t)
     before = candidate_block(view, state, users, n=60)
-    appended = _append_after(data, users, before.items, t)
+    appended = _append_after(data, users, before.items, t, t + DAY_MS)
     view_a, state_a = _as_of(towers, split.user_ids, appended, t)
     after = candidate_block(view_a, state_a, users, n=60)
     np.testing.assert_array_equal(after.items, before.items)
@@ -125,6 +144,60 @@ def test_features_as_of_t_never_read_t_or_later(world: tuple[LakeData, Towers]) 
     leaked = _features_on(*_as_of(towers, split.user_ids, appended, late), users, before.items)
     changed = {name for k, name in enumerate(FEATURES) if not np.array_equal(plain[:, k], leaked[:, k])}
     assert changed == set(FEATURES) - set(TIME_ONLY), set(FEATURES) - set(TIME_ONLY) - changed
+
+
+def test_under_leave_last_out_no_feature_reads_a_users_own_rows_from_their_cut(
+    world: tuple[LakeData, Towers], llo: LakeData
+) -> None:
+    """Each user has their own cut: rows of a user at or after it (their validation and test) reach none of the
+    features, neither that user's nor, through popularity, anyone else's; other users' earlier rows may.
+
+    The appended rows are each user's own (at their cut, and half a day before the reference instant t, which is
+    after their cut) and another user's, after that user's cut too. Moving these users' cuts to t makes every
+    column that reads interactions or follows change: a feature that ignored the cuts would fail the first check."""
+    _, towers = world
+    split = llo.split
+    cuts = split.cuts("valid")
+    t = cuts.t_ms
+    # Users cut over two days before t, so that their own later rows fall inside every window ending at t.
+    users = np.flatnonzero(split.held_out_users & (cuts.user_ms < t - 2 * DAY_MS))[:40]
+    assert len(users) == 40
+    view, state = _as_of(towers, split.user_ids, _frames(llo), t, cuts.user_ms)
+    np.testing.assert_array_equal(state.user_t_ms[users], cuts.user_ms[users])
+    before = candidate_block(view, state, users, n=60)
+    appended = _append_after(llo, users, before.items, cuts.user_ms[users], t - DAY_MS // 2)
+    after = candidate_block(*_as_of(towers, split.user_ids, appended, t, cuts.user_ms), users, n=60)
+    np.testing.assert_array_equal(after.items, before.items)
+    np.testing.assert_array_equal(after.features, before.features)
+
+    lifted = cuts.user_ms.copy()
+    lifted[users] = t  # the same users, seen from t: their appended rows are then their past
+    appended = _append_after(llo, users, before.items, t - DAY_MS // 2, t - DAY_MS // 2)
+    plain = _features_on(*_as_of(towers, split.user_ids, _frames(llo), t, lifted), users, before.items)
+    leaked = _features_on(*_as_of(towers, split.user_ids, appended, t, lifted), users, before.items)
+    changed = {name for k, name in enumerate(FEATURES) if not np.array_equal(plain[:, k], leaked[:, k])}
+    assert changed == set(FEATURES) - set(TIME_ONLY), set(FEATURES) - set(TIME_ONLY) - changed
+
+
+def test_under_leave_last_out_examples_see_the_training_part_and_are_labelled_by_the_validation_part(
+    world: tuple[LakeData, Towers], llo: LakeData
+) -> None:
+    """Validation examples know exactly each user's training rows and are labelled by exactly their validation
+    rows; the test is scored knowing exactly the training and validation rows."""
+    _, towers = world
+    split = llo.split
+    events = RankEvents.build(split.user_ids, *_frames(llo))
+    _, valid_state = as_of_split(towers, events, split, _frames(llo), "valid")
+    _, test_state = as_of_split(towers, events, split, _frames(llo), "test")
+    train, valid = interaction_matrix(split, "train"), interaction_matrix(split, "valid")
+    assert (valid_state.seen.astype(bool) != train.astype(bool)).nnz == 0
+    assert (test_state.seen.astype(bool) != (train + valid).astype(bool)).nnz == 0
+    assert valid_state.user_events.sum() == len(split.train)
+    labels = label_matrix(events, valid_state.user_t_ms, split.user_test_start_ms)
+    assert ((labels > 0) != valid.astype(bool)).nnz == 0
+    examples = split_examples(towers, events, split, _frames(llo), n=100, max_users=10_000)
+    assert examples.t_ms == split.valid_start_ms and examples.until_ms == split.cuts("test").t_ms
+    assert set(examples.users.tolist()) <= set(split.valid.user_idx.tolist()) and len(examples.groups) >= 50
 
 
 def _planted_examples(rng: np.random.Generator, n_groups: int, width: int = 60) -> RankExamples:

@@ -51,6 +51,13 @@ What the split's single instants mean under each protocol:
   at ``valid_start``; under leave-last-out that is not enough (a user's own
   held-out interactions are before it), so its frames must go through
   :func:`training_view` first.
+* :meth:`Split.cuts` says what a prediction of the validation or the test
+  part may know, for anything computed "as of" the split (the ranker's
+  features, ``rec_core/rank``): each user's own rows before their cut of that
+  part, and nothing at or after a reference instant (the one windows and ages
+  are measured from). Temporal: one instant for everyone. Leave-last-out:
+  validation, the training part and ``valid_start``; test, the training and
+  validation parts and 1 ms after the latest validation row.
 
 Ids become dense integer indices:
 
@@ -128,6 +135,20 @@ class InteractionArrays:
 
 
 @dataclass(frozen=True, slots=True)
+class Cuts:
+    """What a prediction of one held-out part may know: each user's own rows before ``user_ms[u]``, everyone's
+    before ``t_ms`` (the reference instant, from which windows and ages are measured)."""
+
+    t_ms: int
+    user_ms: np.ndarray  # int64 per user (NEVER_MS: only t_ms cuts them)
+
+    @property
+    def user_t_ms(self) -> np.ndarray:
+        """int64 per user: the instant the user's own past ends, ``min(user_ms, t_ms)``."""
+        return np.minimum(self.user_ms, self.t_ms)
+
+
+@dataclass(frozen=True, slots=True)
 class Split:
     user_ids: np.ndarray  # object array of str; position = user index
     item_ids: np.ndarray  # object array of str; position = item index; the full catalogue
@@ -170,6 +191,20 @@ class Split:
     def held_out_users(self) -> np.ndarray:
         """bool per user: some of their interactions may be held out (a cut before the end of time)."""
         return self.user_valid_start_ms < NEVER_MS
+
+    def cuts(self, part: Literal["valid", "test"]) -> Cuts:
+        """What a prediction of ``part`` may know (see the module docstring): validation, the training part;
+        test, the training and validation parts."""
+        if part == "valid":
+            return Cuts(self.valid_start_ms, self.user_valid_start_ms)
+        if part != "test":
+            raise ValueError(f"cuts of 'valid' or 'test', got {part!r}")
+        if self.protocol == "temporal":
+            return Cuts(self.test_start_ms, self.user_test_start_ms)
+        # Leave-last-out has no global test instant: the reference is just after the last row a user's test cut
+        # keeps (a validation row can be later than every training row).
+        latest = int(self.valid.ts_ms.max()) + 1 if len(self.valid) else self.valid_start_ms
+        return Cuts(max(self.valid_start_ms, latest), self.user_test_start_ms)
 
     def part(self, on: SplitPart) -> InteractionArrays:
         if on not in ("train", "valid", "test"):
@@ -337,13 +372,24 @@ def training_view(split: Split, frame: pl.DataFrame) -> pl.DataFrame:
     protocol this is "before ``valid_start``"; rows of users the split does not
     know are cut there too.
     """
+    return view_before(split, frame, split.cuts("valid"))
+
+
+def view_before(split: Split, frame: pl.DataFrame, cuts: Cuts) -> pl.DataFrame:
+    """The rows of ``frame`` (``user_id``, ``ts_ms``) a prediction at ``cuts`` may see (:meth:`Split.cuts`)."""
+    return before_user_cuts(frame, split.user_ids, cuts.user_ms, cuts.t_ms)
+
+
+def before_user_cuts(frame: pl.DataFrame, user_ids: np.ndarray, user_ms: np.ndarray, t_ms: int) -> pl.DataFrame:
+    """The rows of ``frame`` (``user_id``, ``ts_ms``) before their user's cut (``user_ms``, aligned with
+    ``user_ids``) and before ``t_ms``; rows of users not in ``user_ids``: before ``t_ms``."""
     cuts = pl.DataFrame(
-        {"user_id": pl.Series(split.user_ids, dtype=pl.String), "_cut_ms": split.user_valid_start_ms},
+        {"user_id": pl.Series(user_ids, dtype=pl.String), "_cut_ms": np.minimum(user_ms, t_ms)},
         schema={"user_id": pl.String, "_cut_ms": pl.Int64},
     )
     return (
         frame.join(cuts, on="user_id", how="left", maintain_order="left")
-        .filter(pl.col("ts_ms") < pl.col("_cut_ms").fill_null(split.valid_start_ms))
+        .filter(pl.col("ts_ms") < pl.col("_cut_ms").fill_null(t_ms))
         .drop("_cut_ms")
     )
 

@@ -8,13 +8,20 @@ over the full catalogue as of t, minus what the user watched before t, and the f
 group; groups without a positive teach a ranking nothing and are dropped, and users are subsampled for speed.
 
 The test period is never read. To score it, the same features are computed as of ``test_start`` from everything
-before it (:mod:`rec_core.rank.scoring`), which is how a batch built at "now" would see it.
+before it (:func:`as_of_split` with ``"test"``, then :mod:`rec_core.rank.scoring`), which is how a batch built at
+"now" would see it.
+
+Under the leave-last-out split every user has their own cuts (:meth:`rec_core.data.split.Split.cuts`): a user's
+examples are labelled by their own validation rows ``[valid cut, test cut)`` and their features see their own
+interactions before their validation cut only (their training part), with everyone else's training part up to
+``valid_start``, as the towers were trained; the test is scored from each user's own test cut the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -50,13 +57,19 @@ class RankExamples:
         return np.repeat(np.arange(len(self.groups)), self.groups)
 
 
-def label_matrix(events: RankEvents, t_ms: int, until_ms: int) -> sp.csr_matrix:
-    """users x items, int: the best label of each pair in ``[t_ms, until_ms)`` (1 watched, 2 liked)."""
-    lo, hi = events.interactions_before(t_ms), events.interactions_before(until_ms)
-    grade = 1 + events.liked[lo:hi].astype(np.int64)
+def label_matrix(events: RankEvents, t_ms: int | np.ndarray, until_ms: int | np.ndarray) -> sp.csr_matrix:
+    """users x items, int: the best label of each pair in ``[t_ms, until_ms)`` (1 watched, 2 liked); either bound
+    may be one instant or one per user."""
+    lo, hi = events.interactions_before(int(np.min(t_ms))), events.interactions_before(int(np.max(until_ms)))
+    user = events.user[lo:hi]
+    inside = (events.ts_ms[lo:hi] >= np.broadcast_to(t_ms, events.n_users)[user]) & (
+        events.ts_ms[lo:hi] < np.broadcast_to(until_ms, events.n_users)[user]
+    )
+    user, item = user[inside], events.item[lo:hi][inside]
+    grade = 1 + events.liked[lo:hi][inside].astype(np.int64)
     # Max over repeated watches: sort by grade so the last write of a pair is its best.
     order = np.argsort(grade, kind="stable")
-    dense_key = events.user[lo:hi][order] * events.n_items + events.item[lo:hi][order]
+    dense_key = user[order] * events.n_items + item[order]
     keys, last = np.unique(dense_key[::-1], return_index=True)
     best = grade[order][::-1][last]
     return sp.csr_matrix(
@@ -71,9 +84,15 @@ def build_examples(
     n: int = DEFAULT_CANDIDATES,
     max_users: int = DEFAULT_MAX_USERS,
     seed: int = 0,
+    user_until_ms: np.ndarray | None = None,
 ) -> RankExamples:
-    """Examples of the users active in ``[state.t_ms, until_ms)``, at most ``max_users`` of them (a seeded sample)."""
-    labels = label_matrix(state.events, state.t_ms, until_ms)
+    """Examples of the users active in ``[state.t_ms, until_ms)``, at most ``max_users`` of them (a seeded sample).
+
+    With per-user cuts (a state with ``user_cut_ms``, and ``user_until_ms``: int64 per user), a user's labels are
+    their rows from where their own past ends (``state.user_t_ms``) to their own ``user_until_ms``, before
+    ``until_ms``."""
+    until = until_ms if user_until_ms is None else np.minimum(np.asarray(user_until_ms, dtype=np.int64), until_ms)
+    labels = label_matrix(state.events, state.user_t_ms, until)
     active = np.flatnonzero(np.diff(labels.indptr) > 0)
     if len(active) > max_users:
         active = np.sort(np.random.default_rng(seed).choice(active, size=max_users, replace=False))
@@ -117,6 +136,27 @@ def build_examples(
     return out
 
 
+def as_of_split(
+    towers: Towers,
+    events: RankEvents,
+    split: Split,
+    frames: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+    part: Literal["valid", "test"],
+) -> tuple[TowerView, AsOfState]:
+    """The towers' view and the features' state for ranking ``part`` of ``split`` (:meth:`Split.cuts`): under the
+    temporal protocol, as of its one instant; under leave-last-out, each user as of their own cut.
+
+    ``frames`` are (videos, interactions, follows) as the towers read them; ``events`` holds the same frames.
+    """
+    if not np.array_equal(events.user_ids, split.user_ids) or not np.array_equal(events.item_ids, split.item_ids):
+        raise ValueError("events and split index users or videos differently")
+    cuts = split.cuts(part)
+    # One instant for everyone needs no per-user cut (and the fast path of state_at).
+    user_ms = None if np.all(cuts.user_ms == cuts.t_ms) else cuts.user_ms
+    view = tower_view(towers, split.user_ids, *frames, cuts.t_ms, user_ms)
+    return view, state_at(events, cuts.t_ms, user_ms)
+
+
 def split_examples(
     towers: Towers,
     events: RankEvents,
@@ -126,15 +166,13 @@ def split_examples(
     max_users: int = DEFAULT_MAX_USERS,
     seed: int = 0,
 ) -> RankExamples:
-    """Examples on a temporal split: towers and features as of ``valid_start``, labels from the validation window.
+    """Examples on a split: towers and features as of the validation cut(s), labels from the validation part.
 
-    ``frames`` are (videos, interactions, follows) as the towers read them; ``events`` holds the same frames.
+    Temporal: as of ``valid_start``, labels from ``[valid_start, test_start)``. Leave-last-out: each user as of their
+    own validation cut, labels from their own validation rows. ``frames`` are (videos, interactions, follows) as
+    the towers read them; ``events`` holds the same frames.
     """
-    if getattr(split, "protocol", "temporal") != "temporal":
-        raise ValueError("the ranker's examples need one global cut (the temporal protocol)")
-    if not np.array_equal(events.user_ids, split.user_ids) or not np.array_equal(events.item_ids, split.item_ids):
-        raise ValueError("events and split index users or videos differently")
-    videos, interactions, follows = frames
-    t = split.valid_start_ms
-    view = tower_view(towers, split.user_ids, videos, interactions, follows, t)
-    return build_examples(view, state_at(events, t), split.test_start_ms, n, max_users, seed)
+    view, state = as_of_split(towers, events, split, frames, "valid")
+    until = split.cuts("test").t_ms
+    user_until = None if split.protocol == "temporal" else split.user_test_start_ms
+    return build_examples(view, state, until, n, max_users, seed, user_until)

@@ -16,6 +16,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
+from rec_core.data.split import before_user_cuts
 from rec_core.model.features import Catalogue, FeatureStats, Histories, Vocabs, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, user_vectors, video_vectors
@@ -74,8 +75,13 @@ def tower_view(
     interactions: pl.DataFrame,
     follows: pl.DataFrame,
     t_ms: int,
+    user_cut_ms: np.ndarray | None = None,
 ) -> TowerView:
-    """The towers' view of the world just before ``t_ms`` (frames as :mod:`rec_core.model.features` reads them)."""
+    """The towers' view of the world just before ``t_ms`` (frames as :mod:`rec_core.model.features` reads them);
+    with ``user_cut_ms`` (int64 per user of ``user_ids``), each user's interactions and follows also end at their
+    own cut, for their history and for the catalogue's counts alike (:func:`~rec_core.rank.state.state_at`)."""
+    if user_cut_ms is not None:
+        interactions, follows = (before_user_cuts(f, user_ids, user_cut_ms, t_ms) for f in (interactions, follows))
     catalogue = build_catalogue(videos, interactions, towers.text, towers.vocabs, t_ms)
     histories = build_histories(user_ids, interactions, follows, catalogue, towers.vocabs, t_ms)
     vectors = video_vectors(towers.model, catalogue, towers.stats)

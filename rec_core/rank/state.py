@@ -5,6 +5,13 @@ the time-sorted arrays of :class:`~rec_core.rank.events.RankEvents`) and counts 
 feature reads can come from t or later (``tests/test_ranker.py`` appends events after t and checks that every
 feature stays the same). Windows ("the last 7 days") end at t; recency weights decay from t; smoothing priors are
 means over the same past.
+
+With per-user cuts (``user_cut_ms``: the leave-last-out split, where each user is held out from their own instant,
+:meth:`rec_core.data.split.Split.cuts`) an event is known only if it is before t *and* before its own user's cut,
+for every count: the user's own later events reach neither their features nor anyone's popularity counts. The
+user's features (history, activity windows, days idle, recent taste) are then measured from their own instant
+``min(cut, t)``; what describes the videos (popularity windows, ages, "posted") stays measured from t, as the
+towers' catalogue is under that split: other users' events up to t count, the leakage the split admits.
 """
 
 from __future__ import annotations
@@ -77,17 +84,31 @@ class AsOfState:
     user_recent_weight: np.ndarray  # float64 per user: the sum of those weights over their interactions
     follows: PairCounts  # 1 where the user followed the creator before t
     seen: sp.csr_matrix  # users x items, binary: watched before t (never a candidate)
+    user_t_ms: np.ndarray  # int64 per user: where the user's own past ends (t, or their cut when earlier)
 
 
-def state_at(events: RankEvents, t_ms: int) -> AsOfState:
-    """The state of the world just before ``t_ms``, from ``events`` with ``ts < t_ms`` only."""
+def state_at(events: RankEvents, t_ms: int, user_cut_ms: np.ndarray | None = None) -> AsOfState:
+    """The state of the world just before ``t_ms``, from ``events`` with ``ts < t_ms`` only; with ``user_cut_ms``
+    (int64 per user), also only the events before their own user's cut (see the module docstring)."""
     t_ms = int(t_ms)
-    cut = events.interactions_before(t_ms)
-    user, item, ts = events.user[:cut], events.item[:cut], events.ts_ms[:cut]
-    completion, liked = events.completion[:cut].astype(np.float64), events.liked[:cut].astype(np.float64)
     n_users, n_items, n_creators = events.n_users, events.n_items, events.n_creators
+    cut = events.interactions_before(t_ms)
+    n_follows = events.follows_before(t_ms)
+    if user_cut_ms is None:
+        user_t = np.full(n_users, t_ms, dtype=np.int64)
+        known: slice | np.ndarray = slice(0, cut)
+        known_follows: slice | np.ndarray = slice(0, n_follows)
+    else:
+        user_t = np.minimum(np.asarray(user_cut_ms, dtype=np.int64), t_ms)
+        known = np.flatnonzero(events.ts_ms[:cut] < user_t[events.user[:cut]])
+        known_follows = np.flatnonzero(events.follow_ts_ms[:n_follows] < user_t[events.follow_user[:n_follows]])
+    user, item, ts = events.user[known], events.item[known], events.ts_ms[known]
+    completion, liked = events.completion[known].astype(np.float64), events.liked[known].astype(np.float64)
+    n_known = len(user)
     age_days = (t_ms - ts) / DAY_MS
     in_window = [age_days <= d for d in WINDOWS_DAYS]
+    user_age_days = (user_t[user] - ts) / DAY_MS  # the same ages seen from each user's own instant
+    in_user_window = [user_age_days <= d for d in WINDOWS_DAYS]
 
     def per_item(weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(item, weights=weights, minlength=n_items).astype(np.float64)
@@ -99,8 +120,8 @@ def state_at(events: RankEvents, t_ms: int) -> AsOfState:
     window_views = np.stack([per_item(w.astype(np.float64)) for w in in_window])
     decay = [decay_weights(age_days, h) for h in HALF_LIVES_DAYS]
     decayed = np.stack([per_item(w) for w in decay])
-    mean_completion = float(completion.mean()) if cut else 0.0
-    mean_like = float(liked.mean()) if cut else 0.0
+    mean_completion = float(completion.mean()) if n_known else 0.0
+    mean_like = float(liked.mean()) if n_known else 0.0
 
     def smoothed(total: np.ndarray, prior: float) -> np.ndarray:
         return (total + prior * RATE_PRIOR_VIEWS) / (views + RATE_PRIOR_VIEWS)
@@ -112,28 +133,25 @@ def state_at(events: RankEvents, t_ms: int) -> AsOfState:
 
     n_user = per_user()
     last = np.full(n_users, np.nan)
-    if cut:
+    if n_known:
         # Events are time-sorted, so each user's last index holds their latest instant.
         last_at = np.full(n_users, -1, dtype=np.int64)
-        last_at[user] = np.arange(cut)
+        last_at[user] = np.arange(n_known)
         has = last_at >= 0
         last[has] = ts[last_at[has]]
-    idle = np.where(np.isnan(last), 10_000.0, (t_ms - np.nan_to_num(last)) / DAY_MS)
+    idle = np.where(np.isnan(last), 10_000.0, (user_t - np.nan_to_num(last)) / DAY_MS)
 
-    pairs = sp.csr_matrix((np.ones(cut, dtype=np.float32), (user, item)), shape=(n_users, n_items))
+    pairs = sp.csr_matrix((np.ones(n_known, dtype=np.float32), (user, item)), shape=(n_users, n_items))
     pairs.sum_duplicates()
-    taste = decay_weights(age_days, TASTE_HALF_LIFE_DAYS)
+    taste = decay_weights(user_age_days, TASTE_HALF_LIFE_DAYS)
     recent = sp.csr_matrix((taste.astype(np.float32), (user, item)), shape=(n_users, n_items))
     recent.sum_duplicates()
     item_creator = sp.csr_matrix(
         (np.ones(n_items, dtype=np.float32), (np.arange(n_items), creator)), shape=(n_items, n_creators)
     )
-    n_follows = events.follows_before(t_ms)
+    follow_user = events.follow_user[known_follows]
     follows = sp.csr_matrix(
-        (
-            np.ones(n_follows, dtype=np.float32),
-            (events.follow_user[:n_follows], events.follow_creator[:n_follows]),
-        ),
+        (np.ones(len(follow_user), dtype=np.float32), (follow_user, events.follow_creator[known_follows])),
         shape=(n_users, n_creators),
     )
     follows.sum_duplicates()
@@ -156,7 +174,7 @@ def state_at(events: RankEvents, t_ms: int) -> AsOfState:
         tag_share_30d=tag_30d / max(window_views[WINDOWS_DAYS.index(30)].sum(), 1.0),
         tag_share_all=tag_all / max(views.sum(), 1.0),
         user_events=n_user,
-        user_window_events=np.stack([per_user(w.astype(np.float64)) for w in in_window]),
+        user_window_events=np.stack([per_user(w.astype(np.float64)) for w in in_user_window]),
         user_days_idle=idle,
         user_completion=per_user(completion) / np.maximum(n_user, 1.0),
         user_like_rate=per_user(liked) / np.maximum(n_user, 1.0),
@@ -166,6 +184,7 @@ def state_at(events: RankEvents, t_ms: int) -> AsOfState:
         user_recent_weight=per_user(taste),
         follows=PairCounts.from_csr(follows),
         seen=seen.tocsr(),
+        user_t_ms=user_t,
     )
 
 
