@@ -10,7 +10,7 @@ anywhere leaves the previous snapshot live.
 from __future__ import annotations
 
 from airflow.sdk import Param, dag
-from rec_dags.defaults import DEFAULT_ARGS, START, shard_params
+from rec_dags.defaults import DEFAULT_ARGS, START, ranker_param, shard_params
 from rec_dags.stage_tasks import wire
 
 from rec_core.stages import PIPELINE
@@ -33,6 +33,7 @@ from rec_core.stages import PIPELINE
             description="Train a new model (it still has to pass the gate); false reuses the current model.",
         ),
         "epochs": Param(6, type="integer", minimum=1, maximum=200, description="Most training epochs."),
+        "ranker": ranker_param(),
         **shard_params(),
     },
 )

@@ -13,23 +13,26 @@ from pathlib import Path
 
 from jobs.cli import settings_for
 from rec_core.eval.evaluation import markdown_table
+from rec_core.model.ranking import RANKED, has_ranker
 from rec_core.model.store import ModelStore, ModelStoreError
 
 
 def list_versions(store: ModelStore) -> str:
     current = store.current()
     lines = [
-        "| version | current | dataset | best epoch | two-tower recall@50 | MostPop recall@50 |",
-        "| --- |" * 1 + " --- |" * 5,
+        "| version | current | dataset | best epoch | has_ranker | two-tower recall@50 | + ranker recall@50 "
+        "| MostPop recall@50 |",
+        "| --- |" * 1 + " --- |" * 7,
     ]
     for version in store.versions():
         config = store.read_json(version, "config.json")
         models = store.read_json(version, "metrics.json").get("models", {})
         ours = models.get("two_tower", {}).get("recall@50")
+        ranked = models.get(RANKED, {}).get("recall@50")
         pop = models.get("most_pop", {}).get("recall@50")
         lines.append(
             f"| {version} | {'*' if version == current else ''} | {config.get('dataset')} | {config.get('best_epoch')} "
-            f"| {_fmt(ours)} | {_fmt(pop)} |"
+            f"| {'yes' if has_ranker(store.root / version) else 'no'} | {_fmt(ours)} | {_fmt(ranked)} | {_fmt(pop)} |"
         )
     return "\n".join(lines)
 
@@ -45,19 +48,61 @@ def show(store: ModelStore, version: str | None) -> str:
         [
             f"# {version}{' (current)' if version == store.current() else ''}",
             f"folder: {folder}",
-            "config: " + json.dumps({k: v for k, v in config.items() if k != "tower"}, indent=2),
+            "config: " + json.dumps({k: v for k, v in config.items() if k not in ("tower", "ranker")}, indent=2),
             "tower: " + json.dumps(config.get("tower"), indent=2),
+            "",
+            *ranker_lines(config.get("ranker"), has_ranker(folder)),
             "",
             markdown_table(metrics.get("models", {})),
             "",
+            *gate_lines(metrics),
             f"curves: {folder / 'curves.png'}",
             f"report: {folder / 'report' / 'report.md'}",
         ]
     )
 
 
+def ranker_lines(meta: dict | None, present: bool) -> list[str]:
+    """The version's ranker: what it was trained on and its cross-validation on the validation window."""
+    if not present:
+        return ["ranker: none (serves retrieval alone: trained with REC_RANKER=off, or before the ranking stage)"]
+    if not meta:
+        return ["ranker: yes (files present, no training record in config.json)"]
+    examples, k = meta.get("examples", {}), meta.get("eval_at", 20)
+    lines = [
+        f"ranker: {meta['objective']}, reorders the towers' top {meta['n_candidates']}, {meta.get('rounds')} rounds, "
+        f"trained in {meta.get('train_seconds')}s on {examples.get('users')} validation users "
+        f"({examples.get('rows')} rows, {_pct(examples.get('positive_share'))} positive, candidate recall "
+        f"{_fmt(examples.get('candidate_recall'))})",
+        "",
+        f"| objective (validation window, out of fold) | ndcg@{k} | recall@{k} | towers' order ndcg@{k} |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for objective, cv in meta.get("cv", {}).items():
+        chosen = " (chosen)" if objective == meta["objective"] else ""
+        cells = [f"{objective}{chosen}", *(_fmt(cv.get(key)) for key in ("ndcg", "recall", "tower_ndcg"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def gate_lines(metrics: dict) -> list[str]:
+    gate = metrics.get("gate")
+    if not gate:
+        return ["gate: not gated yet", ""]
+    compared = ", ".join(f"{role} = {key}" for role, key in gate["compared"].items() if key)
+    verdict = "passed" if gate["passed"] else "refused"
+    return [
+        f"gate: {verdict} on {gate['stack']} (as of {gate['as_of']}; {compared}): " + "; ".join(gate["reasons"]),
+        "",
+    ]
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every version, the current one starred")
-    show_p = sub.add_parser("show", help="config, metrics and files of a version")
+    show_p = sub.add_parser("show", help="config, ranker, metrics, gate and files of a version")
     show_p.add_argument("version", nargs="?")
     promote_p = sub.add_parser("promote", help="make VERSION current (bypasses the gate)")
     promote_p.add_argument("version")

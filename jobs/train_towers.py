@@ -2,9 +2,11 @@
 
 Steps, each logged: load the live lake and its temporal split; embed captions
 (cached: a rerun encodes only new or changed videos); train the towers with
-early stopping on validation recall; evaluate the model, the baselines and the
-current model on the same test split; save a new model version with its
-metrics and curves; promote it if it passes the quality gate.
+early stopping on validation recall; with the ranker on (``--ranker``, default
+``REC_RANKER``), train the ranker on the validation window; save a new model
+version with its metrics, curves and ranker; evaluate it, the baselines and the
+current model on the same test split; promote it if the stack it serves passes
+the quality gate.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.time_windows,
         help="batches per time window (each batch from one window, videos as of its start); 0: random batches",
     )
+    parser.add_argument(
+        "--ranker", choices=["on", "off"], help="train and gate the ranking stage with the towers (default: REC_RANKER)"
+    )
     parser.add_argument("--no-promote", action="store_true", help="save the version but never make it current")
     parser.add_argument("--seed", type=int, help="default: REC_SEED")
     parser.add_argument("--json", type=Path, help="also write the summary here")
@@ -45,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_for(args)
+    if args.ranker is not None:
+        settings = settings.override(ranker=args.ranker)
     config = TrainConfig(
         embedding_dim=args.embedding_dim or settings.model.embedding_dim,
         epochs=args.epochs,

@@ -10,6 +10,9 @@ A stage function takes the settings and, as keywords, the values the stage
 ``needs``: run parameters (``retrain``, ``video_shards``, ...), values an earlier
 stage ``provides`` (``snapshot_id``), and ``shard`` for a stage run once per
 shard. It returns a JSON-friendly dict (Airflow keeps it as the task's XCom).
+
+A few run parameters stand for a setting during one run (``RUN_SETTINGS``: a DAG's ``ranker`` param is
+``REC_RANKER`` for every stage of that run), so each stage of the run sees the same settings.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rec_core.settings import PathSettings, Settings
+
+# Run parameters that override the setting of the same flat name for every stage of a run; FROM_SETTINGS (the
+# trigger forms' default) or None keeps what the settings say.
+RUN_SETTINGS: tuple[str, ...] = ("ranker",)
+FROM_SETTINGS = "default"
 
 # What a stage's success changes, for whoever waits on it (Airflow's assets).
 Announcement = Literal["lake", "model", "embeddings", "snapshot"]
@@ -51,7 +59,13 @@ class Stage:
         kwargs = {name: values[name] for name in self.needs}
         if self.shards is not None:
             kwargs["shard"] = shard
-        return self.function()(settings, **kwargs)
+        return self.function()(run_settings(settings, values), **kwargs)
+
+
+def run_settings(settings: Settings, values: Mapping[str, Any]) -> Settings:
+    """``settings`` with the run's ``RUN_SETTINGS`` parameters in force."""
+    overrides = {name: values[name] for name in RUN_SETTINGS if values.get(name) not in (None, FROM_SETTINGS)}
+    return settings.override(**overrides) if overrides else settings
 
 
 BUILD_FEATURES = Stage("build_features", "rec_core.model.release:build_features", after=("ingest_inbox",))
@@ -60,6 +74,7 @@ BUILD_FEATURES = Stage("build_features", "rec_core.model.release:build_features"
 PIPELINE: tuple[Stage, ...] = (
     Stage("ingest_inbox", "rec_core.data.inbox_merge:ingest_inbox", announces="lake"),
     BUILD_FEATURES,
+    # The towers, their ranker (REC_RANKER=on), evaluation and gate in one call (MODEL_RELEASE below, step by step).
     # A new model version is announced only when the gate promoted it, not when the current one is reused.
     Stage(
         "train_or_reuse",
@@ -116,7 +131,9 @@ RESUME_SNAPSHOT = Stage(
 )
 
 # The model stage step by step, for a run that releases a model and stops there (the train_towers DAG);
-# train_or_reuse above runs the same steps in one call (rec_core.model.release).
+# train_or_reuse above runs the same steps in one call (rec_core.model.release). The towers wait as a pending
+# version until train_ranker writes it whole (with its ranker when REC_RANKER is on): nothing can evaluate or
+# promote a version without its ranker.
 MODEL_RELEASE: tuple[Stage, ...] = (
     BUILD_FEATURES,
     Stage(
@@ -126,7 +143,8 @@ MODEL_RELEASE: tuple[Stage, ...] = (
         provides=("version",),
         after=("build_features",),
     ),
-    Stage("evaluate", "rec_core.model.release:evaluate_version", needs=("version",)),
+    Stage("train_ranker", "rec_core.model.release:train_candidate_ranker", needs=("version",)),
+    Stage("evaluate", "rec_core.model.release:evaluate_version", needs=("version",), after=("train_ranker",)),
     Stage(
         "quality_gate",
         "rec_core.model.release:gate_version",

@@ -61,7 +61,11 @@ print(json.dumps({{"errors": errors, "dags": sorted(bag.dags), "heavy": heavy, "
         # Every param the UI's trigger form shows is documented and has a default.
         for name, (doc, has_default) in params.items():
             assert doc and has_default, (dag_id, name)
-    assert result["meta"]["recsys_pipeline"][3].keys() >= {"retrain", "epochs", "video_shards", "user_shards"}
+    assert result["meta"]["recsys_pipeline"][3].keys() >= {"retrain", "epochs", "ranker", "video_shards", "user_shards"}
+    assert result["meta"]["train_towers"][3].keys() >= {"epochs", "embedding_dim", "promote", "ranker"}
+    # The ranker is trained after the towers and before anything evaluates or gates the version.
+    assert result["tasks"]["train_towers"]["train_ranker"] == ["train"]
+    assert "train_ranker" in result["tasks"]["train_towers"]["evaluate"]
     _check_dags_follow_the_declared_stages(result["tasks"])
 
 
@@ -123,6 +127,23 @@ def test_stage_order_is_checked_where_it_is_declared() -> None:
     # Stages a slice waits for outside the slice ran before it (the trigger's announcement).
     check_order(between("trending", "rebuild_warehouse"), ("snapshot_id",))
     check_order((Stage("a", "m:f"), Stage("b", "m:g", after=("a", "elsewhere"))))
+
+
+def _ranker_setting(settings: Any) -> dict[str, str]:
+    """A stage function for the test below: what the stage saw of REC_RANKER."""
+    return {"ranker": settings.model.ranker}
+
+
+def test_a_ranker_param_stands_for_rec_ranker_in_every_stage_of_the_run(settings: Any) -> None:
+    from rec_core.stages import FROM_SETTINGS, Stage, run_stages
+
+    probe = Stage("probe", "tests.test_dags:_ranker_setting", provides=("ranker",))
+    assert settings.model.ranker == "on"
+    assert run_stages(settings, (probe,), {"ranker": "off"})["ranker"] == "off"
+    assert run_stages(settings.override(ranker="off"), (probe,), {"ranker": "on"})["ranker"] == "on"
+    for kept in (FROM_SETTINGS, None):
+        assert run_stages(settings.override(ranker="off"), (probe,), {"ranker": kept})["ranker"] == "off"
+    assert run_stages(settings, (probe,), {})["ranker"] == "on"
 
 
 def test_rec_core_stages_imports_only_the_standard_library() -> None:
@@ -313,25 +334,34 @@ def _returned(dag_id: str, run_id: str, task_id: str) -> Any:
         return XComModel.deserialize_value(row)
 
 
-def _gate_must_promote(models: dict[str, dict[str, float]]) -> bool:
+def _gate_must_promote(
+    models: dict[str, dict[str, float]], stack: str = "two_tower", most_pop: str = "most_pop"
+) -> bool:
     """The quality gate's documented rule (README "The model"), written out independently of rec_core.model.store:
-    test recall@50 at least 1.1x MostPop's, and not more than 5% below the current model re-evaluated on the
-    same split (when there is one)."""
-    ours = models["two_tower"]["recall@50"]
+    the served stack's test recall@50 at least 1.1x MostPop's (of the same instant), and not more than 5% below the
+    current model re-evaluated on the same split (when there is one)."""
+    ours = models[stack]["recall@50"]
     current = models.get("current_model")
-    return ours >= 1.1 * models["most_pop"]["recall@50"] and (current is None or ours >= 0.95 * current["recall@50"])
+    return ours >= 1.1 * models[most_pop]["recall@50"] and (current is None or ours >= 0.95 * current["recall@50"])
 
 
 @pytest.mark.slow
-def test_train_towers_dag_trains_evaluates_and_gates(airflow_db: Path, data_env: Path) -> None:
-    """Two runs whose gate outcome is known in advance: the first (no current model, 3 epochs) must be promoted,
-    the second (1 epoch, 4-d towers) must be refused and leave the first current. The promotion, and only the
-    promotion, is announced on the model asset, which queues refresh_embeddings: a refused model is no new model
-    to re-embed with."""
+def test_train_towers_dag_trains_evaluates_and_gates(
+    airflow_db: Path, data_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs whose gate outcome is known in advance: the first (no current model, 3 epochs, its ranker: the
+    default) must be promoted, the second (1 epoch, 4-d towers, param ranker=off) must be refused and leave the
+    first current. The promotion, and only the promotion, is announced on the model asset, which queues
+    refresh_embeddings: a refused model is no new model to re-embed with."""
+    from rec_core.model import ranking
     from rec_core.model.store import ModelStore
+    from rec_core.rank.ranker import Ranker, RankerConfig
     from rec_core.settings import Settings
     from rec_core.synthetic.commit import generate_data
 
+    # dag.test() runs the tasks in this process: a small ranker config keeps the test quick, the steps the same.
+    fast = RankerConfig(max_rounds=60, early_stopping=15, min_data_in_leaf=20, folds=3, cv_groups=0)
+    monkeypatch.setattr(ranking, "RELEASE_RANKER", fast)
     generate_data(Settings.load(), "tiny", seed=5)
     dag = _bag().get_dag("train_towers")
     from rec_dags.defaults import MODEL_URI  # importable once the bag has put the DAG folder on sys.path
@@ -342,28 +372,39 @@ def test_train_towers_dag_trains_evaluates_and_gates(airflow_db: Path, data_env:
         run_id, state = run.run_id, run.state
         assert state == "success"
         (first,) = store.versions()
+        assert not list(store.root.glob(".pending-*")), "the ranker step wrote the version whole"
+        # The version carries its ranker, trained by its own task after the towers.
+        assert _returned("train_towers", run_id, "train_ranker") == {"version": first, "has_ranker": True}
+        assert Ranker.load_if_present(store.root / first) is not None
+        assert store.read_json(first, "config.json")["ranker"]["has_ranker"] is True
         metrics = store.read_json(first, "metrics.json")
         models = metrics["models"]
-        assert {"two_tower", "most_pop", "item_knn", "ease"} <= set(models)
+        assert {"two_tower", "most_pop", "item_knn", "ease", ranking.RETRIEVAL, ranking.RANKED} <= set(models)
         assert "current_model" not in models and "current_model_version" not in metrics  # nothing to compare with
         assert store.read_json(first, "config.json")["tower"]["embedding_dim"] == 32
-        # Known in advance: 3 epochs clear MostPop by far on this world (measured 0.187 vs 0.062 recall@50).
-        assert _gate_must_promote(models), models
+        # Known in advance: 3 epochs clear MostPop by far on this world (measured 0.187 vs 0.062 recall@50), and
+        # the ranked stack more so against MostPop of its own instant.
+        assert _gate_must_promote(models, ranking.RANKED, ranking.MOST_POP_AT_TEST), models
         assert store.current() == first
         decision = _returned("train_towers", run_id, "quality_gate")
         assert decision["passed"] and decision["promoted"] and decision["current"] == first, decision
+        assert decision["stack"] == ranking.RANKED and metrics["gate"]["stack"] == ranking.RANKED
         # The promotion's announcement: one model-asset event, and refresh_embeddings is queued by it.
         assert _task_state("train_towers", run_id, "announce_model") == "success"
         assert _asset_events(MODEL_URI, run_id) == [("train_towers", "announce_model")]
         assert _queued_for("refresh_embeddings") == [MODEL_URI]
 
-        # A deliberately crippled candidate on the same lake: 1 epoch, 4-d towers (measured 0.070 recall@50).
-        run = dag.test(run_conf={"epochs": 1, "embedding_dim": 4, "promote": True})
+        # A deliberately crippled candidate on the same lake: 1 epoch, 4-d towers (measured 0.070 recall@50), and
+        # the run's ranker param off: no ranker, and the towers as trained are what is gated.
+        run = dag.test(run_conf={"epochs": 1, "embedding_dim": 4, "promote": True, "ranker": "off"})
         run_id, state = run.run_id, run.state
         assert state == "success"  # a refusal is the gate's answer, not a failed run
         (second,) = set(store.versions()) - {first}
+        assert _returned("train_towers", run_id, "train_ranker") == {"version": second, "has_ranker": False}
+        assert Ranker.load_if_present(store.root / second) is None
         metrics = store.read_json(second, "metrics.json")
         models = metrics["models"]
+        assert ranking.RANKED not in models and metrics["gate"]["stack"] == ranking.RETRIEVAL
         # The current model was re-evaluated on the same split, and scores there what it scored when trained.
         assert metrics["current_model_version"] == first
         first_recall = store.read_json(first, "metrics.json")["models"]["two_tower"]["recall@50"]

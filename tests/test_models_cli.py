@@ -2,7 +2,8 @@
 
 Both versions are real trainings (1 epoch, small towers) with the same seed on the tiny lake of the session's
 ``api_world``, copied without its models: so they are also the determinism check, and the copy brings the
-caption cache, so nothing is encoded again.
+caption cache, so nothing is encoded again. The older one carries its ranker, the newer one was trained with
+REC_RANKER=off: their towers' files must be the same byte for byte, the ranker's files the only difference.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rec_core.eval.evaluation import load_lake_data
 from rec_core.model.release import train_version
 from rec_core.model.store import ModelStore
 from rec_core.model.training import TrainConfig
+from rec_core.rank.ranker import META_FILE, MODEL_FILE, RankerConfig
 from rec_core.settings import Settings
 from tests.conftest import ROOT
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 # Small and short on purpose: what is checked here is bookkeeping and reproducibility, not quality.
 CONFIG = TrainConfig(epochs=1, embedding_dim=16, batch_size=256, seed=13)
+RANKER = RankerConfig(max_rounds=40, early_stopping=10, min_data_in_leaf=20, folds=3, cv_groups=0, seed=13)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,8 +56,8 @@ def versions(api_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Versi
         shutil.copytree(pristine / part, data / part)
     settings = Settings.load({}).override(data_dir=data)
     lake = load_lake_data(settings.paths, settings.batch)
-    older = train_version(settings, CONFIG, lake)
-    newer = train_version(settings, CONFIG, lake)
+    older = train_version(settings, CONFIG, lake, ranker_config=RANKER)  # with its ranker (REC_RANKER's default)
+    newer = train_version(settings.override(ranker="off"), CONFIG, lake)  # retrieval alone
     assert older != newer
     return Versions(settings, older, newer)
 
@@ -71,6 +74,12 @@ def _listed(out: str) -> dict[str, bool]:
     """version -> starred as current, from the ``list`` table."""
     rows = [_cells(line) for line in out.splitlines() if line.startswith("| m")]
     return {cells[0]: cells[1] == "*" for cells in rows}
+
+
+def _column(out: str, name: str) -> dict[str, str]:
+    """version -> its cell in the column ``name`` of the ``list`` table."""
+    rows = [_cells(line) for line in out.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells[rows[0].index(name)] for cells in rows if cells[0].startswith("m")}
 
 
 def _cells(line: str) -> list[str]:
@@ -106,6 +115,15 @@ def test_same_seed_same_data_trains_identical_weights_and_metrics(versions: Vers
     recall = store.read_json(versions.older, "metrics.json")["models"]["two_tower"]["recall@50"]
     assert 0 < recall < 1, recall  # a real evaluation, not an empty one that would compare equal trivially
 
+    # The ranker is an addition to the version, not a change to its towers.
+    old_files = {p.name for p in (store.root / versions.older).iterdir()}
+    new_files = {p.name for p in (store.root / versions.newer).iterdir()}
+    assert old_files - new_files == {MODEL_FILE, META_FILE} and new_files <= old_files
+    assert config_old["ranker"]["has_ranker"] is True and "ranker" not in config_new
+    assert {k: v for k, v in config_old.items() if k not in ("ranker", "version", "train_seconds")} == {
+        k: v for k, v in config_new.items() if k not in ("version", "train_seconds")
+    }
+
 
 def test_models_cli_lists_shows_and_promotes_the_older_version(
     versions: Versions, capsys: pytest.CaptureFixture[str]
@@ -115,6 +133,7 @@ def test_models_cli_lists_shows_and_promotes_the_older_version(
 
     code, out, _ = _cli(versions, capsys, "list")
     assert code == 0 and _listed(out) == {older: False, newer: False}, out
+    assert _column(out, "has_ranker") == {older: "yes", newer: "no"}, out
     code, _, err = _cli(versions, capsys, "show")  # no current model and no version named
     assert code == 2 and "no current model" in err
 
@@ -148,8 +167,15 @@ def test_models_cli_lists_shows_and_promotes_the_older_version(
     table = {cells[0]: cells[1:] for cells in (_cells(line) for line in out.splitlines() if line.startswith("| "))}
     assert table["two_tower"][table["model"].index("recall@50")] == f"{recall:.4f}", table
     assert json.loads(out.split("tower: ", 1)[1].split("\n\n", 1)[0])["embedding_dim"] == CONFIG.embedding_dim
+    # The ranker part: what it is and its cross-validation on the validation window; none for the newer one.
+    record = store.read_json(older, "config.json")["ranker"]
+    assert f"ranker: {record['objective']}, reorders the towers' top {record['n_candidates']}, " in out
+    ndcg = record["cv"][record["objective"]]["ndcg"]
+    assert table[f"{record['objective']} (chosen)"][0] == f"{ndcg:.4f}", table
+    assert "gate: not gated yet" in out  # trained here by train_version alone
     code, out, _ = _cli(versions, capsys, "show", newer)
     assert code == 0 and out.splitlines()[0] == f"# {newer}"
+    assert "ranker: none (serves retrieval alone" in out
 
     # An unknown version is refused and the pointer stays.
     code, _, err = _cli(versions, capsys, "promote", "m20000101T000000Z-deadbeef")

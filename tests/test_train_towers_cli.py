@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobs.train_towers import build_parser
 from rec_core.model.training import TrainConfig
 
@@ -15,3 +17,11 @@ def test_without_flags_the_command_uses_the_training_defaults() -> None:
         defaults.aux_weight,
     )
     assert isinstance(args.epochs, int)
+
+
+def test_ranker_flag_overrides_rec_ranker_only_when_given() -> None:
+    parser = build_parser()
+    assert parser.parse_args([]).ranker is None  # REC_RANKER decides
+    assert parser.parse_args(["--ranker", "off"]).ranker == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ranker", "maybe"])

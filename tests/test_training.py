@@ -37,7 +37,9 @@ TINY = TrainConfig(epochs=8, batch_size=256, patience=3, seed=3)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LakeData]:
-    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("world") / "data")
+    """The tiny world, released with REC_RANKER=off: these tests are about the towers and the gate's rules on them
+    (tests/test_ranker_release.py releases the same world with its ranker)."""
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("world") / "data", ranker="off")
     generate_data(settings, "tiny", seed=11)
     return settings, load_lake_data(settings.paths, settings.batch)
 

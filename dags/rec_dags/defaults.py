@@ -52,6 +52,22 @@ def shard_params() -> dict[str, Any]:
     }
 
 
+def ranker_param() -> Any:
+    """The ``ranker`` param of every DAG that trains a model: the ranking stage for this run only (it stands for
+    ``REC_RANKER`` in every task of the run, ``rec_core.stages.RUN_SETTINGS``)."""
+    from airflow.sdk import Param
+
+    from rec_core.stages import FROM_SETTINGS
+
+    return Param(
+        FROM_SETTINGS,
+        type="string",
+        enum=[FROM_SETTINGS, "on", "off"],
+        description="The ranking stage after retrieval: on (trained with the model, gated and served with it), "
+        f"off (retrieval alone: the ablation), or {FROM_SETTINGS} (as REC_RANKER says; on unless set).",
+    )
+
+
 def summarize_lake(_upstream: object = None) -> None:
     """Task body shared by the data DAGs: rebuild the warehouse and log the lake summary."""
     from rec_core.data.summary import format_results, summarize

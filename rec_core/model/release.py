@@ -1,17 +1,20 @@
-"""How a model version becomes current: caption features, training, evaluation against the baselines on
-held-out time, and the quality gate.
+"""How a model version becomes current: caption features, training (the towers, then with ``REC_RANKER=on`` their
+ranker), evaluation against the baselines on held-out time, and the quality gate on the stack the version serves.
 
 Each step is a function of the settings (the ``train_towers`` DAG runs them as separate tasks,
 ``python -m jobs.train_towers`` and the pipeline's ``train_or_reuse`` stage in one call). A version the
-gate refuses stays on disk for inspection and the current model stays current.
+gate refuses stays on disk for inspection and the current model stays current. A version is written whole, its
+ranker included (:mod:`rec_core.model.ranking`), so none is ever listed, evaluated or promoted without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from rec_core.data.lake import lake_for
 from rec_core.eval.evaluation import (
@@ -25,9 +28,21 @@ from rec_core.eval.evaluation import (
     write_report,
 )
 from rec_core.eval.plots import training_curves_png
-from rec_core.model.store import ModelStore, ModelStoreError, gate
+from rec_core.model.ranking import (
+    AS_TRAINED,
+    AsOfTestStart,
+    VersionRanker,
+    has_ranker,
+    release_config,
+    served_stack,
+    train_version_ranker,
+    version_stack_metrics,
+)
+from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, gate
 from rec_core.model.text_features import embed_videos_text
-from rec_core.model.training import TrainConfig, prepare, train
+from rec_core.model.training import TrainConfig, TrainingData, TrainResult, prepare, train
+from rec_core.rank.ranker import Ranker, RankerConfig
+from rec_core.rank.retrieval import Towers
 from rec_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,10 +55,91 @@ def build_features(settings: Settings) -> dict:
     return {"videos": videos.num_rows, **dataclasses.asdict(stats)}
 
 
-def train_version(settings: Settings, config: TrainConfig | None = None, data: LakeData | None = None) -> str:
-    """Train on the live lake's split and save a new model version (not yet evaluated or promoted)."""
-    config = config or TrainConfig(embedding_dim=settings.model.embedding_dim, seed=settings.seed)
+@dataclass(slots=True)
+class TrainedTowers:
+    """The towers of a new version, in memory, with everything its folder holds about them."""
+
+    version: str
+    result: TrainResult
+    prepared: TrainingData
+    run_config: dict
+    metrics: dict
+    files: dict[str, bytes]
+
+    @property
+    def towers(self) -> Towers:
+        return Towers.from_training(self.result.model, self.prepared)
+
+
+def train_version(
+    settings: Settings,
+    config: TrainConfig | None = None,
+    data: LakeData | None = None,
+    *,
+    ranker_config: RankerConfig | None = None,
+) -> str:
+    """Train on the live lake's split and save a new model version (not yet evaluated or promoted): the towers,
+    then, with the ranker on, their ranker, written as one folder."""
     data = data or load_lake_data(settings.paths, settings.batch)
+    trained = _train_towers(settings, config, data)
+    ranker = _train_ranker(settings, data, trained.towers, ranker_config)
+    _save(ModelStore(settings.paths.models_dir), trained, ranker)
+    return trained.version
+
+
+def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> dict:
+    """The train step of a model release: the towers of a new version with these epochs and tower size, saved as
+    pending until :func:`train_candidate_ranker` completes it; ``{"version": ...}``."""
+    config = TrainConfig(epochs=epochs, embedding_dim=embedding_dim, seed=settings.seed)
+    data = load_lake_data(settings.paths, settings.batch)
+    trained = _train_towers(settings, config, data)
+    store = ModelStore(settings.paths.models_dir)
+    for stale in store.prune_pending():
+        log.warning("removed pending version %s: its ranker step never finished", stale)
+    _save(store, trained, None, pending=True)
+    return {"version": trained.version}
+
+
+def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: RankerConfig | None = None) -> dict:
+    """The ranker step of a model release: train the pending version's ranker (with the ranker on; nothing with
+    it off) and write the version in place, whole. Rerun after it finished, it changes nothing."""
+    store = ModelStore(settings.paths.models_dir)
+    if version in store.versions():
+        log.info("model version %s is complete already", version)
+    else:
+        files, meta = {}, None
+        if settings.model.ranker_on:
+            loaded = store.load(version, pending=True)
+            data = load_lake_data(settings.paths, settings.batch)
+            _check_ranker_split(loaded, data)
+            config = ranker_config or release_config(settings.seed)
+            ranker = train_version_ranker(data, _towers(loaded, data, settings), config)
+            files, meta = ranker.files(), {"ranker": ranker.meta}
+        store.complete(version, files, meta)
+    return {"version": version, "has_ranker": has_ranker(store.root / version)}
+
+
+def _check_ranker_split(loaded: LoadedModel, data: LakeData) -> None:
+    """The ranker's examples are honest only if its validation window starts where the towers' training ended or
+    later; a lake that moved on between the two steps (an ingest) usually moved the cut later, which is fine."""
+    trained_on = loaded.config.get("lake_version")
+    if data.lake_version == trained_on:
+        return
+    towers_cut = dt.datetime.fromisoformat(loaded.config["split"]["valid_start"])
+    if data.split.valid_start < towers_cut:
+        raise ModelStoreError(
+            f"lake moved from {trained_on} to {data.lake_version} since the towers of {loaded.version} were trained, "
+            f"and its validation window now starts before their training cut ({towers_cut}): train again"
+        )
+    log.warning(
+        "lake moved from %s to %s since the towers were trained: the ranker learns on its split",
+        trained_on,
+        data.lake_version,
+    )
+
+
+def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData) -> TrainedTowers:
+    config = config or TrainConfig(embedding_dim=settings.model.embedding_dim, seed=settings.seed)
     log.info("lake %s (%s): %s", data.lake_version, data.dataset, data.split.summary())
     prepared = prepare(
         data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
@@ -59,45 +155,74 @@ def train_version(settings: Settings, config: TrainConfig | None = None, data: L
         "best_valid": result.best_valid,
         "train_seconds": round(result.seconds, 1),
     }
-    store = ModelStore(settings.paths.models_dir)
-    version = store.new_version_name(run_config)
+    version = ModelStore(settings.paths.models_dir).new_version_name(run_config)
     metrics = comparison(data.dataset, data.split, {"two_tower": two_tower_metrics(result.model, prepared)})
+    files = {
+        "curves.png": training_curves_png(result.curves, f"{version} ({data.dataset})"),
+        "curves.json": json.dumps(result.curves, indent=2).encode(),
+    }
+    log.info("trained the towers of %s (best epoch %d, %.0fs)", version, result.best_epoch, result.seconds)
+    return TrainedTowers(version, result, prepared, run_config, metrics, files)
+
+
+def _train_ranker(
+    settings: Settings, data: LakeData, towers: Towers, config: RankerConfig | None
+) -> VersionRanker | None:
+    if not settings.model.ranker_on:
+        return None
+    return train_version_ranker(data, towers, config or release_config(settings.seed))
+
+
+def _save(store: ModelStore, trained: TrainedTowers, ranker: VersionRanker | None, *, pending: bool = False) -> None:
+    run_config, files = trained.run_config, trained.files
+    if ranker is not None:
+        run_config = {**run_config, "ranker": ranker.meta}
+        files = {**files, **ranker.files()}
+    result = trained.result
     store.save(
-        version,
+        trained.version,
         result.model,
-        prepared.vocabs,
-        prepared.stats,
+        trained.prepared.vocabs,
+        trained.prepared.stats,
         run_config,
-        metrics,
-        extra_files={
-            "curves.png": training_curves_png(result.curves, f"{version} ({data.dataset})"),
-            "curves.json": json.dumps(result.curves, indent=2).encode(),
-        },
+        trained.metrics,
+        extra_files=files,
+        pending=pending,
     )
-    log.info("saved model version %s (best epoch %d, %.0fs)", version, result.best_epoch, result.seconds)
-    return version
+    what = "towers of pending" if pending else "model"
+    log.info("saved %s version %s%s", what, trained.version, " with its ranker" if ranker is not None else "")
 
 
-def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> dict:
-    """The train step of a model release: a new version with these epochs and tower size; ``{"version": ...}``."""
-    config = TrainConfig(epochs=epochs, embedding_dim=embedding_dim, seed=settings.seed)
-    return {"version": train_version(settings, config)}
+def _towers(loaded: LoadedModel, data: LakeData, settings: Settings) -> Towers:
+    return Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
 
 
 def evaluate_version(settings: Settings, version: str, data: LakeData | None = None) -> dict:
-    """Add the baselines and the current model, on the same test split, to the version's metrics and report."""
+    """Add the baselines and the current model, on the same test split, to the version's metrics and report.
+
+    With the ranker on, also the stack as the batch serves it: retrieval alone and with the version's ranker, as of
+    ``test_start``, beside MostPop of that instant, and the current model's own stack measured the same way.
+    """
     store = ModelStore(settings.paths.models_dir)
     data = data or load_lake_data(settings.paths, settings.batch)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
     models.update(baseline_metrics(data.split))
+    stack = served_stack(settings.model, has_ranker(store.root / version))
+    instant = None
+    if stack.as_of == "test_start":
+        instant = AsOfTestStart.of(data)
+        loaded = store.load(version)
+        ranker = Ranker.load_if_present(store.root / version)
+        models.update(version_stack_metrics(instant, _towers(loaded, data, settings), ranker))
+        metrics["served_stack"] = stack.to_dict()
     current = store.current()
     if current is not None and current != version:
         try:
-            loaded = store.load(current)
-            prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
-            models["current_model"] = two_tower_metrics(loaded.model, prepared)
+            models["current_model"], current_stack = _current_model_metrics(settings, store, current, data, instant)
             metrics["current_model_version"] = current
+            if instant is not None:
+                metrics["current_model_stack"] = current_stack
         except (ModelStoreError, KeyError, RuntimeError, ValueError) as exc:
             # A current model that cannot be evaluated on this data is no bar to clear; say so loudly.
             log.warning("current model %s could not be evaluated on this split: %s", current, exc)
@@ -107,21 +232,64 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     return metrics
 
 
+def _current_model_metrics(
+    settings: Settings, store: ModelStore, current: str, data: LakeData, instant: AsOfTestStart | None
+) -> tuple[dict[str, float], str]:
+    """The current model on this split, measured as the candidate's stack is: as trained (``instant`` None), or
+    as of test_start with its own ranker when it has one."""
+    loaded = store.load(current)
+    prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
+    if instant is None:
+        return two_tower_metrics(loaded.model, prepared), AS_TRAINED.name
+    ranker = Ranker.load_if_present(store.root / current)
+    towers = Towers.from_training(loaded.model, prepared)
+    return instant.stack_metrics(towers, ranker), served_stack(settings.model, ranker is not None).name
+
+
 def gate_version(settings: Settings, version: str, *, promote: bool = True) -> dict:
-    """Apply the quality gate to an evaluated version; promote it if it passes and ``promote`` is set."""
+    """Apply the quality gate to the stack an evaluated version serves (with its ranker when it has one and the
+    ranker is on); record which stack was gated in its metrics; promote it if it passes and ``promote`` is set."""
     store = ModelStore(settings.paths.models_dir)
-    models = store.read_json(version, "metrics.json")["models"]
+    metrics = store.read_json(version, "metrics.json")
+    models = metrics["models"]
     if "most_pop" not in models:
         raise ModelStoreError(f"{version} has not been evaluated against the baselines; run evaluate_version first")
-    decision = gate(models["two_tower"], models["most_pop"], models.get("current_model"))
+    stack = served_stack(settings.model, has_ranker(store.root / version))
+    evaluated = metrics.get("served_stack", AS_TRAINED.to_dict())
+    if evaluated != stack.to_dict():
+        raise ModelStoreError(
+            f"{version} was evaluated for serving {evaluated['name']} as of {evaluated['as_of']}, but with "
+            f"REC_RANKER={settings.model.ranker} it serves {stack.name} as of {stack.as_of}: evaluate it again"
+        )
+    current = models.get("current_model")
+    decision = gate(models[stack.metrics], models[stack.most_pop], current)
+    metrics["gate"] = {
+        "stack": stack.name,
+        "as_of": stack.as_of,
+        "compared": {
+            "candidate": stack.metrics,
+            "most_pop": stack.most_pop,
+            "current_model": metrics.get("current_model_stack", AS_TRAINED.name) if current else None,
+        },
+        "passed": decision.promote,
+        "reasons": decision.reasons,
+    }
+    store.update_metrics(version, metrics)
     previous = store.current()
     if promote and decision.promote:
         store.promote(version)
-        log.info("promoted %s to current: %s", version, "; ".join(decision.reasons))
+        log.info("promoted %s (%s) to current: %s", version, stack.name, "; ".join(decision.reasons))
     elif promote:
-        log.warning("gate refused %s; current model stays %s: %s", version, previous, "; ".join(decision.reasons))
+        log.warning(
+            "gate refused %s (%s); current model stays %s: %s",
+            version,
+            stack.name,
+            previous,
+            "; ".join(decision.reasons),
+        )
     return {
         "version": version,
+        "stack": stack.name,
         "passed": decision.promote,
         "promoted": store.current() == version,
         "current": store.current(),
@@ -129,12 +297,18 @@ def gate_version(settings: Settings, version: str, *, promote: bool = True) -> d
     }
 
 
-def train_towers(settings: Settings, config: TrainConfig | None = None, *, promote: bool = True) -> dict:
-    """The whole model release on one read of the lake: train, evaluate against baselines and the current
-    model, gate."""
+def train_towers(
+    settings: Settings,
+    config: TrainConfig | None = None,
+    *,
+    promote: bool = True,
+    ranker_config: RankerConfig | None = None,
+) -> dict:
+    """The whole model release on one read of the lake: train (the towers, then their ranker with the ranker on),
+    evaluate against baselines and the current model, gate."""
     started = time.monotonic()
     data = load_lake_data(settings.paths, settings.batch)
-    version = train_version(settings, config, data)
+    version = train_version(settings, config, data, ranker_config=ranker_config)
     metrics = evaluate_version(settings, version, data)
     decision = gate_version(settings, version, promote=promote)
     return {**decision, "seconds": round(time.monotonic() - started, 1), "metrics": metrics["models"]}
@@ -150,7 +324,7 @@ def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None
         if epochs is not None:
             config = dataclasses.replace(config, epochs=epochs)
         decision = train_towers(settings, config)
-        decision = {key: decision[key] for key in ("version", "passed", "promoted", "current", "reasons")}
+        decision = {key: decision[key] for key in ("version", "stack", "passed", "promoted", "current", "reasons")}
     current = store.current()
     if current is None:
         reasons = decision["reasons"] if decision else "none trained"
@@ -160,12 +334,17 @@ def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None
 
 def evaluate_model(settings: Settings, version: str | None = None, *, with_baselines: bool = True) -> dict:
     """A stored version (default: the current one) and, unless told not to, the baselines, on the live lake's
-    held-out split; nothing is written."""
-    loaded = ModelStore(settings.paths.models_dir).load(version)
+    held-out split; with the ranker on, also its stack as served (retrieval alone and with its ranker, as of
+    test_start). Nothing is written."""
+    store = ModelStore(settings.paths.models_dir)
+    loaded = store.load(version)
     data = load_lake_data(settings.paths, settings.batch)
-    models = {
-        "two_tower": two_tower_metrics(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
-    }
+    prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
+    models = {"two_tower": two_tower_metrics(loaded.model, prepared)}
+    if settings.model.ranker_on:
+        ranker = Ranker.load_if_present(store.root / loaded.version)
+        towers = Towers.from_training(loaded.model, prepared)
+        models.update(version_stack_metrics(AsOfTestStart.of(data), towers, ranker))
     if with_baselines:
         models.update(baseline_metrics(data.split))
     result = comparison(data.dataset, data.split, models)

@@ -8,7 +8,12 @@ Each version is a folder written whole and then renamed into place::
     models/<version>/vocab_*.parquet       id vocabularies (index 0 = unknown)
     models/<version>/metrics.json          evaluation of this model and the baselines on the same split
     models/<version>/curves.png            loss and validation curves
+    models/<version>/ranker.txt, .json     its ranker, when it was trained with one (rec_core.model.ranking)
     models/CURRENT                         the promoted version (one atomic rename to change)
+
+A version trained in two steps (the train_towers DAG: the towers, then their ranker in another task) waits as
+``models/.pending-<version>/`` in between: no reader lists, loads or promotes it until :meth:`ModelStore.complete`
+adds the rest and renames it into place, so a version is never seen with a part missing.
 
 Promotion goes through :func:`gate`: a model that does not clearly beat
 MostPop, or falls too far below the current model on the same test split,
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from rec_core.model.features import FeatureStats, Vocabs
 from rec_core.model.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
 
 CURRENT = "CURRENT"
+PENDING = ".pending-"  # a version whose towers are saved and whose ranker step has not finished yet
 
 
 class ModelStoreError(RuntimeError):
@@ -72,10 +79,13 @@ class ModelStore:
         config: dict,
         metrics: dict,
         extra_files: dict[str, bytes] | None = None,
+        *,
+        pending: bool = False,
     ) -> Path:
+        """Write a version whole; ``pending``: as a pending version that :meth:`complete` finishes."""
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / version
-        if final.exists():
+        final = self._folder(version, pending)
+        if final.exists() or (self.root / version).exists():
             raise ModelStoreError(f"model version {version} already exists")
         stage = self.root / f".staging-{version}"
         shutil.rmtree(stage, ignore_errors=True)
@@ -99,6 +109,35 @@ class ModelStore:
             shutil.rmtree(stage, ignore_errors=True)
         return final
 
+    def complete(self, version: str, extra_files: dict[str, bytes], config: dict | None = None) -> Path:
+        """Finish a pending version: add ``extra_files``, merge ``config`` into its config.json, rename it into
+        place. A retry after the rename finds the version done and changes nothing."""
+        pending, final = self._folder(version, pending=True), self._folder(version)
+        if final.is_dir() and not pending.exists():
+            return final
+        if not pending.is_dir():
+            raise ModelStoreError(f"no pending model version {version!r} under {self.root}")
+        # Rewritten whole on a retry, so a step killed half-way leaves nothing that the rename could publish.
+        for name, data in extra_files.items():
+            write_bytes_atomic(pending / name, data)
+        if config:
+            merged = {**json.loads((pending / "config.json").read_text()), **config}
+            write_bytes_atomic(pending / "config.json", json.dumps(merged, indent=2, default=str).encode())
+        fsync_dir(pending)
+        os.replace(pending, final)
+        fsync_dir(self.root)
+        return final
+
+    def prune_pending(self, older_than_s: float = 86_400.0) -> list[str]:
+        """Remove pending versions older than ``older_than_s`` (their ranker step failed for good); their names."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        stale = [p for p in self.root.glob(f"{PENDING}*") if p.is_dir() and p.stat().st_mtime < cutoff]
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return [folder.name.removeprefix(PENDING) for folder in stale]
+
     def update_metrics(self, version: str, metrics: dict) -> None:
         write_bytes_atomic(self.root / version / "metrics.json", json.dumps(metrics, indent=2).encode())
 
@@ -116,19 +155,20 @@ class ModelStore:
             raise ModelStoreError(f"no model version {version!r} under {self.root}")
         write_bytes_atomic(self.root / CURRENT, f"{version}\n".encode())
 
-    def read_json(self, version: str, name: str) -> dict:
-        path = self.root / version / name
+    def read_json(self, version: str, name: str, *, pending: bool = False) -> dict:
+        path = self._folder(version, pending) / name
         if not path.is_file():
-            raise ModelStoreError(f"no model version {version!r} under {self.root}")
+            raise ModelStoreError(f"no {'pending ' if pending else ''}model version {version!r} under {self.root}")
         return json.loads(path.read_text())
 
-    def load(self, version: str | None = None, *, quantize: bool = False) -> LoadedModel:
-        """A model version (default: the current one); ``quantize`` gives int8 towers for inference only."""
+    def load(self, version: str | None = None, *, quantize: bool = False, pending: bool = False) -> LoadedModel:
+        """A model version (default: the current one); ``quantize`` gives int8 towers for inference only;
+        ``pending``: a version saved as pending (its towers, before :meth:`complete`)."""
         version = version or self.current()
         if version is None:
             raise ModelStoreError(f"no current model under {self.root}: run `python -m jobs.train_towers` first")
-        folder = self.root / version
-        config = self.read_json(version, "config.json")
+        folder = self._folder(version, pending)
+        config = self.read_json(version, "config.json", pending=pending)
         # A version saved before the dense video inputs grew reads the first LEGACY_VIDEO_DENSE of them.
         model = TwoTower(TowerConfig(**{"video_dense": LEGACY_VIDEO_DENSE, **config["tower"]}))
         load_model(model, str(folder / "weights.safetensors"))
@@ -136,7 +176,11 @@ class ModelStore:
         if quantize:
             model = quantize_int8(model)
         stats = FeatureStats.from_json((folder / "feature_stats.json").read_text())
-        return LoadedModel(version, model, Vocabs.load(folder), stats, config, self.read_json(version, "metrics.json"))
+        metrics = self.read_json(version, "metrics.json", pending=pending)
+        return LoadedModel(version, model, Vocabs.load(folder), stats, config, metrics)
+
+    def _folder(self, version: str, pending: bool = False) -> Path:
+        return self.root / f"{PENDING}{version}" if pending else self.root / version
 
 
 def gate(

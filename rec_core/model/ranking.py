@@ -1,0 +1,201 @@
+"""A model version's ranking stage: the ranker trained beside its towers, and the stack it serves, evaluated.
+
+The adapter between a model version and :mod:`rec_core.rank` (the recipe is ``benchmarks/ranker_quality.py``'s):
+the ranker of a version is trained on the same split as its towers, on the validation window (features as of
+``valid_start``, labels from ``[valid_start, test_start)``, the objective chosen by out-of-fold NDCG), and its files
+sit at the top of the version's folder (``Ranker.load_if_present``). A version without them (trained with
+``REC_RANKER=off``, or before the ranking stage existed) serves retrieval alone.
+
+What a version serves is its :class:`Stack`, and the quality gate judges that stack. With the flag off it is the
+towers as they have always been evaluated (inputs as of the training cut against MostPop fitted on training). With
+it on, the stack is evaluated as the batch serves it, as of ``test_start`` (towers' inputs and ranker features from
+everything before it, what each user watched before it left out: :class:`~rec_core.rank.scoring.RankedRetrieval`),
+so the MostPop it must beat is the popularity of that same instant, and a current model is measured the same way
+with its own ranker, if it has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rec_core.eval.evaluation import LakeData
+from rec_core.eval.ranking_metrics import ScoreFn, evaluate_scores
+from rec_core.rank.candidates import DEFAULT_CANDIDATES
+from rec_core.rank.events import RankEvents
+from rec_core.rank.examples import DEFAULT_MAX_USERS, split_examples
+from rec_core.rank.ranker import META_FILE, Ranker, RankerConfig, choose_objective
+from rec_core.rank.retrieval import Towers, as_of_scores, tower_view
+from rec_core.rank.scoring import RankedRetrieval
+from rec_core.rank.state import AsOfState, state_at
+from rec_core.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+# What a release trains with: the rank module's defaults (those ranker_quality measured); the seed is the settings'.
+RELEASE_RANKER = RankerConfig()
+
+RETRIEVAL = "retrieval"
+RANKED = "retrieval + ranker"
+MOST_POP_AT_TEST = "most_pop @ test_start"
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """What a version serves, and which of its evaluation's figures the gate compares for it."""
+
+    name: str  # "retrieval" or "retrieval + ranker"
+    metrics: str  # the key of the stack's figures in metrics.json's "models"
+    most_pop: str  # the MostPop figures it must beat: of the same instant
+    as_of: str  # "valid_start" (towers as trained, the evaluation of old) or "test_start" (as the batch serves)
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# REC_RANKER=off: exactly the evaluation and gate there were before the ranking stage.
+AS_TRAINED = Stack(RETRIEVAL, "two_tower", "most_pop", "valid_start")
+
+
+def served_stack(model: ModelSettings, has_ranker: bool) -> Stack:
+    """The stack a version serves under these settings (the ranker only when the flag is on and it has one)."""
+    if not model.ranker_on:
+        return AS_TRAINED
+    if has_ranker:
+        return Stack(RANKED, RANKED, MOST_POP_AT_TEST, "test_start")
+    return Stack(RETRIEVAL, RETRIEVAL, MOST_POP_AT_TEST, "test_start")
+
+
+def has_ranker(folder: Path) -> bool:
+    """Whether a version's folder carries a ranker, without loading it."""
+    return (folder / META_FILE).is_file()
+
+
+@dataclass(slots=True)
+class VersionRanker:
+    """A trained ranker and what the version's config.json says about it."""
+
+    ranker: Ranker
+    meta: dict
+
+    def files(self) -> dict[str, bytes]:
+        return self.ranker.files()
+
+
+def release_config(seed: int) -> RankerConfig:
+    return replace(RELEASE_RANKER, seed=seed)
+
+
+def train_version_ranker(
+    data: LakeData,
+    towers: Towers,
+    config: RankerConfig,
+    n: int = DEFAULT_CANDIDATES,
+    max_users: int = DEFAULT_MAX_USERS,
+) -> VersionRanker:
+    """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window.
+
+    Raises ValueError when the window has too few users with a positive among their candidates to cross-validate:
+    with the flag on, a version is never released without its ranker (``REC_RANKER=off`` releases retrieval alone).
+    """
+    started = time.monotonic()
+    split = data.split
+    frames = (data.videos, data.interactions, data.follows)
+    log.info("ranker: building examples (top %d candidates, at most %d validation users)", n, max_users)
+    events = RankEvents.build(split.user_ids, *frames)
+    examples = split_examples(towers, events, split, frames, n, max_users, config.seed)
+    if len(examples.groups) < config.folds:
+        raise ValueError(
+            f"the validation window has {len(examples.groups)} users with a positive among their candidates, too few "
+            f"to train a ranker ({config.folds} at least); set REC_RANKER=off to release retrieval alone"
+        )
+    log.info("ranker: cross-validating each objective over %d users, then fitting the chosen one", len(examples.groups))
+    chosen, _ = choose_objective(examples, config)
+    seconds = time.monotonic() - started
+    objective = chosen.config.objective
+    cv = chosen.cv
+    log.info(
+        "ranker: chose %s (out-of-fold ndcg@%d %.4f vs the towers' order %.4f), %d rounds, %.0fs",
+        objective,
+        config.eval_at,
+        cv[objective]["ndcg"],
+        cv[objective]["tower_ndcg"],
+        chosen.rounds,
+        seconds,
+    )
+    meta = {
+        "has_ranker": True,
+        "objective": objective,
+        "n_candidates": examples.n_candidates,
+        "rounds": chosen.rounds,
+        "eval_at": config.eval_at,
+        "cv": cv,
+        "examples": {
+            "users": len(examples.groups),
+            "rows": len(examples.labels),
+            "positive_share": float((examples.labels > 0).mean()),
+            "candidate_recall": examples.candidate_recall,
+            "features_as_of_ms": examples.t_ms,
+            "labels_until_ms": examples.until_ms,
+        },
+        "train_seconds": round(seconds, 1),
+        "lake_version": data.lake_version,
+    }
+    return VersionRanker(chosen, meta)
+
+
+@dataclass(frozen=True, slots=True)
+class AsOfTestStart:
+    """The world as of the split's ``test_start``, built once for every stack evaluated on it."""
+
+    data: LakeData
+    state: AsOfState
+
+    @classmethod
+    def of(cls, data: LakeData) -> AsOfTestStart:
+        events = RankEvents.build(data.split.user_ids, data.videos, data.interactions, data.follows)
+        return cls(data, state_at(events, data.split.test_start_ms))
+
+    def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> dict[str, float]:
+        """The towers' retrieval, reordered by ``ranker`` when given, on the test split over the full catalogue."""
+        data = self.data
+        view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
+        n = ranker.n_candidates if ranker is not None else DEFAULT_CANDIDATES
+        return evaluate_scores(RankedRetrieval(view, self.state, ranker, n), data.split, on="test")
+
+    def most_pop(self) -> dict[str, float]:
+        return evaluate_scores(popularity_as_of(self.state), self.data.split, on="test")
+
+
+def version_stack_metrics(instant: AsOfTestStart, towers: Towers, ranker: Ranker | None) -> dict[str, dict[str, float]]:
+    """A version's evaluation as of test_start: retrieval alone, and retrieval + ranker when it has one."""
+    log.info("evaluating retrieval as of test_start")
+    models = {RETRIEVAL: instant.stack_metrics(towers, None)}
+    if ranker is not None:
+        log.info(
+            "evaluating retrieval + ranker (%s, top %d) as of test_start", ranker.config.objective, ranker.n_candidates
+        )
+        models[RANKED] = instant.stack_metrics(towers, ranker)
+    models[MOST_POP_AT_TEST] = instant.most_pop()
+    return models
+
+
+def popularity_as_of(state: AsOfState) -> ScoreFn:
+    """MostPop's rule (interaction counts, ties to the lower index) over everything before the state's instant,
+    as a ranking made then: each user's watched videos out, videos not posted yet last."""
+    n_items = len(state.item_views)
+    order = np.lexsort((np.arange(n_items), -state.item_views))
+    ranks = np.empty(n_items, dtype=np.float32)
+    # In (0, 1]: as_of_scores' penalty for a video not posted yet assumes scores of a cosine's size.
+    ranks[order] = np.arange(n_items, 0, -1, dtype=np.float32) / max(n_items, 1)
+    row = torch.from_numpy(ranks)
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return as_of_scores(row.expand(len(users), -1), state.seen, state.item_posted, users)
+
+    return score

@@ -1,0 +1,213 @@
+"""A model version carries its ranker: trained after the towers on the same split, saved in the version's folder
+with its record, evaluated and gated as the stack the version serves; REC_RANKER=off releases retrieval alone,
+as before the ranking stage. Real training, real LightGBM, the tiny world; small configs to keep it quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rec_core.eval.evaluation import load_lake_data, prepare_loaded
+from rec_core.eval.ranking_metrics import evaluate_scores
+from rec_core.model.ranking import MOST_POP_AT_TEST, RANKED, RETRIEVAL, AsOfTestStart
+from rec_core.model.release import (
+    evaluate_version,
+    gate_version,
+    train_candidate,
+    train_candidate_ranker,
+    train_towers,
+)
+from rec_core.model.store import ModelStore, ModelStoreError
+from rec_core.model.training import TrainConfig
+from rec_core.rank.ranker import META_FILE, MODEL_FILE, OBJECTIVES, Ranker, RankerConfig
+from rec_core.rank.retrieval import Towers, tower_view
+from rec_core.rank.scoring import RankedRetrieval
+from rec_core.settings import Settings
+from rec_core.synthetic.commit import generate_data
+
+pytestmark = pytest.mark.slow
+
+TOWERS = TrainConfig(epochs=2, embedding_dim=32, batch_size=256, seed=3)
+FAST = RankerConfig(max_rounds=60, early_stopping=15, min_data_in_leaf=20, folds=3, cv_groups=0)
+# What a version folder held before the ranking stage: REC_RANKER=off must write exactly this.
+TOWER_FILES = {
+    "weights.safetensors",
+    "config.json",
+    "feature_stats.json",
+    "metrics.json",
+    "curves.png",
+    "curves.json",
+    "vocab_items.parquet",
+    "vocab_creators.parquet",
+    "vocab_hashtags.parquet",
+    "report",
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny lake and its caption cache, never trained on: copy it (:func:`_copy`) to train."""
+    data = tmp_path_factory.mktemp("release-world") / "data"
+    settings = Settings.load({}).override(data_dir=data)
+    generate_data(settings, "tiny", seed=11)
+    load_lake_data(settings.paths, settings.batch).text(settings.paths, settings.model)  # fills the cache
+    return data
+
+
+@pytest.fixture(scope="module")
+def ranked(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
+    """One release with the ranker on (the default): its settings and train_towers' summary."""
+    settings = _copy(world, tmp_path_factory.mktemp("ranked") / "data")
+    assert settings.model.ranker_on
+    return settings, train_towers(settings, TOWERS, ranker_config=FAST)
+
+
+def _copy(source: Path, data: Path, **overrides: str) -> Settings:
+    shutil.copytree(source, data)
+    return Settings.load({}).override(data_dir=data, **overrides)
+
+
+def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked: tuple[Settings, dict]) -> None:
+    settings, summary = ranked
+    store = ModelStore(settings.paths.models_dir)
+    version = summary["version"]
+    folder = store.root / version
+    assert {MODEL_FILE, META_FILE} | TOWER_FILES == {p.name for p in folder.iterdir()}
+    assert not list(store.root.glob(".*")), "nothing half-written is left beside the versions"
+
+    record = store.read_json(version, "config.json")["ranker"]
+    assert record["has_ranker"] is True and record["objective"] in OBJECTIVES
+    assert record["n_candidates"] == 500 and record["train_seconds"] > 0
+    assert set(record["cv"]) == set(OBJECTIVES)  # the validation window's out-of-fold figures of both objectives
+    chosen = record["cv"][record["objective"]]
+    assert chosen["ndcg"] == max(cv["ndcg"] for cv in record["cv"].values())
+    assert 0 < chosen["tower_ndcg"] < 1 and record["examples"]["users"] >= FAST.folds
+    split = store.read_json(version, "config.json")["split"]
+    assert record["examples"]["features_as_of_ms"] < record["examples"]["labels_until_ms"]
+    assert split["valid_start"] < split["test_start"]
+
+    # The saved ranker is the one that was evaluated: loaded from the folder, it scores the test split the same.
+    ranker = Ranker.load_if_present(folder)
+    assert ranker is not None and ranker.config.objective == record["objective"]
+    data = load_lake_data(settings.paths, settings.batch)
+    loaded = store.load(version)
+    towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
+    instant = AsOfTestStart.of(data)
+    view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, instant.state.t_ms)
+    again = evaluate_scores(RankedRetrieval(view, instant.state, ranker, ranker.n_candidates), data.split, on="test")
+    models = store.read_json(version, "metrics.json")["models"]
+    assert again["recall@50"] == pytest.approx(models[RANKED]["recall@50"], abs=1e-9)
+    assert again["ndcg@20"] == pytest.approx(models[RANKED]["ndcg@20"], abs=1e-9)
+
+
+def test_the_evaluation_reports_both_stacks_and_the_gate_judges_the_served_one(ranked: tuple[Settings, dict]) -> None:
+    settings, summary = ranked
+    store = ModelStore(settings.paths.models_dir)
+    metrics = store.read_json(summary["version"], "metrics.json")
+    models = metrics["models"]
+    assert {"two_tower", RETRIEVAL, RANKED, "most_pop", MOST_POP_AT_TEST, "ease"} <= set(models)
+    assert models[RANKED]["recall@50"] != models[RETRIEVAL]["recall@50"]  # the ranker reordered something
+    assert summary["stack"] == RANKED and summary["promoted"] and store.current() == summary["version"]
+    assert metrics["gate"]["stack"] == RANKED and metrics["gate"]["as_of"] == "test_start"
+    assert metrics["gate"]["compared"] == {"candidate": RANKED, "most_pop": MOST_POP_AT_TEST, "current_model": None}
+    # The reasons quote the figures the gate compared: the stack's, and MostPop's of the same instant.
+    ours, pop = models[RANKED]["recall@50"], models[MOST_POP_AT_TEST]["recall@50"]
+    assert summary["reasons"] == [f"recall@50 {ours:.4f} vs MostPop {pop:.4f}, no current model"]
+
+
+def test_the_gate_reads_the_stack_metrics_and_refuses_a_stale_evaluation(
+    ranked: tuple[Settings, dict], tmp_path: Path
+) -> None:
+    """Doctor the figures of the served stack only: the gate's answer follows them, not the towers' ones."""
+    source, summary = ranked
+    settings = _copy(source.paths.data_dir, tmp_path / "data")
+    store, version = ModelStore(settings.paths.models_dir), summary["version"]
+    metrics = store.read_json(version, "metrics.json")
+    pop = metrics["models"][MOST_POP_AT_TEST]["recall@50"]
+    metrics["models"][RANKED]["recall@50"] = 1.05 * pop  # under the 1.1x bar; retrieval alone still clears it
+    assert metrics["models"][RETRIEVAL]["recall@50"] > 1.1 * pop and metrics["models"]["two_tower"]["recall@50"] > pop
+    store.update_metrics(version, metrics)
+    refused = gate_version(settings, version, promote=False)
+    assert not refused["passed"] and refused["stack"] == RANKED
+    assert f"recall@50 {1.05 * pop:.4f} is not 1.10x MostPop's {pop:.4f}" in refused["reasons"]
+    assert store.read_json(version, "metrics.json")["gate"]["passed"] is False
+
+    # The same evaluation cannot be gated for another stack: REC_RANKER=off serves the towers as trained.
+    with pytest.raises(ModelStoreError, match="evaluate it again"):
+        gate_version(settings.override(ranker="off"), version)
+
+
+def test_with_the_ranker_off_a_version_carries_none_and_the_gate_says_retrieval(world: Path, tmp_path: Path) -> None:
+    settings = _copy(world, tmp_path / "data", ranker="off")
+    summary = train_towers(settings, TOWERS, ranker_config=FAST)
+    store = ModelStore(settings.paths.models_dir)
+    folder = store.root / summary["version"]
+    assert {p.name for p in folder.iterdir()} == TOWER_FILES and Ranker.load_if_present(folder) is None
+    assert "ranker" not in store.read_json(summary["version"], "config.json")
+    metrics = store.read_json(summary["version"], "metrics.json")
+    # Today's evaluation: the towers as trained against the baselines, nothing of the ranking stage.
+    assert set(metrics["models"]) == {"two_tower", "most_pop", "item_knn", "ease"}
+    assert "served_stack" not in metrics
+    assert summary["stack"] == RETRIEVAL and metrics["gate"]["stack"] == RETRIEVAL
+    assert metrics["gate"]["compared"]["candidate"] == "two_tower" and metrics["gate"]["as_of"] == "valid_start"
+    ours = metrics["models"]["two_tower"]["recall@50"]
+    assert summary["reasons"][0].startswith(f"recall@50 {ours:.4f} vs MostPop")
+
+
+def test_the_two_step_release_never_shows_a_version_without_its_ranker(
+    ranked: tuple[Settings, dict], tmp_path: Path
+) -> None:
+    """The train_towers DAG's steps: the towers wait as a pending version that nothing lists, evaluates or promotes;
+    train_ranker writes the version whole; a rerun changes nothing. Then the candidate is evaluated against the
+    current model's own stack (which has a ranker) and gated."""
+    source, first = ranked
+    settings = _copy(source.paths.data_dir, tmp_path / "data")
+    store = ModelStore(settings.paths.models_dir)
+    version = train_candidate(settings, epochs=1, embedding_dim=16)["version"]
+    assert version not in store.versions() and (store.root / f".pending-{version}" / "weights.safetensors").is_file()
+    with pytest.raises(ModelStoreError):
+        store.promote(version)
+    with pytest.raises(ModelStoreError):
+        evaluate_version(settings, version)
+
+    done = train_candidate_ranker(settings, version, ranker_config=FAST)
+    assert done == {"version": version, "has_ranker": True} and version in store.versions()
+    assert not (store.root / f".pending-{version}").exists()
+    files = {p.name: p.read_bytes() for p in (store.root / version).iterdir() if p.is_file()}
+    assert train_candidate_ranker(settings, version, ranker_config=FAST) == done  # a retried task
+    assert files == {p.name: p.read_bytes() for p in (store.root / version).iterdir() if p.is_file()}
+    config = store.read_json(version, "config.json")
+    assert config["ranker"]["lake_version"] == config["lake_version"]  # the towers' lake, so the towers' split
+
+    metrics = evaluate_version(settings, version)
+    assert metrics["current_model_version"] == first["version"] and metrics["current_model_stack"] == RANKED
+    # The current model measured as its own stack: exactly what its release measured on this same lake.
+    assert metrics["models"]["current_model"]["recall@50"] == pytest.approx(
+        first["metrics"][RANKED]["recall@50"], abs=1e-9
+    )
+    decision = gate_version(settings, version, promote=False)
+    assert decision["stack"] == RANKED
+    assert store.read_json(version, "metrics.json")["gate"]["compared"]["current_model"] == RANKED
+    current = metrics["models"]["current_model"]["recall@50"]
+    expected = metrics["models"][RANKED]["recall@50"] >= max(
+        1.1 * metrics["models"][MOST_POP_AT_TEST]["recall@50"], 0.95 * current
+    )
+    assert decision["passed"] is expected, (decision, current)
+
+
+def test_a_pending_version_left_behind_is_pruned_once_stale(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    stale = store.root / ".pending-m20000101T000000Z-00000000"
+    fresh = store.root / ".pending-m20990101T000000Z-11111111"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({}))
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    assert store.prune_pending() == ["m20000101T000000Z-00000000"]
+    assert not stale.exists() and fresh.is_dir() and store.versions() == []
+    with pytest.raises(ModelStoreError, match="no pending model version"):
+        store.complete("m20000101T000000Z-00000000", {})
