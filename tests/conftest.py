@@ -149,7 +149,15 @@ def api_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rec_core.synthetic.commit import generate_data
 
     data = tmp_path_factory.mktemp("api") / "data"
-    settings = Settings.load({"REC_DATA_DIR": str(data), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2"})
+    # One ranker objective: the serving tests need a ranker, not the release's comparison of two.
+    settings = Settings.load(
+        {
+            "REC_DATA_DIR": str(data),
+            "REC_FEED_LENGTH": "200",
+            "REC_SNAPSHOTS_KEEP": "2",
+            "REC_RANKER_OBJECTIVE": "binary",
+        }
+    )
     generate_data(settings, "tiny", seed=7)
     run_all(settings, epochs=2, video_shards=1, user_shards=2)
     # Untouched by any server: tests that publish, prune or kill start from a copy of this.

@@ -44,7 +44,8 @@ VIDEO_SHARDS, USER_SHARDS = 3, 2
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, SnapshotPaths]:
     """A tiny world, a briefly trained model, and a begun snapshot whose shards are all embedded."""
-    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("embed") / "data")
+    # Embedding reads the towers only: no ranker to train.
+    settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("embed") / "data", ranker="off")
     generate_data(settings, "tiny", seed=1)
     version = train_version(settings, TrainConfig(embedding_dim=settings.model.embedding_dim, epochs=2, batch_size=256))
     paths = begin_snapshot(

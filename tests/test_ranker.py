@@ -14,6 +14,7 @@ import torch
 from rec_core.data.split import interaction_matrix
 from rec_core.eval.evaluation import LakeData, load_lake_data
 from rec_core.eval.ranking_metrics import evaluate_scores
+from rec_core.model.ranking import ranker_objectives
 from rec_core.model.towers import TowerConfig, TwoTower
 from rec_core.rank.candidates import candidate_block
 from rec_core.rank.events import RankEvents
@@ -23,7 +24,7 @@ from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_object
 from rec_core.rank.retrieval import Towers, TowerView, tower_view
 from rec_core.rank.scoring import RankedRetrieval, rank_order
 from rec_core.rank.state import AsOfState, state_at
-from rec_core.settings import Settings
+from rec_core.settings import ModelSettings, Settings
 from rec_core.synthetic.commit import generate_data
 
 DAY_MS = 86_400_000
@@ -229,6 +230,18 @@ def test_the_ranker_learns_a_planted_signal_the_towers_order_misses() -> None:
         assert ranker.cv[objective]["ndcg"] > ranker.cv[objective]["tower_ndcg"] + 0.15
     importance = dict(zip(FEATURES, chosen.booster.feature_importance("gain"), strict=True))
     assert set(sorted(importance, key=importance.__getitem__)[-2:]) == {"follows_creator", "share_7d"}
+
+
+def test_one_named_objective_trains_one_ranker_with_one_cross_validation_pass() -> None:
+    """REC_RANKER_OBJECTIVE=binary: nothing to compare, so the folds are not redrawn (auto redraws them on small data
+    to make the comparison stable)."""
+    examples = _planted_examples(np.random.default_rng(2), 60)
+    config = dataclasses.replace(FAST, cv_groups=1000)  # 60 groups: auto would draw the folds 5 times
+    chosen, rankers = choose_objective(examples, config, ranker_objectives(ModelSettings(ranker_objective="binary")))
+    assert set(rankers) == {"binary"} and chosen.config.objective == "binary"
+    assert len(chosen.cv["binary"]["rounds"]) == config.folds
+    _, both = choose_objective(examples, config, ranker_objectives(ModelSettings()))
+    assert set(both) == set(OBJECTIVES) and len(both["binary"].cv["binary"]["rounds"]) > config.folds
 
 
 def test_save_and_load_give_identical_scores(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from rec_core.eval.ranking_metrics import ScoreFn, evaluate_scores
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS, split_examples
-from rec_core.rank.ranker import META_FILE, Ranker, RankerConfig, choose_objective
+from rec_core.rank.ranker import META_FILE, OBJECTIVES, Objective, Ranker, RankerConfig, choose_objective
 from rec_core.rank.retrieval import Towers, as_of_scores, tower_view
 from rec_core.rank.scoring import RankedRetrieval
 from rec_core.rank.state import AsOfState, state_at
@@ -91,12 +91,18 @@ def release_config(seed: int) -> RankerConfig:
     return replace(RELEASE_RANKER, seed=seed)
 
 
+def ranker_objectives(model: ModelSettings) -> tuple[Objective, ...]:
+    """The objectives a release tries (``REC_RANKER_OBJECTIVE``): both for ``auto``, else the one named."""
+    return OBJECTIVES if model.ranker_objective == "auto" else (model.ranker_objective,)  # type: ignore[return-value]
+
+
 def train_version_ranker(
     data: LakeData,
     towers: Towers,
     config: RankerConfig,
     n: int = DEFAULT_CANDIDATES,
     max_users: int = DEFAULT_MAX_USERS,
+    objectives: tuple[Objective, ...] = OBJECTIVES,
 ) -> VersionRanker:
     """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window.
 
@@ -115,7 +121,7 @@ def train_version_ranker(
             f"to train a ranker ({config.folds} at least); set REC_RANKER=off to release retrieval alone"
         )
     log.info("ranker: cross-validating each objective over %d users, then fitting the chosen one", len(examples.groups))
-    chosen, _ = choose_objective(examples, config)
+    chosen, _ = choose_objective(examples, config, objectives)
     seconds = time.monotonic() - started
     objective = chosen.config.objective
     cv = chosen.cv

@@ -33,6 +33,7 @@ from rec_core.model.ranking import (
     AsOfTestStart,
     VersionRanker,
     has_ranker,
+    ranker_objectives,
     release_config,
     served_stack,
     train_version_ranker,
@@ -113,7 +114,8 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
             data = load_lake_data(settings.paths, settings.batch)
             _check_ranker_split(loaded, data)
             config = ranker_config or release_config(settings.seed)
-            ranker = train_version_ranker(data, _towers(loaded, data, settings), config)
+            towers = _towers(loaded, data, settings)
+            ranker = train_version_ranker(data, towers, config, objectives=ranker_objectives(settings.model))
             files, meta = ranker.files(), {"ranker": ranker.meta}
         store.complete(version, files, meta)
     return {"version": version, "has_ranker": has_ranker(store.root / version)}
@@ -170,7 +172,8 @@ def _train_ranker(
 ) -> VersionRanker | None:
     if not settings.model.ranker_on:
         return None
-    return train_version_ranker(data, towers, config or release_config(settings.seed))
+    config = config or release_config(settings.seed)
+    return train_version_ranker(data, towers, config, objectives=ranker_objectives(settings.model))
 
 
 def _save(store: ModelStore, trained: TrainedTowers, ranker: VersionRanker | None, *, pending: bool = False) -> None:

@@ -202,7 +202,13 @@ def train_ranker(examples: RankExamples, config: RankerConfig) -> Ranker:
 def choose_objective(
     examples: RankExamples, config: RankerConfig, objectives: tuple[Objective, ...] = OBJECTIVES
 ) -> tuple[Ranker, dict[Objective, Ranker]]:
-    """A ranker per objective; returns the one with the best out-of-fold NDCG (ties: the first listed) and all."""
+    """A ranker per objective; returns the one with the best out-of-fold NDCG (ties: the first listed) and all.
+
+    With one objective there is nothing to compare, so one cross-validation pass (for its rounds and its figures)
+    is enough: the folds are redrawn only to make a comparison between objectives stable.
+    """
+    if len(objectives) == 1:
+        config = replace(config, cv_groups=0)
     rankers = {objective: train_ranker(examples, replace(config, objective=objective)) for objective in objectives}
     best = max(objectives, key=lambda o: (rankers[o].cv[o]["ndcg"], -objectives.index(o)))
     every_cv = {o: r.cv[o] for o, r in rankers.items()}
