@@ -7,11 +7,16 @@ For each ASGI server (granian, uvicorn; one worker each, the same app):
 * p50/p99 of precomputed pages at half of that peak, open loop (target p99 < 10 ms);
 * p50/p99 of a fresh user's first page: a user the snapshot does not have, with a
   profile posted to ``/embeddings/user``: the user tower online plus a live Milvus
-  search over the 50,000 videos (target p99 < 50 ms);
+  search over the 50,000 videos and the ranker stage over its answer (target p99 < 50 ms);
 * the server's resident memory with the snapshot loaded (process tree).
 
+In process (no server): the fresh user's first page with the snapshot's ranker and
+without it, interleaved (``--fresh-ranker`` runs only this).
+
 The world is built once under ``<data root>/bench/api-world`` by the real pipeline
-(about 6 minutes) and reused.
+(about 6 minutes) and reused; its live snapshot applies a ranker: the model version's
+own, or where it has none one trained on the snapshot's vectors
+(:func:`benchmarks.snapshot_ranker.snapshot_ranker`), then a snapshot built with it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ import psutil
 
 from benchmarks.common import BenchRow
 from benchmarks.loadgen import closed_loop, http_request, open_loop, run_load
+from benchmarks.snapshot_ranker import BENCH_ROUNDS, snapshot_ranker
 from rec_core.model.store import ModelStore, ModelStoreError
+from rec_core.rank.ranker import Ranker
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotPaths
 from rec_core.snapshot.publish import live_snapshot
@@ -70,6 +77,64 @@ def ensure_world(settings: Settings) -> Path:
         store.promote(store.versions()[-1])
         run_all(world, retrain=False, video_shards=4, user_shards=4)
     return data
+
+
+def ensure_ranked(settings: Settings, data: Path) -> None:
+    """Make the world's live snapshot one whose build applies a ranker (see the module doc)."""
+    from rec_core.stages import between, run_stages
+
+    world = settings.override(data_dir=data, ranker="on")
+    if served_snapshot(data).read_build().ranker_applied:
+        return
+    version_dir = world.paths.models_dir / str(ModelStore(world.paths.models_dir).current())
+    if Ranker.load_if_present(version_dir) is None:
+        log.info("training a ranker on the snapshot's vectors for %s", version_dir.name)
+        snapshot_ranker(world.paths, served_snapshot(data), rounds=BENCH_ROUNDS).save(version_dir)
+    run_stages(world, between("begin_snapshot", "publish"), {"video_shards": 4, "user_shards": 4})
+
+
+def fresh_pages_in_process(data: Path, n: int = FRESH_USERS) -> dict[str, list[float]]:
+    """Milliseconds of each fresh user's first page (user tower online, live search, the pipeline), with the
+    snapshot's ranker and without it, alternated user by user."""
+    from feed_api.pager import first_cursor, next_page
+    from feed_api.snapshot_view import load_view
+    from rec_core.feed.policy import FeedPolicy
+    from rec_core.model.inference import UserProfile
+
+    paths = Settings.load().override(data_dir=data).paths
+    view = load_view(paths, served_snapshot(data))
+    ranking = view.ranking
+    assert ranking is not None, "the live snapshot applies no ranker"
+    policy = FeedPolicy(feed_length=view.build.feed_length)
+    rng = np.random.default_rng(0)
+    out: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for i in range(n):
+            watched = rng.choice(view.video_ids, size=20, replace=False).tolist()
+            profile = UserProfile(watched=watched, liked=watched[:3])
+            for mode in ("on", "off") if i % 2 else ("off", "on"):
+                view.ranking = ranking if mode == "on" else None
+                user = f"bench-fresh-{mode}-{i}"
+                started = time.perf_counter()
+                cursor = first_cursor(view, user, has_vector=True)
+                page = next_page(view, cursor, 20, None, lambda p=profile: view.profile_vector(p).vector, policy)
+                out[mode].append(1000 * (time.perf_counter() - started))
+                assert len(page.items) == 20 and page.source == "live"
+    finally:
+        view.ranking = ranking
+        view.close()
+    return out
+
+
+def fresh_rows(data: Path) -> list[BenchRow]:
+    times = fresh_pages_in_process(data)
+    build = served_snapshot(data).read_build()
+    note = f"in process, {FRESH_USERS} users, ranker {build.ranker['objective'] if build.ranker else None}"
+    rows = []
+    for mode in ("on", "off"):
+        p50, p99 = np.percentile(times[mode], [50, 99])
+        rows.append(BenchRow(NAME, f"fresh-user first page p99, ranker {mode}", p99, "ms", f"p50 {p50:.1f} ms, {note}"))
+    return rows
 
 
 @contextlib.contextmanager
@@ -210,6 +275,7 @@ def in_process(data: Path, user: str, n: int = 5000) -> dict[str, float]:
 def run() -> list[BenchRow]:
     settings = Settings.load()
     data = ensure_world(settings)
+    ensure_ranked(settings, data)
     live = served_snapshot(data)
     feeds = pl.read_parquet(live.feeds_dir / "*.parquet", columns=["user_id"])
     users = feeds["user_id"].unique().sort().to_list()
@@ -248,6 +314,7 @@ def run() -> list[BenchRow]:
             ),
             BenchRow(NAME, f"{server}: resident memory", r["rss_mib"], "MiB", shape),
         ]
+    rows += fresh_rows(data)
     us = in_process(data, sample[0])
     rows += [
         BenchRow(NAME, "in process: GET /health", us["health"], "µs", "the app alone, no server or socket"),
@@ -287,10 +354,16 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory-of", type=Path, help="only the resident memory of the API serving this data root")
+    parser.add_argument("--fresh-ranker", action="store_true", help="only the in-process fresh-user pages, on/off")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.memory_of:
         print(serving_memory(args.memory_of.resolve()))
+    elif args.fresh_ranker:
+        world = ensure_world(Settings.load())
+        ensure_ranked(Settings.load(), world)
+        for row in fresh_rows(world):
+            print(row)
     else:
         for row in run():
             print(row)

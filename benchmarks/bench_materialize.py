@@ -1,4 +1,5 @@
-"""Feed materialization at the default scale against the bound of a plain matmul + top-k.
+"""Feed materialization at the default scale: against the bound of a plain matmul + top-k, and with the ranker on
+against off.
 
 The world is the default synthetic lake (10,000 users, 50,000 videos, about a
 million interactions, so the watched filter, likes and follows are realistic);
@@ -11,11 +12,20 @@ vectors in the same batches -- what ranking alone costs, with no watched
 filter, no policy, no reasons, no I/O. It is measured before and after the
 materialization in the same run (shared machines drift) and averaged; the
 ratio ``materialize users/s / bound users/s`` is the figure to watch (target >= 0.5).
+
+Ranker on against off: two snapshots of the same lake and vectors, one whose build applies a ranker
+(``rank/`` written as the pipeline's begin stage writes it), materialized off, on, off in one run; the ratio
+``on / off`` is the figure to watch (target >= 0.5). The ranker is trained here on the world's last days
+(:func:`benchmarks.snapshot_ranker.snapshot_ranker`) with a fixed number of rounds the size of the rankers
+``benchmarks/quality.py`` chooses (binary, 120 rounds of up to 31 leaves over the towers' top
+``DEFAULT_CANDIDATES``), and the engagement head is an untrained towers' one: its cost, not its answer, is what
+is measured.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,16 +36,20 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.common import BenchRow, stopwatch
+from benchmarks.snapshot_ranker import BENCH_CANDIDATES, BENCH_ROUNDS, save_random_model, snapshot_ranker
 from rec_core.data.lake import Lake
 from rec_core.feed.batch import BATCH_USERS, build_trending, materialize_feeds
 from rec_core.settings import Settings
-from rec_core.snapshot.layout import begin_snapshot
+from rec_core.snapshot.layout import SnapshotPaths, begin_snapshot
+from rec_core.snapshot.model_copy import copy_model, model_file_names
+from rec_core.snapshot.rank_state import build_state, choose_ranker, write_ranking
 from rec_core.synthetic.commit import generate_data
 
 NAME = "materialize"
 SCALE = "default"
 DIM = 64
 SEED = 42
+MODEL = "bench-random"
 
 
 def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -57,6 +71,39 @@ def matmul_topk_bound(users: np.ndarray, videos: np.ndarray, k: int, batch: int 
     return t[0]
 
 
+def _ranked_twin(settings: Settings, off: SnapshotPaths, as_of: dt.datetime) -> tuple[SnapshotPaths, float, float]:
+    """A snapshot of the same lake and vectors as ``off`` whose build applies a ranker; the seconds its ranking
+    files took (what the begin stage adds); and the ranker's mean leaves per tree (its cost is in the trees' size:
+    a ranker fitted to random vectors must still grow full trees for the figure to mean anything)."""
+    ranker = snapshot_ranker(settings.paths, off, rounds=BENCH_ROUNDS)
+    trees = ranker.booster.dump_model()["tree_info"]
+    leaves = sum(t["num_leaves"] for t in trees) / max(len(trees), 1)
+    ranker.save(settings.paths.models_dir / MODEL)
+    version_dir = settings.paths.models_dir / MODEL
+    build = off.read_build()
+    _, record = choose_ranker(version_dir, ranker_on=True)
+    names = model_file_names(version_dir)
+    on = begin_snapshot(
+        settings.paths,
+        feed_length=build.feed_length,
+        model_version=MODEL,
+        lake_version=build.lake_version,
+        as_of=as_of,
+        video_shards=1,
+        user_shards=1,
+        embedding_dim=DIM,
+        model_files=names,
+        ranker=record,
+        now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1),
+    )
+    copy_model(version_dir, on, names)
+    with stopwatch() as t:
+        write_ranking(on.rank_dir, ranker, build_state(settings.paths, on.read_build()))
+    for name in ("videos", "users"):
+        shutil.copy(off.vectors_dir / f"{name}-00000-of-00001.parquet", on.vectors_dir)
+    return on, t[0], leaves
+
+
 def run() -> list[BenchRow]:
     base = Settings.load()
     with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
@@ -69,7 +116,7 @@ def run() -> list[BenchRow]:
         paths = begin_snapshot(
             settings.paths,
             feed_length=settings.batch.feed_length,
-            model_version="bench-random",
+            model_version=MODEL,
             lake_version=lake.current().name,
             as_of=as_of,
             video_shards=1,
@@ -82,17 +129,26 @@ def run() -> list[BenchRow]:
         videos, users = _unit_vectors(rng, len(video_ids)), _unit_vectors(rng, len(user_ids))
         _write(paths.video_vectors(0, 1), "video_id", video_ids, videos)
         _write(paths.user_vectors(0, 1), "user_id", user_ids, users)
+        save_random_model(settings.paths.models_dir, MODEL, DIM)
+        ranked, state_s, leaves = _ranked_twin(settings, paths, as_of)
 
         bound_before = matmul_topk_bound(users, videos, settings.batch.feed_length)
         with stopwatch() as t_trend:
             build_trending(settings, paths.snapshot_id)
+        build_trending(settings, ranked.snapshot_id)
         with stopwatch() as t_mat:
             summary = materialize_feeds(settings, paths.snapshot_id, 0)
+        with stopwatch() as t_on:
+            ranked_summary = materialize_feeds(settings, ranked.snapshot_id, 0)
+        with stopwatch() as t_off:
+            materialize_feeds(settings, paths.snapshot_id, 0)
         bound_after = matmul_topk_bound(users, videos, settings.batch.feed_length)
+        state_bytes = sum(f.stat().st_size for f in ranked.rank_dir.iterdir())
 
     n = len(users)
     bound_s = (bound_before + bound_after) / 2
     mat_rate, bound_rate = n / t_mat[0], n / bound_s
+    off_rate, on_rate = n / ((t_mat[0] + t_off[0]) / 2), n / t_on[0]
     shape = f"{n:,} users x {len(videos):,} videos, {DIM}-d, feed {settings.batch.feed_length}"
     rows = [
         BenchRow(NAME, "materialize throughput", mat_rate, "users/s", f"{shape}, 1 shard, end to end incl. I/O"),
@@ -101,10 +157,25 @@ def run() -> list[BenchRow]:
         BenchRow(NAME, "materialize wall time", t_mat[0], "s", f"{summary['rows']:,} feed rows"),
         BenchRow(NAME, "trending wall time", t_trend[0], "s", "trending.parquet"),
         BenchRow(NAME, "bound wall time", bound_s, "s", f"before {bound_before:.2f}s, after {bound_after:.2f}s"),
+        BenchRow(NAME, "ranker off throughput", off_rate, "users/s", f"mean of 2 runs around the on run: {shape}"),
+        BenchRow(
+            NAME,
+            "ranker on throughput",
+            on_rate,
+            "users/s",
+            f"binary, {BENCH_ROUNDS} trees of {leaves:.1f} leaves on average (31 at most), top {BENCH_CANDIDATES}",
+        ),
+        BenchRow(NAME, "ratio ranker on / off", on_rate / off_rate, "x", "target >= 0.5"),
+        BenchRow(NAME, "ranking state: build", state_s, "s", "rank/ at begin: state as of as-of, written once"),
+        BenchRow(NAME, "ranking state: size", state_bytes / 2**20, "MiB", "rank/ in the snapshot (zstd Parquet)"),
     ]
     rows += [
         BenchRow(NAME, f"stage: {stage}", value, "s", f"{100 * value / t_mat[0]:.0f}% of the run")
         for stage, value in summary["timings"].items()
+    ]
+    rows += [
+        BenchRow(NAME, f"ranker on, stage: {stage}", value, "s", f"{100 * value / t_on[0]:.0f}% of the run")
+        for stage, value in ranked_summary["timings"].items()
     ]
     return rows
 

@@ -12,7 +12,7 @@ A walk (a first page and the pages its cursors lead to) reads one snapshot:
    everything served live in this walk (carried in the cursor) and everything the
    user has watched or skipped, then the batch's own feed pipeline over the answer
    (:data:`rec_core.feed.pipeline.FEED_PIPELINE` via :func:`rec_core.feed.live.rank_live`:
-   the same filters, creator cap and reasons as the materialized feeds).
+   the same filters, ranker, creator cap and reasons as the materialized feeds).
 
 ``has_more`` is false only when nothing in the catalogue is left to serve.
 """
@@ -22,24 +22,23 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
 
+from feed_api.live_search import LiveSearch
 from feed_api.snapshot_view import RankedList, SnapshotView
 from feed_api.user_state import UserActivity
 from rec_core.feed.cursor import Cursor, encode_codes
-from rec_core.feed.live import listed_keep, rank_live
+from rec_core.feed.live import listed_keep
 from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.reasons import PLAIN_TEXT, Reason
-from rec_core.snapshot.vector_store import MAX_TOPK
 
 LIVE_REASON = PLAIN_TEXT[Reason.FOR_YOU]  # what the pipeline's reasons stage says of a live item
 TRENDING_REASON = PLAIN_TEXT[Reason.TRENDING]
 SHIFT_HALF = 4.0  # positive events since the batch at which they weigh as much as the batch vector
-OVERFETCH = 4  # live candidates fetched per item needed, so the creator cap still fills a page
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -198,8 +197,8 @@ def next_page(
             query = vector()
             if query is None:
                 query = view.trending_vector
-            live = _Live(view, user_id, seen, walked, policy, pipeline, query is view.trending_vector)
-            new = _live(view, query, need, exclude, live)
+            search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query)
+            new = [Item(i.video_id, i.score, i.reason) for i in search.items(need, exclude)]
             items += new
             known = [view.video_code[i.video_id] for i in new if i.video_id in view.video_code]
             served_codes = np.concatenate([served_codes, np.asarray(known, dtype=np.int64)])
@@ -222,74 +221,3 @@ def next_page(
             cursor.page + 1,
         )
     return Page(items, has_more, nxt, source, unknown=trending)
-
-
-def exact_search(view: SnapshotView, query: np.ndarray, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-    """The ``k`` best unexcluded videos by inner product, from the vectors in memory.
-
-    For walks so deep that their exclusions pass Milvus' top-k cap (16,384), where
-    an over-fetching search could come back empty while videos remain: one matrix
-    product over the catalogue (about a millisecond for 50,000 x 64) is exact.
-    """
-    with view.added.lock:
-        added = list(view.added.vectors.items())
-    ids = np.concatenate([view.video_ids, np.asarray([a for a, _ in added], dtype=object)])
-    vectors = view.video_vectors if not added else np.vstack([view.video_vectors, np.stack([v for _, v in added])])
-    scores = vectors @ query.astype(np.float32)
-    if exclude:
-        scores[np.isin(ids, np.asarray(list(exclude), dtype=object))] = -np.inf
-    top = np.argsort(-scores, kind="stable")[:k]
-    return [(str(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
-
-
-@dataclass(frozen=True, slots=True)
-class _Live:
-    """Who a live answer is for: what the pipeline's context needs besides the search."""
-
-    view: SnapshotView
-    user_id: str
-    seen: set[str]
-    walked: set[str]  # listed or served in this walk
-    policy: FeedPolicy
-    pipeline: FeedPipeline
-    trending_query: bool
-
-    def rank(self, hits: list[tuple[str, float]], need: int) -> list[Item]:
-        view = self.view
-        chosen = rank_live(
-            self.pipeline,
-            hits,
-            [view.creator_of(v) or "" for v, _ in hits],
-            [view.created_of(v) for v, _ in hits],
-            user_id=self.user_id,
-            seen=self.seen,
-            served=self.walked,
-            video_code=view.video_code,
-            video_ids=view.video_ids,
-            as_of_ms=view.as_of_ms,
-            policy=replace(self.policy, feed_length=min(need, len(hits))),
-            trending_query=self.trending_query,
-        )
-        return [Item(c.video_id, c.score, c.reason) for c in chosen]
-
-
-def _live(view: SnapshotView, query: np.ndarray, need: int, exclude: set[str], live: _Live) -> list[Item]:
-    """Up to ``need`` items from live search, best first, through the feed pipeline.
-
-    The creator cap (or any filter) can leave an over-fetched answer short (a user whose nearest videos are all one
-    creator's): then it searches again, four times deeper, until the page fills or the catalogue is exhausted.
-    """
-    catalogue = view.catalogue_size()
-    k = min(need * OVERFETCH + 16, catalogue)
-    while k >= 1:
-        if k + len(exclude) <= MAX_TOPK:
-            hits = view.store.search(query, k, exclude_ids=sorted(exclude))[0]
-        else:
-            hits = exact_search(view, query, k, exclude)
-        if not hits:
-            return []
-        chosen = live.rank(hits, need)
-        if len(chosen) >= need or len(hits) < k or k >= catalogue:
-            return chosen
-        k = min(4 * k, catalogue)
-    return []

@@ -11,10 +11,14 @@ a few slices and no database query (docs/architecture.md, invariant 4):
   collection for live search,
 * the model that built it and the snapshot's catalogue (the video tower's
   inputs, written by the video shards), for the user tower online and for
-  encoding new videos into the same vector space (loaded once).
+  encoding new videos into the same vector space (loaded once),
+* when its build applied the ranker, the ranker and the feature state as of
+  the build (:mod:`rec_core.feed.rank_stage`), so live pages run the batch's
+  own ranking stage.
 
-Everything comes from the snapshot folder (and the model store): serving never
-reads the lake, so a snapshot keeps serving after its lake version is pruned.
+Everything comes from the snapshot folder (the model store only for a snapshot
+begun before it carried its model): serving never reads the lake, so a
+snapshot keeps serving after its lake version is pruned.
 
 A row whose id breaks the id rule (:mod:`rec_core.ids`: a snapshot built from a
 lake an older API or batch let such an id into) is left out with a warning and
@@ -38,13 +42,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rec_core.feed.rank_stage import RankCatalogue, RankInputs, load_rank_model
 from rec_core.ids import id_problems
 from rec_core.model.features import Catalogue
 from rec_core.model.inference import (
     OnlineUserVector,
     UserProfile,
     as_of_ms,
-    load_build_model,
     snapshot_catalogue,
     user_vector_from_profile,
 )
@@ -53,6 +57,7 @@ from rec_core.settings import PathSettings
 from rec_core.snapshot.files import read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
 from rec_core.snapshot.manifest import read_manifest
+from rec_core.snapshot.model_copy import load_snapshot_model
 from rec_core.snapshot.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -117,6 +122,7 @@ class SnapshotView:
     known_creators: frozenset[str]
     added: AddedVideos = field(default_factory=AddedVideos)
     skipped_ids: dict[str, int] = field(default_factory=dict)  # "videos" / "users" -> rows left out for their id
+    ranking: RankCatalogue | None = None  # the build's ranker over these codes; None: the towers' order
 
     @property
     def dim(self) -> int:
@@ -150,6 +156,10 @@ class SnapshotView:
         """The user tower online, in this snapshot's vector space."""
         return user_vector_from_profile(self.model, self.catalogue, self.model.stats, profile, self.known_creators)
 
+    def ranking_for(self, user_id: str, vector: np.ndarray) -> RankInputs | None:
+        """The ranker stage's context for one user whose candidates were retrieved with ``vector``."""
+        return None if self.ranking is None else self.ranking.inputs([user_id], vector[None, :])
+
     def close(self) -> None:
         self.store.close()
 
@@ -166,7 +176,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     vectors = vectors_array(videos)[order]
     codes = pl.DataFrame({"video_id": video_ids.astype(str), "code": np.arange(len(video_ids), dtype=np.int32)})
 
-    model = load_build_model(path_settings, build)
+    model = load_snapshot_model(path_settings, paths, build)
     catalogue = snapshot_catalogue(paths, build, model)
     meta = pl.DataFrame(
         {
@@ -214,6 +224,9 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         known_creators=frozenset(catalogue.creator_ids.tolist()),
         skipped_ids={k: len(v) for k, v in (("videos", bad_videos), ("users", bad_users)) if v},
     )
+    ranker = load_rank_model(path_settings, paths, build, model)
+    if ranker is not None:
+        view.ranking = ranker.over(video_ids, view.video_vectors)
     log.info(
         "snapshot %s loaded in %.1fs: %d videos, %d users with feeds (%d items), %d user vectors",
         paths.snapshot_id,

@@ -125,7 +125,7 @@ def test_exact_search_for_deep_walks_agrees_with_milvus(world_copy: Path) -> Non
     """Past Milvus' top-k cap the pager scores in memory; both must give the same answers."""
     import numpy as np
 
-    from feed_api.pager import exact_search
+    from feed_api.live_search import exact_search
     from feed_api.snapshot_view import load_view
     from rec_core.settings import Settings
     from rec_core.snapshot.layout import snapshot_paths

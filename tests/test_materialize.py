@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -431,11 +432,29 @@ def score_problems(feeds: pl.DataFrame, s: ScoredSnapshot, top_k: int = 50) -> t
     return problems, overlaps
 
 
-def test_feeds_follow_the_model_scores(api_world: Path) -> None:
+def _towers_order(data: Path, tmp_path: Path) -> Path:
+    """``data``, or when its live snapshot's build applies the ranker, a copy whose feeds are rebuilt in the towers'
+    order (the build as REC_RANKER=off records it: the feeds such a build writes)."""
+    snapshot = data / "snapshots" / (data / "snapshots" / "LIVE").read_text().strip()
+    build = json.loads((snapshot / "build.json").read_text())
+    if not (build.get("ranker") or {}).get("applied"):
+        return data
+    copy = tmp_path / "towers-order" / "data"
+    shutil.copytree(data.parent / "pristine", copy)
+    build["ranker"] = {"applied": False, "objective": None, "n_candidates": None, "why": "REC_RANKER=off"}
+    (copy / "snapshots" / snapshot.name / "build.json").write_text(json.dumps(build))
+    settings = Settings.load({"REC_DATA_DIR": str(copy)})
+    for shard in range(build["user_shards"]):
+        materialize_feeds(settings, snapshot.name, shard)
+    return copy
+
+
+def test_feeds_follow_the_model_scores(api_world: Path, tmp_path: Path) -> None:
     """A published snapshot's feeds against its own vector files: stored scores are ``user . video``, the order is
     the score order except where the feed policy moved an item, and the top of each feed is the user's top-k.
-    The same checks on the feeds of users mapped to the wrong vectors must fail, so they can."""
-    scored, feeds = _scored_snapshot(api_world)
+    The same checks on the feeds of users mapped to the wrong vectors must fail, so they can. (The ranker's order
+    is checked against these in tests/test_rank_stage.py.)"""
+    scored, feeds = _scored_snapshot(_towers_order(api_world, tmp_path))
     assert set(feeds["user_id"].unique()) == set(scored.user_row)
     assert len(scored.seen) >= 0.8 * len(scored.user_row)  # most users have a history, so most feeds are ranked
     problems, overlaps = score_problems(feeds, scored)
@@ -484,3 +503,27 @@ def test_prefetch_passes_items_in_order_and_surfaces_errors() -> None:
     for item in _prefetch(iter(range(1000)), depth=1):
         if item == 3:
             break
+
+
+def test_ordered_map_keeps_the_order_of_uneven_work_and_surfaces_errors() -> None:
+    import time as _time
+
+    from rec_core.feed.prefetch import ordered_map
+
+    def slow_first(x: int) -> int:
+        _time.sleep(0.02 if x % 3 == 0 else 0.0)  # later items finish first in another worker
+        return x * x
+
+    for workers in (1, 2, 3):
+        assert list(ordered_map(slow_first, iter(range(20)), workers)) == [x * x for x in range(20)]
+
+    def fails_at_5(x: int) -> int:
+        if x == 5:
+            raise ValueError("five")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="five"):
+        for item in ordered_map(fails_at_5, iter(range(10)), 2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]

@@ -1,5 +1,6 @@
-"""A published snapshot serves on its own: the API's view of it needs the snapshot folder and the model store, never
-the lake (nor the batch's caption-embedding cache)."""
+"""A published snapshot serves on its own: the API's view of it needs the snapshot folder (and, for a snapshot begun
+before it carried its model, the model store), never the lake (nor the batch's caption-embedding cache); a snapshot
+whose build applies the ranker serves its ranked live pages with the models folder gone too."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from feed_api.pager import first_cursor, next_page
 from feed_api.snapshot_view import load_view
 from feed_api.video_encoding import encode_videos
+from rec_core.feed.cursor import Cursor
+from rec_core.feed.policy import FeedPolicy
 from rec_core.model.inference import UserProfile, load_build_model, load_catalogue, user_vector_from_profile
 from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import live_snapshot_id, snapshot_paths
+from tests.test_rank_stage import ranked_world
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +89,41 @@ def test_a_published_snapshot_serves_with_the_lake_gone(api_world: Path, tmp_pat
         np.testing.assert_allclose(np.linalg.norm(vector, axis=1), 1.0, atol=1e-5)
     finally:
         view.close()
+
+
+def test_a_ranked_snapshot_serves_with_the_lake_and_the_models_gone(
+    api_world: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A snapshot whose build applies the ranker: the API's view loads the towers, the ranker and the feature state
+    from the snapshot alone, and its live pages (a continuation, a fresh user's first page) come out the same as
+    with the lake and the models folder there."""
+    data = tmp_path / "data"
+    shutil.copytree(ranked_world(tmp_path_factory, api_world), data)
+    settings = Settings.load({"REC_DATA_DIR": str(data)})
+    live = live_snapshot_id(settings.paths)
+    assert live is not None
+    paths = snapshot_paths(settings.paths, live)
+    assert paths.read_build().ranker_applied
+
+    def pages() -> list[list[tuple[str, float, str]]]:
+        view = load_view(settings.paths, paths)
+        try:
+            assert view.ranking is not None
+            policy = FeedPolicy(feed_length=view.build.feed_length)
+            out = []
+            for user in sorted(view.feeds.user_row)[:5]:
+                start, end = view.feeds.bounds(user) or (0, 0)
+                cursor = Cursor(view.snapshot_id, user, "feed", end - start)
+                out.append(next_page(view, cursor, 20, None, lambda u=user: view.batch_vector(u), policy).items)
+            profile = UserProfile(watched=view.video_ids[[3, 1, 2]].tolist(), liked=[str(view.video_ids[1])])
+            fresh = first_cursor(view, "u-fresh-after-the-lake", has_vector=True)
+            out.append(next_page(view, fresh, 20, None, lambda: view.profile_vector(profile).vector, policy).items)
+            return [[(i.video_id, i.score, i.reason) for i in items] for items in out]
+        finally:
+            view.close()
+
+    with_everything = pages()
+    assert all(len(page) == 20 for page in with_everything)
+    for folder in (settings.paths.lake_dir, data / "features", settings.paths.models_dir):
+        shutil.move(folder, tmp_path / f"away-{folder.name}")
+    assert pages() == with_everything

@@ -8,6 +8,11 @@ path's candidate source: exact top-k by ``user . video`` (watched and own videos
 a user whose candidates run out still gets a full feed. A user with no interaction before as-of gets the trending
 list through the same pipeline.
 
+When the snapshot's build applies the ranker (build.json's ``ranker``, decided when it began), the context carries
+it and the pipeline's ranker stage reorders each user's leading ``n_candidates`` of the exact top-k (the top-k is
+at least that deep) before the policy: the ranker and its feature state are read from the snapshot (``rank/``), the
+files the API ranks its live pages with, so both paths compute the same features from the same bytes.
+
 Output: ``feeds/part-<shard>-of-<user shards>.parquet`` with ``user_id, rank, video_id, score, reason`` sorted by
 (user_id, rank), written atomically; ``score`` is the model's ``user . video`` for every row.
 Deterministic: the same snapshot and lake give byte-identical files.
@@ -35,7 +40,8 @@ from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, load_inputs, read
 from rec_core.feed.history import ShardHistory, shard_history
 from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline, feed_rows
 from rec_core.feed.policy import FeedPolicy
-from rec_core.feed.prefetch import prefetch
+from rec_core.feed.prefetch import ordered_map, prefetch
+from rec_core.feed.rank_stage import RankModel, load_rank_model
 from rec_core.feed.reasons import ReasonCatalogue, like_threshold, render, unit_rows
 from rec_core.progress import Progress
 from rec_core.settings import Settings
@@ -44,10 +50,11 @@ from rec_core.snapshot.layout import snapshot_paths
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_FACTOR = 3  # top-k = 3 x feed length: slack for the creator cap and dedup
+CANDIDATE_FACTOR = 3  # top-k = 3 x feed length (at least the ranker's N): slack for the creator cap and dedup
 BACKFILL_FACTOR = 3  # trending items appended behind the personal candidates, in feed lengths
 FRESH_FACTOR = 3  # fresh candidates per reserved fresh slot
 BATCH_USERS = 512  # users per matmul batch: 512 x 50,000 float32 scores is 100 MB
+RANK_WORKERS = 2  # blocks scored at once when the ranker runs (one LightGBM thread each)
 ROW_GROUP = 131_072
 TRENDING_TEXT = "trending"
 
@@ -81,7 +88,8 @@ def materialize_feeds(
 
     t = time.perf_counter()
     history = shard_history(settings.paths, inputs, user_ids)
-    ctx = _shard_context(inputs, history)
+    ranker = load_rank_model(settings.paths, paths, build)
+    ctx = _shard_context(inputs, history, ranker, user_ids, user_vectors)
     timings["history"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -108,18 +116,20 @@ def materialize_feeds(
         "rows": table.num_rows,
         "short_feeds": int((lengths < policy.feed_length).sum()),
         "min_feed_length": int(lengths.min()) if n_users else 0,
+        "ranker": build.ranker,
         "seconds": round(seconds, 3),
         "users_per_s": round(n_users / max(seconds, 1e-9), 1),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "path": str(target),
     }
     log.info(
-        "materialize shard %d done: %d users, %d rows in %.1fs (%.0f users/s); %s",
+        "materialize shard %d done: %d users, %d rows in %.1fs (%.0f users/s, ranker %s); %s",
         shard,
         n_users,
         table.num_rows,
         seconds,
         summary["users_per_s"],
+        "applied" if ranker is not None else "off",
         summary["timings"],
     )
     return summary
@@ -162,7 +172,9 @@ def _context(cat: FeedCatalogue, policy: FeedPolicy, user_creator: np.ndarray, s
     return FeedContext(policy, video_ids, cat.creator_ids, user_creator, seen)
 
 
-def _shard_context(inputs: FeedInputs, history: ShardHistory) -> FeedContext:
+def _shard_context(
+    inputs: FeedInputs, history: ShardHistory, ranker: RankModel | None, user_ids: pa.Array, user_vectors: np.ndarray
+) -> FeedContext:
     cat, policy = inputs.catalogue, inputs.policy
     unit = unit_rows(cat.vectors)
     reasons = ReasonCatalogue(
@@ -175,7 +187,10 @@ def _shard_context(inputs: FeedInputs, history: ShardHistory) -> FeedContext:
         like_threshold=like_threshold(unit),
     )
     ctx = _context(cat, policy, history.creator, history.seen)
-    return replace(ctx, signals=history.signals, reason_catalogue=reasons)
+    ranking = None
+    if ranker is not None:
+        ranking = ranker.over(ctx.video_ids, cat.vectors).inputs(user_ids.to_numpy(zero_copy_only=False), user_vectors)
+    return replace(ctx, signals=history.signals, reason_catalogue=reasons, ranking=ranking)
 
 
 def _popular_mask(cat: FeedCatalogue, policy: FeedPolicy) -> np.ndarray:
@@ -244,10 +259,12 @@ def select_feeds(
     warm = np.flatnonzero(ctx.signals.has_history)
     if len(warm) == 0:
         return feeds, scores
-    # Candidates come from a helper thread (torch releases the GIL) while this one filters and selects (numpy and
-    # Python): the two overlap instead of taking turns. The result does not depend on the timing.
-    for block in prefetch(_top_k_blocks(cat, ctx, user_vectors, exclude, warm, backfill), 2):
-        block, keep = pipeline.filter_and_score(block, ctx)
+    # Candidates, filters and scorers run in helper threads (torch, numpy and LightGBM release the GIL) while this
+    # one selects (the policy: Python), so they overlap instead of taking turns; with the ranker, the costliest
+    # step by far, two blocks are scored at once. The result does not depend on the timing.
+    blocks = _top_k_blocks(cat, ctx, user_vectors, exclude, warm, backfill)
+    workers = RANK_WORKERS if ctx.ranking is not None else 1
+    for block, keep in prefetch(ordered_map(lambda b: pipeline.filter_and_score(b, ctx), blocks, workers), 2):
         picks = pipeline.select(block, keep, ctx)
         for r, u in enumerate(block.users.tolist()):
             feeds[u] = block.video[r][picks[r]]
@@ -281,6 +298,8 @@ def _top_k_blocks(
     fresh_k = FRESH_FACTOR * int(ctx.policy.fresh_slots(length).sum())
     subsets = [(fresh_idx, fresh_k)] if len(fresh_idx) and fresh_k else []
     k = CANDIDATE_FACTOR * length
+    if ctx.ranking is not None:  # the ranker reorders its N best of the towers: the top-k holds at least them
+        k = max(k, ctx.ranking.ranker.n_candidates)
     for batch in iter_top_k(
         warm_vectors, cat.vectors, k, exclude=warm_exclude, batch_size=BATCH_USERS, subsets=subsets
     ):

@@ -10,13 +10,16 @@ both paths (:mod:`rec_core.feed.pipeline`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from rec_core.feed.candidates import ExclusionCSR
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.reasons import ReasonCatalogue, UserSignals
+
+if TYPE_CHECKING:
+    from rec_core.feed.rank_stage import RankInputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class FeedContext:
     signals: UserSignals | None = None  # batch only: what reasons can cite
     reason_catalogue: ReasonCatalogue | None = None  # batch only
     trending_query: bool = False  # live only: ranked by the trending vector, for a user with nothing
+    ranking: RankInputs | None = None  # the ranker stage's inputs; None: no ranker, the towers' order stands
 
     @property
     def n_videos(self) -> int:

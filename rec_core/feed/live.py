@@ -3,12 +3,14 @@
 The API hands in its candidate source's answer (Milvus search, or the exact search past Milvus' top-k cap) and
 what it knows of the user; this module lays them out as a one-row :class:`rec_core.feed.block.CandidateBlock` in
 the snapshot's video codes (videos posted since the snapshot get codes after the catalogue's) and runs the same
-:data:`rec_core.feed.pipeline.FEED_PIPELINE` the batch runs.
+:data:`rec_core.feed.pipeline.FEED_PIPELINE` the batch runs: with the snapshot's ranker in the context
+(:class:`rec_core.feed.rank_stage.RankInputs` for this one user), its ranker stage reorders the answer exactly as
+the batch reorders a user's top-k.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
@@ -18,6 +20,7 @@ from rec_core.feed.block import CandidateBlock, FeedContext, FeedRows
 from rec_core.feed.candidates import ExclusionCSR
 from rec_core.feed.pipeline import FeedPipeline
 from rec_core.feed.policy import FeedPolicy
+from rec_core.feed.rank_stage import RankInputs
 from rec_core.feed.reasons import render_list
 
 
@@ -42,27 +45,31 @@ def rank_live(
     as_of_ms: int,
     policy: FeedPolicy,
     trending_query: bool,
+    ranking: RankInputs | None = None,
+    posted_vector: Callable[[str], np.ndarray | None] | None = None,
 ) -> list[LiveItem]:
     """The feed the pipeline makes of ``hits`` (best first; ties by video id), at most ``policy.feed_length`` long.
 
     ``seen`` is what the user watched or skipped, ``served`` what this walk already listed or served;
     ``video_code``/``video_ids`` are the snapshot's code space, ``creators``/``created_ms`` align with ``hits``.
+    ``ranking`` is the ranker stage's context for this user (None: the towers' order), and ``posted_vector`` the
+    vector of a video posted since the snapshot, for its engagement features.
     """
     if not hits:
         return []
     ids = np.asarray([h[0] for h in hits], dtype=object).astype(str)
     scores = np.asarray([h[1] for h in hits], dtype=np.float64)
-    ranking = np.lexsort((ids, -scores))
+    best_first = np.lexsort((ids, -scores))
     # Videos posted since the snapshot: codes after the catalogue's.
     extra = {v: len(video_ids) + i for i, v in enumerate(dict.fromkeys(v for v in ids if v not in video_code))}
     hit_ids = ids.tolist()
     codes = np.asarray([video_code.get(v, extra.get(v, -1)) for v in hit_ids], dtype=np.int64)
     all_ids = np.concatenate([video_ids, np.asarray(list(extra), dtype=object)]) if extra else video_ids
     block, ctx = _one_user(
-        codes[ranking],
-        scores[ranking],
-        np.asarray(creators, dtype=object)[ranking],
-        np.asarray(created_ms, dtype=np.int64)[ranking],
+        codes[best_first],
+        scores[best_first],
+        np.asarray(creators, dtype=object)[best_first],
+        np.asarray(created_ms, dtype=np.int64)[best_first],
         user_id=user_id,
         as_of_ms=as_of_ms,
         policy=policy,
@@ -73,7 +80,9 @@ def rank_live(
         served=_one_row([v for v in hit_ids if v in served], video_code, extra),
         unique=False,
     )
-    ctx = replace(ctx, trending_query=trending_query)
+    if ranking is not None and extra:
+        ranking = replace(ranking, extra_vectors=_posted_vectors(list(extra), ranking, posted_vector))
+    ctx = replace(ctx, trending_query=trending_query, ranking=ranking)
     scored, picks = pipeline.run(block, ctx)
     chosen = scored.video[0][picks[0]]
     # Ranks within this answer; no fresh slots here (the batch placed them), so no "new" reasons either.
@@ -83,6 +92,15 @@ def rank_live(
     # Scores as the search gave them: the API reports its own float, not the block's float32 copy.
     hit_of = {c: i for i, c in enumerate(codes.tolist())}
     return [LiveItem(*hits[hit_of[c]], r) for c, r in zip(chosen.tolist(), reasons, strict=True)]
+
+
+def _posted_vectors(
+    ids: list[str], ranking: RankInputs, posted_vector: Callable[[str], np.ndarray | None] | None
+) -> np.ndarray:
+    """Vectors of videos posted since the snapshot, in code order; zeros for one without a vector any more."""
+    dim = ranking.catalogue.video_vectors.shape[1]
+    found = [posted_vector(v) if posted_vector is not None else None for v in ids]
+    return np.stack([np.zeros(dim, np.float32) if f is None else np.asarray(f, np.float32) for f in found])
 
 
 def listed_keep(

@@ -3,7 +3,8 @@
 :data:`FEED_PIPELINE` is the only place that says which rules a feed obeys and in what order. The batch
 materializer (:mod:`rec_core.feed.batch`, exact top-k for 512 users a block) and the live continuation of the API
 (:mod:`rec_core.feed.live`, one user's Milvus search) run these same stage objects; only their candidate source
-differs. A new stage (a filter, a ranking scorer) is added here and reaches both.
+differs. A new stage (a filter, a ranking scorer) is added here and reaches both: the learned ranker
+(:mod:`rec_core.feed.rank_stage`) is one, acting where the context carries the snapshot's ranker.
 
 Filters are listed cheapest first and each is a small file in :mod:`rec_core.feed.filters`; a filter returns a
 keep-mask over the whole block and the pipeline ANDs them, so a filter's answer never depends on another's. The
@@ -20,6 +21,7 @@ import numpy as np
 from rec_core.feed.block import CandidateBlock, FeedContext, FeedRows, Filter, Reasoner, Scorer, Selector
 from rec_core.feed.filters import Duplicates, OwnVideos, Seen
 from rec_core.feed.ordering import ExplainReasons, ModelScore, PolicySelector
+from rec_core.feed.rank_stage import RankerScore
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,7 @@ class FeedPipeline:
 
 FEED_PIPELINE = FeedPipeline(
     filters=(OwnVideos(), Seen(), Duplicates()),
-    scorers=(ModelScore(),),
+    scorers=(ModelScore(), RankerScore()),
     selector=PolicySelector(),
     reasons=ExplainReasons(),
 )

@@ -1,9 +1,15 @@
 """Where a snapshot build starts: the current model over the live lake, pinned in its build.json, and which
-snapshot a run that starts mid-build continues."""
+snapshot a run that starts mid-build continues.
+
+Beginning also writes what serving needs of the model into the snapshot: the towers' files (``model/``) and, when
+the ranker is applied (``REC_RANKER=on`` and the model version carries one), the ranker and the feature state as of
+the build's as-of (``rank/``), computed here once per build for every materialize shard and the API to read."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 
 import pyarrow.compute as pc
 
@@ -12,6 +18,10 @@ from rec_core.data.lake import Lake, LakeError, lake_for
 from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
+from rec_core.snapshot.model_copy import copy_model, model_file_names
+from rec_core.snapshot.rank_state import build_state, choose_ranker, write_ranking
+
+log = logging.getLogger(__name__)
 
 
 def lake_watermark(lake: Lake) -> dt.datetime:
@@ -37,6 +47,9 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     version = lake.current().name
     lake = lake.at(version)
     dim = int(store.read_json(model, "config.json")["tower"]["embedding_dim"])
+    version_dir = settings.paths.models_dir / model
+    model_files = model_file_names(version_dir)
+    ranker, ranker_record = choose_ranker(version_dir, settings.model.ranker_on)
     paths = begin_snapshot(
         settings.paths,
         model_version=model,
@@ -47,15 +60,26 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         user_shards=user_shards,
         embedding_dim=dim,
         feed_length=settings.batch.feed_length,
+        model_files=model_files,
+        ranker=ranker_record,
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
     if not (settings.paths.lake_dir / version).is_dir():
         raise LakeError(f"lake version {version} was pruned while snapshot {paths.snapshot_id} began; run again")
+    # build.json promises these files: a run killed before they are whole leaves a snapshot validation refuses.
+    copy_model(version_dir, paths, model_files)
+    if ranker is not None:
+        started = time.perf_counter()
+        rows = write_ranking(paths.rank_dir, ranker, build_state(settings.paths, paths.read_build()))
+        log.info(
+            "ranking state of %s as of its as-of in %.1fs: %s", paths.snapshot_id, time.perf_counter() - started, rows
+        )
     return {
         "snapshot_id": paths.snapshot_id,
         "video_shards": list(range(video_shards)),
         "user_shards": list(range(user_shards)),
+        "ranker": ranker_record,
     }
 
 

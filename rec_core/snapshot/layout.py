@@ -13,6 +13,8 @@ Layout of one snapshot folder::
     catalogue/part-00000-of-00004.parquet   the videos of video shard 0 as serving sees them (see below)
     feeds/part-00000-of-00004.parquet       user_id, rank, video_id, score, reason; sorted by (user_id, rank)
     trending.parquet                    rank, video_id, score, reason: the feed of a user with no history
+    model/<version>/...                 the model version's files the API loads (towers, vocabularies, scales)
+    rank/...                            when the ranker is applied: the ranker and the feature state as of as-of
     milvus.db                           Milvus Lite file with the ``videos`` collection (embedded mode only)
     manifest.json                       written by validation: counts, checksums, ids (publish reads it)
 
@@ -20,7 +22,10 @@ The catalogue parts make the snapshot self-contained: each video shard writes,
 beside its vectors and row for row with them, what the API would otherwise have
 to rebuild from the lake (creator, creation time, caption, hashtags, and the
 video tower's inputs as of ``as_of``: caption embedding and dense features).
-The API reads the snapshot, never the lake.
+The API reads the snapshot, never the lake; with ``model/`` (the towers) and
+``rank/`` (the ranker and what its features read, :mod:`rec_core.snapshot.rank_state`)
+it reads neither the models folder, so the live path runs the batch's own ranking
+stage on the same state.
 
 With a Milvus server (``REC_MILVUS_URI=http://...``) the collection is
 ``videos_<snapshot id>`` on the server instead of a per-snapshot file; one file
@@ -43,6 +48,10 @@ from rec_core.settings import PathSettings
 LIVE_POINTER = "LIVE"
 BUILD_FILE = "build.json"
 MANIFEST_FILE = "manifest.json"
+# The ranking files (rank/): the ranker as Ranker.files() writes it, then the feature state
+# (rec_core.snapshot.rank_state: what each table holds).
+RANK_TABLES = ("videos", "creators", "tags", "users", "user_creator", "user_tag", "user_tag_recent", "follows")
+RANK_FILES = ("ranker.txt", "ranker.json", "state.json", *(f"{t}.parquet" for t in RANK_TABLES))
 SNAPSHOT_ID = re.compile(r"^s\d{8}T\d{6}Z-[0-9a-z]{4,16}$")
 
 
@@ -65,6 +74,15 @@ class BuildInfo:
     # so never ahead of it): on a restart the API replays the inbox from here, not from what the batch has taken
     # in since, which the live snapshot does not reflect yet. None for snapshots begun before this was recorded.
     inbox_offsets: dict[str, int] | None = None
+    # Names of the model version's files copied under model/<model_version>/ (None: an older snapshot, whose API
+    # reads the model store).
+    model_files: list[str] | None = None
+    # Whether the feeds are re-ranked: {"applied", "objective", "n_candidates", "why"} (None: built before rankers).
+    ranker: dict | None = None
+
+    @property
+    def ranker_applied(self) -> bool:
+        return bool(self.ranker and self.ranker.get("applied"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +121,15 @@ class SnapshotPaths:
     def milvus_lite_file(self) -> Path:
         return self.root / "milvus.db"
 
+    @property
+    def model_dir(self) -> Path:
+        """A model store of one version, the build's (``ModelStore(model_dir).load(version)`` reads it)."""
+        return self.root / "model"
+
+    @property
+    def rank_dir(self) -> Path:
+        return self.root / "rank"
+
     def video_vectors(self, shard: int, shards: int) -> Path:
         return self.vectors_dir / f"videos-{shard:05d}-of-{shards:05d}.parquet"
 
@@ -136,6 +163,9 @@ def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
     files += [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
     files += [paths.user_vectors(i, build.user_shards) for i in range(build.user_shards)]
     files += [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)]
+    files += [paths.model_dir / build.model_version / name for name in build.model_files or ()]
+    if build.ranker_applied:
+        files += [paths.rank_dir / name for name in RANK_FILES]
     return files
 
 
@@ -166,6 +196,8 @@ def begin_snapshot(
     embedding_dim: int,
     feed_length: int,
     inbox_offsets: dict[str, int] | None = None,
+    model_files: list[str] | None = None,
+    ranker: dict | None = None,
     now: dt.datetime | None = None,
 ) -> SnapshotPaths:
     """Create the folder of a new snapshot and its ``build.json``; stages then fill it."""
@@ -188,6 +220,8 @@ def begin_snapshot(
         feed_length=feed_length,
         created_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         inbox_offsets=inbox_offsets,
+        model_files=model_files,
+        ranker=ranker,
     )
     write_bytes_atomic(snapshot.build_file, json.dumps(asdict(info), indent=2).encode())
     return snapshot

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, SnapshotPaths, expected_files
@@ -34,6 +34,8 @@ class Manifest:
     checksums: dict[str, str]
     milvus_uri: str  # a server URL, or the Lite file relative to the snapshot folder ("milvus.db")
     milvus_collection: str
+    # build.json's ranker record (applied, objective, N): which ordering the feeds carry. None: built before rankers.
+    ranker: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -41,7 +43,8 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        # Fields with a default were added later: a manifest written before them still reads.
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw or f.default is MISSING})
 
 
 def read_manifest(paths: SnapshotPaths) -> Manifest:

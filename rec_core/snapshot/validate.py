@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic
 from rec_core.ids import is_valid_id
+from rec_core.model.inference import as_of_ms
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.content import check_content
 from rec_core.snapshot.files import (
@@ -40,6 +41,7 @@ from rec_core.snapshot.files import (
 )
 from rec_core.snapshot.layout import (
     BUILD_FILE,
+    RANK_FILES,
     BuildInfo,
     SnapshotError,
     SnapshotPaths,
@@ -48,6 +50,8 @@ from rec_core.snapshot.layout import (
     snapshot_paths,
 )
 from rec_core.snapshot.manifest import Manifest, sha256_file
+from rec_core.snapshot.model_copy import load_snapshot_model
+from rec_core.snapshot.rank_state import read_ranking
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
     finally:
         con.close()
     counts["catalogue"] = _check_catalogue(paths, build, problems)
+    problems += _check_model_and_ranking(path_settings, paths, build, counts)
     problems += _check_sorted(paths, feeds)
     if require_milvus:
         problems += _check_milvus(path_settings, paths, build, video_vecs)
@@ -127,6 +132,7 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
         checksums=checksums,
         milvus_uri=path_settings.milvus_uri or paths.milvus_lite_file.name,
         milvus_collection=paths.collection_name(path_settings),
+        ranker=build.ranker,
     )
     write_bytes_atomic(paths.manifest_file, manifest.to_json().encode())
     log.info("snapshot %s is valid: %s", snapshot_id, counts)
@@ -221,6 +227,36 @@ def _check_catalogue(paths: SnapshotPaths, build: BuildInfo, problems: list[str]
         if nulls:
             problems.append(f"{name}: {nulls} null value(s)")
     return rows
+
+
+def _check_model_and_ranking(
+    path_settings: PathSettings, paths: SnapshotPaths, build: BuildInfo, counts: dict[str, int]
+) -> list[str]:
+    """The model copy loads, and when build.json says the ranker is applied, its files and state read back whole
+    and are the ranker it names: serving would otherwise fail on them, or rank with something else."""
+    problems = []
+    present = [f for f in expected_files(paths, build) if f.is_file()]
+    if build.model_files and all(paths.model_dir / build.model_version / n in present for n in build.model_files):
+        try:
+            load_snapshot_model(path_settings, paths, build)
+        except Exception as exc:  # any reason it cannot load refuses the snapshot, with the reason
+            problems.append(f"the model copy under {paths.model_dir.name}/ does not load: {exc}")
+    if not build.ranker_applied or not all(paths.rank_dir / name in present for name in RANK_FILES):
+        return problems  # missing files are reported with the rest
+    try:
+        ranker, state = read_ranking(paths.rank_dir)
+    except SnapshotError as exc:
+        return [*problems, f"{BUILD_FILE} says the ranker is applied, but {exc}"]
+    record = build.ranker or {}
+    if (ranker.config.objective, ranker.n_candidates) != (record.get("objective"), record.get("n_candidates")):
+        problems.append(
+            f"the ranker in {paths.rank_dir.name}/ is {ranker.config.objective} over {ranker.n_candidates} "
+            f"candidates; {BUILD_FILE} records {record.get('objective')} over {record.get('n_candidates')}"
+        )
+    if state.state.t_ms != as_of_ms(build):
+        problems.append(f"the ranking state is as of {state.state.t_ms}, not the build's as-of {build.as_of}")
+    counts["ranker_users"], counts["ranker_videos"] = len(state.user_ids), len(state.video_ids)
+    return problems
 
 
 def _non_finite(column: pa.FixedSizeListArray) -> bool:

@@ -1,0 +1,102 @@
+"""Live search for a walk past its precomputed list: the user's nearest videos, through the batch's own pipeline.
+
+The snapshot's Milvus collection answers (or, for walks whose exclusions pass Milvus' top-k cap, one exact matrix
+product over the vectors in memory); :func:`rec_core.feed.live.rank_live` then runs the feed pipeline over the
+answer: the same filters, ranker, creator cap and reasons as the materialized feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from feed_api.snapshot_view import SnapshotView
+from rec_core.feed.live import LiveItem, rank_live
+from rec_core.feed.pipeline import FeedPipeline
+from rec_core.feed.policy import FeedPolicy
+from rec_core.snapshot.vector_store import MAX_TOPK
+
+OVERFETCH = 4  # live candidates fetched per item needed, so the creator cap still fills a page
+
+
+def exact_search(view: SnapshotView, query: np.ndarray, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    """The ``k`` best unexcluded videos by inner product, from the vectors in memory.
+
+    For walks so deep that their exclusions pass Milvus' top-k cap (16,384), where
+    an over-fetching search could come back empty while videos remain: one matrix
+    product over the catalogue (about a millisecond for 50,000 x 64) is exact.
+    """
+    with view.added.lock:
+        added = list(view.added.vectors.items())
+    ids = np.concatenate([view.video_ids, np.asarray([a for a, _ in added], dtype=object)])
+    vectors = view.video_vectors if not added else np.vstack([view.video_vectors, np.stack([v for _, v in added])])
+    scores = vectors @ query.astype(np.float32)
+    if exclude:
+        scores[np.isin(ids, np.asarray(list(exclude), dtype=object))] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [(str(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSearch:
+    """One live answer of a walk: whom it is for, and what the pipeline's context needs besides the search."""
+
+    view: SnapshotView
+    user_id: str
+    seen: set[str]
+    walked: set[str]  # listed or served in this walk
+    policy: FeedPolicy
+    pipeline: FeedPipeline
+    query: np.ndarray  # the vector the search ran with: the user's (the ranker reads it), or the trending vector
+
+    @property
+    def depth(self) -> int:
+        """How many hits the ranker reorders: its N, as the batch reorders each user's top N (0 without one)."""
+        ranking = self.view.ranking
+        if ranking is None or self.query is self.view.trending_vector:
+            return 0
+        return ranking.model.ranker.n_candidates
+
+    def rank(self, hits: list[tuple[str, float]], need: int) -> list[LiveItem]:
+        view = self.view
+        trending = self.query is view.trending_vector  # not a user's answer: nothing for the ranker to read
+        return rank_live(
+            self.pipeline,
+            hits,
+            [view.creator_of(v) or "" for v, _ in hits],
+            [view.created_of(v) for v, _ in hits],
+            user_id=self.user_id,
+            seen=self.seen,
+            served=self.walked,
+            video_code=view.video_code,
+            video_ids=view.video_ids,
+            as_of_ms=view.as_of_ms,
+            policy=replace(self.policy, feed_length=min(need, len(hits))),
+            trending_query=trending,
+            ranking=None if trending else view.ranking_for(self.user_id, self.query),
+            posted_vector=view.video_vector,
+        )
+
+    def items(self, need: int, exclude: set[str]) -> list[LiveItem]:
+        """Up to ``need`` items from live search, best first, through the feed pipeline.
+
+        The creator cap (or any filter) can leave an over-fetched answer short (a user whose nearest videos are all one
+        creator's): then it searches again, four times deeper, until the page fills or the catalogue is exhausted.
+        With the ranker, the first search is at least its N deep, so a live page is chosen from the same candidates a
+        batch feed would be: the towers' top N, reordered.
+        """
+        catalogue = self.view.catalogue_size()
+        k = min(max(need * OVERFETCH + 16, self.depth), catalogue)
+        while k >= 1:
+            if k + len(exclude) <= MAX_TOPK:
+                hits = self.view.store.search(self.query, k, exclude_ids=sorted(exclude))[0]
+            else:
+                hits = exact_search(self.view, self.query, k, exclude)
+            if not hits:
+                return []
+            chosen = self.rank(hits, need)
+            if len(chosen) >= need or len(hits) < k or k >= catalogue:
+                return chosen
+            k = min(4 * k, catalogue)
+        return []

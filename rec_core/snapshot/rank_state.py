@@ -1,0 +1,341 @@
+"""The ranking stage's files in a snapshot: the ranker, and the feature state as of the build's as-of.
+
+The ranker's features (:mod:`rec_core.rank.features`) read an :class:`~rec_core.rank.state.AsOfState`: counts per
+video, creator, hashtag and user, and the user-creator / user-hashtag / follow tables, over the events before t.
+:func:`write_ranking` computes that state once per build, at the snapshot's as-of from its lake version, and writes
+it under ``rank/`` beside the ranker's own files (``Ranker.files()``): compact Parquet tables (zstd), one per entity,
+and ``state.json`` with the scalars. :func:`read_ranking` reads them back into the same state, so the batch
+materializer and the API compute the same features from the same bytes, and the API needs neither the lake nor
+the models folder (docs/architecture.md, invariant 8).
+
+The state read back has one row more per user, video and creator than the build knew: a neutral one, with nothing
+counted, for a user the batch never saw (a fresh user: neutral user-side features) and for a video posted since the
+snapshot (no views, age zero, no hashtags, a creator with nothing counted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from rec_core.atomic import write_bytes_atomic, write_with
+from rec_core.model.features import follows_frame, interaction_frame, to_ms, video_frame
+from rec_core.rank.events import RankEvents
+from rec_core.rank.ranker import META_FILE, MODEL_FILE, Ranker
+from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState, PairCounts, state_at
+from rec_core.settings import PathSettings
+from rec_core.snapshot.files import read_lake_table
+from rec_core.snapshot.layout import RANK_FILES, RANK_TABLES, BuildInfo, SnapshotError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+STATE_FILE = "state.json"
+IDLE_NEVER_DAYS = 10_000.0  # what state_at says of a user with no interaction
+# Pair tables: (state field, row entity, column entity).
+PAIRS = (
+    ("user_creator", "users", "creators"),
+    ("user_tag", "users", "tags"),
+    ("user_tag_recent", "users", "tags"),
+    ("follows", "users", "creators"),
+)
+assert {MODEL_FILE, META_FILE, STATE_FILE} | {f"{t}.parquet" for t in RANK_TABLES} == set(RANK_FILES)
+
+
+def choose_ranker(version_dir: Path, ranker_on: bool) -> tuple[Ranker | None, dict]:
+    """The ranker a build applies (None: the feeds keep the towers' order) and what build.json records of it."""
+    if not ranker_on:
+        return None, {"applied": False, "objective": None, "n_candidates": None, "why": "REC_RANKER=off"}
+    ranker = Ranker.load_if_present(version_dir)
+    if ranker is None:
+        return None, {"applied": False, "objective": None, "n_candidates": None, "why": "the model has no ranker"}
+    record = {
+        "applied": True,
+        "objective": ranker.config.objective,
+        "n_candidates": ranker.n_candidates,
+        "why": f"REC_RANKER=on and model {version_dir.name} carries a ranker",
+    }
+    return ranker, record
+
+
+# ---- the state at build time ----------------------------------------------------------------------------------------
+
+
+def build_events(path_settings: PathSettings, build: BuildInfo) -> RankEvents:
+    """The build's lake version as the ranker's event arrays: every video, and every user of the users table or with
+    an interaction before as-of (the users the build's shards cover)."""
+    videos = video_frame(
+        read_lake_table(path_settings, build, "videos", ["video_id", "creator_id", "hashtags", "created_at"])
+    )
+    interactions = interaction_frame(
+        read_lake_table(path_settings, build, "interactions", ["user_id", "video_id", "ts", "completion", "liked"])
+    )
+    follows = follows_frame(read_lake_table(path_settings, build, "follows", ["user_id", "creator_id", "ts"]))
+    table_users = read_lake_table(path_settings, build, "users", ["user_id"]).column(0).to_pylist()
+    users = pl.concat(
+        [
+            pl.Series(table_users, dtype=pl.String),
+            interactions.filter(pl.col("ts_ms") < _as_of_ms(build))["user_id"].cast(pl.String),
+        ]
+    )
+    return RankEvents.build(np.asarray(users.unique().sort().to_list(), dtype=object), videos, interactions, follows)
+
+
+def build_state(path_settings: PathSettings, build: BuildInfo) -> AsOfState:
+    """The feature state as of the build's as-of, from every event of its lake version before it."""
+    return state_at(build_events(path_settings, build), _as_of_ms(build))
+
+
+def write_ranking(folder: Path, ranker: Ranker, state: AsOfState) -> dict[str, int]:
+    """The ranker and ``state`` as ``folder``'s files (each written atomically); returns the table sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in ranker.files().items():
+        write_bytes_atomic(folder / name, data)
+    ev = state.events
+    cut = ev.interactions_before(state.t_ms)
+    tables = {
+        "videos": pa.table(
+            {
+                "video_id": pa.array(ev.item_ids.astype(str), pa.string()),
+                "creator": pa.array(ev.item_creator.astype(np.int32)),
+                "created_ms": pa.array(ev.item_created_ms.astype(np.int64)),
+                "tags": pa.ListArray.from_arrays(
+                    pa.array(ev.item_tags.indptr.astype(np.int32)), pa.array(ev.item_tags.indices.astype(np.int32))
+                ),
+                "views": state.item_views,
+                **_windows("views", state.item_window_views),
+                **_decays("decayed", state.item_decayed),
+                "completion_rate": state.item_completion_rate,
+                "like_rate": state.item_like_rate,
+            }
+        ),
+        "creators": pa.table(
+            {
+                "creator_id": pa.array(ev.creator_ids.astype(str), pa.string()),
+                **_windows("views", state.creator_window_views),
+                "videos": state.creator_videos,
+            }
+        ),
+        "tags": pa.table(
+            {
+                "tag": pa.array(ev.tag_ids.astype(str), pa.string()),
+                "share_30d": state.tag_share_30d,
+                "share_all": state.tag_share_all,
+            }
+        ),
+        "users": pa.table(
+            {
+                "user_id": pa.array(ev.user_ids.astype(str), pa.string()),
+                "events": state.user_events,
+                **_windows("events", state.user_window_events),
+                "days_idle": state.user_days_idle,
+                "completion": state.user_completion,
+                "like_rate": state.user_like_rate,
+                "recent_weight": state.user_recent_weight,
+            }
+        ),
+        **{name: _pair_table(getattr(state, name)) for name, _, _ in PAIRS},
+    }
+    for name, table in tables.items():
+        write_with(folder / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp, compression="zstd"))
+    meta = {
+        "format": FORMAT,
+        "t_ms": state.t_ms,
+        "windows_days": list(WINDOWS_DAYS),
+        "half_lives_days": list(HALF_LIVES_DAYS),
+        "window_totals": state.window_totals.tolist(),
+        "decayed_totals": state.decayed_totals.tolist(),
+        # What a video with no view scores (the smoothing's prior): the neutral video's rates.
+        "prior_completion": float(ev.completion[:cut].mean()) if cut else 0.0,
+        "prior_like": float(ev.liked[:cut].mean()) if cut else 0.0,
+        "rows": {name: table.num_rows for name, table in tables.items()},
+    }
+    write_bytes_atomic(folder / STATE_FILE, json.dumps(meta, indent=2).encode())
+    return meta["rows"]
+
+
+def _windows(prefix: str, matrix: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"{prefix}_{d}d": matrix[k] for k, d in enumerate(WINDOWS_DAYS)}
+
+
+def _decays(prefix: str, matrix: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"{prefix}_{h:g}d": matrix[k] for k, h in enumerate(HALF_LIVES_DAYS)}
+
+
+def _pair_table(pairs: PairCounts) -> pa.Table:
+    return pa.table(
+        {
+            "row": pa.array((pairs.keys // pairs.n_cols).astype(np.int32)),
+            "col": pa.array((pairs.keys % pairs.n_cols).astype(np.int32)),
+            "value": pa.array(pairs.values.astype(np.float32)),
+        }
+    )
+
+
+def _as_of_ms(build: BuildInfo) -> int:
+    return to_ms(dt.datetime.fromisoformat(build.as_of))
+
+
+# ---- reading it back ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RankState:
+    """A snapshot's feature state with the neutral rows appended, and the ids that find a row in it."""
+
+    state: AsOfState
+    user_ids: np.ndarray  # str, sorted: row = position; the neutral user is row len(user_ids)
+    video_ids: np.ndarray  # str, sorted; the neutral video is row len(video_ids)
+
+    @property
+    def neutral_user(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def neutral_video(self) -> int:
+        return len(self.video_ids)
+
+    def user_rows(self, ids: np.ndarray | list[str]) -> np.ndarray:
+        """int64 state row of each user id; the neutral row for an id the build did not know."""
+        return _rows(self.user_ids, ids)
+
+    def video_rows(self, ids: np.ndarray | list[str]) -> np.ndarray:
+        return _rows(self.video_ids, ids)
+
+
+def _rows(sorted_ids: np.ndarray, ids: np.ndarray | list[str]) -> np.ndarray:
+    wanted = np.asarray(ids, dtype=str)
+    if not len(sorted_ids):
+        return np.zeros(len(wanted), dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+    return np.where(sorted_ids[at] == wanted, at, len(sorted_ids)).astype(np.int64)
+
+
+def read_ranking(folder: Path) -> tuple[Ranker, RankState]:
+    """The ranker and the feature state a snapshot carries in ``folder``; raises SnapshotError when unreadable."""
+    try:
+        ranker = Ranker.load(folder)
+        meta = json.loads((folder / STATE_FILE).read_text())
+        tables = {name: pq.read_table(folder / f"{name}.parquet") for name in RANK_TABLES}
+    except Exception as exc:  # LightGBM, Arrow, JSON, a missing file: whatever does not read refuses the same way
+        raise SnapshotError(f"the ranking files in {folder} are unreadable: {exc}") from exc
+    problems = check_state(meta, tables)
+    if problems:
+        raise SnapshotError(f"the ranking files in {folder}: " + "; ".join(problems))
+    return ranker, _state(meta, tables)
+
+
+def check_state(meta: dict, tables: dict[str, pa.Table]) -> list[str]:
+    """What is wrong with a state's files (empty when nothing): format, windows, row counts, pair indices."""
+    problems = []
+    if meta.get("format") != FORMAT:
+        problems.append(f"state format {meta.get('format')!r}, this code reads {FORMAT}")
+    if meta.get("windows_days") != list(WINDOWS_DAYS) or meta.get("half_lives_days") != list(HALF_LIVES_DAYS):
+        problems.append("state counted over other windows than this code's features read")
+    rows = meta.get("rows", {})
+    for name, table in tables.items():
+        if rows.get(name) != table.num_rows:
+            problems.append(f"{name} has {table.num_rows} rows, state.json says {rows.get(name)}")
+    sizes = {name: tables[name].num_rows for name in ("users", "videos", "creators", "tags")}
+    for name, row_kind, col_kind in PAIRS:
+        table = tables[name]
+        for column, kind in (("row", row_kind), ("col", col_kind)):
+            values = table.column(column).to_numpy()
+            if len(values) and (values.min() < 0 or values.max() >= sizes[kind]):
+                problems.append(f"{name}.{column} outside the {sizes[kind]} {kind}")
+    videos = tables["videos"]
+    codes = videos.column("creator").to_numpy()
+    if len(codes) and (codes.min() < 0 or codes.max() >= sizes["creators"]):
+        problems.append("videos.creator outside the creators")
+    tags = videos.column("tags").combine_chunks().flatten().to_numpy()
+    if len(tags) and (tags.min() < 0 or tags.max() >= sizes["tags"]):
+        problems.append("videos.tags outside the tags")
+    return problems
+
+
+def _state(meta: dict, tables: dict[str, pa.Table]) -> RankState:
+    v, c, g, u = (tables[k] for k in ("videos", "creators", "tags", "users"))
+    n_items, n_creators, n_tags, n_users = v.num_rows, c.num_rows, g.num_rows, u.num_rows
+    t_ms = int(meta["t_ms"])
+
+    def col(table: pa.Table, name: str, neutral: float = 0.0) -> np.ndarray:
+        return np.append(table.column(name).to_numpy().astype(np.float64), neutral)
+
+    def stack(table: pa.Table, names: list[str]) -> np.ndarray:
+        return np.stack([col(table, name) for name in names])
+
+    tag_lists = v.column("tags").combine_chunks()
+    indptr = np.append(tag_lists.offsets.to_numpy(), tag_lists.offsets.to_numpy()[-1]).astype(np.int64)
+    item_tags = sp.csr_matrix(
+        (np.ones(len(tag_lists.values), np.float32), tag_lists.values.to_numpy().astype(np.int64), indptr),
+        shape=(n_items + 1, n_tags),
+    )
+    empty = np.zeros(0, dtype=np.int64)
+    user_ids = np.asarray(u.column("user_id").to_pylist(), dtype=str)
+    video_ids = np.asarray(v.column("video_id").to_pylist(), dtype=str)
+    events = RankEvents(
+        user_ids=np.append(user_ids, "").astype(object),
+        item_ids=np.append(video_ids, "").astype(object),
+        item_created_ms=np.append(v.column("created_ms").to_numpy(), t_ms).astype(np.int64),
+        item_creator=np.append(v.column("creator").to_numpy(), n_creators).astype(np.int64),
+        creator_ids=np.append(np.asarray(c.column("creator_id").to_pylist(), dtype=object), ""),
+        item_tags=item_tags,
+        tag_ids=np.asarray(g.column("tag").to_pylist(), dtype=object),
+        user=empty,
+        item=empty,
+        ts_ms=empty,
+        completion=np.zeros(0, np.float32),
+        liked=np.zeros(0, bool),
+        follow_user=empty,
+        follow_creator=empty,
+        follow_ts_ms=empty,
+    )
+    days, halves = [f"{d}d" for d in WINDOWS_DAYS], [f"{h:g}d" for h in HALF_LIVES_DAYS]
+    created = events.item_created_ms
+    state = AsOfState(
+        t_ms=t_ms,
+        events=events,
+        item_views=col(v, "views"),
+        item_window_views=stack(v, [f"views_{d}" for d in days]),
+        window_totals=np.asarray(meta["window_totals"], dtype=np.float64),
+        item_decayed=stack(v, [f"decayed_{h}" for h in halves]),
+        decayed_totals=np.asarray(meta["decayed_totals"], dtype=np.float64),
+        item_completion_rate=col(v, "completion_rate", meta["prior_completion"]),
+        item_like_rate=col(v, "like_rate", meta["prior_like"]),
+        creator_window_views=stack(c, [f"views_{d}" for d in days]),
+        creator_videos=col(c, "videos"),
+        item_posted=created < t_ms,
+        tag_share_30d=g.column("share_30d").to_numpy().astype(np.float64),
+        tag_share_all=g.column("share_all").to_numpy().astype(np.float64),
+        user_events=col(u, "events"),
+        user_window_events=stack(u, [f"events_{d}" for d in days]),
+        user_days_idle=col(u, "days_idle", IDLE_NEVER_DAYS),
+        user_completion=col(u, "completion"),
+        user_like_rate=col(u, "like_rate"),
+        user_creator=_pairs(tables["user_creator"], n_creators + 1),
+        user_tag=_pairs(tables["user_tag"], n_tags),
+        user_tag_recent=_pairs(tables["user_tag_recent"], n_tags),
+        user_recent_weight=col(u, "recent_weight"),
+        follows=_pairs(tables["follows"], n_creators + 1),
+        seen=sp.csr_matrix((n_users + 1, n_items + 1), dtype=np.float32),  # never read by a feature
+        user_t_ms=np.full(n_users + 1, t_ms, dtype=np.int64),  # one instant for everyone: the build's as-of
+    )
+    return RankState(state, user_ids, video_ids)
+
+
+def _pairs(table: pa.Table, n_cols: int) -> PairCounts:
+    """A pair table as PairCounts over ``n_cols`` columns (the neutral creator's column included where needed)."""
+    rows = table.column("row").to_numpy().astype(np.int64)
+    cols = table.column("col").to_numpy().astype(np.int64)
+    keys = rows * n_cols + cols
+    order = np.argsort(keys, kind="stable")
+    return PairCounts(keys[order], table.column("value").to_numpy().astype(np.float32)[order], n_cols)
