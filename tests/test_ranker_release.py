@@ -23,6 +23,7 @@ from rec_core.model.release import (
 )
 from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.model.training import TrainConfig
+from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, OBJECTIVES, Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers, tower_view
 from rec_core.rank.scoring import RankedRetrieval
@@ -81,7 +82,7 @@ def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked
 
     record = store.read_json(version, "config.json")["ranker"]
     assert record["has_ranker"] is True and record["objective"] in OBJECTIVES
-    assert record["n_candidates"] == 500 and record["train_seconds"] > 0
+    assert record["n_candidates"] == DEFAULT_CANDIDATES and record["train_seconds"] > 0
     assert set(record["cv"]) == set(OBJECTIVES)  # the validation window's out-of-fold figures of both objectives
     chosen = record["cv"][record["objective"]]
     assert chosen["ndcg"] == max(cv["ndcg"] for cv in record["cv"].values())
