@@ -53,6 +53,18 @@ def _drop_rows(path: Path) -> None:
     pq.write_table(table.slice(0, table.num_rows - 1), path)
 
 
+def _drop_key(paths: SnapshotPaths, key: str) -> None:
+    path = paths.rank_dir / "state.json"
+    meta = json.loads(path.read_text())
+    del meta[key]
+    path.write_text(json.dumps(meta))
+
+
+def _drop_column(path: Path, column: str) -> None:
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns([column]), path)
+
+
 DAMAGE: list[tuple[str, Callable[[SnapshotPaths], None], str]] = [
     ("missing", lambda p: (p.rank_dir / "users.parquet").unlink(), "missing file(s): rank/users.parquet"),
     ("no ranker", lambda p: (p.rank_dir / "ranker.txt").unlink(), "missing file(s): rank/ranker.txt"),
@@ -61,6 +73,10 @@ DAMAGE: list[tuple[str, Callable[[SnapshotPaths], None], str]] = [
     ("other ranker", lambda p: _rewrite_json(p.rank_dir / "ranker.json", n_candidates=7), "build.json records"),
     ("other features", lambda p: _rewrite_json(p.rank_dir / "ranker.json", features=["x"]), "other features"),
     ("state format", lambda p: _rewrite_json(p.rank_dir / "state.json", format=99), "state format 99"),
+    ("state key", lambda p: _drop_key(p, "t_ms"), "lacks 't_ms'"),
+    ("totals", lambda p: _rewrite_json(p.rank_dir / "state.json", window_totals=[1.0]), "window_totals must list"),
+    ("not an object", lambda p: (p.rank_dir / "state.json").write_text("[1, 2]"), "holds a list"),
+    ("column", lambda p: _drop_column(p.rank_dir / "videos.parquet", "creator"), "lacks column(s) creator"),
     (
         "model",
         lambda p: next((p.model_dir / p.read_build().model_version).glob("weights.*")).write_bytes(b"\0" * 64),

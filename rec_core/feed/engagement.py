@@ -79,7 +79,9 @@ class EngagementHead:
         h = flat @ self.w_v
         h += (v * u[:, None, :]).reshape(-1, dim) @ self.w_uv
         h = h.reshape(rows, width, -1)
-        h += (u @ self.w_u.T + self.b1)[:, None, :]
+        # Not u @ w_u.T: numpy sends one row (a live page) to gemv and 16 (a batch block) to gemm, which may sum in
+        # another order, and the ranker must see the very same floats in both paths.
+        h += ((u[:, None, :] * self.w_u[None, :, :]).sum(axis=-1) + self.b1)[:, None, :]
         h -= h.mean(axis=-1, keepdims=True)
         h /= np.sqrt(np.square(h).mean(axis=-1, keepdims=True) + np.float32(self.eps))
         h *= self.gamma

@@ -33,7 +33,7 @@ from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
 from rec_core.snapshot.model_copy import load_snapshot_model
 from rec_core.snapshot.rank_state import RankState, read_ranking
 
-ENGAGEMENT_ROWS = 16  # users' lists through the engagement head at a time: [16 x 500, hidden] stays in cache
+ENGAGEMENT_ROWS = 16  # users' lists through the engagement head at a time: [16 x N, hidden] stays in cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +89,12 @@ class RankInputs:
     def vectors(self, codes: np.ndarray) -> np.ndarray:
         """float32 vectors of video ``codes`` (any shape), those posted since the snapshot included."""
         known = self.catalogue.video_vectors
-        if self.extra_vectors is None or not (codes >= len(known)).any():
+        posted = codes >= len(known)
+        if self.extra_vectors is None or not posted.any():
             return known[codes]
-        return np.concatenate([known, self.extra_vectors])[codes]
+        out = known[np.minimum(codes, len(known) - 1)]  # gathers only the cells asked for, never the catalogue
+        out[posted] = self.extra_vectors[codes[posted] - len(known)]
+        return out
 
     def engagement(self, users: np.ndarray, video: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
         """float32 (rows, width, 3): the towers' engagement head on each valid (row's user, video); NaN elsewhere."""

@@ -48,6 +48,45 @@ PAIRS = (
     ("user_tag_recent", "users", "tags"),
     ("follows", "users", "creators"),
 )
+STATE_KEYS = (
+    "format",
+    "t_ms",
+    "windows_days",
+    "half_lives_days",
+    "window_totals",
+    "decayed_totals",
+    "rows",
+    "prior_completion",
+    "prior_like",
+)
+_DAYS = [f"{d}d" for d in WINDOWS_DAYS]
+_HALVES = [f"{h:g}d" for h in HALF_LIVES_DAYS]
+# The columns each table must have for the state to be read back (what write_ranking writes).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "videos": (
+        "video_id",
+        "creator",
+        "created_ms",
+        "tags",
+        "views",
+        "completion_rate",
+        "like_rate",
+        *(f"views_{d}" for d in _DAYS),
+        *(f"decayed_{h}" for h in _HALVES),
+    ),
+    "creators": ("creator_id", "videos", *(f"views_{d}" for d in _DAYS)),
+    "tags": ("tag", "share_30d", "share_all"),
+    "users": (
+        "user_id",
+        "events",
+        "days_idle",
+        "completion",
+        "like_rate",
+        "recent_weight",
+        *(f"events_{d}" for d in _DAYS),
+    ),
+    **{name: ("row", "col", "value") for name, _, _ in PAIRS},
+}
 assert {MODEL_FILE, META_FILE, STATE_FILE} | {f"{t}.parquet" for t in RANK_TABLES} == set(RANK_FILES)
 
 
@@ -228,15 +267,31 @@ def read_ranking(folder: Path) -> tuple[Ranker, RankState]:
         tables = {name: pq.read_table(folder / f"{name}.parquet") for name in RANK_TABLES}
     except Exception as exc:  # LightGBM, Arrow, JSON, a missing file: whatever does not read refuses the same way
         raise SnapshotError(f"the ranking files in {folder} are unreadable: {exc}") from exc
-    problems = check_state(meta, tables)
-    if problems:
-        raise SnapshotError(f"the ranking files in {folder}: " + "; ".join(problems))
-    return ranker, _state(meta, tables)
+    try:
+        problems = check_state(meta, tables)
+        if problems:
+            raise SnapshotError(f"the ranking files in {folder}: " + "; ".join(problems))
+        return ranker, _state(meta, tables)
+    except SnapshotError:
+        raise
+    except Exception as exc:  # a file that reads but is not a state (a key or column missing): refused, not a crash
+        raise SnapshotError(f"the ranking files in {folder} do not hold a feature state: {exc!r}") from exc
 
 
 def check_state(meta: dict, tables: dict[str, pa.Table]) -> list[str]:
     """What is wrong with a state's files (empty when nothing): format, windows, row counts, pair indices."""
-    problems = []
+    if not isinstance(meta, dict):
+        return [f"state.json holds a {type(meta).__name__}, not an object"]
+    problems = [f"state.json lacks {key!r}" for key in STATE_KEYS if key not in meta]
+    for key, n in (("window_totals", len(WINDOWS_DAYS)), ("decayed_totals", len(HALF_LIVES_DAYS))):
+        if key in meta and (not isinstance(meta[key], list) or len(meta[key]) != n):
+            problems.append(f"state.json {key} must list {n} numbers")
+    for name, columns in COLUMNS.items():
+        missing = sorted(set(columns) - set(tables[name].column_names))
+        if missing:
+            problems.append(f"{name}.parquet lacks column(s) {', '.join(missing)}")
+    if problems:
+        return problems
     if meta.get("format") != FORMAT:
         problems.append(f"state format {meta.get('format')!r}, this code reads {FORMAT}")
     if meta.get("windows_days") != list(WINDOWS_DAYS) or meta.get("half_lives_days") != list(HALF_LIVES_DAYS):
@@ -299,25 +354,24 @@ def _state(meta: dict, tables: dict[str, pa.Table]) -> RankState:
         follow_creator=empty,
         follow_ts_ms=empty,
     )
-    days, halves = [f"{d}d" for d in WINDOWS_DAYS], [f"{h:g}d" for h in HALF_LIVES_DAYS]
     created = events.item_created_ms
     state = AsOfState(
         t_ms=t_ms,
         events=events,
         item_views=col(v, "views"),
-        item_window_views=stack(v, [f"views_{d}" for d in days]),
+        item_window_views=stack(v, [f"views_{d}" for d in _DAYS]),
         window_totals=np.asarray(meta["window_totals"], dtype=np.float64),
-        item_decayed=stack(v, [f"decayed_{h}" for h in halves]),
+        item_decayed=stack(v, [f"decayed_{h}" for h in _HALVES]),
         decayed_totals=np.asarray(meta["decayed_totals"], dtype=np.float64),
         item_completion_rate=col(v, "completion_rate", meta["prior_completion"]),
         item_like_rate=col(v, "like_rate", meta["prior_like"]),
-        creator_window_views=stack(c, [f"views_{d}" for d in days]),
+        creator_window_views=stack(c, [f"views_{d}" for d in _DAYS]),
         creator_videos=col(c, "videos"),
         item_posted=created < t_ms,
         tag_share_30d=g.column("share_30d").to_numpy().astype(np.float64),
         tag_share_all=g.column("share_all").to_numpy().astype(np.float64),
         user_events=col(u, "events"),
-        user_window_events=stack(u, [f"events_{d}" for d in days]),
+        user_window_events=stack(u, [f"events_{d}" for d in _DAYS]),
         user_days_idle=col(u, "days_idle", IDLE_NEVER_DAYS),
         user_completion=col(u, "completion"),
         user_like_rate=col(u, "like_rate"),
