@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -84,9 +85,10 @@ def as_of_ms(build: BuildInfo) -> int:
     return to_ms(dt.datetime.fromisoformat(build.as_of))
 
 
-def load_build_model(paths: PathSettings, build: BuildInfo) -> LoadedModel:
-    """The model version the build names, checked against the build's embedding size."""
-    loaded = ModelStore(paths.models_dir).load(build.model_version)
+def load_build_model(paths: PathSettings, build: BuildInfo, models_dir: Path | None = None) -> LoadedModel:
+    """The model version the build names, from ``models_dir`` (the models folder by default), checked against the
+    build's embedding size."""
+    loaded = ModelStore(models_dir or paths.models_dir).load(build.model_version)
     if loaded.model.cfg.embedding_dim != build.embedding_dim:
         raise SnapshotError(
             f"model {build.model_version} makes {loaded.model.cfg.embedding_dim}-d vectors, "

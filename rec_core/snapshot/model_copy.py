@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rec_core.atomic import write_bytes_atomic
 from rec_core.model.inference import load_build_model
-from rec_core.model.store import LoadedModel, ModelStore
+from rec_core.model.store import LoadedModel
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths
 
@@ -42,12 +42,4 @@ def copy_model(version_dir: Path, paths: SnapshotPaths, names: list[str]) -> Non
 def load_snapshot_model(path_settings: PathSettings, paths: SnapshotPaths, build: BuildInfo) -> LoadedModel:
     """The build's model from the snapshot's copy (the models folder for an older snapshot), checked against the
     build's embedding size."""
-    if not build.model_files:
-        return load_build_model(path_settings, build)
-    loaded = ModelStore(paths.model_dir).load(build.model_version)
-    if loaded.model.cfg.embedding_dim != build.embedding_dim:
-        raise SnapshotError(
-            f"model {build.model_version} in snapshot {build.snapshot_id} makes {loaded.model.cfg.embedding_dim}-d "
-            f"vectors, the build expects {build.embedding_dim}"
-        )
-    return loaded
+    return load_build_model(path_settings, build, paths.model_dir if build.model_files else None)

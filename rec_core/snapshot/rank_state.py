@@ -15,7 +15,6 @@ snapshot (no views, age zero, no hashtags, a creator with nothing counted).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from rec_core.atomic import write_bytes_atomic, write_with
-from rec_core.model.features import follows_frame, interaction_frame, to_ms, video_frame
+from rec_core.model.features import follows_frame, interaction_frame, video_frame
+from rec_core.model.inference import as_of_ms
 from rec_core.rank.events import RankEvents
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, Ranker
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState, PairCounts, state_at
@@ -123,7 +123,7 @@ def build_events(path_settings: PathSettings, build: BuildInfo) -> RankEvents:
     users = pl.concat(
         [
             pl.Series(table_users, dtype=pl.String),
-            interactions.filter(pl.col("ts_ms") < _as_of_ms(build))["user_id"].cast(pl.String),
+            interactions.filter(pl.col("ts_ms") < as_of_ms(build))["user_id"].cast(pl.String),
         ]
     )
     return RankEvents.build(np.asarray(users.unique().sort().to_list(), dtype=object), videos, interactions, follows)
@@ -131,7 +131,7 @@ def build_events(path_settings: PathSettings, build: BuildInfo) -> RankEvents:
 
 def build_state(path_settings: PathSettings, build: BuildInfo) -> AsOfState:
     """The feature state as of the build's as-of, from every event of its lake version before it."""
-    return state_at(build_events(path_settings, build), _as_of_ms(build))
+    return state_at(build_events(path_settings, build), as_of_ms(build))
 
 
 def write_ranking(folder: Path, ranker: Ranker, state: AsOfState) -> dict[str, int]:
@@ -218,10 +218,6 @@ def _pair_table(pairs: PairCounts) -> pa.Table:
             "value": pa.array(pairs.values.astype(np.float32)),
         }
     )
-
-
-def _as_of_ms(build: BuildInfo) -> int:
-    return to_ms(dt.datetime.fromisoformat(build.as_of))
 
 
 # ---- reading it back ------------------------------------------------------------------------------------------------
