@@ -92,7 +92,7 @@ def test_analysis_queries_answer_on_a_published_snapshot(settings: Settings) -> 
             second.snapshot_id,
             MODEL,
         )
-        assert con.execute("SELECT snapshot_id, live, kept FROM snapshots ORDER BY first_published_at").fetchall() == [
+        assert con.execute("SELECT snapshot_id, live, kept FROM snapshots ORDER BY first_seq").fetchall() == [
             (first.snapshot_id, False, True),
             (second.snapshot_id, True, True),
         ]

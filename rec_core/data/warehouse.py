@@ -4,7 +4,8 @@
 
 * always: views ``videos``, ``users``, ``follows``, ``interactions`` over the live
   lake version, and the table ``lake_info`` (lake version, source, commit time);
-* always, possibly empty: ``snapshots`` (one row per published snapshot: when it
+* always, possibly empty: ``snapshots`` (one row per published snapshot: its first place in the
+  publish log, ``first_seq``, which orders publishes within one second; when it
   was first and last made live, its model, whether it is live, whether its folder
   is still kept), ``snapshot_history`` (one row per publish / rollback) and
   ``model_metrics`` (one row per model version, model and metric from
@@ -98,10 +99,10 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, paths: PathSettings) -> str
         con.executemany("INSERT INTO snapshot_history VALUES (?, ?, ?, ?, ?, ?)", rows)
     kept = sorted(p.name for p in paths.snapshots_dir.glob("s*") if p.is_dir()) if history else []
     con.execute(
-        "CREATE TABLE snapshots AS SELECT snapshot_id, any_value(model_version) AS model_version, "
+        "CREATE TABLE snapshots AS SELECT snapshot_id, min(seq) AS first_seq, any_value(model_version) AS model_version, "
         "min(published_at) AS first_published_at, max(published_at) AS published_at, count(*) AS times_made_live, "
         "snapshot_id = ? AS live, list_contains(?::VARCHAR[], snapshot_id) AS kept "
-        "FROM snapshot_history GROUP BY snapshot_id ORDER BY first_published_at",
+        "FROM snapshot_history GROUP BY snapshot_id ORDER BY first_seq",
         [live or "", kept],
     )
     if live is None:
@@ -220,5 +221,5 @@ ANALYSIS_QUERIES: dict[str, str] = {
         FROM model_metrics GROUP BY ALL ORDER BY model_version, recall_at_50 DESC NULLS LAST""",
     "Published snapshots": """
         SELECT snapshot_id, model_version, first_published_at, published_at, times_made_live, live, kept
-        FROM snapshots ORDER BY first_published_at""",
+        FROM snapshots ORDER BY first_seq""",
 }
