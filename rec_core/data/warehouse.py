@@ -99,8 +99,9 @@ def _snapshot_tables(con: duckdb.DuckDBPyConnection, paths: PathSettings) -> str
         con.executemany("INSERT INTO snapshot_history VALUES (?, ?, ?, ?, ?, ?)", rows)
     kept = sorted(p.name for p in paths.snapshots_dir.glob("s*") if p.is_dir()) if history else []
     con.execute(
-        "CREATE TABLE snapshots AS SELECT snapshot_id, min(seq) AS first_seq, any_value(model_version) AS model_version, "
-        "min(published_at) AS first_published_at, max(published_at) AS published_at, count(*) AS times_made_live, "
+        "CREATE TABLE snapshots AS SELECT snapshot_id, min(seq) AS first_seq, "
+        "any_value(model_version) AS model_version, min(published_at) AS first_published_at, "
+        "max(published_at) AS published_at, count(*) AS times_made_live, "
         "snapshot_id = ? AS live, list_contains(?::VARCHAR[], snapshot_id) AS kept "
         "FROM snapshot_history GROUP BY snapshot_id ORDER BY first_seq",
         [live or "", kept],
