@@ -23,9 +23,10 @@ from litestar.openapi.config import OpenAPIConfig
 from feed_api.auth import auth_middleware
 from feed_api.bodies import MAX_BODY_BYTES, locate
 from feed_api.controllers import CONTROLLERS
-from feed_api.dependencies import app_state, provide_updates
+from feed_api.dependencies import app_state, provide_reader, provide_updates
 from feed_api.docs import docs_plugins_and_routes
 from feed_api.errors import ApiError, too_deep
+from feed_api.impression_log import ImpressionLog
 from feed_api.keys import KeyStore
 from feed_api.live_updates import LiveUpdates
 from feed_api.openapi import finish_openapi
@@ -47,8 +48,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
     torch.set_num_threads(settings.model.torch_threads or 1)
     telemetry = Metrics()
     updates = LiveUpdates(settings.paths, settings.batch, settings.model, settings.api, telemetry)
+    impressions = None
+    if settings.api.impressions == "on":
+        impressions = ImpressionLog(
+            settings.paths.impressions_dir,
+            flush_s=settings.api.impression_flush_ms / 1000,
+            pending_max=settings.api.impressions_pending_max,
+            metrics=telemetry,
+        )
     reader = FeedReader(
-        settings.paths, settings.batch, settings.api, updates.registry, telemetry, activity=updates.activity
+        settings.paths,
+        settings.batch,
+        settings.api,
+        updates.registry,
+        telemetry,
+        activity=updates.activity,
+        impressions=impressions,
     )
     docs_plugin, docs_routes = docs_plugins_and_routes()
     app = Litestar(
@@ -90,12 +105,17 @@ def _middleware(paths: PathSettings, api: ApiSettings, telemetry: Metrics) -> li
 @asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     updates = provide_updates(app.state)
+    impressions = provide_reader(app.state).impressions
     await updates.start()
+    if impressions is not None:
+        impressions.start()
     purge = asyncio.create_task(_purge_rate_limits(app), name="rate-limit-purge")
     try:
         yield
     finally:
         purge.cancel()
+        if impressions is not None:
+            await asyncio.to_thread(impressions.close)
         await updates.stop()
 
 

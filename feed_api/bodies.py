@@ -25,6 +25,7 @@ import msgspec
 
 from feed_api.errors import ApiError
 from feed_api.pager import Item
+from rec_core.data.impressions import REQUEST_ID_PATTERN
 from rec_core.ids import ID_PATTERN, MAX_ID_BYTES, id_problem
 from rec_core.model.inference import UserProfile
 
@@ -52,6 +53,13 @@ Text = Annotated[str, msgspec.Meta(max_length=4_000)]
 # "(?![\s\S])" is the end of the text in Python and in the JSON Schema (ECMA) dialect alike; Python's "$" also
 # matches before a final newline ("cats\n"), and "\Z" means a literal Z to an ECMA validator.
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f\s]+(?![\s\S])")]
+RequestId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=REQUEST_ID_PATTERN,
+        description="The `request_id` of the page the video was shown on: joins the event to that impression.",
+    ),
+]
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,6 +102,7 @@ class RecommendationsOut(msgspec.Struct):
     next_cursor: str | None
     snapshot_id: str
     source: str  # precomputed | live | mixed | trending
+    request_id: str  # this page's id in the impression log; name it in the events it causes
 
 
 class VideoIn(Body):
@@ -155,6 +164,7 @@ class EventIn(Body):
     type: EventType
     watch_time_s: Seconds = 0.0
     completion: Rate = 0.0
+    request_id: RequestId | None = None
 
 
 class EventsIn(Body):

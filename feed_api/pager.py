@@ -56,6 +56,7 @@ class Page:
     cursor: Cursor | None  # where the next page starts; None when has_more is false
     source: str  # precomputed | live | mixed | trending
     unknown: bool  # the user has no feed and no vector (served trending)
+    from_list: int = 0  # items[:from_list] came from the precomputed list (the feed, or trending), the rest live
 
 
 class LiveVectors:
@@ -219,5 +220,6 @@ def next_page(
             encode_codes(served_codes) if len(served_codes) else b"",
             tuple(extra),
             cursor.page + 1,
+            served=cursor.served + len(items),
         )
-    return Page(items, has_more, nxt, source, unknown=trending)
+    return Page(items, has_more, nxt, source, unknown=trending, from_list=from_list)

@@ -3,17 +3,22 @@
 A first page starts on the live snapshot; a cursor's page continues on the
 snapshot the cursor names (loaded again if it is retained but not in memory,
 410 when it is gone). Which items a page holds is :mod:`feed_api.pager`'s
-rule. Nothing here writes: what users did since the batch comes in through
-``activity`` (kept by :class:`feed_api.live_updates.LiveUpdates`).
+rule. Each page gets a fresh ``request_id`` and is handed to the impression log
+(:mod:`feed_api.impression_log`), which writes it off the request path. Nothing
+else here writes: what users did since the batch comes in through ``activity``
+(kept by :class:`feed_api.live_updates.LiveUpdates`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Callable
 
 from feed_api.bodies import RecommendationsIn, RecommendationsOut
 from feed_api.errors import ApiError
+from feed_api.impression_log import ImpressionLog, PageShown
 from feed_api.live_snapshot import live_view
 from feed_api.pager import LiveVectors, Page, first_cursor, next_page, precomputed
 from feed_api.snapshot_view import SnapshotView
@@ -51,6 +56,7 @@ class FeedReader:
         registry: SnapshotRegistry,
         metrics: Metrics,
         activity: Callable[[str], UserActivity | None],
+        impressions: ImpressionLog | None = None,
     ) -> None:
         self._paths = paths
         self.api = api
@@ -60,6 +66,7 @@ class FeedReader:
         self.policy = FeedPolicy(feed_length=batch.feed_length)
         self._metrics = metrics
         self._activity = activity
+        self.impressions = impressions
 
     def live_view(self) -> SnapshotView:
         return live_view(self.registry, self._paths)
@@ -86,12 +93,29 @@ class FeedReader:
         else:
             result = await asyncio.to_thread(page)
         self._metrics.page(result.source)
+        request_id = uuid.uuid4().hex
+        if self.impressions is not None and result.items:
+            self.impressions.record(
+                PageShown(
+                    request_id=request_id,
+                    user_id=user_id,
+                    snapshot_id=view.snapshot_id,
+                    model_version=view.build.model_version,
+                    arm=None,
+                    ts_ms=time.time_ns() // 1_000_000,
+                    first_position=cursor.served,
+                    items=result.items,
+                    from_list=result.from_list,
+                    list_source="trending" if cursor.source == "trending" else "precomputed",
+                )
+            )
         return RecommendationsOut(
             items=result.items,
             has_more=result.has_more,
             next_cursor=self.signer.encode(result.cursor) if result.cursor is not None else None,
             snapshot_id=view.snapshot_id,
             source=result.source,
+            request_id=request_id,
         )
 
     def _decode(self, token: str, user_id: str) -> Cursor:

@@ -103,6 +103,7 @@ class PathSettings(_Section):
     models_dir = _under_data_root("models")
     snapshots_dir = _under_data_root("snapshots")
     inbox_dir = _under_data_root("inbox")
+    impressions_dir = _under_data_root("impressions")
     warehouse_path = _under_data_root("warehouse.duckdb")
 
     @property
@@ -191,6 +192,13 @@ class BatchSettings(_Section):
         hi=100,
         env="LAKE_VERSIONS_KEEP",
     )
+    impressions_keep_days: int = _setting(
+        30,
+        "Days of impressions the lake keeps, counted back from the newest; older ones leave at the next ingest.",
+        lo=1,
+        hi=3650,
+        env="IMPRESSIONS_KEEP_DAYS",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +273,26 @@ class ApiSettings(_Section):
         lo=4096,
         env="API_INBOX_READ_BYTES",
     )
+    impressions: str = _setting(
+        "on",
+        "`on`: every page served is logged (what it showed, where, why) under `<data root>/impressions/` for the "
+        "next batch; `off`: nothing is logged.",
+        env="API_IMPRESSIONS",
+    )
+    impression_flush_ms: int = _setting(
+        200,
+        "How often the impression log is written and fsync'd; a kill loses at most the pages of the last interval.",
+        lo=10,
+        hi=10_000,
+        env="API_IMPRESSION_FLUSH_MS",
+    )
+    impressions_pending_max: int = _setting(
+        20_000,
+        "Pages whose impressions may wait for the next write; past it (a stalled disk) pages are served but not "
+        "logged, and counted in `/metrics`.",
+        lo=1,
+        env="API_IMPRESSIONS_PENDING_MAX",
+    )
 
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
@@ -272,6 +300,8 @@ class ApiSettings(_Section):
             raise SettingsError("cursor_secret", "must be at least 16 characters long")
         if self.server not in {"granian", "uvicorn"}:
             raise SettingsError("api_server", f"must be granian or uvicorn, got {self.server!r}")
+        if self.impressions not in {"on", "off"}:
+            raise SettingsError("api_impressions", f"must be on or off, got {self.impressions!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from rec_core.data.import_spec import (
     UNKNOWN_VIDEO,
 )
 from rec_core.data.lake import Lake, lake_for
-from rec_core.data.tables import TABLES, conform
+from rec_core.data.tables import TABLES, conform, with_added_columns
 from rec_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def _to_lake(name: str, df: pl.DataFrame) -> pa.Table:
     # Only the types are set here; the full check (nulls, unique keys) is schemas.conform, which
     # Lake.commit runs anyway and run_import runs itself on a dry run - running it twice costs
     # about a second per million interactions.
-    table = df.to_arrow()
+    table = with_added_columns(name, df.to_arrow())
     for f in TABLES[name].schema:
         if pa.types.is_timestamp(f.type):
             idx = table.schema.get_field_index(f.name)

@@ -11,7 +11,8 @@ upserted by id, interactions deduplicated by (user, video, ts)).
 One record per line::
 
     {"kind": "event", "at": "2026-11-28T12:00:00+00:00",
-     "data": {"user_id": "u1", "video_id": "v9", "type": "like", "watch_time_s": 3.0, "completion": 0.4}}
+     "data": {"user_id": "u1", "video_id": "v9", "type": "like", "watch_time_s": 3.0, "completion": 0.4,
+              "request_id": "<the page it was shown on>"?}}
     {"kind": "video", "at": ..., "data": {"video_id", "caption", "hashtags", "duration", "width", "height",
                                           "user_followers", "user_likes", "creator_id"?}}
     {"kind": "user", "at": ..., "data": {"user_id", "followed_users": [...]}}
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CONSUMED = "consumed.json"
 EVENT_TYPES = ("watch", "like", "share", "comment", "skip")
-KINDS = ("event", "video", "user")
+KINDS = ("event", "video", "user", "impression")  # impressions have their own folder (rec_core.data.impressions)
 
 
 @dataclass(frozen=True, slots=True)

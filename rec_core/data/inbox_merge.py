@@ -3,7 +3,8 @@
 Videos and users are upserted by id, follows added, and events folded into
 interaction rows: all events of one user on one video in a batch become one
 row at the time of the first event, with the highest completion and watch
-time, and liked / shared / commented if any event said so. Events naming a
+time, and liked / shared / commented if any event said so, and the first page
+(``request_id``) an event of theirs named. Events naming a
 video the lake does not know are counted and dropped. A record with an id that
 breaks the id rule (:mod:`rec_core.ids`; written by an older API that let it
 through) is skipped, counted (``records_invalid_id``) and logged with an example:
@@ -20,9 +21,10 @@ from typing import Any
 
 import polars as pl
 
+from rec_core.data.impressions import impression_rows, merged_impressions, request_id_problem
 from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, read_new
 from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for
-from rec_core.data.tables import TABLES
+from rec_core.data.tables import LAKE_TABLES
 from rec_core.ids import id_problem
 from rec_core.settings import Settings
 
@@ -32,31 +34,45 @@ COMMIT_ATTEMPTS = 5  # merges retried when another writer commits meanwhile; eac
 
 
 def ingest_inbox(settings: Settings) -> dict:
-    """Take the inbox's new records into the lake, then mark them consumed; returns a JSON-friendly summary."""
-    lake = lake_for(settings.paths, settings.batch)
-    batch = read_new(settings.paths.inbox_dir)
-    summary = {"records": len(batch.records), "bad_lines": batch.bad_lines}
-    if not batch.records:
-        if batch.offsets:
-            mark_consumed(settings.paths.inbox_dir, batch.offsets)
+    """Take the inbox's and the impression log's new records into the lake (one commit), then mark them consumed;
+    returns a JSON-friendly summary."""
+    paths = settings.paths
+    lake = lake_for(paths, settings.batch)
+    batch = read_new(paths.inbox_dir)
+    shown = read_new(paths.impressions_dir)
+    summary = {"records": len(batch.records), "bad_lines": batch.bad_lines + shown.bad_lines}
+    summary["impression_pages"] = len(shown.records)
+    if batch.records or shown.records:
+        version, counts = _merge_and_commit(lake, batch, shown, settings.batch.impressions_keep_days)
+        summary.update(counts, lake_version=version.name)
+        log.info("inbox ingested: %s", json.dumps(summary))
+    else:
+        summary["lake_version"] = lake.current_name()
         log.info("inbox: nothing new")
-        return {**summary, "lake_version": lake.current_name()}
-    version, counts = _merge_and_commit(lake, batch)
-    mark_consumed(settings.paths.inbox_dir, batch.offsets)  # only once the commit landed: a conflict consumes nothing
-    summary.update(counts, lake_version=version.name)
-    log.info("inbox ingested: %s", json.dumps(summary))
+    # Only once the commit landed: a conflict consumes nothing. A crash between the two marks reads the
+    # impressions again next time, which adds nothing (rows are unique on request and position).
+    for root, read in ((paths.inbox_dir, batch), (paths.impressions_dir, shown)):
+        if read.offsets:
+            mark_consumed(root, read.offsets)
     return summary
 
 
-def _merge_and_commit(lake: Lake, batch: InboxBatch) -> tuple[LakeVersion, dict[str, int]]:
+def _merge_and_commit(
+    lake: Lake, batch: InboxBatch, shown: InboxBatch, keep_days: int
+) -> tuple[LakeVersion, dict[str, int]]:
     # Merge outside the lake lock (it reads whole tables), then commit only if the version it read is still live:
     # an import or generate_data that committed meanwhile would otherwise be silently reverted. On a conflict,
     # merge again onto the new version.
-    source = f"ingest_inbox records={len(batch.records)}"
+    source = f"ingest_inbox records={len(batch.records)} impression_pages={len(shown.records)}"
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         base = lake.current_name()
         try:
-            tables, counts = merge(lake.at(base), batch)
+            at = lake.at(base)
+            tables, counts = merge(at, batch) if batch.records else ({}, {})
+            if shown.records:
+                rows, invalid = impression_rows(shown.records)
+                tables["impressions"] = merged_impressions(_read(at, "impressions"), rows, keep_days)
+                counts.update(impressions_shown=rows.height, impression_pages_invalid=invalid)
             version = lake.commit({name: df.to_arrow() for name, df in tables.items()}, source=source, expect=base)
         except (LakeError, OSError) as exc:
             # A version pruned under the merge, or a conflict: both mean the lake moved, so re-read. Anything
@@ -124,6 +140,7 @@ def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[
             "type": r.data.get("type", "watch"),
             "watch_time_s": float(r.data.get("watch_time_s") or 0.0),
             "completion": min(max(float(r.data.get("completion") or 0.0), 0.0), 1.0),
+            "request_id": None if request_id_problem(r.data.get("request_id")) else r.data["request_id"],
         }
         for r in events
         if str(r.data.get("video_id")) in known_videos
@@ -142,6 +159,7 @@ def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[
                 (pl.col("type") == "like").any().alias("liked"),
                 (pl.col("type") == "share").any().alias("shared"),
                 (pl.col("type") == "comment").any().alias("commented"),
+                pl.col("request_id").drop_nulls().first().cast(pl.String),
             )
             .select(interactions.columns)
         )
@@ -234,6 +252,6 @@ def _without_invalid_ids(batch: InboxBatch) -> tuple[InboxBatch, int]:
 
 
 def _read(lake: Lake, name: str) -> pl.DataFrame:
-    df = pl.from_arrow(lake.read(name)) if lake.has(name) else pl.from_arrow(TABLES[name].schema.empty_table())
+    df = pl.from_arrow(lake.read(name)) if lake.has(name) else pl.from_arrow(LAKE_TABLES[name].schema.empty_table())
     assert isinstance(df, pl.DataFrame)
     return df

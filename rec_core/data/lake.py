@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
-from rec_core.data.tables import TABLES, conform
+from rec_core.data.tables import LAKE_TABLES, conform, with_added_columns
 from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import BUILD_FILE, SNAPSHOT_ID
 
@@ -137,7 +137,15 @@ class Lake:
         return path
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path(table), columns=columns)
+        path = self.path(table)
+        absent = set(LAKE_TABLES[table].added) - set(pq.read_schema(path).names)
+        if not absent:
+            return pq.read_table(path, columns=columns)
+        # Written before a column was added to the table: it reads as nulls.
+        data = with_added_columns(
+            table, pq.read_table(path, columns=[c for c in columns or [] if c not in absent] or None)
+        )
+        return data.select(columns) if columns is not None else data
 
     def has(self, table: str) -> bool:
         return self.exists() and self.current().table_path(table).is_file()
@@ -276,13 +284,13 @@ def snapshot_lake_versions(paths: PathSettings) -> set[str]:
 
 
 def _check_name(table: str) -> None:
-    if table not in TABLES:
-        raise LakeError(f"unknown lake table {table!r}; known: {', '.join(TABLES)}")
+    if table not in LAKE_TABLES:
+        raise LakeError(f"unknown lake table {table!r}; known: {', '.join(LAKE_TABLES)}")
 
 
 def _sorted(name: str, table: pa.Table) -> pa.Table:
     # A stable order makes the bytes (and so the checksums) a function of content only.
-    return table.sort_by([(c, "ascending") for c in TABLES[name].sort_by])
+    return table.sort_by([(c, "ascending") for c in LAKE_TABLES[name].sort_by])
 
 
 def _next_version(previous: LakeVersion | None) -> str:

@@ -2,8 +2,11 @@
 
 ``duckdb data/warehouse.duckdb`` then ``SHOW TABLES`` lists what is there:
 
-* always: views ``videos``, ``users``, ``follows``, ``interactions`` over the live
-  lake version, and the table ``lake_info`` (lake version, source, commit time);
+* always: views ``videos``, ``users``, ``follows``, ``interactions`` and ``impressions``
+  (what the API served, one row per item; an empty table before the first ingest of
+  any) over the live lake version, ``impression_outcomes`` (each impression with what
+  the user did with it, joined by the page's ``request_id`` that the event named),
+  and the table ``lake_info`` (lake version, source, commit time);
 * always, possibly empty: ``snapshots`` (one row per published snapshot: its first place in the
   publish log, ``first_seq``, which orders publishes within one second; when it
   was first and last made live, its model, whether it is live, whether its folder
@@ -34,10 +37,11 @@ import logging
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from rec_core.atomic import atomic_path
-from rec_core.data.lake import lake_for
-from rec_core.data.tables import TABLES
+from rec_core.data.lake import LakeVersion, lake_for
+from rec_core.data.tables import LAKE_TABLES
 from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, live_snapshot_id
 
@@ -59,10 +63,7 @@ def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
         tmp.unlink()  # DuckDB wants to create the file itself
         con = duckdb.connect(str(tmp))
         try:
-            for name in TABLES:
-                path = version.table_path(name).resolve()
-                if path.is_file():
-                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_str(path)})")
+            _lake_tables(con, version)
             con.execute(
                 "CREATE TABLE lake_info AS SELECT ? AS lake_version, ? AS source, ?::TIMESTAMPTZ AS committed_at",
                 [version.name, version.manifest.get("source"), version.manifest.get("created_at")],
@@ -74,6 +75,31 @@ def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
             con.close()
     log.info("warehouse %s rebuilt over lake %s, live snapshot %s", target, version.name, live or "none")
     return target
+
+
+def _lake_tables(con: duckdb.DuckDBPyConnection, version: LakeVersion) -> None:
+    """A view per lake table; a column added since the file was written reads as null, and a table the lake
+    does not hold yet (impressions before the first ingest of them) is an empty table of its columns."""
+    for name, spec in LAKE_TABLES.items():
+        path = version.table_path(name).resolve()
+        if not path.is_file():
+            con.register("_empty", spec.schema.empty_table())
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _empty")
+            con.unregister("_empty")
+            continue
+        present = set(pq.read_schema(path).names)
+        added = "".join(f", NULL::VARCHAR AS {c}" for c in spec.added if c not in present)
+        con.execute(f"CREATE VIEW {name} AS SELECT *{added} FROM read_parquet({_sql_str(path)})")
+    # Each item shown, with what the user did with it when their event named the page (request_id).
+    con.execute(
+        """CREATE VIEW impression_outcomes AS
+        SELECT i.*, e.ts AS engaged_at, e.user_id IS NOT NULL AS engaged,
+               coalesce(e.completion, 0) AS completion, coalesce(e.watch_time_s, 0) AS watch_time_s,
+               coalesce(e.liked, false) AS liked, coalesce(e.shared, false) AS shared,
+               coalesce(e.commented, false) AS commented
+        FROM impressions i LEFT JOIN interactions e
+          ON e.request_id = i.request_id AND e.user_id = i.user_id AND e.video_id = i.video_id"""
+    )
 
 
 def _snapshot_tables(con: duckdb.DuckDBPyConnection, paths: PathSettings) -> str | None:

@@ -64,6 +64,7 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
     page: int = 1  # pages served so far in this walk
     version: int = VERSION
     issued_at: int = 0  # unix seconds, set when signed; cursors from before expiry existed read as 0 (expired)
+    served: int = 0  # items served so far in this walk: the walk position of the next page's first item
 
     def served_codes(self) -> np.ndarray:
         return decode_codes(self.live_codes)
