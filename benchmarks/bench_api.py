@@ -13,6 +13,11 @@ For each ASGI server (granian, uvicorn; one worker each, the same app):
 In process (no server): the fresh user's first page with the snapshot's ranker and
 without it, interleaved (``--fresh-ranker`` runs only this).
 
+Impression logging (uvicorn): two servers on the same snapshot, one logging every
+page and one not, measured in alternating rounds of peak page throughput; the ratio
+(target at least 0.9) and the pages the logging one wrote (``--impressions`` runs
+only this).
+
 The world is built once under ``<data root>/bench/api-world`` by the real pipeline
 (about 6 minutes) and reused; its live snapshot applies a ranker: the model version's
 own, or where it has none one trained on the snapshot's vectors
@@ -138,12 +143,13 @@ def fresh_rows(data: Path) -> list[BenchRow]:
 
 
 @contextlib.contextmanager
-def serve(data: Path, server: str) -> Iterator[tuple[str, int, int]]:
+def serve(data: Path, server: str, **settings: str) -> Iterator[tuple[str, int, int]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("REC_")}
     env.update(REC_DATA_DIR=str(data), REC_API_PORT=str(port), REC_API_SERVER=server, REC_LOG_LEVEL="WARNING")
+    env.update({f"REC_{k.upper()}": v for k, v in settings.items()})
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
         [sys.executable, "-m", "feed_api"], env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL
@@ -223,6 +229,50 @@ def measure(server: str, data: Path, users: list[str], videos: list[str]) -> dic
             "fresh_p99": live.pct(99),
             "rss_mib": rss_mib(pid),
         }
+
+
+def impression_throughput(data: Path, users: list[str], rounds: int = 5) -> dict[str, float]:
+    """Peak page throughput with impression logging on and off: both servers up at once (each idle while the
+    other is measured), rounds alternated and the order flipped each round, medians compared."""
+    from rec_core.data.inbox import iter_kind, read_new
+
+    pages = page_requests(users)
+    logged_dir = data / "impressions"
+    before = {p.name: p.stat().st_size for p in logged_dir.glob("*.jsonl")} if logged_dir.is_dir() else {}
+    # Both servers read the same snapshot; only the "on" one writes under <data>/impressions.
+    with contextlib.ExitStack() as stack:
+        ports = {mode: stack.enter_context(serve(data, "uvicorn", api_impressions=mode))[1] for mode in ("on", "off")}
+        for port in ports.values():
+            run_load(closed_loop("127.0.0.1", port, pages, CONCURRENCY, 2.0))  # warm-up
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        served_on = 0
+        for i in range(rounds):
+            for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                result = run_load(closed_loop("127.0.0.1", ports[mode], pages, CONCURRENCY, ROUND_S))
+                assert result.errors == 0, f"{result.errors} page errors, impressions {mode}"
+                rates[mode].append(result.rate)
+                served_on += result.requests if mode == "on" else 0
+    # The servers have stopped (SIGTERM: the log's last write is done); count what the "on" one wrote.
+    logged = sum(1 for _ in iter_kind(read_new(logged_dir, before), "impression"))
+    on, off = float(np.median(rates["on"])), float(np.median(rates["off"]))
+    return {"on_rps": on, "off_rps": off, "ratio": on / off, "logged": logged, "served_on": served_on}
+
+
+def impression_rows(data: Path, users: list[str]) -> list[BenchRow]:
+    r = impression_throughput(data, users)
+    note = f"uvicorn, 1 worker, {CONCURRENCY} conns, 5 alternating rounds of {ROUND_S:.0f} s"
+    return [
+        BenchRow(NAME, "page peak, impressions logged", r["on_rps"], "req/s", note),
+        BenchRow(NAME, "page peak, impressions off", r["off_rps"], "req/s", note),
+        BenchRow(
+            NAME,
+            "page throughput, impressions on / off",
+            r["ratio"],
+            "x",
+            f"target >= 0.9; {r['logged']:,} pages logged of {r['served_on']:,} served in the measured rounds "
+            "(plus warm-up)",
+        ),
+    ]
 
 
 def in_process(data: Path, user: str, n: int = 5000) -> dict[str, float]:
@@ -315,6 +365,7 @@ def run() -> list[BenchRow]:
             BenchRow(NAME, f"{server}: resident memory", r["rss_mib"], "MiB", shape),
         ]
     rows += fresh_rows(data)
+    rows += impression_rows(data, sample)
     us = in_process(data, sample[0])
     rows += [
         BenchRow(NAME, "in process: GET /health", us["health"], "µs", "the app alone, no server or socket"),
@@ -355,15 +406,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory-of", type=Path, help="only the resident memory of the API serving this data root")
     parser.add_argument("--fresh-ranker", action="store_true", help="only the in-process fresh-user pages, on/off")
+    parser.add_argument("--impressions", action="store_true", help="only page throughput, impression logging on/off")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.memory_of:
         print(serving_memory(args.memory_of.resolve()))
-    elif args.fresh_ranker:
+    elif args.fresh_ranker or args.impressions:
         world = ensure_world(Settings.load())
         ensure_ranked(Settings.load(), world)
-        for row in fresh_rows(world):
-            print(row)
+        if args.fresh_ranker:
+            for row in fresh_rows(world):
+                print(row)
+        if args.impressions:
+            live = served_snapshot(world)
+            users = pl.read_parquet(live.feeds_dir / "*.parquet", columns=["user_id"])["user_id"].unique().sort()
+            sample = np.random.default_rng(1).choice(users.to_list(), size=min(2000, len(users)), replace=False)
+            for row in impression_rows(world, sample.tolist()):
+                print(row)
     else:
         for row in run():
             print(row)

@@ -208,7 +208,8 @@ def test_happy_path_csv(tmp_path: Path, settings: Settings) -> None:
         "liked": True,
         "shared": False,
         "commented": True,
-        "request_id": None,  # a column the API fills (the page an event came from); imports leave it null
+        "request_id": None,  # columns the API fills (the page an event came from, a skip); imports leave them null
+        "skipped": None,
     }
     assert inter["u2", "v3"]["ts"] == dt.datetime(2024, 1, 3, 10, 0, 0, 500_000, tzinfo=UTC)  # float seconds
     assert inter["u1", "v2"]["shared"] is True

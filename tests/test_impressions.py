@@ -140,7 +140,7 @@ def test_a_walk_is_logged_ingested_once_and_joined_to_the_events_it_caused(world
     con = duckdb.connect(str(build_warehouse(settings.paths, settings.batch)), read_only=True)
     try:
         engaged = con.execute(
-            "SELECT request_id, position, video_id, liked FROM impression_outcomes WHERE engaged ORDER BY position"
+            "SELECT request_id, position, video_id, liked FROM impression_outcomes WHERE viewed ORDER BY position"
         ).fetchall()
     finally:
         con.close()

@@ -3,7 +3,7 @@
 Videos and users are upserted by id, follows added, and events folded into
 interaction rows: all events of one user on one video in a batch become one
 row at the time of the first event, with the highest completion and watch
-time, and liked / shared / commented if any event said so, and the first page
+time, and liked / shared / commented / skipped if any event said so, and the first page
 (``request_id``) an event of theirs named. Events naming a
 video the lake does not know are counted and dropped. A record with an id that
 breaks the id rule (:mod:`rec_core.ids`; written by an older API that let it
@@ -159,6 +159,7 @@ def merge(lake: Lake, batch: InboxBatch) -> tuple[dict[str, pl.DataFrame], dict[
                 (pl.col("type") == "like").any().alias("liked"),
                 (pl.col("type") == "share").any().alias("shared"),
                 (pl.col("type") == "comment").any().alias("commented"),
+                (pl.col("type") == "skip").any().alias("skipped"),
                 pl.col("request_id").drop_nulls().first().cast(pl.String),
             )
             .select(interactions.columns)

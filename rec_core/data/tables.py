@@ -6,8 +6,8 @@ is what the API served (one row per item shown); ``interactions.request_id`` nam
 the page an event came from, when the app said so, which joins engagement to the
 impression that caused it.
 
-A column added after lakes were written (``interactions.request_id``) is listed in
-its table's ``added`` columns: a table without it, from an older lake or an import
+Columns added after lakes were written (``interactions.request_id``, ``skipped``) are listed in
+its table's ``added`` columns: a table without one, from an older lake or an import
 that does not know it, reads as all null in it instead of failing.
 """
 
@@ -68,6 +68,7 @@ INTERACTIONS = pa.schema(
         pa.field("shared", pa.bool_(), nullable=False),
         pa.field("commented", pa.bool_(), nullable=False),
         pa.field("request_id", pa.string(), nullable=True),  # the page the (first) event came from
+        pa.field("skipped", pa.bool_(), nullable=True),  # a skip event said so; null: not recorded (imports)
     ]
 )
 
@@ -103,7 +104,11 @@ TABLES: dict[str, TableSpec] = {
     "users": TableSpec("users", USERS, ("user_id",), ("user_id",)),
     "follows": TableSpec("follows", FOLLOWS, ("user_id", "creator_id"), ("user_id", "creator_id")),
     "interactions": TableSpec(
-        "interactions", INTERACTIONS, ("user_id", "video_id", "ts"), ("ts", "user_id", "video_id"), ("request_id",)
+        "interactions",
+        INTERACTIONS,
+        ("user_id", "video_id", "ts"),
+        ("ts", "user_id", "video_id"),
+        ("request_id", "skipped"),
     ),
 }
 # Every table a lake version may hold: the world, and what the API logged (absent until the first ingest of it).

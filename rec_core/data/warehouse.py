@@ -77,6 +77,10 @@ def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
     return target
 
 
+_DUCKDB_TYPES = {"string": "VARCHAR", "bool": "BOOLEAN"}  # of the lake's added columns (tables.TableSpec.added)
+SESSION_GAP = "30 minutes"  # a user's impressions further apart than this are two sessions
+
+
 def _lake_tables(con: duckdb.DuckDBPyConnection, version: LakeVersion) -> None:
     """A view per lake table; a column added since the file was written reads as null, and a table the lake
     does not hold yet (impressions before the first ingest of them) is an empty table of its columns."""
@@ -88,17 +92,50 @@ def _lake_tables(con: duckdb.DuckDBPyConnection, version: LakeVersion) -> None:
             con.unregister("_empty")
             continue
         present = set(pq.read_schema(path).names)
-        added = "".join(f", NULL::VARCHAR AS {c}" for c in spec.added if c not in present)
+        added = "".join(
+            f", NULL::{_DUCKDB_TYPES[str(spec.schema.field(c).type)]} AS {c}" for c in spec.added if c not in present
+        )
         con.execute(f"CREATE VIEW {name} AS SELECT *{added} FROM read_parquet({_sql_str(path)})")
-    # Each item shown, with what the user did with it when their event named the page (request_id).
+    _online_views(con)
+
+
+def _online_views(con: duckdb.DuckDBPyConnection) -> None:
+    """What users did with what they were shown: the rates a short-video product watches, over impressions."""
+    # Each item shown, with what the user did with it when their events named the page (request_id). An item
+    # is viewed when an event of the user's named its page: a page's items under the fold may never be.
     con.execute(
         """CREATE VIEW impression_outcomes AS
-        SELECT i.*, e.ts AS engaged_at, e.user_id IS NOT NULL AS engaged,
+        SELECT i.*, e.ts AS engaged_at, e.user_id IS NOT NULL AS viewed,
                coalesce(e.completion, 0) AS completion, coalesce(e.watch_time_s, 0) AS watch_time_s,
                coalesce(e.liked, false) AS liked, coalesce(e.shared, false) AS shared,
-               coalesce(e.commented, false) AS commented
-        FROM impressions i LEFT JOIN interactions e
+               coalesce(e.commented, false) AS commented, coalesce(e.skipped, false) AS skipped,
+               sum(CASE WHEN gap THEN 1 ELSE 0 END) OVER (PARTITION BY i.user_id ORDER BY i.ts, i.position) AS session
+        FROM (SELECT *, coalesce(ts - lag(ts) OVER (PARTITION BY user_id ORDER BY ts, position)
+                                 > INTERVAL '"""
+        + SESSION_GAP
+        + """', true) AS gap FROM impressions) i
+        LEFT JOIN interactions e
           ON e.request_id = i.request_id AND e.user_id = i.user_id AND e.video_id = i.video_id"""
+    )
+    rates = """count(*) AS impressions, count(DISTINCT user_id) AS users,
+        count(*) FILTER (WHERE viewed) AS viewed,
+        round(avg(CASE WHEN completion >= 0.8 THEN 1.0 ELSE 0.0 END) FILTER (WHERE viewed), 4) AS watch_through_80,
+        round(avg(CASE WHEN liked THEN 1.0 ELSE 0.0 END) FILTER (WHERE viewed), 4) AS like_rate,
+        round(avg(CASE WHEN shared THEN 1.0 ELSE 0.0 END) FILTER (WHERE viewed), 4) AS share_rate,
+        round(avg(CASE WHEN skipped THEN 1.0 ELSE 0.0 END) FILTER (WHERE viewed), 4) AS skip_rate,
+        round(avg(completion) FILTER (WHERE viewed), 4) AS mean_completion"""
+    for view, keys in {
+        "online_daily": "CAST(ts AS DATE) AS day, arm, source",
+        "online_by_position": "arm, position",
+        "online_by_reason": "arm, reason",
+    }.items():
+        con.execute(f"CREATE VIEW {view} AS SELECT {keys}, {rates} FROM impression_outcomes GROUP BY ALL ORDER BY ALL")
+    con.execute(
+        """CREATE VIEW online_sessions AS
+        SELECT arm, count(*) AS sessions, round(avg(viewed), 2) AS videos_per_session
+        FROM (SELECT user_id, session, any_value(arm) AS arm, count(*) FILTER (WHERE viewed) AS viewed
+              FROM impression_outcomes GROUP BY user_id, session)
+        GROUP BY ALL ORDER BY ALL"""
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rec_core.progress import Progress
-from rec_core.synthetic.params import MS_PER_DAY, WorldParams
+from rec_core.synthetic.params import MS_PER_DAY, Engagement, WorldParams
 from rec_core.synthetic.population import Follows, Users, Videos, draw_interest, time_masses
 from rec_core.synthetic.sampler import SegmentSampler
 from rec_core.synthetic.taxonomy import Taxonomy, sibling_subtopic
@@ -148,45 +148,61 @@ def _engage(
     rng: np.random.Generator, p: WorldParams, users: Users, videos: Videos, user: np.ndarray, video: np.ndarray
 ) -> Interactions:
     """When each exposure happened and how the user engaged with it."""
-    m, e = len(user), p.engagement
+    e = p.engagement
     created = videos.created_ms[video]
     lo = np.maximum(np.maximum(created, users.created_ms[user]), p.start_ms)
     ts = _draw_times(rng, p, created, lo)
 
     affinity = np.einsum("ij,ij->i", users.latent[user], videos.latent[video]).astype(np.float64)
-    q = videos.log_quality[video]
-    duration = videos.duration_s[video]
+    engaged = engage(
+        rng,
+        e,
+        affinity,
+        videos.log_quality[video],
+        videos.duration_s[video],
+        users.patience[user],
+        users.like_bias[user],
+    )
+    return Interactions(user=user.astype(np.int32), video=video.astype(np.int32), ts_ms=ts, **engaged)
+
+
+def engage(
+    rng: np.random.Generator,
+    e: Engagement,
+    affinity: np.ndarray,
+    log_quality: np.ndarray,
+    duration_s: np.ndarray,
+    patience: np.ndarray,
+    like_bias: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """How users engage with videos they are shown, one draw per (aligned) pair: ``watch_s``, ``completion``,
+    ``liked``, ``shared`` and ``commented``. The world's history is drawn with it, and so is the traffic
+    simulator's (``jobs.simulate_traffic``), so a simulated user answers a feed the way the lake says users do."""
+    m = len(affinity)
+    affinity = np.asarray(affinity, dtype=np.float64)
+    q = np.asarray(log_quality, dtype=np.float64)
     z = (
         e.completion_bias
         + e.completion_affinity * affinity
         + e.completion_quality * q
-        + e.completion_duration * np.log(duration / 20.0)
-        + users.patience[user]
+        + e.completion_duration * np.log(duration_s / 20.0)
+        + patience
         + e.completion_noise * rng.standard_normal(m)
     )
     # The 1.1 stretch lets the best-engaged views reach a full watch.
     completion = np.clip(_sigmoid(z) * 1.1, 0.0, 1.0).astype(np.float32)
-    watch = (completion * duration).astype(np.float32)
     c = completion.astype(np.float64)
-    like = e.like_bias + e.like_affinity * affinity + e.like_completion * c + e.like_quality * q + users.like_bias[user]
+    like = e.like_bias + e.like_affinity * affinity + e.like_completion * c + e.like_quality * q + like_bias
     share = e.share_bias + e.share_affinity * affinity + e.share_completion * c + e.share_quality * q
-    comment = (
-        e.comment_bias
-        + e.comment_affinity * affinity
-        + e.comment_completion * c
-        + e.comment_quality * q
-        + 0.5 * users.like_bias[user]
-    )
-    return Interactions(
-        user=user.astype(np.int32),
-        video=video.astype(np.int32),
-        ts_ms=ts,
-        watch_s=watch,
-        completion=completion,
-        liked=rng.random(m) < _sigmoid(like),
-        shared=rng.random(m) < _sigmoid(share),
-        commented=rng.random(m) < _sigmoid(comment),
-    )
+    comment = e.comment_bias + e.comment_affinity * affinity + e.comment_completion * c + e.comment_quality * q
+    comment = comment + 0.5 * like_bias
+    return {
+        "watch_s": (completion * duration_s).astype(np.float32),
+        "completion": completion,
+        "liked": rng.random(m) < _sigmoid(like),
+        "shared": rng.random(m) < _sigmoid(share),
+        "commented": rng.random(m) < _sigmoid(comment),
+    }
 
 
 def _draw_times(rng: np.random.Generator, p: WorldParams, created: np.ndarray, lo: np.ndarray) -> np.ndarray:
