@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import msgspec
 import polars as pl
 import pytest
 
@@ -31,11 +32,15 @@ USER = "u0000010"
 
 def shown(request_id: str, first_position: int = 0, n: int = 3, ts_ms: int = 1_764_720_000_000) -> PageShown:
     items = [Item(f"v{first_position + i}", 1.0 - i / 10, "for you") for i in range(n)]
-    return PageShown(request_id, "u1", "s1", "m1", None, ts_ms, first_position, items, 2, "precomputed")
+    return PageShown(request_id, "u1", "s1", "m1", None, None, ts_ms, first_position, items, 2, "precomputed")
+
+
+def line(page: PageShown, **changes: object) -> dict:
+    return {**msgspec.to_builtins(page), **changes}
 
 
 def as_record(page: PageShown) -> InboxRecord:
-    return InboxRecord("impression", dt.datetime.now(dt.UTC), page.record())
+    return InboxRecord("impression", dt.datetime.now(dt.UTC), line(page))
 
 
 # ---- the rows of a page (pure) ---------------------------------------------------------------------------------------
@@ -44,10 +49,11 @@ def as_record(page: PageShown) -> InboxRecord:
 def test_a_page_becomes_one_row_per_item_once_and_a_bad_line_is_skipped() -> None:
     good = shown("a" * 32, first_position=20)
     bad = [
-        {**good.record(), "request_id": "not-a-request-id"},
-        {**good.record(), "video_ids": ["v1"]},  # lists of different lengths
-        {**good.record(), "user_id": " u1"},  # the id rule
-        {**good.record(), "sources": ["precomputed", "live", "elsewhere"]},
+        line(good, request_id="not-a-request-id"),
+        line(good, from_list=4),  # more items from the list than the page holds
+        line(good, user_id=" u1"),  # the id rule
+        line(good, list_source="elsewhere"),
+        line(good, items=[{"video_id": "v1", "score": "high", "reason": "for you"}]),
     ]
     records = [as_record(good), *(InboxRecord("impression", dt.datetime.now(dt.UTC), b) for b in bad)]
     rows, skipped = impression_rows(records)
@@ -55,7 +61,7 @@ def test_a_page_becomes_one_row_per_item_once_and_a_bad_line_is_skipped() -> Non
     assert rows["position"].to_list() == [20, 21, 22]
     assert rows["video_id"].to_list() == ["v20", "v21", "v22"]
     assert rows["source"].to_list() == ["precomputed", "precomputed", "live"]  # from_list=2
-    assert set(rows["request_id"]) == {"a" * 32} and rows["arm"].null_count() == 3
+    assert set(rows["request_id"]) == {"a" * 32} and rows["arm"].null_count() == rows["experiment"].null_count() == 3
 
     # Read twice (a crash between the lake commit and the consumed mark): nothing is added twice.
     once = merged_impressions(rows.clear(), rows, keep_days=30)
@@ -70,21 +76,21 @@ def test_a_failing_disk_keeps_pages_up_to_the_bound_and_counts_the_rest(tmp_path
     log = ImpressionLog(tmp_path / "impressions", flush_s=60, pending_max=3, metrics=metrics)
     writes: list[int] = []
 
-    def failing(records: list, at: object = None) -> None:
+    def failing(payload: bytes, count: int) -> None:
         raise InboxWriteError(28, "No space left on device")
 
-    real = log._writer.append_many
-    log._writer.append_many = failing  # type: ignore[method-assign]  # the disk, not the logic, is faked
+    real = log._writer.append_lines
+    log._writer.append_lines = failing  # type: ignore[method-assign]  # the disk, not the logic, is faked
     for i in range(5):
         log.record(shown(f"{i:032x}"))
     assert log.pending == 3 and metrics.counters["impressions_dropped"] == 2  # served, not logged, counted
     assert log.flush() == 0 and log.pending == 3  # kept for the next try
 
-    def counting(records: list, at: object = None) -> None:
-        writes.append(len(records))
-        real(records, at)
+    def counting(payload: bytes, count: int) -> None:
+        writes.append(count)
+        real(payload, count)
 
-    log._writer.append_many = counting  # type: ignore[method-assign]
+    log._writer.append_lines = counting  # type: ignore[method-assign]
     log.record(shown(f"{9:032x}"))  # over the bound again: dropped
     assert log.flush() == 3 and writes == [3] and log.pending == 0
     assert metrics.counters["impressions_dropped"] == 3

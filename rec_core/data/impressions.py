@@ -5,16 +5,17 @@ durable segment format, :mod:`rec_core.data.inbox`, kind ``impression``; written
 :mod:`feed_api.impression_log`)::
 
     {"kind": "impression", "at": ..., "data": {"request_id": "<32 hex>", "user_id", "snapshot_id",
-     "model_version", "arm": null, "ts_ms": 1764720000000, "first_position": 20,
-     "video_ids": [...], "reasons": [...], "scores": [...], "sources": [...]}}
+     "model_version", "experiment": null, "arm": null, "ts_ms": 1764720000000, "first_position": 20,
+     "items": [{"video_id", "score", "reason"}, ...], "from_list": 8, "list_source": "precomputed"}}
 
 :func:`impression_rows` turns those into one row per item (position = first_position
-+ index on the page). A line that breaks a rule (an id, a request id that is not
-32 hex digits, lists of different lengths, an unknown source) is skipped and
-counted: it was written by something other than our API, and must not fail every
-later ingest. Ingestion is idempotent: rows are unique on (request_id, position),
-so a segment read twice after a crash adds nothing. The lake keeps
-``REC_IMPRESSIONS_KEEP_DAYS`` days, counted back from the newest impression.
++ index on the page; source = list_source for the first from_list items, "live"
+after). A line that breaks a rule (an id, a request id that is not 32 hex digits,
+a from_list past the page, an unknown source) is skipped and counted: it was
+written by something other than our API, and must not fail every later ingest.
+Ingestion is idempotent: rows are unique on (request_id, position), so a segment
+read twice after a crash adds nothing. The lake keeps ``REC_IMPRESSIONS_KEEP_DAYS``
+days, counted back from the newest impression.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from rec_core.data.inbox import InboxRecord
 from rec_core.ids import id_problem
 
 KIND = "impression"
-SOURCES = frozenset({"precomputed", "live", "trending"})
 # "(?![\s\S])": the end of the text in Python and in JSON Schema alike ("$" also matches before a final newline).
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}(?![\s\S])"
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
-LISTS = ("video_ids", "reasons", "scores", "sources")
+LIST_SOURCES = frozenset({"precomputed", "trending"})
+SOURCES = frozenset({*LIST_SOURCES, "live"})
 
 
 def request_id_problem(value: Any) -> str | None:
@@ -51,24 +52,28 @@ def page_problem(data: dict[str, Any]) -> str | None:
     for name in ("user_id", "snapshot_id", "model_version"):
         if (problem := id_problem(data.get(name))) is not None:
             return f"{name}: {problem}"
-    if data.get("arm") is not None and (problem := id_problem(data["arm"])) is not None:
-        return f"arm: {problem}"
-    for name in ("ts_ms", "first_position"):
+    for name in ("experiment", "arm"):
+        if data.get(name) is not None and (problem := id_problem(data[name])) is not None:
+            return f"{name}: {problem}"
+    items = data.get("items")
+    if not isinstance(items, list):
+        return "items: must be a list"
+    for name, top in (("ts_ms", None), ("first_position", None), ("from_list", len(items))):
         value = data.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return f"{name}: must be a non-negative integer"
-    lists = [data.get(name) for name in LISTS]
-    if not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) != 1:  # type: ignore[arg-type]
-        return f"{', '.join(LISTS)}: must be lists of one length"
-    for i, video_id in enumerate(data["video_ids"]):
-        if (problem := id_problem(video_id)) is not None:
-            return f"video_ids[{i}]: {problem}"
-    if not SOURCES.issuperset(data["sources"]):
-        return f"sources: each must be one of {', '.join(sorted(SOURCES))}"
-    if not all(isinstance(r, str) for r in data["reasons"]):
-        return "reasons: must be strings"
-    if not all(isinstance(s, int | float) and not isinstance(s, bool) for s in data["scores"]):
-        return "scores: must be numbers"
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (top is not None and value > top):
+            return f"{name}: must be an integer from 0" + (f" to {top}" if top is not None else "")
+    if data.get("list_source") not in LIST_SOURCES:
+        return f"list_source: must be one of {', '.join(sorted(LIST_SOURCES))}"
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"items[{i}]: must be an object"
+        if (problem := id_problem(item.get("video_id"))) is not None:
+            return f"items[{i}].video_id: {problem}"
+        if not isinstance(item.get("reason"), str):
+            return f"items[{i}].reason: must be a string"
+        score = item.get("score")
+        if not isinstance(score, int | float) or isinstance(score, bool):
+            return f"items[{i}].score: must be a number"
     return None
 
 
@@ -83,16 +88,16 @@ def impression_rows(records: Iterable[InboxRecord]) -> tuple[pl.DataFrame, int]:
         if page_problem(data) is not None:
             skipped += 1
             continue
-        n = len(data["video_ids"])
-        ts = dt.datetime.fromtimestamp(data["ts_ms"] / 1000, dt.UTC)
-        for name in ("request_id", "user_id", "snapshot_id", "model_version", "arm"):
+        items = data["items"]
+        n, first = len(items), data["first_position"]
+        for name in ("request_id", "user_id", "snapshot_id", "model_version", "experiment", "arm"):
             columns[name] += [data.get(name)] * n
-        columns["ts"] += [ts] * n
-        columns["position"] += range(data["first_position"], data["first_position"] + n)
-        columns["video_id"] += data["video_ids"]
-        columns["source"] += data["sources"]
-        columns["reason"] += data["reasons"]
-        columns["score"] += [float(s) for s in data["scores"]]
+        columns["ts"] += [dt.datetime.fromtimestamp(data["ts_ms"] / 1000, dt.UTC)] * n
+        columns["position"] += range(first, first + n)
+        columns["video_id"] += [i["video_id"] for i in items]
+        columns["source"] += [data["list_source"]] * data["from_list"] + ["live"] * (n - data["from_list"])
+        columns["reason"] += [i["reason"] for i in items]
+        columns["score"] += [float(i["score"]) for i in items]
     return pl.DataFrame(columns, schema=_SCHEMA), skipped
 
 
@@ -116,6 +121,7 @@ _SCHEMA: dict[str, Any] = {
     "video_id": pl.String,
     "snapshot_id": pl.String,
     "model_version": pl.String,
+    "experiment": pl.String,
     "arm": pl.String,
     "source": pl.String,
     "reason": pl.String,

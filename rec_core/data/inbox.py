@@ -106,6 +106,11 @@ class InboxWriter:
             json.dumps({"kind": kind, "at": stamp, "data": data}, separators=(",", ":")).encode() + b"\n"
             for kind, data in records
         )
+        self.append_lines(payload, len(records))
+
+    def append_lines(self, payload: bytes, count: int) -> None:
+        """:meth:`append_many` for records already encoded: ``payload`` is ``count`` whole JSON lines, each
+        ``{"kind", "at", "data"}`` and ending in a newline (a writer with its own fast encoder uses this)."""
         with self._lock:
             if self._fd is not None and self._size > 0 and self._size + len(payload) > self.max_segment_bytes:
                 self._abandon()
@@ -124,7 +129,7 @@ class InboxWriter:
                 kept = self._roll_back()
                 raise InboxWriteError(
                     exc.errno,
-                    f"inbox append of {len(records)} record(s) failed: {exc.strerror or exc}; "
+                    f"inbox append of {count} record(s) failed: {exc.strerror or exc}; "
                     + ("nothing of it was kept" if kept else "its segment was abandoned with a torn tail"),
                 ) from exc
             self._size += len(payload)
