@@ -104,6 +104,7 @@ class PathSettings(_Section):
     snapshots_dir = _under_data_root("snapshots")
     inbox_dir = _under_data_root("inbox")
     impressions_dir = _under_data_root("impressions")
+    experiments_file = _under_data_root("experiments.json")
     warehouse_path = _under_data_root("warehouse.duckdb")
 
     @property

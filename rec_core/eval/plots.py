@@ -23,7 +23,7 @@ def training_curves_png(curves: dict[str, list[float]], title: str) -> bytes:
     axes[1].set(title="validation", xlabel="epoch")
     axes[1].legend()
     fig.suptitle(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def comparison_png(models: dict[str, dict[str, float]], metrics: list[str], title: str) -> bytes:
@@ -36,10 +36,10 @@ def comparison_png(models: dict[str, dict[str, float]], metrics: list[str], titl
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(metrics))], metrics)
     ax.set(title=title)
     ax.legend()
-    return _png(fig)
+    return figure_png(fig)
 
 
-def _png(fig: plt.Figure) -> bytes:
+def figure_png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)

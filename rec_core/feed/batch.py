@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,8 @@ import pyarrow.parquet as pq
 import torch
 
 from rec_core.atomic import write_with
+from rec_core.experiments.assign import Assignment, Placement
+from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.candidates import ExclusionCSR, iter_top_k
 from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, load_inputs, read_vectors
@@ -46,7 +49,7 @@ from rec_core.feed.reasons import ReasonCatalogue, like_threshold, render, unit_
 from rec_core.progress import Progress
 from rec_core.settings import Settings
 from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, USER_ID
-from rec_core.snapshot.layout import snapshot_paths
+from rec_core.snapshot.layout import BuildInfo, snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,10 @@ def materialize_feeds(
     ctx = _shard_context(inputs, history, ranker, user_ids, user_vectors)
     timings["history"] = time.perf_counter() - t
 
+    placed = _placements(build, user_ids)
+    most_pop = np.array([p is not None and p.variant == "most_pop" for p in placed], dtype=bool)
     t = time.perf_counter()
-    feeds, feed_scores = select_feeds(cat, ctx, user_vectors, history.exclude, pipeline)
+    feeds, feed_scores = select_feeds(cat, ctx, user_vectors, history.exclude, pipeline, most_pop=most_pop)
     timings["candidates + policy"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -117,6 +122,7 @@ def materialize_feeds(
         "short_feeds": int((lengths < policy.feed_length).sum()),
         "min_feed_length": int(lengths.min()) if n_users else 0,
         "ranker": build.ranker,
+        "arms": dict(Counter(f"{p.experiment}/{p.arm}" for p in placed if p is not None)),
         "seconds": round(seconds, 3),
         "users_per_s": round(n_users / max(seconds, 1e-9), 1),
         "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -162,6 +168,14 @@ def build_trending(settings: Settings, snapshot_id: str, pipeline: FeedPipeline 
     }
     log.info("trending for %s: %d videos in %.1fs", snapshot_id, table.num_rows, seconds)
     return summary
+
+
+def _placements(build: BuildInfo, user_ids: pa.Array) -> list[Placement | None]:
+    """Each user's arm in the snapshot's experiments (None: in none, the default feed)."""
+    assignment = Assignment(experiments_from_build(build.experiments))
+    if not assignment:
+        return [None] * len(user_ids)
+    return [assignment.of(u) for u in user_ids.to_pylist()]
 
 
 # ---- contexts: what the stages know about a run's users ------------------------------------------------------------
@@ -231,8 +245,14 @@ def select_feeds(
     user_vectors: np.ndarray,
     exclude: ExclusionCSR,
     pipeline: FeedPipeline = FEED_PIPELINE,
+    *,
+    most_pop: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each user's feed as video indices in feed order, and the model score (``user . video``) of each item."""
+    """Each user's feed as video indices in feed order, and the model score (``user . video``) of each item.
+
+    Users marked in ``most_pop`` (an experiment's MostPop arm) get the list users without history get: the
+    trending order minus what they watched, through the same filters; their scores are still ``user . video``.
+    """
     n_users, n_videos = len(user_vectors), len(cat.video_ids)
     empty_i, empty_s = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     feeds: list[np.ndarray] = [empty_i] * n_users
@@ -245,7 +265,8 @@ def select_feeds(
 
     # Users without history: the trending feed (what trending.parquet holds) then more of the trending order, through
     # the same pipeline, so their own videos still go and the creator cap still holds around them.
-    cold = np.flatnonzero(~ctx.signals.has_history)
+    listed = ~ctx.signals.has_history if most_pop is None else ~ctx.signals.has_history | most_pop
+    cold = np.flatnonzero(listed)
     if len(cold):
         trending = trending_feed(cat, ctx.policy, pipeline)
         cold_list = np.concatenate([trending, backfill[~np.isin(backfill, trending)]])
@@ -256,7 +277,7 @@ def select_feeds(
                 scores[u] = (cat.vectors[feeds[u]] @ user_vectors[u]).astype(np.float32)
             progress.advance(block.rows)
 
-    warm = np.flatnonzero(ctx.signals.has_history)
+    warm = np.flatnonzero(~listed)
     if len(warm) == 0:
         return feeds, scores
     # Candidates, filters and scorers run in helper threads (torch, numpy and LightGBM release the GIL) while this

@@ -6,7 +6,8 @@ without a duplicate or a gap, so the server keeps no per-walk state:
 
 * the snapshot the walk started on (every page of a walk comes from it, even
   after a newer snapshot is published),
-* the user (a cursor is refused for anyone else),
+* the user (a cursor is refused for anyone else), and the experiment arm the walk
+  is served under (every page of a walk is in the arm its first page was),
 * the position in the precomputed list (the user's feed, or trending),
 * the videos already served from live search, as catalogue positions of that
   snapshot (sorted, delta-encoded and compressed: a few bytes per item), plus
@@ -65,6 +66,7 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
     version: int = VERSION
     issued_at: int = 0  # unix seconds, set when signed; cursors from before expiry existed read as 0 (expired)
     served: int = 0  # items served so far in this walk: the walk position of the next page's first item
+    placement: tuple[str, ...] = ()  # (experiment, arm, variant) the walk is served under; () for none
 
     def served_codes(self) -> np.ndarray:
         return decode_codes(self.live_codes)

@@ -11,10 +11,12 @@ import datetime as dt
 import logging
 import time
 
+import msgspec
 import pyarrow.compute as pc
 
 from rec_core.data.inbox import consumed_offsets
 from rec_core.data.lake import Lake, LakeError, lake_for
+from rec_core.experiments.registry import running
 from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
@@ -62,6 +64,8 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         feed_length=settings.batch.feed_length,
         model_files=model_files,
         ranker=ranker_record,
+        # A change to an experiment takes effect here, at the next snapshot (rec_core.experiments.registry).
+        experiments=[msgspec.to_builtins(e) for e in running(settings.paths.experiments_file)],
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
@@ -77,6 +81,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         )
     return {
         "snapshot_id": paths.snapshot_id,
+        "experiments": [e["name"] for e in paths.read_build().experiments or []],
         "video_shards": list(range(video_shards)),
         "user_shards": list(range(user_shards)),
         "ranker": ranker_record,

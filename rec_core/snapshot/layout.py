@@ -79,6 +79,9 @@ class BuildInfo:
     model_files: list[str] | None = None
     # Whether the feeds are re-ranked: {"applied", "objective", "n_candidates", "why"} (None: built before rankers).
     ranker: dict | None = None
+    # The experiments running when it began (rec_core.experiments.spec.Experiment as JSON): whose feed is made of
+    # which variant, for the batch and the API alike. None: built before experiments.
+    experiments: list[dict] | None = None
 
     @property
     def ranker_applied(self) -> bool:
@@ -198,6 +201,7 @@ def begin_snapshot(
     inbox_offsets: dict[str, int] | None = None,
     model_files: list[str] | None = None,
     ranker: dict | None = None,
+    experiments: list[dict] | None = None,
     now: dt.datetime | None = None,
 ) -> SnapshotPaths:
     """Create the folder of a new snapshot and its ``build.json``; stages then fill it."""
@@ -222,6 +226,7 @@ def begin_snapshot(
         inbox_offsets=inbox_offsets,
         model_files=model_files,
         ranker=ranker,
+        experiments=experiments,
     )
     write_bytes_atomic(snapshot.build_file, json.dumps(asdict(info), indent=2).encode())
     return snapshot

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic
+from rec_core.experiments.spec import ExperimentError, check_arms, check_name, experiments_from_build
 from rec_core.ids import is_valid_id
 from rec_core.model.inference import as_of_ms
 from rec_core.settings import PathSettings, Settings
@@ -57,6 +59,18 @@ log = logging.getLogger(__name__)
 
 FEED_COLUMNS = columns_of(FEED_SCHEMA)
 TRENDING_COLUMNS = columns_of(TRENDING_SCHEMA)
+
+
+def _check_experiments(build: BuildInfo) -> list[str]:
+    """The experiments build.json carries read back as running experiments with valid arms: the API assigns
+    every user by them."""
+    try:
+        for experiment in experiments_from_build(build.experiments):
+            check_name(experiment.name)
+            check_arms(experiment.arms)
+    except (ExperimentError, msgspec.ValidationError) as exc:
+        return [f"{BUILD_FILE} has an experiment that cannot be served: {exc}"]
+    return []
 
 
 def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_milvus: bool = True) -> Manifest:
@@ -110,6 +124,7 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
         con.close()
     counts["catalogue"] = _check_catalogue(paths, build, problems)
     problems += _check_model_and_ranking(path_settings, paths, build, counts)
+    problems += _check_experiments(build)
     problems += _check_sorted(paths, feeds)
     if require_milvus:
         problems += _check_milvus(path_settings, paths, build, video_vecs)

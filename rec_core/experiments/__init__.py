@@ -1,0 +1,1 @@
+"""Experiments: arms of users served different feeds side by side (spec, registry file, arm assignment)."""

@@ -1,0 +1,92 @@
+"""The experiments file: what is running, changed by the CLI or the Airflow DAG, read when a snapshot begins.
+
+``<data root>/experiments.json`` lists every experiment ever started, stopped ones with their stop time (the
+report of a stopped experiment still finds its arms). Changes are written whole under a lock (temp file, fsync,
+rename), so two operators cannot lose each other's change and a crash leaves the old file or the new one. A
+change takes effect at the next snapshot: :func:`rec_core.snapshot.begin.begin` copies the running experiments
+into the snapshot's build.json, which the batch materializes from and the API serves from, so a snapshot's feeds
+and its API answers always agree on every user's arm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+
+from rec_core.atomic import write_bytes_atomic
+from rec_core.experiments.spec import Arm, Experiment, ExperimentError, check_arms, check_name
+
+
+class _File(msgspec.Struct):
+    experiments: list[Experiment] = msgspec.field(default_factory=list)
+
+
+def read_experiments(path: Path) -> list[Experiment]:
+    """Every experiment in the file, oldest first (none when there is no file)."""
+    if not path.is_file():
+        return []
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=_File).experiments
+    except msgspec.DecodeError as exc:
+        raise ExperimentError("experiments file", f"{path} is not an experiments file: {exc}") from None
+
+
+def running(path: Path) -> list[Experiment]:
+    return [e for e in read_experiments(path) if e.active]
+
+
+def start(path: Path, name: str, arms: tuple[Arm, ...], now: dt.datetime | None = None) -> Experiment:
+    check_name(name)
+    check_arms(arms)
+    with _editing(path) as (experiments, save):
+        if any(e.name == name for e in experiments):
+            raise ExperimentError("name", f"an experiment named {name!r} exists already; names are never reused")
+        experiment = Experiment(name, arms, started_at=_now(now))
+        save([*experiments, experiment])
+    return experiment
+
+
+def change(path: Path, name: str, arms: tuple[Arm, ...], now: dt.datetime | None = None) -> Experiment:
+    check_arms(arms)
+    with _editing(path) as (experiments, save):
+        i = _running_index(experiments, name)
+        experiment = msgspec.structs.replace(experiments[i], arms=arms, changed_at=_now(now))
+        save([*experiments[:i], experiment, *experiments[i + 1 :]])
+    return experiment
+
+
+def stop(path: Path, name: str, now: dt.datetime | None = None) -> Experiment:
+    with _editing(path) as (experiments, save):
+        i = _running_index(experiments, name)
+        experiment = msgspec.structs.replace(experiments[i], stopped_at=_now(now))
+        save([*experiments[:i], experiment, *experiments[i + 1 :]])
+    return experiment
+
+
+def _running_index(experiments: list[Experiment], name: str) -> int:
+    for i, e in enumerate(experiments):
+        if e.name == name and e.active:
+            return i
+    names = ", ".join(e.name for e in experiments if e.active) or "none"
+    raise ExperimentError("name", f"no running experiment named {name!r} (running: {names})")
+
+
+@contextmanager
+def _editing(path: Path) -> Iterator[tuple[list[Experiment], Callable[[list[Experiment]], None]]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / f".{path.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+        def save(experiments: list[Experiment]) -> None:
+            write_bytes_atomic(path, msgspec.json.format(msgspec.json.encode(_File(experiments)), indent=2))
+
+        yield read_experiments(path), save
+
+
+def _now(now: dt.datetime | None) -> str:
+    return (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")

@@ -1,0 +1,187 @@
+"""An experiment's report: per arm, the online rates, each arm's difference from the first arm with a 95%
+interval, and how many users stand behind each figure; Markdown and a picture.
+
+It reads the warehouse's ``impression_outcomes`` (:mod:`rec_core.data.warehouse`, rebuilt first), so the rates
+mean what the online views mean: over the items a user viewed (an event of theirs named the page), sessions cut
+at 30 minutes. Each rate is a ratio of sums over the arm's users (likes over views, ...), and its interval comes
+from redrawing users with replacement in each arm independently (1,000 redraws, seeded): users are the unit
+that was randomized, and one user's views are not independent of each other. A user seen in two arms (the
+experiment's shares changed under them) is left out, and counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from rec_core.atomic import write_bytes_atomic
+from rec_core.data.warehouse import build_warehouse
+from rec_core.eval.intervals import LEVEL, RESAMPLES
+from rec_core.eval.plots import figure_png, plt
+from rec_core.experiments.registry import read_experiments
+from rec_core.experiments.spec import ExperimentError
+from rec_core.settings import Settings
+
+# name -> (numerator column, denominator column) of the per-user sums below
+METRICS: dict[str, tuple[str, str]] = {
+    "watch_through_80": ("through", "viewed"),
+    "like_rate": ("liked", "viewed"),
+    "share_rate": ("shared", "viewed"),
+    "skip_rate": ("skipped", "viewed"),
+    "mean_completion": ("completion", "viewed"),
+    "videos_per_session": ("viewed", "sessions"),
+}
+PER_USER = """
+    SELECT arm, user_id,
+           count(*) FILTER (WHERE viewed) AS viewed,
+           count(*) FILTER (WHERE viewed AND completion >= 0.8) AS through,
+           count(*) FILTER (WHERE liked) AS liked,
+           count(*) FILTER (WHERE shared) AS shared,
+           count(*) FILTER (WHERE skipped) AS skipped,
+           coalesce(sum(completion) FILTER (WHERE viewed), 0) AS completion,
+           count(DISTINCT session) AS sessions
+    FROM impression_outcomes WHERE experiment = ? GROUP BY arm, user_id"""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmFigure:
+    value: float
+    low: float
+    high: float
+
+
+def report(settings: Settings, name: str, out_dir: Path | None = None, seed: int = 0) -> dict:
+    """Write ``report.md``, ``report.png`` and ``report.json`` for experiment ``name``; return the JSON."""
+    experiment = next((e for e in read_experiments(settings.paths.experiments_file) if e.name == name), None)
+    if experiment is None:
+        raise ExperimentError("name", f"no experiment named {name!r}")
+    con = duckdb.connect(str(build_warehouse(settings.paths, settings.batch)), read_only=True)
+    try:
+        rows = con.execute(PER_USER, [name]).fetchnumpy()
+    finally:
+        con.close()
+    arms_of_user: dict[str, set[str]] = {}
+    for arm, user in zip(rows["arm"].tolist(), rows["user_id"].tolist(), strict=True):
+        arms_of_user.setdefault(user, set()).add(arm)
+    switched = {u for u, arms in arms_of_user.items() if len(arms) > 1}
+    keep = np.array([u not in switched for u in rows["user_id"].tolist()], dtype=bool)
+    arm_names = [a.name for a in experiment.arms]
+    sums = {k: np.asarray(v, dtype=np.float64) for k, v in rows.items() if k not in ("arm", "user_id")}
+    arm_of_row = np.asarray(rows["arm"], dtype=object)
+    per_arm = {a: {k: v[keep & (arm_of_row == a)] for k, v in sums.items()} for a in arm_names}
+    rng = np.random.default_rng(seed)
+    redrawn = {a: _redraw(per_arm[a], rng) for a in arm_names}
+    result: dict = {
+        "experiment": name,
+        "arms": [{"name": a.name, "variant": a.variant, "share": a.share} for a in experiment.arms],
+        "started_at": experiment.started_at,
+        "stopped_at": experiment.stopped_at,
+        "users": {a: len(per_arm[a]["viewed"]) for a in arm_names},
+        "users_in_two_arms": len(switched),
+        "views": {a: int(per_arm[a]["viewed"].sum()) for a in arm_names},
+        "metrics": {},
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    control = arm_names[0]
+    tail = (1 - LEVEL) / 2 * 100
+    for metric, (num, den) in METRICS.items():
+        entry: dict = {}
+        for a in arm_names:
+            value = _ratio(per_arm[a][num].sum(), per_arm[a][den].sum())
+            low, high = _percentiles(redrawn[a][metric], tail)
+            entry[a] = {"value": value, "low": low, "high": high}
+            if a != control:
+                diff = redrawn[a][metric] - redrawn[control][metric]
+                d_low, d_high = _percentiles(diff, tail)
+                point = value - entry[control]["value"]
+                verdict = "higher" if d_low > 0 else "lower" if d_high < 0 else "within noise"
+                entry[a]["difference"] = {"value": point, "low": d_low, "high": d_high, "verdict": verdict}
+        result["metrics"][metric] = entry
+    out = out_dir or settings.paths.data_dir / "reports" / "experiments" / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / "report.json", json.dumps(result, indent=2).encode())
+    write_bytes_atomic(out / "report.md", markdown(result).encode())
+    write_bytes_atomic(out / "report.png", _picture(result))
+    return {**result, "path": str(out / "report.md")}
+
+
+def _redraw(sums: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each metric's ratio of sums over ``RESAMPLES`` redraws of the arm's users."""
+    n = len(sums["viewed"])
+    if n == 0:
+        return {m: np.full(RESAMPLES, np.nan) for m in METRICS}
+    counts = np.zeros((RESAMPLES, n))
+    for i in range(RESAMPLES):
+        counts[i] = np.bincount(rng.integers(0, n, n), minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {m: (counts @ sums[num]) / (counts @ sums[den]) for m, (num, den) in METRICS.items()}
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def _percentiles(values: np.ndarray, tail: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def markdown(result: dict) -> str:
+    arms = [a["name"] for a in result["arms"]]
+    control = arms[0]
+    lines = [
+        f"# Experiment `{result['experiment']}`",
+        "",
+        "Arms: " + ", ".join(f"`{a['name']}` ({a['variant']}, {a['share']:.0%} of users)" for a in result["arms"]),
+        f"; started {result['started_at']}" + (f", stopped {result['stopped_at']}" if result["stopped_at"] else ""),
+        "",
+        "Users (views): "
+        + ", ".join(f"`{a}` {result['users'][a]:,} ({result['views'][a]:,})" for a in arms)
+        + f"; {result['users_in_two_arms']} user(s) seen in two arms left out.",
+        "",
+        f"Rates over the items viewed; 95% intervals by redrawing users (1,000 redraws); differences against "
+        f"`{control}`.",
+        "",
+        "| metric | "
+        + " | ".join(f"`{a}`" for a in arms)
+        + " | "
+        + " | ".join(f"`{a}` - `{control}`" for a in arms[1:])
+        + " |",
+        "| --- " * (2 * len(arms)) + "|",
+    ]
+    for metric, entry in result["metrics"].items():
+        cells = [f"{entry[a]['value']:.4f} [{entry[a]['low']:.4f}, {entry[a]['high']:.4f}]" for a in arms]
+        diffs = [
+            f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}"
+            for a in arms[1:]
+            for d in [entry[a]["difference"]]
+        ]
+        lines.append(f"| {metric} | " + " | ".join(cells + diffs) + " |")
+    lines += ["", "![differences](report.png)", ""]
+    return "\n".join(lines)
+
+
+def _picture(result: dict) -> bytes:
+    arms = [a["name"] for a in result["arms"]]
+    metrics = list(result["metrics"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6))
+    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+        entry = result["metrics"][metric]
+        values = [entry[a]["value"] for a in arms]
+        errors = [
+            [v - entry[a]["low"] for a, v in zip(arms, values, strict=True)],
+            [entry[a]["high"] - v for a, v in zip(arms, values, strict=True)],
+        ]
+        ax.bar(arms, values, yerr=np.nan_to_num(errors), capsize=4, color=[f"C{i}" for i in range(len(arms))])
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"experiment {result['experiment']}: per arm, 95% intervals over users")
+    return figure_png(fig)
