@@ -30,6 +30,7 @@ import numpy as np
 from feed_api.live_search import LiveSearch
 from feed_api.snapshot_view import RankedList, SnapshotView
 from feed_api.user_state import UserActivity
+from rec_core.experiments.assign import Placement
 from rec_core.feed.cursor import Cursor, encode_codes
 from rec_core.feed.live import listed_keep
 from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline
@@ -113,15 +114,23 @@ def live_vector(view: SnapshotView, user_id: str, activity: UserActivity | None)
     return (moved / max(float(np.linalg.norm(moved)), 1e-12)).astype(np.float32)
 
 
-def first_cursor(view: SnapshotView, user_id: str, *, has_vector: bool) -> Cursor:
-    """Where a walk starts: the user's feed, live search for a user with a vector, else trending."""
+def first_cursor(view: SnapshotView, user_id: str, *, has_vector: bool, placement: Placement | None = None) -> Cursor:
+    """Where a walk starts: the user's feed, live search for a user with a vector, else trending; bound to the
+    user's experiment arm. A MostPop arm's user has a materialized list when the snapshot knows them, and
+    trending otherwise: never a search by their vector."""
     if view.feeds.bounds(user_id) is not None:
         source = "feed"
-    elif has_vector:
+    elif has_vector and not (placement is not None and placement.variant == "most_pop"):
         source = "live"
     else:
         source = "trending"
-    return Cursor(view.snapshot_id, user_id, source, 0)
+    bound = (placement.experiment, placement.arm, placement.variant) if placement is not None else ()
+    return Cursor(view.snapshot_id, user_id, source, 0, placement=bound)
+
+
+def placement_of(cursor: Cursor) -> Placement | None:
+    """The experiment arm a walk is bound to (None: no experiment)."""
+    return Placement(*cursor.placement) if len(cursor.placement) == 3 else None
 
 
 def precomputed(view: SnapshotView, cursor: Cursor) -> tuple[RankedList, int, int]:
@@ -221,5 +230,6 @@ def next_page(
             tuple(extra),
             cursor.page + 1,
             served=cursor.served + len(items),
+            placement=cursor.placement,
         )
     return Page(items, has_more, nxt, source, unknown=trending, from_list=from_list)

@@ -12,15 +12,18 @@ else here writes: what users did since the batch comes in through ``activity``
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Callable
+
+import numpy as np
 
 from feed_api.bodies import RecommendationsIn, RecommendationsOut
 from feed_api.errors import ApiError
 from feed_api.impression_log import ImpressionLog, PageShown
 from feed_api.live_snapshot import live_view
-from feed_api.pager import LiveVectors, Page, first_cursor, next_page, precomputed
+from feed_api.pager import LiveVectors, Page, first_cursor, next_page, placement_of, precomputed
 from feed_api.snapshot_view import SnapshotView
 from feed_api.snapshots import SnapshotRegistry
 from feed_api.telemetry import Metrics
@@ -67,6 +70,10 @@ class FeedReader:
         self._metrics = metrics
         self._activity = activity
         self.impressions = impressions
+        # Request ids: 64 random bits per process, then a counter (32 hex digits in all). Unique across workers
+        # and restarts, and without a urandom call per page.
+        self._request_prefix = secrets.token_hex(8)
+        self._request_seq = itertools.count()
 
     def live_view(self) -> SnapshotView:
         return live_view(self.registry, self._paths)
@@ -76,15 +83,21 @@ class FeedReader:
         activity = self._activity(user_id)
         if req.cursor is None:
             view = self.live_view()
-            cursor = first_cursor(view, user_id, has_vector=has_live_vector(view, user_id, activity))
+            placement = view.assignment.of(user_id) if view.assignment else None
+            has_vector = has_live_vector(view, user_id, activity)
+            cursor = first_cursor(view, user_id, has_vector=has_vector, placement=placement)
         else:
             cursor = self._decode(req.cursor, user_id)
             view = await self._view_of(cursor)
+            placement = placement_of(cursor)
+        # A MostPop arm's walk goes on, past its list, by the trending direction, never the user's own vector.
+        most_pop = placement is not None and placement.variant == "most_pop"
+
+        def vector() -> np.ndarray | None:
+            return None if most_pop else self.vectors.get(view, user_id, activity)
 
         def page() -> Page:
-            return next_page(
-                view, cursor, req.limit, activity, lambda: self.vectors.get(view, user_id, activity), self.policy
-            )
+            return next_page(view, cursor, req.limit, activity, vector, self.policy)
 
         # The precomputed part is a few array slices: answer it on the event loop. Live search and the
         # user tower block for milliseconds: give them a thread.
@@ -93,7 +106,7 @@ class FeedReader:
         else:
             result = await asyncio.to_thread(page)
         self._metrics.page(result.source)
-        request_id = uuid.uuid4().hex
+        request_id = f"{self._request_prefix}{next(self._request_seq):016x}"
         if self.impressions is not None and result.items:
             self.impressions.record(
                 PageShown(
@@ -101,7 +114,8 @@ class FeedReader:
                     user_id=user_id,
                     snapshot_id=view.snapshot_id,
                     model_version=view.build.model_version,
-                    arm=None,
+                    experiment=placement.experiment if placement else None,
+                    arm=placement.arm if placement else None,
                     ts_ms=time.time_ns() // 1_000_000,
                     first_position=cursor.served,
                     items=result.items,

@@ -42,6 +42,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rec_core.experiments.assign import Assignment
+from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed.rank_stage import RankCatalogue, RankInputs, load_rank_model
 from rec_core.ids import id_problems
 from rec_core.model.features import Catalogue
@@ -123,6 +125,7 @@ class SnapshotView:
     added: AddedVideos = field(default_factory=AddedVideos)
     skipped_ids: dict[str, int] = field(default_factory=dict)  # "videos" / "users" -> rows left out for their id
     ranking: RankCatalogue | None = None  # the build's ranker over these codes; None: the towers' order
+    assignment: Assignment = field(default_factory=lambda: Assignment([]))  # the build's experiments' arms
 
     @property
     def dim(self) -> int:
@@ -223,6 +226,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         store=store,
         known_creators=frozenset(catalogue.creator_ids.tolist()),
         skipped_ids={k: len(v) for k, v in (("videos", bad_videos), ("users", bad_users)) if v},
+        assignment=Assignment(experiments_from_build(build.experiments)),
     )
     ranker = load_rank_model(path_settings, paths, build, model)
     if ranker is not None:

@@ -1,0 +1,44 @@
+"""Start, change or stop an experiment, or write its report, from the Airflow UI (Trigger DAG w/ config).
+
+An arm is `name=variant:share` (variant `model`: the current model; `most_pop`: the popular videos), e.g.
+`towers=model:0.5,pop=most_pop:0.5`. Start, change and stop take effect at the next snapshot (the
+`recsys_pipeline` DAG); `report` writes `<data root>/reports/experiments/<name>/report.md` with a picture,
+from what the last `ingest_inbox` took in. The same as `python -m jobs.experiments`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+from rec_dags.defaults import DEFAULT_ARGS, START
+
+
+@dag(
+    dag_id="experiments",
+    description="Start, change or stop an experiment of feed variants, or write its report.",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["recsys", "experiments"],
+    params={
+        "action": Param("report", enum=["start", "change", "stop", "list", "report"], description="What to do."),
+        "name": Param("", type="string", description="The experiment (all actions but list)."),
+        "arms": Param(
+            "", type="string", description="start / change: name=variant:share,... (variant: model, most_pop)"
+        ),
+    },
+)
+def experiments_dag() -> None:
+    @task
+    def apply(params: dict | None = None) -> dict:
+        from jobs.experiments import apply
+        from rec_core.runtime import job_settings
+
+        assert params is not None
+        return apply(job_settings(), params["action"], params["name"], params["arms"])
+
+    apply()
+
+
+experiments_dag()
