@@ -237,6 +237,22 @@ def test_import_dataset_dag_fails_strict_and_keeps_the_lake(airflow_db: Path, da
     assert not (data_env / "lake" / "CURRENT").exists()
 
 
+@pytest.mark.slow
+def test_experiments_dag_starts_changes_and_stops_an_experiment(airflow_db: Path, data_env: Path) -> None:
+    from rec_core.experiments.registry import read_experiments
+
+    dag = _bag().get_dag("experiments")
+    start = {"action": "start", "name": "pop-check", "arms": "towers=model:0.5,pop=most_pop:0.5"}
+    assert dag.test(run_conf=start).state == "success"
+    assert dag.test(run_conf={**start, "action": "change", "arms": "towers=model:0.4,pop=most_pop:0.4"}).state == (
+        "success"
+    )
+    assert dag.test(run_conf={**start, "arms": "towers=model:0.7,pop=most_pop:0.7"}).state == "failed"  # sum > 1
+    assert dag.test(run_conf={"action": "stop", "name": "pop-check", "arms": ""}).state == "success"
+    (experiment,) = read_experiments(data_env / "experiments.json")
+    assert [a.share for a in experiment.arms] == [0.4, 0.4] and not experiment.active
+
+
 # ---- the quality gate and the Asset chain, on the real metadata DB ------------------------------------------------
 
 
