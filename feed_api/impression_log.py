@@ -2,11 +2,11 @@
 
 A page costs the request path one append to a bounded in-memory list (no I/O, no
 JSON): :meth:`ImpressionLog.record`. A background thread takes the list every
-``REC_API_IMPRESSION_FLUSH_MS`` (200 ms by default), writes it as one append to
-this worker's segment under ``<data root>/impressions/`` and fsyncs it
-(:class:`rec_core.data.inbox.InboxWriter`, the inbox's own durable append, one
-line per page, encoded by msgspec off the request path). So a kill loses at most the pages served in the last interval
-plus the one write in flight; a clean stop writes everything. When the disk
+``REC_API_IMPRESSION_FLUSH_MS`` (200 ms by default), encodes it (msgspec, one
+line per page), writes it as one append to this worker's segment under
+``<data root>/impressions/`` and fsyncs it (:class:`rec_core.data.inbox.InboxWriter`,
+the inbox's own durable append). So a kill loses at most the pages served in the
+last interval plus the one write in flight; a clean stop writes everything. When the disk
 stalls or fails, pages keep being served: the list holds up to
 ``REC_API_IMPRESSIONS_PENDING_MAX`` pages, and past that a page is served
 unlogged and counted (``feed_api_impressions_dropped_total``), never blocked.
