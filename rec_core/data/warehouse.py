@@ -78,7 +78,9 @@ def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
 
 
 _DUCKDB_TYPES = {"string": "VARCHAR", "bool": "BOOLEAN"}  # of the lake's added columns (tables.TableSpec.added)
-SESSION_GAP = "30 minutes"  # a user's impressions further apart than this are two sessions
+# A session is one walk of the feed from its top (the app opened or pulled to refresh: a page at position 0), cut
+# also where a user's impressions are further apart than this.
+SESSION_GAP = "30 minutes"
 
 
 def _lake_tables(con: duckdb.DuckDBPyConnection, version: LakeVersion) -> None:
@@ -110,8 +112,8 @@ def _online_views(con: duckdb.DuckDBPyConnection) -> None:
                coalesce(e.liked, false) AS liked, coalesce(e.shared, false) AS shared,
                coalesce(e.commented, false) AS commented, coalesce(e.skipped, false) AS skipped,
                sum(CASE WHEN gap THEN 1 ELSE 0 END) OVER (PARTITION BY i.user_id ORDER BY i.ts, i.position) AS session
-        FROM (SELECT *, coalesce(ts - lag(ts) OVER (PARTITION BY user_id ORDER BY ts, position)
-                                 > INTERVAL '"""
+        FROM (SELECT *, position = 0 OR coalesce(ts - lag(ts) OVER (PARTITION BY user_id ORDER BY ts, position)
+                                                > INTERVAL '"""
         + SESSION_GAP
         + """', true) AS gap FROM impressions) i
         LEFT JOIN interactions e
