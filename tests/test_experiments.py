@@ -130,7 +130,7 @@ def test_a_snapshot_serves_each_arm_its_feed_and_the_report_compares_them(world_
     users = rows["user_id"].unique().sort().to_list()
     arm = {u: assignment.of(u).arm for u in users}  # type: ignore[union-attr]
     assert 0.3 < sum(a == "pop" for a in arm.values()) / len(users) < 0.7
-    # The policy's fresh slots and creator cap reorder a little, so compare what the feeds open with, not every position.
+    # The policy's fresh slots and creator cap reorder a little: compare what the feeds open with, not every position.
     top = set(trending[:40])
 
     def opens_with_trending(group: str) -> float:

@@ -2,11 +2,12 @@
 interval, and how many users stand behind each figure; Markdown and a picture.
 
 It reads the warehouse's ``impression_outcomes`` (:mod:`rec_core.data.warehouse`, rebuilt first), so the rates
-mean what the online views mean: over the items a user viewed (an event of theirs named the page), sessions cut
-at 30 minutes. Each rate is a ratio of sums over the arm's users (likes over views, ...), and its interval comes
-from redrawing users with replacement in each arm independently (1,000 redraws, seeded): users are the unit
-that was randomized, and one user's views are not independent of each other. A user seen in two arms (the
-experiment's shares changed under them) is left out, and counted.
+mean what the online views mean: over the items a user viewed (an event of theirs named the page), a session
+being a walk from the top of the feed (cut too at a 30-minute gap). Each rate is a ratio of sums over the arm's
+users (likes over views, ...), and its interval comes from redrawing users with replacement in each arm
+independently (1,000 redraws, seeded, over users in a fixed order, so a rerun gives the same figures): users
+are the unit that was randomized, and one user's views are not independent of each other. A user seen in two
+arms (the experiment's shares changed under them) is left out, and counted.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ PER_USER = """
            count(*) FILTER (WHERE skipped) AS skipped,
            coalesce(sum(completion) FILTER (WHERE viewed), 0) AS completion,
            count(DISTINCT session) AS sessions
-    FROM impression_outcomes WHERE experiment = ? GROUP BY arm, user_id"""
+    FROM impression_outcomes WHERE experiment = ? GROUP BY arm, user_id
+    ORDER BY arm, user_id"""
 
 
 @dataclass(frozen=True, slots=True)
