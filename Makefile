@@ -13,13 +13,13 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo dev-key chaos test lint format pipeline serve bench profile-stages bench-milvus eval data train summary airflow-db airflow clean help
+.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench profile-stages bench-milvus eval data train summary airflow-db airflow clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB, serve the API on :3002"
 	@echo "make test   - set up, lint, run every test"
 	@echo "make chaos  - the fault suite (publish under load, kill -9, full disk, killed jobs) with a table of what held"
-	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | profile-stages | eval | clean"
+	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | profile-stages | eval | online-eval | clean"
 
 setup: $(STAMP)
 
@@ -98,6 +98,11 @@ profile-stages: setup
 eval: setup
 	$(PY) -m benchmarks.quality --only synthetic
 	$(PY) -m benchmarks.quality --only movielens --seeds 5
+
+# Two online experiments through the traffic simulator (towers vs MostPop, and A/A) on the pipeline's snapshot,
+# with their reports under $(REC_DATA_DIR)/reports/experiments/. Needs `make pipeline` first (a trained model).
+online-eval: setup
+	$(PY) -m benchmarks.online_experiment
 
 # A scripted fault suite against real processes on loopback: publish under load, kill -9 the API, fill the
 # inbox's disk (a tmpfs: needs root, else that row says "not run"), kill ingest_inbox/materialize mid-write.

@@ -13,10 +13,10 @@ For each ASGI server (granian, uvicorn; one worker each, the same app):
 In process (no server): the fresh user's first page with the snapshot's ranker and
 without it, interleaved (``--fresh-ranker`` runs only this).
 
-Impression logging (uvicorn): two servers on the same snapshot, one logging every
-page and one not, measured in alternating rounds of peak page throughput; the ratio
-(target at least 0.9) and the pages the logging one wrote (``--impressions`` runs
-only this).
+Impression logging (uvicorn): a server logging every page and one not, on the same
+snapshot, one at a time (Milvus Lite opens in one process), in alternating rounds
+of peak page throughput; the ratio (target at least 0.9) and the pages the logging
+ones wrote (``--impressions`` runs only this).
 
 The world is built once under ``<data root>/bench/api-world`` by the real pipeline
 (about 6 minutes) and reused; its live snapshot applies a ranker: the model version's
