@@ -6,11 +6,12 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from rec_core.data.inbox import InboxWriter, read_new
+from rec_core.data.inbox import InboxWriter, mark_consumed, prune_consumed, read_new
 from rec_core.data.inbox_merge import ingest_inbox
 from rec_core.data.lake import Lake
 from rec_core.settings import Settings
@@ -155,3 +156,34 @@ def test_an_update_to_a_catalogue_video_keeps_its_engagement(lake_settings: Sett
     assert after["caption"] == "a better caption" and after["hashtags"] == ["new"] and after["creator_followers"] == 5
     for counter in ("views", "likes", "comments", "shares", "created_at"):
         assert after[counter] == before[vid][counter], counter
+
+
+def test_a_writer_starts_a_new_segment_once_its_segment_is_old(tmp_path: Path) -> None:
+    writer = InboxWriter(tmp_path, max_segment_age_s=0.0)
+    writer.append("event", {"user_id": "u1", "video_id": "v1", "type": "watch"}, AT)
+    writer.append("event", {"user_id": "u1", "video_id": "v2", "type": "watch"}, AT)
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2 and len(read_new(tmp_path).records) == 2
+
+
+def test_consumed_idle_segments_are_pruned_and_nothing_else(tmp_path: Path) -> None:
+    old = InboxWriter(tmp_path, writer_id="old")
+    old.append("impression", {"n": 1}, AT)
+    old.close()
+    live = InboxWriter(tmp_path, writer_id="live")
+    live.append("impression", {"n": 2}, AT)
+    unread = InboxWriter(tmp_path, writer_id="unread")
+    unread.append("impression", {"n": 0}, AT)
+    mark_consumed(tmp_path, read_new(tmp_path).offsets)  # the batch took all three in
+    unread.append("impression", {"n": 3}, AT)  # ... and this came after
+    day_ago = time.time() - 2 * 24 * 3600
+    for segment in tmp_path.glob("*-old-*.jsonl"):
+        os.utime(segment, (day_ago, day_ago))
+    for segment in tmp_path.glob("*-unread-*.jsonl"):
+        os.utime(segment, (day_ago, day_ago))
+
+    assert [n.split("-")[1] for n in prune_consumed(tmp_path)] == ["old"]
+    # The recent segment stays (its writer may append again), and the one with unread lines stays.
+    assert sorted(p.name.split("-")[1] for p in tmp_path.glob("*.jsonl")) == ["live", "unread"]
+    assert [r.data["n"] for r in read_new(tmp_path).records] == [3]
+    with pytest.raises(ValueError, match="idle_s"):
+        prune_consumed(tmp_path, idle_s=60)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from rec_core.atomic import fsync_dir, write_bytes_atomic
 log = logging.getLogger(__name__)
 
 CONSUMED = "consumed.json"
+# A writer starts a new segment at least this often (when it appends), so a segment untouched for longer is one
+# no writer will append to again: once consumed it can go (prune_consumed).
+SEGMENT_MAX_AGE_S = 3600.0
 EVENT_TYPES = ("watch", "like", "share", "comment", "skip")
 KINDS = ("event", "video", "user", "impression")  # impressions have their own folder (rec_core.data.impressions)
 
@@ -63,11 +67,19 @@ class InboxWriter:
     retried by the next append.
     """
 
-    def __init__(self, root: Path, writer_id: str | None = None, max_segment_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        root: Path,
+        writer_id: str | None = None,
+        max_segment_bytes: int = 64 << 20,
+        max_segment_age_s: float = SEGMENT_MAX_AGE_S,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.writer_id = writer_id or uuid.uuid4().hex[:12]
         self.max_segment_bytes = max_segment_bytes
+        self.max_segment_age_s = max_segment_age_s
+        self._opened_at = 0.0  # time.monotonic() when the open segment was created
         self._lock = threading.Lock()
         self._seq = 0
         # Raw file descriptor, no Python buffer: after a failed write a buffer could hold bytes that a later
@@ -90,7 +102,7 @@ class InboxWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        self._fd, self._size = fd, 0
+        self._fd, self._size, self._opened_at = fd, 0, time.monotonic()
 
     def append(self, kind: str, data: dict[str, Any], at: dt.datetime | None = None) -> None:
         self.append_many([(kind, data)], at)
@@ -112,7 +124,10 @@ class InboxWriter:
         """:meth:`append_many` for records already encoded: ``payload`` is ``count`` whole JSON lines, each
         ``{"kind", "at", "data"}`` and ending in a newline (a writer with its own fast encoder uses this)."""
         with self._lock:
-            if self._fd is not None and self._size > 0 and self._size + len(payload) > self.max_segment_bytes:
+            if self._fd is not None and (
+                (self._size > 0 and self._size + len(payload) > self.max_segment_bytes)
+                or time.monotonic() - self._opened_at > self.max_segment_age_s
+            ):
                 self._abandon()
             try:
                 if self._fd is None:
@@ -244,6 +259,33 @@ def _read_lines(path: Path, start: int, budget: int | None, *, at_least_one: boo
 def mark_consumed(root: Path, offsets: dict[str, int]) -> None:
     merged = {**consumed_offsets(Path(root)), **offsets}
     write_bytes_atomic(Path(root) / CONSUMED, json.dumps(merged, indent=1, sort_keys=True).encode())
+
+
+def prune_consumed(root: Path, idle_s: float = 24 * SEGMENT_MAX_AGE_S) -> list[str]:
+    """Delete the segments the batch has consumed whole and no writer has touched for ``idle_s`` seconds (past
+    :data:`SEGMENT_MAX_AGE_S`, a writer appends to a new segment instead), so the folder does not grow with
+    traffic; returns their names. Only for a folder whose records nothing reads again once they are in the lake
+    (the impression log; the API replays the event inbox from a snapshot's offsets, which this does not check).
+    """
+    if idle_s <= SEGMENT_MAX_AGE_S:
+        raise ValueError(f"idle_s must exceed a segment's longest life ({SEGMENT_MAX_AGE_S:g} s), got {idle_s:g}")
+    root = Path(root)
+    consumed = consumed_offsets(root)
+    cutoff = time.time() - idle_s
+    gone = []
+    for name, offset in consumed.items():
+        path = root / name
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            if offset >= stat.st_size and stat.st_mtime < cutoff:
+                path.unlink()
+                gone.append(name)
+    if gone:
+        fsync_dir(root)
+        # After the deletions: a crash between leaves names of missing files, which every reader passes over.
+        kept = {name: offset for name, offset in consumed.items() if name not in gone}
+        write_bytes_atomic(root / CONSUMED, json.dumps(kept, indent=1, sort_keys=True).encode())
+    return gone
 
 
 def iter_kind(batch: InboxBatch, kind: str) -> Iterator[InboxRecord]:

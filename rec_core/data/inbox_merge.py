@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from rec_core.data.impressions import impression_rows, merged_impressions, request_id_problem
-from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, read_new
+from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, prune_consumed, read_new
 from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for
 from rec_core.data.tables import LAKE_TABLES
 from rec_core.ids import id_problem
@@ -54,6 +54,8 @@ def ingest_inbox(settings: Settings) -> dict:
     for root, read in ((paths.inbox_dir, batch), (paths.impressions_dir, shown)):
         if read.offsets:
             mark_consumed(root, read.offsets)
+    # The impression log's segments are read by nothing but this job: once in the lake they can go.
+    summary["impression_segments_pruned"] = len(prune_consumed(paths.impressions_dir))
     return summary
 
 
