@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,14 +261,20 @@ def mark_consumed(root: Path, offsets: dict[str, int]) -> None:
     write_bytes_atomic(Path(root) / CONSUMED, json.dumps(merged, indent=1, sort_keys=True).encode())
 
 
-def prune_consumed(root: Path, idle_s: float = 24 * SEGMENT_MAX_AGE_S) -> list[str]:
+def prune_consumed(
+    root: Path, idle_s: float = 24 * SEGMENT_MAX_AGE_S, covered_by: Iterable[dict[str, int]] = ()
+) -> list[str]:
     """Delete the segments the batch has consumed whole and no writer has touched for ``idle_s`` seconds (past
     :data:`SEGMENT_MAX_AGE_S`, a writer appends to a new segment instead), so the folder does not grow with
-    traffic; returns their names. Only for a folder whose records nothing reads again once they are in the lake
-    (the impression log; the API replays the event inbox from a snapshot's offsets, which this does not check).
+    traffic; returns their names.
+
+    ``covered_by``: offsets that readers may still replay from (the event inbox: each snapshot's ``build.json``
+    offsets, from which the API rebuilds its user state); a segment goes only once every one of them is past its
+    end, so a replay never misses a record that a deleted segment held.
     """
     if idle_s <= SEGMENT_MAX_AGE_S:
         raise ValueError(f"idle_s must exceed a segment's longest life ({SEGMENT_MAX_AGE_S:g} s), got {idle_s:g}")
+    covered_by = list(covered_by)
     root = Path(root)
     consumed = consumed_offsets(root)
     cutoff = time.time() - idle_s
@@ -277,7 +283,8 @@ def prune_consumed(root: Path, idle_s: float = 24 * SEGMENT_MAX_AGE_S) -> list[s
         path = root / name
         with contextlib.suppress(FileNotFoundError):
             stat = path.stat()
-            if offset >= stat.st_size and stat.st_mtime < cutoff:
+            replayed = any(since.get(name, 0) < stat.st_size for since in covered_by)
+            if offset >= stat.st_size and stat.st_mtime < cutoff and not replayed:
                 path.unlink()
                 gone.append(name)
     if gone:

@@ -23,7 +23,7 @@ import polars as pl
 
 from rec_core.data.impressions import impression_rows, merged_impressions, request_id_problem
 from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, prune_consumed, read_new
-from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for
+from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for, snapshot_builds
 from rec_core.data.tables import LAKE_TABLES
 from rec_core.ids import id_problem
 from rec_core.settings import Settings
@@ -54,8 +54,12 @@ def ingest_inbox(settings: Settings) -> dict:
     for root, read in ((paths.inbox_dir, batch), (paths.impressions_dir, shown)):
         if read.offsets:
             mark_consumed(root, read.offsets)
-    # The impression log's segments are read by nothing but this job: once in the lake they can go.
-    summary["impression_segments_pruned"] = len(prune_consumed(paths.impressions_dir))
+    # Consumed segments go once idle: the impression log's at once (nothing else reads it), the inbox's once no
+    # snapshot can replay them (the API rebuilds its user state from a snapshot's offsets).
+    replays = [b["inbox_offsets"] for b in snapshot_builds(paths) if b.get("inbox_offsets") is not None]
+    summary["segments_pruned"] = len(prune_consumed(paths.inbox_dir, covered_by=replays)) + len(
+        prune_consumed(paths.impressions_dir)
+    )
     return summary
 
 

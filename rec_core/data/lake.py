@@ -267,20 +267,27 @@ def snapshot_lake_versions(paths: PathSettings) -> set[str]:
     A folder without ``build.json`` pins nothing (a build killed before it had a lake version).
     An unreadable ``build.json`` raises: the caller must then assume anything may be in use.
     """
+    return {str(build["lake_version"]) for build in snapshot_builds(paths)}
+
+
+def snapshot_builds(paths: PathSettings) -> list[dict]:
+    """The ``build.json`` of every snapshot folder (live, kept for rollback, or being built), as read.
+
+    A folder without one is left out (a build killed before it wrote it, or a folder just moved to the trash);
+    an unreadable one raises, so a caller deciding what is still in use never guesses.
+    """
     root = paths.snapshots_dir
     if not root.is_dir():
-        return set()
-    pinned = set()
+        return []
+    builds = []
     for folder in root.iterdir():
-        build = folder / BUILD_FILE
         if not SNAPSHOT_ID.match(folder.name):
             continue  # LIVE, history.json, .trash-<id> (being deleted), temp files
         try:
-            text = build.read_text()
+            builds.append(json.loads((folder / BUILD_FILE).read_text()))
         except FileNotFoundError:
-            continue  # no build.json yet, or the folder was just moved to the trash
-        pinned.add(str(json.loads(text)["lake_version"]))
-    return pinned
+            continue
+    return builds
 
 
 def _check_name(table: str) -> None:
