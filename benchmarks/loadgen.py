@@ -81,6 +81,30 @@ async def closed_loop(host: str, port: int, requests: list[bytes], concurrency: 
     return LoadResult(len(latencies), errors, time.perf_counter() - started, np.asarray(latencies))
 
 
+async def one_pass(host: str, port: int, requests: list[bytes], concurrency: int) -> LoadResult:
+    """Every request of ``requests`` exactly once, ``concurrency`` at a time (first requests of fresh users: a
+    second one would measure a cache)."""
+    todo = iter(requests)
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for request in todo:
+                t0 = time.perf_counter()
+                status = await _exchange(reader, writer, request)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                errors += status != 200
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(len(latencies), errors, time.perf_counter() - started, np.asarray(latencies))
+
+
 async def open_loop(
     host: str, port: int, requests: list[bytes], rate: float, seconds: float, connections: int = 32
 ) -> LoadResult:
