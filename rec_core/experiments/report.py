@@ -142,8 +142,10 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Experiment `{result['experiment']}`",
         "",
-        "Arms: " + ", ".join(f"`{a['name']}` ({a['variant']}, {a['share']:.0%} of users)" for a in result["arms"]),
-        f"; started {result['started_at']}" + (f", stopped {result['stopped_at']}" if result["stopped_at"] else ""),
+        "Arms: "
+        + ", ".join(f"`{a['name']}` ({a['variant']}, {a['share']:.0%} of users)" for a in result["arms"])
+        + f"; started {result['started_at']}"
+        + (f", stopped {result['stopped_at']}" if result["stopped_at"] else ""),
         "",
         "Users (views): "
         + ", ".join(f"`{a}` {result['users'][a]:,} ({result['views'][a]:,})" for a in arms)
