@@ -5,8 +5,9 @@ cursors the API hands back, and answers every video it scrolls past the way the
 world says that user would (:mod:`rec_core.synthetic.audience`: the planted
 affinity, the video's quality and length), posting the events an app posts, each
 naming the page's ``request_id``: a watch or a skip with its completion, then a
-like, share or comment. It closes the app after three skips in a row, ten pages,
-or the end of the feed. The API logs every page it served (the impressions) and
+like, share or comment. It closes the app by chance after each video, the more
+likely the less of it was watched, and surely after three skips in a row, ten
+pages, or the end of the feed. The API logs every page it served (the impressions) and
 takes every event; the next batch joins them (``impression_outcomes`` in the
 warehouse).
 
@@ -103,10 +104,12 @@ async def one_session(
         page = r.json()
         tally.pages += 1
         seen: list[Reaction] = []
+        leaving = False
         for reaction in audience.react(user_id, [i["video_id"] for i in page["items"]], rng):
             seen.append(reaction)
             skips_in_a_row = skips_in_a_row + 1 if reaction.skipped else 0
-            if skips_in_a_row >= habits.leave_after_skips:
+            leaving = skips_in_a_row >= habits.leave_after_skips or habits.leaves_after(reaction, rng)
+            if leaving:
                 break
         tally.add(seen)
         events = [e for reaction in seen for e in reaction.events(user_id, page["request_id"])]
@@ -119,7 +122,7 @@ async def one_session(
                 tally.error("events", posted)
             else:
                 tally.events += len(events)
-        if skips_in_a_row >= habits.leave_after_skips or not page["has_more"]:
+        if leaving or not page["has_more"]:
             return
         cursor = page["next_cursor"]
 

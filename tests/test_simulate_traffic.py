@@ -38,6 +38,13 @@ def test_reactions_follow_the_planted_affinity(api_world: Path) -> None:
     assert mean(best, "completion") > mean(worst, "completion") + 0.2
     assert mean(best, "liked") > 2 * mean(worst, "liked")
     assert mean(best, "skipped") < mean(worst, "skipped")
+    # ... and leave the app later when the feed holds them: an engaging feed earns longer sessions.
+    habits = audience.habits
+    stays = {
+        name: float(np.mean([not habits.leaves_after(r, rng) for r in reactions * 20]))
+        for name, reactions in (("best", best), ("worst", worst))
+    }
+    assert stays["best"] > stays["worst"] + 0.01, stays
     # One seed, one answer: a session replays whatever order concurrent sessions run in.
     video_ids = truth.video_ids[:10].tolist()
     a = audience.react(truth.user_ids[0], video_ids, np.random.default_rng([7, 1]))

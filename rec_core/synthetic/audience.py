@@ -7,8 +7,11 @@ planted tastes earns more watch-through and likes than one that does not, and
 what a simulation measures is caused by recommendation quality, not by chance.
 
 The app's side (:class:`AppHabits`): a view under ``skip_below`` completion is a
-skip, and a user closes the app after ``leave_after_skips`` skips in a row or
-``max_pages`` pages, whichever comes first. Per-user traits that the truth files do
+skip. After each video a user closes the app with probability ``leave_base +
+leave_unwatched * (1 - completion)``: a feed that holds attention keeps them
+longer, so videos per session measures the feed too (about 30 videos at the
+completion of a good feed, 20 at MostPop's). They also leave after
+``leave_after_skips`` skips in a row or ``max_pages`` pages. Per-user traits that the truth files do
 not keep (patience, liking habit) are at the population mean (0).
 A video the world does not know (posted through the API since) has affinity and
 quality 0 and a 30 s duration.
@@ -32,6 +35,12 @@ class AppHabits:
     skip_below: float = 0.15  # completion under which a view counts as a skip
     leave_after_skips: int = 3  # skips in a row that close the app
     max_pages: int = 10  # pages of one session at most
+    leave_base: float = 0.01  # chance of closing the app after any video ...
+    leave_unwatched: float = 0.06  # ... plus this much times the part of it left unwatched
+
+    def leaves_after(self, reaction: Reaction, rng: np.random.Generator) -> bool:
+        """Whether the user closes the app after this video (one draw from ``rng``)."""
+        return bool(rng.random() < self.leave_base + self.leave_unwatched * (1.0 - reaction.completion))
 
 
 @dataclass(frozen=True, slots=True)
