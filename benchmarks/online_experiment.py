@@ -10,9 +10,9 @@ On a data root with a synthetic world and a trained model (``make pipeline``), t
 4. takes the impressions and events into the lake (``ingest_inbox``) and writes both experiments' reports
    (``<data root>/reports/experiments/<name>/report.md``), then prints their tables.
 
-The verdict a report gives for each metric (``higher``, ``lower``, ``within noise``) is whether the 95%
-interval of the difference from the first arm excludes zero; an A/A experiment should say ``within noise``
-throughout (each of its six metrics has a 5% chance of not, by chance alone).
+The verdict a report gives for each metric (``higher``, ``lower``, ``within noise``) holds for the whole
+report at once (Holm's correction over its differences, 5% in all); an A/A experiment should read ``within
+noise`` throughout.
 Running it again adds another round of sessions on the same snapshot (the report covers every round).
 """
 

@@ -171,6 +171,22 @@ def test_a_snapshot_serves_each_arm_its_feed_and_the_report_compares_them(world_
     assert result["users"]["towers"] > 10 and result["users"]["pop"] > 10
     like = result["metrics"]["like_rate"]
     assert like["towers"]["low"] <= like["towers"]["value"] <= like["towers"]["high"]
-    assert set(like["pop"]["difference"]) == {"value", "low", "high", "verdict"}
+    assert set(like["pop"]["difference"]) == {"value", "low", "high", "p", "interval_excludes_zero", "verdict"}
     assert "| like_rate |" in (out / "report.md").read_text() and (out / "report.png").stat().st_size > 5_000
     assert np.isfinite(result["metrics"]["videos_per_session"]["towers"]["value"])
+
+
+def test_verdicts_hold_for_the_whole_report_not_each_metric_alone() -> None:
+    from rec_core.experiments.report import _holm_verdicts, _two_sided_p
+
+    rng = np.random.default_rng(0)
+    assert _two_sided_p(rng.normal(5, 1, 1000)) == 0.0
+    assert 0.5 < _two_sided_p(rng.normal(0, 1, 1000)) <= 1.0
+    # p = 0.03 alone would pass a 5% test; beside five others it does not. p = 0.001 does either way.
+    differences = [{"value": -1.0, "p": 0.03}] + [{"value": 1.0, "p": 0.6} for _ in range(5)]
+    _holm_verdicts(differences)
+    assert [d["verdict"] for d in differences] == ["within noise"] * 6
+    differences = [{"value": -1.0, "p": 0.001}, {"value": 2.0, "p": 0.009}] + [{"value": 1.0, "p": 0.6}] * 4
+    checked = [dict(d) for d in differences]
+    _holm_verdicts(checked)
+    assert [d["verdict"] for d in checked[:3]] == ["lower", "higher", "within noise"]

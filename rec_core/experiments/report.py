@@ -8,6 +8,11 @@ users (likes over views, ...), and its interval comes from redrawing users with 
 independently (1,000 redraws, seeded, over users in a fixed order, so a rerun gives the same figures): users
 are the unit that was randomized, and one user's views are not independent of each other. A user seen in two
 arms (the experiment's shares changed under them) is left out, and counted.
+
+A verdict (higher, lower, within noise) is for the whole report at once: each difference has a two-sided
+bootstrap p, and Holm's step-down over all of them keeps the chance of any false verdict at 5%. Six metrics
+each read off its own 95% interval would call one of them different in about a quarter of A/A experiments
+(``interval_excludes_zero`` still says what each interval alone shows).
 """
 
 from __future__ import annotations
@@ -101,9 +106,15 @@ def report(settings: Settings, name: str, out_dir: Path | None = None, seed: int
                 diff = redrawn[a][metric] - redrawn[control][metric]
                 d_low, d_high = _percentiles(diff, tail)
                 point = value - entry[control]["value"]
-                verdict = "higher" if d_low > 0 else "lower" if d_high < 0 else "within noise"
-                entry[a]["difference"] = {"value": point, "low": d_low, "high": d_high, "verdict": verdict}
+                entry[a]["difference"] = {
+                    "value": point,
+                    "low": d_low,
+                    "high": d_high,
+                    "p": _two_sided_p(diff),
+                    "interval_excludes_zero": bool(d_low > 0 or d_high < 0),
+                }
         result["metrics"][metric] = entry
+    _holm_verdicts([entry[a]["difference"] for entry in result["metrics"].values() for a in arm_names[1:]])
     out = out_dir or settings.paths.data_dir / "reports" / "experiments" / name
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "report.json", json.dumps(result, indent=2).encode())
@@ -122,6 +133,27 @@ def _redraw(sums: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, 
         counts[i] = np.bincount(rng.integers(0, n, n), minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {m: (counts @ sums[num]) / (counts @ sums[den]) for m, (num, den) in METRICS.items()}
+
+
+def _two_sided_p(diff: np.ndarray) -> float:
+    """The bootstrap's two-sided p-value of "no difference": twice the share of redraws on the far side of 0."""
+    finite = diff[np.isfinite(diff)]
+    if not len(finite):
+        return float("nan")
+    return float(min(1.0, 2 * min((finite <= 0).mean(), (finite >= 0).mean())))
+
+
+def _holm_verdicts(differences: list[dict]) -> None:
+    """Set each difference's verdict so that the whole report, every metric of every arm, is wrong with at most
+    5% probability (Holm's step-down over the bootstrap p-values): six metrics each tested at 5% would call one
+    of them different in about a quarter of A/A experiments."""
+    alpha, m = 1 - LEVEL, len(differences)
+    order = sorted(range(m), key=lambda i: (np.nan_to_num(differences[i]["p"], nan=1.0), i))
+    still = True
+    for rank, i in enumerate(order):
+        d = differences[i]
+        still = still and bool(np.isfinite(d["p"])) and d["p"] <= alpha / (m - rank)
+        d["verdict"] = ("higher" if d["value"] > 0 else "lower") if still else "within noise"
 
 
 def _ratio(num: float, den: float) -> float:
@@ -152,7 +184,9 @@ def markdown(result: dict) -> str:
         + f"; {result['users_in_two_arms']} user(s) seen in two arms left out.",
         "",
         f"Rates over the items viewed; 95% intervals by redrawing users (1,000 redraws); differences against "
-        f"`{control}`.",
+        f"`{control}`, with the redraws' two-sided p. A verdict other than *within noise* holds for the whole "
+        f"table at once (Holm over its {len(METRICS) * (len(arms) - 1)} differences, 5% in all), so a 95% interval "
+        "that only just leaves zero may still read *within noise*.",
         "",
         "| metric | "
         + " | ".join(f"`{a}`" for a in arms)
@@ -164,13 +198,18 @@ def markdown(result: dict) -> str:
     for metric, entry in result["metrics"].items():
         cells = [f"{entry[a]['value']:.4f} [{entry[a]['low']:.4f}, {entry[a]['high']:.4f}]" for a in arms]
         diffs = [
-            f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}"
+            f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {_p_text(d['p'])} {d['verdict']}"
             for a in arms[1:]
             for d in [entry[a]["difference"]]
         ]
         lines.append(f"| {metric} | " + " | ".join(cells + diffs) + " |")
     lines += ["", "![differences](report.png)", ""]
     return "\n".join(lines)
+
+
+def _p_text(p: float) -> str:
+    # No redraw on the far side of zero: the p is below what the redraws can resolve, not zero.
+    return f"p<{1 / RESAMPLES:g}" if p == 0 else f"p={p:.3f}"
 
 
 def _picture(result: dict) -> bytes:
