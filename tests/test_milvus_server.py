@@ -233,12 +233,16 @@ def walk(api: ApiServer, user_id: str, limit: int = 100, max_pages: int = 100) -
     raise AssertionError("walk did not end")
 
 
-def _both_workers_answer(api: ApiServer, tries: int = 30) -> bool:
+def _both_workers_answer(api: ApiServer, tries: int = 200) -> bool:
     """True once two processes answered: each worker counts its own /metrics requests, so one worker alone
-    would show 0, 1, 2, ... and a repeated or falling count means another worker answered."""
+    would show 0, 1, 2, ... and a repeated or falling count means another worker answered.
+
+    Which worker accepts a new connection is the kernel's choice: on an idle machine the same one can win 30
+    times running (a clean-clone run saw it), so many tries, each a moment apart, while the other waits."""
     line = 'feed_api_requests_total{method="GET",route="/metrics",status="200"} '
     counts: list[int] = []
     for _ in range(tries):
+        time.sleep(0.01)
         text = httpx.get(f"{api.url}/metrics", timeout=30).text  # a new connection each time
         counts.append(next((int(float(x[len(line) :])) for x in text.splitlines() if x.startswith(line)), 0))
         if len(counts) > 1 and counts[-1] <= counts[-2]:
