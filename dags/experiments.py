@@ -1,7 +1,9 @@
 """Start, change or stop an experiment, or write its report, from the Airflow UI (Trigger DAG w/ config).
 
-An arm is `name=variant:share` (variant `model`: the current model; `most_pop`: the popular videos), e.g.
-`towers=model:0.5,pop=most_pop:0.5`. Start, change and stop take effect at the next snapshot (the
+An arm is `name=variant:share` (variant `model`: the current model; `most_pop`: the popular videos; or a model
+version such as `m20261201T101500Z-0a1b2c3d`, listed by `python -m jobs.models list`), e.g.
+`towers=model:0.5,pop=most_pop:0.5` or `new=model:0.5,old=m20261201T101500Z-0a1b2c3d:0.5`.
+Start, change and stop take effect at the next snapshot (the
 `recsys_pipeline` DAG); `report` writes `<data root>/reports/experiments/<name>/report.md` with a picture,
 from what the last `ingest_inbox` took in. The same as `python -m jobs.experiments`.
 """
@@ -25,7 +27,9 @@ from rec_dags.defaults import DEFAULT_ARGS, START
         "action": Param("report", enum=["start", "change", "stop", "list", "report"], description="What to do."),
         "name": Param("", type="string", description="The experiment (all actions but list)."),
         "arms": Param(
-            "", type="string", description="start / change: name=variant:share,... (variant: model, most_pop)"
+            "",
+            type="string",
+            description="start / change: name=variant:share,... (variant: model, most_pop or a model version)",
         ),
     },
 )

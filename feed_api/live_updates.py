@@ -125,6 +125,8 @@ class LiveUpdates:
 
     async def add_user(self, req: UserIn) -> UserOut:
         view = live_view(self.registry, self._paths)
+        # The vector the user's feed will use: in the space of their experiment arm's model.
+        view = view.in_space(view.assignment.of(req.user_id) if view.assignment else None)
         body = msgspec.structs.asdict(req)
         await self._inbox_batcher.submit([("user", body)])
         profile = user_profile(body)

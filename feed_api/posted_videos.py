@@ -26,7 +26,7 @@ import numpy as np
 from feed_api.errors import ApiError
 from feed_api.snapshot_view import SnapshotView
 from feed_api.telemetry import Metrics
-from feed_api.video_encoding import encode_videos
+from feed_api.video_encoding import encode_in_spaces
 from rec_core.data.inbox import InboxWriter
 from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import ApiSettings, ModelSettings
@@ -93,19 +93,23 @@ class PostedVideos:
         return answers  # type: ignore[return-value]
 
     def _encode_into(self, view: SnapshotView, payloads: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Encode into every model space of the snapshot (the other versions its experiments' arms serve too);
+        returns the vectors in the build model's space."""
         last = {p["video_id"]: p for p in payloads}  # a batch may post one id twice: the last wins
         payloads = list(last.values())
         now = dt.datetime.now(dt.UTC)
-        vectors = encode_videos(view, self._encoder(view), payloads, now)
-        view.store.upsert([p["video_id"] for p in payloads], vectors)
-        with view.added.lock:
-            for p, vector in zip(payloads, vectors, strict=True):
-                vid = p["video_id"]
-                view.added.vectors[vid] = vector
-                view.added.creators[vid] = p.get("creator_id") or vid
-                view.added.created_ms[vid] = int(now.timestamp() * 1000)
-                view.added.payload_hash[vid] = _hash(p)
-        return {p["video_id"]: vector for p, vector in zip(payloads, vectors, strict=True)}
+        spaces = view.all_spaces()
+        encoded = encode_in_spaces(spaces, self._encoder(view), payloads, now)
+        for space, vectors in zip(spaces, encoded, strict=True):
+            space.store.upsert([p["video_id"] for p in payloads], vectors)
+            with space.added.lock:
+                for p, vector in zip(payloads, vectors, strict=True):
+                    vid = p["video_id"]
+                    space.added.vectors[vid] = vector
+                    space.added.creators[vid] = p.get("creator_id") or vid
+                    space.added.created_ms[vid] = int(now.timestamp() * 1000)
+                    space.added.payload_hash[vid] = _hash(p)
+        return {p["video_id"]: vector for p, vector in zip(payloads, encoded[0], strict=True)}
 
     def _remember(self, view: SnapshotView | None, payloads: list[dict[str, Any]]) -> None:
         """Keep posted videos for the next snapshots to index; past ``api_posted_videos_max`` the oldest leave
@@ -122,7 +126,12 @@ class PostedVideos:
             log.info("%d posted videos left live search (over api_posted_videos_max)", len(evicted))
 
     @staticmethod
-    def _forget_added(view: SnapshotView, ids: list[str]) -> None:
+    def _forget_added(root: SnapshotView, ids: list[str]) -> None:
+        for view in root.all_spaces():
+            PostedVideos._forget_in_space(view, ids)
+
+    @staticmethod
+    def _forget_in_space(view: SnapshotView, ids: list[str]) -> None:
         with view.added.lock:
             ids = [v for v in ids if v in view.added.vectors]
             for vid in ids:

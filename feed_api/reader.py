@@ -90,6 +90,8 @@ class FeedReader:
             cursor = self._decode(req.cursor, user_id)
             view = await self._view_of(cursor)
             placement = placement_of(cursor)
+        # An arm that names another model version reads that version's space of the snapshot.
+        view = view.in_space(placement)
         # A MostPop arm's walk goes on, past its list, by the trending direction, never the user's own vector.
         most_pop = placement is not None and placement.variant == "most_pop"
 
@@ -113,7 +115,7 @@ class FeedReader:
                     request_id=request_id,
                     user_id=user_id,
                     snapshot_id=view.snapshot_id,
-                    model_version=view.build.model_version,
+                    model_version=view.model_version,
                     experiment=placement.experiment if placement else None,
                     arm=placement.arm if placement else None,
                     ts_ms=time.time_ns() // 1_000_000,

@@ -16,6 +16,11 @@ a few slices and no database query (docs/architecture.md, invariant 4):
   the build (:mod:`rec_core.feed.rank_stage`), so live pages run the batch's
   own ranking stage.
 
+A snapshot that carries other model versions for an experiment's arms (:mod:`rec_core.snapshot.layout`) loads a
+view per version too (:attr:`SnapshotView.spaces`): the same catalogue, feeds and trending list, with that version's
+model, vectors, collection and ranker. A user's walk reads the space of their arm (:meth:`SnapshotView.in_space`),
+so a fresh user of that arm gets that version's user tower, and a walk past its list that version's live search.
+
 Everything comes from the snapshot folder (the model store only for a snapshot
 begun before it carried its model): serving never reads the lake, so a
 snapshot keeps serving after its lake version is pruned.
@@ -35,15 +40,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rec_core.experiments.assign import Assignment
+from rec_core.experiments.assign import Assignment, Placement
 from rec_core.experiments.spec import experiments_from_build
+from rec_core.feed.catalogue import codes_of
 from rec_core.feed.rank_stage import RankCatalogue, RankInputs, load_rank_model
 from rec_core.ids import id_problems
 from rec_core.model.features import Catalogue
@@ -126,10 +132,22 @@ class SnapshotView:
     skipped_ids: dict[str, int] = field(default_factory=dict)  # "videos" / "users" -> rows left out for their id
     ranking: RankCatalogue | None = None  # the build's ranker over these codes; None: the towers' order
     assignment: Assignment = field(default_factory=lambda: Assignment([]))  # the build's experiments' arms
+    spaces: dict[str, SnapshotView] = field(default_factory=dict)  # other model versions' views, by version
 
     @property
     def dim(self) -> int:
         return self.video_vectors.shape[1]
+
+    @property
+    def model_version(self) -> str:
+        return self.build.model_version
+
+    def in_space(self, placement: Placement | None) -> SnapshotView:
+        """The view a user of ``placement``'s arm is served from: their arm's model version's, else this one."""
+        return self if placement is None else self.spaces.get(placement.variant, self)
+
+    def all_spaces(self) -> list[SnapshotView]:
+        return [self, *self.spaces.values()]
 
     def catalogue_size(self) -> int:
         return len(self.video_ids) + len(self.added.creators)
@@ -164,13 +182,14 @@ class SnapshotView:
         return None if self.ranking is None else self.ranking.inputs([user_id], vector[None, :])
 
     def close(self) -> None:
-        self.store.close()
+        for view in self.all_spaces():
+            view.store.close()
 
 
 def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView:
     """Read a published snapshot into memory and open its Milvus collection; raises on anything missing."""
     started = time.perf_counter()
-    manifest = read_manifest(paths)
+    read_manifest(paths)  # a snapshot without one was never validated
     build = paths.read_build()
     videos, bad_videos = _without_bad_ids(paths, read_vector_shards(paths, "videos", build.video_shards), "videos")
     video_ids = np.asarray(videos.column("video_id").to_pylist(), dtype=object)
@@ -198,14 +217,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     trending = _ranked(trending_rows.sort("rank"), codes)
     users, bad_users = _without_bad_ids(paths, read_vector_shards(paths, "users", build.user_shards), "users")
     user_ids = users.column("user_id").to_pylist()
-    top = trending.codes[: min(50, len(trending))]
-    centroid = vectors[top].mean(axis=0) if len(top) else vectors.mean(axis=0)
-    centroid = (centroid / max(float(np.linalg.norm(centroid)), 1e-12)).astype(np.float32)
-
-    store = VectorStore(paths.milvus_uri(path_settings), paths.collection_name(path_settings), build.embedding_dim)
-    if not store.exists():
-        store.close()
-        raise ValueError(f"snapshot {paths.snapshot_id}: Milvus collection {manifest.milvus_collection} is missing")
+    store = _open_store(path_settings, paths, build)
     view = SnapshotView(
         snapshot_id=paths.snapshot_id,
         build=build,
@@ -218,7 +230,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         video_vectors=np.ascontiguousarray(vectors, dtype=np.float32),
         feeds=feeds,
         trending=trending,
-        trending_vector=centroid,
+        trending_vector=_trending_vector(vectors, trending),
         user_row={u: i for i, u in enumerate(user_ids)},
         user_vectors=np.ascontiguousarray(vectors_array(users), dtype=np.float32),
         model=model,
@@ -231,6 +243,12 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     ranker = load_rank_model(path_settings, paths, build, model)
     if ranker is not None:
         view.ranking = ranker.over(video_ids, view.video_vectors)
+    try:
+        for version in build.extra_versions:
+            view.spaces[version] = _space_view(path_settings, paths.space(version, build), build.space(version), view)
+    except Exception:
+        view.close()
+        raise
     log.info(
         "snapshot %s loaded in %.1fs: %d videos, %d users with feeds (%d items), %d user vectors",
         paths.snapshot_id,
@@ -240,6 +258,55 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         len(feeds.items),
         len(user_ids),
     )
+    return view
+
+
+def _open_store(path_settings: PathSettings, paths: SnapshotPaths, build: BuildInfo) -> VectorStore:
+    store = VectorStore(paths.milvus_uri(path_settings), paths.collection_name(path_settings), build.embedding_dim)
+    if not store.exists():
+        store.close()
+        raise ValueError(f"snapshot {paths.snapshot_id}: Milvus collection {store.collection} is missing")
+    return store
+
+
+def _trending_vector(vectors: np.ndarray, trending: RankedList) -> np.ndarray:
+    """The mean of the top trending videos' vectors: where a user with nothing searches from."""
+    top = trending.codes[: min(50, len(trending))]
+    centroid = vectors[top].mean(axis=0) if len(top) else vectors.mean(axis=0)
+    return (centroid / max(float(np.linalg.norm(centroid)), 1e-12)).astype(np.float32)
+
+
+def _space_view(
+    path_settings: PathSettings, space: SnapshotPaths, build: BuildInfo, root: SnapshotView
+) -> SnapshotView:
+    """Another model version's view of the snapshot: ``root``'s catalogue, feeds and trending list with that
+    version's model, video and user vectors (by the same codes), collection and ranker."""
+    videos, _ = _without_bad_ids(space, read_vector_shards(space, "videos", build.video_shards), "videos")
+    ids = pl.Series(videos.column("video_id").combine_chunks(), dtype=pl.String)
+    rows = codes_of(pl.Series(root.video_ids.astype(str), dtype=pl.String), ids)
+    if (rows < 0).any():
+        raise ValueError(f"snapshot {space.snapshot_id}: model version {build.model_version} lacks video vectors")
+    vectors = np.ascontiguousarray(vectors_array(videos)[rows], dtype=np.float32)
+    users, _ = _without_bad_ids(space, read_vector_shards(space, "users", build.user_shards), "users")
+    model = load_snapshot_model(path_settings, space, build)
+    catalogue = snapshot_catalogue(space, build, model)
+    view = replace(
+        root,
+        build=build,
+        video_vectors=vectors,
+        trending_vector=_trending_vector(vectors, root.trending),
+        user_row={u: i for i, u in enumerate(users.column("user_id").to_pylist())},
+        user_vectors=np.ascontiguousarray(vectors_array(users), dtype=np.float32),
+        model=model,
+        catalogue=catalogue,
+        store=_open_store(path_settings, space, build),
+        added=AddedVideos(),
+        ranking=None,
+        spaces={},
+    )
+    ranker = load_rank_model(path_settings, space, build, model)
+    if ranker is not None:
+        view.ranking = ranker.over(root.video_ids, vectors)
     return view
 
 

@@ -46,6 +46,14 @@ def encode_videos(
     view: SnapshotView, encoder: TextEncoder, payloads: list[dict[str, Any]], now: dt.datetime
 ) -> np.ndarray:
     """Vectors of ``payloads`` (rows aligned with them) in ``view``'s space, L2-normalised."""
+    return encode_in_spaces([view], encoder, payloads, now)[0]
+
+
+def encode_in_spaces(
+    views: list[SnapshotView], encoder: TextEncoder, payloads: list[dict[str, Any]], now: dt.datetime
+) -> list[np.ndarray]:
+    """Vectors of ``payloads`` in each of ``views``' spaces (a snapshot's model and the other versions it carries:
+    they share the text encoder, so the captions are encoded once)."""
     rows = [video_row(p, now) for p in payloads]
     frame = pl.DataFrame(rows, schema=pl.from_arrow(VIDEOS.empty_table()).schema)  # type: ignore[union-attr]
     frame = frame.with_columns(pl.col("created_at").dt.epoch("ms").alias("created_ms")).with_row_index("_input")
@@ -63,8 +71,13 @@ def encode_videos(
             "shared": pl.Boolean,
         }
     )
-    catalogue = build_catalogue(frame.drop("_input"), no_events, text, view.model.vocabs, int(now.timestamp() * 1000))
-    vectors = video_vectors(view.model.model, catalogue, view.model.stats).numpy()
-    out = np.empty_like(vectors)
-    out[frame["_input"].to_numpy()] = vectors
+    order = frame["_input"].to_numpy()
+    out = []
+    for view in views:
+        now_ms = int(now.timestamp() * 1000)
+        catalogue = build_catalogue(frame.drop("_input"), no_events, text, view.model.vocabs, now_ms)
+        vectors = video_vectors(view.model.model, catalogue, view.model.stats).numpy()
+        aligned = np.empty_like(vectors)
+        aligned[order] = vectors
+        out.append(aligned)
     return out

@@ -6,7 +6,10 @@
     python -m jobs.experiments list
     python -m jobs.experiments report pop-vs-towers
 
-An arm is ``name=variant:share``: the variant ``model`` (the snapshot's model) or ``most_pop``; shares are
+    python -m jobs.experiments start new-vs-old --arms "new=model:0.5,old=m20261201T101500Z-0a1b2c3d:0.5"
+
+An arm is ``name=variant:share``: the variant ``model`` (the snapshot's model), ``most_pop``, or a model version
+of the model store (``python -m jobs.models list``: an earlier or a not-promoted one); shares are
 fractions of all users (the rest are in no arm). Start, change and stop take effect at the next snapshot
 (``recsys_pipeline`` or ``refresh_embeddings``); the report reads what the lake has taken in
 (``ingest_inbox``), into ``<data root>/reports/experiments/<name>/``. The Airflow DAG ``experiments`` does
@@ -25,6 +28,7 @@ import msgspec
 from jobs.cli import settings_for
 from rec_core.experiments import registry
 from rec_core.experiments.spec import ExperimentError, parse_arms
+from rec_core.model.store import ModelStore
 from rec_core.settings import Settings
 
 ACTIONS = ("start", "change", "stop", "list", "report")
@@ -37,10 +41,10 @@ def apply(settings: Settings, action: str, name: str = "", arms: str = "") -> di
         return {"experiments": [msgspec.to_builtins(e) for e in registry.read_experiments(path)]}
     if not name:
         raise ExperimentError("name", f"{action} needs the experiment's name")
-    if action == "start":
-        return msgspec.to_builtins(registry.start(path, name, parse_arms(arms)))
-    if action == "change":
-        return msgspec.to_builtins(registry.change(path, name, parse_arms(arms)))
+    if action in ("start", "change"):
+        versions = ModelStore(settings.paths.models_dir).versions()
+        edit = registry.start if action == "start" else registry.change
+        return msgspec.to_builtins(edit(path, name, parse_arms(arms), versions))
     if action == "stop":
         return msgspec.to_builtins(registry.stop(path, name))
     if action == "report":

@@ -16,6 +16,7 @@ a later one's arms, so each experiment's arms still compare like with like, over
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -46,6 +47,10 @@ class Assignment:
 
     def __bool__(self) -> bool:
         return bool(self._ranges)
+
+    def variant_mask(self, user_ids: Iterable[str], variant: str) -> list[bool]:
+        """For each user, whether their arm's variant is ``variant`` (a model version: whose space they are in)."""
+        return [(p := self.of(u)) is not None and p.variant == variant for u in user_ids]
 
     def of(self, user_id: str) -> Placement | None:
         for name, ranges in self._ranges:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 
 from rec_core.atomic import write_bytes_atomic
-from rec_core.experiments.spec import Arm, Experiment, ExperimentError, check_arms, check_name
+from rec_core.experiments.spec import Arm, Experiment, ExperimentError, check_arms, check_name, check_versions
 
 
 class _File(msgspec.Struct):
@@ -40,9 +40,13 @@ def running(path: Path) -> list[Experiment]:
     return [e for e in read_experiments(path) if e.active]
 
 
-def start(path: Path, name: str, arms: tuple[Arm, ...], now: dt.datetime | None = None) -> Experiment:
+def start(
+    path: Path, name: str, arms: tuple[Arm, ...], versions: Collection[str] = (), now: dt.datetime | None = None
+) -> Experiment:
+    """Start ``name``; an arm may name a model version of ``versions`` (the model store's)."""
     check_name(name)
     check_arms(arms)
+    check_versions(arms, versions)
     with _editing(path) as (experiments, save):
         if any(e.name == name for e in experiments):
             raise ExperimentError("name", f"an experiment named {name!r} exists already; names are never reused")
@@ -51,8 +55,11 @@ def start(path: Path, name: str, arms: tuple[Arm, ...], now: dt.datetime | None 
     return experiment
 
 
-def change(path: Path, name: str, arms: tuple[Arm, ...], now: dt.datetime | None = None) -> Experiment:
+def change(
+    path: Path, name: str, arms: tuple[Arm, ...], versions: Collection[str] = (), now: dt.datetime | None = None
+) -> Experiment:
     check_arms(arms)
+    check_versions(arms, versions)
     with _editing(path) as (experiments, save):
         i = _running_index(experiments, name)
         experiment = msgspec.structs.replace(experiments[i], arms=arms, changed_at=_now(now))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -39,7 +40,7 @@ from rec_core.experiments.assign import Assignment, Placement
 from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.candidates import ExclusionCSR, iter_top_k
-from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, load_inputs, read_vectors
+from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, codes_of, load_inputs, read_vectors
 from rec_core.feed.history import ShardHistory, shard_history
 from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline, feed_rows
 from rec_core.feed.policy import FeedPolicy
@@ -48,8 +49,8 @@ from rec_core.feed.rank_stage import RankModel, load_rank_model
 from rec_core.feed.reasons import ReasonCatalogue, like_threshold, render, unit_rows
 from rec_core.progress import Progress
 from rec_core.settings import Settings
-from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, USER_ID
-from rec_core.snapshot.layout import BuildInfo, snapshot_paths
+from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, USER_ID, VIDEO_ID
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +92,47 @@ def materialize_feeds(
 
     t = time.perf_counter()
     history = shard_history(settings.paths, inputs, user_ids)
-    ranker = load_rank_model(settings.paths, paths, build)
-    ctx = _shard_context(inputs, history, ranker, user_ids, user_vectors)
     timings["history"] = time.perf_counter() - t
-
     placed = _placements(build, user_ids)
     most_pop = np.array([p is not None and p.variant == "most_pop" for p in placed], dtype=bool)
-    t = time.perf_counter()
-    feeds, feed_scores = select_feeds(cat, ctx, user_vectors, history.exclude, pipeline, most_pop=most_pop)
-    timings["candidates + policy"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    table = _feed_table(cat, ctx, user_ids, feeds, feed_scores, pipeline)
-    timings["scores + reasons"] = time.perf_counter() - t
+    # Each user's feed is made in the space of their arm's model: the build's, or another version an arm names.
+    tables, rankers = [], []
+    lengths = np.zeros(n_users, dtype=np.int64)
+    for space, space_build, members in _space_members(paths, build, placed):
+        space_inputs, space_vectors = inputs, user_vectors
+        if space is not paths:
+            space_inputs = _space_inputs(inputs, space, space_build)
+            space_vectors = _space_user_vectors(space, space_build, shard, user_ids)
+        t = time.perf_counter()
+        rankers.append(ranker := load_rank_model(settings.paths, space, space_build))
+        ctx = _shard_context(space_inputs, history, ranker, user_ids, space_vectors)
+        timings["history"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        space_cat = space_inputs.catalogue
+        feeds, feed_scores = select_feeds(
+            space_cat, ctx, space_vectors, history.exclude, pipeline, most_pop=most_pop, only=members
+        )
+        _add_time(timings, "candidates + policy", t)
+
+        t = time.perf_counter()
+        tables.append(_feed_table(space_cat, ctx, user_ids, feeds, feed_scores, pipeline))
+        _add_time(timings, "scores + reasons", t)
+        lengths += np.fromiter((len(f) for f in feeds), dtype=np.int64, count=n_users)
+    # Spaces split the users: their rows interleave in user order again.
+    table = (
+        tables[0]
+        if len(tables) == 1
+        else pa.concat_tables(tables).sort_by([(USER_ID, "ascending"), ("rank", "ascending")])
+    )
+    ranker = rankers[0]
 
     t = time.perf_counter()
     target = paths.feed_part(shard, build.user_shards)
     _write_parquet(table, target)
     timings["write"] = time.perf_counter() - t
 
-    lengths = np.fromiter((len(f) for f in feeds), dtype=np.int64, count=n_users)
     seconds = time.perf_counter() - started
     summary = {
         "snapshot_id": snapshot_id,
@@ -168,6 +190,50 @@ def build_trending(settings: Settings, snapshot_id: str, pipeline: FeedPipeline 
     }
     log.info("trending for %s: %d videos in %.1fs", snapshot_id, table.num_rows, seconds)
     return summary
+
+
+def _space_members(
+    paths: SnapshotPaths, build: BuildInfo, placed: list[Placement | None]
+) -> list[tuple[SnapshotPaths, BuildInfo, np.ndarray | None]]:
+    """Each model space the shard's users are in, with its users (None: all of them, the build has one space).
+    The build's own space always comes first, even empty; another version's only when someone is in it."""
+    spaces = paths.spaces(build)
+    if len(spaces) == 1:
+        return [(paths, build, None)]
+    others = {b.model_version for _, b in spaces[1:]}
+    variant = np.array([p.variant if p is not None and p.variant in others else "" for p in placed], dtype=object)
+    out = []
+    for space, space_build in spaces:
+        members = variant == ("" if space is paths else space_build.model_version)
+        if space is paths or members.any():
+            out.append((space, space_build, members))
+    return out
+
+
+def _add_time(timings: dict[str, float], name: str, since: float) -> None:
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - since
+
+
+def _space_inputs(inputs: FeedInputs, space: SnapshotPaths, build: BuildInfo) -> FeedInputs:
+    """``inputs`` with the video vectors of another model version's space, row for row with its catalogue."""
+    files = [space.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
+    ids, vectors = read_vectors(files, VIDEO_ID, build, f"video vectors of model version {build.model_version}")
+    cat = inputs.catalogue
+    rows = codes_of(pl.Series(cat.video_ids), pl.Series(ids))
+    if (rows < 0).any():
+        raise SnapshotError(f"model version {build.model_version}'s space lacks vectors of {(rows < 0).sum()} videos")
+    return replace(inputs, paths=space, build=build, catalogue=replace(cat, vectors=vectors[rows]))
+
+
+def _space_user_vectors(space: SnapshotPaths, build: BuildInfo, shard: int, user_ids: pa.Array) -> np.ndarray:
+    """The shard's users' vectors in another version's space, row for row with ``user_ids``: those placed in its
+    arms have one (its embed stage wrote theirs), the others zeros, which no step reads."""
+    user_file = space.user_vectors(shard, build.user_shards)
+    ids, vectors = read_vectors([user_file], USER_ID, build, str(user_file))
+    rows = codes_of(pl.Series(ids), pl.Series(user_ids))
+    out = np.zeros((len(user_ids), build.embedding_dim), dtype=np.float32)
+    out[rows[rows >= 0]] = vectors[rows >= 0]
+    return out
 
 
 def _placements(build: BuildInfo, user_ids: pa.Array) -> list[Placement | None]:
@@ -247,11 +313,13 @@ def select_feeds(
     pipeline: FeedPipeline = FEED_PIPELINE,
     *,
     most_pop: np.ndarray | None = None,
+    only: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each user's feed as video indices in feed order, and the model score (``user . video``) of each item.
 
     Users marked in ``most_pop`` (an experiment's MostPop arm) get the list users without history get: the
     trending order minus what they watched, through the same filters; their scores are still ``user . video``.
+    With ``only``, the users it does not mark (another model space's) get an empty feed here.
     """
     n_users, n_videos = len(user_vectors), len(cat.video_ids)
     empty_i, empty_s = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
@@ -261,12 +329,13 @@ def select_feeds(
         return feeds, scores
     assert ctx.signals is not None
     backfill = cat.trending[: BACKFILL_FACTOR * ctx.policy.feed_length]
-    progress = Progress("materialize: users", n_users, logger=log)
+    chosen = np.ones(n_users, dtype=bool) if only is None else only
+    progress = Progress("materialize: users", int(chosen.sum()), logger=log)
 
     # Users without history: the trending feed (what trending.parquet holds) then more of the trending order, through
     # the same pipeline, so their own videos still go and the creator cap still holds around them.
     listed = ~ctx.signals.has_history if most_pop is None else ~ctx.signals.has_history | most_pop
-    cold = np.flatnonzero(listed)
+    cold = np.flatnonzero(listed & chosen)
     if len(cold):
         trending = trending_feed(cat, ctx.policy, pipeline)
         cold_list = np.concatenate([trending, backfill[~np.isin(backfill, trending)]])
@@ -277,7 +346,7 @@ def select_feeds(
                 scores[u] = (cat.vectors[feeds[u]] @ user_vectors[u]).astype(np.float32)
             progress.advance(block.rows)
 
-    warm = np.flatnonzero(~listed)
+    warm = np.flatnonzero(~listed & chosen)
     if len(warm) == 0:
         return feeds, scores
     # Candidates, filters and scorers run in helper threads (torch, numpy and LightGBM release the GIL) while this

@@ -40,6 +40,8 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
+from rec_core.experiments.assign import Assignment
+from rec_core.experiments.spec import experiments_from_build
 from rec_core.model.features import (
     HISTORY_CAP,
     Catalogue,
@@ -207,14 +209,20 @@ def video_shard(paths: PathSettings, model: ModelSettings, build: BuildInfo, sha
     )
 
 
-def user_vectors_for_shard(paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int) -> pa.Table:
-    """``user_id``, ``vector`` for shard ``shard`` of ``build.user_shards`` of the users."""
+def user_vectors_for_shard(
+    paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int, *, placed_only: bool = False
+) -> pa.Table:
+    """``user_id``, ``vector`` for shard ``shard`` of ``build.user_shards`` of the users; with ``placed_only``,
+    only those an experiment's arm places in the space of ``build``'s model (another version's space)."""
     started = time.perf_counter()
     loaded = load_build_model(paths, build)
     interactions = _interactions(paths, build)
     user_ids = all_user_ids(read_lake_table(paths, build, "users", columns=[USER_ID]), interactions)
     lo, hi = shard_bounds(len(user_ids), shard, build.user_shards)
     ids = user_ids[lo:hi]
+    if placed_only:
+        assignment = Assignment(experiments_from_build(build.experiments))
+        ids = ids[np.asarray(assignment.variant_mask(ids.tolist(), build.model_version), dtype=bool)]
     catalogue = load_catalogue(paths, model, build, loaded, interactions=interactions)
     follows = follows_frame(read_lake_table(paths, build, "follows"))
     histories = build_histories(ids, interactions, follows, catalogue, loaded.vocabs, as_of_ms(build))
@@ -225,9 +233,10 @@ def user_vectors_for_shard(paths: PathSettings, model: ModelSettings, build: Bui
     dim = loaded.model.cfg.embedding_dim
     vectors = torch.cat(parts).numpy() if parts else np.zeros((0, dim), dtype=np.float32)
     log.info(
-        "user shard %d/%d: %d users [%d, %d) embedded in %.1fs",
+        "user shard %d/%d of %s: %d users [%d, %d) embedded in %.1fs",
         shard,
         build.user_shards,
+        build.model_version,
         len(ids),
         lo,
         hi,
@@ -248,21 +257,27 @@ def embed_shard(settings: Settings, snapshot_id: str, shard: int, kind: Literal[
     shards = build.video_shards if kind == "video" else build.user_shards
     if not 0 <= shard < shards:
         raise ValueError(f"{kind} shard {shard} outside 0..{shards - 1} of snapshot {snapshot_id}")
-    if kind == "video":
-        built = video_shard(settings.paths, settings.model, build, shard)
-        write_catalogue(built.catalogue, paths.catalogue_part(shard, shards))
-        table, target = built.vectors, paths.video_vectors(shard, shards)
-    else:
-        table = user_vectors_for_shard(settings.paths, settings.model, build, shard)
-        target = paths.user_vectors(shard, shards)
-    write_vectors(table, target)
-    log.info("wrote %d %s vectors to %s", table.num_rows, kind, target)
+    rows: dict[str, int] = {}
+    for space, space_build in paths.spaces(build):  # the build's model, then each version an arm names
+        if kind == "video":
+            built = video_shard(settings.paths, settings.model, space_build, shard)
+            if space is paths:  # one catalogue for every space: the towers' inputs are the same
+                write_catalogue(built.catalogue, paths.catalogue_part(shard, shards))
+            table, target = built.vectors, space.video_vectors(shard, shards)
+        else:
+            placed_only = space is not paths
+            table = user_vectors_for_shard(settings.paths, settings.model, space_build, shard, placed_only=placed_only)
+            target = space.user_vectors(shard, shards)
+        write_vectors(table, target)
+        rows[space_build.model_version] = table.num_rows
+        log.info("wrote %d %s vectors to %s", table.num_rows, kind, target)
     return {
         "snapshot": snapshot_id,
         "shard": shard,
         "shards": shards,
-        "rows": table.num_rows,
-        "path": str(target),
+        "rows": rows[build.model_version],
+        "path": str(paths.video_vectors(shard, shards) if kind == "video" else paths.user_vectors(shard, shards)),
+        **({"version_rows": rows} if len(rows) > 1 else {}),
         "seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -3,13 +3,17 @@ snapshot a run that starts mid-build continues.
 
 Beginning also writes what serving needs of the model into the snapshot: the towers' files (``model/``) and, when
 the ranker is applied (``REC_RANKER=on`` and the model version carries one), the ranker and the feature state as of
-the build's as-of (``rank/``), computed here once per build for every materialize shard and the API to read."""
+the build's as-of (``rank/``), computed here once per build for every materialize shard and the API to read.
+The same for each other model version a running experiment's arm names, in that version's space of the snapshot
+(:mod:`rec_core.snapshot.layout`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import pyarrow.compute as pc
@@ -17,7 +21,9 @@ import pyarrow.compute as pc
 from rec_core.data.inbox import consumed_offsets
 from rec_core.data.lake import Lake, LakeError, lake_for
 from rec_core.experiments.registry import running
+from rec_core.experiments.spec import Experiment, model_versions
 from rec_core.model.store import ModelStore, ModelStoreError
+from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
 from rec_core.snapshot.model_copy import copy_model, model_file_names
@@ -52,6 +58,8 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     version_dir = settings.paths.models_dir / model
     model_files = model_file_names(version_dir)
     ranker, ranker_record = choose_ranker(version_dir, settings.model.ranker_on)
+    experiments = running(settings.paths.experiments_file)
+    others = {v: _version_space(store, v, model, settings.model.ranker_on) for v in _arm_versions(experiments, model)}
     paths = begin_snapshot(
         settings.paths,
         model_version=model,
@@ -65,7 +73,8 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         model_files=model_files,
         ranker=ranker_record,
         # A change to an experiment takes effect here, at the next snapshot (rec_core.experiments.registry).
-        experiments=[msgspec.to_builtins(e) for e in running(settings.paths.experiments_file)],
+        experiments=[msgspec.to_builtins(e) for e in experiments],
+        versions={v: space.record for v, space in others.items()},
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
@@ -73,9 +82,16 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         raise LakeError(f"lake version {version} was pruned while snapshot {paths.snapshot_id} began; run again")
     # build.json promises these files: a run killed before they are whole leaves a snapshot validation refuses.
     copy_model(version_dir, paths, model_files)
-    if ranker is not None:
+    build = paths.read_build()
+    for space in others.values():
+        copy_model(space.folder, paths, space.record["model_files"])
+    rankers = [(paths, ranker)] + [(paths.space(v, build), s.ranker) for v, s in others.items()]
+    if any(r is not None for _, r in rankers):
         started = time.perf_counter()
-        rows = write_ranking(paths.rank_dir, ranker, build_state(settings.paths, paths.read_build()))
+        state = build_state(settings.paths, build)  # of the lake, not of a model: one for every space
+        for where, space_ranker in rankers:
+            if space_ranker is not None:
+                rows = write_ranking(where.rank_dir, space_ranker, state)
         log.info(
             "ranking state of %s as of its as-of in %.1fs: %s", paths.snapshot_id, time.perf_counter() - started, rows
         )
@@ -85,7 +101,40 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         "video_shards": list(range(video_shards)),
         "user_shards": list(range(user_shards)),
         "ranker": ranker_record,
+        "versions": sorted(others),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Space:
+    folder: Path  # the version's folder in the model store
+    ranker: Ranker | None
+    record: dict  # what build.json's ``versions`` says of it
+
+
+def _arm_versions(experiments: list[Experiment], current: str) -> list[str]:
+    return [v for v in model_versions(a for e in experiments for a in e.arms) if v != current]
+
+
+def _version_space(store: ModelStore, version: str, current: str, ranker_on: bool) -> _Space:
+    """What a snapshot needs of a model version an arm names; refuses one it cannot serve beside ``current``."""
+    if version not in store.versions():
+        raise ModelStoreError(f"an experiment's arm names model version {version!r}, which the model store lacks")
+    config, current_config = store.read_json(version, "config.json"), store.read_json(current, "config.json")
+    # The snapshot's catalogue holds one caption embedding per video: every space must read the same one.
+    if config.get("text_model") != current_config.get("text_model"):
+        raise ModelStoreError(
+            f"model version {version} encodes captions with {config.get('text_model')!r}, the current model with "
+            f"{current_config.get('text_model')!r}: one snapshot cannot serve both; stop or change the experiment"
+        )
+    folder = store.root / version
+    ranker, ranker_record = choose_ranker(folder, ranker_on)
+    record = {
+        "embedding_dim": int(config["tower"]["embedding_dim"]),
+        "model_files": model_file_names(folder),
+        "ranker": ranker_record,
+    }
+    return _Space(folder, ranker, record)
 
 
 def latest_unpublished(paths: PathSettings) -> str:

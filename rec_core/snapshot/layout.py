@@ -16,6 +16,9 @@ Layout of one snapshot folder::
     model/<version>/...                 the model version's files the API loads (towers, vocabularies, scales)
     rank/...                            when the ranker is applied: the ranker and the feature state as of as-of
     milvus.db                           Milvus Lite file with the ``videos`` collection (embedded mode only)
+    versions/<version>/vectors/...      for each other model version an experiment's arm names: its video vectors
+                                        and the vectors of the users placed in its arms
+    versions/<version>/rank/...         that version's ranker and the feature state, when the ranker is applied
     manifest.json                       written by validation: counts, checksums, ids (publish reads it)
 
 The catalogue parts make the snapshot self-contained: each video shard writes,
@@ -26,6 +29,12 @@ The API reads the snapshot, never the lake; with ``model/`` (the towers) and
 ``rank/`` (the ranker and what its features read, :mod:`rec_core.snapshot.rank_state`)
 it reads neither the models folder, so the live path runs the batch's own ranking
 stage on the same state.
+
+A snapshot serves one model, the build's, unless a running experiment has an arm that names another model
+version: then the snapshot also carries that version's *space* (:meth:`SnapshotPaths.space` and
+:meth:`BuildInfo.space`: the same build seen through that version), with its own vectors, ranker and Milvus
+collection. The catalogue, the feeds and the trending list stay one: a user's feed rows were made in the space of
+their arm.
 
 With a Milvus server (``REC_MILVUS_URI=http://...``) the collection is
 ``videos_<snapshot id>`` on the server instead of a per-snapshot file; one file
@@ -39,7 +48,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rec_core.atomic import write_bytes_atomic
@@ -82,15 +91,52 @@ class BuildInfo:
     # The experiments running when it began (rec_core.experiments.spec.Experiment as JSON): whose feed is made of
     # which variant, for the batch and the API alike. None: built before experiments.
     experiments: list[dict] | None = None
+    # The other model versions the experiments' arms name, each {"embedding_dim", "model_files", "ranker"}: the
+    # snapshot carries a space for each (see the module doc). None: none (or built before version arms).
+    versions: dict[str, dict] | None = None
 
     @property
     def ranker_applied(self) -> bool:
         return bool(self.ranker and self.ranker.get("applied"))
 
+    @property
+    def extra_versions(self) -> list[str]:
+        return sorted(self.versions or {})
+
+    def space(self, version: str) -> BuildInfo:
+        """This build as seen by model version ``version`` (its model, vector size and ranker); itself for the
+        build's own model."""
+        if version == self.model_version:
+            return self
+        if version not in (self.versions or {}):
+            raise SnapshotError(f"snapshot {self.snapshot_id} carries no model version {version!r}")
+        spec = self.versions[version]  # type: ignore[index]
+        return replace(
+            self,
+            model_version=version,
+            embedding_dim=int(spec["embedding_dim"]),
+            model_files=list(spec["model_files"]),
+            ranker=spec.get("ranker"),
+            versions=None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SnapshotPaths:
     root: Path  # the snapshot folder
+    version: str = ""  # the space of another model version ("": the build's own model)
+
+    def space(self, version: str, build: BuildInfo) -> SnapshotPaths:
+        """The paths of ``version``'s space in this snapshot (these paths for the build's own model)."""
+        return self if version == build.model_version else SnapshotPaths(self.root, version)
+
+    def spaces(self, build: BuildInfo) -> list[tuple[SnapshotPaths, BuildInfo]]:
+        """Every model space of the build, its own model's first."""
+        return [(self, build), *((self.space(v, build), build.space(v)) for v in build.extra_versions)]
+
+    @property
+    def space_root(self) -> Path:
+        return self.root / "versions" / self.version if self.version else self.root
 
     @property
     def snapshot_id(self) -> str:
@@ -106,7 +152,7 @@ class SnapshotPaths:
 
     @property
     def vectors_dir(self) -> Path:
-        return self.root / "vectors"
+        return self.space_root / "vectors"
 
     @property
     def feeds_dir(self) -> Path:
@@ -131,7 +177,7 @@ class SnapshotPaths:
 
     @property
     def rank_dir(self) -> Path:
-        return self.root / "rank"
+        return self.space_root / "rank"
 
     def video_vectors(self, shard: int, shards: int) -> Path:
         return self.vectors_dir / f"videos-{shard:05d}-of-{shards:05d}.parquet"
@@ -153,7 +199,8 @@ class SnapshotPaths:
 
     def collection_name(self, path_settings: PathSettings) -> str:
         """The Milvus collection of this snapshot (a per-snapshot file in embedded mode)."""
-        return "videos" if not path_settings.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
+        base = "videos" if not path_settings.milvus_uri else f"videos_{self.snapshot_id.replace('-', '_')}"
+        return f"{base}__{re.sub(r'[^0-9A-Za-z]', '_', self.version)}" if self.version else base
 
     def milvus_uri(self, path_settings: PathSettings) -> str:
         return path_settings.milvus_uri or str(self.milvus_lite_file)
@@ -162,10 +209,17 @@ class SnapshotPaths:
 def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
     """Every data file the build promises (absolute), in a stable order: what validation checks and hashes."""
     files = [paths.build_file, paths.trending_file]
-    files += [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
     files += [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
-    files += [paths.user_vectors(i, build.user_shards) for i in range(build.user_shards)]
     files += [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)]
+    for space, space_build in paths.spaces(build):
+        files += space_files(space, space_build)
+    return files
+
+
+def space_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
+    """The files of one model space: its vectors, its model's copy and, when applied, its ranking files."""
+    files = [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
+    files += [paths.user_vectors(i, build.user_shards) for i in range(build.user_shards)]
     files += [paths.model_dir / build.model_version / name for name in build.model_files or ()]
     if build.ranker_applied:
         files += [paths.rank_dir / name for name in RANK_FILES]
@@ -202,6 +256,7 @@ def begin_snapshot(
     model_files: list[str] | None = None,
     ranker: dict | None = None,
     experiments: list[dict] | None = None,
+    versions: dict[str, dict] | None = None,
     now: dt.datetime | None = None,
 ) -> SnapshotPaths:
     """Create the folder of a new snapshot and its ``build.json``; stages then fill it."""
@@ -227,7 +282,10 @@ def begin_snapshot(
         model_files=model_files,
         ranker=ranker,
         experiments=experiments,
+        versions=versions or None,
     )
+    for version in info.extra_versions:
+        snapshot.space(version, info).vectors_dir.mkdir(parents=True)
     write_bytes_atomic(snapshot.build_file, json.dumps(asdict(info), indent=2).encode())
     return snapshot
 

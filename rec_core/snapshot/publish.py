@@ -329,9 +329,11 @@ def _drop_collection(paths: PathSettings, snapshot_id: str) -> None:
     name = SnapshotPaths(paths.snapshots_dir / snapshot_id).collection_name(paths)
     client = open_client(paths.milvus_uri)
     try:
-        if client.has_collection(name):
-            client.drop_collection(name)
-            log.info("dropped Milvus collection %s", name)
+        # Its own collection and those of the other model versions it carried (``<name>__<version>``).
+        for collection in client.list_collections():
+            if collection == name or collection.startswith(f"{name}__"):
+                client.drop_collection(collection)
+                log.info("dropped Milvus collection %s", collection)
     finally:
         client.close()
 

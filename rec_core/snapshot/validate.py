@@ -104,7 +104,7 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
     problems: list[str] = []
     if missing := [str(f.relative_to(paths.root)) for f in files if not f.is_file()]:
         problems.append(f"missing file(s): {', '.join(missing)}")
-    problems += _unexpected_files(paths, files)
+    problems += _unexpected_files(paths, build, files)
     feeds = _readable(paths, [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)], problems)
     feeds = [f for f in feeds if _schema_ok(paths, f, FEED_COLUMNS, problems)]
     video_vecs = [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
@@ -128,6 +128,8 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
     problems += _check_sorted(paths, feeds)
     if require_milvus:
         problems += _check_milvus(path_settings, paths, build, video_vecs)
+    for space, space_build in paths.spaces(build)[1:]:
+        problems += _check_space(path_settings, paths, space, space_build, counts, require_milvus=require_milvus)
     if problems:
         _refuse(path_settings, paths, problems)
 
@@ -154,12 +156,13 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
     return manifest
 
 
-def _unexpected_files(paths: SnapshotPaths, files: list[Path]) -> list[str]:
+def _unexpected_files(paths: SnapshotPaths, build: BuildInfo, files: list[Path]) -> list[str]:
     # Readers (the warehouse, the API) may glob these folders: a stray shard would be read as data.
     known = set(files)
+    folders = [paths.feeds_dir, paths.catalogue_dir, *(space.vectors_dir for space, _ in paths.spaces(build))]
     stray = [
         str(p.relative_to(paths.root))
-        for folder in (paths.feeds_dir, paths.vectors_dir, paths.catalogue_dir)
+        for folder in folders
         if folder.is_dir()
         for p in sorted(folder.glob("*.parquet"))
         if p not in known
@@ -302,6 +305,39 @@ def _check_sorted(paths: SnapshotPaths, feeds: list[Path]) -> list[str]:
         if previous_last is not None and users[0].as_py() <= previous_last:
             problems.append(f"{part.relative_to(paths.root)} starts at a user not after the previous part's last one")
         previous_last = users[-1].as_py()
+    return problems
+
+
+def _check_space(
+    path_settings: PathSettings,
+    paths: SnapshotPaths,
+    space: SnapshotPaths,
+    build: BuildInfo,
+    counts: dict[str, int],
+    *,
+    require_milvus: bool,
+) -> list[str]:
+    """Another model version's space: vectors of exactly the build's videos, its users' vectors, its model copy and
+    ranker, its collection."""
+    problems: list[str] = []
+    root = [paths.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
+    video_vecs = [space.video_vectors(i, build.video_shards) for i in range(build.video_shards)]
+    user_vecs = [space.user_vectors(i, build.user_shards) for i in range(build.user_shards)]
+    video_vecs = [
+        f for f in _readable(space, video_vecs, problems) if _vector_ok(space, f, "video_id", build, problems)
+    ]
+    user_vecs = [f for f in _readable(space, user_vecs, problems) if _vector_ok(space, f, "user_id", build, problems)]
+    for mine, theirs in zip(video_vecs, root, strict=False):
+        if theirs.is_file() and not pq.read_table(mine, columns=[VIDEO_ID]).column(0).equals(
+            pq.read_table(theirs, columns=[VIDEO_ID]).column(0)
+        ):
+            problems.append(f"{mine.relative_to(paths.root)} does not list the videos of {theirs.name} row for row")
+    version = build.model_version
+    counts[f"videos@{version}"] = sum(pq.read_metadata(f).num_rows for f in video_vecs)
+    counts[f"users@{version}"] = sum(pq.read_metadata(f).num_rows for f in user_vecs)
+    problems += _check_model_and_ranking(path_settings, space, build, {})
+    if require_milvus:
+        problems += _check_milvus(path_settings, space, build, video_vecs)
     return problems
 
 

@@ -1,4 +1,7 @@
-"""Loads a snapshot's video vectors into its Milvus collection (the ``load_vectors`` stage) and checks the count."""
+"""Loads a snapshot's video vectors into its Milvus collection (the ``load_vectors`` stage) and checks the count.
+
+A snapshot that carries other model versions' spaces (an experiment's arms, :mod:`rec_core.snapshot.layout`) gets
+one collection per space, in the same Milvus Lite file or on the same server."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pyarrow.compute as pc
 from rec_core.progress import Progress
 from rec_core.settings import Settings
 from rec_core.snapshot.files import VIDEO_ID, read_vector_shards, vectors_array
-from rec_core.snapshot.layout import SnapshotError, snapshot_paths
+from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
 from rec_core.snapshot.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -20,9 +23,19 @@ MAX_SKIPPED_EXAMPLES = 5
 
 
 def load_vectors(settings: Settings, snapshot_id: str) -> dict:
-    started = time.perf_counter()
+    """Every space's collection of the snapshot; returns the build model's summary (and each version's rows)."""
     paths = snapshot_paths(settings.paths, snapshot_id)
     build = paths.read_build()
+    summaries = [_load_space(settings, paths, space_build) for paths, space_build in paths.spaces(build)]
+    summary = summaries[0]
+    if len(summaries) > 1:
+        summary["versions"] = {s["collection"]: s["rows"] for s in summaries[1:]}
+    return summary
+
+
+def _load_space(settings: Settings, paths: SnapshotPaths, build: BuildInfo) -> dict:
+    started = time.perf_counter()
+    snapshot_id = paths.snapshot_id
     table = read_vector_shards(paths, "videos", build.video_shards)
     ids = table.column(VIDEO_ID).to_pylist()
     vectors = vectors_array(table)
