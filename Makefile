@@ -101,8 +101,9 @@ eval: setup
 
 # Two online experiments through the traffic simulator (towers vs MostPop, and A/A) on the pipeline's snapshot,
 # with their reports under $(REC_DATA_DIR)/reports/experiments/. Needs `make pipeline` first (a trained model).
+# ONLINE_ARGS='--experiment NAME ARMS' runs other experiments instead (two model versions, say).
 online-eval: setup
-	$(PY) -m benchmarks.online_experiment
+	$(PY) -m benchmarks.online_experiment $(ONLINE_ARGS)
 
 # A scripted fault suite against real processes on loopback: publish under load, kill -9 the API, fill the
 # inbox's disk (a tmpfs: needs root, else that row says "not run"), kill ingest_inbox/materialize mid-write.

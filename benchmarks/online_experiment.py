@@ -14,6 +14,11 @@ The verdict a report gives for each metric (``higher``, ``lower``, ``within nois
 report at once (Holm's correction over its differences, 5% in all); an A/A experiment should read ``within
 noise`` throughout.
 Running it again adds another round of sessions on the same snapshot (the report covers every round).
+
+``--experiment NAME ARMS`` (repeatable) runs those experiments instead, for example two model versions side by
+side (``python -m jobs.models list`` names them)::
+
+    make online-eval ONLINE_ARGS='--experiment new-vs-old "new=model:0.5,old=m20261203T101500Z-0a1b2c3d:0.5"'
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from rec_core.data.inbox_merge import ingest_inbox
 from rec_core.experiments import registry
 from rec_core.experiments.report import report
 from rec_core.experiments.spec import parse_arms
+from rec_core.model.store import ModelStore
 from rec_core.runtime import job_settings
 from rec_core.settings import Settings
 from rec_core.snapshot.publish import live_snapshot
@@ -40,21 +46,22 @@ log = logging.getLogger("benchmarks.online_experiment")
 EXPERIMENTS = {"towers-vs-pop": "towers=model:0.25,pop=most_pop:0.25", "a-a": "a1=model:0.5,a2=model:0.5"}
 
 
-def ensure_experiments(settings: Settings) -> None:
+def ensure_experiments(settings: Settings, experiments: dict[str, str]) -> None:
     running = {e.name: e for e in registry.running(settings.paths.experiments_file)}
-    for name, arms in EXPERIMENTS.items():
+    versions = ModelStore(settings.paths.models_dir).versions()
+    for name, arms in experiments.items():
         if name not in running:
-            registry.start(settings.paths.experiments_file, name, parse_arms(arms))
+            registry.start(settings.paths.experiments_file, name, parse_arms(arms), versions)
         elif running[name].arms != parse_arms(arms):
             raise SystemExit(f"experiment {name!r} runs with other arms; stop it or use another data root")
 
 
-def ensure_snapshot(settings: Settings) -> str:
+def ensure_snapshot(settings: Settings, experiments: dict[str, str]) -> str:
     """The live snapshot, rebuilt with the current model unless its build already carries the experiments."""
     live = live_snapshot(settings.paths)
     if live is not None:
         built_for = {e["name"] for e in json.loads(live.build_file.read_text()).get("experiments") or []}
-        if set(EXPERIMENTS) <= built_for:
+        if set(experiments) <= built_for:
             return live.snapshot_id
     log.info("publishing a snapshot built for the experiments")
     values = run_stages(settings, between("begin_snapshot", "publish"), {"video_shards": 2, "user_shards": 2})
@@ -69,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=2, help="sessions per user (default 2)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--experiment",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "ARMS"),
+        help="run this experiment instead of the two default ones (repeatable)",
+    )
     args = parser.parse_args(argv)
+    experiments = dict(args.experiment) if args.experiment else EXPERIMENTS
     settings = job_settings()
     data = settings.paths.data_dir
-    ensure_experiments(settings)
-    snapshot = ensure_snapshot(settings)
+    ensure_experiments(settings, experiments)
+    snapshot = ensure_snapshot(settings, experiments)
     log.info("serving snapshot %s", snapshot)
     # With API keys configured (make demo makes one), the simulator uses the development key.
     dev_token = settings.paths.keys_path.parent / DEV_TOKEN_FILE
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["request_errors"]:
         return 1
     print(json.dumps({"ingested": ingest_inbox(settings)}, default=str)[:2000])
-    for name in EXPERIMENTS:
+    for name in experiments:
         report(settings, name)
         print(f"\n{(data / 'reports' / 'experiments' / name / 'report.md').read_text()}")
     return 0
