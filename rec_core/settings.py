@@ -106,6 +106,7 @@ class PathSettings(_Section):
     impressions_dir = _under_data_root("impressions")
     experiments_file = _under_data_root("experiments.json")
     warehouse_path = _under_data_root("warehouse.duckdb")
+    baselines_dir = _under_data_root("cache/baselines")
 
     @property
     def keys_path(self) -> Path:

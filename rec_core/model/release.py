@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from rec_core.data.lake import lake_for
+from rec_core.eval.baseline_cache import cached_baselines
 from rec_core.eval.evaluation import (
     LakeData,
     baseline_metrics,
@@ -210,7 +211,7 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     data = data or load_lake_data(settings.paths, settings.batch)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
-    models.update(baseline_metrics(data.split))
+    models.update(_baselines(settings, data))
     stack = served_stack(settings.model, has_ranker(store.root / version))
     instant = None
     if stack.as_of == "test_start":
@@ -233,6 +234,11 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     write_report(metrics, store.root / version / "report", f"Evaluation of {version} ({data.dataset})")
     log.info("evaluation of %s:\n%s", version, markdown_table(models))
     return metrics
+
+
+def _baselines(settings: Settings, data: LakeData) -> dict[str, dict[str, float]]:
+    """The baselines on ``data``'s test split, fitted once per split (rec_core.eval.baseline_cache)."""
+    return cached_baselines(settings.paths.baselines_dir, data.split, lambda: baseline_metrics(data.split))
 
 
 def _current_model_metrics(
@@ -349,7 +355,7 @@ def evaluate_model(settings: Settings, version: str | None = None, *, with_basel
         towers = Towers.from_training(loaded.model, prepared)
         models.update(version_stack_metrics(AsOfTestStart.of(data), towers, ranker))
     if with_baselines:
-        models.update(baseline_metrics(data.split))
+        models.update(_baselines(settings, data))
     result = comparison(data.dataset, data.split, models)
     result["model_version"] = loaded.version
     return result
