@@ -50,7 +50,8 @@ import pyarrow.parquet as pq
 from rec_core.experiments.assign import Assignment, Placement
 from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed.catalogue import codes_of
-from rec_core.feed.rank_stage import RankCatalogue, RankInputs, load_rank_model
+from rec_core.feed.engagement import EngagementHead
+from rec_core.feed.rank_stage import RankCatalogue, RankInputs, RankModel, load_rank_model
 from rec_core.ids import id_problems
 from rec_core.model.features import Catalogue
 from rec_core.model.inference import (
@@ -61,6 +62,7 @@ from rec_core.model.inference import (
     user_vector_from_profile,
 )
 from rec_core.model.store import LoadedModel
+from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings
 from rec_core.snapshot.files import read_vector_shards, vectors_array
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
@@ -289,7 +291,7 @@ def _space_view(
     vectors = np.ascontiguousarray(vectors_array(videos)[rows], dtype=np.float32)
     users, _ = _without_bad_ids(space, read_vector_shards(space, "users", build.user_shards), "users")
     model = load_snapshot_model(path_settings, space, build)
-    catalogue = snapshot_catalogue(space, build, model)
+    catalogue = snapshot_catalogue(space, build, model, shared=root.catalogue)
     view = replace(
         root,
         build=build,
@@ -304,8 +306,12 @@ def _space_view(
         ranking=None,
         spaces={},
     )
-    ranker = load_rank_model(path_settings, space, build, model)
-    if ranker is not None:
+    if root.ranking is not None and build.ranker_applied:
+        # begin_snapshot writes every space's feature state from one state: share the root's, load the ranker.
+        shared = root.ranking
+        ranker = RankModel(Ranker.load(space.rank_dir), shared.model.state, EngagementHead.of(model.model.engagement))
+        view.ranking = RankCatalogue(ranker, shared.item_rows, vectors)
+    elif (ranker := load_rank_model(path_settings, space, build, model)) is not None:
         view.ranking = ranker.over(root.video_ids, vectors)
     return view
 

@@ -37,6 +37,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
@@ -137,13 +138,26 @@ def _interactions(paths: PathSettings, build: BuildInfo) -> pl.DataFrame:
     return frame.filter(pl.col("ts_ms") < as_of_ms(build))
 
 
-def snapshot_catalogue(paths: SnapshotPaths, build: BuildInfo, loaded: LoadedModel) -> Catalogue:
+def snapshot_catalogue(
+    paths: SnapshotPaths, build: BuildInfo, loaded: LoadedModel, shared: Catalogue | None = None
+) -> Catalogue:
     """The whole catalogue of the build from the snapshot's catalogue parts: what the towers read at ``as_of``.
 
     Equal to :func:`load_catalogue` in every input the towers read online (ids, creators, creation times, text,
     dense features, vocabulary indices); it has no interaction timeline and no creator debuts, which only training
-    uses (features at an earlier instant, videos shown as new).
+    uses (features at an earlier instant, videos shown as new). ``shared``, the same snapshot's catalogue for
+    another model version, lends its arrays: only the vocabulary indices differ between versions.
     """
+    if shared is not None:
+        parts = [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
+        tags = pa.concat_arrays([pq.read_table(f, columns=["hashtags"]).column(0).combine_chunks() for f in parts])
+        tags = tags.flatten()
+        return dataclasses.replace(
+            shared,
+            item_idx=Vocabs.lookup(loaded.vocabs.items, shared.video_ids),
+            creator_idx=Vocabs.lookup(loaded.vocabs.creators, shared.creator_ids),
+            hashtag_idx=Vocabs.lookup(loaded.vocabs.hashtags, np.asarray(tags.to_pylist(), dtype=object)),
+        )
     table = read_catalogue_shards(paths, build.video_shards)
     video_ids = np.asarray(table.column(VIDEO_ID).to_pylist(), dtype=object)
     creator_ids = np.asarray(table.column("creator_id").to_pylist(), dtype=object)
