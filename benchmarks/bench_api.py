@@ -106,7 +106,7 @@ def fresh_pages_in_process(data: Path, n: int = FRESH_USERS) -> dict[str, list[f
     """Milliseconds of each fresh user's first page (user tower online, live search, the pipeline), with the
     snapshot's ranker and without it, alternated user by user."""
     from feed_api.pager import first_cursor, next_page
-    from feed_api.snapshot_view import load_view
+    from feed_api.snapshot_load import load_view
     from rec_core.feed.policy import FeedPolicy
     from rec_core.model.inference import UserProfile
 

@@ -19,7 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from feed_api.snapshot_view import SnapshotView, load_view
+from feed_api.snapshot_load import load_view
+from feed_api.snapshot_view import SnapshotView
 from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, live_snapshot_id, snapshot_paths
 

@@ -126,7 +126,7 @@ def test_exact_search_for_deep_walks_agrees_with_milvus(world_copy: Path) -> Non
     import numpy as np
 
     from feed_api.live_search import exact_search
-    from feed_api.snapshot_view import load_view
+    from feed_api.snapshot_load import load_view
     from rec_core.settings import Settings
     from rec_core.snapshot.layout import snapshot_paths
 

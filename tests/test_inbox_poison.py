@@ -265,7 +265,7 @@ def poison_snapshot(data: Path) -> str:
 
 
 def test_load_vectors_and_the_api_skip_a_bad_id_in_a_snapshot(api_world: Path, tmp_path: Path) -> None:
-    from feed_api.snapshot_view import load_view
+    from feed_api.snapshot_load import load_view
     from rec_core.settings import Settings
     from rec_core.snapshot.layout import snapshot_paths
     from rec_core.snapshot.vector_load import load_vectors

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 import rec_core.data.inbox_merge as ingest_job
-from feed_api.snapshot_view import load_view
+from feed_api.snapshot_load import load_view
 from rec_core.data.inbox import InboxBatch, InboxWriter, consumed_offsets
 from rec_core.data.inbox_merge import ingest_inbox
 from rec_core.data.lake import Lake

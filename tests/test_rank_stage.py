@@ -15,7 +15,8 @@ import pytest
 
 from benchmarks.snapshot_ranker import snapshot_ranker
 from feed_api import pager
-from feed_api.snapshot_view import SnapshotView, load_view
+from feed_api.snapshot_load import load_view
+from feed_api.snapshot_view import SnapshotView
 from rec_core.feed import batch
 from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.candidates import ExclusionCSR

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from feed_api.pager import first_cursor, next_page
-from feed_api.snapshot_view import load_view
+from feed_api.snapshot_load import load_view
 from feed_api.video_encoding import encode_videos
 from rec_core.feed.cursor import Cursor
 from rec_core.feed.policy import FeedPolicy
