@@ -102,8 +102,9 @@ def materialize_feeds(
     for space, space_build, members in _space_members(paths, build, placed):
         space_inputs, space_vectors = inputs, user_vectors
         if space is not paths:
+            assert members is not None  # a build with two spaces or more splits its users
             space_inputs = _space_inputs(inputs, space, space_build)
-            space_vectors = _space_user_vectors(space, space_build, shard, user_ids)
+            space_vectors = _space_user_vectors(space, space_build, shard, user_ids, members)
         t = time.perf_counter()
         rankers.append(ranker := load_rank_model(settings.paths, space, space_build))
         ctx = _shard_context(space_inputs, history, ranker, user_ids, space_vectors)
@@ -225,14 +226,22 @@ def _space_inputs(inputs: FeedInputs, space: SnapshotPaths, build: BuildInfo) ->
     return replace(inputs, paths=space, build=build, catalogue=replace(cat, vectors=vectors[rows]))
 
 
-def _space_user_vectors(space: SnapshotPaths, build: BuildInfo, shard: int, user_ids: pa.Array) -> np.ndarray:
-    """The shard's users' vectors in another version's space, row for row with ``user_ids``: those placed in its
-    arms have one (its embed stage wrote theirs), the others zeros, which no step reads."""
+def _space_user_vectors(
+    space: SnapshotPaths, build: BuildInfo, shard: int, user_ids: pa.Array, members: np.ndarray
+) -> np.ndarray:
+    """The shard's users' vectors in another version's space, row for row with ``user_ids``: its ``members`` (the
+    users placed in its arms, whose vectors its embed stage wrote) have one, the others zeros, which no step reads."""
     user_file = space.user_vectors(shard, build.user_shards)
     ids, vectors = read_vectors([user_file], USER_ID, build, str(user_file))
     rows = codes_of(pl.Series(ids), pl.Series(user_ids))
     out = np.zeros((len(user_ids), build.embedding_dim), dtype=np.float32)
     out[rows[rows >= 0]] = vectors[rows >= 0]
+    have = np.zeros(len(user_ids), dtype=bool)
+    have[rows[rows >= 0]] = True
+    if (lacking := members & ~have).any():
+        raise SnapshotError(
+            f"{user_file} lacks {int(lacking.sum())} user(s) placed in model version {build.model_version}"
+        )
     return out
 
 
