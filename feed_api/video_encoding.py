@@ -71,11 +71,11 @@ def encode_in_spaces(
             "shared": pl.Boolean,
         }
     )
-    order = frame["_input"].to_numpy()
+    order, videos = frame["_input"].to_numpy(), frame.drop("_input")
+    now_ms = int(now.timestamp() * 1000)
     out = []
     for view in views:
-        now_ms = int(now.timestamp() * 1000)
-        catalogue = build_catalogue(frame.drop("_input"), no_events, text, view.model.vocabs, now_ms)
+        catalogue = build_catalogue(videos, no_events, text, view.model.vocabs, now_ms)
         vectors = video_vectors(view.model.model, catalogue, view.model.stats).numpy()
         aligned = np.empty_like(vectors)
         aligned[order] = vectors

@@ -189,15 +189,41 @@ class VideoShard:
     catalogue: pa.Table  # rec_core.snapshot.files.catalogue_schema
 
 
-def video_shard(paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int) -> VideoShard:
+@dataclass(frozen=True, slots=True)
+class LakeInputs:
+    """What an embed shard reads of the build's lake version: read once, whichever model spaces it embeds for."""
+
+    videos: pl.DataFrame
+    interactions: pl.DataFrame  # before as-of
+    user_ids: np.ndarray  # every user, sorted: the order user shards cut
+    follows: pl.DataFrame
+
+    @classmethod
+    def read(cls, paths: PathSettings, build: BuildInfo, *, users: bool = True) -> LakeInputs:
+        """The build's lake inputs; ``users=False`` leaves out what only user shards read (user ids, follows)."""
+        interactions = _interactions(paths, build)
+        return cls(
+            videos=video_frame(read_lake_table(paths, build, "videos")),
+            interactions=interactions,
+            user_ids=all_user_ids(read_lake_table(paths, build, "users", columns=[USER_ID]), interactions)
+            if users
+            else np.zeros(0, dtype=object),
+            follows=follows_frame(read_lake_table(paths, build, "follows")) if users else pl.DataFrame(),
+        )
+
+
+def video_shard(
+    paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int, lake: LakeInputs | None = None
+) -> VideoShard:
     """Vectors and catalogue part of shard ``shard`` of ``build.video_shards`` of the catalogue."""
     started = time.perf_counter()
     loaded = load_build_model(paths, build)
-    videos = video_frame(read_lake_table(paths, build, "videos"))
+    lake = lake or LakeInputs.read(paths, build, users=False)
+    videos = lake.videos
     lo, hi = shard_bounds(videos.height, shard, build.video_shards)
     part = videos.slice(lo, hi - lo)
     catalogue = build_catalogue(
-        part, _interactions(paths, build), model_text(paths, model, loaded, part), loaded.vocabs, as_of_ms(build)
+        part, lake.interactions, model_text(paths, model, loaded, part), loaded.vocabs, as_of_ms(build)
     )
     vectors = video_vectors(loaded.model, catalogue, loaded.stats).numpy()
     log.info(
@@ -224,22 +250,27 @@ def video_shard(paths: PathSettings, model: ModelSettings, build: BuildInfo, sha
 
 
 def user_vectors_for_shard(
-    paths: PathSettings, model: ModelSettings, build: BuildInfo, shard: int, *, placed_only: bool = False
+    paths: PathSettings,
+    model: ModelSettings,
+    build: BuildInfo,
+    shard: int,
+    *,
+    placed_only: bool = False,
+    lake: LakeInputs | None = None,
 ) -> pa.Table:
     """``user_id``, ``vector`` for shard ``shard`` of ``build.user_shards`` of the users; with ``placed_only``,
     only those an experiment's arm places in the space of ``build``'s model (another version's space)."""
     started = time.perf_counter()
     loaded = load_build_model(paths, build)
-    interactions = _interactions(paths, build)
-    user_ids = all_user_ids(read_lake_table(paths, build, "users", columns=[USER_ID]), interactions)
-    lo, hi = shard_bounds(len(user_ids), shard, build.user_shards)
-    ids = user_ids[lo:hi]
+    lake = lake or LakeInputs.read(paths, build)
+    interactions = lake.interactions
+    lo, hi = shard_bounds(len(lake.user_ids), shard, build.user_shards)
+    ids = lake.user_ids[lo:hi]
     if placed_only:
         assignment = Assignment(experiments_from_build(build.experiments))
         ids = ids[np.asarray(assignment.variant_mask(ids.tolist(), build.model_version), dtype=bool)]
-    catalogue = load_catalogue(paths, model, build, loaded, interactions=interactions)
-    follows = follows_frame(read_lake_table(paths, build, "follows"))
-    histories = build_histories(ids, interactions, follows, catalogue, loaded.vocabs, as_of_ms(build))
+    catalogue = load_catalogue(paths, model, build, loaded, videos=lake.videos, interactions=interactions)
+    histories = build_histories(ids, interactions, lake.follows, catalogue, loaded.vocabs, as_of_ms(build))
     parts = [
         user_vectors(loaded.model, histories, catalogue, loaded.stats, np.arange(a, min(a + USER_CHUNK, len(ids))))
         for a in range(0, len(ids), USER_CHUNK)
@@ -272,15 +303,18 @@ def embed_shard(settings: Settings, snapshot_id: str, shard: int, kind: Literal[
     if not 0 <= shard < shards:
         raise ValueError(f"{kind} shard {shard} outside 0..{shards - 1} of snapshot {snapshot_id}")
     rows: dict[str, int] = {}
+    lake = LakeInputs.read(settings.paths, build, users=kind == "user")  # the same for every model space
     for space, space_build in paths.spaces(build):  # the build's model, then each version an arm names
         if kind == "video":
-            built = video_shard(settings.paths, settings.model, space_build, shard)
+            built = video_shard(settings.paths, settings.model, space_build, shard, lake)
             if space is paths:  # one catalogue for every space: the towers' inputs are the same
                 write_catalogue(built.catalogue, paths.catalogue_part(shard, shards))
             table, target = built.vectors, space.video_vectors(shard, shards)
         else:
             placed_only = space is not paths
-            table = user_vectors_for_shard(settings.paths, settings.model, space_build, shard, placed_only=placed_only)
+            table = user_vectors_for_shard(
+                settings.paths, settings.model, space_build, shard, placed_only=placed_only, lake=lake
+            )
             target = space.user_vectors(shard, shards)
         write_vectors(table, target)
         rows[space_build.model_version] = table.num_rows
