@@ -62,7 +62,7 @@ from rec_core.data.split import LLO_TEST_FRACTION, LLO_VALID_FRACTION, PROTOCOLS
 from rec_core.eval.baselines import MostPop, default_baselines, run_baselines
 from rec_core.eval.evaluation import REPORT_METRICS, LakeData, load_lake_data, markdown_table, two_tower_metrics
 from rec_core.eval.intervals import RESAMPLES, Interval, metric_intervals, paired_difference
-from rec_core.eval.ranking_metrics import EvalTargets, UserMetrics, build_targets, user_metrics
+from rec_core.eval.ranking_metrics import EvalTargets, ServedAs, UserMetrics, build_targets, user_metrics
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainConfig, TrainingData, scorer, train
 from rec_core.progress import setup_logging
@@ -166,10 +166,11 @@ def evaluate_dataset(
             default = result.model
     ranked = None
     if ranker is not None and default is not None:
-        ranked = ranking_stage(default, prepared, data, targets, ranker, base.seed)
+        ranked = ranking_stage(default, prepared, data, targets, ranker, base.seed, served)
         for row in (RETRIEVAL, RANKED):
             per_user[row] = ranked.per_user[row]
             models[row] = per_user[row].summary()
+        served_per_user.update(ranked.served)
         models[RANKED].update(ranked.info["cost"])
     started = time.monotonic()
     baselines = [*default_baselines(), MostPop(half_life_days=RECENT_HALF_LIFE_DAYS)]
@@ -203,6 +204,7 @@ def evaluate_dataset(
         "intervals": _intervals_json(per_user),
         "served_intervals": _intervals_json(served_per_user),
         "paired": paired_comparisons(per_user),
+        "served_paired": paired_comparisons(served_per_user),
         "ranker": ranked.info if ranked is not None else None,
     }
 
@@ -210,15 +212,23 @@ def evaluate_dataset(
 @dataclass(frozen=True, slots=True)
 class RankingStage:
     per_user: dict[str, UserMetrics]  # RETRIEVAL, RANKED, RECENT_AT_CUT
+    served: dict[str, UserMetrics]  # RETRIEVAL and RANKED through the feed policy (its fresh slots)
     info: dict  # the report's ranker section; "cost": the ranking step's cost per user
 
 
 def ranking_stage(
-    model: TwoTower, prepared: TrainingData, data: LakeData, targets: EvalTargets, setup: RankerSetup, seed: int
+    model: TwoTower,
+    prepared: TrainingData,
+    data: LakeData,
+    targets: EvalTargets,
+    setup: RankerSetup,
+    seed: int,
+    served: ServedAs,
 ) -> RankingStage:
     """The ranker over ``model``'s candidates, trained on the validation part and scored on the test part, both
     as of the split's cuts (``rec_core.rank.examples``); both objectives are scored on test for information, the
-    one cross-validation chose is the ``RANKED`` row."""
+    one cross-validation chose is the ``RANKED`` row. The retrieval and ranked rows are also scored ``served``:
+    the batch applies the feed policy after the ranker, so its fresh slots are what a feed shows of cold videos."""
     split = data.split
     frames = (data.videos, data.interactions, data.follows)
     towers = Towers.from_training(model, prepared)
@@ -245,6 +255,10 @@ def ranking_stage(
                 "ranking_users_per_s": score.users_per_second(),
             }
     per_user[RECENT_AT_CUT] = user_metrics(recent_popularity(state), targets)
+    served_rows = {
+        RETRIEVAL: user_metrics(RankedRetrieval(view, state, None, setup.n), targets, served=served),
+        RANKED: user_metrics(RankedRetrieval(view, state, chosen, setup.n), targets, served=served),
+    }
     info = {
         "candidates": setup.n,
         "chosen": chosen.config.objective,
@@ -258,7 +272,7 @@ def ranking_stage(
         "cost": cost,
         "fit_seconds": round(fit_seconds, 1),
     }
-    return RankingStage(per_user, info)
+    return RankingStage(per_user, served_rows, info)
 
 
 def recent_popularity(state: AsOfState) -> Callable[[np.ndarray], torch.Tensor]:
@@ -355,14 +369,10 @@ def report_lines(name: str, result: dict, seed: int) -> list[str]:
         "Each model minus its reference, per user, the users redrawn together (the interval of the "
         'difference; "within noise" when it holds 0):',
         "",
-        "| model | against | metric | difference [95%] | verdict |",
-        "| --- | --- | --- | ---: | --- |",
-        *(
-            f"| {row['model']} | {row['against']} | {row['metric']} | "
-            f"{_signed(Interval(row['estimate'], row['low'], row['high']))} | {row['verdict']} |"
-            for row in result["paired"]
-        ),
+        *paired_table(result["paired"]),
+        "The same comparisons as served (both sides through the feed policy):",
         "",
+        *paired_table(result.get("served_paired", [])),
     ]
     if result["seeds"]:
         lines += [
@@ -404,6 +414,19 @@ def ranker_lines(info: dict | None) -> list[str]:
             f"{test['recall@20']:.4f} | {test['ndcg@20']:.4f} |"
         )
     return [*lines, ""]
+
+
+def paired_table(rows: list[dict]) -> list[str]:
+    return [
+        "| model | against | metric | difference [95%] | verdict |",
+        "| --- | --- | --- | ---: | --- |",
+        *(
+            f"| {row['model']} | {row['against']} | {row['metric']} | "
+            f"{_signed(Interval(row['estimate'], row['low'], row['high']))} | {row['verdict']} |"
+            for row in rows
+        ),
+        "",
+    ]
 
 
 def _signed(interval: Interval) -> str:

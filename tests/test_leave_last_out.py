@@ -239,5 +239,13 @@ def test_quality_report_runs_under_both_protocols_with_the_ranker(tiny: Settings
         assert ("Temporal split" if protocol == "temporal" else "Leave-last-out split") in text
         for row in ("two_tower", RETRIEVAL, RANKED, RECENT_AT_CUT):
             assert re.search(rf"\| {re.escape(row)} \| \d\.\d{{4}} \[\d\.\d{{3}}, \d\.\d{{3}}\] \|", text), row
-        assert len(re.findall(r"\| (better|worse|within noise) \|", text)) == len(result["paired"]) == 16
+        # The ranked stack as the batch serves it: the feed policy after the ranker, fresh slots for cold videos.
+        assert {RETRIEVAL, RANKED} <= set(result["served"])
+        assert result["served"][RANKED]["cold_recall@50"] > 0
+        served_pairs = {(row["model"], row["against"], row["metric"]) for row in result["served_paired"]}
+        assert (RANKED, "most_pop_recent_180d", "cold_recall@50") in served_pairs
+        assert (RANKED, RETRIEVAL, "ndcg@20") in served_pairs
+        verdicts = len(result["paired"]) + len(result["served_paired"])
+        assert len(re.findall(r"\| (better|worse|within noise) \|", text)) == verdicts
+        assert len(result["paired"]) == 16
         assert re.search(r"ms of LightGBM \([\d,]+ users/s\)", text)
