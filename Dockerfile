@@ -12,7 +12,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/app/dags \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
-    REC_DATA_DIR=/data
+    REC_DATA_DIR=/data \
+    NUMBA_CACHE_DIR=/opt/numba-cache
 
 WORKDIR /app
 
@@ -29,12 +30,13 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && python -c "import rec_core.settings, rec_core.stages, airflow.sdk, airflow.providers.celery, psycopg2"
 
 COPY dags ./dags
-RUN PYTHONPATH=/app/dags python -c "import rec_dags.stage_tasks"
+RUN PYTHONPATH=/app/dags python -c "import rec_dags.stage_tasks" \
+    && python -c "from rec_core.feed.policy import warm_up; warm_up()"
 
 # An unprivileged user that owns the data root and the Airflow home (logs).
 RUN useradd --create-home --uid 50000 --gid 0 rec \
-    && mkdir -p /data /opt/airflow/logs \
-    && chown -R rec:0 /data /opt/airflow
+    && mkdir -p /data /opt/airflow/logs /opt/numba-cache \
+    && chown -R rec:0 /data /opt/airflow /opt/numba-cache
 USER 50000
 VOLUME ["/data"]
 

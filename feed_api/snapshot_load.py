@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from feed_api.snapshot_view import AddedVideos, FeedIndex, RankedList, SnapshotView
 from rec_core.experiments.assign import Assignment
 from rec_core.experiments.spec import experiments_from_build
+from rec_core.feed import policy
 from rec_core.feed.catalogue import codes_of
 from rec_core.feed.engagement import EngagementHead
 from rec_core.feed.rank_stage import RankCatalogue, RankModel, load_rank_model
@@ -41,6 +42,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     """Read a published snapshot into memory and open its Milvus collection; raises on anything missing."""
     started = time.perf_counter()
     read_manifest(paths)  # a snapshot without one was never validated
+    policy.warm_up()  # the live path's feed policy is compiled: here, not in the first request
     build = paths.read_build()
     videos, bad_videos = _without_bad_ids(paths, read_vector_shards(paths, "videos", build.video_shards), "videos")
     video_ids = np.asarray(videos.column("video_id").to_pylist(), dtype=object)

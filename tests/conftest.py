@@ -36,6 +36,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_feed_policy() -> None:
+    """The feed policy's compiled pass, loaded once per worker before any test: as the API and the batch load it
+    before their first feed, so a property test's deadline never measures numba's compiler or cache."""
+    from rec_core.feed.policy import warm_up
+
+    warm_up()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files that hold a slow test run first (in their usual order otherwise): `make test` hands whole files to its
     workers (``--dist loadfile``, so a module's fixtures are built once), and a long file handed out last would

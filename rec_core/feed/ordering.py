@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rec_core.feed.block import CandidateBlock, FeedContext, FeedRows
-from rec_core.feed.policy import select_eligible
+from rec_core.feed.policy import select_block
 from rec_core.feed.reasons import Reason, explain
 
 
@@ -31,11 +31,9 @@ class PolicySelector:
     name: str = "policy"
 
     def select(self, block: CandidateBlock, keep: np.ndarray, ctx: FeedContext) -> list[np.ndarray]:
-        out = []
-        for r in range(block.rows):
-            ok = np.flatnonzero(keep[r])
-            out.append(ok[select_eligible(block.creator[r][ok], ctx.n_creators, block.fresh[r][ok], ctx.policy)])
-        return out
+        # Creator codes where a cell holds no candidate are anything; keep says which cells count.
+        creator = np.where(keep, block.creator, 0)
+        return select_block(creator, keep, block.fresh, ctx.n_creators, ctx.policy)
 
 
 @dataclass(frozen=True, slots=True)
