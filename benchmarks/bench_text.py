@@ -1,8 +1,10 @@
-"""Text encoder throughput, fp32 against int8, and the embedding cache on a rerun.
+"""Text encoder throughput in each runtime (torch and ONNX Runtime, fp32 and int8), and the embedding cache on a
+rerun.
 
-fp32 and int8 are timed alternately in the same run (best of ``ROUNDS`` each), so
-the speed-up ratio survives the drift of a shared machine. Captions are generated
-here from a small word list: short, hashtag-laden, a realistic length mix.
+The four runtimes (``REC_TEXT_MODEL=<model>``, ``+int8``, ``+onnx``, ``+onnx-int8``) are timed alternately in the
+same run (best of ``ROUNDS`` each), so the speed-up ratios survive the drift of a shared machine, and each one's
+vectors are compared with torch fp32's (cosine, mean and min). Captions are generated here from a small word list:
+short, hashtag-laden, a realistic length mix.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import BenchRow, stopwatch
-from rec_core.model.text_encoder import TextEncoder, video_text
+from rec_core.model.text_encoder import WHEEL_MODEL, TextEncoder, video_text
 from rec_core.model.text_features import embed_videos_text
 from rec_core.settings import Settings
 
 NAME = "bench_text"
+# Label -> suffix of REC_TEXT_MODEL (rec_core.model.text_encoder.RUNTIMES); the first is the reference.
+RUNS = {"fp32": "", "int8": "+int8", "onnx fp32": "+onnx", "onnx int8": "+onnx-int8"}
 N_CAPTIONS = 2_000
 ROUNDS = 2
 CACHED_REPEATS = 5
@@ -64,23 +68,24 @@ def run() -> list[BenchRow]:
     with stopwatch() as imports:
         import torch
         import transformers  # noqa: F401  (timed apart from the model load)
-    with stopwatch() as load_fp32:
-        fp32 = TextEncoder()
-    with stopwatch() as load_int8:
-        int8 = TextEncoder(quantize=True)
-    for enc in (fp32, int8):  # warm-up: first-call allocations and kernel selection
+    encoders: dict[str, TextEncoder] = {}
+    loads: dict[str, float] = {}
+    for name, suffix in RUNS.items():
+        with stopwatch() as load:
+            encoders[name] = TextEncoder(WHEEL_MODEL + suffix)
+        loads[name] = load[0]
+    for enc in encoders.values():  # warm-up: first-call allocations and kernel selection
         enc.encode(texts[:64], show_progress=False)
 
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    times: dict[str, list[float]] = {name: [] for name in encoders}
     vectors: dict[str, np.ndarray] = {}
     for _ in range(ROUNDS):
-        for name, enc in (("fp32", fp32), ("int8", int8)):
+        for name, enc in encoders.items():
             with stopwatch() as t:
                 vectors[name] = enc.encode(texts, show_progress=False)
             times[name].append(t[0])
-    fp32_rate = N_CAPTIONS / min(times["fp32"])
-    int8_rate = N_CAPTIONS / min(times["int8"])
-    cosines = (vectors["fp32"] * vectors["int8"]).sum(axis=1)
+    rates = {name: N_CAPTIONS / min(seconds) for name, seconds in times.items()}
+    fp32 = encoders["fp32"]
 
     with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
         settings = Settings.of(data_dir=Path(tmp))
@@ -93,14 +98,19 @@ def run() -> list[BenchRow]:
 
     threads = torch.get_num_threads()
     note = f"{N_CAPTIONS} synthetic captions, {threads} torch threads, best of {ROUNDS}"
+    rows = [BenchRow(NAME, "import torch + transformers", imports[0], "s", "once per process")]
+    for name, suffix in RUNS.items():
+        rows.append(BenchRow(NAME, f"model load, {name}", loads[name], "s", f"REC_TEXT_MODEL={WHEEL_MODEL}{suffix}"))
+    for name in RUNS:
+        rows.append(BenchRow(NAME, f"encode throughput, {name}", rates[name], "captions/s", note))
+    for name in list(RUNS)[1:]:
+        cosines = (vectors["fp32"] * vectors[name]).sum(axis=1)
+        rows += [
+            BenchRow(NAME, f"{name} speed-up over fp32", rates[name] / rates["fp32"], "x", "same run, alternated"),
+            BenchRow(NAME, f"cosine fp32 vs {name}, mean", float(cosines.mean()), "", f"min {cosines.min():.4f}"),
+        ]
     return [
-        BenchRow(NAME, "import torch + transformers", imports[0], "s", "once per process"),
-        BenchRow(NAME, "model load, fp32", load_fp32[0], "s"),
-        BenchRow(NAME, "model load + quantize, int8", load_int8[0], "s"),
-        BenchRow(NAME, "encode throughput, fp32", fp32_rate, "captions/s", note),
-        BenchRow(NAME, "encode throughput, int8 dynamic", int8_rate, "captions/s", note),
-        BenchRow(NAME, "int8 speed-up over fp32", int8_rate / fp32_rate, "x", "same run, alternated"),
-        BenchRow(NAME, "cosine fp32 vs int8, mean", float(cosines.mean()), "", f"min {cosines.min():.4f}"),
+        *rows,
         BenchRow(
             NAME,
             "cache cold run (encode + write), fp32",

