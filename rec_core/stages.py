@@ -7,7 +7,7 @@ but the standard library, and names each stage's function as
 ``"module:function"``, imported only when the stage runs.
 
 A stage function takes the settings and, as keywords, the values the stage
-``needs``: run parameters (``retrain``, ``video_shards``, ...), values an earlier
+``needs``: run parameters (``retrain``, ``video_shards``, ``caption_shards``, ...), values an earlier
 stage ``provides`` (``snapshot_id``), and ``shard`` for a stage run once per
 shard. It returns a JSON-friendly dict (Airflow keeps it as the task's XCom).
 
@@ -32,8 +32,9 @@ FROM_SETTINGS = "default"
 
 # What a stage's success changes, for whoever waits on it (Airflow's assets).
 Announcement = Literal["lake", "model", "embeddings", "snapshot"]
-# Which shards a sharded stage runs over: those its snapshot was begun with.
-ShardKind = Literal["video", "user"]
+# Which shards a sharded stage runs over: those its snapshot was begun with (video, user), or the run's
+# ``caption_shards`` parameter (caption: the text encoding before training, when there is no snapshot yet).
+ShardKind = Literal["video", "user", "caption"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,13 @@ def run_settings(settings: Settings, values: Mapping[str, Any]) -> Settings:
     return settings.override(**overrides) if overrides else settings
 
 
-BUILD_FEATURES = Stage("build_features", "rec_core.model.release:build_features", after=("ingest_inbox",))
+BUILD_FEATURES = Stage(
+    "build_features",
+    "rec_core.model.release:build_features",
+    needs=("caption_shards",),
+    shards="caption",
+    after=("ingest_inbox",),
+)
 
 # The whole batch, in order: inbox -> lake -> features -> model -> vectors -> feeds -> live snapshot.
 PIPELINE: tuple[Stage, ...] = (
@@ -186,16 +193,22 @@ def run_stages(settings: Settings, stages: Iterable[Stage], params: Mapping[str,
             result = stage.run(settings, values)
             values.update({name: result[name] for name in stage.provides})
             continue
-        for shard in shard_numbers(settings.paths, values["snapshot_id"], stage.shards):
+        for shard in shard_numbers(settings.paths, values, stage.shards):
             stage.run(settings, values, shard)
     return values
 
 
-def shard_numbers(paths: PathSettings, snapshot_id: str, kind: ShardKind) -> list[int]:
-    """The shards of ``kind`` that the snapshot was begun with (its build.json), to run or map over."""
+def shard_numbers(paths: PathSettings, values: Mapping[str, Any], kind: ShardKind) -> list[int]:
+    """The shards of ``kind`` to run or map over: the run's ``caption_shards`` for captions, else those its
+    snapshot (``values["snapshot_id"]``) was begun with (its build.json)."""
+    if kind == "caption":
+        shards = int(values["caption_shards"])
+        if shards < 1:
+            raise ValueError(f"caption_shards must be at least 1, got {shards}")
+        return list(range(shards))
     from rec_core.snapshot.layout import snapshot_paths
 
-    build = snapshot_paths(paths, snapshot_id).read_build()
+    build = snapshot_paths(paths, values["snapshot_id"]).read_build()
     return list(range(build.video_shards if kind == "video" else build.user_shards))
 
 
@@ -206,11 +219,18 @@ def run_all(
     epochs: int | None = None,
     video_shards: int = 2,
     user_shards: int = 2,
+    caption_shards: int = 1,
 ) -> str:
     """Every stage of the pipeline in this process, in order; returns the published snapshot id.
 
     The same stages the recsys_pipeline DAG maps over shards: for tests, benchmarks and
     a machine without Airflow. The DAG stays the way to run it in production.
     """
-    params = {"retrain": retrain, "epochs": epochs, "video_shards": video_shards, "user_shards": user_shards}
+    params = {
+        "retrain": retrain,
+        "epochs": epochs,
+        "video_shards": video_shards,
+        "user_shards": user_shards,
+        "caption_shards": caption_shards,
+    }
     return run_stages(settings, PIPELINE, params)["snapshot_id"]

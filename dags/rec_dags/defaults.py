@@ -52,6 +52,20 @@ def shard_params() -> dict[str, Any]:
     }
 
 
+def caption_shards_param() -> Any:
+    """The ``caption_shards`` param of every DAG that encodes captions (``recsys_pipeline``, ``train_towers``)."""
+    from airflow.sdk import Param
+
+    return Param(
+        1,
+        type="integer",
+        minimum=1,
+        maximum=256,
+        description="Caption encoding shards: mapped tasks that share a cold encoding (on several workers with "
+        "Celery; on one machine 1 is fastest, the encoder already uses every core).",
+    )
+
+
 def ranker_param() -> Any:
     """The ``ranker`` param of every DAG that trains a model: the ranking stage for this run only (it stands for
     ``REC_RANKER`` in every task of the run, ``rec_core.stages.RUN_SETTINGS``)."""

@@ -35,7 +35,10 @@ def wire(stages: Sequence[Stage]) -> dict[str, Any]:
             out = _stage_task(stage)(inputs=inputs)
         else:
             if stage.shards not in shard_lists:
-                shard_lists[stage.shards] = shard_list(values["snapshot_id"], stage.shards)
+                snapshot = values.get("snapshot_id")  # None for captions: their count is a run param
+                shard_lists[stage.shards] = shard_list.override(task_id=f"{stage.shards}_shard_list")(
+                    snapshot, stage.shards
+                )
             out = _stage_task(stage).partial(inputs=inputs).expand(shard=shard_lists[stage.shards])
         for name in stage.after:
             if name in tasks:
@@ -75,9 +78,11 @@ def _announce_task(stage: Stage) -> Any:
 
 
 @task
-def shard_list(snapshot_id: str, kind: str) -> list[int]:
-    """The shard numbers of ``kind`` ("video" or "user") that the snapshot was begun with, to map over."""
+def shard_list(snapshot_id: str | None, kind: str, params: dict | None = None) -> list[int]:
+    """The shard numbers of ``kind`` to map over: those the snapshot was begun with ("video", "user"), or the
+    run's ``caption_shards`` ("caption")."""
     from rec_core.runtime import job_settings
     from rec_core.stages import shard_numbers
 
-    return shard_numbers(job_settings().paths, snapshot_id, kind)  # type: ignore[arg-type]
+    values = {**(params or {}), "snapshot_id": snapshot_id}
+    return shard_numbers(job_settings().paths, values, kind)  # type: ignore[arg-type]

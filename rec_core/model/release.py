@@ -41,7 +41,7 @@ from rec_core.model.ranking import (
     version_stack_metrics,
 )
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, gate
-from rec_core.model.text_features import embed_videos_text
+from rec_core.model.text_features import embed_videos_text, encode_text_part
 from rec_core.model.training import TrainConfig, TrainingData, TrainResult, prepare, train
 from rec_core.rank.ranker import Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers
@@ -50,11 +50,17 @@ from rec_core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_features(settings: Settings) -> dict:
-    """Embed every video's caption and hashtags into the feature cache; a rerun encodes only new or changed text."""
+def build_features(settings: Settings, caption_shards: int = 1, shard: int = 0) -> dict:
+    """Embed every video's caption and hashtags into the feature cache; a rerun encodes only new or changed text.
+
+    With ``caption_shards`` > 1 this call encodes one part of the texts (``shard``): the stage is mapped over the
+    parts, so several workers share a cold encoding."""
     videos = lake_for(settings.paths, settings.batch).read("videos", columns=["video_id", "caption", "hashtags"])
-    _, stats = embed_videos_text(videos, settings.paths, settings.model)
-    return {"videos": videos.num_rows, **dataclasses.asdict(stats)}
+    if caption_shards == 1:
+        _, stats = embed_videos_text(videos, settings.paths, settings.model)
+    else:
+        stats = encode_text_part(videos, settings.paths, settings.model, shard, caption_shards)
+    return {"videos": videos.num_rows, "shard": shard, "shards": caption_shards, **dataclasses.asdict(stats)}
 
 
 @dataclass(slots=True)

@@ -61,6 +61,22 @@ def text_key(model_id: str, text: str) -> str:
     return hashlib.sha256(f"{model_id}\x00{text}".encode()).hexdigest()
 
 
+def text_part(key: str, parts: int) -> int:
+    """Which of ``parts`` parts a text's cache key falls in: by its hash, so a text (and every video carrying it)
+    belongs to one part whatever the order of the videos."""
+    return int(key[:15], 16) % parts
+
+
+def encode_text_part(videos: pa.Table, paths: PathSettings, model: ModelSettings, part: int, parts: int) -> CacheStats:
+    """Encode into the cache the missing texts of ``videos`` that fall in ``part`` of ``parts``
+    (:func:`text_part`): what one mapped ``build_features`` task does, so workers share the encoding and each
+    distinct text is encoded once. ``embed_videos_text`` after every part has run is a full cache hit."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} outside 0..{parts - 1}")
+    _, stats = _embed(videos, paths, model, None, (part, parts))
+    return stats
+
+
 def embed_videos_text(
     videos: pa.Table, paths: PathSettings, model: ModelSettings, encoder: TextEncoder | None = None
 ) -> tuple[np.ndarray, CacheStats]:
@@ -70,6 +86,18 @@ def embed_videos_text(
     constructed if some video is not cached; a given encoder decides the model id (and so the cache folder)
     instead of the setting.
     """
+    return _embed(videos, paths, model, encoder, None)
+
+
+def _embed(
+    videos: pa.Table,
+    paths: PathSettings,
+    model: ModelSettings,
+    encoder: TextEncoder | None,
+    part: tuple[int, int] | None,
+) -> tuple[np.ndarray, CacheStats]:
+    """The cache lookup and the encoding of what it lacks; with ``part``, only that part's texts are encoded
+    (the rows of the others' missing texts are left unset: a part's caller wants the cache, not the vectors)."""
     started = time.perf_counter()
     source = encoder.source if encoder is not None else resolve_model(model.text_model)
     model_id = encoder.model_id if encoder is not None else source.model_id()
@@ -101,21 +129,24 @@ def embed_videos_text(
         # One encode per distinct text: duplicate captions (reposts, templates) are common.
         todo: dict[str, str] = {}
         for i in np.flatnonzero(~found):
-            todo.setdefault(keys[i], texts[i])
+            if part is None or text_part(keys[i], part[1]) == part[0]:
+                todo.setdefault(keys[i], texts[i])
         encoded = len(todo)
-        if encoder is None:
-            encoder = TextEncoder(model.text_model)
-        new_vectors = encoder.encode(list(todo.values()))
-        slot = {k: j for j, k in enumerate(todo)}
-        missing_rows = np.flatnonzero(~found)
-        out[missing_rows] = new_vectors[[slot[keys[i]] for i in missing_rows]]
-        _append(path, dim, pa.array(list(todo), pa.string()), new_vectors)
+        if todo:
+            if encoder is None:
+                encoder = TextEncoder(model.text_model)
+            new_vectors = encoder.encode(list(todo.values()))
+            slot = {k: j for j, k in enumerate(todo)}
+            missing_rows = [i for i in np.flatnonzero(~found) if keys[i] in slot]
+            out[missing_rows] = new_vectors[[slot[keys[i]] for i in missing_rows]]
+            _append(path, dim, pa.array(list(todo), pa.string()), new_vectors)
 
     stats = CacheStats(hits, misses, time.perf_counter() - started, encoded)
     log.info(
-        "text embeddings for %d videos (%s): %d cached, %d missing, %d texts encoded, %.1fs",
+        "text embeddings for %d videos (%s%s): %d cached, %d missing, %d texts encoded, %.1fs",
         len(keys),
         model_id,
+        "" if part is None else f", part {part[0] + 1} of {part[1]}",
         hits,
         misses,
         encoded,
