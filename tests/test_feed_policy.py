@@ -386,6 +386,17 @@ def test_top_k_subsets_map_back_to_full_indices() -> None:
     assert 7 not in sub_idx[0].tolist()
 
 
+def test_exclusion_csr_take_is_the_rows_asked_for() -> None:
+    rng = np.random.default_rng(3)
+    csr = ExclusionCSR.from_pairs(rng.integers(0, 50, 2000), rng.integers(0, 300, 2000), 50)
+    users = np.array([7, 0, 49, 7, 12, 3])  # any order, repeats allowed
+    rows = csr.take(users)
+    assert rows.n_users == len(users)
+    for r, u in enumerate(users):
+        assert rows.row(r).tolist() == csr.row(int(u)).tolist()
+    assert csr.take(np.zeros(0, dtype=np.int64)).n_users == 0
+
+
 def test_exclusion_csr_dedupes_and_rejects_bad_rows() -> None:
     csr = ExclusionCSR.from_pairs(np.array([1, 1, 0, 1]), np.array([5, 2, 3, 5]), 3)
     assert csr.row(0).tolist() == [3]

@@ -387,11 +387,7 @@ def _top_k_blocks(
     """
     length = ctx.policy.feed_length
     warm_vectors = np.ascontiguousarray(user_vectors[warm])
-    warm_exclude = ExclusionCSR.from_pairs(
-        np.repeat(np.arange(len(warm)), np.diff(exclude.indptr)[warm]),
-        np.concatenate([exclude.row(int(u)) for u in warm]),
-        len(warm),
-    )
+    warm_exclude = exclude.take(warm)
     backfill_t = torch.from_numpy(np.ascontiguousarray(cat.vectors[backfill].T))
     fresh_idx = np.flatnonzero(cat.fresh)
     fresh_k = FRESH_FACTOR * int(ctx.policy.fresh_slots(length).sum())

@@ -83,6 +83,17 @@ class ExclusionCSR:
         byte = np.take(bits, (safe >> 3) + np.arange(len(users), dtype=np.int32)[:, None] * np.int32(row_bytes))
         return (byte >> (safe & 7).astype(np.uint8)) & np.uint8(1) > 0
 
+    def take(self, users: np.ndarray) -> ExclusionCSR:
+        """The rows of ``users``, in that order, as a CSR of ``len(users)`` rows (no re-sort: rows stay as they are)."""
+        users = np.asarray(users, dtype=np.int64)
+        starts = self.indptr[users]
+        counts = self.indptr[users + 1] - starts
+        indptr = np.zeros(len(users) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        total = int(indptr[-1])
+        at = np.repeat(starts - indptr[:-1], counts) + np.arange(total, dtype=np.int64)
+        return ExclusionCSR(indptr, self.indices[at])
+
     @classmethod
     def from_pairs(cls, users: np.ndarray, videos: np.ndarray, n_users: int) -> ExclusionCSR:
         """Build from aligned (user index, video index) pairs; duplicates are dropped."""
