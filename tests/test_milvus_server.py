@@ -108,7 +108,9 @@ def _collection_rows(url: str, name: str) -> int | None:
     try:
         if not client.has_collection(name):
             return None
-        return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        # Strong: a count right after an upsert must see it (the default, bounded staleness, may not).
+        rows = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(rows[0]["count(*)"])
     finally:
         client.close()
 
