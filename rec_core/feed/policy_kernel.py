@@ -79,6 +79,41 @@ def _best_waiting(
 
 
 @njit(cache=True, nogil=True)
+def _take(
+    stream: np.ndarray,
+    n_stream: int,
+    ptr: int,
+    free: bool,
+    head: np.ndarray,
+    tail: np.ndarray,
+    nxt: np.ndarray,
+    waiting: np.ndarray,
+    n_waiting: int,
+    cre: np.ndarray,
+    counts: np.ndarray,
+    cap: int,
+    used: np.ndarray,
+) -> tuple[int, int, bool, int]:
+    """The best takeable candidate of one stream (positions ``stream[:n_stream]``, in rank order) or -1:
+    a waiting one whose creator was freed (looked for only when ``free``), else the next at the pointer; candidates
+    the cap blocks on the way join their creator's queue. Returns (position, pointer, free, waiting creators)."""
+    p = -1
+    if free:
+        p, n_waiting = _best_waiting(head, tail, nxt, waiting, n_waiting, counts, cap, used)
+        free = p >= 0
+    while p < 0 and ptr < n_stream:
+        q = stream[ptr]
+        ptr += 1
+        if used[q]:
+            continue
+        if counts[cre[q]] < cap:
+            p = q
+        else:
+            n_waiting = _push(head, tail, nxt, waiting, n_waiting, cre[q], q)
+    return p, ptr, free, n_waiting
+
+
+@njit(cache=True, nogil=True)
 def greedy_block(
     creator: np.ndarray,
     keep: np.ndarray,
@@ -102,6 +137,7 @@ def greedy_block(
     column = np.empty(width, dtype=np.int64)
     cre = np.empty(width, dtype=np.int64)
     fresh_pos = np.empty(width, dtype=np.int64)
+    everyone = np.arange(width, dtype=np.int64)  # the regular stream: every kept candidate, in rank order
     used = np.zeros(width, dtype=np.bool_)
     nxt_reg = np.empty(width, dtype=np.int64)
     nxt_fr = np.empty(width, dtype=np.int64)
@@ -131,31 +167,37 @@ def greedy_block(
         for i in range(min(feed_length, n)):
             p = -1
             if slots[i]:
-                if fr_free:
-                    p, n_wait_fr = _best_waiting(head_fr, tail_fr, nxt_fr, wait_fr, n_wait_fr, counts, cap, used)
-                    fr_free = p >= 0
-                while p < 0 and fr_ptr < n_fresh:
-                    q = fresh_pos[fr_ptr]
-                    fr_ptr += 1
-                    if used[q]:
-                        continue
-                    if counts[cre[q]] < cap:
-                        p = q
-                    else:
-                        n_wait_fr = _push(head_fr, tail_fr, nxt_fr, wait_fr, n_wait_fr, cre[q], q)
+                p, fr_ptr, fr_free, n_wait_fr = _take(
+                    fresh_pos,
+                    n_fresh,
+                    fr_ptr,
+                    fr_free,
+                    head_fr,
+                    tail_fr,
+                    nxt_fr,
+                    wait_fr,
+                    n_wait_fr,
+                    cre,
+                    counts,
+                    cap,
+                    used,
+                )
             if p < 0:
-                if reg_free:
-                    p, n_wait_reg = _best_waiting(head_reg, tail_reg, nxt_reg, wait_reg, n_wait_reg, counts, cap, used)
-                    reg_free = p >= 0
-                while p < 0 and reg_ptr < n:
-                    q = reg_ptr
-                    reg_ptr += 1
-                    if used[q]:
-                        continue
-                    if counts[cre[q]] < cap:
-                        p = q
-                    else:
-                        n_wait_reg = _push(head_reg, tail_reg, nxt_reg, wait_reg, n_wait_reg, cre[q], q)
+                p, reg_ptr, reg_free, n_wait_reg = _take(
+                    everyone,
+                    n,
+                    reg_ptr,
+                    reg_free,
+                    head_reg,
+                    tail_reg,
+                    nxt_reg,
+                    wait_reg,
+                    n_wait_reg,
+                    cre,
+                    counts,
+                    cap,
+                    used,
+                )
                 if p < 0:
                     break  # only blocked or no candidates left: end the feed rather than break the cap
             used[p] = True
