@@ -31,9 +31,8 @@ class PolicySelector:
     name: str = "policy"
 
     def select(self, block: CandidateBlock, keep: np.ndarray, ctx: FeedContext) -> list[np.ndarray]:
-        # Creator codes where a cell holds no candidate are anything; keep says which cells count.
-        creator = np.where(keep, block.creator, 0)
-        return select_block(creator, keep, block.fresh, ctx.n_creators, ctx.policy)
+        # select_block reads (and checks) creator codes only where keep is set: no masking copy needed.
+        return select_block(block.creator, keep, block.fresh, ctx.n_creators, ctx.policy)
 
 
 @dataclass(frozen=True, slots=True)

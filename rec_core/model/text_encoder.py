@@ -163,7 +163,6 @@ class TextEncoder:
 
         source = resolve_model(model)
         self.source = replace(source, runtime=with_int8(source.runtime) if quantize else source.runtime)
-        self.quantize = self.source.runtime.endswith("-int8")
         started = time.perf_counter()
         # The weight-loading tqdm bar is noise in Airflow logs; restore whatever the process had.
         bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
@@ -197,6 +196,10 @@ class TextEncoder:
             max_length,
             torch.get_num_threads(),
         )
+
+    @property
+    def quantize(self) -> bool:
+        return self.source.runtime.endswith("-int8")
 
     @property
     def model_id(self) -> str:
