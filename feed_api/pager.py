@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 
 from feed_api.live_search import LiveSearch
-from feed_api.snapshot_view import RankedList, SnapshotView
+from feed_api.snapshot_view import SnapshotView
 from feed_api.user_state import UserActivity
 from rec_core.experiments.assign import Placement
 from rec_core.feed.cursor import Cursor, encode_codes
@@ -36,6 +36,7 @@ from rec_core.feed.live import listed_keep
 from rec_core.feed.pipeline import FEED_PIPELINE, FeedPipeline
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.reasons import PLAIN_TEXT, Reason
+from rec_core.snapshot.serving_index import RankedList
 
 LIVE_REASON = PLAIN_TEXT[Reason.FOR_YOU]  # what the pipeline's reasons stage says of a live item
 TRENDING_REASON = PLAIN_TEXT[Reason.TRENDING]

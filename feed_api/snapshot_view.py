@@ -1,7 +1,9 @@
 """One published snapshot, held in memory for serving.
 
 Everything a page needs is here as flat numpy arrays, so a precomputed page is
-a few slices and no database query (docs/architecture.md, invariant 4):
+a few slices and no database query (docs/architecture.md, invariant 4). The catalogue,
+feeds, trending list and vectors are the snapshot's serving index, memory-mapped
+(:mod:`rec_core.snapshot.serving_index`): pages of them are shared by every worker:
 
 * the catalogue of the snapshot (video ids sorted, creator, creation time, and
   each video's position, its "code", which feeds and cursors refer to),
@@ -38,6 +40,7 @@ videos added through the API, which live in :class:`AddedVideos` under a lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,33 +51,8 @@ from rec_core.model.features import Catalogue
 from rec_core.model.inference import OnlineUserVector, UserProfile, user_vector_from_profile
 from rec_core.model.store import LoadedModel
 from rec_core.snapshot.layout import BuildInfo
+from rec_core.snapshot.serving_index import FeedIndex, RankedList
 from rec_core.snapshot.vector_store import VectorStore
-
-
-@dataclass(frozen=True, slots=True)
-class RankedList:
-    """Ranked items as catalogue codes, with scores and reasons (``reasons[reason_codes[i]]``)."""
-
-    codes: np.ndarray  # int32
-    scores: np.ndarray  # float32
-    reason_codes: np.ndarray  # int32
-    reasons: list[str]
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-
-@dataclass(frozen=True, slots=True)
-class FeedIndex:
-    """All users' feeds, concatenated in (user, rank) order."""
-
-    user_row: dict[str, int]
-    offsets: np.ndarray  # int64, len(users) + 1
-    items: RankedList
-
-    def bounds(self, user_id: str) -> tuple[int, int] | None:
-        row = self.user_row.get(user_id)
-        return None if row is None else (int(self.offsets[row]), int(self.offsets[row + 1]))
 
 
 @dataclass(slots=True)
@@ -94,15 +72,15 @@ class SnapshotView:
     build: BuildInfo
     published_at: float  # unix time this process saw it live (for the snapshot age metric)
     as_of_ms: int
-    video_ids: np.ndarray  # object, sorted: code -> id
-    video_code: dict[str, int]
-    creator_ids: np.ndarray  # object, by code
+    video_ids: np.ndarray  # str, sorted: code -> id
+    video_code: Mapping[str, int]
+    creator_ids: np.ndarray  # str, by code
     created_ms: np.ndarray  # int64, by code
     video_vectors: np.ndarray  # float32 (n, dim), by code
     feeds: FeedIndex
     trending: RankedList
     trending_vector: np.ndarray  # the mean of the top trending videos' vectors: a user with nothing
-    user_row: dict[str, int]
+    user_row: Mapping[str, int]
     user_vectors: np.ndarray
     model: LoadedModel
     catalogue: Catalogue

@@ -230,6 +230,7 @@ def poison_snapshot(data: Path) -> str:
     """The live snapshot with a video an older batch let through: in its vectors, a feed, trending and the lake."""
     from rec_core.settings import Settings
     from rec_core.snapshot.layout import snapshot_paths
+    from rec_core.snapshot.serving_index import write_serving_index
 
     settings = Settings.load({"REC_DATA_DIR": str(data)})
     snapshot_id = live_id(data)
@@ -261,6 +262,8 @@ def poison_snapshot(data: Path) -> str:
     pq.write_table(
         pa.concat_tables([lake, pa.Table.from_pylist([{**first_video, "video_id": POISON}], lake.schema)]), videos
     )
+    # The serving index as validation writes it from those files (it leaves the bad id out and counts it).
+    write_serving_index(paths, build)
     return snapshot_id
 
 

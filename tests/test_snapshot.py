@@ -200,6 +200,10 @@ def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Sett
     expected |= {"catalogue/part-00000-of-00001.parquet"}
     expected |= {f"vectors/users-0000{i}-of-00002.parquet" for i in range(2)}
     expected |= {f"feeds/part-0000{i}-of-00002.parquet" for i in range(2)}
+    serve = ["video_ids", "video_creators", "video_created_ms", "feed_users", "feed_offsets", "feed_codes"]
+    serve += ["feed_scores", "feed_reason_codes", "trending_codes", "trending_scores", "trending_reason_codes"]
+    serve += ["video_vectors", "user_ids", "user_vectors"]
+    expected |= {f"serve/{name}.npy" for name in serve} | {"serve/index.json"}
     assert set(manifest.checksums) == expected
     assert all(sha256_file(paths.root / rel) == digest for rel, digest in manifest.checksums.items())
     ts = Lake(settings.paths.lake_dir).read("interactions", columns=["ts"])["ts"]
@@ -644,3 +648,19 @@ def test_publish_killed_at_any_point_leaves_one_whole_snapshot_live(
     if point != "mid-prune":
         assert_intact(settings, old, before[old.snapshot_id])
         assert rollback(settings.paths) == old.snapshot_id
+
+
+def test_serving_index_damaged_after_validation_is_refused_at_publish(settings: Settings) -> None:
+    """The API maps serve/ as it is: a byte changed there after validation must keep the snapshot from going live."""
+    old = valid_snapshot(settings, 1)
+    publish(settings.paths, old.snapshot_id, keep=settings.batch.snapshots_keep)
+    new = valid_snapshot(settings, 2)
+    codes = new.root / "serve" / "feed_codes.npy"
+    with codes.open("r+b") as fh:
+        fh.seek(-1, 2)
+        byte = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(SnapshotError, match=re.escape("serve/feed_codes.npy (checksum mismatch)")):
+        publish(settings.paths, new.snapshot_id, keep=settings.batch.snapshots_keep)
+    assert live_snapshot_id(settings.paths) == old.snapshot_id

@@ -19,6 +19,8 @@ Layout of one snapshot folder::
     versions/<version>/vectors/...      for each other model version an experiment's arm names: its video vectors
                                         and the vectors of the users placed in its arms
     versions/<version>/rank/...         that version's ranker and the feature state, when the ranker is applied
+    serve/...                           written by validation: the serving index the API maps (NumPy arrays by
+                                        catalogue code; rec_core.snapshot.serving_index), and versions/<version>/serve/
     manifest.json                       written by validation: counts, checksums, ids (publish reads it)
 
 The catalogue parts make the snapshot self-contained: each video shard writes,
@@ -61,6 +63,23 @@ MANIFEST_FILE = "manifest.json"
 # (rec_core.snapshot.rank_state: what each table holds).
 RANK_TABLES = ("videos", "creators", "tags", "users", "user_creator", "user_tag", "user_tag_recent", "follows")
 RANK_FILES = ("ranker.txt", "ranker.json", "state.json", *(f"{t}.parquet" for t in RANK_TABLES))
+# The serving index (rec_core.snapshot.serving_index): arrays under serve/ in the snapshot folder, and per model space.
+SERVE_DIR = "serve"
+INDEX_FILE = "index.json"
+ROOT_ARRAYS = (
+    "video_ids",
+    "video_creators",
+    "video_created_ms",
+    "feed_users",
+    "feed_offsets",
+    "feed_codes",
+    "feed_scores",
+    "feed_reason_codes",
+    "trending_codes",
+    "trending_scores",
+    "trending_reason_codes",
+)
+SPACE_ARRAYS = ("video_vectors", "user_ids", "user_vectors")
 SNAPSHOT_ID = re.compile(r"^s\d{8}T\d{6}Z-[0-9a-z]{4,16}$")
 
 
@@ -94,6 +113,9 @@ class BuildInfo:
     # The other model versions the experiments' arms name, each {"embedding_dim", "model_files", "ranker"}: the
     # snapshot carries a space for each (see the module doc). None: none (or built before version arms).
     versions: dict[str, dict] | None = None
+    # Whether validation writes the serving index (serve/) that the API maps. False: begun before it; the API then
+    # builds the same arrays on its heap.
+    serving_index: bool = False
 
     @property
     def ranker_applied(self) -> bool:
@@ -213,6 +235,10 @@ def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
     files += [paths.feed_part(i, build.user_shards) for i in range(build.user_shards)]
     for space, space_build in paths.spaces(build):
         files += space_files(space, space_build)
+    if build.serving_index:
+        files += [paths.root / SERVE_DIR / f"{name}.npy" for name in ROOT_ARRAYS]
+        files.append(paths.root / SERVE_DIR / INDEX_FILE)
+        files += [s.space_root / SERVE_DIR / f"{name}.npy" for s, _ in paths.spaces(build) for name in SPACE_ARRAYS]
     return files
 
 
@@ -283,6 +309,7 @@ def begin_snapshot(
         ranker=ranker,
         experiments=experiments,
         versions=versions or None,
+        serving_index=True,
     )
     for version in info.extra_versions:
         snapshot.space(version, info).vectors_dir.mkdir(parents=True)

@@ -4,8 +4,9 @@
 files present and nothing stray, schemas, vectors finite, each catalogue part row
 for row with its video vector shard, feeds sorted, the Milvus collection there,
 and the content rules of :mod:`rec_core.snapshot.content` against the lake version
-it was built from; then it writes ``manifest.json`` atomically. Hashing FIRST
-means a file changed while it was being checked no longer matches its manifest,
+it was built from; then it writes ``manifest.json`` atomically. Before hashing, it writes the serving index the
+API maps (:mod:`rec_core.snapshot.serving_index`) from the same files, so the index is hashed and published with
+them. Hashing FIRST means a file changed while it was being checked no longer matches its manifest,
 so publish refuses it. A failing snapshot raises
 :class:`~rec_core.snapshot.layout.SnapshotError` listing every reason.
 
@@ -54,6 +55,7 @@ from rec_core.snapshot.layout import (
 from rec_core.snapshot.manifest import Manifest, sha256_file
 from rec_core.snapshot.model_copy import load_snapshot_model
 from rec_core.snapshot.rank_state import read_ranking
+from rec_core.snapshot.serving_index import write_serving_index
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,13 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
                 "(pruned? see REC_LAKE_VERSIONS_KEEP); build a new snapshot"
             ],
         )
+    problems: list[str] = []
+    if build.serving_index:
+        # The index is derived from the files checked below and hashed with them, so publish re-checks it too.
+        try:
+            write_serving_index(paths, build)
+        except Exception as exc:  # damaged inputs fail in many ways; the checks below name each
+            problems.append(f"cannot write the serving index: {type(exc).__name__}: {exc}")
     files = expected_files(paths, build)
     milvus_file = paths.milvus_lite_file if not path_settings.milvus_uri else None
     # Hash before checking: a file rewritten during the checks then fails publish's re-hash.
@@ -101,7 +110,6 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
         hashed.append(milvus_file)
     checksums = {str(f.relative_to(paths.root)): sha256_file(f) for f in hashed}
 
-    problems: list[str] = []
     if missing := [str(f.relative_to(paths.root)) for f in files if not f.is_file()]:
         problems.append(f"missing file(s): {', '.join(missing)}")
     problems += _unexpected_files(paths, build, files)
