@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from feed_api.auth import check_bind
+from feed_api.forked_workers import serve_forked
 from feed_api.keys import KeyStore
 from rec_core.settings import Settings, SettingsError
 
@@ -37,18 +39,16 @@ def main() -> int:
     if settings.api.server == "uvicorn":  # the default
         import uvicorn
 
-        uvicorn.run(
-            APP,
-            factory=True,
-            host=settings.api.host,
-            port=settings.api.port,
-            workers=settings.api.workers,
-            log_level=settings.log_level.lower(),
-            access_log=False,
+        options: dict[str, Any] = {
+            "log_level": settings.log_level.lower(),
+            "access_log": False,
             # X-Forwarded-For is read by the app, and only from REC_API_TRUSTED_PROXIES (feed_api.request_rules);
             # uvicorn's own handling trusts it from 127.0.0.1 by default, which lets any local client pick its address.
-            proxy_headers=False,
-        )
+            "proxy_headers": False,
+        }
+        if settings.api.workers > 1:  # forked after the imports, so the workers share them (feed_api.forked_workers)
+            return serve_forked(APP, settings.api.host, settings.api.port, settings.api.workers, **options)
+        uvicorn.run(APP, factory=True, host=settings.api.host, port=settings.api.port, **options)
         return 0
     from granian import Granian
     from granian.constants import Interfaces

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import polars as pl
+import psutil
 import pytest
 
 from tests.conftest import ApiServer, free_port
@@ -311,3 +312,26 @@ def test_api_with_two_workers_serves_from_the_server(api: ApiServer, world: Worl
             again = [i["video_id"] for i in page(api, user, limit=10)["items"]]
             assert watched not in again
             assert again[:9] == [i["video_id"] for i in first[1:]]
+
+
+def test_a_killed_worker_is_forked_again_and_the_other_keeps_serving(api: ApiServer, world: World) -> None:
+    """The workers are forked by one supervisor (feed_api.forked_workers): SIGKILL one, and requests keep being
+    answered meanwhile, and a new worker takes its place and serves the live snapshot."""
+    assert api.proc is not None
+    supervisor = psutil.Process(api.proc.pid)
+    workers = supervisor.children()
+    assert len(workers) == 2, [w.cmdline() for w in workers]
+    victim = workers[0]
+    victim.kill()
+    victim.wait(10)
+    for _ in range(10):  # the survivor answers every request while the victim is re-forked
+        assert page(api, "u0000004", limit=5)["snapshot_id"] == live_id(world.data)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = {w.pid for w in supervisor.children()}
+        if len(now) == 2 and victim.pid not in now and api.log.read_text().count("now serving snapshot") >= 3:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no new worker serving after a kill:\n{api.log.read_text()[-3000:]}")
+    assert _both_workers_answer(api), "the new worker answers requests"

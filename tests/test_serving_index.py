@@ -86,6 +86,8 @@ def test_the_mapped_index_holds_the_snapshots_parquet_rows(published: tuple[Sett
     assert ids.tolist() == catalogue["video_id"].to_list()
     assert index.creator_ids.tolist() == catalogue["creator_id"].to_list()
     np.testing.assert_array_equal(index.created_ms, catalogue["created_ms"].to_numpy())
+    np.testing.assert_array_equal(index.catalogue_text, np.stack(catalogue["text"].to_list()))
+    np.testing.assert_array_equal(index.catalogue_dense, np.stack(catalogue["dense"].to_list()))
     # And the heap build of the same files is the same index.
     heap = build_serving_index(paths, build)
     for a, b in zip(dataclasses.astuple(heap.feeds.items), dataclasses.astuple(items), strict=True):
@@ -99,7 +101,8 @@ def test_the_api_view_is_mapped_and_an_index_less_snapshot_serves_the_same_pages
     policy = FeedPolicy(feed_length=paths.read_build().feed_length)
     view = load_view(settings.paths, paths)
     try:
-        for array in (view.feeds.items.codes, view.video_vectors, view.user_vectors, view.video_ids):
+        mapped = (view.feeds.items.codes, view.video_vectors, view.user_vectors, view.video_ids, view.catalogue.text)
+        for array in mapped:
             assert isinstance(array, np.memmap), "served from the page cache, not copied onto the heap"
         users = list(view.feeds.user_row)[:3]
         pages = [_first_page(view, user, policy) for user in users]

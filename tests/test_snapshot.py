@@ -202,6 +202,7 @@ def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Sett
     expected |= {f"feeds/part-0000{i}-of-00002.parquet" for i in range(2)}
     serve = ["video_ids", "video_creators", "video_created_ms", "feed_users", "feed_offsets", "feed_codes"]
     serve += ["feed_scores", "feed_reason_codes", "trending_codes", "trending_scores", "trending_reason_codes"]
+    serve += ["catalogue_text", "catalogue_dense"]
     serve += ["video_vectors", "user_ids", "user_vectors"]
     expected |= {f"serve/{name}.npy" for name in serve} | {"serve/index.json"}
     assert set(manifest.checksums) == expected

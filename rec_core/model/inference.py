@@ -62,6 +62,7 @@ from rec_core.model.text_features import embed_videos_text
 from rec_core.model.training import user_vectors, video_vectors
 from rec_core.settings import ModelSettings, PathSettings, Settings
 from rec_core.snapshot.files import (
+    CATALOGUE_COLUMNS,
     CATALOGUE_DENSE,
     CATALOGUE_TEXT,
     USER_ID,
@@ -139,14 +140,20 @@ def _interactions(paths: PathSettings, build: BuildInfo) -> pl.DataFrame:
 
 
 def snapshot_catalogue(
-    paths: SnapshotPaths, build: BuildInfo, loaded: LoadedModel, shared: Catalogue | None = None
+    paths: SnapshotPaths,
+    build: BuildInfo,
+    loaded: LoadedModel,
+    shared: Catalogue | None = None,
+    matrices: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Catalogue:
     """The whole catalogue of the build from the snapshot's catalogue parts: what the towers read at ``as_of``.
 
     Equal to :func:`load_catalogue` in every input the towers read online (ids, creators, creation times, text,
     dense features, vocabulary indices); it has no interaction timeline and no creator debuts, which only training
     uses (features at an earlier instant, videos shown as new). ``shared``, the same snapshot's catalogue for
-    another model version, lends its arrays: only the vocabulary indices differ between versions.
+    another model version, lends its arrays: only the vocabulary indices differ between versions. ``matrices``, the
+    text and dense columns as arrays already in memory or mapped (the serving index's), are used instead of reading
+    those columns, the bulk of the parts.
     """
     if shared is not None:
         parts = [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
@@ -158,7 +165,9 @@ def snapshot_catalogue(
             creator_idx=Vocabs.lookup(loaded.vocabs.creators, shared.creator_ids),
             hashtag_idx=Vocabs.lookup(loaded.vocabs.hashtags, np.asarray(tags.to_pylist(), dtype=object)),
         )
-    table = read_catalogue_shards(paths, build.video_shards)
+    plain = list(CATALOGUE_COLUMNS) if matrices is not None else None
+    table = read_catalogue_shards(paths, build.video_shards, plain)
+    text, dense = matrices or (vectors_array(table, CATALOGUE_TEXT), vectors_array(table, CATALOGUE_DENSE))
     video_ids = np.asarray(table.column(VIDEO_ID).to_pylist(), dtype=object)
     creator_ids = np.asarray(table.column("creator_id").to_pylist(), dtype=object)
     tags = table.column("hashtags").combine_chunks()
@@ -166,13 +175,13 @@ def snapshot_catalogue(
     return Catalogue(
         video_ids=video_ids,
         creator_ids=creator_ids,
-        text=np.ascontiguousarray(vectors_array(table, CATALOGUE_TEXT)),
+        text=text if matrices is not None else np.ascontiguousarray(text),
         duration_s=table.column("duration_s").to_numpy().astype(np.float32),
         item_idx=Vocabs.lookup(loaded.vocabs.items, video_ids),
         creator_idx=Vocabs.lookup(loaded.vocabs.creators, creator_ids),
         hashtag_idx=Vocabs.lookup(loaded.vocabs.hashtags, np.asarray(tags.flatten().to_pylist(), dtype=object)),
         hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
-        dense=np.ascontiguousarray(vectors_array(table, CATALOGUE_DENSE)),
+        dense=dense if matrices is not None else np.ascontiguousarray(dense),
         created_ms=table.column("created_ms").to_numpy().astype(np.int64),
         as_of_ms=as_of_ms(build),
     )

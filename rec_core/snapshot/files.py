@@ -147,13 +147,13 @@ def write_catalogue(table: pa.Table, target: Path) -> None:
     write_with(target, lambda tmp: pq.write_table(table, tmp, compression="none"))
 
 
-def read_catalogue_shards(paths: SnapshotPaths, shards: int) -> pa.Table:
-    """Every catalogue part in shard order: the whole catalogue, sorted by ``video_id``."""
-    return _read_shards(paths, [paths.catalogue_part(i, shards) for i in range(shards)], "catalogue")
+def read_catalogue_shards(paths: SnapshotPaths, shards: int, columns: list[str] | None = None) -> pa.Table:
+    """Every catalogue part in shard order (``columns`` of it, or all): the whole catalogue, sorted by ``video_id``."""
+    return _read_shards(paths, [paths.catalogue_part(i, shards) for i in range(shards)], "catalogue", columns)
 
 
-def _read_shards(paths: SnapshotPaths, files: list[Path], what: str) -> pa.Table:
+def _read_shards(paths: SnapshotPaths, files: list[Path], what: str, columns: list[str] | None = None) -> pa.Table:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise SnapshotError(f"snapshot {paths.snapshot_id} lacks {len(missing)} {what} shard(s): {missing}")
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])

@@ -78,6 +78,8 @@ ROOT_ARRAYS = (
     "trending_codes",
     "trending_scores",
     "trending_reason_codes",
+    "catalogue_text",
+    "catalogue_dense",
 )
 SPACE_ARRAYS = ("video_vectors", "user_ids", "user_vectors")
 SNAPSHOT_ID = re.compile(r"^s\d{8}T\d{6}Z-[0-9a-z]{4,16}$")

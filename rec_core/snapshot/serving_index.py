@@ -18,6 +18,7 @@ Ids are fixed-width unicode arrays sorted ascending, so a lookup is a binary sea
     serve/feed_offsets.npy           user i's feed is rows [offsets[i], offsets[i + 1]) (int64)
     serve/feed_{codes,scores,reason_codes}.npy     every feed row in (user, rank) order
     serve/trending_{codes,scores,reason_codes}.npy the trending list in rank order
+    serve/catalogue_{text,dense}.npy the video tower's inputs (float32), row for row with the catalogue parts
 
 and, for each model space (the snapshot folder, and ``versions/<version>/`` for another model version's)::
 
@@ -44,7 +45,13 @@ import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic, write_with
 from rec_core.ids import id_problems
-from rec_core.snapshot.files import read_catalogue_shards, read_vector_shards, vectors_array
+from rec_core.snapshot.files import (
+    CATALOGUE_DENSE,
+    CATALOGUE_TEXT,
+    read_catalogue_shards,
+    read_vector_shards,
+    vectors_array,
+)
 from rec_core.snapshot.layout import (
     INDEX_FILE,
     ROOT_ARRAYS,
@@ -135,6 +142,8 @@ class ServingIndex:
     trending: RankedList
     spaces: dict[str, SpaceArrays]  # by model version, the build's own first
     skipped_ids: dict[str, int]  # "videos" / "users" -> rows left out for their id
+    catalogue_text: np.ndarray  # float32 (catalogue rows, text dim): the caption embeddings, in catalogue-part order
+    catalogue_dense: np.ndarray  # float32 (catalogue rows, dense dim)
 
     @property
     def video_code(self) -> IdIndex:
@@ -163,6 +172,8 @@ def write_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         "trending_codes": index.trending.codes,
         "trending_scores": index.trending.scores,
         "trending_reason_codes": index.trending.reason_codes,
+        "catalogue_text": index.catalogue_text,
+        "catalogue_dense": index.catalogue_dense,
     }
     for name, array in arrays.items():
         _save(root / f"{name}.npy", array)
@@ -210,6 +221,8 @@ def open_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         ),
         spaces=spaces,
         skipped_ids={k: int(v) for k, v in meta.get("skipped_ids", {}).items()},
+        catalogue_text=a["catalogue_text"],
+        catalogue_dense=a["catalogue_dense"],
     )
 
 
@@ -218,7 +231,8 @@ def build_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
     videos, bad_videos = _valid_rows(paths, read_vector_shards(paths, "videos", build.video_shards), "videos")
     video_ids, order = _sorted_ids(videos.column(0))
     series = pl.Series(video_ids, dtype=pl.String)
-    creator_ids, created_ms = _catalogue_columns(paths, build, series)
+    catalogue = read_catalogue_shards(paths, build.video_shards)
+    creator_ids, created_ms = _catalogue_columns(paths, catalogue, series)
     spaces: dict[str, SpaceArrays] = {}
     bad_users: list[str] = []
     for space, space_build in paths.spaces(build):
@@ -240,6 +254,8 @@ def build_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         trending=_ranked(paths, [trending], series)[0],
         spaces=spaces,
         skipped_ids={k: len(v) for k, v in (("videos", bad_videos), ("users", bad_users)) if v},
+        catalogue_text=np.ascontiguousarray(vectors_array(catalogue, CATALOGUE_TEXT)),
+        catalogue_dense=np.ascontiguousarray(vectors_array(catalogue, CATALOGUE_DENSE)),
     )
 
 
@@ -299,10 +315,11 @@ def _codes(paths: SnapshotPaths, ids: pl.Series, video_ids: pl.Series, what: str
     return codes.cast(pl.Int32).to_numpy()
 
 
-def _catalogue_columns(paths: SnapshotPaths, build: BuildInfo, video_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def _catalogue_columns(
+    paths: SnapshotPaths, catalogue: pa.Table, video_ids: pl.Series
+) -> tuple[np.ndarray, np.ndarray]:
     """Creator and creation time by code, from the catalogue parts (which may hold rows left out of the vectors)."""
-    table = read_catalogue_shards(paths, build.video_shards).select(["video_id", "creator_id", "created_ms"])
-    frame = pl.from_arrow(table)
+    frame = pl.from_arrow(catalogue.select(["video_id", "creator_id", "created_ms"]))
     assert isinstance(frame, pl.DataFrame)
     codes = frame["video_id"].cast(pl.Enum(video_ids), strict=False).to_physical()
     frame = frame.with_columns(code=codes).drop_nulls("code").sort("code")
