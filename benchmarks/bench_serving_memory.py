@@ -56,9 +56,17 @@ def process_memory(pid: int) -> list[dict[str, float | str]]:
 def serve_each_kind(url: str, live_user: str, video: str, tag: str) -> None:
     """One page of each kind, so the memory read after it includes what serving them loads."""
     with httpx.Client(base_url=url, timeout=120) as client:
-        client.post("/embeddings/user", json={"user_id": f"bench-{tag}", "watched_videos": [video]}).raise_for_status()
+        _post(client, "/embeddings/user", {"user_id": f"bench-{tag}", "watched_videos": [video]})
         for body in ({"user_id": live_user}, {"user_id": f"bench-nobody-{tag}"}, {"user_id": f"bench-{tag}"}):
-            client.post("/recommendations", json=body).raise_for_status()
+            _post(client, "/recommendations", body)
+
+
+def _post(client: httpx.Client, path: str, body: dict) -> None:
+    """POST, waiting out 503s: /ready answered for one worker, and another may still be loading the snapshot."""
+    deadline = time.monotonic() + 120
+    while (r := client.post(path, json=body)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    r.raise_for_status()
 
 
 def api_memory(data: Path, workers: int = 1, **settings: str) -> list[dict[str, float | str]]:

@@ -665,3 +665,11 @@ def test_serving_index_damaged_after_validation_is_refused_at_publish(settings: 
     with pytest.raises(SnapshotError, match=re.escape("serve/feed_codes.npy (checksum mismatch)")):
         publish(settings.paths, new.snapshot_id, keep=settings.batch.snapshots_keep)
     assert live_snapshot_id(settings.paths) == old.snapshot_id
+
+
+def test_a_build_record_from_a_newer_batch_still_reads(settings: Settings) -> None:
+    """A field a newer batch added to build.json is left out, so an API not yet upgraded keeps loading snapshots."""
+    paths = build_snapshot(settings)
+    raw = json.loads(paths.build_file.read_text())
+    paths.build_file.write_text(json.dumps({**raw, "added_by_a_newer_batch": {"x": 1}}))
+    assert dataclasses.asdict(paths.read_build()) == raw

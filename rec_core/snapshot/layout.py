@@ -50,7 +50,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from rec_core.atomic import write_bytes_atomic
@@ -219,7 +219,11 @@ class SnapshotPaths:
     def read_build(self) -> BuildInfo:
         if not self.build_file.is_file():
             raise SnapshotError(f"snapshot {self.snapshot_id} has no {BUILD_FILE}; was it begun?")
-        return BuildInfo(**json.loads(self.build_file.read_text()))
+        raw = json.loads(self.build_file.read_text())
+        # Fields a newer batch added are left out, not refused: an API not yet upgraded keeps loading new snapshots
+        # (each field is added with a default that means "built before it").
+        known = {f.name for f in fields(BuildInfo)}
+        return BuildInfo(**{k: v for k, v in raw.items() if k in known})
 
     def collection_name(self, path_settings: PathSettings) -> str:
         """The Milvus collection of this snapshot (a per-snapshot file in embedded mode)."""
