@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -152,12 +154,29 @@ class ApiServer:
 
 @pytest.fixture(scope="session")
 def api_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data root with a tiny world and one published snapshot, built by the real pipeline stages."""
+    """A data root with a tiny world and one published snapshot, built by the real pipeline stages.
+
+    Built once per test run, not once per xdist worker (it is a minute and a half of CPU on two cores): the first
+    worker builds it under a lock in the run's shared temp folder, and every worker serves its own copy (a Milvus
+    Lite file opens in one process, and servers write their inbox into the data root)."""
+    shared = _run_temp(tmp_path_factory) / "api-world"
+    with _exclusive(shared.with_suffix(".lock")):
+        if not (shared / "built").is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            _build_api_world(shared / "data")
+            (shared / "built").touch()
+    data = tmp_path_factory.mktemp("api") / "data"
+    shutil.copytree(shared / "data", data)
+    # Untouched by any server: tests that publish, prune or kill start from a copy of this.
+    shutil.copytree(data, data.parent / "pristine")
+    return data
+
+
+def _build_api_world(data: Path) -> None:
     from rec_core.settings import Settings
     from rec_core.stages import run_all
     from rec_core.synthetic.commit import generate_data
 
-    data = tmp_path_factory.mktemp("api") / "data"
     # One ranker objective: the serving tests need a ranker, not the release's comparison of two.
     settings = Settings.load(
         {
@@ -169,9 +188,23 @@ def api_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     generate_data(settings, "tiny", seed=7)
     run_all(settings, epochs=2, video_shards=1, user_shards=2)
-    # Untouched by any server: tests that publish, prune or kill start from a copy of this.
-    shutil.copytree(data, data.parent / "pristine")
-    return data
+
+
+def _run_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This run's temp root, shared by its xdist workers (each worker's base temp is a folder in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
