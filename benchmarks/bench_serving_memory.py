@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,7 +162,7 @@ def run(data: Path | None = None) -> list[BenchRow]:
         ),
         BenchRow(NAME, "1 worker, Milvus Lite: Milvus Lite process RSS", _sum(lite, "milvus", "rss"), "MiB", ""),
     ]
-    with milvus_server(data.parent / f"{data.name}-milvus-server") as url:
+    with tempfile.TemporaryDirectory(prefix="bench-milvus-") as scratch, milvus_server(Path(scratch)) as url:
         subprocess.run(
             [sys.executable, "-m", "jobs.load_vectors", "--snapshot", live.snapshot_id],
             env={**os.environ, "REC_DATA_DIR": str(data), "REC_MILVUS_URI": url},
