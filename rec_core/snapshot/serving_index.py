@@ -251,7 +251,7 @@ def build_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         creator_ids=creator_ids,
         created_ms=created_ms,
         feeds=_feed_index(paths, build, series, bad_videos),
-        trending=_ranked(paths, [trending], series)[0],
+        trending=_ranked(paths, trending, series),
         spaces=spaces,
         skipped_ids={k: len(v) for k, v in (("videos", bad_videos), ("users", bad_users)) if v},
         catalogue_text=np.ascontiguousarray(vectors_array(catalogue, CATALOGUE_TEXT)),
@@ -306,13 +306,9 @@ def _valid_rows(paths: SnapshotPaths, table: pa.Table, kind: str) -> tuple[pa.Ta
     return table.filter(pa.array((~bad_mask).to_numpy())), bad
 
 
-def _codes(paths: SnapshotPaths, ids: pl.Series, video_ids: pl.Series, what: str) -> np.ndarray:
-    """The code of each video id; raises naming ``what`` when one has no vector in the snapshot."""
-    codes = ids.cast(pl.Enum(video_ids), strict=False).to_physical()
-    if codes.null_count():
-        missing = ids.filter(codes.is_null()).head(3).to_list()
-        raise SnapshotError(f"snapshot {paths.snapshot_id}: {what} names videos without a vector, e.g. {missing}")
-    return codes.cast(pl.Int32).to_numpy()
+def _codes(ids: pl.Series, video_ids: pl.Series) -> pl.Series:
+    """The code of each video id (its position in the sorted ``video_ids``), null where it has no vector."""
+    return ids.cast(pl.String).cast(pl.Enum(video_ids), strict=False).to_physical()
 
 
 def _catalogue_columns(
@@ -321,8 +317,7 @@ def _catalogue_columns(
     """Creator and creation time by code, from the catalogue parts (which may hold rows left out of the vectors)."""
     frame = pl.from_arrow(catalogue.select(["video_id", "creator_id", "created_ms"]))
     assert isinstance(frame, pl.DataFrame)
-    codes = frame["video_id"].cast(pl.Enum(video_ids), strict=False).to_physical()
-    frame = frame.with_columns(code=codes).drop_nulls("code").sort("code")
+    frame = frame.with_columns(code=_codes(frame["video_id"], video_ids)).drop_nulls("code").sort("code")
     if frame.height != len(video_ids) or frame["code"].n_unique() != len(video_ids):
         have = set(frame["video_id"].to_list())
         missing = [v for v in video_ids.head(len(have) + 3).to_list() if v not in have][:3]
@@ -333,13 +328,11 @@ def _catalogue_columns(
 def _space_vectors(space: SnapshotPaths, build: BuildInfo, video_ids: pl.Series) -> np.ndarray:
     """Another model version's video vectors in the root's codes; each video must have one."""
     videos, _ = _valid_rows(space, read_vector_shards(space, "videos", build.video_shards), "videos")
-    codes = pl.Series(videos.column(0).combine_chunks(), dtype=pl.String).cast(pl.Enum(video_ids), strict=False)
-    found = codes.to_physical().drop_nulls().unique()
-    if len(found) != len(video_ids):
+    codes = _codes(pl.Series(videos.column(0).combine_chunks()), video_ids)
+    if codes.drop_nulls().n_unique() != len(video_ids):
         raise SnapshotError(f"snapshot {space.snapshot_id}: model version {build.model_version} lacks video vectors")
     vectors = np.empty((len(video_ids), build.embedding_dim), dtype=np.float32)
-    keep = codes.is_not_null().to_numpy()
-    vectors[codes.to_physical().drop_nulls().to_numpy()] = vectors_array(videos)[keep]
+    vectors[codes.drop_nulls().to_numpy()] = vectors_array(videos)[codes.is_not_null().to_numpy()]
     return vectors
 
 
@@ -353,42 +346,26 @@ def _feed_index(paths: SnapshotPaths, build: BuildInfo, video_ids: pl.Series, ba
         if bad_videos:  # left out of the catalogue; the ranks after them close up when paged
             frame = frame.filter(~pl.col("video_id").is_in(bad_videos))
         frames.append(frame)
-    runs = [f["user_id"].rle() for f in frames]
-    users = np.asarray([u for r in runs for u in r.struct.field("value").to_list()], dtype=str)
+    feeds = pl.concat(frames, rechunk=False)
+    runs = feeds["user_id"].rle()
+    users = np.asarray(runs.struct.field("value").to_list(), dtype=str)
     if len(users) > 1 and not (users[1:] > users[:-1]).all():
         raise SnapshotError(f"snapshot {paths.snapshot_id}: feed parts are not in user order")
-    lengths = np.concatenate([r.struct.field("len").to_numpy() for r in runs]) if runs else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    items = _ranked(paths, frames, video_ids)
-    return FeedIndex(IdIndex(users), offsets, _concat(items))
+    offsets = np.concatenate([[0], np.cumsum(runs.struct.field("len").to_numpy())]).astype(np.int64)
+    return FeedIndex(IdIndex(users), offsets, _ranked(paths, feeds, video_ids))
 
 
-def _ranked(paths: SnapshotPaths, frames: list[pl.DataFrame], video_ids: pl.Series) -> list[RankedList]:
-    """Rows of ``frames`` (in their order) as codes, with one reason dictionary across all of them."""
-    reasons: dict[str, int] = {}
-    out = []
-    for frame in frames:
-        text = frame["reason"].fill_null("")
-        for r in text.unique(maintain_order=True).to_list():
-            reasons.setdefault(r, len(reasons))
-        lookup = pl.Series(list(reasons), dtype=pl.String)
-        out.append(
-            RankedList(
-                codes=_codes(paths, frame["video_id"], video_ids, "a feed"),
-                scores=frame["score"].to_numpy().astype(np.float32),
-                reason_codes=text.cast(pl.Enum(lookup)).to_physical().cast(pl.Int32).to_numpy(),
-                reasons=list(reasons),
-            )
-        )
-    return [RankedList(r.codes, r.scores, r.reason_codes, list(reasons)) for r in out] or [
-        RankedList(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32), [])
-    ]
-
-
-def _concat(parts: list[RankedList]) -> RankedList:
+def _ranked(paths: SnapshotPaths, frame: pl.DataFrame, video_ids: pl.Series) -> RankedList:
+    """Rows (in their order) as codes, with their reasons as a dictionary."""
+    codes = _codes(frame["video_id"], video_ids)
+    if codes.null_count():
+        missing = frame["video_id"].filter(codes.is_null()).head(3).to_list()
+        raise SnapshotError(f"snapshot {paths.snapshot_id}: a list names videos without a vector, e.g. {missing}")
+    text = frame["reason"].fill_null("")
+    reasons = text.unique(maintain_order=True)
     return RankedList(
-        codes=np.concatenate([p.codes for p in parts]).astype(np.int32),
-        scores=np.concatenate([p.scores for p in parts]).astype(np.float32),
-        reason_codes=np.concatenate([p.reason_codes for p in parts]).astype(np.int32),
-        reasons=parts[-1].reasons,
+        codes=codes.cast(pl.Int32).to_numpy(),
+        scores=frame["score"].to_numpy().astype(np.float32),
+        reason_codes=text.cast(pl.Enum(reasons)).to_physical().cast(pl.Int32).to_numpy(),
+        reasons=reasons.to_list(),
     )
