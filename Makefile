@@ -13,13 +13,13 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench profile-stages bench-milvus eval data train summary airflow-db airflow clean help
+.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench bench-warm-start profile-stages bench-milvus eval data train summary airflow-db airflow clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB, serve the API on :3002"
 	@echo "make test   - set up, lint, run every test"
 	@echo "make chaos  - the fault suite (publish under load, kill -9, full disk, killed jobs) with a table of what held"
-	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | profile-stages | eval | online-eval | clean"
+	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | bench-warm-start | profile-stages | eval | online-eval | clean"
 
 setup: $(STAMP)
 
@@ -89,9 +89,16 @@ bench: setup
 	$(PY) -m benchmarks.run
 
 # Wall, CPU and peak RSS of every pipeline stage as its own process, on a fresh root under
-# $(REC_DATA_DIR)/bench/stages-$(SCALE) (docs/scaling.md's per-stage table). Slow: not part of `make bench`.
+# $(REC_DATA_DIR)/bench/stages-$(SCALE) (docs/scaling.md's per-stage table): a cold run on the lake less its
+# newest 10% of interactions and 1% of videos, then the incremental run after they arrive (warm start, cached
+# captions). Slow: not part of `make bench`.
 profile-stages: setup
-	$(PY) -m benchmarks.stage_profile --scale $(SCALE)
+	$(PY) -m benchmarks.stage_profile --scale $(SCALE) --incremental
+
+# A release on a grown lake (10% new interactions, 1% new videos) from the current model's weights against from
+# scratch, side by side: time, epochs and the served stack's quality with paired intervals. About 15 min at default.
+bench-warm-start: setup
+	$(PY) -m benchmarks.warm_start --scale $(SCALE)
 
 # Recommendation quality on held-out data (synthetic + MovieLens), with ablations; writes data/eval/quality-*.md.
 # MovieLens has 74 test users, so its default model is also trained with 4 more seeds.

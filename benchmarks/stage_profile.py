@@ -30,9 +30,11 @@ from rec_core.progress import setup_logging
 from rec_core.settings import Settings
 from rec_core.snapshot.publish import live_snapshot
 from rec_core.synthetic.params import SCALES
+from rec_core.synthetic.rewind import NEW_INTERACTIONS, NEW_VIDEOS, rewound, world_tables
 
 log = logging.getLogger("bench.stages")
 MIB = 1024 * 1024
+INCREMENTAL = "incremental: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +81,15 @@ def run_stage(stage: str, args: list[str], env: dict[str, str]) -> tuple[StageRo
     return row, "".join(captured)
 
 
-def profile(data_dir: Path, scale: str, epochs: int, video_shards: int, user_shards: int) -> list[StageRow]:
-    """Every stage of the pipeline from an empty data root to a published snapshot and its warehouse."""
+def profile(
+    data_dir: Path, scale: str, epochs: int, video_shards: int, user_shards: int, incremental: bool = False
+) -> list[StageRow]:
+    """Every stage of the pipeline from an empty data root to a published snapshot and its warehouse.
+
+    With ``incremental``, the first run is on the lake rewound by :data:`NEW_INTERACTIONS` of its interactions and
+    :data:`NEW_VIDEOS` of its videos (``rec_core.synthetic.rewind``); then the whole world is committed, as an
+    ingest would, and the stages run again: the caption cache encodes only the new videos, and the release starts
+    warm from the model the first run promoted (``REC_WARM_START``)."""
     env = {**os.environ, "REC_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     rows: list[StageRow] = []
 
@@ -99,14 +108,15 @@ def profile(data_dir: Path, scale: str, epochs: int, video_shards: int, user_sha
         wall, cpu = sum(r.wall_s for r in part), sum(r.cpu_s for r in part)
         rows.append(StageRow(f"{name}, all {shards} shards (sum)", wall, cpu, None, None, None))
 
-    try:
-        stage("generate data", "jobs.generate_data", "--scale", scale)
-        stage("ingest inbox", "jobs.ingest_inbox")
-        stage("caption embeddings, cold cache", "jobs.build_features")
-        stage("caption embeddings, cached", "jobs.build_features")
-        stage("train + evaluate + gate", "jobs.train_towers", "--epochs", str(epochs))
+    def release_and_snapshot(prefix: str) -> None:
+        if prefix:
+            stage(f"{prefix}caption embeddings, new videos only", "jobs.build_features")
+        else:
+            stage("caption embeddings, cold cache", "jobs.build_features")
+            stage("caption embeddings, cached", "jobs.build_features")
+        stage(f"{prefix}train + evaluate + gate", "jobs.train_towers", "--epochs", str(epochs))
         begun = stage(
-            "begin snapshot",
+            f"{prefix}begin snapshot",
             "jobs.pipeline",
             "begin",
             "--video-shards",
@@ -115,20 +125,49 @@ def profile(data_dir: Path, scale: str, epochs: int, video_shards: int, user_sha
             str(user_shards),
         )
         snapshot = json.loads(begun.strip().splitlines()[-1])["snapshot_id"]
-        sharded("embed videos", video_shards, "jobs.embed_videos", "--snapshot", snapshot)
-        sharded("embed users", user_shards, "jobs.embed_users", "--snapshot", snapshot)
-        stage("load vectors into Milvus Lite", "jobs.load_vectors", "--snapshot", snapshot)
-        stage("trending list", "jobs.materialize_feeds", "--snapshot", snapshot, "--trending")
-        sharded("materialize feeds", user_shards, "jobs.materialize_feeds", "--snapshot", snapshot)
-        stage("validate snapshot", "jobs.publish", "--snapshot", snapshot, "--validate-only")
+        sharded(f"{prefix}embed videos", video_shards, "jobs.embed_videos", "--snapshot", snapshot)
+        sharded(f"{prefix}embed users", user_shards, "jobs.embed_users", "--snapshot", snapshot)
+        stage(f"{prefix}load vectors into Milvus Lite", "jobs.load_vectors", "--snapshot", snapshot)
+        stage(f"{prefix}trending list", "jobs.materialize_feeds", "--snapshot", snapshot, "--trending")
+        sharded(f"{prefix}materialize feeds", user_shards, "jobs.materialize_feeds", "--snapshot", snapshot)
+        stage(f"{prefix}validate snapshot", "jobs.publish", "--snapshot", snapshot, "--validate-only")
         # The CLI re-validates before the swap and rebuilds the warehouse after it; the DAG splits those.
-        stage("publish (re-validate + warehouse)", "jobs.publish", "--snapshot", snapshot)
-        stage("warehouse + summary", "jobs.summarize")
+        stage(f"{prefix}publish (re-validate + warehouse)", "jobs.publish", "--snapshot", snapshot)
+        stage(f"{prefix}warehouse + summary", "jobs.summarize")
+
+    try:
+        stage("generate data", "jobs.generate_data", "--scale", scale)
+        whole = _rewind(data_dir) if incremental else None
+        stage("ingest inbox", "jobs.ingest_inbox")
+        release_and_snapshot("")
+        if whole is not None:
+            _commit_version(data_dir, whole)
+            release_and_snapshot(INCREMENTAL)
     except StageFailed:
         if rows:
             print("\nmeasured before the failure:\n" + to_markdown(rows), file=sys.stderr)
         raise
     return rows
+
+
+def _lake(data_dir: Path) -> Lake:
+    settings = Settings.of(data_dir=data_dir)
+    return Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep)
+
+
+def _rewind(data_dir: Path) -> str:
+    """Commit the lake rewound (see :func:`profile`); returns the whole world's lake version, which stays kept."""
+    lake = _lake(data_dir)
+    whole = lake.current()
+    lake.commit(rewound(world_tables(lake), NEW_INTERACTIONS, NEW_VIDEOS), source=f"{whole.manifest['source']} rewound")
+    log.info("lake rewound by %.0f%% of interactions and %.0f%% of videos", NEW_INTERACTIONS * 100, NEW_VIDEOS * 100)
+    return whole.name
+
+
+def _commit_version(data_dir: Path, version: str) -> None:
+    """The lake grows back to ``version``'s tables, as one ingest would bring them."""
+    lake = _lake(data_dir)
+    lake.commit(world_tables(lake.at(version)), source="growth")
 
 
 def _size_mb(path: Path) -> float:
@@ -179,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: the DAG's, 6)")
     parser.add_argument("--video-shards", type=int, default=4)
     parser.add_argument("--user-shards", type=int, default=4)
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="run on the lake rewound by 10%% of interactions and 1%% of videos, then grow it back and run again",
+    )
     parser.add_argument("--data", type=Path, help="data root to recreate (default: <REC_DATA_DIR>/bench/stages-SCALE)")
     parser.add_argument("--out", type=Path, help="Markdown table (default: <data>/stages.md; JSON beside it)")
     args = parser.parse_args(argv)
@@ -192,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True)
     log.info("profiling every stage at %s scale in %s (%d CPUs)", args.scale, data_dir, os.cpu_count() or 0)
     try:
-        rows = profile(data_dir, args.scale, args.epochs, args.video_shards, args.user_shards)
+        rows = profile(data_dir, args.scale, args.epochs, args.video_shards, args.user_shards, args.incremental)
     except StageFailed as exc:
         log.error("%s", exc)
         return 1
     sizes = disk_sizes(data_dir)
     head = (
-        f"Scale {args.scale}, {args.epochs} epochs, {args.video_shards} video / {args.user_shards} user shards, "
+        f"Scale {args.scale}{' (incremental)' if args.incremental else ''}, {args.epochs} epochs, "
+        f"{args.video_shards} video / {args.user_shards} user shards, "
         f"commit {_git_head()}, {os.cpu_count()} CPUs; load 1m = at stage start–end."
     )
     size_lines = "\n".join(f"- {name}: {mb:,.1f} MB" for name, mb in sizes.items())
@@ -206,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or data_dir / "stages.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    summary = {"scale": args.scale, "epochs": args.epochs, "video_shards": args.video_shards}
+    summary = {"scale": args.scale, "incremental": args.incremental, "epochs": args.epochs}
+    summary |= {"video_shards": args.video_shards}
     summary |= {"user_shards": args.user_shards, "commit": _git_head(), "cpus": os.cpu_count()}
     summary |= {"stages": [asdict(r) for r in rows], "disk_mb": sizes}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -10,7 +10,7 @@ anywhere leaves the previous snapshot live.
 from __future__ import annotations
 
 from airflow.sdk import Param, dag
-from rec_dags.defaults import DEFAULT_ARGS, START, caption_shards_param, ranker_param, shard_params
+from rec_dags.defaults import DEFAULT_ARGS, START, caption_shards_param, ranker_param, shard_params, warm_start_param
 from rec_dags.stage_tasks import wire
 
 from rec_core.stages import PIPELINE
@@ -34,6 +34,7 @@ from rec_core.stages import PIPELINE
         ),
         "epochs": Param(6, type="integer", minimum=1, maximum=200, description="Most training epochs."),
         "ranker": ranker_param(),
+        "warm_start": warm_start_param(),
         **shard_params(),
         "caption_shards": caption_shards_param(),
     },

@@ -13,7 +13,7 @@ so `refresh_embeddings` re-embeds only for a new current model.
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag
-from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, caption_shards_param, ranker_param
+from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, caption_shards_param, ranker_param, warm_start_param
 from rec_dags.stage_tasks import wire
 
 from rec_core.stages import MODEL_RELEASE
@@ -33,6 +33,7 @@ from rec_core.stages import MODEL_RELEASE
         "embedding_dim": Param(64, type="integer", minimum=4, maximum=2048, description="Tower output size."),
         "promote": Param(True, type="boolean", description="Promote the model if it passes the quality gate."),
         "ranker": ranker_param(),
+        "warm_start": warm_start_param(),
         "caption_shards": caption_shards_param(),
     },
 )

@@ -2,7 +2,8 @@
 
 Steps, each logged: load the live lake and its temporal split; embed captions
 (cached: a rerun encodes only new or changed videos); train the towers with
-early stopping on validation recall; with the ranker on (``--ranker``, default
+early stopping on validation recall, from the current model's weights when the lake has only
+grown (``--warm-start``, default ``REC_WARM_START``); with the ranker on (``--ranker``, default
 ``REC_RANKER``), train the ranker on the validation window; save a new model
 version with its metrics, curves and ranker; evaluate it, the baselines and the
 current model on the same test split; promote it if the stack it serves passes
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ranker", choices=["on", "off"], help="train and gate the ranking stage with the towers (default: REC_RANKER)"
     )
+    parser.add_argument(
+        "--warm-start",
+        choices=["on", "off"],
+        help="start from the current model when the lake has only grown (default: REC_WARM_START)",
+    )
     parser.add_argument("--no-promote", action="store_true", help="save the version but never make it current")
     parser.add_argument("--seed", type=int, help="default: REC_SEED")
     parser.add_argument("--json", type=Path, help="also write the summary here")
@@ -50,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_for(args)
-    if args.ranker is not None:
-        settings = settings.override(ranker=args.ranker)
+    for name in ("ranker", "warm_start"):
+        if getattr(args, name) is not None:
+            settings = settings.override(**{name: getattr(args, name)})
     config = TrainConfig(
         embedding_dim=args.embedding_dim or settings.model.embedding_dim,
         epochs=args.epochs,

@@ -166,10 +166,28 @@ class ModelSettings(_Section):
         env="RANKER_OBJECTIVE",
     )
 
+    gate_users: int = _setting(
+        20_000,
+        "Test users a release evaluates the candidate, the current model and the baselines on, and gates with "
+        "paired intervals over (a fixed sample by id hash; rec_core/eval/user_sample.py); 0 = every test user.",
+        lo=0,
+        hi=100_000_000,
+        env="GATE_USERS",
+    )
+    warm_start: str = _setting(
+        "on",
+        "`on`: a release starts from the current model's weights when the lake has only grown since it was trained "
+        "(same encoder and tower shape; see rec_core/model/warm_start.py) and trains at most two epochs; "
+        "`off`: every release trains from random weights.",
+        env="WARM_START",
+    )
+
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
         if self.ranker not in {"on", "off"}:
             raise SettingsError("ranker", f"must be on or off, got {self.ranker!r}")
+        if self.warm_start not in {"on", "off"}:
+            raise SettingsError("warm_start", f"must be on or off, got {self.warm_start!r}")
         if self.ranker_objective not in {"auto", "binary", "lambdarank"}:
             raise SettingsError(
                 "ranker_objective", f"must be auto, binary or lambdarank, got {self.ranker_objective!r}"

@@ -12,7 +12,8 @@ stage ``provides`` (``snapshot_id``), and ``shard`` for a stage run once per
 shard. It returns a JSON-friendly dict (Airflow keeps it as the task's XCom).
 
 A few run parameters stand for a setting during one run (``RUN_SETTINGS``: a DAG's ``ranker`` param is
-``REC_RANKER`` for every stage of that run), so each stage of the run sees the same settings.
+``REC_RANKER`` for every stage of that run, ``warm_start`` is ``REC_WARM_START``), so each stage of the run sees
+the same settings.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 # Run parameters that override the setting of the same flat name for every stage of a run; FROM_SETTINGS (the
 # trigger forms' default) or None keeps what the settings say.
-RUN_SETTINGS: tuple[str, ...] = ("ranker",)
+RUN_SETTINGS: tuple[str, ...] = ("ranker", "warm_start")
 FROM_SETTINGS = "default"
 
 # What a stage's success changes, for whoever waits on it (Airflow's assets).

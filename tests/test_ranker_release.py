@@ -117,7 +117,13 @@ def test_the_evaluation_reports_both_stacks_and_the_gate_judges_the_served_one(r
     assert metrics["gate"]["compared"] == {"candidate": RANKED, "most_pop": MOST_POP_AT_TEST, "current_model": None}
     # The reasons quote the figures the gate compared: the stack's, and MostPop's of the same instant.
     ours, pop = models[RANKED]["recall@50"], models[MOST_POP_AT_TEST]["recall@50"]
-    assert summary["reasons"] == [f"recall@50 {ours:.4f} vs MostPop {pop:.4f}, no current model"]
+    assert summary["reasons"][0] == f"recall@50 {ours:.4f} vs MostPop {pop:.4f}, no current model"
+    # ... and the paired interval over the test users both were evaluated on.
+    evidence = metrics["gate_evidence"]
+    assert evidence["users"] == models[RANKED]["users"] == models[MOST_POP_AT_TEST]["users"] == metrics["gate"]["users"]
+    assert evidence["vs_most_pop"]["estimate"] == pytest.approx(ours - pop, abs=1e-9)
+    assert evidence["vs_most_pop"]["low"] > 0 and evidence["vs_current"] is None
+    assert summary["reasons"][1].startswith(f"vs MostPop difference {ours - pop:+.4f}, 95% interval")
 
 
 def test_the_gate_reads_the_stack_metrics_and_refuses_a_stale_evaluation(
@@ -194,8 +200,12 @@ def test_the_two_step_release_never_shows_a_version_without_its_ranker(
     assert decision["stack"] == RANKED
     assert store.read_json(version, "metrics.json")["gate"]["compared"]["current_model"] == RANKED
     current = metrics["models"]["current_model"]["recall@50"]
-    expected = metrics["models"][RANKED]["recall@50"] >= max(
-        1.1 * metrics["models"][MOST_POP_AT_TEST]["recall@50"], 0.95 * current
+    evidence = metrics["gate_evidence"]
+    expected = (
+        metrics["models"][RANKED]["recall@50"]
+        >= max(1.1 * metrics["models"][MOST_POP_AT_TEST]["recall@50"], 0.95 * current)
+        and evidence["vs_most_pop"]["low"] > 0
+        and evidence["vs_current"]["high"] >= 0
     )
     assert decision["passed"] is expected, (decision, current)
 

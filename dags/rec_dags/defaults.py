@@ -67,8 +67,24 @@ def caption_shards_param() -> Any:
 
 
 def ranker_param() -> Any:
-    """The ``ranker`` param of every DAG that trains a model: the ranking stage for this run only (it stands for
-    ``REC_RANKER`` in every task of the run, ``rec_core.stages.RUN_SETTINGS``)."""
+    """The ``ranker`` param of every DAG that trains a model: the ranking stage for this run only."""
+    return _run_setting_param(
+        "The ranking stage after retrieval: on (trained with the model, gated and served with it), off (retrieval "
+        "alone: the ablation)",
+        "REC_RANKER",
+    )
+
+
+def warm_start_param() -> Any:
+    """The ``warm_start`` param of every DAG that trains a model."""
+    return _run_setting_param(
+        "Start from the current model's weights when the lake has only grown (on), or from random weights (off)",
+        "REC_WARM_START",
+    )
+
+
+def _run_setting_param(what: str, env: str) -> Any:
+    """A param that stands for the setting ``env`` in every task of the run (``rec_core.stages.RUN_SETTINGS``)."""
     from airflow.sdk import Param
 
     from rec_core.stages import FROM_SETTINGS
@@ -77,8 +93,7 @@ def ranker_param() -> Any:
         FROM_SETTINGS,
         type="string",
         enum=[FROM_SETTINGS, "on", "off"],
-        description="The ranking stage after retrieval: on (trained with the model, gated and served with it), "
-        f"off (retrieval alone: the ablation), or {FROM_SETTINGS} (as REC_RANKER says; on unless set).",
+        description=f"{what}, or {FROM_SETTINGS} (as {env} says; on unless set).",
     )
 
 

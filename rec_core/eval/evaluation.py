@@ -21,10 +21,11 @@ import polars as pl
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.lake import lake_for
 from rec_core.data.split import Protocol, Split, SplitPart, split_from_lake, training_view
-from rec_core.eval.baselines import evaluate_baselines
+from rec_core.eval.baselines import MostPop, evaluate_baselines
 from rec_core.eval.intervals import Interval
 from rec_core.eval.plots import comparison_png
-from rec_core.eval.ranking_metrics import ServedAs, evaluate_scores
+from rec_core.eval.ranking_metrics import ServedAs, UserMetrics, build_targets, evaluate_scores, user_metrics
+from rec_core.eval.user_sample import with_test_sample
 from rec_core.feed.policy import FeedPolicy
 from rec_core.model.features import FeatureStats, Vocabs, follows_frame, interaction_frame, video_frame
 from rec_core.model.store import LoadedModel
@@ -61,6 +62,19 @@ class LakeData:
         """Evaluate rankings as served: the feed policy, with this split's cold videos as the fresh ones."""
         _, creator_codes = np.unique(self.videos["creator_id"].to_numpy().astype(str), return_inverse=True)
         return ServedAs(policy or FeedPolicy(), self.split.cold_item_mask, creator_codes.astype(np.int64))
+
+    def with_test_sample(self, users: int) -> LakeData:
+        """This lake with the split's test part cut to a fixed sample of ``users`` users (0: all of them;
+        :mod:`rec_core.eval.user_sample`)."""
+        sampled = with_test_sample(self.split, users)
+        if sampled is self.split:
+            return self
+        log.info(
+            "evaluating on %d of the %d test users (a fixed sample by id hash)",
+            users,
+            len(set(self.split.test.user_idx.tolist())),
+        )
+        return dataclasses.replace(self, split=sampled)
 
     def prepare(
         self, text: np.ndarray, vocabs: Vocabs | None = None, stats: FeatureStats | None = None
@@ -101,6 +115,17 @@ def two_tower_metrics(
 ) -> dict[str, float]:
     _, score = scorer(net, prepared)
     return evaluate_scores(score, prepared.split, on=on, served=served)
+
+
+def two_tower_user_metrics(net: TwoTower, prepared: TrainingData) -> UserMetrics:
+    """:func:`two_tower_metrics` on the test part, per user (for paired intervals)."""
+    _, score = scorer(net, prepared)
+    return user_metrics(score, build_targets(prepared.split, "test"))
+
+
+def most_pop_user_metrics(split: Split) -> UserMetrics:
+    """MostPop (fitted on training) on the test part, per user: the bar of the towers as trained."""
+    return user_metrics(MostPop().fit(split).score, build_targets(split, "test"))
 
 
 def comparison(dataset: str, split: Split, models: dict[str, dict[str, float]]) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rec_core.eval.evaluation import LakeData
-from rec_core.eval.ranking_metrics import ScoreFn, evaluate_scores
+from rec_core.eval.ranking_metrics import EvalTargets, ScoreFn, UserMetrics, build_targets, user_metrics
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS, split_examples
@@ -161,25 +161,27 @@ class AsOfTestStart:
 
     data: LakeData
     state: AsOfState
+    targets: EvalTargets  # the test users and their held-out positives, shared by every stack
 
     @classmethod
     def of(cls, data: LakeData) -> AsOfTestStart:
         events = RankEvents.build(data.split.user_ids, data.videos, data.interactions, data.follows)
-        return cls(data, state_at(events, data.split.test_start_ms))
+        return cls(data, state_at(events, data.split.test_start_ms), build_targets(data.split, "test"))
 
-    def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> dict[str, float]:
-        """The towers' retrieval, reordered by ``ranker`` when given, on the test split over the full catalogue."""
+    def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> UserMetrics:
+        """The towers' retrieval, reordered by ``ranker`` when given, per test user over the full catalogue."""
         data = self.data
         view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
         n = ranker.n_candidates if ranker is not None else DEFAULT_CANDIDATES
-        return evaluate_scores(RankedRetrieval(view, self.state, ranker, n), data.split, on="test")
+        return user_metrics(RankedRetrieval(view, self.state, ranker, n), self.targets)
 
-    def most_pop(self) -> dict[str, float]:
-        return evaluate_scores(popularity_as_of(self.state), self.data.split, on="test")
+    def most_pop(self) -> UserMetrics:
+        return user_metrics(popularity_as_of(self.state), self.targets)
 
 
-def version_stack_metrics(instant: AsOfTestStart, towers: Towers, ranker: Ranker | None) -> dict[str, dict[str, float]]:
-    """A version's evaluation as of test_start: retrieval alone, and retrieval + ranker when it has one."""
+def version_stack_metrics(instant: AsOfTestStart, towers: Towers, ranker: Ranker | None) -> dict[str, UserMetrics]:
+    """A version's evaluation as of test_start, per user: retrieval alone, retrieval + ranker when it has one, and
+    MostPop of the same instant."""
     log.info("evaluating retrieval as of test_start")
     models = {RETRIEVAL: instant.stack_metrics(towers, None)}
     if ranker is not None:

@@ -14,7 +14,10 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from rec_core.data.lake import lake_for
 from rec_core.eval.baseline_cache import cached_baselines
@@ -24,11 +27,15 @@ from rec_core.eval.evaluation import (
     comparison,
     load_lake_data,
     markdown_table,
+    most_pop_user_metrics,
     prepare_loaded,
     two_tower_metrics,
+    two_tower_user_metrics,
     write_report,
 )
 from rec_core.eval.plots import training_curves_png
+from rec_core.eval.ranking_metrics import UserMetrics
+from rec_core.model.gate import Evidence, gate, gate_evidence
 from rec_core.model.ranking import (
     AS_TRAINED,
     AsOfTestStart,
@@ -40,9 +47,11 @@ from rec_core.model.ranking import (
     train_version_ranker,
     version_stack_metrics,
 )
-from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, gate
+from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError
 from rec_core.model.text_features import embed_videos_text, encode_text_part
-from rec_core.model.training import TrainConfig, TrainingData, TrainResult, prepare, train
+from rec_core.model.towers import TwoTower
+from rec_core.model.training import TrainConfig, TrainingData, TrainResult, prepare, tower_config, train
+from rec_core.model.warm_start import COLD_BY_REQUEST, WarmStart, carried_state, choose_start
 from rec_core.rank.ranker import Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers
 from rec_core.settings import Settings
@@ -88,7 +97,7 @@ def train_version(
 ) -> str:
     """Train on the live lake's split and save a new model version (not yet evaluated or promoted): the towers,
     then, with the ranker on, their ranker, written as one folder."""
-    data = data or load_lake_data(settings.paths, settings.batch)
+    data = data or release_data(settings)
     trained = _train_towers(settings, config, data)
     ranker = _train_ranker(settings, data, trained.towers, ranker_config)
     _save(ModelStore(settings.paths.models_dir), trained, ranker)
@@ -99,7 +108,7 @@ def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> d
     """The train step of a model release: the towers of a new version with these epochs and tower size, saved as
     pending until :func:`train_candidate_ranker` completes it; ``{"version": ...}``."""
     config = TrainConfig(epochs=epochs, embedding_dim=embedding_dim, seed=settings.seed)
-    data = load_lake_data(settings.paths, settings.batch)
+    data = release_data(settings)
     trained = _train_towers(settings, config, data)
     store = ModelStore(settings.paths.models_dir)
     for stale in store.prune_pending():
@@ -118,7 +127,7 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
         files, meta = {}, None
         if settings.model.ranker_on:
             loaded = store.load(version, pending=True)
-            data = load_lake_data(settings.paths, settings.batch)
+            data = release_data(settings)
             _check_ranker_split(loaded, data)
             config = ranker_config or release_config(settings.seed)
             towers = _towers(loaded, data, settings)
@@ -153,7 +162,8 @@ def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData
     prepared = prepare(
         data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
     )
-    result = train(prepared, config)
+    start, carry = _start(settings, data, prepared, config)
+    result = train(prepared, config, carry)
     run_config = {
         "train": config.to_dict(),
         "text_model": settings.model.text_model,
@@ -163,6 +173,7 @@ def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData
         "best_epoch": result.best_epoch,
         "best_valid": result.best_valid,
         "train_seconds": round(result.seconds, 1),
+        "warm_start": {**start.to_dict(), "start_valid": result.start_valid},
     }
     version = ModelStore(settings.paths.models_dir).new_version_name(run_config)
     metrics = comparison(data.dataset, data.split, {"two_tower": two_tower_metrics(result.model, prepared)})
@@ -172,6 +183,27 @@ def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData
     }
     log.info("trained the towers of %s (best epoch %d, %.0fs)", version, result.best_epoch, result.seconds)
     return TrainedTowers(version, result, prepared, run_config, metrics, files)
+
+
+def _start(
+    settings: Settings, data: LakeData, prepared: TrainingData, config: TrainConfig
+) -> tuple[WarmStart, Callable[[TwoTower], dict[str, torch.Tensor]] | None]:
+    """Whether the towers start from the current model's weights (rec_core.model.warm_start), and the weights."""
+    if settings.model.warm_start == "off":
+        return COLD_BY_REQUEST, None
+    start, source = choose_start(
+        ModelStore(settings.paths.models_dir),
+        lake_version=data.lake_version,
+        text_model=settings.model.text_model,
+        valid_start=data.split.valid_start,
+        protocol=data.split.protocol,
+        vocabs=prepared.vocabs,
+        tower=tower_config(prepared, config),
+    )
+    log.info("%s start: %s", "warm" if start.warm else "cold", start.reason)
+    if source is None:
+        return start, None
+    return start, lambda model: carried_state(source.model, source.vocabs, model, prepared.vocabs)
 
 
 def _train_ranker(
@@ -214,32 +246,47 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     ``test_start``, beside MostPop of that instant, and the current model's own stack measured the same way.
     """
     store = ModelStore(settings.paths.models_dir)
-    data = data or load_lake_data(settings.paths, settings.batch)
+    data = data or release_data(settings)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
     models.update(_baselines(settings, data))
     stack = served_stack(settings.model, has_ranker(store.root / version))
+    loaded = store.load(version)
     instant = None
     if stack.as_of == "test_start":
         instant = AsOfTestStart.of(data)
-        loaded = store.load(version)
         ranker = Ranker.load_if_present(store.root / version)
-        models.update(version_stack_metrics(instant, _towers(loaded, data, settings), ranker))
+        per_user = version_stack_metrics(instant, _towers(loaded, data, settings), ranker)
         metrics["served_stack"] = stack.to_dict()
-    current = store.current()
+    else:
+        prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
+        per_user = {
+            "two_tower": two_tower_user_metrics(loaded.model, prepared),
+            "most_pop": most_pop_user_metrics(data.split),
+        }
+    models.update({name: values.summary() for name, values in per_user.items()})
+    current, current_users = store.current(), None
     if current is not None and current != version:
         try:
-            models["current_model"], current_stack = _current_model_metrics(settings, store, current, data, instant)
+            current_users, current_stack = _current_model_metrics(settings, store, current, data, instant)
+            models["current_model"] = current_users.summary()
             metrics["current_model_version"] = current
             if instant is not None:
                 metrics["current_model_stack"] = current_stack
         except (ModelStoreError, KeyError, RuntimeError, ValueError) as exc:
             # A current model that cannot be evaluated on this data is no bar to clear; say so loudly.
             log.warning("current model %s could not be evaluated on this split: %s", current, exc)
+    evidence = gate_evidence(per_user[stack.metrics], per_user[stack.most_pop], current_users)
+    metrics["gate_evidence"] = evidence.to_dict()
     store.update_metrics(version, metrics)
     write_report(metrics, store.root / version / "report", f"Evaluation of {version} ({data.dataset})")
-    log.info("evaluation of %s:\n%s", version, markdown_table(models))
+    log.info("evaluation of %s on %d test users:\n%s", version, evidence.users, markdown_table(models))
     return metrics
+
+
+def release_data(settings: Settings) -> LakeData:
+    """The live lake as a release trains and evaluates on it: its test part cut to the gate's user sample."""
+    return load_lake_data(settings.paths, settings.batch).with_test_sample(settings.model.gate_users)
 
 
 def _baselines(settings: Settings, data: LakeData) -> dict[str, dict[str, float]]:
@@ -249,13 +296,13 @@ def _baselines(settings: Settings, data: LakeData) -> dict[str, dict[str, float]
 
 def _current_model_metrics(
     settings: Settings, store: ModelStore, current: str, data: LakeData, instant: AsOfTestStart | None
-) -> tuple[dict[str, float], str]:
+) -> tuple[UserMetrics, str]:
     """The current model on this split, measured as the candidate's stack is: as trained (``instant`` None), or
     as of test_start with its own ranker when it has one."""
     loaded = store.load(current)
     prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
     if instant is None:
-        return two_tower_metrics(loaded.model, prepared), AS_TRAINED.name
+        return two_tower_user_metrics(loaded.model, prepared), AS_TRAINED.name
     ranker = Ranker.load_if_present(store.root / current)
     towers = Towers.from_training(loaded.model, prepared)
     return instant.stack_metrics(towers, ranker), served_stack(settings.model, ranker is not None).name
@@ -277,7 +324,8 @@ def gate_version(settings: Settings, version: str, *, promote: bool = True) -> d
             f"REC_RANKER={settings.model.ranker} it serves {stack.name} as of {stack.as_of}: evaluate it again"
         )
     current = models.get("current_model")
-    decision = gate(models[stack.metrics], models[stack.most_pop], current)
+    evidence = Evidence.from_dict(metrics["gate_evidence"]) if "gate_evidence" in metrics else None
+    decision = gate(models[stack.metrics], models[stack.most_pop], current, evidence=evidence)
     metrics["gate"] = {
         "stack": stack.name,
         "as_of": stack.as_of,
@@ -286,6 +334,7 @@ def gate_version(settings: Settings, version: str, *, promote: bool = True) -> d
             "most_pop": stack.most_pop,
             "current_model": metrics.get("current_model_stack", AS_TRAINED.name) if current else None,
         },
+        "users": evidence.users if evidence is not None else None,
         "passed": decision.promote,
         "reasons": decision.reasons,
     }
@@ -322,7 +371,7 @@ def train_towers(
     """The whole model release on one read of the lake: train (the towers, then their ranker with the ranker on),
     evaluate against baselines and the current model, gate."""
     started = time.monotonic()
-    data = load_lake_data(settings.paths, settings.batch)
+    data = release_data(settings)
     version = train_version(settings, config, data, ranker_config=ranker_config)
     metrics = evaluate_version(settings, version, data)
     decision = gate_version(settings, version, promote=promote)
@@ -359,7 +408,8 @@ def evaluate_model(settings: Settings, version: str | None = None, *, with_basel
     if settings.model.ranker_on:
         ranker = Ranker.load_if_present(store.root / loaded.version)
         towers = Towers.from_training(loaded.model, prepared)
-        models.update(version_stack_metrics(AsOfTestStart.of(data), towers, ranker))
+        stacks = version_stack_metrics(AsOfTestStart.of(data), towers, ranker)
+        models.update({name: values.summary() for name, values in stacks.items()})
     if with_baselines:
         models.update(_baselines(settings, data))
     result = comparison(data.dataset, data.split, models)

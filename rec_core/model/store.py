@@ -15,9 +15,9 @@ A version trained in two steps (the train_towers DAG: the towers, then their ran
 ``models/.pending-<version>/`` in between: no reader lists, loads or promotes it until :meth:`ModelStore.complete`
 adds the rest and renames it into place, so a version is never seen with a part missing.
 
-Promotion goes through :func:`gate`: a model that does not clearly beat
-MostPop, or falls too far below the current model on the same test split,
-is kept as a version but never becomes current.
+Promotion goes through the quality gate (:mod:`rec_core.model.gate`): a model that does not clearly beat
+MostPop, or falls below the current model on the same test users, is kept as a version but never becomes
+current.
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ class LoadedModel:
     stats: FeatureStats
     config: dict
     metrics: dict
-
-
-@dataclass(frozen=True, slots=True)
-class GateDecision:
-    promote: bool
-    reasons: list[str]
 
 
 class ModelStore:
@@ -181,32 +175,3 @@ class ModelStore:
 
     def _folder(self, version: str, pending: bool = False) -> Path:
         return self.root / f"{PENDING}{version}" if pending else self.root / version
-
-
-def gate(
-    candidate: dict[str, float],
-    most_pop: dict[str, float],
-    current: dict[str, float] | None,
-    *,
-    metric: str = "recall@50",
-    min_lift_over_most_pop: float = 1.1,
-    max_drop_vs_current: float = 0.05,
-) -> GateDecision:
-    """May ``candidate`` become the current model? All three are metrics on the same test split.
-
-    It must beat MostPop by ``min_lift_over_most_pop`` (a ratio) and must not
-    fall more than ``max_drop_vs_current`` (relative) below the current model.
-    """
-    failures: list[str] = []
-    ours, pop = candidate[metric], most_pop[metric]
-    if ours < pop * min_lift_over_most_pop:
-        failures.append(f"{metric} {ours:.4f} is not {min_lift_over_most_pop:.2f}x MostPop's {pop:.4f}")
-    if current is not None and ours < current[metric] * (1 - max_drop_vs_current):
-        failures.append(
-            f"{metric} {ours:.4f} is more than {max_drop_vs_current:.0%} below the current model's "
-            f"{current[metric]:.4f}"
-        )
-    if failures:
-        return GateDecision(promote=False, reasons=failures)
-    vs = f"current model {current[metric]:.4f}" if current is not None else "no current model"
-    return GateDecision(promote=True, reasons=[f"{metric} {ours:.4f} vs MostPop {pop:.4f}, {vs}"])

@@ -74,11 +74,16 @@ class TrainConfig:
     time_aware: bool = False  # show each positive as it was when watched (Catalogue.dense_at), not as of the cut
     uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the videos posted by then (512)
     patience: int = 2
+    # A warm start (rec_core.model.warm_start) adapts a model that already fits all but the newest data: a couple of
+    # epochs, each kept only if it beats the carried weights on validation.
+    warm_epochs: int = 2
     eval_k: int = 50
     eval_users: int = 3000  # validation users sampled for early stopping (all of them when fewer)
     seed: int = 42
 
     def __post_init__(self) -> None:
+        if self.epochs < 1 or self.warm_epochs < 1:
+            raise ValueError(f"epochs and warm_epochs must be at least 1, got {self.epochs} and {self.warm_epochs}")
         if self.time_windows < 0:
             raise ValueError(f"time_windows must be 0 (off) or a number of batches, got {self.time_windows}")
         if self.time_windows and (self.time_aware or self.uniform_negatives):
@@ -107,6 +112,7 @@ class TrainResult:
     best_epoch: int = 0
     best_valid: float = 0.0
     seconds: float = 0.0
+    start_valid: float | None = None  # validation recall of the carried weights, on a warm start
 
 
 def prepare(
@@ -165,11 +171,10 @@ def scorer(model: TwoTower, data: TrainingData) -> tuple[torch.Tensor, Callable[
     return items, score
 
 
-def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+def tower_config(data: TrainingData, cfg: TrainConfig) -> TowerConfig:
+    """The towers :func:`train` builds for ``data``: their vocabularies' sizes, the text's width, ``cfg``'s sizes."""
     n_items, n_creators, n_tags = data.vocabs.sizes
-    tower_cfg = TowerConfig(
+    return TowerConfig(
         embedding_dim=cfg.embedding_dim,
         text_dim=data.catalogue.text.shape[1],
         n_items=n_items,
@@ -178,7 +183,19 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
         id_dropout=cfg.id_dropout,
         temperature=cfg.temperature,
     )
+
+
+def train(
+    data: TrainingData, cfg: TrainConfig, start: Callable[[TwoTower], dict[str, torch.Tensor]] | None = None
+) -> TrainResult:
+    """Train the towers with early stopping on validation recall; ``start`` (a warm start) gives the weights to
+    begin from for the freshly built model, and then at most ``cfg.warm_epochs`` epochs run."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tower_cfg = tower_config(data, cfg)
     model = TwoTower(tower_cfg)
+    if start is not None:
+        model.load_state_dict(start(model))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = data.split.train
     # A small data set still gets enough optimizer steps per epoch to learn in a few epochs.
@@ -221,17 +238,23 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
         f"valid_recall@{cfg.eval_k}": [],
     }
     best_state, best_valid, best_epoch, bad_epochs = None, -1.0, 0, 0
+    start_valid, epochs = None, cfg.epochs
+    if start is not None:
+        start_valid = _valid_recall(model, data, valid_targets, cfg.eval_k)
+        best_state, best_valid = copy.deepcopy(model.state_dict()), start_valid
+        epochs = min(cfg.epochs, cfg.warm_epochs)
+        log.info("warm start: valid recall@%d %.4f before training; at most %d epochs", cfg.eval_k, start_valid, epochs)
     steps_per_epoch = len(train) // batch_size
     window = batch_size * cfg.time_windows
     windows = TimeWindows.build(train, data.catalogue, window) if window else None
     started = time.monotonic()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         order = (
             _windowed_order(len(train), batch_size, cfg.time_windows, rng) if window else rng.permutation(len(train))
         )
         sums = np.zeros(3)
-        progress = Progress(f"epoch {epoch}/{cfg.epochs}", steps_per_epoch, logger=log)
+        progress = Progress(f"epoch {epoch}/{epochs}", steps_per_epoch, logger=log)
         for step in range(steps_per_epoch):
             rows = order[step * batch_size : (step + 1) * batch_size]
             users, items = train.user_idx[rows], train.item_idx[rows]
@@ -274,8 +297,7 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
             progress.advance()
         for key, value in zip(("loss", "retrieval_loss", "aux_loss"), sums / steps_per_epoch, strict=True):
             curves[key].append(float(value))
-        _, score = scorer(model, data)
-        valid = evaluate_targets(score, valid_targets, ks=(cfg.eval_k,))[f"recall@{cfg.eval_k}"]
+        valid = _valid_recall(model, data, valid_targets, cfg.eval_k)
         curves[f"valid_recall@{cfg.eval_k}"].append(float(valid))
         log.info("epoch %d: loss %.4f, valid recall@%d %.4f", epoch, curves["loss"][-1], cfg.eval_k, valid)
         if valid > best_valid:
@@ -288,7 +310,12 @@ def train(data: TrainingData, cfg: TrainConfig) -> TrainResult:
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, tower_cfg, curves, best_epoch, best_valid, time.monotonic() - started)
+    return TrainResult(model, tower_cfg, curves, best_epoch, best_valid, time.monotonic() - started, start_valid)
+
+
+def _valid_recall(model: TwoTower, data: TrainingData, targets: EvalTargets, k: int) -> float:
+    _, score = scorer(model, data)
+    return float(evaluate_targets(score, targets, ks=(k,))[f"recall@{k}"])
 
 
 @dataclass(frozen=True, slots=True)
