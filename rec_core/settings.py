@@ -177,7 +177,8 @@ class ModelSettings(_Section):
     warm_start: str = _setting(
         "on",
         "`on`: a release starts from the current model's weights when the lake has only grown since it was trained "
-        "(same encoder and tower shape; see rec_core/model/warm_start.py) and trains at most two epochs; "
+        "(same encoder and tower shape; see rec_core/model/warm_start.py) and trains at most two epochs over the "
+        "rows since that model's cut; "
         "`off`: every release trains from random weights.",
         env="WARM_START",
     )

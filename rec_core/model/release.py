@@ -14,10 +14,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
 
 from rec_core.data.lake import lake_for
 from rec_core.eval.baseline_cache import cached_baselines
@@ -49,8 +46,15 @@ from rec_core.model.ranking import (
 )
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError
 from rec_core.model.text_features import embed_videos_text, encode_text_part
-from rec_core.model.towers import TwoTower
-from rec_core.model.training import TrainConfig, TrainingData, TrainResult, prepare, tower_config, train
+from rec_core.model.training import (
+    StartFrom,
+    TrainConfig,
+    TrainingData,
+    TrainResult,
+    prepare,
+    tower_config,
+    train,
+)
 from rec_core.model.warm_start import COLD_BY_REQUEST, WarmStart, carried_state, choose_start
 from rec_core.rank.ranker import Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers
@@ -187,7 +191,7 @@ def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData
 
 def _start(
     settings: Settings, data: LakeData, prepared: TrainingData, config: TrainConfig
-) -> tuple[WarmStart, Callable[[TwoTower], dict[str, torch.Tensor]] | None]:
+) -> tuple[WarmStart, StartFrom | None]:
     """Whether the towers start from the current model's weights (rec_core.model.warm_start), and the weights."""
     if settings.model.warm_start == "off":
         return COLD_BY_REQUEST, None
@@ -203,7 +207,11 @@ def _start(
     log.info("%s start: %s", "warm" if start.warm else "cold", start.reason)
     if source is None:
         return start, None
-    return start, lambda model: carried_state(source.model, source.vocabs, model, prepared.vocabs)
+    since = dt.datetime.fromisoformat(source.config["split"]["valid_start"])
+    return start, StartFrom(
+        lambda model: carried_state(source.model, source.vocabs, model, prepared.vocabs),
+        int(since.timestamp() * 1000),
+    )
 
 
 def _train_ranker(

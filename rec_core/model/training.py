@@ -185,17 +185,25 @@ def tower_config(data: TrainingData, cfg: TrainConfig) -> TowerConfig:
     )
 
 
-def train(
-    data: TrainingData, cfg: TrainConfig, start: Callable[[TwoTower], dict[str, torch.Tensor]] | None = None
-) -> TrainResult:
-    """Train the towers with early stopping on validation recall; ``start`` (a warm start) gives the weights to
-    begin from for the freshly built model, and then at most ``cfg.warm_epochs`` epochs run."""
+@dataclass(frozen=True, slots=True)
+class StartFrom:
+    """A warm start (rec_core.model.warm_start): the weights the freshly built towers begin with, and the instant the
+    source model's training data ended: its epochs run over the training rows since then, which it never saw."""
+
+    weights: Callable[[TwoTower], dict[str, torch.Tensor]]
+    since_ms: int
+
+
+def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) -> TrainResult:
+    """Train the towers with early stopping on validation recall. With ``start``, they begin from its weights, at
+    most ``cfg.warm_epochs`` epochs run, each over the rows since ``start.since_ms`` only (the cost of a release
+    then follows what is new, not the whole history), and each is kept only if it beats the start on validation."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tower_cfg = tower_config(data, cfg)
     model = TwoTower(tower_cfg)
     if start is not None:
-        model.load_state_dict(start(model))
+        model.load_state_dict(start.weights(model))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = data.split.train
     # A small data set still gets enough optimizer steps per epoch to learn in a few epochs.
@@ -244,14 +252,23 @@ def train(
         best_state, best_valid = copy.deepcopy(model.state_dict()), start_valid
         epochs = min(cfg.epochs, cfg.warm_epochs)
         log.info("warm start: valid recall@%d %.4f before training; at most %d epochs", cfg.eval_k, start_valid, epochs)
-    steps_per_epoch = len(train) // batch_size
     window = batch_size * cfg.time_windows
     windows = TimeWindows.build(train, data.catalogue, window) if window else None
+    first = 0  # the first training row an epoch draws from (rows are in time order)
+    if start is not None:
+        first = int(np.searchsorted(train.ts_ms, start.since_ms))
+        first = first // window * window if window else first  # whole windows, so a batch stays in one
+        log.info("warm start: epochs over the %d training rows since its source's cut", len(train) - first)
+    steps_per_epoch = (len(train) - first) // batch_size
+    if steps_per_epoch == 0:
+        log.info("fewer than %d new training rows: the start is kept as it is", batch_size)
+        epochs = 0
     started = time.monotonic()
     for epoch in range(1, epochs + 1):
         model.train()
-        order = (
-            _windowed_order(len(train), batch_size, cfg.time_windows, rng) if window else rng.permutation(len(train))
+        n_rows = len(train) - first
+        order = first + (
+            _windowed_order(n_rows, batch_size, cfg.time_windows, rng) if window else rng.permutation(n_rows)
         )
         sums = np.zeros(3)
         progress = Progress(f"epoch {epoch}/{epochs}", steps_per_epoch, logger=log)

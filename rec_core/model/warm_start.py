@@ -19,7 +19,8 @@ A warm start is taken only when every condition holds, else the release starts c
 
 The carried weights: every tensor whose shape is unchanged is copied; the id tables (videos, creators, hashtags)
 are copied row by row by id, and rows for ids the old model never had keep their fresh initialisation, as in a
-cold start.
+cold start. The warm epochs then run over the training rows since the source's cut only (``StartFrom.since_ms``):
+what the source never saw, so a release costs what is new, not the whole history again.
 """
 
 from __future__ import annotations
