@@ -16,9 +16,11 @@ import pytest
 from feed_api.pager import first_cursor, next_page
 from feed_api.snapshot_load import load_view
 from rec_core.feed.policy import FeedPolicy
+from rec_core.rank.features import block_features
 from rec_core.settings import Settings
 from rec_core.snapshot.files import read_vector_shards, vectors_array
-from rec_core.snapshot.layout import SnapshotPaths, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.layout import RANK_SERVE_ARRAYS, SnapshotPaths, expected_files, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.rank_state import rank_arrays_problems, read_ranking
 from rec_core.snapshot.serving_index import IdIndex, build_serving_index, open_serving_index
 from rec_core.snapshot.validate import validate_snapshot
 
@@ -94,6 +96,38 @@ def test_the_mapped_index_holds_the_snapshots_parquet_rows(published: tuple[Sett
         np.testing.assert_array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
 
 
+def test_the_ranking_state_is_mapped_and_is_the_state_its_tables_hold(
+    published: tuple[Settings, SnapshotPaths], tmp_path: Path
+) -> None:
+    _, paths = published
+    build = paths.read_build()
+    assert build.ranker_applied and build.serving_index
+    serve = paths.rank_dir / "serve"
+    assert sorted(f.name for f in serve.iterdir()) == sorted(f"{name}.npy" for name in RANK_SERVE_ARRAYS)
+    assert set(serve.iterdir()) <= set(expected_files(paths, build)), "hashed into the manifest like every file"
+    _, mapped = read_ranking(paths.rank_dir)
+    assert isinstance(mapped.state.user_tag.keys, np.memmap) and isinstance(mapped.video_ids, np.memmap)
+    assert rank_arrays_problems(paths.rank_dir) == []
+    # The same folder without serve/ (a snapshot from before it) is read from the Parquet tables onto the heap ...
+    tables = tmp_path / "rank"
+    shutil.copytree(paths.rank_dir, tables, ignore=shutil.ignore_patterns("serve"))
+    _, heap = read_ranking(tables)
+    assert not isinstance(heap.state.user_tag.keys, np.memmap)
+    # ... and both give every feature the same value for the same pairs: known and neutral users and videos.
+    rng = np.random.default_rng(0)
+    users = np.append(rng.integers(0, mapped.neutral_user, 40), mapped.neutral_user)
+    items = np.append(rng.integers(0, mapped.neutral_video, (41, 30)), np.full((41, 1), mapped.neutral_video), 1)
+    scores = rng.random(items.shape).astype(np.float32)
+    features = [block_features(rank.state, users, items, scores)[0] for rank in (mapped, heap)]
+    np.testing.assert_array_equal(*features)
+    # A mapped array that drifted from the tables after they were written is caught by validation.
+    doctored = tmp_path / "doctored"
+    shutil.copytree(paths.rank_dir, doctored)
+    values = np.load(doctored / "serve" / "user_tag_values.npy")
+    np.save(doctored / "serve" / "user_tag_values.npy", values * 2)
+    assert rank_arrays_problems(doctored) == ["serve/user_tag.values differs from the Parquet state"]
+
+
 def test_the_api_view_is_mapped_and_an_index_less_snapshot_serves_the_same_pages(
     published: tuple[Settings, SnapshotPaths],
 ) -> None:
@@ -102,6 +136,9 @@ def test_the_api_view_is_mapped_and_an_index_less_snapshot_serves_the_same_pages
     view = load_view(settings.paths, paths)
     try:
         mapped = (view.feeds.items.codes, view.video_vectors, view.user_vectors, view.video_ids, view.catalogue.text)
+        assert view.ranking is not None
+        state = view.ranking.model.state
+        mapped += (state.user_ids, state.state.user_tag.keys, state.state.item_window_views)
         for array in mapped:
             assert isinstance(array, np.memmap), "served from the page cache, not copied onto the heap"
         users = list(view.feeds.user_row)[:3]
@@ -113,11 +150,13 @@ def test_the_api_view_is_mapped_and_an_index_less_snapshot_serves_the_same_pages
     raw.pop("serving_index")
     paths.build_file.write_text(json.dumps(raw))
     shutil.rmtree(paths.root / "serve")
+    shutil.rmtree(paths.rank_dir / "serve")
     validate_snapshot(settings.paths, paths.snapshot_id)
     assert not (paths.root / "serve").exists()
     old = load_view(settings.paths, paths)
     try:
         assert not isinstance(old.feeds.items.codes, np.memmap)
+        assert old.ranking is not None and not isinstance(old.ranking.model.state.state.user_tag.keys, np.memmap)
         assert [_first_page(old, user, policy) for user in users] == pages
     finally:
         old.close()

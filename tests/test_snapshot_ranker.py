@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -60,6 +61,10 @@ def _drop_key(paths: SnapshotPaths, key: str) -> None:
     path.write_text(json.dumps(meta))
 
 
+def _double(path: Path) -> None:
+    np.save(path, np.load(path) * 2)
+
+
 def _drop_column(path: Path, column: str) -> None:
     table = pq.read_table(path)
     pq.write_table(table.drop_columns([column]), path)
@@ -77,6 +82,8 @@ DAMAGE: list[tuple[str, Callable[[SnapshotPaths], None], str]] = [
     ("totals", lambda p: _rewrite_json(p.rank_dir / "state.json", window_totals=[1.0]), "window_totals must list"),
     ("not an object", lambda p: (p.rank_dir / "state.json").write_text("[1, 2]"), "holds a list"),
     ("column", lambda p: _drop_column(p.rank_dir / "videos.parquet", "creator"), "lacks column(s) creator"),
+    ("mapped state", lambda p: _double(p.rank_dir / "serve" / "item_views.npy"), "serve/item_views differs"),
+    ("mapped file", lambda p: (p.rank_dir / "serve" / "follows_keys.npy").unlink(), "rank/serve/follows_keys.npy"),
     (
         "model",
         lambda p: next((p.model_dir / p.read_build().model_version).glob("weights.*")).write_bytes(b"\0" * 64),

@@ -27,7 +27,7 @@ from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
 from rec_core.snapshot.model_copy import copy_model, model_file_names
-from rec_core.snapshot.rank_state import build_state, choose_ranker, write_ranking
+from rec_core.snapshot.rank_state import build_state, choose_ranker, write_rank_arrays, write_ranking
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         for where, space_ranker in rankers:
             if space_ranker is not None:
                 rows = write_ranking(where.rank_dir, space_ranker, state)
+                if build.serving_index:
+                    write_rank_arrays(where.rank_dir)
         log.info(
             "ranking state of %s as of its as-of in %.1fs: %s", paths.snapshot_id, time.perf_counter() - started, rows
         )

@@ -157,3 +157,24 @@ def _read_shards(paths: SnapshotPaths, files: list[Path], what: str, columns: li
     if missing:
         raise SnapshotError(f"snapshot {paths.snapshot_id} lacks {len(missing)} {what} shard(s): {missing}")
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def save_array(target: Path, array: np.ndarray) -> None:
+    """``array`` as a NumPy file at ``target``, written atomically, for :func:`map_array` to map."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a handle: np.save would append ".npy" to the temporary name
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+    write_with(target, write)
+
+
+def map_array(path: Path, what: str) -> np.ndarray:
+    """The array at ``path`` mapped read-only (its pages shared by every process that maps it); ``what`` names it in
+    the :class:`SnapshotError` raised when it does not read."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError:  # an empty array has no pages to map
+        return np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise SnapshotError(f"{what} {path.name}: {exc}") from None

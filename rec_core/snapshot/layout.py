@@ -14,7 +14,8 @@ Layout of one snapshot folder::
     feeds/part-00000-of-00004.parquet       user_id, rank, video_id, score, reason; sorted by (user_id, rank)
     trending.parquet                    rank, video_id, score, reason: the feed of a user with no history
     model/<version>/...                 the model version's files the API loads (towers, vocabularies, scales)
-    rank/...                            when the ranker is applied: the ranker and the feature state as of as-of
+    rank/...                            when the ranker is applied: the ranker and the feature state as of as-of,
+                                        and rank/serve/: that state read back as the NumPy arrays readers map
     milvus.db                           Milvus Lite file with the ``videos`` collection (embedded mode only)
     versions/<version>/vectors/...      for each other model version an experiment's arm names: its video vectors
                                         and the vectors of the users placed in its arms
@@ -82,6 +83,38 @@ ROOT_ARRAYS = (
     "catalogue_dense",
 )
 SPACE_ARRAYS = ("video_vectors", "user_ids", "user_vectors")
+# The ranker's feature state read back, under each space's rank/serve/ (rec_core.snapshot.rank_state), mapped by
+# the API and the materializer instead of rebuilt on the heap from rank/*.parquet.
+RANK_ID_ARRAYS = ("user_ids", "video_ids", "creator_ids", "tag_ids")
+RANK_CONTENT_ARRAYS = ("item_created_ms", "item_creator", "item_tags_indptr", "item_tags_indices", "item_tags_data")
+RANK_STATE_ARRAYS = (
+    "item_views",
+    "item_window_views",
+    "window_totals",
+    "item_decayed",
+    "decayed_totals",
+    "item_completion_rate",
+    "item_like_rate",
+    "creator_window_views",
+    "creator_videos",
+    "item_posted",
+    "tag_share_30d",
+    "tag_share_all",
+    "user_events",
+    "user_window_events",
+    "user_days_idle",
+    "user_completion",
+    "user_like_rate",
+    "user_recent_weight",
+    "user_t_ms",
+)
+RANK_PAIRS = ("user_creator", "user_tag", "user_tag_recent", "follows")
+RANK_SERVE_ARRAYS = (
+    *RANK_ID_ARRAYS,
+    *RANK_CONTENT_ARRAYS,
+    *RANK_STATE_ARRAYS,
+    *(f"{pair}_{part}" for pair in RANK_PAIRS for part in ("keys", "values")),
+)
 SNAPSHOT_ID = re.compile(r"^s\d{8}T\d{6}Z-[0-9a-z]{4,16}$")
 
 
@@ -255,6 +288,8 @@ def space_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
     files += [paths.model_dir / build.model_version / name for name in build.model_files or ()]
     if build.ranker_applied:
         files += [paths.rank_dir / name for name in RANK_FILES]
+        if build.serving_index:
+            files += [paths.rank_dir / SERVE_DIR / f"{name}.npy" for name in RANK_SERVE_ARRAYS]
     return files
 
 

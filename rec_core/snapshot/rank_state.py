@@ -33,8 +33,17 @@ from rec_core.rank.events import RankEvents
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, Ranker
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState, PairCounts, state_at
 from rec_core.settings import PathSettings
-from rec_core.snapshot.files import read_lake_table
-from rec_core.snapshot.layout import RANK_FILES, RANK_TABLES, BuildInfo, SnapshotError
+from rec_core.snapshot.files import map_array, read_lake_table, save_array
+from rec_core.snapshot.layout import (
+    RANK_FILES,
+    RANK_PAIRS,
+    RANK_SERVE_ARRAYS,
+    RANK_STATE_ARRAYS,
+    RANK_TABLES,
+    SERVE_DIR,
+    BuildInfo,
+    SnapshotError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,42 +265,80 @@ def _rows(sorted_ids: np.ndarray, ids: np.ndarray | list[str]) -> np.ndarray:
 
 
 def read_ranking(folder: Path) -> tuple[Ranker, RankState]:
-    """The ranker and the feature state a snapshot carries in ``folder``; raises SnapshotError when unreadable."""
+    """The ranker and the feature state a snapshot carries in ``folder``; raises SnapshotError when unreadable.
+
+    The state is mapped from ``serve/`` when :func:`write_rank_arrays` wrote it there (every process that reads
+    the snapshot then shares its pages), else read from the Parquet tables onto the heap."""
     try:
         ranker = Ranker.load(folder)
         meta = json.loads((folder / STATE_FILE).read_text())
+    except Exception as exc:  # LightGBM, JSON, a missing file: whatever does not read refuses the same way
+        raise SnapshotError(f"the ranking files in {folder} are unreadable: {exc}") from exc
+    if (folder / SERVE_DIR).is_dir():
+        problems = meta_problems(meta)
+        if problems:
+            raise SnapshotError(f"the ranking files in {folder}: " + "; ".join(problems))
+        try:
+            return ranker, _mapped_state(folder, meta)
+        except SnapshotError:
+            raise
+        except Exception as exc:  # arrays that map but do not fit together: refused like the tables
+            raise SnapshotError(f"the ranking files in {folder} do not hold a feature state: {exc!r}") from exc
+    return ranker, _read_state(folder, meta)
+
+
+def _read_state(folder: Path, meta: dict) -> RankState:
+    try:
         tables = {name: pq.read_table(folder / f"{name}.parquet") for name in RANK_TABLES}
-    except Exception as exc:  # LightGBM, Arrow, JSON, a missing file: whatever does not read refuses the same way
+    except Exception as exc:  # Arrow, a missing file: refused like the rest
         raise SnapshotError(f"the ranking files in {folder} are unreadable: {exc}") from exc
     try:
         problems = check_state(meta, tables)
         if problems:
             raise SnapshotError(f"the ranking files in {folder}: " + "; ".join(problems))
-        return ranker, _state(meta, tables)
+        return _state(meta, tables)
     except SnapshotError:
         raise
     except Exception as exc:  # a file that reads but is not a state (a key or column missing): refused, not a crash
         raise SnapshotError(f"the ranking files in {folder} do not hold a feature state: {exc!r}") from exc
 
 
-def check_state(meta: dict, tables: dict[str, pa.Table]) -> list[str]:
-    """What is wrong with a state's files (empty when nothing): format, windows, row counts, pair indices."""
+def meta_problems(meta: dict) -> list[str]:
+    """What is wrong with a state's state.json (empty when nothing): its keys, format and windows."""
+    return _meta_shape_problems(meta) or _meta_version_problems(meta)
+
+
+def _meta_shape_problems(meta: dict) -> list[str]:
     if not isinstance(meta, dict):
         return [f"state.json holds a {type(meta).__name__}, not an object"]
     problems = [f"state.json lacks {key!r}" for key in STATE_KEYS if key not in meta]
     for key, n in (("window_totals", len(WINDOWS_DAYS)), ("decayed_totals", len(HALF_LIVES_DAYS))):
         if key in meta and (not isinstance(meta[key], list) or len(meta[key]) != n):
             problems.append(f"state.json {key} must list {n} numbers")
+    return problems
+
+
+def _meta_version_problems(meta: dict) -> list[str]:
+    problems = []
+    if meta.get("format") != FORMAT:
+        problems.append(f"state format {meta.get('format')!r}, this code reads {FORMAT}")
+    if meta.get("windows_days") != list(WINDOWS_DAYS) or meta.get("half_lives_days") != list(HALF_LIVES_DAYS):
+        problems.append("state counted over other windows than this code's features read")
+    return problems
+
+
+def check_state(meta: dict, tables: dict[str, pa.Table]) -> list[str]:
+    """What is wrong with a state's files (empty when nothing): format, windows, row counts, pair indices."""
+    problems = _meta_shape_problems(meta)
+    if not isinstance(meta, dict):
+        return problems
     for name, columns in COLUMNS.items():
         missing = sorted(set(columns) - set(tables[name].column_names))
         if missing:
             problems.append(f"{name}.parquet lacks column(s) {', '.join(missing)}")
     if problems:
         return problems
-    if meta.get("format") != FORMAT:
-        problems.append(f"state format {meta.get('format')!r}, this code reads {FORMAT}")
-    if meta.get("windows_days") != list(WINDOWS_DAYS) or meta.get("half_lives_days") != list(HALF_LIVES_DAYS):
-        problems.append("state counted over other windows than this code's features read")
+    problems = _meta_version_problems(meta)
     rows = meta.get("rows", {})
     for name, table in tables.items():
         if rows.get(name) != table.num_rows:
@@ -389,3 +436,91 @@ def _pairs(table: pa.Table, n_cols: int) -> PairCounts:
     keys = rows * n_cols + cols
     order = np.argsort(keys, kind="stable")
     return PairCounts(keys[order], table.column("value").to_numpy().astype(np.float32)[order], n_cols)
+
+
+# ---- the state as mapped arrays ------------------------------------------------------------------------------------
+
+
+def write_rank_arrays(folder: Path) -> None:
+    """The state in ``folder``'s Parquet tables, read back and checked as :func:`read_ranking` reads it, written as
+    the NumPy files of ``serve/`` that later reads map. Run after :func:`write_ranking`, once the tables are whole."""
+    rank = _read_state(folder, json.loads((folder / STATE_FILE).read_text()))
+    state, events = rank.state, rank.state.events
+    arrays: dict[str, np.ndarray] = {
+        # The events' ids, the neutral row's "" last: RankState's sorted ids are these less the last.
+        "user_ids": events.user_ids.astype(str),
+        "video_ids": events.item_ids.astype(str),
+        "creator_ids": events.creator_ids.astype(str),
+        "tag_ids": events.tag_ids.astype(str),
+        "item_created_ms": events.item_created_ms,
+        "item_creator": events.item_creator,
+        "item_tags_indptr": events.item_tags.indptr,
+        "item_tags_indices": events.item_tags.indices,
+        "item_tags_data": events.item_tags.data,
+        **{name: getattr(state, name) for name in RANK_STATE_ARRAYS},
+    }
+    for pair in RANK_PAIRS:
+        counts: PairCounts = getattr(state, pair)
+        arrays[f"{pair}_keys"], arrays[f"{pair}_values"] = counts.keys, counts.values
+    assert set(arrays) == set(RANK_SERVE_ARRAYS)
+    for name, array in arrays.items():
+        save_array(folder / SERVE_DIR / f"{name}.npy", array)
+
+
+def rank_arrays_problems(folder: Path) -> list[str]:
+    """Where the mapped state in ``folder/serve/`` differs from the state its Parquet tables hold (empty: none);
+    validation calls it, so that a snapshot serves the very state its tables were checked to be."""
+    meta = json.loads((folder / STATE_FILE).read_text())
+    tables, mapped = _read_state(folder, meta), _mapped_state(folder, meta)
+    pairs = [(name, getattr(tables.state, name), getattr(mapped.state, name)) for name in RANK_STATE_ARRAYS] + [
+        ("user_ids", tables.user_ids, mapped.user_ids),
+        ("video_ids", tables.video_ids, mapped.video_ids),
+        ("item_creator", tables.state.events.item_creator, mapped.state.events.item_creator),
+        ("item_created_ms", tables.state.events.item_created_ms, mapped.state.events.item_created_ms),
+        ("item_tags", tables.state.events.item_tags.toarray(), mapped.state.events.item_tags.toarray()),
+    ]
+    for pair in RANK_PAIRS:
+        a, b = getattr(tables.state, pair), getattr(mapped.state, pair)
+        pairs += [(f"{pair}.keys", a.keys, b.keys), (f"{pair}.values", a.values, b.values)]
+        if a.n_cols != b.n_cols:
+            pairs.append((f"{pair}.n_cols", np.array([a.n_cols]), np.array([b.n_cols])))
+    return [f"serve/{name} differs from the Parquet state" for name, a, b in pairs if not np.array_equal(a, b)]
+
+
+def _mapped_state(folder: Path, meta: dict) -> RankState:
+    """The state :func:`write_rank_arrays` wrote, mapped: the same arrays :func:`_state` builds, none copied."""
+    what = f"the ranking state in {folder}"
+    a = {name: map_array(folder / SERVE_DIR / f"{name}.npy", what) for name in RANK_SERVE_ARRAYS}
+    t_ms = int(meta["t_ms"])
+    n_items, n_creators, n_tags = len(a["video_ids"]), len(a["creator_ids"]), len(a["tag_ids"])
+    empty = np.zeros(0, dtype=np.int64)
+    events = RankEvents(
+        user_ids=a["user_ids"],
+        item_ids=a["video_ids"],
+        item_created_ms=a["item_created_ms"],
+        item_creator=a["item_creator"],
+        creator_ids=a["creator_ids"],
+        item_tags=sp.csr_matrix(
+            (a["item_tags_data"], a["item_tags_indices"], a["item_tags_indptr"]), shape=(n_items, n_tags), copy=False
+        ),
+        tag_ids=a["tag_ids"],
+        user=empty,
+        item=empty,
+        ts_ms=empty,
+        completion=np.zeros(0, np.float32),
+        liked=np.zeros(0, bool),
+        follow_user=empty,
+        follow_creator=empty,
+        follow_ts_ms=empty,
+    )
+    columns = {"user_creator": n_creators, "user_tag": n_tags, "user_tag_recent": n_tags, "follows": n_creators}
+    pairs = {pair: PairCounts(a[f"{pair}_keys"], a[f"{pair}_values"], n) for pair, n in columns.items()}
+    state = AsOfState(
+        t_ms=t_ms,
+        events=events,
+        **{name: a[name] for name in RANK_STATE_ARRAYS},
+        **pairs,
+        seen=sp.csr_matrix((len(a["user_ids"]), n_items), dtype=np.float32),  # never read by a feature
+    )
+    # The neutral rows are last: the sorted ids a lookup searches are the rest (views of the mapped arrays).
+    return RankState(state, a["user_ids"][:-1], a["video_ids"][:-1])

@@ -36,20 +36,21 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rec_core.atomic import write_bytes_atomic, write_with
+from rec_core.atomic import write_bytes_atomic
 from rec_core.ids import id_problems
 from rec_core.snapshot.files import (
     CATALOGUE_DENSE,
     CATALOGUE_TEXT,
+    map_array,
     read_catalogue_shards,
     read_vector_shards,
+    save_array,
     vectors_array,
 )
 from rec_core.snapshot.layout import (
@@ -176,12 +177,12 @@ def write_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         "catalogue_dense": index.catalogue_dense,
     }
     for name, array in arrays.items():
-        _save(root / f"{name}.npy", array)
+        save_array(root / f"{name}.npy", array)
     for space, space_build in paths.spaces(build):
         of = index.spaces[space_build.model_version]
         folder = space.space_root / SERVE_DIR
         for name, array in zip(SPACE_ARRAYS, (of.video_vectors, of.user_row.ids, of.user_vectors), strict=True):
-            _save(folder / f"{name}.npy", array)
+            save_array(folder / f"{name}.npy", array)
     meta = {
         "format": FORMAT,
         "feed_reasons": index.feeds.items.reasons,
@@ -201,11 +202,12 @@ def open_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         raise SnapshotError(f"snapshot {paths.snapshot_id}: no readable serving index ({exc})") from None
     if meta.get("format") != FORMAT:
         raise SnapshotError(f"snapshot {paths.snapshot_id}: serving index format {meta.get('format')}, not {FORMAT}")
-    a = {name: _map(paths, root / f"{name}.npy") for name in ROOT_ARRAYS}
+    what = f"snapshot {paths.snapshot_id}: serving index file"
+    a = {name: map_array(root / f"{name}.npy", what) for name in ROOT_ARRAYS}
     spaces = {}
     for space, space_build in paths.spaces(build):
         folder = space.space_root / SERVE_DIR
-        vectors, user_ids, user_vectors = (_map(paths, folder / f"{name}.npy") for name in SPACE_ARRAYS)
+        vectors, user_ids, user_vectors = (map_array(folder / f"{name}.npy", what) for name in SPACE_ARRAYS)
         spaces[space_build.model_version] = SpaceArrays(vectors, IdIndex(user_ids), user_vectors)
     return ServingIndex(
         video_ids=a["video_ids"],
@@ -257,24 +259,6 @@ def build_serving_index(paths: SnapshotPaths, build: BuildInfo) -> ServingIndex:
         catalogue_text=np.ascontiguousarray(vectors_array(catalogue, CATALOGUE_TEXT)),
         catalogue_dense=np.ascontiguousarray(vectors_array(catalogue, CATALOGUE_DENSE)),
     )
-
-
-def _save(target: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as fh:  # a handle: np.save would append ".npy" to the temporary name
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-
-    write_with(target, write)
-
-
-def _map(paths: SnapshotPaths, path: Path) -> np.ndarray:
-    try:
-        header = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError:  # an empty array has no pages to map
-        return np.load(path, allow_pickle=False)
-    except OSError as exc:
-        raise SnapshotError(f"snapshot {paths.snapshot_id}: serving index file {path.name}: {exc}") from None
-    return header
 
 
 def _sorted_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:

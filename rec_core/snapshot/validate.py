@@ -45,6 +45,7 @@ from rec_core.snapshot.files import (
 from rec_core.snapshot.layout import (
     BUILD_FILE,
     RANK_FILES,
+    SERVE_DIR,
     BuildInfo,
     SnapshotError,
     SnapshotPaths,
@@ -54,7 +55,7 @@ from rec_core.snapshot.layout import (
 )
 from rec_core.snapshot.manifest import Manifest, sha256_file
 from rec_core.snapshot.model_copy import load_snapshot_model
-from rec_core.snapshot.rank_state import read_ranking
+from rec_core.snapshot.rank_state import rank_arrays_problems, read_ranking
 from rec_core.snapshot.serving_index import write_serving_index
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,11 @@ def _check_model_and_ranking(
             f"the ranker in {paths.rank_dir.name}/ is {ranker.config.objective} over {ranker.n_candidates} "
             f"candidates; {BUILD_FILE} records {record.get('objective')} over {record.get('n_candidates')}"
         )
+    if (paths.rank_dir / SERVE_DIR).is_dir():
+        try:
+            problems += rank_arrays_problems(paths.rank_dir)
+        except SnapshotError as exc:
+            problems.append(f"{BUILD_FILE} says the ranker is applied, but {exc}")
     if state.state.t_ms != as_of_ms(build):
         problems.append(f"the ranking state is as of {state.state.t_ms}, not the build's as-of {build.as_of}")
     counts["ranker_users"], counts["ranker_videos"] = len(state.user_ids), len(state.video_ids)
