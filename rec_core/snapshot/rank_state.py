@@ -377,10 +377,9 @@ def _state(meta: dict, tables: dict[str, pa.Table]) -> RankState:
         (np.ones(len(tag_lists.values), np.float32), tag_lists.values.to_numpy().astype(np.int64), indptr),
         shape=(n_items + 1, n_tags),
     )
-    empty = np.zeros(0, dtype=np.int64)
     user_ids = np.asarray(u.column("user_id").to_pylist(), dtype=str)
     video_ids = np.asarray(v.column("video_id").to_pylist(), dtype=str)
-    events = RankEvents(
+    events = _content_events(
         user_ids=np.append(user_ids, "").astype(object),
         item_ids=np.append(video_ids, "").astype(object),
         item_created_ms=np.append(v.column("created_ms").to_numpy(), t_ms).astype(np.int64),
@@ -388,14 +387,6 @@ def _state(meta: dict, tables: dict[str, pa.Table]) -> RankState:
         creator_ids=np.append(np.asarray(c.column("creator_id").to_pylist(), dtype=object), ""),
         item_tags=item_tags,
         tag_ids=np.asarray(g.column("tag").to_pylist(), dtype=object),
-        user=empty,
-        item=empty,
-        ts_ms=empty,
-        completion=np.zeros(0, np.float32),
-        liked=np.zeros(0, bool),
-        follow_user=empty,
-        follow_creator=empty,
-        follow_ts_ms=empty,
     )
     created = events.item_created_ms
     state = AsOfState(
@@ -493,8 +484,7 @@ def _mapped_state(folder: Path, meta: dict) -> RankState:
     a = {name: map_array(folder / SERVE_DIR / f"{name}.npy", what) for name in RANK_SERVE_ARRAYS}
     t_ms = int(meta["t_ms"])
     n_items, n_creators, n_tags = len(a["video_ids"]), len(a["creator_ids"]), len(a["tag_ids"])
-    empty = np.zeros(0, dtype=np.int64)
-    events = RankEvents(
+    events = _content_events(
         user_ids=a["user_ids"],
         item_ids=a["video_ids"],
         item_created_ms=a["item_created_ms"],
@@ -504,14 +494,6 @@ def _mapped_state(folder: Path, meta: dict) -> RankState:
             (a["item_tags_data"], a["item_tags_indices"], a["item_tags_indptr"]), shape=(n_items, n_tags), copy=False
         ),
         tag_ids=a["tag_ids"],
-        user=empty,
-        item=empty,
-        ts_ms=empty,
-        completion=np.zeros(0, np.float32),
-        liked=np.zeros(0, bool),
-        follow_user=empty,
-        follow_creator=empty,
-        follow_ts_ms=empty,
     )
     columns = {"user_creator": n_creators, "user_tag": n_tags, "user_tag_recent": n_tags, "follows": n_creators}
     pairs = {pair: PairCounts(a[f"{pair}_keys"], a[f"{pair}_values"], n) for pair, n in columns.items()}
@@ -524,3 +506,20 @@ def _mapped_state(folder: Path, meta: dict) -> RankState:
     )
     # The neutral rows are last: the sorted ids a lookup searches are the rest (views of the mapped arrays).
     return RankState(state, a["user_ids"][:-1], a["video_ids"][:-1])
+
+
+def _content_events(**content: np.ndarray | sp.csr_matrix) -> RankEvents:
+    """Events with only the static content a state read back needs (ids, creators, hashtags, creation times): the
+    features read the counts from the state, never the interactions and follows themselves."""
+    empty = np.zeros(0, dtype=np.int64)
+    return RankEvents(
+        **content,
+        user=empty,
+        item=empty,
+        ts_ms=empty,
+        completion=np.zeros(0, np.float32),
+        liked=np.zeros(0, bool),
+        follow_user=empty,
+        follow_creator=empty,
+        follow_ts_ms=empty,
+    )
