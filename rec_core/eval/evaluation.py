@@ -24,7 +24,7 @@ from rec_core.data.split import Protocol, Split, SplitPart, split_from_lake, tra
 from rec_core.eval.baselines import MostPop, evaluate_baselines
 from rec_core.eval.intervals import Interval
 from rec_core.eval.plots import comparison_png
-from rec_core.eval.ranking_metrics import ServedAs, UserMetrics, build_targets, evaluate_scores, user_metrics
+from rec_core.eval.ranking_metrics import ServedAs, UserMetrics, build_targets, user_metrics
 from rec_core.eval.user_sample import with_test_sample
 from rec_core.feed.policy import FeedPolicy
 from rec_core.model.features import FeatureStats, Vocabs, follows_frame, interaction_frame, video_frame
@@ -69,11 +69,8 @@ class LakeData:
         sampled = with_test_sample(self.split, users)
         if sampled is self.split:
             return self
-        log.info(
-            "evaluating on %d of the %d test users (a fixed sample by id hash)",
-            users,
-            len(set(self.split.test.user_idx.tolist())),
-        )
+        tested = len(np.unique(self.split.test.user_idx))
+        log.info("evaluating on %d of the %d test users (a fixed sample by id hash)", users, tested)
         return dataclasses.replace(self, split=sampled)
 
     def prepare(
@@ -113,14 +110,15 @@ def prepare_loaded(
 def two_tower_metrics(
     net: TwoTower, prepared: TrainingData, on: SplitPart = "test", served: ServedAs | None = None
 ) -> dict[str, float]:
-    _, score = scorer(net, prepared)
-    return evaluate_scores(score, prepared.split, on=on, served=served)
+    return two_tower_user_metrics(net, prepared, on, served).summary()
 
 
-def two_tower_user_metrics(net: TwoTower, prepared: TrainingData) -> UserMetrics:
-    """:func:`two_tower_metrics` on the test part, per user (for paired intervals)."""
+def two_tower_user_metrics(
+    net: TwoTower, prepared: TrainingData, on: SplitPart = "test", served: ServedAs | None = None
+) -> UserMetrics:
+    """The towers over the full catalogue, per evaluated user of ``on`` (for paired intervals)."""
     _, score = scorer(net, prepared)
-    return user_metrics(score, build_targets(prepared.split, "test"))
+    return user_metrics(score, build_targets(prepared.split, on), served=served)
 
 
 def most_pop_user_metrics(split: Split) -> UserMetrics:
