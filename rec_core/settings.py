@@ -90,6 +90,25 @@ class PathSettings(_Section):
         "(`python -m jobs.import_dataset` run by hand reads any path it is given.)",
         env="IMPORT_DIR",
     )
+    data_uri: str = _setting(
+        "",
+        "Where the lake lives. Empty: under the data root. `s3://bucket/prefix`: on an S3-compatible object store "
+        "(the source of truth, shared by every machine), with the data root as this machine's verified cache.",
+        env="DATA_URI",
+    )
+    s3_endpoint: str = _setting(
+        "", "S3 endpoint URL for `s3://` data (`http://minio:9000`). Empty: AWS's own endpoints.", env="S3_ENDPOINT"
+    )
+    s3_region: str = _setting("us-east-1", "S3 region for `s3://` data.", env="S3_REGION")
+    s3_access_key_id: str = _setting(
+        "",
+        "S3 access key for `s3://` data. Empty (with an empty secret): boto3's own chain (AWS_* variables, "
+        "an instance role).",
+        env="S3_ACCESS_KEY_ID",
+    )
+    s3_secret_access_key: str = _setting(
+        "", "S3 secret key for `s3://` data; no default, masked when settings are printed.", env="S3_SECRET_ACCESS_KEY"
+    )
     keys_file: str = _setting(
         "",
         "File of the API's keys (hashed, with scopes), managed by `python -m feed_api.keys`. Empty: "
@@ -121,8 +140,24 @@ class PathSettings(_Section):
         """Whether ``milvus_uri`` names a Milvus server (else each snapshot has its own Milvus Lite file)."""
         return self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
+    @property
+    def object_store(self) -> bool:
+        """Whether the lake lives on an object store (``data_uri``) rather than under the data root."""
+        return bool(self.data_uri)
+
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
+        if self.data_uri:
+            bucket, _, _ = self.data_uri.removeprefix("s3://").partition("/")
+            if not self.data_uri.startswith("s3://") or not bucket:
+                raise SettingsError(
+                    "data_uri", f"must be empty (the data root) or s3://bucket[/prefix], got {self.data_uri!r}"
+                )
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
+            raise SettingsError(
+                "s3_secret_access_key" if self.s3_access_key_id else "s3_access_key_id",
+                "REC_S3_ACCESS_KEY_ID and REC_S3_SECRET_ACCESS_KEY are set together or not at all",
+            )
         if self.milvus_uri and not self.milvus_server:
             # A Lite file named here would hold every snapshot, locked by the batch and the API at once.
             raise SettingsError(
@@ -393,6 +428,7 @@ class Settings:
             value = getattr(getattr(self, section) if section else self, f.name)
             out[name] = str(value) if isinstance(value, Path) else value
         out["cursor_secret"] = "***" if self.api.cursor_secret else ""
+        out["s3_secret_access_key"] = "***" if self.paths.s3_secret_access_key else ""
         return out
 
 

@@ -77,6 +77,60 @@ def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return data
 
 
+# ---- an S3-compatible server (moto's), for the lake on an object store ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server as a child process on a free port: a real HTTP server that honours conditional writes."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the S3 server did not start:\n{log.read_text()[-3000:]}")
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, tmp_path: Path) -> dict[str, str]:
+    """The REC_* variables that put a fresh bucket's lake under ``tmp_path/data`` (its cache)."""
+    import uuid
+
+    import boto3
+
+    bucket = f"rec-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    ).create_bucket(Bucket=bucket)
+    return {
+        "REC_DATA_DIR": str(tmp_path / "data"),
+        "REC_DATA_URI": f"s3://{bucket}/team-a",
+        "REC_S3_ENDPOINT": s3_endpoint,
+        "REC_S3_ACCESS_KEY_ID": "test",
+        "REC_S3_SECRET_ACCESS_KEY": "test",
+    }
+
+
 # ---- the feed API over real HTTP --------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,31 @@ from rec_core.data.lake import Lake, LakeError
 from rec_core.data.tables import SchemaError, conform
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+LakeMaker = Callable[..., Lake]
+
+
+@pytest.fixture(params=["local", "s3"])
+def new_lake(request: pytest.FixtureRequest, tmp_path: Path) -> LakeMaker:
+    """``new_lake(name, keep_versions=, pinned=)``: a lake under the data root, or on an S3 server (same contract).
+
+    On S3, ``name`` is the store prefix and ``cache`` picks the machine (its local cache folder)."""
+    if request.param == "local":
+        return lambda name="lake", cache=None, **kw: Lake(tmp_path / name, **kw)
+    from rec_core.data.object_lake import ObjectLake
+    from rec_core.settings import Settings
+    from rec_core.storage.object_store import StoreLocation, open_store
+
+    env = request.getfixturevalue("s3_env")
+    paths = Settings.load(env).paths
+
+    def make(name: str = "lake", cache: str = "machine-a", **kw: object) -> Lake:
+        store = open_store(paths)
+        store.location = StoreLocation(store.location.bucket, f"{store.location.prefix}/{name}")
+        return ObjectLake(store, tmp_path / cache / name, **kw)  # type: ignore[arg-type]
+
+    return make
 
 
 def users(ids: list[str]) -> pa.Table:
@@ -36,13 +62,13 @@ def follows(pairs: list[tuple[str, str]]) -> pa.Table:
     )
 
 
-def test_empty_lake_says_how_to_fill_it(tmp_path: Path) -> None:
+def test_empty_lake_says_how_to_fill_it(new_lake: LakeMaker) -> None:
     with pytest.raises(LakeError, match="generate_data"):
-        Lake(tmp_path / "lake").read("users")
+        new_lake().read("users")
 
 
-def test_commit_then_read_and_idempotent(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
+def test_commit_then_read_and_idempotent(new_lake: LakeMaker) -> None:
+    lake = new_lake()
     v1 = lake.commit({"users": users(["b", "a"])}, source="test")
     assert lake.read("users")["user_id"].to_pylist() == ["a", "b"]  # stored in key order
     assert lake.commit({"users": users(["a", "b"])}, source="test").name == v1.name
@@ -51,16 +77,16 @@ def test_commit_then_read_and_idempotent(tmp_path: Path) -> None:
     assert v2.manifest["tables"]["users"]["rows"] == 3
 
 
-def test_unchanged_tables_carry_over(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
+def test_unchanged_tables_carry_over(new_lake: LakeMaker) -> None:
+    lake = new_lake()
     lake.commit({"users": users(["a"]), "follows": follows([("a", "b")])}, source="test")
     v2 = lake.commit({"users": users(["a", "b"])}, source="test")
     assert set(v2.manifest["tables"]) == {"users", "follows"}
     assert lake.read("follows").num_rows == 1
 
 
-def test_bad_table_writes_nothing(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
+def test_bad_table_writes_nothing(new_lake: LakeMaker) -> None:
+    lake = new_lake()
     v1 = lake.commit({"users": users(["a"])}, source="test")
     with pytest.raises(SchemaError, match="duplicate"):
         lake.commit({"users": users(["x"]), "follows": follows([("a", "b"), ("a", "b")])}, source="test")
@@ -82,8 +108,8 @@ def test_schema_errors_name_the_column(table: pa.Table, match: str) -> None:
         conform("users", table)
 
 
-def test_old_versions_pruned_live_kept(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake", keep_versions=2)
+def test_old_versions_pruned_live_kept(new_lake: LakeMaker) -> None:
+    lake = new_lake(keep_versions=2)
     for i in range(5):
         lake.commit({"users": users([f"u{j}" for j in range(i + 1)])}, source="test")
     assert lake.versions() == ["v000004", "v000005"]
@@ -119,10 +145,10 @@ Lake({str(tmp_path / "lake")!r}).commit({{"users": t}}, source="doomed")
     assert v.name in lake.versions()
 
 
-def test_commit_refuses_when_current_moved_since_the_read(tmp_path: Path) -> None:
+def test_commit_refuses_when_current_moved_since_the_read(new_lake: LakeMaker) -> None:
     from rec_core.data.lake import LakeConflict
 
-    lake = Lake(tmp_path / "lake")
+    lake = new_lake()
     read = lake.commit({"users": users(["a"])}, source="test").name
     lake.commit({"users": users(["a", "imported"])}, source="import")
     with pytest.raises(LakeConflict, match=f"read {read}"):
@@ -133,18 +159,18 @@ def test_commit_refuses_when_current_moved_since_the_read(tmp_path: Path) -> Non
     )
 
 
-def test_commit_expecting_an_empty_lake_refuses_a_filled_one(tmp_path: Path) -> None:
+def test_commit_expecting_an_empty_lake_refuses_a_filled_one(new_lake: LakeMaker) -> None:
     from rec_core.data.lake import LakeConflict
 
-    lake = Lake(tmp_path / "lake")
+    lake = new_lake()
     lake.commit({"users": users(["a"])}, source="import")
     with pytest.raises(LakeConflict, match="empty"):
         lake.commit({"users": users(["b"])}, source="ingest", expect=None)
-    assert Lake(tmp_path / "other").commit({"users": users(["b"])}, source="ingest", expect=None).name == "v000001"
+    assert new_lake("other").commit({"users": users(["b"])}, source="ingest", expect=None).name == "v000001"
 
 
-def test_view_at_a_version_reads_that_version_only(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
+def test_view_at_a_version_reads_that_version_only(new_lake: LakeMaker) -> None:
+    lake = new_lake()
     v1 = lake.commit({"users": users(["a"])}, source="test").name
     lake.commit({"users": users(["a", "b"]), "follows": follows([("a", "b")])}, source="test")
     old = lake.at(v1)
@@ -154,9 +180,9 @@ def test_view_at_a_version_reads_that_version_only(tmp_path: Path) -> None:
         old.commit({"users": users(["c"])}, source="test")
 
 
-def test_pinned_versions_survive_pruning(tmp_path: Path) -> None:
+def test_pinned_versions_survive_pruning(new_lake: LakeMaker) -> None:
     pins: set[str] = {"v000002"}
-    lake = Lake(tmp_path / "lake", keep_versions=1, pinned=lambda: pins)
+    lake = new_lake(keep_versions=1, pinned=lambda: pins)
     for i in range(4):
         lake.commit({"users": users([f"u{j}" for j in range(i + 1)])}, source="test")
     assert lake.versions() == ["v000002", "v000004"]
@@ -166,11 +192,11 @@ def test_pinned_versions_survive_pruning(tmp_path: Path) -> None:
     assert lake.versions() == ["v000005"]
 
 
-def test_unreadable_pins_prune_nothing(tmp_path: Path) -> None:
+def test_unreadable_pins_prune_nothing(new_lake: LakeMaker) -> None:
     def broken() -> set[str]:
         raise ValueError("build.json unreadable")
 
-    lake = Lake(tmp_path / "lake", keep_versions=1, pinned=broken)
+    lake = new_lake(keep_versions=1, pinned=broken)
     for i in range(3):
         lake.commit({"users": users([f"u{j}" for j in range(i + 1)])}, source="test")
     assert lake.versions() == ["v000001", "v000002", "v000003"]

@@ -34,6 +34,10 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ({"REC_MILVUS_URI": "/srv/milvus.db"}, "REC_MILVUS_URI", "one file per snapshot"),
         ({"REC_EMBEDING_DIM": "64"}, "REC_EMBEDING_DIM", "unknown setting"),
         ({"REC_CONFIG": "/nonexistent/rec.toml"}, "REC_CONFIG", "does not exist"),
+        ({"REC_DATA_URI": "/srv/lake"}, "REC_DATA_URI", "s3://bucket"),
+        ({"REC_DATA_URI": "s3:///prefix"}, "REC_DATA_URI", "s3://bucket"),
+        ({"REC_S3_ACCESS_KEY_ID": "key"}, "REC_S3_SECRET_ACCESS_KEY", "together"),
+        ({"REC_S3_SECRET_ACCESS_KEY": "secret"}, "REC_S3_ACCESS_KEY_ID", "together"),
     ],
 )
 def test_bad_settings_name_the_setting(env: dict[str, str], named: str, reason: str) -> None:
@@ -53,6 +57,21 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 def test_milvus_server_uri_accepted() -> None:
     s = Settings.load({"REC_MILVUS_URI": "http://milvus:19530"})
     assert s.paths.milvus_uri == "http://milvus:19530"
+
+
+def test_object_store_settings_and_the_secret_is_masked() -> None:
+    s = Settings.load(
+        {
+            "REC_DATA_URI": "s3://recs/team-a",
+            "REC_S3_ENDPOINT": "http://minio:9000",
+            "REC_S3_ACCESS_KEY_ID": "rec",
+            "REC_S3_SECRET_ACCESS_KEY": "do-not-print-me",
+        }
+    )
+    assert s.paths.object_store and not Settings.load({}).paths.object_store
+    printed = s.as_dict()
+    assert printed["s3_secret_access_key"] == "***" and "do-not-print-me" not in str(printed)
+    assert printed["data_uri"] == "s3://recs/team-a"
 
 
 def test_readme_documents_every_setting() -> None:

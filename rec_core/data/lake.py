@@ -33,10 +33,10 @@ Two things keep other parties' work safe from a commit:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import enum
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +54,7 @@ from rec_core.atomic import fsync_dir, write_bytes_atomic
 from rec_core.data.tables import LAKE_TABLES, conform, with_added_columns
 from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import BUILD_FILE, SNAPSHOT_ID
+from rec_core.storage.versions import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Lake:
 
     def at(self, version: str | None) -> Lake:
         """A read-only view of one version (None: the empty lake), unaffected by later commits."""
-        view = Lake(self.root, self.keep_versions, self.pinned)
+        view = copy.copy(self)  # the same kind of lake (here, or on an object store)
         view._fixed = version or ""
         return view
 
@@ -170,7 +171,7 @@ class Lake:
         conformed = {name: _sorted(name, conform(name, t)) for name, t in tables.items()}
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
-            previous = self.current() if self.exists() else None
+            previous, head = self._head()
             if expect is not UNCHECKED and (live := previous.name if previous else None) != expect:
                 raise LakeConflict(
                     f"lake moved while {source} worked: it read {expect or 'an empty lake'}, "
@@ -185,16 +186,18 @@ class Lake:
                 for name, table in conformed.items():
                     target = stage / f"{name}.parquet"
                     pq.write_table(table, target, compression="zstd", row_group_size=256_000)
-                    manifest_tables[name] = {"rows": table.num_rows, "sha256": _sha256(target)}
+                    manifest_tables[name] = {"rows": table.num_rows, "sha256": sha256_file(target)}
+                kept: dict[str, str] = {}  # file -> the version it is kept from unchanged
                 if previous is not None:
                     for name, meta in previous.manifest["tables"].items():
                         if name not in manifest_tables:
                             os.link(previous.table_path(name), stage / f"{name}.parquet")
                             manifest_tables[name] = meta
+                            kept[f"{name}.parquet"] = previous.name
                     if manifest_tables == previous.manifest["tables"]:
                         log.info("lake unchanged by %s; %s stays live", source, previous.name)
                         return previous
-                name = _next_version(previous)
+                name = self._next_name(previous, head)
                 manifest = {
                     "version": name,
                     "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -203,19 +206,32 @@ class Lake:
                     "tables": dict(sorted(manifest_tables.items())),
                 }
                 (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
-                for f in stage.iterdir():
-                    with f.open("rb") as fh:
-                        os.fsync(fh.fileno())
-                fsync_dir(stage)
-                final = self.root / name
-                os.replace(stage, final)
-                fsync_dir(self.root)
-                write_bytes_atomic(self.root / CURRENT, f"{name}\n".encode())
+                final = self._make_live(stage, name, kept, head, source)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
             self._prune(keep=name)
             log.info("lake %s committed by %s: %s", name, source, {k: v["rows"] for k, v in manifest["tables"].items()})
             return LakeVersion(name, final, manifest)
+
+    # ---- where versions live: the data root here, an object store in rec_core.data.object_lake ----------------
+    def _head(self) -> tuple[LakeVersion | None, object]:
+        """The live version, and what ``_make_live`` needs to know it is still live (a lock holds it here)."""
+        return (self.current() if self.exists() else None), None
+
+    def _next_name(self, previous: LakeVersion | None, head: object) -> str:
+        return _next_version(previous)
+
+    def _make_live(self, stage: Path, name: str, kept: Mapping[str, str], head: object, source: str) -> Path:
+        """Make the staged folder version ``name``, live; returns where it now lies."""
+        for f in stage.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(stage)
+        final = self.root / name
+        os.replace(stage, final)
+        fsync_dir(self.root)
+        write_bytes_atomic(self.root / CURRENT, f"{name}\n".encode())
+        return final
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():
@@ -257,8 +273,26 @@ class Lake:
 
 
 def lake_for(paths: PathSettings, batch: BatchSettings) -> Lake:
-    """THE way jobs open the lake: pruning keeps every version a snapshot under the data root reads."""
+    """THE way jobs open the lake (under the data root, or on the object store ``REC_DATA_URI`` names): pruning
+    keeps every version a snapshot under the data root reads."""
+    if paths.object_store:
+        from rec_core.data.object_lake import object_lake
+
+        return object_lake(paths, batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(paths))
     return Lake(paths.lake_dir, batch.lake_versions_keep, pinned=lambda: snapshot_lake_versions(paths))
+
+
+def lake_version_dir(paths: PathSettings, version: str) -> Path:
+    """The folder of one lake version by name (a snapshot's), copied from the object store first where the lake
+    lives there. A version that is gone gives a folder that does not exist, for the caller to explain."""
+    if paths.object_store:
+        from rec_core.data.object_lake import object_lake
+
+        try:
+            return object_lake(paths, 1).at(version).current().path
+        except LakeError:
+            pass
+    return paths.lake_dir / version
 
 
 def snapshot_lake_versions(paths: PathSettings) -> set[str]:
@@ -301,13 +335,12 @@ def _sorted(name: str, table: pa.Table) -> pa.Table:
 
 
 def _next_version(previous: LakeVersion | None) -> str:
-    number = int(previous.name[1:]) + 1 if previous else 1
+    return version_name(version_number(previous.name) + 1 if previous else 1)
+
+
+def version_name(number: int) -> str:
     return f"v{number:06d}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def version_number(name: str) -> int:
+    return int(name[1:])

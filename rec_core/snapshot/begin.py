@@ -19,7 +19,7 @@ import msgspec
 import pyarrow.compute as pc
 
 from rec_core.data.inbox import consumed_offsets
-from rec_core.data.lake import Lake, LakeError, lake_for
+from rec_core.data.lake import Lake, LakeError, lake_for, lake_version_dir
 from rec_core.experiments.registry import running
 from rec_core.experiments.spec import Experiment, model_versions
 from rec_core.model.store import ModelStore, ModelStoreError
@@ -78,7 +78,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.
-    if not (settings.paths.lake_dir / version).is_dir():
+    if not lake_version_dir(settings.paths, version).is_dir():
         raise LakeError(f"lake version {version} was pruned while snapshot {paths.snapshot_id} began; run again")
     # build.json promises these files: a run killed before they are whole leaves a snapshot validation refuses.
     copy_model(version_dir, paths, model_files)

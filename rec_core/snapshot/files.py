@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_with
+from rec_core.data.lake import lake_version_dir
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths
 
@@ -75,7 +76,7 @@ CATALOGUE_COLUMNS = {
 
 def lake_table_path(paths: PathSettings, build: BuildInfo, table: str) -> Path:
     """A table of the lake version the build names, not the live one: a rerun must see the same data."""
-    path = paths.lake_dir / build.lake_version / f"{table}.parquet"
+    path = lake_version_dir(paths, build.lake_version) / f"{table}.parquet"
     if not path.is_file():
         raise SnapshotError(
             f"snapshot {build.snapshot_id} reads lake version {build.lake_version}, which has no {table} table "

@@ -7,12 +7,11 @@ snapshot whose files no longer match it (docs/architecture.md, invariant 3).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
 
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, SnapshotPaths, expected_files
+from rec_core.storage.versions import sha256_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +83,3 @@ def try_manifest(paths: SnapshotPaths) -> Manifest | None:
         return read_manifest(paths)
     except SnapshotError:
         return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic
+from rec_core.data.lake import lake_version_dir
 from rec_core.experiments.spec import ExperimentError, check_arms, check_name, experiments_from_build
 from rec_core.ids import is_valid_id
 from rec_core.model.inference import as_of_ms
@@ -85,7 +86,7 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
     build = paths.read_build()
     if build.snapshot_id != snapshot_id:
         _refuse(path_settings, paths, [f"{BUILD_FILE} names snapshot {build.snapshot_id!r}"])
-    lake_dir = path_settings.lake_dir / build.lake_version
+    lake_dir = lake_version_dir(path_settings, build.lake_version)
     lake = {t: lake_dir / f"{t}.parquet" for t in ("videos", "users", "interactions")}
     if absent := [t for t, p in lake.items() if not p.is_file()]:
         _refuse(
