@@ -52,6 +52,7 @@ def test_generate_data_writes_the_lake_to_the_store_and_another_machine_reads_it
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"at {s3_env['REC_DATA_URI']}/lake," in proc.stdout
     a = machine(s3_env, Path(s3_env["REC_DATA_DIR"]))
     keys = store_keys(a)
     assert "lake/CURRENT" in keys and "lake/v000001/manifest.json" in keys

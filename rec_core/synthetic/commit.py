@@ -87,7 +87,11 @@ def generate_data(
             "lake commit": round(lake_s, 3),
             "truth": round(truth_s, 3),
         },
-        "lake_dir": str(settings.paths.lake_dir),
+        "lake_dir": (
+            f"{settings.paths.data_uri.rstrip('/')}/lake"
+            if settings.paths.object_store
+            else str(settings.paths.lake_dir)
+        ),
         "truth_dir": str(settings.paths.truth_dir),
     }
     log.info(
