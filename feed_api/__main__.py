@@ -7,6 +7,7 @@ tail at half load); granian stays available with ``REC_API_SERVER=granian``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any
@@ -47,7 +48,12 @@ def main() -> int:
             "proxy_headers": False,
         }
         if settings.api.workers > 1:  # forked after the imports, so the workers share them (feed_api.forked_workers)
-            return serve_forked(APP, settings.api.host, settings.api.port, settings.api.workers, **options)
+            from feed_api.app import create_app
+            from feed_api.posted_videos import preload_encoders
+
+            encoders = preload_encoders(settings.paths, settings.model)
+            factory = functools.partial(create_app, settings, encoders)
+            return serve_forked(factory, settings.api.host, settings.api.port, settings.api.workers, **options)
         uvicorn.run(APP, factory=True, host=settings.api.host, port=settings.api.port, **options)
         return 0
     from granian import Granian

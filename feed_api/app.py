@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,6 +34,7 @@ from feed_api.reader import FeedReader
 from feed_api.request_rules import client_address, json_only_middleware, parse_networks
 from feed_api.telemetry import Metrics, metrics_middleware
 from rec_core.data.inbox import InboxWriteError
+from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import ApiSettings, PathSettings, Settings
 
 log = logging.getLogger("feed_api")
@@ -41,13 +42,14 @@ log = logging.getLogger("feed_api")
 RATE_LIMIT_SWEEP_S = 10.0
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, text_encoders: Mapping[str, TextEncoder] | None = None) -> Litestar:
+    """The app; ``text_encoders``: encoders loaded before a fork (:func:`feed_api.forked_workers.serve_forked`)."""
     settings = settings or Settings.load()
     # Online work is one user or a few videos at a time: one torch thread each avoids the pool's
     # hand-offs, which cost more than the math at that size (measured: the user tower 31 -> 10 ms).
     torch.set_num_threads(settings.model.torch_threads or 1)
     telemetry = Metrics()
-    updates = LiveUpdates(settings.paths, settings.batch, settings.model, settings.api, telemetry)
+    updates = LiveUpdates(settings.paths, settings.batch, settings.model, settings.api, telemetry, text_encoders)
     impressions = None
     if settings.api.impressions == "on":
         impressions = ImpressionLog(

@@ -5,7 +5,9 @@ pymilvus and the app again, about 580 MiB of private heap each before it loads a
 bench_serving_memory). Forked after those imports (and after ``gc.freeze()``, so the collector does not write to
 every inherited object), the workers share those pages copy-on-write, as they share the snapshot's mapped serving
 index. Nothing that holds a thread, a socket to a server or an open file of a snapshot is created before the fork:
-the parent imports modules and binds the listening socket, and each worker builds its own app (``create_app``).
+the parent imports modules, loads the live snapshot's text encoder (weights only, no thread pool:
+:func:`feed_api.posted_videos.preload_encoders`) and binds the listening socket, and each worker builds its own
+app by calling the factory it is handed.
 
 The parent supervises: SIGTERM or SIGINT stops every worker, and a worker that dies on its own is forked again, so
 one crash does not halve the service until a restart.
@@ -15,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,9 @@ log = logging.getLogger(__name__)
 RESTART_PAUSE_S = 1.0  # between re-forks of a worker that keeps dying, so a crash loop does not spin a core
 
 
-def serve_forked(app: str, host: str, port: int, workers: int, **uvicorn_options: Any) -> int:
-    """Serve ``app`` (``module:factory``) with ``workers`` forked uvicorn workers on one listening socket."""
-    importlib.import_module(app.split(":", 1)[0])  # the heavy imports, once, before the fork
+def serve_forked(factory: Callable[[], Any], host: str, port: int, workers: int, **uvicorn_options: Any) -> int:
+    """Serve the app ``factory`` builds, in each of ``workers`` forked uvicorn workers on one listening socket.
+    Whatever the factory's module imported, and whatever the factory holds, is shared by the workers."""
     from rec_core.feed import policy
 
     policy.warm_up()  # its compiled code too
@@ -51,7 +53,7 @@ def serve_forked(app: str, host: str, port: int, workers: int, **uvicorn_options
             _signal(pid, signum)
 
     for worker in range(workers):
-        children[_fork(app, sock, worker, uvicorn_options)] = worker
+        children[_fork(factory, sock, worker, uvicorn_options)] = worker
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while children:
@@ -66,12 +68,12 @@ def serve_forked(app: str, host: str, port: int, workers: int, **uvicorn_options
             continue
         log.error("worker %d (pid %d) exited with status %d; forking it again", worker, pid, status)
         time.sleep(RESTART_PAUSE_S)
-        children[_fork(app, sock, worker, uvicorn_options)] = worker
+        children[_fork(factory, sock, worker, uvicorn_options)] = worker
     sock.close()
     return 0
 
 
-def _fork(app: str, sock: socket.socket, worker: int, uvicorn_options: dict[str, Any]) -> int:
+def _fork(factory: Callable[[], Any], sock: socket.socket, worker: int, uvicorn_options: dict[str, Any]) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -82,7 +84,7 @@ def _fork(app: str, sock: socket.socket, worker: int, uvicorn_options: dict[str,
     try:
         import uvicorn
 
-        uvicorn.Server(uvicorn.Config(app, factory=True, workers=1, **uvicorn_options)).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(factory, factory=True, workers=1, **uvicorn_options)).run(sockets=[sock])
         code = 0
     except BaseException:  # the worker must end here, never return into the parent's loop
         log.exception("worker %d failed", worker)

@@ -28,6 +28,7 @@ import asyncio
 import datetime as dt
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -43,6 +44,7 @@ from feed_api.snapshots import SnapshotRegistry
 from feed_api.telemetry import Metrics
 from feed_api.user_state import UserActivity, UserStates
 from rec_core.data.inbox import InboxWriter
+from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import ApiSettings, BatchSettings, ModelSettings, PathSettings
 
 log = logging.getLogger(__name__)
@@ -52,16 +54,22 @@ Records = list[tuple[str, dict[str, Any]]]
 
 class LiveUpdates:
     def __init__(
-        self, paths: PathSettings, batch: BatchSettings, model: ModelSettings, api: ApiSettings, metrics: Metrics
+        self,
+        paths: PathSettings,
+        batch: BatchSettings,
+        model: ModelSettings,
+        api: ApiSettings,
+        metrics: Metrics,
+        text_encoders: Mapping[str, TextEncoder] | None = None,
     ) -> None:
         """Every section, each handed to the part that reads it: the inbox and the snapshots (``paths``), how many
-        snapshots stay loaded (``batch``), the posted videos' text encoder (``model``), the bounds and the
-        refresh interval (``api``)."""
+        snapshots stay loaded (``batch``), the posted videos' text encoder (``model``; ``text_encoders`` already
+        loaded), the bounds and the refresh interval (``api``)."""
         self._paths = paths
         self._reload_s = api.reload_ms / 1000
         self._metrics = metrics
         self.inbox = InboxWriter(paths.inbox_dir)
-        self.posted = PostedVideos(model, api, self.inbox, metrics)
+        self.posted = PostedVideos(model, api, self.inbox, metrics, text_encoders)
         self.follower = InboxFollower(paths, api, self.inbox, self.posted)
         self.registry = SnapshotRegistry(paths, batch, on_loaded=self.posted.adopt)
         self._stop = threading.Event()

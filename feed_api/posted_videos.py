@@ -15,9 +15,11 @@ oldest leave live search; the inbox still has them for the next batch.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -28,8 +30,9 @@ from feed_api.snapshot_view import SnapshotView
 from feed_api.telemetry import Metrics
 from feed_api.video_encoding import encode_in_spaces
 from rec_core.data.inbox import InboxWriter
-from rec_core.model.text_encoder import TextEncoder
-from rec_core.settings import ApiSettings, ModelSettings
+from rec_core.model.text_encoder import TextEncoder, split_runtime
+from rec_core.settings import ApiSettings, ModelSettings, PathSettings
+from rec_core.snapshot.layout import SnapshotError, live_snapshot_id, snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,20 @@ ENCODE_CHUNK = 256  # videos per forward pass when a snapshot indexes a backlog
 
 
 class PostedVideos:
-    def __init__(self, model: ModelSettings, api: ApiSettings, inbox: InboxWriter, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: ModelSettings,
+        api: ApiSettings,
+        inbox: InboxWriter,
+        metrics: Metrics,
+        encoders: Mapping[str, TextEncoder] | None = None,
+    ) -> None:
+        """``encoders``: text encoders already loaded, by ``text_model`` (the forked workers share the parent's)."""
         self._default_text_model = model.text_model  # for models saved before their config named theirs
         self._videos_max = api.posted_videos_max
         self._inbox = inbox
         self._metrics = metrics
-        self._encoders: dict[str, TextEncoder] = {}
+        self._encoders: dict[str, TextEncoder] = dict(encoders or {})
         self._encoders_lock = threading.Lock()
         # By id, oldest first: the ones live search drops first.
         self._videos: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -178,3 +189,41 @@ class PostedVideos:
 
 def _hash(payload: dict[str, Any]) -> int:
     return hash(msgspec.json.encode(payload, order="sorted"))
+
+
+def preload_encoders(paths: PathSettings, model: ModelSettings) -> dict[str, TextEncoder]:
+    """The live snapshot's text encoder, loaded now: called before forking the API's workers, so they share its
+    weights (about 90 MiB) instead of each loading a copy. Only the torch runtime, whose loading runs no parallel
+    kernel that a fork could leave half-owned (ONNX Runtime starts its thread pools when a session is made);
+    any other, or no live snapshot, preloads nothing and each worker loads its own as before."""
+    try:
+        text_model = _live_text_model(paths, model.text_model)
+    except (OSError, ValueError, SnapshotError) as exc:
+        log.info("no text encoder preloaded: the live snapshot's model is unreadable (%s)", exc)
+        return {}
+    if text_model is None or split_runtime(text_model)[1] != "torch":
+        return {}
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # whatever loading computes runs on this thread: no pool for the fork to inherit
+    try:
+        return {text_model: TextEncoder(text_model)}
+    except (OSError, ValueError) as exc:  # SettingsError included: each worker will report it as it loads
+        log.warning("no text encoder preloaded: %s", exc)
+        return {}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _live_text_model(paths: PathSettings, default: str) -> str | None:
+    """The ``text_model`` of the live snapshot's model (its copy in the snapshot, else the model store's)."""
+    snapshot = live_snapshot_id(paths)
+    if snapshot is None:
+        return None
+    found = snapshot_paths(paths, snapshot)
+    build = found.read_build()
+    for folder in (found.model_dir / build.model_version, paths.models_dir / build.model_version):
+        if (folder / "config.json").is_file():
+            return str(json.loads((folder / "config.json").read_text()).get("text_model", default))
+    return default

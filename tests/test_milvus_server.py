@@ -294,6 +294,9 @@ def test_api_with_two_workers_serves_from_the_server(api: ApiServer, world: Worl
         r = http.post("/embeddings/video", json=video)
         assert r.status_code == 200, r.text
         assert _collection_rows(world.url, collection_of(snapshot)) == catalogue.height + 1
+        # The supervisor loaded the snapshot's text encoder before forking; no worker loaded a copy of its own.
+        loads = [line for line in api.log.read_text().splitlines() if "text encoder" in line and "loaded in" in line]
+        assert len(loads) == 1, loads
         _settle()
         items = walk(api, "nobody-with-nothing")
         ids = [i["video_id"] for i in items]
