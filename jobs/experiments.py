@@ -28,7 +28,7 @@ import msgspec
 from jobs.cli import settings_for
 from rec_core.experiments import registry
 from rec_core.experiments.spec import ExperimentError, parse_arms
-from rec_core.model.store import ModelStore
+from rec_core.model.store import model_store
 from rec_core.settings import Settings
 
 ACTIONS = ("start", "change", "stop", "list", "report")
@@ -42,7 +42,7 @@ def apply(settings: Settings, action: str, name: str = "", arms: str = "") -> di
     if not name:
         raise ExperimentError("name", f"{action} needs the experiment's name")
     if action in ("start", "change"):
-        versions = ModelStore(settings.paths.models_dir).versions()
+        versions = model_store(settings.paths).versions()
         edit = registry.start if action == "start" else registry.change
         return msgspec.to_builtins(edit(path, name, parse_arms(arms), versions))
     if action == "stop":

@@ -14,7 +14,7 @@ from pathlib import Path
 from jobs.cli import settings_for
 from rec_core.eval.evaluation import markdown_table
 from rec_core.model.ranking import RANKED, has_ranker
-from rec_core.model.store import ModelStore, ModelStoreError
+from rec_core.model.store import ModelStore, ModelStoreError, model_store
 
 
 def list_versions(store: ModelStore) -> str:
@@ -32,7 +32,7 @@ def list_versions(store: ModelStore) -> str:
         pop = models.get("most_pop", {}).get("recall@50")
         lines.append(
             f"| {version} | {'*' if version == current else ''} | {config.get('dataset')} | {config.get('best_epoch')} "
-            f"| {'yes' if has_ranker(store.root / version) else 'no'} | {_fmt(ours)} | {_fmt(ranked)} | {_fmt(pop)} |"
+            f"| {'yes' if has_ranker(store.folder(version)) else 'no'} | {_fmt(ours)} | {_fmt(ranked)} | {_fmt(pop)} |"
         )
     return "\n".join(lines)
 
@@ -43,7 +43,7 @@ def show(store: ModelStore, version: str | None) -> str:
         raise ModelStoreError("no current model; name a version")
     config = store.read_json(version, "config.json")
     metrics = store.read_json(version, "metrics.json")
-    folder = store.root / version
+    folder = store.folder(version)
     return "\n".join(
         [
             f"# {version}{' (current)' if version == store.current() else ''}",
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     promote_p.add_argument("version")
     args = parser.parse_args(argv)
     settings = settings_for(args, logging=False)
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     try:
         if args.command == "list":
             print(list_versions(store))

@@ -92,8 +92,9 @@ class PathSettings(_Section):
     )
     data_uri: str = _setting(
         "",
-        "Where the lake lives. Empty: under the data root. `s3://bucket/prefix`: on an S3-compatible object store "
-        "(the source of truth, shared by every machine), with the data root as this machine's verified cache.",
+        "Where the lake and the model versions live. Empty: under the data root. `s3://bucket/prefix`: on an "
+        "S3-compatible object store (the source of truth, shared by every machine), with the data root as this "
+        "machine's verified copy. Snapshots stay under the data root.",
         env="DATA_URI",
     )
     s3_endpoint: str = _setting(

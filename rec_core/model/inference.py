@@ -57,7 +57,7 @@ from rec_core.model.features import (
     user_dense_features,
     video_frame,
 )
-from rec_core.model.store import LoadedModel, ModelStore
+from rec_core.model.store import LoadedModel, ModelStore, model_store
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.training import user_vectors, video_vectors
 from rec_core.settings import ModelSettings, PathSettings, Settings
@@ -92,7 +92,7 @@ def as_of_ms(build: BuildInfo) -> int:
 def load_build_model(paths: PathSettings, build: BuildInfo, models_dir: Path | None = None) -> LoadedModel:
     """The model version the build names, from ``models_dir`` (the models folder by default), checked against the
     build's embedding size."""
-    loaded = ModelStore(models_dir or paths.models_dir).load(build.model_version)
+    loaded = (ModelStore(models_dir) if models_dir else model_store(paths)).load(build.model_version)
     if loaded.model.cfg.embedding_dim != build.embedding_dim:
         raise SnapshotError(
             f"model {build.model_version} makes {loaded.model.cfg.embedding_dim}-d vectors, "

@@ -44,7 +44,7 @@ from rec_core.model.ranking import (
     train_version_ranker,
     version_stack_metrics,
 )
-from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError
+from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, model_store
 from rec_core.model.text_features import embed_videos_text, encode_text_part
 from rec_core.model.training import (
     StartFrom,
@@ -104,7 +104,7 @@ def train_version(
     data = data or release_data(settings)
     trained = _train_towers(settings, config, data)
     ranker = _train_ranker(settings, data, trained.towers, ranker_config)
-    _save(ModelStore(settings.paths.models_dir), trained, ranker)
+    _save(model_store(settings.paths), trained, ranker)
     return trained.version
 
 
@@ -114,7 +114,7 @@ def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> d
     config = TrainConfig(epochs=epochs, embedding_dim=embedding_dim, seed=settings.seed)
     data = release_data(settings)
     trained = _train_towers(settings, config, data)
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     for stale in store.prune_pending():
         log.warning("removed pending version %s: its ranker step never finished", stale)
     _save(store, trained, None, pending=True)
@@ -124,7 +124,7 @@ def train_candidate(settings: Settings, *, epochs: int, embedding_dim: int) -> d
 def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: RankerConfig | None = None) -> dict:
     """The ranker step of a model release: train the pending version's ranker (with the ranker on; nothing with
     it off) and write the version in place, whole. Rerun after it finished, it changes nothing."""
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     if version in store.versions():
         log.info("model version %s is complete already", version)
     else:
@@ -138,7 +138,7 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
             ranker = train_version_ranker(data, towers, config, objectives=ranker_objectives(settings.model))
             files, meta = ranker.files(), {"ranker": ranker.meta}
         store.complete(version, files, meta)
-    return {"version": version, "has_ranker": has_ranker(store.root / version)}
+    return {"version": version, "has_ranker": has_ranker(store.folder(version))}
 
 
 def _check_ranker_split(loaded: LoadedModel, data: LakeData) -> None:
@@ -179,7 +179,7 @@ def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData
         "train_seconds": round(result.seconds, 1),
         "warm_start": {**start.to_dict(), "start_valid": result.start_valid},
     }
-    version = ModelStore(settings.paths.models_dir).new_version_name(run_config)
+    version = model_store(settings.paths).new_version_name(run_config)
     metrics = comparison(data.dataset, data.split, {"two_tower": two_tower_metrics(result.model, prepared)})
     files = {
         "curves.png": training_curves_png(result.curves, f"{version} ({data.dataset})"),
@@ -196,7 +196,7 @@ def _start(
     if settings.model.warm_start == "off":
         return COLD_BY_REQUEST, None
     start, source = choose_start(
-        ModelStore(settings.paths.models_dir),
+        model_store(settings.paths),
         lake_version=data.lake_version,
         text_model=settings.model.text_model,
         valid_start=data.split.valid_start,
@@ -253,17 +253,17 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     With the ranker on, also the stack as the batch serves it: retrieval alone and with the version's ranker, as of
     ``test_start``, beside MostPop of that instant, and the current model's own stack measured the same way.
     """
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     data = data or release_data(settings)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
     models.update(_baselines(settings, data))
-    stack = served_stack(settings.model, has_ranker(store.root / version))
+    stack = served_stack(settings.model, has_ranker(store.folder(version)))
     loaded = store.load(version)
     instant = None
     if stack.as_of == "test_start":
         instant = AsOfTestStart.of(data)
-        ranker = Ranker.load_if_present(store.root / version)
+        ranker = Ranker.load_if_present(store.folder(version))
         per_user = version_stack_metrics(instant, _towers(loaded, data, settings), ranker)
         metrics["served_stack"] = stack.to_dict()
     else:
@@ -287,7 +287,8 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     evidence = gate_evidence(per_user[stack.metrics], per_user[stack.most_pop], current_users)
     metrics["gate_evidence"] = evidence.to_dict()
     store.update_metrics(version, metrics)
-    write_report(metrics, store.root / version / "report", f"Evaluation of {version} ({data.dataset})")
+    title = f"Evaluation of {version} ({data.dataset})"
+    store.write_into(version, "report", lambda folder: write_report(metrics, folder, title))
     log.info("evaluation of %s on %d test users:\n%s", version, evidence.users, markdown_table(models))
     return metrics
 
@@ -311,7 +312,7 @@ def _current_model_metrics(
     prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
     if instant is None:
         return two_tower_user_metrics(loaded.model, prepared), AS_TRAINED.name
-    ranker = Ranker.load_if_present(store.root / current)
+    ranker = Ranker.load_if_present(store.folder(current))
     towers = Towers.from_training(loaded.model, prepared)
     return instant.stack_metrics(towers, ranker), served_stack(settings.model, ranker is not None).name
 
@@ -319,12 +320,12 @@ def _current_model_metrics(
 def gate_version(settings: Settings, version: str, *, promote: bool = True) -> dict:
     """Apply the quality gate to the stack an evaluated version serves (with its ranker when it has one and the
     ranker is on); record which stack was gated in its metrics; promote it if it passes and ``promote`` is set."""
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
     if "most_pop" not in models:
         raise ModelStoreError(f"{version} has not been evaluated against the baselines; run evaluate_version first")
-    stack = served_stack(settings.model, has_ranker(store.root / version))
+    stack = served_stack(settings.model, has_ranker(store.folder(version)))
     evaluated = metrics.get("served_stack", AS_TRAINED.to_dict())
     if evaluated != stack.to_dict():
         raise ModelStoreError(
@@ -389,7 +390,7 @@ def train_towers(
 def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None) -> dict:
     """Train a candidate and gate it (``retrain``), or reuse the current model; returns the model to serve and
     whether this call promoted a new one."""
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     decision = None
     if retrain or store.current() is None:
         config = TrainConfig(embedding_dim=settings.model.embedding_dim, seed=settings.seed)
@@ -408,13 +409,13 @@ def evaluate_model(settings: Settings, version: str | None = None, *, with_basel
     """A stored version (default: the current one) and, unless told not to, the baselines, on the live lake's
     held-out split; with the ranker on, also its stack as served (retrieval alone and with its ranker, as of
     test_start). Nothing is written."""
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     loaded = store.load(version)
     data = load_lake_data(settings.paths, settings.batch)
     prepared = prepare_loaded(loaded, data, settings.paths, settings.model)
     models = {"two_tower": two_tower_metrics(loaded.model, prepared)}
     if settings.model.ranker_on:
-        ranker = Ranker.load_if_present(store.root / loaded.version)
+        ranker = Ranker.load_if_present(store.folder(loaded.version))
         towers = Towers.from_training(loaded.model, prepared)
         stacks = version_stack_metrics(AsOfTestStart.of(data), towers, ranker)
         models.update({name: values.summary() for name, values in stacks.items()})

@@ -15,6 +15,12 @@ A version trained in two steps (the train_towers DAG: the towers, then their ran
 ``models/.pending-<version>/`` in between: no reader lists, loads or promotes it until :meth:`ModelStore.complete`
 adds the rest and renames it into place, so a version is never seen with a part missing.
 
+With the lake on an object store (``REC_DATA_URI``), the models are there too, under ``<prefix>/models/``: each
+version (and each pending one) is a :class:`rec_core.storage.synced_folder.SyncedFolder`, so the steps of a
+release may run on different machines (the towers on one, the ranker on another, the evaluation on a third), and
+``models/CURRENT`` is an object. ``<data root>/models/`` is then this machine's copy, brought up to date with the
+store before each read; :func:`model_store` picks the kind.
+
 Promotion goes through the quality gate (:mod:`rec_core.model.gate`): a model that does not clearly beat
 MostPop, or falls below the current model on the same test users, is kept as a version but never becomes
 current.
@@ -22,12 +28,14 @@ current.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +44,14 @@ from safetensors.torch import load_model, save_model
 from rec_core.atomic import fsync_dir, write_bytes_atomic
 from rec_core.model.features import FeatureStats, Vocabs
 from rec_core.model.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
+from rec_core.settings import PathSettings
+from rec_core.storage.object_store import ObjectStore
+from rec_core.storage.synced_folder import MANIFEST, SyncedFolder
+from rec_core.storage.versions import VersionError
 
 CURRENT = "CURRENT"
 PENDING = ".pending-"  # a version whose towers are saved and whose ranker step has not finished yet
+REMOTE_PREFIX = "models"  # under the object store's prefix
 
 
 class ModelStoreError(RuntimeError):
@@ -56,8 +69,10 @@ class LoadedModel:
 
 
 class ModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: ObjectStore | None = None) -> None:
+        """``remote``: the object store that holds the versions (``root`` then being this machine's copy)."""
         self.root = Path(root)
+        self.remote = remote
 
     def new_version_name(self, config: dict) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -79,7 +94,7 @@ class ModelStore:
         """Write a version whole; ``pending``: as a pending version that :meth:`complete` finishes."""
         self.root.mkdir(parents=True, exist_ok=True)
         final = self._folder(version, pending)
-        if final.exists() or (self.root / version).exists():
+        if final.exists() or (self.root / version).exists() or self._on_remote(version):
             raise ModelStoreError(f"model version {version} already exists")
         stage = self.root / f".staging-{version}"
         shutil.rmtree(stage, ignore_errors=True)
@@ -101,56 +116,107 @@ class ModelStore:
             fsync_dir(self.root)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+        if (synced := self._synced(final.name)) is not None:
+            synced.push()
         return final
 
     def complete(self, version: str, extra_files: dict[str, bytes], config: dict | None = None) -> Path:
         """Finish a pending version: add ``extra_files``, merge ``config`` into its config.json, rename it into
         place. A retry after the rename finds the version done and changes nothing."""
+        if self.remote is not None:
+            return self._complete_remote(version, extra_files, config)
         pending, final = self._folder(version, pending=True), self._folder(version)
         if final.is_dir() and not pending.exists():
             return final
         if not pending.is_dir():
             raise ModelStoreError(f"no pending model version {version!r} under {self.root}")
-        # Rewritten whole on a retry, so a step killed half-way leaves nothing that the rename could publish.
-        for name, data in extra_files.items():
-            write_bytes_atomic(pending / name, data)
-        if config:
-            merged = {**json.loads((pending / "config.json").read_text()), **config}
-            write_bytes_atomic(pending / "config.json", json.dumps(merged, indent=2, default=str).encode())
-        fsync_dir(pending)
+        _finish(pending, extra_files, config)
         os.replace(pending, final)
         fsync_dir(self.root)
         return final
 
+    def _complete_remote(self, version: str, extra_files: dict[str, bytes], config: dict | None) -> Path:
+        # The store decides what is done: this machine may never have seen the pending version, or may hold a
+        # local rename whose push was killed. Redone whole until the pending folder is gone from the store.
+        pending, final = self._synced(f"{PENDING}{version}"), self._synced(version)
+        assert pending is not None and final is not None
+        if not pending.exists():
+            if final.exists():
+                return final.pull()
+            raise ModelStoreError(f"no pending model version {version!r} in {pending.where()}")
+        shutil.rmtree(pending.local, ignore_errors=True)
+        pending.pull()
+        _finish(pending.local, extra_files, config)
+        shutil.rmtree(final.local, ignore_errors=True)
+        os.replace(pending.local, final.local)
+        final.push()  # its manifest appearing is the version becoming complete
+        pending.delete()
+        return final.local
+
     def prune_pending(self, older_than_s: float = 86_400.0) -> list[str]:
         """Remove pending versions older than ``older_than_s`` (their ranker step failed for good); their names."""
+        cutoff = time.time() - older_than_s
+        if self.remote is not None:  # a version's name says when it was made (new_version_name)
+            doomed = [n for n in self._remote_folders(PENDING) if _made_at(n.removeprefix(PENDING)) < cutoff]
+            for name in doomed:
+                self._remote_folder(name).delete()
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            return [name.removeprefix(PENDING) for name in doomed]
         if not self.root.is_dir():
             return []
-        cutoff = time.time() - older_than_s
         stale = [p for p in self.root.glob(f"{PENDING}*") if p.is_dir() and p.stat().st_mtime < cutoff]
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
         return [folder.name.removeprefix(PENDING) for folder in stale]
 
     def update_metrics(self, version: str, metrics: dict) -> None:
-        write_bytes_atomic(self.root / version / "metrics.json", json.dumps(metrics, indent=2).encode())
+        write_bytes_atomic(self.folder(version) / "metrics.json", json.dumps(metrics, indent=2).encode())
+        if (synced := self._synced(version)) is not None:
+            synced.push(["metrics.json"])
+
+    def write_into(self, version: str, subfolder: str, writer: Callable[[Path], object]) -> Path:
+        """Let ``writer`` fill ``<version>/<subfolder>/`` (a report, say), then make it part of the version."""
+        target = self.folder(version) / subfolder
+        writer(target)
+        if (synced := self._synced(version)) is not None:
+            synced.push([str(p.relative_to(synced.local)) for p in target.rglob("*") if p.is_file()])
+        return target
 
     def versions(self) -> list[str]:
+        if self.remote is not None:
+            return [name for name in self._remote_folders("m")]
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("m"))
 
     def current(self) -> str | None:
+        if self.remote is not None:
+            blob = self.remote.get(f"{REMOTE_PREFIX}/{CURRENT}")
+            return blob.data.decode().strip() if blob else None
         pointer = self.root / CURRENT
         return pointer.read_text().strip() if pointer.is_file() else None
 
     def promote(self, version: str) -> None:
         if version not in self.versions():
-            raise ModelStoreError(f"no model version {version!r} under {self.root}")
+            raise ModelStoreError(f"no model version {version!r} under {self.where()}")
+        if self.remote is not None:
+            self.remote.put(f"{REMOTE_PREFIX}/{CURRENT}", f"{version}\n".encode())
+            return
         write_bytes_atomic(self.root / CURRENT, f"{version}\n".encode())
 
+    def where(self) -> str:
+        return f"{self.remote.location}/{REMOTE_PREFIX}" if self.remote is not None else str(self.root)
+
+    def folder(self, version: str, pending: bool = False) -> Path:
+        """The version's folder on this machine, brought up to date with the store first where there is one."""
+        local = self._folder(version, pending)
+        if (synced := self._synced(local.name)) is not None:
+            with contextlib.suppress(VersionError):  # not in the store: the caller's own check says so
+                synced.pull()
+        return local
+
     def read_json(self, version: str, name: str, *, pending: bool = False) -> dict:
-        path = self._folder(version, pending) / name
+        path = self.folder(version, pending) / name
         if not path.is_file():
             raise ModelStoreError(f"no {'pending ' if pending else ''}model version {version!r} under {self.root}")
         return json.loads(path.read_text())
@@ -161,8 +227,8 @@ class ModelStore:
         version = version or self.current()
         if version is None:
             raise ModelStoreError(f"no current model under {self.root}: run `python -m jobs.train_towers` first")
-        folder = self._folder(version, pending)
         config = self.read_json(version, "config.json", pending=pending)
+        folder = self._folder(version, pending)  # read_json brought it up to date
         # A version saved before the dense video inputs grew reads the first LEGACY_VIDEO_DENSE of them.
         model = TwoTower(TowerConfig(**{"video_dense": LEGACY_VIDEO_DENSE, **config["tower"]}))
         load_model(model, str(folder / "weights.safetensors"))
@@ -175,3 +241,50 @@ class ModelStore:
 
     def _folder(self, version: str, pending: bool = False) -> Path:
         return self.root / f"{PENDING}{version}" if pending else self.root / version
+
+    def _synced(self, name: str) -> SyncedFolder | None:
+        return self._remote_folder(name) if self.remote is not None else None
+
+    def _remote_folder(self, name: str) -> SyncedFolder:
+        assert self.remote is not None
+        return SyncedFolder(self.remote, f"{REMOTE_PREFIX}/{name}", self.root / name)
+
+    def _remote_folders(self, start: str) -> list[str]:
+        """Names of the folders in the store whose name starts with ``start`` (versions: "m"; pending ones)."""
+        assert self.remote is not None
+        names = {key.split("/")[1] for key in self.remote.keys(f"{REMOTE_PREFIX}/") if key.endswith(f"/{MANIFEST}")}
+        return sorted(n for n in names if n.startswith(start))
+
+    def _on_remote(self, version: str) -> bool:
+        return self.remote is not None and any(
+            self._remote_folder(name).exists() for name in (version, f"{PENDING}{version}")
+        )
+
+
+def model_store(paths: PathSettings) -> ModelStore:
+    """THE way jobs open the model store: under the data root, or on the object store ``REC_DATA_URI`` names."""
+    if paths.object_store:
+        from rec_core.storage.object_store import open_store
+
+        return ModelStore(paths.models_dir, open_store(paths))
+    return ModelStore(paths.models_dir)
+
+
+def _finish(pending: Path, extra_files: dict[str, bytes], config: dict | None) -> None:
+    """Add a pending version's last files and config; rewritten whole on a retry, so a step killed half-way
+    leaves nothing that the rename could publish."""
+    for name, data in extra_files.items():
+        write_bytes_atomic(pending / name, data)
+    if config:
+        merged = {**json.loads((pending / "config.json").read_text()), **config}
+        write_bytes_atomic(pending / "config.json", json.dumps(merged, indent=2, default=str).encode())
+    fsync_dir(pending)
+
+
+def _made_at(version: str) -> float:
+    """When a version was named (``m<UTC stamp>-<digest>``); 0 for a name not made by new_version_name."""
+    try:
+        stamp = dt.datetime.strptime(version[1:17], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return 0.0
+    return stamp.timestamp()

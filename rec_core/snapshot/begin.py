@@ -22,7 +22,7 @@ from rec_core.data.inbox import consumed_offsets
 from rec_core.data.lake import Lake, LakeError, lake_for, lake_version_dir
 from rec_core.experiments.registry import running
 from rec_core.experiments.spec import Experiment, model_versions
-from rec_core.model.store import ModelStore, ModelStoreError
+from rec_core.model.store import ModelStore, ModelStoreError, model_store
 from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
@@ -43,7 +43,7 @@ def lake_watermark(lake: Lake) -> dt.datetime:
 
 def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     """Start a snapshot of the current model over the live lake; returns its id and the shard lists to map over."""
-    store = ModelStore(settings.paths.models_dir)
+    store = model_store(settings.paths)
     model = store.current()
     if model is None:
         raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
@@ -55,7 +55,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     version = lake.current().name
     lake = lake.at(version)
     dim = int(store.read_json(model, "config.json")["tower"]["embedding_dim"])
-    version_dir = settings.paths.models_dir / model
+    version_dir = store.folder(model)
     model_files = model_file_names(version_dir)
     ranker, ranker_record = choose_ranker(version_dir, settings.model.ranker_on)
     experiments = running(settings.paths.experiments_file)
@@ -129,7 +129,7 @@ def _version_space(store: ModelStore, version: str, current: str, ranker_on: boo
             f"model version {version} encodes captions with {config.get('text_model')!r}, the current model with "
             f"{current_config.get('text_model')!r}: one snapshot cannot serve both; stop or change the experiment"
         )
-    folder = store.root / version
+    folder = store.folder(version)
     ranker, ranker_record = choose_ranker(folder, ranker_on)
     record = {
         "embedding_dim": int(config["tower"]["embedding_dim"]),
