@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from rec_core.atomic import atomic_path
 from rec_core.data.lake import LakeVersion, lake_for
 from rec_core.data.tables import LAKE_TABLES
+from rec_core.model.store import ModelStoreError, model_store
 from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import SnapshotError, SnapshotPaths, live_snapshot_id
 
@@ -205,18 +206,15 @@ def _model_metrics(con: duckdb.DuckDBPyConnection, paths: PathSettings) -> None:
         "CREATE TABLE model_metrics (model_version VARCHAR, current BOOLEAN, dataset VARCHAR, model VARCHAR, "
         "metric VARCHAR, value DOUBLE)"
     )
-    root = paths.models_dir
-    pointer = root / "CURRENT"
-    current = pointer.read_text().strip() if pointer.is_file() else None
+    store = model_store(paths)  # on the object store too, where REC_DATA_URI puts the models
+    current = store.current()
     rows = []
-    # Version folders start with "m" (rec_core.model.store); ".staging-*" folders are half-written saves.
-    for path in sorted(root.glob("m*/metrics.json")) if root.is_dir() else []:
+    for version in store.versions():
         try:
-            metrics = json.loads(path.read_text())
-        except ValueError as exc:
-            log.warning("skipping unreadable %s: %s", path, exc)
+            metrics = store.read_json(version, "metrics.json")
+        except (ValueError, ModelStoreError) as exc:
+            log.warning("skipping the metrics of %s: %s", version, exc)
             continue
-        version = path.parent.name
         for model, values in (metrics.get("models") or {}).items():
             rows += [
                 (version, version == current, metrics.get("dataset"), model, metric, float(value))

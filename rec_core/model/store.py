@@ -207,16 +207,17 @@ class ModelStore:
     def where(self) -> str:
         return f"{self.remote.location}/{REMOTE_PREFIX}" if self.remote is not None else str(self.root)
 
-    def folder(self, version: str, pending: bool = False) -> Path:
-        """The version's folder on this machine, brought up to date with the store first where there is one."""
+    def folder(self, version: str, pending: bool = False, *, only: list[str] | None = None) -> Path:
+        """The version's folder on this machine, brought up to date with the store first where there is one
+        (every file, or the files ``only`` names)."""
         local = self._folder(version, pending)
         if (synced := self._synced(local.name)) is not None:
             with contextlib.suppress(VersionError):  # not in the store: the caller's own check says so
-                synced.pull()
+                synced.pull(only)
         return local
 
     def read_json(self, version: str, name: str, *, pending: bool = False) -> dict:
-        path = self.folder(version, pending) / name
+        path = self.folder(version, pending, only=[name]) / name
         if not path.is_file():
             raise ModelStoreError(f"no {'pending ' if pending else ''}model version {version!r} under {self.root}")
         return json.loads(path.read_text())
@@ -227,8 +228,8 @@ class ModelStore:
         version = version or self.current()
         if version is None:
             raise ModelStoreError(f"no current model under {self.root}: run `python -m jobs.train_towers` first")
+        folder = self.folder(version, pending)
         config = self.read_json(version, "config.json", pending=pending)
-        folder = self._folder(version, pending)  # read_json brought it up to date
         # A version saved before the dense video inputs grew reads the first LEGACY_VIDEO_DENSE of them.
         model = TwoTower(TowerConfig(**{"video_dense": LEGACY_VIDEO_DENSE, **config["tower"]}))
         load_model(model, str(folder / "weights.safetensors"))

@@ -50,12 +50,15 @@ class SyncedFolder:
         blob = self._manifest()
         return dict(json.loads(blob.data)["files"]) if blob else {}
 
-    def pull(self) -> Path:
-        """Bring the local copy up to date with the store (files it holds that the store does not are left)."""
+    def pull(self, names: Iterable[str] | None = None) -> Path:
+        """Bring the local copy up to date with the store: every file, or only ``names`` (files the local copy
+        holds that the store does not are left alone)."""
         blob = self._manifest()
         if blob is None:
             raise VersionError(f"{self.where()} is not in the store")
-        for name, sha in json.loads(blob.data)["files"].items():
+        files = json.loads(blob.data)["files"]
+        wanted = files if names is None else {n: files[n] for n in names if n in files}
+        for name, sha in wanted.items():
             target = self.local / name
             if target.is_file() and sha256_file(target) == sha:
                 continue
