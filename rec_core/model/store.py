@@ -184,7 +184,7 @@ class ModelStore:
 
     def versions(self) -> list[str]:
         if self.remote is not None:
-            return [name for name in self._remote_folders("m")]
+            return self._remote_folders("m")
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("m"))

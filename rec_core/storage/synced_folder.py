@@ -30,6 +30,7 @@ from rec_core.storage.versions import VersionError, sha256_file
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+_PULLING = ".pull-"  # in the name of a file a pull is copying
 ATTEMPTS = 8  # manifest swaps lost to other pushers before giving up (each loss means someone else progressed)
 
 
@@ -63,7 +64,7 @@ class SyncedFolder:
             if target.is_file() and sha256_file(target) == sha:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(f".{target.name}.pull-{os.getpid()}")
+            part = target.with_name(f".{target.name}{_PULLING}{os.getpid()}")
             try:
                 self.store.download(self._blob(sha), part)
                 if sha256_file(part) != sha:
@@ -104,7 +105,10 @@ class SyncedFolder:
         self.store.delete(self.store.keys(f"{self.prefix}/"))
 
     def _local_files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file())
+        # Not a pull's half-copied file, should one have been killed here.
+        return sorted(
+            str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file() and _PULLING not in p.name
+        )
 
     def _manifest(self) -> Blob | None:
         return self.store.get(self._key(MANIFEST))
