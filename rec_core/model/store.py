@@ -217,7 +217,10 @@ class ModelStore:
         return local
 
     def read_json(self, version: str, name: str, *, pending: bool = False) -> dict:
-        path = self.folder(version, pending, only=[name]) / name
+        return self._json(self.folder(version, pending, only=[name]), version, name, pending)
+
+    def _json(self, folder: Path, version: str, name: str, pending: bool) -> dict:
+        path = folder / name
         if not path.is_file():
             raise ModelStoreError(f"no {'pending ' if pending else ''}model version {version!r} under {self.root}")
         return json.loads(path.read_text())
@@ -228,8 +231,8 @@ class ModelStore:
         version = version or self.current()
         if version is None:
             raise ModelStoreError(f"no current model under {self.root}: run `python -m jobs.train_towers` first")
-        folder = self.folder(version, pending)
-        config = self.read_json(version, "config.json", pending=pending)
+        folder = self.folder(version, pending)  # one pull of the whole version; the reads below are local
+        config = self._json(folder, version, "config.json", pending)
         # A version saved before the dense video inputs grew reads the first LEGACY_VIDEO_DENSE of them.
         model = TwoTower(TowerConfig(**{"video_dense": LEGACY_VIDEO_DENSE, **config["tower"]}))
         load_model(model, str(folder / "weights.safetensors"))
@@ -237,7 +240,7 @@ class ModelStore:
         if quantize:
             model = quantize_int8(model)
         stats = FeatureStats.from_json((folder / "feature_stats.json").read_text())
-        metrics = self.read_json(version, "metrics.json", pending=pending)
+        metrics = self._json(folder, version, "metrics.json", pending)
         return LoadedModel(version, model, Vocabs.load(folder), stats, config, metrics)
 
     def _folder(self, version: str, pending: bool = False) -> Path:
