@@ -1,14 +1,13 @@
 """Which snapshots this process serves: the live one, plus retained ones that cursors still walk.
 
-A background thread calls :meth:`SnapshotRegistry.refresh` every
-``REC_API_RELOAD_MS``: when ``LIVE`` names a new snapshot it is loaded off the
-request path and then swapped in with one reference assignment, so a request
-sees the old snapshot or the new one, never a mix. If the new one fails to load
-the old one keeps serving (docs/architecture.md, invariant 4) and the failure is
-logged and retried with a back-off. The previous live snapshot stays loaded, so
-walks that began on it continue on it; a retained snapshot not in memory (after
-a restart) is loaded on the first cursor that names it. A snapshot whose folder
-is gone (pruned) is dropped, and its cursors get ``cursor_expired``.
+A background thread calls :meth:`SnapshotRegistry.refresh` every ``REC_API_RELOAD_MS``: when ``LIVE``
+(the object store's, with ``REC_DATA_URI``: its files are copied here first) names a new snapshot it is loaded
+off the request path and then swapped in with one reference assignment, so a request sees the old snapshot or
+the new one, never a mix. If the new one fails to load the old one keeps serving (docs/architecture.md,
+invariant 4) and the failure is logged and retried with a back-off. The previous live snapshot stays loaded, so
+walks that began on it continue on it; a retained snapshot not in memory (after a restart) is loaded on the
+first cursor that names it. A snapshot whose folder is gone (pruned) is dropped, and its cursors get
+``cursor_expired``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ from collections.abc import Callable
 from feed_api.snapshot_load import load_view
 from feed_api.snapshot_view import SnapshotView
 from rec_core.settings import BatchSettings, PathSettings
-from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, live_snapshot_id, snapshot_paths
+from rec_core.snapshot.layout import SnapshotError, snapshot_paths
+from rec_core.snapshot.remote import fetch_snapshot, remote_snapshots, sync_live
+from rec_core.storage.object_store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class SnapshotRegistry:
         self, paths: PathSettings, batch: BatchSettings, on_loaded: Callable[[SnapshotView], None] | None = None
     ) -> None:
         self._paths = paths
+        self._remote = remote_snapshots(paths)  # one store client for the process's life (None: local snapshots)
         self._batch = batch
         self._on_loaded = on_loaded or (lambda view: None)
         self._views: OrderedDict[str, SnapshotView] = OrderedDict()
@@ -50,8 +52,9 @@ class SnapshotRegistry:
             view.close()
         self._closing = []
         try:
-            live_id = live_snapshot_id(self._paths)
-        except OSError as exc:
+            # From the object store when snapshots live on one (the live snapshot's files are brought here first).
+            live_id = sync_live(self._paths, self._remote)
+        except (OSError, StoreError, SnapshotError) as exc:
             log.warning("cannot read the LIVE pointer: %s", exc)
             return
         self._forget_pruned()
@@ -71,12 +74,12 @@ class SnapshotRegistry:
         if view is not None:
             return view
         try:
-            paths = snapshot_paths(self._paths, snapshot_id)
-        except SnapshotError:
+            snapshot_paths(self._paths, snapshot_id)
+            held = fetch_snapshot(self._paths, snapshot_id, self._remote)
+        except (OSError, StoreError, SnapshotError) as exc:
+            log.warning("cannot fetch snapshot %s: %s", snapshot_id, exc)
             return None
-        if not (paths.root / MANIFEST_FILE).is_file():
-            return None
-        return self._load(snapshot_id)
+        return self._load(snapshot_id) if held else None
 
     def loaded(self, snapshot_id: str) -> SnapshotView | None:
         """The snapshot if it is in memory now; never loads (safe on the event loop)."""

@@ -61,7 +61,16 @@ class Stage:
         kwargs = {name: values[name] for name in self.needs}
         if self.shards is not None:
             kwargs["shard"] = shard
-        return self.function()(run_settings(settings, values), **kwargs)
+        settings = run_settings(settings, values)
+        if not settings.paths.object_store:
+            return self.function()(settings, **kwargs)
+        # Snapshots on the object store: the stage works on a local copy, pulled before and pushed after.
+        from rec_core.snapshot.remote import run_synced
+
+        begins = "snapshot_id" in self.provides and "snapshot_id" not in self.needs
+        return run_synced(
+            settings.paths, kwargs.get("snapshot_id"), lambda: self.function()(settings, **kwargs), begins=begins
+        )
 
 
 def run_settings(settings: Settings, values: Mapping[str, Any]) -> Settings:
@@ -207,8 +216,11 @@ def shard_numbers(paths: PathSettings, values: Mapping[str, Any], kind: ShardKin
         if shards < 1:
             raise ValueError(f"caption_shards must be at least 1, got {shards}")
         return list(range(shards))
-    from rec_core.snapshot.layout import snapshot_paths
+    from rec_core.snapshot.layout import BUILD_FILE, snapshot_paths
+    from rec_core.snapshot.remote import remote_snapshots
 
+    if (remote := remote_snapshots(paths)) is not None:  # the machine that maps the shards may not hold it yet
+        remote.folder(values["snapshot_id"]).pull([BUILD_FILE])
     build = snapshot_paths(paths, values["snapshot_id"]).read_build()
     return list(range(build.video_shards if kind == "video" else build.user_shards))
 

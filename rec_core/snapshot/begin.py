@@ -28,6 +28,7 @@ from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
 from rec_core.snapshot.model_copy import copy_model, model_file_names
 from rec_core.snapshot.rank_state import build_state, choose_ranker, write_rank_arrays, write_ranking
+from rec_core.snapshot.remote import remote_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,15 @@ def latest_unpublished(paths: PathSettings) -> str:
     """The newest snapshot that has been begun but not validated: what a standalone materialize run continues."""
     live = live_snapshot_id(paths)
     root = paths.snapshots_dir
-    candidates = (
-        sorted(
+    remote = remote_snapshots(paths)
+    if remote is not None:  # the builds of every machine, not only this one's
+        candidates = [name for name in remote.ids() if (live is None or name > live) and not remote.validated(name)]
+    elif root.is_dir():
+        candidates = sorted(
             p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("s") and not (p / MANIFEST_FILE).exists()
         )
-        if root.is_dir()
-        else []
-    )
+    else:
+        candidates = []
     candidates = [c for c in candidates if live is None or c > live]
     if not candidates:
         raise SnapshotError("no snapshot in progress: run refresh_embeddings (or recsys_pipeline) first")

@@ -23,13 +23,17 @@ manifest that :mod:`rec_core.snapshot.manifest` reads back):
 
 Publish, rollback and prune hold an exclusive lock on ``snapshots/.lock`` so two
 publishers cannot interleave.
+
+With ``REC_DATA_URI`` set the same steps run against the object store (:mod:`rec_core.snapshot.remote`): the
+visible change is the store's ``LIVE`` swapped with ``If-Match`` (publishers on other machines are not held off by
+the local lock, so the loser of a race fails having changed nothing), pruning deletes the store's copy too, and
+this machine's ``LIVE`` and history are a mirror of the store's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -43,7 +47,9 @@ from typing import Any
 from rec_core.atomic import write_bytes_atomic
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import (
+    BUILD_FILE,
     LIVE_POINTER,
+    MANIFEST_FILE,
     SNAPSHOT_ID,
     SnapshotError,
     SnapshotPaths,
@@ -51,11 +57,10 @@ from rec_core.snapshot.layout import (
     snapshot_paths,
 )
 from rec_core.snapshot.manifest import Manifest, read_manifest, try_manifest, verify_checksums
+from rec_core.snapshot.remote import HISTORY_FILE, RemoteSnapshots, locked, remote_snapshots, sync_live
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.json"
-LOCK_FILE = ".lock"
 TRASH_PREFIX = ".trash-"
 # A never-published folder untouched for this long is an abandoned build, not one in progress.
 ABANDONED_AFTER = dt.timedelta(days=1)
@@ -93,11 +98,13 @@ def publish(
     entry a killed publish did not get to write).
     """
     snapshot = snapshot_paths(paths, snapshot_id)
-    with _locked(paths):
-        live = _recover(paths)
+    with _locked(paths) as remote:
+        live = _recover(paths, remote)
         if live == snapshot_id:
             entry = _history(paths)[-1]
             return PublishResult(snapshot_id, live, False, entry.get("published_at"), entry.get("model_version", ""))
+        if remote is not None:
+            remote.pull(snapshot_id)
         if not snapshot.root.is_dir():
             raise SnapshotError(f"no snapshot {snapshot_id} under {paths.snapshots_dir}")
         manifest = read_manifest(snapshot)
@@ -105,44 +112,45 @@ def publish(
             raise SnapshotError(f"snapshot {snapshot_id}: its manifest names {manifest.snapshot_id}")
         published_before = any(e["snapshot_id"] == snapshot_id for e in _history(paths))
         _verify_or_refuse(paths, snapshot, manifest, lenient_milvus=published_before)
-        entry = _swap(paths, snapshot_id, manifest.model_version, action="publish", previous=live)
-        pruned = _prune(paths, keep, abandoned_after)
+        entry = _swap(paths, remote, snapshot_id, manifest.model_version, action="publish", previous=live)
+        pruned = _prune(paths, remote, keep, abandoned_after)
     log.info("snapshot %s is live (previous: %s); pruned %s", snapshot_id, live, pruned or "nothing")
     return PublishResult(snapshot_id, live, True, entry["published_at"], manifest.model_version, pruned)
 
 
 def rollback(paths: PathSettings) -> str:
     """Make the previously published snapshot live again (atomically); returns its id."""
-    with _locked(paths):
-        live = _recover(paths)
+    with _locked(paths) as remote:
+        live = _recover(paths, remote)
         if live is None:
             raise SnapshotError("nothing has been published yet: there is nothing to roll back")
         history = _history(paths)
-        target = _rollback_target(paths, history, live)
+        target = _rollback_target(paths, remote, history, live)
         if target is None:
-            kept = [s.snapshot_id for s in list_snapshots(paths) if s.state == "published"]
+            earlier = sorted({e["snapshot_id"] for e in history} - {live})
             raise SnapshotError(
-                f"no earlier published snapshot to roll back to from {live} "
-                f"(kept and not rolled back from: {kept or 'none'}); publish one with --snapshot ID"
+                f"no earlier published snapshot to roll back to from {live} (published before: {earlier or 'none'}, "
+                "each pruned since or rolled back from); publish one with --snapshot ID"
             )
-        snapshot = snapshot_paths(paths, target)
+        snapshot = remote.pull(target) if remote is not None else snapshot_paths(paths, target)
         manifest = read_manifest(snapshot)
         _verify_or_refuse(paths, snapshot, manifest, lenient_milvus=True)
-        _swap(paths, target, manifest.model_version, action="rollback", previous=live)
+        _swap(paths, remote, target, manifest.model_version, action="rollback", previous=live)
     log.warning("rolled back from %s to %s", live, target)
     return target
 
 
 def prune(paths: PathSettings, *, keep: int, abandoned_after: dt.timedelta = ABANDONED_AFTER) -> list[str]:
     """Delete what publishing no longer needs (see the module doc); returns the snapshot ids removed."""
-    with _locked(paths):
-        _recover(paths)
-        return _prune(paths, keep, abandoned_after)
+    with _locked(paths) as remote:
+        _recover(paths, remote)
+        return _prune(paths, remote, keep, abandoned_after)
 
 
 def live_snapshot(paths: PathSettings) -> SnapshotPaths | None:
-    """The live snapshot's folder, or None before the first publish."""
-    live = live_snapshot_id(paths)
+    """The live snapshot's folder (its files brought from the store first, if it lives on one), or None before
+    the first publish."""
+    live = sync_live(paths)
     if live is None:
         return None
     snapshot = snapshot_paths(paths, live)
@@ -154,29 +162,30 @@ def live_snapshot(paths: PathSettings) -> SnapshotPaths | None:
 def list_snapshots(paths: PathSettings) -> list[SnapshotInfo]:
     """Every snapshot folder, oldest first, with its state; read-only."""
     root = paths.snapshots_dir
+    remote = remote_snapshots(paths)
+    if remote is not None:  # the store's snapshots, this machine's copy of the pointer and history brought first
+        sync_live(paths, remote)
     if not root.is_dir():
         return []
     live = live_snapshot_id(paths)
     last: dict[str, dict] = {e["snapshot_id"]: e for e in _history(paths)}
+    held = {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)}
     out = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)):
-        snapshot = SnapshotPaths(folder)
-        manifest = try_manifest(snapshot)
-        entry = last.get(folder.name)
-        if folder.name == live:
+    for name in sorted(set(remote.ids()) if remote is not None else held):
+        manifest, built_by = _describe(remote, SnapshotPaths(root / name))
+        entry = last.get(name)
+        if name == live:
             state = "live"
         elif entry is not None:
             state = "published"
         else:
             state = "validated" if manifest is not None else "building"
-        model = entry.get("model_version") if entry else (manifest.model_version if manifest else None)
-        if model is None and snapshot.build_file.is_file():
-            model = snapshot.read_build().model_version
+        model = entry.get("model_version") if entry else (manifest.model_version if manifest else built_by)
         out.append(
             SnapshotInfo(
-                snapshot_id=folder.name,
+                snapshot_id=name,
                 state=state,
-                live=folder.name == live,
+                live=name == live,
                 published_at=entry.get("published_at") if entry else None,
                 model_version=model,
                 counts=manifest.counts if manifest else {},
@@ -185,23 +194,36 @@ def list_snapshots(paths: PathSettings) -> list[SnapshotInfo]:
     return out
 
 
+def _describe(remote: RemoteSnapshots | None, snapshot: SnapshotPaths) -> tuple[Manifest | None, str | None]:
+    """A snapshot's manifest (None before validation) and the model version its build names, read from this
+    machine's copy or, for one it does not hold, from the store (without copying the snapshot here)."""
+    if remote is None or snapshot.root.is_dir():
+        build = snapshot.read_build().model_version if snapshot.build_file.is_file() else None
+        return try_manifest(snapshot), build
+    folder = remote.folder(snapshot.snapshot_id)
+    manifest, build = folder.read(MANIFEST_FILE), folder.read(BUILD_FILE)
+    try:
+        parsed = Manifest.from_json(manifest.decode()) if manifest else None
+    except (ValueError, KeyError, TypeError):
+        parsed = None
+    return parsed, json.loads(build).get("model_version") if build else None
+
+
 def read_history(paths: PathSettings) -> list[dict]:
-    """The publish log, oldest first: snapshot_id, published_at, model_version, action, previous."""
-    return _history(paths)
+    """The publish log, oldest first: snapshot_id, published_at, model_version, action, previous (the store's,
+    when snapshots live on one)."""
+    remote = remote_snapshots(paths)
+    return remote.history() if remote is not None else _history(paths)
 
 
 # ---- internals ------------------------------------------------------------------------------------------------------
 
 
 @contextmanager
-def _locked(paths: PathSettings) -> Iterator[None]:
-    paths.snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with (paths.snapshots_dir / LOCK_FILE).open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(paths: PathSettings) -> Iterator[RemoteSnapshots | None]:
+    """The local lock, and the store's snapshots when they live on one."""
+    with locked(paths):
+        yield remote_snapshots(paths)
 
 
 def _verify_or_refuse(
@@ -223,9 +245,20 @@ def _refuse_publish(snapshot_id: str, problems: list[str]) -> None:
     raise SnapshotError(f"snapshot {snapshot_id} refused: " + "; ".join(problems))
 
 
-def _swap(paths: PathSettings, snapshot_id: str, model_version: str, *, action: str, previous: str | None) -> dict:
-    """THE visible change (one rename), then its log entry."""
-    write_bytes_atomic(paths.snapshots_dir / LIVE_POINTER, f"{snapshot_id}\n".encode())
+def _swap(
+    paths: PathSettings,
+    remote: RemoteSnapshots | None,
+    snapshot_id: str,
+    model_version: str,
+    *,
+    action: str,
+    previous: str | None,
+) -> dict:
+    """THE visible change (one rename, or one conditional write of the store's LIVE), then its log entry."""
+    if remote is not None:
+        remote.swap(snapshot_id)
+    else:
+        write_bytes_atomic(paths.snapshots_dir / LIVE_POINTER, f"{snapshot_id}\n".encode())
     entry = {
         "snapshot_id": snapshot_id,
         "published_at": _now(),
@@ -233,13 +266,15 @@ def _swap(paths: PathSettings, snapshot_id: str, model_version: str, *, action: 
         "action": action,
         "previous": previous,
     }
-    _write_history(paths, [*_history(paths), entry])
+    _write_history(paths, remote, [*_history(paths), entry])
     return entry
 
 
-def _recover(paths: PathSettings) -> str | None:
+def _recover(paths: PathSettings, remote: RemoteSnapshots | None) -> str | None:
     """Finish what a killed publish/prune left (call under the lock); returns the live id."""
     root = paths.snapshots_dir
+    if remote is not None:
+        remote.mirror()
     for tmp in root.glob(f".{LIVE_POINTER}.*.tmp"):
         tmp.unlink(missing_ok=True)
     for tmp in root.glob(f".{HISTORY_FILE}.*.tmp"):
@@ -261,12 +296,12 @@ def _recover(paths: PathSettings) -> str | None:
                 "previous": history[-1]["snapshot_id"] if history else None,
             }
         )
-        _write_history(paths, history)
+        _write_history(paths, remote, history)
         log.warning("history.json lacked the live snapshot %s (a publish was killed after its swap); added", live)
     return live
 
 
-def _rollback_target(paths: PathSettings, history: list[dict], live: str) -> str | None:
+def _rollback_target(paths: PathSettings, remote: RemoteSnapshots | None, history: list[dict], live: str) -> str | None:
     # A snapshot rolled back FROM is bad until someone publishes it again explicitly.
     retired: set[str] = set()
     for entry in history:
@@ -280,12 +315,14 @@ def _rollback_target(paths: PathSettings, history: list[dict], live: str) -> str
         if sid in seen or sid == live or sid in retired:
             continue
         seen.add(sid)
-        if SnapshotPaths(paths.snapshots_dir / sid).manifest_file.is_file():
+        if remote.validated(sid) if remote is not None else snapshot_paths(paths, sid).manifest_file.is_file():
             return sid
     return None
 
 
-def _prune(paths: PathSettings, keep_published: int, abandoned_after: dt.timedelta) -> list[str]:
+def _prune(
+    paths: PathSettings, remote: RemoteSnapshots | None, keep_published: int, abandoned_after: dt.timedelta
+) -> list[str]:
     root = paths.snapshots_dir
     live = live_snapshot_id(paths)
     keep: list[str] = []
@@ -295,32 +332,44 @@ def _prune(paths: PathSettings, keep_published: int, abandoned_after: dt.timedel
     keep = keep[:keep_published]
     published = {e["snapshot_id"] for e in _history(paths)}
     now = dt.datetime.now(dt.UTC).timestamp()
+    held = {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)}
+    stored = set(remote.ids()) if remote is not None else set()
     doomed = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)):
-        name = folder.name
+    for name in sorted(held | stored):
         if name == live or name in keep:
             continue
-        if name not in published and now - _newest_mtime(folder) < abandoned_after.total_seconds():
+        if name not in published and now - _touched_at(root / name) < abandoned_after.total_seconds():
             continue  # never published and recently touched: a build in progress (or awaiting publish)
         doomed.append(name)
     for name in doomed:
         if name not in published:
             log.warning("removing abandoned snapshot %s (untouched for over %s)", name, abandoned_after)
         trash = root / f"{TRASH_PREFIX}{name}"
-        os.replace(root / name, trash)  # atomic: from here on no reader or rollback can pick it
-        _remove_trash(paths, trash)
+        if name in held:
+            os.replace(root / name, trash)  # atomic: from here on no reader or rollback can pick it
+        if remote is not None and name in stored:
+            remote.delete(name)
+        if name in held:
+            _remove_trash(paths, trash)
+        elif paths.milvus_uri:
+            _drop_collection_or_warn(paths, name)
     return doomed
 
 
 def _remove_trash(paths: PathSettings, trash: Path) -> None:
     snapshot_id = trash.name[len(TRASH_PREFIX) :]
-    if paths.milvus_uri and SNAPSHOT_ID.match(snapshot_id):
-        try:
-            _drop_collection(paths, snapshot_id)
-        except Exception as exc:  # keep the trash folder so the next prune retries the drop
-            log.warning("could not drop the Milvus collection of %s (will retry): %s", snapshot_id, exc)
-            return
+    if paths.milvus_uri and SNAPSHOT_ID.match(snapshot_id) and not _drop_collection_or_warn(paths, snapshot_id):
+        return  # keep the trash folder so the next prune retries the drop
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _drop_collection_or_warn(paths: PathSettings, snapshot_id: str) -> bool:
+    try:
+        _drop_collection(paths, snapshot_id)
+    except Exception as exc:
+        log.warning("could not drop the Milvus collection of %s (will retry): %s", snapshot_id, exc)
+        return False
+    return True
 
 
 def _drop_collection(paths: PathSettings, snapshot_id: str) -> None:
@@ -338,7 +387,12 @@ def _drop_collection(paths: PathSettings, snapshot_id: str) -> None:
         client.close()
 
 
-def _newest_mtime(folder: Path) -> float:
+def _touched_at(folder: Path) -> float:
+    """When a build last wrote to its folder; for one this machine does not hold (on the store only), when it
+    was begun (the time in its id)."""
+    if not folder.is_dir():
+        stamp = dt.datetime.strptime(folder.name[1:17], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        return stamp.timestamp()
     newest = folder.stat().st_mtime
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
@@ -354,8 +408,11 @@ def _history(paths: PathSettings) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def _write_history(paths: PathSettings, history: list[dict]) -> None:
-    write_bytes_atomic(paths.snapshots_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
+def _write_history(paths: PathSettings, remote: RemoteSnapshots | None, history: list[dict]) -> None:
+    if remote is not None:
+        remote.write_history(history)
+    else:
+        write_bytes_atomic(paths.snapshots_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
 
 
 def _now() -> str:

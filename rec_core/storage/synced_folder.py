@@ -18,6 +18,7 @@ compared with the data it describes).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +52,17 @@ class SyncedFolder:
         blob = self._manifest()
         return dict(json.loads(blob.data)["files"]) if blob else {}
 
+    def read(self, name: str) -> bytes | None:
+        """One file's bytes straight from the store (checked against the manifest), without a local copy; None
+        when the folder does not hold it."""
+        sha = self.files().get(name)
+        if sha is None:
+            return None
+        blob = self.store.get(self._blob(sha))
+        if blob is None or hashlib.sha256(blob.data).hexdigest() != sha:
+            raise VersionError(f"{self.where()}/{name} does not match its manifest (the store's copy changed)")
+        return blob.data
+
     def pull(self, names: Iterable[str] | None = None) -> Path:
         """Bring the local copy up to date with the store: every file, or only ``names`` (files the local copy
         holds that the store does not are left alone)."""
@@ -74,9 +86,10 @@ class SyncedFolder:
                 part.unlink(missing_ok=True)
         return self.local
 
-    def push(self, names: Iterable[str] | None = None, *, remove: Iterable[str] = ()) -> None:
+    def push(self, names: Iterable[str] | None = None, *, remove: Iterable[str] = (), exclusive: bool = False) -> None:
         """Upload the named local files (default: every file under the folder) and make them, and the removal
-        of ``remove``, part of the folder in one manifest swap."""
+        of ``remove``, part of the folder in one manifest swap. ``exclusive``: the folder must not exist yet
+        (:class:`PreconditionFailed` if another machine made it first)."""
         names = sorted(names) if names is not None else self._local_files()
         mine = {name: sha256_file(self.local / name) for name in names}
         known = set(self.files().values())
@@ -86,6 +99,8 @@ class SyncedFolder:
         gone = set(remove)
         for _ in range(ATTEMPTS):
             blob = self._manifest()
+            if exclusive and blob is not None:
+                raise PreconditionFailed(f"{self.where()} was made by another writer first")
             files = dict(json.loads(blob.data)["files"]) if blob else {}
             files = {k: v for k, v in files.items() if k not in gone} | mine
             body = json.dumps({"files": dict(sorted(files.items()))}, indent=1).encode()
@@ -96,6 +111,8 @@ class SyncedFolder:
                     self.store.put(self._key(MANIFEST), body, if_etag=blob.etag)
                 return
             except PreconditionFailed:
+                if exclusive:
+                    raise PreconditionFailed(f"{self.where()} was made by another writer first") from None
                 log.info("%s changed while pushing; merging again", self.where())
         raise PreconditionFailed(f"{self.where()}: the manifest kept changing for {ATTEMPTS} attempts")
 

@@ -1,0 +1,128 @@
+"""Feed snapshots on the object store, against moto's S3 server: built by stages on three machines, published,
+served by an API on a fourth that has never seen them, rolled back and pruned; two publishers racing.
+
+Each "machine" is its own data root (its cache) with the same ``REC_DATA_URI``. Real lake, encoder, training,
+Milvus Lite (its file travels inside the snapshot), publish protocol and feed API over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rec_core.settings import Settings
+from rec_core.snapshot.layout import SnapshotError
+from rec_core.snapshot.publish import list_snapshots, publish, read_history, rollback
+from rec_core.snapshot.remote import remote_snapshots
+from rec_core.stages import between, run_stages
+from rec_core.storage.object_store import open_store
+from rec_core.synthetic.commit import generate_data
+from tests.conftest import ApiServer
+from tests.test_feed_api import page
+
+pytestmark = pytest.mark.slow
+
+PARAMS = {"retrain": True, "epochs": 1, "video_shards": 1, "user_shards": 2, "caption_shards": 1}
+
+
+def machine(env: dict[str, str], root: Path) -> Settings:
+    return Settings.load({**env, "REC_DATA_DIR": str(root), "REC_RANKER": "off", "REC_SNAPSHOTS_KEEP": "2"})
+
+
+def served(api: ApiServer) -> str | None:
+    return httpx.get(f"{api.url}/ready", timeout=10).json().get("snapshot_id")
+
+
+def wait_until_served(api: ApiServer, snapshot_id: str, timeout: float = 60.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if served(api) == snapshot_id:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"the API still serves {served(api)}, not {snapshot_id}:\n{api.log.read_text()[-3000:]}")
+
+
+def test_snapshots_built_across_machines_are_served_rolled_back_and_pruned_from_the_store(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    a, b, c = (machine(s3_env, tmp_path / name) for name in ("a", "b", "c"))
+    generate_data(a, "tiny", videos=600, seed=5)
+
+    # The model and the snapshot's beginning on a, its vectors on b, its feeds, validation and publish on c.
+    values = run_stages(a, between("ingest_inbox", "begin_snapshot"), PARAMS)
+    first = values["snapshot_id"]
+    run_stages(b, between("embed_videos", "trending"), values)
+    assert not (c.paths.snapshots_dir / first).exists()
+    run_stages(c, between("materialize", "publish"), values)
+    keys = open_store(a.paths).keys("snapshots/")
+    assert "snapshots/LIVE" in keys and f"snapshots/{first}/manifest.json" in keys
+    assert remote_snapshots(a.paths).live().name == first
+
+    # An API on a machine that holds nothing serves the store's live snapshot (its Milvus Lite file included).
+    api = ApiServer(tmp_path / "d" / "data", **_store_settings(s3_env)).start()
+    try:
+        assert served(api) == first
+        one = page(api, "u0000003", limit=10)
+        assert one["snapshot_id"] == first and len(one["items"]) == 10
+
+        # A second snapshot, begun and published on b: the API follows without a restart.
+        second = run_stages(b, between("begin_snapshot", "publish"), {**PARAMS, "retrain": False})["snapshot_id"]
+        assert second != first
+        took = wait_until_served(api, second)
+        assert took < 5.0, f"live {took:.1f}s after publish"
+        assert page(api, "u0000003", limit=10)["snapshot_id"] == second
+
+        # Rolled back from a, whose own copy of LIVE is two publishes old: the store's pointer is what counts.
+        assert rollback(a.paths) == first
+        wait_until_served(api, first)
+        history = [(e["snapshot_id"], e["action"]) for e in read_history(c.paths)]  # c's copy is stale: the store's
+        assert history == [(first, "publish"), (second, "publish"), (first, "rollback")]
+    finally:
+        api.stop()
+
+    # Publishing the second again makes it live; with keep=1 pruning deletes the first from the store, and each
+    # machine drops its copy once it sees that.
+    result = publish(c.paths, second, keep=1)
+    assert result.changed and result.pruned == [first]
+    assert not [k for k in open_store(a.paths).keys(f"snapshots/{first}/")]
+    states = {info.snapshot_id: info.state for info in list_snapshots(a.paths)}
+    assert states == {second: "live"}
+    assert not (a.paths.snapshots_dir / first).exists()
+
+
+def test_two_publishers_racing_for_live_one_wins_and_the_other_changes_nothing(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    a, b = (machine(s3_env, tmp_path / name) for name in ("a", "b"))
+    one, two = remote_snapshots(a.paths), remote_snapshots(b.paths)
+    for remote in (one, two):
+        remote.mirror()  # both read "nothing is live"
+    one.swap("s20260101T000000Z-aaaa")
+    with pytest.raises(SnapshotError, match="another publish or rollback won"):
+        two.swap("s20260101T000001Z-bbbb")
+    assert one.live().name == "s20260101T000000Z-aaaa"
+    assert not (b.paths.snapshots_dir / "LIVE").exists(), "the loser's local mirror is untouched"
+
+
+def test_a_publish_killed_after_its_swap_is_recorded_by_the_next(s3_env: dict[str, str], tmp_path: Path) -> None:
+    a = machine(s3_env, tmp_path / "a")
+    remote = remote_snapshots(a.paths)
+    folder = remote.folder("s20260101T000000Z-aaaa")
+    folder.local.mkdir(parents=True)
+    (folder.local / "build.json").write_text(json.dumps({"model_version": "m1"}))
+    folder.push()
+    remote.mirror()
+    remote.swap(folder.local.name)  # and killed before the history: the store's LIVE is the truth
+    assert remote.history() == []
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        publish(machine(s3_env, tmp_path / "b").paths, "s20260102T000000Z-bbbb", keep=2)
+    assert [e["snapshot_id"] for e in remote.history()] == [folder.local.name]
+    assert remote.history()[0]["action"] == "recovered"
+
+
+def _store_settings(env: dict[str, str]) -> dict[str, str]:
+    return {key.removeprefix("REC_").lower(): value for key, value in env.items() if key != "REC_DATA_DIR"}
