@@ -28,6 +28,7 @@ import asyncio
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +44,8 @@ from feed_api.posted_videos import PostedVideos
 from feed_api.snapshots import SnapshotRegistry
 from feed_api.telemetry import Metrics
 from feed_api.user_state import UserActivity, UserStates
-from rec_core.data.inbox import InboxWriter
+from rec_core.data.inbox import SEGMENT_MAX_AGE_S, InboxWriter
+from rec_core.data.log_shipping import log_shippers
 from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import ApiSettings, BatchSettings, ModelSettings, PathSettings
 
@@ -72,6 +74,9 @@ class LiveUpdates:
         self.posted = PostedVideos(model, api, self.inbox, metrics, text_encoders)
         self.follower = InboxFollower(paths, api, self.inbox, self.posted)
         self.registry = SnapshotRegistry(paths, batch, on_loaded=self.posted.adopt)
+        # With the lake on an object store, what this machine wrote is copied there for the batch to read.
+        self._shippers = log_shippers(paths)
+        self._last_drop = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inbox_batcher: MicroBatcher[Records, str] = MicroBatcher(self._append, name="inbox")
@@ -95,6 +100,7 @@ class LiveUpdates:
             await asyncio.to_thread(self._thread.join, 30)
         self.registry.close()
         self.inbox.close()
+        await asyncio.to_thread(self._ship, final=True)  # what the last requests and impression flush wrote
 
     def _background(self) -> None:
         while True:
@@ -103,8 +109,21 @@ class LiveUpdates:
                 self.registry.refresh()
             except Exception:  # the loop must survive anything; the next tick retries
                 log.exception("background refresh failed")
+            self._ship()
             if self._stop.wait(self._reload_s):
                 return
+
+    def _ship(self, final: bool = False) -> None:
+        drop = time.monotonic() - self._last_drop > SEGMENT_MAX_AGE_S
+        for shipper in self._shippers:
+            try:
+                shipper.ship(wait=final)
+                if drop:
+                    shipper.drop_pruned()
+            except Exception:  # the store is down: the lines stay here, durable, and ship on a later tick
+                log.exception("shipping %s to the object store failed; will retry", shipper.log_name)
+        if drop:
+            self._last_drop = time.monotonic()
 
     # ---- what the read path reads ------------------------------------------------------------------------------
 

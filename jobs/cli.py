@@ -18,6 +18,7 @@ from rec_core.progress import setup_logging
 from rec_core.runtime import apply_torch_threads
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.layout import SnapshotError
+from rec_core.snapshot.remote import run_synced
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
 
 
 def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: list[str] | None) -> int:
-    """``--snapshot ID --shard I [--data-dir DIR]``; prints the job's summary as JSON. Shared by the embed jobs."""
+    """``--snapshot ID --shard I [--data-dir DIR]``; prints the job's summary as JSON. Shared by the embed jobs.
+    With snapshots on the object store the job works on a copy pulled first and pushes what it wrote (as a
+    pipeline stage does)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--snapshot", required=True, help="snapshot id (its build.json must exist)")
     parser.add_argument("--shard", type=int, required=True, help="shard index, 0-based")
@@ -46,7 +49,7 @@ def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: 
     args = parser.parse_args(argv)
     settings = settings_for(args)
     try:
-        summary = job(settings, args.snapshot, args.shard)
+        summary = run_synced(settings.paths, args.snapshot, lambda: job(settings, args.snapshot, args.shard))
     except (SnapshotError, LakeError, ModelStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

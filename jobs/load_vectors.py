@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jobs.cli import settings_for
 from rec_core.snapshot.layout import SnapshotError
+from rec_core.snapshot.remote import run_synced
 from rec_core.snapshot.vector_load import load_vectors
 from rec_core.snapshot.vector_store import VectorStoreError
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_for(args)
     try:
-        summary = load_vectors(settings, args.snapshot)
+        summary = run_synced(settings.paths, args.snapshot, lambda: load_vectors(settings, args.snapshot))
     except (SnapshotError, VectorStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

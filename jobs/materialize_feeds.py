@@ -22,6 +22,7 @@ from pathlib import Path
 from jobs.cli import settings_for
 from rec_core.feed.batch import build_trending, materialize_feeds
 from rec_core.snapshot.layout import SnapshotError
+from rec_core.snapshot.remote import run_synced
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(args)
     try:
         if args.trending:
-            summary = build_trending(settings, args.snapshot)
+            summary = run_synced(settings.paths, args.snapshot, lambda: build_trending(settings, args.snapshot))
         else:
-            summary = materialize_feeds(settings, args.snapshot, args.shard)
+            snapshot, shard = args.snapshot, args.shard
+            summary = run_synced(settings.paths, snapshot, lambda: materialize_feeds(settings, snapshot, shard))
     except (SnapshotError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import SnapshotError
 from rec_core.snapshot.publish import ABANDONED_AFTER, list_snapshots, rollback
 from rec_core.snapshot.publish import publish as publish_snapshot
+from rec_core.snapshot.remote import run_synced
 from rec_core.snapshot.validate import validate_snapshot
 
 log = logging.getLogger("jobs.publish")
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             target = rollback(settings.paths)
             print(f"rolled back: {target} is live")
             return _rebuild_warehouse(settings.paths, settings.batch)
-        manifest = validate_snapshot(settings.paths, args.snapshot)
+        # On the object store: validated against a pulled copy, the manifest pushed back (as the stage does).
+        manifest = run_synced(settings.paths, args.snapshot, lambda: validate_snapshot(settings.paths, args.snapshot))
         print(f"snapshot {args.snapshot} is valid: {manifest.counts}")
         if args.validate_only:
             return 0

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow.compute as pc
 import pytest
 
+from rec_core.data.lake import lake_for, snapshot_builds
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotError
 from rec_core.snapshot.publish import list_snapshots, publish, read_history, rollback
@@ -69,9 +71,23 @@ def test_snapshots_built_across_machines_are_served_rolled_back_and_pruned_from_
         one = page(api, "u0000003", limit=10)
         assert one["snapshot_id"] == first and len(one["items"]) == 10
 
-        # A second snapshot, begun and published on b: the API follows without a restart.
-        second = run_stages(b, between("begin_snapshot", "publish"), {**PARAMS, "retrain": False})["snapshot_id"]
+        # What the API takes in reaches the batch on another machine through the store.
+        shown = [item["video_id"] for item in one["items"][:3]]
+        for video in shown:
+            r = httpx.post(f"{api.url}/events", json={"user_id": "u0000003", "video_id": video, "type": "like"})
+            assert r.status_code == 200, r.text
+        wait_for_keys(a, "inbox/")
+
+        # A second snapshot, its inbox taken in, begun and published on b: the API follows without a restart.
+        values = run_stages(b, between("ingest_inbox", "publish"), {**PARAMS, "retrain": False})
+        second = values["snapshot_id"]
         assert second != first
+        liked = lake_for(b.paths, b.batch).read("interactions")
+        liked = liked.filter((pc.field("user_id") == "u0000003") & pc.field("liked"))
+        assert set(shown) <= set(liked.column("video_id").to_pylist())
+        build = json.loads((b.paths.snapshots_dir / second / "build.json").read_text())
+        assert sum(build["inbox_offsets"].values()) > 0, "the snapshot records how far its batch read the inbox"
+        assert remote_snapshots(a.paths).store.get("inbox/consumed.json") is not None
         took = wait_until_served(api, second)
         assert took < 5.0, f"live {took:.1f}s after publish"
         assert page(api, "u0000003", limit=10)["snapshot_id"] == second
@@ -92,6 +108,9 @@ def test_snapshots_built_across_machines_are_served_rolled_back_and_pruned_from_
     states = {info.snapshot_id: info.state for info in list_snapshots(a.paths)}
     assert states == {second: "live"}
     assert not (a.paths.snapshots_dir / first).exists()
+    # What pins lake versions and inbox segments is every snapshot on the store, seen from any machine.
+    fresh = machine(s3_env, tmp_path / "e")
+    assert [build["snapshot_id"] for build in snapshot_builds(fresh.paths)] == [second]
 
 
 def test_two_publishers_racing_for_live_one_wins_and_the_other_changes_nothing(
@@ -122,6 +141,15 @@ def test_a_publish_killed_after_its_swap_is_recorded_by_the_next(s3_env: dict[st
         publish(machine(s3_env, tmp_path / "b").paths, "s20260102T000000Z-bbbb", keep=2)
     assert [e["snapshot_id"] for e in remote.history()] == [folder.local.name]
     assert remote.history()[0]["action"] == "recovered"
+
+
+def wait_for_keys(settings: Settings, prefix: str, timeout: float = 30.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if keys := open_store(settings.paths).keys(prefix):
+            return keys
+        time.sleep(0.2)
+    raise AssertionError(f"nothing under {prefix} on the store after {timeout}s")
 
 
 def _store_settings(env: dict[str, str]) -> dict[str, str]:

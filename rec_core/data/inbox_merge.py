@@ -24,6 +24,7 @@ import polars as pl
 from rec_core.data.impressions import impression_rows, merged_impressions, request_id_problem
 from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, prune_consumed, read_new
 from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for, snapshot_builds
+from rec_core.data.log_shipping import IMPRESSIONS, INBOX, batch_log_root, record_consumed
 from rec_core.data.tables import LAKE_TABLES
 from rec_core.ids import id_problem
 from rec_core.settings import Settings
@@ -38,8 +39,10 @@ def ingest_inbox(settings: Settings) -> dict:
     returns a JSON-friendly summary."""
     paths = settings.paths
     lake = lake_for(paths, settings.batch)
-    batch = read_new(paths.inbox_dir)
-    shown = read_new(paths.impressions_dir)
+    # Local folders, or (REC_DATA_URI) this machine's copy of what the API machines shipped to the store.
+    inbox_root, shown_root = batch_log_root(paths, INBOX), batch_log_root(paths, IMPRESSIONS)
+    batch = read_new(inbox_root)
+    shown = read_new(shown_root)
     summary = {"records": len(batch.records), "bad_lines": batch.bad_lines + shown.bad_lines}
     summary["impression_pages"] = len(shown.records)
     if batch.records or shown.records:
@@ -51,15 +54,16 @@ def ingest_inbox(settings: Settings) -> dict:
         log.info("inbox: nothing new")
     # Only once the commit landed: a conflict consumes nothing. A crash between the two marks reads the
     # impressions again next time, which adds nothing (rows are unique on request and position).
-    for root, read in ((paths.inbox_dir, batch), (paths.impressions_dir, shown)):
+    for root, read in ((inbox_root, batch), (shown_root, shown)):
         if read.offsets:
             mark_consumed(root, read.offsets)
     # Consumed segments go once idle: the impression log's at once (nothing else reads it), the inbox's once no
     # snapshot can replay them (the API rebuilds its user state from a snapshot's offsets).
     replays = [b["inbox_offsets"] for b in snapshot_builds(paths) if b.get("inbox_offsets") is not None]
-    summary["segments_pruned"] = len(prune_consumed(paths.inbox_dir, covered_by=replays)) + len(
-        prune_consumed(paths.impressions_dir)
-    )
+    pruned = prune_consumed(inbox_root, covered_by=replays), prune_consumed(shown_root)
+    record_consumed(paths, INBOX, inbox_root, pruned[0])
+    record_consumed(paths, IMPRESSIONS, shown_root, pruned[1])
+    summary["segments_pruned"] = len(pruned[0]) + len(pruned[1])
     return summary
 
 

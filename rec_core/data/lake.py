@@ -308,8 +308,16 @@ def snapshot_builds(paths: PathSettings) -> list[dict]:
     """The ``build.json`` of every snapshot folder (live, kept for rollback, or being built), as read.
 
     A folder without one is left out (a build killed before it wrote it, or a folder just moved to the trash);
-    an unreadable one raises, so a caller deciding what is still in use never guesses.
+    an unreadable one raises, so a caller deciding what is still in use never guesses. With snapshots on the
+    object store, every snapshot there counts, not only those this machine holds a copy of.
     """
+    if paths.object_store:
+        from rec_core.snapshot.remote import remote_snapshots
+
+        remote = remote_snapshots(paths)
+        assert remote is not None
+        found = (remote.folder(name).read(BUILD_FILE) for name in remote.ids())
+        return [json.loads(body) for body in found if body is not None]
     root = paths.snapshots_dir
     if not root.is_dir():
         return []

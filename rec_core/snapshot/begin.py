@@ -18,8 +18,8 @@ from pathlib import Path
 import msgspec
 import pyarrow.compute as pc
 
-from rec_core.data.inbox import consumed_offsets
 from rec_core.data.lake import Lake, LakeError, lake_for, lake_version_dir
+from rec_core.data.log_shipping import batch_consumed
 from rec_core.experiments.registry import running
 from rec_core.experiments.spec import Experiment, model_versions
 from rec_core.model.store import ModelStore, ModelStoreError, model_store
@@ -50,7 +50,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
     # The inbox offsets first: ingest marks them only after its lake commit, so read before the lake version
     # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
-    inbox_offsets = consumed_offsets(settings.paths.inbox_dir)
+    inbox_offsets = batch_consumed(settings.paths)
     # One version for the name and the watermark: a commit between two reads of CURRENT would mix them.
     lake = lake_for(settings.paths, settings.batch)
     version = lake.current().name

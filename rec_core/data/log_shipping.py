@@ -1,0 +1,214 @@
+"""The inbox and the impression log on the object store (``REC_DATA_URI``): the API ships, the batch reads.
+
+The API keeps appending to local segment files and fsyncing before it replies (:mod:`rec_core.data.inbox`:
+that is the acknowledgement, and it does not wait on the network). A shipper then copies each segment's new
+whole lines to the store, where the batch, on whatever machine it runs, reassembles the segments byte for byte
+(:func:`pull_log`), so segment names and offsets mean the same everywhere: ``consumed.json``, a snapshot's
+``inbox_offsets`` and the API's replay from them work unchanged. Layout under ``<prefix>/<log>/``::
+
+    <segment>/<start:012d>-<end:012d>    bytes [start, end) of a segment: whole lines
+    consumed.json                        how far the batch has taken each segment in (as the local file)
+
+One process per machine ships at a time (a lock file), recording what it shipped in ``.shipped.json`` after each
+upload. Killed between the two, the next shipper uploads an overlapping chunk again; the reader appends only
+the bytes past what it holds, so an overlap is harmless (every chunk is a slice of the same append-only file).
+Lines the API acknowledged reach the batch one shipping interval later; lost with the machine before that, they
+are lost as a local disk's would be: the store is the durable copy once shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rec_core.atomic import fsync_dir, write_bytes_atomic
+from rec_core.data.inbox import CONSUMED, SEGMENT_MAX_AGE_S, consumed_offsets
+from rec_core.settings import PathSettings
+from rec_core.storage.object_store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+INBOX, IMPRESSIONS = "inbox", "impressions"
+SHIPPED = ".shipped.json"
+_LOCK = ".ship.lock"
+_CHUNK = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?P<start>\d{12})-(?P<end>\d{12})$")
+# A local segment fully shipped, untouched this long and gone from the store (the batch pruned it) is deleted.
+IDLE_S = 24 * SEGMENT_MAX_AGE_S
+
+
+class LogShipper:
+    """Copies the new whole lines of every segment under ``root`` to ``<log>/`` on the store."""
+
+    def __init__(self, store: ObjectStore, log_name: str, root: Path, *, idle_s: float = IDLE_S) -> None:
+        self.store = store
+        self.log_name = log_name
+        self.root = Path(root)
+        self.idle_s = idle_s
+
+    def ship(self, *, wait: bool = False) -> int:
+        """Ship what is new; the bytes shipped (0 when another process of this machine is shipping now, unless
+        ``wait``: a process shutting down waits its turn, so its last lines leave with it)."""
+        if not self.root.is_dir():
+            return 0
+        with (self.root / _LOCK).open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            shipped = _read_json(self.root / SHIPPED)
+            total = 0
+            for path in sorted(self.root.glob("*.jsonl")):
+                start = shipped.get(path.name, 0)
+                with path.open("rb") as fh:
+                    fh.seek(start)
+                    data = fh.read()
+                end = data.rfind(b"\n") + 1  # a torn or in-progress last line waits for its newline
+                if not end:
+                    continue
+                key = f"{self.log_name}/{path.name}/{start:012d}-{start + end:012d}"
+                self.store.put(key, data[:end])
+                shipped[path.name] = start + end
+                write_bytes_atomic(self.root / SHIPPED, json.dumps(shipped, sort_keys=True).encode())
+                total += end
+            return total
+
+    def drop_pruned(self) -> list[str]:
+        """Delete local segments that are shipped whole, idle for ``idle_s`` and gone from the store; their names."""
+        shipped = _read_json(self.root / SHIPPED)
+        cutoff = time.time() - self.idle_s
+        old = [
+            name
+            for name, offset in shipped.items()
+            if (path := self.root / name).is_file() and path.stat().st_size == offset and path.stat().st_mtime < cutoff
+        ]
+        if not old:
+            return []
+        stored = set(_chunks(self.store, self.log_name))
+        gone = [name for name in old if name not in stored]
+        for name in gone:
+            (self.root / name).unlink(missing_ok=True)
+        if gone:
+            fsync_dir(self.root)
+            kept = {name: offset for name, offset in shipped.items() if name not in gone}
+            write_bytes_atomic(self.root / SHIPPED, json.dumps(kept, sort_keys=True).encode())
+        return gone
+
+
+def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
+    """Reassemble the store's segments of ``log_name`` (and its ``consumed.json``) under ``local``; returns it.
+
+    Only bytes past what ``local`` holds are appended, so a pull is cheap when little is new; segments the store
+    no longer has (pruned) are deleted here too."""
+    local.mkdir(parents=True, exist_ok=True)
+    chunks = _chunks(store, log_name)
+    for segment, parts in chunks.items():
+        target = local / segment
+        have = target.stat().st_size if target.is_file() else 0
+        for start, end in sorted(parts):
+            if end <= have:
+                continue
+            if start > have:
+                log.error(
+                    "%s/%s/%s: bytes %d..%d are missing (a chunk deleted by hand?); read up to there",
+                    store.location,
+                    log_name,
+                    segment,
+                    have,
+                    start,
+                )
+                break
+            blob = store.get(f"{log_name}/{segment}/{start:012d}-{end:012d}")
+            if blob is None:  # pruned between the listing and now
+                break
+            with target.open("ab") as fh:
+                fh.write(blob.data[have - start :])
+                fh.flush()
+                os.fsync(fh.fileno())
+            have = end
+    for stale in local.glob("*.jsonl"):
+        if stale.name not in chunks:
+            stale.unlink()
+    consumed = store.get(f"{log_name}/{CONSUMED}")
+    if consumed is not None:
+        write_bytes_atomic(local / CONSUMED, consumed.data)
+    else:
+        (local / CONSUMED).unlink(missing_ok=True)
+    return local
+
+
+def push_consumed(store: ObjectStore, log_name: str, local: Path, pruned: Iterable[str] = ()) -> None:
+    """Record the batch's offsets on the store (after its lake commit), then delete the chunks of ``pruned``."""
+    path = local / CONSUMED
+    if path.is_file():
+        store.put(f"{log_name}/{CONSUMED}", path.read_bytes())
+    for segment in pruned:
+        store.delete(store.keys(f"{log_name}/{segment}/"))
+
+
+def stored_consumed(store: ObjectStore, log_name: str) -> dict[str, int]:
+    blob = store.get(f"{log_name}/{CONSUMED}")
+    return json.loads(blob.data) if blob else {}
+
+
+def log_mirror(paths: PathSettings, log_name: str) -> Path:
+    """Where this machine reassembles the store's copy of a log (apart from the API's own segments)."""
+    return paths.data_dir / "cache" / "logs" / log_name
+
+
+def _chunks(store: ObjectStore, log_name: str) -> dict[str, list[tuple[int, int]]]:
+    found: dict[str, list[tuple[int, int]]] = {}
+    start = len(f"{log_name}/")
+    for key in store.keys(f"{log_name}/"):
+        if match := _CHUNK.match(key[start:]):
+            found.setdefault(match["segment"], []).append((int(match["start"]), int(match["end"])))
+    return found
+
+
+def _read_json(path: Path) -> dict[str, int]:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return json.loads(path.read_text())
+    return {}
+
+
+def batch_log_root(paths: PathSettings, log_name: str) -> Path:
+    """The folder the batch reads ``log_name`` from: the local one, or this machine's reassembly of the store's."""
+    if not paths.object_store:
+        return paths.inbox_dir if log_name == INBOX else paths.impressions_dir
+    from rec_core.storage.object_store import open_store
+
+    return pull_log(open_store(paths), log_name, log_mirror(paths, log_name))
+
+
+def record_consumed(paths: PathSettings, log_name: str, root: Path, pruned: Iterable[str]) -> None:
+    """After the batch marked and pruned ``root`` (from :func:`batch_log_root`): the same on the store."""
+    if paths.object_store:
+        from rec_core.storage.object_store import open_store
+
+        push_consumed(open_store(paths), log_name, root, pruned)
+
+
+def batch_consumed(paths: PathSettings) -> dict[str, int]:
+    """How far the batch has taken in the event inbox: what a new snapshot records for the API's replay."""
+    if not paths.object_store:
+        return consumed_offsets(paths.inbox_dir)
+    from rec_core.storage.object_store import open_store
+
+    return stored_consumed(open_store(paths), INBOX)
+
+
+def log_shippers(paths: PathSettings) -> list[LogShipper]:
+    """The API's shippers of its inbox and impression log; none when the lake is local (the batch reads them
+    where they are)."""
+    if not paths.object_store:
+        return []
+    from rec_core.storage.object_store import open_store
+
+    store = open_store(paths)
+    return [LogShipper(store, INBOX, paths.inbox_dir), LogShipper(store, IMPRESSIONS, paths.impressions_dir)]
