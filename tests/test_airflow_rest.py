@@ -211,10 +211,10 @@ class AirflowApi:
         return state
 
 
-def generate_tiny_world(data_dir: Path) -> None:
+def generate_tiny_world(data_dir: Path, extra: dict[str, str] | None = None) -> None:
     """The tiny synthetic lake, written by the job's own CLI the way a user would (`make data SCALE=tiny`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REC_")}
-    env.update({"PYTHONPATH": str(ROOT), "REC_DATA_DIR": str(data_dir)})
+    env.update({"PYTHONPATH": str(ROOT), "REC_DATA_DIR": str(data_dir), **(extra or {})})
     subprocess.run(
         [sys.executable, "-m", "jobs.generate_data", "--scale", "tiny", "--seed", "3"],
         env=env,

@@ -2,6 +2,9 @@
 two Celery workers, `recsys_pipeline` at tiny scale; the metadata DB must show the mapped embedding and
 materialization shards ran on more than one worker.
 
+The workers share no filesystem: each has its own data root, and the lake, the models and the snapshots live on
+an S3-compatible store (moto's server, started by the tests; ``REC_DATA_URI``), as on separate machines.
+
 Needs the PostgreSQL and Redis services of this machine (or those named by AIRFLOW_TEST_PG_URL /
 AIRFLOW_TEST_REDIS_URL) and the Celery provider; it skips, saying which is missing, where they are absent.
 A database of its own is created for the run and dropped after it; the Celery queue is unique to the run.
@@ -21,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from rec_core.settings import Settings
+from rec_core.snapshot.remote import sync_live
 from tests.test_airflow_rest import (
     TINY_CONF,
     VENV_BIN,
@@ -89,7 +94,7 @@ def _as_driver_url(url: str, scheme: str) -> str:
 
 
 @pytest.mark.slow
-def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
+def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path, s3_env: dict[str, str]) -> None:
     _services_or_skip()
     import psycopg2
     import redis
@@ -97,6 +102,7 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
     run_tag = uuid.uuid4().hex[:8]
     queue = f"rec-test-{run_tag}"
     home, data_dir = tmp_path / "airflow", tmp_path / "data"
+    store = {key: value for key, value in s3_env.items() if key != "REC_DATA_DIR"}
     port = free_port()
     procs = Processes(tmp_path / "logs")
     with scratch_database() as db_url:
@@ -110,6 +116,7 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
             AIRFLOW__CELERY__RESULT_BACKEND=_as_driver_url(db_url, "db+postgresql+psycopg2"),
             AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
             AIRFLOW__OPERATORS__DEFAULT_QUEUE=queue,
+            **store,
         )
         try:
             migrate = subprocess.run(
@@ -124,6 +131,7 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
                 worker_env = {
                     **env,
                     WORKER_NAME_ENV: name,
+                    "REC_DATA_DIR": str(tmp_path / name),  # its own disk: it meets the other only on the store
                     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.test_scaleout_celery.worker_hostname",
                 }
                 procs.start(
@@ -144,7 +152,7 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
                     180,
                     procs,
                 )
-            generate_tiny_world(data_dir)
+            generate_tiny_world(data_dir, store)
             passwords = wait_for(
                 "the generated admin password",
                 lambda: json.loads((home / "simple_auth_manager_passwords.json.generated").read_text()),
@@ -157,7 +165,9 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
             )
             run_id = api.trigger("recsys_pipeline", TINY_CONF)
             api.wait_for_run("recsys_pipeline", run_id, procs)
-            check_published(data_dir, api, "recsys_pipeline", run_id)
+            reader = tmp_path / "reader"  # a machine that ran nothing: it sees the run's snapshot on the store
+            sync_live(Settings.load({**store, "REC_DATA_DIR": str(reader)}).paths)
+            check_published(reader, api, "recsys_pipeline", run_id)
 
             with contextlib.closing(psycopg2.connect(db_url)) as con, con.cursor() as cur:
                 cur.execute(
@@ -177,4 +187,6 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path) -> None:
     # ... and the mapped shards did not all land on one of them.
     shard_hosts = {host for task_id, map_index, host, _, _ in rows if task_id in SHARDED and map_index >= 0}
     assert len(shard_hosts) >= 2, f"all shards ran on {shard_hosts}: {rows}"
+    for name in shard_hosts:  # each worker worked on its own copy of the snapshot
+        assert any((tmp_path / name / "snapshots").glob("s*/build.json")), name
     print("shards per worker:", {h: sorted(f"{t}[{m}]" for t, m, host, _, _ in rows if host == h) for h in shard_hosts})
