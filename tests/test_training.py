@@ -205,7 +205,7 @@ def test_cold_start_options_train_and_rank_cold_videos(world: tuple[Settings, La
     prepared = prepare(
         data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
     )
-    config = dataclasses.replace(TINY, time_windows=0, time_aware=True, uniform_negatives=128)
+    config = dataclasses.replace(TINY, epochs=4, time_windows=0, time_aware=True, uniform_negatives=128)
     result = train(prepared, config)
     metrics = two_tower_metrics(result.model, prepared, on="valid")
     popularity = np.bincount(data.split.train.item_idx, minlength=data.split.n_items).astype(np.float64)
