@@ -157,3 +157,51 @@ def test_close_releases_the_lite_file_to_other_processes(tmp_path: Path) -> None
         assert again.count() == 2
     with pytest.raises(VectorStoreError):
         again.count()
+
+
+def test_a_lite_start_that_fails_to_connect_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Milvus Lite's first connection to its own server can time out on a loaded machine (seen in `make chaos`);
+    the open is retried, and a file that keeps failing still raises the one clear error."""
+    from pymilvus.exceptions import ConnectionConfigException, MilvusException
+
+    import rec_core.snapshot.vector_store as vs
+
+    real, calls = vs.open_client, []
+
+    def flaky(uri: str):  # the connection itself fails once, as the real one did; then the real client opens
+        calls.append(uri)
+        if len(calls) == 1:
+            raise MilvusException(message="Fail connecting to server on unix:/tmp/x.sock, illegal connection params")
+        return real(uri)
+
+    monkeypatch.setattr(vs, "open_client", flaky)
+    monkeypatch.setattr(vs.time, "sleep", lambda s: None)
+    store = VectorStore(str(tmp_path / "a.db"), "videos", 4)
+    try:
+        store.create()
+        assert len(calls) == 2
+    finally:
+        store.close()
+
+    def down(uri: str):
+        calls.append(uri)
+        raise MilvusException(message="Fail connecting to server")
+
+    calls.clear()
+    monkeypatch.setattr(vs, "open_client", down)
+    with pytest.raises(VectorStoreError, match="cannot open Milvus"):
+        VectorStore(str(tmp_path / "b.db"), "videos", 4)
+    assert len(calls) == vs.LITE_OPEN_ATTEMPTS
+    # Another process holding the file is refused at once: a retry would connect to that process's server.
+    calls.clear()
+
+    def held(uri: str):
+        calls.append(uri)
+        raise ConnectionConfigException(message="Open local milvus failed")
+
+    monkeypatch.setattr(vs, "open_client", held)
+    with pytest.raises(VectorStoreError, match="another one holding it"):
+        VectorStore(str(tmp_path / "b.db"), "videos", 4)
+    assert len(calls) == 1
+    monkeypatch.setattr(vs, "open_client", real)
+    VectorStore(str(tmp_path / "b.db"), "videos", 4).close()  # the failed opens released the file's lock

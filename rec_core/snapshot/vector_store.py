@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from types import TracebackType
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from rec_core.ids import MAX_ID_BYTES, id_problem
 
@@ -84,9 +85,32 @@ def is_lite_uri(uri: str) -> bool:
     return uri.endswith(".db")
 
 
+LITE_OPEN_ATTEMPTS = 3
+
+
 def open_client(uri: str) -> MilvusClient:
     """A pymilvus client with this module's gRPC options; use it for every client of a product process."""
     return MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+
+
+def _open(uri: str, attempts: int) -> MilvusClient:
+    # Milvus Lite starts a server process and connects to its unix socket; on a loaded machine the first connection
+    # can time out ("Fail connecting to server on unix:...") although a second attempt succeeds. A file held by
+    # another process fails differently and is never retried.
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                # milvus-lite 2.5.1 imports pkg_resources on first use; the pin (setuptools<81) is deliberate.
+                warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+                return open_client(uri)
+        except MilvusException as exc:
+            # Only a failed connection: "Open local milvus failed" (ConnectionConfigException) means another
+            # process holds the file, and retrying would connect to that process's server instead.
+            if attempt == attempts or isinstance(exc, ConnectionConfigException) or "Fail connecting" not in str(exc):
+                raise
+            log.warning("opening Milvus at %s failed (attempt %d of %d): %s; retrying", uri, attempt, attempts, exc)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 class VectorStore:
@@ -104,10 +128,7 @@ class VectorStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lite_path = _acquire_lite(path)
         try:
-            with warnings.catch_warnings():
-                # milvus-lite 2.5.1 imports pkg_resources on first use; the pin (setuptools<81) is deliberate.
-                warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-                self._client: MilvusClient | None = open_client(uri)
+            self._client: MilvusClient | None = _open(uri, attempts=LITE_OPEN_ATTEMPTS if self.lite else 1)
         except MilvusException as exc:
             if self._lite_path is not None:
                 _release_lite(self._lite_path)
