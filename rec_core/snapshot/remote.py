@@ -33,9 +33,16 @@ from typing import Any
 
 from rec_core.atomic import write_bytes_atomic
 from rec_core.settings import PathSettings
-from rec_core.snapshot.layout import LIVE_POINTER, MANIFEST_FILE, SNAPSHOT_ID, SnapshotError, SnapshotPaths
+from rec_core.snapshot.layout import (
+    LIVE_POINTER,
+    MANIFEST_FILE,
+    SNAPSHOT_ID,
+    SnapshotError,
+    SnapshotPaths,
+    live_snapshot_id,
+)
 from rec_core.storage.object_store import ObjectStore, PreconditionFailed
-from rec_core.storage.synced_folder import SyncedFolder
+from rec_core.storage.synced_folder import PULLING, SyncedFolder
 from rec_core.storage.versions import Pointer
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ class RemoteSnapshots:
 
     def __init__(self, store: ObjectStore, paths: PathSettings) -> None:
         self.store = store
+        self.paths = paths
         self.local = paths.snapshots_dir
         self._seen: Pointer | None = None  # LIVE as :meth:`mirror` last read it: what :meth:`swap` expects
 
@@ -96,8 +104,7 @@ class RemoteSnapshots:
         pointer = self._seen = self.live()
         if pointer is None:
             return None
-        local = self.local / LIVE_POINTER
-        if not local.is_file() or local.read_text().strip() != pointer.name:
+        if live_snapshot_id(self.paths) != pointer.name:
             self.pull(pointer.name)
             self._write_local(HISTORY_FILE, json.dumps(self.history(), indent=2).encode())
             self._write_local(LIVE_POINTER, f"{pointer.name}\n".encode())
@@ -160,11 +167,10 @@ def sync_live(paths: PathSettings, remote: RemoteSnapshots | None = None) -> str
     caller passes its own ``remote`` (one store client, not one per call)."""
     remote = remote or remote_snapshots(paths)
     if remote is None:
-        pointer = paths.snapshots_dir / LIVE_POINTER
-        return pointer.read_text().strip() if pointer.is_file() else None
+        return live_snapshot_id(paths)
     with locked(paths):
         live = remote.mirror()
-        _drop_pruned_copies(remote, paths.snapshots_dir)
+        _drop_pruned_copies(remote, paths)
     return live
 
 
@@ -214,20 +220,21 @@ def run_synced(paths: PathSettings, snapshot_id: str | None, call: Callable[[], 
 def _file_states(root: Path) -> FileStates:
     states: FileStates = {}
     for path in root.rglob("*"):
-        if path.is_file() and ".pull-" not in path.name:
+        if path.is_file() and PULLING not in path.name:
             stat = path.stat()
             states[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
     return states
 
 
-def _drop_pruned_copies(remote: RemoteSnapshots, local: Path) -> None:
+def _drop_pruned_copies(remote: RemoteSnapshots, paths: PathSettings) -> None:
     """Remove local copies of snapshots that were published once and are gone from the store (pruned there).
     Never-published local folders are left alone: one may be a build of this machine that has not pushed yet."""
+    local = paths.snapshots_dir
     history_file = local / HISTORY_FILE
     if not history_file.is_file():
         return
     published = {entry["snapshot_id"] for entry in json.loads(history_file.read_text())}
-    live = (local / LIVE_POINTER).read_text().strip() if (local / LIVE_POINTER).is_file() else None
+    live = live_snapshot_id(paths)
     held = {p.name for p in local.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)}
     candidates = (held & published) - {live}
     if not candidates:

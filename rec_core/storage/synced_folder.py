@@ -31,7 +31,7 @@ from rec_core.storage.versions import VersionError, sha256_file
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-_PULLING = ".pull-"  # in the name of a file a pull is copying
+PULLING = ".pull-"  # in the name of a file a pull is copying
 ATTEMPTS = 8  # manifest swaps lost to other pushers before giving up (each loss means someone else progressed)
 
 
@@ -76,7 +76,7 @@ class SyncedFolder:
             if target.is_file() and sha256_file(target) == sha:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(f".{target.name}{_PULLING}{os.getpid()}")
+            part = target.with_name(f".{target.name}{PULLING}{os.getpid()}")
             try:
                 self.store.download(self._blob(sha), part)
                 if sha256_file(part) != sha:
@@ -124,7 +124,7 @@ class SyncedFolder:
     def _local_files(self) -> list[str]:
         # Not a pull's half-copied file, should one have been killed here.
         return sorted(
-            str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file() and _PULLING not in p.name
+            str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file() and PULLING not in p.name
         )
 
     def _manifest(self) -> Blob | None:
