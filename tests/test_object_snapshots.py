@@ -7,6 +7,7 @@ Milvus Lite (its file travels inside the snapshot), publish protocol and feed AP
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -18,8 +19,8 @@ import pytest
 from rec_core.data.lake import lake_for, snapshot_builds
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotError
-from rec_core.snapshot.publish import list_snapshots, publish, read_history, rollback
-from rec_core.snapshot.remote import remote_snapshots
+from rec_core.snapshot.publish import list_snapshots, prune, publish, read_history, rollback
+from rec_core.snapshot.remote import remote_snapshots, run_synced
 from rec_core.stages import between, run_stages
 from rec_core.storage.object_store import open_store
 from rec_core.synthetic.commit import generate_data
@@ -154,3 +155,50 @@ def wait_for_keys(settings: Settings, prefix: str, timeout: float = 30.0) -> lis
 
 def _store_settings(env: dict[str, str]) -> dict[str, str]:
     return {key.removeprefix("REC_").lower(): value for key, value in env.items() if key != "REC_DATA_DIR"}
+
+
+def _stored_build(remote, snapshot_id: str) -> Path:
+    folder = remote.folder(snapshot_id)
+    folder.local.mkdir(parents=True)
+    (folder.local / "build.json").write_text(json.dumps({"model_version": "m1"}))
+    folder.push()
+    return folder.local
+
+
+def test_a_stage_pushes_its_own_files_never_temp_files_and_a_failed_one_pushes_its_removals(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    a = machine(s3_env, tmp_path / "a")
+    remote = remote_snapshots(a.paths)
+    snapshot = "s20260101T000000Z-aaaa"
+    local = _stored_build(remote, snapshot)
+    (local / "manifest.json").write_text("{}")
+    remote.folder(snapshot).push(["manifest.json"])
+
+    def writes() -> dict:
+        (local / "feeds").mkdir()
+        (local / "feeds" / "part-0.parquet").write_bytes(b"rows")
+        (local / "feeds" / ".part-1.parquet.abc.tmp").write_bytes(b"half")  # another process's write in progress
+        return {}
+
+    run_synced(a.paths, snapshot, writes)
+    assert set(remote.folder(snapshot).files()) == {"build.json", "manifest.json", "feeds/part-0.parquet"}
+
+    def fails_validation() -> dict:
+        (local / "manifest.json").unlink()  # validation drops a stale manifest, then refuses
+        raise SnapshotError("refused")
+
+    with pytest.raises(SnapshotError, match="refused"):
+        run_synced(a.paths, snapshot, fails_validation)
+    assert not remote.validated(snapshot), "the store must not keep a manifest the machine withdrew"
+
+
+def test_pruning_keeps_a_build_another_machine_pushed_to_recently(s3_env: dict[str, str], tmp_path: Path) -> None:
+    a, b = (machine(s3_env, tmp_path / name) for name in ("a", "b"))
+    # Begun long ago (its id), written to just now by a: on b, which holds no copy, it is a build in progress.
+    old = "s20200101T000000Z-aaaa"
+    _stored_build(remote_snapshots(a.paths), old)
+    assert prune(b.paths, keep=1) == []
+    assert remote_snapshots(b.paths).folder(old).exists()
+    assert prune(b.paths, keep=1, abandoned_after=dt.timedelta(seconds=0)) == [old]  # past the limit: abandoned
+    assert not remote_snapshots(b.paths).folder(old).exists()

@@ -127,10 +127,13 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
             blob = store.get(f"{log_name}/{segment}/{start:012d}-{end:012d}")
             if blob is None:  # pruned between the listing and now
                 break
-            with target.open("ab") as fh:
-                fh.write(blob.data[have - start :])
-                fh.flush()
-                os.fsync(fh.fileno())
+            # Written at its own offset, not appended: two pulls at once write the same bytes to the same place.
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, blob.data, start)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             have = end
     for stale in local.glob("*.jsonl"):
         if stale.name not in chunks:
@@ -144,12 +147,13 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
 
 
 def push_consumed(store: ObjectStore, log_name: str, local: Path, pruned: Iterable[str] = ()) -> None:
-    """Record the batch's offsets on the store (after its lake commit), then delete the chunks of ``pruned``."""
+    """Delete the chunks of ``pruned``, then record the batch's offsets on the store (after its lake commit).
+    Killed between the two, the old offsets name segments that are gone, which every reader passes over."""
+    for segment in pruned:
+        store.delete(store.keys(f"{log_name}/{segment}/"))
     path = local / CONSUMED
     if path.is_file():
         store.put(f"{log_name}/{CONSUMED}", path.read_bytes())
-    for segment in pruned:
-        store.delete(store.keys(f"{log_name}/{segment}/"))
 
 
 def stored_consumed(store: ObjectStore, log_name: str) -> dict[str, int]:

@@ -198,8 +198,9 @@ def _describe(remote: RemoteSnapshots | None, snapshot: SnapshotPaths) -> tuple[
     """A snapshot's manifest (None before validation) and the model version its build names, read from this
     machine's copy or, for one it does not hold, from the store (without copying the snapshot here)."""
     if remote is None or snapshot.root.is_dir():
-        build = snapshot.read_build().model_version if snapshot.build_file.is_file() else None
-        return try_manifest(snapshot), build
+        manifest = try_manifest(snapshot)
+        needed = manifest is None and snapshot.build_file.is_file()  # only then is build.json read, as before
+        return manifest, snapshot.read_build().model_version if needed else None
     folder = remote.folder(snapshot.snapshot_id)
     manifest, build = folder.read(MANIFEST_FILE), folder.read(BUILD_FILE)
     try:
@@ -275,6 +276,8 @@ def _recover(paths: PathSettings, remote: RemoteSnapshots | None) -> str | None:
     root = paths.snapshots_dir
     if remote is not None:
         remote.mirror()
+        # The store's log, not this machine's copy of it: another machine may have logged a rollback since.
+        remote.write_local_history()
     for tmp in root.glob(f".{LIVE_POINTER}.*.tmp"):
         tmp.unlink(missing_ok=True)
     for tmp in root.glob(f".{HISTORY_FILE}.*.tmp"):
@@ -338,7 +341,7 @@ def _prune(
     for name in sorted(held | stored):
         if name == live or name in keep:
             continue
-        if name not in published and now - _touched_at(root / name) < abandoned_after.total_seconds():
+        if name not in published and now - _touched_at(root / name, remote) < abandoned_after.total_seconds():
             continue  # never published and recently touched: a build in progress (or awaiting publish)
         doomed.append(name)
     for name in doomed:
@@ -387,13 +390,12 @@ def _drop_collection(paths: PathSettings, snapshot_id: str) -> None:
         client.close()
 
 
-def _touched_at(folder: Path) -> float:
-    """When a build last wrote to its folder; for one this machine does not hold (on the store only), when it
-    was begun (the time in its id)."""
+def _touched_at(folder: Path, remote: RemoteSnapshots | None) -> float:
+    """When a build last wrote to its folder: here, or (snapshots on a store) on any machine, its last push."""
+    pushed = (remote.folder(folder.name).modified() or 0.0) if remote is not None else 0.0
     if not folder.is_dir():
-        stamp = dt.datetime.strptime(folder.name[1:17], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-        return stamp.timestamp()
-    newest = folder.stat().st_mtime
+        return pushed
+    newest = max(folder.stat().st_mtime, pushed)
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
             try:

@@ -106,7 +106,7 @@ class RemoteSnapshots:
             return None
         if live_snapshot_id(self.paths) != pointer.name:
             self.pull(pointer.name)
-            self._write_local(HISTORY_FILE, json.dumps(self.history(), indent=2).encode())
+            self.write_local_history()
             self._write_local(LIVE_POINTER, f"{pointer.name}\n".encode())
             log.info("snapshot %s (live on %s) is now live here", pointer.name, self.where())
         return pointer.name
@@ -126,6 +126,10 @@ class RemoteSnapshots:
                 "won); nothing changed: look at `python -m jobs.publish --list` and try again"
             ) from None
         self._write_local(LIVE_POINTER, body)
+
+    def write_local_history(self) -> None:
+        """This machine's copy of the publish log made the store's."""
+        self._write_local(HISTORY_FILE, json.dumps(self.history(), indent=2).encode())
 
     def write_history(self, history: list[dict]) -> None:
         body = json.dumps(history, indent=2).encode()
@@ -198,7 +202,17 @@ def run_synced(paths: PathSettings, snapshot_id: str | None, call: Callable[[], 
     with locked(paths):
         remote.mirror()
         before = _file_states(remote.pull(snapshot_id).root) if snapshot_id else {}
-    result = call()
+    try:
+        result = call()
+    except Exception:
+        if snapshot_id:  # what the failed stage removed on purpose (validation drops a stale manifest) goes too
+            gone = [name for name in before if name not in _file_states(remote.folder(snapshot_id).local)]
+            try:
+                if gone:
+                    remote.folder(snapshot_id).push([], remove=gone)
+            except Exception:  # the stage's own error is the one to report
+                log.exception("could not record on the store what failed stage removed from %s", snapshot_id)
+        raise
     made = result.get("snapshot_id") if begins and isinstance(result, Mapping) else None
     target = snapshot_id or made
     if target:
@@ -218,10 +232,17 @@ def run_synced(paths: PathSettings, snapshot_id: str | None, call: Callable[[], 
 
 
 def _file_states(root: Path) -> FileStates:
+    # Hidden names are never part of a snapshot: another process's temp file (atomic writes, pulls in progress)
+    # or a lock file; a file that vanishes while listed was one of those.
     states: FileStates = {}
     for path in root.rglob("*"):
-        if path.is_file() and PULLING not in path.name:
+        if path.name.startswith(".") or PULLING in path.name:
+            continue
+        try:
             stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.is_file():
             states[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
     return states
 

@@ -73,6 +73,8 @@ class ObjectStore(Protocol):
 
     def keys(self, prefix: str) -> list[str]: ...
 
+    def modified(self, key: str) -> float | None: ...
+
     def delete(self, keys: Iterable[str]) -> None: ...
 
 
@@ -106,6 +108,13 @@ class S3Store:
 
     def copy(self, source: str, key: str) -> None:
         self._call("copy_object", key, CopySource={"Bucket": self.location.bucket, "Key": self.location.key(source)})
+
+    def modified(self, key: str) -> float | None:
+        """When the object was last written (a Unix time), or None when there is none."""
+        try:
+            return self._call("head_object", key)["LastModified"].timestamp()
+        except _NotFound:
+            return None
 
     def keys(self, prefix: str) -> list[str]:
         full = self.location.key(prefix)

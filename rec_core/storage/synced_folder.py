@@ -47,6 +47,10 @@ class SyncedFolder:
     def exists(self) -> bool:
         return self._manifest() is not None
 
+    def modified(self) -> float | None:
+        """When the folder last changed (its manifest's last write), or None when it does not exist."""
+        return self.store.modified(self._key(MANIFEST))
+
     def files(self) -> dict[str, str]:
         """Relative path -> sha256 of what the folder holds now (empty if it does not exist)."""
         blob = self._manifest()
