@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,10 @@ def test_a_failed_append_on_a_full_disk_keeps_nothing_and_the_next_one_succeeds(
     batch = read_new(inbox)
     assert [r.data["user_id"] for r in batch.records] == ["u0", "u1", "u2"]
     assert batch.bad_lines == 0
+    # The refused append's segment takes nothing after it: a reader that caught part of the refused lines before
+    # the truncation (the batch, a shipper) never sees other bytes at the offsets it read.
+    first = sorted(inbox.glob("*.jsonl"))[0]
+    assert [json.loads(line)["data"]["user_id"] for line in first.read_bytes().splitlines()] == ["u0", "u1"]
 
 
 def test_a_failed_segment_open_does_not_break_later_writes(few_inodes: Path) -> None:

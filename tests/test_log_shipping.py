@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from rec_core.data.inbox import InboxWriter, mark_consumed, prune_consumed, read_new
 from rec_core.data.log_shipping import (
+    IDLE_S,
     INBOX,
+    MIRROR_SEALED,
     SHIPPED,
     LogShipper,
     pull_log,
@@ -21,6 +24,16 @@ from rec_core.data.log_shipping import (
 )
 from rec_core.settings import Settings
 from rec_core.storage.object_store import open_store
+
+
+def age(path: Path, seconds: float = 2 * IDLE_S) -> None:
+    """Make ``path`` look untouched for ``seconds``: past a segment's life, past the idle time before pruning."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def sealed_of(mirror: Path) -> dict[str, int]:
+    return json.loads((mirror / MIRROR_SEALED).read_text())
 
 
 def events(n: int, first: int = 0) -> list[tuple[str, dict]]:
@@ -56,18 +69,22 @@ def test_shipped_segments_reassemble_byte_for_byte_through_a_kill_and_a_torn_lin
     assert [r.data["user_id"] for r in read.records] == [f"u{i}" for i in range(13)]
     assert read.offsets == read_new(api).offsets  # the API's replay offsets mean the same segment bytes
 
-    # The batch records its offsets on the store; a segment it prunes goes there, then from the API's disk.
-    mark_consumed(mirror, read.offsets)
-    os.utime(mirror / segment.name, (0, 0))
-    os.utime(segment, (0, 0))
+    # Quiet for long enough, the segment is sealed without its torn tail (no writer will finish that line);
+    # the batch prunes it on the store, then the API's disk lets it go.
     writer.close()
-    pruned = prune_consumed(mirror)
+    age(segment)
+    shipper.ship()
+    lines_end = whole.rfind(b"\n") + 1
+    assert store.keys(f"{INBOX}/{segment.name}/sealed-") == [f"{INBOX}/{segment.name}/sealed-{lines_end:012d}"]
+    pull_log(store, INBOX, mirror)
+    mark_consumed(mirror, read.offsets)
+    age(mirror / segment.name)
+    pruned = prune_consumed(mirror, sealed=sealed_of(mirror))
     assert pruned == [segment.name]
     push_consumed(store, INBOX, mirror, pruned)
     assert stored_consumed(store, INBOX) == json.loads((mirror / "consumed.json").read_text())
     assert store.keys(f"{INBOX}/{segment.name}/") == []
-    # The API keeps a segment whose tail it never shipped (the torn line): only what the store had may go.
-    assert LogShipper(store, INBOX, api, idle_s=0).drop_pruned() == [] and segment.exists()
+    assert LogShipper(store, INBOX, api, idle_s=0).drop_pruned() == [segment.name] and not segment.exists()
 
 
 def test_a_quiet_segment_fully_shipped_and_pruned_leaves_the_api_disk(s3_env: dict[str, str], tmp_path: Path) -> None:
@@ -80,12 +97,13 @@ def test_a_quiet_segment_fully_shipped_and_pruned_leaves_the_api_disk(s3_env: di
     shipper.ship()
     segment = next(api.glob("*.jsonl"))
     assert shipper.drop_pruned() == []  # touched just now
-    os.utime(segment, (0, 0))
-    assert shipper.drop_pruned() == []  # idle, but the batch has not pruned it: still on the store
+    age(segment)
+    shipper.ship()  # sealed
+    assert shipper.drop_pruned() == []  # idle and sealed, but the batch has not pruned it: still on the store
     pull_log(store, INBOX, mirror)
     mark_consumed(mirror, read_new(mirror).offsets)
-    os.utime(mirror / segment.name, (0, 0))
-    pruned = prune_consumed(mirror)
+    age(mirror / segment.name)
+    pruned = prune_consumed(mirror, sealed=sealed_of(mirror))
     assert pruned == [segment.name]
     push_consumed(store, INBOX, mirror, pruned)
     assert shipper.drop_pruned() == [segment.name] and not segment.exists()
@@ -126,3 +144,56 @@ def test_pulls_running_at_once_reassemble_the_same_bytes(s3_env: dict[str, str],
         list(pool.map(lambda _: pull_log(store, INBOX, mirror), range(4)))
     segment = next(api.glob("*.jsonl"))
     assert (mirror / segment.name).read_bytes() == segment.read_bytes()
+
+
+def test_a_segment_the_api_could_not_ship_for_a_day_is_not_pruned_under_its_unshipped_lines(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The batch's copy of a segment is consumed whole and a day old, but the API still holds lines it could not
+    ship (the store was unreachable): unsealed, the segment stays, and those lines arrive when the store is back."""
+    store = open_store(Settings.load(s3_env).paths)
+    api, mirror = tmp_path / "api", tmp_path / "mirror"
+    writer, shipper = InboxWriter(api), LogShipper(store, INBOX, api)
+    writer.append_many(events(3))
+    shipper.ship()
+    pull_log(store, INBOX, mirror)
+    mark_consumed(mirror, read_new(mirror).offsets)
+    push_consumed(store, INBOX, mirror)
+    writer.append_many(events(2, first=3))  # acknowledged; the store is down from here on
+    writer.close()
+    segment = next(api.glob("*.jsonl"))
+    age(mirror / segment.name)
+    assert prune_consumed(mirror, sealed=sealed_of(mirror)) == []  # without the seal it would go now
+    assert prune_consumed(mirror) == [segment.name]  # what a copy judged by its file times alone would do
+    pull_log(store, INBOX, mirror)  # the store still has it: the copy comes back
+
+    age(segment)
+    shipper.ship()  # the store is back: the tail ships, then (nothing left, long quiet) the seal
+    shipper.ship()
+    pull_log(store, INBOX, mirror)
+    assert [r.data["user_id"] for r in read_new(mirror).records] == ["u3", "u4"]
+    assert sealed_of(mirror) == {segment.name: segment.stat().st_size}
+
+
+def test_a_segment_cut_back_after_shipping_is_sealed_at_its_true_length(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """An append the writer refused (and truncated) after the shipper had copied part of it: the segment is sealed
+    at its length on disk and every copy is cut back to it, so nothing later sits past a line the reader skipped."""
+    store = open_store(Settings.load(s3_env).paths)
+    api, mirror, late = tmp_path / "api", tmp_path / "mirror", tmp_path / "late"
+    writer, shipper = InboxWriter(api), LogShipper(store, INBOX, api)
+    writer.append_many(events(2))
+    segment = next(api.glob("*.jsonl"))
+    kept = segment.stat().st_size
+    writer.append_many(events(3, first=2))  # stands for the refused append's lines, caught before the truncation
+    shipper.ship()
+    pull_log(store, INBOX, mirror)
+    os.truncate(segment, kept)  # the writer's roll-back; it then moves to a new segment
+    writer.close()
+    InboxWriter(api).append_many(events(1, first=9))
+    shipper.ship()
+    assert shipper.ship() == 0  # sealed: never shipped from again
+    for copy in (mirror, late):  # one that had pulled the refused lines, one that had not
+        pull_log(store, INBOX, copy)
+        assert (copy / segment.name).read_bytes() == segment.read_bytes()
+        assert sorted(r.data["user_id"] for r in read_new(copy).records) == ["u0", "u1", "u9"]
+        assert sealed_of(copy) == {segment.name: kept}

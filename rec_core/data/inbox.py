@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,13 @@ class InboxWriter:
     """Appends records to one segment file of this writer; thread-safe; fsyncs before returning.
 
     A failed append (a full disk, an I/O error) raises :class:`InboxWriteError` and leaves the segment as it
-    was before the append: the file is truncated back, so a torn line can never glue onto the next record
-    and a refused record is never taken in by the batch. Should even the truncation fail, the segment is
-    abandoned: its torn tail is never read (it has no newline, and nothing is appended after it), though whole
-    lines of the refused append before it would be. The segment file is opened lazily, so a failed open is
-    retried by the next append.
+    was before the append: the file is truncated back, so a torn line can never glue onto the next record,
+    and the segment is closed: the next append starts a new one. A reader that caught the refused lines before
+    the truncation (the batch, or a shipper copying them to the object store) may have taken them in, but
+    nothing written later can sit at the offsets it read past. Should even the truncation fail, the torn tail
+    is never read (it has no newline, and nothing is appended after it), though whole lines of the refused
+    append before it would be. The segment file is opened lazily, so a failed open is retried by the next
+    append.
     """
 
     def __init__(
@@ -142,6 +144,9 @@ class InboxWriter:
                 os.fsync(self._fd)
             except OSError as exc:
                 kept = self._roll_back()
+                # Closed either way: bytes once written at an offset never become other bytes there, which a
+                # reader that saw the refused append before its truncation (a shipper, the batch) relies on.
+                self._abandon()
                 raise InboxWriteError(
                     exc.errno,
                     f"inbox append of {count} record(s) failed: {exc.strerror or exc}; "
@@ -150,7 +155,7 @@ class InboxWriter:
             self._size += len(payload)
 
     def _roll_back(self) -> bool:
-        """Cut the segment back to its last durable size; False (and the segment abandoned) if that fails too."""
+        """Cut the segment back to its last durable size; False if that fails too."""
         assert self._fd is not None
         try:
             os.ftruncate(self._fd, self._size)
@@ -158,7 +163,6 @@ class InboxWriter:
             return True
         except OSError:
             log.exception("inbox: cannot truncate a failed append away; abandoning segment of %s", self.writer_id)
-            self._abandon()
             return False
 
     def _abandon(self) -> None:
@@ -262,7 +266,10 @@ def mark_consumed(root: Path, offsets: dict[str, int]) -> None:
 
 
 def prune_consumed(
-    root: Path, idle_s: float = 24 * SEGMENT_MAX_AGE_S, covered_by: Iterable[dict[str, int]] = ()
+    root: Path,
+    idle_s: float = 24 * SEGMENT_MAX_AGE_S,
+    covered_by: Iterable[dict[str, int]] = (),
+    sealed: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Delete the segments the batch has consumed whole and no writer has touched for ``idle_s`` seconds (past
     :data:`SEGMENT_MAX_AGE_S`, a writer appends to a new segment instead), so the folder does not grow with
@@ -271,6 +278,10 @@ def prune_consumed(
     ``covered_by``: offsets that readers may still replay from (the event inbox: each snapshot's ``build.json``
     offsets, from which the API rebuilds its user state); a segment goes only once every one of them is past its
     end, so a replay never misses a record that a deleted segment held.
+
+    ``sealed``: for a copy of segments written elsewhere (the object store's, :mod:`rec_core.data.log_shipping`),
+    whose files' times say when the copy changed, not when the writer last wrote: only segments their shipper
+    has sealed (segment -> its final length) may go, once consumed to that length.
     """
     if idle_s <= SEGMENT_MAX_AGE_S:
         raise ValueError(f"idle_s must exceed a segment's longest life ({SEGMENT_MAX_AGE_S:g} s), got {idle_s:g}")
@@ -284,7 +295,8 @@ def prune_consumed(
         with contextlib.suppress(FileNotFoundError):
             stat = path.stat()
             replayed = any(since.get(name, 0) < stat.st_size for since in covered_by)
-            if offset >= stat.st_size and stat.st_mtime < cutoff and not replayed:
+            final = sealed is None or (name in sealed and offset >= sealed[name])
+            if offset >= stat.st_size and final and stat.st_mtime < cutoff and not replayed:
                 path.unlink()
                 gone.append(name)
     if gone:

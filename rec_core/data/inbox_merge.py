@@ -24,7 +24,7 @@ import polars as pl
 from rec_core.data.impressions import impression_rows, merged_impressions, request_id_problem
 from rec_core.data.inbox import InboxBatch, InboxRecord, iter_kind, mark_consumed, prune_consumed, read_new
 from rec_core.data.lake import Lake, LakeError, LakeVersion, lake_for, snapshot_builds
-from rec_core.data.log_shipping import IMPRESSIONS, INBOX, batch_log_root, record_consumed
+from rec_core.data.log_shipping import IMPRESSIONS, INBOX, batch_log_root, record_consumed, sealed_segments
 from rec_core.data.tables import LAKE_TABLES
 from rec_core.ids import id_problem
 from rec_core.settings import Settings
@@ -60,7 +60,10 @@ def ingest_inbox(settings: Settings) -> dict:
     # Consumed segments go once idle: the impression log's at once (nothing else reads it), the inbox's once no
     # snapshot can replay them (the API rebuilds its user state from a snapshot's offsets).
     replays = [b["inbox_offsets"] for b in snapshot_builds(paths) if b.get("inbox_offsets") is not None]
-    pruned = prune_consumed(inbox_root, covered_by=replays), prune_consumed(shown_root)
+    pruned = (
+        prune_consumed(inbox_root, covered_by=replays, sealed=sealed_segments(paths, inbox_root)),
+        prune_consumed(shown_root, sealed=sealed_segments(paths, shown_root)),
+    )
     record_consumed(paths, INBOX, inbox_root, pruned[0])
     record_consumed(paths, IMPRESSIONS, shown_root, pruned[1])
     summary["segments_pruned"] = len(pruned[0]) + len(pruned[1])

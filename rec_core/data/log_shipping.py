@@ -7,13 +7,21 @@ whole lines to the store, where the batch, on whatever machine it runs, reassemb
 ``inbox_offsets`` and the API's replay from them work unchanged. Layout under ``<prefix>/<log>/``::
 
     <segment>/<start:012d>-<end:012d>    bytes [start, end) of a segment: whole lines
+    <segment>/sealed-<end:012d>          the segment is final at ``end`` bytes: no chunk will follow
     consumed.json                        how far the batch has taken each segment in (as the local file)
 
 One process per machine ships at a time (a lock file), recording what it shipped in ``.shipped.json`` after each
-upload. Killed between the two, the next shipper uploads an overlapping chunk again; the reader appends only
-the bytes past what it holds, so an overlap is harmless (every chunk is a slice of the same append-only file).
+upload. Killed between the two, the next shipper uploads an overlapping chunk again; the reader writes each
+chunk at its offset, so an overlap is harmless (every chunk is a slice of the same append-only file).
 Lines the API acknowledged reach the batch one shipping interval later; lost with the machine before that, they
 are lost as a local disk's would be: the store is the durable copy once shipped.
+
+The batch prunes a segment only once its shipper has *sealed* it, after shipping all of it and seeing no writer
+touch it for :data:`SEAL_AFTER_S` (writers start a new segment every :data:`SEGMENT_MAX_AGE_S`). Without the
+seal, an API machine that could not reach the store for a day would find its segment pruned from under the
+lines it had not shipped yet, and those would start past a gap that no reader crosses. A segment that shrank
+below what was shipped (an append refused after the shipper copied part of it: the writer truncated it and
+moved to a new segment) is sealed at once at its true length, and the reader cuts its copy back to that.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
@@ -36,9 +45,12 @@ from rec_core.storage.object_store import ObjectStore
 log = logging.getLogger(__name__)
 
 INBOX, IMPRESSIONS = "inbox", "impressions"
-SHIPPED = ".shipped.json"
+SHIPPED, SEALED = ".shipped.json", ".sealed.json"  # the shipper's records: segment -> bytes shipped / final length
+MIRROR_SEALED = "sealed.json"  # the reader's: the store's sealed segments and their final lengths
 _LOCK = ".ship.lock"
-_CHUNK = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?P<start>\d{12})-(?P<end>\d{12})$")
+_KEY = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?:(?P<start>\d{12})-(?P<end>\d{12})|sealed-(?P<final>\d{12}))$")
+# Twice a segment's longest life: an append that began just before the writer's age check still lands first.
+SEAL_AFTER_S = 2 * SEGMENT_MAX_AGE_S
 # A local segment fully shipped, untouched this long and gone from the store (the batch pruned it) is deleted.
 IDLE_S = 24 * SEGMENT_MAX_AGE_S
 
@@ -53,8 +65,8 @@ class LogShipper:
         self.idle_s = idle_s
 
     def ship(self, *, wait: bool = False) -> int:
-        """Ship what is new; the bytes shipped (0 when another process of this machine is shipping now, unless
-        ``wait``: a process shutting down waits its turn, so its last lines leave with it)."""
+        """Ship what is new, and seal what is final; the bytes shipped (0 when another process of this machine is
+        shipping now, unless ``wait``: a process shutting down waits its turn, so its last lines leave with it)."""
         if not self.root.is_dir():
             return 0
         with (self.root / _LOCK).open("a") as lock:
@@ -62,56 +74,75 @@ class LogShipper:
                 fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0
-            shipped = _read_json(self.root / SHIPPED)
+            shipped, sealed = _read_json(self.root / SHIPPED), _read_json(self.root / SEALED)
             total = 0
             for path in sorted(self.root.glob("*.jsonl")):
+                if path.name in sealed:
+                    continue
                 start = shipped.get(path.name, 0)
                 with path.open("rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
                     fh.seek(start)
                     data = fh.read()
-                end = data.rfind(b"\n") + 1  # a torn or in-progress last line waits for its newline
-                if not end:
+                if size < start:
+                    log.warning(
+                        "%s shrank to %d bytes after %d were shipped (an append refused and truncated); "
+                        "sealing it at %d",
+                        path,
+                        size,
+                        start,
+                        size,
+                    )
+                    self._seal(path.name, size, sealed)
                     continue
-                key = f"{self.log_name}/{path.name}/{start:012d}-{start + end:012d}"
-                self.store.put(key, data[:end])
-                shipped[path.name] = start + end
-                write_bytes_atomic(self.root / SHIPPED, json.dumps(shipped, sort_keys=True).encode())
-                total += end
+                end = data.rfind(b"\n") + 1  # a torn or in-progress last line waits for its newline
+                if end:
+                    key = f"{self.log_name}/{path.name}/{start:012d}-{start + end:012d}"
+                    self.store.put(key, data[:end])
+                    shipped[path.name] = start + end
+                    write_bytes_atomic(self.root / SHIPPED, json.dumps(shipped, sort_keys=True).encode())
+                    total += end
+                elif path.stat().st_mtime < time.time() - SEAL_AFTER_S:  # no writer appends to it any more
+                    self._seal(path.name, start, sealed)
             return total
 
+    def _seal(self, segment: str, length: int, sealed: dict[str, int]) -> None:
+        self.store.put(f"{self.log_name}/{segment}/sealed-{length:012d}", b"")
+        sealed[segment] = length
+        write_bytes_atomic(self.root / SEALED, json.dumps(sealed, sort_keys=True).encode())
+
     def drop_pruned(self) -> list[str]:
-        """Delete local segments that are shipped whole, idle for ``idle_s`` and gone from the store; their names."""
-        shipped = _read_json(self.root / SHIPPED)
+        """Delete local segments that are sealed, idle for ``idle_s`` and gone from the store (the batch pruned
+        them); their names."""
+        shipped, sealed = _read_json(self.root / SHIPPED), _read_json(self.root / SEALED)
         cutoff = time.time() - self.idle_s
-        old = [
-            name
-            for name, offset in shipped.items()
-            if (path := self.root / name).is_file() and path.stat().st_size == offset and path.stat().st_mtime < cutoff
-        ]
+        old = [name for name in sealed if (path := self.root / name).is_file() and path.stat().st_mtime < cutoff]
         if not old:
             return []
-        stored = set(_chunks(self.store, self.log_name))
+        stored = set(_listing(self.store, self.log_name))
         gone = [name for name in old if name not in stored]
         for name in gone:
             (self.root / name).unlink(missing_ok=True)
         if gone:
             fsync_dir(self.root)
-            kept = {name: offset for name, offset in shipped.items() if name not in gone}
-            write_bytes_atomic(self.root / SHIPPED, json.dumps(kept, sort_keys=True).encode())
+            for record, name in ((shipped, SHIPPED), (sealed, SEALED)):
+                kept = {segment: offset for segment, offset in record.items() if segment not in gone}
+                write_bytes_atomic(self.root / name, json.dumps(kept, sort_keys=True).encode())
         return gone
 
 
 def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
     """Reassemble the store's segments of ``log_name`` (and its ``consumed.json``) under ``local``; returns it.
 
-    Only bytes past what ``local`` holds are appended, so a pull is cheap when little is new; segments the store
-    no longer has (pruned) are deleted here too."""
+    Only chunks past what ``local`` holds are fetched, so a pull is cheap when little is new; segments the store
+    no longer has (pruned) are deleted here too. ``sealed.json`` lists the sealed ones with their final length,
+    for :func:`rec_core.data.inbox.prune_consumed`."""
     local.mkdir(parents=True, exist_ok=True)
-    chunks = _chunks(store, log_name)
-    for segment, parts in chunks.items():
+    listing = _listing(store, log_name)
+    for segment, parts in listing.items():
         target = local / segment
         have = target.stat().st_size if target.is_file() else 0
-        for start, end in sorted(parts):
+        for start, end in sorted(parts.chunks):
             if end <= have:
                 continue
             if start > have:
@@ -135,15 +166,35 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
             finally:
                 os.close(fd)
             have = end
+        if parts.sealed is not None and (have > parts.sealed or not target.exists()):
+            _cut_to_seal(target, have, parts.sealed)
     for stale in local.glob("*.jsonl"):
-        if stale.name not in chunks:
+        if stale.name not in listing:
             stale.unlink()
+    sealed = {segment: parts.sealed for segment, parts in listing.items() if parts.sealed is not None}
+    write_bytes_atomic(local / MIRROR_SEALED, json.dumps(sealed, sort_keys=True).encode())
     consumed = store.get(f"{log_name}/{CONSUMED}")
     if consumed is not None:
         write_bytes_atomic(local / CONSUMED, consumed.data)
     else:
         (local / CONSUMED).unlink(missing_ok=True)
     return local
+
+
+def _cut_to_seal(target: Path, have: int, final: int) -> None:
+    """Bring a sealed segment's copy to its final length: cut a refused append the shipper had copied part of,
+    or create a segment sealed with no line in it, so that the batch consumes and prunes it too."""
+    if have > final:
+        log.warning("%s: cutting %d bytes of a refused append (sealed at %d bytes)", target, have - final, final)
+    with target.open("ab") as fh:
+        fh.truncate(final)
+        os.fsync(fh.fileno())
+
+
+def sealed_segments(paths: PathSettings, root: Path) -> dict[str, int] | None:
+    """The segments under ``root`` (from :func:`batch_log_root`) the batch may prune once consumed to their
+    length: None locally (the writers' own files, judged by their age), the sealed ones of the store's copy."""
+    return _read_json(root / MIRROR_SEALED) if paths.object_store else None
 
 
 def push_consumed(store: ObjectStore, log_name: str, local: Path, pruned: Iterable[str] = ()) -> None:
@@ -166,12 +217,22 @@ def log_mirror(paths: PathSettings, log_name: str) -> Path:
     return paths.data_dir / "cache" / "logs" / log_name
 
 
-def _chunks(store: ObjectStore, log_name: str) -> dict[str, list[tuple[int, int]]]:
-    found: dict[str, list[tuple[int, int]]] = {}
+@dataclass(slots=True)
+class _Stored:
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    sealed: int | None = None
+
+
+def _listing(store: ObjectStore, log_name: str) -> dict[str, _Stored]:
+    found: dict[str, _Stored] = {}
     start = len(f"{log_name}/")
     for key in store.keys(f"{log_name}/"):
-        if match := _CHUNK.match(key[start:]):
-            found.setdefault(match["segment"], []).append((int(match["start"]), int(match["end"])))
+        if match := _KEY.match(key[start:]):
+            stored = found.setdefault(match["segment"], _Stored())
+            if match["final"] is not None:
+                stored.sealed = int(match["final"])
+            else:
+                stored.chunks.append((int(match["start"]), int(match["end"])))
     return found
 
 
