@@ -17,13 +17,16 @@ from rec_core.model.release import gate_version, train_towers
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import TowerConfig, TwoTower
 from rec_core.model.training import (
+    SPARSE_IDS_FROM,
     TimeWindows,
     TrainConfig,
     TrainingData,
     TrainResult,
+    _optimizer,
     _windowed_order,
     prepare,
     scorer,
+    tower_config,
     train,
 )
 from rec_core.settings import Settings
@@ -250,3 +253,36 @@ def test_time_windows_reject_the_random_batch_options() -> None:
     with pytest.raises(ValueError, match="time_windows"):
         TrainConfig(time_windows=-1)
     assert TrainConfig(time_windows=0, uniform_negatives=64).uniform_negatives == 64
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sparse_id_tables_move_only_the_rows_each_step_touched(prepared: TrainingData, sparse: bool) -> None:
+    """``sparse_ids``: the id tables' gradients are sparse and a step moves only the rows its batch named (a lazy
+    Adam), where dense Adam's momentum keeps moving every row touched before; without the flag, the old dense step."""
+    torch.manual_seed(0)
+    model = TwoTower(tower_config(prepared, TINY)).eval()  # no id dropout: every id of a batch is looked up
+    optimizer = _optimizer(model, dataclasses.replace(TINY, sparse_ids=sparse))
+    first, second = np.arange(0, 40), np.arange(40, 80)
+
+    def step(items: np.ndarray) -> torch.Tensor:
+        before = model.item_emb.weight.detach().clone()
+        optimizer.zero_grad()
+        model.video(prepared.catalogue.batch(items, prepared.stats)).pow(2).sum().backward()
+        assert model.item_emb.weight.grad.is_sparse == sparse
+        optimizer.step()
+        return (model.item_emb.weight.detach() != before).any(dim=1)
+
+    touched = np.unique(prepared.catalogue.item_idx[first])
+    moved = step(first)
+    assert moved[touched[touched > 0]].all()
+    moved = step(second)
+    earlier_only = np.setdiff1d(touched, prepared.catalogue.item_idx[second])
+    earlier_only = earlier_only[earlier_only > 0]
+    assert len(earlier_only) > 0
+    assert bool(moved[earlier_only].any()) is not sparse  # dense Adam's momentum moves them again; lazy Adam does not
+
+
+def test_sparse_ids_by_default_only_for_tables_past_the_measured_crossover() -> None:
+    small, large = (TwoTower(TowerConfig(n_items=n, n_creators=10)) for n in (1_000, SPARSE_IDS_FROM))
+    assert len(_optimizer(small, TrainConfig()).optimizers) == 1 and not small.item_emb.sparse
+    assert len(_optimizer(large, TrainConfig()).optimizers) == 2 and large.item_emb.sparse

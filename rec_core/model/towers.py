@@ -117,8 +117,8 @@ class UserTower(nn.Module):
         self.mlp = _mlp(width, cfg.hidden, cfg.embedding_dim)
 
     def _pool(self, table: nn.Embedding, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        # Mean over each user's bag; an empty bag pools to zeros.
-        return F.embedding_bag(idx, table.weight, offsets, mode="mean", padding_idx=0)
+        # Mean over each user's bag; an empty bag pools to zeros. Sparse gradients when the table asks for them.
+        return F.embedding_bag(idx, table.weight, offsets, mode="mean", padding_idx=0, sparse=table.sparse)
 
     def forward(self, b: UserBatch) -> torch.Tensor:
         x = torch.cat(
