@@ -17,7 +17,6 @@ from rec_core.model.release import gate_version, train_towers
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import TowerConfig, TwoTower
 from rec_core.model.training import (
-    SPARSE_IDS_FROM,
     TimeWindows,
     TrainConfig,
     TrainingData,
@@ -280,9 +279,3 @@ def test_sparse_id_tables_move_only_the_rows_each_step_touched(prepared: Trainin
     earlier_only = earlier_only[earlier_only > 0]
     assert len(earlier_only) > 0
     assert bool(moved[earlier_only].any()) is not sparse  # dense Adam's momentum moves them again; lazy Adam does not
-
-
-def test_sparse_ids_by_default_only_for_tables_past_the_measured_crossover() -> None:
-    small, large = (TwoTower(TowerConfig(n_items=n, n_creators=10)) for n in (1_000, SPARSE_IDS_FROM))
-    assert len(_optimizer(small, TrainConfig()).optimizers) == 1 and not small.item_emb.sparse
-    assert len(_optimizer(large, TrainConfig()).optimizers) == 2 and large.item_emb.sparse

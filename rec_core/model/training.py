@@ -76,10 +76,10 @@ class TrainConfig:
     patience: int = 2
     # Sparse gradients and a lazy Adam (only the rows a batch touched move) for the video and creator id tables; the
     # dense layers keep AdamW. A dense Adam step reads and writes every row of those tables at every step: with 10x
-    # the default world's video ids (402,630) its steps were 2.3x slower, while below ~80,000 rows the sparse
-    # bookkeeping costs more than it saves (0.83x at the default's 40,263). bench_sparse_ids measures both, and
-    # quality (within noise at default). None: sparse from SPARSE_IDS_FROM rows.
-    sparse_ids: bool | None = None
+    # the default world's video ids (402,630) its steps were 2.3x slower, while at the default's 40,263 the sparse
+    # step is the slower (0.83x); quality at default was within noise (bench_sparse_ids). Off by default: at the
+    # large world its only run so far saw validation fall after epoch 1, and no dense run there was compared.
+    sparse_ids: bool = False
     # A warm start (rec_core.model.warm_start) adapts a model that already fits all but the newest data: a couple of
     # epochs, each kept only if it beats the carried weights on validation.
     warm_epochs: int = 2
@@ -200,9 +200,6 @@ class StartFrom:
     since_ms: int
 
 
-SPARSE_IDS_FROM = 100_000  # id-table rows (videos + creators) from which TrainConfig.sparse_ids=None goes sparse
-
-
 class _Optimizers:
     """AdamW for the dense layers and (``sparse_ids``) SparseAdam for the id tables, stepped as one."""
 
@@ -220,9 +217,8 @@ class _Optimizers:
 
 def _optimizer(model: TwoTower, cfg: TrainConfig) -> _Optimizers:
     rows = model.item_emb.num_embeddings + model.creator_emb.num_embeddings
-    sparse_ids = cfg.sparse_ids if cfg.sparse_ids is not None else rows >= SPARSE_IDS_FROM
-    log.info("optimizer: %s (%d id-table rows)", "sparse ids + AdamW" if sparse_ids else "AdamW", rows)
-    if not sparse_ids:
+    log.info("optimizer: %s (%d id-table rows)", "sparse ids + AdamW" if cfg.sparse_ids else "AdamW", rows)
+    if not cfg.sparse_ids:
         return _Optimizers(torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     tables = (model.item_emb, model.creator_emb)
     for table in tables:
