@@ -45,7 +45,7 @@ from feed_api.snapshots import SnapshotRegistry
 from feed_api.telemetry import Metrics
 from feed_api.user_state import UserActivity, UserStates
 from rec_core.data.inbox import SEGMENT_MAX_AGE_S, InboxWriter
-from rec_core.data.log_shipping import log_shippers
+from rec_core.data.log_shipping import INBOX, log_shippers
 from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import ApiSettings, BatchSettings, ModelSettings, PathSettings
 
@@ -117,7 +117,8 @@ class LiveUpdates:
         drop = time.monotonic() - self._last_drop > SEGMENT_MAX_AGE_S
         for shipper in self._shippers:
             try:
-                shipper.ship(wait=final)
+                # At the end, this process's own inbox segments are final: sealed now, not after two idle hours.
+                shipper.ship(wait=final, closed=self.inbox.owns if final and shipper.log_name == INBOX else None)
                 if drop:
                     shipper.drop_pruned()
             except Exception:  # the store is down: the lines stay here, durable, and ship on a later tick

@@ -82,7 +82,11 @@ def test_a_failed_append_on_a_full_disk_keeps_nothing_and_the_next_one_succeeds(
     assert batch.bad_lines == 0
     # The refused append's segment takes nothing after it: a reader that caught part of the refused lines before
     # the truncation (the batch, a shipper) never sees other bytes at the offsets it read.
-    first = sorted(inbox.glob("*.jsonl"))[0]
+    segments = sorted(inbox.glob("*.jsonl"))
+    first = segments[0]
+    # The second refusal wrote nothing (the disk was full): its segment stays open, so a full disk does not open a
+    # new file for every refused request; u2 went into it.
+    assert len(segments) == 2
     assert [json.loads(line)["data"]["user_id"] for line in first.read_bytes().splitlines()] == ["u0", "u1"]
 
 

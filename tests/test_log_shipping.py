@@ -191,9 +191,42 @@ def test_a_segment_cut_back_after_shipping_is_sealed_at_its_true_length(s3_env: 
     writer.close()
     InboxWriter(api).append_many(events(1, first=9))
     shipper.ship()
-    assert shipper.ship() == 0  # sealed: never shipped from again
+    assert store.keys(f"{INBOX}/{segment.name}/sealed-") == [f"{INBOX}/{segment.name}/sealed-{kept:012d}"]
     for copy in (mirror, late):  # one that had pulled the refused lines, one that had not
         pull_log(store, INBOX, copy)
         assert (copy / segment.name).read_bytes() == segment.read_bytes()
         assert sorted(r.data["user_id"] for r in read_new(copy).records) == ["u0", "u1", "u9"]
         assert sealed_of(copy) == {segment.name: kept}
+
+
+def test_a_process_shutting_down_seals_its_own_segments_at_once(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """A host that never comes back must not leave unsealed segments (unprunable) behind: at shutdown the API seals
+    the segments of the writer it closed; another writer's segment on the same disk waits for its idle time."""
+    store = open_store(Settings.load(s3_env).paths)
+    mine, theirs = InboxWriter(tmp_path), InboxWriter(tmp_path)
+    mine.append_many(events(2))
+    theirs.append_many(events(2, first=2))
+    mine.close()
+    LogShipper(store, INBOX, tmp_path).ship(wait=True, closed=mine.owns)
+    sealed = [key.split("/")[1] for key in store.keys(f"{INBOX}/") if "/sealed-" in key]
+    assert len(sealed) == 1 and mine.owns(sealed[0])
+
+
+def test_a_seal_left_without_its_chunks_is_finished_off_not_read(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """A prune killed between its deletes (chunks go in key order, the seal last), or a seal an old disk put back
+    after its segment was pruned: the reader deletes what is left instead of making a file it can never consume."""
+    store = open_store(Settings.load(s3_env).paths)
+    api, mirror = tmp_path / "api", tmp_path / "mirror"
+    writer, shipper = InboxWriter(api), LogShipper(store, INBOX, api)
+    for n in range(3):
+        writer.append_many(events(2, first=2 * n))
+        shipper.ship()
+    writer.close()
+    segment = next(api.glob("*.jsonl"))
+    shipper.ship(closed=writer.owns)
+    chunks = sorted(k for k in store.keys(f"{INBOX}/{segment.name}/") if "sealed" not in k)
+    store.delete(chunks[:1])  # the prune got this far
+    pull_log(store, INBOX, mirror)
+    assert not (mirror / segment.name).exists() and sealed_of(mirror) == {}
+    assert store.keys(f"{INBOX}/{segment.name}/") == []
+    assert LogShipper(store, INBOX, api, idle_s=0).drop_pruned() == [segment.name]

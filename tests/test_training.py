@@ -279,3 +279,11 @@ def test_sparse_id_tables_move_only_the_rows_each_step_touched(prepared: Trainin
     earlier_only = earlier_only[earlier_only > 0]
     assert len(earlier_only) > 0
     assert bool(moved[earlier_only].any()) is not sparse  # dense Adam's momentum moves them again; lazy Adam does not
+
+
+def test_training_with_sparse_ids_runs_both_towers_and_keeps_the_unknown_row_at_zero(prepared: TrainingData) -> None:
+    """The user tower pools its history through ``F.embedding_bag``: it must give sparse gradients too, or SparseAdam
+    refuses the step; the padding row (unknown ids) never moves."""
+    result = train(prepared, dataclasses.replace(TINY, epochs=1, sparse_ids=True))
+    assert not result.model.item_emb.weight[0].any() and not result.model.creator_emb.weight[0].any()
+    assert result.best_valid > 0

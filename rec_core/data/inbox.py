@@ -61,7 +61,8 @@ class InboxWriter:
 
     A failed append (a full disk, an I/O error) raises :class:`InboxWriteError` and leaves the segment as it
     was before the append: the file is truncated back, so a torn line can never glue onto the next record,
-    and the segment is closed: the next append starts a new one. A reader that caught the refused lines before
+    and, if any of its bytes had reached the file, the segment is closed: the next append starts a new one. A
+    reader that caught the refused lines before
     the truncation (the batch, or a shipper copying them to the object store) may have taken them in, but
     nothing written later can sit at the offsets it read past. Should even the truncation fail, the torn tail
     is never read (it has no newline, and nothing is appended after it), though whole lines of the refused
@@ -137,16 +138,18 @@ class InboxWriter:
             except OSError as exc:
                 raise InboxWriteError(exc.errno, f"cannot open a new inbox segment in {self.root}: {exc}") from exc
             assert self._fd is not None
+            view = memoryview(payload)
             try:
-                view = memoryview(payload)
                 while view:  # os.write may write part of it (a nearly full disk) and fail on the rest
                     view = view[os.write(self._fd, view) :]
                 os.fsync(self._fd)
             except OSError as exc:
                 kept = self._roll_back()
-                # Closed either way: bytes once written at an offset never become other bytes there, which a
-                # reader that saw the refused append before its truncation (a shipper, the batch) relies on.
-                self._abandon()
+                if len(view) < len(payload):
+                    # Bytes reached the file: closed, so that bytes once at an offset never become other bytes there,
+                    # which a reader that saw the refused append before its truncation (a shipper, the batch) relies
+                    # on. A write that wrote nothing (the usual full disk) keeps the segment: no file per refusal.
+                    self._abandon()
                 raise InboxWriteError(
                     exc.errno,
                     f"inbox append of {count} record(s) failed: {exc.strerror or exc}; "

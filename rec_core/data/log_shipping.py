@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,9 @@ _LOCK = ".ship.lock"
 _KEY = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?:(?P<start>\d{12})-(?P<end>\d{12})|sealed-(?P<final>\d{12}))$")
 # Twice a segment's longest life: an append that began just before the writer's age check still lands first.
 SEAL_AFTER_S = 2 * SEGMENT_MAX_AGE_S
+SEALED_SLACK = (
+    64 << 10
+)  # a torn tail past the sealed length (never shipped) is expected; a segment grown further is not
 # A local segment fully shipped, untouched this long and gone from the store (the batch pruned it) is deleted.
 IDLE_S = 24 * SEGMENT_MAX_AGE_S
 
@@ -64,9 +67,13 @@ class LogShipper:
         self.root = Path(root)
         self.idle_s = idle_s
 
-    def ship(self, *, wait: bool = False) -> int:
+    def ship(self, *, wait: bool = False, closed: Callable[[str], bool] | None = None) -> int:
         """Ship what is new, and seal what is final; the bytes shipped (0 when another process of this machine is
-        shipping now, unless ``wait``: a process shutting down waits its turn, so its last lines leave with it)."""
+        shipping now, unless ``wait``: a process shutting down waits its turn, so its last lines leave with it).
+
+        ``closed(name)``: the segment's writer is closed for good (this process shutting down), so it is sealed as
+        soon as it is shipped, not after :data:`SEAL_AFTER_S`: a host that never comes back leaves nothing unsealed.
+        """
         if not self.root.is_dir():
             return 0
         with (self.root / _LOCK).open("a") as lock:
@@ -78,6 +85,10 @@ class LogShipper:
             total = 0
             for path in sorted(self.root.glob("*.jsonl")):
                 if path.name in sealed:
+                    if path.stat().st_size > sealed[path.name] + SEALED_SLACK:
+                        log.error(
+                            "%s grew past its seal at %d bytes: those lines are not shipped", path, sealed[path.name]
+                        )
                     continue
                 start = shipped.get(path.name, 0)
                 with path.open("rb") as fh:
@@ -102,8 +113,9 @@ class LogShipper:
                     shipped[path.name] = start + end
                     write_bytes_atomic(self.root / SHIPPED, json.dumps(shipped, sort_keys=True).encode())
                     total += end
-                elif path.stat().st_mtime < time.time() - SEAL_AFTER_S:  # no writer appends to it any more
-                    self._seal(path.name, start, sealed)
+                final = (closed is not None and closed(path.name)) or path.stat().st_mtime < time.time() - SEAL_AFTER_S
+                if final:  # no writer appends to it any more: what is shipped is all of it
+                    self._seal(path.name, shipped.get(path.name, 0), sealed)
             return total
 
     def _seal(self, segment: str, length: int, sealed: dict[str, int]) -> None:
@@ -139,9 +151,19 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
     for :func:`rec_core.data.inbox.prune_consumed`."""
     local.mkdir(parents=True, exist_ok=True)
     listing = _listing(store, log_name)
-    for segment, parts in listing.items():
+    for segment, parts in list(listing.items()):
         target = local / segment
         have = target.stat().st_size if target.is_file() else 0
+        if _pruned_remnant(parts) and not target.exists():
+            log.warning(
+                "%s/%s/%s: a sealed segment without its first bytes (a prune cut short); deleting the rest",
+                store.location,
+                log_name,
+                segment,
+            )
+            store.delete(store.keys(f"{log_name}/{segment}/"))
+            del listing[segment]
+            continue
         for start, end in sorted(parts.chunks):
             if end <= have:
                 continue
@@ -179,6 +201,11 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
     else:
         (local / CONSUMED).unlink(missing_ok=True)
     return local
+
+
+def _pruned_remnant(parts: _Stored) -> bool:
+    """A seal whose segment cannot be read from its start: what a prune deleting chunk by chunk left behind."""
+    return bool(parts.sealed) and (not parts.chunks or min(start for start, _ in parts.chunks) > 0)
 
 
 def _cut_to_seal(target: Path, have: int, final: int) -> None:
