@@ -51,9 +51,8 @@ _LOCK = ".ship.lock"
 _KEY = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?:(?P<start>\d{12})-(?P<end>\d{12})|sealed-(?P<final>\d{12}))$")
 # Twice a segment's longest life: an append that began just before the writer's age check still lands first.
 SEAL_AFTER_S = 2 * SEGMENT_MAX_AGE_S
-SEALED_SLACK = (
-    64 << 10
-)  # a torn tail past the sealed length (never shipped) is expected; a segment grown further is not
+# A torn tail past the sealed length (never shipped) is expected; a segment grown further than this is not.
+SEALED_SLACK = 64 << 10
 # A local segment fully shipped, untouched this long and gone from the store (the batch pruned it) is deleted.
 IDLE_S = 24 * SEGMENT_MAX_AGE_S
 
