@@ -62,12 +62,11 @@ class InboxWriter:
     A failed append (a full disk, an I/O error) raises :class:`InboxWriteError` and leaves the segment as it
     was before the append: the file is truncated back, so a torn line can never glue onto the next record,
     and, if any of its bytes had reached the file, the segment is closed: the next append starts a new one. A
-    reader that caught the refused lines before
-    the truncation (the batch, or a shipper copying them to the object store) may have taken them in, but
-    nothing written later can sit at the offsets it read past. Should even the truncation fail, the torn tail
-    is never read (it has no newline, and nothing is appended after it), though whole lines of the refused
-    append before it would be. The segment file is opened lazily, so a failed open is retried by the next
-    append.
+    reader that caught the refused lines before the truncation (the batch, or a shipper copying them to the
+    object store) may have taken them in, but nothing written later can sit at the offsets it read past. Should
+    even the truncation fail, the torn tail is never read (it has no newline, and nothing is appended after it),
+    though whole lines of the refused append before it would be. The segment file is opened lazily, so a failed
+    open is retried by the next append.
     """
 
     def __init__(

@@ -91,9 +91,10 @@ class LogShipper:
                     continue
                 start = shipped.get(path.name, 0)
                 with path.open("rb") as fh:
-                    size = os.fstat(fh.fileno()).st_size
+                    stat = os.fstat(fh.fileno())
                     fh.seek(start)
                     data = fh.read()
+                size = stat.st_size
                 if size < start:
                     log.warning(
                         "%s shrank to %d bytes after %d were shipped (an append refused and truncated); "
@@ -110,9 +111,9 @@ class LogShipper:
                     key = f"{self.log_name}/{path.name}/{start:012d}-{start + end:012d}"
                     self.store.put(key, data[:end])
                     shipped[path.name] = start + end
-                    write_bytes_atomic(self.root / SHIPPED, json.dumps(shipped, sort_keys=True).encode())
+                    _write_json(self.root / SHIPPED, shipped)
                     total += end
-                final = (closed is not None and closed(path.name)) or path.stat().st_mtime < time.time() - SEAL_AFTER_S
+                final = (closed is not None and closed(path.name)) or stat.st_mtime < time.time() - SEAL_AFTER_S
                 if final:  # no writer appends to it any more: what is shipped is all of it
                     self._seal(path.name, shipped.get(path.name, 0), sealed)
             return total
@@ -120,7 +121,7 @@ class LogShipper:
     def _seal(self, segment: str, length: int, sealed: dict[str, int]) -> None:
         self.store.put(f"{self.log_name}/{segment}/sealed-{length:012d}", b"")
         sealed[segment] = length
-        write_bytes_atomic(self.root / SEALED, json.dumps(sealed, sort_keys=True).encode())
+        _write_json(self.root / SEALED, sealed)
 
     def drop_pruned(self) -> list[str]:
         """Delete local segments that are sealed, idle for ``idle_s`` and gone from the store (the batch pruned
@@ -138,7 +139,7 @@ class LogShipper:
             fsync_dir(self.root)
             for record, name in ((shipped, SHIPPED), (sealed, SEALED)):
                 kept = {segment: offset for segment, offset in record.items() if segment not in gone}
-                write_bytes_atomic(self.root / name, json.dumps(kept, sort_keys=True).encode())
+                _write_json(self.root / name, kept)
         return gone
 
 
@@ -193,7 +194,7 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
         if stale.name not in listing:
             stale.unlink()
     sealed = {segment: parts.sealed for segment, parts in listing.items() if parts.sealed is not None}
-    write_bytes_atomic(local / MIRROR_SEALED, json.dumps(sealed, sort_keys=True).encode())
+    _write_json(local / MIRROR_SEALED, sealed)
     consumed = store.get(f"{log_name}/{CONSUMED}")
     if consumed is not None:
         write_bytes_atomic(local / CONSUMED, consumed.data)
@@ -204,7 +205,9 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
 
 def _pruned_remnant(parts: _Stored) -> bool:
     """A seal whose segment cannot be read from its start: what a prune deleting chunk by chunk left behind."""
-    return bool(parts.sealed) and (not parts.chunks or min(start for start, _ in parts.chunks) > 0)
+    if parts.sealed is None or parts.sealed == 0:  # unsealed, or sealed with no line: nothing to start from
+        return False
+    return not parts.chunks or min(start for start, _ in parts.chunks) > 0
 
 
 def _cut_to_seal(target: Path, have: int, final: int) -> None:
@@ -260,6 +263,10 @@ def _listing(store: ObjectStore, log_name: str) -> dict[str, _Stored]:
             else:
                 stored.chunks.append((int(match["start"]), int(match["end"])))
     return found
+
+
+def _write_json(path: Path, record: dict[str, int]) -> None:
+    write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode())
 
 
 def _read_json(path: Path) -> dict[str, int]:
