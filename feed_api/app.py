@@ -34,6 +34,7 @@ from feed_api.reader import FeedReader
 from feed_api.request_rules import client_address, json_only_middleware, parse_networks
 from feed_api.telemetry import Metrics, metrics_middleware
 from rec_core.data.inbox import InboxWriteError
+from rec_core.data.log_shipping import IMPRESSIONS
 from rec_core.model.text_encoder import TextEncoder
 from rec_core.settings import ApiSettings, PathSettings, Settings
 
@@ -118,7 +119,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         purge.cancel()
         if impressions is not None:
             await asyncio.to_thread(impressions.close)
-        await updates.stop()
+        await updates.stop(closed={IMPRESSIONS: impressions.owns} if impressions is not None else None)
 
 
 async def _purge_rate_limits(app: Litestar) -> None:

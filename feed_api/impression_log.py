@@ -76,6 +76,10 @@ class ImpressionLog:
                     return
         self._metrics.count("impressions_dropped")
 
+    def owns(self, segment_name: str) -> bool:
+        """Whether this log wrote the segment named ``segment_name`` (sealed at shutdown once closed)."""
+        return self._writer.owns(segment_name)
+
     @property
     def pending(self) -> int:
         return len(self._pending)

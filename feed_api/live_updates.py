@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -92,7 +92,9 @@ class LiveUpdates:
         self._thread = threading.Thread(target=self._background, name="snapshots+inbox", daemon=True)
         self._thread.start()
 
-    async def stop(self) -> None:
+    async def stop(self, closed: Mapping[str, Callable[[str], bool]] | None = None) -> None:
+        """Stop, and ship what is left. ``closed``: other logs' writers this process has closed (log name -> whether
+        it wrote a segment), whose segments are sealed with the inbox's own."""
         self._stop.set()
         await self._inbox_batcher.stop()
         await self._video_batcher.stop()
@@ -100,7 +102,9 @@ class LiveUpdates:
             await asyncio.to_thread(self._thread.join, 30)
         self.registry.close()
         self.inbox.close()
-        await asyncio.to_thread(self._ship, final=True)  # what the last requests and impression flush wrote
+        # What the last requests and impression flush wrote; this process's segments are final: sealed now, not
+        # after two idle hours, so a host that never comes back leaves nothing the batch cannot prune.
+        await asyncio.to_thread(self._ship, {INBOX: self.inbox.owns, **(closed or {})})
 
     def _background(self) -> None:
         while True:
@@ -113,12 +117,12 @@ class LiveUpdates:
             if self._stop.wait(self._reload_s):
                 return
 
-    def _ship(self, final: bool = False) -> None:
+    def _ship(self, final: Mapping[str, Callable[[str], bool]] | None = None) -> None:
+        """Ship every log; ``final`` (at shutdown): each log's closed writer, whose segments are sealed."""
         drop = time.monotonic() - self._last_drop > SEGMENT_MAX_AGE_S
         for shipper in self._shippers:
             try:
-                # At the end, this process's own inbox segments are final: sealed now, not after two idle hours.
-                shipper.ship(wait=final, closed=self.inbox.owns if final and shipper.log_name == INBOX else None)
+                shipper.ship(wait=final is not None, closed=(final or {}).get(shipper.log_name))
                 if drop:
                     shipper.drop_pruned()
             except Exception:  # the store is down: the lines stay here, durable, and ship on a later tick

@@ -230,3 +230,57 @@ def test_a_seal_left_without_its_chunks_is_finished_off_not_read(s3_env: dict[st
     assert not (mirror / segment.name).exists() and sealed_of(mirror) == {}
     assert store.keys(f"{INBOX}/{segment.name}/") == []
     assert LogShipper(store, INBOX, api, idle_s=0).drop_pruned() == [segment.name]
+
+
+def test_a_segment_whose_host_never_came_back_is_sealed_by_the_batch_and_pruned(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A host that crashed for good never seals its last segment; past a week with nothing shipped to it the batch
+    seals it itself, so it is consumed and pruned like any other instead of staying on the store forever."""
+    store = open_store(Settings.load(s3_env).paths)
+    api, mirror = tmp_path / "api", tmp_path / "mirror"
+    writer = InboxWriter(api)
+    writer.append_many(events(3))
+    LogShipper(store, INBOX, api).ship()  # then the host dies: no shutdown, no seal
+    segment = next(api.glob("*.jsonl")).name
+
+    pull_log(store, INBOX, mirror)  # a week has not passed
+    assert sealed_of(mirror) == {}
+    pull_log(store, INBOX, mirror, abandoned_after_s=0)  # it has
+    length = (mirror / segment).stat().st_size
+    assert sealed_of(mirror) == {segment: length}
+    assert store.keys(f"{INBOX}/{segment}/sealed-") == [f"{INBOX}/{segment}/sealed-{length:012d}"]
+    mark_consumed(mirror, read_new(mirror).offsets)
+    age(mirror / segment)
+    pruned = prune_consumed(mirror, sealed=sealed_of(mirror))
+    assert pruned == [segment]
+    push_consumed(store, INBOX, mirror, pruned)
+    assert store.keys(f"{INBOX}/{segment}/") == []
+
+
+def test_a_host_back_after_the_batch_sealed_its_segment_ships_its_last_lines_apart(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The host was only away (the store unreachable for over a week), with acknowledged lines it never shipped:
+    they reach the batch as a segment of their own, and the seal the batch wrote stays the segment's only one."""
+    store = open_store(Settings.load(s3_env).paths)
+    api, mirror = tmp_path / "api", tmp_path / "mirror"
+    writer, shipper = InboxWriter(api), LogShipper(store, INBOX, api)
+    writer.append_many(events(2))
+    shipper.ship()
+    writer.append_many(events(2, first=2))  # acknowledged, then the store is out of reach
+    writer.close()
+    segment = next(api.glob("*.jsonl"))
+    pull_log(store, INBOX, mirror, abandoned_after_s=0)
+    shipped_length = sealed_of(mirror)[segment.name]
+    assert shipped_length < segment.stat().st_size
+
+    age(segment)
+    shipper.ship()  # back: old, fully written, and sealed by someone else
+    shipper.ship()
+    assert store.keys(f"{INBOX}/{segment.name}/sealed-") == [f"{INBOX}/{segment.name}/sealed-{shipped_length:012d}"]
+    pull_log(store, INBOX, mirror)
+    assert [r.data["user_id"] for r in read_new(mirror).records] == ["u0", "u1", "u2", "u3"]
+    tail = [name for name in sealed_of(mirror) if name != segment.name]
+    assert len(tail) == 1 and sorted([segment.name, *tail]) == [segment.name, *tail]
+    assert json.loads((api / SHIPPED).read_text())[segment.name] == segment.stat().st_size

@@ -100,6 +100,12 @@ def test_snapshots_built_across_machines_are_served_rolled_back_and_pruned_from_
         assert history == [(first, "publish"), (second, "publish"), (first, "rollback")]
     finally:
         api.stop()
+    # Its clean stop sealed every segment it wrote, in both logs: a host that never returns leaves nothing the
+    # batch could not prune.
+    for log_name in ("inbox", "impressions"):
+        parts = [key.split("/") for key in open_store(a.paths).keys(f"{log_name}/")]
+        segments = {part[1] for part in parts if len(part) == 3}
+        assert segments and segments == {part[1] for part in parts if len(part) == 3 and part[2].startswith("sealed-")}
 
     # Publishing the second again makes it live; with keep=1 pruning deletes the first from the store, and each
     # machine drops its copy once it sees that.

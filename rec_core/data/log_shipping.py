@@ -22,6 +22,11 @@ seal, an API machine that could not reach the store for a day would find its seg
 lines it had not shipped yet, and those would start past a gap that no reader crosses. A segment that shrank
 below what was shipped (an append refused after the shipper copied part of it: the writer truncated it and
 moved to a new segment) is sealed at once at its true length, and the reader cuts its copy back to that.
+
+A host that dies for good leaves its last segments unsealed, which would keep them on the store forever; the
+batch seals a segment whose newest chunk is :data:`ABANDONED_AFTER_S` old itself, with a warning. Should that host
+return with lines it never shipped, its shipper finds the seal it did not write and ships those lines as a
+segment of their own (``<segment stem>_after-<sealed length>.jsonl``), so they are read, not cut off.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ _KEY = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?:(?P<start>\d{12})-(?P<end>\d{1
 SEAL_AFTER_S = 2 * SEGMENT_MAX_AGE_S
 # A torn tail past the sealed length (never shipped) is expected; a segment grown further than this is not.
 SEALED_SLACK = 64 << 10
+# A segment on the store with nothing shipped to it for this long has lost its shipper (the host is gone).
+ABANDONED_AFTER_S = 7 * 24 * 3600
 # A local segment fully shipped, untouched this long and gone from the store (the batch pruned it) is deleted.
 IDLE_S = 24 * SEGMENT_MAX_AGE_S
 
@@ -106,6 +113,10 @@ class LogShipper:
                     )
                     self._seal(path.name, size, sealed)
                     continue
+                old = stat.st_mtime < time.time() - SEAL_AFTER_S
+                if old and (theirs := self._sealed_on_store(path.name)) is not None:
+                    self._ship_past_foreign_seal(path, theirs, shipped, sealed)
+                    continue
                 end = data.rfind(b"\n") + 1  # a torn or in-progress last line waits for its newline
                 if end:
                     key = f"{self.log_name}/{path.name}/{start:012d}-{start + end:012d}"
@@ -113,14 +124,44 @@ class LogShipper:
                     shipped[path.name] = start + end
                     _write_json(self.root / SHIPPED, shipped)
                     total += end
-                final = (closed is not None and closed(path.name)) or stat.st_mtime < time.time() - SEAL_AFTER_S
-                if final:  # no writer appends to it any more: what is shipped is all of it
+                # No writer appends to it any more: what is shipped is all of it.
+                if old or (closed is not None and closed(path.name)):
                     self._seal(path.name, shipped.get(path.name, 0), sealed)
             return total
 
     def _seal(self, segment: str, length: int, sealed: dict[str, int]) -> None:
         self.store.put(f"{self.log_name}/{segment}/sealed-{length:012d}", b"")
         sealed[segment] = length
+        _write_json(self.root / SEALED, sealed)
+
+    def _sealed_on_store(self, segment: str) -> int | None:
+        """The length the store's seal of ``segment`` gives, when the batch sealed it (an abandoned segment)."""
+        seals = [
+            _KEY.match(key[len(self.log_name) + 1 :]) for key in self.store.keys(f"{self.log_name}/{segment}/sealed-")
+        ]
+        return max((int(match["final"]) for match in seals if match), default=None)
+
+    def _ship_past_foreign_seal(self, path: Path, final: int, shipped: dict[str, int], sealed: dict[str, int]) -> None:
+        """The batch sealed ``path``'s segment at ``final`` bytes while this host was away: whole lines past that
+        go to the store as a segment of their own, sealed at once, and the local segment counts as sealed."""
+        with path.open("rb") as fh:
+            fh.seek(final)
+            data = fh.read()
+        tail = data[: data.rfind(b"\n") + 1]
+        if tail:
+            name = f"{path.stem}_after-{final:012d}.jsonl"  # "_" sorts it after its segment
+            log.warning(
+                "%s was sealed at %d bytes in this host's absence; shipping its last %d bytes as %s",
+                path,
+                final,
+                len(tail),
+                name,
+            )
+            self.store.put(f"{self.log_name}/{name}/{0:012d}-{len(tail):012d}", tail)
+            self.store.put(f"{self.log_name}/{name}/sealed-{len(tail):012d}", b"")
+        shipped[path.name] = final + len(tail)
+        _write_json(self.root / SHIPPED, shipped)
+        sealed[path.name] = final
         _write_json(self.root / SEALED, sealed)
 
     def drop_pruned(self) -> list[str]:
@@ -143,14 +184,16 @@ class LogShipper:
         return gone
 
 
-def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
+def pull_log(store: ObjectStore, log_name: str, local: Path, *, abandoned_after_s: float = ABANDONED_AFTER_S) -> Path:
     """Reassemble the store's segments of ``log_name`` (and its ``consumed.json``) under ``local``; returns it.
 
     Only chunks past what ``local`` holds are fetched, so a pull is cheap when little is new; segments the store
     no longer has (pruned) are deleted here too. ``sealed.json`` lists the sealed ones with their final length,
-    for :func:`rec_core.data.inbox.prune_consumed`."""
+    for :func:`rec_core.data.inbox.prune_consumed`; an unsealed segment nothing was shipped to for
+    ``abandoned_after_s`` is sealed here first."""
     local.mkdir(parents=True, exist_ok=True)
     listing = _listing(store, log_name)
+    _seal_abandoned(store, log_name, listing, abandoned_after_s)
     for segment, parts in list(listing.items()):
         target = local / segment
         have = target.stat().st_size if target.is_file() else 0
@@ -201,6 +244,28 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
     else:
         (local / CONSUMED).unlink(missing_ok=True)
     return local
+
+
+def _seal_abandoned(store: ObjectStore, log_name: str, listing: dict[str, _Stored], after_s: float) -> None:
+    """Seal, at what they hold, the unsealed segments whose newest chunk is ``after_s`` old: their host stopped
+    for good without sealing them (a crash), and unsealed they could never be pruned."""
+    cutoff = time.time() - after_s
+    for segment, parts in listing.items():
+        if parts.sealed is not None or not parts.chunks:
+            continue
+        start, end = max(parts.chunks, key=lambda chunk: chunk[1])
+        modified = store.modified(f"{log_name}/{segment}/{start:012d}-{end:012d}")
+        if modified is not None and modified < cutoff:
+            log.warning(
+                "%s/%s/%s: nothing shipped to it for %.1f days; its host is gone, sealing it at %d bytes",
+                store.location,
+                log_name,
+                segment,
+                (time.time() - modified) / 86400,
+                end,
+            )
+            store.put(f"{log_name}/{segment}/sealed-{end:012d}", b"")
+            parts.sealed = end
 
 
 def _pruned_remnant(parts: _Stored) -> bool:
