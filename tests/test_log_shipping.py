@@ -4,6 +4,7 @@ torn last line, another process holding the ship lock, and pruning on both sides
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from rec_core.data.log_shipping import (
     pull_log,
     push_consumed,
     stored_consumed,
+    with_local_names,
 )
 from rec_core.settings import Settings
 from rec_core.storage.object_store import open_store
@@ -232,55 +234,76 @@ def test_a_seal_left_without_its_chunks_is_finished_off_not_read(s3_env: dict[st
     assert LogShipper(store, INBOX, api, idle_s=0).drop_pruned() == [segment.name]
 
 
+def old_segment(root: Path, n: int, shipped: int | None = None, days: float = 8) -> tuple[Path, list[bytes]]:
+    """A segment under ``root`` its writer opened ``days`` ago holding ``n`` events, as an API host that was away
+    left it; with ``shipped``, its first ``shipped`` lines were shipped back then (recorded as the shipper does)."""
+    writer = InboxWriter(root)
+    writer.append_many(events(n))
+    writer.close()
+    fresh = next(root.glob("*.jsonl"))
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    path = fresh.rename(root / f"{then:%Y%m%dT%H%M%S}{fresh.name[15:]}")
+    lines = path.read_bytes().splitlines(keepends=True)
+    if shipped is not None:
+        end = len(b"".join(lines[:shipped]))
+        (root / SHIPPED).write_text(json.dumps({path.name: end}))
+    return path, lines
+
+
 def test_a_segment_whose_host_never_came_back_is_sealed_by_the_batch_and_pruned(
     s3_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """A host that crashed for good never seals its last segment; past a week with nothing shipped to it the batch
-    seals it itself, so it is consumed and pruned like any other instead of staying on the store forever."""
+    """A host that crashed for good never seals its last segment; a week after it was opened the batch seals it
+    itself, so it is consumed and pruned like any other instead of staying on the store forever."""
     store = open_store(Settings.load(s3_env).paths)
-    api, mirror = tmp_path / "api", tmp_path / "mirror"
-    writer = InboxWriter(api)
-    writer.append_many(events(3))
-    LogShipper(store, INBOX, api).ship()  # then the host dies: no shutdown, no seal
-    segment = next(api.glob("*.jsonl")).name
-
-    pull_log(store, INBOX, mirror)  # a week has not passed
-    assert sealed_of(mirror) == {}
-    pull_log(store, INBOX, mirror, abandoned_after_s=0)  # it has
-    length = (mirror / segment).stat().st_size
-    assert sealed_of(mirror) == {segment: length}
-    assert store.keys(f"{INBOX}/{segment}/sealed-") == [f"{INBOX}/{segment}/sealed-{length:012d}"]
-    mark_consumed(mirror, read_new(mirror).offsets)
-    age(mirror / segment)
-    pruned = prune_consumed(mirror, sealed=sealed_of(mirror))
-    assert pruned == [segment]
-    push_consumed(store, INBOX, mirror, pruned)
-    assert store.keys(f"{INBOX}/{segment}/") == []
-
-
-def test_a_host_back_after_the_batch_sealed_its_segment_ships_its_last_lines_apart(
-    s3_env: dict[str, str], tmp_path: Path
-) -> None:
-    """The host was only away (the store unreachable for over a week), with acknowledged lines it never shipped:
-    they reach the batch as a segment of their own, and the seal the batch wrote stays the segment's only one."""
-    store = open_store(Settings.load(s3_env).paths)
-    api, mirror = tmp_path / "api", tmp_path / "mirror"
-    writer, shipper = InboxWriter(api), LogShipper(store, INBOX, api)
-    writer.append_many(events(2))
-    shipper.ship()
-    writer.append_many(events(2, first=2))  # acknowledged, then the store is out of reach
-    writer.close()
-    segment = next(api.glob("*.jsonl"))
-    pull_log(store, INBOX, mirror, abandoned_after_s=0)
-    shipped_length = sealed_of(mirror)[segment.name]
-    assert shipped_length < segment.stat().st_size
-
-    age(segment)
-    shipper.ship()  # back: old, fully written, and sealed by someone else
-    shipper.ship()
-    assert store.keys(f"{INBOX}/{segment.name}/sealed-") == [f"{INBOX}/{segment.name}/sealed-{shipped_length:012d}"]
+    mirror = tmp_path / "mirror"
+    for days in (8, 5):  # past the batch's week, and not
+        path, lines = old_segment(tmp_path / f"api-{days}", 3, days=days)
+        data = b"".join(lines)
+        store.put(f"{INBOX}/{path.name}/{0:012d}-{len(data):012d}", data)  # what it shipped before it died
+    abandoned, recent = (next((tmp_path / f"api-{d}").glob("*.jsonl")).name for d in (8, 5))
     pull_log(store, INBOX, mirror)
-    assert [r.data["user_id"] for r in read_new(mirror).records] == ["u0", "u1", "u2", "u3"]
-    tail = [name for name in sealed_of(mirror) if name != segment.name]
-    assert len(tail) == 1 and sorted([segment.name, *tail]) == [segment.name, *tail]
-    assert json.loads((api / SHIPPED).read_text())[segment.name] == segment.stat().st_size
+    assert sealed_of(mirror) == {abandoned: len(data)}
+    assert store.keys(f"{INBOX}/{recent}/sealed-") == []
+    mark_consumed(mirror, read_new(mirror).offsets)
+    for name in (abandoned, recent):
+        age(mirror / name)
+    pruned = prune_consumed(mirror, sealed=sealed_of(mirror))
+    assert pruned == [abandoned]
+    push_consumed(store, INBOX, mirror, pruned)
+    assert store.keys(f"{INBOX}/{abandoned}/") == []
+
+
+@pytest.mark.parametrize("pruned_meanwhile", [False, True])
+def test_a_host_back_after_days_ships_its_last_lines_as_a_segment_of_their_own(
+    s3_env: dict[str, str], tmp_path: Path, pruned_meanwhile: bool
+) -> None:
+    """The host was away (the store out of reach) for over a week with acknowledged lines it never shipped: they
+    reach the batch as a segment of their own, whether the batch had meanwhile sealed and pruned the original or
+    not, the original keeps one seal, and the snapshot's offsets point the API's replay past them in its own file."""
+    store = open_store(Settings.load(s3_env).paths)
+    api, mirror = tmp_path / "api", tmp_path / "mirror"
+    path, lines = old_segment(api, 4, shipped=2)
+    first = len(b"".join(lines[:2]))
+    store.put(f"{INBOX}/{path.name}/{0:012d}-{first:012d}", b"".join(lines[:2]))  # shipped before it went away
+    if pruned_meanwhile:
+        pull_log(store, INBOX, mirror)
+        mark_consumed(mirror, read_new(mirror).offsets)
+        age(mirror / path.name)
+        pruned = prune_consumed(mirror, sealed=sealed_of(mirror))
+        push_consumed(store, INBOX, mirror, pruned)
+        assert pruned == [path.name] and store.keys(f"{INBOX}/{path.name}/") == []
+
+    LogShipper(store, INBOX, api).ship()
+    LogShipper(store, INBOX, api).ship()  # again: nothing more
+    pull_log(store, INBOX, mirror)
+    read = read_new(mirror)
+    assert [r.data["user_id"] for r in read.records] == (["u2", "u3"] if pruned_meanwhile else ["u0", "u1", "u2", "u3"])
+    seals = [key for key in store.keys(f"{INBOX}/") if "/sealed-" in key]
+    assert sorted(seals) == sorted(
+        [f"{INBOX}/{path.stem}_after-{first:012d}.jsonl/sealed-{path.stat().st_size - first:012d}"]
+        + ([] if pruned_meanwhile else [f"{INBOX}/{path.name}/sealed-{first:012d}"])
+    )
+    mark_consumed(mirror, read.offsets)
+    push_consumed(store, INBOX, mirror)
+    assert with_local_names(stored_consumed(store, INBOX))[path.name] == path.stat().st_size

@@ -23,15 +23,20 @@ lines it had not shipped yet, and those would start past a gap that no reader cr
 below what was shipped (an append refused after the shipper copied part of it: the writer truncated it and
 moved to a new segment) is sealed at once at its true length, and the reader cuts its copy back to that.
 
-A host that dies for good leaves its last segments unsealed, which would keep them on the store forever; the
-batch seals a segment whose newest chunk is :data:`ABANDONED_AFTER_S` old itself, with a warning. Should that host
-return with lines it never shipped, its shipper finds the seal it did not write and ships those lines as a
-segment of their own (``<segment stem>_after-<sealed length>.jsonl``), so they are read, not cut off.
+A host that dies for good leaves its last segments unsealed, which would keep them on the store forever. A
+segment's name starts with the time its writer opened it, so every machine can tell its age without asking the
+store: the batch seals, with a warning, a segment opened :data:`ABANDONED_AFTER_S` ago that is still unsealed, at
+what the store holds. A shipper adds no chunk to a segment opened :data:`SHIP_INTO_BEFORE_S` ago (a day earlier,
+for clocks and slow ticks), so the two never race: a host that comes back after days ships what it still has of
+such a segment as a segment of its own, ``<segment stem>_after-<length>.jsonl``, sealed at once, whether the batch
+has sealed or even pruned the original meanwhile. :func:`batch_consumed` folds that name back into the original's
+offsets for the API's replay, which reads the host's own unsplit file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -58,8 +63,11 @@ _KEY = re.compile(r"^(?P<segment>[^/]+\.jsonl)/(?:(?P<start>\d{12})-(?P<end>\d{1
 SEAL_AFTER_S = 2 * SEGMENT_MAX_AGE_S
 # A torn tail past the sealed length (never shipped) is expected; a segment grown further than this is not.
 SEALED_SLACK = 64 << 10
-# A segment on the store with nothing shipped to it for this long has lost its shipper (the host is gone).
+# An unsealed segment opened this long ago has lost its shipper (its host is gone); the batch seals it.
 ABANDONED_AFTER_S = 7 * 24 * 3600
+# No chunk is added to a segment opened this long ago: the margin keeps shippers clear of the batch's seal.
+SHIP_INTO_BEFORE_S = ABANDONED_AFTER_S - 24 * 3600
+_AFTER = re.compile(r"^(?P<stem>.+)_after-(?P<start>\d{12})\.jsonl$")
 # A local segment fully shipped, untouched this long and gone from the store (the batch pruned it) is deleted.
 IDLE_S = 24 * SEGMENT_MAX_AGE_S
 
@@ -96,6 +104,9 @@ class LogShipper:
                             "%s grew past its seal at %d bytes: those lines are not shipped", path, sealed[path.name]
                         )
                     continue
+                if _opened_at(path.name) < time.time() - SHIP_INTO_BEFORE_S:
+                    self._ship_late(path, shipped, sealed)
+                    continue
                 start = shipped.get(path.name, 0)
                 with path.open("rb") as fh:
                     stat = os.fstat(fh.fileno())
@@ -113,10 +124,6 @@ class LogShipper:
                     )
                     self._seal(path.name, size, sealed)
                     continue
-                old = stat.st_mtime < time.time() - SEAL_AFTER_S
-                if old and (theirs := self._sealed_on_store(path.name)) is not None:
-                    self._ship_past_foreign_seal(path, theirs, shipped, sealed)
-                    continue
                 end = data.rfind(b"\n") + 1  # a torn or in-progress last line waits for its newline
                 if end:
                     key = f"{self.log_name}/{path.name}/{start:012d}-{start + end:012d}"
@@ -125,7 +132,7 @@ class LogShipper:
                     _write_json(self.root / SHIPPED, shipped)
                     total += end
                 # No writer appends to it any more: what is shipped is all of it.
-                if old or (closed is not None and closed(path.name)):
+                if stat.st_mtime < time.time() - SEAL_AFTER_S or (closed is not None and closed(path.name)):
                     self._seal(path.name, shipped.get(path.name, 0), sealed)
             return total
 
@@ -134,31 +141,29 @@ class LogShipper:
         sealed[segment] = length
         _write_json(self.root / SEALED, sealed)
 
-    def _sealed_on_store(self, segment: str) -> int | None:
-        """The length the store's seal of ``segment`` gives, when the batch sealed it (an abandoned segment)."""
-        seals = [
-            _KEY.match(key[len(self.log_name) + 1 :]) for key in self.store.keys(f"{self.log_name}/{segment}/sealed-")
-        ]
-        return max((int(match["final"]) for match in seals if match), default=None)
-
-    def _ship_past_foreign_seal(self, path: Path, final: int, shipped: dict[str, int], sealed: dict[str, int]) -> None:
-        """The batch sealed ``path``'s segment at ``final`` bytes while this host was away: whole lines past that
-        go to the store as a segment of their own, sealed at once, and the local segment counts as sealed."""
+    def _ship_late(self, path: Path, shipped: dict[str, int], sealed: dict[str, int]) -> None:
+        """A segment too old to add chunks to (its host was away for days): the whole lines past what the store got
+        of it go out as a segment of their own, sealed, and the original is sealed at its length on the store (the
+        length the batch seals it at, were it first) or, pruned already, at what this host recorded shipping."""
+        stored = _listing(self.store, self.log_name, path.name).get(path.name)
+        if stored is not None and stored.sealed is not None:
+            final = stored.sealed
+        else:
+            final = max([shipped.get(path.name, 0), *(end for _, end in (stored.chunks if stored else []))])
+        if shipped.get(path.name) != final:  # first, so that a kill below still finds the length after a prune
+            shipped[path.name] = final
+            _write_json(self.root / SHIPPED, shipped)
         with path.open("rb") as fh:
             fh.seek(final)
             data = fh.read()
         tail = data[: data.rfind(b"\n") + 1]
         if tail:
             name = f"{path.stem}_after-{final:012d}.jsonl"  # "_" sorts it after its segment
-            log.warning(
-                "%s was sealed at %d bytes in this host's absence; shipping its last %d bytes as %s",
-                path,
-                final,
-                len(tail),
-                name,
-            )
+            log.warning("%s: shipping its last %d bytes as %s (opened too long ago)", path, len(tail), name)
             self.store.put(f"{self.log_name}/{name}/{0:012d}-{len(tail):012d}", tail)
             self.store.put(f"{self.log_name}/{name}/sealed-{len(tail):012d}", b"")
+        if stored is not None and stored.sealed is None:
+            self.store.put(f"{self.log_name}/{path.name}/sealed-{final:012d}", b"")
         shipped[path.name] = final + len(tail)
         _write_json(self.root / SHIPPED, shipped)
         sealed[path.name] = final
@@ -184,16 +189,16 @@ class LogShipper:
         return gone
 
 
-def pull_log(store: ObjectStore, log_name: str, local: Path, *, abandoned_after_s: float = ABANDONED_AFTER_S) -> Path:
+def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
     """Reassemble the store's segments of ``log_name`` (and its ``consumed.json``) under ``local``; returns it.
 
     Only chunks past what ``local`` holds are fetched, so a pull is cheap when little is new; segments the store
     no longer has (pruned) are deleted here too. ``sealed.json`` lists the sealed ones with their final length,
-    for :func:`rec_core.data.inbox.prune_consumed`; an unsealed segment nothing was shipped to for
-    ``abandoned_after_s`` is sealed here first."""
+    for :func:`rec_core.data.inbox.prune_consumed`; an unsealed segment opened :data:`ABANDONED_AFTER_S` ago is
+    sealed here first."""
     local.mkdir(parents=True, exist_ok=True)
     listing = _listing(store, log_name)
-    _seal_abandoned(store, log_name, listing, abandoned_after_s)
+    _seal_abandoned(store, log_name, listing)
     for segment, parts in list(listing.items()):
         target = local / segment
         have = target.stat().st_size if target.is_file() else 0
@@ -246,26 +251,33 @@ def pull_log(store: ObjectStore, log_name: str, local: Path, *, abandoned_after_
     return local
 
 
-def _seal_abandoned(store: ObjectStore, log_name: str, listing: dict[str, _Stored], after_s: float) -> None:
-    """Seal, at what they hold, the unsealed segments whose newest chunk is ``after_s`` old: their host stopped
-    for good without sealing them (a crash), and unsealed they could never be pruned."""
-    cutoff = time.time() - after_s
+def _seal_abandoned(store: ObjectStore, log_name: str, listing: dict[str, _Stored]) -> None:
+    """Seal, at what they hold, the unsealed segments opened :data:`ABANDONED_AFTER_S` ago: their host stopped for
+    good without sealing them (a crash), and unsealed they could never be pruned. No shipper adds to them any more
+    (:data:`SHIP_INTO_BEFORE_S`), so what the listing holds is all of them."""
+    cutoff = time.time() - ABANDONED_AFTER_S
     for segment, parts in listing.items():
-        if parts.sealed is not None or not parts.chunks:
-            continue
-        start, end = max(parts.chunks, key=lambda chunk: chunk[1])
-        modified = store.modified(f"{log_name}/{segment}/{start:012d}-{end:012d}")
-        if modified is not None and modified < cutoff:
+        if parts.sealed is None and parts.chunks and _opened_at(segment) < cutoff:
+            end = max(end for _, end in parts.chunks)
             log.warning(
-                "%s/%s/%s: nothing shipped to it for %.1f days; its host is gone, sealing it at %d bytes",
+                "%s/%s/%s: opened over %d days ago and never sealed (its host is gone?); sealing it at %d bytes",
                 store.location,
                 log_name,
                 segment,
-                (time.time() - modified) / 86400,
+                ABANDONED_AFTER_S // 86400,
                 end,
             )
             store.put(f"{log_name}/{segment}/sealed-{end:012d}", b"")
             parts.sealed = end
+
+
+def _opened_at(segment: str) -> float:
+    """When a segment's writer opened it, from its name (:class:`rec_core.data.inbox.InboxWriter`'s); a name
+    without that time reads as opened now, so it is never taken for abandoned."""
+    try:
+        return dt.datetime.strptime(segment[:15], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _pruned_remnant(parts: _Stored) -> bool:
@@ -317,10 +329,11 @@ class _Stored:
     sealed: int | None = None
 
 
-def _listing(store: ObjectStore, log_name: str) -> dict[str, _Stored]:
+def _listing(store: ObjectStore, log_name: str, segment: str | None = None) -> dict[str, _Stored]:
+    """What the store holds of each segment of ``log_name`` (of ``segment`` alone, if named)."""
     found: dict[str, _Stored] = {}
     start = len(f"{log_name}/")
-    for key in store.keys(f"{log_name}/"):
+    for key in store.keys(f"{log_name}/{segment}/" if segment else f"{log_name}/"):
         if match := _KEY.match(key[start:]):
             stored = found.setdefault(match["segment"], _Stored())
             if match["final"] is not None:
@@ -363,7 +376,18 @@ def batch_consumed(paths: PathSettings) -> dict[str, int]:
         return consumed_offsets(paths.inbox_dir)
     from rec_core.storage.object_store import open_store
 
-    return stored_consumed(open_store(paths), INBOX)
+    return with_local_names(stored_consumed(open_store(paths), INBOX))
+
+
+def with_local_names(offsets: dict[str, int]) -> dict[str, int]:
+    """``offsets`` plus, for each late segment a shipper split off (``<stem>_after-<start>.jsonl``: its host's bytes
+    from ``start``), the same point in the host's own file ``<stem>.jsonl``, which is what the API replays."""
+    out = dict(offsets)
+    for name, offset in offsets.items():
+        if match := _AFTER.match(name):
+            original = f"{match['stem']}.jsonl"
+            out[original] = max(out.get(original, 0), int(match["start"]) + offset)
+    return out
 
 
 def log_shippers(paths: PathSettings) -> list[LogShipper]:
