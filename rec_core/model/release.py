@@ -400,8 +400,16 @@ def choose_model(settings: Settings, *, retrain: bool, epochs: int | None = None
         decision = {key: decision[key] for key in ("version", "stack", "passed", "promoted", "current", "reasons")}
     current = store.current()
     if current is None:
-        reasons = decision["reasons"] if decision else "none trained"
-        raise ModelStoreError(f"no model passed the quality gate: {reasons}")
+        if decision is None:
+            raise ModelStoreError("no model passed the quality gate: none trained")
+        # A first run has nothing to fall back on: say what the operator can do, not only that it failed.
+        version = decision["version"]
+        raise ModelStoreError(
+            f"no model passed the quality gate and none is current, so there is nothing to serve: "
+            f"{'; '.join(decision['reasons'])}. Read the comparison with `python -m jobs.models show {version}`; "
+            f"to serve {version} anyway, `python -m jobs.models promote {version}` (the gate's manual override), "
+            f"then run the pipeline again with retrain=false"
+        )
     return {"model_version": current, "gate": decision, "promoted": bool(decision and decision["promoted"])}
 
 
