@@ -37,6 +37,20 @@ def test_torn_last_line_is_not_read(tmp_path: Path) -> None:
     assert len(batch.records) == 1 and batch.bad_lines == 0
 
 
+def test_a_writer_resumed_after_its_wall_clock_moved_on_opens_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine suspended for days: the monotonic clock stood still, the wall clock did not. The segment's name
+    says when it was opened and log shipping judges its age by that, so the next append must go to a new one."""
+    writer = InboxWriter(tmp_path)
+    writer.append("event", {"n": 0})
+    later = time.time() + 3 * 24 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    writer.append("event", {"n": 1})
+    writer.close()
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+
+
 def test_acknowledged_append_survives_a_kill(tmp_path: Path) -> None:
     script = f"""
 import os, signal

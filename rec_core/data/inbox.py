@@ -104,7 +104,7 @@ class InboxWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        self._fd, self._size, self._opened_at = fd, 0, time.monotonic()
+        self._fd, self._size, self._opened_at, self._opened_wall = fd, 0, time.monotonic(), time.time()
 
     def append(self, kind: str, data: dict[str, Any], at: dt.datetime | None = None) -> None:
         self.append_many([(kind, data)], at)
@@ -129,6 +129,9 @@ class InboxWriter:
             if self._fd is not None and (
                 (self._size > 0 and self._size + len(payload) > self.max_segment_bytes)
                 or time.monotonic() - self._opened_at > self.max_segment_age_s
+                # The wall clock too: the name carries it, and shippers and the batch judge a segment's age by
+                # that name, so a machine resumed after days must not go on appending to a days-old segment.
+                or abs(time.time() - self._opened_wall) > self.max_segment_age_s
             ):
                 self._abandon()
             try:

@@ -154,6 +154,7 @@ class LogShipper:
             shipped[path.name] = final
             _write_json(self.root / SHIPPED, shipped)
         with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             fh.seek(final)
             data = fh.read()
         tail = data[: data.rfind(b"\n") + 1]
@@ -162,12 +163,14 @@ class LogShipper:
             log.warning("%s: shipping its last %d bytes as %s (opened too long ago)", path, len(tail), name)
             self.store.put(f"{self.log_name}/{name}/{0:012d}-{len(tail):012d}", tail)
             self.store.put(f"{self.log_name}/{name}/sealed-{len(tail):012d}", b"")
-        if stored is not None and stored.sealed is None:
-            self.store.put(f"{self.log_name}/{path.name}/sealed-{final:012d}", b"")
+        # Recorded before the original's seal: killed after the tail went out, the next tick does not send it again.
         shipped[path.name] = final + len(tail)
         _write_json(self.root / SHIPPED, shipped)
-        sealed[path.name] = final
+        sealed[path.name] = final + len(tail)
         _write_json(self.root / SEALED, sealed)
+        if stored is not None and stored.sealed is None:
+            # Shorter on disk than on the store: an append refused after part of it was shipped (see ship()).
+            self.store.put(f"{self.log_name}/{path.name}/sealed-{min(final, size):012d}", b"")
 
     def drop_pruned(self) -> list[str]:
         """Delete local segments that are sealed, idle for ``idle_s`` and gone from the store (the batch pruned
@@ -189,16 +192,16 @@ class LogShipper:
         return gone
 
 
-def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
+def pull_log(store: ObjectStore, log_name: str, local: Path, *, now: float | None = None) -> Path:
     """Reassemble the store's segments of ``log_name`` (and its ``consumed.json``) under ``local``; returns it.
 
     Only chunks past what ``local`` holds are fetched, so a pull is cheap when little is new; segments the store
     no longer has (pruned) are deleted here too. ``sealed.json`` lists the sealed ones with their final length,
     for :func:`rec_core.data.inbox.prune_consumed`; an unsealed segment opened :data:`ABANDONED_AFTER_S` ago is
-    sealed here first."""
+    sealed here first (``now``: the time ages are judged at, the clock's by default)."""
     local.mkdir(parents=True, exist_ok=True)
     listing = _listing(store, log_name)
-    _seal_abandoned(store, log_name, listing)
+    _seal_abandoned(store, log_name, listing, time.time() if now is None else now)
     for segment, parts in list(listing.items()):
         target = local / segment
         have = target.stat().st_size if target.is_file() else 0
@@ -251,14 +254,17 @@ def pull_log(store: ObjectStore, log_name: str, local: Path) -> Path:
     return local
 
 
-def _seal_abandoned(store: ObjectStore, log_name: str, listing: dict[str, _Stored]) -> None:
+def _seal_abandoned(store: ObjectStore, log_name: str, listing: dict[str, _Stored], now: float) -> None:
     """Seal, at what they hold, the unsealed segments opened :data:`ABANDONED_AFTER_S` ago: their host stopped for
     good without sealing them (a crash), and unsealed they could never be pruned. No shipper adds to them any more
-    (:data:`SHIP_INTO_BEFORE_S`), so what the listing holds is all of them."""
-    cutoff = time.time() - ABANDONED_AFTER_S
+    (:data:`SHIP_INTO_BEFORE_S`), so what the listing holds is all of them. The name's time is the host's clock:
+    the newest chunk must also be a day old by the store's, so a host whose clock is days behind keeps shipping."""
     for segment, parts in listing.items():
-        if parts.sealed is None and parts.chunks and _opened_at(segment) < cutoff:
-            end = max(end for _, end in parts.chunks)
+        if parts.sealed is None and parts.chunks and _opened_at(segment) < now - ABANDONED_AFTER_S:
+            start, end = max(parts.chunks, key=lambda chunk: chunk[1])
+            shipped_at = store.modified(f"{log_name}/{segment}/{start:012d}-{end:012d}")  # old names only: rare
+            if shipped_at is None or shipped_at > now - (ABANDONED_AFTER_S - SHIP_INTO_BEFORE_S):
+                continue
             log.warning(
                 "%s/%s/%s: opened over %d days ago and never sealed (its host is gone?); sealing it at %d bytes",
                 store.location,
