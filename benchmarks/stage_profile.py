@@ -83,15 +83,20 @@ def run_stage(stage: str, args: list[str], env: dict[str, str]) -> tuple[StageRo
 
 def profile(
     data_dir: Path, scale: str, epochs: int, video_shards: int, user_shards: int, incremental: bool = False
-) -> list[StageRow]:
+) -> tuple[list[StageRow], list[str]]:
     """Every stage of the pipeline from an empty data root to a published snapshot and its warehouse.
 
     With ``incremental``, the first run is on the lake rewound by :data:`NEW_INTERACTIONS` of its interactions and
     :data:`NEW_VIDEOS` of its videos (``rec_core.synthetic.rewind``); then the whole world is committed, as an
     ingest would, and the stages run again: the caption cache encodes only the new videos, and the release starts
-    warm from the model the first run promoted (``REC_WARM_START``)."""
+    warm from the model the first run promoted (``REC_WARM_START``).
+
+    Returns the rows and a line per release saying what the gate decided. A first run whose model the gate
+    refuses leaves nothing to build a snapshot of; what is measured here is what the stages cost, so that version
+    is then promoted by hand (``jobs.models promote``, the gate's manual override), as its own row, and said."""
     env = {**os.environ, "REC_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     rows: list[StageRow] = []
+    gates: list[str] = []
 
     partial = data_dir.parent / f"{data_dir.name}.partial.md"  # beside the root: it survives a killed run
 
@@ -114,7 +119,27 @@ def profile(
         else:
             stage("caption embeddings, cold cache", "jobs.build_features")
             stage("caption embeddings, cached", "jobs.build_features")
-        stage(f"{prefix}train + evaluate + gate", "jobs.train_towers", "--epochs", str(epochs))
+        decision_file = data_dir.parent / f"{data_dir.name}.release.json"
+        stage(
+            f"{prefix}train + evaluate + gate",
+            "jobs.train_towers",
+            "--epochs",
+            str(epochs),
+            "--json",
+            str(decision_file),
+        )
+        decision = json.loads(decision_file.read_text())
+        gates.append(
+            f"{prefix or 'cold: '}{decision['version']} {'passed' if decision['passed'] else 'refused'} by the gate: "
+            + "; ".join(decision["reasons"])
+        )
+        if decision["current"] is None:
+            stage(
+                f"{prefix}promote by hand (gate refused, none current)", "jobs.models", "promote", decision["version"]
+            )
+            gates[-1] += (
+                f" (promoted by hand so that the stages after it run: `jobs.models promote {decision['version']}`)"
+            )
         begun = stage(
             f"{prefix}begin snapshot",
             "jobs.pipeline",
@@ -147,7 +172,7 @@ def profile(
         if rows:
             print("\nmeasured before the failure:\n" + to_markdown(rows), file=sys.stderr)
         raise
-    return rows
+    return rows, gates
 
 
 def _lake(data_dir: Path) -> Lake:
@@ -236,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True)
     log.info("profiling every stage at %s scale in %s (%d CPUs)", args.scale, data_dir, os.cpu_count() or 0)
     try:
-        rows = profile(data_dir, args.scale, args.epochs, args.video_shards, args.user_shards, args.incremental)
+        rows, gates = profile(data_dir, args.scale, args.epochs, args.video_shards, args.user_shards, args.incremental)
     except StageFailed as exc:
         log.error("%s", exc)
         return 1
@@ -247,14 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         f"commit {_git_head()}, {os.cpu_count()} CPUs; load 1m = at stage start–end."
     )
     size_lines = "\n".join(f"- {name}: {mb:,.1f} MB" for name, mb in sizes.items())
-    report = f"{head}\n\n{to_markdown(rows)}\n\nOn disk:\n\n{size_lines}\n"
+    gate_lines = "\n".join(f"- {line}" for line in gates)
+    report = f"{head}\n\n{to_markdown(rows)}\n\nThe gate:\n\n{gate_lines}\n\nOn disk:\n\n{size_lines}\n"
     out = args.out or data_dir / "stages.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     summary = {"scale": args.scale, "incremental": args.incremental, "epochs": args.epochs}
     summary |= {"video_shards": args.video_shards}
     summary |= {"user_shards": args.user_shards, "commit": _git_head(), "cpus": os.cpu_count()}
-    summary |= {"stages": [asdict(r) for r in rows], "disk_mb": sizes}
+    summary |= {"stages": [asdict(r) for r in rows], "gate": gates, "disk_mb": sizes}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{report}\nwritten to {out} and {out.with_suffix('.json')}")
     return 0
