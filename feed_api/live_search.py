@@ -61,15 +61,16 @@ class LiveSearch:
     def rank(self, hits: list[tuple[str, float]], need: int) -> list[LiveItem]:
         view = self.view
         trending = self.query is view.trending_vector  # not a user's answer: nothing for the ranker to read
+        codes, creators, created = view.catalogue_facts([v for v, _ in hits])
         return rank_live(
             self.pipeline,
             hits,
-            [view.creator_of(v) or "" for v, _ in hits],
-            [view.created_of(v) for v, _ in hits],
+            creators,
+            created,
             user_id=self.user_id,
             seen=self.seen,
             served=self.walked,
-            video_code=view.video_code,
+            codes=codes,
             video_ids=view.video_ids,
             as_of_ms=view.as_of_ms,
             policy=replace(self.policy, feed_length=min(need, len(hits))),

@@ -40,7 +40,7 @@ videos added through the API, which live in :class:`AddedVideos` under a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +51,7 @@ from rec_core.model.features import Catalogue
 from rec_core.model.inference import OnlineUserVector, UserProfile, user_vector_from_profile
 from rec_core.model.store import LoadedModel
 from rec_core.snapshot.layout import BuildInfo
-from rec_core.snapshot.serving_index import FeedIndex, RankedList
+from rec_core.snapshot.serving_index import FeedIndex, IdIndex, RankedList
 from rec_core.snapshot.vector_store import VectorStore
 
 
@@ -73,7 +73,7 @@ class SnapshotView:
     published_at: float  # unix time this process saw it live (for the snapshot age metric)
     as_of_ms: int
     video_ids: np.ndarray  # str, sorted: code -> id
-    video_code: Mapping[str, int]
+    video_code: IdIndex
     creator_ids: np.ndarray  # str, by code
     created_ms: np.ndarray  # int64, by code
     video_vectors: np.ndarray  # float32 (n, dim), by code
@@ -119,6 +119,17 @@ class SnapshotView:
     def created_of(self, video_id: str) -> int:
         code = self.video_code.get(video_id)
         return int(self.created_ms[code]) if code is not None else self.added.created_ms.get(video_id, self.as_of_ms)
+
+    def catalogue_facts(self, video_ids: Sequence[str]) -> tuple[np.ndarray, list[str], list[int]]:
+        """:meth:`creator_of` and :meth:`created_of` of many videos at once, with their codes (-1: posted since)."""
+        codes = self.video_code.codes(video_ids)
+        known = codes >= 0
+        creators = np.where(known, self.creator_ids[np.where(known, codes, 0)], "").tolist()
+        created = np.where(known, self.created_ms[np.where(known, codes, 0)], self.as_of_ms).tolist()
+        for i in np.flatnonzero(~known).tolist():
+            creators[i] = self.added.creators.get(video_ids[i], "")
+            created[i] = self.added.created_ms.get(video_ids[i], self.as_of_ms)
+        return codes, creators, created
 
     def known_video(self, video_id: str) -> bool:
         return video_id in self.video_code or video_id in self.added.creators

@@ -137,7 +137,7 @@ def test_live_ranking_is_the_policy_the_api_applied_before(n: int, seed: int, ne
         user_id="c1",
         seen=set(list(seen)[: len(seen) // 2]),
         served=set(list(seen)[len(seen) // 2 :]),
-        video_code=code,
+        codes=np.array([code.get(v, -1) for v in ids]),
         video_ids=catalogue,
         as_of_ms=AS_OF_MS,
         policy=policy,

@@ -179,15 +179,16 @@ def live_ranked(
     pipeline's last scorer, a :class:`Capture`), with the ranker's user-side features those of ``ranked_as``."""
     vector = view.batch_vector(user)
     assert view.ranking is not None and vector is not None
+    codes, creators, created = view.catalogue_facts([v for v, _ in hits])
     rank_live(
         pipeline,
         hits,
-        [view.creator_of(v) or "" for v, _ in hits],
-        [view.created_of(v) for v, _ in hits],
+        creators,
+        created,
         user_id=user,
         seen=set(),
         served=set(),
-        video_code=view.video_code,
+        codes=codes,
         video_ids=view.video_ids,
         as_of_ms=view.as_of_ms,
         policy=policy,

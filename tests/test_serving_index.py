@@ -39,6 +39,13 @@ def test_id_index_finds_exactly_the_ids_it_holds() -> None:
     assert IdIndex(np.zeros(0, dtype=str)).get("a") is None
 
 
+def test_id_index_looks_many_ids_up_at_once_as_it_does_one_by_one() -> None:
+    index = IdIndex(np.asarray(["a", "ab", "b", "video-10", "video-9"], dtype=str))
+    keys = ["video-9", "aa", "a", "", "video-99999", "video-9x", "b", "c", "video-1", "ab", "video-10", "a"]
+    assert index.codes(keys).tolist() == [-1 if index.get(k) is None else index.get(k) for k in keys]
+    assert index.codes([]).tolist() == [] and IdIndex(np.zeros(0, dtype=str)).codes(["a"]).tolist() == [-1]
+
+
 @pytest.fixture(scope="module")
 def published(api_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, SnapshotPaths]:
     data = tmp_path_factory.mktemp("serve") / "data"

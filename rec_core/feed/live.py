@@ -40,7 +40,7 @@ def rank_live(
     user_id: str,
     seen: AbstractSet[str],
     served: AbstractSet[str],
-    video_code: Mapping[str, int],
+    codes: np.ndarray,
     video_ids: np.ndarray,
     as_of_ms: int,
     policy: FeedPolicy,
@@ -51,7 +51,8 @@ def rank_live(
     """The feed the pipeline makes of ``hits`` (best first; ties by video id), at most ``policy.feed_length`` long.
 
     ``seen`` is what the user watched or skipped, ``served`` what this walk already listed or served;
-    ``video_code``/``video_ids`` are the snapshot's code space, ``creators``/``created_ms`` align with ``hits``.
+    ``video_ids`` is the snapshot's code space and ``codes`` each hit's code in it (-1: a video posted since the
+    snapshot); ``codes``, ``creators`` and ``created_ms`` align with ``hits``.
     ``ranking`` is the ranker stage's context for this user (None: the towers' order), and ``posted_vector`` the
     vector of a video posted since the snapshot, for its engagement features.
     """
@@ -61,9 +62,12 @@ def rank_live(
     scores = np.asarray([h[1] for h in hits], dtype=np.float64)
     best_first = np.lexsort((ids, -scores))
     # Videos posted since the snapshot: codes after the catalogue's.
-    extra = {v: len(video_ids) + i for i, v in enumerate(dict.fromkeys(v for v in ids if v not in video_code))}
+    codes = np.array(codes, dtype=np.int64)
+    posted = codes < 0
+    extra = {v: len(video_ids) + i for i, v in enumerate(dict.fromkeys(ids[posted].tolist()))}
+    if extra:
+        codes[posted] = [extra[v] for v in ids[posted].tolist()]
     hit_ids = ids.tolist()
-    codes = np.asarray([video_code.get(v, extra.get(v, -1)) for v in hit_ids], dtype=np.int64)
     all_ids = np.concatenate([video_ids, np.asarray(list(extra), dtype=object)]) if extra else video_ids
     block, ctx = _one_user(
         codes[best_first],
@@ -76,8 +80,8 @@ def rank_live(
         video_ids=all_ids,
         # The search already left out what the user saw and the walk served; the filters still check (they are the
         # contract, whatever the source did), over the answer's few ids rather than the user's whole history.
-        seen=_one_row([v for v in hit_ids if v in seen], video_code, extra),
-        served=_one_row([v for v in hit_ids if v in served], video_code, extra),
+        seen=_codes_row(codes[[v in seen for v in hit_ids]]),
+        served=_codes_row(codes[[v in served for v in hit_ids]]),
         unique=False,
     )
     if ranking is not None and extra:
@@ -132,7 +136,7 @@ def listed_keep(
         as_of_ms=as_of_ms,
         policy=policy,
         video_ids=video_ids,
-        seen=_one_row(seen, video_code, {}),
+        seen=_one_row(seen, video_code),
         served=None,
         unique=True,
     )
@@ -177,13 +181,13 @@ def _one_user(
     return block, ctx
 
 
-def _one_row(ids: Collection[str], video_code: Mapping[str, int], extra: Mapping[str, int]) -> ExclusionCSR:
+def _one_row(ids: Collection[str], video_code: Mapping[str, int]) -> ExclusionCSR:
     """One user's set of videos as a CSR row of codes; ids outside the code space cannot be candidates anyway."""
     get = video_code.get
-    codes = {get(v, -1) for v in ids}
-    if extra:
-        codes |= {extra[v] for v in ids if v in extra}
-    codes.discard(-1)
-    row = np.fromiter(codes, dtype=np.int64, count=len(codes))
-    row.sort()
+    return _codes_row(np.fromiter((get(v, -1) for v in ids), dtype=np.int64, count=len(ids)))
+
+
+def _codes_row(codes: np.ndarray) -> ExclusionCSR:
+    """A set of codes (-1: none) as one CSR row."""
+    row = np.unique(codes[codes >= 0])
     return ExclusionCSR(np.array([0, len(row)], dtype=np.int64), row)
