@@ -124,12 +124,14 @@ class SnapshotView:
         """:meth:`creator_of` and :meth:`created_of` of many videos at once, with their codes (-1: posted since)."""
         codes = self.video_code.codes(video_ids)
         known = codes >= 0
-        creators = np.where(known, self.creator_ids[np.where(known, codes, 0)], "").tolist()
-        created = np.where(known, self.created_ms[np.where(known, codes, 0)], self.as_of_ms).tolist()
+        creators = np.empty(len(codes), dtype=object)
+        creators[known] = self.creator_ids[codes[known]]
+        created = np.full(len(codes), self.as_of_ms, dtype=np.int64)
+        created[known] = self.created_ms[codes[known]]
         for i in np.flatnonzero(~known).tolist():
             creators[i] = self.added.creators.get(video_ids[i], "")
             created[i] = self.added.created_ms.get(video_ids[i], self.as_of_ms)
-        return codes, creators, created
+        return codes, creators.tolist(), created.tolist()
 
     def known_video(self, video_id: str) -> bool:
         return video_id in self.video_code or video_id in self.added.creators

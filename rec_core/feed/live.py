@@ -22,6 +22,7 @@ from rec_core.feed.pipeline import FeedPipeline
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.rank_stage import RankInputs
 from rec_core.feed.reasons import render_list
+from rec_core.snapshot.serving_index import IdIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ def rank_live(
     """
     if not hits:
         return []
+    if not len(codes) == len(creators) == len(created_ms) == len(hits):
+        raise ValueError(f"codes, creators and created_ms must align with the {len(hits)} hits")
     ids = np.asarray([h[0] for h in hits], dtype=object).astype(str)
     scores = np.asarray([h[1] for h in hits], dtype=np.float64)
     best_first = np.lexsort((ids, -scores))
@@ -183,6 +186,8 @@ def _one_user(
 
 def _one_row(ids: Collection[str], video_code: Mapping[str, int]) -> ExclusionCSR:
     """One user's set of videos as a CSR row of codes; ids outside the code space cannot be candidates anyway."""
+    if isinstance(video_code, IdIndex):  # the API's: one binary search for all of them
+        return _codes_row(video_code.codes(list(ids)))
     get = video_code.get
     return _codes_row(np.fromiter((get(v, -1) for v in ids), dtype=np.int64, count=len(ids)))
 

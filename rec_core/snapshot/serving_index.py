@@ -77,10 +77,10 @@ class IdIndex(Mapping[str, int]):
         self.ids = ids  # unicode, sorted ascending, unique
 
     def get(self, key: object, default: int | None = None) -> int | None:  # type: ignore[override]
-        if not isinstance(key, str) or not len(self.ids):
+        # A longer id than the array's width is not in it; searching for one would widen (copy) the mapped array.
+        if not isinstance(key, str) or not len(self.ids) or len(key) > self.ids.dtype.itemsize // 4:
             return default
         i = int(np.searchsorted(self.ids, key))
-        # The probe is cast to the array's width, so compare the full id: a longer one is never "found".
         return i if i < len(self.ids) and self.ids[i] == key else default
 
     def codes(self, keys: Sequence[str]) -> np.ndarray:
