@@ -45,7 +45,7 @@ class FeedContext:
     """What the stages know about the users of a run, in the block's code spaces."""
 
     policy: FeedPolicy
-    video_ids: np.ndarray  # str or object [n_videos]: video id of each code
+    video_ids: np.ndarray  # str or object: video id of each catalogue code
     creator_ids: np.ndarray  # str or object [n_creators]: creator id of each creator code
     user_creator: np.ndarray  # int64 [users]: each user's own creator code, -1 when they created nothing here
     seen: ExclusionCSR  # per user: videos watched or skipped (batch: before as-of; live: also since)
@@ -54,10 +54,13 @@ class FeedContext:
     reason_catalogue: ReasonCatalogue | None = None  # batch only
     trending_query: bool = False  # live only: ranked by the trending vector, for a user with nothing
     ranking: RankInputs | None = None  # the ranker stage's inputs; None: no ranker, the towers' order stands
+    # Live only: videos posted since the snapshot, coded after the catalogue in this order. Apart, so that a live
+    # page does not copy the whole catalogue's ids to append a few.
+    posted_ids: tuple[str, ...] = ()
 
     @property
     def n_videos(self) -> int:
-        return len(self.video_ids)
+        return len(self.video_ids) + len(self.posted_ids)
 
     @property
     def n_creators(self) -> int:

@@ -71,7 +71,6 @@ def rank_live(
     if extra:
         codes[posted] = [extra[v] for v in ids[posted].tolist()]
     hit_ids = ids.tolist()
-    all_ids = np.concatenate([video_ids, np.asarray(list(extra), dtype=object)]) if extra else video_ids
     block, ctx = _one_user(
         codes[best_first],
         scores[best_first],
@@ -80,7 +79,8 @@ def rank_live(
         user_id=user_id,
         as_of_ms=as_of_ms,
         policy=policy,
-        video_ids=all_ids,
+        video_ids=video_ids,
+        posted_ids=tuple(extra),
         # The search already left out what the user saw and the walk served; the filters still check (they are the
         # contract, whatever the source did), over the answer's few ids rather than the user's whole history.
         seen=_codes_row(codes[[v in seen for v in hit_ids]]),
@@ -159,6 +159,7 @@ def _one_user(
     seen: ExclusionCSR,
     served: ExclusionCSR | None,
     unique: bool,
+    posted_ids: tuple[str, ...] = (),
 ) -> tuple[CandidateBlock, FeedContext]:
     """A one-row block of ranked candidates and its context; creators are coded over the row and the user."""
     # Dense creator codes in order of appearance (a dict: a page's worth of strings is no job for a sort).
@@ -176,6 +177,7 @@ def _one_user(
     ctx = FeedContext(
         policy=policy,
         video_ids=video_ids,
+        posted_ids=posted_ids,
         creator_ids=creator_ids,
         user_creator=creator_codes[-1:],
         seen=seen,
