@@ -87,6 +87,10 @@ class LiveUpdates:
     # ---- life cycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # The live snapshot and the activity since it before this process answers anything (uvicorn accepts only
+        # after start-up): a worker forked again after a crash shares the listening socket with the others, and
+        # must not take requests from them only to answer "loading".
+        await asyncio.to_thread(self._catch_up)
         self._inbox_batcher.start()
         self._video_batcher.start()
         self._thread = threading.Thread(target=self._background, name="snapshots+inbox", daemon=True)
@@ -105,6 +109,13 @@ class LiveUpdates:
         # What the last requests and impression flush wrote; this process's segments are final: sealed now, not
         # after two idle hours, so a host that never comes back leaves nothing the batch cannot prune.
         await asyncio.to_thread(self._ship, {INBOX: self.inbox.owns, **(closed or {})})
+
+    def _catch_up(self) -> None:
+        try:
+            self.registry.refresh()
+            self.follower.follow(self.registry.live)
+        except Exception:  # the background loop retries; start-up must not fail for a snapshot
+            log.exception("loading the live snapshot at start-up failed")
 
     def _background(self) -> None:
         while True:
