@@ -116,12 +116,9 @@ class SnapshotView:
             return str(self.creator_ids[code])
         return self.added.creators.get(video_id)
 
-    def created_of(self, video_id: str) -> int:
-        code = self.video_code.get(video_id)
-        return int(self.created_ms[code]) if code is not None else self.added.created_ms.get(video_id, self.as_of_ms)
-
     def catalogue_facts(self, video_ids: Sequence[str]) -> tuple[np.ndarray, list[str], list[int]]:
-        """:meth:`creator_of` and :meth:`created_of` of many videos at once, with their codes (-1: posted since)."""
+        """Codes (-1: posted since the snapshot), creators ("" when unknown) and creation times (as of the snapshot
+        when unknown) of many videos at once: one binary search for all of them."""
         codes = self.video_code.codes(video_ids)
         known = codes >= 0
         creators = np.empty(len(codes), dtype=object)
