@@ -210,6 +210,13 @@ class ModelSettings(_Section):
         hi=100_000_000,
         env="GATE_USERS",
     )
+    release_baselines: str = _setting(
+        "most_pop",
+        "Baselines a release measures beside its candidate: `most_pop`, the gate's bar (seconds), or `all`, which "
+        "adds ItemKNN and EASE to the release's report (35 s at the default scale, minutes at the large one, once "
+        "per lake version). `python -m jobs.evaluate` and `make eval` measure all of them whatever this says.",
+        env="RELEASE_BASELINES",
+    )
     warm_start: str = _setting(
         "on",
         "`on`: a release starts from the current model's weights when the lake has only grown since it was trained "
@@ -225,6 +232,8 @@ class ModelSettings(_Section):
             raise SettingsError("ranker", f"must be on or off, got {self.ranker!r}")
         if self.warm_start not in {"on", "off"}:
             raise SettingsError("warm_start", f"must be on or off, got {self.warm_start!r}")
+        if self.release_baselines not in {"most_pop", "all"}:
+            raise SettingsError("release_baselines", f"must be most_pop or all, got {self.release_baselines!r}")
         if self.ranker_objective not in {"auto", "binary", "lambdarank"}:
             raise SettingsError(
                 "ranker_objective", f"must be auto, binary or lambdarank, got {self.ranker_objective!r}"

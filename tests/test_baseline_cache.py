@@ -33,6 +33,11 @@ def test_baselines_are_measured_once_per_split(api_world: Path, tmp_path: Path) 
     fewer = dataclasses.replace(split, test=split.test.select(split.test.user_idx != split.test.user_idx[0]))
     assert split_fingerprint(fewer, "test") != split_fingerprint(split, "test")
     assert split_fingerprint(split, "valid") != split_fingerprint(split, "test")
+    # MostPop alone (a release's default) is kept apart from all three: neither is served for the other.
+    assert split_fingerprint(split, "test", "most_pop") != split_fingerprint(split, "test")
+    alone = cached_baselines(tmp_path, split, lambda: {"most_pop": first["most_pop"]}, which="most_pop")
+    assert set(alone) == {"most_pop"} and cached_baselines(tmp_path, split, measure) == first and len(measured) == 1
+    (tmp_path / f"{split_fingerprint(split, 'test', 'most_pop')}.json").unlink()
     cached_baselines(tmp_path, fewer, lambda: {"most_pop": {"recall@50": 0.5}})
     assert len(list(tmp_path.glob("*.json"))) == 2
 

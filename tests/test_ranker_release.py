@@ -110,7 +110,7 @@ def test_the_evaluation_reports_both_stacks_and_the_gate_judges_the_served_one(r
     store = ModelStore(settings.paths.models_dir)
     metrics = store.read_json(summary["version"], "metrics.json")
     models = metrics["models"]
-    assert {"two_tower", RETRIEVAL, RANKED, "most_pop", MOST_POP_AT_TEST, "ease"} <= set(models)
+    assert {"two_tower", RETRIEVAL, RANKED, "most_pop", MOST_POP_AT_TEST} <= set(models)
     assert models[RANKED]["recall@50"] != models[RETRIEVAL]["recall@50"]  # the ranker reordered something
     assert summary["stack"] == RANKED and summary["promoted"] and store.current() == summary["version"]
     assert metrics["gate"]["stack"] == RANKED and metrics["gate"]["as_of"] == "test_start"
@@ -157,7 +157,7 @@ def test_with_the_ranker_off_a_version_carries_none_and_the_gate_says_retrieval(
     assert "ranker" not in store.read_json(summary["version"], "config.json")
     metrics = store.read_json(summary["version"], "metrics.json")
     # Today's evaluation: the towers as trained against the baselines, nothing of the ranking stage.
-    assert set(metrics["models"]) == {"two_tower", "most_pop", "item_knn", "ease"}
+    assert set(metrics["models"]) == {"two_tower", "most_pop"}
     assert "served_stack" not in metrics
     assert summary["stack"] == RETRIEVAL and metrics["gate"]["stack"] == RETRIEVAL
     assert metrics["gate"]["compared"]["candidate"] == "two_tower" and metrics["gate"]["as_of"] == "valid_start"

@@ -151,11 +151,11 @@ def test_rec_warm_start_off_trains_from_random_weights(grown: Grown) -> None:
 
 
 def test_a_release_evaluates_and_gates_every_model_on_one_user_sample(grown: Grown) -> None:
-    """REC_GATE_USERS: the candidate, the current model and every baseline are measured on the same sampled test
-    users, and the gate's intervals are over exactly those."""
+    """REC_GATE_USERS: the candidate, the current model and every baseline (REC_RELEASE_BASELINES=all) are measured
+    on the same sampled test users, and the gate's intervals are over exactly those."""
     full = ModelStore(grown.settings.paths.models_dir).read_json(grown.second["version"], "metrics.json")
     assert full["gate_evidence"]["users"] == full["models"]["two_tower"]["users"] > 40
-    settings = grown.settings.override(gate_users=40)
+    settings = grown.settings.override(gate_users=40, release_baselines="all")
     summary = train_towers(settings, dataclasses.replace(QUICK, epochs=1), promote=False)
     metrics = ModelStore(settings.paths.models_dir).read_json(summary["version"], "metrics.json")
     users = {name: figures["users"] for name, figures in metrics["models"].items()}

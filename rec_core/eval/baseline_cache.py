@@ -31,12 +31,13 @@ KEEP = 8
 Metrics = dict[str, dict[str, float]]
 
 
-def split_fingerprint(split: Split, on: str) -> str:
-    """A hash of everything a baseline's metrics on ``split``'s part ``on`` can depend on."""
+def split_fingerprint(split: Split, on: str, which: str = "all") -> str:
+    """A hash of everything the metrics of the baselines ``which`` on ``split``'s part ``on`` can depend on."""
     digest = hashlib.blake2b(digest_size=16)
     rules = {
         "format": FORMAT,
         "on": on,
+        "which": which,
         "protocol": split.protocol,
         "positive": split.positive,
         "min_completion": split.min_completion,
@@ -55,10 +56,12 @@ def split_fingerprint(split: Split, on: str) -> str:
     return digest.hexdigest()
 
 
-def cached_baselines(folder: Path, split: Split, measure: Callable[[], Metrics], on: str = "test") -> Metrics:
-    """The baselines' metrics on ``split``: from ``folder`` when measured on this very split before, else
-    ``measure()``, stored for the next release."""
-    path = folder / f"{split_fingerprint(split, on)}.json"
+def cached_baselines(
+    folder: Path, split: Split, measure: Callable[[], Metrics], on: str = "test", which: str = "all"
+) -> Metrics:
+    """The metrics of the baselines named by ``which`` on ``split``: from ``folder`` when measured on this very split
+    before, else ``measure()``, stored for the next release."""
+    path = folder / f"{split_fingerprint(split, on, which)}.json"
     if path.is_file():
         try:
             metrics = json.loads(path.read_bytes())

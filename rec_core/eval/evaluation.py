@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import polars as pl
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.lake import lake_for
 from rec_core.data.split import Protocol, Split, SplitPart, split_from_lake, training_view
-from rec_core.eval.baselines import MostPop, evaluate_baselines
+from rec_core.eval.baselines import MostPop, Recommender, evaluate_baselines
 from rec_core.eval.intervals import Interval
 from rec_core.eval.plots import comparison_png
 from rec_core.eval.ranking_metrics import ServedAs, UserMetrics, build_targets, user_metrics
@@ -131,9 +132,13 @@ def comparison(dataset: str, split: Split, models: dict[str, dict[str, float]]) 
 
 
 def baseline_metrics(
-    split: Split, on: SplitPart = "test", served: ServedAs | None = None
+    split: Split,
+    on: SplitPart = "test",
+    served: ServedAs | None = None,
+    models: Sequence[Recommender] | None = None,
 ) -> dict[str, dict[str, float]]:
-    return evaluate_baselines(split, on=on, served=served)
+    """The baselines (default: MostPop, ItemKNN, EASE) fitted on ``split``'s training part, measured on ``on``."""
+    return evaluate_baselines(split, on=on, served=served, models=models)
 
 
 def write_report(result: dict, folder: Path, title: str) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from rec_core.data.lake import lake_for
 from rec_core.eval.baseline_cache import cached_baselines
+from rec_core.eval.baselines import MostPop
 from rec_core.eval.evaluation import (
     LakeData,
     baseline_metrics,
@@ -248,7 +249,8 @@ def _towers(loaded: LoadedModel, data: LakeData, settings: Settings) -> Towers:
 
 
 def evaluate_version(settings: Settings, version: str, data: LakeData | None = None) -> dict:
-    """Add the baselines and the current model, on the same test split, to the version's metrics and report.
+    """Add the baselines (``REC_RELEASE_BASELINES``: MostPop, the gate's bar, or all three) and the current model,
+    on the same test split, to the version's metrics and report.
 
     With the ranker on, also the stack as the batch serves it: retrieval alone and with the version's ranker, as of
     ``test_start``, beside MostPop of that instant, and the current model's own stack measured the same way.
@@ -257,7 +259,7 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     data = data or release_data(settings)
     metrics = store.read_json(version, "metrics.json")
     models = metrics["models"]
-    models.update(_baselines(settings, data))
+    models.update(_baselines(settings, data, settings.model.release_baselines))
     stack = served_stack(settings.model, has_ranker(store.folder(version)))
     loaded = store.load(version)
     instant = None
@@ -298,9 +300,14 @@ def release_data(settings: Settings) -> LakeData:
     return load_lake_data(settings.paths, settings.batch).with_test_sample(settings.model.gate_users)
 
 
-def _baselines(settings: Settings, data: LakeData) -> dict[str, dict[str, float]]:
-    """The baselines on ``data``'s test split, fitted once per split (rec_core.eval.baseline_cache)."""
-    return cached_baselines(settings.paths.baselines_dir, data.split, lambda: baseline_metrics(data.split))
+def _baselines(settings: Settings, data: LakeData, which: str) -> dict[str, dict[str, float]]:
+    """The baselines ``which`` names (``all``, or ``most_pop`` alone) on ``data``'s test split, fitted once per split
+    (rec_core.eval.baseline_cache)."""
+
+    def measure() -> dict[str, dict[str, float]]:
+        return baseline_metrics(data.split, models=None if which == "all" else [MostPop()])
+
+    return cached_baselines(settings.paths.baselines_dir, data.split, measure, which=which)
 
 
 def _current_model_metrics(
@@ -428,7 +435,7 @@ def evaluate_model(settings: Settings, version: str | None = None, *, with_basel
         stacks = version_stack_metrics(AsOfTestStart.of(data), towers, ranker)
         models.update({name: values.summary() for name, values in stacks.items()})
     if with_baselines:
-        models.update(_baselines(settings, data))
+        models.update(_baselines(settings, data, "all"))
     result = comparison(data.dataset, data.split, models)
     result["model_version"] = loaded.version
     return result
