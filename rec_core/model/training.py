@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from rec_core.data.split import InteractionArrays, Split
-from rec_core.eval.ranking_metrics import EvalTargets, build_targets, evaluate_targets
+from rec_core.eval.intervals import paired_difference
+from rec_core.eval.ranking_metrics import EvalTargets, UserMetrics, build_targets, user_metrics
 from rec_core.model.features import (
     Catalogue,
     FeatureStats,
@@ -73,6 +74,11 @@ class TrainConfig:
     # ~0.003-0.005 but cost recall@20 / NDCG@20; time windows do better on both.
     time_aware: bool = False  # show each positive as it was when watched (Catalogue.dense_at), not as of the cut
     uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the videos posted by then (512)
+    # Epochs without a validation gain before training stops, unless an epoch is worse than the best beyond noise
+    # (the paired bootstrap interval of the per-user difference lies below zero), which stops it at once: on the
+    # default and large worlds validation peaks and then falls clearly (0.151 -> 0.121; 0.060 -> 0.042), so the
+    # second epoch of patience only cost time (45 s at the default scale, ~10 min at the large), while on MovieLens's
+    # few validation users a dip within noise still gets its second chance.
     patience: int = 2
     # Sparse gradients and a lazy Adam (only the rows a batch touched move) for the video and creator id tables; the
     # dense layers keep AdamW. A dense Adam step reads and writes every row of those tables at every step: with 10x
@@ -219,17 +225,23 @@ def _optimizer(model: TwoTower, cfg: TrainConfig) -> _Optimizers:
     rows = model.item_emb.num_embeddings + model.creator_emb.num_embeddings
     log.info("optimizer: %s (%d id-table rows)", "sparse ids + AdamW" if cfg.sparse_ids else "AdamW", rows)
     if not cfg.sparse_ids:
-        return _Optimizers(torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+        return _Optimizers(_adamw(model.parameters(), cfg))
     tables = (model.item_emb, model.creator_emb)
     for table in tables:
         table.sparse = True
     sparse = {id(table.weight) for table in tables}
     dense = [p for p in model.parameters() if id(p) not in sparse]
     return _Optimizers(
-        torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        _adamw(dense, cfg),
         # No weight decay here: SparseAdam has none, and a decay of the untouched rows is what made the step dense.
         torch.optim.SparseAdam([table.weight for table in tables], lr=cfg.lr),
     )
+
+
+def _adamw(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    # The fused kernel updates every parameter in one pass instead of a handful of tensor ops each: the same update
+    # to float rounding, 5-10% faster epochs at the default scale (one epoch alternated with the plain one, 2026-12-04).
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) -> TrainResult:
@@ -283,11 +295,11 @@ def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) 
         "aux_loss": [],
         f"valid_recall@{cfg.eval_k}": [],
     }
-    best_state, best_valid, best_epoch, bad_epochs = None, -1.0, 0, 0
-    start_valid, epochs = None, cfg.epochs
+    stopping = EarlyStopping(f"recall@{cfg.eval_k}", cfg.patience)
+    best_state, start_valid, epochs = None, None, cfg.epochs
     if start is not None:
-        start_valid = _valid_recall(model, data, valid_targets, cfg.eval_k)
-        best_state, best_valid = copy.deepcopy(model.state_dict()), start_valid
+        stopping.update(0, _valid_users(model, data, valid_targets, cfg.eval_k))
+        best_state, start_valid = copy.deepcopy(model.state_dict()), stopping.best_value
         epochs = min(cfg.epochs, cfg.warm_epochs)
         log.info("warm start: valid recall@%d %.4f before training; at most %d epochs", cfg.eval_k, start_valid, epochs)
     window = batch_size * cfg.time_windows
@@ -352,25 +364,53 @@ def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) 
             progress.advance()
         for key, value in zip(("loss", "retrieval_loss", "aux_loss"), sums / steps_per_epoch, strict=True):
             curves[key].append(float(value))
-        valid = _valid_recall(model, data, valid_targets, cfg.eval_k)
-        curves[f"valid_recall@{cfg.eval_k}"].append(float(valid))
-        log.info("epoch %d: loss %.4f, valid recall@%d %.4f", epoch, curves["loss"][-1], cfg.eval_k, valid)
-        if valid > best_valid:
-            best_state, best_valid, best_epoch, bad_epochs = copy.deepcopy(model.state_dict()), valid, epoch, 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                log.info("early stop: no validation gain for %d epochs; best epoch %d", bad_epochs, best_epoch)
-                break
+        valid_users = _valid_users(model, data, valid_targets, cfg.eval_k)
+        valid = valid_users.mean(stopping.key)
+        curves[f"valid_{stopping.key}"].append(float(valid))
+        log.info("epoch %d: loss %.4f, valid %s %.4f", epoch, curves["loss"][-1], stopping.key, valid)
+        improved, stop = stopping.update(epoch, valid_users)
+        if improved:
+            best_state = copy.deepcopy(model.state_dict())
+        if stop:
+            log.info("early stop: %s; best epoch %d", stop, stopping.best_epoch)
+            break
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, tower_cfg, curves, best_epoch, best_valid, time.monotonic() - started, start_valid)
+    best = stopping.best_value
+    return TrainResult(model, tower_cfg, curves, stopping.best_epoch, best, time.monotonic() - started, start_valid)
 
 
-def _valid_recall(model: TwoTower, data: TrainingData, targets: EvalTargets, k: int) -> float:
+@dataclass(slots=True)
+class EarlyStopping:
+    """Which epoch is the best on validation, and when to stop: after ``patience`` epochs without a gain, or at once
+    after an epoch worse than the best beyond noise (the paired bootstrap interval of the per-user difference below
+    zero; see TrainConfig.patience)."""
+
+    key: str
+    patience: int
+    best: UserMetrics | None = None
+    best_value: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, users: UserMetrics) -> tuple[bool, str]:
+        """Take an epoch's per-user validation values: (whether it is the best so far, why to stop, or "")."""
+        value = users.mean(self.key)
+        if value > self.best_value:
+            self.best, self.best_value, self.best_epoch, self.bad_epochs = users, value, epoch, 0
+            return True, ""
+        self.bad_epochs += 1
+        if self.best is not None and (drop := paired_difference(users, self.best, self.key)).verdict == "worse":
+            return False, f"{self.key} worse than epoch {self.best_epoch}'s beyond noise, {drop.interval}"
+        if self.bad_epochs >= self.patience:
+            return False, f"no gain in {self.bad_epochs} epochs"
+        return False, ""
+
+
+def _valid_users(model: TwoTower, data: TrainingData, targets: EvalTargets, k: int) -> UserMetrics:
     _, score = scorer(model, data)
-    return float(evaluate_targets(score, targets, ks=(k,))[f"recall@{k}"])
+    return user_metrics(score, targets, ks=(k,))
 
 
 @dataclass(frozen=True, slots=True)
