@@ -71,7 +71,7 @@ class LiveUpdates:
         self._reload_s = api.reload_ms / 1000
         self._metrics = metrics
         self.inbox = InboxWriter(paths.inbox_dir)
-        self.posted = PostedVideos(model, api, self.inbox, metrics, text_encoders)
+        self.posted = PostedVideos(model, api, self.inbox, metrics, text_encoders, paths.text_graphs_dir)
         self.follower = InboxFollower(paths, api, self.inbox, self.posted)
         self.registry = SnapshotRegistry(paths, batch, on_loaded=self.posted.adopt)
         # With the lake on an object store, what this machine wrote is copied there for the batch to read.

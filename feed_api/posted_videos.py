@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -47,8 +48,11 @@ class PostedVideos:
         inbox: InboxWriter,
         metrics: Metrics,
         encoders: Mapping[str, TextEncoder] | None = None,
+        graph_cache: Path | None = None,
     ) -> None:
-        """``encoders``: text encoders already loaded, by ``text_model`` (the forked workers share the parent's)."""
+        """``encoders``: text encoders already loaded, by ``text_model`` (the forked workers share the parent's);
+        ``graph_cache``: where ONNX Runtime encoders keep their exported graphs (TextEncoder)."""
+        self._graph_cache = graph_cache
         self._default_text_model = model.text_model  # for models saved before their config named theirs
         self._videos_max = api.posted_videos_max
         self._inbox = inbox
@@ -158,7 +162,7 @@ class PostedVideos:
         model = view.model.config.get("text_model", self._default_text_model)
         with self._encoders_lock:  # seconds to load: once per process, not once per racing caller
             if model not in self._encoders:
-                self._encoders[model] = TextEncoder(model)
+                self._encoders[model] = TextEncoder(model, graph_cache=self._graph_cache)
             return self._encoders[model]
 
     def adopt(self, view: SnapshotView) -> None:

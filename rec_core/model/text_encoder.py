@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from rec_core.atomic import write_bytes_atomic
 from rec_core.progress import Progress
 from rec_core.settings import SettingsError
 
@@ -150,16 +151,25 @@ class TextEncoder:
     ``quantize=True`` asks for the int8 variant of that runtime: dynamic quantization of the
     Linear layers (torch) or MatMuls (ONNX Runtime), weights int8 with per-channel scales and
     activations quantized on the fly: faster on CPU, vectors slightly different, hence a
-    different :attr:`model_id`. ONNX Runtime runs a graph exported from the same weights when
-    the encoder is built (a few seconds; nothing is written to disk but a temporary folder).
+    different :attr:`model_id`. ONNX Runtime runs a graph exported from the same weights: with
+    ``graph_cache`` (a folder) the graph is kept there and later encoders load it without the torch
+    weights (the export and its optimisation are most of an ONNX encoder's start-up); without it,
+    every encoder exports its own into a temporary folder.
     Uses as many threads as ``torch.get_num_threads()`` says, so the caller (or
     OMP_NUM_THREADS, REC_TORCH_THREADS) decides.
     """
 
-    def __init__(self, model: str = WHEEL_MODEL, *, quantize: bool = False, max_length: int = MAX_LENGTH) -> None:
+    def __init__(
+        self,
+        model: str = WHEEL_MODEL,
+        *,
+        quantize: bool = False,
+        max_length: int = MAX_LENGTH,
+        graph_cache: Path | None = None,
+    ) -> None:
         import torch
         import transformers
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         source = resolve_model(model)
         self.source = replace(source, runtime=with_int8(source.runtime) if quantize else source.runtime)
@@ -167,24 +177,33 @@ class TextEncoder:
         # The weight-loading tqdm bar is noise in Airflow logs; restore whatever the process had.
         bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()
+
+        def load_net() -> Any:
+            try:
+                return AutoModel.from_pretrained(self.source.path, local_files_only=True).eval()
+            except (OSError, ValueError) as exc:
+                raise SettingsError("text_model", f"cannot load a model from {self.source.path}: {exc}") from exc
+
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source.path, local_files_only=True)
-            net = AutoModel.from_pretrained(self.source.path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise SettingsError("text_model", f"cannot load a model from {self.source.path}: {exc}") from exc
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.source.path, local_files_only=True)
+                config = AutoConfig.from_pretrained(self.source.path, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise SettingsError("text_model", f"cannot load a model from {self.source.path}: {exc}") from exc
+            limit = int(getattr(config, "max_position_embeddings", max_length) or max_length)
+            if not 2 < max_length <= limit:
+                raise ValueError(f"max_length must be in 3..{limit} for {self.source.label}, got {max_length}")
+            self.max_length = max_length
+            self._dim = int(config.hidden_size)
+            runtime = self.source.runtime
+            if runtime.startswith("onnx"):
+                self._run = _onnx_runner(load_net, self.source, graph_cache)
+            else:
+                net = load_net()
+                self._run = _torch_runner(_quantize_dynamic_int8(net, torch) if runtime == "torch-int8" else net)
         finally:
             if bars_were_on:
                 transformers.utils.logging.enable_progress_bar()
-        net.eval()
-        limit = int(getattr(net.config, "max_position_embeddings", max_length) or max_length)
-        if not 2 < max_length <= limit:
-            raise ValueError(f"max_length must be in 3..{limit} for {self.source.label}, got {max_length}")
-        self.max_length = max_length
-        self._dim = int(net.config.hidden_size)
-        runtime = self.source.runtime
-        if runtime == "torch-int8":
-            net = _quantize_dynamic_int8(net, torch)
-        self._run = _onnx_runner(net, quantize=self.quantize) if runtime.startswith("onnx") else _torch_runner(net)
         pad = self._tokenizer.pad_token_id
         self._pad_id = int(pad) if pad is not None else 0
         log.info(
@@ -264,9 +283,45 @@ def _torch_runner(net: Any) -> Runner:
     return run
 
 
-def _onnx_runner(net: Any, *, quantize: bool) -> Runner:
-    """The encoder's graph exported to ONNX and run by ONNX Runtime (int8 MatMuls with ``quantize``)."""
+def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path | None) -> Runner:
+    """``source``'s graph run by ONNX Runtime: read from ``cache`` when it holds it, else exported from the weights
+    ``load_net`` gives (and kept in ``cache``, when there is one)."""
     import onnxruntime as ort
+    import torch
+
+    path = None if cache is None else cache / f"{_graph_name(source, ort.__version__, torch.__version__)}.onnx"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = None
+    if path is not None and path.is_file():
+        try:
+            session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+            log.info("text encoder graph read from %s", path)
+        except Exception as exc:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
+            log.warning("cached text encoder graph %s is unusable (%s); exporting it again", path, exc)
+    if session is None:
+        graph = _export_graph(load_net(), quantize=source.runtime.endswith("-int8"))
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        if path is not None:
+            write_bytes_atomic(path, graph)
+
+    def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+
+    return run
+
+
+def _graph_name(source: ModelSource, ort_version: str, torch_version: str) -> str:
+    """A cached graph's file name: whatever the exported bytes depend on (the weights, the runtime, the exporter's and
+    the quantizer's versions, the opset) hashed, after a readable label."""
+    identity = f"{source.model_id()}|torch {torch_version}|onnxruntime {ort_version}|opset {ONNX_OPSET}"
+    return f"{source.label}-{source.runtime}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def _export_graph(net: Any, *, quantize: bool) -> bytes:
+    """The encoder's graph exported to ONNX (int8 MatMuls with ``quantize``), as bytes."""
     import torch
 
     class LastHidden(torch.nn.Module):
@@ -305,16 +360,7 @@ def _onnx_runner(net: Any, *, quantize: bool) -> Runner:
             finally:
                 logging.getLogger().removeFilter(advice)
             graph = quantized
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(graph.read_bytes(), options, providers=["CPUExecutionProvider"])
-
-    def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
-
-    return run
+        return graph.read_bytes()
 
 
 class _DropMessage(logging.Filter):
