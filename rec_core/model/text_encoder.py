@@ -220,10 +220,6 @@ class TextEncoder:
         )
 
     @property
-    def quantize(self) -> bool:
-        return self.source.runtime.endswith("-int8")
-
-    @property
     def model_id(self) -> str:
         return self.source.model_id(max_length=self.max_length)
 
