@@ -181,6 +181,14 @@ class ModelSettings(_Section):
         "(ONNX Runtime, dynamic int8). Each gives its own vectors, cached apart; bench_text measures them.",
         env="TEXT_MODEL",
     )
+    text_batch_engine: str = _setting(
+        "onnx",
+        "What batch jobs run a torch fp32 text model (no suffix) with when they encode captions: `onnx` (ONNX "
+        "Runtime's fp32 graph: the same vectors to float precision, 1.26-1.34x the captions/s, the graph kept under "
+        "`<data root>/cache/text-graphs`) or `torch`. The API encodes posted videos with torch, loaded once before "
+        "its workers fork.",
+        env="TEXT_BATCH_ENGINE",
+    )
     torch_threads: int = _setting(
         0,
         "Torch threads per job process; 0 = torch's default (one per core). Set it when several Airflow "
@@ -235,6 +243,8 @@ class ModelSettings(_Section):
             raise SettingsError("warm_start", f"must be on or off, got {self.warm_start!r}")
         if self.release_baselines not in {"most_pop", "all"}:
             raise SettingsError("release_baselines", f"must be most_pop or all, got {self.release_baselines!r}")
+        if self.text_batch_engine not in {"onnx", "torch"}:
+            raise SettingsError("text_batch_engine", f"must be onnx or torch, got {self.text_batch_engine!r}")
         if self.ranker_objective not in {"auto", "binary", "lambdarank"}:
             raise SettingsError(
                 "ranker_objective", f"must be auto, binary or lambdarank, got {self.ranker_objective!r}"

