@@ -231,15 +231,7 @@ def _build_api_world(data: Path) -> None:
     from rec_core.stages import run_all
     from rec_core.synthetic.commit import generate_data
 
-    # One ranker objective: the serving tests need a ranker, not the release's comparison of two.
-    settings = Settings.load(
-        {
-            "REC_DATA_DIR": str(data),
-            "REC_FEED_LENGTH": "200",
-            "REC_SNAPSHOTS_KEEP": "2",
-            "REC_RANKER_OBJECTIVE": "binary",
-        }
-    )
+    settings = Settings.load({"REC_DATA_DIR": str(data), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "2"})
     generate_data(settings, "tiny", seed=7)
     run_all(settings, epochs=2, video_shards=1, user_shards=2)
 

@@ -31,7 +31,7 @@ FAST = RankerConfig(max_rounds=60, early_stopping=15, min_data_in_leaf=20, folds
 
 
 def machine(env: dict[str, str], root: Path) -> Settings:
-    return Settings.load({**env, "REC_DATA_DIR": str(root), "REC_RANKER": "on", "REC_RANKER_OBJECTIVE": "binary"})
+    return Settings.load({**env, "REC_DATA_DIR": str(root), "REC_RANKER": "on"})
 
 
 def test_a_release_split_over_machines_meets_on_the_store(s3_env: dict[str, str], tmp_path: Path) -> None:

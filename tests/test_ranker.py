@@ -240,7 +240,7 @@ def test_one_named_objective_trains_one_ranker_with_one_cross_validation_pass() 
     chosen, rankers = choose_objective(examples, config, ranker_objectives(ModelSettings(ranker_objective="binary")))
     assert set(rankers) == {"binary"} and chosen.config.objective == "binary"
     assert len(chosen.cv["binary"]["rounds"]) == config.folds
-    _, both = choose_objective(examples, config, ranker_objectives(ModelSettings()))
+    _, both = choose_objective(examples, config, ranker_objectives(ModelSettings(ranker_objective="auto")))
     assert set(both) == set(OBJECTIVES) and len(both["binary"].cv["binary"]["rounds"]) > config.folds
 
 
