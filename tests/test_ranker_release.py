@@ -61,8 +61,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ranked(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
-    """One release with the ranker on (the default): its settings and train_towers' summary."""
-    settings = _copy(world, tmp_path_factory.mktemp("ranked") / "data")
+    """One release with the ranker on (the default) and both objectives cross-validated (REC_RANKER_OBJECTIVE=auto,
+    so its record compares them): its settings and train_towers' summary."""
+    settings = _copy(world, tmp_path_factory.mktemp("ranked") / "data", ranker_objective="auto")
     assert settings.model.ranker_on
     return settings, train_towers(settings, TOWERS, ranker_config=FAST)
 

@@ -2,7 +2,8 @@
 
 The adapter between a model version and :mod:`rec_core.rank` (the recipe is ``benchmarks/ranker_quality.py``'s):
 the ranker of a version is trained on the same split as its towers, on the validation window (features as of
-``valid_start``, labels from ``[valid_start, test_start)``, the objective chosen by out-of-fold NDCG), and its files
+``valid_start``, labels from ``[valid_start, test_start)``, the objective REC_RANKER_OBJECTIVE names, or with
+``auto`` the one with the better out-of-fold NDCG), and its files
 sit at the top of the version's folder (``Ranker.load_if_present``). A version without them (trained with
 ``REC_RANKER=off``, or before the ranking stage existed) serves retrieval alone.
 
@@ -120,7 +121,7 @@ def train_version_ranker(
             f"the validation window has {len(examples.groups)} users with a positive among their candidates, too few "
             f"to train a ranker ({config.folds} at least); set REC_RANKER=off to release retrieval alone"
         )
-    log.info("ranker: cross-validating each objective over %d users, then fitting the chosen one", len(examples.groups))
+    log.info("ranker: cross-validating %s over %d users, then fitting", " and ".join(objectives), len(examples.groups))
     chosen, _ = choose_objective(examples, config, objectives)
     seconds = time.monotonic() - started
     objective = chosen.config.objective

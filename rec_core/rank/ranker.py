@@ -5,7 +5,8 @@ user's candidate list, with graded labels) and ``binary`` (pointwise: log loss o
 cross-validated over users (folds of whole groups, early-stopped on the held-out fold's NDCG) and
 :func:`choose_objective` keeps the one whose out-of-fold lists measure better on the product's metric (binary
 relevance, NDCG@20 within the candidates); the chosen one is then refitted on every group with the folds' median
-number of rounds. Nothing here sees the test period: the choice is made on the validation window's users.
+number of rounds. Nothing here sees the test period: the choice is made on the validation window's users. A release
+tries what REC_RANKER_OBJECTIVE names: ``binary`` alone by default, both with ``auto``.
 
 A saved ranker is a folder: ``ranker.txt`` (LightGBM's text model) and ``ranker.json`` (feature names in column
 order, the objective and parameters, rounds, the number of candidates N it reorders, the as-of rule its features
