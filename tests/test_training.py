@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -30,6 +31,7 @@ from rec_core.model.training import (
     TrainingData,
     TrainResult,
     _optimizer,
+    _valid_users,
     _windowed_order,
     prepare,
     scorer,
@@ -247,13 +249,13 @@ def test_early_stopping_waits_out_a_dip_within_noise_and_stops_at_once_on_a_clea
     assert stopping.update(1, best) == (True, "")
     assert stopping.update(2, dip) == (False, "")
     improved, stop = stopping.update(3, dip)
-    assert not improved and stop == "no gain in 2 epochs" and stopping.best_epoch == 1
+    assert not improved and stop == "no gain in 2 validation rounds" and stopping.best_epoch == 1
 
     # 120 lose a hit and 10 gain one: beyond noise, so it stops at once with patience left.
     stopping = EarlyStopping("recall@50", patience=2)
     stopping.update(1, best)
     improved, stop = stopping.update(2, changed(lost=120, gained=10))
-    assert not improved and stop.startswith("recall@50 worse than epoch 1's beyond noise"), stop
+    assert not improved and stop.startswith("recall@50 worse than at epoch 1 beyond noise"), stop
     assert stopping.best_epoch == 1 and stopping.best is best
 
     # A gain resets the count.
@@ -261,7 +263,25 @@ def test_early_stopping_waits_out_a_dip_within_noise_and_stops_at_once_on_a_clea
     stopping.update(1, best)
     stopping.update(2, dip)
     assert stopping.update(3, changed(lost=0, gained=30)) == (True, "")
-    assert stopping.best_epoch == 3 and stopping.bad_epochs == 0
+    assert stopping.best_epoch == 3 and stopping.bad_rounds == 0
+
+
+def test_validation_runs_in_rounds_inside_an_epoch_and_the_best_round_is_kept(prepared: TrainingData) -> None:
+    """``eval_every``: a long epoch is cut into equal rounds, each validated; early stopping counts rounds and the
+    weights returned are those of the best round, wherever inside an epoch it fell."""
+    steps = len(prepared.split.train) // TINY.batch_size
+    config = dataclasses.replace(TINY, epochs=2, patience=100, eval_every=-(-steps // 4))
+    result = train(prepared, config)
+    at = result.curves["valid_at_epoch"]
+    assert len(at) == len(result.curves["valid_recall@50"]) == 8  # 4 rounds an epoch, none skipped
+    assert at[3] == 1.0 and at[7] == 2.0 and all(0 < b - a <= 0.3 for a, b in itertools.pairwise(at))
+    assert len(result.curves["loss"]) == 2  # losses stay per epoch
+    valid = result.curves["valid_recall@50"]
+    assert result.best_valid == max(valid) and result.best_epoch == at[valid.index(max(valid))]
+    targets = build_targets(prepared.split, "valid")  # the tiny world has fewer than eval_users: all of them
+    assert _valid_users(result.model, prepared, targets, 50).mean("recall@50") == pytest.approx(result.best_valid)
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=-1)
 
 
 def test_windowed_order_keeps_every_batch_inside_one_time_window() -> None:

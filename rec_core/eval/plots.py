@@ -11,15 +11,19 @@ import matplotlib.pyplot as plt
 
 
 def training_curves_png(curves: dict[str, list[float]], title: str) -> bytes:
+    """Loss per epoch beside validation per round; ``valid_at_epoch`` (when present) places the rounds, which may
+    run several times an epoch."""
+    valid_at = curves.get("valid_at_epoch")
     losses = [k for k in curves if "loss" in k]
-    metrics = [k for k in curves if k not in losses]
+    metrics = [k for k in curves if k not in losses and k != "valid_at_epoch"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key in losses:
         axes[0].plot(range(1, len(curves[key]) + 1), curves[key], marker="o", label=key)
     axes[0].set(title="training loss", xlabel="epoch")
     axes[0].legend()
     for key in metrics:
-        axes[1].plot(range(1, len(curves[key]) + 1), curves[key], marker="o", label=key)
+        xs = valid_at if valid_at and len(valid_at) == len(curves[key]) else range(1, len(curves[key]) + 1)
+        axes[1].plot(xs, curves[key], marker="o", label=key)
     axes[1].set(title="validation", xlabel="epoch")
     axes[1].legend()
     fig.suptitle(title)

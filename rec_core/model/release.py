@@ -186,7 +186,7 @@ def _train_towers(settings: Settings, config: TrainConfig | None, data: LakeData
         "curves.png": training_curves_png(result.curves, f"{version} ({data.dataset})"),
         "curves.json": json.dumps(result.curves, indent=2).encode(),
     }
-    log.info("trained the towers of %s (best epoch %d, %.0fs)", version, result.best_epoch, result.seconds)
+    log.info("trained the towers of %s (best epoch %g, %.0fs)", version, result.best_epoch, result.seconds)
     return TrainedTowers(version, result, prepared, run_config, metrics, files)
 
 
