@@ -96,7 +96,7 @@ def to_markdown(first: dict, runs: dict[str, dict], diffs: dict[str, str]) -> st
     for name, run in runs.items():
         figures = " | ".join(f"{run['metrics'].get(m, float('nan')):.4f}" for m in METRICS)
         lines.append(
-            f"| {name} | {run['train_seconds']:.0f} | {run['epochs_run']} ({run['best_epoch']}) | "
+            f"| {name} | {run['train_seconds']:.0f} | {run['epochs_run']} ({run['best_epoch']:g}) | "
             f"{run['release_seconds']:.0f} | {figures} |"
         )
     lines.append("")

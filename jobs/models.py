@@ -31,8 +31,9 @@ def list_versions(store: ModelStore) -> str:
         ranked = models.get(RANKED, {}).get("recall@50")
         pop = models.get("most_pop", {}).get("recall@50")
         lines.append(
-            f"| {version} | {'*' if version == current else ''} | {config.get('dataset')} | {config.get('best_epoch')} "
-            f"| {'yes' if has_ranker(store.folder(version)) else 'no'} | {_fmt(ours)} | {_fmt(ranked)} | {_fmt(pop)} |"
+            f"| {version} | {'*' if version == current else ''} | {config.get('dataset')} "
+            f"| {_epoch(config.get('best_epoch'))} | {'yes' if has_ranker(store.folder(version)) else 'no'} "
+            f"| {_fmt(ours)} | {_fmt(ranked)} | {_fmt(pop)} |"
         )
     return "\n".join(lines)
 
@@ -95,6 +96,11 @@ def gate_lines(metrics: dict) -> list[str]:
         f"gate: {verdict} on {gate['stack']} (as of {gate['as_of']}; {compared}): " + "; ".join(gate["reasons"]),
         "",
     ]
+
+
+def _epoch(value: float | None) -> str:
+    """Where the kept weights were validated, in epochs: 2, or 0.333 for a round inside the first."""
+    return "" if value is None else f"{value:g}"
 
 
 def _fmt(value: float | None) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import rec_core.model.training as training
 from jobs.evaluate import main as evaluate_main
 from rec_core.eval.baselines import EASE, ItemKNN, MostPop
 from rec_core.eval.evaluation import LakeData, load_lake_data, prepare_loaded, two_tower_metrics
@@ -282,6 +283,34 @@ def test_validation_runs_in_rounds_inside_an_epoch_and_the_best_round_is_kept(pr
     assert _valid_users(result.model, prepared, targets, 50).mean("recall@50") == pytest.approx(result.best_valid)
     with pytest.raises(ValueError, match="eval_every"):
         TrainConfig(eval_every=-1)
+
+
+def test_a_stop_inside_an_epoch_keeps_the_best_rounds_weights_and_trains_between_rounds(
+    prepared: TrainingData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scripted validation (a peak at the second round, a clear drop at the third): training stops in the middle of
+    its first epoch, returns the second round's weights (not the last ones), keeps the partial epoch's loss, and the
+    steps between rounds run in training mode (validation switches the towers to eval)."""
+    scripted = iter([0.10, 0.20, 0.05])
+    weights: list[dict[str, torch.Tensor]] = []
+    modes: list[bool] = []  # the towers' mode at each training step after the first round
+
+    def validate(model: TwoTower, data: TrainingData, targets: EvalTargets, k: int) -> UserMetrics:
+        if not weights:
+            model.item_emb.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+        model.eval()  # as the real validation leaves the towers
+        weights.append({name: value.clone() for name, value in model.state_dict().items()})
+        return _validation(np.full(500, next(scripted)))
+
+    monkeypatch.setattr(training, "_valid_users", validate)
+    steps = len(prepared.split.train) // TINY.batch_size
+    result = train(prepared, dataclasses.replace(TINY, epochs=3, patience=100, eval_every=-(-steps // 4)))
+    assert len(result.curves["valid_at_epoch"]) == 3 and result.curves["valid_at_epoch"][-1] < 1
+    assert result.best_epoch == result.curves["valid_at_epoch"][1] < 1 and len(result.curves["loss"]) == 1
+    kept = result.model.state_dict()
+    assert all(torch.equal(kept[name], value) for name, value in weights[1].items())
+    assert not all(torch.equal(kept[name], value) for name, value in weights[2].items())
+    assert modes and all(modes), "a step after a validation round ran in eval mode"
 
 
 def test_windowed_order_keeps_every_batch_inside_one_time_window() -> None:

@@ -94,11 +94,13 @@ class TrainConfig:
     warm_epochs: int = 2
     eval_k: int = 50
     eval_users: int = 3000  # validation users sampled for early stopping (all of them when fewer)
-    # Validate at least every this many steps (epochs are cut into equal rounds; 0: once an epoch). Early stopping and
-    # patience count rounds. At the default scale an epoch (776 steps) is one round. At the large one (8,239 steps)
-    # one dense epoch validated in 9 rounds measured 0.0636, 0.0658, 0.0625, 0.0646, 0.0704, 0.0668, 0.0607, 0.0624
-    # and 0.0581 at its end (the windows come in random order, so where an epoch ends says little): the first rounds
-    # were already better than the epoch's end, which is all epoch-wise validation saw (docs/scaling.md).
+    # Validate at least every this many steps of ``batch_size`` rows (epochs are cut into equal rounds; 0: once an
+    # epoch). Early stopping and patience count rounds. At the default scale an epoch (776 steps) is one round. At the
+    # large one (8,239 steps) one dense epoch validated in 9 rounds measured 0.0636, 0.0658, 0.0625, 0.0646, 0.0704,
+    # 0.0668, 0.0607, 0.0624 and 0.0581 at its end (the windows come in random order, so where an epoch ends says
+    # little): the first rounds were already better than the epoch's end, all that epoch-wise validation saw. Rounds
+    # differ by which windows came last as much as by the users sampled, so a stop on one round's drop can come
+    # early: there the release stopped at the third round, keeping the second (docs/scaling.md).
     eval_every: int = 1000
     seed: int = 42
 
@@ -408,8 +410,8 @@ def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) 
 
 @dataclass(slots=True)
 class EarlyStopping:
-    """Which epoch is the best on validation, and when to stop: after ``patience`` epochs without a gain, or at once
-    after an epoch worse than the best beyond noise (the paired bootstrap interval of the per-user difference below
+    """Which validation round is the best, and when to stop: after ``patience`` rounds without a gain, or at once
+    after a round worse than the best beyond noise (the paired bootstrap interval of the per-user difference below
     zero; see TrainConfig.patience)."""
 
     key: str
