@@ -77,11 +77,10 @@ class TrainConfig:
     time_aware: bool = False  # show each positive as it was when watched (Catalogue.dense_at), not as of the cut
     uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the videos posted by then (512)
     # Validation rounds (epochs, at the default scale) without a gain before training stops, unless a round is worse
-    # than the best beyond noise
-    # (the paired bootstrap interval of the per-user difference lies below zero), which stops it at once: on the
-    # default and large worlds validation peaks and then falls clearly (0.151 -> 0.121; 0.060 -> 0.042), so the
-    # second epoch of patience only cost time (45 s at the default scale, ~10 min at the large), while on MovieLens's
-    # few validation users a dip within noise still gets its second chance.
+    # than the best beyond noise (the paired bootstrap interval of the per-user difference lies below zero), which
+    # stops it at once: on the default and large worlds validation peaks and then falls clearly (0.151 -> 0.121;
+    # 0.060 -> 0.042), so the second epoch of patience only cost time (45 s at the default scale, ~10 min at the
+    # large), while on MovieLens's few validation users a dip within noise still gets its second chance.
     patience: int = 2
     # Sparse gradients and a lazy Adam (only the rows a batch touched move) for the video and creator id tables; the
     # dense layers keep AdamW. A dense Adam step reads and writes every row of those tables at every step: with 10x
