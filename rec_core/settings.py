@@ -190,9 +190,9 @@ class ModelSettings(_Section):
     text_batch_engine: str = _setting(
         "onnx",
         "What batch jobs run a torch fp32 text model (no suffix) with when they encode captions: `onnx` (ONNX "
-        "Runtime's fp32 graph: the same vectors to float precision, 1.26-1.34x the captions/s, the graph kept under "
-        "`<data root>/cache/text-graphs`) or `torch`. The API encodes posted videos with torch, loaded once before "
-        "its workers fork.",
+        "Runtime's fp32 graph: the same vectors to float precision, checked on probe inputs when the graph is "
+        "exported, else torch runs; 1.3-1.7x the captions/s; the graph kept under `<data root>/cache/text-graphs`) or "
+        "`torch`. The API encodes posted videos with torch, loaded once before its workers fork.",
         env="TEXT_BATCH_ENGINE",
     )
     torch_threads: int = _setting(
