@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sparse-ids",
-        action="store_true",
-        help="sparse gradients and a lazy Adam for the id tables: 2.3x faster steps at 10x the default vocabulary "
-        "(docs/performance.md); quality checked at the default scale only",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="sparse gradients and a lazy Adam for the id tables; auto: from 100,000 id-table rows, where the "
+        "sparse step overtakes the dense one (2.3x faster at 10x the default vocabulary, docs/performance.md)",
     )
     parser.add_argument(
         "--ranker", choices=["on", "off"], help="train and gate the ranking stage with the towers (default: REC_RANKER)"
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         logq=not args.no_logq,
         aux_weight=args.aux_weight,
         time_windows=args.time_windows,
-        sparse_ids=args.sparse_ids,
+        sparse_ids=None if args.sparse_ids == "auto" else args.sparse_ids == "on",
         seed=settings.seed if args.seed is None else args.seed,
     )
     try:

@@ -351,6 +351,24 @@ def test_time_windows_reject_the_random_batch_options() -> None:
     assert TrainConfig(time_windows=0, uniform_negatives=64).uniform_negatives == 64
 
 
+def test_sparse_id_tables_by_default_from_a_vocabulary_size_on(
+    prepared: TrainingData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sparse_ids=None`` (the default) picks by the id tables' rows: dense below SPARSE_IDS_FROM, where the dense
+    step is the faster one, sparse from it; True and False still force either."""
+    model = TwoTower(tower_config(prepared, TINY))
+    assert model.item_emb.num_embeddings + model.creator_emb.num_embeddings < training.SPARSE_IDS_FROM
+    assert len(_optimizer(model, TINY).optimizers) == 1 and not model.item_emb.sparse
+    assert len(_optimizer(model, dataclasses.replace(TINY, sparse_ids=True)).optimizers) == 2
+    monkeypatch.setattr(training, "SPARSE_IDS_FROM", 1)
+    model = TwoTower(tower_config(prepared, TINY))
+    assert len(_optimizer(model, TINY).optimizers) == 2 and model.item_emb.sparse
+    assert (
+        len(_optimizer(TwoTower(tower_config(prepared, TINY)), dataclasses.replace(TINY, sparse_ids=False)).optimizers)
+        == 1
+    )
+
+
 @pytest.mark.parametrize("sparse", [True, False])
 def test_sparse_id_tables_move_only_the_rows_each_step_touched(prepared: TrainingData, sparse: bool) -> None:
     """``sparse_ids``: the id tables' gradients are sparse and a step moves only the rows its batch named (a lazy

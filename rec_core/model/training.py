@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 MIN_STEPS_PER_EPOCH = 64
 MIN_BATCH = 128
 VALID_AT = "valid_at_epoch"  # curves key: where each validation round ran, in epochs
+# Id-table rows (videos + creators) from which the tables train sparse (TrainConfig.sparse_ids=None). A dense step
+# measured 40 ms at 40,263 video ids and 125 ms at 402,630, a sparse one 49-53 ms at both (docs/performance.md):
+# linear in the rows, the dense step costs as much as the sparse one at about 82,000. On the large world (421,694
+# rows) sparse measured better than dense on test beyond noise (docs/performance.md, December 4, late evening).
+SPARSE_IDS_FROM = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +90,9 @@ class TrainConfig:
     # Sparse gradients and a lazy Adam (only the rows a batch touched move) for the video and creator id tables; the
     # dense layers keep AdamW. A dense Adam step reads and writes every row of those tables at every step: with 10x
     # the default world's video ids (402,630) its steps were 2.3x slower, while at the default's 40,263 the sparse
-    # step is the slower (0.83x); quality at default was within noise (bench_sparse_ids). Off by default: at the
-    # large world its only run so far saw validation fall after epoch 1, and no dense run there was compared.
-    sparse_ids: bool = False
+    # step is the slower (0.83x); quality at default was within noise (bench_sparse_ids), at the large scale better
+    # by little (docs/performance.md). None (auto): sparse from SPARSE_IDS_FROM id-table rows.
+    sparse_ids: bool | None = None
     # A warm start (rec_core.model.warm_start) adapts a model that already fits all but the newest data: a couple of
     # epochs, each kept only if it beats the carried weights on validation.
     warm_epochs: int = 2
@@ -235,14 +240,15 @@ class _Optimizers:
 
 def _optimizer(model: TwoTower, cfg: TrainConfig) -> _Optimizers:
     rows = model.item_emb.num_embeddings + model.creator_emb.num_embeddings
-    log.info("optimizer: %s (%d id-table rows)", "sparse ids + AdamW" if cfg.sparse_ids else "AdamW", rows)
-    if not cfg.sparse_ids:
+    sparse = rows >= SPARSE_IDS_FROM if cfg.sparse_ids is None else cfg.sparse_ids
+    log.info("optimizer: %s (%d id-table rows)", "sparse ids + AdamW" if sparse else "AdamW", rows)
+    if not sparse:
         return _Optimizers(_adamw(model.parameters(), cfg))
     tables = (model.item_emb, model.creator_emb)
     for table in tables:
         table.sparse = True
-    sparse = {id(table.weight) for table in tables}
-    dense = [p for p in model.parameters() if id(p) not in sparse]
+    sparse_weights = {id(table.weight) for table in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse_weights]
     return _Optimizers(
         _adamw(dense, cfg),
         # No weight decay here: SparseAdam has none, and a decay of the untouched rows is what made the step dense.
