@@ -278,12 +278,16 @@ class TextEncoder:
         for row, seq in enumerate(ids):
             input_ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
-        hidden = self._run(input_ids, mask)
-        # Mean over real tokens only, then unit length (sentence-transformers' pooling).
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return (pooled / norms).astype(np.float32)
+        return _pool(self._run(input_ids, mask), mask)
+
+
+def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence vectors from the last hidden state: the mean over real tokens only, then unit length
+    (sentence-transformers' pooling)."""
+    weights = mask[:, :, None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return (pooled / norms).astype(np.float32)
 
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input ids, attention mask) -> last hidden state
@@ -357,18 +361,16 @@ def _onnx_runner(
 
 
 def _agreement(net: Any, session: Any) -> float:
-    """The lowest cosine between torch's and the graph's mean-pooled vectors over probe inputs: random token ids,
-    two rows of four padded, so both the attention and the masking are compared."""
+    """The lowest cosine between torch's and the graph's sentence vectors (:func:`_pool`) over probe inputs: random
+    token ids, two rows of four padded, so both the attention and the masking are compared."""
     rng = np.random.default_rng(0)
     vocab = int(getattr(net.config, "vocab_size", 1000) or 1000)
     ids = rng.integers(min(999, vocab - 1), vocab, size=(4, 24)).astype(np.int64)
     mask = np.ones_like(ids)
     mask[1, 9:], mask[3, 4:] = 0, 0
-    weights = mask[:, :, None].astype(np.float32)
-    by_torch = (_torch_runner(net)(ids, mask) * weights).sum(axis=1)
-    by_graph = (session.run(None, {"input_ids": ids, "attention_mask": mask})[0] * weights).sum(axis=1)
-    norms = np.linalg.norm(by_torch, axis=1) * np.linalg.norm(by_graph, axis=1)
-    return float(((by_torch * by_graph).sum(axis=1) / np.maximum(norms, 1e-12)).min())
+    by_torch = _pool(_torch_runner(net)(ids, mask), mask)
+    by_graph = _pool(session.run(None, {"input_ids": ids, "attention_mask": mask})[0], mask)
+    return float((by_torch * by_graph).sum(axis=1).min())
 
 
 def _graph_name(source: ModelSource) -> str:
