@@ -10,12 +10,17 @@ import torch
 
 from rec_core.rank.features import block_features
 from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
-from rec_core.rank.state import AsOfState
+from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState
 
 # The towers' top N that the ranker reorders. 200, not 500: on MovieLens (both protocols) the top 200 measured as
 # well as the top 500 against retrieval alone and the baselines, at 0.4 of the ranking cost per user (features,
 # engagement head and trees all scale with N), which the batch pays for every user (docs/quality.md, performance.md).
 DEFAULT_CANDIDATES = 200
+# Most-watched videos as of t added behind the towers' N (those not among them), for the ranker to weigh against the
+# towers' picks: the second candidate source. 0 in code that predates it (a ranker's files say its own count).
+DEFAULT_POPULAR = 0
+POPULAR_SOURCES = ("all_time", "decayed_30d", "window_7d")
+POPULAR_SOURCE = "all_time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +36,47 @@ class RankBlock:
     seconds: dict[str, float] = field(default_factory=dict)  # "retrieve" and "features" wall time
 
 
-def candidate_block(view: TowerView, state: AsOfState, users: np.ndarray, n: int = DEFAULT_CANDIDATES) -> RankBlock:
-    """The towers' top ``n`` unseen videos of each user and their features, all as of ``state.t_ms``."""
+def popular_items(state: AsOfState, k: int, source: str = POPULAR_SOURCE) -> np.ndarray:
+    """int64 [<= k]: the ``k`` videos posted before t with the most interactions before t by ``source`` (all of
+    them, recency-weighted with a 30-day half-life, or the last 7 days'), best first, ties to the lower index."""
+    if source == "all_time":
+        count = state.item_views
+    elif source == "decayed_30d":
+        count = state.item_decayed[HALF_LIVES_DAYS.index(30.0)]
+    elif source == "window_7d":
+        count = state.item_window_views[WINDOWS_DAYS.index(7)]
+    else:
+        raise ValueError(f"popularity source {source!r} is not one of {POPULAR_SOURCES}")
+    posted = np.flatnonzero(state.item_posted & (count > 0))
+    order = np.lexsort((posted, -count[posted]))
+    return posted[order[:k]].astype(np.int64)
+
+
+def with_popular(
+    items: np.ndarray, scores: np.ndarray, popular: np.ndarray, popular_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``items`` (rows, n: the towers' list, -1 for none) followed by ``popular`` (one list for every row), each row's
+    copy without what its towers' list holds or what scores ``-inf`` or NaN in ``popular_scores`` (rows, len(popular):
+    seen, own), as -1 / NaN. Returns (items, scores) (rows, n + len(popular))."""
+    rows = items.shape[0]
+    extra = np.broadcast_to(np.asarray(popular, dtype=np.int64), (rows, len(popular))).copy()
+    extra_scores = np.asarray(popular_scores, dtype=np.float32).copy()
+    # rows x popular x n booleans: 512 x 100 x 200 is 10 MB, cheaper than a per-row set.
+    drop = (extra[:, :, None] == items[:, None, :]).any(axis=2) | ~np.isfinite(extra_scores)
+    extra[drop] = -1
+    extra_scores[drop] = np.nan
+    return np.concatenate([items, extra], axis=1), np.concatenate([scores, extra_scores], axis=1)
+
+
+def candidate_block(
+    view: TowerView,
+    state: AsOfState,
+    users: np.ndarray,
+    n: int = DEFAULT_CANDIDATES,
+    popular: np.ndarray | None = None,
+) -> RankBlock:
+    """The towers' top ``n`` unseen videos of each user, then the ``popular`` ones (:func:`popular_items`) they do
+    not hold and the user has not seen, and their features, all as of ``state.t_ms``."""
     if view.t_ms != state.t_ms:
         raise ValueError(f"towers as of {view.t_ms} but features as of {state.t_ms}: both must be one instant")
     users = np.asarray(users, dtype=np.int64)
@@ -40,9 +84,11 @@ def candidate_block(view: TowerView, state: AsOfState, users: np.ndarray, n: int
     user_vecs = view.user_vectors(users)
     scores = as_of_scores(view.scores(user_vecs), state.seen, state.item_posted, users)
     items, top = top_candidates(scores, state.item_posted, n)
+    if popular is not None and len(popular):
+        items, top = with_popular(items, top, popular, scores[:, torch.from_numpy(popular)].numpy())
     retrieved = time.perf_counter()
     engagement = view.engagement(user_vecs, items)
-    features, valid = block_features(state, users, items, top, engagement)
+    features, valid = block_features(state, users, items, top, engagement, towers_width=n)
     done = time.perf_counter()
     return RankBlock(
         users, items, top, features, valid, scores, {"retrieve": retrieved - started, "features": done - retrieved}

@@ -28,7 +28,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from rec_core.data.split import Split
-from rec_core.rank.candidates import DEFAULT_CANDIDATES, candidate_block
+from rec_core.rank.candidates import DEFAULT_CANDIDATES, POPULAR_SOURCE, candidate_block, popular_items
 from rec_core.rank.events import RankEvents
 from rec_core.rank.retrieval import Towers, TowerView, tower_view
 from rec_core.rank.state import AsOfState, state_at
@@ -51,6 +51,8 @@ class RankExamples:
     until_ms: int  # labels from [t_ms, until_ms)
     n_candidates: int
     candidate_recall: float  # share of the sampled users' label pairs that made their candidate lists
+    n_popular: int = 0  # popular videos behind the towers' N (rec_core.rank.candidates.popular_items)
+    popular_source: str = POPULAR_SOURCE
 
     @property
     def group_of_row(self) -> np.ndarray:
@@ -85,8 +87,11 @@ def build_examples(
     max_users: int = DEFAULT_MAX_USERS,
     seed: int = 0,
     user_until_ms: np.ndarray | None = None,
+    n_popular: int = 0,
+    popular_source: str = POPULAR_SOURCE,
 ) -> RankExamples:
-    """Examples of the users active in ``[state.t_ms, until_ms)``, at most ``max_users`` of them (a seeded sample).
+    """Examples of the users active in ``[state.t_ms, until_ms)``, at most ``max_users`` of them (a seeded sample),
+    over their towers' top ``n`` and the ``n_popular`` most popular videos as of t by ``popular_source``.
 
     With per-user cuts (a state with ``user_cut_ms``, and ``user_until_ms``: int64 per user), a user's labels are
     their rows from where their own past ends (``state.user_t_ms``) to their own ``user_until_ms``, before
@@ -98,8 +103,9 @@ def build_examples(
         active = np.sort(np.random.default_rng(seed).choice(active, size=max_users, replace=False))
     feats, grades, groups, users = [], [], [], []
     reached, wanted = 0, 0
+    popular = popular_items(state, n_popular, popular_source) if n_popular else None
     for lo in range(0, len(active), BLOCK_USERS):
-        block = candidate_block(view, state, active[lo : lo + BLOCK_USERS], n)
+        block = candidate_block(view, state, active[lo : lo + BLOCK_USERS], n, popular)
         r, c = np.nonzero(block.valid)
         grade = np.asarray(labels[block.users[r], block.items[r, c]]).ravel().astype(np.int32)
         per_user = np.bincount(r, weights=grade > 0, minlength=len(block.users))
@@ -122,6 +128,8 @@ def build_examples(
         until_ms=int(until_ms),
         n_candidates=n,
         candidate_recall=reached / wanted if wanted else float("nan"),
+        n_popular=n_popular,
+        popular_source=popular_source,
     )
     log.info(
         "ranker examples as of %d: %d users (%d with a positive among the candidates), %d rows, %.1f%% positive, "
@@ -165,6 +173,8 @@ def split_examples(
     n: int = DEFAULT_CANDIDATES,
     max_users: int = DEFAULT_MAX_USERS,
     seed: int = 0,
+    n_popular: int = 0,
+    popular_source: str = POPULAR_SOURCE,
 ) -> RankExamples:
     """Examples on a split: towers and features as of the validation cut(s), labels from the validation part.
 
@@ -175,4 +185,4 @@ def split_examples(
     view, state = as_of_split(towers, events, split, frames, "valid")
     until = split.cuts("test").t_ms
     user_until = None if split.protocol == "temporal" else split.user_test_start_ms
-    return build_examples(view, state, until, n, max_users, seed, user_until)
+    return build_examples(view, state, until, n, max_users, seed, user_until, n_popular, popular_source)

@@ -161,9 +161,12 @@ def block_features(
     items: np.ndarray,
     tower_score: np.ndarray,
     engagement: np.ndarray | None = None,
+    towers_width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of a block of candidate lists: ``items[r]`` (best first by the towers, -1 for none) of user
     ``users[r]``, with the towers' ``tower_score`` and ``engagement`` (rows, width, 3) aligned with ``items``.
+    Columns from ``towers_width`` on come from another source (the popular videos): their ``tower_rank`` reads
+    ``towers_width``, past the towers' list, whatever their column.
 
     The shape the feed pipeline's stages exchange (one row per user, 512 a block in the batch, one live), so the
     same call serves training examples, the offline evaluation and a scorer stage. Returns (float32
@@ -174,7 +177,7 @@ def block_features(
     best = np.max(np.where(valid, tower_score, -np.inf), axis=1, initial=-np.inf)
     signals = TowerSignals(
         score=tower_score[r, c].astype(np.float32),
-        rank=c.astype(np.int64),
+        rank=(c if towers_width is None else np.minimum(c, towers_width)).astype(np.int64),
         best=best[r].astype(np.float32),
         engagement=None if engagement is None else engagement[r, c],
     )

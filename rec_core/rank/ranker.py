@@ -27,6 +27,7 @@ import lightgbm as lgb
 import numpy as np
 
 from rec_core.atomic import write_bytes_atomic
+from rec_core.rank.candidates import POPULAR_SOURCE
 from rec_core.rank.examples import RankExamples
 from rec_core.rank.features import FEATURES
 
@@ -103,6 +104,10 @@ class Ranker:
     n_candidates: int
     features: tuple[str, ...] = FEATURES
     cv: dict[str, dict] = field(default_factory=dict)  # objective -> CvResult as a dict
+    # Popular videos it ranks behind the towers' n_candidates (rec_core.rank.candidates.popular_items): what it was
+    # trained on, so every path that applies it gives it the same candidate sources.
+    n_popular: int = 0
+    popular_source: str = POPULAR_SOURCE
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """float64 (rows,): higher is better; comparable within one user's list."""
@@ -122,6 +127,8 @@ class Ranker:
             "params": self.config.params(),
             "rounds": self.rounds,
             "n_candidates": self.n_candidates,
+            "n_popular": self.n_popular,
+            "popular_source": self.popular_source,
             "as_of_rule": AS_OF_RULE,
             "label_rule": LABEL_RULE,
             "cv": self.cv,
@@ -150,7 +157,16 @@ class Ranker:
             # Columns are positional: a ranker trained on other features would silently read the wrong ones.
             raise ValueError(f"ranker in {folder} was trained on other features than this code computes")
         booster = lgb.Booster(model_str=(folder / MODEL_FILE).read_text())
-        return cls(booster, RankerConfig(**meta["config"]), meta["rounds"], meta["n_candidates"], FEATURES, meta["cv"])
+        return cls(
+            booster,
+            RankerConfig(**meta["config"]),
+            meta["rounds"],
+            meta["n_candidates"],
+            FEATURES,
+            meta["cv"],
+            meta.get("n_popular", 0),  # a ranker from before the popular source ranks the towers' list alone
+            meta.get("popular_source", POPULAR_SOURCE),
+        )
 
 
 def cross_validate(examples: RankExamples, config: RankerConfig) -> CvResult:
@@ -197,7 +213,16 @@ def train_ranker(examples: RankExamples, config: RankerConfig) -> Ranker:
         cv.recall,
         rounds,
     )
-    return Ranker(booster, config, rounds, examples.n_candidates, FEATURES, {config.objective: asdict(cv)})
+    return Ranker(
+        booster,
+        config,
+        rounds,
+        examples.n_candidates,
+        FEATURES,
+        {config.objective: asdict(cv)},
+        examples.n_popular,
+        examples.popular_source,
+    )
 
 
 def choose_objective(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rec_core.rank.candidates import DEFAULT_CANDIDATES, candidate_block
+from rec_core.rank.candidates import DEFAULT_CANDIDATES, candidate_block, popular_items
 from rec_core.rank.ranker import Ranker
 from rec_core.rank.retrieval import TowerView, as_of_scores
 from rec_core.rank.state import AsOfState
@@ -54,6 +54,7 @@ class RankedRetrieval:
     n: int = DEFAULT_CANDIDATES
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     users_scored: int = 0
+    _popular: np.ndarray | None = None
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         users = np.asarray(users, dtype=np.int64)
@@ -64,7 +65,7 @@ class RankedRetrieval:
             scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users)
             self.seconds["retrieve"] += time.perf_counter() - started
             return scores
-        block = candidate_block(self.view, self.state, users, self.n)
+        block = candidate_block(self.view, self.state, users, self.n, self.popular())
         for key, value in block.seconds.items():
             self.seconds[key] += value
         started = time.perf_counter()
@@ -77,6 +78,14 @@ class RankedRetrieval:
         r, c = np.nonzero(ranked_items >= 0)
         scores[torch.from_numpy(r), torch.from_numpy(ranked_items[r, c])] = torch.from_numpy(value[c])
         return scores
+
+    def popular(self) -> np.ndarray | None:
+        """The popular videos the ranker ranks behind the towers' list, as of the state's instant."""
+        if self.ranker is None or not self.ranker.n_popular:
+            return None
+        if self._popular is None:
+            self._popular = popular_items(self.state, self.ranker.n_popular, self.ranker.popular_source)
+        return self._popular
 
     def users_per_second(self, parts: tuple[str, ...] = ("features", "rank")) -> float:
         """Users a second through ``parts`` of the work (default: the ranking step, without retrieval)."""
