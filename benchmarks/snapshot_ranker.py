@@ -76,9 +76,11 @@ def snapshot_ranker(
     max_users: int = 2000,
     config: RankerConfig | None = None,
     rounds: int | None = None,
+    n_popular: int = 0,
 ) -> Ranker:
     """A ranker trained on a built snapshot's vectors: features as of ``days`` before its as-of, labels what users
-    did from then to as-of. ``rounds`` fixes the trees (binary objective) instead of cross-validating them."""
+    did from then to as-of, over the towers' top ``n`` and ``n_popular`` popular videos. ``rounds`` fixes the trees
+    (binary objective) instead of cross-validating them."""
     build = paths.read_build()
     events = build_events(path_settings, build)
     as_of = int(dt.datetime.fromisoformat(build.as_of).timestamp() * 1000)
@@ -87,14 +89,14 @@ def snapshot_ranker(
     videos = _aligned(read_vector_shards(paths, "videos", build.video_shards), "video_id", events.item_ids)
     head = load_snapshot_model(path_settings, paths, build).model.engagement.eval()
     view = VectorTowers(state.t_ms, users, torch.from_numpy(videos), head)
-    examples = build_examples(view, state, as_of, n, max_users)  # type: ignore[arg-type]
+    examples = build_examples(view, state, as_of, n, max_users, n_popular=n_popular)  # type: ignore[arg-type]
     config = config or RankerConfig(objective="binary")
     if rounds is None:
         return train_ranker(examples, config)
     labels = (examples.labels > 0).astype(np.int32)
     data = lgb.Dataset(examples.features, labels, group=examples.groups, feature_name=list(FEATURES))
     booster = lgb.train({**config.params(), "objective": "binary"}, data, num_boost_round=rounds)
-    return Ranker(booster, RankerConfig(objective="binary", seed=config.seed), rounds, n)
+    return Ranker(booster, RankerConfig(objective="binary", seed=config.seed), rounds, n, n_popular=n_popular)
 
 
 def _aligned(table: pa.Table, id_column: str, ids: np.ndarray) -> np.ndarray:

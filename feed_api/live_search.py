@@ -15,6 +15,7 @@ from feed_api.snapshot_view import SnapshotView
 from rec_core.feed.live import LiveItem, rank_live
 from rec_core.feed.pipeline import FeedPipeline
 from rec_core.feed.policy import FeedPolicy
+from rec_core.feed.rank_stage import RankInputs
 from rec_core.snapshot.vector_store import MAX_TOPK
 
 OVERFETCH = 4  # live candidates fetched per item needed, so the creator cap still fills a page
@@ -61,10 +62,12 @@ class LiveSearch:
     def rank(self, hits: list[tuple[str, float]], need: int) -> list[LiveItem]:
         view = self.view
         trending = self.query is view.trending_vector  # not a user's answer: nothing for the ranker to read
-        codes, creators, created = view.catalogue_facts([v for v, _ in hits])
+        ranking = None if trending else view.ranking_for(self.user_id, self.query)
+        popular = self.popular(ranking)
+        codes, creators, created = view.catalogue_facts([v for v, _ in hits + popular])
         return rank_live(
             self.pipeline,
-            hits,
+            hits + popular,
             creators,
             created,
             user_id=self.user_id,
@@ -75,9 +78,18 @@ class LiveSearch:
             as_of_ms=view.as_of_ms,
             policy=replace(self.policy, feed_length=min(need, len(hits))),
             trending_query=trending,
-            ranking=None if trending else view.ranking_for(self.user_id, self.query),
+            ranking=ranking,
             posted_vector=view.video_vector,
+            popular=len(popular),
         )
+
+    def popular(self, ranking: RankInputs | None) -> list[tuple[str, float]]:
+        """The ranker's popular videos scored with the query, its second source (the filters drop the seen ones)."""
+        if ranking is None or not len(codes := ranking.catalogue.popular_codes):
+            return []
+        scores = self.view.video_vectors[codes] @ self.query.astype(np.float32)
+        ids = self.view.video_ids[codes]
+        return [(str(v), float(x)) for v, x in zip(ids, scores, strict=True)]
 
     def items(self, need: int, exclude: set[str]) -> list[LiveItem]:
         """Up to ``need`` items from live search, best first, through the feed pipeline.

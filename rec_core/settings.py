@@ -218,6 +218,16 @@ class ModelSettings(_Section):
         env="RANKER_OBJECTIVE",
     )
 
+    ranker_popular: int = _setting(
+        0,
+        "Popular videos (most interactions before the ranker's instant) each user's ranker also ranks, behind the "
+        "towers' top 200 and those they hold: a second candidate source the ranker weighs against the towers' "
+        "picks. 0 = the towers' list alone. A model version's ranker carries its own count, so batch and live "
+        "give it the candidates it was trained on.",
+        lo=0,
+        hi=1000,
+        env="RANKER_POPULAR",
+    )
     gate_users: int = _setting(
         20_000,
         "Test users a release evaluates the candidate, the current model and the baselines on, and gates with "

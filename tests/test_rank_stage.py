@@ -95,6 +95,8 @@ class Capture:
     name: str
     seen: dict[tuple[str, str], tuple[list[str], list[float]]] = dataclasses.field(default_factory=dict)
     state_rows: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    # The first part cell by cell: video id ("" where none or filtered out) and score.
+    cells: dict[tuple[str, str], tuple[list[str], list[float]]] = dataclasses.field(default_factory=dict)
 
     def score(self, block: CandidateBlock, ctx: FeedContext) -> CandidateBlock:
         if ctx.ranking is None:
@@ -107,6 +109,8 @@ class Capture:
             width = block.unique_parts[1] if block.unique_parts else block.video.shape[1]
             video = block.video[r, :width]
             self.seen[(path, user_id)] = (ctx.video_ids[video[video >= 0]].tolist(), block.score[r, :width].tolist())
+            ids = np.where(video >= 0, ctx.video_ids[np.maximum(video, 0)], "").tolist()
+            self.cells[(path, user_id)] = (ids, block.score[r, :width].tolist())
             self.state_rows[(path, user_id)] = row
         return block
 
@@ -173,7 +177,7 @@ def test_batch_and_live_continuation_apply_the_same_ranker_stage(world_copy: Pat
 
 def live_ranked(
     view: SnapshotView, pipeline: FeedPipeline, hits: list[tuple[str, float]], user: str, ranked_as: str,
-    policy: FeedPolicy,
+    policy: FeedPolicy, seen: set[str] | None = None, popular: int = 0,
 ) -> list[str]:  # fmt: skip
     """The live continuation's order of ``hits`` for ``user`` after the pipeline's ranker stage (read back from the
     pipeline's last scorer, a :class:`Capture`), with the ranker's user-side features those of ``ranked_as``."""
@@ -186,7 +190,7 @@ def live_ranked(
         creators,
         created,
         user_id=user,
-        seen=set(),
+        seen=seen or set(),
         served=set(),
         codes=codes,
         video_ids=view.video_ids,
@@ -195,6 +199,7 @@ def live_ranked(
         trending_query=False,
         ranking=view.ranking.inputs([ranked_as], vector[None, :]),
         posted_vector=view.video_vector,
+        popular=popular,
     )
     capture = pipeline.scorers[-1]
     assert isinstance(capture, Capture)
@@ -243,6 +248,65 @@ def test_ranked_feeds_keep_the_towers_scores_but_not_their_order(world: Path) ->
     assert build["ranker"]["applied"] and manifest["ranker"] == build["ranker"]
     assert build["ranker"]["objective"] in {"binary", "lambdarank"}
     assert {f"rank/{name}" for name in ("ranker.txt", "ranker.json", "users.parquet")} <= set(manifest["checksums"])
+
+
+N_POPULAR = 30
+
+
+@pytest.mark.slow
+def test_batch_and_live_give_a_ranker_the_popular_videos_it_was_trained_on(world_copy: Path) -> None:
+    """A ranker trained on the towers' top 100 and the 30 most popular videos: the batch lays each user's first part
+    out as [top 100 | popular not in it | the rest], the live continuation lays a search answer out the same way,
+    and the ranker's order over those 130 is the same in both; some popular videos rank into the top 100."""
+    settings = Settings.load({"REC_DATA_DIR": str(world_copy), **WORLD_SETTINGS})
+    live = live_snapshot(settings.paths)
+    version = ModelStore(settings.paths.models_dir).current()
+    assert live is not None and version is not None
+    ranker = snapshot_ranker(
+        settings.paths, live, days=5.0, n=N_CANDIDATES, max_users=300, config=FAST, n_popular=N_POPULAR
+    )
+    ranker.save(settings.paths.models_dir / version)
+    run_stages(settings, between("begin_snapshot", "publish"), {"video_shards": 1, "user_shards": 1})
+    live = live_snapshot(settings.paths)
+    assert live is not None
+    view = load_view(settings.paths, live)
+    try:
+        assert view.ranking is not None and view.ranking.model.ranker.n_popular == N_POPULAR
+        popular = view.video_ids[view.ranking.popular_codes].tolist()
+        assert len(popular) == N_POPULAR
+        before, after = Capture("before"), Capture("after")
+        batch.materialize_feeds(settings, view.snapshot_id, 0, watched(before, after))
+        n, width = N_CANDIDATES, N_CANDIDATES + N_POPULAR
+        # Users with a history: their first part is the towers' (the rest get the trending list, unranked).
+        users = sorted(u for (path, u), (_, x) in before.cells.items() if path == "batch" and np.isfinite(x[0]))
+        assert len(users) >= 100
+        lifted = 0
+        for user in users:
+            ids, scores = before.cells[("batch", user)]
+            assert not set(ids[:n]) & set(ids[n:width]) - {""}, "a popular video the top 100 holds is not repeated"
+            assert set(ids[n:width]) - {""} <= set(popular)
+            assert not set(ids[width:]) & set(ids[n:width]) - {""}, "nor is one of the rest that the popular part holds"
+            ranked = after.cells[("batch", user)][0][:width]
+            lifted += len(set(ranked[:n]) & set(ids[n:width]) - {""})
+        assert lifted > 0, "the ranker moves popular videos into the top 100"
+
+        policy = FeedPolicy(feed_length=view.build.feed_length)
+        for user in users[:20]:
+            ids, scores = before.cells[("batch", user)]
+            searched = [(v, x) for v, x in zip(ids[:n] + ids[width:], scores[:n] + scores[width:], strict=True) if v]
+            kept = dict(zip(ids[n:width], scores[n:width], strict=True))
+            vector = view.batch_vector(user)
+            assert vector is not None
+            scored = view.video_vectors[view.ranking.popular_codes] @ vector
+            offered = [(v, kept.get(v, float(x))) for v, x in zip(popular, scored, strict=True)]
+            # What the batch left out of its popular part (seen, or held by the top 100) is what live must too.
+            gone = set(popular) - set(kept) - set(ids[:n])
+            live_ranked(view, watched(before, after), searched + offered, user, user, policy, gone, len(offered))
+            batch_order = [v for v in after.cells[("batch", user)][0][:width] if v]
+            live_order = [v for v in after.cells[("live", user)][0][:width] if v]
+            assert live_order == batch_order, user
+    finally:
+        view.close()
 
 
 @pytest.mark.slow

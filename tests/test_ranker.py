@@ -16,7 +16,7 @@ from rec_core.eval.evaluation import LakeData, load_lake_data
 from rec_core.eval.ranking_metrics import evaluate_scores
 from rec_core.model.ranking import ranker_objectives
 from rec_core.model.towers import TowerConfig, TwoTower
-from rec_core.rank.candidates import candidate_block
+from rec_core.rank.candidates import POPULAR_SOURCE, candidate_block, popular_items, with_popular
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import RankExamples, as_of_split, label_matrix, split_examples
 from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
@@ -293,3 +293,51 @@ def test_retrieval_plus_ranker_scores_the_full_catalogue_and_beats_retrieval_alo
     users = np.unique(split.test.user_idx)[:50]
     loaded = RankedRetrieval(view, state, Ranker.load(ranker.save(tmp_path / "r")), n=200)
     np.testing.assert_array_equal(loaded(users).numpy(), ranked(users).numpy())
+
+
+def test_popular_candidates_sit_behind_the_towers_list_once_and_never_seen() -> None:
+    """The layout every path gives a ranker trained on popular videos (pure logic): the towers' top n, then the
+    popular videos the row's top n does not hold and the user has not seen, then the rest of a deeper top-k
+    without what the popular part kept."""
+    items = np.array([[5, 3, 9, 7, 1], [2, 4, -1, -1, -1]])
+    scores = np.where(items >= 0, np.arange(10).reshape(2, 5), np.nan).astype(np.float32)
+    popular = np.array([9, 1, 4, 6])
+    popular_scores = np.array([[0.9, 0.1, 0.4, -np.inf], [0.9, np.nan, 0.4, 0.6]], dtype=np.float32)
+    laid, laid_scores = with_popular(items, scores, popular, popular_scores, n=2)
+    np.testing.assert_array_equal(laid[0], [5, 3, 9, 1, 4, -1, -1, 7, -1])  # 6 seen; 9 and 1 leave the rest
+    np.testing.assert_array_equal(laid[1], [2, 4, 9, -1, -1, 6, -1, -1, -1])  # 4 is the towers'; 1 unscored
+    assert np.isnan(laid_scores[laid < 0]).all() and laid_scores[0, 2] == np.float32(0.9)
+    for row in laid:
+        kept = row[row >= 0]
+        assert len(kept) == len(set(kept.tolist()))
+    only_towers, _ = with_popular(items[:, :2], scores[:, :2], popular, popular_scores)
+    np.testing.assert_array_equal(only_towers[0], [5, 3, 9, 1, 4, -1])
+
+
+def test_a_ranker_trained_with_popular_videos_ranks_them_everywhere_it_is_applied(
+    world: tuple[LakeData, Towers], tmp_path: Path
+) -> None:
+    """Examples over the towers' top 60 and the 30 most popular videos as of the cut: the popular ones are in the
+    examples with tower_rank 60, a saved ranker carries its count and rule, and the evaluation ranks the same
+    candidates with it (the popular videos it lifts into the top 20 are ones the towers' top 60 did not hold)."""
+    data, towers = world
+    split = data.split
+    events = RankEvents.build(split.user_ids, *_frames(data))
+    examples = split_examples(towers, events, split, _frames(data), n=60, max_users=300, n_popular=30)
+    rank = examples.features[:, FEATURES.index("tower_rank")]
+    assert rank.max() == 60 and (rank == 60).sum() > len(examples.groups), "popular rows behind the towers' 60"
+    ranker = train_ranker(examples, dataclasses.replace(FAST, objective="binary"))
+    loaded = Ranker.load(ranker.save(tmp_path / "r"))
+    assert (loaded.n_candidates, loaded.n_popular, loaded.popular_source) == (60, 30, POPULAR_SOURCE)
+    view, state = _as_of(towers, split.user_ids, _frames(data), split.test_start_ms)
+    users = np.unique(split.test.user_idx)[:100]
+    block = candidate_block(view, state, users, 60, popular_items(state, 30))
+    assert block.items.shape == (len(users), 90)
+    scores = RankedRetrieval(view, state, loaded, n=60)(users)
+    top20 = torch.topk(scores, 20, dim=1).indices.numpy()
+    lifted = [np.isin(top20[r], block.items[r, 60:][block.items[r, 60:] >= 0]).sum() for r in range(len(users))]
+    assert sum(lifted) > 0, "the ranker puts some popular videos into the top 20"
+    seen = state.seen[users]
+    for r in range(len(users)):
+        row = block.items[r][block.items[r] >= 0]
+        assert len(row) == len(set(row.tolist())) and not seen[r, row].nnz

@@ -48,6 +48,7 @@ from rec_core.feed.prefetch import ordered_map, prefetch
 from rec_core.feed.rank_stage import RankModel, load_rank_model
 from rec_core.feed.reasons import ReasonCatalogue, like_threshold, render, unit_rows
 from rec_core.progress import Progress
+from rec_core.rank.candidates import with_popular
 from rec_core.settings import Settings
 from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, USER_ID, VIDEO_ID
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
@@ -380,7 +381,8 @@ def _top_k_blocks(
     warm: np.ndarray,
     backfill: np.ndarray,
 ) -> Iterator[CandidateBlock]:
-    """The batch's candidate source for users with history: per user [personal top-k | fresh top-k | trending].
+    """The batch's candidate source for users with history: per user [personal top-k | fresh top-k | trending];
+    with a ranker trained on popular videos too, its popular videos sit in the first part behind its N.
 
     Seen and own videos (``exclude``) are pushed into the top-k so they do not take its places; the filters still
     see every candidate, the trending part included.
@@ -393,14 +395,23 @@ def _top_k_blocks(
     fresh_k = FRESH_FACTOR * int(ctx.policy.fresh_slots(length).sum())
     subsets = [(fresh_idx, fresh_k)] if len(fresh_idx) and fresh_k else []
     k = CANDIDATE_FACTOR * length
+    popular, n_ranked = np.zeros(0, dtype=np.int64), 0
     if ctx.ranking is not None:  # the ranker reorders its N best of the towers: the top-k holds at least them
-        k = max(k, ctx.ranking.ranker.n_candidates)
+        n_ranked = ctx.ranking.ranker.n_candidates
+        k = max(k, n_ranked)
+        popular = ctx.ranking.catalogue.popular_codes
+    popular_t = torch.from_numpy(np.ascontiguousarray(cat.vectors[popular].T))
     for batch in iter_top_k(
         warm_vectors, cat.vectors, k, exclude=warm_exclude, batch_size=BATCH_USERS, subsets=subsets
     ):
         rows = batch.hi - batch.lo
-        parts_i = [batch.indices, *(sub_i for sub_i, _ in batch.subsets)]
-        parts_s = [batch.scores, *(sub_s for _, sub_s in batch.subsets)]
+        first_i, first_s = batch.indices, batch.scores
+        if len(popular):  # behind the ranker's N, as it was trained; the filters drop what the user has seen
+            with torch.inference_mode():
+                popular_s = (torch.from_numpy(warm_vectors[batch.lo : batch.hi]) @ popular_t).numpy()
+            first_i, first_s = with_popular(first_i, first_s, popular, popular_s, n_ranked)
+        parts_i = [first_i, *(sub_i for sub_i, _ in batch.subsets)]
+        parts_s = [first_s, *(sub_s for _, sub_s in batch.subsets)]
         with torch.inference_mode():
             parts_s.append((torch.from_numpy(warm_vectors[batch.lo : batch.hi]) @ backfill_t).numpy())
         parts_i.append(np.broadcast_to(backfill, (rows, len(backfill))))

@@ -22,6 +22,7 @@ from rec_core.feed.pipeline import FeedPipeline
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.rank_stage import RankInputs
 from rec_core.feed.reasons import render_list
+from rec_core.rank.candidates import with_popular
 from rec_core.snapshot.serving_index import IdIndex
 
 
@@ -48,6 +49,7 @@ def rank_live(
     trending_query: bool,
     ranking: RankInputs | None = None,
     posted_vector: Callable[[str], np.ndarray | None] | None = None,
+    popular: int = 0,
 ) -> list[LiveItem]:
     """The feed the pipeline makes of ``hits`` (best first; ties by video id), at most ``policy.feed_length`` long.
 
@@ -55,7 +57,9 @@ def rank_live(
     ``video_ids`` is the snapshot's code space and ``codes`` each hit's code in it (-1: a video posted since the
     snapshot); ``codes``, ``creators`` and ``created_ms`` align with ``hits``.
     ``ranking`` is the ranker stage's context for this user (None: the towers' order), and ``posted_vector`` the
-    vector of a video posted since the snapshot, for its engagement features.
+    vector of a video posted since the snapshot, for its engagement features. The last ``popular`` hits are not the
+    search's but the ranker's popular videos (``RankCatalogue.popular_codes``, scored with the same vector): they
+    go behind the ranker's N best of the search, as the batch and the ranker's training lay them out.
     """
     if not hits:
         return []
@@ -63,19 +67,26 @@ def rank_live(
         raise ValueError(f"codes, creators and created_ms must align with the {len(hits)} hits")
     ids = np.asarray([h[0] for h in hits], dtype=object).astype(str)
     scores = np.asarray([h[1] for h in hits], dtype=np.float64)
-    best_first = np.lexsort((ids, -scores))
+    searched = len(hits) - popular
+    best_first = np.lexsort((ids[:searched], -scores[:searched]))
     # Videos posted since the snapshot: codes after the catalogue's.
     codes = np.array(codes, dtype=np.int64)
     posted = codes < 0
     extra = {v: len(video_ids) + i for i, v in enumerate(dict.fromkeys(ids[posted].tolist()))}
     if extra:
         codes[posted] = [extra[v] for v in ids[posted].tolist()]
+    if popular and ranking is not None:
+        best_first = _popular_layout(codes, scores, best_first, np.arange(searched, len(hits)), ranking)
     hit_ids = ids.tolist()
+
+    def laid(values: np.ndarray, none: object) -> np.ndarray:  # -1 in the layout: a cell with no video
+        return np.where(best_first >= 0, values[np.maximum(best_first, 0)], none)
+
     block, ctx = _one_user(
-        codes[best_first],
-        scores[best_first],
-        np.asarray(creators, dtype=object)[best_first],
-        np.asarray(created_ms, dtype=np.int64)[best_first],
+        laid(codes, -1),
+        laid(scores, np.nan),
+        laid(np.asarray(creators, dtype=object), ""),
+        laid(np.asarray(created_ms, dtype=np.int64), 0),
         user_id=user_id,
         as_of_ms=as_of_ms,
         policy=policy,
@@ -99,6 +110,25 @@ def rank_live(
     # Scores as the search gave them: the API reports its own float, not the block's float32 copy.
     hit_of = {c: i for i, c in enumerate(codes.tolist())}
     return [LiveItem(*hits[hit_of[c]], r) for c, r in zip(chosen.tolist(), reasons, strict=True)]
+
+
+def _popular_layout(
+    codes: np.ndarray, scores: np.ndarray, best_first: np.ndarray, popular_at: np.ndarray, ranking: RankInputs
+) -> np.ndarray:
+    """Positions into the hits in the ranker's layout (:func:`~rec_core.rank.candidates.with_popular`): the search's
+    N best, the popular hits they do not hold, the rest of the search's without those; -1 where the layout leaves a
+    cell empty, as the batch's and the training's do, so the ranker reorders the same N + popular cells."""
+    laid, _ = with_popular(
+        codes[best_first][None, :],
+        scores[best_first][None, :],
+        codes[popular_at],
+        scores[popular_at][None, :],
+        ranking.ranker.n_candidates,
+    )
+    at: dict[int, int] = {}
+    for position in [*best_first.tolist(), *popular_at.tolist()]:
+        at.setdefault(int(codes[position]), position)
+    return np.asarray([at.get(c, -1) for c in laid[0].tolist()], dtype=np.int64)
 
 
 def _posted_vectors(

@@ -7,9 +7,11 @@ ranker and feature state (:mod:`rec_core.snapshot.rank_state`), the towers' enga
 users and videos sit in that state. Without it (``REC_RANKER=off``, a model without a ranker, the trending list)
 the stage hands the block back untouched, so the feeds are exactly the towers' order.
 
-What it reorders: the leading ``ranker.n_candidates`` columns of the block's first part (the towers' own top-k;
-the batch's fresh and trending parts behind it keep their order), and of those only the cells the towers scored
-and the filters kept. Features are :func:`~rec_core.rank.features.block_features` over the block's rows, the order
+What it reorders: the leading ``ranker.n_candidates + ranker.n_popular`` columns of the block's first part (the
+towers' own top N, then the popular videos the ranker was trained to weigh against them, as the sources lay them
+out with :func:`~rec_core.rank.candidates.with_popular`; the batch's fresh and trending parts behind it keep their
+order), and of those only the cells the towers scored and the filters kept. Features are
+:func:`~rec_core.rank.features.block_features` over the block's rows, the order
 :func:`~rec_core.rank.scoring.rank_order`'s; video, score, creator and freshness move together, so a row stays a
 permutation of itself and its parts keep their promise of uniqueness. ``score`` stays the towers' ``user . video``
 (what the feed files carry); the order is the ranker's, as the snapshot's build.json records.
@@ -18,13 +20,14 @@ permutation of itself and its parts keep their promise of uniqueness. ``score`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.engagement import EngagementHead
 from rec_core.model.store import LoadedModel
+from rec_core.rank.candidates import popular_items
 from rec_core.rank.features import ENGAGEMENT, block_features
 from rec_core.rank.ranker import Ranker
 from rec_core.rank.scoring import rank_order
@@ -43,6 +46,13 @@ class RankModel:
     ranker: Ranker
     state: RankState
     engagement: EngagementHead | None  # the towers' engagement head; None: the engagement features read NaN
+    # State rows of the popular videos the ranker ranks behind the towers' list, as of the snapshot's as-of.
+    popular_rows: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        ranker = self.ranker
+        rows = popular_items(self.state.state, ranker.n_popular, ranker.popular_source)
+        object.__setattr__(self, "popular_rows", rows)
 
     def over(self, video_ids: np.ndarray | Sequence[str], video_vectors: np.ndarray) -> RankCatalogue:
         """This ranker over a code space of videos (the batch's catalogue, the API's snapshot codes)."""
@@ -54,6 +64,10 @@ class RankCatalogue:
     model: RankModel
     item_rows: np.ndarray  # int64 per video code: its row in the state
     video_vectors: np.ndarray  # float32 per video code
+    popular_codes: np.ndarray = field(init=False)  # int64: the model's popular videos in this code space, in order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "popular_codes", _codes_of(self.item_rows, self.model.popular_rows))
 
     def inputs(
         self,
@@ -120,7 +134,8 @@ class RankerScore:
         inputs = ctx.ranking
         if inputs is None or block.rows == 0:
             return block
-        n = ranked_width(block, inputs.ranker.n_candidates)
+        ranker = inputs.ranker
+        n = ranked_width(block, ranker.n_candidates + ranker.n_popular)
         video, tower = block.video[:, :n], block.score[:, :n]
         # Only what the towers scored is theirs to rerank: a list (trending) carries NaN and keeps its order.
         valid = (video >= 0) & np.isfinite(tower)
@@ -133,6 +148,7 @@ class RankerScore:
             inputs.items(video, valid),
             tower,
             inputs.engagement(users, video, valid),
+            towers_width=ranker.n_candidates,
         )
         order = rank_order(inputs.ranker, features, valid)
         return replace(
@@ -145,10 +161,21 @@ class RankerScore:
 
 
 def ranked_width(block: CandidateBlock, n_candidates: int) -> int:
-    """How many leading columns the ranker reorders: its N, within the block's first part."""
+    """How many leading columns the ranker reorders: its N (and its popular videos behind them), within the block's
+    first part."""
     parts = block.unique_parts
     first = parts[1] if parts is not None and len(parts) > 1 else block.video.shape[1]
     return max(0, min(n_candidates, first))
+
+
+def _codes_of(item_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The codes whose state row is each of ``rows``, in order; rows no code maps to are left out."""
+    if not len(rows) or not len(item_rows):
+        return np.zeros(0, dtype=np.int64)
+    by_row = np.argsort(item_rows, kind="stable")
+    at = np.minimum(np.searchsorted(item_rows[by_row], rows), len(by_row) - 1)
+    found = item_rows[by_row[at]] == rows
+    return by_row[at[found]].astype(np.int64)
 
 
 def _permuted(values: np.ndarray, order: np.ndarray) -> np.ndarray:

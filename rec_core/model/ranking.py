@@ -104,6 +104,7 @@ def train_version_ranker(
     n: int = DEFAULT_CANDIDATES,
     max_users: int = DEFAULT_MAX_USERS,
     objectives: tuple[Objective, ...] = OBJECTIVES,
+    n_popular: int = 0,
 ) -> VersionRanker:
     """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window.
 
@@ -113,9 +114,14 @@ def train_version_ranker(
     started = time.monotonic()
     split = data.split
     frames = (data.videos, data.interactions, data.follows)
-    log.info("ranker: building examples (top %d candidates, at most %d validation users)", n, max_users)
+    log.info(
+        "ranker: building examples (top %d candidates and %d popular, at most %d validation users)",
+        n,
+        n_popular,
+        max_users,
+    )
     events = RankEvents.build(split.user_ids, *frames)
-    examples = split_examples(towers, events, split, frames, n, max_users, config.seed)
+    examples = split_examples(towers, events, split, frames, n, max_users, config.seed, n_popular)
     if len(examples.groups) < config.folds:
         raise ValueError(
             f"the validation window has {len(examples.groups)} users with a positive among their candidates, too few "
@@ -139,6 +145,8 @@ def train_version_ranker(
         "has_ranker": True,
         "objective": objective,
         "n_candidates": examples.n_candidates,
+        "n_popular": examples.n_popular,
+        "popular_source": examples.popular_source,
         "rounds": chosen.rounds,
         "eval_at": config.eval_at,
         "cv": cv,

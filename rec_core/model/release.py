@@ -136,7 +136,13 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
             _check_ranker_split(loaded, data)
             config = ranker_config or release_config(settings.seed)
             towers = _towers(loaded, data, settings)
-            ranker = train_version_ranker(data, towers, config, objectives=ranker_objectives(settings.model))
+            ranker = train_version_ranker(
+                data,
+                towers,
+                config,
+                objectives=ranker_objectives(settings.model),
+                n_popular=settings.model.ranker_popular,
+            )
             files, meta = ranker.files(), {"ranker": ranker.meta}
         store.complete(version, files, meta)
     return {"version": version, "has_ranker": has_ranker(store.folder(version))}
@@ -221,7 +227,9 @@ def _train_ranker(
     if not settings.model.ranker_on:
         return None
     config = config or release_config(settings.seed)
-    return train_version_ranker(data, towers, config, objectives=ranker_objectives(settings.model))
+    return train_version_ranker(
+        data, towers, config, objectives=ranker_objectives(settings.model), n_popular=settings.model.ranker_popular
+    )
 
 
 def _save(store: ModelStore, trained: TrainedTowers, ranker: VersionRanker | None, *, pending: bool = False) -> None:

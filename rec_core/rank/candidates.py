@@ -39,6 +39,8 @@ class RankBlock:
 def popular_items(state: AsOfState, k: int, source: str = POPULAR_SOURCE) -> np.ndarray:
     """int64 [<= k]: the ``k`` videos posted before t with the most interactions before t by ``source`` (all of
     them, recency-weighted with a 30-day half-life, or the last 7 days'), best first, ties to the lower index."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
     if source == "all_time":
         count = state.item_views
     elif source == "decayed_30d":
@@ -53,19 +55,37 @@ def popular_items(state: AsOfState, k: int, source: str = POPULAR_SOURCE) -> np.
 
 
 def with_popular(
-    items: np.ndarray, scores: np.ndarray, popular: np.ndarray, popular_scores: np.ndarray
+    items: np.ndarray,
+    scores: np.ndarray,
+    popular: np.ndarray,
+    popular_scores: np.ndarray,
+    n: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``items`` (rows, n: the towers' list, -1 for none) followed by ``popular`` (one list for every row), each row's
-    copy without what its towers' list holds or what scores ``-inf`` or NaN in ``popular_scores`` (rows, len(popular):
-    seen, own), as -1 / NaN. Returns (items, scores) (rows, n + len(popular))."""
+    """The ranker's candidate layout: the towers' top ``n`` (the first ``n`` columns of ``items``, rows best first,
+    -1 for none), then ``popular`` (one list for every row), then the rest of ``items``.
+
+    Each row's copy of ``popular`` leaves out (-1 / NaN) what its top ``n`` holds and what scores ``-inf`` or NaN in
+    ``popular_scores`` (rows, len(popular): seen); the rest of ``items`` leaves out what the row's popular part
+    kept, so a row holds a video once. ``n`` None: all of ``items`` (training and the evaluation pass exactly the
+    towers' top N; the batch passes a deeper top-k). Returns (items, scores), (rows, width + len(popular)).
+    """
+    n = items.shape[1] if n is None else n
+    head, rest = items[:, :n], items[:, n:]
     rows = items.shape[0]
     extra = np.broadcast_to(np.asarray(popular, dtype=np.int64), (rows, len(popular))).copy()
     extra_scores = np.asarray(popular_scores, dtype=np.float32).copy()
     # rows x popular x n booleans: 512 x 100 x 200 is 10 MB, cheaper than a per-row set.
-    drop = (extra[:, :, None] == items[:, None, :]).any(axis=2) | ~np.isfinite(extra_scores)
+    drop = (extra[:, :, None] == head[:, None, :]).any(axis=2) | ~np.isfinite(extra_scores)
     extra[drop] = -1
     extra_scores[drop] = np.nan
-    return np.concatenate([items, extra], axis=1), np.concatenate([scores, extra_scores], axis=1)
+    rest_scores = scores[:, n:]
+    if rest.shape[1] and len(popular):
+        taken = (rest[:, :, None] == extra[:, None, :]).any(axis=2) & (rest >= 0)
+        rest, rest_scores = np.where(taken, -1, rest), np.where(taken, np.nan, rest_scores)
+    return (
+        np.concatenate([head, extra, rest], axis=1),
+        np.concatenate([scores[:, :n], extra_scores, rest_scores], axis=1).astype(np.float32, copy=False),
+    )
 
 
 def candidate_block(

@@ -110,6 +110,8 @@ def choose_ranker(version_dir: Path, ranker_on: bool) -> tuple[Ranker | None, di
         "applied": True,
         "objective": ranker.config.objective,
         "n_candidates": ranker.n_candidates,
+        "n_popular": ranker.n_popular,  # popular videos it ranks behind them (rec_core.rank.candidates)
+        "popular_source": ranker.popular_source,
         "why": f"REC_RANKER=on and model {version_dir.name} carries a ranker",
     }
     return ranker, record
