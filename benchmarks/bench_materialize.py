@@ -75,7 +75,8 @@ def _ranked_twin(settings: Settings, off: SnapshotPaths, as_of: dt.datetime) -> 
     """A snapshot of the same lake and vectors as ``off`` whose build applies a ranker; the seconds its ranking
     files took (what the begin stage adds); and the ranker's mean leaves per tree (its cost is in the trees' size:
     a ranker fitted to random vectors must still grow full trees for the figure to mean anything)."""
-    ranker = snapshot_ranker(settings.paths, off, rounds=BENCH_ROUNDS)
+    # As many popular videos behind the towers' N as a release trains with (REC_RANKER_POPULAR): what the batch pays.
+    ranker = snapshot_ranker(settings.paths, off, rounds=BENCH_ROUNDS, n_popular=settings.model.ranker_popular)
     trees = ranker.booster.dump_model()["tree_info"]
     leaves = sum(t["num_leaves"] for t in trees) / max(len(trees), 1)
     ranker.save(settings.paths.models_dir / MODEL)
@@ -163,7 +164,8 @@ def run() -> list[BenchRow]:
             "ranker on throughput",
             on_rate,
             "users/s",
-            f"binary, {BENCH_ROUNDS} trees of {leaves:.1f} leaves on average (31 at most), top {BENCH_CANDIDATES}",
+            f"binary, {BENCH_ROUNDS} trees of {leaves:.1f} leaves on average (31 at most), top {BENCH_CANDIDATES} "
+            f"+ {settings.model.ranker_popular} popular",
         ),
         BenchRow(NAME, "ratio ranker on / off", on_rate / off_rate, "x", "target >= 0.5"),
         BenchRow(NAME, "ranking state: build", state_s, "s", "rank/ at begin: state as of as-of, written once"),

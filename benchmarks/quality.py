@@ -125,6 +125,7 @@ class RankerSetup:
     """How the ranking stage is trained and applied on each split."""
 
     n: int = DEFAULT_CANDIDATES  # the towers' top N it reorders
+    popular: int = 0  # popular videos behind them (REC_RANKER_POPULAR: what a release trains with)
     max_users: int = DEFAULT_MAX_USERS  # validation users sampled for its examples
     config: RankerConfig = field(default_factory=RankerConfig)
 
@@ -234,7 +235,7 @@ def ranking_stage(
     towers = Towers.from_training(model, prepared)
     events = RankEvents.build(split.user_ids, *frames)
     started = time.monotonic()
-    examples = split_examples(towers, events, split, frames, setup.n, setup.max_users, seed)
+    examples = split_examples(towers, events, split, frames, setup.n, setup.max_users, seed, setup.popular)
     chosen, rankers = choose_objective(examples, dataclasses.replace(setup.config, seed=seed))
     fit_seconds = time.monotonic() - started
     view, state = as_of_split(towers, events, split, frames, "test")
@@ -261,6 +262,7 @@ def ranking_stage(
     }
     info = {
         "candidates": setup.n,
+        "popular": setup.popular,
         "chosen": chosen.config.objective,
         "examples": {
             "users": len(examples.groups),
@@ -391,7 +393,8 @@ def ranker_lines(info: dict | None) -> list[str]:
         return []
     ex, cost = info["examples"], info["cost"]
     lines = [
-        f"`{RANKED}`: the towers' top {info['candidates']} unseen videos posted before the reference instant, "
+        f"`{RANKED}`: the towers' top {info['candidates']} unseen videos posted before the reference instant "
+        f"and the {info.get('popular', 0)} most popular then that they do not hold, "
         f"reordered by the ranker (`rec_core/rank`), trained on {ex['users']:,} validation users "
         f"({ex['rows']:,} pairs, {ex['positive_share']:.1%} positive; the candidates held "
         f"{ex['candidate_recall']:.0%} of their validation watches), objective chosen by cross-validation on "
@@ -443,9 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="also train the default model with N-1 more seeds")
     parser.add_argument("--no-ranker", action="store_true", help="skip the ranking stage's rows")
     parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="the towers' top N to rerank")
+    parser.add_argument("--popular", type=int, help="popular videos behind them (default: REC_RANKER_POPULAR)")
     args = parser.parse_args(argv)
-    ranker = None if args.no_ranker else RankerSetup(n=args.candidates)
     base = Settings.load()
+    popular = base.model.ranker_popular if args.popular is None else args.popular
+    ranker = None if args.no_ranker else RankerSetup(n=args.candidates, popular=popular)
     setup_logging(base.log_level)
     out_dir = base.paths.data_dir / "eval"
     variants = {"two_tower": {}} if args.no_ablations else VARIANTS

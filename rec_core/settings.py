@@ -219,11 +219,12 @@ class ModelSettings(_Section):
     )
 
     ranker_popular: int = _setting(
-        0,
-        "Popular videos (most interactions before the ranker's instant) each user's ranker also ranks, behind the "
-        "towers' top 200 and those they hold: a second candidate source the ranker weighs against the towers' "
-        "picks. 0 = the towers' list alone. A model version's ranker carries its own count, so batch and live "
-        "give it the candidates it was trained on.",
+        100,
+        "Popular videos (most interactions before the ranker's instant, 30-day half-life) each user's ranker also "
+        "ranks behind the towers' top 200, those the user has not seen and the 200 do not hold: a second candidate "
+        "source the ranker weighs against the towers' picks (docs/quality.md: better on every metric at both "
+        "scales; at the large one the stack beats MostPop only with it). 0 = the towers' list alone. A version's "
+        "ranker carries its own count, so batch and live give it the candidates it was trained on.",
         lo=0,
         hi=1000,
         env="RANKER_POPULAR",

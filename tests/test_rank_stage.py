@@ -150,29 +150,69 @@ def test_without_a_ranker_the_stage_hands_the_block_back() -> None:
 def test_batch_and_live_continuation_apply_the_same_ranker_stage(world_copy: Path, view: SnapshotView) -> None:
     build = view.build
     assert build.ranker_applied and view.ranking is not None, build.ranker
-    n = view.ranking.model.ranker.n_candidates
+    width = ranked_cells(view)
     settings = Settings.load({"REC_DATA_DIR": str(world_copy)})
     before, after = Capture("before"), Capture("after")
     for shard in range(build.user_shards):
         summary = batch.materialize_feeds(settings, view.snapshot_id, shard, watched(before, after))
         assert summary["ranker"]["applied"]
-    users = sorted(u for (path, u) in before.seen if path == "batch" and u != "<fresh>")
+    users = history_users(before)
     assert len(users) >= 100, "most users have a history and their top-k goes through the ranker"
-    reordered = [u for u in users if before.seen[("batch", u)][0][:n] != after.seen[("batch", u)][0][:n]]
+    reordered = [u for u in users if ranked(before, "batch", u, width) != ranked(after, "batch", u, width)]
     assert len(reordered) >= 0.8 * len(users), "the ranker reorders the towers' candidates"
 
     policy = FeedPolicy(feed_length=build.feed_length)
     differs_for_a_stranger = 0
     for user in reordered[:25]:
-        videos, scores = before.seen[("batch", user)]
-        hits = list(zip(videos, scores, strict=True))  # the batch's candidates as a live search would answer them
-        live_order = live_ranked(view, watched(before, after), hits, user, user, policy)
-        assert before.seen[("live", user)][0][:n] == videos[:n], "both paths start from the same candidates"
-        assert after.seen[("live", user)][0][:n] == live_order[:n] == after.seen[("batch", user)][0][:n], user
+        hits, gone, popular = batch_as_live(view, before, user)
+        live_order = live_ranked(view, watched(before, after), hits, user, user, policy, gone, popular)
+        assert ranked(before, "live", user, width) == ranked(before, "batch", user, width), "the same candidates"
+        assert ranked(after, "live", user, width) == live_order[: len(ranked(after, "live", user, width))]
+        assert ranked(after, "live", user, width) == ranked(after, "batch", user, width), user
         # The check can fail: the same candidates ranked for someone the state does not know come out otherwise.
-        stranger = live_ranked(view, watched(before, after), hits, user, "someone-new", policy)
-        differs_for_a_stranger += stranger[:n] != after.seen[("batch", user)][0][:n]
+        stranger = live_ranked(view, watched(before, after), hits, user, "someone-new", policy, gone, popular)
+        differs_for_a_stranger += stranger[: len(ranked(after, "batch", user, width))] != ranked(
+            after, "batch", user, width
+        )
     assert differs_for_a_stranger >= 10, differs_for_a_stranger
+
+
+def ranked_cells(view: SnapshotView) -> int:
+    """How many leading cells of a user's first part the snapshot's ranker reorders: its N and its popular ones."""
+    assert view.ranking is not None
+    ranker = view.ranking.model.ranker
+    return ranker.n_candidates + ranker.n_popular
+
+
+def ranked(capture: Capture, path: str, user: str, width: int) -> list[str]:
+    """The videos in the ranker's cells of ``user``'s first part, in order, as ``capture`` saw them."""
+    return [v for v in capture.cells[(path, user)][0][:width] if v]
+
+
+def history_users(capture: Capture) -> list[str]:
+    """Users whose first part is the towers' (a history); the rest get the trending list, which is not reranked."""
+    return sorted(u for (path, u), (_, x) in capture.cells.items() if path == "batch" and np.isfinite(x[0]))
+
+
+def batch_as_live(view: SnapshotView, before: Capture, user: str) -> tuple[list[tuple[str, float]], set[str], int]:
+    """The batch's first part of ``user`` as the live continuation's inputs: its towers' cells as a search answer,
+    then the ranker's popular videos offered as the API offers them (scored with the user's vector), and as seen
+    the popular ones the batch's layout left out (seen before the batch; those the top N holds are the layout's)."""
+    assert view.ranking is not None
+    ranker = view.ranking.model.ranker
+    n, width = ranker.n_candidates, ranked_cells(view)
+    ids, scores = before.cells[("batch", user)]
+    searched = [(v, x) for v, x in zip(ids[:n] + ids[width:], scores[:n] + scores[width:], strict=True) if v]
+    codes = view.ranking.popular_codes
+    vector = view.batch_vector(user)
+    assert vector is not None
+    kept = dict(zip(ids[n:width], scores[n:width], strict=True))
+    offered = [
+        (v, kept.get(v, float(x)))  # the batch's own float where it has one: tree splits see the very same score
+        for v, x in zip(view.video_ids[codes].tolist(), view.video_vectors[codes] @ vector, strict=True)
+    ]
+    gone = {v for v, _ in offered} - set(kept) - set(ids[:n])
+    return searched + offered, gone, len(offered)
 
 
 def live_ranked(
@@ -277,34 +317,23 @@ def test_batch_and_live_give_a_ranker_the_popular_videos_it_was_trained_on(world
         before, after = Capture("before"), Capture("after")
         batch.materialize_feeds(settings, view.snapshot_id, 0, watched(before, after))
         n, width = N_CANDIDATES, N_CANDIDATES + N_POPULAR
-        # Users with a history: their first part is the towers' (the rest get the trending list, unranked).
-        users = sorted(u for (path, u), (_, x) in before.cells.items() if path == "batch" and np.isfinite(x[0]))
+        users = history_users(before)
         assert len(users) >= 100
         lifted = 0
         for user in users:
-            ids, scores = before.cells[("batch", user)]
+            ids, _ = before.cells[("batch", user)]
             assert not set(ids[:n]) & set(ids[n:width]) - {""}, "a popular video the top 100 holds is not repeated"
             assert set(ids[n:width]) - {""} <= set(popular)
             assert not set(ids[width:]) & set(ids[n:width]) - {""}, "nor is one of the rest that the popular part holds"
-            ranked = after.cells[("batch", user)][0][:width]
-            lifted += len(set(ranked[:n]) & set(ids[n:width]) - {""})
+            order = after.cells[("batch", user)][0][:width]
+            lifted += len(set(order[:n]) & set(ids[n:width]) - {""})
         assert lifted > 0, "the ranker moves popular videos into the top 100"
 
         policy = FeedPolicy(feed_length=view.build.feed_length)
         for user in users[:20]:
-            ids, scores = before.cells[("batch", user)]
-            searched = [(v, x) for v, x in zip(ids[:n] + ids[width:], scores[:n] + scores[width:], strict=True) if v]
-            kept = dict(zip(ids[n:width], scores[n:width], strict=True))
-            vector = view.batch_vector(user)
-            assert vector is not None
-            scored = view.video_vectors[view.ranking.popular_codes] @ vector
-            offered = [(v, kept.get(v, float(x))) for v, x in zip(popular, scored, strict=True)]
-            # What the batch left out of its popular part (seen, or held by the top 100) is what live must too.
-            gone = set(popular) - set(kept) - set(ids[:n])
-            live_ranked(view, watched(before, after), searched + offered, user, user, policy, gone, len(offered))
-            batch_order = [v for v in after.cells[("batch", user)][0][:width] if v]
-            live_order = [v for v in after.cells[("live", user)][0][:width] if v]
-            assert live_order == batch_order, user
+            hits, gone, offered = batch_as_live(view, before, user)
+            live_ranked(view, watched(before, after), hits, user, user, policy, gone, offered)
+            assert ranked(after, "live", user, width) == ranked(after, "batch", user, width), user
     finally:
         view.close()
 

@@ -84,6 +84,7 @@ def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked
     record = store.read_json(version, "config.json")["ranker"]
     assert record["has_ranker"] is True and record["objective"] in OBJECTIVES
     assert record["n_candidates"] == DEFAULT_CANDIDATES and record["train_seconds"] > 0
+    assert record["n_popular"] == settings.model.ranker_popular  # the second source, as REC_RANKER_POPULAR says
     assert set(record["cv"]) == set(OBJECTIVES)  # the validation window's out-of-fold figures of both objectives
     chosen = record["cv"][record["objective"]]
     assert chosen["ndcg"] == max(cv["ndcg"] for cv in record["cv"].values())
@@ -95,6 +96,7 @@ def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked
     # The saved ranker is the one that was evaluated: loaded from the folder, it scores the test split the same.
     ranker = Ranker.load_if_present(folder)
     assert ranker is not None and ranker.config.objective == record["objective"]
+    assert (ranker.n_candidates, ranker.n_popular) == (record["n_candidates"], record["n_popular"])
     data = load_lake_data(settings.paths, settings.batch)
     loaded = store.load(version)
     towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))

@@ -16,11 +16,12 @@ from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState
 # well as the top 500 against retrieval alone and the baselines, at 0.4 of the ranking cost per user (features,
 # engagement head and trees all scale with N), which the batch pays for every user (docs/quality.md, performance.md).
 DEFAULT_CANDIDATES = 200
-# Most-watched videos as of t added behind the towers' N (those not among them), for the ranker to weigh against the
-# towers' picks: the second candidate source. 0 in code that predates it (a ranker's files say its own count).
-DEFAULT_POPULAR = 0
+# The second candidate source: the most-watched videos as of t behind the towers' N (those not among them), for
+# the ranker to weigh against the towers' picks. How many is REC_RANKER_POPULAR; a ranker's files say its own count
+# and rule. The rule: recency-weighted counts (30-day half-life); all-time and last-7-days counts measured the same
+# within a few thousandths at both scales (benchmarks/candidate_sources.py, docs/quality.md).
 POPULAR_SOURCES = ("all_time", "decayed_30d", "window_7d")
-POPULAR_SOURCE = "all_time"
+POPULAR_SOURCE = "decayed_30d"
 
 
 @dataclass(frozen=True, slots=True)
