@@ -80,8 +80,7 @@ def run() -> list[BenchRow]:
                 f"test {metric}, sparse ids (dense)",
                 sparse,
                 "",
-                f"dense {dense:.4f}; sparse - dense {diff.interval.estimate:+.4f} "
-                f"[{diff.interval.low:+.4f}, {diff.interval.high:+.4f}], {diff.verdict}, {users} users",
+                f"dense {dense:.4f}; sparse - dense {diff.interval.signed()}, {diff.verdict}, {users} users",
             )
         )
     for sparse, result in trained.items():

@@ -80,8 +80,7 @@ def compare(settings: Settings, version: str | None, popular: list[int], sources
                 continue
             for metric in METRICS:
                 d = paired_difference(per_user[name], per_user[against], metric)
-                i = d.interval
-                paired[f"{name} - {against}: {metric}"] = f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}] {d.verdict}"
+                paired[f"{name} - {against}: {metric}"] = f"{d.interval.signed()} {d.verdict}"
     return {
         "version": loaded.version,
         "test_users": len(per_user[RETRIEVAL].users),

@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     diffs = {}
     for metric in METRICS:
         d = paired_difference(users[warm], users[cold], metric)
-        i = d.interval
-        diffs[metric] = f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}], {d.verdict} ({len(users[warm].users)} users)"
+        diffs[metric] = f"{d.interval.signed()}, {d.verdict} ({len(users[warm].users)} users)"
     report = to_markdown(first, runs, diffs)
     out = data_dir / "warm_start.md"
     out.write_text(report + "\n")

@@ -48,6 +48,10 @@ class Interval:
             return "n/a"
         return f"{self.estimate:.4f} [{self.low:.3f}, {self.high:.3f}]"
 
+    def signed(self) -> str:
+        """A difference's interval as the reports print it: ``+0.0176 [+0.0162, +0.0189]``."""
+        return f"{self.estimate:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
+
 
 @dataclass(frozen=True, slots=True)
 class Difference:
