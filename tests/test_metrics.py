@@ -10,11 +10,20 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import Split, temporal_split
 from rec_core.eval.intervals import bootstrap_means, difference, intervals, metric_intervals, paired_difference
-from rec_core.eval.ranking_metrics import ServedAs, build_targets, cold_ranks, evaluate_scores, user_metrics
+from rec_core.eval.ranking_metrics import (
+    ServedAs,
+    TopScorer,
+    build_targets,
+    cold_ranks,
+    evaluate_scores,
+    in_rows,
+    user_metrics,
+)
 from rec_core.feed.policy import FeedPolicy
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -185,6 +194,56 @@ def test_served_rankings_respect_the_creator_cap() -> None:
     served = ServedAs(FeedPolicy(fresh_share=0.0), np.zeros(5, dtype=bool), creators)
     assert evaluate_scores(score, split, ks=(3,))["recall@3"] == 0.0  # b c d
     assert evaluate_scores(score, split, ks=(3,), served=served)["recall@3"] == 1.0  # b c e
+
+
+class Listed:
+    """A scorer that also hands over its own top k (a TopScorer): ``lists`` per user, or a wrong list on purpose."""
+
+    def __init__(self, score: Callable[[np.ndarray], torch.Tensor], lists: np.ndarray) -> None:
+        self.score, self.lists, self.tops = score, lists, 0
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.score(users)
+
+    def top(self, users: np.ndarray, k: int) -> np.ndarray | None:
+        self.tops += 1
+        return self.lists[users, :k] if self.lists.shape[1] >= k else None
+
+
+def test_a_scorers_own_top_is_used_only_when_it_is_what_the_full_ranking_gives() -> None:
+    split = make_split([("u1", "a"), ("u2", "b")], [("u1", "b"), ("u1", "d"), ("u2", "a"), ("u2", "e")])
+    score = fixed({"u1": [10.0, 0.8, 0.9, 0.1, 0.5], "u2": [0.7, 10.0, 0.3, 0.2, 0.6]}, split)
+    full = user_metrics(score, build_targets(split), ks=(1, 2))
+    idx = {v: i for i, v in enumerate(split.item_ids)}
+    order = {"u1": "cbed", "u2": "aecd"}  # each user's ranking with the training item left out
+    lists = np.array([[idx[v] for v in order[u]] for u in split.user_ids])
+    listed = Listed(score, lists)
+    assert isinstance(listed, TopScorer)
+    read = user_metrics(listed, build_targets(split), ks=(1, 2))
+    assert listed.tops == 1
+    assert {k: v.tolist() for k, v in read.values.items()} == {k: v.tolist() for k, v in full.values.items()}
+    assert read.coverage == full.coverage
+    # A list that holds a training item (u1's "a") is not what the full ranking gives: the batch is ranked in full.
+    wrong = lists.copy()
+    wrong[np.flatnonzero(split.user_ids == "u1")[0], 0] = idx["a"]
+    assert user_metrics(Listed(score, wrong), build_targets(split), ks=(1, 2)).values["recall@1"].tolist() == [0.0, 0.5]
+    # Too short a list: ranked in full too; a list outside the catalogue is an error.
+    assert user_metrics(Listed(score, lists[:, :1]), build_targets(split), ks=(1, 2)).summary() == pytest.approx(
+        full.summary(), nan_ok=True
+    )
+    with pytest.raises(ValueError, match="outside the catalogue"):
+        user_metrics(Listed(score, lists + split.n_items), build_targets(split), ks=(1, 2))
+
+
+def test_in_rows_reads_a_sparse_matrix_without_densifying_it() -> None:
+    matrix = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]], dtype=np.float32))
+    items = np.array([[0, 3, 2], [0, 1, 2], [3, 2, 1]])
+    assert in_rows(matrix, np.array([0, 1, 2]), items).tolist() == [
+        [True, True, False],
+        [False, False, False],
+        [False, True, True],
+    ]
+    assert in_rows(matrix, np.array([2, 0]), items[:2]).tolist() == [[False, False, True], [True, False, False]]
 
 
 def test_cold_ranks_by_hand() -> None:

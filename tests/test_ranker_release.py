@@ -9,11 +9,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rec_core.eval.evaluation import load_lake_data, prepare_loaded
-from rec_core.eval.ranking_metrics import evaluate_scores
-from rec_core.model.ranking import MOST_POP_AT_TEST, RANKED, RETRIEVAL, AsOfTestStart
+from rec_core.eval.ranking_metrics import evaluate_scores, user_metrics
+from rec_core.model.ranking import MOST_POP_AT_TEST, RANKED, RETRIEVAL, AsOfTestStart, PopularityAsOf
 from rec_core.model.release import (
     evaluate_version,
     gate_version,
@@ -26,7 +27,7 @@ from rec_core.model.training import TrainConfig
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, OBJECTIVES, Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers, tower_view
-from rec_core.rank.scoring import RankedRetrieval
+from rec_core.rank.scoring import RankedRetrieval, evaluated_stacks
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
 
@@ -106,6 +107,33 @@ def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked
     models = store.read_json(version, "metrics.json")["models"]
     assert again["recall@50"] == pytest.approx(models[RANKED]["recall@50"], abs=1e-9)
     assert again["ndcg@20"] == pytest.approx(models[RANKED]["ndcg@20"], abs=1e-9)
+
+
+def test_the_stacks_read_their_own_top_and_find_what_ranking_the_full_catalogue_finds(
+    ranked: tuple[Settings, dict],
+) -> None:
+    """The release evaluates retrieval, retrieval + ranker and MostPop together, each taking its top 50 from its own
+    list (one candidate block per batch for both stacks); ranking each one's full-catalogue scores gives every user
+    the very same figures."""
+    settings, summary = ranked
+    store = ModelStore(settings.paths.models_dir)
+    data = load_lake_data(settings.paths, settings.batch)
+    loaded = store.load(summary["version"])
+    towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
+    ranker = Ranker.load_if_present(store.root / summary["version"])
+    assert ranker is not None and ranker.n_popular > 0
+    instant = AsOfTestStart.of(data)
+    together = instant.stacks_metrics(towers, ranker)
+    state, users = instant.state, instant.targets.users
+    view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, state.t_ms)
+    stacks = evaluated_stacks(view, state, ranker)
+    scorers = {RETRIEVAL: stacks["retrieval"], RANKED: stacks["ranked"], MOST_POP_AT_TEST: PopularityAsOf.of(state)}
+    for name, scorer in scorers.items():
+        assert scorer.top(users, 50) is not None, f"{name} lists 50 videos for every test user"
+        full = user_metrics(lambda batch, s=scorer: s(batch), instant.targets)  # a plain ScoreFn: full catalogue
+        for key, values in full.values.items():
+            np.testing.assert_array_equal(together[name].values[key], values, err_msg=f"{name} {key}")
+        assert together[name].coverage == full.coverage
 
 
 def test_the_evaluation_reports_both_stacks_and_the_gate_judges_the_served_one(ranked: tuple[Settings, dict]) -> None:

@@ -3,7 +3,13 @@
 Every evaluated user is ranked against the whole catalogue (no sampled
 negatives), in batches: ``score_fn`` returns a (batch, n_items) score matrix,
 the items the user interacted with in TRAINING are set to ``-inf``, and
-``torch.topk`` takes the top ``max(ks)``.
+``torch.topk`` takes the top ``max(ks)``. A scorer whose ranking starts with a
+list it already holds (:class:`TopScorer`: retrieval's candidates, the
+ranker's order, popularity) hands over its top ``max(ks)`` instead, and no
+(batch, n_items) matrix is built: at 500,000 videos that matrix is 2 GB a
+batch. Its list is used only where it holds no training item, so the figures
+are the full ranking's either way (tests/test_ranker_release.py checks them
+per user).
 
 Definitions (binary relevance, averaged over the evaluated users):
 
@@ -43,9 +49,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,6 +65,19 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor | np.ndarray]
 Population = Literal["all", "warm", "cold"]
+
+
+@runtime_checkable
+class TopScorer(Protocol):
+    """A ScoreFn whose ranking starts with a short list it already holds (retrieval's candidates, the ranker's
+    order, popularity): ``top`` hands over each row's first ``k`` items, best first, as ``torch.topk`` of its full
+    scores would, so the (rows, n_items) matrix is never built. ``None`` where it cannot (a row listing fewer than
+    ``k``): that batch is scored in full. Its list must leave out what the full scores put at ``-inf``."""
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor | np.ndarray: ...
+
+    def top(self, users: np.ndarray, k: int) -> np.ndarray | None: ...
+
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
 
@@ -190,6 +209,18 @@ def user_metrics(
     served: ServedAs | None = None,
 ) -> UserMetrics:
     """Rank the full catalogue for every evaluated user; each user's metrics (see the module docstring)."""
+    return user_metrics_many({"model": score_fn}, targets, ks, batch_size, served)["model"]
+
+
+def user_metrics_many(
+    score_fns: Mapping[str, ScoreFn],
+    targets: EvalTargets,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 1024,
+    served: ServedAs | None = None,
+) -> dict[str, UserMetrics]:
+    """:func:`user_metrics` of several scorers over the same users, batch by batch: scorers that share work for
+    a batch (two stacks over one candidate block) then do it once per batch."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
@@ -200,44 +231,63 @@ def user_metrics(
     discounts = 1.0 / torch.log2(torch.arange(2, k_top + 2, dtype=torch.float64))
     ideal = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discounts, 0)])  # ideal[m] = IDCG with m hits
 
-    parts: dict[str, list[np.ndarray]] = {
-        f"{n}@{k}": [] for k in ks for n in ("recall", "ndcg", "hit_rate", "cold_recall")
+    parts: dict[str, dict[str, list[np.ndarray]]] = {
+        name: {f"{n}@{k}": [] for k in ks for n in ("recall", "ndcg", "hit_rate", "cold_recall")} for name in score_fns
     }
-    covered = {k: torch.zeros(n_items, dtype=torch.bool) for k in ks}
+    covered = {name: {k: torch.zeros(n_items, dtype=torch.bool) for k in ks} for name in score_fns}
     progress = Progress("evaluate", len(users), every_s=10.0, logger=log)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        scores = _masked_scores(score_fn, batch, targets.history, n_items)
-        if served is None:
-            top_vals, top_idx = torch.topk(scores, k_top, dim=1, sorted=True)
-            ranked = top_vals > float("-inf")  # padding when fewer than K items are scorable
-        else:
-            top_idx, ranked = _served_top(scores, k_top, served)
-        del scores
-        rel_hits = _membership(targets.relevant, batch, n_items).gather(1, top_idx) & ranked
-        cold_hits = _membership(targets.cold_relevant, batch, n_items).gather(1, top_idx) & ranked
         n_rel = torch.from_numpy(np.diff(targets.relevant.indptr)[batch]).to(torch.float64)
         n_cold = torch.from_numpy(np.diff(targets.cold_relevant.indptr)[batch]).to(torch.float64)
-        for k in ks:
-            kk = min(k, k_top)
-            hits_k = rel_hits[:, :kk]
-            n_hits = hits_k.sum(1).to(torch.float64)
-            dcg = (hits_k.to(torch.float64) * discounts[:kk]).sum(1)
-            idcg = ideal[torch.clamp(n_rel, max=kk).long()]
-            parts[f"recall@{k}"].append((n_hits / n_rel).numpy())
-            parts[f"ndcg@{k}"].append((dcg / idcg).numpy())
-            parts[f"hit_rate@{k}"].append((n_hits > 0).to(torch.float64).numpy())
-            cold_k = cold_hits[:, :kk].sum(1).to(torch.float64)
-            parts[f"cold_recall@{k}"].append(torch.where(n_cold > 0, cold_k / n_cold, math.nan).numpy())
-            covered[k][top_idx[:, :kk][ranked[:, :kk]]] = True
+        for name, score_fn in score_fns.items():
+            top_idx, ranked = _ranked_top(score_fn, batch, targets, k_top, served)
+            rel_hits = torch.from_numpy(in_rows(targets.relevant, batch, top_idx.numpy())) & ranked
+            cold_hits = torch.from_numpy(in_rows(targets.cold_relevant, batch, top_idx.numpy())) & ranked
+            out = parts[name]
+            for k in ks:
+                kk = min(k, k_top)
+                hits_k = rel_hits[:, :kk]
+                n_hits = hits_k.sum(1).to(torch.float64)
+                dcg = (hits_k.to(torch.float64) * discounts[:kk]).sum(1)
+                idcg = ideal[torch.clamp(n_rel, max=kk).long()]
+                out[f"recall@{k}"].append((n_hits / n_rel).numpy())
+                out[f"ndcg@{k}"].append((dcg / idcg).numpy())
+                out[f"hit_rate@{k}"].append((n_hits > 0).to(torch.float64).numpy())
+                cold_k = cold_hits[:, :kk].sum(1).to(torch.float64)
+                out[f"cold_recall@{k}"].append(torch.where(n_cold > 0, cold_k / n_cold, math.nan).numpy())
+                covered[name][k][top_idx[:, :kk][ranked[:, :kk]]] = True
         progress.advance(len(batch))
 
-    return UserMetrics(
-        users=np.asarray(users, dtype=np.int64),
-        ks=tuple(ks),
-        values={key: np.concatenate(chunks) if chunks else np.zeros(0) for key, chunks in parts.items()},
-        coverage={f"coverage@{k}": float(covered[k].sum()) / n_items if n_items else math.nan for k in ks},
-    )
+    return {
+        name: UserMetrics(
+            users=np.asarray(users, dtype=np.int64),
+            ks=tuple(ks),
+            values={key: np.concatenate(chunks) if chunks else np.zeros(0) for key, chunks in parts[name].items()},
+            coverage={f"coverage@{k}": float(covered[name][k].sum()) / n_items if n_items else math.nan for k in ks},
+        )
+        for name in score_fns
+    }
+
+
+def _ranked_top(
+    score_fn: ScoreFn, batch: np.ndarray, targets: EvalTargets, k: int, served: ServedAs | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's top ``k`` (item indices, real-item mask): the scorer's own list when it is a
+    :class:`TopScorer` that has one holding no training item, else ``torch.topk`` of its masked full scores."""
+    if served is None and isinstance(score_fn, TopScorer):
+        items = score_fn.top(batch, k)
+        if items is not None:
+            if items.shape != (len(batch), k) or items.min(initial=0) < 0 or items.max(initial=0) >= targets.n_items:
+                raise ValueError(f"top() gave {items.shape} or items outside the catalogue, expected {(len(batch), k)}")
+            # A training item would have been masked from the full scores: that batch is ranked in full instead.
+            if not in_rows(targets.history, batch, items).any():
+                return torch.from_numpy(items.astype(np.int64, copy=False)), torch.ones(items.shape, dtype=torch.bool)
+    scores = _masked_scores(score_fn, batch, targets.history, targets.n_items)
+    if served is not None:
+        return _served_top(scores, k, served)
+    top_vals, top_idx = torch.topk(scores, k, dim=1, sorted=True)
+    return top_idx, top_vals > float("-inf")  # padding when fewer than K items are scorable
 
 
 def cold_ranks(
@@ -306,11 +356,18 @@ def _served_top(scores: torch.Tensor, k: int, served: ServedAs) -> tuple[torch.T
     return out, ranked
 
 
-def _membership(matrix: sp.csr_matrix, batch: np.ndarray, n_items: int) -> torch.Tensor:
-    dense = torch.zeros((len(batch), n_items), dtype=torch.bool)
-    rows, cols = _batch_coo(matrix, batch)
-    dense[rows, cols] = True
-    return dense
+def in_rows(matrix: sp.csr_matrix, batch: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """bool, shaped like ``items`` (rows aligned with ``batch``): whether ``matrix[batch[row], items[row, col]]`` is
+    stored. A search in the batch's sorted (row, column) keys: no (rows, n_items) matrix at any catalogue size."""
+    sub = matrix[batch]
+    if not sub.nnz:
+        return np.zeros(items.shape, dtype=bool)
+    n = np.int64(matrix.shape[1])
+    keys = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(sub.indptr)) * n + sub.indices
+    keys.sort()
+    query = np.arange(len(batch), dtype=np.int64)[:, None] * n + items
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return keys[pos] == query
 
 
 def _batch_coo(matrix: sp.csr_matrix, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,13 +26,21 @@ import numpy as np
 import torch
 
 from rec_core.eval.evaluation import LakeData
-from rec_core.eval.ranking_metrics import EvalTargets, ScoreFn, UserMetrics, build_targets, user_metrics
+from rec_core.eval.ranking_metrics import (
+    EvalTargets,
+    ScoreFn,
+    UserMetrics,
+    build_targets,
+    in_rows,
+    user_metrics,
+    user_metrics_many,
+)
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS, split_examples
 from rec_core.rank.ranker import META_FILE, OBJECTIVES, Objective, Ranker, RankerConfig, choose_objective
 from rec_core.rank.retrieval import Towers, as_of_scores, tower_view
-from rec_core.rank.scoring import RankedRetrieval
+from rec_core.rank.scoring import evaluated_stacks
 from rec_core.rank.state import AsOfState, state_at
 from rec_core.settings import ModelSettings
 
@@ -179,40 +187,72 @@ class AsOfTestStart:
 
     def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> UserMetrics:
         """The towers' retrieval, reordered by ``ranker`` when given, per test user over the full catalogue."""
+        return self.stacks_metrics(towers, ranker, only_served=True)[RANKED if ranker is not None else RETRIEVAL]
+
+    def stacks_metrics(
+        self, towers: Towers, ranker: Ranker | None, *, only_served: bool = False
+    ) -> dict[str, UserMetrics]:
+        """Retrieval alone, retrieval + ranker when there is one, and MostPop of the same instant, per test user,
+        evaluated together (one scoring of the catalogue per batch of users for both stacks). ``only_served``:
+        just the stack the ranker serves."""
         data = self.data
         view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
-        n = ranker.n_candidates if ranker is not None else DEFAULT_CANDIDATES
-        return user_metrics(RankedRetrieval(view, self.state, ranker, n), self.targets)
+        stacks = evaluated_stacks(view, self.state, ranker)
+        scorers: dict[str, ScoreFn] = {RETRIEVAL: stacks["retrieval"]}
+        if ranker is not None:
+            scorers = {RANKED: stacks["ranked"]} if only_served else {**scorers, RANKED: stacks["ranked"]}
+        if not only_served:
+            scorers[MOST_POP_AT_TEST] = PopularityAsOf.of(self.state)
+        return user_metrics_many(scorers, self.targets)
 
     def most_pop(self) -> UserMetrics:
-        return user_metrics(popularity_as_of(self.state), self.targets)
+        return user_metrics(PopularityAsOf.of(self.state), self.targets)
 
 
 def version_stack_metrics(instant: AsOfTestStart, towers: Towers, ranker: Ranker | None) -> dict[str, UserMetrics]:
     """A version's evaluation as of test_start, per user: retrieval alone, retrieval + ranker when it has one, and
     MostPop of the same instant."""
-    log.info("evaluating retrieval as of test_start")
-    models = {RETRIEVAL: instant.stack_metrics(towers, None)}
-    if ranker is not None:
+    if ranker is None:
+        log.info("evaluating retrieval and MostPop as of test_start")
+    else:
         log.info(
-            "evaluating retrieval + ranker (%s, top %d) as of test_start", ranker.config.objective, ranker.n_candidates
+            "evaluating retrieval, retrieval + ranker (%s, top %d) and MostPop as of test_start",
+            ranker.config.objective,
+            ranker.n_candidates,
         )
-        models[RANKED] = instant.stack_metrics(towers, ranker)
-    models[MOST_POP_AT_TEST] = instant.most_pop()
-    return models
+    return instant.stacks_metrics(towers, ranker)
 
 
-def popularity_as_of(state: AsOfState) -> ScoreFn:
+@dataclass(frozen=True, slots=True)
+class PopularityAsOf:
     """MostPop's rule (interaction counts, ties to the lower index) over everything before the state's instant,
-    as a ranking made then: each user's watched videos out, videos not posted yet last."""
-    n_items = len(state.item_views)
-    order = np.lexsort((np.arange(n_items), -state.item_views))
-    ranks = np.empty(n_items, dtype=np.float32)
-    # In (0, 1]: as_of_scores' penalty for a video not posted yet assumes scores of a cosine's size.
-    ranks[order] = np.arange(n_items, 0, -1, dtype=np.float32) / max(n_items, 1)
-    row = torch.from_numpy(ranks)
+    as a ranking made then: each user's watched videos out, videos not posted yet last. A ScoreFn, and a
+    TopScorer (its top k is the first k posted videos of one order that the user has not watched)."""
 
-    def score(users: np.ndarray) -> torch.Tensor:
-        return as_of_scores(row.expand(len(users), -1), state.seen, state.item_posted, users)
+    state: AsOfState
+    row: torch.Tensor  # float32 (n_items,): in (0, 1], the popularity order as a score
+    posted_order: np.ndarray  # int64: the posted videos, most popular first
 
-    return score
+    @classmethod
+    def of(cls, state: AsOfState) -> PopularityAsOf:
+        n_items = len(state.item_views)
+        order = np.lexsort((np.arange(n_items), -state.item_views))
+        ranks = np.empty(n_items, dtype=np.float32)
+        # In (0, 1]: as_of_scores' penalty for a video not posted yet assumes scores of a cosine's size.
+        ranks[order] = np.arange(n_items, 0, -1, dtype=np.float32) / max(n_items, 1)
+        return cls(state, torch.from_numpy(ranks), order[state.item_posted[order]].astype(np.int64))
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return as_of_scores(self.row.expand(len(users), -1), self.state.seen, self.state.item_posted, users)
+
+    def top(self, users: np.ndarray, k: int) -> np.ndarray | None:
+        users = np.asarray(users, dtype=np.int64)
+        seen = self.state.seen
+        # A user's first k unseen videos lie within the first k + (videos they have seen) of the order.
+        depth = min(k + int(np.diff(seen.indptr)[users].max(initial=0)), len(self.posted_order))
+        head = np.broadcast_to(self.posted_order[:depth], (len(users), depth))
+        unseen = ~in_rows(seen, users, head)
+        if (unseen.sum(axis=1) < k).any():
+            return None
+        first = np.argsort(~unseen, axis=1, kind="stable")[:, :k]  # unseen columns first, in the order's order
+        return np.take_along_axis(head, first, axis=1)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rec_core.rank.candidates import DEFAULT_CANDIDATES, candidate_block, popular_items
+from rec_core.rank.candidates import DEFAULT_CANDIDATES, RankBlock, candidate_block, popular_items
 from rec_core.rank.ranker import Ranker
-from rec_core.rank.retrieval import TowerView, as_of_scores
+from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
 from rec_core.rank.state import AsOfState
 
 # Ranked candidates score above this (tower scores are cosines, at most 1), so they always precede the rest.
@@ -45,8 +45,33 @@ def rank_order(ranker: Ranker, features: np.ndarray, valid: np.ndarray) -> np.nd
 
 
 @dataclass(slots=True)
+class CandidateBlocks:
+    """:func:`~rec_core.rank.candidates.candidate_block` of one batch of users at a time, kept until the next batch:
+    the stacks evaluated together over the same towers, instant and candidates (retrieval alone, and with the
+    ranker, in :func:`~rec_core.eval.ranking_metrics.user_metrics_many`) then score the catalogue once per batch."""
+
+    view: TowerView
+    state: AsOfState
+    n: int
+    popular: np.ndarray | None
+    _users: np.ndarray | None = None
+    _block: RankBlock | None = None
+
+    def of(self, users: np.ndarray) -> tuple[RankBlock, bool]:
+        """The batch's block, and whether it was built by this call (its seconds are then to be counted)."""
+        if self._block is not None and self._users is not None and np.array_equal(self._users, users):
+            return self._block, False
+        self._users, self._block = users.copy(), candidate_block(self.view, self.state, users, self.n, self.popular)
+        return self._block, True
+
+
+@dataclass(slots=True)
 class RankedRetrieval:
-    """The towers' candidates reordered by ``ranker`` (or not, with None), as of ``state.t_ms``, as a ScoreFn."""
+    """The towers' candidates reordered by ``ranker`` (or not, with None), as of ``state.t_ms``, as a ScoreFn; also a
+    :class:`~rec_core.eval.ranking_metrics.TopScorer`, its top k being its candidate list's first k.
+
+    With ``blocks``, its candidate lists come from there (shared with another stack; their ``n`` and popular videos
+    must be this ranker's: :func:`evaluated_stacks` builds them so)."""
 
     view: TowerView
     state: AsOfState
@@ -55,6 +80,7 @@ class RankedRetrieval:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     users_scored: int = 0
     _popular: np.ndarray | None = None
+    blocks: CandidateBlocks | None = None
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         users = np.asarray(users, dtype=np.int64)
@@ -65,19 +91,54 @@ class RankedRetrieval:
             scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users)
             self.seconds["retrieve"] += time.perf_counter() - started
             return scores
-        block = candidate_block(self.view, self.state, users, self.n, self.popular())
-        for key, value in block.seconds.items():
-            self.seconds[key] += value
-        started = time.perf_counter()
-        order = rank_order(self.ranker, block.features, block.valid)
-        self.seconds["rank"] += time.perf_counter() - started
-        scores = block.all_scores
+        block, ranked_items = self._ranked(users)
+        # A shared block's scores are read by the next stack too: write the ranker's order into a copy.
+        scores = block.all_scores if self.blocks is None else block.all_scores.clone()
         width = block.items.shape[1]
-        ranked_items = np.take_along_axis(block.items, order, axis=1)
         value = CANDIDATE_FLOOR + (width - np.arange(width, dtype=np.float32)) / width
         r, c = np.nonzero(ranked_items >= 0)
         scores[torch.from_numpy(r), torch.from_numpy(ranked_items[r, c])] = torch.from_numpy(value[c])
         return scores
+
+    def top(self, users: np.ndarray, k: int) -> np.ndarray | None:
+        """Each user's first ``k`` videos as :meth:`__call__` ranks them (int64, rows x k), read off the candidate
+        list; None when a row lists fewer than ``k`` (its ranking goes on into the rest of the catalogue)."""
+        users = np.asarray(users, dtype=np.int64)
+        if self.ranker is not None:
+            items = self._ranked(users)[1]
+        elif self.blocks is not None:
+            if k > self.blocks.n:
+                return None
+            items = self._block(users).items[:, :k]  # the towers' top n lead the block, in their order
+        else:
+            started = time.perf_counter()
+            raw = self.view.scores(self.view.user_vectors(users))
+            items = top_candidates(
+                as_of_scores(raw, self.state.seen, self.state.item_posted, users), self.state.item_posted, k
+            )[0]
+            self.seconds["retrieve"] += time.perf_counter() - started
+        self.users_scored += len(users)
+        items = items[:, :k]
+        return items if items.shape[1] == k and (items >= 0).all() else None
+
+    def _block(self, users: np.ndarray) -> RankBlock:
+        if self.blocks is None:
+            block, built = candidate_block(self.view, self.state, users, self.n, self.popular()), True
+        else:
+            block, built = self.blocks.of(users)
+        if built:
+            for key, value in block.seconds.items():
+                self.seconds[key] += value
+        return block
+
+    def _ranked(self, users: np.ndarray) -> tuple[RankBlock, np.ndarray]:
+        """The batch's block, and its candidates in the ranker's order (rows x width, -1 cells last)."""
+        assert self.ranker is not None
+        block = self._block(users)
+        started = time.perf_counter()
+        order = rank_order(self.ranker, block.features, block.valid)
+        self.seconds["rank"] += time.perf_counter() - started
+        return block, np.take_along_axis(block.items, order, axis=1)
 
     def popular(self) -> np.ndarray | None:
         """The popular videos the ranker ranks behind the towers' list, as of the state's instant."""
@@ -91,3 +152,16 @@ class RankedRetrieval:
         """Users a second through ``parts`` of the work (default: the ranking step, without retrieval)."""
         spent = sum(self.seconds.get(p, 0.0) for p in parts)
         return self.users_scored / spent if spent else float("nan")
+
+
+def evaluated_stacks(view: TowerView, state: AsOfState, ranker: Ranker | None) -> dict[str, RankedRetrieval]:
+    """Retrieval alone (``"retrieval"``) and, with a ranker, retrieval + ranker (``"ranked"``) over one set of
+    candidate blocks, so that evaluating both together scores the catalogue once per batch of users."""
+    if ranker is None:
+        return {"retrieval": RankedRetrieval(view, state, None)}
+    ranked = RankedRetrieval(view, state, ranker, ranker.n_candidates)
+    ranked.blocks = CandidateBlocks(view, state, ranker.n_candidates, ranked.popular())
+    return {
+        "retrieval": RankedRetrieval(view, state, None, ranker.n_candidates, blocks=ranked.blocks),
+        "ranked": ranked,
+    }
