@@ -19,7 +19,7 @@ from rec_core.eval.baselines import (
     popularity,
     run_baselines,
 )
-from rec_core.eval.ranking_metrics import ServedAs
+from rec_core.eval.ranking_metrics import ServedAs, build_targets, in_rows, user_metrics
 from rec_core.feed.policy import FeedPolicy
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -155,6 +155,26 @@ def test_scores_cover_the_full_catalogue() -> None:
     split = make_split([("u1", "a"), ("u2", "b")], [("u1", "b")], ["a", "b", "c"])
     for model in (MostPop(), ItemKNN(), EASE()):
         assert model.fit(split).score(np.array([0, 1])).shape == (2, 3)
+
+
+@pytest.mark.parametrize("half_life_days", [None, 30.0])
+def test_most_pop_reads_its_top_off_one_order_with_the_full_rankings_figures(half_life_days: float | None) -> None:
+    rng = np.random.default_rng(4)
+    videos = [f"v{i:03d}" for i in range(300)]
+    popular = rng.zipf(1.3, size=4000) % 300
+    train = [(f"u{u}", videos[int(v)]) for u, v in zip(rng.integers(0, 200, 4000), popular, strict=True)]
+    test = [
+        (f"u{u}", videos[int(v)]) for u, v in zip(rng.integers(0, 200, 600), rng.integers(0, 300, 600), strict=True)
+    ]
+    split = make_split(train, test, videos)
+    targets = build_targets(split)
+    model = MostPop(half_life_days).fit(split)
+    tops = model.top(targets.users, 50)
+    assert tops is not None and not in_rows(targets.history, targets.users, tops).any()  # the list is the one used
+    listed, full = user_metrics(model, targets), user_metrics(model.score, targets)  # a bound method: no top()
+    for key, values in full.values.items():
+        np.testing.assert_array_equal(listed.values[key], values, err_msg=key)
+    assert listed.coverage == full.coverage
 
 
 def test_collaborative_baselines_beat_popularity_on_planted_clusters() -> None:

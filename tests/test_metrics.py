@@ -200,9 +200,10 @@ class Listed:
     """A scorer that also hands over its own top k (a TopScorer): ``lists`` per user, or a wrong list on purpose."""
 
     def __init__(self, score: Callable[[np.ndarray], torch.Tensor], lists: np.ndarray) -> None:
-        self.score, self.lists, self.tops = score, lists, 0
+        self.score, self.lists, self.tops, self.full = score, lists, 0, 0
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
+        self.full += 1
         return self.score(users)
 
     def top(self, users: np.ndarray, k: int) -> np.ndarray | None:
@@ -220,13 +221,15 @@ def test_a_scorers_own_top_is_used_only_when_it_is_what_the_full_ranking_gives()
     listed = Listed(score, lists)
     assert isinstance(listed, TopScorer)
     read = user_metrics(listed, build_targets(split), ks=(1, 2))
-    assert listed.tops == 1
+    assert (listed.tops, listed.full) == (1, 0)  # the list, and no full ranking
     assert {k: v.tolist() for k, v in read.values.items()} == {k: v.tolist() for k, v in full.values.items()}
     assert read.coverage == full.coverage
     # A list that holds a training item (u1's "a") is not what the full ranking gives: the batch is ranked in full.
     wrong = lists.copy()
     wrong[np.flatnonzero(split.user_ids == "u1")[0], 0] = idx["a"]
-    assert user_metrics(Listed(score, wrong), build_targets(split), ks=(1, 2)).values["recall@1"].tolist() == [0.0, 0.5]
+    wrong_listed = Listed(score, wrong)
+    assert user_metrics(wrong_listed, build_targets(split), ks=(1, 2)).coverage == full.coverage
+    assert (wrong_listed.tops, wrong_listed.full) == (1, 1)
     # Too short a list: ranked in full too; a list outside the catalogue is an error.
     assert user_metrics(Listed(score, lists[:, :1]), build_targets(split), ks=(1, 2)).summary() == pytest.approx(
         full.summary(), nan_ok=True

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rec_core.eval.evaluation import load_lake_data, prepare_loaded
-from rec_core.eval.ranking_metrics import evaluate_scores, user_metrics
+from rec_core.eval.ranking_metrics import evaluate_scores, in_rows, user_metrics
 from rec_core.model.ranking import MOST_POP_AT_TEST, RANKED, RETRIEVAL, AsOfTestStart, PopularityAsOf
 from rec_core.model.release import (
     evaluate_version,
@@ -129,7 +129,9 @@ def test_the_stacks_read_their_own_top_and_find_what_ranking_the_full_catalogue_
     stacks = evaluated_stacks(view, state, ranker)
     scorers = {RETRIEVAL: stacks["retrieval"], RANKED: stacks["ranked"], MOST_POP_AT_TEST: PopularityAsOf.of(state)}
     for name, scorer in scorers.items():
-        assert scorer.top(users, 50) is not None, f"{name} lists 50 videos for every test user"
+        top = scorer.top(users, 50)
+        assert top is not None, f"{name} lists 50 videos for every test user"
+        assert not in_rows(instant.targets.history, users, top).any(), f"{name}'s list is used: no training item"
         full = user_metrics(lambda batch, s=scorer: s(batch), instant.targets)  # a plain ScoreFn: full catalogue
         for key, values in full.values.items():
             np.testing.assert_array_equal(together[name].values[key], values, err_msg=f"{name} {key}")

@@ -42,8 +42,17 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
 
-from rec_core.data.split import Split, SplitPart, train_matrix
-from rec_core.eval.ranking_metrics import DEFAULT_KS, Population, ServedAs, UserMetrics, build_targets, user_metrics
+from rec_core.data.split import Split, SplitPart, interaction_matrix, train_matrix
+from rec_core.eval.ranking_metrics import (
+    DEFAULT_KS,
+    Population,
+    ServedAs,
+    TopScorer,
+    UserMetrics,
+    build_targets,
+    first_not_in,
+    user_metrics,
+)
 from rec_core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -102,13 +111,20 @@ class MostPop:
         # Scores are ranks, so equally popular items still get a fixed order (the lower index first).
         ranks = np.empty(split.n_items, dtype=np.float32)
         ranks[order] = np.arange(split.n_items, 0, -1, dtype=np.float32)
-        self.popularity = pop
+        self.popularity, self.order = pop, order
         self.scores = torch.from_numpy(ranks)
+        self.history = interaction_matrix(split, "train", "binary")  # what an evaluation masks: left out of top()
         return self
 
     def score(self, user_idx: np.ndarray) -> torch.Tensor:
         """The same row for every user; a read-only expanded view, not a copy."""
         return self.scores.expand(len(user_idx), -1)
+
+    __call__ = score
+
+    def top(self, user_idx: np.ndarray, k: int) -> np.ndarray | None:
+        """Each user's first ``k`` by :meth:`score` that they did not interact with in training (a TopScorer)."""
+        return first_not_in(self.order, self.history, user_idx, k)
 
 
 class ItemKNN:
@@ -238,7 +254,7 @@ def run_baselines(
         started = time.monotonic()
         model.fit(split)
         fitted = time.monotonic()
-        per_user = user_metrics(model.score, targets, ks)
+        per_user = user_metrics(model if isinstance(model, TopScorer) else model.score, targets, ks)
         metrics = per_user.summary()
         metrics["fit_seconds"] = round(fitted - started, 2)
         metrics["eval_seconds"] = round(time.monotonic() - fitted, 2)

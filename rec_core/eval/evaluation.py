@@ -124,7 +124,7 @@ def two_tower_user_metrics(
 
 def most_pop_user_metrics(split: Split) -> UserMetrics:
     """MostPop (fitted on training) on the test part, per user: the bar of the towers as trained."""
-    return user_metrics(MostPop().fit(split).score, build_targets(split, "test"))
+    return user_metrics(MostPop().fit(split), build_targets(split, "test"))
 
 
 def comparison(dataset: str, split: Split, models: dict[str, dict[str, float]]) -> dict:

@@ -370,6 +370,20 @@ def in_rows(matrix: sp.csr_matrix, batch: np.ndarray, items: np.ndarray) -> np.n
     return keys[pos] == query
 
 
+def first_not_in(order: np.ndarray, excluded: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray | None:
+    """Each user's first ``k`` items of one global ``order`` that their row of ``excluded`` does not hold (int64,
+    users x k): the top of a popularity ranking. None when a user has fewer than ``k`` such items."""
+    users = np.asarray(users, dtype=np.int64)
+    # A user's first k lie within the first k + (items their row holds) of the order.
+    depth = min(k + int(np.diff(excluded.indptr)[users].max(initial=0)), len(order))
+    head = np.broadcast_to(np.asarray(order, dtype=np.int64)[:depth], (len(users), depth))
+    keep = ~in_rows(excluded, users, head)
+    if (keep.sum(axis=1) < k).any():
+        return None
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept columns first, in the order's order
+    return np.take_along_axis(head, first, axis=1)
+
+
 def _batch_coo(matrix: sp.csr_matrix, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(row-within-batch, column) of the non-zeros of ``matrix[batch]``."""
     sub = matrix[batch]

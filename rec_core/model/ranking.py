@@ -31,7 +31,7 @@ from rec_core.eval.ranking_metrics import (
     ScoreFn,
     UserMetrics,
     build_targets,
-    in_rows,
+    first_not_in,
     user_metrics,
     user_metrics_many,
 )
@@ -246,13 +246,4 @@ class PopularityAsOf:
         return as_of_scores(self.row.expand(len(users), -1), self.state.seen, self.state.item_posted, users)
 
     def top(self, users: np.ndarray, k: int) -> np.ndarray | None:
-        users = np.asarray(users, dtype=np.int64)
-        seen = self.state.seen
-        # A user's first k unseen videos lie within the first k + (videos they have seen) of the order.
-        depth = min(k + int(np.diff(seen.indptr)[users].max(initial=0)), len(self.posted_order))
-        head = np.broadcast_to(self.posted_order[:depth], (len(users), depth))
-        unseen = ~in_rows(seen, users, head)
-        if (unseen.sum(axis=1) < k).any():
-            return None
-        first = np.argsort(~unseen, axis=1, kind="stable")[:, :k]  # unseen columns first, in the order's order
-        return np.take_along_axis(head, first, axis=1)
+        return first_not_in(self.posted_order, self.state.seen, users, k)
