@@ -39,7 +39,7 @@ from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS, split_examples
 from rec_core.rank.ranker import META_FILE, OBJECTIVES, Objective, Ranker, RankerConfig, choose_objective
-from rec_core.rank.retrieval import Towers, as_of_scores, tower_view
+from rec_core.rank.retrieval import Towers, TowerView, as_of_scores, tower_view
 from rec_core.rank.scoring import evaluated_stacks
 from rec_core.rank.state import AsOfState, state_at
 from rec_core.settings import ModelSettings
@@ -187,23 +187,22 @@ class AsOfTestStart:
 
     def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> UserMetrics:
         """The towers' retrieval, reordered by ``ranker`` when given, per test user over the full catalogue."""
-        return self.stacks_metrics(towers, ranker, only_served=True)[RANKED if ranker is not None else RETRIEVAL]
+        stacks = evaluated_stacks(self._view(towers), self.state, ranker)
+        return user_metrics(stacks["ranked" if ranker is not None else "retrieval"], self.targets)
 
-    def stacks_metrics(
-        self, towers: Towers, ranker: Ranker | None, *, only_served: bool = False
-    ) -> dict[str, UserMetrics]:
+    def stacks_metrics(self, towers: Towers, ranker: Ranker | None) -> dict[str, UserMetrics]:
         """Retrieval alone, retrieval + ranker when there is one, and MostPop of the same instant, per test user,
-        evaluated together (one scoring of the catalogue per batch of users for both stacks). ``only_served``:
-        just the stack the ranker serves."""
-        data = self.data
-        view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
-        stacks = evaluated_stacks(view, self.state, ranker)
+        evaluated together (one scoring of the catalogue per batch of users for both stacks)."""
+        stacks = evaluated_stacks(self._view(towers), self.state, ranker)
         scorers: dict[str, ScoreFn] = {RETRIEVAL: stacks["retrieval"]}
         if ranker is not None:
-            scorers = {RANKED: stacks["ranked"]} if only_served else {**scorers, RANKED: stacks["ranked"]}
-        if not only_served:
-            scorers[MOST_POP_AT_TEST] = PopularityAsOf.of(self.state)
+            scorers[RANKED] = stacks["ranked"]
+        scorers[MOST_POP_AT_TEST] = PopularityAsOf.of(self.state)
         return user_metrics_many(scorers, self.targets)
+
+    def _view(self, towers: Towers) -> TowerView:
+        data = self.data
+        return tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
 
     def most_pop(self) -> UserMetrics:
         return user_metrics(PopularityAsOf.of(self.state), self.targets)
