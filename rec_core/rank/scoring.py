@@ -86,11 +86,7 @@ class RankedRetrieval:
         users = np.asarray(users, dtype=np.int64)
         self.users_scored += len(users)
         if self.ranker is None:
-            started = time.perf_counter()
-            raw = self.view.scores(self.view.user_vectors(users))
-            scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users)
-            self.seconds["retrieve"] += time.perf_counter() - started
-            return scores
+            return self._retrieval_scores(users)
         block, ranked_items = self._ranked(users)
         # A shared block's scores are read by the next stack too: write the ranker's order into a copy.
         scores = block.all_scores if self.blocks is None else block.all_scores.clone()
@@ -111,15 +107,20 @@ class RankedRetrieval:
                 return None
             items = self._block(users).items[:, :k]  # the towers' top n lead the block, in their order
         else:
-            started = time.perf_counter()
-            raw = self.view.scores(self.view.user_vectors(users))
-            items = top_candidates(
-                as_of_scores(raw, self.state.seen, self.state.item_posted, users), self.state.item_posted, k
-            )[0]
-            self.seconds["retrieve"] += time.perf_counter() - started
-        self.users_scored += len(users)
+            items = top_candidates(self._retrieval_scores(users), self.state.item_posted, k)[0]
         items = items[:, :k]
-        return items if items.shape[1] == k and (items >= 0).all() else None
+        if items.shape[1] < k or (items < 0).any():
+            return None  # ranked in full by __call__, which counts the users then
+        self.users_scored += len(users)
+        return items
+
+    def _retrieval_scores(self, users: np.ndarray) -> torch.Tensor:
+        """The towers' score of every video as a ranking at t uses them (:func:`as_of_scores`)."""
+        started = time.perf_counter()
+        raw = self.view.scores(self.view.user_vectors(users))
+        scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users)
+        self.seconds["retrieve"] += time.perf_counter() - started
+        return scores
 
     def _block(self, users: np.ndarray) -> RankBlock:
         if self.blocks is None:
