@@ -51,6 +51,7 @@ from rec_core.eval.ranking_metrics import (
     UserMetrics,
     build_targets,
     first_not_in,
+    popularity_order,
     user_metrics,
 )
 from rec_core.progress import Progress
@@ -107,10 +108,7 @@ class MostPop:
 
     def fit(self, split: Split) -> MostPop:
         pop = popularity(split, self.half_life_days)
-        order = np.lexsort((np.arange(split.n_items), -pop))
-        # Scores are ranks, so equally popular items still get a fixed order (the lower index first).
-        ranks = np.empty(split.n_items, dtype=np.float32)
-        ranks[order] = np.arange(split.n_items, 0, -1, dtype=np.float32)
+        order, ranks = popularity_order(pop)
         self.popularity, self.order = pop, order
         self.scores = torch.from_numpy(ranks)
         self.history = interaction_matrix(split, "train", "binary")  # what an evaluation masks: left out of top()

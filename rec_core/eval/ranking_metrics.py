@@ -370,6 +370,16 @@ def in_rows(matrix: sp.csr_matrix, batch: np.ndarray, items: np.ndarray) -> np.n
     return keys[pos] == query
 
 
+def popularity_order(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The items most popular first, ties to the lower index, and each item's rank as a float32 score (n for the
+    first, 1 for the last), so that equally popular items still keep one fixed order."""
+    n_items = len(counts)
+    order = np.lexsort((np.arange(n_items), -np.asarray(counts)))
+    ranks = np.empty(n_items, dtype=np.float32)
+    ranks[order] = np.arange(n_items, 0, -1, dtype=np.float32)
+    return order, ranks
+
+
 def first_not_in(order: np.ndarray, excluded: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray | None:
     """Each user's first ``k`` items of one global ``order`` that their row of ``excluded`` does not hold (int64,
     users x k): the top of a popularity ranking. None when a user has fewer than ``k`` such items."""

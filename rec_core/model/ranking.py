@@ -32,6 +32,7 @@ from rec_core.eval.ranking_metrics import (
     UserMetrics,
     build_targets,
     first_not_in,
+    popularity_order,
     user_metrics,
     user_metrics_many,
 )
@@ -234,11 +235,9 @@ class PopularityAsOf:
 
     @classmethod
     def of(cls, state: AsOfState) -> PopularityAsOf:
-        n_items = len(state.item_views)
-        order = np.lexsort((np.arange(n_items), -state.item_views))
-        ranks = np.empty(n_items, dtype=np.float32)
+        order, ranks = popularity_order(state.item_views)
         # In (0, 1]: as_of_scores' penalty for a video not posted yet assumes scores of a cosine's size.
-        ranks[order] = np.arange(n_items, 0, -1, dtype=np.float32) / max(n_items, 1)
+        ranks /= max(len(ranks), 1)
         return cls(state, torch.from_numpy(ranks), order[state.item_posted[order]].astype(np.int64))
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
