@@ -20,10 +20,17 @@ Ranker on against off: two snapshots of the same lake and vectors, one whose bui
 ``benchmarks/quality.py`` chooses (binary, 120 rounds of up to 31 leaves over the towers' top
 ``DEFAULT_CANDIDATES``), and the engagement head is an untrained towers' one: its cost, not its answer, is what
 is measured.
+
+``python -m benchmarks.bench_materialize [--users N] [--videos M]`` runs it on a world of another shape: one shard
+of a bigger world is measured as a world of that shard's users over the whole catalogue (``--users 25000 --videos
+2000000``: one of 40 user shards of 1,000,000 users and 2,000,000 videos). Such a world has the shard's users'
+histories but not the rest of the bigger world's interactions, which a real shard also reads before keeping its
+own users' (docs/scaling.md, the projection).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import shutil
 import tempfile
@@ -39,6 +46,7 @@ from benchmarks.common import BenchRow, stopwatch
 from benchmarks.snapshot_ranker import BENCH_CANDIDATES, BENCH_ROUNDS, save_random_model, snapshot_ranker
 from rec_core.data.lake import Lake
 from rec_core.feed.batch import BATCH_USERS, build_trending, materialize_feeds
+from rec_core.progress import setup_logging
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotPaths, begin_snapshot
 from rec_core.snapshot.model_copy import copy_model, model_file_names
@@ -105,11 +113,12 @@ def _ranked_twin(settings: Settings, off: SnapshotPaths, as_of: dt.datetime) -> 
     return on, t[0], leaves
 
 
-def run() -> list[BenchRow]:
+def run(users: int | None = None, videos: int | None = None) -> list[BenchRow]:
+    """The rows, on the default world or on one of ``users`` x ``videos`` (either left out: the default's)."""
     base = Settings.load()
     with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
         settings = base.override(data_dir=Path(tmp), feed_length=500, embedding_dim=DIM)
-        generate_data(settings, SCALE, seed=SEED)
+        generate_data(settings, SCALE, users=users, videos=videos, seed=SEED)
         lake = Lake(settings.paths.lake_dir)
         inter_ts = lake.read("interactions", ["ts"])["ts"]
         created = lake.read("videos", ["created_at"])["created_at"]
@@ -183,5 +192,10 @@ def run() -> list[BenchRow]:
 
 
 if __name__ == "__main__":
-    for row in run():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, help="users in the world (default: the default scale's)")
+    parser.add_argument("--videos", type=int, help="videos in the world (default: the default scale's)")
+    args = parser.parse_args()
+    setup_logging()
+    for row in run(args.users, args.videos):
         print(row)
