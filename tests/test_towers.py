@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import safetensors.torch
 import torch
 
 from rec_core.model.features import NEW_VIDEO_COLUMNS, FeatureStats, Vocabs, _gather_ranges, build_catalogue
-from rec_core.model.store import ModelStore
+from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.model.towers import (
     LEGACY_VIDEO_DENSE,
     USER_DENSE,
@@ -250,3 +251,42 @@ def test_a_model_saved_with_fewer_dense_inputs_still_loads_and_scores(tmp_path: 
         want = model.video(cat.batch(np.arange(3), legacy))
     torch.testing.assert_close(got, want)
     assert store.load("m1", quantize=True).model.video(cat.batch(np.arange(3), loaded.stats)).shape == (3, 8)
+
+
+def _mapped_from(path: Path, tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s bytes lie in a mapping of the file at ``path`` (Linux: /proc/self/maps)."""
+    ptr, target = tensor.data_ptr(), str(path.resolve())
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *_, name = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if name == target and lo <= ptr < hi:
+            return True
+    return False
+
+
+def test_a_loaded_version_maps_its_weights_and_never_writes_them(tmp_path: Path) -> None:
+    cfg = TowerConfig(embedding_dim=8, text_dim=8, n_items=50, n_creators=5, n_hashtags=4)
+    model = TwoTower(cfg).eval()
+    vocabs = Vocabs(np.array(["a"], dtype=object), np.array(["x"], dtype=object), np.array(["t"], dtype=object))
+    stats = FeatureStats.fit(np.zeros((2, len(VIDEO_DENSE))), np.zeros((2, len(USER_DENSE))))
+    store = ModelStore(tmp_path)
+    store.save("m1", model, vocabs, stats, {}, {})
+    weights = tmp_path / "m1" / "weights.safetensors"
+    before = weights.read_bytes()
+
+    loaded = store.load("m1").model
+    table = loaded.video.item_emb.weight
+    # Shared by every process that loads the version (API workers), not a copy on each one's heap.
+    assert _mapped_from(weights, table)
+    assert table.data_ptr() == loaded.user.item_emb.weight.data_ptr()  # the towers' tied id table, once
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)
+    with torch.no_grad():
+        table.add_(1.0)  # a private mapping: the process's own copy of the page, not the file
+    assert weights.read_bytes() == before
+
+    tensors = safetensors.torch.load_file(weights)
+    del tensors[sorted(tensors)[0]]
+    safetensors.torch.save_file(tensors, weights)
+    with pytest.raises(ModelStoreError, match="weights missing"):
+        store.load("m1")

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
 from rec_core.model.features import FeatureStats, Vocabs
@@ -235,7 +235,7 @@ class ModelStore:
         config = self._json(folder, version, "config.json", pending)
         # A version saved before the dense video inputs grew reads the first LEGACY_VIDEO_DENSE of them.
         model = TwoTower(TowerConfig(**{"video_dense": LEGACY_VIDEO_DENSE, **config["tower"]}))
-        load_model(model, str(folder / "weights.safetensors"))
+        _load_mapped(model, folder / "weights.safetensors")
         model.eval()
         if quantize:
             model = quantize_int8(model)
@@ -292,3 +292,18 @@ def _made_at(version: str) -> float:
     except ValueError:
         return 0.0
     return stamp.timestamp()
+
+
+def _load_mapped(model: TwoTower, path: Path) -> None:
+    """The weights at ``path`` into ``model`` as views of the file's mapping (safetensors maps it), not copies: every
+    API worker that loads this version shares their pages, as it shares the snapshot's mapped serving index.
+
+    The file holds each tied tensor once (the towers share their id tables), so a name it lacks must be another
+    name of a tensor it holds."""
+    tensors = load_file(path)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    state = model.state_dict()
+    held = {state[name].data_ptr() for name in tensors}
+    untied = [name for name in missing if state[name].data_ptr() not in held]
+    if untied or unexpected:
+        raise ModelStoreError(f"{path}: weights missing {untied}, unexpected {unexpected}")
