@@ -192,7 +192,15 @@ def test_likes_move_the_live_vector(api: ApiServer, api_world: Path) -> None:
     assert httpx.post(f"{api.url}/events", json={"events": events}).status_code == 200
     after = [i["video_id"] for i in page(api, "mover", limit=20)["items"]]
     target = np.mean([vids[v] for v in far], axis=0)
-    assert np.mean([vids[v] @ target for v in after]) > np.mean([vids[v] @ target for v in before]) + 0.05
+    # Closeness to the liked cluster as a rank among the whole catalogue, not as a cosine: the towers put every video
+    # within a narrow band of cosines of this target (0.83-0.91 from the 10th to the 90th percentile on one machine),
+    # so a fixed cosine margin measured how wide the band came out, not how far the page moved.
+    closeness = np.sort([float(vids[v] @ target) for v in vids])
+
+    def rank(ids: list[str]) -> float:
+        return float(np.mean(np.searchsorted(closeness, [float(vids[v] @ target) for v in ids]) / len(closeness)))
+
+    assert rank(after) > rank(before) + 0.2, (rank(before), rank(after))
     assert not set(far) & set(after)
 
 
