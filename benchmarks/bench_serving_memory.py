@@ -182,7 +182,7 @@ def run(data: Path | None = None) -> list[BenchRow]:
             "Milvus server, 2 workers: API processes' PSS",
             two_pss,
             "MiB",
-            "per process RSS/PSS: " + ", ".join(f"{p['rss']:.0f}/{p['pss']:.0f}" for p in workers),
+            "per process RSS/PSS/USS: " + ", ".join(f"{p['rss']:.0f}/{p['pss']:.0f}/{p['uss']:.0f}" for p in workers),
         ),
         BenchRow(NAME, "2 workers' PSS / 1 worker's", two_pss / one_pss, "x", "target <= 1.3"),
     ]

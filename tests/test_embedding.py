@@ -214,6 +214,8 @@ def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
     for name in ("text", "dense", "duration_s"):
         np.testing.assert_array_equal(getattr(served, name), getattr(from_lake, name), err_msg=name)
     assert served.as_of_ms == from_lake.as_of_ms == as_of_ms(build)
+    # One string object per creator, not per video: what each API worker holds of the catalogue's creators.
+    assert len({id(c) for c in served.creator_ids}) == len(set(served.creator_ids.tolist())) < len(served)
 
     shards = vectors_array(read_vector_shards(paths, "videos", VIDEO_SHARDS))
     np.testing.assert_allclose(video_vectors(loaded.model, served, loaded.stats).numpy(), shards, atol=1e-6)
