@@ -44,7 +44,9 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     index = load_serving_index(paths, build)
     own = index.spaces[build.model_version]
     model = load_snapshot_model(path_settings, paths, build)
-    catalogue = snapshot_catalogue(paths, build, model, matrices=(index.catalogue_text, index.catalogue_dense))
+    catalogue = snapshot_catalogue(
+        paths, build, model, matrices=(index.catalogue_text, index.catalogue_dense), video_ids=index.video_ids
+    )
     store = _open_store(path_settings, paths, build)
     view = SnapshotView(
         snapshot_id=paths.snapshot_id,

@@ -216,6 +216,14 @@ def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
     assert served.as_of_ms == from_lake.as_of_ms == as_of_ms(build)
     # One string object per creator, not per video: what each API worker holds of the catalogue's creators.
     assert len({id(c) for c in served.creator_ids}) == len(set(served.creator_ids.tolist())) < len(served)
+    # The API hands over the serving index's mapped ids (unicode), which the catalogue then holds instead of its own.
+    mapped = np.array(from_lake.video_ids.tolist())
+    with_mapped = snapshot_catalogue(paths, build, loaded, video_ids=mapped)
+    assert with_mapped.video_ids is mapped
+    np.testing.assert_array_equal(with_mapped.item_idx, from_lake.item_idx)
+    for wrong in (mapped[1:], mapped[::-1]):
+        with pytest.raises(ValueError, match="not the catalogue's"):
+            snapshot_catalogue(paths, build, loaded, video_ids=wrong)
 
     shards = vectors_array(read_vector_shards(paths, "videos", VIDEO_SHARDS))
     np.testing.assert_allclose(video_vectors(loaded.model, served, loaded.stats).numpy(), shards, atol=1e-6)

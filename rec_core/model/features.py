@@ -217,7 +217,7 @@ class ItemTimeline:
 class Catalogue:
     """Video-tower inputs for every video, in catalogue order; unstandardised dense features."""
 
-    video_ids: np.ndarray  # object, sorted
+    video_ids: np.ndarray  # str (object, or unicode mapped from a snapshot's serving index), sorted
     creator_ids: np.ndarray  # object
     text: np.ndarray  # (n, text_dim) float32
     duration_s: np.ndarray  # float32

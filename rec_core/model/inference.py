@@ -145,6 +145,7 @@ def snapshot_catalogue(
     loaded: LoadedModel,
     shared: Catalogue | None = None,
     matrices: tuple[np.ndarray, np.ndarray] | None = None,
+    video_ids: np.ndarray | None = None,
 ) -> Catalogue:
     """The whole catalogue of the build from the snapshot's catalogue parts: what the towers read at ``as_of``.
 
@@ -153,7 +154,8 @@ def snapshot_catalogue(
     uses (features at an earlier instant, videos shown as new). ``shared``, the same snapshot's catalogue for
     another model version, lends its arrays: only the vocabulary indices differ between versions. ``matrices``, the
     text and dense columns as arrays already in memory or mapped (the serving index's), are used instead of reading
-    those columns, the bulk of the parts.
+    those columns, the bulk of the parts. ``video_ids``, the sorted ids already mapped (the serving index's), are
+    used instead of a Python string per video, which every API worker would hold for itself.
     """
     if shared is not None:
         parts = [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
@@ -168,7 +170,7 @@ def snapshot_catalogue(
     plain = list(CATALOGUE_COLUMNS) if matrices is not None else None
     table = read_catalogue_shards(paths, build.video_shards, plain)
     text, dense = matrices or (vectors_array(table, CATALOGUE_TEXT), vectors_array(table, CATALOGUE_DENSE))
-    video_ids = np.asarray(table.column(VIDEO_ID).to_pylist(), dtype=object)
+    video_ids = _same_ids(table.column(VIDEO_ID), video_ids)
     creator_ids = _one_string_each(table.column("creator_id"))
     tags = table.column("hashtags").combine_chunks()
     lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -185,6 +187,17 @@ def snapshot_catalogue(
         created_ms=table.column("created_ms").to_numpy().astype(np.int64),
         as_of_ms=as_of_ms(build),
     )
+
+
+def _same_ids(column: pa.ChunkedArray, mapped: np.ndarray | None) -> np.ndarray:
+    """The catalogue's ids: ``mapped`` where given (checked to be the column's, ends and length), else the column as
+    Python strings."""
+    if mapped is None:
+        return np.asarray(column.to_pylist(), dtype=object)
+    n = len(column)
+    if len(mapped) != n or (n and (mapped[0] != column[0].as_py() or mapped[-1] != column[n - 1].as_py())):
+        raise ValueError(f"the mapped video ids ({len(mapped)}) are not the catalogue's ({n})")
+    return mapped
 
 
 def _one_string_each(column: pa.ChunkedArray) -> np.ndarray:
