@@ -299,7 +299,9 @@ def _load_mapped(model: TwoTower, path: Path) -> None:
     API worker that loads this version shares their pages, as it shares the snapshot's mapped serving index.
 
     The file holds each tied tensor once (the towers share their id tables), so a name it lacks must be another
-    name of a tensor it holds."""
+    name of a tensor it holds. Safe only because no writer rewrites a version's file in place (saves, snapshot
+    copies and pulls from the store all rename a new file into place): a mapped file truncated under a reader
+    would fault it."""
     tensors = load_file(path)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     state = model.state_dict()
