@@ -34,7 +34,6 @@ from rec_core.model.release import _towers, release_data
 from rec_core.model.store import ModelStore
 from rec_core.progress import setup_logging
 from rec_core.rank.ranker import Ranker
-from rec_core.rank.retrieval import tower_view
 from rec_core.rank.scoring import RankedRetrieval
 from rec_core.settings import Settings
 
@@ -53,7 +52,7 @@ def compare(settings: Settings, version: str | None) -> dict:
     users = len(instant.targets.users)
 
     started = time.perf_counter()
-    view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, instant.state.t_ms)
+    view = instant.view(towers)
     stacks = {
         RETRIEVAL: RankedRetrieval(view, instant.state, None, ranker.n_candidates),
         RANKED: RankedRetrieval(view, instant.state, ranker, ranker.n_candidates),

@@ -26,7 +26,7 @@ from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.model.training import TrainConfig
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, OBJECTIVES, Ranker, RankerConfig
-from rec_core.rank.retrieval import Towers, tower_view
+from rec_core.rank.retrieval import Towers
 from rec_core.rank.scoring import RankedRetrieval, evaluated_stacks
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
@@ -102,7 +102,7 @@ def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked
     loaded = store.load(version)
     towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
     instant = AsOfTestStart.of(data)
-    view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, instant.state.t_ms)
+    view = instant.view(towers)
     again = evaluate_scores(RankedRetrieval(view, instant.state, ranker, ranker.n_candidates), data.split, on="test")
     models = store.read_json(version, "metrics.json")["models"]
     assert again["recall@50"] == pytest.approx(models[RANKED]["recall@50"], abs=1e-9)
@@ -125,7 +125,7 @@ def test_the_stacks_read_their_own_top_and_find_what_ranking_the_full_catalogue_
     instant = AsOfTestStart.of(data)
     together = instant.stacks_metrics(towers, ranker)
     state, users = instant.state, instant.targets.users
-    view = tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, state.t_ms)
+    view = instant.view(towers)
     stacks = evaluated_stacks(view, state, ranker)
     scorers = {RETRIEVAL: stacks["retrieval"], RANKED: stacks["ranked"], MOST_POP_AT_TEST: PopularityAsOf.of(state)}
     for name, scorer in scorers.items():

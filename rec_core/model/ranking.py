@@ -188,20 +188,21 @@ class AsOfTestStart:
 
     def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> UserMetrics:
         """The towers' retrieval, reordered by ``ranker`` when given, per test user over the full catalogue."""
-        stacks = evaluated_stacks(self._view(towers), self.state, ranker)
+        stacks = evaluated_stacks(self.view(towers), self.state, ranker)
         return user_metrics(stacks["ranked" if ranker is not None else "retrieval"], self.targets)
 
     def stacks_metrics(self, towers: Towers, ranker: Ranker | None) -> dict[str, UserMetrics]:
         """Retrieval alone, retrieval + ranker when there is one, and MostPop of the same instant, per test user,
         evaluated together (one scoring of the catalogue per batch of users for both stacks)."""
-        stacks = evaluated_stacks(self._view(towers), self.state, ranker)
+        stacks = evaluated_stacks(self.view(towers), self.state, ranker)
         scorers: dict[str, ScoreFn] = {RETRIEVAL: stacks["retrieval"]}
         if ranker is not None:
             scorers[RANKED] = stacks["ranked"]
         scorers[MOST_POP_AT_TEST] = PopularityAsOf.of(self.state)
         return user_metrics_many(scorers, self.targets)
 
-    def _view(self, towers: Towers) -> TowerView:
+    def view(self, towers: Towers) -> TowerView:
+        """The towers as a ranking at this instant sees them: each test user's inputs as of ``t_ms``."""
         data = self.data
         return tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
 
