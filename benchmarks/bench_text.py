@@ -1,10 +1,11 @@
-"""Text encoder throughput in each runtime (torch and ONNX Runtime, fp32 and int8), and the embedding cache on a
-rerun.
+"""Text encoder throughput in each runtime (torch and ONNX Runtime, fp32 and int8) and each batch engine that
+stands in for torch fp32 (ONNX Runtime's graph, bf16 autocast), and the embedding cache on a rerun.
 
-The four runtimes (``REC_TEXT_MODEL=<model>``, ``+int8``, ``+onnx``, ``+onnx-int8``) are timed alternately in the
-same run (best of ``ROUNDS`` each), so the speed-up ratios survive the drift of a shared machine, and each one's
-vectors are compared with torch fp32's (cosine, mean and min). The captions are a sample of the default synthetic
-world's, the texts the pipeline encodes.
+The four runtimes (``REC_TEXT_MODEL=<model>``, ``+int8``, ``+onnx``, ``+onnx-int8``) and the two stand-ins
+(``REC_TEXT_BATCH_ENGINE=onnx|bf16``) are timed alternately in the same run (best of ``ROUNDS`` each), so the speed-up
+ratios survive the drift of a shared machine, and each one's vectors are compared with torch fp32's (cosine, mean and
+min). The captions are a sample of the default synthetic world's, the texts the pipeline encodes. bf16 is only fast
+on a CPU with AMX tiles (``amx_available``, printed in the notes).
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ import pyarrow as pa
 
 from benchmarks.common import BenchRow, stopwatch
 from rec_core.data.lake import Lake
-from rec_core.model.text_encoder import WHEEL_MODEL, TextEncoder, video_text
+from rec_core.model.text_encoder import WHEEL_MODEL, TextEncoder, amx_available, video_text
 from rec_core.model.text_features import embed_videos_text
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
 
 NAME = "bench_text"
-# Label -> suffix of REC_TEXT_MODEL (rec_core.model.text_encoder.RUNTIMES); the first is the reference.
-RUNS = {"fp32": "", "int8": "+int8", "onnx fp32": "+onnx", "onnx int8": "+onnx-int8"}
+# Label -> (suffix of REC_TEXT_MODEL (rec_core.model.text_encoder.RUNTIMES), batch engine); the first is the reference.
+RUNS = {
+    "fp32": ("", "torch"),
+    "int8": ("+int8", "torch"),
+    "onnx fp32": ("+onnx", "torch"),
+    "onnx int8": ("+onnx-int8", "torch"),
+    "bf16 stand-in": ("", "bf16"),
+}
 N_CAPTIONS = 2_000
 ROUNDS = 2
 CACHED_REPEATS = 5
@@ -51,9 +58,9 @@ def run() -> list[BenchRow]:
         import transformers  # noqa: F401  (timed apart from the model load)
     encoders: dict[str, TextEncoder] = {}
     loads: dict[str, float] = {}
-    for name, suffix in RUNS.items():
+    for name, (suffix, engine) in RUNS.items():
         with stopwatch() as load:
-            encoders[name] = TextEncoder(WHEEL_MODEL + suffix)
+            encoders[name] = TextEncoder(WHEEL_MODEL + suffix, engine=engine)
         loads[name] = load[0]
     for enc in encoders.values():  # warm-up: first-call allocations and kernel selection
         enc.encode(texts[:64], show_progress=False)
@@ -78,17 +85,19 @@ def run() -> list[BenchRow]:
             warm_seconds.append(warm.seconds)
 
     threads = torch.get_num_threads()
-    note = f"{N_CAPTIONS} captions of the default world, {threads} torch threads, best of {ROUNDS}"
+    amx = amx_available()
+    note = f"{N_CAPTIONS} captions of the default world, {threads} torch threads, best of {ROUNDS}, AMX {amx}"
     rows = [BenchRow(NAME, "import torch + transformers", imports[0], "s", "once per process")]
-    for name, suffix in RUNS.items():
-        rows.append(BenchRow(NAME, f"model load, {name}", loads[name], "s", f"REC_TEXT_MODEL={WHEEL_MODEL}{suffix}"))
+    for name, (suffix, engine) in RUNS.items():
+        setting = f"REC_TEXT_MODEL={WHEEL_MODEL}{suffix}, engine {engine} (runs as {encoders[name].runs_as})"
+        rows.append(BenchRow(NAME, f"model load, {name}", loads[name], "s", setting))
     for name in RUNS:
         rows.append(BenchRow(NAME, f"encode throughput, {name}", rates[name], "captions/s", note))
     for name in list(RUNS)[1:]:
         cosines = (vectors["fp32"] * vectors[name]).sum(axis=1)
         rows += [
             BenchRow(NAME, f"{name} speed-up over fp32", rates[name] / rates["fp32"], "x", "same run, alternated"),
-            BenchRow(NAME, f"cosine fp32 vs {name}, mean", float(cosines.mean()), "", f"min {cosines.min():.4f}"),
+            BenchRow(NAME, f"cosine fp32 vs {name}, mean", float(cosines.mean()), "", f"min {cosines.min():.6f}"),
         ]
     return [
         *rows,

@@ -169,10 +169,11 @@ class PathSettings(_Section):
             )
 
 
-# What may run a torch fp32 text model without changing its vectors (rec_core.model.text_encoder.TextEncoder's engine):
-# ONNX Runtime's fp32 graph gives torch's to float precision (cosine 1.0000 at the minimum over 2,000 captions,
-# docs/performance.md), and an exported graph is checked against torch before it stands in.
-TEXT_ENGINES = ("torch", "onnx")
+# What may run a torch fp32 text model under its model id (rec_core.model.text_encoder.TextEncoder's engine): ONNX
+# Runtime's fp32 graph gives torch's vectors to float precision (cosine 1.0000 at the minimum over 2,000 captions),
+# bf16 autocast on a CPU with AMX tiles within 4e-5 of them (cosine 0.99996 at the minimum), docs/performance.md;
+# each is checked against torch on probe inputs before it stands in. `auto` is bf16 where AMX runs it, else onnx.
+TEXT_ENGINES = ("auto", "torch", "onnx", "bf16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +189,14 @@ class ModelSettings(_Section):
         env="TEXT_MODEL",
     )
     text_batch_engine: str = _setting(
-        "onnx",
+        "auto",
         "What batch jobs run a torch fp32 text model (no suffix) with when they encode captions: `onnx` (ONNX "
         "Runtime's fp32 graph: the same vectors to float precision, checked on probe inputs when the graph is "
-        "exported, else torch runs; 1.3-1.7x the captions/s; the graph kept under `<data root>/cache/text-graphs`) or "
-        "`torch`. The API encodes posted videos with torch, loaded once before its workers fork.",
+        "exported, else torch runs; 1.3-1.7x the captions/s; the graph kept under `<data root>/cache/text-graphs`), "
+        "`bf16` (torch under bf16 autocast: cosine >= 0.9999 to fp32, checked on probe inputs, else torch fp32 runs; "
+        "about 2.3x fp32's captions/s on a CPU with AMX tiles, several times slower without them), `torch`, or "
+        "`auto`: bf16 where the CPU has AMX, else onnx. The API encodes posted videos with torch fp32, loaded once "
+        "before its workers fork.",
         env="TEXT_BATCH_ENGINE",
     )
     torch_threads: int = _setting(
