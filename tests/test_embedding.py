@@ -214,6 +214,11 @@ def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
     for name in ("text", "dense", "duration_s"):
         np.testing.assert_array_equal(getattr(served, name), getattr(from_lake, name), err_msg=name)
     assert served.as_of_ms == from_lake.as_of_ms == as_of_ms(build)
+    # The vocabulary indices are held as int32, whichever way the catalogue was built (what each API worker keeps)
+    for catalogue in (served, from_lake):
+        assert {getattr(catalogue, n).dtype for n in ("item_idx", "creator_idx", "hashtag_idx", "hashtag_offsets")} == {
+            np.dtype(np.int32)
+        }
     # One string object per creator, not per video: what each API worker holds of the catalogue's creators.
     assert len({id(c) for c in served.creator_ids}) == len(set(served.creator_ids.tolist())) < len(served)
     # The API hands over the serving index's mapped ids (unicode), which the catalogue then holds instead of its own.

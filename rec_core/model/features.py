@@ -221,15 +221,21 @@ class Catalogue:
     creator_ids: np.ndarray  # object
     text: np.ndarray  # (n, text_dim) float32
     duration_s: np.ndarray  # float32
-    item_idx: np.ndarray  # int64 model vocab index, 0 = unknown
-    creator_idx: np.ndarray
-    hashtag_idx: np.ndarray  # int64, flattened vocab indices
-    hashtag_offsets: np.ndarray  # int64 (n,)
+    item_idx: np.ndarray  # int32 model vocab index, 0 = unknown
+    creator_idx: np.ndarray  # int32
+    hashtag_idx: np.ndarray  # int32, flattened vocab indices
+    hashtag_offsets: np.ndarray  # int32 (n,)
     dense: np.ndarray  # (n, len(VIDEO_DENSE)) float32, as of ``as_of_ms``
     created_ms: np.ndarray | None = None  # int64 (n,)
     timeline: ItemTimeline | None = None  # interactions before as_of, for features at an earlier instant
     creator_debut: np.ndarray | None = None  # bool (n,): no earlier video of the same creator
     as_of_ms: int = 0
+
+    def __post_init__(self) -> None:
+        # Held as int32: every API worker keeps a catalogue, and these four are ~4 values per video (about 16 MiB per
+        # worker at 500,000 videos as int64). Batches hand the towers int64, as built.
+        for name in ("item_idx", "creator_idx", "hashtag_idx", "hashtag_offsets"):
+            object.__setattr__(self, name, _int32(getattr(self, name), name))
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -270,8 +276,8 @@ class Catalogue:
         """
         if dense is None:
             dense = self.dense[rows] if at_ms is None else self.dense_at(rows, at_ms)
-        item_idx = self.item_idx[rows]
-        creator_idx = self.creator_idx[rows]
+        item_idx = self.item_idx[rows].astype(np.int64)
+        creator_idx = self.creator_idx[rows].astype(np.int64)
         if as_new is not None and as_new.any():
             dense = dense.copy()
             dense[np.ix_(as_new, NEW_VIDEO_COLUMNS)] = 0.0
@@ -289,6 +295,15 @@ class Catalogue:
             hashtag_offsets=torch.from_numpy(offsets),
             dense=torch.from_numpy(stats.video(dense)),
         )
+
+
+def _int32(values: np.ndarray, name: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype == np.int32:
+        return values
+    if len(values) and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"catalogue {name} out of int32's range")
+    return values.astype(np.int32)
 
 
 def _time_columns(timeline: ItemTimeline, created_ms: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -581,4 +596,4 @@ def _pool_rows(
         text = np.where(as_new[:, None], 0.0, text)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     text = (text / np.maximum(lengths, 1)[:, None]).astype(np.float32)
-    return catalogue.item_idx[positions], offsets, text
+    return catalogue.item_idx[positions].astype(np.int64), offsets, text
