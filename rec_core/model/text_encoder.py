@@ -185,11 +185,9 @@ class TextEncoder:
         import transformers
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if engine not in TEXT_ENGINES:
-            raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
+        engine = batch_engine(engine)  # checks it, too
         source = resolve_model(model)
         self.source = replace(source, runtime=with_int8(source.runtime) if quantize else source.runtime)
-        engine = batch_engine(engine)
         # What actually runs: the setting's runtime, or a stand-in engine for torch fp32.
         stands_in = engine in {"onnx", "bf16"} and self.source.runtime == "torch"
         self.runs_as = engine if stands_in else self.source.runtime
