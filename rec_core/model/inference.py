@@ -160,12 +160,11 @@ def snapshot_catalogue(
     if shared is not None:
         parts = [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
         tags = pa.concat_arrays([pq.read_table(f, columns=["hashtags"]).column(0).combine_chunks() for f in parts])
-        tags = tags.flatten()
         return dataclasses.replace(
             shared,
             item_idx=Vocabs.lookup(loaded.vocabs.items, shared.video_ids),
             creator_idx=Vocabs.lookup(loaded.vocabs.creators, shared.creator_ids),
-            hashtag_idx=Vocabs.lookup(loaded.vocabs.hashtags, np.asarray(tags.to_pylist(), dtype=object)),
+            hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, tags.flatten()),
         )
     plain = list(CATALOGUE_COLUMNS) if matrices is not None else None
     table = read_catalogue_shards(paths, build.video_shards, plain)
@@ -181,7 +180,7 @@ def snapshot_catalogue(
         duration_s=table.column("duration_s").to_numpy().astype(np.float32),
         item_idx=Vocabs.lookup(loaded.vocabs.items, video_ids),
         creator_idx=Vocabs.lookup(loaded.vocabs.creators, creator_ids),
-        hashtag_idx=Vocabs.lookup(loaded.vocabs.hashtags, np.asarray(tags.flatten().to_pylist(), dtype=object)),
+        hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, tags.flatten()),
         hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         dense=dense if matrices is not None else np.ascontiguousarray(dense),
         created_ms=table.column("created_ms").to_numpy().astype(np.int64),
@@ -198,6 +197,15 @@ def _same_ids(column: pa.ChunkedArray, mapped: np.ndarray | None) -> np.ndarray:
     if len(mapped) != n or (n and (mapped[0] != column[0].as_py() or mapped[-1] != column[n - 1].as_py())):
         raise ValueError(f"the mapped video ids ({len(mapped)}) are not the catalogue's ({n})")
     return mapped
+
+
+def _vocab_codes(vocab: np.ndarray, values: pa.Array) -> np.ndarray:
+    """:meth:`Vocabs.lookup` of ``values`` (0 for a null), looking each distinct value up once: the catalogue's
+    hashtags are ~5 per video over a few thousand distinct tags, and a Python string for each of them (2.5 M at the
+    large scale) was the bulk of a snapshot load's temporary objects."""
+    encoded = values.dictionary_encode()
+    codes = np.append(Vocabs.lookup(vocab, np.asarray(encoded.dictionary.to_pylist(), dtype=object)), 0)
+    return codes[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
 
 
 def _one_string_each(column: pa.ChunkedArray) -> np.ndarray:
