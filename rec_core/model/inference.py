@@ -28,7 +28,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -203,18 +203,22 @@ def _vocab_codes(vocab: np.ndarray, values: pa.Array) -> np.ndarray:
     """:meth:`Vocabs.lookup` of ``values`` (0 for a null), looking each distinct value up once: the catalogue's
     hashtags are ~5 per video over a few thousand distinct tags, and a Python string for each of them (2.5 M at the
     large scale) was the bulk of a snapshot load's temporary objects."""
-    encoded = values.dictionary_encode()
-    codes = np.append(Vocabs.lookup(vocab, np.asarray(encoded.dictionary.to_pylist(), dtype=object)), 0)
-    return codes[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
+    return _per_distinct(values, lambda distinct: Vocabs.lookup(vocab, distinct), 0)
 
 
 def _one_string_each(column: pa.ChunkedArray) -> np.ndarray:
     """``column`` as an object array holding one Python string per distinct value: a creator's id repeated on each
     of their videos is one object, not one per video (19,814 creators for 500,000 videos at the large scale; ~26
     MiB less in every process that loads a catalogue, each API worker among them)."""
-    encoded = column.combine_chunks().dictionary_encode()
-    values = np.asarray([*encoded.dictionary.to_pylist(), None], dtype=object)  # the last: a null's
-    return values[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
+    return _per_distinct(column.combine_chunks(), lambda distinct: distinct, None)
+
+
+def _per_distinct(values: pa.Array, of_distinct: Callable[[np.ndarray], np.ndarray], null: object) -> np.ndarray:
+    """``of_distinct`` of the distinct values of ``values`` (an object array of them), spread back over the rows
+    through Arrow's dictionary encoding; ``null`` where a row is null."""
+    encoded = values.dictionary_encode()
+    mapped = np.append(of_distinct(np.asarray(encoded.dictionary.to_pylist(), dtype=object)), null)
+    return mapped[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
 
 
 # ---- batch vectors of one shard -----------------------------------------------
