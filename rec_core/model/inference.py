@@ -170,7 +170,8 @@ def snapshot_catalogue(
     table = read_catalogue_shards(paths, build.video_shards, plain)
     text, dense = matrices or (vectors_array(table, CATALOGUE_TEXT), vectors_array(table, CATALOGUE_DENSE))
     video_ids = _same_ids(table.column(VIDEO_ID), video_ids)
-    creator_ids = _one_string_each(table.column("creator_id"))
+    creators = table.column("creator_id").combine_chunks()
+    creator_ids = _one_string_each(creators)
     tags = table.column("hashtags").combine_chunks()
     lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
     return Catalogue(
@@ -179,7 +180,7 @@ def snapshot_catalogue(
         text=text if matrices is not None else np.ascontiguousarray(text),
         duration_s=table.column("duration_s").to_numpy().astype(np.float32),
         item_idx=Vocabs.lookup(loaded.vocabs.items, video_ids),
-        creator_idx=Vocabs.lookup(loaded.vocabs.creators, creator_ids),
+        creator_idx=_vocab_codes(loaded.vocabs.creators, creators),
         hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, tags.flatten()),
         hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         dense=dense if matrices is not None else np.ascontiguousarray(dense),
@@ -201,16 +202,16 @@ def _same_ids(column: pa.ChunkedArray, mapped: np.ndarray | None) -> np.ndarray:
 
 def _vocab_codes(vocab: np.ndarray, values: pa.Array) -> np.ndarray:
     """:meth:`Vocabs.lookup` of ``values`` (0 for a null), looking each distinct value up once: the catalogue's
-    hashtags are ~5 per video over a few thousand distinct tags, and a Python string for each of them (2.5 M at the
-    large scale) was the bulk of a snapshot load's temporary objects."""
+    hashtags are ~5 per video over a few thousand distinct tags (a Python string for each of them, 2.5 M at the large
+    scale, was the bulk of a snapshot load's temporary objects), its creators ~25 videos each."""
     return _per_distinct(values, lambda distinct: Vocabs.lookup(vocab, distinct), 0)
 
 
-def _one_string_each(column: pa.ChunkedArray) -> np.ndarray:
+def _one_string_each(column: pa.Array) -> np.ndarray:
     """``column`` as an object array holding one Python string per distinct value: a creator's id repeated on each
     of their videos is one object, not one per video (19,814 creators for 500,000 videos at the large scale; ~26
     MiB less in every process that loads a catalogue, each API worker among them)."""
-    return _per_distinct(column.combine_chunks(), lambda distinct: distinct, None)
+    return _per_distinct(column, lambda distinct: distinct, None)
 
 
 def _per_distinct(values: pa.Array, of_distinct: Callable[[np.ndarray], np.ndarray], null: object) -> np.ndarray:
