@@ -1,9 +1,11 @@
-"""``python -m jobs.pipeline begin | latest | run``: a snapshot by hand, or every stage without Airflow.
+"""``python -m jobs.pipeline begin | latest | run | stage``: a snapshot by hand, or stages without Airflow.
 
 ``begin`` starts a snapshot of the current model (then run ``jobs.embed_videos``,
 ``jobs.embed_users``, ``jobs.load_vectors``, ``jobs.materialize_feeds``, ``jobs.publish``
 on it); ``latest`` prints the newest unpublished snapshot; ``run`` runs the stages of
-:mod:`rec_core.stages` in this process, in their declared order, and publishes.
+:mod:`rec_core.stages` in this process, in their declared order, and publishes; ``stage NAME``
+runs one of them as its Airflow task does (``stage validate --snapshot ID``, then
+``stage publish --snapshot ID``, then ``stage rebuild_warehouse``) and prints its result.
 """
 
 from __future__ import annotations
@@ -16,7 +18,22 @@ from rec_core.model.store import ModelStoreError
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.begin import begin, latest_unpublished
 from rec_core.snapshot.layout import SnapshotError
-from rec_core.stages import run_all
+from rec_core.stages import PIPELINE, Stage, run_all
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in PIPELINE}
+
+
+def run_one(settings: Settings, stage: Stage, snapshot_id: str | None, shard: int | None) -> object:
+    """One declared stage, given only what a task after ``begin_snapshot`` is given: the snapshot and its shard."""
+    values = {"snapshot_id": snapshot_id} if snapshot_id is not None else {}
+    missing = [name for name in stage.needs if name not in values]
+    if missing:
+        raise ValueError(f"stage {stage.name} needs {missing}: run it within `run` or the DAG, or pass --snapshot")
+    if (stage.shards is None) != (shard is None):
+        raise ValueError(
+            f"stage {stage.name} " + ("runs once per shard: pass --shard" if shard is None else "has no shards")
+        )
+    return stage.run(settings, values, shard)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--epochs", type=int, default=None)
     r.add_argument("--video-shards", type=int, default=2)
     r.add_argument("--user-shards", type=int, default=2)
+    s = sub.add_parser("stage", help="run one declared stage as its Airflow task does; print its result")
+    s.add_argument("name", choices=list(STAGES))
+    s.add_argument("--snapshot", help="the snapshot the stage works on (stages after begin_snapshot)")
+    s.add_argument("--shard", type=int, help="the shard, for a stage run once per shard")
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
@@ -45,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 user_shards=args.user_shards,
             )
             print(json.dumps({"published": snapshot_id}))
+        elif args.command == "stage":
+            print(json.dumps(run_one(settings, STAGES[args.name], args.snapshot, args.shard), default=str))
         else:
             print(latest_unpublished(settings.paths))
     except (SettingsError, ModelStoreError, SnapshotError, ValueError) as exc:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.pipeline import main as pipeline_main
 from jobs.publish import main as publish_main
 from rec_core.data.lake import Lake
 from rec_core.settings import PathSettings, Settings
@@ -536,6 +537,27 @@ def test_command_line(settings: Settings, capsys: pytest.CaptureFixture[str]) ->
     assert good.snapshot_id in out and "building" in out and "live" in out
     assert publish_main(["--rollback", *data]) == 2
     assert "no earlier published snapshot" in capsys.readouterr().err
+
+
+def test_the_dag_tasks_one_at_a_time_from_the_command_line(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jobs.pipeline stage` runs what the DAG's validate, publish and rebuild_warehouse tasks run, and no more:
+    its publish does not validate, so an unvalidated snapshot is refused, as the task refuses it."""
+    monkeypatch.setenv("REC_DATA_DIR", str(settings.paths.data_dir))
+    paths = build_snapshot(settings, 1)
+    assert pipeline_main(["stage", "publish", "--snapshot", paths.snapshot_id]) == 2
+    assert live_snapshot_id(settings.paths) is None
+    assert pipeline_main(["stage", "validate"]) == 2
+    assert "needs ['snapshot_id']" in capsys.readouterr().err
+    assert pipeline_main(["stage", "validate", "--snapshot", paths.snapshot_id]) == 0
+    assert json.loads(capsys.readouterr().out)["snapshot_id"] == paths.snapshot_id
+    assert not settings.paths.warehouse_path.exists()
+    assert pipeline_main(["stage", "publish", "--snapshot", paths.snapshot_id]) == 0
+    assert live_snapshot_id(settings.paths) == paths.snapshot_id
+    assert not settings.paths.warehouse_path.exists()
+    assert pipeline_main(["stage", "rebuild_warehouse"]) == 0
+    assert settings.paths.warehouse_path.is_file()
 
 
 # ---- kills during publish -------------------------------------------------------------------------------------------
