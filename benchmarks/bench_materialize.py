@@ -7,11 +7,14 @@ the vectors are random 64-d unit vectors (the stage's cost does not depend on
 what a model learnt). One user shard holds every user, so the figure is the
 throughput of one process.
 
-The bound is ``users @ videos.T`` then ``torch.topk(feed_length)`` over the same
+The bound is ``users @ videos.T`` then a top-k of ``feed_length`` over the same
 vectors in the same batches -- what ranking alone costs, with no watched
-filter, no policy, no reasons, no I/O. It is measured before and after the
-materialization in the same run (shared machines drift) and averaged; the
-ratio ``materialize users/s / bound users/s`` is the figure to watch (target >= 0.5).
+filter, no policy, no reasons, no I/O -- by the faster of two selections:
+``torch.topk`` over a fresh product, and the stage's own (a reused buffer and
+:mod:`rec_core.feed.top_k_kernel`), both reported. It is measured before and
+after the materialization in the same run (shared machines drift) and averaged;
+the ratio ``materialize users/s / bound users/s`` is the figure to watch
+(target >= 0.5).
 
 Ranker on against off: two snapshots of the same lake and vectors, one whose build applies a ranker
 (``rank/`` written as the pipeline's begin stage writes it), materialized off, on, off in one run; the ratio
@@ -46,6 +49,7 @@ from benchmarks.common import BenchRow, stopwatch
 from benchmarks.snapshot_ranker import BENCH_CANDIDATES, BENCH_ROUNDS, save_random_model, snapshot_ranker
 from rec_core.data.lake import Lake
 from rec_core.feed.batch import BATCH_USERS, build_trending, materialize_feeds
+from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotPaths, begin_snapshot
@@ -70,13 +74,21 @@ def _write(path: Path, id_column: str, ids: pa.Array, vectors: np.ndarray) -> No
     pq.write_table(pa.table({id_column: ids, "vector": column}), path)
 
 
-def matmul_topk_bound(users: np.ndarray, videos: np.ndarray, k: int, batch: int = BATCH_USERS) -> float:
-    """Seconds for the plain ranking of every user: batched matmul + top-k, nothing else."""
+def matmul_topk_bound(users: np.ndarray, videos: np.ndarray, k: int, batch: int = BATCH_USERS) -> dict[str, float]:
+    """Seconds for the plain ranking of every user, batched matmul + top-k and nothing else, by each selection:
+    ``torch.topk`` over a fresh product, and the stage's own (one reused buffer, the compiled selection)."""
     u, v = torch.from_numpy(users), torch.from_numpy(videos).T.contiguous()
+    seconds = {}
     with stopwatch() as t, torch.inference_mode():
         for lo in range(0, len(users), batch):
             torch.topk(u[lo : lo + batch] @ v, k, dim=1)
-    return t[0]
+    seconds["torch.topk"] = t[0]
+    buffer = torch.empty((min(batch, len(users)), v.shape[1]), dtype=torch.float32)
+    with stopwatch() as t, torch.inference_mode():
+        for lo in range(0, len(users), batch):
+            top_k_rows(torch.mm(u[lo : lo + batch], v, out=buffer[: min(batch, len(users) - lo)]).numpy(), k)
+    seconds["compiled"] = t[0]
+    return seconds
 
 
 def _ranked_twin(settings: Settings, off: SnapshotPaths, as_of: dt.datetime) -> tuple[SnapshotPaths, float, float]:
@@ -142,6 +154,7 @@ def run(users: int | None = None, videos: int | None = None) -> list[BenchRow]:
         save_random_model(settings.paths.models_dir, MODEL, DIM)
         ranked, state_s, leaves = _ranked_twin(settings, paths, as_of)
 
+        top_k_rows(users[:2] @ videos[:4096].T, 8)  # compiled (or loaded from numba's cache) before any timing
         bound_before = matmul_topk_bound(users, videos, settings.batch.feed_length)
         with stopwatch() as t_trend:
             build_trending(settings, paths.snapshot_id)
@@ -156,17 +169,29 @@ def run(users: int | None = None, videos: int | None = None) -> list[BenchRow]:
         state_bytes = sum(f.stat().st_size for f in ranked.rank_dir.iterdir())
 
     n = len(users)
-    bound_s = (bound_before + bound_after) / 2
+    # The bound is the faster selection's (the mean of its two measurements), so a slow selection never flatters
+    # the ratio.
+    means = {name: (bound_before[name] + bound_after[name]) / 2 for name in bound_before}
+    best = min(means, key=means.__getitem__)
+    bound_s = means[best]
     mat_rate, bound_rate = n / t_mat[0], n / bound_s
     off_rate, on_rate = n / ((t_mat[0] + t_off[0]) / 2), n / t_on[0]
     shape = f"{n:,} users x {len(videos):,} videos, {DIM}-d, feed {settings.batch.feed_length}"
     rows = [
         BenchRow(NAME, "materialize throughput", mat_rate, "users/s", f"{shape}, 1 shard, end to end incl. I/O"),
-        BenchRow(NAME, "bound: matmul + topk", bound_rate, "users/s", f"same vectors, batch {BATCH_USERS}, k=feed"),
+        BenchRow(
+            NAME, "bound: matmul + topk", bound_rate, "users/s", f"same vectors, batch {BATCH_USERS}, k=feed, {best}"
+        ),
+        *(
+            BenchRow(NAME, f"bound with {name}", n / means[name], "users/s", "the same, by this selection")
+            for name in means
+        ),
         BenchRow(NAME, "ratio materialize / bound", mat_rate / bound_rate, "x", "target >= 0.5"),
         BenchRow(NAME, "materialize wall time", t_mat[0], "s", f"{summary['rows']:,} feed rows"),
         BenchRow(NAME, "trending wall time", t_trend[0], "s", "trending.parquet"),
-        BenchRow(NAME, "bound wall time", bound_s, "s", f"before {bound_before:.2f}s, after {bound_after:.2f}s"),
+        BenchRow(
+            NAME, "bound wall time", bound_s, "s", f"before {bound_before[best]:.2f}s, after {bound_after[best]:.2f}s"
+        ),
         BenchRow(NAME, "ranker off throughput", off_rate, "users/s", f"mean of 2 runs around the on run: {shape}"),
         BenchRow(
             NAME,

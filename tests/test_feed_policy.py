@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rec_core.feed.candidates import ExclusionCSR, iter_top_k, top_k, trending_order, trending_scores
 from rec_core.feed.policy import MS_PER_DAY, FeedPolicy, apply, check_feed, select, select_block, select_eligible
 from rec_core.feed.reasons import Reason, ReasonCatalogue, TagIndex, UserSignals, explain, render, truncate
+from rec_core.feed.top_k_kernel import SAMPLE_RUN, SAMPLE_RUNS, top_k_rows
 
 AS_OF = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 AS_OF_MS = int(AS_OF.timestamp() * 1000)
@@ -369,6 +370,37 @@ def test_top_k_ties_break_by_lower_index() -> None:
     videos = np.array([[1, 0], [0, 1], [2, 0], [1, 0], [0, 1]], dtype=np.float32)  # scores 1, 1, 2, 1, 1
     idx, _ = top_k(users, videos, 5)
     assert idx[0].tolist() == [2, 0, 1, 3, 4]
+
+
+@pytest.mark.parametrize("k", [1, 40, 1500])
+def test_compiled_selection_is_exact_at_catalogue_width(k: int) -> None:
+    """The threshold path (rows far wider than the sample) against a full stable sort, including rows that defeat
+    the sample: ties across the k-th place, a row whose best values all sit between the sampled runs, and rows
+    with fewer than k finite scores, which must fall back to a full selection and still be exact."""
+    rng = np.random.default_rng(7)
+    n = 60_000
+    scores = rng.standard_normal((12, n)).astype(np.float32)
+    scores[1] = np.round(scores[1], 1)  # a few dozen distinct values: ties everywhere, the k-th place included
+    scores[2] = 0.25  # every value tied
+    scores[3, : n - k // 2] = -np.inf  # fewer than k finite scores
+    scores[4] = -np.inf
+    step = n // SAMPLE_RUNS  # row 5: the best 3k values all lie outside the sampled runs
+    outside = np.flatnonzero(np.arange(n) % step >= SAMPLE_RUN)[: 3 * k]
+    scores[5] = -1.0
+    scores[5, outside] = rng.uniform(1, 2, len(outside)).astype(np.float32)
+    indices, values, full_rows = top_k_rows(scores, k)
+    for r in range(len(scores)):
+        want = np.lexsort((np.arange(n), -scores[r]))[:k]
+        assert indices[r].tolist() == want.tolist(), r
+        assert np.array_equal(values[r], scores[r, want])
+    assert full_rows == 4  # rows 2 (all tied: every value passes), 3, 4 and 5; never the random rows, nor row 1
+
+
+def test_compiled_selection_refuses_what_it_cannot_select() -> None:
+    with pytest.raises(ValueError, match="k=6 for rows of 5"):
+        top_k_rows(np.zeros((2, 5), dtype=np.float32), 6)
+    indices, values, full_rows = top_k_rows(np.zeros((0, 5), dtype=np.float32), 3)
+    assert indices.shape == values.shape == (0, 3) and full_rows == 0
 
 
 def test_top_k_subsets_map_back_to_full_indices() -> None:

@@ -1,8 +1,9 @@
 """Exact candidate generation: every user against every video, best ``k`` per user, watched videos excluded.
 
-``scores = users @ videos.T`` in batches of users, watched (and own) videos set
-to ``-inf`` from a CSR of exclusions, then ``torch.topk``. Memory is bounded by
-the batch: ``batch_size x n_videos`` float32 (1,024 x 50,000 is 200 MB).
+``scores = users @ videos.T`` in batches of users, into one reused buffer, watched
+(and own) videos set to ``-inf`` from a CSR of exclusions, then an exact top-k
+(:mod:`rec_core.feed.top_k_kernel`). Memory is bounded by the batch:
+``batch_size x n_videos`` float32 (512 x 500,000 is 1 GB).
 
 Why exact matmul and not the Milvus index: at the catalogue sizes of a batch
 run (50,000 videos, 64-d) one user-batch matmul is a dense GEMM that runs near
@@ -15,10 +16,9 @@ stays the tool for what it is good at: live lookups in the API for users and
 videos the batch has not seen. ``benchmarks/bench_materialize.py`` measures
 this stage against the plain matmul + topk bound.
 
-Ties (equal scores) are broken by the lower video index, so with videos sorted
-by id the order never depends on torch's top-k internals (which video wins a
-tie exactly at the k-th place is still torch's choice, deterministic for a given
-input and thread count).
+Ties (equal scores) are broken by the lower video index, the k-th place
+included, so with videos sorted by id the order never depends on a library's
+internals or the thread count.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from rec_core.feed.top_k_kernel import top_k_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +166,13 @@ def iter_top_k(
     k = max(0, min(k, n_videos))
     subset_idx = [torch.from_numpy(np.asarray(idx, dtype=np.int64)) for idx, _ in subsets]
     subset_k = [max(0, min(sk, len(idx))) for idx, sk in subsets]
+    # One score buffer for every batch: a fresh batch_size x n_videos tensor each time (1 GB at 500,000 videos)
+    # is new memory the kernel must map and zero, which cost more than the product written into it.
+    buffer = torch.empty((min(batch_size, n_users), n_videos), dtype=torch.float32)
     with torch.inference_mode():
         for lo in range(0, n_users, batch_size):
             hi = min(lo + batch_size, n_users)
-            scores = users[lo:hi] @ videos_t
+            scores = torch.mm(users[lo:hi], videos_t, out=buffer[: hi - lo])
             if exclude is not None:
                 a, b = exclude.indptr[lo], exclude.indptr[hi]
                 if b > a:
@@ -199,19 +204,8 @@ def top_k(
 
 
 def _top_k(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if k == 0:
-        rows = scores.shape[0]
-        return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0), dtype=np.float32)
-    values, indices = torch.topk(scores, k, dim=1, sorted=True)
-    values_np, indices_np = values.numpy(), indices.numpy()
-    # topk's order among equal scores is an implementation detail; re-sort the (rare) rows with ties by index.
-    ties = np.flatnonzero((values_np[:, 1:] == values_np[:, :-1]).any(axis=1))
-    if len(ties):
-        order = np.lexsort((indices_np[ties], -values_np[ties]), axis=-1)
-        values_np[ties] = np.take_along_axis(values_np[ties], order, axis=1)
-        indices_np[ties] = np.take_along_axis(indices_np[ties], order, axis=1)
-    indices_np = np.where(np.isneginf(values_np), -1, indices_np)
-    return indices_np.astype(np.int64, copy=False), values_np.astype(np.float32, copy=False)
+    indices, values, _ = top_k_rows(scores.numpy(), k)
+    return np.where(np.isneginf(values), -1, indices), values
 
 
 # Engagement weights of the popularity ("trending") score: a view counts 1, watching it through adds up to 1 more,
