@@ -22,6 +22,7 @@ from rec_core.eval.ranking_metrics import (
     evaluate_scores,
     evaluate_targets,
 )
+from rec_core.model.lazy_adam import LazyAdam
 from rec_core.model.release import gate_version, train_towers
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import TowerConfig, TwoTower
@@ -397,6 +398,33 @@ def test_sparse_id_tables_move_only_the_rows_each_step_touched(prepared: Trainin
     earlier_only = earlier_only[earlier_only > 0]
     assert len(earlier_only) > 0
     assert bool(moved[earlier_only].any()) is not sparse  # dense Adam's momentum moves them again; lazy Adam does not
+
+
+def test_lazy_adam_is_sparse_adams_update() -> None:
+    """The compiled lazy Adam against ``torch.optim.SparseAdam`` (the reference it replaces) over steps whose
+    gradients repeat rows, as a batch's history lookups do, and skip others: the same weights and moments to float
+    rounding (only the order duplicate rows are summed in differs); rows never named never move."""
+    rng = np.random.default_rng(0)
+    rows, dim = 3000, 16
+    start = torch.randn(rows, dim)
+    reference, lazy = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    optimizers = torch.optim.SparseAdam([reference], lr=0.01), LazyAdam([lazy], lr=0.01)
+    for step in range(25):
+        ids = torch.from_numpy(rng.integers(0, 200 if step % 2 else 2000, 5000))  # 25 repeats a row, or 2-3
+        grad = torch.sparse_coo_tensor(ids[None], torch.randn(len(ids), dim), (rows, dim), check_invariants=True)
+        reference.grad, lazy.grad = grad.clone(), grad.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    torch.testing.assert_close(lazy, reference, rtol=0, atol=1e-5)
+    for moment in ("exp_avg", "exp_avg_sq"):
+        # Squares of sums of 25 rows: float32 sums in another order differ by ~1e-5 of the value.
+        got, want = optimizers[1].state[lazy][moment], optimizers[0].state[reference][moment]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(lazy[2000:], start[2000:]) and not torch.equal(lazy[:2000], start[:2000])
+    bad = torch.tensor([[rows]])  # past the last row: torch builds it unchecked, the step must refuse it
+    lazy.grad = torch.sparse_coo_tensor(bad, torch.ones(1, dim), (rows, dim), check_invariants=False)
+    with pytest.raises(ValueError, match=r"outside 0\.\.2999"):
+        optimizers[1].step()
 
 
 def test_training_with_sparse_ids_runs_both_towers_and_keeps_the_unknown_row_at_zero(prepared: TrainingData) -> None:

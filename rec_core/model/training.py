@@ -46,6 +46,7 @@ from rec_core.model.features import (
     build_histories,
     build_vocabs,
 )
+from rec_core.model.lazy_adam import LazyAdam
 from rec_core.model.towers import TowerConfig, TwoTower, sampled_softmax_loss
 from rec_core.progress import Progress
 
@@ -224,7 +225,7 @@ class StartFrom:
 
 
 class _Optimizers:
-    """AdamW for the dense layers and (``sparse_ids``) SparseAdam for the id tables, stepped as one."""
+    """AdamW for the dense layers and (``sparse_ids``) a lazy Adam for the id tables, stepped as one."""
 
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
         self.optimizers = optimizers
@@ -251,8 +252,8 @@ def _optimizer(model: TwoTower, cfg: TrainConfig) -> _Optimizers:
     dense = [p for p in model.parameters() if id(p) not in sparse_weights]
     return _Optimizers(
         _adamw(dense, cfg),
-        # No weight decay here: SparseAdam has none, and a decay of the untouched rows is what made the step dense.
-        torch.optim.SparseAdam([table.weight for table in tables], lr=cfg.lr),
+        # No weight decay here: a lazy Adam has none, and a decay of the untouched rows is what made the step dense.
+        LazyAdam([table.weight for table in tables], lr=cfg.lr),
     )
 
 
