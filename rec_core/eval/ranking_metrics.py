@@ -2,8 +2,8 @@
 
 Every evaluated user is ranked against the whole catalogue (no sampled
 negatives), in batches: ``score_fn`` returns a (batch, n_items) score matrix,
-the items the user interacted with in TRAINING are set to ``-inf``, and
-``torch.topk`` takes the top ``max(ks)``. A scorer whose ranking starts with a
+the items the user interacted with in TRAINING are set to ``-inf``, and the
+top ``max(ks)`` is selected exactly (:mod:`rec_core.feed.top_k_kernel`). A scorer whose ranking starts with a
 list it already holds (:class:`TopScorer`: retrieval's candidates, the
 ranker's order, popularity) hands over its top ``max(ks)`` instead, and no
 (batch, n_items) matrix is built: at 500,000 videos that matrix is 2 GB a
@@ -38,8 +38,8 @@ that appeared after the training cut) applied to the model's ranking. Any
 scorer can be evaluated that way, baselines included, so a comparison "as
 served" is like for like.
 
-Ties are broken by ``torch.topk`` (arbitrary but deterministic for a given
-input); scorers that care break them themselves. A ``-inf`` (or NaN) score
+Ties in the full scores are broken by the lower item index; a scorer's own
+list (``TopScorer``) keeps its own order. A ``-inf`` (or NaN) score
 means "not recommended": such an item never counts as a hit, nor towards
 coverage, even when K exceeds the number of scorable items.
 """
@@ -59,6 +59,7 @@ import torch
 
 from rec_core.data.split import Split, SplitPart, interaction_matrix
 from rec_core.feed.policy import FeedPolicy, select_eligible
+from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,8 @@ def _ranked_top(
     scores = _masked_scores(score_fn, batch, targets.history, targets.n_items)
     if served is not None:
         return _served_top(scores, k, served)
-    top_vals, top_idx = torch.topk(scores, k, dim=1, sorted=True)
-    return top_idx, top_vals > float("-inf")  # padding when fewer than K items are scorable
+    top_idx, top_vals, _ = top_k_rows(scores.numpy(), k)
+    return torch.from_numpy(top_idx), torch.from_numpy(top_vals > float("-inf"))  # padding: fewer than K scorable
 
 
 def cold_ranks(
@@ -322,11 +323,13 @@ def cold_ranks(
 
 def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix, n_items: int) -> torch.Tensor:
     raw = score_fn(batch)
-    # Always copy: the scorer may hand back a view (e.g. an expanded popularity row) or its own buffer.
-    scores = torch.as_tensor(raw).to(torch.float32, copy=True)
+    # Always copy: the scorer may hand back a view (e.g. an expanded popularity row) or its own buffer. The copy
+    # and NaN's replacement are one pass.
+    scores = torch.nan_to_num(
+        torch.as_tensor(raw).to(torch.float32), nan=float("-inf"), posinf=math.inf, neginf=-math.inf
+    )
     if scores.shape != (len(batch), n_items):
         raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(batch), n_items)}")
-    scores.masked_fill_(torch.isnan(scores), float("-inf"))
     rows, cols = _batch_coo(history, batch)
     scores[rows, cols] = float("-inf")
     return scores

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import before_user_cuts
+from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.model.features import Catalogue, FeatureStats, Histories, Vocabs, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, user_vectors, video_vectors
@@ -98,8 +99,8 @@ def as_of_scores(scores: torch.Tensor, seen: sp.csr_matrix, posted: np.ndarray, 
     """
     sub = seen[np.asarray(users, dtype=np.int64)]
     rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
-    out = scores.clone()
-    out[:, torch.from_numpy(~posted)] -= NOT_POSTED_PENALTY
+    # One pass makes the copy and moves the unposted videos down (x - 0 is x exactly).
+    out = scores - torch.from_numpy(np.where(posted, 0.0, NOT_POSTED_PENALTY).astype(np.float32))
     out[torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))] = float("-inf")
     return out
 
@@ -107,10 +108,17 @@ def as_of_scores(scores: torch.Tensor, seen: sp.csr_matrix, posted: np.ndarray, 
 def top_candidates(scores: torch.Tensor, posted: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's best ``n`` posted videos by :func:`as_of_scores`' ``scores``: (items int64 [rows, n], scores
     float32 [rows, n]), -1 / NaN past the last one above ``-inf`` (a user who has seen almost everything)."""
-    scores = scores.masked_fill(torch.from_numpy(~posted), float("-inf"))
-    values, items = torch.topk(scores, min(n, scores.shape[1]), dim=1)
-    items_np, values_np = items.numpy().astype(np.int64), values.numpy().astype(np.float32)
-    missing = ~np.isfinite(values_np)
-    items_np[missing] = -1
-    values_np[missing] = np.nan
+    n = min(n, scores.shape[1])
+    # as_of_scores put every unposted video below every posted one, so a row's best n are its best posted ones,
+    # then unposted ones, then -inf: no masked copy of the scores is needed. A row where that order does not hold
+    # (scores not from as_of_scores) is selected again from a masked copy.
+    items_np, values_np, _ = top_k_rows(scores.numpy(), n)
+    keep = posted[items_np] & np.isfinite(values_np)
+    disordered = np.flatnonzero((keep[:, 1:] & ~keep[:, :-1]).any(axis=1))
+    if len(disordered):
+        masked = scores[torch.from_numpy(disordered)].masked_fill(torch.from_numpy(~posted), float("-inf"))
+        items_np[disordered], values_np[disordered], _ = top_k_rows(masked.numpy(), n)
+        keep[disordered] = np.isfinite(values_np[disordered])
+    items_np[~keep] = -1
+    values_np[~keep] = np.nan
     return items_np, values_np
