@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from jobs.cli import settings_for
 from rec_core.model.store import ModelStoreError
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.begin import begin, latest_unpublished
@@ -25,6 +26,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in PIPELINE}
 
 def run_one(settings: Settings, stage: Stage, snapshot_id: str | None, shard: int | None) -> object:
     """One declared stage, given only what a task after ``begin_snapshot`` is given: the snapshot and its shard."""
+    if snapshot_id is not None and "snapshot_id" not in stage.needs:
+        raise ValueError(f"stage {stage.name} takes no snapshot: leave --snapshot out")
     values = {"snapshot_id": snapshot_id} if snapshot_id is not None else {}
     missing = [name for name in stage.needs if name not in values]
     if missing:
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 user_shards=args.user_shards,
             )
             print(json.dumps({"published": snapshot_id}))
-        elif args.command == "stage":
+        elif args.command == "stage":  # as a task runs it: its logging on stderr, torch's threads capped
+            settings = settings_for(args)
             print(json.dumps(run_one(settings, STAGES[args.name], args.snapshot, args.shard), default=str))
         else:
             print(latest_unpublished(settings.paths))

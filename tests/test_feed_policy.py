@@ -388,12 +388,21 @@ def test_compiled_selection_is_exact_at_catalogue_width(k: int) -> None:
     outside = np.flatnonzero(np.arange(n) % step >= SAMPLE_RUN)[: 3 * k]
     scores[5] = -1.0
     scores[5, outside] = rng.uniform(1, 2, len(outside)).astype(np.float32)
+    zeros = rng.choice(n, 2000, replace=False)  # row 6: the best are 0.0 and -0.0, equal, so in index order
+    scores[6] = -1.0
+    scores[6, zeros] = np.where(rng.random(2000) < 0.5, 0.0, -0.0).astype(np.float32)
+    # Row 7: NaN counts as -inf, even at the head of a scanned block that holds the row's best (outside the sample).
+    heads = np.flatnonzero((np.arange(n) % 16 == 0) & (np.arange(n) % step >= SAMPLE_RUN + 16))
+    scores[7, heads] = np.nan
+    scores[7, heads[5] + 3] = 9.0
     indices, values, full_rows = top_k_rows(scores, k)
+    as_ranked = np.where(np.isnan(scores), -np.inf, scores)
     for r in range(len(scores)):
-        want = np.lexsort((np.arange(n), -scores[r]))[:k]
+        want = np.lexsort((np.arange(n), -as_ranked[r]))[:k]
         assert indices[r].tolist() == want.tolist(), r
-        assert np.array_equal(values[r], scores[r, want])
-    assert full_rows == 4  # rows 2 (all tied: every value passes), 3, 4 and 5; never the random rows, nor row 1
+        assert np.array_equal(values[r], as_ranked[r, want])
+    assert indices[7, 0] == heads[5] + 3
+    assert full_rows == 5  # rows 2 (all tied: every value passes), 3, 4, 5 and 6; never the random rows, nor row 1
 
 
 def test_compiled_selection_refuses_what_it_cannot_select() -> None:

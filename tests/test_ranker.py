@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import interaction_matrix
@@ -21,7 +22,7 @@ from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import RankExamples, as_of_split, label_matrix, split_examples
 from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
 from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_objective, list_metrics, train_ranker
-from rec_core.rank.retrieval import Towers, TowerView, tower_view
+from rec_core.rank.retrieval import Towers, TowerView, as_of_scores, top_candidates, tower_view
 from rec_core.rank.scoring import RankedRetrieval, rank_order
 from rec_core.rank.state import AsOfState, state_at
 from rec_core.settings import ModelSettings, Settings
@@ -293,6 +294,30 @@ def test_retrieval_plus_ranker_scores_the_full_catalogue_and_beats_retrieval_alo
     users = np.unique(split.test.user_idx)[:50]
     loaded = RankedRetrieval(view, state, Ranker.load(ranker.save(tmp_path / "r")), n=200)
     np.testing.assert_array_equal(loaded(users).numpy(), ranked(users).numpy())
+
+
+def test_candidates_are_the_best_posted_unseen_videos_whatever_the_scores() -> None:
+    """``top_candidates`` selects from the unmasked scores (as_of_scores leaves every unposted video below every
+    posted one); it must equal a selection from a masked copy for users with fewer posted unseen videos than it
+    takes, for scores that break that order, and on ties (the lower index first)."""
+    rng = np.random.default_rng(5)
+    n_items, n = 3000, 40
+    posted = rng.random(n_items) < 0.8
+    raw = torch.from_numpy(rng.uniform(-1, 1, (6, n_items)).astype(np.float32))
+    raw[1, :100] = 0.5  # ties
+    seen = np.zeros((6, n_items), dtype=bool)
+    seen[2, np.flatnonzero(posted)[n // 2 :]] = True  # user 2 has n / 2 posted videos left unseen
+    scores = as_of_scores(raw, sp.csr_matrix(seen), posted, np.arange(6))
+    scores[3, ~posted] = 50.0  # not as_of_scores' order: unposted above every posted one
+    items, values = top_candidates(scores, posted, n)
+    masked = scores.masked_fill(torch.from_numpy(~posted), float("-inf")).numpy()
+    for r in range(6):
+        order = np.lexsort((np.arange(n_items), -masked[r]))[:n]
+        real = np.isfinite(masked[r, order])
+        assert items[r].tolist() == np.where(real, order, -1).tolist(), r
+        np.testing.assert_array_equal(values[r], np.where(real, masked[r, order], np.nan))
+    assert (items[2] == -1).sum() == n - n // 2
+    assert posted[items[items >= 0]].all() and not seen[2, items[2][items[2] >= 0]].any()
 
 
 def test_popular_candidates_sit_behind_the_towers_list_once_and_never_seen() -> None:

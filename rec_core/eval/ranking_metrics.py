@@ -326,7 +326,7 @@ def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix,
     # Always copy: the scorer may hand back a view (e.g. an expanded popularity row) or its own buffer. The copy
     # and NaN's replacement are one pass.
     scores = torch.nan_to_num(
-        torch.as_tensor(raw).to(torch.float32), nan=float("-inf"), posinf=math.inf, neginf=-math.inf
+        torch.as_tensor(raw).detach().to(torch.float32), nan=float("-inf"), posinf=math.inf, neginf=-math.inf
     )
     if scores.shape != (len(batch), n_items):
         raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(batch), n_items)}")

@@ -32,6 +32,10 @@ SAMPLE_MARGIN = 16
 def _key(bits: np.int32, index: np.int64) -> np.uint64:
     """An unsigned key that sorts ascending as (score descending, index ascending); ``bits`` are the float32's."""
     b = np.uint32(bits)
+    if b == np.uint32(0x80000000):  # -0.0 equals 0.0: the same key, so the tie goes by index
+        b = np.uint32(0)
+    elif (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN ranks as -inf
+        b = np.uint32(0xFF800000)
     ascending = b ^ np.uint32(0x80000000) if (b & np.uint32(0x80000000)) == 0 else ~b
     return (np.uint64(~ascending) << np.uint64(32)) | np.uint64(index)
 
@@ -64,8 +68,8 @@ def _top_k_rows(
             # value that passes.
             full = n - n % SCAN_BLOCK
             for begin in range(0, full, SCAN_BLOCK):
-                top = row[begin]
-                for q in range(1, SCAN_BLOCK):
+                top = np.float32(-np.inf)  # not row[begin]: a NaN there would hide the block
+                for q in range(SCAN_BLOCK):
                     v = row[begin + q]
                     top = v if v > top else top
                 if top >= threshold:
@@ -94,13 +98,13 @@ def _top_k_rows(
         for c in range(k):
             j = np.int64(keys[c] & np.uint64(0xFFFFFFFF))
             indices[r, c] = j
-            values[r, c] = row[j]
+            values[r, c] = row[j] if row[j] == row[j] else -np.inf
     return int(fallbacks.sum())
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(indices int64 [rows, k], values float32 [rows, k], rows selected from in full) of a float32 [rows, n]
-    matrix; ``0 <= k <= n < 2**32``. -inf scores sort last and are returned as they are; NaN is not allowed."""
+    matrix; ``0 <= k <= n < 2**32``. -inf scores sort last; a NaN counts as -inf and is returned as -inf."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     rows, n = scores.shape
     if not 0 <= k <= n or n >= 2**32:

@@ -32,8 +32,8 @@ def _update(
     exp_avg_sq: np.ndarray,
     ids: np.ndarray,
     values: np.ndarray,
-    keep1: np.float32,
-    keep2: np.float32,
+    rate1: np.float32,
+    rate2: np.float32,
     eps: np.float32,
     step_size: np.float32,
 ) -> None:
@@ -50,7 +50,6 @@ def _update(
         order[fill[ids[i]]] = i
         fill[ids[i]] += 1
     touched = np.flatnonzero(starts[1:] != starts[:-1])
-    one = np.float32(1)
     for chunk in prange((len(touched) + CHUNK_ROWS - 1) // CHUNK_ROWS):
         grad = np.empty(dim, dtype=np.float32)
         for t in range(chunk * CHUNK_ROWS, min((chunk + 1) * CHUNK_ROWS, len(touched))):
@@ -60,8 +59,8 @@ def _update(
                 grad += values[order[q]]
             for c in range(dim):
                 g = grad[c]
-                m = exp_avg[r, c] + (one - keep1) * (g - exp_avg[r, c])
-                v = exp_avg_sq[r, c] + (one - keep2) * (g * g - exp_avg_sq[r, c])
+                m = exp_avg[r, c] + rate1 * (g - exp_avg[r, c])
+                v = exp_avg_sq[r, c] + rate2 * (g * g - exp_avg_sq[r, c])
                 exp_avg[r, c] = m
                 exp_avg_sq[r, c] = v
                 weight[r, c] -= step_size * (m / (np.sqrt(v) + eps))
@@ -88,8 +87,14 @@ class LazyAdam(torch.optim.Optimizer):
                 grad = param.grad
                 if grad is None:
                     continue
-                if not grad.is_sparse or param.dtype != torch.float32 or param.dim() != 2:
-                    raise ValueError("LazyAdam steps float32 2-d parameters with sparse gradients (sparse=True)")
+                if (
+                    not grad.is_sparse
+                    or grad.sparse_dim() != 1
+                    or param.dtype != torch.float32
+                    or param.dim() != 2
+                    or grad._values().shape[1:] != param.shape[1:]
+                ):
+                    raise ValueError("LazyAdam steps float32 2-d parameters with row-sparse gradients (sparse=True)")
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
@@ -107,8 +112,8 @@ class LazyAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"].numpy(),
                     ids,
                     grad._values().contiguous().numpy(),
-                    np.float32(beta1),
-                    np.float32(beta2),
+                    np.float32(1 - beta1),  # as torch rounds them: the rate, not 1 - the rounded beta
+                    np.float32(1 - beta2),
                     np.float32(group["eps"]),
                     np.float32(step_size),
                 )

@@ -109,16 +109,17 @@ def top_candidates(scores: torch.Tensor, posted: np.ndarray, n: int) -> tuple[np
     """Each row's best ``n`` posted videos by :func:`as_of_scores`' ``scores``: (items int64 [rows, n], scores
     float32 [rows, n]), -1 / NaN past the last one above ``-inf`` (a user who has seen almost everything)."""
     n = min(n, scores.shape[1])
-    # as_of_scores put every unposted video below every posted one, so a row's best n are its best posted ones,
-    # then unposted ones, then -inf: no masked copy of the scores is needed. A row where that order does not hold
-    # (scores not from as_of_scores) is selected again from a masked copy.
+    # as_of_scores put every unposted video below every posted one, so where a row's best n are all posted they are
+    # its best posted ones and no masked copy of the scores is needed. Only a row whose list holds an unposted
+    # video with a score (a user with fewer than n posted videos unseen, or scores not from as_of_scores) can hide
+    # a posted one: those rows are selected again from a masked copy.
     items_np, values_np, _ = top_k_rows(scores.numpy(), n)
     keep = posted[items_np] & np.isfinite(values_np)
-    disordered = np.flatnonzero((keep[:, 1:] & ~keep[:, :-1]).any(axis=1))
-    if len(disordered):
-        masked = scores[torch.from_numpy(disordered)].masked_fill(torch.from_numpy(~posted), float("-inf"))
-        items_np[disordered], values_np[disordered], _ = top_k_rows(masked.numpy(), n)
-        keep[disordered] = np.isfinite(values_np[disordered])
+    suspect = np.flatnonzero((~posted[items_np] & np.isfinite(values_np)).any(axis=1))
+    if len(suspect):
+        masked = scores[torch.from_numpy(suspect)].masked_fill(torch.from_numpy(~posted), float("-inf"))
+        items_np[suspect], values_np[suspect], _ = top_k_rows(masked.numpy(), n)
+        keep[suspect] = np.isfinite(values_np[suspect])
     items_np[~keep] = -1
     values_np[~keep] = np.nan
     return items_np, values_np
