@@ -24,8 +24,8 @@ SAMPLE_RUN = 128  # values per run: 8 cache lines
 # The threshold lets through the values whose rank in the sample would put them, at the row's full width, within
 # SURVIVOR_FACTOR x k, plus SAMPLE_MARGIN more ranks of the sample (so that a small k still has a margin).
 SURVIVOR_FACTOR = 2.0
-SCAN_BLOCK = 16  # values scanned as one block: the threshold is compared with their maximum first
 SAMPLE_MARGIN = 16
+SCAN_BLOCK = 16  # values scanned as one block: the threshold is compared with their maximum first
 
 
 @njit(cache=True, inline="always")
