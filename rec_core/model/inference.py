@@ -37,7 +37,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
@@ -158,13 +157,12 @@ def snapshot_catalogue(
     used instead of a Python string per video, which every API worker would hold for itself.
     """
     if shared is not None:
-        parts = [paths.catalogue_part(i, build.video_shards) for i in range(build.video_shards)]
-        tags = pa.concat_arrays([pq.read_table(f, columns=["hashtags"]).column(0).combine_chunks() for f in parts])
+        table = read_catalogue_shards(paths, build.video_shards, ["creator_id", "hashtags"])
         return dataclasses.replace(
             shared,
             item_idx=Vocabs.lookup(loaded.vocabs.items, shared.video_ids),
-            creator_idx=Vocabs.lookup(loaded.vocabs.creators, shared.creator_ids),
-            hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, tags.flatten()),
+            creator_idx=_vocab_codes(loaded.vocabs.creators, table.column("creator_id").combine_chunks()),
+            hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, table.column("hashtags").combine_chunks().flatten()),
         )
     plain = list(CATALOGUE_COLUMNS) if matrices is not None else None
     table = read_catalogue_shards(paths, build.video_shards, plain)
