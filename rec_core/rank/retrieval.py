@@ -114,8 +114,9 @@ def top_candidates(scores: torch.Tensor, posted: np.ndarray, n: int) -> tuple[np
     # video with a score (a user with fewer than n posted videos unseen, or scores not from as_of_scores) can hide
     # a posted one: those rows are selected again from a masked copy.
     items_np, values_np, _ = top_k_rows(scores.numpy(), n)
-    keep = posted[items_np] & np.isfinite(values_np)
-    suspect = np.flatnonzero((~posted[items_np] & np.isfinite(values_np)).any(axis=1))
+    listed_posted, scored = posted[items_np], np.isfinite(values_np)
+    keep = listed_posted & scored
+    suspect = np.flatnonzero((~listed_posted & scored).any(axis=1))
     if len(suspect):
         masked = scores[torch.from_numpy(suspect)].masked_fill(torch.from_numpy(~posted), float("-inf"))
         items_np[suspect], values_np[suspect], _ = top_k_rows(masked.numpy(), n)
