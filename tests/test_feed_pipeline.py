@@ -108,6 +108,49 @@ def test_duplicates_agree_with_and_without_the_sources_promise() -> None:
     assert not Seen().mask(block, seen)[np.arange(6), 0][video[:, 0] >= 0].any()
 
 
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 12), width=st.integers(1, 30), n_videos=st.integers(1, 50))
+def test_the_batchs_compiled_membership_is_the_sets_and_the_live_paths_answer(
+    seed: int, rows: int, width: int, n_videos: int
+) -> None:
+    """Seen and Duplicates over a block of rows (the batch's compiled pass) give, row by row, what Python sets
+    give and what the same filters give one row at a time (the live path's code)."""
+    rng = np.random.default_rng(seed)
+    video = rng.integers(-1, n_videos, size=(rows, width))
+    users = rng.permutation(rows + 3)[:rows]
+    pairs = rng.integers(0, n_videos, size=(2, 4 * rows))
+    pairs[0] %= rows + 3
+    sets = ExclusionCSR.from_pairs(pairs[0], pairs[1], rows + 3)
+    block = CandidateBlock(
+        users=users,
+        video=video,
+        score=np.zeros(video.shape, np.float32),
+        creator=np.zeros(video.shape, np.int64),
+        fresh=np.zeros(video.shape, bool),
+    )
+    ctx = FeedContext(
+        FeedPolicy(feed_length=10),
+        np.arange(n_videos).astype(str),
+        np.arange(1).astype(str),
+        np.full(rows + 3, -1),
+        sets,
+        served=sets,
+    )
+    seen, fresh = Seen().mask(block, ctx), Duplicates().mask(block, ctx)
+    for r, u in enumerate(users):
+        held, taken = set(sets.row(u).tolist()), set(sets.row(u).tolist())
+        for c, v in enumerate(video[r].tolist()):
+            assert seen[r, c] == (v not in held)  # a keep-mask
+            if v >= 0:  # -1 is no video: the pipeline drops it whatever a filter says
+                assert fresh[r, c] == (v not in taken)
+            taken.add(v)
+        one = dataclasses.replace(block, users=users[r : r + 1], video=video[r : r + 1])
+        live_keep = video[r] >= 0
+        assert (Seen().mask(one, ctx)[0] & live_keep == seen[r] & live_keep).all()
+        assert (Duplicates().mask(one, ctx)[0] & live_keep == fresh[r] & live_keep).all()
+    with pytest.raises(ValueError, match="outside a catalogue"):
+        sets.contains(np.array([0, 1]), np.full((2, 1), n_videos), n_videos)  # two rows: the batch's pass
+
+
 @given(
     n=st.integers(1, 60),
     seed=st.integers(0, 10_000),

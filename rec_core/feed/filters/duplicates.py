@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from rec_core.feed.block import CandidateBlock, FeedContext
-from rec_core.feed.candidates import bitmap_keys
+from rec_core.feed.candidates import ExclusionCSR
+from rec_core.feed.membership_kernel import first_outside_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,20 +24,10 @@ class Duplicates:
             if served:
                 keep &= ~ctx.served.contains(block.users, block.video, n)
             return keep
-        if ctx.served is not None:
-            taken = ctx.served.bitmap(block.users, n)
-        else:
-            taken = np.zeros(block.rows * (n + 1), dtype=bool)
-        if block.unique_parts is None:
-            return _first_in_row(block.video) & ~np.take(taken, bitmap_keys(block.video, n))
-        # Parts in order, each free of repeats: a part's video is a duplicate iff an earlier part took it. Flat
-        # lookups with a spare "no video" slot: no validity pass (the pipeline drops -1 anyway).
-        keep = np.empty(block.video.shape, dtype=bool)
-        for i, (a, b) in enumerate(itertools.pairwise(block.unique_parts)):
-            keys = bitmap_keys(block.video[:, a:b], n)
-            keep[:, a:b] = ~np.take(taken, keys) if i or served else True  # nothing is taken before the first
-            taken[keys] = True
-        return keep
+        # The batch: a compiled pass over the block (rec_core.feed.membership_kernel). Its parts, each free of
+        # repeats and in order, make a row's first occurrence the one an earlier part did not take.
+        sets = ctx.served if ctx.served is not None else ExclusionCSR.empty(int(block.users.max(initial=-1)) + 1)
+        return first_outside_rows(block.video, block.users, sets.indptr, sets.indices, n)
 
 
 def _first_in_row(video: np.ndarray) -> np.ndarray:
