@@ -22,10 +22,18 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rec_core.data.lake import Lake
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rec_core.atomic import write_with
+from rec_core.data.lake import Lake, lake_for
+from rec_core.model.store import model_store
+from rec_core.model.text_encoder import resolve_model, video_text
+from rec_core.model.text_features import CACHE_FILE, cache_dir, text_key
 from rec_core.progress import setup_logging
 from rec_core.settings import Settings
 from rec_core.snapshot.publish import live_snapshot
@@ -81,104 +89,185 @@ def run_stage(stage: str, args: list[str], env: dict[str, str]) -> tuple[StageRo
     return row, "".join(captured)
 
 
-def profile(
-    data_dir: Path, scale: str, epochs: int, video_shards: int, user_shards: int, incremental: bool = False
-) -> tuple[list[StageRow], list[str]]:
+@dataclass(slots=True)
+class Profiler:
+    """Runs stages as the pipeline's tasks, one process each, on one data root, and keeps their rows."""
+
+    data_dir: Path
+    epochs: int
+    video_shards: int
+    user_shards: int
+    rows: list[StageRow] = field(default_factory=list)
+    gates: list[str] = field(default_factory=list)  # a line per release: what the gate decided
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "REC_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+
+    def stage(self, name: str, *args: str) -> str:
+        row, out = run_stage(name, list(args), self.env)
+        self.rows.append(row)
+        partial = self.data_dir.parent / f"{self.data_dir.name}.partial.md"  # beside the root: survives a kill
+        partial.write_text(to_markdown(self.rows) + "\n")
+        return out
+
+    def sharded(self, name: str, shards: int, *args: str) -> None:
+        for i in range(shards):
+            self.stage(f"{name} (shard {i + 1} of {shards})", *args, "--shard", str(i))
+        part = self.rows[-shards:]
+        wall, cpu = sum(r.wall_s for r in part), sum(r.cpu_s for r in part)
+        self.rows.append(StageRow(f"{name}, all {shards} shards (sum)", wall, cpu, None, None, None))
+
+    def release_and_snapshot(self, prefix: str) -> None:
+        """Captions, the release, and a snapshot built, validated and published, as the DAG runs them.
+
+        A first run whose model the gate refuses leaves nothing to build a snapshot of; what is measured here is
+        what the stages cost, so that version is then promoted by hand (``jobs.models promote``, the gate's manual
+        override), as its own row, and said."""
+        data_dir = self.data_dir
+        if prefix:
+            self.stage(f"{prefix}caption embeddings, new videos only", "jobs.build_features")
+        else:
+            self.stage("caption embeddings, cold cache", "jobs.build_features")
+            self.stage("caption embeddings, cached", "jobs.build_features")
+        decision_file = data_dir.parent / f"{data_dir.name}.release.json"
+        self.stage(
+            f"{prefix}train + evaluate + gate",
+            "jobs.train_towers",
+            "--epochs",
+            str(self.epochs),
+            "--json",
+            str(decision_file),
+        )
+        decision = json.loads(decision_file.read_text())
+        self.gates.append(
+            f"{prefix or 'cold: '}{decision['version']} {'passed' if decision['passed'] else 'refused'} by the gate: "
+            + "; ".join(decision["reasons"])
+        )
+        if decision["current"] is None:
+            self.stage(
+                f"{prefix}promote by hand (gate refused, none current)", "jobs.models", "promote", decision["version"]
+            )
+            self.gates[-1] += (
+                f" (promoted by hand so that the stages after it run: `jobs.models promote {decision['version']}`)"
+            )
+        begun = self.stage(
+            f"{prefix}begin snapshot",
+            "jobs.pipeline",
+            "begin",
+            "--video-shards",
+            str(self.video_shards),
+            "--user-shards",
+            str(self.user_shards),
+        )
+        snapshot = json.loads(begun.strip().splitlines()[-1])["snapshot_id"]
+        self.sharded(f"{prefix}embed videos", self.video_shards, "jobs.embed_videos", "--snapshot", snapshot)
+        self.sharded(f"{prefix}embed users", self.user_shards, "jobs.embed_users", "--snapshot", snapshot)
+        self.stage(f"{prefix}load vectors into Milvus Lite", "jobs.load_vectors", "--snapshot", snapshot)
+        self.stage(f"{prefix}trending list", "jobs.materialize_feeds", "--snapshot", snapshot, "--trending")
+        self.sharded(f"{prefix}materialize feeds", self.user_shards, "jobs.materialize_feeds", "--snapshot", snapshot)
+        # The DAG's three last tasks, each as its task runs it. (`jobs.publish --snapshot` validates again before
+        # the swap and rebuilds the warehouse after it, so profiling it beside these would count both twice.)
+        self.stage(f"{prefix}validate snapshot", "jobs.pipeline", "stage", "validate", "--snapshot", snapshot)
+        self.stage(f"{prefix}publish", "jobs.pipeline", "stage", "publish", "--snapshot", snapshot)
+        self.stage(f"{prefix}rebuild warehouse", "jobs.pipeline", "stage", "rebuild_warehouse")
+
+
+def profile(profiler: Profiler, scale: str, incremental: bool = False) -> None:
     """Every stage of the pipeline from an empty data root to a published snapshot and its warehouse.
 
     With ``incremental``, the first run is on the lake rewound by :data:`NEW_INTERACTIONS` of its interactions and
     :data:`NEW_VIDEOS` of its videos (``rec_core.synthetic.rewind``); then the whole world is committed, as an
     ingest would, and the stages run again: the caption cache encodes only the new videos, and the release starts
-    warm from the model the first run promoted (``REC_WARM_START``).
+    warm from the model the first run promoted (``REC_WARM_START``)."""
+    profiler.stage("generate data", "jobs.generate_data", "--scale", scale)
+    whole = _rewind(profiler.data_dir) if incremental else None
+    profiler.stage("ingest inbox", "jobs.ingest_inbox")
+    profiler.release_and_snapshot("")
+    _record_cold_model(profiler.data_dir)
+    if whole is not None:
+        _commit_version(profiler.data_dir, whole)
+        profiler.release_and_snapshot(INCREMENTAL)
 
-    Returns the rows and a line per release saying what the gate decided. A first run whose model the gate
-    refuses leaves nothing to build a snapshot of; what is measured here is what the stages cost, so that version
-    is then promoted by hand (``jobs.models promote``, the gate's manual override), as its own row, and said."""
-    env = {**os.environ, "REC_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    rows: list[StageRow] = []
-    gates: list[str] = []
 
-    partial = data_dir.parent / f"{data_dir.name}.partial.md"  # beside the root: it survives a killed run
+def incremental_again(profiler: Profiler) -> None:
+    """The incremental run once more, on a root a whole ``--incremental`` profile left, put back first as its cold
+    run left it (:func:`rewind_to_cold`): to measure a change to the incremental path against the last profile, on
+    the same machine and the same world."""
+    whole = rewind_to_cold(profiler.data_dir)
+    _commit_version(profiler.data_dir, whole)
+    profiler.release_and_snapshot(INCREMENTAL)
 
-    def stage(name: str, *args: str) -> str:
-        row, out = run_stage(name, list(args), env)
-        rows.append(row)
-        partial.write_text(to_markdown(rows) + "\n")
-        return out
 
-    def sharded(name: str, shards: int, *args: str) -> None:
-        for i in range(shards):
-            stage(f"{name} (shard {i + 1} of {shards})", *args, "--shard", str(i))
-        part = rows[-shards:]
-        wall, cpu = sum(r.wall_s for r in part), sum(r.cpu_s for r in part)
-        rows.append(StageRow(f"{name}, all {shards} shards (sum)", wall, cpu, None, None, None))
+def rewind_to_cold(data_dir: Path) -> str:
+    """Put a profiled root back as its cold run left it; returns the lake version holding the whole world.
 
-    def release_and_snapshot(prefix: str) -> None:
-        if prefix:
-            stage(f"{prefix}caption embeddings, new videos only", "jobs.build_features")
-        else:
-            stage("caption embeddings, cold cache", "jobs.build_features")
-            stage("caption embeddings, cached", "jobs.build_features")
-        decision_file = data_dir.parent / f"{data_dir.name}.release.json"
-        stage(
-            f"{prefix}train + evaluate + gate",
-            "jobs.train_towers",
-            "--epochs",
-            str(epochs),
-            "--json",
-            str(decision_file),
-        )
-        decision = json.loads(decision_file.read_text())
-        gates.append(
-            f"{prefix or 'cold: '}{decision['version']} {'passed' if decision['passed'] else 'refused'} by the gate: "
-            + "; ".join(decision["reasons"])
-        )
-        if decision["current"] is None:
-            stage(
-                f"{prefix}promote by hand (gate refused, none current)", "jobs.models", "promote", decision["version"]
-            )
-            gates[-1] += (
-                f" (promoted by hand so that the stages after it run: `jobs.models promote {decision['version']}`)"
-            )
-        begun = stage(
-            f"{prefix}begin snapshot",
-            "jobs.pipeline",
-            "begin",
-            "--video-shards",
-            str(video_shards),
-            "--user-shards",
-            str(user_shards),
-        )
-        snapshot = json.loads(begun.strip().splitlines()[-1])["snapshot_id"]
-        sharded(f"{prefix}embed videos", video_shards, "jobs.embed_videos", "--snapshot", snapshot)
-        sharded(f"{prefix}embed users", user_shards, "jobs.embed_users", "--snapshot", snapshot)
-        stage(f"{prefix}load vectors into Milvus Lite", "jobs.load_vectors", "--snapshot", snapshot)
-        stage(f"{prefix}trending list", "jobs.materialize_feeds", "--snapshot", snapshot, "--trending")
-        sharded(f"{prefix}materialize feeds", user_shards, "jobs.materialize_feeds", "--snapshot", snapshot)
-        # The DAG's three last tasks, each as its task runs it. (`jobs.publish --snapshot` validates again before
-        # the swap and rebuilds the warehouse after it, so profiling it beside these would count both twice.)
-        stage(f"{prefix}validate snapshot", "jobs.pipeline", "stage", "validate", "--snapshot", snapshot)
-        stage(f"{prefix}publish", "jobs.pipeline", "stage", "publish", "--snapshot", snapshot)
-        stage(f"{prefix}rebuild warehouse", "jobs.pipeline", "stage", "rebuild_warehouse")
+    The rewound tables are committed again as the current lake version (versions only move forward), the model the
+    cold run released is promoted again, and what the incremental run added to the caches is taken out: the new
+    videos' captions (their texts that no rewound video shares), every aligned caption copy and the baselines'
+    metrics. The snapshots stay; the run publishes a new one."""
+    settings = Settings.of(data_dir=data_dir)
+    lake = _lake(data_dir)
+    versions = [lake.at(name).current() for name in lake.versions()]
+    rewound_v = [v for v in versions if "rewound" in str(v.manifest.get("source", ""))]
+    grown = [v for v in versions if v.manifest.get("source") == "growth"]
+    if not rewound_v or not grown:
+        raise StageFailed(f"{data_dir} holds no rewound and grown lake versions: run a whole --incremental profile")
+    cold_lake, whole = rewound_v[-1], grown[-1]
+    store = model_store(settings.paths)
+    cold_model = _record_cold_model(data_dir, cold_lake.name)
+    lake.commit(world_tables(lake.at(cold_lake.name)), source=f"{cold_lake.manifest['source']} again")
+    store.promote(cold_model)
+    _drop_new_captions(settings, lake, lake.at(whole.name))  # the lake is the rewound tables again
+    shutil.rmtree(settings.paths.baselines_dir, ignore_errors=True)
+    log.info("rewound %s: lake as %s, model %s current", data_dir, cold_lake.name, cold_model)
+    return whole.name
 
-    try:
-        stage("generate data", "jobs.generate_data", "--scale", scale)
-        whole = _rewind(data_dir) if incremental else None
-        stage("ingest inbox", "jobs.ingest_inbox")
-        release_and_snapshot("")
-        if whole is not None:
-            _commit_version(data_dir, whole)
-            release_and_snapshot(INCREMENTAL)
-    except StageFailed:
-        if rows:
-            print("\nmeasured before the failure:\n" + to_markdown(rows), file=sys.stderr)
-        raise
-    return rows, gates
+
+def _record_cold_model(data_dir: Path, trained_on: str | None = None) -> str:
+    """The model the cold run released, kept in ``profile.json`` in the root (later runs move the lake on); with
+    ``trained_on``, found by the lake version it was trained on where a root has no record yet."""
+    record = data_dir / "profile.json"
+    if record.is_file():
+        return json.loads(record.read_text())["cold_model"]
+    store = model_store(Settings.of(data_dir=data_dir).paths)
+    if trained_on is None:
+        found = [store.current()]
+    else:
+        found = [v for v in store.versions() if store.read_json(v, "config.json").get("lake_version") == trained_on]
+    if not found or found[-1] is None:
+        raise StageFailed(f"no model of {data_dir} is the cold run's: run a whole --incremental profile")
+    record.write_text(json.dumps({"cold_model": found[-1]}) + "\n")
+    return found[-1]
+
+
+def _drop_new_captions(settings: Settings, cold: Lake, whole: Lake) -> None:
+    source = resolve_model(settings.model.text_model)
+    model_id = source.model_id()
+
+    def keys(lake: Lake) -> set[str]:
+        videos = lake.read("videos", columns=["caption", "hashtags"])
+        pairs = zip(videos.column("caption").to_pylist(), videos.column("hashtags").to_pylist(), strict=True)
+        return {text_key(model_id, video_text(caption, tags)) for caption, tags in pairs}
+
+    folder = cache_dir(settings.paths, model_id, source.label)
+    if not (folder / CACHE_FILE).is_file():
+        raise StageFailed(f"no caption cache at {folder}: run a whole --incremental profile")
+    new = keys(whole) - keys(cold)
+    cache = pq.read_table(folder / CACHE_FILE)
+    kept = cache.filter(pc.invert(pc.is_in(cache.column("key"), value_set=pa.array(sorted(new), pa.string()))))
+    write_with(folder / CACHE_FILE, lambda tmp: pq.write_table(kept, tmp, compression="none"))
+    for aligned in folder.glob("aligned-*.npy"):
+        aligned.unlink()
+    log.info(
+        "caption cache: %d entries of new videos taken out, %d kept", cache.num_rows - kept.num_rows, kept.num_rows
+    )
 
 
 def _lake(data_dir: Path) -> Lake:
+    """The root's lake as the pipeline opens it: pruning keeps the versions its snapshots read."""
     settings = Settings.of(data_dir=data_dir)
-    return Lake(settings.paths.lake_dir, settings.batch.lake_versions_keep)
+    return lake_for(settings.paths, settings.batch)
 
 
 def _rewind(data_dir: Path) -> str:
@@ -249,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run on the lake rewound by 10%% of interactions and 1%% of videos, then grow it back and run again",
     )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="the incremental run only, again, on the root a whole --incremental profile left (put back first)",
+    )
     parser.add_argument("--data", type=Path, help="data root to recreate (default: <REC_DATA_DIR>/bench/stages-SCALE)")
     parser.add_argument("--out", type=Path, help="Markdown table (default: <data>/stages.md; JSON beside it)")
     args = parser.parse_args(argv)
@@ -258,27 +352,37 @@ def main(argv: list[str] | None = None) -> int:
     user_root = settings.paths.data_dir.resolve()
     if data_dir == user_root or data_dir in user_root.parents:
         parser.error(f"--data {data_dir} would delete the data root {user_root}; name a folder of its own")
-    shutil.rmtree(data_dir, ignore_errors=True)  # a fresh root, so the caption cache starts cold
-    data_dir.mkdir(parents=True)
+    profiler = Profiler(data_dir, args.epochs, args.video_shards, args.user_shards)
+    if not args.again:
+        shutil.rmtree(data_dir, ignore_errors=True)  # a fresh root, so the caption cache starts cold
+        data_dir.mkdir(parents=True)
     log.info("profiling every stage at %s scale in %s (%d CPUs)", args.scale, data_dir, os.cpu_count() or 0)
     try:
-        rows, gates = profile(data_dir, args.scale, args.epochs, args.video_shards, args.user_shards, args.incremental)
+        if args.again:
+            incremental_again(profiler)
+        else:
+            profile(profiler, args.scale, args.incremental)
     except StageFailed as exc:
+        if profiler.rows:
+            print("\nmeasured before the failure:\n" + to_markdown(profiler.rows), file=sys.stderr)
         log.error("%s", exc)
         return 1
+    rows, gates = profiler.rows, profiler.gates
     sizes = disk_sizes(data_dir)
     head = (
-        f"Scale {args.scale}{' (incremental)' if args.incremental else ''}, {args.epochs} epochs, "
+        f"Scale {args.scale}{' (incremental)' if args.incremental else ''}"
+        f"{' (the incremental run again, on the whole profile root put back)' if args.again else ''}, "
+        f"{args.epochs} epochs, "
         f"{args.video_shards} video / {args.user_shards} user shards, "
         f"commit {_git_head()}, {os.cpu_count()} CPUs; load 1m = at stage start–end."
     )
     size_lines = "\n".join(f"- {name}: {mb:,.1f} MB" for name, mb in sizes.items())
     gate_lines = "\n".join(f"- {line}" for line in gates)
     report = f"{head}\n\n{to_markdown(rows)}\n\nThe gate:\n\n{gate_lines}\n\nOn disk:\n\n{size_lines}\n"
-    out = args.out or data_dir / "stages.md"
+    out = args.out or data_dir / ("stages-again.md" if args.again else "stages.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    summary = {"scale": args.scale, "incremental": args.incremental, "epochs": args.epochs}
+    summary = {"scale": args.scale, "incremental": args.incremental, "again": args.again, "epochs": args.epochs}
     summary |= {"video_shards": args.video_shards}
     summary |= {"user_shards": args.user_shards, "commit": _git_head(), "cpus": os.cpu_count()}
     summary |= {"stages": [asdict(r) for r in rows], "gate": gates, "disk_mb": sizes}

@@ -11,6 +11,8 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rec_core.data.split import interaction_matrix
 from rec_core.eval.evaluation import LakeData, load_lake_data
@@ -337,6 +339,27 @@ def test_popular_candidates_sit_behind_the_towers_list_once_and_never_seen() -> 
         assert len(kept) == len(set(kept.tolist()))
     only_towers, _ = with_popular(items[:, :2], scores[:, :2], popular, popular_scores)
     np.testing.assert_array_equal(only_towers[0], [5, 3, 9, 1, 4, -1])
+
+
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 8), n=st.integers(0, 6), deeper=st.integers(0, 6))
+def test_popular_layout_is_the_rule_row_by_row(seed: int, rows: int, n: int, deeper: int) -> None:
+    """with_popular against its rule spelled out with a set per row, on random lists (pure logic)."""
+    rng = np.random.default_rng(seed)
+    items = np.stack([rng.permutation(30)[: n + deeper] for _ in range(rows)]).reshape(rows, n + deeper)
+    items[rng.random(items.shape) < 0.2] = -1
+    scores = np.where(items >= 0, rng.random(items.shape), np.nan).astype(np.float32)
+    popular = rng.permutation(30)[: rng.integers(0, 8)]
+    popular_scores = rng.random((rows, len(popular))).astype(np.float32)
+    popular_scores[rng.random(popular_scores.shape) < 0.3] = -np.inf
+    laid, laid_scores = with_popular(items, scores, popular, popular_scores, n=n)
+    for r in range(rows):
+        head = items[r, :n].tolist()
+        unseen = np.isfinite(popular_scores[r]).tolist()
+        extra = [v if ok and v not in head else -1 for v, ok in zip(popular.tolist(), unseen, strict=True)]
+        rest = [v if v not in extra else -1 for v in items[r, n:].tolist()]
+        np.testing.assert_array_equal(laid[r], head + extra + rest)
+    assert np.isnan(laid_scores[laid < 0]).all()
+    np.testing.assert_array_equal(laid_scores[:, :n], scores[:, :n])
 
 
 def test_a_ranker_trained_with_popular_videos_ranks_them_everywhere_it_is_applied(

@@ -28,6 +28,23 @@ def first_outside_rows(
     return _first_outside(*_checked(video, users, indptr, indices, n_videos))
 
 
+def first_in_rows(video: np.ndarray) -> np.ndarray:
+    """bool [rows, width]: True at a row's first occurrence of each video; False at a repeat and where ``video`` is
+    -1. One row (a live page) is sorted in numpy: nothing catalogue-sized, nothing compiled."""
+    video = np.asarray(video, dtype=np.int64)
+    if len(video) != 1:
+        n_videos = int(video.max(initial=-1)) + 1
+        return first_outside_rows(video, np.zeros(len(video), dtype=np.int64), _ONE_EMPTY_ROW, _NONE, n_videos)
+    out = np.zeros(video.shape, dtype=bool)
+    _, first = np.unique(video[0], return_index=True)
+    out[0, first] = True
+    out &= video >= 0
+    return out
+
+
+_ONE_EMPTY_ROW, _NONE = np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64)  # a CSR that holds nothing
+
+
 def _checked(
     video: np.ndarray, users: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_videos: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -41,6 +58,9 @@ def _checked(
         raise ValueError(f"video code {video.max()} outside a catalogue of {n_videos}")
     if len(users) and (users.min() < 0 or users.max() + 1 >= len(indptr)):
         raise ValueError(f"user rows outside a CSR of {len(indptr) - 1} rows")
+    starts, ends = indptr[users], indptr[users + 1]
+    if len(users) and (starts.min() < 0 or (ends < starts).any() or ends.max() > len(indices)):
+        raise ValueError(f"a CSR row of users {users.tolist()[:5]}... lies outside its {len(indices)} indices")
     return video, users, indptr, indices, n_videos
 
 

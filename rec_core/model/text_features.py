@@ -220,10 +220,17 @@ def _write_aligned(path: Path, vectors: np.ndarray) -> None:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_with(path, lambda tmp: _save_npy(tmp, vectors))
-    kept = sorted(path.parent.glob("aligned-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = sorted(path.parent.glob("aligned-*.npy"), key=_mtime, reverse=True)
     for old in kept[ALIGNED_KEPT:]:
         if old != path:
             old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # another process pruned it since the listing
+        return 0.0
 
 
 def _save_npy(path: Path, vectors: np.ndarray) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rec_core.feed.membership_kernel import first_in_rows
 from rec_core.rank.features import block_features
 from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState
@@ -71,22 +72,19 @@ def with_popular(
     towers' top N; the batch passes a deeper top-k). Returns (items, scores), (rows, width + len(popular)).
     """
     n = items.shape[1] if n is None else n
-    head, rest = items[:, :n], items[:, n:]
     rows = items.shape[0]
-    extra = np.broadcast_to(np.asarray(popular, dtype=np.int64), (rows, len(popular))).copy()
-    extra_scores = np.asarray(popular_scores, dtype=np.float32).copy()
-    # rows x popular x n booleans: 512 x 100 x 200 is 10 MB, cheaper than a per-row set.
-    drop = (extra[:, :, None] == head[:, None, :]).any(axis=2) | ~np.isfinite(extra_scores)
-    extra[drop] = -1
-    extra_scores[drop] = np.nan
-    rest_scores = scores[:, n:]
-    if rest.shape[1] and len(popular):
-        taken = (rest[:, :, None] == extra[:, None, :]).any(axis=2) & (rest >= 0)
-        rest, rest_scores = np.where(taken, -1, rest), np.where(taken, np.nan, rest_scores)
-    return (
-        np.concatenate([head, extra, rest], axis=1),
-        np.concatenate([scores[:, :n], extra_scores, rest_scores], axis=1).astype(np.float32, copy=False),
-    )
+    extra = np.broadcast_to(np.asarray(popular, dtype=np.int64), (rows, len(popular)))
+    scored = np.isfinite(popular_scores)  # not seen
+    extra = np.where(scored, extra, -1)
+    extra_scores = np.where(scored, popular_scores, np.nan).astype(np.float32, copy=False)
+    out = np.concatenate([items[:, :n], extra, items[:, n:]], axis=1)
+    out_scores = np.concatenate([scores[:, :n], extra_scores, scores[:, n:]], axis=1).astype(np.float32, copy=False)
+    # The towers' list holds a video once and the popular list too, so each row's repeats are exactly a popular
+    # video the towers' top n holds, and a video of the rest that the row's popular part kept: its first sight stays.
+    repeat = ~first_in_rows(out) & (out >= 0)
+    out[repeat] = -1
+    out_scores[repeat] = np.nan
+    return out, out_scores
 
 
 def candidate_block(
@@ -103,7 +101,7 @@ def candidate_block(
     users = np.asarray(users, dtype=np.int64)
     started = time.perf_counter()
     user_vecs = view.user_vectors(users)
-    scores = as_of_scores(view.scores(user_vecs), state.seen, state.item_posted, users)
+    scores = as_of_scores(view.scores(user_vecs), state.seen, state.item_posted, users, in_place=True)
     items, top = top_candidates(scores, state.item_posted, n)
     if popular is not None and len(popular):
         items, top = with_popular(items, top, popular, scores[:, torch.from_numpy(popular)].numpy())

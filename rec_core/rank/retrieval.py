@@ -89,9 +89,12 @@ def tower_view(
     return TowerView(towers, catalogue, histories, vectors, int(t_ms))
 
 
-def as_of_scores(scores: torch.Tensor, seen: sp.csr_matrix, posted: np.ndarray, users: np.ndarray) -> torch.Tensor:
+def as_of_scores(
+    scores: torch.Tensor, seen: sp.csr_matrix, posted: np.ndarray, users: np.ndarray, *, in_place: bool = False
+) -> torch.Tensor:
     """A copy of ``scores`` (rows aligned with ``users``) as a ranking at t can use them: each user's watched videos
-    at ``-inf``, videos not ``posted`` yet moved below every posted one (in their own order).
+    at ``-inf``, videos not ``posted`` yet moved below every posted one (in their own order). ``in_place``: into
+    ``scores`` itself, for a caller that made them and keeps no other use (2 GB a batch at the large scale).
 
     Offline, the catalogue holds videos posted after t; a ranking made at t could not have shown them, and their
     creation time is itself a label (on MovieLens a film's ``created_at`` is its first rating), so they are never
@@ -99,8 +102,9 @@ def as_of_scores(scores: torch.Tensor, seen: sp.csr_matrix, posted: np.ndarray, 
     """
     sub = seen[np.asarray(users, dtype=np.int64)]
     rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
-    # One pass makes the copy and moves the unposted videos down (x - 0 is x exactly).
-    out = scores - torch.from_numpy(np.where(posted, 0.0, NOT_POSTED_PENALTY).astype(np.float32))
+    # One pass makes the copy (if any) and moves the unposted videos down (x - 0 is x exactly).
+    penalty = torch.from_numpy(np.where(posted, 0.0, NOT_POSTED_PENALTY).astype(np.float32))
+    out = scores.sub_(penalty) if in_place else scores - penalty
     out[torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))] = float("-inf")
     return out
 

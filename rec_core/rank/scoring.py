@@ -118,7 +118,7 @@ class RankedRetrieval:
         """The towers' score of every video as a ranking at t uses them (:func:`as_of_scores`)."""
         started = time.perf_counter()
         raw = self.view.scores(self.view.user_vectors(users))
-        scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users)
+        scores = as_of_scores(raw, self.state.seen, self.state.item_posted, users, in_place=True)
         self.seconds["retrieve"] += time.perf_counter() - started
         return scores
 

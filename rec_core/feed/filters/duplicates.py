@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rec_core.feed.block import CandidateBlock, FeedContext
-from rec_core.feed.candidates import ExclusionCSR
-from rec_core.feed.membership_kernel import first_outside_rows
+from rec_core.feed.membership_kernel import first_in_rows, first_outside_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +25,9 @@ class Duplicates:
             return keep
         # The batch: a compiled pass over the block (rec_core.feed.membership_kernel). Its parts, each free of
         # repeats and in order, make a row's first occurrence the one an earlier part did not take.
-        sets = ctx.served if ctx.served is not None else ExclusionCSR.empty(int(block.users.max(initial=-1)) + 1)
-        return first_outside_rows(block.video, block.users, sets.indptr, sets.indices, n)
+        if ctx.served is None:
+            return first_in_rows(block.video)
+        return first_outside_rows(block.video, block.users, ctx.served.indptr, ctx.served.indices, n)
 
 
 def _first_in_row(video: np.ndarray) -> np.ndarray:
