@@ -17,7 +17,7 @@ from numba import njit
 def in_rows(video: np.ndarray, users: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_videos: int) -> np.ndarray:
     """bool [rows, width]: whether ``video[r, c]`` is in row ``users[r]`` of the CSR (``indptr``, ``indices``);
     False where ``video`` is -1."""
-    return _in_rows(*_checked(video, users, indptr, indices, n_videos))
+    return _membership(*_checked(video, users, indptr, indices, n_videos), False)
 
 
 def first_outside_rows(
@@ -25,7 +25,7 @@ def first_outside_rows(
 ) -> np.ndarray:
     """bool [rows, width]: True at a row's first occurrence of a video that row ``users[r]`` of the CSR does not
     hold; False at a repeat, at a video the row holds, and where ``video`` is -1."""
-    return _first_outside(*_checked(video, users, indptr, indices, n_videos))
+    return _membership(*_checked(video, users, indptr, indices, n_videos), True)
 
 
 def first_in_rows(video: np.ndarray) -> np.ndarray:
@@ -65,7 +65,7 @@ def _checked(
 
 
 @njit(cache=True, nogil=True)
-def _in_rows(video, users, indptr, indices, n_videos):
+def _membership(video, users, indptr, indices, n_videos, first_outside):
     rows, width = video.shape
     stamp = np.full(n_videos, -1, dtype=np.int32)
     out = np.zeros((rows, width), dtype=np.bool_)
@@ -76,23 +76,11 @@ def _in_rows(video, users, indptr, indices, n_videos):
                 stamp[indices[j]] = r
         for c in range(width):
             v = video[r, c]
-            out[r, c] = v >= 0 and stamp[v] == r
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _first_outside(video, users, indptr, indices, n_videos):
-    rows, width = video.shape
-    stamp = np.full(n_videos, -1, dtype=np.int32)
-    out = np.zeros((rows, width), dtype=np.bool_)
-    for r in range(rows):
-        u = users[r]
-        for j in range(indptr[u], indptr[u + 1]):
-            if 0 <= indices[j] < n_videos:
-                stamp[indices[j]] = r
-        for c in range(width):
-            v = video[r, c]
-            if v >= 0 and stamp[v] != r:
+            if v < 0:
+                continue
+            if not first_outside:
+                out[r, c] = stamp[v] == r
+            elif stamp[v] != r:  # a first sight: stamped, so a repeat further on reads it
                 stamp[v] = r
                 out[r, c] = True
     return out
