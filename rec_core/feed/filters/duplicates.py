@@ -19,7 +19,7 @@ class Duplicates:
         served = ctx.served is not None and len(ctx.served.indices) > 0
         if block.rows == 1:  # the live path, per page: nothing catalogue-sized
             one_part = block.unique_parts is not None and len(block.unique_parts) == 2
-            keep = np.ones(block.video.shape, dtype=bool) if one_part else _first_in_row(block.video)
+            keep = np.ones(block.video.shape, dtype=bool) if one_part else first_in_rows(block.video)
             if served:
                 keep &= ~ctx.served.contains(block.users, block.video, n)
             return keep
@@ -28,13 +28,3 @@ class Duplicates:
         if ctx.served is None:
             return first_in_rows(block.video)
         return first_outside_rows(block.video, block.users, ctx.served.indptr, ctx.served.indices, n)
-
-
-def _first_in_row(video: np.ndarray) -> np.ndarray:
-    order = np.argsort(video, axis=1, kind="stable")
-    ordered = np.take_along_axis(video, order, axis=1)
-    first = np.ones(video.shape, dtype=bool)
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    keep = np.zeros(video.shape, dtype=bool)
-    np.put_along_axis(keep, order, first, axis=1)
-    return keep
