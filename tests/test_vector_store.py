@@ -118,6 +118,25 @@ def test_rejects_malformed_input(filled: tuple[VectorStore, np.ndarray]) -> None
         store.search(np.zeros(DIM + 1, dtype=np.float32), 3)
 
 
+
+def test_insert_into_a_fresh_collection_holds_what_upsert_holds(
+    filled: tuple[VectorStore, np.ndarray], tmp_path: Path
+) -> None:
+    """The snapshot load inserts (no per-id delete first); the collection must answer as the upserted one does,
+    and an id Milvus cannot hold is still skipped and reported, not fatal."""
+    upserted, vectors = filled
+    with VectorStore(str(tmp_path / "inserted.db"), "videos", DIM) as store:
+        store.create()
+        done = store.insert([*IDS, "y" * 200], np.vstack([vectors, vectors[:1]]))
+        store.flush()
+        assert done.written == N and "128 bytes" in done.skipped["y" * 200]
+        assert store.count() == N
+        queries = unit(np.random.default_rng(3), 20)
+        assert ids_of(store.search(queries, 10)) == ids_of(upserted.search(queries, 10)) == exact(vectors, queries, 10)
+        with pytest.raises(VectorStoreError):
+            store.insert(IDS[:2], vectors[:3])
+
+
 _COUNT_IN_CHILD = textwrap.dedent(
     """
     import sys

@@ -51,7 +51,7 @@ def _load_space(settings: Settings, paths: SnapshotPaths, build: BuildInfo) -> d
         skipped: dict[str, str] = {}
         for lo in range(0, len(ids), BATCH):
             hi = min(lo + BATCH, len(ids))
-            skipped.update(store.upsert(ids[lo:hi], vectors[lo:hi]).skipped)
+            skipped.update(store.insert(ids[lo:hi], vectors[lo:hi]).skipped)  # fresh collection, distinct ids
             progress.advance(hi - lo)
         store.flush()
         count = store.count()

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -59,8 +59,10 @@ MAX_QUERIES = 16_384
 FILTER_MAX_IDS = 512
 # Rows per write request. Milvus Lite's cost per request grows with the square of its rows (5k rows 1 s,
 # 10k 4.5 s, 20k 15 s); 2,000-row requests load 50,000 64-d vectors in about 2.5 s instead of 10-13 s with
-# 10,000-row ones. The byte bound keeps wide vectors far below gRPC's 64 MiB message cap.
-WRITE_BATCH_ROWS = 2_000
+# 10,000-row ones. Inserts into a fresh collection are cheaper still in smaller requests (100,000 64-d vectors:
+# 2.4 s in 1,000-row inserts, 3.0 s in 2,000-row ones, 3.9 s as 2,000-row upserts; December 5, 2026), and upserts
+# take as long either way. The byte bound keeps wide vectors far below gRPC's 64 MiB message cap.
+WRITE_BATCH_ROWS = 1_000
 WRITE_BATCH_BYTES = 4 << 20
 
 # gRPC channel options of every client: no keepalive pings on an idle connection (see the module doc).
@@ -187,6 +189,17 @@ class VectorStore:
         skipped, logged and listed in the answer, and the others are written: one bad id that got past the
         API or the importer must not fail a whole load or publish. Malformed vectors still raise.
         """
+        return self._write(ids, vectors, self.client.upsert)
+
+    def insert(self, ids: Sequence[str], vectors: np.ndarray) -> Upserted:
+        """:meth:`upsert` into a collection that holds none of ``ids`` (one just created, loaded with distinct ids).
+
+        An upsert deletes each id before it inserts it, which Milvus Lite pays for per row; a whole snapshot's load
+        into its fresh collection has nothing to replace. An id already there would be held twice: the caller
+        promises it is not."""
+        return self._write(ids, vectors, self.client.insert)
+
+    def _write(self, ids: Sequence[str], vectors: np.ndarray, request: Callable[[str, list[dict]], object]) -> Upserted:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise VectorStoreError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
@@ -214,7 +227,7 @@ class VectorStore:
                 {ID_FIELD: str(i), VECTOR_FIELD: v}
                 for i, v in zip(ids[lo : lo + batch], vectors[lo : lo + batch], strict=True)
             ]
-            self.client.upsert(self.collection, rows)
+            request(self.collection, rows)
         return Upserted(written=len(ids), skipped=skipped)
 
     def delete(self, ids: Sequence[str]) -> None:
