@@ -9,8 +9,17 @@ import polars as pl
 import pytest
 import safetensors.torch
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rec_core.model.features import NEW_VIDEO_COLUMNS, FeatureStats, Vocabs, _gather_ranges, build_catalogue
+from rec_core.model.features import (
+    HASHED_LOOKUP,
+    NEW_VIDEO_COLUMNS,
+    FeatureStats,
+    Vocabs,
+    _gather_ranges,
+    build_catalogue,
+)
 from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.model.towers import (
     LEGACY_VIDEO_DENSE,
@@ -188,12 +197,80 @@ def _catalogue_world() -> tuple[pl.DataFrame, pl.DataFrame]:
     return videos, events
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    vocab=st.sets(st.text(alphabet="abé日0_", max_size=4), max_size=30),
+    ids=st.lists(st.text(alphabet="abé日0_", max_size=4), max_size=40),
+)
+def test_vocab_lookup_is_the_index_rule_whether_ids_are_searched_or_hashed(vocab: set[str], ids: list[str]) -> None:
+    """A few ids are searched, many are hashed: both give each id its place in the sorted vocabulary plus one, 0
+    for an id it does not hold (code-point order, as Python sorts strings)."""
+    ordered = np.array(sorted(vocab), dtype=object)
+    rule = {v: i + 1 for i, v in enumerate(ordered)}
+    expected = [rule.get(i, 0) for i in ids]
+    few = Vocabs.lookup(ordered, np.array(ids, dtype=object))
+    assert few.tolist() == expected and few.dtype == np.int64
+    repeats = -(-HASHED_LOOKUP // max(len(ids), 1))  # enough rows for the hashed path
+    many = Vocabs.lookup(ordered, np.array(ids * repeats, dtype=object))
+    assert many.tolist() == expected * repeats and many.dtype == np.int64
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_videos=st.integers(1, 30), n_events=st.integers(0, 400))
+def test_a_catalogue_counted_at_its_instant_is_the_timelines_to_the_bit(
+    seed: int, n_videos: int, n_events: int
+) -> None:
+    """The embed shards and evaluations count each video's events at as-of; training sorts them into a timeline
+    for earlier instants too. Both must give the towers the very same dense features (the batch's vectors and the
+    training's would drift apart otherwise): events on window edges, repeated instants, flags in any mix."""
+    day = 86_400_000
+    rng = np.random.default_rng(seed)
+    as_of = 200 * day
+    ids = [f"v{i:03d}" for i in range(n_videos)]
+    videos = pl.DataFrame(
+        {
+            "video_id": ids,
+            "creator_id": [f"c{i % 4}" for i in range(n_videos)],
+            "hashtags": [["t"]] * n_videos,
+            "duration_s": rng.uniform(1, 60, n_videos),
+            "width": [1080] * n_videos,
+            "height": [1920] * n_videos,
+            "creator_followers": [3] * n_videos,
+            "creator_likes": [2] * n_videos,
+            "created_ms": rng.integers(0, as_of + 5 * day, n_videos),
+        }
+    )
+    # Instants on the day grid hit the windows' edges (as_of - d days) exactly; a few fall after as-of.
+    ts = np.where(
+        rng.random(n_events) < 0.5, rng.integers(0, 205, n_events) * day, rng.integers(0, as_of + day, n_events)
+    )
+    events = pl.DataFrame(
+        {
+            "video_id": [ids[i] for i in rng.integers(0, n_videos, n_events)],
+            "ts_ms": ts.astype(np.int64),
+            "liked": rng.random(n_events) < 0.3,
+            "commented": rng.random(n_events) < 0.2,
+            "shared": rng.random(n_events) < 0.1,
+        },
+        schema_overrides={"video_id": pl.String},
+    )
+    vocabs = Vocabs(np.array(ids, dtype=object), np.array(["c0"], dtype=object), np.array(["t"], dtype=object))
+    text = np.zeros((n_videos, 4), dtype=np.float32)
+    kept = build_catalogue(videos, events, text, vocabs, as_of, timeline=True)
+    counted = build_catalogue(videos, events, text, vocabs, as_of)
+    assert counted.timeline is None and kept.timeline is not None
+    np.testing.assert_array_equal(counted.dense, kept.dense)
+    np.testing.assert_array_equal(kept.dense_at(np.arange(n_videos), as_of), kept.dense)
+    with pytest.raises(ValueError, match="no timeline"):
+        counted.dense_at(np.arange(n_videos), as_of)
+
+
 def test_catalogue_features_as_of_any_earlier_instant() -> None:
     day = 86_400_000
     videos, events = _catalogue_world()
     vocabs = Vocabs(np.array(["a", "b"], dtype=object), np.array(["x"], dtype=object), np.array([], dtype=object))
     as_of = 30 * day
-    cat = build_catalogue(videos, events, np.zeros((3, 4), dtype=np.float32), vocabs, as_of)
+    cat = build_catalogue(videos, events, np.zeros((3, 4), dtype=np.float32), vocabs, as_of, timeline=True)
     col = {name: i for i, name in enumerate(VIDEO_DENSE)}
     # At the cut: a has 4 views (one liked), two in the last 30 days, none in the last 1 or 7 days.
     a = cat.dense[0]

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
@@ -61,6 +62,8 @@ STATIC_VIDEO_COLUMNS = ("log_duration", "log_aspect", "log_creator_followers", "
 
 # ---- vocabularies -------------------------------------------------------------
 
+HASHED_LOOKUP = 4_096  # ids at once from which Vocabs.lookup hashes them instead of searching
+
 
 @dataclass(frozen=True, slots=True)
 class Vocabs:
@@ -76,10 +79,21 @@ class Vocabs:
 
     @staticmethod
     def lookup(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Index of each id in ``vocab`` (sorted), 0 where absent."""
+        """Index of each id in ``vocab`` (sorted, distinct), 0 where absent.
+
+        Many string ids are hashed (polars): a binary search compares Python strings, about a second per 500,000
+        ids, and every catalogue build looks a whole catalogue's videos, creators and hashtags up. A few ids (a live
+        request's) are searched, which costs nothing to set up."""
         if len(vocab) == 0 or len(ids) == 0:
             return np.zeros(len(ids), dtype=np.int64)
         ids = np.asarray(ids, dtype=object)
+        if len(ids) >= HASHED_LOOKUP:
+            try:
+                codes = pl.Series(ids, dtype=pl.String).cast(pl.Enum(pl.Series(vocab, dtype=pl.String)), strict=False)
+            except (TypeError, pl.exceptions.PolarsError):  # not all strings: compared as objects below
+                pass
+            else:
+                return (codes.to_physical().cast(pl.Int64) + 1).fill_null(0).to_numpy()
         pos = np.clip(np.searchsorted(vocab, ids), 0, len(vocab) - 1)
         return np.where(vocab[pos] == ids, pos + 1, 0).astype(np.int64)
 
@@ -212,6 +226,58 @@ class ItemTimeline:
     def count_before(self, rows: np.ndarray, t_ms: np.ndarray | int) -> np.ndarray:
         return self.position(rows, t_ms) - self.indptr[rows]
 
+    def counts(self, rows: np.ndarray, t: np.ndarray) -> EngagementCounts:
+        """What ``rows`` had gathered by instants ``t`` (one per row)."""
+        pos = self.position(rows, t)
+        start = self.indptr[rows]
+        views = pos - start
+        return EngagementCounts(
+            views=views,
+            likes=self.cum_likes[pos] - self.cum_likes[start],
+            comments=self.cum_comments[pos] - self.cum_comments[start],
+            shares=self.cum_shares[pos] - self.cum_shares[start],
+            windows=tuple(views - self.count_before(rows, t - d * DAY_MS) for d in RECENT_WINDOWS_DAYS),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementCounts:
+    """Per video: interactions, likes, comments and shares before an instant, and interactions in each of the
+    RECENT_WINDOWS_DAYS before it (int64, one per row asked about)."""
+
+    views: np.ndarray
+    likes: np.ndarray
+    comments: np.ndarray
+    shares: np.ndarray
+    windows: tuple[np.ndarray, ...]
+
+    @classmethod
+    def at(
+        cls,
+        rows: np.ndarray,
+        ts_ms: np.ndarray,
+        liked: np.ndarray,
+        commented: np.ndarray,
+        shared: np.ndarray,
+        n: int,
+        t_ms: int,
+    ) -> EngagementCounts:
+        """Every one of ``n`` rows at the one instant ``t_ms``, from events all before it, by counting: what an
+        :class:`ItemTimeline` answers for that instant, without sorting the events to build one."""
+        rows, ts_ms = rows.astype(np.int64), ts_ms.astype(np.int64)
+
+        def total(weights: np.ndarray | None = None) -> np.ndarray:
+            # Float sums of integer flags are exact far beyond any video's interaction count.
+            return np.bincount(rows, weights=weights, minlength=n).astype(np.int64)
+
+        return cls(
+            views=total(),
+            likes=total(liked.astype(np.float64)),
+            comments=total(commented.astype(np.float64)),
+            shares=total(shared.astype(np.float64)),
+            windows=tuple(total((ts_ms >= t_ms - d * DAY_MS).astype(np.float64)) for d in RECENT_WINDOWS_DAYS),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:
@@ -250,7 +316,7 @@ class Catalogue:
         rows = np.asarray(rows, dtype=np.int64)
         t = np.minimum(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), rows.shape), self.as_of_ms)
         out = self.dense[rows].copy()
-        out[:, TIME_VIDEO_COLUMNS] = _time_columns(self.timeline, self.created_ms, rows, t)
+        out[:, TIME_VIDEO_COLUMNS] = _time_columns(self.timeline.counts(rows, t), t - self.created_ms[rows])
         return out
 
     def batch(
@@ -306,25 +372,22 @@ def _int32(values: np.ndarray, name: str) -> np.ndarray:
     return values.astype(np.int32)
 
 
-def _time_columns(timeline: ItemTimeline, created_ms: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The TIME_VIDEO_COLUMNS of ``rows`` at instants ``t`` (same order as NEW_VIDEO_COLUMNS)."""
-    pos = timeline.position(rows, t)
-    start = timeline.indptr[rows]
-    views = (pos - start).astype(np.float64)
+def _time_columns(counts: EngagementCounts, age_ms: np.ndarray) -> np.ndarray:
+    """The TIME_VIDEO_COLUMNS (same order as NEW_VIDEO_COLUMNS) of videos with these counts and ages."""
+    views = counts.views.astype(np.float64)
 
-    def rate(cum: np.ndarray) -> np.ndarray:
-        return (cum[pos] - cum[start]) / (views + LIKE_RATE_SMOOTHING)
+    def rate(events: np.ndarray) -> np.ndarray:
+        return events / (views + LIKE_RATE_SMOOTHING)
 
-    age_days = np.maximum(t - created_ms[rows], 0) / DAY_MS
-    windows = [views - timeline.count_before(rows, t - d * DAY_MS) for d in RECENT_WINDOWS_DAYS]
+    age_days = np.maximum(age_ms, 0) / DAY_MS
     return np.stack(
         [
             np.log1p(views),
-            rate(timeline.cum_likes),
-            rate(timeline.cum_comments),
-            rate(timeline.cum_shares),
+            rate(counts.likes),
+            rate(counts.comments),
+            rate(counts.shares),
             np.log1p(age_days),
-            *(np.log1p(w) for w in windows),
+            *(np.log1p(w) for w in counts.windows),
         ],
         axis=1,
     ).astype(np.float32)
@@ -343,11 +406,20 @@ def interaction_frame(interactions: pa.Table) -> pl.DataFrame:
 
 
 def build_catalogue(
-    videos: pl.DataFrame, interactions: pl.DataFrame, text: np.ndarray, vocabs: Vocabs, as_of_ms: int
+    videos: pl.DataFrame,
+    interactions: pl.DataFrame,
+    text: np.ndarray,
+    vocabs: Vocabs,
+    as_of_ms: int,
+    *,
+    timeline: bool = False,
 ) -> Catalogue:
     """Catalogue inputs as of ``as_of``; ``text`` is aligned with ``videos`` (sorted by video_id).
 
-    ``interactions`` needs ``video_id``, ``ts_ms``, ``liked``, ``commented`` and ``shared``.
+    ``interactions`` needs ``video_id``, ``ts_ms``, ``liked``, ``commented`` and ``shared``. ``timeline`` also
+    keeps every video's interactions in time order, for features at earlier instants (:meth:`Catalogue.dense_at`):
+    training needs it; a catalogue read only as of ``as_of`` (the embed shards', an evaluation's) is the same
+    without it, and sorting ten million interactions for it was most of a user shard's time at the large scale.
     """
     v = videos.sort("video_id")
     n = v.height
@@ -357,16 +429,12 @@ def build_catalogue(
         .select("video_id", "ts_ms", "liked", "commented", "shared")
         .join(rows, on="video_id", how="inner")
     )
-    timeline = ItemTimeline.build(
-        events["row"].to_numpy(),
-        events["ts_ms"].to_numpy(),
-        events["liked"].to_numpy(),
-        events["commented"].to_numpy(),
-        events["shared"].to_numpy(),
-        n,
-    )
+    columns = [events[c].to_numpy() for c in ("row", "ts_ms", "liked", "commented", "shared")]
+    kept = ItemTimeline.build(*columns, n) if timeline else None
     created = v["created_ms"].to_numpy().astype(np.int64)
     all_rows = np.arange(n, dtype=np.int64)
+    at = np.full(n, as_of_ms, dtype=np.int64)
+    counts = kept.counts(all_rows, at) if kept is not None else EngagementCounts.at(*columns, n, as_of_ms)
     static = np.stack(
         [
             np.log1p(v["duration_s"].to_numpy()),
@@ -378,7 +446,7 @@ def build_catalogue(
     )
     dense = np.zeros((n, len(VIDEO_DENSE)), dtype=np.float32)
     dense[:, [VIDEO_DENSE.index(c) for c in STATIC_VIDEO_COLUMNS]] = static
-    dense[:, TIME_VIDEO_COLUMNS] = _time_columns(timeline, created, all_rows, np.full(n, as_of_ms, dtype=np.int64))
+    dense[:, TIME_VIDEO_COLUMNS] = _time_columns(counts, at - created)
     # A creator's debut: no video of theirs was posted before this one (ties: the smaller id is first).
     debut = (
         v.with_row_index("row")
@@ -388,9 +456,9 @@ def build_catalogue(
         .to_numpy()
         .astype(bool)
     )
-    tags = v["hashtags"].to_list()
-    lengths = np.array([len(t) for t in tags], dtype=np.int64)
-    flat = np.array([tag for t in tags for tag in t], dtype=object)
+    tags = v["hashtags"].to_arrow()  # flattened in Arrow: 2.5 M tags as Python lists took a second at large scale
+    lengths = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(tags).to_numpy(zero_copy_only=False).astype(object)
     return Catalogue(
         video_ids=v["video_id"].to_numpy().astype(object),
         creator_ids=v["creator_id"].to_numpy().astype(object),
@@ -402,7 +470,7 @@ def build_catalogue(
         hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         dense=dense,
         created_ms=created,
-        timeline=timeline,
+        timeline=kept,
         creator_debut=debut,
         as_of_ms=int(as_of_ms),
     )

@@ -162,7 +162,7 @@ def prepare(
     """
     as_of = split.valid_start_ms
     vocabs = vocabs or build_vocabs(videos, interactions, as_of)
-    catalogue = build_catalogue(videos, interactions, text, vocabs, as_of)
+    catalogue = build_catalogue(videos, interactions, text, vocabs, as_of, timeline=True)  # time windows, dense_at
     histories = build_histories(split.user_ids, interactions, follows, catalogue, vocabs, as_of)
     if stats is None:
         # Training shows videos as they were when watched, so the scales come from those too, not only the cut.
