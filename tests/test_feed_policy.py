@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import Counter
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,18 @@ from hypothesis import strategies as st
 
 from rec_core.feed.candidates import ExclusionCSR, iter_top_k, top_k, trending_order, trending_scores
 from rec_core.feed.policy import MS_PER_DAY, FeedPolicy, apply, check_feed, select, select_block, select_eligible
-from rec_core.feed.reasons import Reason, ReasonCatalogue, TagIndex, UserSignals, explain, render, truncate
+from rec_core.feed.reasons import (
+    GENERIC_TAG_SHARE,
+    STRONG_TAG_QUANTILE,
+    TAGS_PER_VIDEO,
+    Reason,
+    ReasonCatalogue,
+    TagIndex,
+    UserSignals,
+    explain,
+    render,
+    truncate,
+)
 from rec_core.feed.top_k_kernel import SAMPLE_RUN, SAMPLE_RUNS, top_k_rows
 
 AS_OF = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
@@ -486,6 +499,40 @@ def test_tag_index_drops_generic_tags_and_orders_common_first() -> None:
     # Video 0 is the stronger of the two #baking videos; video 3 has no popularity at all.
     assert tags.strong[0, 0] and not tags.strong[1, 0]
     assert not tags.strong[3].any()
+
+
+_TAGS = st.sampled_from(["fyp", "baking", "Bread", "bread", "été", "éte", "日本", "z", "", None])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hashtags=st.lists(st.one_of(st.none(), st.lists(_TAGS, max_size=6)), max_size=40),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_tag_index_is_the_rule_written_plainly(hashtags: list[list[str | None] | None], seed: int) -> None:
+    """The index (built in polars) against its rule with sets and sorts: specific tags only (on at most the generic
+    share of videos, counted once per video), names in code-point order, each video's most common tags first (ties
+    by name), strong where its popularity reaches the tag's quantile and is above zero; lists or a Series alike."""
+    n = len(hashtags)
+    pop = np.round(np.random.default_rng(seed).random(n) * 4) / 2  # ties and zeros
+    tags_of = [sorted({t for t in (tags or []) if t}) for tags in hashtags]
+    df = Counter(t for tags in tags_of for t in tags)
+    names = sorted(t for t, c in df.items() if c <= max(1.0, GENERIC_TAG_SHARE * n))
+    threshold = {}
+    for name in names:
+        pops = sorted(pop[v] for v in range(n) if name in tags_of[v])
+        threshold[name] = pops[int(np.ceil(STRONG_TAG_QUANTILE * (len(pops) - 1)))]
+    for built in (
+        TagIndex.build([list(t) if t is not None else None for t in hashtags], pop),
+        TagIndex.build(pl.Series(hashtags, dtype=pl.List(pl.String)), pop),
+    ):
+        assert built.names == names
+        for v in range(n):
+            expected = sorted((t for t in tags_of[v] if t in threshold), key=lambda t: (-df[t], t))[:TAGS_PER_VIDEO]
+            row = [built.names[c] for c in built.video_tags[v] if c >= 0] if built.video_tags.shape[1] else []
+            assert row == expected
+            strong = [bool(built.strong[v, i]) for i in range(len(row))]
+            assert strong == [bool(pop[v] >= threshold[t] and pop[v] > 0) for t in expected]
 
 
 def _reason_fixture():

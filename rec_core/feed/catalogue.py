@@ -122,7 +122,7 @@ def load_inputs(
         fresh=policy.is_fresh(created_ms, as_of_ms),
         popularity=popularity,
         trending=trending_order(popularity, created_ms),
-        tags=TagIndex.build(videos["hashtags"].to_list(), popularity),
+        tags=TagIndex.build(videos["hashtags"], popularity),
         captions=videos["caption"].to_arrow(),
     )
     return FeedInputs(paths, build, as_of, policy, catalogue, interactions.select("user_id", "vidx", "ts_ms", "liked"))
