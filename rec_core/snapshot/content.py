@@ -32,8 +32,15 @@ def check_content(
     user_vecs: list[Path],
     trending: list[Path],
     problems: list[str],
+    *,
+    ordered: bool = False,
 ) -> tuple[dict[str, int], str | None]:
     """Row counts and every content rule, one DuckDB pass per concern; appends to ``problems``.
+
+    ``ordered``: the caller has checked that each feed part is in strictly increasing (user_id, rank) order and
+    each part starts after the last user of the one before (``validate._check_sorted``). No (user, rank) can then
+    repeat and no user spans two parts, so those two counts are not taken: counted distinct per user over every
+    feed row, they were half of this check's time at the large scale (6 of 13 s for 50 M rows).
 
     Returns the counts and the lake's watermark (the newest interaction, ISO time; None without interactions).
     """
@@ -63,17 +70,20 @@ def check_content(
 
     if feeds:
         src = _parquet(feeds)
-        con.execute(
-            f"CREATE TEMP TABLE per_user AS SELECT user_id, count(*) AS n, min(rank) AS lo, max(rank) AS hi, "
-            f"count(DISTINCT rank) AS ranks, count(DISTINCT video_id) AS vids, count(DISTINCT filename) AS parts "
-            f"FROM {src} GROUP BY user_id"
-        )
         rows, nulls, nonfinite, no_reason, unknown, distinct_videos = one(
             f"SELECT count(*), count(*) FILTER (WHERE f.user_id IS NULL OR f.rank IS NULL OR f.video_id IS NULL "
             f"OR f.score IS NULL), count(*) FILTER (WHERE NOT isfinite(f.score)), "
             f"count(*) FILTER (WHERE f.reason IS NULL OR f.reason = ''), "
             f"count(*) FILTER (WHERE v.video_id IS NULL AND f.video_id IS NOT NULL), count(DISTINCT f.video_id) "
             f"FROM {src} f LEFT JOIN lake_videos v USING (video_id)"
+        )
+        # The order check skips rows with a null user or rank (reported above), so it vouches only without them.
+        exact = not ordered or nulls
+        ranks = "count(DISTINCT rank)" if exact else "count(*)"
+        parts = "count(DISTINCT filename)" if exact else "1"
+        con.execute(
+            f"CREATE TEMP TABLE per_user AS SELECT user_id, count(*) AS n, min(rank) AS lo, max(rank) AS hi, "
+            f"{ranks} AS ranks, count(DISTINCT video_id) AS vids, {parts} AS parts FROM {src} GROUP BY user_id"
         )
         per_user = one(
             "SELECT count(*), coalesce(sum(n - ranks), 0), coalesce(sum(n - vids), 0), "

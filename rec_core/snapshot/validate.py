@@ -127,15 +127,18 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
         f for f in _readable(paths, [paths.trending_file], problems) if _schema_ok(paths, f, TRENDING_COLUMNS, problems)
     ]
 
+    order_problems = _check_sorted(paths, feeds)
     con = duckdb.connect()
     try:
-        counts, watermark = check_content(con, build, lake, feeds, video_vecs, user_vecs, trending, problems)
+        counts, watermark = check_content(
+            con, build, lake, feeds, video_vecs, user_vecs, trending, problems, ordered=not order_problems
+        )
     finally:
         con.close()
     counts["catalogue"] = _check_catalogue(paths, build, problems)
     problems += _check_model_and_ranking(path_settings, paths, build, counts)
     problems += _check_experiments(build)
-    problems += _check_sorted(paths, feeds)
+    problems += order_problems
     if require_milvus:
         problems += _check_milvus(path_settings, paths, build, video_vecs)
     for space, space_build in paths.spaces(build)[1:]:
