@@ -29,7 +29,7 @@ VIDEO_DENSE = (
     "comment_rate",
     "share_rate",
     "age_days",
-    # Views in the last 1, 7, 30 and 180 days (rec_core.model.features.RECENT_WINDOWS_DAYS); appended last so a
+    # Views in the last 1, 7, 30 and 180 days (rec_core.model.video_engagement.RECENT_WINDOWS_DAYS); appended last so a
     # model saved with the first nine columns still reads its own.
     "log_views_1d",
     "log_views_7d",
