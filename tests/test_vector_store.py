@@ -118,7 +118,6 @@ def test_rejects_malformed_input(filled: tuple[VectorStore, np.ndarray]) -> None
         store.search(np.zeros(DIM + 1, dtype=np.float32), 3)
 
 
-
 def test_insert_into_a_fresh_collection_holds_what_upsert_holds(
     filled: tuple[VectorStore, np.ndarray], tmp_path: Path
 ) -> None:

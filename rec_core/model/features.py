@@ -93,7 +93,7 @@ class Vocabs:
         if len(ids) >= HASHED_LOOKUP:
             try:
                 codes = pl.Series(ids, dtype=pl.String).cast(pl.Enum(pl.Series(vocab, dtype=pl.String)), strict=False)
-            except (TypeError, pl.exceptions.PolarsError):  # not all strings: compared as objects below
+            except (TypeError, ValueError, pl.exceptions.PolarsError):  # not all strings, or a repeated entry: searched
                 pass
             else:
                 return (codes.to_physical().cast(pl.Int64) + 1).fill_null(0).to_numpy()
