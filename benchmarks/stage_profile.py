@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -122,16 +123,25 @@ class Profiler:
         """Each shard as its own process; with ``shards_at_once`` > 1 that many at a time, and the stage's wall time
         is then from the first start to the last end (its CPU time is still the sum)."""
         started = time.perf_counter()
+        failed = threading.Event()  # after a failed shard no other starts, as when they ran in turn
+
+        def one(i: int) -> StageRow | None:
+            if failed.is_set():
+                return None
+            try:
+                return run_stage(f"{name} (shard {i + 1} of {shards})", [*args, "--shard", str(i)], self.env)[0]
+            except StageFailed:
+                failed.set()
+                raise
+
+        part: list[StageRow] = []
         with ThreadPoolExecutor(max(1, self.shards_at_once)) as pool:
-            done = list(
-                pool.map(
-                    lambda i: run_stage(f"{name} (shard {i + 1} of {shards})", [*args, "--shard", str(i)], self.env),
-                    range(shards),
-                )
-            )
-        part = [row for row, _ in done]
-        self.rows.extend(part)
-        self._write_partial()
+            futures = [pool.submit(one, i) for i in range(shards)]
+            try:
+                part.extend(row for future in futures if (row := future.result()) is not None)
+            finally:  # the shards measured before a failure stay in the table
+                self.rows.extend(part)
+                self._write_partial()
         cpu = sum(r.cpu_s for r in part)
         if self.shards_at_once > 1:
             what, wall = f"{self.shards_at_once} at a time", time.perf_counter() - started
