@@ -28,7 +28,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -52,6 +52,7 @@ from rec_core.model.features import (
     build_histories,
     follows_frame,
     interaction_frame,
+    one_string_each,
     to_ms,
     user_dense_features,
     video_frame,
@@ -161,15 +162,15 @@ def snapshot_catalogue(
         return dataclasses.replace(
             shared,
             item_idx=Vocabs.lookup(loaded.vocabs.items, shared.video_ids),
-            creator_idx=_vocab_codes(loaded.vocabs.creators, table.column("creator_id").combine_chunks()),
-            hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, table.column("hashtags").combine_chunks().flatten()),
+            creator_idx=Vocabs.codes(loaded.vocabs.creators, table.column("creator_id").combine_chunks()),
+            hashtag_idx=Vocabs.codes(loaded.vocabs.hashtags, table.column("hashtags").combine_chunks().flatten()),
         )
     plain = list(CATALOGUE_COLUMNS) if matrices is not None else None
     table = read_catalogue_shards(paths, build.video_shards, plain)
     text, dense = matrices or (vectors_array(table, CATALOGUE_TEXT), vectors_array(table, CATALOGUE_DENSE))
     video_ids = _same_ids(table.column(VIDEO_ID), video_ids)
     creators = table.column("creator_id").combine_chunks()
-    creator_ids = _one_string_each(creators)
+    creator_ids = one_string_each(creators)
     tags = table.column("hashtags").combine_chunks()
     lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
     return Catalogue(
@@ -178,8 +179,8 @@ def snapshot_catalogue(
         text=text if matrices is not None else np.ascontiguousarray(text),
         duration_s=table.column("duration_s").to_numpy().astype(np.float32),
         item_idx=Vocabs.lookup(loaded.vocabs.items, video_ids),
-        creator_idx=_vocab_codes(loaded.vocabs.creators, creators),
-        hashtag_idx=_vocab_codes(loaded.vocabs.hashtags, tags.flatten()),
+        creator_idx=Vocabs.codes(loaded.vocabs.creators, creators),
+        hashtag_idx=Vocabs.codes(loaded.vocabs.hashtags, tags.flatten()),
         hashtag_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         dense=dense if matrices is not None else np.ascontiguousarray(dense),
         created_ms=table.column("created_ms").to_numpy().astype(np.int64),
@@ -196,28 +197,6 @@ def _same_ids(column: pa.ChunkedArray, mapped: np.ndarray | None) -> np.ndarray:
     if len(mapped) != n or (n and (mapped[0] != column[0].as_py() or mapped[-1] != column[n - 1].as_py())):
         raise ValueError(f"the mapped video ids ({len(mapped)}) are not the catalogue's ({n})")
     return mapped
-
-
-def _vocab_codes(vocab: np.ndarray, values: pa.Array) -> np.ndarray:
-    """:meth:`Vocabs.lookup` of ``values`` (0 for a null), looking each distinct value up once: the catalogue's
-    hashtags are ~5 per video over a few thousand distinct tags (a Python string for each of them, 2.5 M at the large
-    scale, was the bulk of a snapshot load's temporary objects), its creators ~25 videos each."""
-    return _per_distinct(values, lambda distinct: Vocabs.lookup(vocab, distinct), 0)
-
-
-def _one_string_each(column: pa.Array) -> np.ndarray:
-    """``column`` as an object array holding one Python string per distinct value: a creator's id repeated on each
-    of their videos is one object, not one per video (19,814 creators for 500,000 videos at the large scale; ~26
-    MiB less in every process that loads a catalogue, each API worker among them)."""
-    return _per_distinct(column, lambda distinct: distinct, None)
-
-
-def _per_distinct(values: pa.Array, of_distinct: Callable[[np.ndarray], np.ndarray], null: object) -> np.ndarray:
-    """``of_distinct`` of the distinct values of ``values`` (an object array of them), spread back over the rows
-    through Arrow's dictionary encoding; ``null`` where a row is null."""
-    encoded = values.dictionary_encode()
-    mapped = np.append(of_distinct(np.asarray(encoded.dictionary.to_pylist(), dtype=object)), null)
-    return mapped[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
 
 
 # ---- batch vectors of one shard -----------------------------------------------
