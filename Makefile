@@ -13,13 +13,13 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench bench-warm-start profile-stages profile-incremental bench-milvus eval data train summary airflow-db airflow clean help
+.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench bench-warm-start profile-stages profile-incremental scaleout-large bench-milvus eval data train summary airflow-db airflow clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB, serve the API on :3002"
 	@echo "make test   - set up, lint, run every test"
 	@echo "make chaos  - the fault suite (publish under load, kill -9, full disk, killed jobs) with a table of what held"
-	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | bench-warm-start | profile-stages | profile-incremental | eval | online-eval | clean"
+	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | bench-warm-start | profile-stages | profile-incremental | scaleout-large | eval | online-eval | clean"
 
 setup: $(STAMP)
 
@@ -100,6 +100,13 @@ profile-stages: setup
 # measured against the last profile on the same machine and world, in a quarter of the time. Table: stages-again.md.
 profile-incremental: setup
 	$(PY) -m benchmarks.stage_profile --scale $(SCALE) --again
+
+# recsys_pipeline on the large world, cold, on Airflow with PostgreSQL and two Celery workers (Redis as the broker)
+# that share nothing but the lake on an S3-compatible store (moto's server): tests/test_scaleout_celery.py at
+# SCALEOUT_SCALE=large. Prints each task's worker and wall time. Needs this machine's PostgreSQL and Redis (the test
+# skips and says so without them); about half an hour on two cores.
+scaleout-large: setup
+	SCALEOUT_SCALE=large $(PY) -m pytest -s -q tests/test_scaleout_celery.py
 
 # A release on a grown lake (10% new interactions, 1% new videos) from the current model's weights against from
 # scratch, side by side: time, epochs and the served stack's quality with paired intervals. About 15 min at default.

@@ -211,12 +211,14 @@ class AirflowApi:
         return state
 
 
-def generate_tiny_world(data_dir: Path, extra: dict[str, str] | None = None) -> None:
-    """The tiny synthetic lake, written by the job's own CLI the way a user would (`make data SCALE=tiny`)."""
+def generate_world(data_dir: Path, extra: dict[str, str] | None = None, scale: str = "tiny") -> None:
+    """A synthetic lake, written by the job's own CLI the way a user would (`make data SCALE=tiny`); the tiny world
+    with the tests' seed, a larger one with the generator's default seed (the world `make profile-stages` uses)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REC_")}
     env.update({"PYTHONPATH": str(ROOT), "REC_DATA_DIR": str(data_dir), **(extra or {})})
+    seed = ["--seed", "3"] if scale == "tiny" else []
     subprocess.run(
-        [sys.executable, "-m", "jobs.generate_data", "--scale", "tiny", "--seed", "3"],
+        [sys.executable, "-m", "jobs.generate_data", "--scale", scale, *seed],
         env=env,
         cwd=ROOT,
         check=True,
@@ -224,13 +226,17 @@ def generate_tiny_world(data_dir: Path, extra: dict[str, str] | None = None) -> 
     )
 
 
-def check_published(data_dir: Path, api: AirflowApi, dag_id: str, run_id: str) -> list[dict]:
-    """The run really did the work: every task succeeded, the mapped shards ran, a snapshot is live."""
+def check_published(data_dir: Path, api: AirflowApi, dag_id: str, run_id: str, conf: dict = TINY_CONF) -> list[dict]:
+    """The run really did the work: every task succeeded, the mapped shards of ``conf`` ran, a snapshot is live."""
     tis = api.task_instances(dag_id, run_id)
     assert tis and all(ti["state"] == "success" for ti in tis), [(t["task_id"], t["state"]) for t in tis]
-    for task_id in ("embed_videos", "embed_users", "materialize"):
+    for task_id, count in (
+        ("embed_videos", "video_shards"),
+        ("embed_users", "user_shards"),
+        ("materialize", "user_shards"),
+    ):
         shards = sorted(ti["map_index"] for ti in tis if ti["task_id"] == task_id)
-        assert shards == [0, 1], (task_id, shards)
+        assert shards == list(range(conf[count])), (task_id, shards)
     live = (data_dir / "snapshots" / "LIVE").read_text().strip()
     manifest = json.loads((data_dir / "snapshots" / live / "manifest.json").read_text())
     assert manifest["counts"]["feed_users"] == manifest["counts"]["lake_users"] > 0
@@ -263,7 +269,7 @@ def standalone(tmp_path: Path) -> Iterator[Airflow]:
 @pytest.mark.slow
 def test_ui_style_trigger_of_the_pipeline_completes_on_embedded_defaults(standalone: Airflow) -> None:
     api, procs = standalone.api, standalone.procs
-    generate_tiny_world(standalone.data_dir)
+    generate_world(standalone.data_dir)
     # The password `make airflow` tells the user where to find: generated once for the admin user.
     password_file = standalone.home / "simple_auth_manager_passwords.json.generated"
     passwords = wait_for("the generated admin password", lambda: json.loads(password_file.read_text()), 60, procs)

@@ -8,6 +8,9 @@ an S3-compatible store (moto's server, started by the tests; ``REC_DATA_URI``), 
 Needs the PostgreSQL and Redis services of this machine (or those named by AIRFLOW_TEST_PG_URL /
 AIRFLOW_TEST_REDIS_URL) and the Celery provider; it skips, saying which is missing, where they are absent.
 A database of its own is created for the run and dropped after it; the Celery queue is unique to the run.
+
+``SCALEOUT_SCALE=large`` (``make scaleout-large``) runs the same test on the large world (100,000 users, 500,000
+videos), cold, and prints each task's host and time: the two-worker measurement of docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 from rec_core.settings import Settings
 from rec_core.snapshot.remote import sync_live
 from tests.test_airflow_rest import (
+    PIPELINE_TIMEOUT_S,
     TINY_CONF,
     VENV_BIN,
     AirflowApi,
@@ -34,7 +38,7 @@ from tests.test_airflow_rest import (
     airflow_env,
     check_published,
     free_port,
-    generate_tiny_world,
+    generate_world,
     wait_for,
 )
 
@@ -42,6 +46,13 @@ PG_URL = os.environ.get("AIRFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.1:
 REDIS_URL = os.environ.get("AIRFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 WORKER_NAME_ENV = "AIRFLOW_TEST_WORKER_HOSTNAME"
 SHARDED = ("embed_videos", "embed_users", "materialize")
+# The world and the run's conf (the DAG's params) at each scale, and how long the run may take on two cores.
+SCALE = os.environ.get("SCALEOUT_SCALE", "tiny")
+RUNS = {
+    "tiny": (TINY_CONF, PIPELINE_TIMEOUT_S),
+    # Both workers encode captions (two caption shards) and take the embedding and feed shards two at a time.
+    "large": ({"retrain": True, "video_shards": 4, "user_shards": 4, "caption_shards": 2}, 3 * 3600),
+}
 
 
 def worker_hostname() -> str:
@@ -96,6 +107,7 @@ def _as_driver_url(url: str, scheme: str) -> str:
 @pytest.mark.slow
 def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path, s3_env: dict[str, str]) -> None:
     _services_or_skip()
+    conf, timeout_s = RUNS[SCALE]
     import psycopg2
     import redis
 
@@ -152,7 +164,7 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path, s3_env: di
                     180,
                     procs,
                 )
-            generate_tiny_world(data_dir, store)
+            generate_world(data_dir, store, SCALE)
             passwords = wait_for(
                 "the generated admin password",
                 lambda: json.loads((home / "simple_auth_manager_passwords.json.generated").read_text()),
@@ -163,11 +175,11 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path, s3_env: di
             wait_for(
                 "the DAG processor to parse recsys_pipeline", lambda: api.dag_parsed("recsys_pipeline"), 120, procs
             )
-            run_id = api.trigger("recsys_pipeline", TINY_CONF)
-            api.wait_for_run("recsys_pipeline", run_id, procs)
+            run_id = api.trigger("recsys_pipeline", conf)
+            api.wait_for_run("recsys_pipeline", run_id, procs, timeout=timeout_s)
             reader = tmp_path / "reader"  # a machine that ran nothing: it sees the run's snapshot on the store
             sync_live(Settings.load({**store, "REC_DATA_DIR": str(reader)}).paths)
-            check_published(reader, api, "recsys_pipeline", run_id)
+            check_published(reader, api, "recsys_pipeline", run_id, conf)
 
             with contextlib.closing(psycopg2.connect(db_url)) as con, con.cursor() as cur:
                 cur.execute(
@@ -176,6 +188,12 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path, s3_env: di
                     (run_id,),
                 )
                 rows = cur.fetchall()
+                cur.execute(
+                    "SELECT task_id, map_index, hostname, start_date, end_date FROM task_instance"
+                    " WHERE dag_id = 'recsys_pipeline' AND run_id = %s ORDER BY start_date",
+                    (run_id,),
+                )
+                timed = cur.fetchall()
         finally:
             procs.stop()
             with contextlib.suppress(redis.RedisError):
@@ -189,4 +207,23 @@ def test_mapped_shards_spread_over_two_celery_workers(tmp_path: Path, s3_env: di
     assert len(shard_hosts) >= 2, f"all shards ran on {shard_hosts}: {rows}"
     for name in shard_hosts:  # each worker worked on its own copy of the snapshot
         assert any((tmp_path / name / "snapshots").glob("s*/build.json")), name
+    print(_timings(SCALE, timed))
     print("shards per worker:", {h: sorted(f"{t}[{m}]" for t, m, host, _, _ in rows if host == h) for h in shard_hosts})
+
+
+def _timings(scale: str, timed: list[tuple]) -> str:
+    """Each task's worker and wall time, and the run's first start to last end, as a markdown table."""
+    timed = [row for row in timed if row[3] is not None and row[4] is not None]
+    first, last = min(row[3] for row in timed), max(row[4] for row in timed)
+    lines = [
+        f"recsys_pipeline on two Celery workers, {scale} world, lake on the object store: "
+        f"{(last - first).total_seconds():.0f} s from the first task's start to the last one's end",
+        "",
+        "| task | worker | starts at s | wall s |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for task_id, map_index, host, start, end in timed:
+        name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+        offset, wall = (start - first).total_seconds(), (end - start).total_seconds()
+        lines.append(f"| {name} | {host.split('-')[0]} | {offset:.0f} | {wall:.1f} |")
+    return "\n".join(lines)
