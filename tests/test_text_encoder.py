@@ -380,6 +380,28 @@ def test_parts_encode_each_distinct_text_once_and_make_the_cache_whole(encoder: 
         encode_text_part(videos, settings.paths, settings.model, 3, 3)
 
 
+def test_parts_encoded_on_two_machines_meet_through_the_object_store(
+    encoder: TextEncoder, tmp_path: Path, s3_env: dict[str, str]
+) -> None:
+    """Two Celery workers with their own disks, one store: each encodes one caption part; then each one's whole
+    lookup merges the other's part from the store and encodes nothing (each re-encoded the other's half before)."""
+    videos = _videos(CAPTIONS)
+    store = {k: v for k, v in s3_env.items() if k != "REC_DATA_DIR"}
+    machines = [Settings.load({**store, "REC_DATA_DIR": str(tmp_path / name)}) for name in ("w1", "w2")]
+    parts = [encode_text_part(videos, m.paths, m.model, part, 2) for part, m in enumerate(machines)]
+    assert sum(p.encoded for p in parts) == len(set(CAPTIONS))
+    assert all(p.encoded for p in parts)  # both halves hold texts, so each machine lacks the other's
+    wholes = [embed_videos_text(videos, m.paths, m.model) for m in machines]
+    assert [(w.hits, w.misses, w.encoded) for _, w in wholes] == [(len(CAPTIONS), 0, 0)] * 2
+    np.testing.assert_array_equal(wholes[0][0], wholes[1][0])  # the same vectors, whichever machine encoded them
+    # A third machine that encoded nothing finds it all on the store too; the local shared copies are gone.
+    third = Settings.load({**store, "REC_DATA_DIR": str(tmp_path / "w3")})
+    vectors, stats = embed_videos_text(videos, third.paths, third.model)
+    assert (stats.misses, stats.encoded) == (0, 0)
+    np.testing.assert_array_equal(vectors, wholes[0][0])
+    assert not [p for p in (tmp_path / "w3").rglob("shared/*") if p.is_file()]
+
+
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     # flock excludes separate open() calls even within one process, so threads stand in for
     # concurrent jobs; each appends its own keys with a read-modify-write of the whole file.
@@ -389,7 +411,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         rng = np.random.default_rng(worker)
         for step in range(10):
             keys = pa.array([f"w{worker}-{step}-{j}" for j in range(3)], pa.string())
-            text_features._append(path, 4, keys, rng.random((3, 4), dtype=np.float32))
+            text_features._append(path, 4, text_features._entries(keys, rng.random((3, 4), dtype=np.float32), 4))
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
     for t in threads:

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_with
+from rec_core.model.text_cache_sync import SharedTextCache
 from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
 from rec_core.settings import ModelSettings, PathSettings
 
@@ -132,14 +133,11 @@ def _embed(
         return out, CacheStats(0, 0, time.perf_counter() - started)
 
     key_array = pa.array(keys, pa.string())
-    cached = _read_cache(path, dim)
-    found = np.zeros(len(keys), dtype=bool)
-    if cached is not None:
-        where = pc.fill_null(pc.index_in(key_array, value_set=cached.column("key")), -1)
-        idx = where.to_numpy(zero_copy_only=False).astype(np.int64)
-        found = idx >= 0
-        if found.any():
-            out[found] = _vectors(cached, dim)[idx[found]]
+    found = _look_up(key_array, _read_cache(path, dim), out, dim)
+    # On an object store, what other machines encoded (another caption part, say) is merged before encoding.
+    shared = SharedTextCache.of(paths, path.parent) if not found.all() else None
+    if shared is not None and _merge_shared(shared, path, dim):
+        found = _look_up(key_array, _read_cache(path, dim), out, dim)
     hits = int(found.sum())
     misses = len(keys) - hits
 
@@ -160,7 +158,10 @@ def _embed(
             slot = {k: j for j, k in enumerate(todo)}
             missing_rows = [i for i in np.flatnonzero(~found) if keys[i] in slot]
             out[missing_rows] = new_vectors[[slot[keys[i]] for i in missing_rows]]
-            _append(path, dim, pa.array(list(todo), pa.string()), new_vectors)
+            fresh = _entries(pa.array(list(todo), pa.string()), new_vectors, dim)
+            _append(path, dim, fresh)
+            if shared is not None:
+                shared.push(fresh)
     if aligned is not None:  # every row is known now: the whole lookup is this table's aligned array
         _write_aligned(aligned, out)
 
@@ -260,15 +261,45 @@ def _vectors(table: pa.Table, dim: int) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(-1, dim)
 
 
-def _append(path: Path, dim: int, keys: pa.Array, vectors: np.ndarray) -> None:
-    schema = pa.schema(
+def _look_up(keys: pa.Array, cached: pa.Table | None, out: np.ndarray, dim: int) -> np.ndarray:
+    """Fill ``out``'s rows whose key ``cached`` holds; returns which rows were found."""
+    found = np.zeros(len(keys), dtype=bool)
+    if cached is not None:
+        where = pc.fill_null(pc.index_in(keys, value_set=cached.column("key")), -1)
+        idx = where.to_numpy(zero_copy_only=False).astype(np.int64)
+        found = idx >= 0
+        if found.any():
+            out[found] = _vectors(cached, dim)[idx[found]]
+    return found
+
+
+def _cache_schema(dim: int) -> pa.Schema:
+    return pa.schema(
         [
             pa.field("key", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
         ]
     )
+
+
+def _entries(keys: pa.Array, vectors: np.ndarray, dim: int) -> pa.Table:
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
-    fresh = pa.Table.from_arrays([keys, embedding], schema=schema)
+    return pa.Table.from_arrays([keys, embedding], schema=_cache_schema(dim))
+
+
+def _merge_shared(shared: SharedTextCache, path: Path, dim: int) -> bool:
+    """Merge what other machines pushed into the local cache (one rewrite for all of it); whether anything came."""
+    pulled = shared.unmerged()
+    if not pulled:
+        return False
+    _append(path, dim, pa.concat_tables([table.cast(_cache_schema(dim)) for _, table in pulled]))
+    shared.record_merged([name for name, _ in pulled])
+    log.info("merged %d text embeddings from %s", sum(t.num_rows for _, t in pulled), shared.folder.where())
+    return True
+
+
+def _append(path: Path, dim: int, fresh: pa.Table) -> None:
+    schema = _cache_schema(dim)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _writer_lock(path):
         # Re-read under the lock: another run may have written since we looked.
