@@ -394,12 +394,26 @@ def test_parts_encoded_on_two_machines_meet_through_the_object_store(
     wholes = [embed_videos_text(videos, m.paths, m.model) for m in machines]
     assert [(w.hits, w.misses, w.encoded) for _, w in wholes] == [(len(CAPTIONS), 0, 0)] * 2
     np.testing.assert_array_equal(wholes[0][0], wholes[1][0])  # the same vectors, whichever machine encoded them
-    # A third machine that encoded nothing finds it all on the store too; the local shared copies are gone.
+    # A third machine that encoded nothing finds it all on the store too, read into memory, not through a folder.
     third = Settings.load({**store, "REC_DATA_DIR": str(tmp_path / "w3")})
     vectors, stats = embed_videos_text(videos, third.paths, third.model)
     assert (stats.misses, stats.encoded) == (0, 0)
     np.testing.assert_array_equal(vectors, wholes[0][0])
     assert not [p for p in (tmp_path / "w3").rglob("shared/*") if p.is_file()]
+
+
+def test_an_append_keeps_one_entry_per_key_and_skips_a_rewrite_with_nothing_new(tmp_path: Path) -> None:
+    """Files merged from several machines may overlap; the cache keeps the first entry of each key, and an append
+    that brings nothing new leaves the file as it was (a rewrite of the whole cache is GBs at the large scale)."""
+    path = tmp_path / "cache" / CACHE_FILE
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    text_features._append(path, 4, text_features._entries(pa.array(["a", "b", "a"], pa.string()), vectors, 4))
+    table = pq.read_table(path)
+    assert table.column("key").to_pylist() == ["a", "b"]
+    np.testing.assert_array_equal(text_features._vectors(table, 4), vectors[:2])
+    before = path.stat().st_mtime_ns
+    text_features._append(path, 4, text_features._entries(pa.array(["b"], pa.string()), vectors[:1], 4))
+    assert path.stat().st_mtime_ns == before
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:

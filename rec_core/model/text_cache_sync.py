@@ -6,16 +6,21 @@ under ``features/text/<cache folder>/``; a lookup that misses first merges the f
 mapped ``build_features`` parts, run on several Celery workers, fill every worker's cache, and a text is encoded
 once whichever worker then needs it (without this, each worker re-encoded the parts the others had encoded).
 
-A merged file is recorded by its checksum in ``merged.json`` beside the local cache, and its local copy removed:
-the cache holds its entries. Two processes of one machine may merge the same file; the cache's append drops keys it
-already holds, so that costs time only.
+A merged file is recorded by its checksum in ``merged.json`` beside the local cache (the cache holds its entries);
+one process of a machine merges at a time (a lock beside it), and files are read from the store into memory, never
+through a folder two processes share. A file is named at random when pushed, so two pushes never replace each
+other; overlapping files only cost the merge time (the cache's append keeps one entry per key).
 """
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import logging
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,42 +53,53 @@ class SharedTextCache:
         folder = SyncedFolder(open_store(paths), f"{PREFIX}/{cache_folder.name}", cache_folder / "shared")
         return cls(folder, cache_folder / MERGED)
 
-    def unmerged(self) -> list[tuple[str, pa.Table]]:
-        """The files other machines pushed that this one has not merged yet, read (name, keys and vectors)."""
-        merged = self._merged()
-        names = [name for name, sha in self.folder.files().items() if sha not in merged]
-        if not names:
-            return []
-        self.folder.pull(names)
-        return [(name, pq.read_table(self.folder.local / name)) for name in names]
+    def where(self) -> str:
+        return self.folder.where()
 
-    def record_merged(self, names: list[str]) -> None:
-        """``names`` (from :meth:`unmerged`) are in the local cache now: remember them, drop their copies."""
-        files = self.folder.files()
-        self._write_merged(self._merged() | {files[name] for name in names if name in files})
-        for name in names:
-            (self.folder.local / name).unlink(missing_ok=True)
+    @contextmanager
+    def merging(self) -> Iterator[None]:
+        """One process of this machine at a time between reading ``merged.json`` and recording a merge."""
+        self.merged_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.merged_file.with_name(MERGED + ".lock").open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def unmerged(self) -> list[tuple[str, pa.Table]]:
+        """The files pushed (by other machines) that this one has not merged yet: (checksum, keys and vectors),
+        read from the store into memory. Call within :meth:`merging`."""
+        merged = self._merged()
+        wanted = {sha: name for name, sha in self.folder.files().items() if sha not in merged}
+        out = []
+        for sha, name in wanted.items():
+            data = self.folder.read(name)  # checked against its checksum
+            if data is not None:
+                out.append((sha, pq.read_table(pa.BufferReader(data))))
+        return out
+
+    def record_merged(self, shas: list[str]) -> None:
+        """These files (checksums from :meth:`unmerged`) are in the local cache now. Call within :meth:`merging`."""
+        self._write_merged(self._merged() | set(shas))
 
     def push(self, entries: pa.Table) -> None:
-        """Share what this machine encoded (keys and vectors, the cache's schema)."""
-        digest = hashlib.sha256("\n".join(entries.column("key").to_pylist()).encode()).hexdigest()[:32]
-        name = f"{digest}.parquet"
-        target = self.folder.local / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(entries, target, compression="none")
-        try:
-            self.folder.push([name])
-            self.record_merged([name])  # this machine's cache has them already
-        finally:
-            target.unlink(missing_ok=True)
-        log.info("shared %d text embeddings on %s", entries.num_rows, self.folder.where())
+        """Share what this machine encoded (keys and vectors, the cache's schema), from a folder of this process's
+        own; this machine's cache has them, so the file is recorded as merged here."""
+        name = f"{uuid.uuid4().hex}.parquet"
+        with tempfile.TemporaryDirectory(prefix="text-push-") as scratch:
+            pq.write_table(entries, Path(scratch) / name, compression="none")
+            SyncedFolder(self.folder.store, self.folder.prefix, Path(scratch)).push([name])
+        sha = self.folder.files().get(name)
+        if sha is not None:
+            with self.merging():
+                self.record_merged([sha])
+        log.info("shared %d text embeddings on %s", entries.num_rows, self.where())
 
     def _merged(self) -> set[str]:
         try:
             return set(json.loads(self.merged_file.read_text()))
-        except FileNotFoundError:
-            return set()
-        except (OSError, ValueError):  # outside damage: merging again costs time, not correctness
+        except (OSError, ValueError):  # none yet, or outside damage: merging again costs time, not correctness
             return set()
 
     def _write_merged(self, shas: set[str]) -> None:

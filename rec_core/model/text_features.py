@@ -44,6 +44,8 @@ from rec_core.atomic import write_with
 from rec_core.model.text_cache_sync import SharedTextCache
 from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
 from rec_core.settings import ModelSettings, PathSettings
+from rec_core.storage.object_store import StoreError
+from rec_core.storage.versions import VersionError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ def _embed(
             fresh = _entries(pa.array(list(todo), pa.string()), new_vectors, dim)
             _append(path, dim, fresh)
             if shared is not None:
-                shared.push(fresh)
+                _share(shared, fresh)
     if aligned is not None:  # every row is known now: the whole lookup is this table's aligned array
         _write_aligned(aligned, out)
 
@@ -288,14 +290,27 @@ def _entries(keys: pa.Array, vectors: np.ndarray, dim: int) -> pa.Table:
 
 
 def _merge_shared(shared: SharedTextCache, path: Path, dim: int) -> bool:
-    """Merge what other machines pushed into the local cache (one rewrite for all of it); whether anything came."""
-    pulled = shared.unmerged()
-    if not pulled:
+    """Merge what other machines pushed into the local cache (one rewrite for all of it); whether anything came.
+    A store that cannot be read is logged and skipped: the texts are then encoded here, as without a store."""
+    try:
+        with shared.merging():
+            pulled = shared.unmerged()
+            if not pulled:
+                return False
+            _append(path, dim, pa.concat_tables([table.cast(_cache_schema(dim)) for _, table in pulled]))
+            shared.record_merged([sha for sha, _ in pulled])
+    except (OSError, StoreError, VersionError, pa.ArrowException) as exc:
+        log.warning("could not merge the text embeddings on %s (%s); encoding what is missing", shared.where(), exc)
         return False
-    _append(path, dim, pa.concat_tables([table.cast(_cache_schema(dim)) for _, table in pulled]))
-    shared.record_merged([name for name, _ in pulled])
-    log.info("merged %d text embeddings from %s", sum(t.num_rows for _, t in pulled), shared.folder.where())
+    log.info("merged %d text embeddings from %s", sum(t.num_rows for _, t in pulled), shared.where())
     return True
+
+
+def _share(shared: SharedTextCache, fresh: pa.Table) -> None:
+    try:
+        shared.push(fresh)
+    except (OSError, StoreError, VersionError) as exc:  # they are in this machine's cache; others encode them too
+        log.warning("could not share %d text embeddings on %s (%s)", fresh.num_rows, shared.where(), exc)
 
 
 def _append(path: Path, dim: int, fresh: pa.Table) -> None:
@@ -304,13 +319,22 @@ def _append(path: Path, dim: int, fresh: pa.Table) -> None:
     with _writer_lock(path):
         # Re-read under the lock: another run may have written since we looked.
         current = _read_cache(path, dim)
+        fresh = _first_of_each_key(fresh)  # merged files from several machines may overlap
         if current is not None:
             fresh = fresh.filter(pc.invert(pc.is_in(fresh.column("key"), value_set=current.column("key"))))
+            if fresh.num_rows == 0:  # nothing new: the file (GBs at the large scale) is not rewritten
+                return
             merged = pa.concat_tables([current.cast(schema), fresh])
         else:
             merged = fresh
         # Float vectors and hex keys barely compress; skipping it keeps reads and writes fast.
         write_with(path, lambda tmp: pq.write_table(merged, tmp, compression="none"))
+
+
+def _first_of_each_key(table: pa.Table) -> pa.Table:
+    keys = table.column("key").to_numpy(zero_copy_only=False)
+    _, first = np.unique(keys, return_index=True)
+    return table if len(first) == len(keys) else table.take(np.sort(first))
 
 
 @contextmanager
