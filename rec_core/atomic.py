@@ -47,3 +47,17 @@ def write_with(target: Path, writer: Callable[[Path], None]) -> None:
     """Run ``writer(tmp_path)`` and atomically move the result onto ``target``."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path) -> Iterator[None]:
+    """One holder at a time among the processes of this machine (``flock`` on ``lock_file``, created if absent)."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

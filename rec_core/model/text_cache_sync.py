@@ -14,19 +14,17 @@ other; overlapping files only cost the merge time (the cache's append keeps one 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rec_core.atomic import write_bytes_atomic
+from rec_core.atomic import exclusive_lock, write_bytes_atomic
 from rec_core.settings import PathSettings
 from rec_core.storage.synced_folder import SyncedFolder
 
@@ -56,16 +54,9 @@ class SharedTextCache:
     def where(self) -> str:
         return self.folder.where()
 
-    @contextmanager
-    def merging(self) -> Iterator[None]:
+    def merging(self) -> AbstractContextManager[None]:
         """One process of this machine at a time between reading ``merged.json`` and recording a merge."""
-        self.merged_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.merged_file.with_name(MERGED + ".lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return exclusive_lock(self.merged_file.with_name(MERGED + ".lock"))
 
     def unmerged(self) -> list[tuple[str, pa.Table]]:
         """The files pushed (by other machines) that this one has not merged yet: (checksum, keys and vectors),

@@ -24,14 +24,12 @@ stale; the newest :data:`ALIGNED_KEPT` are kept (the live lake's and the one bef
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rec_core.atomic import write_with
+from rec_core.atomic import exclusive_lock, write_with
 from rec_core.model.text_cache_sync import SharedTextCache
 from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
 from rec_core.settings import ModelSettings, PathSettings
@@ -337,11 +335,5 @@ def _first_of_each_key(table: pa.Table) -> pa.Table:
     return table if len(first) == len(keys) else table.take(np.sort(first))
 
 
-@contextmanager
-def _writer_lock(path: Path) -> Iterator[None]:
-    with path.with_name(path.name + ".lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _writer_lock(path: Path) -> AbstractContextManager[None]:
+    return exclusive_lock(path.with_name(path.name + ".lock"))
