@@ -55,7 +55,7 @@ def exclusive_lock(lock_file: Path) -> Iterator[None]:
     import fcntl
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("w") as fh:
+    with lock_file.open("a") as fh:  # never truncated: a lock file's content is nobody's
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

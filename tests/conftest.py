@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from rec_core.atomic import exclusive_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rec-airflow-"))
@@ -214,7 +214,7 @@ def api_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     worker builds it under a lock in the run's shared temp folder, and every worker serves its own copy (a Milvus
     Lite file opens in one process, and servers write their inbox into the data root)."""
     shared = _run_temp(tmp_path_factory) / "api-world"
-    with _exclusive(shared.with_suffix(".lock")):
+    with exclusive_lock(shared.with_suffix(".lock")):
         if not (shared / "built").is_file():
             shutil.rmtree(shared, ignore_errors=True)
             _build_api_world(shared / "data")
@@ -240,17 +240,6 @@ def _run_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This run's temp root, shared by its xdist workers (each worker's base temp is a folder in it)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-@contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
