@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rec_core.feed.candidates import ExclusionCSR, iter_top_k, top_k, trending_order, trending_scores
+from rec_core.feed.liked_kernel import closest_liked
 from rec_core.feed.policy import MS_PER_DAY, FeedPolicy, apply, check_feed, select, select_block, select_eligible
 from rec_core.feed.reasons import (
     GENERIC_TAG_SHARE,
@@ -614,3 +615,37 @@ def test_explain_new_from_tag_and_fallbacks() -> None:
     cold = dataclasses.replace(users, has_history=np.array([False]), followed_like_keys=np.zeros(0, dtype=np.int64))
     kinds, args = explain(catalogue, cold, np.zeros(1, dtype=np.int64), np.arange(1), np.array([1]), np.zeros(1, bool))
     assert render(kinds, args, catalogue).to_pylist() == ["popular right now"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_users=st.integers(1, 6), n_videos=st.integers(1, 12))
+def test_closest_liked_is_the_rule_written_plainly(seed: int, n_users: int, n_videos: int) -> None:
+    """The compiled pass against its definition: per row, the first of the user's likes with the best cosine to
+    the row's video; none when the user liked nothing or that like is the row's own video. Few distinct vectors,
+    so ties between likes are common."""
+    rng = np.random.default_rng(seed)
+    unit = np.eye(4, dtype=np.float32)[rng.integers(0, 4, n_videos)]
+    counts = rng.integers(0, 4, n_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    liked = rng.integers(0, n_videos, int(indptr[-1]))
+    row_user = rng.integers(0, n_users, 20)
+    row_video = rng.integers(0, n_videos, 20)
+    best, arg = closest_liked(unit, row_user, row_video, indptr, liked)
+    for i, (u, v) in enumerate(zip(row_user.tolist(), row_video.tolist(), strict=True)):
+        mine = liked[indptr[u] : indptr[u + 1]].tolist()
+        sims = [float(unit[v] @ unit[j]) for j in mine]
+        if not mine or mine[int(np.argmax(sims))] == v:
+            assert (best[i], arg[i]) == (-np.inf, -1)
+        else:
+            assert (best[i], arg[i]) == (max(sims), mine[int(np.argmax(sims))])
+
+
+def test_closest_liked_refuses_indices_outside_its_arrays() -> None:
+    unit = np.eye(3, dtype=np.float32)
+    one = np.zeros(1, dtype=np.int64)
+    with pytest.raises(ValueError, match="row videos"):
+        closest_liked(unit, one, np.array([3]), np.array([0, 1]), one)
+    with pytest.raises(ValueError, match="row users"):
+        closest_liked(unit, np.array([1]), one, np.array([0, 1]), one)
+    with pytest.raises(ValueError, match="liked videos"):
+        closest_liked(unit, one, one, np.array([0, 1]), np.array([7]))

@@ -35,6 +35,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from rec_core.feed.liked_kernel import closest_liked
+
 CAPTION_CHARS = 40
 GENERIC_TAG_SHARE = 0.10
 STRONG_TAG_QUANTILE = 0.8
@@ -175,8 +177,7 @@ def explain(
 
     Rows are (local user, rank, video index, whether the row is a fresh slot
     holding a fresh video); (user, rank) pairs must be unique. Call it per batch
-    of users: working memory is [users in the batch, n_videos] bits and
-    [users, max rank, d] floats. Arguments: creator code for the *FOLLOWED
+    of users: working memory is [users in the batch, n_videos] bits. Arguments: creator code for the *FOLLOWED
     kinds, tag code for NEW_TAG and TAG, liked video index for LIKED, 0 otherwise.
     """
     n = len(row_video)
@@ -186,7 +187,7 @@ def explain(
     lo, hi = (int(row_user.min()), int(row_user.max()) + 1) if n else (0, 0)
     followed = _pair_lookup(users.follow_keys, lo, hi, n_creators, row_user, creator)
     followed_liked = _pair_lookup(users.followed_like_keys, lo, hi, n_videos, row_user, row_video)
-    liked_sim, liked_arg = _closest_liked(catalogue, users, row_user, row_rank, row_video)
+    liked_sim, liked_arg = closest_liked(catalogue.unit_vectors, row_user, row_video, users.liked_indptr, users.liked)
     liked = liked_sim >= catalogue.like_threshold
 
     user_tags = users.top_tags[row_user]  # [n, T]
@@ -315,44 +316,3 @@ def _first_true(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
     first = mask.argmax(axis=1)
     picked = values[np.arange(len(values)), first]
     return np.where(mask.any(axis=1), picked, -1)
-
-
-def _closest_liked(
-    catalogue: ReasonCatalogue,
-    users: UserSignals,
-    row_user: np.ndarray,
-    row_rank: np.ndarray,
-    row_video: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the best cosine to one of the user's recent likes, and that liked video (-inf / -1 when none)."""
-    n = len(row_video)
-    best = np.full(n, -np.inf, dtype=np.float32)
-    arg = np.full(n, -1, dtype=np.int64)
-    if n == 0 or len(users.liked) == 0:
-        return best, arg
-    # Pad to [users in this batch, feed positions, d] and [users, likes, d]: one batched matmul for all. Missing
-    # likes repeat the user's first one, which leaves the max unchanged without a mask pass.
-    lo, hi = int(row_user.min()), int(row_user.max()) + 1
-    b = row_user - lo
-    length = int(row_rank.max()) + 1
-    counts = np.diff(users.liked_indptr[lo : hi + 1])
-    m = int(counts.max()) if len(counts) else 0
-    if m == 0:
-        return best, arg
-    first = users.liked[np.minimum(users.liked_indptr[lo:hi], len(users.liked) - 1)]
-    liked_idx = np.repeat(first[:, None], m, axis=1)
-    rows = np.repeat(np.arange(hi - lo), counts)
-    cols = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    liked_idx[rows, cols] = users.liked[users.liked_indptr[lo] : users.liked_indptr[hi]]
-    feed_idx = np.zeros((hi - lo, length), dtype=np.int64)
-    feed_idx[b, row_rank] = row_video
-    vecs = catalogue.unit_vectors
-    sims = np.matmul(np.take(vecs, feed_idx, axis=0), np.take(vecs, liked_idx, axis=0).transpose(0, 2, 1))
-    which = sims.argmax(axis=2)  # [B, L]
-    value = np.take_along_axis(sims, which[:, :, None], axis=2)[:, :, 0]
-    best = np.where(counts[b] > 0, value[b, row_rank], -np.inf)
-    arg = liked_idx[b, which[b, row_rank]]
-    # A video is never its own reason (a liked video is watched, so it cannot be in the feed, but be safe).
-    same = arg == row_video
-    best = np.where(same, -np.inf, best).astype(np.float32)
-    return best, np.where(np.isneginf(best), -1, arg)
