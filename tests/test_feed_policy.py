@@ -459,6 +459,8 @@ def test_exclusion_csr_dedupes_and_rejects_bad_rows() -> None:
     assert csr.row(2).tolist() == []
     with pytest.raises(ValueError):
         ExclusionCSR.from_pairs(np.array([3]), np.array([0]), 3)
+    with pytest.raises(ValueError, match="negative"):
+        ExclusionCSR.from_pairs(np.array([0]), np.array([-1]), 3)
 
 
 def test_trending_scores_decay_and_window() -> None:
@@ -649,3 +651,13 @@ def test_closest_liked_refuses_indices_outside_its_arrays() -> None:
         closest_liked(unit, np.array([1]), one, np.array([0, 1]), one)
     with pytest.raises(ValueError, match="liked videos"):
         closest_liked(unit, one, one, np.array([0, 1]), np.array([7]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 40)), max_size=60))
+def test_exclusion_csr_rows_are_each_users_sorted_distinct_videos(pairs: list[tuple[int, int]]) -> None:
+    users = np.array([u for u, _ in pairs], dtype=np.int64)
+    videos = np.array([v for _, v in pairs], dtype=np.int64)
+    csr = ExclusionCSR.from_pairs(users, videos, 7)
+    for u in range(7):
+        assert csr.row(u).tolist() == sorted({v for w, v in pairs if w == u})

@@ -121,13 +121,18 @@ def _top_tags(cat: FeedCatalogue, shard_inter: pl.DataFrame, n_users: int) -> np
         return out
     u = shard_inter["uidx"].to_numpy()
     v = shard_inter["vidx"].to_numpy()
-    w = 1.0 + 2.0 * shard_inter["liked"].to_numpy().astype(np.float64)
     vt = tags.video_tags[v]  # [n, S]
     valid = vt >= 0
     keys = (np.repeat(u, vt.shape[1]) * n_tags + vt.ravel())[valid.ravel()]
-    weights = np.repeat(w, vt.shape[1])[valid.ravel()]
-    unique, inverse = np.unique(keys, return_inverse=True)
-    total = np.bincount(inverse, weights=weights)
+    liked = np.repeat(shard_inter["liked"].to_numpy(), vt.shape[1])[valid.ravel()]
+    # A view counts 1, a like 3: each (user, tag) key's views plus twice its likes, counted over sorted keys (numpy
+    # sorts integers with SIMD; np.unique with an inverse took most of this step).
+    ordered = np.sort(keys)
+    starts = np.flatnonzero(np.diff(ordered, prepend=-1))  # keys are >= 0
+    unique = ordered[starts]
+    liked_keys = np.sort(keys[liked])
+    likes = np.searchsorted(liked_keys, unique, "right") - np.searchsorted(liked_keys, unique, "left")
+    total = np.diff(np.append(starts, len(ordered))) + 2 * likes
     user, tag = unique // n_tags, unique % n_tags
     # At least two engagements' worth: one stray view does not make a tag "yours".
     strong = total >= 2.0
