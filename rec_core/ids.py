@@ -24,7 +24,9 @@ No regex here is anchored with ``$``, which also matches before a trailing newli
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 MAX_ID_BYTES = 128  # UTF-8 bytes: Milvus' VARCHAR max_length for the primary key
@@ -141,3 +143,22 @@ def id_problems(ids: pl.Series) -> pl.Series:
     """:func:`id_problem_expr` over a series of strings: a string series of reasons, null where fine or null."""
     frame = pl.DataFrame({"id": ids.cast(pl.String)})
     return frame.select(id_problem_expr(pl.col("id"))).to_series().alias(ids.name)
+
+
+def sorted_positions(sorted_ids: np.ndarray, keys: Sequence[str] | np.ndarray) -> np.ndarray:
+    """int64 position of each key in ``sorted_ids`` (ascending, unique), -1 where absent: one binary search for all.
+
+    A fixed-width array (ids mapped from a snapshot) is searched in its own width. numpy would otherwise widen it to
+    the keys' width, or turn it into Python strings for keys given as objects: a copy of the whole array on every
+    call (28 ms at 500,000 ids). The keys are cut to that width for the search only; each match is then compared
+    with the whole key, so an id that merely starts with a known one is not found.
+    """
+    wanted = np.asarray(keys, dtype=str)
+    out = np.full(len(wanted), -1, dtype=np.int64)
+    if not len(wanted) or not len(sorted_ids):
+        return out
+    probe = wanted.astype(sorted_ids.dtype) if sorted_ids.dtype.kind == "U" else wanted
+    at = np.minimum(np.searchsorted(sorted_ids, probe), len(sorted_ids) - 1)
+    found = sorted_ids[at] == wanted
+    out[found] = at[found]
+    return out

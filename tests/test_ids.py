@@ -7,6 +7,7 @@ import re
 import sys
 import unicodedata
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from rec_core.ids import (
     id_problem,
     id_problems,
     is_valid_id,
+    sorted_positions,
 )
 
 CASES = [
@@ -178,3 +180,19 @@ def test_what_the_documented_pattern_refuses_the_rule_refuses(value: str) -> Non
         assert id_problem(value) is not None
     elif value.isascii() and value.strip() == value:
         assert id_problem(value) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    known=st.sets(st.text(alphabet="abé日0", min_size=1, max_size=4), max_size=20),
+    keys=st.lists(st.text(alphabet="abé日0", min_size=1, max_size=6), max_size=20),
+)
+def test_sorted_positions_is_the_index_rule_in_any_width(known: set[str], keys: list[str]) -> None:
+    """Each key's place in the sorted ids, -1 where absent, for ids held as Python strings or as a fixed-width
+    array (mapped), which is never widened: a key longer than the width is cut for the search only."""
+    ordered = sorted(known)
+    expected = [ordered.index(k) if k in known else -1 for k in keys]
+    for held in (np.array(ordered, dtype=object), np.array(ordered, dtype=str)):
+        assert sorted_positions(held, keys).tolist() == expected
+    fixed = np.array(["a", "c"])
+    assert sorted_positions(fixed, ["c", "cb", "ab", "b"]).tolist() == [1, -1, -1, -1]

@@ -128,6 +128,9 @@ def test_log_q_correction_subtracts_log_q_from_every_column() -> None:
 def test_vocab_lookup_maps_unknown_to_zero() -> None:
     vocab = np.array(["a", "c", "e"], dtype=object)
     np.testing.assert_array_equal(Vocabs.lookup(vocab, np.array(["c", "b", "e", "z"], dtype=object)), [2, 0, 3, 0])
+    # Mapped (fixed-width) ids: an id that only starts with one of them is not it.
+    mapped = np.array(["a", "c", "e"])
+    np.testing.assert_array_equal(Vocabs.lookup(mapped, np.array(["c", "cx", "e", "ab"], dtype=object)), [2, 0, 3, 0])
 
 
 def test_gather_ranges() -> None:
@@ -200,7 +203,7 @@ def _catalogue_world() -> tuple[pl.DataFrame, pl.DataFrame]:
 @settings(max_examples=40, deadline=None)
 @given(
     vocab=st.sets(st.text(alphabet="abé日0_", max_size=4), max_size=30),
-    ids=st.lists(st.text(alphabet="abé日0_", max_size=4), max_size=40),
+    ids=st.lists(st.text(alphabet="abé日0_", max_size=6), max_size=40),
 )
 def test_vocab_lookup_is_the_index_rule_whether_ids_are_searched_or_hashed(vocab: set[str], ids: list[str]) -> None:
     """A few ids are searched, many are hashed: both give each id its place in the sorted vocabulary plus one, 0
@@ -210,6 +213,10 @@ def test_vocab_lookup_is_the_index_rule_whether_ids_are_searched_or_hashed(vocab
     expected = [rule.get(i, 0) for i in ids]
     few = Vocabs.lookup(ordered, np.array(ids, dtype=object))
     assert few.tolist() == expected and few.dtype == np.int64
+    # The same vocabulary as fixed-width strings (mapped from a snapshot), searched in its own width: ids longer
+    # than that width, whose cut-off prefix it may hold, are still not found.
+    fixed = Vocabs.lookup(np.array(ordered.tolist(), dtype=str), np.array(ids, dtype=object))
+    assert fixed.tolist() == expected and fixed.dtype == np.int64
     repeats = -(-HASHED_LOOKUP // max(len(ids), 1))  # enough rows for the hashed path
     many = Vocabs.lookup(ordered, np.array(ids * repeats, dtype=object))
     assert many.tolist() == expected * repeats and many.dtype == np.int64

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
+from rec_core.ids import sorted_positions
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
 from rec_core.model.video_engagement import (
     RECENT_WINDOWS_DAYS,
@@ -87,10 +88,14 @@ class Vocabs:
 
         Many string ids are hashed (polars): a binary search compares Python strings, about a second per 500,000
         ids, and every catalogue build looks a whole catalogue's videos, creators and hashtags up. A few ids (a live
-        request's) are searched, which costs nothing to set up."""
+        request's) are searched, which costs nothing to set up. A vocabulary of fixed-width strings (ids mapped from
+        a snapshot) is searched in its own width (:func:`rec_core.ids.sorted_positions`): a search with Python strings
+        would copy all of it into Python strings on every call, for each of a live user's watched and liked lists."""
         if len(vocab) == 0 or len(ids) == 0:
             return np.zeros(len(ids), dtype=np.int64)
         ids = np.asarray(ids, dtype=object)
+        if vocab.dtype.kind == "U" and len(ids) < HASHED_LOOKUP and all(isinstance(i, str) for i in ids.tolist()):
+            return sorted_positions(vocab, ids) + 1
         if len(ids) >= HASHED_LOOKUP:
             try:
                 codes = pl.Series(ids, dtype=pl.String).cast(pl.Enum(pl.Series(vocab, dtype=pl.String)), strict=False)

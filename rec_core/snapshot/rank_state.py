@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from rec_core.atomic import write_bytes_atomic, write_with
+from rec_core.ids import sorted_positions
 from rec_core.model.features import follows_frame, interaction_frame, video_frame
 from rec_core.model.inference import as_of_ms
 from rec_core.rank.events import RankEvents
@@ -259,11 +260,8 @@ class RankState:
 
 
 def _rows(sorted_ids: np.ndarray, ids: np.ndarray | list[str]) -> np.ndarray:
-    wanted = np.asarray(ids, dtype=str)
-    if not len(sorted_ids):
-        return np.zeros(len(wanted), dtype=np.int64)
-    at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
-    return np.where(sorted_ids[at] == wanted, at, len(sorted_ids)).astype(np.int64)
+    at = sorted_positions(sorted_ids, ids)
+    return np.where(at >= 0, at, len(sorted_ids))
 
 
 def read_ranking(folder: Path) -> tuple[Ranker, RankState]:

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rec_core.atomic import write_bytes_atomic
-from rec_core.ids import id_problems
+from rec_core.ids import id_problems, sorted_positions
 from rec_core.snapshot.files import (
     CATALOGUE_DENSE,
     CATALOGUE_TEXT,
@@ -86,15 +86,7 @@ class IdIndex(Mapping[str, int]):
     def codes(self, keys: Sequence[str]) -> np.ndarray:
         """Every key's position (-1: absent), by one binary search for all of them: a live page looks up hundreds of
         ids, and one :meth:`get` each cost more than the rest of the page."""
-        out = np.full(len(keys), -1, dtype=np.int64)
-        if not len(keys) or not len(self.ids):
-            return out
-        wanted = np.asarray(keys, dtype=str)
-        # Cast to the array's width, as get() does, so the mapped array is never copied; then compare the full ids.
-        at = np.minimum(np.searchsorted(self.ids, wanted.astype(self.ids.dtype)), len(self.ids) - 1)
-        found = self.ids[at] == wanted
-        out[found] = at[found]
-        return out
+        return sorted_positions(self.ids, keys)
 
     def __getitem__(self, key: str) -> int:
         i = self.get(key)
