@@ -81,11 +81,13 @@ def greedy_block(
     n_creators: int,
     out: np.ndarray,
     lengths: np.ndarray,
-) -> None:
+) -> int:
     """Fill ``out[r, :lengths[r]]`` with row ``r``'s feed: column positions among those ``keep`` marks, in order.
 
     ``creator`` int64 [rows, width] dense codes below ``n_creators``; ``keep`` and ``fresh`` bool, same shape;
     ``slots`` bool [feed length]: the fresh slots; ``cap`` items of one creator in any ``span + 1`` consecutive.
+    Returns -1, or the first row with a kept code outside ``0..n_creators-1``, checked as the row is read and
+    before anything is indexed by it (the rows before it are filled, it and those after it are not).
     """
     rows, width = creator.shape
     feed_length = out.shape[1]
@@ -114,6 +116,8 @@ def greedy_block(
         n_fresh = 0
         for j in range(width):
             if keep[r, j]:
+                if creator[r, j] < 0 or creator[r, j] >= n_creators:
+                    return r
                 column[n] = j
                 cre[n] = creator[r, j]
                 if fresh[r, j]:
@@ -176,3 +180,4 @@ def greedy_block(
             tail[0, c] = -1
             tail[1, c] = -1
             used[j] = False
+    return -1
