@@ -23,7 +23,7 @@ from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed import policy
 from rec_core.feed.engagement import EngagementHead
 from rec_core.feed.rank_stage import RankCatalogue, RankModel, load_rank_model
-from rec_core.model.inference import as_of_ms, snapshot_catalogue
+from rec_core.model.inference import as_of_ms, serving_catalogue
 from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
@@ -44,8 +44,14 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     index = load_serving_index(paths, build)
     own = index.spaces[build.model_version]
     model = load_snapshot_model(path_settings, paths, build)
-    catalogue = snapshot_catalogue(
-        paths, build, model, matrices=(index.catalogue_text, index.catalogue_dense), video_ids=index.video_ids
+    catalogue = serving_catalogue(
+        model,
+        build,
+        video_ids=index.video_ids,
+        creator_ids=index.creator_ids,
+        created_ms=index.created_ms,
+        text=index.catalogue_text,
+        dense=index.catalogue_dense,
     )
     store = _open_store(path_settings, paths, build)
     view = SnapshotView(
@@ -66,7 +72,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         model=model,
         catalogue=catalogue,
         store=store,
-        known_creators=frozenset(catalogue.creator_ids.tolist()),
+        known_creators=frozenset(np.unique(index.creator_ids).tolist()),  # a string per creator, not per video
         skipped_ids=index.skipped_ids,
         assignment=Assignment(experiments_from_build(build.experiments)),
     )
@@ -80,8 +86,9 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     except Exception:
         view.close()
         raise
-    # Reading the catalogue's Parquet parts grows Arrow's allocator by ~100 MiB at 500,000 videos, freed but kept by
-    # the allocator: each worker would hold it for the life of the snapshot (bench_serving_memory).
+    # What a load reads through Arrow (the model's vocabularies; the catalogue's Parquet parts, before the catalogue
+    # came from the mapped index, grew it by ~100 MiB at 500,000 videos) is freed but kept by Arrow's allocator: each
+    # worker would hold it for the life of the snapshot (bench_serving_memory).
     pa.default_memory_pool().release_unused()
     log.info(
         "snapshot %s loaded in %.1fs (%s): %d videos, %d users with feeds (%d items), %d user vectors",
@@ -118,7 +125,16 @@ def _space_view(
     version's model, video and user vectors (by the same codes), collection and ranker."""
     vectors = arrays.video_vectors
     model = load_snapshot_model(path_settings, space, build)
-    catalogue = snapshot_catalogue(space, build, model, shared=root.catalogue)
+    shared = root.catalogue  # the same videos, read by this version's vocabulary
+    catalogue = serving_catalogue(
+        model,
+        build,
+        video_ids=shared.video_ids,
+        creator_ids=shared.creator_ids,
+        created_ms=root.created_ms,
+        text=shared.text,
+        dense=shared.dense,
+    )
     view = replace(
         root,
         build=build,

@@ -22,6 +22,7 @@ from rec_core.model.inference import (
     load_build_model,
     load_catalogue,
     profile_from_events,
+    serving_catalogue,
     snapshot_catalogue,
     user_vector_from_profile,
     user_vectors_for_shard,
@@ -233,11 +234,25 @@ def test_the_snapshot_catalogue_is_the_lake_catalogue_as_the_towers_read_it(
     shards = vectors_array(read_vector_shards(paths, "videos", VIDEO_SHARDS))
     np.testing.assert_allclose(video_vectors(loaded.model, served, loaded.stats).numpy(), shards, atol=1e-6)
 
+    # What an API worker holds: the serving index's mapped arrays (fixed-width ids and creators) and no video tower
+    # inputs, which it refuses to feed; the user tower reads it as it reads the lake's catalogue.
+    columns = dict(
+        video_ids=mapped, creator_ids=np.array(from_lake.creator_ids.tolist()), created_ms=from_lake.created_ms
+    )
+    api = serving_catalogue(loaded, build, **columns, text=served.text, dense=served.dense)
+    np.testing.assert_array_equal(api.item_idx, from_lake.item_idx)
+    assert api.text is served.text and api.hashtag_idx is None
+    with pytest.raises(ValueError, match="user tower's inputs only"):
+        api.batch(np.arange(2), loaded.stats)
+    with pytest.raises(ValueError, match="not its"):
+        serving_catalogue(loaded, build, **columns, text=served.text[1:], dense=served.dense[1:])
+
     interactions = interaction_frame(read_lake_table(settings.paths, build, "interactions"))
     follows = follows_frame(read_lake_table(settings.paths, build, "follows"))
     for user in interactions["user_id"].unique().sort().head(5).to_list():
         profile = profile_from_events(user, interactions, follows, as_of_ms(build))
-        np.testing.assert_array_equal(
-            user_vector_from_profile(loaded, served, loaded.stats, profile).vector,
-            user_vector_from_profile(loaded, from_lake, loaded.stats, profile).vector,
-        )
+        expected = user_vector_from_profile(loaded, from_lake, loaded.stats, profile).vector
+        for catalogue in (served, api):
+            np.testing.assert_array_equal(
+                user_vector_from_profile(loaded, catalogue, loaded.stats, profile).vector, expected
+            )

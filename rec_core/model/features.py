@@ -197,13 +197,14 @@ class Catalogue:
     """Video-tower inputs for every video, in catalogue order; unstandardised dense features."""
 
     video_ids: np.ndarray  # str (object, or unicode mapped from a snapshot's serving index), sorted
-    creator_ids: np.ndarray  # object
+    creator_ids: np.ndarray  # str (object, or unicode mapped)
     text: np.ndarray  # (n, text_dim) float32
-    duration_s: np.ndarray  # float32
+    # The video tower's own inputs; None in a catalogue that only feeds the user tower (the API's, serving_catalogue).
+    duration_s: np.ndarray | None  # float32
     item_idx: np.ndarray  # int32 model vocab index, 0 = unknown
-    creator_idx: np.ndarray  # int32
-    hashtag_idx: np.ndarray  # int32, flattened vocab indices
-    hashtag_offsets: np.ndarray  # int32 (n,)
+    creator_idx: np.ndarray | None  # int32
+    hashtag_idx: np.ndarray | None  # int32, flattened vocab indices
+    hashtag_offsets: np.ndarray | None  # int32 (n,)
     dense: np.ndarray  # (n, len(VIDEO_DENSE)) float32, as of ``as_of_ms``
     created_ms: np.ndarray | None = None  # int64 (n,)
     timeline: ItemTimeline | None = None  # interactions before as_of, for features at an earlier instant
@@ -214,7 +215,8 @@ class Catalogue:
         # Held as int32: every API worker keeps a catalogue, and these four are ~4 values per video (about 16 MiB per
         # worker at 500,000 videos as int64). Batches hand the towers int64, as built.
         for name in ("item_idx", "creator_idx", "hashtag_idx", "hashtag_offsets"):
-            object.__setattr__(self, name, _int32(getattr(self, name), name))
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _int32(getattr(self, name), name))
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -253,6 +255,8 @@ class Catalogue:
         model learns that a video with no views is never watched, and cold videos
         never reach a feed.
         """
+        if self.creator_idx is None or self.hashtag_idx is None or self.hashtag_offsets is None:
+            raise ValueError("this catalogue holds the user tower's inputs only: it cannot feed the video tower")
         if dense is None:
             dense = self.dense[rows] if at_ms is None else self.dense_at(rows, at_ms)
         item_idx = self.item_idx[rows].astype(np.int64)

@@ -188,6 +188,47 @@ def snapshot_catalogue(
     )
 
 
+def serving_catalogue(
+    loaded: LoadedModel,
+    build: BuildInfo,
+    *,
+    video_ids: np.ndarray,
+    creator_ids: np.ndarray,
+    created_ms: np.ndarray,
+    text: np.ndarray,
+    dense: np.ndarray,
+) -> Catalogue:
+    """The user tower's inputs for every video, from the arrays a snapshot's serving index maps: what each API
+    worker holds.
+
+    Nothing is read and nothing mapped is copied except each video's index in ``loaded``'s vocabulary (its own per
+    model version): the ids, creators, creation times, text and dense rows are the index's, in its codes. The video
+    tower's inputs (duration, creator and hashtag codes) are left out, so this catalogue cannot feed the video
+    tower (``Catalogue.batch`` refuses): the API encodes a posted video from a catalogue of its own. Built from the
+    Parquet parts instead, as :func:`snapshot_catalogue` does, they were ~20 MiB per worker at 500,000 videos
+    that no request read. The rows must be the codes: a catalogue with rows the vectors left out is refused.
+    """
+    n = len(video_ids)
+    if not (len(creator_ids) == len(created_ms) == len(text) == len(dense) == n):
+        raise ValueError(
+            f"the serving index's catalogue rows ({len(text)}) are not its {n} videos: a snapshot whose catalogue "
+            "holds rows its vectors left out"
+        )
+    return Catalogue(
+        video_ids=video_ids,
+        creator_ids=creator_ids,
+        text=text,
+        duration_s=None,
+        item_idx=Vocabs.lookup(loaded.vocabs.items, video_ids),
+        creator_idx=None,
+        hashtag_idx=None,
+        hashtag_offsets=None,
+        dense=dense,
+        created_ms=created_ms,
+        as_of_ms=as_of_ms(build),
+    )
+
+
 def _same_ids(column: pa.ChunkedArray, mapped: np.ndarray | None) -> np.ndarray:
     """The catalogue's ids: ``mapped`` where given (checked to be the column's, ends and length), else the column as
     Python strings."""

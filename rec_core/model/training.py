@@ -302,6 +302,7 @@ def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) 
         posted = np.maximum(np.searchsorted(created_sorted, when, side="right"), 1)
         return by_created[(rng.random(n_uniform) * posted).astype(np.int64)], when
 
+    assert data.catalogue.duration_s is not None  # a training catalogue holds the video tower's inputs
     duration = data.catalogue.duration_s[train.item_idx]
     targets = torch.from_numpy(
         np.stack([train.completion, np.log1p(train.completion * duration) / 5.0, train.liked.astype(np.float32)], 1)
