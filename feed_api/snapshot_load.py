@@ -23,6 +23,7 @@ from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed import policy
 from rec_core.feed.engagement import EngagementHead
 from rec_core.feed.rank_stage import RankCatalogue, RankModel, load_rank_model
+from rec_core.model.features import Vocabs
 from rec_core.model.inference import as_of_ms, serving_catalogue
 from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings
@@ -125,16 +126,8 @@ def _space_view(
     version's model, video and user vectors (by the same codes), collection and ranker."""
     vectors = arrays.video_vectors
     model = load_snapshot_model(path_settings, space, build)
-    shared = root.catalogue  # the same videos, read by this version's vocabulary
-    catalogue = serving_catalogue(
-        model,
-        build,
-        video_ids=shared.video_ids,
-        creator_ids=shared.creator_ids,
-        created_ms=root.created_ms,
-        text=shared.text,
-        dense=shared.dense,
-    )
+    # The same videos and inputs, read by this version's vocabulary.
+    catalogue = replace(root.catalogue, item_idx=Vocabs.lookup(model.vocabs.items, root.catalogue.video_ids))
     view = replace(
         root,
         build=build,
