@@ -573,7 +573,7 @@ def test_explain_picks_the_first_rule_that_holds() -> None:
     catalogue, users = _reason_fixture()
     videos = np.array([1, 5, 2, 4, 3, 0, 1, 10])
     fresh_slot = np.array([False] * 6 + [True, False])
-    kinds, args = explain(catalogue, users, np.zeros(8, dtype=np.int64), np.arange(8), videos, fresh_slot)
+    kinds, args = explain(catalogue, users, np.zeros(8, dtype=np.int64), videos, fresh_slot)
     assert [Reason(k) for k in kinds] == [
         Reason.FOLLOWED,  # creator c1 is followed
         Reason.LIKED,  # twin of the liked video
@@ -604,7 +604,6 @@ def test_explain_new_from_tag_and_fallbacks() -> None:
         catalogue,
         users,
         np.zeros(4, dtype=np.int64),
-        np.arange(4),
         np.array([2, 3, 10, 1]),
         np.array([1, 1, 1, 0], bool),
     )
@@ -615,7 +614,7 @@ def test_explain_new_from_tag_and_fallbacks() -> None:
         "based on what you watch",
     ]
     cold = dataclasses.replace(users, has_history=np.array([False]), followed_like_keys=np.zeros(0, dtype=np.int64))
-    kinds, args = explain(catalogue, cold, np.zeros(1, dtype=np.int64), np.arange(1), np.array([1]), np.zeros(1, bool))
+    kinds, args = explain(catalogue, cold, np.zeros(1, dtype=np.int64), np.array([1]), np.zeros(1, bool))
     assert render(kinds, args, catalogue).to_pylist() == ["popular right now"]
 
 

@@ -45,4 +45,4 @@ class ExplainReasons:
         if ctx.signals is None or ctx.reason_catalogue is None:
             kind = Reason.TRENDING if ctx.trending_query else Reason.FOR_YOU
             return np.full(len(rows.video), kind, dtype=np.int8), np.zeros(len(rows.video), dtype=np.int64)
-        return explain(ctx.reason_catalogue, ctx.signals, rows.user, rows.rank, rows.video, rows.fresh_slot)
+        return explain(ctx.reason_catalogue, ctx.signals, rows.user, rows.video, rows.fresh_slot)

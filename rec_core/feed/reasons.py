@@ -169,16 +169,15 @@ def explain(
     catalogue: ReasonCatalogue,
     users: UserSignals,
     row_user: np.ndarray,
-    row_rank: np.ndarray,
     row_video: np.ndarray,
     fresh_slot: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reason (kind, argument) of each feed row.
 
-    Rows are (local user, rank, video index, whether the row is a fresh slot
-    holding a fresh video); (user, rank) pairs must be unique. Call it per batch
-    of users: working memory is [users in the batch, n_videos] bits. Arguments: creator code for the *FOLLOWED
-    kinds, tag code for NEW_TAG and TAG, liked video index for LIKED, 0 otherwise.
+    Rows are (local user, video index, whether the row is a fresh slot holding a fresh video); a row's reason does
+    not depend on its rank. Call it per batch of users: working memory is [users in the batch, n_videos] bits.
+    Arguments: creator code for the *FOLLOWED kinds, tag code for NEW_TAG and TAG, liked video index for LIKED, 0
+    otherwise.
     """
     n = len(row_video)
     n_creators = len(catalogue.creator_ids)
