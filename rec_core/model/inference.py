@@ -155,7 +155,7 @@ def snapshot_catalogue(
     another model version, lends its arrays: only the vocabulary indices differ between versions. ``matrices``, the
     text and dense columns as arrays already in memory or mapped (the serving index's), are used instead of reading
     those columns, the bulk of the parts. ``video_ids``, the sorted ids already mapped (the serving index's), are
-    used instead of a Python string per video, which every API worker would hold for itself.
+    used instead of a Python string per video. The API holds :func:`serving_catalogue` instead, which reads nothing.
     """
     if shared is not None:
         table = read_catalogue_shards(paths, build.video_shards, ["creator_id", "hashtags"])
