@@ -85,8 +85,7 @@ class ExclusionCSR:
         # million watches: 7 ms against 170).
         span = int(videos.max()) + 1 if len(videos) else 1
         keys = np.sort(users * span + videos)
-        if len(keys):
-            keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+        keys = keys[np.diff(keys, prepend=-1) != 0]  # keys are >= 0: the first is always kept
         users, videos = np.divmod(keys, span)
         indptr = np.zeros(n_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
