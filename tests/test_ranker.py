@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rec_core.data.split import interaction_matrix
@@ -26,7 +26,7 @@ from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
 from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_objective, list_metrics, train_ranker
 from rec_core.rank.retrieval import Towers, TowerView, as_of_scores, top_candidates, tower_view
 from rec_core.rank.scoring import RankedRetrieval, rank_order
-from rec_core.rank.state import AsOfState, state_at
+from rec_core.rank.state import AsOfState, PairCounts, state_at
 from rec_core.settings import ModelSettings, Settings
 from rec_core.synthetic.commit import generate_data
 
@@ -339,6 +339,26 @@ def test_popular_candidates_sit_behind_the_towers_list_once_and_never_seen() -> 
         assert len(kept) == len(set(kept.tolist()))
     only_towers, _ = with_popular(items[:, :2], scores[:, :2], popular, popular_scores)
     np.testing.assert_array_equal(only_towers[0], [5, 3, 9, 1, 4, -1])
+
+
+@settings(deadline=None)  # the first example also loads the compiled lookup
+@given(seed=st.integers(0, 10_000), n_rows=st.integers(1, 12), n_cols=st.integers(1, 9), grouped=st.booleans())
+def test_pair_counts_read_the_value_at_each_pair_and_zero_elsewhere(
+    seed: int, n_rows: int, n_cols: int, grouped: bool
+) -> None:
+    """PairCounts.get against a dict, on random tables and lookups in any order, rows and columns outside the table
+    included (pure logic)."""
+    rng = np.random.default_rng(seed)
+    table = {(int(r), int(c)): float(v) for r, c, v in rng.integers(0, [n_rows, n_cols, 100], (rng.integers(0, 20), 3))}
+    keys = np.array(sorted(r * n_cols + c for r, c in table), dtype=np.int64)
+    values = np.array([table[divmod(int(k), n_cols)] for k in keys], dtype=np.float32)
+    counts = PairCounts(keys, values, n_cols)
+    rows, cols = rng.integers(-1, n_rows + 2, 60), rng.integers(-1, n_cols + 2, 60)
+    if grouped:
+        rows = np.sort(rows)
+    expected = [table.get((int(r), int(c)), 0.0) for r, c in zip(rows, cols, strict=True)]
+    np.testing.assert_array_equal(counts.get(rows, cols), np.array(expected, dtype=np.float32))
+    np.testing.assert_array_equal(counts.get(rows.reshape(6, 10), cols.reshape(6, 10)).ravel(), expected)
 
 
 @given(seed=st.integers(0, 10_000), rows=st.integers(1, 8), n=st.integers(0, 6), deeper=st.integers(0, 6))
