@@ -22,8 +22,8 @@ import numpy as np
 from benchmarks.common import BenchRow, stopwatch
 from rec_core.eval.evaluation import load_lake_data, two_tower_user_metrics
 from rec_core.eval.intervals import paired_difference
-from rec_core.model.features import Vocabs
 from rec_core.model.training import TrainConfig, TrainingData, train
+from rec_core.model.vocabs import Vocabs
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
 

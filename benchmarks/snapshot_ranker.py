@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rec_core.model.features import FeatureStats, Vocabs
+from rec_core.model.features import FeatureStats
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, TowerConfig, TwoTower
+from rec_core.model.vocabs import Vocabs
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.examples import build_examples
 from rec_core.rank.features import ENGAGEMENT, FEATURES

@@ -23,8 +23,8 @@ from rec_core.experiments.spec import experiments_from_build
 from rec_core.feed import policy
 from rec_core.feed.engagement import EngagementHead
 from rec_core.feed.rank_stage import RankCatalogue, RankModel, load_rank_model
-from rec_core.model.features import Vocabs
 from rec_core.model.inference import as_of_ms, serving_catalogue
+from rec_core.model.vocabs import Vocabs
 from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths

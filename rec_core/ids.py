@@ -24,10 +24,12 @@ No regex here is anchored with ``$``, which also matches before a trailing newli
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MAX_ID_BYTES = 128  # UTF-8 bytes: Milvus' VARCHAR max_length for the primary key
 
@@ -162,3 +164,11 @@ def sorted_positions(sorted_ids: np.ndarray, keys: Sequence[str] | np.ndarray) -
     found = sorted_ids[at] == wanted
     out[found] = at[found]
     return out
+
+
+def per_distinct(values: pa.Array, of_distinct: Callable[[np.ndarray], np.ndarray], null: object) -> np.ndarray:
+    """``of_distinct`` of the distinct values of ``values`` (an object array of them), spread back over the rows
+    through Arrow's dictionary encoding; ``null`` where a row is null."""
+    encoded = values.dictionary_encode()
+    mapped = np.append(of_distinct(np.asarray(encoded.dictionary.to_pylist(), dtype=object)), null)
+    return mapped[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]

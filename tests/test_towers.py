@@ -12,14 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rec_core.model.features import (
-    HASHED_LOOKUP,
-    NEW_VIDEO_COLUMNS,
-    FeatureStats,
-    Vocabs,
-    _gather_ranges,
-    build_catalogue,
-)
+from rec_core.model.features import NEW_VIDEO_COLUMNS, FeatureStats, _gather_ranges, build_catalogue
 from rec_core.model.store import ModelStore, ModelStoreError
 from rec_core.model.towers import (
     LEGACY_VIDEO_DENSE,
@@ -32,6 +25,7 @@ from rec_core.model.towers import (
     quantize_int8,
     sampled_softmax_loss,
 )
+from rec_core.model.vocabs import HASHED_LOOKUP, Vocabs
 
 
 def _video_batch(n: int, cfg: TowerConfig) -> VideoBatch:

@@ -17,11 +17,11 @@ import torch
 
 from rec_core.data.lake import lake_for
 from rec_core.eval.evaluation import LakeData, load_lake_data
-from rec_core.model.features import Vocabs
 from rec_core.model.release import train_towers
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainConfig, TrainingData, tower_config
+from rec_core.model.vocabs import Vocabs
 from rec_core.model.warm_start import carried_state, choose_start
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data

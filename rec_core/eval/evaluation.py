@@ -28,11 +28,12 @@ from rec_core.eval.plots import comparison_png
 from rec_core.eval.ranking_metrics import ServedAs, UserMetrics, build_targets, user_metrics
 from rec_core.eval.user_sample import with_test_sample
 from rec_core.feed.policy import FeedPolicy
-from rec_core.model.features import FeatureStats, Vocabs, follows_frame, interaction_frame, video_frame
+from rec_core.model.features import FeatureStats, follows_frame, interaction_frame, video_frame
 from rec_core.model.store import LoadedModel
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, prepare, scorer
+from rec_core.model.vocabs import Vocabs
 from rec_core.settings import BatchSettings, ModelSettings, PathSettings
 
 log = logging.getLogger(__name__)

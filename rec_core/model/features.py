@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from rec_core.ids import sorted_positions
+from rec_core.ids import per_distinct
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
 from rec_core.model.video_engagement import (
     RECENT_WINDOWS_DAYS,
@@ -45,9 +42,9 @@ from rec_core.model.video_engagement import (
     ItemTimeline,
     time_columns,
 )
+from rec_core.model.vocabs import Vocabs
 
 HISTORY_CAP = 64  # most recent videos per user that the user tower pools over (recency, and training speed)
-MIN_HASHTAG_VIDEOS = 2  # a hashtag on fewer videos than this gets no vector of its own
 # Raw dense columns that are zero for a video the moment it is posted (no views yet, age 0).
 NEW_VIDEO_COLUMNS = [
     VIDEO_DENSE.index(c)
@@ -63,88 +60,6 @@ NEW_VIDEO_COLUMNS = [
 # The columns that depend on time (all the others are fixed properties of the video or its creator).
 TIME_VIDEO_COLUMNS = NEW_VIDEO_COLUMNS
 STATIC_VIDEO_COLUMNS = ("log_duration", "log_aspect", "log_creator_followers", "log_creator_likes")
-
-
-# ---- vocabularies -------------------------------------------------------------
-
-HASHED_LOOKUP = 4_096  # ids at once from which Vocabs.lookup hashes them instead of searching
-
-
-@dataclass(frozen=True, slots=True)
-class Vocabs:
-    """Id -> index maps of a model; index 0 is "unknown" in each."""
-
-    items: np.ndarray  # object array of video ids, index i+1
-    creators: np.ndarray
-    hashtags: np.ndarray
-
-    @property
-    def sizes(self) -> tuple[int, int, int]:
-        return len(self.items) + 1, len(self.creators) + 1, len(self.hashtags) + 1
-
-    @staticmethod
-    def lookup(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Index of each id in ``vocab`` (sorted, distinct), 0 where absent.
-
-        Many string ids are hashed (polars): a binary search compares Python strings, about a second per 500,000
-        ids, and every catalogue build looks a whole catalogue's videos, creators and hashtags up. A few ids (a live
-        request's) are searched, which costs nothing to set up. A vocabulary of fixed-width strings (ids mapped from
-        a snapshot) is searched in its own width (:func:`rec_core.ids.sorted_positions`): a search with Python strings
-        would copy all of it into Python strings on every call, for each of a live user's watched and liked lists."""
-        if len(vocab) == 0 or len(ids) == 0:
-            return np.zeros(len(ids), dtype=np.int64)
-        ids = np.asarray(ids, dtype=object)
-        if vocab.dtype.kind == "U" and len(ids) < HASHED_LOOKUP and all(isinstance(i, str) for i in ids.tolist()):
-            return sorted_positions(vocab, ids) + 1
-        if len(ids) >= HASHED_LOOKUP:
-            try:
-                codes = pl.Series(ids, dtype=pl.String).cast(pl.Enum(pl.Series(vocab, dtype=pl.String)), strict=False)
-            except (TypeError, ValueError, pl.exceptions.PolarsError):  # not all strings, or a repeated entry: searched
-                pass
-            else:
-                return (codes.to_physical().cast(pl.Int64) + 1).fill_null(0).to_numpy()
-        pos = np.clip(np.searchsorted(vocab, ids), 0, len(vocab) - 1)
-        return np.where(vocab[pos] == ids, pos + 1, 0).astype(np.int64)
-
-    @staticmethod
-    def codes(vocab: np.ndarray, values: pa.Array) -> np.ndarray:
-        """:meth:`lookup` of an Arrow array (0 for a null), each distinct value looked up once: a catalogue's
-        hashtags are ~5 per video over a few thousand distinct tags (2.5 M Python strings at the large scale, for
-        nothing), its creators ~25 videos each."""
-        return per_distinct(values, lambda distinct: Vocabs.lookup(vocab, distinct), 0)
-
-    def save(self, folder: Path) -> None:
-        for name in ("items", "creators", "hashtags"):
-            pq.write_table(
-                pa.table({"id": pa.array(getattr(self, name), pa.string())}), folder / f"vocab_{name}.parquet"
-            )
-
-    @classmethod
-    def load(cls, folder: Path) -> Vocabs:
-        def read(name: str) -> np.ndarray:
-            return pq.read_table(folder / f"vocab_{name}.parquet")["id"].to_numpy(zero_copy_only=False).astype(object)
-
-        return cls(read("items"), read("creators"), read("hashtags"))
-
-
-def build_vocabs(videos: pl.DataFrame, interactions: pl.DataFrame, as_of_ms: int) -> Vocabs:
-    """Vocabularies from what was known before ``as_of``: videos with a watch, their creators, common hashtags."""
-    before = interactions.filter(pl.col("ts_ms") < as_of_ms)
-    seen = before.select("video_id").unique()
-    known = videos.join(seen, on="video_id", how="semi")
-    posted = videos.filter(pl.col("created_ms") < as_of_ms)
-    tags = (
-        posted.select(pl.col("hashtags").list.unique().explode().alias("tag"))
-        .drop_nulls()
-        .group_by("tag")
-        .len()
-        .filter(pl.col("len") >= MIN_HASHTAG_VIDEOS)
-    )
-
-    def sorted_ids(col: pl.Series) -> np.ndarray:
-        return np.array(sorted(col.unique().to_list()), dtype=object)
-
-    return Vocabs(sorted_ids(known["video_id"]), sorted_ids(known["creator_id"]), sorted_ids(tags["tag"]))
 
 
 # ---- standardisation ----------------------------------------------------------
@@ -299,14 +214,6 @@ def interaction_frame(interactions: pa.Table) -> pl.DataFrame:
     df = pl.from_arrow(interactions)
     assert isinstance(df, pl.DataFrame)
     return df.with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
-
-
-def per_distinct(values: pa.Array, of_distinct: Callable[[np.ndarray], np.ndarray], null: object) -> np.ndarray:
-    """``of_distinct`` of the distinct values of ``values`` (an object array of them), spread back over the rows
-    through Arrow's dictionary encoding; ``null`` where a row is null."""
-    encoded = values.dictionary_encode()
-    mapped = np.append(of_distinct(np.asarray(encoded.dictionary.to_pylist(), dtype=object)), null)
-    return mapped[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
 
 
 def one_string_each(column: pa.Array) -> np.ndarray:

@@ -42,8 +42,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_model
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
-from rec_core.model.features import FeatureStats, Vocabs
+from rec_core.model.features import FeatureStats
 from rec_core.model.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
+from rec_core.model.vocabs import Vocabs
 from rec_core.settings import PathSettings
 from rec_core.storage.object_store import ObjectStore
 from rec_core.storage.synced_folder import MANIFEST, SyncedFolder

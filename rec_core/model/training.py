@@ -37,17 +37,10 @@ import torch.nn.functional as F
 from rec_core.data.split import InteractionArrays, Split
 from rec_core.eval.intervals import paired_difference
 from rec_core.eval.ranking_metrics import EvalTargets, FreshScores, UserMetrics, build_targets, user_metrics
-from rec_core.model.features import (
-    Catalogue,
-    FeatureStats,
-    Histories,
-    Vocabs,
-    build_catalogue,
-    build_histories,
-    build_vocabs,
-)
+from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.lazy_adam import LazyAdam
 from rec_core.model.towers import TowerConfig, TwoTower, sampled_softmax_loss
+from rec_core.model.vocabs import Vocabs, build_vocabs
 from rec_core.progress import Progress
 
 log = logging.getLogger(__name__)

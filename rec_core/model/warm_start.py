@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rec_core.model.features import Vocabs
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError
 from rec_core.model.towers import TowerConfig, TwoTower
+from rec_core.model.vocabs import Vocabs
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ import torch
 
 from rec_core.data.split import before_user_cuts
 from rec_core.feed.top_k_kernel import top_k_rows
-from rec_core.model.features import Catalogue, FeatureStats, Histories, Vocabs, build_catalogue, build_histories
+from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, user_vectors, video_vectors
+from rec_core.model.vocabs import Vocabs
 
 NOT_POSTED_PENALTY = 10.0  # scores are cosines: minus 10 puts a video below every posted one
 
