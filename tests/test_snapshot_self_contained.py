@@ -109,6 +109,7 @@ def test_a_ranked_snapshot_serves_with_the_lake_and_the_models_gone(
         view = load_view(settings.paths, paths)
         try:
             assert view.ranking is not None
+            assert isinstance(view.model.vocabs.items, np.memmap)  # mapped from the snapshot: workers share it
             policy = FeedPolicy(feed_length=view.build.feed_length)
             out = []
             for user in sorted(view.feeds.user_row)[:5]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,16 @@ def test_vocab_lookup_is_the_index_rule_whether_ids_are_searched_or_hashed(vocab
     repeats = -(-HASHED_LOOKUP // max(len(ids), 1))  # enough rows for the hashed path
     many = Vocabs.lookup(ordered, np.array(ids * repeats, dtype=object))
     assert many.tolist() == expected * repeats and many.dtype == np.int64
+    # Mapped from a snapshot's files, and looked up with fixed-width ids (a mapped catalogue's), few or many.
+    with tempfile.TemporaryDirectory() as folder:
+        whole = Vocabs(ordered, ordered[:1], ordered[:0])
+        for name, data in whole.mapped_files().items():
+            (Path(folder) / name).write_bytes(data)
+        mapped = Vocabs.load(Path(folder))
+        assert isinstance(mapped.items, np.memmap) and mapped.sizes == whole.sizes
+        for times in (1, repeats):
+            found = Vocabs.lookup(mapped.items, np.array(ids * times, dtype=str))
+            assert found.tolist() == expected * times and found.dtype == np.int64
 
 
 @settings(max_examples=40, deadline=None)

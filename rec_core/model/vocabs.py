@@ -1,11 +1,14 @@
 """A model's vocabularies: the videos, creators and hashtags it has rows for, and the one lookup of ids into them.
 
 Index 0 of each is "unknown". The training data builds them (:func:`build_vocabs`) from what was known before the
-model's as-of; a model version saves them as Parquet.
+model's as-of; a model version saves them as Parquet. A snapshot's copy of the model also holds them as
+fixed-width NumPy files (:meth:`Vocabs.mapped_files`), which every API worker maps, sharing the pages, instead of
+holding ~500,000 Python strings each at the large scale (:meth:`Vocabs.load`).
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +21,15 @@ from rec_core.ids import per_distinct, sorted_positions
 
 MIN_HASHTAG_VIDEOS = 2  # a hashtag on fewer videos than this gets no vector of its own
 HASHED_LOOKUP = 4_096  # ids at once from which Vocabs.lookup hashes them instead of searching
+NAMES = ("items", "creators", "hashtags")
+MAPPED_FILES = tuple(f"vocab_{name}.npy" for name in NAMES)
 
 
 @dataclass(frozen=True, slots=True)
 class Vocabs:
     """Id -> index maps of a model; index 0 is "unknown" in each."""
 
-    items: np.ndarray  # object array of video ids, index i+1
+    items: np.ndarray  # video ids, index i+1: objects, or fixed-width strings where mapped
     creators: np.ndarray
     hashtags: np.ndarray
 
@@ -43,6 +48,8 @@ class Vocabs:
         would copy all of it into Python strings on every call, for each of a live user's watched and liked lists."""
         if len(vocab) == 0 or len(ids) == 0:
             return np.zeros(len(ids), dtype=np.int64)
+        if vocab.dtype.kind == "U" and isinstance(ids, np.ndarray) and ids.dtype.kind == "U":
+            return sorted_positions(vocab, ids) + 1  # a mapped catalogue's ids: no Python string at any size
         ids = np.asarray(ids, dtype=object)
         if vocab.dtype.kind == "U" and len(ids) < HASHED_LOOKUP and all(isinstance(i, str) for i in ids.tolist()):
             return sorted_positions(vocab, ids) + 1
@@ -64,17 +71,31 @@ class Vocabs:
         return per_distinct(values, lambda distinct: Vocabs.lookup(vocab, distinct), 0)
 
     def save(self, folder: Path) -> None:
-        for name in ("items", "creators", "hashtags"):
+        for name in NAMES:
             pq.write_table(
                 pa.table({"id": pa.array(getattr(self, name), pa.string())}), folder / f"vocab_{name}.parquet"
             )
 
+    def mapped_files(self) -> dict[str, bytes]:
+        """The vocabularies as fixed-width NumPy files (``MAPPED_FILES``), which :meth:`load` maps."""
+        out = {}
+        for name, file in zip(NAMES, MAPPED_FILES, strict=True):
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(getattr(self, name), dtype=str), allow_pickle=False)
+            out[file] = buffer.getvalue()
+        return out
+
     @classmethod
     def load(cls, folder: Path) -> Vocabs:
+        """The vocabularies in ``folder``: mapped read-only where its NumPy files are (a snapshot's copy of the
+        model), else read from its Parquet files."""
+        if all((folder / file).is_file() for file in MAPPED_FILES):
+            return cls(*(np.load(folder / file, mmap_mode="r", allow_pickle=False) for file in MAPPED_FILES))
+
         def read(name: str) -> np.ndarray:
             return pq.read_table(folder / f"vocab_{name}.parquet")["id"].to_numpy(zero_copy_only=False).astype(object)
 
-        return cls(read("items"), read("creators"), read("hashtags"))
+        return cls(*(read(name) for name in NAMES))
 
 
 def build_vocabs(videos: pl.DataFrame, interactions: pl.DataFrame, as_of_ms: int) -> Vocabs:
