@@ -75,7 +75,7 @@ def _first_at_least(keys: np.ndarray, value: int) -> int:
 def _lookup(keys: np.ndarray, values: np.ndarray, n_cols: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     # Lookups come grouped by row (a user's candidates, then the next user's): each row's few entries are found by
     # two binary searches, spread over a dense scratch row and read by index, instead of a binary search of the
-    # whole table per lookup (its last steps miss the cache: 25x slower on a 2 M-entry table). Nothing is indexed
+    # whole table per lookup (its last steps miss the cache: 15x slower on a 2 M-entry table). Nothing is indexed
     # ahead: a snapshot's tables are mapped, and an index of every row would read all their pages in.
     out = np.zeros(rows.shape[0], dtype=np.float32)
     scratch = np.zeros(n_cols, dtype=np.float32)
