@@ -60,18 +60,6 @@ class PairCounts:
 
 
 @njit(cache=True, nogil=True)
-def _first_at_least(keys: np.ndarray, value: int) -> int:
-    lo, hi = 0, keys.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True, nogil=True)
 def _lookup(keys: np.ndarray, values: np.ndarray, n_cols: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     # Lookups come grouped by row (a user's candidates, then the next user's): each row's few entries are found by
     # two binary searches, spread over a dense scratch row and read by index, instead of a binary search of the
@@ -87,8 +75,8 @@ def _lookup(keys: np.ndarray, values: np.ndarray, n_cols: int, rows: np.ndarray,
                 scratch[keys[j] - current * n_cols] = 0.0
             current, lo, hi = r, 0, 0
             if r >= 0:
-                lo = _first_at_least(keys, r * n_cols)
-                hi = _first_at_least(keys, (r + 1) * n_cols)
+                lo = np.searchsorted(keys, r * n_cols)
+                hi = np.searchsorted(keys, (r + 1) * n_cols)
                 for j in range(lo, hi):
                     scratch[keys[j] - r * n_cols] = values[j]
         if 0 <= cols[i] < n_cols:
