@@ -13,7 +13,7 @@ from pathlib import Path
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.import_report import ImportReport, IngestError, InputError
 from rec_core.data.lake import LakeError
-from rec_core.model.store import ModelStoreError
+from rec_core.model.errors import ModelStoreError
 from rec_core.progress import setup_logging
 from rec_core.runtime import apply_torch_threads
 from rec_core.settings import Settings, SettingsError

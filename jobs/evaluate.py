@@ -19,8 +19,8 @@ from jobs.cli import settings_for
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.lake import LakeError
 from rec_core.eval.evaluation import markdown_table, write_report
+from rec_core.model.errors import ModelStoreError
 from rec_core.model.release import evaluate_model
-from rec_core.model.store import ModelStoreError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import json
 import sys
 
 from jobs.cli import settings_for
-from rec_core.model.store import ModelStoreError
+from rec_core.model.errors import ModelStoreError
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.begin import begin, latest_unpublished
 from rec_core.snapshot.layout import SnapshotError

@@ -42,6 +42,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_model
 
 from rec_core.atomic import fsync_dir, write_bytes_atomic
+from rec_core.model.errors import ModelStoreError
 from rec_core.model.features import FeatureStats
 from rec_core.model.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
 from rec_core.model.vocabs import Vocabs
@@ -53,10 +54,6 @@ from rec_core.storage.versions import VersionError
 CURRENT = "CURRENT"
 PENDING = ".pending-"  # a version whose towers are saved and whose ranker step has not finished yet
 REMOTE_PREFIX = "models"  # under the object store's prefix
-
-
-class ModelStoreError(RuntimeError):
-    """No such model version, or no current model."""
 
 
 @dataclass(slots=True)
