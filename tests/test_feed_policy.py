@@ -28,7 +28,7 @@ from rec_core.feed.reasons import (
     render,
     truncate,
 )
-from rec_core.feed.top_k_kernel import SAMPLE_RUN, SAMPLE_RUNS, top_k_rows
+from rec_core.feed.top_k_kernel import SAMPLE_RUN, sample_runs, top_k_rows
 
 AS_OF = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 AS_OF_MS = int(AS_OF.timestamp() * 1000)
@@ -398,7 +398,7 @@ def test_compiled_selection_is_exact_at_catalogue_width(k: int) -> None:
     scores[2] = 0.25  # every value tied
     scores[3, : n - k // 2] = -np.inf  # fewer than k finite scores
     scores[4] = -np.inf
-    step = n // SAMPLE_RUNS  # row 5: the best 3k values all lie outside the sampled runs
+    step = n // sample_runs(n, k)  # row 5: the best 3k values all lie outside the sampled runs
     outside = np.flatnonzero(np.arange(n) % step >= SAMPLE_RUN)[: 3 * k]
     scores[5] = -1.0
     scores[5, outside] = rng.uniform(1, 2, len(outside)).astype(np.float32)

@@ -9,9 +9,14 @@ only those are selected and sorted. The result is exact whatever the sample says
 selected from instead.
 
 Order: best first, equal scores by the lower index, everywhere in the list (the ``k``-th place included), so the
-result never depends on the thread count or a library's internals. Each survivor is sorted as one integer key,
-its score's bits made order-preserving above its index, which is what makes ties fall to the lower index.
-``parallel``: rows are spread over numba's threads; ``nogil`` lets the batch's main thread run the policy meanwhile.
+result never depends on the thread count or a library's internals. The survivors are gathered in index order and
+sorted by a radix sort of their scores' bits made order-preserving; a radix sort is stable, so equal scores keep
+index order. ``parallel``: rows are spread over numba's threads; ``nogil`` lets the batch's main thread run the
+policy meanwhile.
+
+The sample is as small as gives the threshold a steady place (:func:`sample_runs`): at 50,000 videos and k =
+1,500 (the batch's candidates) a sample of 64 runs cost more to partition than the scan that used it, and a
+comparison sort of the survivors' 64-bit keys more than both (docs/performance.md, "The selection's own cost").
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-SAMPLE_RUNS = 64  # contiguous runs the threshold's sample is taken from, evenly spaced over the row
+SAMPLE_RUNS = 64  # at most this many contiguous runs make the threshold's sample, evenly spaced over the row
 SAMPLE_RUN = 128  # values per run: 8 cache lines
+# The sample holds enough runs for the threshold to sit about this many places from its top (when SAMPLE_RUNS
+# allow): fewer and the survivors' count swings from row to row; more and partitioning the sample costs more than
+# the survivors it saves.
+TARGET_RANK = 64
+RADIX_BITS = 11  # three passes sort 32-bit keys; 2,048 counters stay in L1
 # The threshold lets through the values whose rank in the sample would put them, at the row's full width, within
 # SURVIVOR_FACTOR x k, plus SAMPLE_MARGIN more ranks of the sample (so that a small k still has a margin).
 SURVIVOR_FACTOR = 2.0
@@ -29,26 +39,59 @@ SCAN_BLOCK = 16  # values scanned as one block: the threshold is compared with t
 
 
 @njit(cache=True, inline="always")
-def _key(bits: np.int32, index: np.int64) -> np.uint64:
-    """An unsigned key that sorts ascending as (score descending, index ascending); ``bits`` are the float32's."""
+def _key(bits: np.int32) -> np.uint32:
+    """An unsigned key that sorts ascending as the score descending; ``bits`` are the float32's."""
     b = np.uint32(bits)
     if b == np.uint32(0x80000000):  # -0.0 equals 0.0: the same key, so the tie goes by index
         b = np.uint32(0)
     elif (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN ranks as -inf
         b = np.uint32(0xFF800000)
     ascending = b ^ np.uint32(0x80000000) if (b & np.uint32(0x80000000)) == 0 else ~b
-    return (np.uint64(~ascending) << np.uint64(32)) | np.uint64(index)
+    return ~ascending
+
+
+@njit(cache=True, inline="always")
+def _radix_sort(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` (uint32) ascending with their ``items``, equal keys in their given order (LSD radix: stable)."""
+    count = len(keys)
+    spare_keys, spare_items = np.empty_like(keys), np.empty_like(items)
+    counts = np.empty(1 << RADIX_BITS, dtype=np.int64)
+    mask = np.uint32((1 << RADIX_BITS) - 1)
+    for p in range((32 + RADIX_BITS - 1) // RADIX_BITS):
+        shift = np.uint32(p * RADIX_BITS)
+        counts[:] = 0
+        for i in range(count):
+            counts[(keys[i] >> shift) & mask] += 1
+        total = 0
+        for b in range(len(counts)):
+            c = counts[b]
+            counts[b] = total
+            total += c
+        for i in range(count):
+            d = (keys[i] >> shift) & mask
+            spare_keys[counts[d]] = keys[i]
+            spare_items[counts[d]] = items[i]
+            counts[d] += 1
+        keys, spare_keys = spare_keys, keys
+        items, spare_items = spare_items, items
+    return keys, items
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _top_k_rows(
-    scores: np.ndarray, bits: np.ndarray, k: int, rank: int, capacity: int, indices: np.ndarray, values: np.ndarray
+    scores: np.ndarray,
+    bits: np.ndarray,
+    k: int,
+    runs: int,
+    rank: int,
+    capacity: int,
+    indices: np.ndarray,
+    values: np.ndarray,
 ) -> int:
     """Fill ``indices`` / ``values`` [rows, k] with each row's top ``k``; returns how many rows were selected from in
     full. ``bits`` is ``scores`` viewed as int32; ``rank``: the 0-based rank from the top, in the sample, of the
-    threshold."""
+    threshold; ``runs``: of the sample (:func:`sample_runs`)."""
     rows, n = scores.shape
-    runs = min(SAMPLE_RUNS, max(1, n // SAMPLE_RUN))
     run = min(SAMPLE_RUN, n)
     step = n // runs
     fallbacks = np.zeros(rows, dtype=np.int64)
@@ -83,20 +126,16 @@ def _top_k_rows(
                 if row[j] >= threshold and count <= capacity:
                     kept[count] = j
                     count += 1
-        if k <= count <= capacity:
-            keys = np.empty(count, dtype=np.uint64)
-            for i in range(count):
-                keys[i] = _key(bits[r, kept[i]], kept[i])
-        else:  # too few passed, or too many to keep: the whole row
+        if not k <= count <= capacity:  # too few passed, or too many to keep: the whole row
             fallbacks[r] = 1
-            keys = np.empty(n, dtype=np.uint64)
-            for j in range(n):
-                keys[j] = _key(bits[r, j], j)
-        if len(keys) > k:
-            keys = np.partition(keys, k - 1)[:k]
-        keys.sort()
+            kept = np.arange(n)
+            count = n
+        keys = np.empty(count, dtype=np.uint32)
+        for i in range(count):
+            keys[i] = _key(bits[r, kept[i]])
+        _, order = _radix_sort(keys, kept[:count])  # kept is in index order: ties stay so
         for c in range(k):
-            j = np.int64(keys[c] & np.uint64(0xFFFFFFFF))
+            j = order[c]
             indices[r, c] = j
             values[r, c] = row[j] if row[j] == row[j] else -np.inf
     return int(fallbacks.sum())
@@ -113,8 +152,16 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]
     values = np.empty((rows, k), dtype=np.float32)
     if rows == 0 or k == 0:
         return indices, values, 0
-    sampled = min(SAMPLE_RUNS, max(1, n // SAMPLE_RUN)) * min(SAMPLE_RUN, n)
+    runs = sample_runs(n, k)
+    sampled = runs * min(SAMPLE_RUN, n)
     rank = int(np.ceil(SURVIVOR_FACTOR * k * sampled / n)) + SAMPLE_MARGIN
     capacity = max(k, int(2 * (rank + 1) * n / sampled))  # twice the survivors expected
-    fallbacks = _top_k_rows(scores, scores.view(np.int32), k, rank, capacity, indices, values)
+    fallbacks = _top_k_rows(scores, scores.view(np.int32), k, runs, rank, capacity, indices, values)
     return indices, values, fallbacks
+
+
+def sample_runs(n: int, k: int) -> int:
+    """Runs of ``SAMPLE_RUN`` values in the threshold's sample of a row of ``n`` for a top ``k``: enough for the
+    threshold to sit about ``TARGET_RANK`` places from the sample's top, at most ``SAMPLE_RUNS`` and the row."""
+    wanted = int(np.ceil(TARGET_RANK * n / (SURVIVOR_FACTOR * max(k, 1) * SAMPLE_RUN)))
+    return max(1, min(wanted, SAMPLE_RUNS, n // SAMPLE_RUN))
