@@ -1,9 +1,10 @@
 """Exact candidate generation: every user against every video, best ``k`` per user, watched videos excluded.
 
-``scores = users @ videos.T`` in batches of users, into one reused buffer, watched
-(and own) videos set to ``-inf`` from a CSR of exclusions, then an exact top-k
-(:mod:`rec_core.feed.top_k_kernel`). Memory is bounded by the batch:
-``batch_size x n_videos`` float32 (512 x 500,000 is 1 GB).
+``scores = users @ videos.T`` in batches of users, watched (and own) videos set
+to ``-inf`` from a CSR of exclusions, then an exact top-k; the product is made
+in tiles of videos, each selected from while it is in cache
+(:mod:`rec_core.feed.tiled_top_k`), so memory is bounded by the batch's
+survivors, not by ``batch_size x n_videos`` scores.
 
 Why exact matmul and not the Milvus index: at the catalogue sizes of a batch
 run (50,000 videos, 64-d) one user-batch matmul is a dense GEMM that runs near
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from rec_core.feed.membership_kernel import in_rows
+from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.feed.top_k_kernel import top_k_rows
 
 
@@ -119,8 +121,8 @@ def iter_top_k(
     """Yield exact top-``k`` video indices per user, ``batch_size`` users at a time.
 
     ``subsets`` asks for extra top-k lists restricted to a subset of videos
-    (``(video indices, k)``, e.g. the fresh videos) from the same score matrix,
-    which costs a column gather instead of another matmul. Returned indices are
+    (``(video indices, k)``, e.g. the fresh videos), the same exclusions
+    applied: a product over the subset's columns only. Returned indices are
     always into the full ``video_vectors``.
     """
     users = torch.from_numpy(np.ascontiguousarray(user_vectors, dtype=np.float32))
@@ -133,27 +135,32 @@ def iter_top_k(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     k = max(0, min(k, n_videos))
-    subset_idx = [torch.from_numpy(np.asarray(idx, dtype=np.int64)) for idx, _ in subsets]
+    subset_idx = [np.asarray(idx, dtype=np.int64) for idx, _ in subsets]
     subset_k = [max(0, min(sk, len(idx))) for idx, sk in subsets]
-    # One score buffer for every batch: a fresh batch_size x n_videos tensor each time (1 GB at 500,000 videos)
-    # is new memory the kernel must map and zero, which cost more than the product written into it.
-    buffer = torch.empty((min(batch_size, n_users), n_videos), dtype=torch.float32)
     with torch.inference_mode():
-        for lo in range(0, n_users, batch_size):
-            hi = min(lo + batch_size, n_users)
-            scores = torch.mm(users[lo:hi], videos_t, out=buffer[: hi - lo])
-            if exclude is not None:
-                a, b = exclude.indptr[lo], exclude.indptr[hi]
-                if b > a:
-                    rows = np.repeat(np.arange(hi - lo), np.diff(exclude.indptr[lo : hi + 1]))
-                    scores[torch.from_numpy(rows), torch.from_numpy(exclude.indices[a:b])] = -torch.inf
-            indices, top = _top_k(scores, k)
-            extra = []
-            for idx_t, sk in zip(subset_idx, subset_k, strict=True):
-                sub_i, sub_s = _top_k(scores[:, idx_t], sk)
-                full = np.where(sub_i >= 0, idx_t.numpy()[np.maximum(sub_i, 0)], -1)
-                extra.append((full, sub_s))
-            yield CandidateBatch(lo, hi, indices, top, tuple(extra))
+        subset_t = [videos_t[:, torch.from_numpy(idx)].contiguous() for idx in subset_idx]
+    no_exclusions = np.zeros(0, dtype=np.int64)
+    for lo in range(0, n_users, batch_size):
+        hi = min(lo + batch_size, n_users)
+        if exclude is not None:
+            indptr = exclude.indptr[lo : hi + 1] - exclude.indptr[lo]
+            excluded = exclude.indices[exclude.indptr[lo] : exclude.indptr[hi]]
+        else:
+            indptr, excluded = np.zeros(hi - lo + 1, dtype=np.int64), no_exclusions
+        # The product in tiles, each selected from while in cache (rec_core.feed.tiled_top_k): the whole batch's
+        # scores (1 GB at 500,000 videos) are never written.
+        indices, top, _ = product_top_k(users[lo:hi], videos_t, k, indptr, excluded)
+        top_i = np.where(np.isneginf(top), -1, indices)
+        extra = []
+        for idx, sub_t, sk in zip(subset_idx, subset_t, subset_k, strict=True):
+            with torch.inference_mode():
+                sub_scores = (users[lo:hi] @ sub_t).numpy()
+            if len(excluded):
+                rows = np.arange(hi - lo)
+                sub_scores[in_rows(np.broadcast_to(idx, sub_scores.shape), rows, indptr, excluded, n_videos)] = -np.inf
+            sub_i, sub_s = _top_k(sub_scores, sk)
+            extra.append((np.where(sub_i >= 0, idx[np.maximum(sub_i, 0)], -1), sub_s))
+        yield CandidateBatch(lo, hi, top_i, top, tuple(extra))
 
 
 def top_k(
@@ -172,8 +179,8 @@ def top_k(
     return np.concatenate([p.indices for p in parts]), np.concatenate([p.scores for p in parts])
 
 
-def _top_k(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    indices, values, _ = top_k_rows(scores.numpy(), k)
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    indices, values, _ = top_k_rows(scores, k)
     return np.where(np.isneginf(values), -1, indices), values
 
 
