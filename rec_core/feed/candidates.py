@@ -139,6 +139,11 @@ def iter_top_k(
     subset_k = [max(0, min(sk, len(idx))) for idx, sk in subsets]
     with torch.inference_mode():
         subset_t = [videos_t[:, torch.from_numpy(idx)].contiguous() for idx in subset_idx]
+    subset_place = []  # per subset: each video's column in it, -1 outside
+    for idx in subset_idx:
+        place = np.full(n_videos, -1, dtype=np.int64)
+        place[idx] = np.arange(len(idx))
+        subset_place.append(place)
     no_exclusions = np.zeros(0, dtype=np.int64)
     for lo in range(0, n_users, batch_size):
         hi = min(lo + batch_size, n_users)
@@ -152,12 +157,13 @@ def iter_top_k(
         indices, top, _ = product_top_k(users[lo:hi], videos_t, k, indptr, excluded)
         top_i = np.where(np.isneginf(top), -1, indices)
         extra = []
-        for idx, sub_t, sk in zip(subset_idx, subset_t, subset_k, strict=True):
+        excluded_row = np.repeat(np.arange(hi - lo), np.diff(indptr))
+        for idx, sub_t, sk, place in zip(subset_idx, subset_t, subset_k, subset_place, strict=True):
             with torch.inference_mode():
                 sub_scores = (users[lo:hi] @ sub_t).numpy()
-            if len(excluded):
-                rows = np.arange(hi - lo)
-                sub_scores[in_rows(np.broadcast_to(idx, sub_scores.shape), rows, indptr, excluded, n_videos)] = -np.inf
+            column = place[excluded]  # the batch's exclusions that fall in the subset, by their column there
+            inside = column >= 0
+            sub_scores[excluded_row[inside], column[inside]] = -np.inf
             sub_i, sub_s = _top_k(sub_scores, sk)
             extra.append((np.where(sub_i >= 0, idx[np.maximum(sub_i, 0)], -1), sub_s))
         yield CandidateBatch(lo, hi, top_i, top, tuple(extra))
