@@ -156,22 +156,43 @@ def product_top_k(
     rank = int(np.ceil(SURVIVOR_FACTOR * k * len(columns) / n)) + SAMPLE_MARGIN
     capacity = max(k, int(2 * (rank + 1) * n / len(columns)))  # twice the survivors expected
     with torch.inference_mode():
-        sample = (users @ videos_t[:, torch.from_numpy(columns)]).numpy()
-        thresholds = _thresholds(sample, columns, indptr, excluded, rank)
-        kept_index = np.empty((rows, capacity), dtype=np.int64)
-        kept_value = np.empty((rows, capacity), dtype=np.float32)
-        counts = np.zeros(rows, dtype=np.int64)
-        cursor = indptr[:-1].copy()
-        buffer = torch.empty(rows * min(tile, n), dtype=torch.float32)
-        for lo in range(0, n, tile):
-            hi = min(lo + tile, n)
-            part = torch.mm(users, videos_t[:, lo:hi], out=buffer[: rows * (hi - lo)].view(rows, hi - lo))
-            _scan_tile(part.numpy(), lo, thresholds, indptr, excluded, cursor, kept_index, kept_value, counts)
-        _select_kept(kept_index, kept_value, counts, k, indices, values)
-        again = np.flatnonzero((counts < k) | (counts > capacity))
+        if rank < len(columns):
+            again = _tiles(users, videos_t, k, indptr, excluded, tile, columns, rank, capacity, indices, values)
+        else:  # the sample is the row, or near it (a catalogue of a few hundred videos): every row whole
+            again = np.arange(rows)
         if len(again):  # an unlucky sample, or fewer than k videos left: these rows whole, as top_k_rows selects
             scores = (users[torch.from_numpy(again)] @ videos_t).numpy()
             for r, row in enumerate(again.tolist()):
                 scores[r, excluded[indptr[row] : indptr[row + 1]]] = -np.inf
             indices[again], values[again], _ = top_k_rows(scores, k)
     return indices, values, len(again)
+
+
+def _tiles(
+    users: torch.Tensor,
+    videos_t: torch.Tensor,
+    k: int,
+    indptr: np.ndarray,
+    excluded: np.ndarray,
+    tile: int,
+    columns: np.ndarray,
+    rank: int,
+    capacity: int,
+    indices: np.ndarray,
+    values: np.ndarray,
+) -> np.ndarray:
+    """Fill the rows the tiles can select; returns the others (to be made again whole)."""
+    rows, n = users.shape[0], videos_t.shape[1]
+    sample = (users @ videos_t[:, torch.from_numpy(columns)]).numpy()
+    thresholds = _thresholds(sample, columns, indptr, excluded, rank)
+    kept_index = np.empty((rows, capacity), dtype=np.int64)
+    kept_value = np.empty((rows, capacity), dtype=np.float32)
+    counts = np.zeros(rows, dtype=np.int64)
+    cursor = indptr[:-1].copy()
+    buffer = torch.empty(rows * min(tile, n), dtype=torch.float32)
+    for lo in range(0, n, tile):
+        hi = min(lo + tile, n)
+        part = torch.mm(users, videos_t[:, lo:hi], out=buffer[: rows * (hi - lo)].view(rows, hi - lo))
+        _scan_tile(part.numpy(), lo, thresholds, indptr, excluded, cursor, kept_index, kept_value, counts)
+    _select_kept(kept_index, kept_value, counts, k, indices, values)
+    return np.flatnonzero((counts < k) | (counts > capacity))
