@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rec_core.feed import reasons_kernel
 from rec_core.feed.candidates import ExclusionCSR, iter_top_k, top_k, trending_order, trending_scores
-from rec_core.feed.liked_kernel import closest_liked
 from rec_core.feed.policy import MS_PER_DAY, FeedPolicy, apply, check_feed, select, select_block, select_eligible
 from rec_core.feed.reasons import (
     GENERIC_TAG_SHARE,
@@ -618,38 +618,94 @@ def test_explain_new_from_tag_and_fallbacks() -> None:
     assert render(kinds, args, catalogue).to_pylist() == ["popular right now"]
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n_users=st.integers(1, 6), n_videos=st.integers(1, 12))
-def test_closest_liked_is_the_rule_written_plainly(seed: int, n_users: int, n_videos: int) -> None:
-    """The compiled pass against its definition: per row, the first of the user's likes with the best cosine to
-    the row's video; none when the user liked nothing or that like is the row's own video. Few distinct vectors,
-    so ties between likes are common."""
+def _explain_plainly(cat: ReasonCatalogue, users: UserSignals, u: int, v: int, fresh: bool) -> tuple[Reason, int]:
+    """The rules of rec_core.feed.reasons, first that holds, read literally for one row."""
+    n_creators, n_videos = len(cat.creator_ids), len(cat.creator_codes)
+    creator = int(cat.creator_codes[v])
+    followed = u * n_creators + creator in set(users.follow_keys.tolist())
+    likes = users.liked[users.liked_indptr[u] : users.liked_indptr[u + 1]].tolist()
+    sims = [float(cat.unit_vectors[v] @ cat.unit_vectors[j]) for j in likes]
+    like = likes[int(np.argmax(sims))] if likes else -1  # the first of the best, never the video itself
+    liked = like >= 0 and like != v and max(sims) >= cat.like_threshold
+    mine = [int(t) for t in cat.tags.video_tags[v] if t >= 0 and t in users.top_tags[u].tolist()]
+    strong = [int(t) for t, s in zip(cat.tags.video_tags[v], cat.tags.strong[v], strict=True) if s and int(t) in mine]
+    first_tag = int(cat.tags.video_tags[v][0]) if cat.tags.video_tags.shape[1] else -1
+    new_tag = mine[0] if mine else first_tag
+    if fresh and followed:
+        return Reason.NEW_FOLLOWED, creator
+    if fresh:
+        return (Reason.NEW_TAG, new_tag) if new_tag >= 0 else (Reason.NEW, 0)
+    if followed:
+        return Reason.FOLLOWED, creator
+    if liked:
+        return Reason.LIKED, like
+    if u * n_videos + v in set(users.followed_like_keys.tolist()):
+        return Reason.FOLLOWED_POPULAR, 0
+    if strong:
+        return Reason.TAG, strong[0]
+    if cat.popular[v] or not users.has_history[u]:
+        return Reason.POPULAR, 0
+    return Reason.FOR_YOU, 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_users=st.integers(1, 5),
+    n_videos=st.integers(1, 15),
+    n_creators=st.integers(1, 4),
+    width=st.integers(0, 3),
+)
+def test_explain_is_the_rules_read_plainly(seed: int, n_users: int, n_videos: int, n_creators: int, width: int) -> None:
+    """The compiled pass against the rules read row by row: rows in any user order (each user's keys are looked up
+    again when the user changes), few distinct vectors (ties between likes, a liked video among the rows), tags
+    padded with -1 on both sides, every rule reachable."""
     rng = np.random.default_rng(seed)
-    unit = np.eye(4, dtype=np.float32)[rng.integers(0, 4, n_videos)]
+    video_tags = np.where(rng.random((n_videos, width)) < 0.7, rng.integers(0, 5, (n_videos, width)), -1)
+    cat = ReasonCatalogue(
+        captions=pa.array([f"v{i}" for i in range(n_videos)]),
+        creator_codes=rng.integers(0, n_creators, n_videos),
+        creator_ids=np.array([f"c{i}" for i in range(n_creators)]),
+        tags=TagIndex([f"t{i}" for i in range(5)], video_tags, rng.random((n_videos, width)) < 0.5),
+        popular=rng.random(n_videos) < 0.3,
+        unit_vectors=np.eye(4, dtype=np.float32)[rng.integers(0, 4, n_videos)],
+        like_threshold=0.5,
+    )
     counts = rng.integers(0, 4, n_users)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    liked = rng.integers(0, n_videos, int(indptr[-1]))
-    row_user = rng.integers(0, n_users, 20)
-    row_video = rng.integers(0, n_videos, 20)
-    best, arg = closest_liked(unit, row_user, row_video, indptr, liked)
-    for i, (u, v) in enumerate(zip(row_user.tolist(), row_video.tolist(), strict=True)):
-        mine = liked[indptr[u] : indptr[u + 1]].tolist()
-        sims = [float(unit[v] @ unit[j]) for j in mine]
-        if not mine or mine[int(np.argmax(sims))] == v:
-            assert (best[i], arg[i]) == (-np.inf, -1)
-        else:
-            assert (best[i], arg[i]) == (max(sims), mine[int(np.argmax(sims))])
+    follows = np.unique(rng.integers(0, n_users * n_creators, rng.integers(0, 2 * n_users + 1)))
+    users = UserSignals(
+        n_users=n_users,
+        follow_keys=follows,
+        followed_like_keys=np.unique(rng.integers(0, n_users * n_videos, rng.integers(0, 3 * n_users + 1))),
+        liked_indptr=np.concatenate([[0], np.cumsum(counts)]),
+        liked=rng.integers(0, n_videos, int(counts.sum())),
+        top_tags=np.where(rng.random((n_users, 3)) < 0.6, rng.integers(0, 5, (n_users, 3)), -1),
+        has_history=rng.random(n_users) < 0.8,
+    )
+    row_user, row_video = rng.integers(0, n_users, 40), rng.integers(0, n_videos, 40)
+    fresh = rng.random(40) < 0.3
+    kinds, args = explain(cat, users, row_user, row_video, fresh)
+    for i in range(40):
+        want = _explain_plainly(cat, users, int(row_user[i]), int(row_video[i]), bool(fresh[i]))
+        assert (Reason(kinds[i]), int(args[i])) == want, i
 
 
-def test_closest_liked_refuses_indices_outside_its_arrays() -> None:
-    unit = np.eye(3, dtype=np.float32)
+def test_explain_refuses_rows_outside_its_arrays() -> None:
+    catalogue, users = _reason_fixture()
     one = np.zeros(1, dtype=np.int64)
+    no = np.zeros(1, dtype=bool)
     with pytest.raises(ValueError, match="row videos"):
-        closest_liked(unit, one, np.array([3]), np.array([0, 1]), one)
+        explain(catalogue, users, one, np.array([46]), no)
     with pytest.raises(ValueError, match="row users"):
-        closest_liked(unit, np.array([1]), one, np.array([0, 1]), one)
+        explain(catalogue, users, np.array([1]), one, no)
     with pytest.raises(ValueError, match="liked videos"):
-        closest_liked(unit, one, one, np.array([0, 1]), np.array([7]))
+        explain(catalogue, dataclasses.replace(users, liked=np.array([99])), one, one, no)
+
+
+def test_the_compiled_kinds_are_the_reasons() -> None:
+    k = reasons_kernel
+    compiled = [k.NEW_FOLLOWED, k.NEW_TAG, k.NEW, k.FOLLOWED, k.LIKED, k.FOLLOWED_POPULAR, k.TAG, k.POPULAR, k.FOR_YOU]
+    assert compiled == [int(r) for r in Reason if r is not Reason.TRENDING]
 
 
 @settings(max_examples=30, deadline=None)

@@ -452,8 +452,8 @@ def _feed_table(
     kinds = np.zeros(len(row_video), dtype=np.int8)
     args = np.zeros(len(row_video), dtype=np.int64)
     scores = np.concatenate(feed_scores) if n_users else np.zeros(0, dtype=np.float32)
-    # Per block of users: the reasons' working memory is [users, n_videos] bits. Blocks are independent and their
-    # numpy work releases the GIL, so two at once use both cores (this step ran alone on one, 13% of a shard).
+    # Per block of users: blocks are independent and the compiled pass releases the GIL, so two at once use both
+    # cores (this step ran alone on one, 13% of a shard).
     bounds = np.searchsorted(rows.user, np.arange(0, n_users + BATCH_USERS, BATCH_USERS))
     blocks = [slice(a, b) for a, b in itertools.pairwise(bounds.tolist()) if a < b]
 

@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from rec_core.feed.liked_kernel import closest_liked
+from rec_core.feed.reasons_kernel import explain_rows
 
 CAPTION_CHARS = 40
 GENERIC_TAG_SHARE = 0.10
@@ -172,58 +172,43 @@ def explain(
     row_video: np.ndarray,
     fresh_slot: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reason (kind, argument) of each feed row.
+    """Reason (kind, argument) of each feed row, compiled (:mod:`rec_core.feed.reasons_kernel`).
 
     Rows are (local user, video index, whether the row is a fresh slot holding a fresh video); a row's reason does
-    not depend on its rank. Call it per batch of users: working memory is [users in the batch, n_videos] bits.
-    Arguments: creator code for the *FOLLOWED kinds, tag code for NEW_TAG and TAG, liked video index for LIKED, 0
-    otherwise.
+    not depend on its rank, and nothing catalogue-sized is built per call. Arguments: creator code for the
+    *FOLLOWED kinds, tag code for NEW_TAG and TAG, liked video index for LIKED, 0 otherwise.
     """
-    n = len(row_video)
-    n_creators = len(catalogue.creator_ids)
+    row_user = np.ascontiguousarray(row_user, dtype=np.int64)
+    row_video = np.ascontiguousarray(row_video, dtype=np.int64)
+    fresh_slot = np.ascontiguousarray(fresh_slot, dtype=np.bool_)
     n_videos = len(catalogue.creator_codes)
-    creator = catalogue.creator_codes[row_video]
-    lo, hi = (int(row_user.min()), int(row_user.max()) + 1) if n else (0, 0)
-    followed = _pair_lookup(users.follow_keys, lo, hi, n_creators, row_user, creator)
-    followed_liked = _pair_lookup(users.followed_like_keys, lo, hi, n_videos, row_user, row_video)
-    liked_sim, liked_arg = closest_liked(catalogue.unit_vectors, row_user, row_video, users.liked_indptr, users.liked)
-    liked = liked_sim >= catalogue.like_threshold
-
-    user_tags = users.top_tags[row_user]  # [n, T]
-    video_tags = catalogue.tags.video_tags[row_video]  # [n, S]
-    engaged = np.zeros(video_tags.shape, dtype=bool)
-    for t in range(user_tags.shape[1]):
-        engaged |= video_tags == user_tags[:, t : t + 1]
-    engaged &= video_tags >= 0
-    strong_engaged = engaged & catalogue.tags.strong[row_video]
-    tag_arg = _first_true(strong_engaged, video_tags)
-    tag_hit = tag_arg >= 0
-    # A new video's tag: one the user engages with if any, else its most common specific tag.
-    new_tag = np.full(n, -1, dtype=np.int64)
-    if fresh_slot.any():
-        fs = np.flatnonzero(fresh_slot)
-        mine = _first_true(engaged[fs], video_tags[fs])
-        new_tag[fs] = np.where(mine >= 0, mine, video_tags[fs, 0] if video_tags.shape[1] else -1)
-
-    kinds = np.full(n, Reason.FOR_YOU, dtype=np.int8)
-    args = np.zeros(n, dtype=np.int64)
-    no_history = ~users.has_history[row_user]
-    kinds[no_history] = Reason.POPULAR
-    # Apply from the lowest priority up, so each later (higher) rule overwrites.
-    rules: list[tuple[np.ndarray, Reason, np.ndarray | None]] = [
-        (catalogue.popular[row_video], Reason.POPULAR, None),
-        (tag_hit, Reason.TAG, tag_arg),
-        (followed_liked, Reason.FOLLOWED_POPULAR, None),
-        (liked, Reason.LIKED, liked_arg),
-        (followed, Reason.FOLLOWED, creator),
-        (fresh_slot, Reason.NEW, None),
-        (fresh_slot & (new_tag >= 0), Reason.NEW_TAG, new_tag),
-        (fresh_slot & followed, Reason.NEW_FOLLOWED, creator),
-    ]
-    for mask, kind, arg in rules:
-        kinds[mask] = kind
-        args[mask] = 0 if arg is None else arg[mask]
-    return kinds, args
+    if not len(row_user) == len(row_video) == len(fresh_slot):
+        raise ValueError(f"{len(row_user)} row users, {len(row_video)} row videos, {len(fresh_slot)} fresh flags")
+    if len(row_video) and (row_video.min() < 0 or row_video.max() >= n_videos):
+        raise ValueError(f"row videos outside 0..{n_videos - 1}")
+    if len(row_user) and (row_user.min() < 0 or row_user.max() >= users.n_users):
+        raise ValueError(f"row users outside the {users.n_users} users of the signals")
+    liked = np.ascontiguousarray(users.liked, dtype=np.int64)
+    if len(liked) and (liked.min() < 0 or liked.max() >= n_videos):
+        raise ValueError("liked videos outside the catalogue")
+    return explain_rows(
+        row_user,
+        row_video,
+        fresh_slot,
+        np.ascontiguousarray(catalogue.creator_codes, dtype=np.int64),
+        len(catalogue.creator_ids),
+        np.ascontiguousarray(catalogue.popular, dtype=np.bool_),
+        np.ascontiguousarray(catalogue.tags.video_tags, dtype=np.int64),
+        np.ascontiguousarray(catalogue.tags.strong, dtype=np.bool_),
+        np.ascontiguousarray(catalogue.unit_vectors, dtype=np.float32),
+        np.float32(catalogue.like_threshold),  # compared in float32, as numpy compared the float32 similarities
+        np.ascontiguousarray(users.follow_keys, dtype=np.int64),
+        np.ascontiguousarray(users.followed_like_keys, dtype=np.int64),
+        np.ascontiguousarray(users.liked_indptr, dtype=np.int64),
+        liked,
+        np.ascontiguousarray(users.top_tags, dtype=np.int64),
+        np.ascontiguousarray(users.has_history, dtype=np.bool_),
+    )
 
 
 def render(kinds: np.ndarray, args: np.ndarray, catalogue: ReasonCatalogue | None) -> pa.Array:
@@ -292,26 +277,3 @@ def _text(kind: Reason, arg: int, catalogue: ReasonCatalogue | None) -> str:
         caption = truncate(catalogue.captions[arg].as_py() or "")
         return f'because you liked "{caption}"' if caption else "because of a video you liked"
     return f"trending in #{catalogue.tags.names[arg]}"  # Reason.TAG
-
-
-def _pair_lookup(
-    sorted_keys: np.ndarray, lo: int, hi: int, width: int, row_user: np.ndarray, col: np.ndarray
-) -> np.ndarray:
-    """Whether ``row_user * width + col`` is among the keys, for users ``lo..hi-1``.
-
-    A dense [users, width] bitmap of the batch's keys, then one gather: much faster than a binary search per row,
-    and bounded by the batch (512 users x 50,000 videos is 25 MB).
-    """
-    a, b = np.searchsorted(sorted_keys, [lo * width, hi * width])
-    table = np.zeros((hi - lo) * width, dtype=bool)
-    table[sorted_keys[a:b] - lo * width] = True
-    return table[(row_user - lo) * width + col]
-
-
-def _first_true(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row, ``values`` at the first True of ``mask``; -1 where none."""
-    if mask.shape[1] == 0:
-        return np.full(len(mask), -1, dtype=np.int64)
-    first = mask.argmax(axis=1)
-    picked = values[np.arange(len(values)), first]
-    return np.where(mask.any(axis=1), picked, -1)
