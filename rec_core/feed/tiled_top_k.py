@@ -24,11 +24,11 @@ from numba import njit, prange
 from rec_core.feed.top_k_kernel import (
     SAMPLE_MARGIN,
     SAMPLE_RUN,
-    SCAN_BLOCK,
     SURVIVOR_FACTOR,
-    _key,
-    _radix_sort,
+    order_key,
+    radix_sort,
     sample_runs,
+    scan_row,
     top_k_rows,
 )
 
@@ -84,30 +84,8 @@ def _scan_tile(
             p += 1
         cursor[r] = p
         threshold, count = thresholds[r], counts[r]
-        if count > capacity or not threshold > -np.inf:
-            continue
-        full = width - width % SCAN_BLOCK
-        for begin in range(0, full, SCAN_BLOCK):
-            top = np.float32(-np.inf)  # a block's maximum first: a fixed trip count that vectorises
-            for q in range(SCAN_BLOCK):
-                v = row[begin + q]
-                top = v if v > top else top
-            if top >= threshold:
-                for j in range(begin, begin + SCAN_BLOCK):
-                    if row[j] >= threshold:
-                        if count < capacity:
-                            kept_index[r, count] = offset + j
-                            kept_value[r, count] = row[j]
-                        count += 1
-                if count > capacity:
-                    break
-        if count <= capacity:
-            for j in range(full, width):
-                if row[j] >= threshold:
-                    if count < capacity:
-                        kept_index[r, count] = offset + j
-                        kept_value[r, count] = row[j]
-                    count += 1
+        if count <= capacity and threshold > -np.inf:
+            count = scan_row(row, threshold, offset, kept_index[r], kept_value[r], count)
         counts[r] = count
 
 
@@ -124,8 +102,8 @@ def _select_kept(
         bits = kept_value[r].view(np.int32)
         keys = np.empty(count, dtype=np.uint32)
         for i in range(count):
-            keys[i] = _key(bits[i])
-        _, order = _radix_sort(keys, np.arange(count))  # survivors are in index order: ties stay so
+            keys[i] = order_key(bits[i])
+        _, order = radix_sort(keys, np.arange(count))  # survivors are in index order: ties stay so
         for c in range(k):
             indices[r, c] = kept_index[r, order[c]]
             values[r, c] = kept_value[r, order[c]]

@@ -39,7 +39,7 @@ SCAN_BLOCK = 16  # values scanned as one block: the threshold is compared with t
 
 
 @njit(cache=True, inline="always")
-def _key(bits: np.int32) -> np.uint32:
+def order_key(bits: np.int32) -> np.uint32:
     """An unsigned key that sorts ascending as the score descending; ``bits`` are the float32's."""
     b = np.uint32(bits)
     if b == np.uint32(0x80000000):  # -0.0 equals 0.0: the same key, so the tie goes by index
@@ -51,7 +51,7 @@ def _key(bits: np.int32) -> np.uint32:
 
 
 @njit(cache=True, inline="always")
-def _radix_sort(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def radix_sort(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``keys`` (uint32) ascending with their ``items``, equal keys in their given order (LSD radix: stable)."""
     count = len(keys)
     spare_keys, spare_items = np.empty_like(keys), np.empty_like(items)
@@ -75,6 +75,37 @@ def _radix_sort(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.nda
         keys, spare_keys = spare_keys, keys
         items, spare_items = spare_items, items
     return keys, items
+
+
+@njit(cache=True, inline="always")
+def scan_row(
+    row: np.ndarray, threshold: np.float32, offset: int, kept_index: np.ndarray, kept_value: np.ndarray, count: int
+) -> int:
+    """Append ``(offset + j, row[j])`` for each ``row[j] >= threshold`` to ``kept_index`` / ``kept_value`` from
+    ``count`` on; returns the new count, which passes their length (and the scan stops) once they are full."""
+    capacity, n = len(kept_index), len(row)
+    full = n - n % SCAN_BLOCK
+    for begin in range(0, full, SCAN_BLOCK):
+        top = np.float32(-np.inf)  # a block's maximum first (not row[begin]: a NaN there would hide the block)
+        for q in range(SCAN_BLOCK):  # a fixed trip count, no store: it vectorises, and few blocks hold a value
+            v = row[begin + q]
+            top = v if v > top else top
+        if top >= threshold:
+            for j in range(begin, begin + SCAN_BLOCK):
+                if row[j] >= threshold:
+                    if count < capacity:
+                        kept_index[count] = offset + j
+                        kept_value[count] = row[j]
+                    count += 1
+            if count > capacity:
+                return count
+    for j in range(full, n):
+        if row[j] >= threshold:
+            if count < capacity:
+                kept_index[count] = offset + j
+                kept_value[count] = row[j]
+            count += 1
+    return count
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -104,36 +135,22 @@ def _top_k_rows(
         threshold = np.float32(-np.inf)
         if rank < m:
             threshold = np.float32(np.partition(sample, m - 1 - rank)[m - 1 - rank])
-        kept = np.empty(capacity + SCAN_BLOCK, dtype=np.int64)
-        count = 0
-        if threshold > -np.inf:
-            # Block by block: a block's maximum vectorises (a fixed trip count, no store), and few blocks hold a
-            # value that passes.
-            full = n - n % SCAN_BLOCK
-            for begin in range(0, full, SCAN_BLOCK):
-                top = np.float32(-np.inf)  # not row[begin]: a NaN there would hide the block
-                for q in range(SCAN_BLOCK):
-                    v = row[begin + q]
-                    top = v if v > top else top
-                if top >= threshold:
-                    for j in range(begin, begin + SCAN_BLOCK):
-                        if row[j] >= threshold:
-                            kept[count] = j
-                            count += 1
-                    if count > capacity:
-                        break
-            for j in range(full, n):
-                if row[j] >= threshold and count <= capacity:
-                    kept[count] = j
-                    count += 1
-        if not k <= count <= capacity:  # too few passed, or too many to keep: the whole row
+        kept = np.empty(capacity, dtype=np.int64)
+        kept_value = np.empty(capacity, dtype=np.float32)
+        count = scan_row(row, threshold, 0, kept, kept_value, 0) if threshold > -np.inf else 0
+        if k <= count <= capacity:
+            kept_bits = kept_value.view(np.int32)  # the survivors' own values, read in order
+            keys = np.empty(count, dtype=np.uint32)
+            for i in range(count):
+                keys[i] = order_key(kept_bits[i])
+        else:  # too few passed, or too many to keep: the whole row
             fallbacks[r] = 1
             kept = np.arange(n)
             count = n
-        keys = np.empty(count, dtype=np.uint32)
-        for i in range(count):
-            keys[i] = _key(bits[r, kept[i]])
-        _, order = _radix_sort(keys, kept[:count])  # kept is in index order: ties stay so
+            keys = np.empty(count, dtype=np.uint32)
+            for i in range(count):
+                keys[i] = order_key(bits[r, i])
+        _, order = radix_sort(keys, kept[:count])  # kept is in index order: ties stay so
         for c in range(k):
             j = order[c]
             indices[r, c] = j
