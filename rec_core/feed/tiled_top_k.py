@@ -22,12 +22,11 @@ import torch
 from numba import njit, prange
 
 from rec_core.feed.top_k_kernel import (
-    SAMPLE_MARGIN,
     SAMPLE_RUN,
-    SURVIVOR_FACTOR,
+    empty_top_k,
     order_key,
     radix_sort,
-    sample_runs,
+    sample_plan,
     scan_row,
     top_k_rows,
 )
@@ -122,17 +121,12 @@ def product_top_k(
     (ascending) set to ``-inf`` first; as :func:`rec_core.feed.top_k_kernel.top_k_rows` gives for the whole
     product, ``0 <= k <= n``."""
     rows, n = users.shape[0], videos_t.shape[1]
-    if not 0 <= k <= n or n >= 2**32:
-        raise ValueError(f"k={k} for rows of {n}")
-    indices = np.empty((rows, k), dtype=np.int64)
-    values = np.empty((rows, k), dtype=np.float32)
+    indices, values = empty_top_k(rows, n, k)
     if rows == 0 or k == 0:
         return indices, values, 0
-    runs, run = sample_runs(n, k), min(SAMPLE_RUN, n)
-    step = n // runs
-    columns = (np.arange(runs)[:, None] * step + np.arange(run)[None, :]).ravel()
-    rank = int(np.ceil(SURVIVOR_FACTOR * k * len(columns) / n)) + SAMPLE_MARGIN
-    capacity = max(k, int(2 * (rank + 1) * n / len(columns)))  # twice the survivors expected
+    runs, rank, capacity = sample_plan(n, k)
+    step, run = n // runs, min(SAMPLE_RUN, n)
+    columns = (np.arange(runs)[:, None] * step + np.arange(run)[None, :]).ravel()  # top_k_rows' sample
     with torch.inference_mode():
         if rank < len(columns):
             again = _tiles(users, videos_t, k, indptr, excluded, tile, columns, rank, capacity, indices, values)

@@ -163,18 +163,29 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]
     matrix; ``0 <= k <= n < 2**32``. -inf scores sort last; a NaN counts as -inf and is returned as -inf."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     rows, n = scores.shape
-    if not 0 <= k <= n or n >= 2**32:
-        raise ValueError(f"k={k} for rows of {n}")
-    indices = np.empty((rows, k), dtype=np.int64)
-    values = np.empty((rows, k), dtype=np.float32)
+    indices, values = empty_top_k(rows, n, k)
     if rows == 0 or k == 0:
         return indices, values, 0
+    runs, rank, capacity = sample_plan(n, k)
+    fallbacks = _top_k_rows(scores, scores.view(np.int32), k, runs, rank, capacity, indices, values)
+    return indices, values, fallbacks
+
+
+def empty_top_k(rows: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (indices, values) arrays of a top ``k`` of ``rows`` rows of ``n``, unfilled; refuses what cannot be
+    selected (``0 <= k <= n < 2**32``)."""
+    if not 0 <= k <= n or n >= 2**32:
+        raise ValueError(f"k={k} for rows of {n}")
+    return np.empty((rows, k), dtype=np.int64), np.empty((rows, k), dtype=np.float32)
+
+
+def sample_plan(n: int, k: int) -> tuple[int, int, int]:
+    """For a top ``k`` of rows of ``n``: the sample's runs (:func:`sample_runs`), the threshold's rank from the top
+    of the sample (0-based), and room for twice the survivors expected."""
     runs = sample_runs(n, k)
     sampled = runs * min(SAMPLE_RUN, n)
     rank = int(np.ceil(SURVIVOR_FACTOR * k * sampled / n)) + SAMPLE_MARGIN
-    capacity = max(k, int(2 * (rank + 1) * n / sampled))  # twice the survivors expected
-    fallbacks = _top_k_rows(scores, scores.view(np.int32), k, runs, rank, capacity, indices, values)
-    return indices, values, fallbacks
+    return runs, rank, max(k, int(2 * (rank + 1) * n / sampled))
 
 
 def sample_runs(n: int, k: int) -> int:
