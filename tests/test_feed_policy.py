@@ -700,6 +700,12 @@ def test_explain_refuses_rows_outside_its_arrays() -> None:
         explain(catalogue, users, np.array([1]), one, no)
     with pytest.raises(ValueError, match="liked videos"):
         explain(catalogue, dataclasses.replace(users, liked=np.array([99])), one, one, no)
+    with pytest.raises(ValueError, match="index past the likes"):
+        explain(catalogue, dataclasses.replace(users, liked_indptr=np.array([0, 2])), one, one, no)
+    with pytest.raises(ValueError, match="users long"):
+        explain(catalogue, dataclasses.replace(users, has_history=np.zeros(0, dtype=bool)), one, one, no)
+    with pytest.raises(ValueError, match="videos long"):
+        explain(dataclasses.replace(catalogue, unit_vectors=catalogue.unit_vectors[:3]), users, one, one, no)
 
 
 def test_the_compiled_kinds_are_the_reasons() -> None:

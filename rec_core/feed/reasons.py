@@ -188,9 +188,19 @@ def explain(
         raise ValueError(f"row videos outside 0..{n_videos - 1}")
     if len(row_user) and (row_user.min() < 0 or row_user.max() >= users.n_users):
         raise ValueError(f"row users outside the {users.n_users} users of the signals")
+    # The kernel reads without bounds checks: every array it indexes by video or by user must be that long.
+    per_video = (catalogue.popular, catalogue.tags.video_tags, catalogue.tags.strong, catalogue.unit_vectors)
+    if any(len(a) != n_videos for a in per_video):
+        raise ValueError(f"the reason catalogue's arrays are not all {n_videos} videos long")
+    if (
+        len(users.liked_indptr) != users.n_users + 1
+        or len(users.top_tags) != users.n_users
+        or len(users.has_history) != users.n_users
+    ):
+        raise ValueError(f"the user signals' arrays are not all {users.n_users} users long")
     liked = np.ascontiguousarray(users.liked, dtype=np.int64)
-    if len(liked) and (liked.min() < 0 or liked.max() >= n_videos):
-        raise ValueError("liked videos outside the catalogue")
+    if (len(liked) and (liked.min() < 0 or liked.max() >= n_videos)) or users.liked_indptr[-1] > len(liked):
+        raise ValueError("liked videos outside the catalogue, or an index past the likes")
     return explain_rows(
         row_user,
         row_video,
