@@ -3,9 +3,11 @@
 
 As numpy it gathered every row's video vector into a [users, feed length, d] array (65 MB per block of 512 users
 and feeds of 500) and multiplied it with the likes in a batched matmul. Here a row reads its video's vector and the
-user's few likes (at most ``RECENT_LIKES``) in place, and nothing row-sized is built. ``fastmath`` lets the
+user's few likes (at most ``RECENT_LIKES``) in place, and nothing row-sized is built. Reassociation lets the
 64-term dot products vectorise; the sums may differ from a BLAS product's in the last bits, which only a
-similarity on the threshold itself would notice, and both feed paths share this code.
+similarity on the threshold itself would notice, and both feed paths share this code. Only reassociation (and
+fused multiply-adds): the whole ``fastmath`` set also promises LLVM there are no infinities or NaNs, and
+:func:`best_like` starts from and returns -inf.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
 def best_like(unit: np.ndarray, video: int, liked: np.ndarray, lo: int, hi: int) -> tuple[np.float32, int]:
     """The best cosine between ``video`` and ``liked[lo:hi]`` (rows of ``unit``, float32 [V, d], L2-normalised),
     and that liked video, the first of equal ones as argmax takes it; (-inf, -1) where there is none or it is

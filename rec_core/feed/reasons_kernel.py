@@ -24,7 +24,7 @@ def _holds(keys: np.ndarray, lo: int, hi: int, key: int) -> bool:
     return at < hi and keys[at] == key
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # as best_like: no no-inf / no-NaN promise
 def explain_rows(
     row_user: np.ndarray,
     row_video: np.ndarray,
