@@ -22,6 +22,7 @@ from rec_core.eval.ranking_metrics import (
     build_targets,
     cold_ranks,
     evaluate_scores,
+    first_not_in,
     in_rows,
     user_metrics,
 )
@@ -258,6 +259,30 @@ def test_a_product_is_ranked_by_tiles_as_its_full_scores_rank() -> None:
         np.testing.assert_array_equal(tiled.values[key], values, err_msg=key)  # NaN (no cold target) equal too
     assert tiled.coverage == full.coverage
     assert tiled.summary()["recall@50"] > 0  # not an empty comparison
+
+
+def test_first_not_in_is_the_orders_head_without_each_users_items() -> None:
+    """A popularity top k: each user's first k of one order that their row does not hold, read off a plain loop;
+    a user who holds more than k of the order's head, one who holds nearly all of it (None), unsorted CSR rows."""
+    rng = np.random.default_rng(11)
+    n_items, k = 500, 20
+    order = rng.permutation(n_items)
+    held = rng.random((40, n_items)) < 0.1
+    held[3, order[:300]] = True  # deeper than k + the row's count of anything else
+    matrix = sp.csr_matrix(held)
+    matrix.indices = matrix.indices.copy()
+    for r in range(matrix.shape[0]):  # unsorted within rows: the kernel must not assume an order
+        lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
+        matrix.indices[lo:hi] = matrix.indices[lo:hi][::-1]
+    users = np.array([3, 0, 7, 3, 39])
+    got = first_not_in(order, matrix, users, k)
+    assert got is not None
+    for row, user in enumerate(users):
+        assert got[row].tolist() == [v for v in order if not held[user, v]][:k]
+    held[5, order[k - 1 :]] = True
+    held[5, order[: k - 1]] = True  # user 5 holds every item but none: fewer than k left
+    held[5, order[0]] = False
+    assert first_not_in(order, sp.csr_matrix(held), np.array([0, 5]), k) is None
 
 
 def test_in_rows_reads_a_sparse_matrix_without_densifying_it() -> None:
