@@ -16,7 +16,6 @@ import torch
 from rec_core.data.split import Split, temporal_split
 from rec_core.eval.intervals import bootstrap_means, difference, intervals, metric_intervals, paired_difference
 from rec_core.eval.ranking_metrics import (
-    ProductScores,
     ServedAs,
     TopScorer,
     build_targets,
@@ -238,27 +237,6 @@ def test_a_scorers_own_top_is_used_only_when_it_is_what_the_full_ranking_gives()
     )
     with pytest.raises(ValueError, match="outside the catalogue"):
         user_metrics(Listed(score, lists + split.n_items), build_targets(split), ks=(1, 2))
-
-
-def test_a_product_is_ranked_by_tiles_as_its_full_scores_rank() -> None:
-    """``ProductScores``' top k comes from the product in tiles with the training items excluded there; the per-user
-    metrics and coverage must be what the same product ranked in full gives (a catalogue of three tiles)."""
-    rng = np.random.default_rng(3)
-    videos = [f"v{i:05d}" for i in range(20_000)]
-    users = [f"u{i}" for i in range(300)]
-    pairs = lambda n: [(u, videos[j]) for u in users for j in rng.choice(len(videos), n, replace=False)]  # noqa: E731
-    split = make_split(pairs(40), pairs(5), videos)
-    user_vecs = torch.from_numpy(rng.standard_normal((len(split.user_ids), 16)).astype(np.float32))
-    items = torch.from_numpy(rng.standard_normal((split.n_items, 16)).astype(np.float32))
-    targets = build_targets(split)
-    tiled = user_metrics(ProductScores(lambda rows: user_vecs[torch.as_tensor(rows)], items), targets)
-    full = user_metrics(lambda rows: user_vecs[torch.as_tensor(rows)] @ items.T, targets)
-    assert len(tiled.users) == 300
-    assert tiled.values.keys() == full.values.keys()
-    for key, values in full.values.items():
-        np.testing.assert_array_equal(tiled.values[key], values, err_msg=key)  # NaN (no cold target) equal too
-    assert tiled.coverage == full.coverage
-    assert tiled.summary()["recall@50"] > 0  # not an empty comparison
 
 
 def test_first_not_in_is_the_orders_head_without_each_users_items() -> None:

@@ -59,7 +59,6 @@ import torch
 
 from rec_core.data.split import Split, SplitPart, interaction_matrix
 from rec_core.feed.policy import FeedPolicy, select_eligible
-from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.progress import Progress
 
@@ -82,28 +81,14 @@ class TopScorer(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class ProductScores:
-    """A ScoreFn that is a product of vectors, ``user_vectors(users) @ items.T``: the evaluation selects its top k
-    tile by tile (:func:`rec_core.feed.tiled_top_k.product_top_k`, the training items excluded there), so the
-    (rows, n_items) scores are never made (2 GB a batch of 1,024 users at 495,000 videos, written and read back).
-    A call still returns the whole new product, which nothing else holds, for the paths that want every score."""
+class FreshScores:
+    """A ScoreFn whose every call returns a new tensor that nothing else holds (a matrix product, say), so the
+    evaluation masks it in place: at 495,000 videos a copy is 2 GB of new memory per batch of 1,024 users."""
 
-    user_vectors: Callable[[np.ndarray], torch.Tensor]
-    items: torch.Tensor  # float32 (n_items, dim)
+    fn: Callable[[np.ndarray], torch.Tensor]
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
-        return self.user_vectors(users) @ self.items.T
-
-    def top_excluding(self, users: np.ndarray, k: int, excluded: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """(items int64, values float32), (rows, k): each row's best ``k`` of the product with its row of
-        ``excluded`` (rows aligned with ``users``) at ``-inf``, as ``top_k_rows`` of the masked product gives."""
-        excluded = sp.csr_matrix(excluded, copy=True)
-        excluded.sort_indices()
-        with torch.inference_mode():
-            vecs = self.user_vectors(users).float().contiguous()
-            items_t = self.items.float().T
-        indptr = excluded.indptr.astype(np.int64)
-        return product_top_k(vecs, items_t, k, indptr, excluded.indices.astype(np.int64))[:2]
+        return self.fn(users)
 
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
@@ -310,9 +295,6 @@ def _ranked_top(
             # A training item would have been masked from the full scores: that batch is ranked in full instead.
             if not in_rows(targets.history, batch, items).any():
                 return torch.from_numpy(items.astype(np.int64, copy=False)), torch.ones(items.shape, dtype=torch.bool)
-    if served is None and isinstance(score_fn, ProductScores):
-        top_idx, top_vals = score_fn.top_excluding(batch, k, targets.history[batch])
-        return torch.from_numpy(top_idx), torch.from_numpy(top_vals > float("-inf"))  # as below
     scores = _masked_scores(score_fn, batch, targets.history, targets.n_items)
     if served is not None:
         return _served_top(scores, k, served)
@@ -354,7 +336,7 @@ def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix,
     raw = torch.as_tensor(score_fn(batch)).detach()
     # Copy unless the scorer says the tensor is new and its own: it may hand back a view (an expanded popularity
     # row) or a buffer it keeps. The copy and NaN's replacement are one pass.
-    fresh = isinstance(score_fn, ProductScores) and raw.dtype == torch.float32 and not raw.is_inference()
+    fresh = isinstance(score_fn, FreshScores) and raw.dtype == torch.float32 and not raw.is_inference()
     scores = torch.nan_to_num(
         raw.to(torch.float32), nan=float("-inf"), posinf=math.inf, neginf=-math.inf, out=raw if fresh else None
     )

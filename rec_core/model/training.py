@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from rec_core.data.split import InteractionArrays, Split
 from rec_core.eval.intervals import paired_difference
-from rec_core.eval.ranking_metrics import EvalTargets, ProductScores, UserMetrics, build_targets, user_metrics
+from rec_core.eval.ranking_metrics import EvalTargets, FreshScores, UserMetrics, build_targets, user_metrics
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.lazy_adam import LazyAdam
 from rec_core.model.towers import TowerConfig, TwoTower, sampled_softmax_loss
@@ -184,14 +184,14 @@ def user_vectors(
         return model.user(histories.batch(rows, catalogue, stats))
 
 
-def scorer(model: TwoTower, data: TrainingData) -> tuple[torch.Tensor, ProductScores]:
-    """Score function over the full catalogue for rec_core.eval.ranking_metrics (a product: its top k by tiles)."""
+def scorer(model: TwoTower, data: TrainingData) -> tuple[torch.Tensor, FreshScores]:
+    """Score function over the full catalogue for rec_core.eval.ranking_metrics (each call a new product)."""
     items = video_vectors(model, data.catalogue, data.stats)
 
-    def vectors(user_rows: np.ndarray) -> torch.Tensor:
-        return user_vectors(model, data.histories, data.catalogue, data.stats, user_rows)
+    def score(user_rows: np.ndarray) -> torch.Tensor:
+        return user_vectors(model, data.histories, data.catalogue, data.stats, user_rows) @ items.T
 
-    return items, ProductScores(vectors, items)
+    return items, FreshScores(score)
 
 
 def tower_config(data: TrainingData, cfg: TrainConfig) -> TowerConfig:

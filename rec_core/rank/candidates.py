@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from rec_core.feed.membership_kernel import first_in_rows
 from rec_core.rank.features import block_features
-from rec_core.rank.retrieval import PostedCandidates, TowerView
+from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState
 
 # The towers' top N that the ranker reorders. 200, not 500: on MovieLens (both protocols) the top 200 measured as
@@ -33,6 +34,7 @@ class RankBlock:
     tower_score: np.ndarray  # float32 [rows, n]
     features: np.ndarray  # float32 [valid cells, len(FEATURES)], row-major over the valid cells
     valid: np.ndarray  # bool [rows, n]
+    all_scores: torch.Tensor  # float32 [rows, n_items]: every video's towers' score as of t (as_of_scores)
     seconds: dict[str, float] = field(default_factory=dict)  # "retrieve" and "features" wall time
 
 
@@ -91,25 +93,22 @@ def candidate_block(
     users: np.ndarray,
     n: int = DEFAULT_CANDIDATES,
     popular: np.ndarray | None = None,
-    retrieval: PostedCandidates | None = None,
 ) -> RankBlock:
     """The towers' top ``n`` unseen videos of each user, then the ``popular`` ones (:func:`popular_items`) they do
-    not hold and the user has not seen, and their features, all as of ``state.t_ms``. ``retrieval``: the posted
-    videos' vectors as :meth:`PostedCandidates.of` lays them out for ``view`` and ``state`` (made here when None;
-    a caller with many blocks makes it once)."""
+    not hold and the user has not seen, and their features, all as of ``state.t_ms``."""
     if view.t_ms != state.t_ms:
         raise ValueError(f"towers as of {view.t_ms} but features as of {state.t_ms}: both must be one instant")
     users = np.asarray(users, dtype=np.int64)
     started = time.perf_counter()
-    retrieval = retrieval or PostedCandidates.of(view.video_vectors, state.item_posted)
-    user_vecs, seen = view.user_vectors(users), state.seen[users]
-    items, top = retrieval.top(user_vecs, seen, n)
+    user_vecs = view.user_vectors(users)
+    scores = as_of_scores(view.scores(user_vecs), state.seen, state.item_posted, users, in_place=True)
+    items, top = top_candidates(scores, state.item_posted, n)
     if popular is not None and len(popular):
-        items, top = with_popular(items, top, popular, retrieval.scores_of(user_vecs, seen, popular))
+        items, top = with_popular(items, top, popular, scores[:, torch.from_numpy(popular)].numpy())
     retrieved = time.perf_counter()
     engagement = view.engagement(user_vecs, items)
     features, valid = block_features(state, users, items, top, engagement, towers_width=n)
     done = time.perf_counter()
     return RankBlock(
-        users, items, top, features, valid, {"retrieve": retrieved - started, "features": done - retrieved}
+        users, items, top, features, valid, scores, {"retrieve": retrieved - started, "features": done - retrieved}
     )

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import before_user_cuts
-from rec_core.feed.tiled_top_k import product_top_k
+from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, user_vectors, video_vectors
@@ -110,64 +110,22 @@ def as_of_scores(
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class PostedCandidates:
-    """The towers' best videos posted before t that a user has not watched, by the product in tiles
-    (:mod:`rec_core.feed.tiled_top_k`): the candidates a ranking at t retrieves, without making each user's score of
-    every video (:func:`as_of_scores`' rows: 2 GB a batch of 1,024 users at 500,000 videos, written and read twice,
-    which was most of an evaluation's time at the large scale). The product is over the posted videos alone, so
-    one not posted yet is never a candidate; ties go to the lower index, as in the whole catalogue."""
-
-    posted: np.ndarray  # int64: the videos posted before t, ascending
-    place: np.ndarray  # int64 per video: its column among ``posted``, -1 where not posted
-    videos_t: torch.Tensor  # float32 (dim, len(posted)), contiguous
-    n_items: int
-
-    @classmethod
-    def of(cls, video_vectors: torch.Tensor, posted: np.ndarray) -> PostedCandidates:
-        """From every video's vector (float32 [n_items, dim], a :class:`TowerView`'s) and the posted mask."""
-        columns = np.flatnonzero(np.asarray(posted, dtype=bool))
-        place = np.full(len(posted), -1, dtype=np.int64)
-        place[columns] = np.arange(len(columns))
-        with torch.inference_mode():
-            videos_t = video_vectors[torch.from_numpy(columns)].float().T.contiguous()
-        return cls(columns.astype(np.int64), place, videos_t, len(posted))
-
-    def top(self, user_vecs: torch.Tensor, seen: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's best ``n`` posted videos not in its row of ``seen`` (rows aligned with ``user_vecs``): (items
-        int64 [rows, min(n, n_items)], scores float32), -1 / NaN past the last one (a user who has seen almost
-        every posted video)."""
-        rows, width = user_vecs.shape[0], min(n, self.n_items)
-        indptr, excluded = self._exclusions(seen, rows)
-        k = min(width, len(self.posted))
-        columns, values, _ = product_top_k(user_vecs.float().contiguous(), self.videos_t, k, indptr, excluded)
-        items = np.full((rows, width), -1, dtype=np.int64)
-        scores = np.full((rows, width), np.nan, dtype=np.float32)
-        found = np.isfinite(values)
-        items[:, :k] = np.where(found, self.posted[columns], -1)
-        scores[:, :k] = np.where(found, values, np.nan)
-        return items, scores
-
-    def scores_of(self, user_vecs: torch.Tensor, seen: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
-        """float32 [rows, len(items)]: the towers' score of each of ``items`` (posted videos) for each row's user,
-        ``-inf`` where the row has seen it (as :func:`as_of_scores` scores them)."""
-        columns = self.place[np.asarray(items, dtype=np.int64)]
-        if (columns < 0).any():
-            raise ValueError("scores_of takes posted videos only")
-        with torch.inference_mode():
-            out = (user_vecs.float() @ self.videos_t[:, torch.from_numpy(columns)]).numpy()
-        out[seen[:, items].toarray() > 0] = -np.inf
-        return out
-
-    def _exclusions(self, seen: sp.csr_matrix, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows' seen videos as columns among the posted ones, ascending per row (product_top_k's layout)."""
-        seen = sp.csr_matrix(seen, copy=True)
-        if seen.shape[0] != rows:
-            raise ValueError(f"seen has {seen.shape[0]} rows for {rows} user vectors")
-        seen.sort_indices()
-        column = self.place[seen.indices]
-        inside = column >= 0  # a seen video outside the product needs no exclusion
-        row = np.repeat(np.arange(rows), np.diff(seen.indptr))[inside]
-        indptr = np.zeros(rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row, minlength=rows), out=indptr[1:])
-        return indptr, column[inside].astype(np.int64)
+def top_candidates(scores: torch.Tensor, posted: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best ``n`` posted videos by :func:`as_of_scores`' ``scores``: (items int64 [rows, n], scores
+    float32 [rows, n]), -1 / NaN past the last one above ``-inf`` (a user who has seen almost everything)."""
+    n = min(n, scores.shape[1])
+    # as_of_scores put every unposted video below every posted one, so where a row's best n are all posted they are
+    # its best posted ones and no masked copy of the scores is needed. Only a row whose list holds an unposted
+    # video with a score (a user with fewer than n posted videos unseen, or scores not from as_of_scores) can hide
+    # a posted one: those rows are selected again from a masked copy.
+    items_np, values_np, _ = top_k_rows(scores.numpy(), n)
+    listed_posted, scored = posted[items_np], np.isfinite(values_np)
+    keep = listed_posted & scored
+    suspect = np.flatnonzero((~listed_posted & scored).any(axis=1))
+    if len(suspect):
+        masked = scores[torch.from_numpy(suspect)].masked_fill(torch.from_numpy(~posted), float("-inf"))
+        items_np[suspect], values_np[suspect], _ = top_k_rows(masked.numpy(), n)
+        keep[suspect] = np.isfinite(values_np[suspect])
+    items_np[~keep] = -1
+    values_np[~keep] = np.nan
+    return items_np, values_np

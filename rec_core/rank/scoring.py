@@ -25,7 +25,7 @@ import torch
 
 from rec_core.rank.candidates import DEFAULT_CANDIDATES, RankBlock, candidate_block, popular_items
 from rec_core.rank.ranker import Ranker
-from rec_core.rank.retrieval import PostedCandidates, TowerView, as_of_scores
+from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
 from rec_core.rank.state import AsOfState
 
 # Ranked candidates score above this (tower scores are cosines, at most 1), so they always precede the rest.
@@ -54,7 +54,6 @@ class CandidateBlocks:
     state: AsOfState
     n: int
     popular: np.ndarray | None
-    retrieval: PostedCandidates
     _users: np.ndarray | None = None
     _block: RankBlock | None = None
 
@@ -62,9 +61,8 @@ class CandidateBlocks:
         """The batch's block, and whether it was built by this call (its seconds are then to be counted)."""
         if self._block is not None and self._users is not None and np.array_equal(self._users, users):
             return self._block, False
-        block = candidate_block(self.view, self.state, users, self.n, self.popular, self.retrieval)
-        self._users, self._block = users.copy(), block
-        return block, True
+        self._users, self._block = users.copy(), candidate_block(self.view, self.state, users, self.n, self.popular)
+        return self._block, True
 
 
 @dataclass(slots=True)
@@ -83,7 +81,6 @@ class RankedRetrieval:
     users_scored: int = 0
     _popular: np.ndarray | None = None
     blocks: CandidateBlocks | None = None
-    _retrieval: PostedCandidates | None = None
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         users = np.asarray(users, dtype=np.int64)
@@ -91,9 +88,8 @@ class RankedRetrieval:
         if self.ranker is None:
             return self._retrieval_scores(users)
         block, ranked_items = self._ranked(users)
-        # The whole rows are made again only here: the evaluation reads a stack's top() list, and calls for every
-        # score only where that list cannot answer (a row with fewer candidates than it asks for) or as served.
-        scores = self._retrieval_scores(users)
+        # A shared block's scores are read by the next stack too: write the ranker's order into a copy.
+        scores = block.all_scores if self.blocks is None else block.all_scores.clone()
         width = block.items.shape[1]
         value = CANDIDATE_FLOOR + (width - np.arange(width, dtype=np.float32)) / width
         r, c = np.nonzero(ranked_items >= 0)
@@ -111,10 +107,7 @@ class RankedRetrieval:
                 return None
             items = self._block(users).items[:, :k]  # the towers' top n lead the block, in their order
         else:
-            started = time.perf_counter()
-            user_vecs = self.view.user_vectors(users)
-            items = self.retrieval().top(user_vecs, self.state.seen[users], k)[0]
-            self.seconds["retrieve"] += time.perf_counter() - started
+            items = top_candidates(self._retrieval_scores(users), self.state.item_posted, k)[0]
         items = items[:, :k]
         if items.shape[1] < k or (items < 0).any():
             return None  # ranked in full by __call__, which counts the users then
@@ -131,7 +124,7 @@ class RankedRetrieval:
 
     def _block(self, users: np.ndarray) -> RankBlock:
         if self.blocks is None:
-            block, built = candidate_block(self.view, self.state, users, self.n, self.popular(), self.retrieval()), True
+            block, built = candidate_block(self.view, self.state, users, self.n, self.popular()), True
         else:
             block, built = self.blocks.of(users)
         if built:
@@ -147,14 +140,6 @@ class RankedRetrieval:
         order = rank_order(self.ranker, block.features, block.valid)
         self.seconds["rank"] += time.perf_counter() - started
         return block, np.take_along_axis(block.items, order, axis=1)
-
-    def retrieval(self) -> PostedCandidates:
-        """The posted videos' vectors, laid out once for every batch (:class:`PostedCandidates`)."""
-        if self.blocks is not None:
-            return self.blocks.retrieval
-        if self._retrieval is None:
-            self._retrieval = PostedCandidates.of(self.view.video_vectors, self.state.item_posted)
-        return self._retrieval
 
     def popular(self) -> np.ndarray | None:
         """The popular videos the ranker ranks behind the towers' list, as of the state's instant."""
@@ -176,8 +161,7 @@ def evaluated_stacks(view: TowerView, state: AsOfState, ranker: Ranker | None) -
     if ranker is None:
         return {"retrieval": RankedRetrieval(view, state, None)}
     ranked = RankedRetrieval(view, state, ranker, ranker.n_candidates)
-    retrieval = PostedCandidates.of(view.video_vectors, state.item_posted)
-    ranked.blocks = CandidateBlocks(view, state, ranker.n_candidates, ranked.popular(), retrieval)
+    ranked.blocks = CandidateBlocks(view, state, ranker.n_candidates, ranked.popular())
     return {
         "retrieval": RankedRetrieval(view, state, None, ranker.n_candidates, blocks=ranked.blocks),
         "ranked": ranked,
