@@ -100,6 +100,9 @@ class TrainConfig:
     # differ by which windows came last as much as by the users sampled, so a stop on one round's drop can come
     # early: there the release stopped at the third round, keeping the second (docs/scaling.md).
     eval_every: int = 1000
+    # A warm start's epoch (only the rows since its source's cut: 830 steps at the large scale) is validated in at
+    # least this many rounds, so a start that the new rows make worse beyond noise stops within a quarter epoch.
+    warm_rounds: int = 4
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -328,6 +331,8 @@ def train(data: TrainingData, cfg: TrainConfig, start: StartFrom | None = None) 
         log.info("fewer than %d new training rows: the start is kept as it is", batch_size)
         epochs = 0
     rounds = max(1, -(-steps_per_epoch // cfg.eval_every)) if cfg.eval_every else 1
+    if start is not None and cfg.eval_every:
+        rounds = max(rounds, min(cfg.warm_rounds, steps_per_epoch))
     round_ends = set(np.linspace(0, steps_per_epoch, rounds + 1).round().astype(int)[1:].tolist())
     if rounds > 1:
         log.info("validation every ~%d steps: %d rounds an epoch", steps_per_epoch // rounds, rounds)
