@@ -249,7 +249,7 @@ def test_first_not_in_is_the_orders_head_without_each_users_items() -> None:
     held[3, order[:300]] = True  # deeper than k + the row's count of anything else
     matrix = sp.csr_matrix(held)
     matrix.indices = matrix.indices.copy()
-    for r in range(matrix.shape[0]):  # unsorted within rows: the kernel must not assume an order
+    for r in range(matrix.shape[0]):  # unsorted within rows: the lookup must not assume an order
         lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
         matrix.indices[lo:hi] = matrix.indices[lo:hi][::-1]
     users = np.array([3, 0, 7, 3, 39])
@@ -258,8 +258,8 @@ def test_first_not_in_is_the_orders_head_without_each_users_items() -> None:
     for row, user in enumerate(users):
         assert got[row].tolist() == [v for v in order if not held[user, v]][:k]
     held[5, order[k - 1 :]] = True
-    held[5, order[: k - 1]] = True  # user 5 holds every item but none: fewer than k left
-    held[5, order[0]] = False
+    held[5, order[: k - 1]] = True
+    held[5, order[0]] = False  # user 5 holds every item but one: fewer than k left
     assert first_not_in(order, sp.csr_matrix(held), np.array([0, 5]), k) is None
 
 
