@@ -24,7 +24,7 @@ from numba import njit, prange
 from rec_core.feed.top_k_kernel import (
     SAMPLE_RUN,
     empty_top_k,
-    order_key,
+    order_keys,
     radix_sort,
     sample_plan,
     scan_row,
@@ -98,10 +98,7 @@ def _select_kept(
         count = counts[r]
         if not k <= count <= capacity:
             continue
-        bits = kept_value[r].view(np.int32)
-        keys = np.empty(count, dtype=np.uint32)
-        for i in range(count):
-            keys[i] = order_key(bits[i])
+        keys = order_keys(kept_value[r].view(np.int32), count)
         _, order = radix_sort(keys, np.arange(count))  # survivors are in index order: ties stay so
         for c in range(k):
             indices[r, c] = kept_index[r, order[c]]

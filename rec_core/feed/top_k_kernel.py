@@ -51,6 +51,15 @@ def order_key(bits: np.int32) -> np.uint32:
 
 
 @njit(cache=True, inline="always")
+def order_keys(bits: np.ndarray, count: int) -> np.ndarray:
+    """:func:`order_key` of the first ``count`` of ``bits`` (float32 values viewed as int32)."""
+    keys = np.empty(count, dtype=np.uint32)
+    for i in range(count):
+        keys[i] = order_key(bits[i])
+    return keys
+
+
+@njit(cache=True, inline="always")
 def radix_sort(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``keys`` (uint32) ascending with their ``items``, equal keys in their given order (LSD radix: stable)."""
     count = len(keys)
@@ -139,17 +148,12 @@ def _top_k_rows(
         kept_value = np.empty(capacity, dtype=np.float32)
         count = scan_row(row, threshold, 0, kept, kept_value, 0) if threshold > -np.inf else 0
         if k <= count <= capacity:
-            kept_bits = kept_value.view(np.int32)  # the survivors' own values, read in order
-            keys = np.empty(count, dtype=np.uint32)
-            for i in range(count):
-                keys[i] = order_key(kept_bits[i])
+            keys = order_keys(kept_value.view(np.int32), count)  # the survivors' own values, read in order
         else:  # too few passed, or too many to keep: the whole row
             fallbacks[r] = 1
             kept = np.arange(n)
             count = n
-            keys = np.empty(count, dtype=np.uint32)
-            for i in range(count):
-                keys[i] = order_key(bits[r, i])
+            keys = order_keys(bits[r], n)
         _, order = radix_sort(keys, kept[:count])  # kept is in index order: ties stay so
         for c in range(k):
             j = order[c]
