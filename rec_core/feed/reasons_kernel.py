@@ -24,6 +24,22 @@ def _holds(keys: np.ndarray, lo: int, hi: int, key: int) -> bool:
     return at < hi and keys[at] == key
 
 
+@njit(cache=True, inline="always")
+def _engaged_tag(
+    video_tags: np.ndarray, strong: np.ndarray, top_tags: np.ndarray, v: int, u: int, strong_only: bool
+) -> int:
+    """Video ``v``'s first tag among user ``u``'s top tags (with ``strong_only``, its first such tag it is strong
+    in); -1 where none."""
+    for s in range(video_tags.shape[1]):
+        tag = video_tags[v, s]
+        if tag < 0 or (strong_only and not strong[v, s]):
+            continue
+        for q in range(top_tags.shape[1]):
+            if top_tags[u, q] == tag:
+                return tag
+    return -1
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # as best_like: no no-inf / no-NaN promise
 def explain_rows(
     row_user: np.ndarray,
@@ -61,20 +77,8 @@ def explain_rows(
         if fresh and followed:
             kinds[i], args[i] = NEW_FOLLOWED, creator
             continue
-        # The video's first tag the user engages with, and its first of those it is strong in (-1: none).
-        mine, strong_mine = -1, -1
-        for s in range(video_tags.shape[1]):
-            tag = video_tags[v, s]
-            if tag < 0:
-                continue
-            for q in range(top_tags.shape[1]):
-                if top_tags[u, q] == tag:
-                    if mine < 0:
-                        mine = tag
-                    if strong[v, s] and strong_mine < 0:
-                        strong_mine = tag
-                    break
         if fresh:
+            mine = _engaged_tag(video_tags, strong, top_tags, v, u, False)
             new_tag = mine if mine >= 0 else (video_tags[v, 0] if video_tags.shape[1] else -1)
             if new_tag >= 0:
                 kinds[i], args[i] = NEW_TAG, new_tag
@@ -89,10 +93,13 @@ def explain_rows(
             kinds[i], args[i] = LIKED, like
         elif _holds(followed_like_keys, likes, likes_end, u * n_videos + v):
             kinds[i] = FOLLOWED_POPULAR
-        elif strong_mine >= 0:
-            kinds[i], args[i] = TAG, strong_mine
-        elif popular[v] or not has_history[u]:
-            kinds[i] = POPULAR
         else:
-            kinds[i] = FOR_YOU
+            # Looked up only by the rows that reach this rule, not by every row.
+            tag = _engaged_tag(video_tags, strong, top_tags, v, u, True)
+            if tag >= 0:
+                kinds[i], args[i] = TAG, tag
+            elif popular[v] or not has_history[u]:
+                kinds[i] = POPULAR
+            else:
+                kinds[i] = FOR_YOU
     return kinds, args
