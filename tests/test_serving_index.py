@@ -5,6 +5,7 @@ the same pages from arrays indexed on the heap."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -18,13 +19,42 @@ from feed_api.snapshot_load import load_view
 from rec_core.feed.policy import FeedPolicy
 from rec_core.rank.features import block_features
 from rec_core.settings import Settings
+from rec_core.snapshot.feed_repeats import feed_repeats
 from rec_core.snapshot.files import read_vector_shards, vectors_array
 from rec_core.snapshot.layout import RANK_SERVE_ARRAYS, SnapshotPaths, expected_files, live_snapshot_id, snapshot_paths
 from rec_core.snapshot.rank_state import rank_arrays_problems, read_ranking
-from rec_core.snapshot.serving_index import IdIndex, build_serving_index, open_serving_index
+from rec_core.snapshot.serving_index import (
+    FeedIndex,
+    IdIndex,
+    RankedList,
+    build_serving_index,
+    open_serving_index,
+)
 from rec_core.snapshot.validate import validate_snapshot
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_feed_repeats_counts_what_a_plain_loop_counts(seed: int) -> None:
+    """Rows beyond the first of a video within a user's run, and the first users with one, as a loop finds them:
+    a video repeated across users is no repeat, and users of every length (none included) are counted."""
+    rng = np.random.default_rng(seed)
+    n_videos, lengths = 40, rng.integers(0, 30, size=60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    codes = rng.integers(0, n_videos, size=int(offsets[-1])).astype(np.int32)
+    users = np.array([f"u{i:03d}" for i in range(len(lengths))])
+    feeds = FeedIndex(IdIndex(users), offsets, RankedList(codes, np.zeros(len(codes), np.float32), codes * 0, []))
+    extra, with_repeats = 0, []
+    for user, (lo, hi) in enumerate(itertools.pairwise(offsets)):
+        repeated = (hi - lo) - len(set(codes[lo:hi].tolist()))
+        extra += repeated
+        if repeated:
+            with_repeats.append(str(users[user]))
+    got = feed_repeats(feeds, n_videos, 3)
+    assert extra > 0 and (got.extra_rows, got.example_users) == (extra, with_repeats[:3])
+    with pytest.raises(ValueError, match="outside"):
+        feed_repeats(feeds, int(codes.max()), 3)
 
 
 def test_id_index_finds_exactly_the_ids_it_holds() -> None:

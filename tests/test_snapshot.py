@@ -249,6 +249,34 @@ def test_corrupt_feeds_are_refused_with_the_reason(settings: Settings, change: C
     assert live_snapshot_id(settings.paths) is None
 
 
+def _repeat_first_video(rows: list[dict]) -> list[dict]:
+    """The first user's second row, and the fourth user's third and fourth rows, take that user's first video."""
+    users = list(dict.fromkeys(r["user_id"] for r in rows))
+    first = {u: next(r["video_id"] for r in rows if r["user_id"] == u) for u in users}
+    changed, seen = [], {}
+    for r in rows:
+        at = seen[r["user_id"]] = seen.get(r["user_id"], -1) + 1
+        repeat = (r["user_id"] == users[0] and at == 1) or (r["user_id"] == users[3] and at in (2, 3))
+        changed.append({**r, "video_id": first[r["user_id"]]} if repeat else r)
+    return changed
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["from the serving index", "in DuckDB"])
+def test_repeated_videos_are_counted_alike_from_the_index_and_in_duckdb(settings: Settings, indexed: bool) -> None:
+    """The rule a feed repeats no video is read off the serving index's codes where validation writes one, and
+    counted in DuckDB where it does not (a snapshot begun before the index): the same refusal either way."""
+    paths = build_snapshot(settings)
+    if not indexed:
+        build = json.loads(paths.build_file.read_text())
+        paths.build_file.write_text(json.dumps({**build, "serving_index": False}))
+    rewrite_part(paths, _repeat_first_video)
+    users = sorted({r["user_id"] for r in pq.read_table(paths.feed_part(0, USER_SHARDS)).to_pylist()})
+    reason = f"duplicate (user_id, video_id): 3 extra row(s), e.g. user {users[0]}, {users[3]}"
+    with pytest.raises(SnapshotError, match=re.escape(reason)):
+        validate_snapshot(settings.paths, paths.snapshot_id)
+    assert (paths.root / "serve").is_dir() == indexed
+
+
 def _drop_first_video_vector(paths: SnapshotPaths) -> None:
     table = pq.read_table(paths.video_vectors(0, 1))
     pq.write_table(table.slice(1), paths.video_vectors(0, 1))

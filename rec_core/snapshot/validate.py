@@ -33,7 +33,8 @@ from rec_core.experiments.spec import ExperimentError, check_arms, check_name, e
 from rec_core.ids import is_valid_id
 from rec_core.model.inference import as_of_ms
 from rec_core.settings import PathSettings, Settings
-from rec_core.snapshot.content import check_content
+from rec_core.snapshot.content import EXAMPLES, check_content
+from rec_core.snapshot.feed_repeats import feed_repeats
 from rec_core.snapshot.files import (
     CATALOGUE_COLUMNS,
     CATALOGUE_DENSE,
@@ -98,10 +99,11 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
             ],
         )
     problems: list[str] = []
+    index = None
     if build.serving_index:
         # The index is derived from the files checked below and hashed with them, so publish re-checks it too.
         try:
-            write_serving_index(paths, build)
+            index = write_serving_index(paths, build)
         except Exception as exc:  # damaged inputs fail in many ways; the checks below name each
             problems.append(f"cannot write the serving index: {type(exc).__name__}: {exc}")
     files = expected_files(paths, build)
@@ -128,10 +130,24 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
     ]
 
     order_problems = _check_sorted(paths, feeds)
+    # The index holds each user's rows together only when the parts are in order, and every row only when no
+    # video was left out of it for its id.
+    repeats = None
+    if index is not None and not order_problems and "videos" not in index.skipped_ids:
+        repeats = feed_repeats(index.feeds, len(index.video_ids), EXAMPLES)
     con = duckdb.connect()
     try:
         counts, watermark = check_content(
-            con, build, lake, feeds, video_vecs, user_vecs, trending, problems, ordered=not order_problems
+            con,
+            build,
+            lake,
+            feeds,
+            video_vecs,
+            user_vecs,
+            trending,
+            problems,
+            ordered=not order_problems,
+            repeats=repeats,
         )
     finally:
         con.close()
