@@ -325,16 +325,20 @@ def test_windowed_order_keeps_every_batch_inside_one_time_window() -> None:
     np.testing.assert_array_equal(order, _windowed_order(50, 4, 3, np.random.default_rng(0)))
 
 
-def test_time_windows_show_a_batch_as_of_its_window_start(world: tuple[Settings, LakeData]) -> None:
+@pytest.mark.parametrize("first", [0, 1000])
+def test_time_windows_show_a_batch_as_of_its_window_start(world: tuple[Settings, LakeData], first: int) -> None:
+    """Also when built from a later row on (a warm start's epochs draw from the rows since its source's cut): the
+    windows are the whole table's, numbered from there."""
     settings, data = world
     prepared = prepare(
         data.split, data.videos, data.interactions, data.follows, data.text(settings.paths, settings.model)
     )
     train_rows = data.split.train
-    windows = TimeWindows.build(train_rows, prepared.catalogue, size=500)
+    windows = TimeWindows.build(train_rows, prepared.catalogue, size=500, first=first)
+    assert len(windows.start_ms) == -(-(len(train_rows) - first) // 500)
     rng = np.random.default_rng(0)
     for w in (0, 3, len(windows.start_ms) - 1):  # the last window is a partial one
-        lo, hi = w * 500, min((w + 1) * 500, len(train_rows))
+        lo, hi = first + w * 500, min(first + (w + 1) * 500, len(train_rows))
         rows = rng.choice(np.arange(lo, hi), size=min(64, hi - lo), replace=False)
         items = train_rows.item_idx[rows]
         dense, log_q = windows.view(rows, items, batch_size=64)
@@ -342,6 +346,8 @@ def test_time_windows_show_a_batch_as_of_its_window_start(world: tuple[Settings,
         in_window = train_rows.item_idx[lo:hi]
         share = np.array([(in_window == item).sum() for item in items]) / (hi - lo)
         np.testing.assert_allclose(log_q.numpy(), np.log(64 * share), rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of their size"):
+        TimeWindows.build(train_rows, prepared.catalogue, size=500, first=first + 250)
 
 
 def test_time_windows_reject_the_random_batch_options() -> None:
