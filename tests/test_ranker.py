@@ -220,6 +220,24 @@ def _planted_examples(rng: np.random.Generator, n_groups: int, width: int = 60) 
     return RankExamples(x, labels, np.full(n_groups, width), np.arange(n_groups), 0, 1, width, 1.0)
 
 
+def test_a_view_of_some_users_scores_them_as_the_whole_view_does_and_refuses_the_others(
+    world: tuple[LakeData, Towers],
+) -> None:
+    """An evaluation's view builds only its users' histories (``tower_view(users=...)``): their vectors, and so their
+    candidates, are the whole view's to the bit, and a user it did not build is refused, not read as a newcomer."""
+    data, towers = world
+    split = data.split
+    t = split.test_start_ms
+    users = np.unique(split.test.user_idx)
+    some, others = users[::2], users[1::2]
+    whole = tower_view(towers, split.user_ids, *_frames(data), t)
+    part = tower_view(towers, split.user_ids, *_frames(data), t, users=some)
+    assert torch.equal(part.user_vectors(some), whole.user_vectors(some))
+    assert torch.equal(part.video_vectors, whole.video_vectors)
+    with pytest.raises(ValueError, match="not built"):
+        part.user_vectors(others[:3])
+
+
 def test_the_ranker_learns_a_planted_signal_the_towers_order_misses() -> None:
     rng = np.random.default_rng(0)
     train, test = _planted_examples(rng, 240), _planted_examples(rng, 120)

@@ -309,6 +309,7 @@ class Histories:
     followed_idx: np.ndarray  # int64 creator vocab indices, flattened
     followed_offsets: np.ndarray  # int64 (n_users,)
     dense: np.ndarray  # (n_users, len(USER_DENSE)) float32, unstandardised
+    built: np.ndarray | None = None  # bool per user: whose rows were built (None: everyone's); see build_histories
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -329,6 +330,9 @@ class Histories:
         follows): training shows some of those so that the model learns what to
         recommend to a newcomer, who otherwise never appears in training data.
         """
+        if self.built is not None and not self.built[rows].all():
+            # An unbuilt row reads as a newcomer's: a wrong vector, not an error, unless refused here.
+            raise ValueError(f"histories of {int((~self.built[rows]).sum())} of these users were not built")
         w_idx, w_off, w_text = _pool_rows(self.watched, self.watched_text_sum, rows, catalogue, exclude, as_new)
         l_idx, l_off, l_text = _pool_rows(self.liked, self.liked_text_sum, rows, catalogue, exclude, as_new)
         starts = self.followed_offsets[rows]
@@ -375,9 +379,18 @@ def build_histories(
     catalogue: Catalogue,
     vocabs: Vocabs,
     as_of_ms: int,
+    only: np.ndarray | None = None,
 ) -> Histories:
+    """What each of ``user_ids`` did before ``as_of_ms``; with ``only`` (positions in ``user_ids``), those users'
+    rows alone are built (the rest stay empty and :meth:`Histories.batch` refuses them): an evaluation of 20,000
+    users at the large scale then reads a fifth of the interactions."""
     n_users, n_items = len(user_ids), len(catalogue)
     users = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)}).with_row_index("u")
+    built = None
+    if only is not None:
+        built = np.zeros(n_users, dtype=bool)
+        built[np.asarray(only, dtype=np.int64)] = True
+        users = users.filter(pl.Series(built))
     items = pl.DataFrame({"video_id": pl.Series(catalogue.video_ids, dtype=pl.String)}).with_row_index("i")
     before = (
         interactions.filter(pl.col("ts_ms") < as_of_ms)
@@ -417,6 +430,7 @@ def build_histories(
         followed_idx=f_idx,
         followed_offsets=np.concatenate([[0], np.cumsum(f_counts)[:-1]]).astype(np.int64),
         dense=dense,
+        built=built,
     )
 
 

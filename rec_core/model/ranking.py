@@ -202,9 +202,11 @@ class AsOfTestStart:
         return user_metrics_many(scorers, self.targets)
 
     def view(self, towers: Towers) -> TowerView:
-        """The towers as a ranking at this instant sees them: each test user's inputs as of ``t_ms``."""
+        """The towers as a ranking at this instant sees them: each test user's inputs as of ``t_ms`` (the test users'
+        histories alone: the gate's sample is a fifth of the users at the large scale)."""
         data = self.data
-        return tower_view(towers, data.split.user_ids, data.videos, data.interactions, data.follows, self.state.t_ms)
+        frames = (data.videos, data.interactions, data.follows)
+        return tower_view(towers, data.split.user_ids, *frames, self.state.t_ms, users=self.targets.users)
 
     def most_pop(self) -> UserMetrics:
         return user_metrics(PopularityAsOf.of(self.state), self.targets)

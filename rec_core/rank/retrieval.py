@@ -78,14 +78,16 @@ def tower_view(
     follows: pl.DataFrame,
     t_ms: int,
     user_cut_ms: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> TowerView:
     """The towers' view of the world just before ``t_ms`` (frames as :mod:`rec_core.model.features` reads them);
     with ``user_cut_ms`` (int64 per user of ``user_ids``), each user's interactions and follows also end at their
-    own cut, for their history and for the catalogue's counts alike (:func:`~rec_core.rank.state.state_at`)."""
+    own cut, for their history and for the catalogue's counts alike (:func:`~rec_core.rank.state.state_at`).
+    With ``users`` (positions in ``user_ids``), only their histories are built, and only they can be scored."""
     if user_cut_ms is not None:
         interactions, follows = (before_user_cuts(f, user_ids, user_cut_ms, t_ms) for f in (interactions, follows))
     catalogue = build_catalogue(videos, interactions, towers.text, towers.vocabs, t_ms)
-    histories = build_histories(user_ids, interactions, follows, catalogue, towers.vocabs, t_ms)
+    histories = build_histories(user_ids, interactions, follows, catalogue, towers.vocabs, t_ms, users)
     vectors = video_vectors(towers.model, catalogue, towers.stats)
     return TowerView(towers, catalogue, histories, vectors, int(t_ms))
 
