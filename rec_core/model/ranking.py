@@ -106,6 +106,12 @@ def ranker_objectives(model: ModelSettings) -> tuple[Objective, ...]:
     return OBJECTIVES if model.ranker_objective == "auto" else (model.ranker_objective,)  # type: ignore[return-value]
 
 
+def rank_events(data: LakeData) -> RankEvents:
+    """``data``'s frames as the ranker's arrays, in its split's user index: what its training and the stack's
+    evaluation both read (4 s at the large scale, so a release builds them once)."""
+    return RankEvents.build(data.split.user_ids, data.videos, data.interactions, data.follows)
+
+
 def train_version_ranker(
     data: LakeData,
     towers: Towers,
@@ -114,8 +120,10 @@ def train_version_ranker(
     max_users: int = DEFAULT_MAX_USERS,
     objectives: tuple[Objective, ...] = OBJECTIVES,
     n_popular: int = 0,
+    events: RankEvents | None = None,
 ) -> VersionRanker:
-    """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window.
+    """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window;
+    ``events``: ``data``'s frames as :class:`RankEvents`, where the caller has them already.
 
     Raises ValueError when the window has too few users with a positive among their candidates to cross-validate:
     with the flag on, a version is never released without its ranker (``REC_RANKER=off`` releases retrieval alone).
@@ -129,7 +137,8 @@ def train_version_ranker(
         n_popular,
         max_users,
     )
-    events = RankEvents.build(split.user_ids, *frames)
+    if events is None:
+        events = rank_events(data)
     examples = split_examples(towers, events, split, frames, n, max_users, config.seed, n_popular)
     if len(examples.groups) < config.folds:
         raise ValueError(
@@ -182,8 +191,10 @@ class AsOfTestStart:
     targets: EvalTargets  # the test users and their held-out positives, shared by every stack
 
     @classmethod
-    def of(cls, data: LakeData) -> AsOfTestStart:
-        events = RankEvents.build(data.split.user_ids, data.videos, data.interactions, data.follows)
+    def of(cls, data: LakeData, events: RankEvents | None = None) -> AsOfTestStart:
+        """``events``: ``data``'s frames as :func:`rank_events` gives them, where the caller has them already."""
+        if events is None:
+            events = rank_events(data)
         return cls(data, state_at(events, data.split.test_start_ms), build_targets(data.split, "test"))
 
     def stack_metrics(self, towers: Towers, ranker: Ranker | None) -> UserMetrics:

@@ -41,6 +41,7 @@ from rec_core.model.ranking import (
     AsOfTestStart,
     VersionRanker,
     has_ranker,
+    rank_events,
     ranker_objectives,
     release_config,
     served_stack,
@@ -59,6 +60,7 @@ from rec_core.model.training import (
     train,
 )
 from rec_core.model.warm_start import COLD_BY_REQUEST, WarmStart, carried_state, choose_start
+from rec_core.rank.events import RankEvents
 from rec_core.rank.ranker import Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers
 from rec_core.settings import Settings
@@ -101,12 +103,14 @@ def train_version(
     data: LakeData | None = None,
     *,
     ranker_config: RankerConfig | None = None,
+    events: RankEvents | None = None,
 ) -> str:
     """Train on the live lake's split and save a new model version (not yet evaluated or promoted): the towers,
-    then, with the ranker on, their ranker, written as one folder."""
+    then, with the ranker on, their ranker, written as one folder. ``events``: ``data``'s
+    :func:`~rec_core.model.ranking.rank_events`, where the caller has them."""
     data = data or release_data(settings)
     trained = _train_towers(settings, config, data)
-    ranker = _train_ranker(settings, data, trained.towers, ranker_config)
+    ranker = _train_ranker(settings, data, trained.towers, ranker_config, events)
     _save(model_store(settings.paths), trained, ranker)
     return trained.version
 
@@ -224,13 +228,18 @@ def _start(
 
 
 def _train_ranker(
-    settings: Settings, data: LakeData, towers: Towers, config: RankerConfig | None
+    settings: Settings, data: LakeData, towers: Towers, config: RankerConfig | None, events: RankEvents | None
 ) -> VersionRanker | None:
     if not settings.model.ranker_on:
         return None
     config = config or release_config(settings.seed)
     return train_version_ranker(
-        data, towers, config, objectives=ranker_objectives(settings.model), n_popular=settings.model.ranker_popular
+        data,
+        towers,
+        config,
+        objectives=ranker_objectives(settings.model),
+        n_popular=settings.model.ranker_popular,
+        events=events,
     )
 
 
@@ -262,9 +271,11 @@ def _towers(loaded: LoadedModel, data: LakeData, settings: Settings) -> Towers:
     return Towers(loaded.model.eval(), loaded.vocabs, loaded.stats, np.ascontiguousarray(text, dtype=np.float32))
 
 
-def evaluate_version(settings: Settings, version: str, data: LakeData | None = None) -> dict:
+def evaluate_version(
+    settings: Settings, version: str, data: LakeData | None = None, events: RankEvents | None = None
+) -> dict:
     """Add the baselines (``REC_RELEASE_BASELINES``: MostPop, the gate's bar, or all three) and the current model,
-    on the same test split, to the version's metrics and report.
+    on the same test split, to the version's metrics and report (``events``: as :func:`train_version` takes them).
 
     With the ranker on, also the stack as the batch serves it: retrieval alone and with the version's ranker, as of
     ``test_start``, beside MostPop of that instant, and the current model's own stack measured the same way.
@@ -278,7 +289,7 @@ def evaluate_version(settings: Settings, version: str, data: LakeData | None = N
     loaded = store.load(version)
     instant = None
     if stack.as_of == "test_start":
-        instant = AsOfTestStart.of(data)
+        instant = AsOfTestStart.of(data, events)
         ranker = Ranker.load_if_present(store.folder(version))
         per_user = version_stack_metrics(instant, _towers(loaded, data, settings), ranker)
         metrics["served_stack"] = stack.to_dict()
@@ -402,8 +413,9 @@ def train_towers(
     evaluate against baselines and the current model, gate."""
     started = time.monotonic()
     data = release_data(settings)
-    version = train_version(settings, config, data, ranker_config=ranker_config)
-    metrics = evaluate_version(settings, version, data)
+    events = rank_events(data) if settings.model.ranker_on else None  # the ranker's training and evaluation read them
+    version = train_version(settings, config, data, ranker_config=ranker_config, events=events)
+    metrics = evaluate_version(settings, version, data, events)
     decision = gate_version(settings, version, promote=promote)
     return {**decision, "seconds": round(time.monotonic() - started, 1), "metrics": metrics["models"]}
 
