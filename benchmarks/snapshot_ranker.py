@@ -53,8 +53,10 @@ class VectorTowers:
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.users[np.asarray(users, dtype=np.int64)]))
 
-    def scores(self, user_vecs: torch.Tensor) -> torch.Tensor:
-        return user_vecs @ self.videos.T
+    def scores(self, user_vecs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            return user_vecs @ self.videos.T
+        return torch.matmul(user_vecs, self.videos.T, out=out[: len(user_vecs)])
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
         rows, width = items.shape

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rec_core.eval.evaluation import load_lake_data, prepare_loaded
-from rec_core.eval.ranking_metrics import evaluate_scores, in_rows, user_metrics
+from rec_core.eval.ranking_metrics import evaluate_scores, in_rows, user_metrics, user_metrics_many
 from rec_core.model.ranking import MOST_POP_AT_TEST, RANKED, RETRIEVAL, AsOfTestStart, PopularityAsOf
 from rec_core.model.release import (
     evaluate_version,
@@ -136,6 +136,33 @@ def test_the_stacks_read_their_own_top_and_find_what_ranking_the_full_catalogue_
         for key, values in full.values.items():
             np.testing.assert_array_equal(together[name].values[key], values, err_msg=f"{name} {key}")
         assert together[name].coverage == full.coverage
+
+
+def test_stacks_over_many_batches_through_one_scores_buffer_equal_each_stack_ranked_alone(
+    ranked: tuple[Settings, dict],
+) -> None:
+    """The shared candidate blocks write every batch's full score rows into one buffer (CandidateBlocks): over many
+    small batches, so that the buffer is written again and again, each stack's per-user figures are those of the
+    same stack built on its own, with a fresh product a batch."""
+    settings, summary = ranked
+    store = ModelStore(settings.paths.models_dir)
+    data = load_lake_data(settings.paths, settings.batch)
+    loaded = store.load(summary["version"])
+    towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
+    ranker = Ranker.load_if_present(store.root / summary["version"])
+    assert ranker is not None
+    instant = AsOfTestStart.of(data)
+    view, targets = instant.view(towers), instant.targets
+    stacks = evaluated_stacks(view, instant.state, ranker)
+    together = user_metrics_many({RETRIEVAL: stacks["retrieval"], RANKED: stacks["ranked"]}, targets, batch_size=7)
+    assert len(targets.users) > 3 * 7
+    for name, alone in (
+        (RETRIEVAL, RankedRetrieval(view, instant.state, None, ranker.n_candidates)),
+        (RANKED, RankedRetrieval(view, instant.state, ranker, ranker.n_candidates)),
+    ):
+        expected = user_metrics(alone, targets, batch_size=7)
+        for key, values in expected.values.items():
+            np.testing.assert_array_equal(together[name].values[key], values, err_msg=f"{name} {key}")
 
 
 def test_the_evaluation_reports_both_stacks_and_the_gate_judges_the_served_one(ranked: tuple[Settings, dict]) -> None:

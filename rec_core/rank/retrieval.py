@@ -54,9 +54,13 @@ class TowerView:
         t = self.towers
         return user_vectors(t.model, self.histories, self.catalogue, t.stats, np.asarray(users, dtype=np.int64))
 
-    def scores(self, user_vecs: torch.Tensor) -> torch.Tensor:
-        """(users, n_items) float32: the towers' score of every video for each user."""
-        return user_vecs @ self.video_vectors.T
+    def scores(self, user_vecs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(users, n_items) float32: the towers' score of every video for each user; written into the leading rows
+        of ``out`` when given (a buffer reused batch after batch, see :class:`~rec_core.rank.scoring.CandidateBlocks`).
+        """
+        if out is None:
+            return user_vecs @ self.video_vectors.T
+        return torch.matmul(user_vecs, self.video_vectors.T, out=out[: len(user_vecs)])
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
         """float32 (rows, width, 3): the engagement head on each (row's user, ``items[row, col]``); NaN at -1."""
