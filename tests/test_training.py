@@ -87,6 +87,23 @@ def test_training_beats_an_untrained_model(prepared: TrainingData, trained: Trai
     assert trained.curves["loss"][0] > trained.curves["loss"][-1]
 
 
+def test_a_reused_score_buffer_gives_each_batch_the_fresh_products_scores(
+    prepared: TrainingData, trained: TrainResult
+) -> None:
+    """``scorer(reuse=True)`` writes every call into one buffer (grown when a batch is larger): each call's scores
+    are the fresh product's to the bit, and the call after it overwrites them, as its docstring says."""
+    _, fresh = scorer(trained.model, prepared)
+    _, reused = scorer(trained.model, prepared, reuse=True)
+    users = np.flatnonzero(prepared.split.user_has_train)
+    first = reused(users[:5])
+    assert torch.equal(first, fresh(users[:5]))
+    for batch in (users[5:9], users[:40], users[40:47]):  # smaller, then larger (a new buffer), then smaller again
+        assert torch.equal(reused(batch), fresh(batch))
+    kept = reused(users[100:105])
+    reused(users[200:205])
+    assert not torch.equal(kept, fresh(users[100:105]))
+
+
 def test_model_recovers_planted_affinity(
     world: tuple[Settings, LakeData], prepared: TrainingData, trained: TrainResult
 ) -> None:

@@ -119,7 +119,7 @@ def two_tower_user_metrics(
     net: TwoTower, prepared: TrainingData, on: SplitPart = "test", served: ServedAs | None = None
 ) -> UserMetrics:
     """The towers over the full catalogue, per evaluated user of ``on`` (for paired intervals)."""
-    _, score = scorer(net, prepared)
+    _, score = scorer(net, prepared, reuse=True)
     return user_metrics(score, build_targets(prepared.split, on), served=served)
 
 

@@ -187,12 +187,22 @@ def user_vectors(
         return model.user(histories.batch(rows, catalogue, stats))
 
 
-def scorer(model: TwoTower, data: TrainingData) -> tuple[torch.Tensor, FreshScores]:
-    """Score function over the full catalogue for rec_core.eval.ranking_metrics (each call a new product)."""
+def scorer(model: TwoTower, data: TrainingData, *, reuse: bool = False) -> tuple[torch.Tensor, FreshScores]:
+    """Score function over the full catalogue for rec_core.eval.ranking_metrics (each call a new product).
+
+    With ``reuse``, every call writes into one buffer instead, so its scores hold until the next call: what an
+    evaluation needs, batch after batch. A new (1,024 x 500,000) product a batch is 2 GB of fresh pages for the
+    kernel to fault in and zero, which cost as much as the product itself."""
     items = video_vectors(model, data.catalogue, data.stats)
+    buffer: list[torch.Tensor] = []
 
     def score(user_rows: np.ndarray) -> torch.Tensor:
-        return user_vectors(model, data.histories, data.catalogue, data.stats, user_rows) @ items.T
+        users = user_vectors(model, data.histories, data.catalogue, data.stats, user_rows)
+        if not reuse:
+            return users @ items.T
+        if not buffer or len(buffer[0]) < len(users):
+            buffer[:] = [torch.empty((len(users), len(items)), dtype=torch.float32)]
+        return torch.matmul(users, items.T, out=buffer[0][: len(users)])
 
     return items, FreshScores(score)
 
@@ -444,7 +454,7 @@ class EarlyStopping:
 
 
 def _valid_users(model: TwoTower, data: TrainingData, targets: EvalTargets, k: int) -> UserMetrics:
-    _, score = scorer(model, data)
+    _, score = scorer(model, data, reuse=True)
     return user_metrics(score, targets, ks=(k,))
 
 
