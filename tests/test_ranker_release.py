@@ -109,20 +109,25 @@ def test_a_version_with_the_ranker_on_carries_it_loadable_with_its_record(ranked
     assert again["ndcg@20"] == pytest.approx(models[RANKED]["ndcg@20"], abs=1e-9)
 
 
+def _released_stack(settings: Settings, summary: dict) -> tuple[Towers, Ranker, AsOfTestStart]:
+    """The released version's towers and ranker, and the lake as of its test start."""
+    store = ModelStore(settings.paths.models_dir)
+    data = load_lake_data(settings.paths, settings.batch)
+    loaded = store.load(summary["version"])
+    towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
+    ranker = Ranker.load_if_present(store.root / summary["version"])
+    assert ranker is not None
+    return towers, ranker, AsOfTestStart.of(data)
+
+
 def test_the_stacks_read_their_own_top_and_find_what_ranking_the_full_catalogue_finds(
     ranked: tuple[Settings, dict],
 ) -> None:
     """The release evaluates retrieval, retrieval + ranker and MostPop together, each taking its top 50 from its own
     list (one candidate block per batch for both stacks); ranking each one's full-catalogue scores gives every user
     the very same figures."""
-    settings, summary = ranked
-    store = ModelStore(settings.paths.models_dir)
-    data = load_lake_data(settings.paths, settings.batch)
-    loaded = store.load(summary["version"])
-    towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
-    ranker = Ranker.load_if_present(store.root / summary["version"])
-    assert ranker is not None and ranker.n_popular > 0
-    instant = AsOfTestStart.of(data)
+    towers, ranker, instant = _released_stack(*ranked)
+    assert ranker.n_popular > 0
     together = instant.stacks_metrics(towers, ranker)
     state, users = instant.state, instant.targets.users
     view = instant.view(towers)
@@ -144,14 +149,7 @@ def test_stacks_over_many_batches_through_one_scores_buffer_equal_each_stack_ran
     """The shared candidate blocks write every batch's full score rows into one buffer (CandidateBlocks): over many
     small batches, so that the buffer is written again and again, each stack's per-user figures are those of the
     same stack built on its own, with a fresh product a batch."""
-    settings, summary = ranked
-    store = ModelStore(settings.paths.models_dir)
-    data = load_lake_data(settings.paths, settings.batch)
-    loaded = store.load(summary["version"])
-    towers = Towers.from_training(loaded.model, prepare_loaded(loaded, data, settings.paths, settings.model))
-    ranker = Ranker.load_if_present(store.root / summary["version"])
-    assert ranker is not None
-    instant = AsOfTestStart.of(data)
+    towers, ranker, instant = _released_stack(*ranked)
     view, targets = instant.view(towers), instant.targets
     stacks = evaluated_stacks(view, instant.state, ranker)
     together = user_metrics_many({RETRIEVAL: stacks["retrieval"], RANKED: stacks["ranked"]}, targets, batch_size=7)
