@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.model.features import FeatureStats
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, TowerConfig, TwoTower
@@ -53,10 +54,8 @@ class VectorTowers:
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.users[np.asarray(users, dtype=np.int64)]))
 
-    def scores(self, user_vecs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        if out is None:
-            return user_vecs @ self.videos.T
-        return torch.matmul(user_vecs, self.videos.T, out=out[: len(user_vecs)])
+    def scores(self, user_vecs: torch.Tensor, buffer: ScoresBuffer | None = None) -> torch.Tensor:
+        return user_vecs @ self.videos.T if buffer is None else buffer.product(user_vecs, self.videos.T)
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
         rows, width = items.shape

@@ -36,7 +36,14 @@ import torch.nn.functional as F
 
 from rec_core.data.split import InteractionArrays, Split
 from rec_core.eval.intervals import paired_difference
-from rec_core.eval.ranking_metrics import EvalTargets, FreshScores, UserMetrics, build_targets, user_metrics
+from rec_core.eval.ranking_metrics import (
+    EvalTargets,
+    FreshScores,
+    ScoresBuffer,
+    UserMetrics,
+    build_targets,
+    user_metrics,
+)
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.lazy_adam import LazyAdam
 from rec_core.model.towers import TowerConfig, TwoTower, sampled_softmax_loss
@@ -190,19 +197,14 @@ def user_vectors(
 def scorer(model: TwoTower, data: TrainingData, *, reuse: bool = False) -> tuple[torch.Tensor, FreshScores]:
     """Score function over the full catalogue for rec_core.eval.ranking_metrics (each call a new product).
 
-    With ``reuse``, every call writes into one buffer instead, so its scores hold until the next call: what an
-    evaluation needs, batch after batch. A new (1,024 x 500,000) product a batch is 2 GB of fresh pages for the
-    kernel to fault in and zero, which cost as much as the product itself."""
+    With ``reuse``, every call writes into one :class:`ScoresBuffer` instead, so its scores hold until the next
+    call: what an evaluation needs, batch after batch."""
     items = video_vectors(model, data.catalogue, data.stats)
-    buffer: list[torch.Tensor] = []
+    buffer = ScoresBuffer(len(items)) if reuse else None
 
     def score(user_rows: np.ndarray) -> torch.Tensor:
         users = user_vectors(model, data.histories, data.catalogue, data.stats, user_rows)
-        if not reuse:
-            return users @ items.T
-        if not buffer or len(buffer[0]) < len(users):
-            buffer[:] = [torch.empty((len(users), len(items)), dtype=torch.float32)]
-        return torch.matmul(users, items.T, out=buffer[0][: len(users)])
+        return users @ items.T if buffer is None else buffer.product(users, items.T)
 
     return items, FreshScores(score)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.feed.membership_kernel import first_in_rows
 from rec_core.rank.features import block_features
 from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
@@ -93,17 +94,17 @@ def candidate_block(
     users: np.ndarray,
     n: int = DEFAULT_CANDIDATES,
     popular: np.ndarray | None = None,
-    scores_out: torch.Tensor | None = None,
+    buffer: ScoresBuffer | None = None,
 ) -> RankBlock:
     """The towers' top ``n`` unseen videos of each user, then the ``popular`` ones (:func:`popular_items`) they do
-    not hold and the user has not seen, and their features, all as of ``state.t_ms``. ``scores_out``: a buffer of
-    at least (users, n_items) that the block's ``all_scores`` are written into (they are valid until it is reused)."""
+    not hold and the user has not seen, and their features, all as of ``state.t_ms``. With ``buffer``, the block's
+    ``all_scores`` are written into it (and hold until its next product)."""
     if view.t_ms != state.t_ms:
         raise ValueError(f"towers as of {view.t_ms} but features as of {state.t_ms}: both must be one instant")
     users = np.asarray(users, dtype=np.int64)
     started = time.perf_counter()
     user_vecs = view.user_vectors(users)
-    scores = as_of_scores(view.scores(user_vecs, scores_out), state.seen, state.item_posted, users, in_place=True)
+    scores = as_of_scores(view.scores(user_vecs, buffer), state.seen, state.item_posted, users, in_place=True)
     items, top = top_candidates(scores, state.item_posted, n)
     if popular is not None and len(popular):
         items, top = with_popular(items, top, popular, scores[:, torch.from_numpy(popular)].numpy())

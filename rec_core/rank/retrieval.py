@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import before_user_cuts
+from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
@@ -54,13 +55,11 @@ class TowerView:
         t = self.towers
         return user_vectors(t.model, self.histories, self.catalogue, t.stats, np.asarray(users, dtype=np.int64))
 
-    def scores(self, user_vecs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(users, n_items) float32: the towers' score of every video for each user; written into the leading rows
-        of ``out`` when given (a buffer reused batch after batch, see :class:`~rec_core.rank.scoring.CandidateBlocks`).
-        """
-        if out is None:
-            return user_vecs @ self.video_vectors.T
-        return torch.matmul(user_vecs, self.video_vectors.T, out=out[: len(user_vecs)])
+    def scores(self, user_vecs: torch.Tensor, buffer: ScoresBuffer | None = None) -> torch.Tensor:
+        """(users, n_items) float32: the towers' score of every video for each user (written into ``buffer``
+        when given: they then hold until its next product)."""
+        items_t = self.video_vectors.T
+        return user_vecs @ items_t if buffer is None else buffer.product(user_vecs, items_t)
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
         """float32 (rows, width, 3): the engagement head on each (row's user, ``items[row, col]``); NaN at -1."""

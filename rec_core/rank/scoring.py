@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.rank.candidates import DEFAULT_CANDIDATES, RankBlock, candidate_block, popular_items
 from rec_core.rank.ranker import Ranker
 from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
@@ -56,19 +57,17 @@ class CandidateBlocks:
     popular: np.ndarray | None
     _users: np.ndarray | None = None
     _block: RankBlock | None = None
-    # The blocks' full score rows, written batch after batch into one buffer: a fresh (1,024 x 500,000) tensor a
-    # batch is 2 GB of new pages for the kernel to fault in and zero, which cost as much as the product itself.
-    # Only the kept block reads the buffer, and it is replaced when the buffer is written again.
-    _scores: torch.Tensor | None = None
+    # Every block's full score rows go into one buffer: only the kept block reads them, and it is replaced when
+    # the buffer is written again.
+    _scores: ScoresBuffer | None = None
 
     def of(self, users: np.ndarray) -> tuple[RankBlock, bool]:
         """The batch's block, and whether it was built by this call (its seconds are then to be counted)."""
         if self._block is not None and self._users is not None and np.array_equal(self._users, users):
             return self._block, False
-        n_items = len(self.state.item_posted)
-        if self._scores is None or len(self._scores) < len(users):
-            self._block, self._scores = None, torch.empty((len(users), n_items), dtype=torch.float32)
-        block = candidate_block(self.view, self.state, users, self.n, self.popular, scores_out=self._scores)
+        if self._scores is None:
+            self._scores = ScoresBuffer(len(self.state.item_posted))
+        block = candidate_block(self.view, self.state, users, self.n, self.popular, buffer=self._scores)
         self._users, self._block = users.copy(), block
         return self._block, True
 
