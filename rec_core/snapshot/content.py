@@ -112,15 +112,16 @@ def check_content(
                 f"duplicate (user_id, rank): {dup_ranks} extra row(s), e.g. user "
                 + examples("SELECT user_id FROM per_user WHERE ranks < n ORDER BY user_id")
             )
-        if repeats is not None and repeats.extra_rows:
-            problems.append(
-                f"duplicate (user_id, video_id): {repeats.extra_rows} extra row(s), e.g. user "
-                + ", ".join(repeats.example_users)
-            )
-        elif dup_videos:
+        if repeats is not None:  # counted by the caller; the query above took count(*) for vids
+            dup_videos = repeats.extra_rows
+        if dup_videos:
             problems.append(
                 f"duplicate (user_id, video_id): {dup_videos} extra row(s), e.g. user "
-                + examples("SELECT user_id FROM per_user WHERE vids < n ORDER BY user_id")
+                + (
+                    ", ".join(repeats.example_users)
+                    if repeats is not None
+                    else examples("SELECT user_id FROM per_user WHERE vids < n ORDER BY user_id")
+                )
             )
         if gaps:
             problems.append(
