@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.model.features import FeatureStats
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, TowerConfig, TwoTower
@@ -48,14 +47,11 @@ class VectorTowers:
 
     t_ms: int
     users: np.ndarray  # float32 (n_users, dim)
-    videos: torch.Tensor  # float32 (n_items, dim)
+    video_vectors: torch.Tensor  # float32 (n_items, dim)
     head: torch.nn.Module | None
 
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.users[np.asarray(users, dtype=np.int64)]))
-
-    def scores(self, user_vecs: torch.Tensor, buffer: ScoresBuffer | None = None) -> torch.Tensor:
-        return user_vecs @ self.videos.T if buffer is None else buffer.product(user_vecs, self.videos.T)
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
         rows, width = items.shape
@@ -63,7 +59,7 @@ class VectorTowers:
             return np.full((rows, width, len(ENGAGEMENT)), np.nan, dtype=np.float32)
         u = user_vecs.repeat_interleave(width, dim=0)
         with torch.inference_mode():
-            out = self.head(u, self.videos[torch.from_numpy(np.maximum(items, 0).reshape(-1))]).numpy()
+            out = self.head(u, self.video_vectors[torch.from_numpy(np.maximum(items, 0).reshape(-1))]).numpy()
         out = out.reshape(rows, width, -1).astype(np.float32)
         out[items < 0] = np.nan
         return out

@@ -24,7 +24,7 @@ from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import RankExamples, as_of_split, label_matrix, split_examples
 from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
 from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_objective, list_metrics, train_ranker
-from rec_core.rank.retrieval import Towers, TowerView, as_of_scores, top_candidates, tower_view
+from rec_core.rank.retrieval import PostedVideos, Towers, TowerView, tower_view
 from rec_core.rank.scoring import RankedRetrieval, rank_order
 from rec_core.rank.state import AsOfState, PairCounts, state_at
 from rec_core.settings import ModelSettings, Settings
@@ -316,28 +316,40 @@ def test_retrieval_plus_ranker_scores_the_full_catalogue_and_beats_retrieval_alo
     np.testing.assert_array_equal(loaded(users).numpy(), ranked(users).numpy())
 
 
-def test_candidates_are_the_best_posted_unseen_videos_whatever_the_scores() -> None:
-    """``top_candidates`` selects from the unmasked scores (as_of_scores leaves every unposted video below every
-    posted one); it must equal a selection from a masked copy for users with fewer posted unseen videos than it
-    takes, for scores that break that order, and on ties (the lower index first)."""
+def test_candidates_are_the_best_posted_unseen_videos() -> None:
+    """``PostedVideos.top`` searches the posted videos alone, tile by tile, with each user's seen ones left out; it
+    must equal a selection from the full masked product: on ties (the lower index first), for a user with fewer
+    posted unseen videos than it takes, for one who has seen them all, and for unordered and repeated seen rows."""
     rng = np.random.default_rng(5)
-    n_items, n = 3000, 40
+    n_items, dim, n = 20_000, 8, 40
     posted = rng.random(n_items) < 0.8
-    raw = torch.from_numpy(rng.uniform(-1, 1, (6, n_items)).astype(np.float32))
-    raw[1, :100] = 0.5  # ties
-    seen = np.zeros((6, n_items), dtype=bool)
-    seen[2, np.flatnonzero(posted)[n // 2 :]] = True  # user 2 has n / 2 posted videos left unseen
-    scores = as_of_scores(raw, sp.csr_matrix(seen), posted, np.arange(6))
-    scores[3, ~posted] = 50.0  # not as_of_scores' order: unposted above every posted one
-    items, values = top_candidates(scores, posted, n)
-    masked = scores.masked_fill(torch.from_numpy(~posted), float("-inf")).numpy()
-    for r in range(6):
-        order = np.lexsort((np.arange(n_items), -masked[r]))[:n]
-        real = np.isfinite(masked[r, order])
-        assert items[r].tolist() == np.where(real, order, -1).tolist(), r
-        np.testing.assert_array_equal(values[r], np.where(real, masked[r, order], np.nan))
-    assert (items[2] == -1).sum() == n - n // 2
-    assert posted[items[items >= 0]].all() and not seen[2, items[2][items[2] >= 0]].any()
+    vectors = rng.standard_normal((n_items, dim)).astype(np.float32)
+    vectors[:300] = vectors[0]  # ties for every user
+    user_vecs = rng.standard_normal((7, dim)).astype(np.float32)
+    seen = np.zeros((7, n_items), dtype=bool)
+    seen[1, rng.choice(n_items, 500, replace=False)] = True
+    seen[2, np.flatnonzero(posted)[n // 2 :]] = True  # n / 2 posted videos left unseen
+    seen[3, posted] = True  # none left
+    seen[4, :150] = True  # half of the tied videos
+    # Columns unordered within rows, one twice: the shape a matrix built straight from events may have.
+    per_row = [rng.permutation(np.flatnonzero(row)) for row in seen]
+    per_row[1] = np.append(per_row[1], per_row[1][0])
+    indptr = np.cumsum([0, *map(len, per_row)])
+    indices = np.concatenate(per_row)
+    seen_csr = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=seen.shape)
+    assert not seen_csr.has_sorted_indices
+    users = np.array([4, 0, 2, 6, 3, 1, 5])
+    top = PostedVideos.of(torch.from_numpy(vectors), posted)
+    items, values = top.top(torch.from_numpy(user_vecs[users]), seen_csr, users, n)
+    full = user_vecs[users] @ vectors.T
+    for r, u in enumerate(users):
+        masked = np.where(posted & ~seen[u], full[r], -np.inf)
+        best = np.lexsort((np.arange(n_items), -masked))[:n]
+        real = np.isfinite(masked[best])
+        assert items[r].tolist() == np.where(real, best, -1).tolist(), u
+        np.testing.assert_allclose(values[r], np.where(real, masked[best], np.nan), rtol=1e-5)
+    assert (items[users == 2] == -1).sum() == n - n // 2
+    assert (items[users == 3] == -1).all() and np.isnan(values[users == 3]).all()
 
 
 def test_popular_candidates_sit_behind_the_towers_list_once_and_never_seen() -> None:

@@ -21,6 +21,7 @@ from rec_core.eval.ranking_metrics import (
     build_targets,
     evaluate_scores,
     evaluate_targets,
+    user_metrics,
 )
 from rec_core.model.lazy_adam import LazyAdam
 from rec_core.model.release import gate_version, train_towers
@@ -35,6 +36,7 @@ from rec_core.model.training import (
     _optimizer,
     _valid_users,
     _windowed_order,
+    evaluation_scorer,
     prepare,
     scorer,
     tower_config,
@@ -87,21 +89,27 @@ def test_training_beats_an_untrained_model(prepared: TrainingData, trained: Trai
     assert trained.curves["loss"][0] > trained.curves["loss"][-1]
 
 
-def test_a_reused_score_buffer_gives_each_batch_the_fresh_products_scores(
-    prepared: TrainingData, trained: TrainResult
-) -> None:
-    """``scorer(reuse=True)`` writes every call into one buffer (grown when a batch is larger): each call's scores
-    are the fresh product's to the bit, and the call after it overwrites them, as its docstring says."""
+def test_the_evaluation_scorer_ranks_as_the_full_masked_product(prepared: TrainingData, trained: TrainResult) -> None:
+    """``evaluation_scorer`` makes each batch's top k tile by tile with the batch's training items left out, and
+    its full scores into one buffer (grown when a batch is larger): its top k must be the full product's, masked,
+    ties to the lower index; its scores the fresh product's to the bit until its next call; and an evaluation
+    through it the same per-user figures as through the plain product."""
     _, fresh = scorer(trained.model, prepared)
-    _, reused = scorer(trained.model, prepared, reuse=True)
+    targets = build_targets(prepared.split, "test")
+    scores = evaluation_scorer(trained.model, prepared, targets.history)
     users = np.flatnonzero(prepared.split.user_has_train)
-    first = reused(users[:5])
-    assert torch.equal(first, fresh(users[:5]))
-    for batch in (users[5:9], users[:40], users[40:47]):  # smaller, then larger (a new buffer), then smaller again
-        assert torch.equal(reused(batch), fresh(batch))
-    kept = reused(users[100:105])
-    reused(users[200:205])
+    for batch in (users[:5], users[5:9], users[:40], users[40:47]):  # smaller, then larger (a new buffer)
+        full = fresh(batch).numpy()
+        assert torch.equal(scores(batch), fresh(batch))
+        full[targets.history[batch].toarray() != 0] = -np.inf
+        best = np.stack([np.lexsort((np.arange(full.shape[1]), -row))[:50] for row in full])
+        np.testing.assert_array_equal(scores.top(batch, 50), best)
+    kept = scores(users[100:105])
+    scores(users[200:205])
     assert not torch.equal(kept, fresh(users[100:105]))
+    via_top, via_product = (user_metrics(s, targets) for s in (scores, fresh))
+    for key, values in via_product.values.items():
+        np.testing.assert_array_equal(via_top.values[key], values, err_msg=key)
 
 
 def test_model_recovers_planted_affinity(

@@ -32,7 +32,7 @@ from rec_core.model.features import FeatureStats, follows_frame, interaction_fra
 from rec_core.model.store import LoadedModel
 from rec_core.model.text_features import embed_videos_text
 from rec_core.model.towers import TwoTower
-from rec_core.model.training import TrainingData, prepare, scorer
+from rec_core.model.training import TrainingData, evaluation_scorer, prepare
 from rec_core.model.vocabs import Vocabs
 from rec_core.settings import BatchSettings, ModelSettings, PathSettings
 
@@ -119,8 +119,8 @@ def two_tower_user_metrics(
     net: TwoTower, prepared: TrainingData, on: SplitPart = "test", served: ServedAs | None = None
 ) -> UserMetrics:
     """The towers over the full catalogue, per evaluated user of ``on`` (for paired intervals)."""
-    _, score = scorer(net, prepared, reuse=True)
-    return user_metrics(score, build_targets(prepared.split, on), served=served)
+    targets = build_targets(prepared.split, on)
+    return user_metrics(evaluation_scorer(net, prepared, targets.history), targets, served=served)
 
 
 def most_pop_user_metrics(split: Split) -> UserMetrics:

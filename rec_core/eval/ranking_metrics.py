@@ -59,6 +59,7 @@ import torch
 
 from rec_core.data.split import Split, SplitPart, interaction_matrix
 from rec_core.feed.policy import FeedPolicy, select_eligible
+from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.feed.top_k_kernel import top_k_rows
 from rec_core.progress import Progress
 
@@ -108,6 +109,48 @@ class ScoresBuffer:
             self._rows = None  # the old rows go before the new ones are taken
             self._rows = torch.empty((len(users), self.n_items), dtype=torch.float32)
         return torch.matmul(users, items_t, out=self._rows[: len(users)])
+
+
+@dataclass(frozen=True, slots=True)
+class ProductScores:
+    """Users' vectors against every item's as a ScoreFn and a :class:`TopScorer`, for an evaluation whose
+    training items are ``exclude`` (users x items): the top k of a batch is made tile by tile with the row's
+    training items left out (:func:`~rec_core.feed.tiled_top_k.product_top_k`), so its (rows, n_items) scores,
+    2 GB a batch of 1,024 at 500,000 videos, are never written; the full scores, where a batch needs them, go into
+    one buffer, as :class:`FreshScores` promise (nothing else reads them)."""
+
+    user_vectors: Callable[[np.ndarray], torch.Tensor]
+    items_t: torch.Tensor  # float32 (dim, n_items)
+    exclude: sp.csr_matrix
+    buffer: ScoresBuffer
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.buffer.product(self.user_vectors(users), self.items_t)
+
+    def top(self, users: np.ndarray, k: int) -> np.ndarray | None:
+        indptr, excluded = excluded_rows(self.exclude, users)
+        with torch.inference_mode():
+            items, values, _ = product_top_k(self.user_vectors(users), self.items_t, k, indptr, excluded)
+        return items if np.isfinite(values).all() else None  # fewer than k scorable: ranked in full
+
+
+def excluded_rows(
+    matrix: sp.csr_matrix, users: np.ndarray, columns: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``users`` of ``matrix`` as :func:`~rec_core.feed.tiled_top_k.product_top_k` reads exclusions: (indptr
+    int64 [len(users) + 1], column indices int64, ascending within each row). With ``columns`` (int64 per column of
+    ``matrix``: its number in the product's columns, -1 where the product has none), renumbered so."""
+    sub = matrix[np.asarray(users, dtype=np.int64)]
+    sub.sort_indices()
+    indices = sub.indices.astype(np.int64)
+    if columns is None:
+        return sub.indptr.astype(np.int64), indices
+    indices = columns[indices]  # ascending columns keep their order
+    keep = indices >= 0
+    row = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))[keep]
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row, minlength=len(users)), out=indptr[1:])
+    return indptr, indices[keep]
 
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
@@ -355,7 +398,7 @@ def _masked_scores(score_fn: ScoreFn, batch: np.ndarray, history: sp.csr_matrix,
     raw = torch.as_tensor(score_fn(batch)).detach()
     # Copy unless the scorer says the tensor is new and its own: it may hand back a view (an expanded popularity
     # row) or a buffer it keeps. The copy and NaN's replacement are one pass.
-    fresh = isinstance(score_fn, FreshScores) and raw.dtype == torch.float32 and not raw.is_inference()
+    fresh = isinstance(score_fn, FreshScores | ProductScores) and raw.dtype == torch.float32 and not raw.is_inference()
     scores = torch.nan_to_num(
         raw.to(torch.float32), nan=float("-inf"), posinf=math.inf, neginf=-math.inf, out=raw if fresh else None
     )

@@ -24,6 +24,7 @@ seed on one machine (torch's CPU kernels are deterministic at a fixed thread cou
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +41,7 @@ from rec_core.eval.intervals import paired_difference
 from rec_core.eval.ranking_metrics import (
     EvalTargets,
     FreshScores,
+    ProductScores,
     ScoresBuffer,
     UserMetrics,
     build_targets,
@@ -194,19 +197,23 @@ def user_vectors(
         return model.user(histories.batch(rows, catalogue, stats))
 
 
-def scorer(model: TwoTower, data: TrainingData, *, reuse: bool = False) -> tuple[torch.Tensor, FreshScores]:
-    """Score function over the full catalogue for rec_core.eval.ranking_metrics (each call a new product).
-
-    With ``reuse``, every call writes into one :class:`ScoresBuffer` instead, so its scores hold until the next
-    call: what an evaluation needs, batch after batch."""
+def scorer(model: TwoTower, data: TrainingData) -> tuple[torch.Tensor, FreshScores]:
+    """Score function over the full catalogue for rec_core.eval.ranking_metrics (each call a new product)."""
     items = video_vectors(model, data.catalogue, data.stats)
-    buffer = ScoresBuffer(len(items)) if reuse else None
+    return items, FreshScores(lambda user_rows: _user_vectors_of(model, data, user_rows) @ items.T)
 
-    def score(user_rows: np.ndarray) -> torch.Tensor:
-        users = user_vectors(model, data.histories, data.catalogue, data.stats, user_rows)
-        return users @ items.T if buffer is None else buffer.product(users, items.T)
 
-    return items, FreshScores(score)
+def evaluation_scorer(model: TwoTower, data: TrainingData, exclude: sp.csr_matrix) -> ProductScores:
+    """:func:`scorer` for an evaluation whose training items are ``exclude`` (its targets' history): its top k is
+    made without the full scores (:class:`~rec_core.eval.ranking_metrics.ProductScores`)."""
+    items = video_vectors(model, data.catalogue, data.stats)
+    return ProductScores(
+        functools.partial(_user_vectors_of, model, data), items.T.contiguous(), exclude, ScoresBuffer(len(items))
+    )
+
+
+def _user_vectors_of(model: TwoTower, data: TrainingData, user_rows: np.ndarray) -> torch.Tensor:
+    return user_vectors(model, data.histories, data.catalogue, data.stats, user_rows)
 
 
 def tower_config(data: TrainingData, cfg: TrainConfig) -> TowerConfig:
@@ -456,8 +463,7 @@ class EarlyStopping:
 
 
 def _valid_users(model: TwoTower, data: TrainingData, targets: EvalTargets, k: int) -> UserMetrics:
-    _, score = scorer(model, data, reuse=True)
-    return user_metrics(score, targets, ks=(k,))
+    return user_metrics(evaluation_scorer(model, data, targets.history), targets, ks=(k,))
 
 
 @dataclass(frozen=True, slots=True)

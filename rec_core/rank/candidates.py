@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.feed.membership_kernel import first_in_rows
 from rec_core.rank.features import block_features
-from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
+from rec_core.rank.retrieval import PostedVideos, TowerView
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState
 
 # The towers' top N that the ranker reorders. 200, not 500: on MovieLens (both protocols) the top 200 measured as
@@ -35,7 +34,6 @@ class RankBlock:
     tower_score: np.ndarray  # float32 [rows, n]
     features: np.ndarray  # float32 [valid cells, len(FEATURES)], row-major over the valid cells
     valid: np.ndarray  # bool [rows, n]
-    all_scores: torch.Tensor  # float32 [rows, n_items]: every video's towers' score as of t (as_of_scores)
     seconds: dict[str, float] = field(default_factory=dict)  # "retrieve" and "features" wall time
 
 
@@ -94,24 +92,35 @@ def candidate_block(
     users: np.ndarray,
     n: int = DEFAULT_CANDIDATES,
     popular: np.ndarray | None = None,
-    buffer: ScoresBuffer | None = None,
+    posted: PostedVideos | None = None,
 ) -> RankBlock:
     """The towers' top ``n`` unseen videos of each user, then the ``popular`` ones (:func:`popular_items`) they do
-    not hold and the user has not seen, and their features, all as of ``state.t_ms``. With ``buffer``, the block's
-    ``all_scores`` are written into it (and hold until its next product)."""
+    not hold and the user has not seen, and their features, all as of ``state.t_ms``. ``posted``: the view's
+    videos posted by then (:meth:`PostedVideos.of`), where the caller keeps them for many blocks."""
     if view.t_ms != state.t_ms:
         raise ValueError(f"towers as of {view.t_ms} but features as of {state.t_ms}: both must be one instant")
     users = np.asarray(users, dtype=np.int64)
     started = time.perf_counter()
     user_vecs = view.user_vectors(users)
-    scores = as_of_scores(view.scores(user_vecs, buffer), state.seen, state.item_posted, users, in_place=True)
-    items, top = top_candidates(scores, state.item_posted, n)
+    if posted is None:
+        posted = PostedVideos.of(view.video_vectors, state.item_posted)
+    items, top = posted.top(user_vecs, state.seen, users, n)
     if popular is not None and len(popular):
-        items, top = with_popular(items, top, popular, scores[:, torch.from_numpy(popular)].numpy())
+        items, top = with_popular(items, top, popular, _unseen_scores(view, state, users, user_vecs, popular))
     retrieved = time.perf_counter()
     engagement = view.engagement(user_vecs, items)
     features, valid = block_features(state, users, items, top, engagement, towers_width=n)
     done = time.perf_counter()
     return RankBlock(
-        users, items, top, features, valid, scores, {"retrieve": retrieved - started, "features": done - retrieved}
+        users, items, top, features, valid, {"retrieve": retrieved - started, "features": done - retrieved}
     )
+
+
+def _unseen_scores(
+    view: TowerView, state: AsOfState, users: np.ndarray, user_vecs: torch.Tensor, items: np.ndarray
+) -> np.ndarray:
+    """float32 (users, items): the towers' score of each of ``items`` (posted videos), ``-inf`` where seen."""
+    with torch.inference_mode():
+        scores = (user_vecs @ view.video_vectors[torch.from_numpy(np.asarray(items, dtype=np.int64))].T).numpy()
+    scores[state.seen[users][:, items].toarray() != 0] = -np.inf
+    return scores

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from rec_core.data.split import Split
 from rec_core.rank.candidates import DEFAULT_CANDIDATES, POPULAR_SOURCE, candidate_block, popular_items
 from rec_core.rank.events import RankEvents
-from rec_core.rank.retrieval import Towers, TowerView, tower_view
+from rec_core.rank.retrieval import PostedVideos, Towers, TowerView, tower_view
 from rec_core.rank.state import AsOfState, state_at
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,9 @@ def build_examples(
     feats, grades, groups, users = [], [], [], []
     reached, wanted = 0, 0
     popular = popular_items(state, n_popular, popular_source) if n_popular else None
+    posted = PostedVideos.of(view.video_vectors, state.item_posted)
     for lo in range(0, len(active), BLOCK_USERS):
-        block = candidate_block(view, state, active[lo : lo + BLOCK_USERS], n, popular)
+        block = candidate_block(view, state, active[lo : lo + BLOCK_USERS], n, popular, posted)
         r, c = np.nonzero(block.valid)
         grade = np.asarray(labels[block.users[r], block.items[r, c]]).ravel().astype(np.int32)
         per_user = np.bincount(r, weights=grade > 0, minlength=len(block.users))

@@ -17,8 +17,8 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import before_user_cuts
-from rec_core.eval.ranking_metrics import ScoresBuffer
-from rec_core.feed.top_k_kernel import top_k_rows
+from rec_core.eval.ranking_metrics import ScoresBuffer, excluded_rows
+from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainingData, user_vectors, video_vectors
@@ -115,22 +115,43 @@ def as_of_scores(
     return out
 
 
-def top_candidates(scores: torch.Tensor, posted: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's best ``n`` posted videos by :func:`as_of_scores`' ``scores``: (items int64 [rows, n], scores
-    float32 [rows, n]), -1 / NaN past the last one above ``-inf`` (a user who has seen almost everything)."""
-    n = min(n, scores.shape[1])
-    # as_of_scores put every unposted video below every posted one, so where a row's best n are all posted they are
-    # its best posted ones and no masked copy of the scores is needed. Only a row whose list holds an unposted
-    # video with a score (a user with fewer than n posted videos unseen, or scores not from as_of_scores) can hide
-    # a posted one: those rows are selected again from a masked copy.
-    items_np, values_np, _ = top_k_rows(scores.numpy(), n)
-    listed_posted, scored = posted[items_np], np.isfinite(values_np)
-    keep = listed_posted & scored
-    suspect = np.flatnonzero((~listed_posted & scored).any(axis=1))
-    if len(suspect):
-        masked = scores[torch.from_numpy(suspect)].masked_fill(torch.from_numpy(~posted), float("-inf"))
-        items_np[suspect], values_np[suspect], _ = top_k_rows(masked.numpy(), n)
-        keep[suspect] = np.isfinite(values_np[suspect])
-    items_np[~keep] = -1
-    values_np[~keep] = np.nan
-    return items_np, values_np
+@dataclass(frozen=True, slots=True)
+class PostedVideos:
+    """The videos posted before an instant as the towers' candidate search reads them: their vectors as the columns
+    of one matrix, in index order, and each video's column among them.
+
+    Offline, the catalogue holds videos posted after t, which a ranking made at t could not have shown
+    (:func:`as_of_scores`): the candidates are searched among the posted ones alone, so a top-k over them needs
+    no mask, and it is made tile by tile (:func:`~rec_core.feed.tiled_top_k.product_top_k`) without writing the
+    (users, n_items) scores (2 GB a batch of 1,024 at 500,000 videos, twice over by the mask)."""
+
+    index: np.ndarray  # int64 [n_posted]: the posted videos, ascending
+    column: np.ndarray  # int64 [n_items]: each video's column in ``vectors_t``, -1 where not posted
+    vectors_t: torch.Tensor  # float32 (dim, n_posted), contiguous
+
+    @classmethod
+    def of(cls, video_vectors: torch.Tensor, posted: np.ndarray) -> PostedVideos:
+        index = np.flatnonzero(posted).astype(np.int64)
+        column = np.full(len(posted), -1, dtype=np.int64)
+        column[index] = np.arange(len(index))
+        with torch.inference_mode():
+            vectors_t = video_vectors[torch.from_numpy(index)].T.contiguous()
+        return cls(index, column, vectors_t)
+
+    def top(
+        self, user_vecs: torch.Tensor, seen: sp.csr_matrix, users: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's best ``n`` posted videos that its user (``users``, rows of ``seen``) has not seen, by the
+        towers' score, best first, ties to the lower index: (items int64 [rows, n], scores float32 [rows, n]),
+        -1 / NaN past the last one (a user who has seen almost everything). ``n`` at most the catalogue's size."""
+        width = min(n, len(self.column))
+        k = min(width, len(self.index))
+        indptr, excluded = excluded_rows(seen, users, self.column)
+        with torch.inference_mode():
+            at, values, _ = product_top_k(user_vecs, self.vectors_t, k, indptr, excluded)
+        found = np.isfinite(values)
+        items = np.full((len(users), width), -1, dtype=np.int64)
+        scores = np.full((len(users), width), np.nan, dtype=np.float32)
+        items[:, :k] = np.where(found, self.index[np.clip(at, 0, max(len(self.index) - 1, 0))], -1)
+        scores[:, :k] = np.where(found, values, np.nan)
+        return items, scores

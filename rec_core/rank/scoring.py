@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rec_core.eval.ranking_metrics import ScoresBuffer
 from rec_core.rank.candidates import DEFAULT_CANDIDATES, RankBlock, candidate_block, popular_items
 from rec_core.rank.ranker import Ranker
-from rec_core.rank.retrieval import TowerView, as_of_scores, top_candidates
+from rec_core.rank.retrieval import PostedVideos, TowerView, as_of_scores
 from rec_core.rank.state import AsOfState
 
 # Ranked candidates score above this (tower scores are cosines, at most 1), so they always precede the rest.
@@ -55,19 +54,15 @@ class CandidateBlocks:
     state: AsOfState
     n: int
     popular: np.ndarray | None
+    posted: PostedVideos
     _users: np.ndarray | None = None
     _block: RankBlock | None = None
-    # Every block's full score rows go into one buffer: only the kept block reads them, and it is replaced when
-    # the buffer is written again.
-    _scores: ScoresBuffer | None = None
 
     def of(self, users: np.ndarray) -> tuple[RankBlock, bool]:
         """The batch's block, and whether it was built by this call (its seconds are then to be counted)."""
         if self._block is not None and self._users is not None and np.array_equal(self._users, users):
             return self._block, False
-        if self._scores is None:
-            self._scores = ScoresBuffer(len(self.state.item_posted))
-        block = candidate_block(self.view, self.state, users, self.n, self.popular, buffer=self._scores)
+        block = candidate_block(self.view, self.state, users, self.n, self.popular, self.posted)
         self._users, self._block = users.copy(), block
         return self._block, True
 
@@ -87,16 +82,18 @@ class RankedRetrieval:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     users_scored: int = 0
     _popular: np.ndarray | None = None
+    _posted: PostedVideos | None = None
     blocks: CandidateBlocks | None = None
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
+        """Every video's score: the ranked candidates first, in the ranker's order, then the towers' ranking of
+        the rest (an evaluation asks for them only where :meth:`top` cannot answer)."""
         users = np.asarray(users, dtype=np.int64)
         self.users_scored += len(users)
         if self.ranker is None:
             return self._retrieval_scores(users)
         block, ranked_items = self._ranked(users)
-        # A shared block's scores are read by the next stack too: write the ranker's order into a copy.
-        scores = block.all_scores if self.blocks is None else block.all_scores.clone()
+        scores = self._retrieval_scores(users)
         width = block.items.shape[1]
         value = CANDIDATE_FLOOR + (width - np.arange(width, dtype=np.float32)) / width
         r, c = np.nonzero(ranked_items >= 0)
@@ -114,7 +111,9 @@ class RankedRetrieval:
                 return None
             items = self._block(users).items[:, :k]  # the towers' top n lead the block, in their order
         else:
-            items = top_candidates(self._retrieval_scores(users), self.state.item_posted, k)[0]
+            started = time.perf_counter()
+            items = self.posted().top(self.view.user_vectors(users), self.state.seen, users, k)[0]
+            self.seconds["retrieve"] += time.perf_counter() - started
         items = items[:, :k]
         if items.shape[1] < k or (items < 0).any():
             return None  # ranked in full by __call__, which counts the users then
@@ -131,7 +130,7 @@ class RankedRetrieval:
 
     def _block(self, users: np.ndarray) -> RankBlock:
         if self.blocks is None:
-            block, built = candidate_block(self.view, self.state, users, self.n, self.popular()), True
+            block, built = candidate_block(self.view, self.state, users, self.n, self.popular(), self.posted()), True
         else:
             block, built = self.blocks.of(users)
         if built:
@@ -156,6 +155,12 @@ class RankedRetrieval:
             self._popular = popular_items(self.state, self.ranker.n_popular, self.ranker.popular_source)
         return self._popular
 
+    def posted(self) -> PostedVideos:
+        """The videos posted before the state's instant, as the candidate search reads them (built once)."""
+        if self._posted is None:
+            self._posted = PostedVideos.of(self.view.video_vectors, self.state.item_posted)
+        return self._posted
+
     def users_per_second(self, parts: tuple[str, ...] = ("features", "rank")) -> float:
         """Users a second through ``parts`` of the work (default: the ranking step, without retrieval)."""
         spent = sum(self.seconds.get(p, 0.0) for p in parts)
@@ -168,7 +173,7 @@ def evaluated_stacks(view: TowerView, state: AsOfState, ranker: Ranker | None) -
     if ranker is None:
         return {"retrieval": RankedRetrieval(view, state, None)}
     ranked = RankedRetrieval(view, state, ranker, ranker.n_candidates)
-    ranked.blocks = CandidateBlocks(view, state, ranker.n_candidates, ranked.popular())
+    ranked.blocks = CandidateBlocks(view, state, ranker.n_candidates, ranked.popular(), ranked.posted())
     return {
         "retrieval": RankedRetrieval(view, state, None, ranker.n_candidates, blocks=ranked.blocks),
         "ranked": ranked,
