@@ -58,6 +58,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import Split, SplitPart, interaction_matrix
+from rec_core.feed.membership_kernel import in_rows as membership
 from rec_core.feed.policy import FeedPolicy, select_eligible
 from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.feed.top_k_kernel import top_k_rows
@@ -435,16 +436,10 @@ def _served_top(scores: torch.Tensor, k: int, served: ServedAs) -> tuple[torch.T
 
 def in_rows(matrix: sp.csr_matrix, batch: np.ndarray, items: np.ndarray) -> np.ndarray:
     """bool, shaped like ``items`` (rows aligned with ``batch``): whether ``matrix[batch[row], items[row, col]]`` is
-    stored. A search in the batch's sorted (row, column) keys: no (rows, n_items) matrix at any catalogue size."""
-    sub = matrix[batch]
-    if not sub.nnz:
-        return np.zeros(items.shape, dtype=bool)
-    n = np.int64(matrix.shape[1])
-    keys = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(sub.indptr)) * n + sub.indices
-    keys.sort()
-    query = np.arange(len(batch), dtype=np.int64)[:, None] * n + items
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return keys[pos] == query
+    stored (False where ``items`` is -1). One compiled pass over the batch's rows
+    (:mod:`rec_core.feed.membership_kernel`): no (rows, n_items) matrix at any catalogue size."""
+    sub = matrix[np.asarray(batch, dtype=np.int64)]
+    return membership(items, np.arange(len(batch), dtype=np.int64), sub.indptr, sub.indices, matrix.shape[1])
 
 
 def popularity_order(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
