@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rec_core.feed.engagement import EngagementHead
 from rec_core.model.features import FeatureStats
 from rec_core.model.store import ModelStore
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, TowerConfig, TwoTower
@@ -48,21 +49,16 @@ class VectorTowers:
     t_ms: int
     users: np.ndarray  # float32 (n_users, dim)
     video_vectors: torch.Tensor  # float32 (n_items, dim)
-    head: torch.nn.Module | None
+    head: EngagementHead | None
 
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.users[np.asarray(users, dtype=np.int64)]))
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
-        rows, width = items.shape
         if self.head is None:
-            return np.full((rows, width, len(ENGAGEMENT)), np.nan, dtype=np.float32)
-        u = user_vecs.repeat_interleave(width, dim=0)
-        with torch.inference_mode():
-            out = self.head(u, self.video_vectors[torch.from_numpy(np.maximum(items, 0).reshape(-1))]).numpy()
-        out = out.reshape(rows, width, -1).astype(np.float32)
-        out[items < 0] = np.nan
-        return out
+            return np.full((*items.shape, len(ENGAGEMENT)), np.nan, dtype=np.float32)
+        videos = self.video_vectors.numpy()
+        return self.head.over_lists(user_vecs.numpy(), items, items >= 0, lambda codes: videos[codes])
 
 
 def snapshot_ranker(
@@ -85,7 +81,7 @@ def snapshot_ranker(
     state = state_at(events, as_of - int(days * DAY_MS))
     users = _aligned(read_vector_shards(paths, "users", build.user_shards), "user_id", events.user_ids)
     videos = _aligned(read_vector_shards(paths, "videos", build.video_shards), "video_id", events.item_ids)
-    head = load_snapshot_model(path_settings, paths, build).model.engagement.eval()
+    head = EngagementHead.of(load_snapshot_model(path_settings, paths, build).model.engagement)
     view = VectorTowers(state.t_ms, users, torch.from_numpy(videos), head)
     examples = build_examples(view, state, as_of, n, max_users, n_popular=n_popular)  # type: ignore[arg-type]
     config = config or RankerConfig(objective="binary")

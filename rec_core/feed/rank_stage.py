@@ -28,15 +28,13 @@ from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.engagement import EngagementHead
 from rec_core.model.store import LoadedModel
 from rec_core.rank.candidates import popular_items
-from rec_core.rank.features import ENGAGEMENT, block_features
+from rec_core.rank.features import block_features
 from rec_core.rank.ranker import Ranker
 from rec_core.rank.scoring import rank_order
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
 from rec_core.snapshot.model_copy import load_snapshot_model
 from rec_core.snapshot.rank_state import RankState, read_ranking
-
-ENGAGEMENT_ROWS = 16  # users' lists through the engagement head at a time: [16 x N, hidden] stays in cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +113,7 @@ class RankInputs:
         head = self.catalogue.model.engagement
         if head is None:
             return None
-        codes = np.where(valid, video, 0)
-        out = np.empty((*video.shape, len(ENGAGEMENT)), dtype=np.float32)
-        for lo in range(0, len(users), ENGAGEMENT_ROWS):
-            rows = slice(lo, lo + ENGAGEMENT_ROWS)
-            out[rows] = head(self.user_vectors[users[rows]], self.vectors(codes[rows]))
-        out[~valid] = np.nan
-        return out
+        return head.over_lists(self.user_vectors[users], video, valid, self.vectors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import torch
 
 from rec_core.data.split import before_user_cuts
 from rec_core.eval.ranking_metrics import ScoresBuffer, excluded_rows
+from rec_core.feed.engagement import EngagementHead
 from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
 from rec_core.model.towers import TwoTower
@@ -50,6 +51,7 @@ class TowerView:
     histories: Histories
     video_vectors: torch.Tensor  # (n_items, dim)
     t_ms: int
+    head: EngagementHead  # the towers' engagement head, as the batch and the API run it
 
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         t = self.towers
@@ -62,15 +64,11 @@ class TowerView:
         return user_vecs @ items_t if buffer is None else buffer.product(user_vecs, items_t)
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
-        """float32 (rows, width, 3): the engagement head on each (row's user, ``items[row, col]``); NaN at -1."""
-        rows, width = items.shape
-        safe = torch.from_numpy(np.maximum(items, 0).reshape(-1))
-        u = user_vecs.repeat_interleave(width, dim=0)
-        with torch.inference_mode():
-            out = self.towers.model.engagement(u, self.video_vectors[safe]).numpy().astype(np.float32)
-        out = out.reshape(rows, width, -1)
-        out[items < 0] = np.nan
-        return out
+        """float32 (rows, width, 3): the engagement head on each (row's user, ``items[row, col]``); NaN at -1. The
+        serving paths' implementation (:meth:`~rec_core.feed.engagement.EngagementHead.over_lists`), so the ranker
+        is trained and judged on the floats it is served with."""
+        videos = self.video_vectors.numpy()
+        return self.head.over_lists(user_vecs.numpy(), items, items >= 0, lambda codes: videos[codes])
 
 
 def tower_view(
@@ -92,7 +90,7 @@ def tower_view(
     catalogue = build_catalogue(videos, interactions, towers.text, towers.vocabs, t_ms)
     histories = build_histories(user_ids, interactions, follows, catalogue, towers.vocabs, t_ms, users)
     vectors = video_vectors(towers.model, catalogue, towers.stats)
-    return TowerView(towers, catalogue, histories, vectors, int(t_ms))
+    return TowerView(towers, catalogue, histories, vectors, int(t_ms), EngagementHead.of(towers.model.engagement))
 
 
 def as_of_scores(
