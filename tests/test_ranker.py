@@ -21,7 +21,14 @@ from rec_core.model.ranking import ranker_objectives
 from rec_core.model.towers import TowerConfig, TwoTower
 from rec_core.rank.candidates import POPULAR_SOURCE, candidate_block, popular_items, with_popular
 from rec_core.rank.events import RankEvents
-from rec_core.rank.examples import RankExamples, as_of_split, label_matrix, split_examples
+from rec_core.rank.examples import (
+    RankExamples,
+    as_of_split,
+    build_examples,
+    example_users,
+    label_matrix,
+    split_examples,
+)
 from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
 from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_objective, list_metrics, train_ranker
 from rec_core.rank.retrieval import PostedVideos, Towers, TowerView, tower_view
@@ -236,6 +243,24 @@ def test_a_view_of_some_users_scores_them_as_the_whole_view_does_and_refuses_the
     assert torch.equal(part.video_vectors, whole.video_vectors)
     with pytest.raises(ValueError, match="not built"):
         part.user_vectors(others[:3])
+
+
+@pytest.mark.parametrize("protocol", ["temporal", "leave-last-out"])
+def test_examples_of_a_sample_of_users_are_those_a_view_of_every_user_gives(
+    world: tuple[LakeData, Towers], llo: LakeData, protocol: str
+) -> None:
+    """``split_examples`` builds the towers' view of its sampled users alone: their examples must be the ones a view
+    of every user gives, to the bit (features, labels, groups, users), under both protocols."""
+    data = world[0] if protocol == "temporal" else llo
+    towers, split = world[1], data.split
+    events = RankEvents.build(split.user_ids, *_frames(data))
+    sampled = split_examples(towers, events, split, _frames(data), n=60, max_users=40)
+    view, state = as_of_split(towers, events, split, _frames(data), "valid")
+    user_until = None if protocol == "temporal" else split.user_test_start_ms
+    whole = build_examples(view, state, split.cuts("test").t_ms, 60, 40, user_until_ms=user_until)
+    assert len(example_users(state, split.cuts("test").t_ms, 40, user_until_ms=user_until)[1]) == 40
+    for name in ("features", "labels", "groups", "users"):
+        np.testing.assert_array_equal(getattr(sampled, name), getattr(whole, name), err_msg=name)
 
 
 def test_the_ranker_learns_a_planted_signal_the_towers_order_misses() -> None:
