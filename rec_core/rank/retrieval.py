@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.data.split import before_user_cuts
-from rec_core.eval.ranking_metrics import ScoresBuffer, excluded_rows
+from rec_core.eval.ranking_metrics import excluded_rows
 from rec_core.feed.engagement import EngagementHead
 from rec_core.feed.tiled_top_k import product_top_k
 from rec_core.model.features import Catalogue, FeatureStats, Histories, build_catalogue, build_histories
@@ -57,11 +57,9 @@ class TowerView:
         t = self.towers
         return user_vectors(t.model, self.histories, self.catalogue, t.stats, np.asarray(users, dtype=np.int64))
 
-    def scores(self, user_vecs: torch.Tensor, buffer: ScoresBuffer | None = None) -> torch.Tensor:
-        """(users, n_items) float32: the towers' score of every video for each user (written into ``buffer``
-        when given: they then hold until its next product)."""
-        items_t = self.video_vectors.T
-        return user_vecs @ items_t if buffer is None else buffer.product(user_vecs, items_t)
+    def scores(self, user_vecs: torch.Tensor) -> torch.Tensor:
+        """(users, n_items) float32: the towers' score of every video for each user."""
+        return user_vecs @ self.video_vectors.T
 
     def engagement(self, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
         """float32 (rows, width, 3): the engagement head on each (row's user, ``items[row, col]``); NaN at -1. The

@@ -48,7 +48,7 @@ def rank_order(ranker: Ranker, features: np.ndarray, valid: np.ndarray) -> np.nd
 class CandidateBlocks:
     """:func:`~rec_core.rank.candidates.candidate_block` of one batch of users at a time, kept until the next batch:
     the stacks evaluated together over the same towers, instant and candidates (retrieval alone, and with the
-    ranker, in :func:`~rec_core.eval.ranking_metrics.user_metrics_many`) then score the catalogue once per batch."""
+    ranker, in :func:`~rec_core.eval.ranking_metrics.user_metrics_many`) then retrieve once per batch."""
 
     view: TowerView
     state: AsOfState
@@ -169,7 +169,7 @@ class RankedRetrieval:
 
 def evaluated_stacks(view: TowerView, state: AsOfState, ranker: Ranker | None) -> dict[str, RankedRetrieval]:
     """Retrieval alone (``"retrieval"``) and, with a ranker, retrieval + ranker (``"ranked"``) over one set of
-    candidate blocks, so that evaluating both together scores the catalogue once per batch of users."""
+    candidate blocks, so that evaluating both together retrieves once per batch of users."""
     if ranker is None:
         return {"retrieval": RankedRetrieval(view, state, None)}
     ranked = RankedRetrieval(view, state, ranker, ranker.n_candidates)
