@@ -143,12 +143,12 @@ def test_the_stacks_read_their_own_top_and_find_what_ranking_the_full_catalogue_
         assert together[name].coverage == full.coverage
 
 
-def test_stacks_over_many_batches_through_one_scores_buffer_equal_each_stack_ranked_alone(
+def test_stacks_over_many_batches_of_shared_blocks_equal_each_stack_ranked_alone(
     ranked: tuple[Settings, dict],
 ) -> None:
-    """The shared candidate blocks write every batch's full score rows into one buffer (CandidateBlocks): over many
-    small batches, so that the buffer is written again and again, each stack's per-user figures are those of the
-    same stack built on its own, with a fresh product a batch."""
+    """The two stacks share one candidate block a batch (CandidateBlocks keeps the last and builds the next): over
+    many small batches, so that the kept block is replaced again and again, each stack's per-user figures are those
+    of the same stack built on its own."""
     towers, ranker, instant = _released_stack(*ranked)
     view, targets = instant.view(towers), instant.targets
     stacks = evaluated_stacks(view, instant.state, ranker)

@@ -84,9 +84,9 @@ class TopScorer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class FreshScores:
-    """A ScoreFn whose every call returns a tensor that nothing else reads (a matrix product, say, or a buffer it
-    writes each product into), so the evaluation masks it in place: at 495,000 videos a copy is 2 GB of new memory
-    per batch of 1,024 users."""
+    """A ScoreFn whose every call returns a new tensor that nothing else holds (a matrix product, say), so the
+    evaluation masks it in place: at 495,000 videos a copy is 2 GB of new memory per batch of 1,024 users.
+    (:class:`ProductScores` keeps the same promise with one buffer it writes each product into.)"""
 
     fn: Callable[[np.ndarray], torch.Tensor]
 
