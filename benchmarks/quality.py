@@ -63,12 +63,13 @@ from rec_core.eval.baselines import MostPop, default_baselines, run_baselines
 from rec_core.eval.evaluation import REPORT_METRICS, LakeData, load_lake_data, markdown_table, two_tower_metrics
 from rec_core.eval.intervals import RESAMPLES, Interval, metric_intervals, paired_difference
 from rec_core.eval.ranking_metrics import EvalTargets, ServedAs, UserMetrics, build_targets, user_metrics
+from rec_core.model.ranker_windows import LabelWindows, ranker_examples
 from rec_core.model.towers import TwoTower
 from rec_core.model.training import TrainConfig, TrainingData, scorer, train
 from rec_core.progress import setup_logging
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
-from rec_core.rank.examples import DEFAULT_MAX_USERS, as_of_split, split_examples
+from rec_core.rank.examples import DEFAULT_MAX_USERS, as_of_split
 from rec_core.rank.ranker import RankerConfig, choose_objective
 from rec_core.rank.retrieval import Towers, as_of_scores
 from rec_core.rank.scoring import RankedRetrieval
@@ -126,8 +127,9 @@ class RankerSetup:
 
     n: int = DEFAULT_CANDIDATES  # the towers' top N it reorders
     popular: int = 0  # popular videos behind them (REC_RANKER_POPULAR: what a release trains with)
-    max_users: int = DEFAULT_MAX_USERS  # validation users sampled for its examples
+    max_users: int = DEFAULT_MAX_USERS  # validation users sampled for its examples (per label window)
     config: RankerConfig = field(default_factory=RankerConfig)
+    windows: LabelWindows = field(default_factory=LabelWindows)  # a release's: REC_RANKER_WINDOWS, _MIN_USERS
 
 
 def evaluate_dataset(
@@ -235,7 +237,7 @@ def ranking_stage(
     towers = Towers.from_training(model, prepared)
     events = RankEvents.build(split.user_ids, *frames)
     started = time.monotonic()
-    examples = split_examples(towers, events, split, frames, setup.n, setup.max_users, seed, setup.popular)
+    examples = ranker_examples(data, towers, setup.windows, setup.n, setup.max_users, seed, setup.popular, events)
     chosen, rankers = choose_objective(examples, dataclasses.replace(setup.config, seed=seed))
     fit_seconds = time.monotonic() - started
     view, state = as_of_split(towers, events, split, frames, "test")
@@ -269,6 +271,7 @@ def ranking_stage(
             "rows": len(examples.labels),
             "positive_share": float((examples.labels > 0).mean()) if len(examples.labels) else float("nan"),
             "candidate_recall": examples.candidate_recall,
+            "windows": examples.windows,
         },
         "objectives": objectives,
         "cost": cost,
@@ -395,7 +398,7 @@ def ranker_lines(info: dict | None) -> list[str]:
     lines = [
         f"`{RANKED}`: the towers' top {info['candidates']} unseen videos posted before the reference instant "
         f"and the {info.get('popular', 0)} most popular then that they do not hold, "
-        f"reordered by the ranker (`rec_core/rank`), trained on {ex['users']:,} validation users "
+        f"reordered by the ranker (`rec_core/rank`), trained on {_trained_on(ex)} "
         f"({ex['rows']:,} pairs, {ex['positive_share']:.1%} positive; the candidates held "
         f"{ex['candidate_recall']:.0%} of their validation watches), objective chosen by cross-validation on "
         f"them: {info['chosen']}. `{RETRIEVAL}`: the same candidate lists in the towers' order (retrieval "
@@ -417,6 +420,17 @@ def ranker_lines(info: dict | None) -> list[str]:
             f"{test['recall@20']:.4f} | {test['ndcg@20']:.4f} |"
         )
     return [*lines, ""]
+
+
+def _trained_on(examples: dict) -> str:
+    windows = examples.get("windows", 1)
+    if windows == 1:
+        return f"{examples['users']:,} validation users"
+    # rec_core.model.ranker_windows: too few users in the validation window alone.
+    return (
+        f"{examples['users']:,} user lists of the validation window and {windows - 1} earlier ones of its length "
+        "(each with towers trained before it)"
+    )
 
 
 def paired_table(rows: list[dict]) -> list[str]:
@@ -450,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = Settings.load()
     popular = base.model.ranker_popular if args.popular is None else args.popular
-    ranker = None if args.no_ranker else RankerSetup(n=args.candidates, popular=popular)
+    # The ranker's label windows as a release takes them, their towers trained as the default model is.
+    windows = LabelWindows(base.model.ranker_windows, base.model.ranker_min_users, TrainConfig(seed=base.seed))
+    ranker = None if args.no_ranker else RankerSetup(n=args.candidates, popular=popular, windows=windows)
     setup_logging(base.log_level)
     out_dir = base.paths.data_dir / "eval"
     variants = {"two_tower": {}} if args.no_ablations else VARIANTS

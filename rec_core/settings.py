@@ -233,6 +233,25 @@ class ModelSettings(_Section):
         hi=1000,
         env="RANKER_POPULAR",
     )
+    ranker_windows: int = _setting(
+        4,
+        "Label windows the ranker learns from, at most: the validation window, and on a lake whose validation window "
+        "holds fewer than REC_RANKER_MIN_USERS users with a positive among their candidates, earlier windows of the "
+        "same length, each with towers trained from scratch before its start (one more tower training per window; "
+        "rec_core/model/ranker_windows.py). 1 = the validation window alone.",
+        lo=1,
+        hi=20,
+        env="RANKER_WINDOWS",
+    )
+    ranker_min_users: int = _setting(
+        500,
+        "Users (with a positive among their candidates) the ranker's examples should hold before no earlier label "
+        "window is added (REC_RANKER_WINDOWS). The default and large synthetic worlds hold more in their validation "
+        "window alone; MovieLens-small's temporal split holds about 60.",
+        lo=0,
+        hi=100_000_000,
+        env="RANKER_MIN_USERS",
+    )
     gate_users: int = _setting(
         20_000,
         "Test users a release evaluates the candidate, the current model and the baselines on, and gates with "

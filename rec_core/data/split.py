@@ -206,6 +206,38 @@ class Split:
         latest = int(self.valid.ts_ms.max()) + 1 if len(self.valid) else self.valid_start_ms
         return Cuts(max(self.valid_start_ms, latest), self.user_test_start_ms)
 
+    def window_before(self, back: int) -> Split | None:
+        """This temporal split cut ``back`` validation windows earlier, the same users and catalogue indexed alike:
+        its validation part holds as many interactions as this one's and ends where the window after it begins
+        (windows of equal size, not equal length: a lake's early months are often quieter). Its validation part is
+        one of the ranker's earlier label windows (rec_core.model.ranker_windows); everything from its test cut on is
+        its test part (as this split holds it: a test part cut to a sample stays cut). None when no interaction is
+        left before it to train on."""
+        if self.protocol != "temporal":
+            raise ValueError(f"earlier windows are cut from a temporal split, not {self.protocol}")
+        if back < 1:
+            raise ValueError(f"back must be at least 1, got {back}")
+        parts = (self.train, self.valid, self.test)  # time-ordered parts of time-ordered rows: joined, still sorted
+        rows = InteractionArrays(*(np.concatenate([getattr(p, f) for p in parts]) for f in InteractionArrays.__slots__))
+        first, size = len(self.train) - back * len(self.valid), len(self.valid)
+        if first <= 0 or size == 0:
+            return None
+        valid_ms, test_ms = int(rows.ts_ms[first]), int(rows.ts_ms[first + size])
+        if valid_ms <= int(rows.ts_ms[0]) or valid_ms == test_ms:
+            return None  # nothing before it to train on, or a window with no instant in it
+        return _assemble(
+            rows,
+            self.user_ids,
+            self.item_ids,
+            self.item_created_ms,
+            "temporal",
+            np.full(self.n_users, valid_ms, dtype=np.int64),
+            np.full(self.n_users, test_ms, dtype=np.int64),
+            (valid_ms, test_ms),
+            self.positive,
+            self.min_completion,
+        )
+
     def part(self, on: SplitPart) -> InteractionArrays:
         if on not in ("train", "valid", "test"):
             raise ValueError(f"unknown split part {on!r}; expected train, valid or test")
@@ -283,8 +315,7 @@ def temporal_split(
     n_users = user_frame.height
     return _assemble(
         arrays,
-        catalogue,
-        user_frame,
+        *_ids(catalogue, user_frame),
         "temporal",
         np.full(n_users, valid_ms, dtype=np.int64),
         np.full(n_users, test_ms, dtype=np.int64),
@@ -350,7 +381,14 @@ def leave_last_out_split(
     in_train = arrays.ts_ms < valid_ms[arrays.user_idx]
     end_ms = int(arrays.ts_ms[in_train].max()) + 1  # training is never empty: an uncut user keeps everything
     return _assemble(
-        arrays, catalogue, user_frame, "leave-last-out", valid_ms, test_ms, (end_ms, end_ms), positive, min_completion
+        arrays,
+        *_ids(catalogue, user_frame),
+        "leave-last-out",
+        valid_ms,
+        test_ms,
+        (end_ms, end_ms),
+        positive,
+        min_completion,
     )
 
 
@@ -473,10 +511,20 @@ def _indexed(
     return arrays, catalogue, user_frame
 
 
+def _ids(catalogue: pl.DataFrame, user_frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The user ids, video ids and videos' created_ms of a split, in index order."""
+    return (
+        user_frame["user_id"].to_numpy().astype(object),
+        catalogue["video_id"].to_numpy().astype(object),
+        catalogue["created_ms"].to_numpy().astype(np.int64),
+    )
+
+
 def _assemble(
     arrays: InteractionArrays,
-    catalogue: pl.DataFrame,
-    user_frame: pl.DataFrame,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    item_created_ms: np.ndarray,
     protocol: Protocol,
     user_valid_ms: np.ndarray,
     user_test_ms: np.ndarray,
@@ -489,14 +537,14 @@ def _assemble(
     train = arrays.select(arrays.ts_ms < valid_cut)
     valid = arrays.select((arrays.ts_ms >= valid_cut) & (arrays.ts_ms < test_cut))
     test = arrays.select(arrays.ts_ms >= test_cut)
-    user_has_train = np.zeros(user_frame.height, dtype=bool)
+    user_has_train = np.zeros(len(user_ids), dtype=bool)
     user_has_train[train.user_idx] = True
-    cold = np.ones(catalogue.height, dtype=bool)
+    cold = np.ones(len(item_ids), dtype=bool)
     cold[train.item_idx] = False
     split = Split(
-        user_ids=user_frame["user_id"].to_numpy().astype(object),
-        item_ids=catalogue["video_id"].to_numpy().astype(object),
-        item_created_ms=catalogue["created_ms"].to_numpy().astype(np.int64),
+        user_ids=user_ids,
+        item_ids=item_ids,
+        item_created_ms=item_created_ms,
         train=train,
         valid=valid,
         test=test,

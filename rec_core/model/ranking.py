@@ -2,8 +2,9 @@
 
 The adapter between a model version and :mod:`rec_core.rank` (the recipe is ``benchmarks/ranker_quality.py``'s):
 the ranker of a version is trained on the same split as its towers, on the validation window (features as of
-``valid_start``, labels from ``[valid_start, test_start)``, the objective REC_RANKER_OBJECTIVE names, or with
-``auto`` the one with the better out-of-fold NDCG), and its files
+``valid_start``, labels from ``[valid_start, test_start)``; on a lake whose window holds few users, also earlier
+windows with towers of their own: :mod:`rec_core.model.ranker_windows`), with the objective REC_RANKER_OBJECTIVE
+names, or with ``auto`` the one with the better out-of-fold NDCG, and its files
 sit at the top of the version's folder (``Ranker.load_if_present``). A version without them (trained with
 ``REC_RANKER=off``, or before the ranking stage existed) serves retrieval alone.
 
@@ -36,9 +37,10 @@ from rec_core.eval.ranking_metrics import (
     user_metrics,
     user_metrics_many,
 )
+from rec_core.model.ranker_windows import LabelWindows, ranker_examples
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
-from rec_core.rank.examples import DEFAULT_MAX_USERS, split_examples
+from rec_core.rank.examples import DEFAULT_MAX_USERS
 from rec_core.rank.ranker import META_FILE, OBJECTIVES, Objective, Ranker, RankerConfig, choose_objective
 from rec_core.rank.retrieval import Towers, TowerView, as_of_scores, tower_view
 from rec_core.rank.scoring import evaluated_stacks
@@ -121,16 +123,16 @@ def train_version_ranker(
     objectives: tuple[Objective, ...] = OBJECTIVES,
     n_popular: int = 0,
     events: RankEvents | None = None,
+    windows: LabelWindows | None = None,
 ) -> VersionRanker:
-    """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window;
-    ``events``: ``data``'s frames as :class:`RankEvents`, where the caller has them already.
+    """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window and,
+    where ``windows`` says so, earlier ones (:mod:`rec_core.model.ranker_windows`); ``events``: ``data``'s frames
+    as :class:`RankEvents`, where the caller has them already.
 
     Raises ValueError when the window has too few users with a positive among their candidates to cross-validate:
     with the flag on, a version is never released without its ranker (``REC_RANKER=off`` releases retrieval alone).
     """
     started = time.monotonic()
-    split = data.split
-    frames = (data.videos, data.interactions, data.follows)
     log.info(
         "ranker: building examples (top %d candidates and %d popular, at most %d validation users)",
         n,
@@ -139,10 +141,11 @@ def train_version_ranker(
     )
     if events is None:
         events = rank_events(data)
-    examples = split_examples(towers, events, split, frames, n, max_users, config.seed, n_popular)
+    windows = windows or LabelWindows()
+    examples = ranker_examples(data, towers, windows, n, max_users, config.seed, n_popular, events)
     if len(examples.groups) < config.folds:
         raise ValueError(
-            f"the validation window has {len(examples.groups)} users with a positive among their candidates, too few "
+            f"the label windows hold {len(examples.groups)} users with a positive among their candidates, too few "
             f"to train a ranker ({config.folds} at least); set REC_RANKER=off to release retrieval alone"
         )
     log.info("ranker: cross-validating %s over %d users, then fitting", " and ".join(objectives), len(examples.groups))
@@ -175,6 +178,7 @@ def train_version_ranker(
             "candidate_recall": examples.candidate_recall,
             "features_as_of_ms": examples.t_ms,
             "labels_until_ms": examples.until_ms,
+            "windows": examples.windows,
         },
         "train_seconds": round(seconds, 1),
         "lake_version": data.lake_version,

@@ -36,6 +36,7 @@ from rec_core.eval.evaluation import (
 from rec_core.eval.plots import training_curves_png
 from rec_core.eval.ranking_metrics import UserMetrics
 from rec_core.model.gate import Evidence, gate, gate_evidence
+from rec_core.model.ranker_windows import LabelWindows
 from rec_core.model.ranking import (
     AS_TRAINED,
     AsOfTestStart,
@@ -110,7 +111,7 @@ def train_version(
     :func:`~rec_core.model.ranking.rank_events`, where the caller has them."""
     data = data or release_data(settings)
     trained = _train_towers(settings, config, data)
-    ranker = _train_ranker(settings, data, trained.towers, ranker_config, events)
+    ranker = _train_ranker(settings, data, trained, ranker_config, events)
     _save(model_store(settings.paths), trained, ranker)
     return trained.version
 
@@ -148,6 +149,7 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
                 config,
                 objectives=ranker_objectives(settings.model),
                 n_popular=settings.model.ranker_popular,
+                windows=label_windows(settings, TrainConfig(**loaded.config["train"])),
             )
             files, meta = ranker.files(), {"ranker": ranker.meta}
         store.complete(version, files, meta)
@@ -228,19 +230,26 @@ def _start(
 
 
 def _train_ranker(
-    settings: Settings, data: LakeData, towers: Towers, config: RankerConfig | None, events: RankEvents | None
+    settings: Settings, data: LakeData, trained: TrainedTowers, config: RankerConfig | None, events: RankEvents | None
 ) -> VersionRanker | None:
     if not settings.model.ranker_on:
         return None
     config = config or release_config(settings.seed)
     return train_version_ranker(
         data,
-        towers,
+        trained.towers,
         config,
         objectives=ranker_objectives(settings.model),
         n_popular=settings.model.ranker_popular,
         events=events,
+        windows=label_windows(settings, TrainConfig(**trained.run_config["train"])),
     )
+
+
+def label_windows(settings: Settings, towers: TrainConfig) -> LabelWindows:
+    """The label windows a release's ranker learns from (REC_RANKER_WINDOWS, REC_RANKER_MIN_USERS); an earlier
+    window's towers train as the version's did (``towers``), from scratch."""
+    return LabelWindows(settings.model.ranker_windows, settings.model.ranker_min_users, towers)
 
 
 def _save(store: ModelStore, trained: TrainedTowers, ranker: VersionRanker | None, *, pending: bool = False) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -54,10 +54,34 @@ class RankExamples:
     candidate_recall: float  # share of the sampled users' label pairs that made their candidate lists
     n_popular: int = 0  # popular videos behind the towers' N (rec_core.rank.candidates.popular_items)
     popular_source: str = POPULAR_SOURCE
+    windows: int = 1  # label windows pooled (:func:`pooled`); t_ms, until_ms and candidate_recall are the latest's
 
     @property
     def group_of_row(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.groups)), self.groups)
+
+
+def pooled(parts: list[RankExamples]) -> RankExamples:
+    """The examples of several label windows as one set, the latest first (``parts[0]``: its instants and candidate
+    recall describe the set). A user active in several windows is a group in each."""
+    latest = parts[0]
+    if len(parts) == 1:
+        return latest
+    for part in parts[1:]:
+        if (part.n_candidates, part.n_popular, part.popular_source) != (
+            latest.n_candidates,
+            latest.n_popular,
+            latest.popular_source,
+        ):
+            raise ValueError("pooled examples must come from the same candidate sources")
+    return replace(
+        latest,
+        features=np.concatenate([p.features for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        groups=np.concatenate([p.groups for p in parts]),
+        users=np.concatenate([p.users for p in parts]),
+        windows=sum(p.windows for p in parts),
+    )
 
 
 def label_matrix(events: RankEvents, t_ms: int | np.ndarray, until_ms: int | np.ndarray) -> sp.csr_matrix:

@@ -2,7 +2,7 @@
 
 Two objectives on the same features: LightGBM's ``lambdarank`` (listwise: it optimises NDCG@``eval_at`` of each
 user's candidate list, with graded labels) and ``binary`` (pointwise: log loss of "watched"). Each is
-cross-validated over users (folds of whole groups, early-stopped on the held-out fold's NDCG) and
+cross-validated over users (folds of whole users, early-stopped on the held-out fold's NDCG) and
 :func:`choose_objective` keeps the one whose out-of-fold lists measure better on the product's metric (binary
 relevance, NDCG@20 within the candidates); the chosen one is then refitted on every group with the folds' median
 number of rounds. Nothing here sees the test period: the choice is made on the validation window's users. A release
@@ -41,7 +41,8 @@ META_FILE = "ranker.json"
 AS_OF_RULE = (
     "features of a (user, video) pair at instant t read only interactions and follows with ts < t, the video's "
     "content, and the towers' inputs as of t (rec_core.rank.state); trained with t = valid_start on labels from "
-    "[valid_start, test_start); applied with t = the batch's as-of"
+    "[valid_start, test_start) and, on a small lake, with t = each earlier window's start on labels inside it, "
+    "scored by towers trained before that t (rec_core.model.ranker_windows); applied with t = the batch's as-of"
 )
 MAX_CV_REPEATS = 5
 LABEL_RULE = "0 none, 1 watched, 2 watched and liked, in [t, test_start); binary objective: label > 0"
@@ -184,7 +185,7 @@ class Ranker:
 
 
 def cross_validate(examples: RankExamples, config: RankerConfig) -> CvResult:
-    """Out-of-fold NDCG / recall of ``config``'s objective, folds of whole user groups.
+    """Out-of-fold NDCG / recall of ``config``'s objective, folds of whole users (all their groups).
 
     With few groups one split into folds is luck (on MovieLens's 60 validation users the better objective flipped
     with the fold seed), so the folds are redrawn until about ``config.cv_groups`` held-out lists were measured, at
@@ -194,7 +195,7 @@ def cross_validate(examples: RankExamples, config: RankerConfig) -> CvResult:
     row_group = examples.group_of_row
     ndcgs, recalls, rounds = [], [], []
     for repeat in range(repeats):
-        folds = np.random.default_rng(config.seed + repeat).permutation(len(examples.groups)) % config.folds
+        folds = user_folds(examples.users, config.folds, config.seed + repeat)
         predictions = np.zeros(len(examples.labels))
         for k in range(config.folds):
             held = folds == k
@@ -207,6 +208,14 @@ def cross_validate(examples: RankExamples, config: RankerConfig) -> CvResult:
         recalls.append(recall)
     tower_ndcg, _ = list_metrics(-examples.features[:, FEATURES.index("tower_rank")], examples, config.eval_at)
     return CvResult(config.objective, float(np.mean(ndcgs)), float(np.mean(recalls)), tower_ndcg, rounds)
+
+
+def user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold of each group (``users``: each group's user): folds of users, not of groups, so a user with lists
+    in several label windows is held out of all of them at once. With one group per user in ascending order (one
+    window's examples) these are the folds a permutation of the groups gives."""
+    distinct, user_of_group = np.unique(users, return_inverse=True)
+    return (np.random.default_rng(seed).permutation(len(distinct)) % folds)[user_of_group]
 
 
 def train_ranker(examples: RankExamples, config: RankerConfig) -> Ranker:
