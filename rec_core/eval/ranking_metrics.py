@@ -121,7 +121,10 @@ class ProductScores:
     one buffer, as :class:`FreshScores` promise (nothing else reads them)."""
 
     user_vectors: Callable[[np.ndarray], torch.Tensor]
-    items_t: torch.Tensor  # float32 (dim, n_items)
+    # float32 (dim, n_items): the (n_items, dim) vectors transposed as a view, the layout FreshScores' product
+    # reads, so both give the same bits (a contiguous copy takes another BLAS kernel: on an AMD EPYC the last bits
+    # of its scores differed from the plain product's; on the AMX Xeon they did not).
+    items_t: torch.Tensor
     exclude: sp.csr_matrix
     buffer: ScoresBuffer
 

@@ -208,7 +208,7 @@ def evaluation_scorer(model: TwoTower, data: TrainingData, exclude: sp.csr_matri
     made without the full scores (:class:`~rec_core.eval.ranking_metrics.ProductScores`)."""
     items = video_vectors(model, data.catalogue, data.stats)
     return ProductScores(
-        functools.partial(_user_vectors_of, model, data), items.T.contiguous(), exclude, ScoresBuffer(len(items))
+        functools.partial(_user_vectors_of, model, data), items.T, exclude, ScoresBuffer(len(items))
     )
 
 
