@@ -234,11 +234,14 @@ class ModelSettings(_Section):
         env="RANKER_POPULAR",
     )
     ranker_windows: int = _setting(
-        4,
-        "Label windows the ranker learns from, at most: the validation window, and on a lake whose validation window "
-        "holds fewer than REC_RANKER_MIN_USERS users with a positive among their candidates, earlier windows of the "
-        "same length, each with towers trained from scratch before its start (one more tower training per window; "
-        "rec_core/model/ranker_windows.py). 1 = the validation window alone.",
+        1,
+        "Label windows the ranker learns from, at most: 1 = the validation window alone. More: on a lake whose "
+        "validation window holds fewer than REC_RANKER_MIN_USERS users with a positive among their candidates, "
+        "earlier windows holding as many interactions, each with towers trained from scratch before its start (one "
+        "more tower training per window; rec_core/model/ranker_windows.py). 4 made the ranker beat retrieval alone "
+        "on MovieLens's temporal split beyond noise (docs/quality.md), but not the default: on the tiny world it "
+        "learned to show a user the snapshot does not know the popular videos whatever the live vector says, so a "
+        "fresh user's likes stopped moving their page (the ranker's user features are the snapshot's, not live).",
         lo=1,
         hi=20,
         env="RANKER_WINDOWS",

@@ -207,9 +207,7 @@ def evaluation_scorer(model: TwoTower, data: TrainingData, exclude: sp.csr_matri
     """:func:`scorer` for an evaluation whose training items are ``exclude`` (its targets' history): its top k is
     made without the full scores (:class:`~rec_core.eval.ranking_metrics.ProductScores`)."""
     items = video_vectors(model, data.catalogue, data.stats)
-    return ProductScores(
-        functools.partial(_user_vectors_of, model, data), items.T, exclude, ScoresBuffer(len(items))
-    )
+    return ProductScores(functools.partial(_user_vectors_of, model, data), items.T, exclude, ScoresBuffer(len(items)))
 
 
 def _user_vectors_of(model: TwoTower, data: TrainingData, user_rows: np.ndarray) -> torch.Tensor:
