@@ -428,7 +428,7 @@ def _trained_on(examples: dict) -> str:
         return f"{examples['users']:,} validation users"
     # rec_core.model.ranker_windows: too few users in the validation window alone.
     return (
-        f"{examples['users']:,} user lists of the validation window and {windows - 1} earlier ones of its length "
+        f"{examples['users']:,} user lists of the validation window and {windows - 1} earlier ones as large "
         "(each with towers trained before it)"
     )
 
