@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rec_core.data.split import Split, temporal_split, train_matrix
+from rec_core.data.split import Split, temporal_split
+from rec_core.data.split_matrices import train_matrix
 from rec_core.eval.baselines import (
     AS_SERVED,
     EASE,

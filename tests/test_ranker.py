@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rec_core.data.split import interaction_matrix
+from rec_core.data.split_matrices import interaction_matrix
 from rec_core.eval.evaluation import LakeData, load_lake_data
 from rec_core.eval.ranking_metrics import evaluate_scores
 from rec_core.model.ranking import ranker_objectives

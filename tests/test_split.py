@@ -12,14 +12,8 @@ import pyarrow as pa
 import pytest
 
 from rec_core.data.lake import Lake
-from rec_core.data.split import (
-    interaction_matrix,
-    leave_last_out_split,
-    split_from_lake,
-    temporal_split,
-    train_matrix,
-    with_positive,
-)
+from rec_core.data.split import leave_last_out_split, split_from_lake, temporal_split, with_positive
+from rec_core.data.split_matrices import interaction_matrix, train_matrix
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

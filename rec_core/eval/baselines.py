@@ -42,7 +42,8 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
 
-from rec_core.data.split import Split, SplitPart, interaction_matrix, train_matrix
+from rec_core.data.split import Split, SplitPart
+from rec_core.data.split_matrices import interaction_matrix, train_matrix
 from rec_core.eval.ranking_metrics import (
     DEFAULT_KS,
     Population,

@@ -57,7 +57,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from rec_core.data.split import Split, SplitPart, interaction_matrix
+from rec_core.data.split import Split, SplitPart
+from rec_core.data.split_matrices import interaction_matrix
 from rec_core.feed.membership_kernel import in_rows as membership
 from rec_core.feed.policy import FeedPolicy, select_eligible
 from rec_core.feed.tiled_top_k import product_top_k
