@@ -17,8 +17,8 @@ from rec_core.model import ranker_windows
 from rec_core.model.ranker_windows import LabelWindows, ranker_examples
 from rec_core.model.training import TrainConfig, TrainingData, train
 from rec_core.rank.events import RankEvents
+from rec_core.rank.examples import RankExamples, split_examples
 from rec_core.rank.examples import pooled as concatenated
-from rec_core.rank.examples import split_examples
 from rec_core.rank.ranker import user_folds
 from rec_core.rank.retrieval import Towers
 from rec_core.settings import Settings
@@ -78,25 +78,25 @@ def test_folds_are_of_users_and_one_windows_folds_are_the_groups_permutation() -
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LakeData, TrainingData, Towers]:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LakeData, Towers]:
     """The tiny world's lake and towers trained before its validation window (about 230 users with a positive)."""
     settings = Settings.load({}).override(data_dir=tmp_path_factory.mktemp("windows") / "data")
     generate_data(settings, "tiny", seed=11)
     data = load_lake_data(settings.paths, settings.batch)
     prepared = data.prepare(data.text(settings.paths, settings.model))
-    return settings, data, prepared, Towers.from_training(train(prepared, TOWERS).model, prepared)
+    return settings, data, Towers.from_training(train(prepared, TOWERS).model, prepared)
 
 
-def _same(a, b) -> None:
+def _same(a: RankExamples, b: RankExamples) -> None:
     for field in ("features", "labels", "groups", "users"):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
 
 
 @pytest.mark.slow
 def test_each_earlier_windows_examples_come_from_towers_that_never_saw_it(
-    tiny: tuple[Settings, LakeData, TrainingData, Towers], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Settings, LakeData, Towers], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, data, _, towers = tiny
+    _, data, towers = tiny
     trained: list[TrainingData] = []
 
     def spy(prepared: TrainingData, config: TrainConfig):
@@ -134,9 +134,9 @@ def test_each_earlier_windows_examples_come_from_towers_that_never_saw_it(
 
 @pytest.mark.slow
 def test_a_validation_window_with_enough_users_trains_nothing_more(
-    tiny: tuple[Settings, LakeData, TrainingData, Towers], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Settings, LakeData, Towers], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, data, _, towers = tiny
+    settings, data, towers = tiny
 
     def refuse(*_: object) -> None:
         raise AssertionError("no earlier window's towers should be trained")

@@ -149,7 +149,7 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
                 config,
                 objectives=ranker_objectives(settings.model),
                 n_popular=settings.model.ranker_popular,
-                windows=label_windows(settings, TrainConfig(**loaded.config["train"])),
+                windows=_label_windows(settings, TrainConfig(**loaded.config["train"])),
             )
             files, meta = ranker.files(), {"ranker": ranker.meta}
         store.complete(version, files, meta)
@@ -242,11 +242,11 @@ def _train_ranker(
         objectives=ranker_objectives(settings.model),
         n_popular=settings.model.ranker_popular,
         events=events,
-        windows=label_windows(settings, TrainConfig(**trained.run_config["train"])),
+        windows=_label_windows(settings, TrainConfig(**trained.run_config["train"])),
     )
 
 
-def label_windows(settings: Settings, towers: TrainConfig) -> LabelWindows:
+def _label_windows(settings: Settings, towers: TrainConfig) -> LabelWindows:
     """The label windows a release's ranker learns from (REC_RANKER_WINDOWS, REC_RANKER_MIN_USERS); an earlier
     window's towers train as the version's did (``towers``), from scratch."""
     return LabelWindows(settings.model.ranker_windows, settings.model.ranker_min_users, towers)
