@@ -16,6 +16,7 @@ from rec_core.feed.live import LiveItem, rank_live
 from rec_core.feed.pipeline import FeedPipeline
 from rec_core.feed.policy import FeedPolicy
 from rec_core.feed.rank_stage import RankInputs
+from rec_core.model.inference import UserProfile
 from rec_core.snapshot.vector_store import MAX_TOPK
 
 OVERFETCH = 4  # live candidates fetched per item needed, so the creator cap still fills a page
@@ -50,6 +51,7 @@ class LiveSearch:
     policy: FeedPolicy
     pipeline: FeedPipeline
     query: np.ndarray  # the vector the search ran with: the user's (the ranker reads it), or the trending vector
+    profile: UserProfile | None = None  # the user's live history, for the ranker when the snapshot lacks them
 
     @property
     def depth(self) -> int:
@@ -62,7 +64,7 @@ class LiveSearch:
     def rank(self, hits: list[tuple[str, float]], need: int) -> list[LiveItem]:
         view = self.view
         trending = self.query is view.trending_vector  # not a user's answer: nothing for the ranker to read
-        ranking = None if trending else view.ranking_for(self.user_id, self.query)
+        ranking = None if trending else view.ranking_for(self.user_id, self.query, self.profile)
         popular = self.popular(ranking)
         codes, creators, created = view.catalogue_facts([v for v, _ in hits + popular])
         return rank_live(

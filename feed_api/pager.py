@@ -208,7 +208,8 @@ def next_page(
             query = vector()
             if query is None:
                 query = view.trending_vector
-            search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query)
+            profile = activity.merged_profile() if activity else None
+            search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query, profile)
             new = [Item(i.video_id, i.score, i.reason) for i in search.items(need, exclude)]
             items += new
             known = [view.video_code[i.video_id] for i in new if i.video_id in view.video_code]

@@ -145,9 +145,10 @@ class SnapshotView:
         """The user tower online, in this snapshot's vector space."""
         return user_vector_from_profile(self.model, self.catalogue, self.model.stats, profile, self.known_creators)
 
-    def ranking_for(self, user_id: str, vector: np.ndarray) -> RankInputs | None:
-        """The ranker stage's context for one user whose candidates were retrieved with ``vector``."""
-        return None if self.ranking is None else self.ranking.inputs([user_id], vector[None, :])
+    def ranking_for(self, user_id: str, vector: np.ndarray, profile: UserProfile | None = None) -> RankInputs | None:
+        """The ranker stage's context for one user whose candidates were retrieved with ``vector``; ``profile``:
+        what the API knows of them (read as their history when the snapshot lacks them)."""
+        return None if self.ranking is None else self.ranking.live_inputs(user_id, vector, profile)
 
     def close(self) -> None:
         for view in self.all_spaces():

@@ -26,11 +26,13 @@ import numpy as np
 
 from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.engagement import EngagementHead
+from rec_core.model.inference import UserProfile
 from rec_core.model.store import LoadedModel
 from rec_core.rank.candidates import popular_items
 from rec_core.rank.features import block_features
 from rec_core.rank.ranker import Ranker
 from rec_core.rank.scoring import rank_order
+from rec_core.rank.state import AsOfState
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import BuildInfo, SnapshotPaths
 from rec_core.snapshot.model_copy import load_snapshot_model
@@ -77,6 +79,15 @@ class RankCatalogue:
         rows = self.model.state.user_rows(user_ids)
         return RankInputs(self, rows, np.asarray(user_vectors, dtype=np.float32), extra_vectors)
 
+    def live_inputs(self, user_id: str, user_vector: np.ndarray, profile: UserProfile | None) -> RankInputs:
+        """The context of one live user: a user the snapshot lacks reads ``profile`` (their live history) as their
+        state row, not the neutral row, when it has watches (:mod:`rec_core.rank.profile_state`)."""
+        inputs = self.inputs([user_id], user_vector[None, :])
+        state = self.model.state
+        if profile is None or not profile.watched or inputs.user_rows[0] != state.neutral_user:
+            return inputs
+        return replace(inputs, user_rows=np.zeros(1, dtype=np.int64), state=state.profile_state(profile))
+
 
 @dataclass(frozen=True, slots=True)
 class RankInputs:
@@ -86,6 +97,7 @@ class RankInputs:
     user_rows: np.ndarray  # int64 per context user: its state row (the neutral row for a user the build lacks)
     user_vectors: np.ndarray  # float32 per context user: the vector its candidates were retrieved with
     extra_vectors: np.ndarray | None = None  # videos posted since the snapshot: codes past the catalogue's, in order
+    state: AsOfState | None = None  # the state the user rows index: the snapshot's, unless one user's own (live)
 
     @property
     def ranker(self) -> Ranker:
@@ -135,7 +147,7 @@ class RankerScore:
             return block
         users = np.asarray(block.users, dtype=np.int64)
         features, valid = block_features(
-            inputs.catalogue.model.state.state,
+            inputs.state or inputs.catalogue.model.state.state,
             inputs.user_rows[users],
             inputs.items(video, valid),
             tower,

@@ -29,8 +29,9 @@ import scipy.sparse as sp
 from rec_core.atomic import write_bytes_atomic, write_with
 from rec_core.ids import sorted_positions
 from rec_core.model.features import follows_frame, interaction_frame, video_frame
-from rec_core.model.inference import as_of_ms
+from rec_core.model.inference import UserProfile, as_of_ms
 from rec_core.rank.events import RankEvents
+from rec_core.rank.profile_state import profile_state
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, Ranker
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState, PairCounts, state_at
 from rec_core.settings import PathSettings
@@ -257,6 +258,14 @@ class RankState:
 
     def video_rows(self, ids: np.ndarray | list[str]) -> np.ndarray:
         return _rows(self.video_ids, ids)
+
+    def profile_state(self, profile: UserProfile) -> AsOfState:
+        """The state with one user, row 0, whose history is ``profile`` (:mod:`rec_core.rank.profile_state`)."""
+        rows = self.video_rows(profile.watched)
+        rows[rows == self.neutral_video] = -1
+        creators = self.state.events.creator_ids[:-1]  # the neutral creator "" is last, past the sorted ids
+        at = sorted_positions(creators, list(profile.followed))
+        return profile_state(self.state, rows, profile, at[at >= 0])
 
 
 def _rows(sorted_ids: np.ndarray, ids: np.ndarray | list[str]) -> np.ndarray:
