@@ -234,14 +234,12 @@ class ModelSettings(_Section):
         env="RANKER_POPULAR",
     )
     ranker_windows: int = _setting(
-        1,
-        "Label windows the ranker learns from, at most: 1 = the validation window alone. More: on a lake whose "
-        "validation window holds fewer than REC_RANKER_MIN_USERS users with a positive among their candidates, "
-        "earlier windows holding as many interactions, each with towers trained from scratch before its start (one "
-        "more tower training per window; rec_core/model/ranker_windows.py). 4 made the ranker beat retrieval alone "
-        "on MovieLens's temporal split beyond noise (docs/quality.md), but not the default: on the tiny world it "
-        "learned to show a user the snapshot does not know the popular videos whatever the live vector says, so a "
-        "fresh user's likes stopped moving their page (the ranker's user features are the snapshot's, not live).",
+        4,
+        "Label windows the ranker learns from, at most: on a lake whose validation window holds fewer than "
+        "REC_RANKER_MIN_USERS users with a positive among their candidates, earlier windows holding as many "
+        "interactions, each with towers trained from scratch before its start (one more tower training per window; "
+        "rec_core/model/ranker_windows.py). On MovieLens's temporal split it made the ranker beat retrieval alone "
+        "beyond noise under three seeds (docs/quality.md). 1 = the validation window alone.",
         lo=1,
         hi=20,
         env="RANKER_WINDOWS",
