@@ -19,9 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rec_core.model.inference import UserProfile
-from rec_core.rank.state import WINDOWS_DAYS, AsOfState, PairCounts
-
-_NEVER_IDLE = 0.0
+from rec_core.rank.state import NEVER_ACTIVE_IDLE_DAYS, WINDOWS_DAYS, AsOfState, PairCounts
 
 
 def profile_state(state: AsOfState, video_rows: np.ndarray, profile: UserProfile, followed: np.ndarray) -> AsOfState:
@@ -45,7 +43,7 @@ def profile_state(state: AsOfState, video_rows: np.ndarray, profile: UserProfile
         state,
         user_events=np.array([n]),
         user_window_events=np.full((len(WINDOWS_DAYS), 1), n),
-        user_days_idle=np.array([_NEVER_IDLE if n else 10_000.0]),
+        user_days_idle=np.array([0.0 if n else NEVER_ACTIVE_IDLE_DAYS]),  # a watch just now, or none
         user_completion=np.array([float(profile.completion_rate or 0.0)]),
         user_like_rate=np.array([liked / n if n else 0.0]),
         user_creator=PairCounts(creators.astype(np.int64), per_creator.astype(np.float32), state.user_creator.n_cols),

@@ -26,6 +26,7 @@ from rec_core.rank.events import RankEvents
 
 DAY_MS = 86_400_000
 WINDOWS_DAYS = (1, 7, 30)  # "interactions in the last N days" of a video, a creator, a hashtag and a user
+NEVER_ACTIVE_IDLE_DAYS = 10_000.0  # a user's days idle before their first interaction
 HALF_LIVES_DAYS = (30.0, 180.0)  # recency-weighted popularity (180 d: the half-life of make eval's recent MostPop)
 TASTE_HALF_LIFE_DAYS = 30.0  # a user's recent taste: their hashtags with each watch's weight halved every 30 days
 RATE_PRIOR_VIEWS = 20.0  # completion and like rates are smoothed towards the global mean with this many views
@@ -168,7 +169,7 @@ def state_at(events: RankEvents, t_ms: int, user_cut_ms: np.ndarray | None = Non
         last_at[user] = np.arange(n_known)
         has = last_at >= 0
         last[has] = ts[last_at[has]]
-    idle = np.where(np.isnan(last), 10_000.0, (user_t - np.nan_to_num(last)) / DAY_MS)
+    idle = np.where(np.isnan(last), NEVER_ACTIVE_IDLE_DAYS, (user_t - np.nan_to_num(last)) / DAY_MS)
 
     pairs = sp.csr_matrix((np.ones(n_known, dtype=np.float32), (user, item)), shape=(n_users, n_items))
     pairs.sum_duplicates()

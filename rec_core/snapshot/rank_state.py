@@ -33,7 +33,7 @@ from rec_core.model.inference import UserProfile, as_of_ms
 from rec_core.rank.events import RankEvents
 from rec_core.rank.profile_state import profile_state
 from rec_core.rank.ranker import META_FILE, MODEL_FILE, Ranker
-from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState, PairCounts, state_at
+from rec_core.rank.state import HALF_LIVES_DAYS, NEVER_ACTIVE_IDLE_DAYS, WINDOWS_DAYS, AsOfState, PairCounts, state_at
 from rec_core.settings import PathSettings
 from rec_core.snapshot.files import map_array, read_lake_table, save_array
 from rec_core.snapshot.layout import (
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 STATE_FILE = "state.json"
-IDLE_NEVER_DAYS = 10_000.0  # what state_at says of a user with no interaction
 # Pair tables: (state field, row entity, column entity).
 PAIRS = (
     ("user_creator", "users", "creators"),
@@ -415,7 +414,7 @@ def _state(meta: dict, tables: dict[str, pa.Table]) -> RankState:
         tag_share_all=g.column("share_all").to_numpy().astype(np.float64),
         user_events=col(u, "events"),
         user_window_events=stack(u, [f"events_{d}" for d in _DAYS]),
-        user_days_idle=col(u, "days_idle", IDLE_NEVER_DAYS),
+        user_days_idle=col(u, "days_idle", NEVER_ACTIVE_IDLE_DAYS),
         user_completion=col(u, "completion"),
         user_like_rate=col(u, "like_rate"),
         user_creator=_pairs(tables["user_creator"], n_creators + 1),
