@@ -49,15 +49,14 @@ def ranker_examples(
     max_users: int,
     seed: int,
     n_popular: int,
-    events: RankEvents | None = None,
+    events: RankEvents,
 ) -> RankExamples:
     """The examples of ``towers`` (trained on ``data``'s split before its validation window) on that window, pooled
     with earlier windows' as ``windows`` says (temporal splits only: under leave-last-out every user already has a
-    window of their own). ``n``, ``max_users``, ``n_popular``: per window, as :func:`split_examples` takes them."""
+    window of their own). ``n``, ``max_users``, ``n_popular``: per window, as :func:`split_examples` takes them;
+    ``events``: ``data``'s frames as :class:`RankEvents` (every window reads the same ones)."""
     split = data.split
     frames = (data.videos, data.interactions, data.follows)
-    if events is None:
-        events = RankEvents.build(split.user_ids, *frames)
     parts = [split_examples(towers, events, split, frames, n, max_users, seed, n_popular)]
     if split.protocol != "temporal":
         return parts[0]
