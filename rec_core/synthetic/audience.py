@@ -92,15 +92,18 @@ class Audience:
         duration = np.array([self._durations.get(v, UNKNOWN_DURATION_S) for v in video_ids], dtype=np.float64)
         zeros = np.zeros(len(video_ids))
         drawn = engage(rng, self._engagement, affinity, quality, duration, zeros, zeros)
+        # Completions as the app posts them (4 digits), so what a run reports of them (watched through 80%) is what
+        # the lake reads: 0.79996 is posted as 0.8.
+        completion = [round(float(c), 4) for c in drawn["completion"]]
         return [
             Reaction(
                 video_id=v,
-                completion=float(drawn["completion"][i]),
+                completion=completion[i],
                 watch_time_s=float(drawn["watch_s"][i]),
                 liked=bool(drawn["liked"][i]),
                 shared=bool(drawn["shared"][i]),
                 commented=bool(drawn["commented"][i]),
-                skipped=float(drawn["completion"][i]) < self.habits.skip_below,
+                skipped=completion[i] < self.habits.skip_below,
             )
             for i, v in enumerate(video_ids)
         ]
