@@ -1,7 +1,8 @@
-"""``python -m jobs.models list`` / ``show [VERSION]`` / ``promote VERSION``: the model versions.
+"""``python -m jobs.models list`` / ``show [VERSION]`` / ``promote VERSION`` / ``prune``: the model versions.
 
 ``promote`` is the manual override of the quality gate (for a rollback, say);
-it only moves the ``CURRENT`` pointer.
+it only moves the ``CURRENT`` pointer. ``prune`` deletes what nothing needs any
+more (:mod:`rec_core.model.retention`), as every release does at its end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from jobs.cli import settings_for
 from rec_core.eval.evaluation import markdown_table
 from rec_core.model.ranking import RANKED, has_ranker
+from rec_core.model.retention import prune_versions
 from rec_core.model.store import ModelStore, ModelStoreError, model_store
 
 
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     show_p.add_argument("version", nargs="?")
     promote_p = sub.add_parser("promote", help="make VERSION current (bypasses the gate)")
     promote_p.add_argument("version")
+    sub.add_parser(
+        "prune", help="delete versions nothing needs any more (keeps REC_MODEL_VERSIONS_KEEP and those in use)"
+    )
     args = parser.parse_args(argv)
     settings = settings_for(args, logging=False)
     store = model_store(settings.paths)
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             print(list_versions(store))
         elif args.command == "show":
             print(show(store, args.version))
+        elif args.command == "prune":
+            doomed = prune_versions(settings)
+            print(f"pruned {len(doomed)} model version(s){': ' if doomed else ''}{', '.join(doomed)}")
         else:
             store.promote(args.version)
             print(f"{args.version} is now current")

@@ -313,6 +313,15 @@ class BatchSettings(_Section):
         hi=100,
         env="LAKE_VERSIONS_KEEP",
     )
+    model_versions_keep: int = _setting(
+        10,
+        "Model versions kept after each release (the newest, promoted or refused), plus the current one, every "
+        "version a snapshot under the data root was built with or carries for an experiment arm, and every version "
+        "a running experiment names. Older ones are deleted; `jobs.models promote` can roll back only to a kept one.",
+        lo=1,
+        hi=1000,
+        env="MODEL_VERSIONS_KEEP",
+    )
     impressions_keep_days: int = _setting(
         30,
         "Days of impressions the lake keeps, counted back from the newest; older ones leave at the next ingest.",

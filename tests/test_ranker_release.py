@@ -256,7 +256,12 @@ def test_the_two_step_release_never_shows_a_version_without_its_ranker(
     assert metrics["models"]["current_model"]["recall@50"] == pytest.approx(
         first["metrics"][RANKED]["recall@50"], abs=1e-9
     )
-    decision = gate_version(settings, version, promote=False)
+    # A release ends by pruning what nothing needs: an old version (a real one's files) goes; the current model
+    # and the newest stay, whatever REC_MODEL_VERSIONS_KEEP says.
+    old = "m20000101T000000Z-00000000"
+    shutil.copytree(store.root / first["version"], store.root / old)
+    decision = gate_version(settings.override(model_versions_keep=1), version, promote=False)
+    assert decision["pruned"] == [old] and store.versions() == sorted([first["version"], version])
     assert decision["stack"] == RANKED
     assert store.read_json(version, "metrics.json")["gate"]["compared"]["current_model"] == RANKED
     current = metrics["models"]["current_model"]["recall@50"]

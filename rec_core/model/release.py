@@ -49,6 +49,7 @@ from rec_core.model.ranking import (
     train_version_ranker,
     version_stack_metrics,
 )
+from rec_core.model.retention import prune_versions
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, model_store
 from rec_core.model.text_features import embed_videos_text, encode_text_part
 from rec_core.model.training import (
@@ -408,7 +409,18 @@ def gate_version(settings: Settings, version: str, *, promote: bool = True) -> d
         "promoted": store.current() == version,
         "current": store.current(),
         "reasons": decision.reasons,
+        "pruned": _prune(settings),
     }
+
+
+def _prune(settings: Settings) -> list[str]:
+    """The release's last step: drop the versions nothing needs any more. A failure leaves them for the next
+    release and does not undo this one's decision."""
+    try:
+        return prune_versions(settings)
+    except (OSError, ValueError, ModelStoreError) as exc:  # an unreadable build.json, a store that is down
+        log.warning("model versions not pruned this time: %s", exc)
+        return []
 
 
 def train_towers(

@@ -21,6 +21,9 @@ release may run on different machines (the towers on one, the ranker on another,
 ``models/CURRENT`` is an object. ``<data root>/models/`` is then this machine's copy, brought up to date with the
 store before each read; :func:`model_store` picks the kind.
 
+Each release ends by pruning (:mod:`rec_core.model.retention`): the newest ``REC_MODEL_VERSIONS_KEEP`` versions
+stay, and so does every version the current pointer, a snapshot or a running experiment still names.
+
 Promotion goes through the quality gate (:mod:`rec_core.model.gate`): a model that does not clearly beat
 MostPop, or falls below the current model on the same test users, is kept as a version but never becomes
 current.
@@ -35,7 +38,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,7 @@ from rec_core.storage.versions import VersionError
 
 CURRENT = "CURRENT"
 PENDING = ".pending-"  # a version whose towers are saved and whose ranker step has not finished yet
+TRASH = ".trash-"  # a pruned version on its way out (ModelStore.prune)
 REMOTE_PREFIX = "models"  # under the object store's prefix
 
 
@@ -166,6 +170,25 @@ class ModelStore:
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
         return [folder.name.removeprefix(PENDING) for folder in stale]
+
+    def prune(self, keep: int, pinned: Collection[str] = ()) -> list[str]:
+        """Delete every version but the newest ``keep``, the current one and ``pinned``; the deleted names, oldest
+        first. A local version is renamed out of :meth:`versions`' sight (``.trash-<version>``) before it is
+        removed, so a kill in between leaves no half version for a reader to load, and the next prune finishes it;
+        in the object store its manifest goes first (:meth:`SyncedFolder.delete`)."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        versions = self.versions()  # oldest first: a name starts with its UTC stamp (new_version_name)
+        spared = {*versions[-keep:], *pinned, self.current()}
+        doomed = [v for v in versions if v not in spared]
+        for version in doomed:
+            if self.remote is not None:
+                self._remote_folder(version).delete()
+            if (self.root / version).is_dir():
+                os.replace(self.root / version, self.root / f"{TRASH}{version}")
+        for trash in self.root.glob(f"{TRASH}*") if self.root.is_dir() else ():
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
 
     def update_metrics(self, version: str, metrics: dict) -> None:
         write_bytes_atomic(self.folder(version) / "metrics.json", json.dumps(metrics, indent=2).encode())
