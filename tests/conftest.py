@@ -37,6 +37,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
+# Tests of orchestration (Airflow's DAGs, a pipeline killed or rerun, the Milvus server, experiment arms) run whole
+# releases on the tiny world, whose validation window holds fewer users than REC_RANKER_MIN_USERS: with the default
+# label windows each release trains two more tower models and fits LightGBM on three times the rows (9 s -> 40 s a
+# release on two cores, most of it LightGBM). What they test does not depend on the ranker's examples, which
+# tests/test_ranker_windows.py, tests/test_ranker_release.py and the API world (default settings: its live-likes
+# test is what the windows once broke) cover; so their releases learn from one window.
+ONE_LABEL_WINDOW = {"REC_RANKER_WINDOWS": "1"}
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _compiled_feed_policy() -> None:
@@ -71,9 +79,12 @@ def settings(tmp_path: Path) -> Iterator:
 
 @pytest.fixture
 def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point REC_DATA_DIR at a fresh folder for code that loads settings itself (jobs, DAG tasks)."""
+    """Point REC_DATA_DIR at a fresh folder for code that loads settings itself (jobs, DAG tasks), whose releases
+    learn from one label window (:data:`ONE_LABEL_WINDOW`)."""
     data = tmp_path / "data"
     monkeypatch.setenv("REC_DATA_DIR", str(data))
+    for key, value in ONE_LABEL_WINDOW.items():
+        monkeypatch.setenv(key, value)
     return data
 
 

@@ -22,7 +22,7 @@ from rec_core.settings import Settings
 from rec_core.snapshot.layout import SnapshotError
 from rec_core.snapshot.validate import validate_snapshot
 from rec_core.stages import between, run_stages
-from tests.conftest import ApiServer
+from tests.conftest import ONE_LABEL_WINDOW, ApiServer
 from tests.test_feed_api import feeds, live_id, page, walk
 from tests.test_feed_api_lifecycle import world_copy  # noqa: F401  (a fixture)
 
@@ -98,7 +98,9 @@ def assert_same_feeds(mixed: pl.DataFrame, alone: pl.DataFrame) -> None:
 
 @pytest.mark.slow
 def test_an_arm_of_another_version_is_served_as_that_version_would_be(world_copy: Path) -> None:  # noqa: F811
-    settings = Settings.load({"REC_DATA_DIR": str(world_copy), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "4"})
+    settings = Settings.load(
+        {"REC_DATA_DIR": str(world_copy), "REC_FEED_LENGTH": "200", "REC_SNAPSHOTS_KEEP": "4", **ONE_LABEL_WINDOW}
+    )
     store = ModelStore(settings.paths.models_dir)
     current, pristine = store.current(), live_id(world_copy)
     # A second, different version: fewer epochs and another vector size, not promoted.

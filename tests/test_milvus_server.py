@@ -22,7 +22,7 @@ import polars as pl
 import psutil
 import pytest
 
-from tests.conftest import ApiServer, free_port
+from tests.conftest import ONE_LABEL_WINDOW, ApiServer, free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -138,6 +138,7 @@ def world(milvus_url: str, tmp_path_factory: pytest.TempPathFactory) -> World:
             "REC_MILVUS_URI": milvus_url,
             "REC_FEED_LENGTH": "200",
             "REC_SNAPSHOTS_KEEP": "1",
+            **ONE_LABEL_WINDOW,
         }
     )
     generate_data(settings, "tiny", seed=11)
