@@ -51,7 +51,7 @@ class LiveSearch:
     policy: FeedPolicy
     pipeline: FeedPipeline
     query: np.ndarray  # the vector the search ran with: the user's (the ranker reads it), or the trending vector
-    profile: UserProfile | None = None  # the user's live history, for the ranker when the snapshot lacks them
+    profile: UserProfile | None = None  # for the ranker: a fresh user's live history, a known one's events since
 
     @property
     def depth(self) -> int:

@@ -208,7 +208,12 @@ def next_page(
             query = vector()
             if query is None:
                 query = view.trending_vector
-            profile = activity.merged_profile() if activity else None
+            # The ranker's view of the user: a known user's snapshot row plus what they did since, or a fresh
+            # user's whole live history.
+            profile = None
+            if activity is not None:
+                known = view.batch_vector(user_id) is not None
+                profile = activity.since_snapshot() if known else activity.merged_profile()
             search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query, profile)
             new = [Item(i.video_id, i.score, i.reason) for i in search.items(need, exclude)]
             items += new

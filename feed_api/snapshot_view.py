@@ -147,7 +147,7 @@ class SnapshotView:
 
     def ranking_for(self, user_id: str, vector: np.ndarray, profile: UserProfile | None = None) -> RankInputs | None:
         """The ranker stage's context for one user whose candidates were retrieved with ``vector``; ``profile``:
-        what the API knows of them (read as their history when the snapshot lacks them)."""
+        what the API knows of them (their whole history when the snapshot lacks them, else their events since it)."""
         return None if self.ranking is None else self.ranking.live_inputs(user_id, vector, profile)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ leave those videos out; meanwhile a forgotten video may be served again.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections import OrderedDict, deque
@@ -72,6 +73,11 @@ class UserActivity:
             avg_watch_time_s=mean(base.avg_watch_time_s, self.watch_time_sum),
             completion_rate=mean(base.completion_rate, self.completion_sum),
         )
+
+    def since_snapshot(self) -> UserProfile:
+        """The events since the snapshot alone, the posted profile left out: what a user the snapshot knows did
+        that their snapshot row does not count (the state is replayed from the snapshot's inbox offsets)."""
+        return dataclasses.replace(self, profile=None).merged_profile()
 
 
 class _Activity:

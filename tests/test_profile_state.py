@@ -1,6 +1,7 @@
 """A live user's side of the ranker's state (rec_core.rank.profile_state): a profile holding exactly a lake user's
 history gives that user's features as the batch computes them, but for the columns that need instants a profile
-does not carry. The API's end of it (a fresh user's likes move their ranked live page) is
+does not carry; a known user's events since the snapshot, added to their snapshot row, give their counts as the
+batch computes them later. The API's end of it (a fresh user's likes move their ranked live page) is
 tests/test_feed_api.py::test_likes_move_the_live_vector."""
 
 from __future__ import annotations
@@ -26,21 +27,30 @@ NEEDS_INSTANTS |= {"tag_affinity_recent"}
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> AsOfState:
+def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[RankEvents, int, int]:
+    """The tiny world's events, and two instants: the validation window's start and the test window's."""
     settings = Settings.load({}).override(data_dir=Path(tmp_path_factory.mktemp("profile")) / "data")
     generate_data(settings, "tiny", seed=5)
     data = load_lake_data(settings.paths, settings.batch)
     events = RankEvents.build(data.split.user_ids, data.videos, data.interactions, data.follows)
-    return state_at(events, data.split.test_start_ms)
+    return events, data.split.valid_start_ms, data.split.test_start_ms
 
 
-def _profile_of(state: AsOfState, user: int) -> tuple[UserProfile, np.ndarray, np.ndarray]:
-    """The user's history before the state's instant as a profile, its videos' state rows and followed creators."""
+@pytest.fixture(scope="module")
+def state(lake: tuple[RankEvents, int, int]) -> AsOfState:
+    events, _, test_start = lake
+    return state_at(events, test_start)
+
+
+def _profile_of(state: AsOfState, user: int, since_ms: int = -1) -> tuple[UserProfile, np.ndarray, np.ndarray]:
+    """The user's history before the state's instant (from ``since_ms`` on) as a profile, its videos' state rows
+    and followed creators."""
     ev = state.events
-    before = (ev.user == user) & (ev.ts_ms < state.t_ms)
+    before = (ev.user == user) & (ev.ts_ms < state.t_ms) & (ev.ts_ms >= since_ms)
     rows = ev.item[before].astype(np.int64)
     ids = ev.item_ids[rows].tolist()
-    followed = np.unique(ev.follow_creator[(ev.follow_user == user) & (ev.follow_ts_ms < state.t_ms)])
+    follows = (ev.follow_user == user) & (ev.follow_ts_ms < state.t_ms) & (ev.follow_ts_ms >= since_ms)
+    followed = np.unique(ev.follow_creator[follows])
     profile = UserProfile(
         watched=ids[::-1],
         liked=ev.item_ids[ev.item[before & ev.liked]].tolist(),
@@ -91,3 +101,36 @@ def test_a_profile_counts_unknown_videos_as_events_and_gives_them_no_creator_or_
     # Nothing in the history: the neutral user's figures (no events, no affinity), not idle for ever.
     empty = profile_state(state, np.zeros(0, dtype=np.int64), UserProfile(), np.zeros(0, dtype=np.int64))
     assert empty.user_events[0] == 0 and not _features(empty, 0, items)[:, creator].any()
+
+
+def test_a_known_users_events_since_the_snapshot_add_up_to_their_row_as_the_batch_counts_it_later(
+    lake: tuple[RankEvents, int, int], state: AsOfState
+) -> None:
+    """The snapshot as of the validation window's start; the user's events in that window as what the API saw since;
+    folded onto their snapshot row, they are the user's counts as of the test window's start, the batch's own."""
+    events, valid_start, _ = lake
+    snapshot = state_at(events, valid_start)
+    active = np.unique(events.user[(events.ts_ms >= valid_start) & (events.ts_ms < state.t_ms)])
+    followers = np.intersect1d(active, events.follow_user[events.follow_ts_ms >= valid_start])
+    checked = with_history = 0
+    for user in [*active[:6], *followers[:2]]:
+        user = int(user)
+        with_history += snapshot.user_events[user] > 0
+        profile, rows, followed = _profile_of(state, user, since_ms=valid_start)
+        folded = profile_state(snapshot, rows, profile, followed, base_row=user)
+        assert folded.user_events[0] == state.user_events[user]
+        np.testing.assert_allclose(folded.user_completion[0], state.user_completion[user], rtol=1e-6)
+        np.testing.assert_allclose(folded.user_like_rate[0], state.user_like_rate[user], rtol=1e-6)
+        assert folded.user_days_idle[0] == 0.0 and (folded.user_window_events[:, 0] >= len(rows)).all()
+        for name in ("user_creator", "user_tag", "follows"):
+            mine, batch = getattr(folded, name), getattr(state, name)
+            cols = np.arange(batch.n_cols)
+            np.testing.assert_array_equal(
+                mine.get(np.zeros_like(cols), cols), batch.get(np.full_like(cols, user), cols)
+            )
+        assert (folded.seen[0] != state.seen[user]).nnz == 0
+        checked += 1
+    assert checked == 8 and with_history >= 6, with_history  # a snapshot row that holds something
+    # Without the snapshot row the same events are a fresh user's whole history: fewer events, other counts.
+    alone = profile_state(snapshot, rows, profile, followed)
+    assert alone.user_events[0] == len(rows) < folded.user_events[0]

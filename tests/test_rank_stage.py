@@ -17,6 +17,7 @@ from benchmarks.snapshot_ranker import snapshot_ranker
 from feed_api import pager
 from feed_api.snapshot_load import load_view
 from feed_api.snapshot_view import SnapshotView
+from feed_api.user_state import UserActivity
 from rec_core.feed import batch
 from rec_core.feed.block import CandidateBlock, FeedContext
 from rec_core.feed.candidates import ExclusionCSR
@@ -95,6 +96,9 @@ class Capture:
     name: str
     seen: dict[tuple[str, str], tuple[list[str], list[float]]] = dataclasses.field(default_factory=dict)
     state_rows: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    user_events: dict[tuple[str, str], float] = dataclasses.field(
+        default_factory=dict
+    )  # the user's count the ranker read
     # The first part cell by cell: video id ("" where none or filtered out) and score.
     cells: dict[tuple[str, str], tuple[list[str], list[float]]] = dataclasses.field(default_factory=dict)
 
@@ -103,9 +107,17 @@ class Capture:
             return block
         path = "live" if ctx.served is not None else "batch"
         state = ctx.ranking.catalogue.model.state
+        read = ctx.ranking.state or state.state  # a live user's own state (row 0), or the snapshot's
         for r, user in enumerate(block.users.tolist()):
             row = int(ctx.ranking.user_rows[user])
-            user_id = state.user_ids[row] if row < state.neutral_user else "<fresh>"
+            user_id = (
+                "<own>"
+                if ctx.ranking.state is not None
+                else state.user_ids[row]
+                if row < state.neutral_user
+                else "<fresh>"
+            )
+            self.user_events[(path, user_id)] = float(read.user_events[row])
             width = block.unique_parts[1] if block.unique_parts else block.video.shape[1]
             video = block.video[r, :width]
             self.seen[(path, user_id)] = (ctx.video_ids[video[video >= 0]].tolist(), block.score[r, :width].tolist())
@@ -270,6 +282,34 @@ def test_live_pages_and_a_fresh_users_first_page_run_the_ranker(view: SnapshotVi
     assert page.source == "live" and len(page.items) == 20
     assert after.state_rows[("live", "<fresh>")] == view.ranking.model.state.neutral_user  # type: ignore[union-attr]
     assert {i.video_id for i in page.items} <= set(after.seen[("live", "<fresh>")][0])
+
+
+@pytest.mark.slow
+def test_a_known_users_live_page_ranks_with_what_they_did_since_the_snapshot(view: SnapshotView) -> None:
+    """Past their feed, a user the snapshot knows is ranked with their snapshot row plus their events since (the
+    API's user state), not the posted profile they may have sent too (the snapshot's lake holds that history)."""
+    assert view.ranking is not None
+    state = view.ranking.model.state
+    user = next(u for u in sorted(view.feeds.user_row) if state.user_rows([u])[0] < state.neutral_user)
+    before_snapshot = float(state.state.user_events[state.user_rows([user])[0]])
+    since = view.video_ids[[3, 4, 9]].tolist()
+    activity = UserActivity(
+        seen=set(since),
+        recent=since,
+        liked=since[1:2],
+        watches=3,
+        completion_sum=2.4,
+        profile=UserProfile(watched=view.video_ids[20:60].tolist()),  # posted: a history the lake already counts
+    )
+    before, after = Capture("before"), Capture("after")
+    start, end = view.feeds.bounds(user) or (0, 0)
+    cursor = pager.Cursor(view.snapshot_id, user, "feed", end - start)
+    policy = FeedPolicy(feed_length=view.build.feed_length)
+    vector = view.batch_vector(user)
+    page = pager.next_page(view, cursor, 20, activity, lambda: vector, policy, watched(before, after))
+    assert page.source == "live" and len(page.items) == 20
+    assert after.user_events[("live", "<own>")] == before_snapshot + 3
+    assert not set(since) & {i.video_id for i in page.items}
 
 
 @pytest.mark.slow

@@ -80,13 +80,16 @@ class RankCatalogue:
         return RankInputs(self, rows, np.asarray(user_vectors, dtype=np.float32), extra_vectors)
 
     def live_inputs(self, user_id: str, user_vector: np.ndarray, profile: UserProfile | None) -> RankInputs:
-        """The context of one live user: a user the snapshot lacks reads ``profile`` (their live history) as their
-        state row, not the neutral row, when it has watches (:mod:`rec_core.rank.profile_state`)."""
+        """The context of one live user whose ``profile`` has watches: their own state row (row 0 of a state of
+        their own, :mod:`rec_core.rank.profile_state`), ``profile`` as their whole history for a user the
+        snapshot lacks, else ``profile`` (the events since the snapshot) added to their snapshot row."""
         inputs = self.inputs([user_id], user_vector[None, :])
         state = self.model.state
-        if profile is None or not profile.watched or inputs.user_rows[0] != state.neutral_user:
+        if profile is None or not profile.watched:
             return inputs
-        return replace(inputs, user_rows=np.zeros(1, dtype=np.int64), state=state.profile_state(profile))
+        row = int(inputs.user_rows[0])
+        base = None if row == state.neutral_user else row
+        return replace(inputs, user_rows=np.zeros(1, dtype=np.int64), state=state.profile_state(profile, base))
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,13 +258,14 @@ class RankState:
     def video_rows(self, ids: np.ndarray | list[str]) -> np.ndarray:
         return _rows(self.video_ids, ids)
 
-    def profile_state(self, profile: UserProfile) -> AsOfState:
-        """The state with one user, row 0, whose history is ``profile`` (:mod:`rec_core.rank.profile_state`)."""
+    def profile_state(self, profile: UserProfile, base_row: int | None = None) -> AsOfState:
+        """The state with one user, row 0, whose history is ``profile``, after ``base_row``'s when the snapshot
+        knows the user (:mod:`rec_core.rank.profile_state`)."""
         rows = self.video_rows(profile.watched)
         rows[rows == self.neutral_video] = -1
         creators = self.state.events.creator_ids[:-1]  # the neutral creator "" is last, past the sorted ids
         at = sorted_positions(creators, list(profile.followed))
-        return profile_state(self.state, rows, profile, at[at >= 0])
+        return profile_state(self.state, rows, profile, at[at >= 0], base_row)
 
 
 def _rows(sorted_ids: np.ndarray, ids: np.ndarray | list[str]) -> np.ndarray:
