@@ -41,12 +41,11 @@ format: setup
 
 # Worker processes: the suite spends most of its wall time waiting on servers, DAG runs and subprocesses (about
 # half a core busy on average), so three workers on two cores finish sooner. Whole files go to one worker (a
-# module's fixtures, such as a trained model, are built once), files with slow tests first (tests/conftest.py), in
-# that order: xdist would otherwise hand out the files with the most tests first, and a slow file of one test (the
-# Celery run) last. TEST_WORKERS=0 runs everything in one process.
+# module's fixtures, such as a trained model, are built once), files with slow tests first (tests/conftest.py).
+# TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 3
 test: setup lint
-	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 data: setup
 	$(PY) -m jobs.generate_data --scale $(SCALE)

@@ -58,8 +58,7 @@ def _compiled_feed_policy() -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files that hold a slow test run first (in their usual order otherwise): `make test` hands whole files to its
     workers (``--dist loadfile``, so a module's fixtures are built once), and a long file handed out last would
-    leave one worker busy while the others idle. (It takes ``--no-loadscope-reorder``: by default xdist hands out
-    the files with the most tests first, whatever this order says.)"""
+    leave one worker busy while the others idle."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
 
