@@ -212,8 +212,8 @@ def next_page(
             # user's whole live history.
             profile = None
             if activity is not None:
-                known = view.batch_vector(user_id) is not None
-                profile = activity.since_snapshot() if known else activity.merged_profile()
+                in_snapshot = view.batch_vector(user_id) is not None
+                profile = activity.since_snapshot() if in_snapshot else activity.merged_profile()
             search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query, profile)
             new = [Item(i.video_id, i.score, i.reason) for i in search.items(need, exclude)]
             items += new

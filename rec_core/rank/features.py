@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from rec_core.rank.state import HALF_LIVES_DAYS, WINDOWS_DAYS, AsOfState
 
@@ -127,12 +128,9 @@ def _tag_features(
     """Per pair, over the video's hashtags: the user's count summed (then averaged) and max, the recent-taste
     weight averaged, and the hashtags' mean share of the last 30 days and mean log lift over their all-time share."""
     tags = state.events.item_tags
-    starts, ends = tags.indptr[item], tags.indptr[item + 1]
-    lengths = (ends - starts).astype(np.int64)
-    total = int(lengths.sum())
+    lengths = (tags.indptr[item + 1] - tags.indptr[item]).astype(np.int64)
     owner = np.repeat(np.arange(len(item), dtype=np.int64), lengths)
-    offsets = np.cumsum(lengths) - lengths
-    tag = tags.indices[np.repeat(starts - offsets, lengths) + np.arange(total)].astype(np.int64)
+    tag = tags.indices[row_entries(tags, item)].astype(np.int64)
     count = state.user_tag.get(user[owner], tag).astype(np.float64)
     recent = state.user_tag_recent.get(user[owner], tag).astype(np.float64)
     share_30d, share_all = state.tag_share_30d[tag], state.tag_share_all[tag]
@@ -143,6 +141,13 @@ def _tag_features(
         return np.bincount(owner, weights=values, minlength=len(item)) / n_tags
 
     return mean(count), _segment_max(count, lengths), mean(recent), mean(share_30d), mean(lift)
+
+
+def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Positions in ``matrix.indices`` / ``.data`` of the entries of ``rows``, row after row (repeats kept)."""
+    starts = matrix.indptr[rows]
+    lengths = (matrix.indptr[np.asarray(rows) + 1] - starts).astype(np.int64)
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 def _segment_max(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rec_core.model.inference import UserProfile
+from rec_core.rank.features import row_entries
 from rec_core.rank.state import NEVER_ACTIVE_IDLE_DAYS, WINDOWS_DAYS, AsOfState, PairCounts
 
 
@@ -114,8 +115,7 @@ def _row(pairs: PairCounts, row: int) -> Row:
 
 def _rows_of(matrix: sp.csr_matrix, rows: np.ndarray) -> Row:
     """The (column, value) entries of ``rows`` of ``matrix``, one after the other (repeats kept)."""
-    starts, lengths = matrix.indptr[rows], np.diff(matrix.indptr)[rows]
-    at = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    at = row_entries(matrix, rows)
     return matrix.indices[at].astype(np.int64), matrix.data[at].astype(np.float32)
 
 

@@ -46,7 +46,7 @@ class AppHabits:
 @dataclass(frozen=True, slots=True)
 class Reaction:
     video_id: str
-    completion: float
+    completion: float  # as the app posts it: 4 digits (Audience.react)
     watch_time_s: float
     liked: bool
     shared: bool
@@ -56,7 +56,7 @@ class Reaction:
     def events(self, user_id: str, request_id: str) -> list[dict[str, object]]:
         """What the app posts for it: a watch or a skip, then a like, a share, a comment as they happened."""
         base = {"user_id": user_id, "video_id": self.video_id, "request_id": request_id}
-        view = {"completion": round(self.completion, 4), "watch_time_s": round(self.watch_time_s, 3)}
+        view = {"completion": self.completion, "watch_time_s": round(self.watch_time_s, 3)}
         out: list[dict[str, object]] = [{**base, "type": "skip" if self.skipped else "watch", **view}]
         out += [{**base, "type": kind} for kind, did in self._acts() if did]
         return out
