@@ -41,8 +41,9 @@ format: setup
 
 # Worker processes: the suite spends most of its wall time waiting on servers, DAG runs and subprocesses (about
 # half a core busy on average), so three workers on two cores finish sooner. Whole files go to one worker (a
-# module's fixtures, such as a trained model, are built once), files with slow tests first (tests/conftest.py).
-# TEST_WORKERS=0 runs everything in one process.
+# module's fixtures, such as a trained model, are built once). Each worker, and what it spawns, runs torch and
+# OpenMP on cores / workers threads (at least one; tests/conftest.py), not one per core each.
+# TEST_WORKERS=0 runs everything in one process, on every core.
 TEST_WORKERS ?= 3
 test: setup lint
 	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
