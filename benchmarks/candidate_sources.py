@@ -31,7 +31,7 @@ from rec_core.progress import setup_logging
 from rec_core.rank.candidates import DEFAULT_CANDIDATES, POPULAR_SOURCES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS, as_of_split, build_examples
-from rec_core.rank.ranker import choose_objective
+from rec_core.rank.ranker_training import choose_objective
 from rec_core.settings import Settings
 
 METRICS = ("recall@20", "recall@50", "ndcg@20")

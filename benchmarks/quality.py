@@ -70,7 +70,8 @@ from rec_core.progress import setup_logging
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS, as_of_split
-from rec_core.rank.ranker import RankerConfig, choose_objective
+from rec_core.rank.ranker import RankerConfig
+from rec_core.rank.ranker_training import choose_objective
 from rec_core.rank.retrieval import Towers, as_of_scores
 from rec_core.rank.scoring import RankedRetrieval
 from rec_core.rank.state import HALF_LIVES_DAYS, AsOfState

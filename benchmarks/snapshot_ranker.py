@@ -4,8 +4,8 @@ The release trains the real ranker on the towers as of the validation window (:m
 benchmark or a test that builds a snapshot from random vectors has no such towers, so :func:`snapshot_ranker` reads
 the snapshot's user and video vectors and the engagement head of its model copy, builds examples as of ``days``
 before the snapshot's as-of with the same :func:`~rec_core.rank.examples.build_examples`, and fits LightGBM on them
-(``rounds`` fixed, or cross-validated by :func:`~rec_core.rank.ranker.train_ranker`). Its answer is not meant to be
-good; its shape and cost are the real ranker's.
+(``rounds`` fixed, or cross-validated by :func:`~rec_core.rank.ranker_training.train_ranker`). Its answer is not
+meant to be good; its shape and cost are the real ranker's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from rec_core.model.vocabs import Vocabs
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.examples import build_examples
 from rec_core.rank.features import ENGAGEMENT, FEATURES
-from rec_core.rank.ranker import Ranker, RankerConfig, train_ranker
+from rec_core.rank.ranker import Ranker, RankerConfig
+from rec_core.rank.ranker_training import train_ranker
 from rec_core.rank.state import state_at
 from rec_core.settings import PathSettings
 from rec_core.snapshot.files import read_vector_shards, vectors_array
@@ -90,7 +91,9 @@ def snapshot_ranker(
     labels = (examples.labels > 0).astype(np.int32)
     data = lgb.Dataset(examples.features, labels, group=examples.groups, feature_name=list(FEATURES))
     booster = lgb.train({**config.params(), "objective": "binary"}, data, num_boost_round=rounds)
-    return Ranker(booster, RankerConfig(objective="binary", seed=config.seed), rounds, n, n_popular=n_popular)
+    return Ranker.from_booster(
+        booster, RankerConfig(objective="binary", seed=config.seed), rounds, n, n_popular=n_popular
+    )
 
 
 def _aligned(table: pa.Table, id_column: str, ids: np.ndarray) -> np.ndarray:

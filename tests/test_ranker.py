@@ -30,7 +30,8 @@ from rec_core.rank.examples import (
     split_examples,
 )
 from rec_core.rank.features import FEATURES, TIME_ONLY, block_features
-from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig, choose_objective, list_metrics, train_ranker
+from rec_core.rank.ranker import OBJECTIVES, Ranker, RankerConfig
+from rec_core.rank.ranker_training import choose_objective, list_metrics, train_ranker
 from rec_core.rank.retrieval import PostedVideos, Towers, TowerView, tower_view
 from rec_core.rank.scoring import RankedRetrieval, rank_order
 from rec_core.rank.state import AsOfState, PairCounts, state_at

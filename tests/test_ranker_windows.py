@@ -19,7 +19,7 @@ from rec_core.model.training import TrainConfig, TrainingData, train
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import RankExamples, split_examples
 from rec_core.rank.examples import pooled as concatenated
-from rec_core.rank.ranker import user_folds
+from rec_core.rank.ranker_training import user_folds
 from rec_core.rank.retrieval import Towers
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data

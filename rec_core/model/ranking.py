@@ -41,7 +41,8 @@ from rec_core.model.ranker_windows import LabelWindows, ranker_examples
 from rec_core.rank.candidates import DEFAULT_CANDIDATES
 from rec_core.rank.events import RankEvents
 from rec_core.rank.examples import DEFAULT_MAX_USERS
-from rec_core.rank.ranker import META_FILE, OBJECTIVES, Objective, Ranker, RankerConfig, choose_objective
+from rec_core.rank.ranker import META_FILE, OBJECTIVES, Objective, Ranker, RankerConfig
+from rec_core.rank.ranker_training import choose_objective
 from rec_core.rank.retrieval import Towers, TowerView, as_of_scores, tower_view
 from rec_core.rank.scoring import evaluated_stacks
 from rec_core.rank.state import AsOfState, state_at

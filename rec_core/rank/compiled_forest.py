@@ -99,8 +99,23 @@ class CompiledForest:
 
     @classmethod
     def from_model(cls, text: str) -> CompiledForest | str:
-        """The forest of LightGBM's text model ``text``, or why it cannot be compiled exactly."""
+        """The forest of LightGBM's text model ``text``, or why it cannot be compiled exactly (LightGBM's to score).
+
+        Raises ValueError for a text that is not a whole model: the kernel does not check its indices, and LightGBM
+        itself aborts the process on some damaged texts, so nothing damaged goes on to either."""
         header, trees = _parse(text)
+        sizes = header.get("tree_sizes", "").split()
+        if "version" not in header or len(sizes) != len(trees):
+            raise ValueError(
+                f"not a whole LightGBM text model: its header lists {len(sizes)} trees, it holds {len(trees)}"
+            )
+        try:
+            return cls._compiled(header, trees)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"a damaged LightGBM text model: {exc!r}") from exc
+
+    @classmethod
+    def _compiled(cls, header: dict[str, str], trees: list[dict[str, str]]) -> CompiledForest | str:
         objective = header.get("objective", "").split()
         if not objective or objective[0] not in _OBJECTIVES:
             return f"objective {header.get('objective')!r} is not one of {_OBJECTIVES}"
@@ -143,20 +158,24 @@ class CompiledForest:
     ) -> CompiledForest:
         internal = len(splits)
         n = internal + len(leaves)
-        index = np.arange(n, dtype=np.int32)
+        columns = list(zip(*splits, strict=True)) if splits else [(), (), (), ()]
+        feature, left, right = (np.array(columns[k], dtype=np.int64) for k in (0, 2, 3))
+        split_threshold = np.array(columns[1], dtype=np.float64)
+        links = np.concatenate([_node(left, internal), _node(right, internal)])
+        root_nodes = _node(np.array(roots, dtype=np.int64), internal)
+        # Checked, because the kernel reads where these point without checking.
+        if not (_within(links, n) and _within(root_nodes, n) and _within(feature, n_features)):
+            raise ValueError("a tree links outside the forest or splits on a feature the model does not have")
         nodes = np.zeros((n, 4), dtype=np.int32)
+        nodes[:internal, 0] = feature
+        nodes[:internal, 2], nodes[:internal, 3] = np.split(links, 2)
+        nodes[internal:, 2] = nodes[internal:, 3] = np.arange(internal, n)
         threshold = np.full(n, np.inf)
-        if splits:
-            feature, split_threshold, left, right = (np.array(c) for c in zip(*splits, strict=True))
-            nodes[:internal, 0] = feature
-            threshold[:internal] = split_threshold
-            nodes[:internal, 2] = _node(left, internal)
-            nodes[:internal, 3] = _node(right, internal)
-        nodes[internal:, 2] = nodes[internal:, 3] = index[internal:]
+        threshold[:internal] = split_threshold
         nodes[:, 1] = _float32_at_most(threshold).view(np.int32)
         value = np.zeros(n)
         value[internal:] = leaves
-        return cls(nodes.reshape(-1), value, _node(np.array(roots), internal), internal, n_features, sigmoid)
+        return cls(nodes.reshape(-1), value, root_nodes.astype(np.int32), internal, n_features, sigmoid)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """float64 (rows,): what LightGBM's ``predict`` gives for float32 ``features`` (rows, n_features)."""
@@ -194,8 +213,12 @@ def _ref(child: int, first_split: int, first_leaf: int) -> int:
 
 
 def _node(ref: np.ndarray, internal: int) -> np.ndarray:
-    """Forest-wide refs as node indices: splits first, then leaves."""
-    return np.where(ref >= 0, ref, internal + ~ref).astype(np.int32)
+    """Forest-wide refs as node indices (int64): splits first, then leaves."""
+    return np.where(ref >= 0, ref, internal + ~ref)
+
+
+def _within(index: np.ndarray, size: int) -> bool:
+    return not len(index) or bool(index.min() >= 0 and index.max() < size)
 
 
 def _float32_at_most(threshold: np.ndarray) -> np.ndarray:
