@@ -6,9 +6,9 @@ follow, the cross-validation figures), so a model version can carry it and a rea
 not know. How it is trained and chosen is :mod:`rec_core.rank.ranker_training`.
 
 Scoring reads the text model through :class:`~rec_core.rank.compiled_forest.CompiledForest`, so the paths that only
-apply a ranker (the API, the batch's feed stages) never import LightGBM (nor the scikit-learn it imports: 1.6 s of
-the API's 4.4 s of imports); LightGBM's own booster is built on first use, for a model the forest declines and for
-tools that read the trees.
+apply a ranker (the API, the batch's feed stages) never import LightGBM, nor the scikit-learn it imports (about a
+second and 60 MB of every such process: docs/performance.md); LightGBM's own booster is built on first use, for a
+model the forest declines and for tools that read the trees.
 """
 
 from __future__ import annotations
