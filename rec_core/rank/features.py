@@ -128,9 +128,9 @@ def _tag_features(
     """Per pair, over the video's hashtags: the user's count summed (then averaged) and max, the recent-taste
     weight averaged, and the hashtags' mean share of the last 30 days and mean log lift over their all-time share."""
     tags = state.events.item_tags
-    lengths = (tags.indptr[item + 1] - tags.indptr[item]).astype(np.int64)
+    at, lengths = row_entries(tags, item)
     owner = np.repeat(np.arange(len(item), dtype=np.int64), lengths)
-    tag = tags.indices[row_entries(tags, item)].astype(np.int64)
+    tag = tags.indices[at].astype(np.int64)
     count = state.user_tag.get(user[owner], tag).astype(np.float64)
     recent = state.user_tag_recent.get(user[owner], tag).astype(np.float64)
     share_30d, share_all = state.tag_share_30d[tag], state.tag_share_all[tag]
@@ -143,11 +143,12 @@ def _tag_features(
     return mean(count), _segment_max(count, lengths), mean(recent), mean(share_30d), mean(lift)
 
 
-def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """Positions in ``matrix.indices`` / ``.data`` of the entries of ``rows``, row after row (repeats kept)."""
+def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``matrix.indices`` / ``.data`` of the entries of ``rows``, row after row (repeats kept), and
+    each row's number of entries."""
     starts = matrix.indptr[rows]
     lengths = (matrix.indptr[np.asarray(rows) + 1] - starts).astype(np.int64)
-    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum())), lengths
 
 
 def _segment_max(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:

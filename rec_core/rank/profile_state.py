@@ -115,7 +115,7 @@ def _row(pairs: PairCounts, row: int) -> Row:
 
 def _rows_of(matrix: sp.csr_matrix, rows: np.ndarray) -> Row:
     """The (column, value) entries of ``rows`` of ``matrix``, one after the other (repeats kept)."""
-    at = row_entries(matrix, rows)
+    at, _ = row_entries(matrix, rows)
     return matrix.indices[at].astype(np.int64), matrix.data[at].astype(np.float32)
 
 
