@@ -39,11 +39,13 @@ def _threads_per_worker() -> int:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-# Read by torch (and so the text encoder's ONNX Runtime session) when it is imported, which no test module has done
-# yet; a developer's own setting wins. One process (TEST_WORKERS=0) keeps every core.
+# Read by torch (and so the text encoder's ONNX Runtime session) and numba when they are imported, which no test
+# module has done yet; a developer's own setting wins. One process (TEST_WORKERS=0) keeps every core. numba's too:
+# its parallel kernels share OpenMP with torch, and each launch set torch back to numba's count, one per core.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(key, str(_threads_per_worker()))
+    _threads = str(_threads_per_worker())
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(key, _threads)
 
 # `make test` draws the same examples on every run, so CI passes or fails on the code and not on a lucky
 # draw; `HYPOTHESIS_PROFILE=explore make test` searches fresh examples (and keeps what fails in .hypothesis/).
