@@ -194,8 +194,9 @@ class ModelSettings(_Section):
         "Runtime's fp32 graph: the same vectors to float precision, checked on probe inputs when the graph is "
         "exported, else torch runs; 1.3-1.7x the captions/s; the graph kept under `<data root>/cache/text-graphs`), "
         "`bf16` (torch under bf16 autocast: cosine >= 0.9999 to fp32, checked on probe inputs, else torch fp32 runs; "
-        "about 2.3x fp32's captions/s on a CPU with AMX tiles, several times slower without them), `torch`, or "
-        "`auto`: bf16 where the CPU has AMX, else onnx. The API encodes posted videos with torch fp32, loaded once "
+        "about 2.3x fp32's captions/s on a CPU with AMX tiles, ~1.35x onnx's on AMD's AVX512-BF16, several times "
+        "slower without either), `torch`, or `auto`: bf16 where the CPU has AMX tiles or (without them) AVX512-BF16, "
+        "else onnx. The API encodes posted videos with torch fp32, loaded once "
         "before its workers fork.",
         env="TEXT_BATCH_ENGINE",
     )

@@ -164,9 +164,9 @@ class TextEncoder:
     every encoder exports its own into a temporary folder. ``engine`` may run a torch fp32 model (no
     suffix) another way under the same :attr:`model_id` and cached vectors: ``"onnx"`` through ONNX
     Runtime's fp32 graph (the same vectors to float precision, 1.3-1.7x the captions/s), ``"bf16"`` under
-    torch's bf16 autocast (cosine >= :data:`MIN_AGREEMENT` to fp32; ~2.3x on a CPU with AMX tiles, far
-    slower without), ``"auto"`` the latter where AMX runs it (:func:`batch_engine`); other runtimes ignore
-    it. A stand-in that cannot give torch's vectors (a failed export; a cosine under
+    torch's bf16 autocast (cosine >= :data:`MIN_AGREEMENT` to fp32; ~2.3x on a CPU with AMX tiles, ~1.35x ONNX's on
+    AMD's AVX512-BF16, far slower without either), ``"auto"`` the latter where it runs natively (:func:`batch_engine`);
+    other runtimes ignore it. A stand-in that cannot give torch's vectors (a failed export; a cosine under
     :data:`MIN_AGREEMENT` on probe inputs) leaves torch fp32 running (:attr:`runs_as` says which ran).
     Uses as many threads as ``torch.get_num_threads()`` says, so the caller (or
     OMP_NUM_THREADS, REC_TORCH_THREADS) decides.
@@ -340,14 +340,32 @@ def _bf16_runner(net: Any) -> Runner:
 
 
 def batch_engine(engine: str) -> str:
-    """A ``text_batch_engine`` setting made concrete: ``auto`` is ``bf16`` where the CPU runs bf16 matrix products
-    on AMX tiles, else ``onnx``. Without AMX, bf16 autocast measured 2-8x slower than fp32 here (oneDNN limited to
-    AVX512-BF16: 337 captions/s; to AVX2: 63/s; fp32 530/s), so it is never picked there by itself."""
+    """A ``text_batch_engine`` setting made concrete: ``auto`` is ``bf16`` where the CPU runs bf16 matrix products at
+    their native rate (:func:`native_bf16`), else ``onnx``. Elsewhere bf16 autocast measured 2-8x slower than fp32
+    (an AMX Xeon with oneDNN limited to AVX512-BF16: 337 captions/s; to AVX2: 63/s; fp32 530/s), so it is never
+    picked there by itself."""
     if engine not in TEXT_ENGINES:
         raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
     if engine != "auto":
         return engine
-    return "bf16" if amx_available() else "onnx"
+    return "bf16" if native_bf16() else "onnx"
+
+
+def native_bf16() -> bool:
+    """Whether torch's bf16 matrix products run at their native rate: on AMX tiles, or, on a CPU without them, on
+    AVX512-BF16 dot products (an AMD EPYC of that kind: 1.34-1.37x ONNX Runtime's fp32 captions/s, measured), oneDNN not
+    capped below either (``ONEDNN_MAX_CPU_ISA``, an operator's way to turn them off). An AMX CPU capped to
+    AVX512-BF16 is not native: its autocast measured 0.64x fp32."""
+    import torch
+
+    if amx_available():
+        return True
+    amx_probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some torch builds
+    bf16_probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if amx_probe is None or bf16_probe is None or amx_probe() or not bf16_probe():
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return not cap or cap == "ALL" or any(level in cap for level in ("BF16", "FP16", "AMX"))
 
 
 def amx_available() -> bool:
