@@ -10,21 +10,27 @@ from rec_core.settings import ModelSettings, Settings
 
 
 def apply_torch_threads(model: ModelSettings) -> None:
-    """Cap torch's intra-op threads at ``REC_TORCH_THREADS`` (0 leaves torch's default, one per core).
+    """Cap the threads of torch's intra-op pool and of numba's parallel kernels at ``REC_TORCH_THREADS`` (0 leaves
+    both at their default, one per core).
 
     Several Airflow workers on one machine each run a job process; uncapped, each would start a
-    thread per core and they would oversubscribe the CPUs. Call it where a job starts, before the
-    heavy work: torch reads ``OMP_NUM_THREADS`` when it is imported, and an already imported torch
-    is set directly.
+    thread per core and they would oversubscribe the CPUs. numba is capped with torch because the two share
+    OpenMP: each launch of a parallel numba kernel (top-k, the lazy Adam step) sets torch's pool to numba's
+    size, so a cap on torch alone held only until the first one. Call it where a job starts, before the
+    heavy work: torch and numba read their variables when imported, and already imported ones are set
+    directly (numba's per calling thread, and at most its pool's size).
     """
     threads = model.torch_threads
     if threads <= 0:
         return
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[variable] = str(threads)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def job_settings() -> Settings:

@@ -165,9 +165,20 @@ print(sorted({m.split(".")[0] for m in added} - set(sys.stdlib_module_names)), s
     assert proc.stdout.strip() == f"['rec_core'] {LIGHT_REC_CORE}"
 
 
+# A parallel numba kernel of the product's (the pipeline's exact top-k), launched once; then both pools' sizes.
+_LAUNCH_A_KERNEL = """
+import numpy as np, numba, torch
+from rec_core.feed.top_k_kernel import top_k_rows
+top_k_rows(np.random.default_rng(0).random((64, 2048), dtype=np.float32), 5)
+counts = [torch.get_num_threads(), numba.get_num_threads()]
+"""
+
+
 def test_task_settings_cap_torch_threads(tmp_path: Path) -> None:
-    """REC_TORCH_THREADS caps torch in task code, whether torch is imported before or after the settings."""
-    script = """
+    """REC_TORCH_THREADS caps torch in task code, whether torch is imported before or after the settings, and numba
+    with it: a parallel numba kernel sets torch's OpenMP pool to numba's size at each launch (one per core
+    uncapped), so capping torch alone held only until the first one."""
+    script = f"""
 import json, sys
 from rec_core.runtime import job_settings
 first = job_settings().model.torch_threads
@@ -175,12 +186,18 @@ import torch
 after_import = torch.get_num_threads()
 torch.set_num_threads(2)
 job_settings()
-print(json.dumps([first, after_import, torch.get_num_threads()]))
+set_again = torch.get_num_threads()
+{_LAUNCH_A_KERNEL}
+print(json.dumps([first, after_import, set_again, *counts]))
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REC_", "OMP_", "MKL_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REC_", "OMP_", "MKL_", "NUMBA_"))}
     env.update(PYTHONPATH=str(ROOT), REC_DATA_DIR=str(tmp_path), REC_TORCH_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, 1, 1]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, 1, 1, 1, 1]
+    # numba imported (its pool sized, one thread per core) before the job's settings apply: capped all the same.
+    late = f"import numba\nfrom rec_core.runtime import job_settings\njob_settings()\n{_LAUNCH_A_KERNEL}\nprint(counts)"
+    proc = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, env=env, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[1, 1]"
     # 0 (the default) leaves torch alone.
     env["REC_TORCH_THREADS"] = "0"
     proc = subprocess.run(
