@@ -23,6 +23,7 @@ from rec_core.model.towers import (
     TwoTower,
     UserBatch,
     VideoBatch,
+    mean_bag,
     quantize_int8,
     sampled_softmax_loss,
 )
@@ -126,6 +127,36 @@ def test_vocab_lookup_maps_unknown_to_zero() -> None:
     # Mapped (fixed-width) ids: an id that only starts with one of them is not it.
     mapped = np.array(["a", "c", "e"])
     np.testing.assert_array_equal(Vocabs.lookup(mapped, np.array(["c", "cx", "e", "ab"], dtype=object)), [2, 0, 3, 0])
+
+
+@given(
+    lengths=st.lists(st.integers(0, 6), max_size=8),
+    seed=st.integers(0, 2**16),
+    sparse=st.booleans(),
+)
+@settings(max_examples=60, deadline=None)
+def test_mean_bag_is_embedding_bags_mean_without_index_zero(lengths: list[int], seed: int, sparse: bool) -> None:
+    """The towers' pooling is the rule ``F.embedding_bag(mode="mean", padding_idx=0)`` states, forward and backward:
+    unknown ids (0) left out of each mean, empty and all-unknown bags zeros, no gradient to row 0."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 5, (sum(lengths),), generator=gen)  # many zeros: bags of unknown ids alone happen
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths)[:-1]]) if lengths else [], dtype=torch.long)
+    table = torch.randn(5, 3, generator=gen)
+    weights = [table.clone().requires_grad_() for _ in range(2)]
+    pooled = mean_bag(weights[0], idx, offsets, sparse=sparse)
+    reference = (
+        torch.nn.functional.embedding_bag(idx, weights[1], offsets, mode="mean", padding_idx=0, sparse=sparse)
+        if lengths
+        else weights[1].new_zeros((0, 3))
+    )
+    torch.testing.assert_close(pooled, reference, rtol=0, atol=1e-6)
+    if lengths:
+        upstream = torch.randn(len(lengths), 3, generator=gen)
+        (pooled * upstream).sum().backward()
+        (reference * upstream).sum().backward()
+        grads = [w.grad.to_dense() if w.grad.is_sparse else w.grad for w in weights]
+        torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+        assert not grads[0][0].any()
 
 
 def test_gather_ranges() -> None:
