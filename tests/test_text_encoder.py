@@ -252,10 +252,10 @@ def test_batch_jobs_run_torch_fp32_through_onnx_runtime_with_the_same_vectors_an
 def test_bf16_autocast_stands_in_for_torch_fp32_within_the_agreement_and_only_where_it_is_asked_or_fast(
     encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``REC_TEXT_BATCH_ENGINE=bf16`` (``auto``'s choice on a CPU with AMX tiles): a batch job encodes a torch fp32
-    model's captions under bf16 autocast, within :data:`MIN_AGREEMENT` of fp32's vectors, so under fp32's model id
-    and cache. A model whose bf16 vectors fall short of it is encoded in fp32; a runtime the setting names decides
-    itself."""
+    """``REC_TEXT_BATCH_ENGINE=bf16`` (``auto``'s choice where bf16 is native: AMX tiles, AVX512-BF16): a batch job
+    encodes a torch fp32 model's captions under bf16 autocast, within :data:`MIN_AGREEMENT` of fp32's vectors, so
+    under fp32's model id and cache. A model whose bf16 vectors fall short of it is encoded in fp32; a runtime the
+    setting names decides itself."""
     bf16 = TextEncoder(engine="bf16")
     assert bf16.runs_as == "bf16" and bf16.model_id == encoder.model_id
     cosines = (bf16.encode(CAPTIONS) * encoder.encode(CAPTIONS)).sum(axis=1)

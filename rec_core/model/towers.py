@@ -122,6 +122,7 @@ class VideoTower(nn.Module):
         if self.training and self.cfg.id_dropout > 0:
             keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.cfg.id_dropout
             ids = ids * keep
+        # The module holds the table (its state-dict key, row 0 zeroed); mean_bag pools it, faster than its forward.
         tags = mean_bag(self.hashtag_emb.weight, b.hashtag_idx, b.hashtag_offsets)
         x = torch.cat([b.text, tags, ids, self.creator_emb(b.creator_idx), b.dense[:, : self.cfg.video_dense]], dim=1)
         return F.normalize(self.mlp(x), dim=1)
