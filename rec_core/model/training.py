@@ -108,7 +108,10 @@ class TrainConfig:
     # 0.0668, 0.0607, 0.0624 and 0.0581 at its end (the windows come in random order, so where an epoch ends says
     # little): the first rounds were already better than the epoch's end, all that epoch-wise validation saw. Rounds
     # differ by which windows came last as much as by the users sampled, so a stop on one round's drop can come
-    # early: there the release stopped at the third round, keeping the second (docs/scaling.md).
+    # early: there the release stopped at the third round, keeping the second (docs/scaling.md). At the default scale
+    # two rounds an epoch (500) stopped at epoch 1 keeping 0.5, in 41 s against 125 s: the towers tested better, but
+    # the served stack worse beyond noise (the gate refused it: recall@50 -0.0036 [-0.0064, -0.0008]; the towers'
+    # coverage@50 0.49 -> 0.26), so one round an epoch there.
     eval_every: int = 1000
     # A warm start's epoch (only the rows since its source's cut: 830 steps at the large scale) is validated in at
     # least this many rounds, so a start that the new rows make worse beyond noise stops within a quarter epoch.
