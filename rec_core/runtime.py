@@ -8,6 +8,9 @@ import sys
 
 from rec_core.settings import ModelSettings, Settings
 
+# What torch (and through it ONNX Runtime's sessions), MKL and numba read for their pools' sizes when imported.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
 
 def apply_torch_threads(model: ModelSettings) -> None:
     """Cap the threads of torch's intra-op pool and of numba's parallel kernels at ``REC_TORCH_THREADS`` (0 leaves
@@ -23,7 +26,7 @@ def apply_torch_threads(model: ModelSettings) -> None:
     threads = model.torch_threads
     if threads <= 0:
         return
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)
     torch = sys.modules.get("torch")
     if torch is not None:

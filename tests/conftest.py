@@ -14,6 +14,7 @@ import pytest
 from hypothesis import settings
 
 from rec_core.atomic import exclusive_lock
+from rec_core.runtime import THREAD_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rec-airflow-"))
@@ -44,7 +45,7 @@ def _threads_per_worker() -> int:
 # its parallel kernels share OpenMP with torch, and each launch set torch back to numba's count, one per core.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _threads = str(_threads_per_worker())
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for key in THREAD_VARIABLES:
         os.environ.setdefault(key, _threads)
 
 # `make test` draws the same examples on every run, so CI passes or fails on the code and not on a lucky
