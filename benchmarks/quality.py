@@ -75,6 +75,7 @@ from rec_core.rank.ranker_training import choose_objective
 from rec_core.rank.retrieval import Towers, as_of_scores
 from rec_core.rank.scoring import RankedRetrieval
 from rec_core.rank.state import HALF_LIVES_DAYS, AsOfState
+from rec_core.runtime import thread_budget
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
 from rec_core.synthetic.truth import load_truth
@@ -131,6 +132,7 @@ class RankerSetup:
     max_users: int = DEFAULT_MAX_USERS  # validation users sampled for its examples (per label window)
     config: RankerConfig = field(default_factory=RankerConfig)
     windows: LabelWindows = field(default_factory=LabelWindows)  # a release's: REC_RANKER_WINDOWS, _MIN_USERS
+    workers: int = 1  # cross-validation folds fitted at once (a release's: rec_core.runtime.thread_budget)
 
 
 def evaluate_dataset(
@@ -239,7 +241,7 @@ def ranking_stage(
     events = RankEvents.build(split.user_ids, *frames)
     started = time.monotonic()
     examples = ranker_examples(data, towers, setup.windows, setup.n, setup.max_users, seed, setup.popular, events)
-    chosen, rankers = choose_objective(examples, dataclasses.replace(setup.config, seed=seed))
+    chosen, rankers = choose_objective(examples, dataclasses.replace(setup.config, seed=seed), workers=setup.workers)
     fit_seconds = time.monotonic() - started
     view, state = as_of_split(towers, events, split, frames, "test")
     per_user = {RETRIEVAL: user_metrics(RankedRetrieval(view, state, None, setup.n), targets)}
@@ -467,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     popular = base.model.ranker_popular if args.popular is None else args.popular
     # The ranker's label windows as a release takes them, their towers trained as the default model is.
     windows = LabelWindows(base.model.ranker_windows, base.model.ranker_min_users, TrainConfig(seed=base.seed))
-    ranker = None if args.no_ranker else RankerSetup(n=args.candidates, popular=popular, windows=windows)
+    workers = thread_budget(base.model)
+    ranker = None if args.no_ranker else RankerSetup(args.candidates, popular, windows=windows, workers=workers)
     setup_logging(base.log_level)
     out_dir = base.paths.data_dir / "eval"
     variants = {"two_tower": {}} if args.no_ablations else VARIANTS

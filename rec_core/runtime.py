@@ -36,6 +36,14 @@ def apply_torch_threads(model: ModelSettings) -> None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+def thread_budget(model: ModelSettings) -> int:
+    """The threads a job may keep busy: ``REC_TORCH_THREADS``, or one per core it may run on when that is 0. For
+    work that is parallel by other means than torch's pool (the ranker's cross-validation folds)."""
+    if model.torch_threads > 0:
+        return model.torch_threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def job_settings() -> Settings:
     """The settings a batch process runs with: ``REC_*`` from its environment, torch threads capped."""
     settings = Settings.load()

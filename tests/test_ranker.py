@@ -4,6 +4,7 @@ exactly, and retrieval + ranking scores the full catalogue like any other model.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from rec_core.rank.ranker_training import choose_objective, list_metrics, train_
 from rec_core.rank.retrieval import PostedVideos, Towers, TowerView, tower_view
 from rec_core.rank.scoring import RankedRetrieval, rank_order
 from rec_core.rank.state import AsOfState, PairCounts, state_at
+from rec_core.runtime import thread_budget
 from rec_core.settings import ModelSettings, Settings
 from rec_core.synthetic.commit import generate_data
 
@@ -289,6 +291,23 @@ def test_one_named_objective_trains_one_ranker_with_one_cross_validation_pass() 
     assert len(chosen.cv["binary"]["rounds"]) == config.folds
     _, both = choose_objective(examples, config, ranker_objectives(ModelSettings(ranker_objective="auto")))
     assert set(both) == set(OBJECTIVES) and len(both["binary"].cv["binary"]["rounds"]) > config.folds
+
+
+def test_folds_fitted_at_once_give_the_ranker_fitted_one_at_a_time() -> None:
+    """A release cross-validates as many folds at once as it has threads: every fold's fit, the rounds kept and
+    the refitted model must be what one fold at a time gives, whatever order the threads finish in."""
+    examples = _planted_examples(np.random.default_rng(3), 60)
+    config = dataclasses.replace(FAST, cv_groups=150)  # 60 groups: the folds drawn three times, 9 fits
+    alone = train_ranker(examples, config, workers=1)
+    for workers in (2, 4):
+        together = train_ranker(examples, config, workers=workers)
+        assert together.cv == alone.cv and len(together.cv[config.objective]["rounds"]) == 9
+        assert together.model == alone.model
+
+
+def test_a_release_fits_as_many_folds_at_once_as_its_job_may_keep_threads_busy() -> None:
+    assert thread_budget(ModelSettings(torch_threads=3)) == 3  # REC_TORCH_THREADS, where a worker sets it
+    assert thread_budget(ModelSettings(torch_threads=0)) == len(os.sched_getaffinity(0))
 
 
 def test_save_and_load_give_identical_scores(tmp_path: Path) -> None:

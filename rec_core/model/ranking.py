@@ -125,10 +125,11 @@ def train_version_ranker(
     n_popular: int = 0,
     events: RankEvents | None = None,
     windows: LabelWindows | None = None,
+    workers: int = 1,
 ) -> VersionRanker:
     """The ranker of ``towers`` (trained on ``data``'s split before ``valid_start``), on the validation window and,
     where ``windows`` says so, earlier ones (:mod:`rec_core.model.ranker_windows`); ``events``: ``data``'s frames
-    as :class:`RankEvents`, where the caller has them already.
+    as :class:`RankEvents`, where the caller has them already; ``workers``: cross-validation folds fitted at once.
 
     Raises ValueError when the window has too few users with a positive among their candidates to cross-validate:
     with the flag on, a version is never released without its ranker (``REC_RANKER=off`` releases retrieval alone).
@@ -150,7 +151,7 @@ def train_version_ranker(
             f"to train a ranker ({config.folds} at least); set REC_RANKER=off to release retrieval alone"
         )
     log.info("ranker: cross-validating %s over %d users, then fitting", " and ".join(objectives), len(examples.groups))
-    chosen, _ = choose_objective(examples, config, objectives)
+    chosen, _ = choose_objective(examples, config, objectives, workers)
     seconds = time.monotonic() - started
     objective = chosen.config.objective
     cv = chosen.cv

@@ -65,6 +65,7 @@ from rec_core.model.warm_start import COLD_BY_REQUEST, WarmStart, carried_state,
 from rec_core.rank.events import RankEvents
 from rec_core.rank.ranker import Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers
+from rec_core.runtime import thread_budget
 from rec_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def train_candidate_ranker(settings: Settings, version: str, *, ranker_config: R
                 objectives=ranker_objectives(settings.model),
                 n_popular=settings.model.ranker_popular,
                 windows=_label_windows(settings, TrainConfig(**loaded.config["train"])),
+                workers=thread_budget(settings.model),
             )
             files, meta = ranker.files(), {"ranker": ranker.meta}
         store.complete(version, files, meta)
@@ -244,6 +246,7 @@ def _train_ranker(
         n_popular=settings.model.ranker_popular,
         events=events,
         windows=_label_windows(settings, TrainConfig(**trained.run_config["train"])),
+        workers=thread_budget(settings.model),
     )
 
 
