@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -36,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rec_core.atomic import write_bytes_atomic
+from rec_core.atomic import exclusive_lock, write_bytes_atomic
 
 PREFIX = "rk_"
 # What a key may do. Each route declares the one scope it needs (feed_api.auth).
@@ -177,9 +176,7 @@ class KeyStore:
 
     @contextmanager
     def _editing(self) -> Iterator[list[ApiKey]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with (self.path.parent / f".{self.path.name}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(self.path.parent / f".{self.path.name}.lock"):
             keys = _decode(self.path.read_bytes(), self.path) if self.path.is_file() else []
             yield keys
             body = json.dumps({"keys": [asdict(k) for k in keys]}, indent=1).encode()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import enum
-import fcntl
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rec_core.atomic import fsync_dir, write_bytes_atomic
+from rec_core.atomic import exclusive_lock, fsync_dir, write_bytes_atomic
 from rec_core.data.tables import LAKE_TABLES, conform, with_added_columns
 from rec_core.settings import BatchSettings, PathSettings
 from rec_core.snapshot.layout import BUILD_FILE, SNAPSHOT_ID
@@ -264,12 +263,8 @@ class Lake:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        with (self.root / ".lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive_lock(self.root / ".lock"):
+            yield
 
 
 def lake_for(paths: PathSettings, batch: BatchSettings) -> Lake:

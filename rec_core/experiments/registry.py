@@ -11,14 +11,13 @@ and its API answers always agree on every user's arm.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 
-from rec_core.atomic import write_bytes_atomic
+from rec_core.atomic import exclusive_lock, write_bytes_atomic
 from rec_core.experiments.spec import Arm, Experiment, ExperimentError, check_arms, check_name, check_versions
 
 
@@ -85,9 +84,7 @@ def _running_index(experiments: list[Experiment], name: str) -> int:
 
 @contextmanager
 def _editing(path: Path) -> Iterator[tuple[list[Experiment], Callable[[list[Experiment]], None]]]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.parent / f".{path.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path.parent / f".{path.name}.lock"):
 
         def save(experiments: list[Experiment]) -> None:
             write_bytes_atomic(path, msgspec.json.format(msgspec.json.encode(_File(experiments)), indent=2))

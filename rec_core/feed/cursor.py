@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import hashlib
 import hmac
 import logging
@@ -36,7 +35,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from rec_core.atomic import write_bytes_atomic
+from rec_core.atomic import exclusive_lock, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +159,7 @@ def cursor_secret(configured: str, data_dir: Path) -> bytes:
     if configured:
         return configured.encode()
     path = data_dir / SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.parent / ".cursor_secret.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path.parent / ".cursor_secret.lock"):
         if path.is_file():
             secret = path.read_bytes()
             if len(secret) >= SECRET_BYTES:

@@ -21,7 +21,6 @@ entry lost to a rare interleaving is re-added from ``LIVE`` by the next publish 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rec_core.atomic import write_bytes_atomic
+from rec_core.atomic import exclusive_lock, write_bytes_atomic
 from rec_core.settings import PathSettings
 from rec_core.snapshot.layout import (
     LIVE_POINTER,
@@ -156,13 +155,8 @@ def remote_snapshots(paths: PathSettings) -> RemoteSnapshots | None:
 @contextmanager
 def locked(paths: PathSettings) -> Iterator[None]:
     """One process of this machine at a time on ``snapshots_dir`` (publishing, mirroring, pruning)."""
-    paths.snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with (paths.snapshots_dir / LOCK_FILE).open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(paths.snapshots_dir / LOCK_FILE):
+        yield
 
 
 def sync_live(paths: PathSettings, remote: RemoteSnapshots | None = None) -> str | None:
