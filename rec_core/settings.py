@@ -202,9 +202,10 @@ class ModelSettings(_Section):
     )
     torch_threads: int = _setting(
         0,
-        "Torch threads per job process, and numba's for its parallel kernels (the two share OpenMP); 0 = their "
-        "default (one per core). Set it when several Airflow workers share a machine, e.g. cores / worker "
-        "concurrency, so they don't oversubscribe the CPUs.",
+        "Torch threads per job process, and numba's for its parallel kernels (the two share OpenMP), and the "
+        "ranker's cross-validation folds a release fits at once; 0 = their default (one per core). Set it when "
+        "several Airflow workers share a machine, e.g. cores / worker concurrency, so they don't oversubscribe the "
+        "CPUs.",
         lo=0,
         hi=1024,
         env="TORCH_THREADS",
