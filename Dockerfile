@@ -30,8 +30,10 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && python -c "import rec_core.settings, rec_core.stages, airflow.sdk, airflow.providers.celery, psycopg2"
 
 COPY dags ./dags
+# Every numba kernel compiled into NUMBA_CACHE_DIR here, so that no container compiles them in its first tasks
+# or requests (rec_core/kernels.py).
 RUN PYTHONPATH=/app/dags python -c "import rec_dags.stage_tasks" \
-    && python -c "from rec_core.feed.policy import warm_up; warm_up()"
+    && python -m rec_core.kernels
 
 # An unprivileged user that owns the data root and the Airflow home (logs).
 RUN useradd --create-home --uid 50000 --gid 0 rec \

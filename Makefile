@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+KERNELS_STAMP := rec_core/__pycache__/.kernels-stamp
+KERNEL_SOURCES := rec_core/kernels.py $(shell grep -rl --include='*.py' '@njit' rec_core)
 SCALE ?= default
 export PYTHONPATH := $(CURDIR)
 export REC_DATA_DIR ?= $(CURDIR)/data
@@ -21,7 +23,7 @@ help:
 	@echo "make chaos  - the fault suite (publish under load, kill -9, full disk, killed jobs) with a table of what held"
 	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | bench-warm-start | profile-stages | profile-incremental | scaleout-large | eval | online-eval | clean"
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNELS_STAMP)
 
 # The venv is rebuilt only when the lock or the project definition changes.
 $(STAMP): pyproject.toml constraints.txt
@@ -30,6 +32,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# numba's kernels compiled into their cache once (about a minute), not by the first tasks or test workers that call
+# them (rec_core/kernels.py); again when a kernel's source changes. The stamp sits beside the cache it vouches for.
+$(KERNELS_STAMP): $(STAMP) $(KERNEL_SOURCES)
+	$(PY) -m rec_core.kernels
+	mkdir -p $(@D) && touch $@
 
 lint: setup
 	$(VENV)/bin/ruff format --check .
