@@ -37,10 +37,14 @@ def apply_torch_threads(model: ModelSettings) -> None:
 
 
 def thread_budget(model: ModelSettings) -> int:
-    """The threads a job may keep busy: ``REC_TORCH_THREADS``, or one per core it may run on when that is 0. For
-    work that is parallel by other means than torch's pool (the ranker's cross-validation folds)."""
+    """The threads a job may keep busy, for work that is parallel by other means than torch's pool (the ranker's
+    cross-validation folds): ``REC_TORCH_THREADS``; else ``OMP_NUM_THREADS`` where whoever started the process
+    capped OpenMP (LightGBM's pool too) that way, as `make test` caps each worker; else one per core it may run on."""
     if model.torch_threads > 0:
         return model.torch_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

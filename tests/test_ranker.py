@@ -305,8 +305,11 @@ def test_folds_fitted_at_once_give_the_ranker_fitted_one_at_a_time() -> None:
         assert together.model == alone.model
 
 
-def test_a_release_fits_as_many_folds_at_once_as_its_job_may_keep_threads_busy() -> None:
+def test_a_release_fits_as_many_folds_at_once_as_its_job_may_keep_threads_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert thread_budget(ModelSettings(torch_threads=3)) == 3  # REC_TORCH_THREADS, where a worker sets it
+    assert thread_budget(ModelSettings(torch_threads=0)) == 2  # else OpenMP's cap, where the process has one
+    monkeypatch.delenv("OMP_NUM_THREADS")
     assert thread_budget(ModelSettings(torch_threads=0)) == len(os.sched_getaffinity(0))
 
 
