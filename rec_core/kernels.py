@@ -2,7 +2,7 @@
 
 Every kernel is ``@njit(cache=True)``: compiled on its first call in a process that finds nothing in numba's cache
 (each module's ``__pycache__``, or ``NUMBA_CACHE_DIR``), then loaded from there in milliseconds. Compiling them all
-takes about 45 s of one core, and until now the first pipeline of a new checkout paid it inside its tasks (on the
+takes about 50 s of one core, and until now the first pipeline of a new checkout paid it inside its tasks (on the
 tiny world: ``train_or_reuse`` 58 s against 32 s in the next run, the first materialization shard 12.6 s against
 under a second), as did every new container of the image in its first tasks, and each ``make test`` worker that met a
 kernel before the cache held it. Here they compile once, in one process.
@@ -20,6 +20,7 @@ import logging
 import time
 
 from numba import types
+from numba.core.registry import CPUDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ SIGNATURES: dict[str, tuple[tuple[types.Type, ...], ...]] = {
 }
 
 
-def kernel(name: str):
+def kernel(name: str) -> CPUDispatcher:
+    """The kernel ``module.function`` names."""
     module, function = name.rsplit(".", 1)
     return getattr(importlib.import_module(module), function)
 
