@@ -212,8 +212,7 @@ def next_page(
             # user's whole live history.
             profile = None
             if activity is not None:
-                in_snapshot = view.batch_vector(user_id) is not None
-                profile = activity.since_snapshot() if in_snapshot else activity.merged_profile()
+                profile = activity.since_snapshot() if view.knows_user(user_id) else activity.merged_profile()
             search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query, profile)
             new = [Item(i.video_id, i.score, i.reason) for i in search.items(need, exclude)]
             items += new

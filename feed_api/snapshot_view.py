@@ -141,14 +141,22 @@ class SnapshotView:
         row = self.user_row.get(user_id)
         return None if row is None else self.user_vectors[row]
 
+    def knows_user(self, user_id: str) -> bool:
+        """Whether the batch embedded the user: what they did before the snapshot is in its rows, and only what
+        they did since is the API's to add."""
+        return self.user_row.get(user_id) is not None
+
     def profile_vector(self, profile: UserProfile) -> OnlineUserVector:
         """The user tower online, in this snapshot's vector space."""
         return user_vector_from_profile(self.model, self.catalogue, self.model.stats, profile, self.known_creators)
 
     def ranking_for(self, user_id: str, vector: np.ndarray, profile: UserProfile | None = None) -> RankInputs | None:
         """The ranker stage's context for one user whose candidates were retrieved with ``vector``; ``profile``:
-        what the API knows of them (their whole history when the snapshot lacks them, else their events since it)."""
-        return None if self.ranking is None else self.ranking.live_inputs(user_id, vector, profile)
+        what the API knows of them (their whole history when the snapshot lacks them, else their events since it:
+        :meth:`knows_user` decides, for the pager that made it and for the ranker that reads it)."""
+        if self.ranking is None:
+            return None
+        return self.ranking.live_inputs(user_id, vector, profile, in_snapshot=self.knows_user(user_id))
 
     def close(self) -> None:
         for view in self.all_spaces():

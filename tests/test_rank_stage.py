@@ -313,6 +313,31 @@ def test_a_known_users_live_page_ranks_with_what_they_did_since_the_snapshot(vie
 
 
 @pytest.mark.slow
+def test_a_user_the_batch_did_not_embed_is_ranked_on_their_live_history_alone(view: SnapshotView) -> None:
+    """Whether the snapshot knows a user is one rule (``SnapshotView.knows_user``: the batch embedded them), for the
+    pager that picks which history to hand the ranker and for the ranker that reads it. A user without a batch
+    vector is handed their whole live history, so it stands alone, even where the ranker's state has a row of
+    theirs: added to that row it would count what the row holds twice."""
+    assert view.ranking is not None
+    state = view.ranking.model.state
+    user = next(u for u in sorted(view.feeds.user_row) if state.user_rows([u])[0] < state.neutral_user)
+    assert state.state.user_events[state.user_rows([user])[0]] > 0
+    view.user_row = {u: row for u, row in view.user_row.items() if u != user}  # the batch left them out
+    assert not view.knows_user(user)
+    since = view.video_ids[[3, 4, 9]].tolist()
+    activity = UserActivity(seen=set(since), recent=since, liked=since[1:2], watches=3, completion_sum=2.4)
+    before, after = Capture("before"), Capture("after")
+    start, end = view.feeds.bounds(user) or (0, 0)
+    cursor = pager.Cursor(view.snapshot_id, user, "feed", end - start)
+    policy = FeedPolicy(feed_length=view.build.feed_length)
+    vector = pager.live_vector(view, user, activity)  # the user tower over their live history, as the API does
+    assert vector is not None
+    page = pager.next_page(view, cursor, 20, activity, lambda: vector, policy, watched(before, after))
+    assert page.source == "live" and len(page.items) == 20
+    assert after.user_events[("live", "<own>")] == 3
+
+
+@pytest.mark.slow
 def test_ranked_feeds_keep_the_towers_scores_but_not_their_order(world: Path) -> None:
     """Each feed item's score is still the model's ``user . video`` (traceable), and the build records the ranker;
     the order is the ranker's, so the towers' order checks find what it moved."""

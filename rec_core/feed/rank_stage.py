@@ -79,16 +79,19 @@ class RankCatalogue:
         rows = self.model.state.user_rows(user_ids)
         return RankInputs(self, rows, np.asarray(user_vectors, dtype=np.float32), extra_vectors)
 
-    def live_inputs(self, user_id: str, user_vector: np.ndarray, profile: UserProfile | None) -> RankInputs:
+    def live_inputs(
+        self, user_id: str, user_vector: np.ndarray, profile: UserProfile | None, *, in_snapshot: bool
+    ) -> RankInputs:
         """The context of one live user whose ``profile`` has watches: their own state row (row 0 of a state of
-        their own, :mod:`rec_core.rank.profile_state`), ``profile`` as their whole history for a user the
-        snapshot lacks, else ``profile`` (the events since the snapshot) added to their snapshot row."""
+        their own, :mod:`rec_core.rank.profile_state`). ``in_snapshot`` says which history ``profile`` is, by the
+        caller's rule for a user the snapshot knows: the events since the snapshot, added to their snapshot row;
+        else their whole history, on no row (a state row of theirs would count it twice)."""
         inputs = self.inputs([user_id], user_vector[None, :])
         state = self.model.state
         if profile is None or not profile.watched:
             return inputs
         row = int(inputs.user_rows[0])
-        base = None if row == state.neutral_user else row
+        base = row if in_snapshot and row != state.neutral_user else None
         return replace(inputs, user_rows=np.zeros(1, dtype=np.int64), state=state.profile_state(profile, base))
 
 
