@@ -38,9 +38,7 @@ RESTART_HINT = "restart from the first page: send the request again with cursor 
 def has_live_vector(view: SnapshotView, user_id: str, activity: UserActivity | None) -> bool:
     """Whether :func:`feed_api.pager.live_vector` has a vector for the user, without computing it: a batch
     vector, a posted profile or events since the batch (the user tower reads those)."""
-    return view.knows_user(user_id) or (
-        activity is not None and (activity.profile is not None or activity.watches > 0)
-    )
+    return view.knows_user(user_id) or (activity is not None and (activity.profile is not None or activity.watches > 0))
 
 
 def precomputed_suffices(view: SnapshotView, cursor: Cursor, limit: int, activity: UserActivity | None) -> bool:
