@@ -192,12 +192,12 @@ class ModelSettings(_Section):
         "auto",
         "What batch jobs run a torch fp32 text model (no suffix) with when they encode captions: `onnx` (ONNX "
         "Runtime's fp32 graph: the same vectors to float precision, checked on probe inputs when the graph is "
-        "exported, else torch runs; 1.3-1.7x the captions/s; the graph kept under `<data root>/cache/text-graphs`), "
+        "exported, else torch runs; 1.0-1.7x the captions/s; the graph kept under `<data root>/cache/text-graphs`), "
         "`bf16` (torch under bf16 autocast: cosine >= 0.9999 to fp32, checked on probe inputs, else torch fp32 runs; "
-        "about 2.3x fp32's captions/s on a CPU with AMX tiles, ~1.35x onnx's on AMD's AVX512-BF16, several times "
-        "slower without either), `torch`, or `auto`: bf16 where the CPU has AMX tiles or (without them) AVX512-BF16, "
-        "else onnx. The API encodes posted videos with torch fp32, loaded once "
-        "before its workers fork.",
+        "about 2.3x fp32's captions/s on a CPU with AMX tiles, ~1.35x onnx's on AMD's AVX512-BF16, 0.6x fp32 on an "
+        "Intel Xeon's AVX512-BF16 without tiles, several times slower without either), `torch`, or `auto`: bf16 "
+        "where the CPU has AMX tiles or is AMD's with AVX512-BF16, else onnx. The API encodes posted videos with "
+        "torch fp32, loaded once before its workers fork.",
         env="TEXT_BATCH_ENGINE",
     )
     torch_threads: int = _setting(

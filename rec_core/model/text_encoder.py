@@ -341,9 +341,9 @@ def _bf16_runner(net: Any) -> Runner:
 
 def batch_engine(engine: str) -> str:
     """A ``text_batch_engine`` setting made concrete: ``auto`` is ``bf16`` where the CPU runs bf16 matrix products at
-    their native rate (:func:`native_bf16`), else ``onnx``. Elsewhere bf16 autocast measured 2-8x slower than fp32
-    (an AMX Xeon with oneDNN limited to AVX512-BF16: 337 captions/s; to AVX2: 63/s; fp32 530/s), so it is never
-    picked there by itself."""
+    their native rate (:func:`native_bf16`), else ``onnx``. Elsewhere bf16 autocast measured 1.6-8x slower than
+    fp32 (an AMX Xeon with oneDNN limited to AVX512-BF16: 337 captions/s, to AVX2: 63/s, fp32 530/s; a Xeon whose
+    tiles the hypervisor hides: 375/s against 617/s), so it is never picked there by itself."""
     if engine not in TEXT_ENGINES:
         raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
     if engine != "auto":
@@ -352,20 +352,46 @@ def batch_engine(engine: str) -> str:
 
 
 def native_bf16() -> bool:
-    """Whether torch's bf16 matrix products run at their native rate: on AMX tiles, or, on a CPU without them, on
-    AVX512-BF16 dot products (an AMD EPYC of that kind: 1.34-1.37x ONNX Runtime's fp32 captions/s, measured), oneDNN not
-    capped below either (``ONEDNN_MAX_CPU_ISA``, an operator's way to turn them off). An AMX CPU capped to
-    AVX512-BF16 is not native: its autocast measured 0.64x fp32."""
+    """Whether torch's bf16 matrix products run faster than fp32 here: on AMX tiles, or on the AVX512-BF16 dot
+    products of an AMD CPU without tiles, oneDNN not capped below either (``ONEDNN_MAX_CPU_ISA``, an operator's way
+    to turn them off). Measured on captions: an AMD EPYC with AVX512-BF16 1.34-1.37x ONNX Runtime's fp32; Intel
+    Xeons with AVX512-BF16 and no usable tiles 0.61x fp32 (the hypervisor hiding them) and 0.64x (oneDNN capped
+    below them), so Intel's AVX512-BF16 alone is not native."""
     import torch
 
-    if amx_available():
-        return True
     amx_probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some torch builds
     bf16_probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    if amx_probe is None or bf16_probe is None or amx_probe() or not bf16_probe():
+    if amx_probe is None or bf16_probe is None:
         return False
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    return not cap or cap == "ALL" or any(level in cap for level in ("BF16", "FP16", "AMX"))
+    return bf16_is_native(
+        amx_tiles=amx_probe(),
+        avx512_bf16=bf16_probe(),
+        vendor=cpu_vendor(),
+        isa_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+    )
+
+
+def bf16_is_native(*, amx_tiles: bool, avx512_bf16: bool, vendor: str, isa_cap: str) -> bool:
+    """:func:`native_bf16`'s rule on what it read: the CPU's units, its vendor (``/proc/cpuinfo``'s ``vendor_id``)
+    and oneDNN's ISA cap."""
+    cap = isa_cap.upper()
+    uncapped = not cap or cap == "ALL"
+    if amx_tiles:
+        return uncapped or "AMX" in cap
+    return avx512_bf16 and vendor == "AuthenticAMD" and (uncapped or any(k in cap for k in ("BF16", "FP16", "AMX")))
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``), or "" where the system does not say."""
+    try:
+        with cpuinfo.open() as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def amx_available() -> bool:
