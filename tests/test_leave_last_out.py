@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import numpy as np
 import polars as pl
 import pytest
 
-from benchmarks.quality import RANKED, RECENT_AT_CUT, RETRIEVAL, RankerSetup, evaluate_dataset, report_lines
+from benchmarks.quality import (
+    RANKED,
+    RECENT_AT_CUT,
+    RETRIEVAL,
+    RankerSetup,
+    evaluate_dataset,
+    history_segments,
+    report_lines,
+)
 from rec_core.data.split import (
     NEVER_MS,
     InteractionArrays,
@@ -246,6 +255,48 @@ def test_quality_report_runs_under_both_protocols_with_the_ranker(tiny: Settings
         assert (RANKED, "most_pop_recent_180d", "cold_recall@50") in served_pairs
         assert (RANKED, RETRIEVAL, "ndcg@20") in served_pairs
         verdicts = len(result["paired"]) + len(result["served_paired"])
+        verdicts += sum(len(segment["paired"]) for segment in result["segments"].values())
         assert len(re.findall(r"\| (better|worse|within noise) \|", text)) == verdicts
         assert len(result["paired"]) == 16
+        _check_segments(result, users, protocol, text)
         assert re.search(r"ms of LightGBM \([\d,]+ users/s\)", text)
+
+
+def _check_segments(result: dict, users: int, protocol: str, text: str) -> None:
+    """The comparisons by whether a user had any interaction before their test cut: the two segments hold every
+    evaluated user once, and each whole difference is their users' weighted mean."""
+    segments = result["segments"]
+    if protocol == "leave-last-out" and not segments:  # everyone evaluated had a training part of their own
+        return
+    sizes = {name: segment["users"] for name, segment in segments.items()}
+    assert set(sizes) == {"with history", "new at the test cut"} and sum(sizes.values()) == users
+    assert min(sizes.values()) > 0
+    for i, row in enumerate(result["paired"]):
+        parts = [segment["paired"][i] for segment in segments.values()]
+        assert {(p["model"], p["against"], p["metric"]) for p in parts} == {
+            (row["model"], row["against"], row["metric"])
+        }
+        if row["metric"] != "cold_recall@50":  # NaN for a user without a cold target: not a mean over all users
+            mean = sum(n * p["estimate"] for n, p in zip(sizes.values(), parts, strict=True)) / users
+            assert mean == pytest.approx(row["estimate"], abs=1e-12)
+    assert f"among the {sizes['new at the test cut']:,} evaluated users new at the test cut" in text
+
+
+def test_segments_split_the_evaluated_users_by_their_history_before_the_test_cut() -> None:
+    """Pure logic on a four-user split: u0 watched before the validation cut, u1 inside the validation window
+    only, u2 and u3 first at test time."""
+    interactions = pl.DataFrame(
+        {
+            "user_id": ["u0", "u0", "u1", "u2", "u3", "u0"],
+            "video_id": ["v0", "v1", "v1", "v0", "v1", "v2"],
+            "ts": [0, DAY_MS, 8 * DAY_MS, 9 * DAY_MS, 9 * DAY_MS, 9 * DAY_MS],
+        }
+    )
+    videos = pl.DataFrame({"video_id": ["v0", "v1", "v2"]})
+    at = dt.datetime.fromtimestamp
+    split = temporal_split(interactions, videos, valid_start=at(5 * 86_400, dt.UTC), test_start=at(9 * 86_400, dt.UTC))
+    index = {user: i for i, user in enumerate(split.user_ids)}
+    evaluated = np.array(sorted(index.values()))
+    segments = history_segments(split, evaluated)
+    assert sorted(split.user_ids[segments["with history"]]) == ["u0", "u1"]
+    assert sorted(split.user_ids[segments["new at the test cut"]]) == ["u2", "u3"]

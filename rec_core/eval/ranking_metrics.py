@@ -279,6 +279,17 @@ class UserMetrics:
         out["cold_users"] = float(np.isfinite(self.values[f"cold_recall@{self.ks[0]}"]).sum())
         return out
 
+    def among(self, users: np.ndarray) -> UserMetrics:
+        """These metrics for the evaluated users that ``users`` (indices) holds, in the same order; the catalogue's
+        coverage has no meaning for a subset of users and is NaN."""
+        keep = np.isin(self.users, users)
+        return UserMetrics(
+            self.users[keep],
+            self.ks,
+            {key: column[keep] for key, column in self.values.items()},
+            dict.fromkeys(self.coverage, math.nan),
+        )
+
 
 def user_metrics(
     score_fn: ScoreFn,
