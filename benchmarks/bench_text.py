@@ -5,7 +5,7 @@ The four runtimes (``REC_TEXT_MODEL=<model>``, ``+int8``, ``+onnx``, ``+onnx-int
 (``REC_TEXT_BATCH_ENGINE=onnx|bf16``) are timed alternately in the same run (best of ``ROUNDS`` each), so the speed-up
 ratios survive the drift of a shared machine, and each one's vectors are compared with torch fp32's (cosine, mean and
 min). The captions are a sample of the default synthetic world's, the texts the pipeline encodes. bf16 is only fast
-on a CPU with AMX tiles or AVX512-BF16 (``native_bf16``, printed in the notes).
+on a CPU with AMX tiles or AMD's AVX512-BF16 (``native_bf16``, printed in the notes).
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ import pyarrow as pa
 
 from benchmarks.common import BenchRow, stopwatch
 from rec_core.data.lake import Lake
-from rec_core.model.text_encoder import WHEEL_MODEL, TextEncoder, amx_available, native_bf16, video_text
+from rec_core.model.text_encoder import (
+    WHEEL_MODEL,
+    TextEncoder,
+    amx_available,
+    cpu_vendor,
+    native_bf16,
+    video_text,
+)
 from rec_core.model.text_features import embed_videos_text
 from rec_core.settings import Settings
 from rec_core.synthetic.commit import generate_data
@@ -85,7 +92,7 @@ def run() -> list[BenchRow]:
             warm_seconds.append(warm.seconds)
 
     threads = torch.get_num_threads()
-    native = "AMX tiles" if amx_available() else "AVX512-BF16" if native_bf16() else "none"
+    native = "AMX tiles" if amx_available() else f"AVX512-BF16 ({cpu_vendor()})" if native_bf16() else "none"
     note = (
         f"{N_CAPTIONS} captions of the default world, {threads} torch threads, best of {ROUNDS}, native bf16: {native}"
     )
