@@ -368,10 +368,8 @@ def _ranked(
     reasons = {} if reasons is None else reasons
     text = frame["reason"].fill_null("")
     here = text.unique(maintain_order=True)
-    for reason in here.to_list():
-        reasons.setdefault(reason, len(reasons))
+    to_shared = np.fromiter((reasons.setdefault(r, len(reasons)) for r in here.to_list()), np.int32, len(here))
     local = text.cast(pl.Enum(here)).to_physical().to_numpy() if len(here) else np.zeros(0, np.int64)
-    to_shared = np.fromiter((reasons[r] for r in here.to_list()), dtype=np.int32, count=len(here))
     return RankedList(
         codes=codes.cast(pl.Int32).to_numpy(),
         scores=frame["score"].to_numpy().astype(np.float32),
