@@ -374,11 +374,15 @@ def native_bf16() -> bool:
 def bf16_is_native(*, amx_tiles: bool, avx512_bf16: bool, vendor: str, isa_cap: str) -> bool:
     """:func:`native_bf16`'s rule on what it read: the CPU's units, its vendor (``/proc/cpuinfo``'s ``vendor_id``)
     and oneDNN's ISA cap."""
-    cap = isa_cap.upper()
-    uncapped = not cap or cap == "ALL"
     if amx_tiles:
-        return uncapped or "AMX" in cap
-    return avx512_bf16 and vendor == "AuthenticAMD" and (uncapped or any(k in cap for k in ("BF16", "FP16", "AMX")))
+        return _isa_allows(isa_cap, "AMX")
+    return avx512_bf16 and vendor == "AuthenticAMD" and _isa_allows(isa_cap, "BF16", "FP16", "AMX")
+
+
+def _isa_allows(isa_cap: str, *levels: str) -> bool:
+    """Whether oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``; empty or ``ALL``: none) reaches one of ``levels``."""
+    cap = isa_cap.upper()
+    return not cap or cap == "ALL" or any(level in cap for level in levels)
 
 
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -400,8 +404,7 @@ def amx_available() -> bool:
     import torch
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some torch builds
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    return bool(probe is not None and probe()) and (not cap or "AMX" in cap or cap == "ALL")
+    return bool(probe is not None and probe()) and _isa_allows(os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "AMX")
 
 
 def _onnx_runner(
