@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rec_core.arrays import sorted_unique
 from rec_core.atomic import write_bytes_atomic
 from rec_core.data.lake import lake_for
 from rec_core.data.split import Protocol, Split, SplitPart, split_from_lake, training_view
@@ -71,7 +72,7 @@ class LakeData:
         sampled = with_test_sample(self.split, users)
         if sampled is self.split:
             return self
-        tested = len(np.unique(self.split.test.user_idx))
+        tested = len(sorted_unique(self.split.test.user_idx))
         log.info("evaluating on %d of the %d test users (a fixed sample by id hash)", users, tested)
         return dataclasses.replace(self, split=sampled)
 

@@ -15,6 +15,7 @@ import hashlib
 
 import numpy as np
 
+from rec_core.arrays import sorted_unique
 from rec_core.data.split import Split
 
 
@@ -22,7 +23,7 @@ def with_test_sample(split: Split, users: int) -> Split:
     """``split`` with its test part cut to the rows of at most ``users`` users (0: every user, unchanged)."""
     if users < 0:
         raise ValueError(f"users must be 0 (all) or a positive number, got {users}")
-    tested = np.unique(split.test.user_idx)
+    tested = sorted_unique(split.test.user_idx)
     if users == 0 or len(tested) <= users:
         return split
     chosen = tested[sample_order(split.user_ids[tested])[:users]]

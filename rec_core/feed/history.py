@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from rec_core.arrays import sorted_unique
 from rec_core.feed.candidates import ExclusionCSR
 from rec_core.feed.catalogue import FeedCatalogue, FeedInputs, codes_of
 from rec_core.feed.reasons import UserSignals
@@ -82,7 +83,7 @@ def _user_signals(
     f_user = codes_of(follows["user_id"], pl.Series(user_ids))
     f_creator = codes_of(follows["creator_id"], pl.Series(cat.creator_ids))
     ok = (f_user >= 0) & (f_creator >= 0)
-    follow_keys = np.unique(f_user[ok] * n_creators + f_creator[ok])
+    follow_keys = sorted_unique(f_user[ok] * n_creators + f_creator[ok])
 
     # Videos recently liked by the creators each user follows ("popular with creators you follow").
     likes = inputs.interactions.filter(pl.col("liked"))
@@ -95,7 +96,7 @@ def _user_signals(
     )
     followed = pl.DataFrame({"uidx": f_user[ok], "creator": f_creator[ok]})
     pairs = followed.join(creator_likes.select("creator", "vidx"), on="creator", how="inner")
-    followed_like_keys = np.unique(pairs["uidx"].to_numpy() * n_videos + pairs["vidx"].to_numpy())
+    followed_like_keys = sorted_unique(pairs["uidx"].to_numpy() * n_videos + pairs["vidx"].to_numpy())
 
     # Each user's most recent likes, most recent first.
     recent = (

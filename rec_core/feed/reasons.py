@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from rec_core.arrays import sorted_unique
 from rec_core.feed.reasons_kernel import explain_rows
 
 CAPTION_CHARS = 40
@@ -85,7 +86,7 @@ class TagIndex:
         codes = flat["tag"].cast(pl.Enum(names_all)).to_physical().to_numpy().astype(np.int64)
         names_all = names_all.to_numpy().astype(object)
         # Count each tag once per video, so a caption repeating a tag does not make it common.
-        pair = np.unique(video_of * len(names_all) + codes)
+        pair = sorted_unique(video_of * len(names_all) + codes)
         video_of, codes = pair // len(names_all), pair % len(names_all)
         df = np.bincount(codes, minlength=len(names_all))
         specific = df <= max(1.0, GENERIC_TAG_SHARE * n_videos)
