@@ -33,12 +33,19 @@ _I8, _I4, _F4, _F8, _B = types.int64, types.int32, types.float32, types.float64,
 I1, I2, I4_1, I4_2 = _array(_I8, 1), _array(_I8, 2), _array(_I4, 1), _array(_I4, 2)
 F4_1, F4_2, F8_1 = _array(_F4, 1), _array(_F4, 2), _array(_F8, 1)
 B1, B2 = _array(_B, 1), _array(_B, 2)
-I1_RO, I2_RO, I4_1_RO, F4_1_RO = (_array(t, n, readonly=True) for t, n in ((_I8, 1), (_I8, 2), (_I4, 1), (_F4, 1)))
+I1_RO, I2_RO, I4_1_RO, F4_1_RO, F4_2_RO = (
+    _array(t, n, readonly=True) for t, n in ((_I8, 1), (_I8, 2), (_I4, 1), (_F4, 1), (_F4, 2))
+)
 B1_RO, B2_RO = _array(_B, 1, readonly=True), _array(_B, 2, readonly=True)
 
 # "module.function" -> the argument types of each compiled version.
 SIGNATURES: dict[str, tuple[tuple[types.Type, ...], ...]] = {
     "rec_core.model.lazy_adam._update": ((F4_2, F4_2, F4_2, I1, F4_2, _F4, _F4, _F4, _F4),),
+    # The caption text a worker maps from the serving index is read-only; the batch's is not.
+    "rec_core.model.history_text_kernel.mean_text": (
+        (F4_2, I1, F4_2, I1, I1, I1, B1, F4_2),
+        (F4_2, I1, F4_2_RO, I1, I1, I1, B1, F4_2),
+    ),
     "rec_core.snapshot.feed_repeats._extra_rows": ((I1, I4_1_RO, _I8),),
     "rec_core.rank.compiled_forest._raw_scores": ((F4_2, I4_1, F8_1, I4_1, _I8),),
     "rec_core.rank.compiled_forest._sigmoid": ((F8_1, _F8),),

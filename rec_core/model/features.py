@@ -35,6 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from rec_core.ids import per_distinct
+from rec_core.model.history_text_kernel import mean_text
 from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, UserBatch, VideoBatch
 from rec_core.model.video_engagement import (
     RECENT_WINDOWS_DAYS,
@@ -481,19 +482,20 @@ def _pool_rows(
     """
     positions, offsets = _gather_ranges(matrix.indices, matrix.indptr[rows], matrix.indptr[rows + 1])
     lengths = np.diff(np.append(offsets, len(positions)))
-    text = text_sum[rows]
+    removed, left_out = np.zeros(len(rows), dtype=np.int64), np.zeros(0, dtype=np.int64)
     if exclude is not None and len(positions):
         keep = positions != np.repeat(exclude, lengths)
         owner = np.repeat(np.arange(len(rows)), lengths)
         removed = np.bincount(owner[~keep], minlength=len(rows))
         positions = positions[keep]
         lengths = lengths - removed
-        text = text - removed[:, None].astype(np.float32) * catalogue.text[exclude]
-    if as_new is not None and as_new.any():
-        keep = ~np.repeat(as_new, lengths)
-        positions = positions[keep]
-        lengths = np.where(as_new, 0, lengths)
-        text = np.where(as_new[:, None], 0.0, text)
+        left_out = np.ascontiguousarray(exclude, dtype=np.int64)
+    new = np.zeros(len(rows), dtype=bool) if as_new is None else np.ascontiguousarray(as_new, dtype=bool)
+    if new.any():
+        positions = positions[~np.repeat(new, lengths)]
+        lengths = np.where(new, 0, lengths)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    text = (text / np.maximum(lengths, 1)[:, None]).astype(np.float32)
+    text = np.empty((len(rows), text_sum.shape[1]), dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    mean_text(text_sum, rows, catalogue.text, left_out, removed, lengths, new, text)
     return catalogue.item_idx[positions].astype(np.int64), offsets, text
