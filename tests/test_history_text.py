@@ -11,7 +11,14 @@ import scipy.sparse as sp
 from rec_core.model.features import Catalogue, _pool_rows
 
 
-def _numpy_mean(matrix, text_sum, rows, text, exclude, as_new):  # type: ignore[no-untyped-def]
+def _numpy_mean(
+    matrix: sp.csr_matrix,
+    text_sum: np.ndarray,
+    rows: np.ndarray,
+    text: np.ndarray,
+    exclude: np.ndarray | None,
+    as_new: np.ndarray | None,
+) -> np.ndarray:
     """The four passes as numpy made them before the kernel (features.py at 198cfe0)."""
     starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
     lengths = ends - starts
