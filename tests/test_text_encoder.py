@@ -450,6 +450,8 @@ def test_a_whole_lookup_is_kept_aligned_and_the_next_reads_only_that(
     monkeypatch.setattr(text_features, "TextEncoder", _NeverLoad)
     again, stats = embed_videos_text(pl.from_arrow(videos).to_arrow(), settings.paths, settings.model)
     np.testing.assert_array_equal(again, first)
+    # Mapped, not read: each embed shard's process shares the page cache's copy (768 MB at the large scale).
+    assert isinstance(again, np.memmap) and not again.flags.writeable
     assert (stats.hits, stats.misses) == (6, 0)
     monkeypatch.undo()
 

@@ -285,7 +285,7 @@ def video_shard(
     lo, hi = shard_bounds(videos.height, shard, build.video_shards)
     part = videos.slice(lo, hi - lo)
     # The whole table's caption lookup, cut: the release and every other shard look that table up, so it is kept
-    # aligned (rec_core.model.text_features) and read back in a second, where this part's own would miss it.
+    # aligned (rec_core.model.text_features) and mapped from there, where this part's own would miss it.
     text = np.ascontiguousarray(model_text(paths, model, loaded, videos)[lo:hi])
     catalogue = build_catalogue(part, lake.interactions, text, loaded.vocabs, as_of_ms(build))
     vectors = video_vectors(loaded.model, catalogue, loaded.stats).numpy()
