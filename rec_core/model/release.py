@@ -51,7 +51,12 @@ from rec_core.model.ranking import (
 )
 from rec_core.model.retention import prune_versions
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, model_store
-from rec_core.model.text_features import compact_cache, embed_videos_text, encode_text_part
+from rec_core.model.text_features import (
+    compact_cache,
+    embed_videos_text,
+    encode_text_part,
+    fold_shared_cache,
+)
 from rec_core.model.training import (
     StartFrom,
     TrainConfig,
@@ -73,7 +78,8 @@ log = logging.getLogger(__name__)
 
 def build_features(settings: Settings, caption_shards: int = 1, shard: int = 0) -> dict:
     """Embed every video's caption and hashtags into the feature cache; a rerun encodes only new or changed text,
-    and the cache sheds the texts no video carries any more once they pass its slack (``compact_cache``).
+    and the cache sheds the texts no video carries any more once they pass its slack (``compact_cache``); on an
+    object store, the files runs pushed to the shared cache are folded into one past a few (``fold_shared_cache``).
 
     With ``caption_shards`` > 1 this call encodes one part of the texts (``shard``): the stage is mapped over the
     parts, so several workers share a cold encoding."""
@@ -82,14 +88,15 @@ def build_features(settings: Settings, caption_shards: int = 1, shard: int = 0) 
         _, stats = embed_videos_text(videos, settings.paths, settings.model)
     else:
         stats = encode_text_part(videos, settings.paths, settings.model, shard, caption_shards)
-    # Any part may compact: it keeps every live text, whichever part encodes it, and appends wait on its lock.
-    dropped = compact_cache(videos, settings.paths, settings.model)
+    # Any part may compact or fold: each keeps every live text, whichever part encodes it, and appends and pushes
+    # made meanwhile are kept (the cache's lock, the store's manifest swap).
     return {
         "videos": videos.num_rows,
         "shard": shard,
         "shards": caption_shards,
         **dataclasses.asdict(stats),
-        "cache_dropped": dropped,
+        "cache_dropped": compact_cache(videos, settings.paths, settings.model),
+        "store_files_folded": fold_shared_cache(videos, settings.paths, settings.model),
     }
 
 

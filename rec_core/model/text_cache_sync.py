@@ -10,6 +10,10 @@ A merged file is recorded by its checksum in ``merged.json`` beside the local ca
 one process of a machine merges at a time (a lock beside it), and files are read from the store into memory, never
 through a folder two processes share. A file is named at random when pushed, so two pushes never replace each
 other; overlapping files only cost the merge time (the cache's append keeps one entry per key).
+
+Every run that encodes something pushes a file, so past :data:`FILES_KEPT` of them ``build_features`` folds them
+into one file of the live lake's texts (:meth:`SharedTextCache.replace`): the folder, the blobs it leaves
+behind and each machine's ``merged.json`` stay bounded by the live lake, whatever the number of runs and edits.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "features/text"  # under the object store's prefix
 MERGED = "merged.json"
+FILES_KEPT = 8  # pushed files the folder may hold before build_features folds them into one
+# A blob no manifest names, younger than this, may be a push between its upload and its manifest swap: kept.
+BLOB_GRACE_S = 3600.0
 
 
 class SharedTextCache:
@@ -71,21 +78,44 @@ class SharedTextCache:
         return out
 
     def record_merged(self, shas: list[str]) -> None:
-        """These files (checksums from :meth:`unmerged`) are in the local cache now. Call within :meth:`merging`."""
-        self._write_merged(self._merged() | set(shas))
+        """These files (checksums from :meth:`unmerged`) are in the local cache now; files the folder no longer
+        holds are forgotten. Call within :meth:`merging`."""
+        self._write_merged((self._merged() | set(shas)) & set(self.folder.files().values()))
+
+    def files(self) -> list[str]:
+        """The names of the files pushed that the folder holds now."""
+        return list(self.folder.files())
+
+    def replace(self, files: list[str], entries: pa.Table, grace_s: float = BLOB_GRACE_S) -> None:
+        """Put ``entries`` in place of ``files`` (listed before this machine merged them, so a file pushed since
+        stays beside it) in one manifest swap, then delete the blobs left unnamed for ``grace_s``."""
+        name = self._push(entries, remove=files)
+        pruned = self.folder.prune_blobs(grace_s)
+        log.info(
+            "folded %d text embedding files on %s into %s (%d entries); %d old blobs deleted",
+            len(files),
+            self.where(),
+            name,
+            entries.num_rows,
+            pruned,
+        )
 
     def push(self, entries: pa.Table) -> None:
         """Share what this machine encoded (keys and vectors, the cache's schema), from a folder of this process's
         own; this machine's cache has them, so the file is recorded as merged here."""
+        self._push(entries)
+        log.info("shared %d text embeddings on %s", entries.num_rows, self.where())
+
+    def _push(self, entries: pa.Table, remove: list[str] | None = None) -> str:
         name = f"{uuid.uuid4().hex}.parquet"
         with tempfile.TemporaryDirectory(prefix="text-push-") as scratch:
             pq.write_table(entries, Path(scratch) / name, compression="none")
-            SyncedFolder(self.folder.store, self.folder.prefix, Path(scratch)).push([name])
+            SyncedFolder(self.folder.store, self.folder.prefix, Path(scratch)).push([name], remove=remove or [])
         sha = self.folder.files().get(name)
         if sha is not None:
             with self.merging():
                 self.record_merged([sha])
-        log.info("shared %d text embeddings on %s", entries.num_rows, self.where())
+        return name
 
     def _merged(self) -> set[str]:
         try:

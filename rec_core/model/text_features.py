@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_core.atomic import exclusive_lock, write_with
-from rec_core.model.text_cache_sync import SharedTextCache
+from rec_core.model.text_cache_sync import FILES_KEPT, SharedTextCache
 from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
 from rec_core.settings import ModelSettings, PathSettings
 from rec_core.storage.object_store import StoreError
@@ -194,7 +194,7 @@ def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -
     limit = int(videos.num_rows * (1 + COMPACT_SLACK))
     if _cached_rows(path) <= limit:  # the footer only: this check runs at every build_features
         return 0
-    live = pa.array(sorted(set(_texts_and_keys(videos, model_id)[1])), pa.string())
+    live = _live_keys(videos, model_id)
     with _writer_lock(path):
         current = _read_cache(path, source.dim())
         if current is None or current.num_rows <= limit:
@@ -204,6 +204,36 @@ def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -
     dropped = current.num_rows - kept.num_rows
     log.info("text embedding cache %s: dropped %d entries no video carries, kept %d", path, dropped, kept.num_rows)
     return dropped
+
+
+def fold_shared_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -> int:
+    """Where the lake is on an object store and the shared cache of ``model.text_model`` holds more than
+    :data:`FILES_KEPT` pushed files: merge them all here, then push one file of the texts ``videos`` (the whole live
+    lake) carries in their place. Returns how many files were replaced. If the merge fails nothing is folded (this
+    machine's cache would lack what the others pushed); a store that fails is logged and left as it was."""
+    source = resolve_model(model.text_model)
+    model_id, dim = source.model_id(), source.dim()
+    path = cache_dir(paths, model_id, source.label) / CACHE_FILE
+    shared = SharedTextCache.of(paths, path.parent)
+    if shared is None:
+        return 0
+    try:
+        files = shared.files()  # before the merge: what is folded must be here first
+        if len(files) <= FILES_KEPT:
+            return 0
+        _pull_shared(shared, path, dim)
+        cached = _read_cache(path, dim)
+        if cached is None:
+            return 0
+        shared.replace(files, cached.filter(pc.is_in(cached.column("key"), value_set=_live_keys(videos, model_id))))
+        return len(files)
+    except (OSError, StoreError, VersionError, pa.ArrowException) as exc:
+        log.warning("could not fold the text embeddings on %s (%s); left as they are", shared.where(), exc)
+        return 0
+
+
+def _live_keys(videos: pa.Table, model_id: str) -> pa.Array:
+    return pa.array(sorted(set(_texts_and_keys(videos, model_id)[1])), pa.string())
 
 
 def _cached_rows(path: Path) -> int:
@@ -333,17 +363,22 @@ def _merge_shared(shared: SharedTextCache, path: Path, dim: int) -> bool:
     """Merge what other machines pushed into the local cache (one rewrite for all of it); whether anything came.
     A store that cannot be read is logged and skipped: the texts are then encoded here, as without a store."""
     try:
-        with shared.merging():
-            pulled = shared.unmerged()
-            if not pulled:
-                return False
-            _append(path, dim, pa.concat_tables([table.cast(_cache_schema(dim)) for _, table in pulled]))
-            shared.record_merged([sha for sha, _ in pulled])
+        return _pull_shared(shared, path, dim) > 0
     except (OSError, StoreError, VersionError, pa.ArrowException) as exc:
         log.warning("could not merge the text embeddings on %s (%s); encoding what is missing", shared.where(), exc)
         return False
+
+
+def _pull_shared(shared: SharedTextCache, path: Path, dim: int) -> int:
+    """Merge the files pushed that this machine has not merged yet; returns how many there were."""
+    with shared.merging():
+        pulled = shared.unmerged()
+        if not pulled:
+            return 0
+        _append(path, dim, pa.concat_tables([table.cast(_cache_schema(dim)) for _, table in pulled]))
+        shared.record_merged([sha for sha, _ in pulled])
     log.info("merged %d text embeddings from %s", sum(t.num_rows for _, t in pulled), shared.where())
-    return True
+    return len(pulled)
 
 
 def _share(shared: SharedTextCache, fresh: pa.Table) -> None:

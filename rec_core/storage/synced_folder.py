@@ -13,7 +13,8 @@ the manifest holds by then (another machine's push in between is re-read and kep
 manifest is the commit: a pusher killed before it changed nothing, one killed after it changed everything. A
 pull copies each file whose checksum differs from the local copy's, checked before it is renamed into place.
 Blobs that no manifest names any more are left for :meth:`SyncedFolder.delete` (a folder is small and short-lived
-compared with the data it describes).
+compared with the data it describes), or for :meth:`SyncedFolder.prune_blobs` where a folder lives on and sheds
+files (the shared caption cache).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -119,6 +121,20 @@ class SyncedFolder:
                     raise PreconditionFailed(f"{self.where()} was made by another writer first") from None
                 log.info("%s changed while pushing; merging again", self.where())
         raise PreconditionFailed(f"{self.where()}: the manifest kept changing for {ATTEMPTS} attempts")
+
+    def prune_blobs(self, older_than_s: float) -> int:
+        """Delete the blobs the manifest no longer names, once older than ``older_than_s`` (a younger one may be
+        a push's, uploaded before its manifest swap); returns how many went. A reader still holding the manifest
+        from before they were dropped fails its read of them with :class:`VersionError`."""
+        named = set(self.files().values())
+        now = time.time()
+        stale = []
+        for key in self.store.keys(self._key("blobs/")):
+            written = None if key.rsplit("/", 1)[-1] in named else self.store.modified(key)
+            if written is not None and now - written >= older_than_s:
+                stale.append(key)
+        self.store.delete(stale)
+        return len(stale)
 
     def delete(self) -> None:
         """Remove the folder from the store (its manifest first, so no reader starts on a half-deleted folder)."""
