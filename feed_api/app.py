@@ -21,6 +21,7 @@ from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
 
 from feed_api.auth import auth_middleware
+from feed_api.batcher import Busy
 from feed_api.bodies import MAX_BODY_BYTES, locate
 from feed_api.controllers import CONTROLLERS
 from feed_api.dependencies import app_state, provide_reader, provide_updates
@@ -143,6 +144,10 @@ def _as_api_error(exc: Exception) -> ApiError:
         log.error("inbox write failed: %s", exc)
         return ApiError(
             503, "inbox_unavailable", None, "the write could not be made durable; nothing was kept", "retry shortly"
+        )
+    if isinstance(exc, Busy):  # a flood outpaces the disk or the encoder: refused before anything was kept
+        return ApiError(
+            503, "busy", None, f"{exc}; nothing was kept", "retry in a second", headers={"Retry-After": "1"}
         )
     if isinstance(exc, RecursionError):  # msgspec's answer to `[[[[...` thousands deep, in Litestar's own decoding
         return too_deep()

@@ -5,6 +5,10 @@ encoder and video tower (one forward pass), and the inbox (one fsync for many
 records, a group commit). While one batch runs in a worker thread, new items
 queue up and form the next batch, so under load batches grow by themselves and
 an idle server adds no delay.
+
+Bounded (docs/architecture.md, invariant 9): at most ``max_waiting`` items wait for a batch; past it
+:meth:`MicroBatcher.submit` refuses at once with :class:`Busy` (the API's 503), before anything is kept, so a slow
+disk or encoder under a flood costs refusals, not memory.
 """
 
 from __future__ import annotations
@@ -18,10 +22,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Busy(Exception):
+    """The batcher already holds its most waiting items; this one was not taken."""
+
+    def __init__(self, name: str, waiting: int) -> None:
+        super().__init__(f"{waiting} {name} writes are already waiting")
+        self.name = name
+        self.waiting = waiting
+
+
 class MicroBatcher(Generic[T, R]):
-    def __init__(self, fn: Callable[[list[T]], list[R]], *, max_batch: int = 64, name: str = "batch") -> None:
+    def __init__(
+        self, fn: Callable[[list[T]], list[R]], *, max_batch: int = 64, max_waiting: int = 1024, name: str = "batch"
+    ) -> None:
         self._fn = fn
         self._max = max_batch
+        self._max_waiting = max_waiting
         self._name = name
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -29,7 +45,7 @@ class MicroBatcher(Generic[T, R]):
         self.items = 0
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=self._max_waiting)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
@@ -40,11 +56,15 @@ class MicroBatcher(Generic[T, R]):
             self._task = None
 
     async def submit(self, item: T) -> R:
-        """The result of ``fn`` for ``item``; raises what ``fn`` raised for its batch."""
+        """The result of ``fn`` for ``item``; raises what ``fn`` raised for its batch, or :class:`Busy` at once
+        when ``max_waiting`` items already wait."""
         if self._queue is None:
             raise RuntimeError(f"{self._name} batcher is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Busy(self._name, self._max_waiting) from None
         return await future
 
     async def _run(self) -> None:

@@ -18,8 +18,10 @@ raises :class:`rec_core.data.inbox.InboxWriteError` unchanged to the app's
 error handler (a 503), with nothing of it kept and nothing changed.
 
 Bounded (invariant 9): user state (:mod:`feed_api.user_state`), the posted
-videos kept searchable (``api_posted_videos_max``, oldest out first) and each
-inbox read (``api_inbox_read_bytes`` a pass) all have a cap.
+videos kept searchable (``api_posted_videos_max``, oldest out first), the
+writes waiting for their batch (``api_writes_waiting_max``; past it a 503
+``busy``, nothing kept) and each inbox read (``api_inbox_read_bytes`` a pass)
+all have a cap.
 """
 
 from __future__ import annotations
@@ -79,9 +81,13 @@ class LiveUpdates:
         self._last_drop = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._inbox_batcher: MicroBatcher[Records, str] = MicroBatcher(self._append, name="inbox")
+        waiting = api.writes_waiting_max
+        self._inbox_batcher: MicroBatcher[Records, str] = MicroBatcher(self._append, max_waiting=waiting, name="inbox")
         self._video_batcher: MicroBatcher[tuple[dict[str, Any], bool], np.ndarray | ApiError] = MicroBatcher(
-            lambda items: self.posted.index(live_view(self.registry, paths), items), max_batch=32, name="videos"
+            lambda items: self.posted.index(live_view(self.registry, paths), items),
+            max_batch=32,
+            max_waiting=waiting,
+            name="videos",
         )
 
     # ---- life cycle ------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ ERRORS = {
     "413": "The body is over 1 MiB",
     "415": "The body is not declared as JSON",
     "429": "Rate limited (REC_API_RATE_LIMIT)",
-    "503": "No snapshot loaded yet, or the inbox cannot be written: retry",
+    "503": "No snapshot loaded yet, the inbox cannot be written, or too many writes are waiting: retry",
 }
 # What each route can answer besides 2xx; every non-public route also answers 401 and 403.
 ROUTE_ERRORS: dict[tuple[str, str], tuple[str, ...]] = {

@@ -400,6 +400,13 @@ class ApiSettings(_Section):
         lo=1,
         env="API_POSTED_VIDEOS_MAX",
     )
+    writes_waiting_max: int = _setting(
+        1024,
+        "Writes (events, users, videos) one worker holds waiting for their group commit or encoding, per kind; past "
+        "it they are refused at once with 503 `busy` and nothing is kept.",
+        lo=1,
+        env="API_WRITES_WAITING_MAX",
+    )
     inbox_read_bytes: int = _setting(
         8 << 20,
         "Most inbox bytes the API reads per pass when it replays or follows the inbox.",

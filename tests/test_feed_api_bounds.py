@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
+from feed_api.app import _as_api_error
+from feed_api.batcher import Busy
 from feed_api.bodies import EventIn, RecommendationsIn, VideoIn
 from feed_api.errors import ApiError
 from feed_api.live_updates import LiveUpdates
@@ -176,6 +179,45 @@ def test_a_posted_id_that_exists_is_refused_before_anything_is_written(world_cop
                 return_exceptions=True,
             )
             assert sorted(type(r).__name__ for r in racing) == ["ApiError", "VideoOut"]
+
+    asyncio.run(scenario())
+
+
+def test_writes_past_the_waiting_bound_are_refused_at_once_and_none_of_them_is_kept(
+    world_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that stalls under a flood: past REC_API_WRITES_WAITING_MAX waiting writes the next is refused at
+    once (503 busy, Retry-After) instead of queueing without end; the waiting ones are all kept once it recovers."""
+
+    async def scenario() -> None:
+        async with running(world_copy, REC_API_WRITES_WAITING_MAX="2") as api:
+            stall = threading.Event()
+            disk = api.updates.inbox.append_many
+
+            def stalled(records: list, at: object = None) -> None:  # the disk stalls; the logic is the real one
+                stall.wait(30)
+                disk(records, at)
+
+            monkeypatch.setattr(api.updates.inbox, "append_many", stalled)
+
+            def write(i: int) -> asyncio.Task:
+                return asyncio.ensure_future(
+                    api.updates.add_events([EventIn(user_id="u-flood", video_id=f"v{i}", type="watch")])
+                )
+
+            first = write(0)  # the batch in flight, held by the disk
+            await asyncio.sleep(0.2)
+            waiting = [write(1), write(2)]
+            await asyncio.sleep(0.1)
+            with pytest.raises(Busy) as refused:
+                await api.updates.add_events([EventIn(user_id="u-flood", video_id="v3", type="watch")])
+            answer = _as_api_error(refused.value)
+            assert (answer.status, answer.code, answer.headers) == (503, "busy", {"Retry-After": "1"})
+            stall.set()
+            assert [r.accepted for r in await asyncio.gather(first, *waiting)] == [1, 1, 1]
+            await write(4)  # room again
+            kept = [r.data["video_id"] for r in iter_kind(read_new(world_copy / "inbox", {}), "event")]
+            assert kept == ["v0", "v1", "v2", "v4"], "the refused write left nothing"
 
     asyncio.run(scenario())
 
