@@ -471,6 +471,29 @@ def test_keeps_k_published_never_the_live_or_one_in_progress(settings: Settings)
     assert live_snapshot_id(settings.paths) == newest.snapshot_id and live_snapshot(settings.paths).root.is_dir()
 
 
+def test_the_history_keeps_its_tail_and_what_it_says_of_snapshots_still_held(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish log does not grow with every publish: past HISTORY_KEPT entries the older ones go, except
+    those naming a snapshot still held, which pruning and rollback read."""
+    import rec_core.snapshot.publish as snapshot
+
+    monkeypatch.setattr(snapshot, "HISTORY_KEPT", 1)
+    settings = settings.override(snapshots_keep=2)
+    ids = []
+    for second in range(1, 5):
+        paths = valid_snapshot(settings, second)
+        publish(settings.paths, paths.snapshot_id, keep=settings.batch.snapshots_keep)
+        ids.append(paths.snapshot_id)
+    assert [e["snapshot_id"] for e in read_history(settings.paths)] == ids[2:]  # the two held; the rest pruned
+    assert rollback(settings.paths) == ids[2]  # the older held one's entry is what rollback goes back to
+    assert [(e["snapshot_id"], e["action"]) for e in read_history(settings.paths)] == [
+        (ids[2], "publish"),
+        (ids[3], "publish"),
+        (ids[2], "rollback"),
+    ]
+
+
 def test_pruning_drops_server_collections_and_retries_failed_drops(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

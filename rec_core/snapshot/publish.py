@@ -16,7 +16,9 @@ manifest that :mod:`rec_core.snapshot.manifest` reads back):
    collection dropped, then the folder removed; a kill in between leaves a trash
    folder the next prune finishes. Folders never published are left alone while
    anything in them is younger than ``abandoned_after`` (a build in progress),
-   and removed once older (an abandoned build).
+   and removed once older (an abandoned build). The history keeps its last
+   :data:`HISTORY_KEPT` entries and every older one that names a snapshot still
+   held, so it does not grow with every publish.
 4. :func:`rollback` makes the most recent earlier snapshot live again, skipping
    snapshots that were themselves rolled back from (rolling back twice never
    returns to the bad one).
@@ -64,6 +66,9 @@ log = logging.getLogger(__name__)
 TRASH_PREFIX = ".trash-"
 # A never-published folder untouched for this long is an abandoned build, not one in progress.
 ABANDONED_AFTER = dt.timedelta(days=1)
+# Publish-log entries kept beyond those naming a snapshot still held (each API worker on a store rereads the log):
+# enough that a machine away for that many publishes still learns which of its copies were pruned.
+HISTORY_KEPT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +361,20 @@ def _prune(
             _remove_trash(paths, trash)
         elif paths.milvus_uri:
             _drop_collection_or_warn(paths, name)
+    _trim_history(paths, remote, (held | stored) - set(doomed))
     return doomed
+
+
+def _trim_history(paths: PathSettings, remote: RemoteSnapshots | None, remaining: set[str]) -> None:
+    """The last HISTORY_KEPT entries, and older ones that name a remaining snapshot (as published, or as rolled
+    back from: what pruning and rollback read of it)."""
+    history = _history(paths)
+    tail = len(history) - HISTORY_KEPT
+    kept = [
+        e for i, e in enumerate(history) if i >= tail or e["snapshot_id"] in remaining or e.get("previous") in remaining
+    ]
+    if len(kept) < len(history):
+        _write_history(paths, remote, kept)
 
 
 def _remove_trash(paths: PathSettings, trash: Path) -> None:
