@@ -309,7 +309,7 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
     from rec_core.model.release import choose_model
     from rec_core.settings import Settings
     from rec_core.snapshot.begin import begin
-    from rec_core.snapshot.layout import SnapshotError, live_snapshot_id
+    from rec_core.snapshot.layout import SnapshotError, begin_snapshot, live_snapshot_id
     from rec_core.snapshot.publish import publish
     from rec_core.snapshot.validate import validate_snapshot
     from rec_core.snapshot.vector_load import load_vectors
@@ -335,8 +335,26 @@ def test_killed_materialization_leaves_the_live_snapshot_alone(airflow_db: Path,
     publish(settings.paths, live, keep=settings.batch.snapshots_keep)
     before = {p.name: p.read_bytes() for p in (settings.paths.snapshots_dir / live / "feeds").iterdir()}
 
+    # A build an earlier run abandoned two days ago (never validated, nothing published since): the next build's
+    # begin removes it, so runs that keep failing do not pile snapshots up.
+    abandoned = begin_snapshot(
+        settings.paths,
+        model_version="m-abandoned",
+        lake_version="v0",
+        as_of=dt.datetime.now(dt.UTC),
+        video_shards=1,
+        user_shards=1,
+        embedding_dim=8,
+        feed_length=10,
+        now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    ).root
+    two_days_ago = time.time() - 2 * 86_400
+    for path in [*abandoned.rglob("*"), abandoned]:
+        os.utime(path, (two_days_ago, two_days_ago))
+
     time.sleep(1.1)  # snapshot ids have one-second resolution
     new = build_upto_materialize()
+    assert not abandoned.exists() and (settings.paths.snapshots_dir / live).is_dir()
     script = f"""
 import os, signal
 from pathlib import Path

@@ -27,6 +27,7 @@ from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
 from rec_core.snapshot.model_copy import copy_model, model_file_names
+from rec_core.snapshot.publish import prune
 from rec_core.snapshot.rank_state import build_state, choose_ranker, write_rank_arrays, write_ranking
 from rec_core.snapshot.remote import remote_snapshots
 
@@ -48,6 +49,9 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
     model = store.current()
     if model is None:
         raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
+    # Builds abandoned by earlier runs (killed, or refused by validation) go here too, not only after the next
+    # publish: runs that keep failing must not pile snapshots up. A build in progress elsewhere is recent: kept.
+    prune(settings.paths, keep=settings.batch.snapshots_keep)
     # The inbox offsets first: ingest marks them only after its lake commit, so read before the lake version
     # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
     inbox_offsets = batch_consumed(settings.paths)

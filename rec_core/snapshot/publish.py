@@ -10,11 +10,12 @@ manifest that :mod:`rec_core.snapshot.manifest` reads back):
    killed after it, the new snapshot is live and whole, and the next publish,
    rollback or prune appends the missing history entry (``LIVE`` is the truth,
    the history a log of it).
-3. Pruning keeps the ``keep`` (``REC_SNAPSHOTS_KEEP``) most recently published
-   snapshots plus the live one. A doomed folder is first renamed to ``.trash-<id>`` (so no
-   reader or rollback can pick up a half-deleted snapshot), its Milvus server
-   collection dropped, then the folder removed; a kill in between leaves a trash
-   folder the next prune finishes. Folders never published are left alone while
+3. Pruning (after each publish, and as each build begins) keeps the ``keep``
+   (``REC_SNAPSHOTS_KEEP``) most recently published snapshots plus the live one.
+   A doomed folder is first renamed to ``.trash-<id>`` (so no reader or
+   rollback can pick up a half-deleted snapshot), its Milvus server collection
+   dropped, then the folder removed; a kill in between leaves a trash folder the
+   next prune finishes. Folders never published are left alone while
    anything in them is younger than ``abandoned_after`` (a build in progress),
    and removed once older (an abandoned build). The history keeps its last
    :data:`HISTORY_KEPT` entries and every older one that names a snapshot still
