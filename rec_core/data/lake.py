@@ -244,6 +244,10 @@ class Lake:
             if live is None or name > live.name:
                 log.warning("removing unpublished lake version %s left by an interrupted commit", name)
                 shutil.rmtree(self.root / name, ignore_errors=True)
+        # Only the lock's holder stages, so any staging folder here is a killed writer's (as big as a version).
+        for stage in self.root.glob(".staging-*"):
+            log.warning("removing %s left by an interrupted commit", stage.name)
+            shutil.rmtree(stage, ignore_errors=True)
 
     def _prune(self, keep: str) -> None:
         # Versions are numbered in commit order, so the newest K include the live one.

@@ -57,6 +57,7 @@ from rec_core.storage.versions import VersionError
 CURRENT = "CURRENT"
 PENDING = ".pending-"  # a version whose towers are saved and whose ranker step has not finished yet
 TRASH = ".trash-"  # a pruned version on its way out (ModelStore.prune)
+STAGING = ".staging-"  # a version being written (ModelStore.save); renamed into place when whole
 REMOTE_PREFIX = "models"  # under the object store's prefix
 
 
@@ -98,7 +99,7 @@ class ModelStore:
         final = self._folder(version, pending)
         if final.exists() or (self.root / version).exists() or self._on_remote(version):
             raise ModelStoreError(f"model version {version} already exists")
-        stage = self.root / f".staging-{version}"
+        stage = self.root / f"{STAGING}{version}"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir()
         try:
@@ -156,8 +157,13 @@ class ModelStore:
         return final.local
 
     def prune_pending(self, older_than_s: float = 86_400.0) -> list[str]:
-        """Remove pending versions older than ``older_than_s`` (their ranker step failed for good); their names."""
+        """Remove pending versions older than ``older_than_s`` (their ranker step failed for good); their names.
+        Staging folders as old go too: a save killed mid-write (a live one renames its own within seconds)."""
         cutoff = time.time() - older_than_s
+        if self.root.is_dir():
+            for stage in self.root.glob(f"{STAGING}*"):
+                if stage.stat().st_mtime < cutoff:
+                    shutil.rmtree(stage, ignore_errors=True)
         if self.remote is not None:  # a version's name says when it was made (new_version_name)
             doomed = [n for n in self._remote_folders(PENDING) if _made_at(n.removeprefix(PENDING)) < cutoff]
             for name in doomed:

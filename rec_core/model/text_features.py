@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rec_core.atomic import exclusive_lock, write_with
+from rec_core.atomic import exclusive_lock, remove_dead_temps, write_with
 from rec_core.model.text_cache_sync import FILES_KEPT, SharedTextCache
 from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
 from rec_core.settings import ModelSettings, PathSettings
@@ -187,10 +187,13 @@ def _embed(
 def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -> int:
     """Rewrite the cache of ``model.text_model`` without the entries of texts that no row of ``videos`` (the whole
     live lake) carries, once it holds more than (1 + :data:`COMPACT_SLACK`) entries per video; returns how many
-    were dropped. A run on another lake whose texts go is not harmed: it encodes them again."""
+    were dropped. A run on another lake whose texts go is not harmed: it encodes them again. Torn temporary files
+    of killed writes in the cache's folder go too."""
     source = resolve_model(model.text_model)
     model_id = source.model_id()
     path = cache_dir(paths, model_id, source.label) / CACHE_FILE
+    for torn in remove_dead_temps(path.parent):  # a rewrite of the cache or an aligned array killed mid-write
+        log.warning("removed %s, left by a write that was killed", torn)
     limit = int(videos.num_rows * (1 + COMPACT_SLACK))
     if _cached_rows(path) <= limit:  # the footer only: this check runs at every build_features
         return 0

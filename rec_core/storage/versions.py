@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rec_core.atomic import process_alive
 from rec_core.storage.object_store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class RemoteVersions:
     def _drop_dead_pulls(self) -> None:
         for leftover in self.cache.glob(f"{_PULL}*"):
             pid = leftover.name.removeprefix(_PULL).split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -159,13 +160,3 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
