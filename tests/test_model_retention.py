@@ -11,13 +11,17 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jobs.models import main as models_main
 from rec_core.experiments.registry import start, stop
 from rec_core.experiments.spec import Arm
+from rec_core.model.features import FeatureStats
 from rec_core.model.retention import prune_versions, versions_in_use
-from rec_core.model.store import TRASH, ModelStore, model_store
+from rec_core.model.store import PENDING, TRASH, ModelStore, model_store
+from rec_core.model.towers import USER_DENSE, VIDEO_DENSE, TowerConfig, TwoTower
+from rec_core.model.vocabs import Vocabs
 from rec_core.settings import Settings
 from rec_core.snapshot.layout import begin_snapshot
 from rec_core.storage.object_store import open_store
@@ -126,3 +130,34 @@ def test_a_prune_on_the_object_store_deletes_the_versions_there(s3_env: dict[str
     assert not open_store(settings.paths).keys(f"models/{NAMES[1]}/"), "every object of the version is gone"
     # Another machine, which never held a copy, sees the same store.
     assert model_store(_settings(tmp_path / "other", keep=2, env=s3_env).paths).versions() == store.versions()
+
+
+@pytest.mark.slow
+def test_another_machines_copies_of_versions_pruned_from_the_store_go_at_its_next_load(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The machine that prunes removes its own copies; every other machine's go when it next loads a model
+    (a copy touched within a day stays: it may be that machine's save, not pushed yet)."""
+    store_env = {k: v for k, v in s3_env.items() if k != "REC_DATA_DIR"}  # each machine its own disk
+    trainer = _settings(tmp_path / "trainer", keep=1, env=store_env)
+    store = _store_with(trainer, NAMES[:2])
+    tiny = TwoTower(TowerConfig(embedding_dim=8, text_dim=8, n_items=5, n_creators=2, n_hashtags=2))
+    vocabs = Vocabs(np.array(["a"], dtype=object), np.array(["x"], dtype=object), np.array(["t"], dtype=object))
+    stats = FeatureStats.fit(np.zeros((2, len(VIDEO_DENSE))), np.zeros((2, len(USER_DENSE))))
+    store.save(NAMES[2], tiny, vocabs, stats, {}, {})
+    store.promote(NAMES[2])
+    worker = model_store(_settings(tmp_path / "worker", keep=1, env=store_env).paths)
+    for name in NAMES[:3]:
+        worker.folder(name)  # pulled once, for an embedding shard, say
+    (worker.root / f"{PENDING}{NAMES[5]}").mkdir()  # a pending version another machine completed since
+    assert prune_versions(trainer) == NAMES[:2]
+
+    held = sorted(p.name for p in worker.root.iterdir())
+    assert held == sorted([f"{PENDING}{NAMES[5]}", *NAMES[:3]])
+    worker.load()  # within a day of their last use: kept
+    assert sorted(p.name for p in worker.root.iterdir()) == held
+    two_days_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).timestamp()
+    for name in held:
+        os.utime(worker.root / name, (two_days_ago, two_days_ago))
+    assert worker.load().version == NAMES[2]
+    assert [p.name for p in worker.root.iterdir()] == [NAMES[2]]

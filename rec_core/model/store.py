@@ -22,7 +22,8 @@ release may run on different machines (the towers on one, the ranker on another,
 store before each read; :func:`model_store` picks the kind.
 
 Each release ends by pruning (:mod:`rec_core.model.retention`): the newest ``REC_MODEL_VERSIONS_KEEP`` versions
-stay, and so does every version the current pointer, a snapshot or a running experiment still names.
+stay, and so does every version the current pointer, a snapshot or a running experiment still names. On a store,
+every other machine drops its copies of versions pruned there at its next load (:meth:`ModelStore.drop_pruned_copies`).
 
 Promotion goes through the quality gate (:mod:`rec_core.model.gate`): a model that does not clearly beat
 MostPop, or falls below the current model on the same test users, is kept as a version but never becomes
@@ -35,6 +36,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -50,9 +52,11 @@ from rec_core.model.features import FeatureStats
 from rec_core.model.towers import LEGACY_VIDEO_DENSE, TowerConfig, TwoTower, quantize_int8
 from rec_core.model.vocabs import Vocabs
 from rec_core.settings import PathSettings
-from rec_core.storage.object_store import ObjectStore
+from rec_core.storage.object_store import ObjectStore, StoreError
 from rec_core.storage.synced_folder import MANIFEST, SyncedFolder
 from rec_core.storage.versions import VersionError
+
+log = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"
 PENDING = ".pending-"  # a version whose towers are saved and whose ranker step has not finished yet
@@ -268,7 +272,36 @@ class ModelStore:
             model = quantize_int8(model)
         stats = FeatureStats.from_json((folder / "feature_stats.json").read_text())
         metrics = self._json(folder, version, "metrics.json", pending)
+        if self.remote is not None:
+            self.drop_pruned_copies()
         return LoadedModel(version, model, Vocabs.load(folder), stats, config, metrics)
+
+    def drop_pruned_copies(self, older_than_s: float = 86_400.0) -> list[str]:
+        """With the versions on a store: remove this machine's copies of versions (and pending ones) the store no
+        longer holds, untouched for ``older_than_s`` (a younger one may be this machine's save, not yet pushed).
+        Whichever machine prunes the store, each other machine's copies go at its next load. Returns their names."""
+        if self.remote is None or not self.root.is_dir():
+            return []
+        try:
+            stored = set(self._remote_folders(""))
+        except StoreError as exc:  # the copies stay until a load that can list the store
+            log.warning("could not list %s to drop pruned copies: %s", self.where(), exc)
+            return []
+        cutoff = time.time() - older_than_s
+        gone = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir()
+            and p.name.removeprefix(PENDING).startswith("m")
+            and p.name not in stored
+            and p.stat().st_mtime < cutoff
+        ]
+        for folder in gone:
+            trash = self.root / f"{TRASH}{folder.name}"
+            os.replace(folder, trash)  # out of versions()' sight before it is half removed
+            shutil.rmtree(trash, ignore_errors=True)
+            log.info("model version %s was pruned from %s; removed this machine's copy", folder.name, self.where())
+        return [folder.name for folder in gone]
 
     def _folder(self, version: str, pending: bool = False) -> Path:
         return self.root / f"{PENDING}{version}" if pending else self.root / version
