@@ -30,7 +30,7 @@ class InboxFollower:
         self._api = api
         self._inbox = inbox
         self._posted = posted
-        self.users = UserStates(api.users_max, api.user_videos_max)
+        self.users = UserStates(api.users_max, api.user_videos_max, max_profile_ids=api.profile_ids_max)
         self._users_of: str | None = None  # the snapshot whose inbox offsets self.users was replayed from
         self._inbox_offsets: dict[str, int] | None = None
 
@@ -53,7 +53,7 @@ class InboxFollower:
 
     def _rebuild(self, live: SnapshotView | None) -> None:
         snapshot_id, since = self._replay_from(live)
-        users = UserStates(self._api.users_max, self._api.user_videos_max)
+        users = UserStates(self._api.users_max, self._api.user_videos_max, max_profile_ids=self._api.profile_ids_max)
         offsets = self._read(users, since if since is not None else consumed_offsets(self._paths.inbox_dir), live)
         self.users, self._users_of = users, snapshot_id
         # Records this process accepted while the replay ran were applied to the old state only; being durable

@@ -11,7 +11,9 @@ Bounded (docs/architecture.md, invariant 9), so a flood of events keeps memory f
 * users: the least recently active are forgotten past ``max_users``;
 * per user: the newest ``max_videos`` seen, positive and liked videos are kept
   (the oldest leave first), and the last :data:`RECENT_CAP` (at most ``max_videos``) watches;
-* replay de-duplication: the keys of the last ``max_replay_keys`` applied events.
+* replay de-duplication: the keys of the last ``max_replay_keys`` applied events;
+* posted profiles (up to 30,000 ids each): ``max_profile_ids`` ids over all users, the least recently posted
+  profile forgotten first (the user's events since the batch stay).
 
 What is forgotten is in the inbox and reaches the next snapshot, whose feeds
 leave those videos out; meanwhile a forgotten video may be served again.
@@ -119,23 +121,37 @@ def _add(ordered: OrderedDict[str, Any], key: str, value: Any, cap: int, *, rene
         ordered.popitem(last=False)
 
 
+def _ids(profile: UserProfile) -> int:
+    return len(profile.watched) + len(profile.liked) + len(profile.followed)
+
+
 class UserStates:
     """Thread-safe map user id -> activity, least recently used first out; every part bounded."""
 
-    def __init__(self, max_users: int = 200_000, max_videos: int = 2_000, max_replay_keys: int = REPLAY_KEYS) -> None:
+    def __init__(
+        self,
+        max_users: int = 200_000,
+        max_videos: int = 2_000,
+        max_replay_keys: int = REPLAY_KEYS,
+        max_profile_ids: int = 2_000_000,
+    ) -> None:
         self._users: OrderedDict[str, _Activity] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_users
         self.max_videos = max_videos
         self.max_replay_keys = max_replay_keys
+        self.max_profile_ids = max_profile_ids
         self._applied: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # (user, video, type, at), newest last
+        self._profiles: OrderedDict[str, int] = OrderedDict()  # user -> ids in their posted profile, newest last
+        self.profile_ids = 0
 
     def _touch(self, user_id: str) -> _Activity:
         activity = self._users.get(user_id)
         if activity is None:
             activity = self._users[user_id] = _Activity(self.max_videos)
             if len(self._users) > self._max:
-                self._users.popitem(last=False)
+                forgotten, _ = self._users.popitem(last=False)
+                self.profile_ids -= self._profiles.pop(forgotten, 0)
         else:
             self._users.move_to_end(user_id)
         return activity
@@ -189,6 +205,17 @@ class UserStates:
             for video in profile.watched:  # a watch history the app sends is as watched as an event
                 _add(activity.seen, video, None, self.max_videos, renew=False)
             activity.version = next(_VERSIONS)
+            self.profile_ids += _ids(profile) - self._profiles.pop(user_id, 0)
+            self._profiles[user_id] = _ids(profile)
+            while self.profile_ids > self.max_profile_ids and len(self._profiles) > 1:
+                oldest, size = self._profiles.popitem(last=False)
+                self.profile_ids -= size
+                forgotten = self._users[oldest]
+                forgotten.profile = None
+                forgotten.version = next(_VERSIONS)
+
+    def profiles(self) -> int:
+        return len(self._profiles)
 
     def replay_keys(self) -> int:
         return len(self._applied)

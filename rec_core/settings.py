@@ -393,6 +393,14 @@ class ApiSettings(_Section):
         lo=1,
         env="API_USER_VIDEOS_MAX",
     )
+    profile_ids_max: int = _setting(
+        2_000_000,
+        "Ids of posted user profiles (watched, liked, followed) one worker keeps, over all users (~70 bytes each); "
+        "past it the least recently posted profiles are forgotten (their events since the batch stay; the inbox "
+        "keeps the profile for the next snapshot).",
+        lo=1,
+        env="API_PROFILE_IDS_MAX",
+    )
     posted_videos_max: int = _setting(
         50_000,
         "Videos posted through the API that one worker keeps searchable until a snapshot includes them; "

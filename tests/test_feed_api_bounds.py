@@ -29,6 +29,7 @@ from feed_api.reader import FeedReader
 from feed_api.telemetry import Metrics
 from feed_api.user_state import RECENT_CAP, UserStates
 from rec_core.data.inbox import iter_kind, read_new
+from rec_core.model.inference import UserProfile
 from rec_core.settings import Settings
 from tests.conftest import ApiServer
 from tests.test_feed_api import page
@@ -95,6 +96,31 @@ def test_users_past_the_cap_are_forgotten_least_recent_first() -> None:
     states.copy_of("u1")  # a read counts as activity
     states.apply_event({"user_id": "u4", "video_id": "v", "type": "watch"}, "t")
     assert len(states) == 3 and states.copy_of("u2") is None and states.copy_of("u1") is not None
+
+
+def test_posted_profiles_past_the_id_budget_are_forgotten_least_recently_posted_first() -> None:
+    """A profile may list 30,000 ids; the workers' users cap alone would let them hold 200,000 of those. Past the
+    budget the oldest posted profile goes, while the user's events since the batch stay."""
+    states = UserStates(max_users=10, max_videos=100, max_profile_ids=250)
+
+    def profile(n: int) -> UserProfile:
+        return UserProfile(watched=[f"w{i}" for i in range(n)], liked=["w0"], followed=["c1"])
+
+    states.apply_event({"user_id": "u1", "video_id": "e1", "type": "like"}, "t")
+    for user in ("u1", "u2"):
+        states.set_profile(user, profile(98))  # 100 ids each
+    states.set_profile("u2", profile(48))  # posted again, smaller: counted once, at its new size
+    assert (states.profiles(), states.profile_ids) == (2, 150)
+    before = states.copy_of("u1")
+    states.set_profile("u3", profile(148))  # 150 more: 300 > 250, so u1's (the oldest) goes
+    assert (states.profiles(), states.profile_ids) == (2, 200)
+    u1 = states.copy_of("u1")
+    assert u1 is not None and before is not None and u1.profile is None and before.profile is not None
+    assert u1.liked == ["e1"] and u1.version != before.version, "its events stay; its live vector is recomputed"
+    assert states.copy_of("u2").profile is not None and states.copy_of("u3").profile is not None  # type: ignore[union-attr]
+    for user in [f"u{i}" for i in range(4, 14)]:  # ten more users than max_users allows: u1..u3 forgotten
+        states.apply_event({"user_id": user, "video_id": "v", "type": "watch"}, "t")
+    assert (states.profiles(), states.profile_ids) == (0, 0), "a forgotten user's profile leaves the count"
 
 
 # ---- the service over a real published world ------------------------------------------------------------------
