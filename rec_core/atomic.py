@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,13 +44,20 @@ def atomic_path(target: Path) -> Iterator[Path]:
 _TEMP_OF_PID = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
-def remove_dead_temps(folder: Path) -> list[str]:
-    """Remove the temporary files in ``folder`` of writes whose process is gone (a torn copy never renamed into
-    place: up to a GB beside the caption cache); a live process's are its own. Returns the names removed."""
+def remove_dead_temps(folder: Path, older_than_s: float = 3600.0) -> list[str]:
+    """Remove the temporary files in ``folder`` of writes that were killed (a torn copy never renamed into place:
+    up to a GB beside the caption cache); returns the names removed. A file goes only once untouched for
+    ``older_than_s`` (a write takes seconds; the folder may be shared with machines whose processes this one cannot
+    see) and when no process of this machine has the pid in its name."""
     removed = []
+    cutoff = time.time() - older_than_s
     for path in folder.glob(".*.tmp") if folder.is_dir() else ():
         match = _TEMP_OF_PID.match(path.name)
-        if match and not process_alive(int(match.group(1))):
+        try:
+            old = path.stat().st_mtime < cutoff
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+        if match and old and not process_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed

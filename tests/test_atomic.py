@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rec_core.atomic import remove_dead_temps, write_bytes_atomic
@@ -28,8 +29,12 @@ write_with(Path({str(target)!r}), half_then_die)
     (torn,) = tmp_path.glob(".cache.parquet.*.tmp")
     assert target.read_bytes() == b"old and whole" and torn.read_bytes() == b"half of the new"
 
-    mine = tmp_path / f".other.json.{os.getpid()}.abc123.tmp"  # a write of a live process, in progress
+    assert remove_dead_temps(tmp_path) == [], "a recent one may be another machine's write in progress"
+    mine = tmp_path / f".other.json.{os.getpid()}.abc123.tmp"  # this machine's live process: its own
     mine.write_bytes(b"being written")
+    hours_ago = time.time() - 2 * 3600
+    for temp in (torn, mine):
+        os.utime(temp, (hours_ago, hours_ago))
     assert remove_dead_temps(tmp_path) == [torn.name]
     assert mine.exists() and target.read_bytes() == b"old and whole"
     assert remove_dead_temps(tmp_path / "absent") == []

@@ -177,8 +177,12 @@ class Lake:
                     f"but {live or 'nothing'} is live now; re-read and retry"
                 )
             self._remove_orphans(previous)
+            # Only the lock's holder stages here (an object lake too: the lock and the stage are this machine's),
+            # so any staging folder is a killed writer's, as big as a version.
+            for leftover in self.root.glob(".staging-*"):
+                log.warning("removing %s left by an interrupted commit", leftover.name)
+                shutil.rmtree(leftover, ignore_errors=True)
             stage = self.root / f".staging-{os.getpid()}"
-            shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir()
             try:
                 manifest_tables: dict[str, dict] = {}
@@ -244,10 +248,6 @@ class Lake:
             if live is None or name > live.name:
                 log.warning("removing unpublished lake version %s left by an interrupted commit", name)
                 shutil.rmtree(self.root / name, ignore_errors=True)
-        # Only the lock's holder stages, so any staging folder here is a killed writer's (as big as a version).
-        for stage in self.root.glob(".staging-*"):
-            log.warning("removing %s left by an interrupted commit", stage.name)
-            shutil.rmtree(stage, ignore_errors=True)
 
     def _prune(self, keep: str) -> None:
         # Versions are numbered in commit order, so the newest K include the live one.

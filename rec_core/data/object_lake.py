@@ -91,7 +91,8 @@ class ObjectLake(Lake):
 
     def _remove_orphans(self, live: LakeVersion | None) -> None:
         # In the store an unpublished version may be another machine's commit in flight: _prune removes it once a
-        # newer version is live. Nothing unpublished is ever in the cache.
+        # newer version is live. No unpublished version is ever in the cache (a killed commit's staging folder is,
+        # and Lake.commit removes it under the lock).
         return
 
     def _prune(self, keep: str) -> None:

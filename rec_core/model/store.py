@@ -273,7 +273,10 @@ class ModelStore:
         stats = FeatureStats.from_json((folder / "feature_stats.json").read_text())
         metrics = self._json(folder, version, "metrics.json", pending)
         if self.remote is not None:
-            self.drop_pruned_copies()
+            try:
+                self.drop_pruned_copies()
+            except (OSError, StoreError) as exc:  # housekeeping: never a reason for a load to fail
+                log.warning("could not drop copies of pruned model versions under %s: %s", self.root, exc)
         return LoadedModel(version, model, Vocabs.load(folder), stats, config, metrics)
 
     def drop_pruned_copies(self, older_than_s: float = 86_400.0) -> list[str]:
@@ -282,26 +285,24 @@ class ModelStore:
         Whichever machine prunes the store, each other machine's copies go at its next load. Returns their names."""
         if self.remote is None or not self.root.is_dir():
             return []
-        try:
-            stored = set(self._remote_folders(""))
-        except StoreError as exc:  # the copies stay until a load that can list the store
-            log.warning("could not list %s to drop pruned copies: %s", self.where(), exc)
-            return []
+        stored = set(self._remote_folders(""))
         cutoff = time.time() - older_than_s
-        gone = [
-            p
-            for p in self.root.iterdir()
-            if p.is_dir()
-            and p.name.removeprefix(PENDING).startswith("m")
-            and p.name not in stored
-            and p.stat().st_mtime < cutoff
-        ]
-        for folder in gone:
-            trash = self.root / f"{TRASH}{folder.name}"
-            os.replace(folder, trash)  # out of versions()' sight before it is half removed
+        gone = []
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or not folder.name.removeprefix(PENDING).startswith("m") or folder.name in stored:
+                continue
+            # Processes of this machine (parallel shards) may race for the same copy: whoever renames it removes it.
+            trash = self.root / f"{TRASH}{folder.name}.{os.getpid()}"
+            try:
+                if folder.stat().st_mtime >= cutoff:
+                    continue
+                os.replace(folder, trash)  # out of versions()' sight before it is half removed
+            except FileNotFoundError:
+                continue
             shutil.rmtree(trash, ignore_errors=True)
+            gone.append(folder.name)
             log.info("model version %s was pruned from %s; removed this machine's copy", folder.name, self.where())
-        return [folder.name for folder in gone]
+        return gone
 
     def _folder(self, version: str, pending: bool = False) -> Path:
         return self.root / f"{PENDING}{version}" if pending else self.root / version

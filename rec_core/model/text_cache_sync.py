@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from rec_core.atomic import exclusive_lock, write_bytes_atomic
 from rec_core.settings import PathSettings
 from rec_core.storage.synced_folder import SyncedFolder
+from rec_core.storage.versions import VersionError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,11 @@ class SharedTextCache:
         wanted = {sha: name for name, sha in self.folder.files().items() if sha not in merged}
         out = []
         for sha, name in wanted.items():
-            data = self.folder.read(name)  # checked against its checksum
+            try:
+                data = self.folder.read(name)  # checked against its checksum
+            except VersionError as exc:  # its blob gone or changed: skipped, not a reason to merge nothing
+                log.warning("skipped %s: %s", name, exc)
+                continue
             if data is not None:
                 out.append((sha, pq.read_table(pa.BufferReader(data))))
         return out

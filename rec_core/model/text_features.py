@@ -198,12 +198,16 @@ def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -
     if _cached_rows(path) <= limit:  # the footer only: this check runs at every build_features
         return 0
     live = _live_keys(videos, model_id)
-    with _writer_lock(path):
-        current = _read_cache(path, source.dim())
-        if current is None or current.num_rows <= limit:
-            return 0
-        kept = current.filter(pc.is_in(current.column("key"), value_set=live))
-        write_with(path, lambda tmp: pq.write_table(kept, tmp, compression="none"))
+    try:
+        with _writer_lock(path):
+            current = _read_cache(path, source.dim())
+            if current is None or current.num_rows <= limit:
+                return 0
+            kept = current.filter(pc.is_in(current.column("key"), value_set=live))
+            write_with(path, lambda tmp: pq.write_table(kept, tmp, compression="none"))
+    except (OSError, pa.ArrowException) as exc:  # a full disk, say: the cache stays as it was, the encoding done
+        log.warning("could not compact the text embedding cache %s (%s); left as it is", path, exc)
+        return 0
     dropped = current.num_rows - kept.num_rows
     log.info("text embedding cache %s: dropped %d entries no video carries, kept %d", path, dropped, kept.num_rows)
     return dropped

@@ -30,6 +30,7 @@ from rec_core.snapshot.model_copy import copy_model, model_file_names
 from rec_core.snapshot.publish import prune
 from rec_core.snapshot.rank_state import build_state, choose_ranker, write_rank_arrays, write_ranking
 from rec_core.snapshot.remote import remote_snapshots
+from rec_core.storage.object_store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         raise ModelStoreError("no current model: train one first (`python -m jobs.train_towers`)")
     # Builds abandoned by earlier runs (killed, or refused by validation) go here too, not only after the next
     # publish: runs that keep failing must not pile snapshots up. A build in progress elsewhere is recent: kept.
-    prune(settings.paths, keep=settings.batch.snapshots_keep)
+    try:
+        prune(settings.paths, keep=settings.batch.snapshots_keep)
+    except (OSError, StoreError, SnapshotError) as exc:  # housekeeping: the next build or publish retries it
+        log.warning("could not prune snapshots before this build: %s", exc)
     # The inbox offsets first: ingest marks them only after its lake commit, so read before the lake version
     # they can lag it (the API then replays a few records twice, harmlessly) but never run ahead of it.
     inbox_offsets = batch_consumed(settings.paths)

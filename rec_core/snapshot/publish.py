@@ -273,7 +273,8 @@ def _swap(
         "action": action,
         "previous": previous,
     }
-    _write_history(paths, remote, [*_history(paths), entry])
+    # Only the swap's winner writes the log (on a store, a prune elsewhere must not overwrite a rollback's entry).
+    _write_history(paths, remote, _trimmed([*_history(paths), entry], _held(paths, remote)))
     return entry
 
 
@@ -362,20 +363,23 @@ def _prune(
             _remove_trash(paths, trash)
         elif paths.milvus_uri:
             _drop_collection_or_warn(paths, name)
-    _trim_history(paths, remote, (held | stored) - set(doomed))
     return doomed
 
 
-def _trim_history(paths: PathSettings, remote: RemoteSnapshots | None, remaining: set[str]) -> None:
+def _held(paths: PathSettings, remote: RemoteSnapshots | None) -> set[str]:
+    """The snapshots that exist: this machine's folders and, on a store, the store's."""
+    root = paths.snapshots_dir
+    held = {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)} if root.is_dir() else set()
+    return held | (set(remote.ids()) if remote is not None else set())
+
+
+def _trimmed(history: list[dict], remaining: set[str]) -> list[dict]:
     """The last HISTORY_KEPT entries, and older ones that name a remaining snapshot (as published, or as rolled
     back from: what pruning and rollback read of it)."""
-    history = _history(paths)
     tail = len(history) - HISTORY_KEPT
-    kept = [
+    return [
         e for i, e in enumerate(history) if i >= tail or e["snapshot_id"] in remaining or e.get("previous") in remaining
     ]
-    if len(kept) < len(history):
-        _write_history(paths, remote, kept)
 
 
 def _remove_trash(paths: PathSettings, trash: Path) -> None:
