@@ -164,8 +164,8 @@ class ModelStore:
         """Remove pending versions older than ``older_than_s`` (their ranker step failed for good); their names.
         Staging folders as old go too: a save killed mid-write (a live one renames its own within seconds)."""
         cutoff = time.time() - older_than_s
-        if self.root.is_dir():
-            for stage in self.root.glob(f"{STAGING}*"):
+        for stage in self.root.glob(f"{STAGING}*") if self.root.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):  # its save renamed it into place meanwhile
                 if stage.stat().st_mtime < cutoff:
                     shutil.rmtree(stage, ignore_errors=True)
         if self.remote is not None:  # a version's name says when it was made (new_version_name)
