@@ -15,13 +15,13 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 
-.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench bench-warm-start profile-stages profile-incremental scaleout-large bench-milvus eval data train summary airflow-db airflow clean help
+.PHONY: setup demo dev-key chaos online-eval test lint format pipeline serve bench bench-warm-start profile-stages profile-incremental scaleout-large bench-milvus eval data train summary airflow-db airflow airflow-clean clean help
 
 help:
 	@echo "make demo   - set up, generate the default world, run the pipeline, summarise in DuckDB, serve the API on :3002"
 	@echo "make test   - set up, lint, run every test"
 	@echo "make chaos  - the fault suite (publish under load, kill -9, full disk, killed jobs) with a table of what held"
-	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | bench | bench-warm-start | profile-stages | profile-incremental | scaleout-large | eval | online-eval | clean"
+	@echo "make setup | lint | format | data | train | pipeline | summary | serve | dev-key | airflow-clean | bench | bench-warm-start | profile-stages | profile-incremental | scaleout-large | eval | online-eval | clean"
 
 setup: $(STAMP) $(KERNELS_STAMP)
 
@@ -88,6 +88,16 @@ airflow: airflow-db
 	@echo "Airflow UI: http://localhost:$${AIRFLOW__API__PORT:-8080}  user: admin"
 	@echo "Password: printed below at the first start, and kept in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/airflow standalone
+
+# Airflow keeps every run's rows and task logs forever: this removes those older than AIRFLOW_KEEP_DAYS (run it from
+# cron, say daily). Airflow 3 tasks cannot reach its database, so it is a command, not a DAG.
+AIRFLOW_KEEP_DAYS ?= 30
+airflow-clean: airflow-db
+	$(VENV)/bin/airflow db clean --yes --skip-archive \
+		--clean-before-timestamp "$$(date -u -d '$(AIRFLOW_KEEP_DAYS) days ago' '+%Y-%m-%d %H:%M:%S+00:00')" >/dev/null
+	test ! -d "$(AIRFLOW_HOME)/logs" || find "$(AIRFLOW_HOME)/logs" -mindepth 1 \
+		\( -type f -mtime +$(AIRFLOW_KEEP_DAYS) -delete \) -o \( -type d -empty -delete \)
+	@echo "Airflow runs and task logs older than $(AIRFLOW_KEEP_DAYS) days removed from $(AIRFLOW_HOME)"
 
 # The feed API on the live snapshot (port 3002 by default); it picks up newer snapshots without a restart.
 serve: setup
