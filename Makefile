@@ -94,7 +94,8 @@ airflow: airflow-db
 AIRFLOW_KEEP_DAYS ?= 30
 airflow-clean: airflow-db
 	$(VENV)/bin/airflow db clean --yes --skip-archive \
-		--clean-before-timestamp "$$(date -u -d '$(AIRFLOW_KEEP_DAYS) days ago' '+%Y-%m-%d %H:%M:%S+00:00')" >/dev/null
+		--clean-before-timestamp "$$($(PY) -c 'import datetime as d; print(d.datetime.now(d.UTC) - d.timedelta(days=$(AIRFLOW_KEEP_DAYS)))')" \
+		>/dev/null
 	test ! -d "$(AIRFLOW_HOME)/logs" || find "$(AIRFLOW_HOME)/logs" -mindepth 1 \
 		\( -type f -mtime +$(AIRFLOW_KEEP_DAYS) -delete \) -o \( -type d -empty -delete \)
 	@echo "Airflow runs and task logs older than $(AIRFLOW_KEEP_DAYS) days removed from $(AIRFLOW_HOME)"
