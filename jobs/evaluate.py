@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_bytes_atomic(args.json, json.dumps(result, indent=2).encode())
-    report_dir = args.report or settings.paths.data_dir / "reports" / result["model_version"]
+    report_dir = args.report or settings.paths.reports_dir / result["model_version"]
     report = write_report(result, report_dir, f"Evaluation of {result['model_version']} on {result['dataset']}")
     print(markdown_table(result["models"]))
     print(f"\nJSON: {args.json}\nreport: {report}")

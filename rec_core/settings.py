@@ -126,6 +126,7 @@ class PathSettings(_Section):
     impressions_dir = _under_data_root("impressions")
     experiments_file = _under_data_root("experiments.json")
     warehouse_path = _under_data_root("warehouse.duckdb")
+    reports_dir = _under_data_root("reports")  # evaluation reports by model version; experiments' under experiments/
     baselines_dir = _under_data_root("cache/baselines")
     text_graphs_dir = _under_data_root("cache/text-graphs")  # ONNX Runtime encoders' exported graphs
 

@@ -71,7 +71,11 @@ def test_a_prune_keeps_the_newest_the_current_and_every_version_in_use(tmp_path:
     stop(experiments, "stopped")
 
     assert versions_in_use(settings.paths) == {NAMES[1], NAMES[2], NAMES[3]}
+    for name in (NAMES[4], NAMES[5]):  # `jobs.evaluate`'s reports
+        (settings.paths.reports_dir / name).mkdir(parents=True)
+        (settings.paths.reports_dir / name / "report.md").write_text("# Evaluation")
     assert prune_versions(settings) == [NAMES[4]]  # a stopped experiment pins nothing
+    assert sorted(p.name for p in settings.paths.reports_dir.iterdir()) == [NAMES[5]], "a report goes with its version"
     assert store.versions() == [*NAMES[:4], *NAMES[5:]]
     assert not (store.root / NAMES[4]).exists() and not list(store.root.glob(f"{TRASH}*"))
     assert prune_versions(settings) == [], "a second prune finds nothing more to do"

@@ -115,7 +115,7 @@ def report(settings: Settings, name: str, out_dir: Path | None = None, seed: int
                 }
         result["metrics"][metric] = entry
     _holm_verdicts([entry[a]["difference"] for entry in result["metrics"].values() for a in arm_names[1:]])
-    out = out_dir or settings.paths.data_dir / "reports" / "experiments" / name
+    out = out_dir or settings.paths.reports_dir / "experiments" / name
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "report.json", json.dumps(result, indent=2).encode())
     write_bytes_atomic(out / "report.md", markdown(result).encode())

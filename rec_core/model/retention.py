@@ -11,6 +11,7 @@ comparing releases.
 from __future__ import annotations
 
 import logging
+import shutil
 
 from rec_core.data.lake import snapshot_builds
 from rec_core.experiments.registry import running
@@ -38,6 +39,8 @@ def prune_versions(settings: Settings) -> list[str]:
     """Delete the model versions nothing needs any more (the module doc); their names, oldest first."""
     store = model_store(settings.paths)
     doomed = store.prune(settings.batch.model_versions_keep, versions_in_use(settings.paths))
+    for version in doomed:  # `jobs.evaluate`'s report of a version goes with it
+        shutil.rmtree(settings.paths.reports_dir / version, ignore_errors=True)
     if doomed:
         log.info(
             "pruned %d model version(s) (REC_MODEL_VERSIONS_KEEP=%d): %s",
