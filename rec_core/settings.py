@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -591,20 +590,7 @@ def settings_table_markdown() -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if "--markdown" in args:
-        print(settings_table_markdown())
-        return 0
-    try:
-        settings = Settings.load()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for key, value in settings.as_dict().items():
-        print(f"{ENV_PREFIX}{key.upper()}={value}")
-    return 0
-
-
 if __name__ == "__main__":
+    from rec_core.settings_cli import main
+
     raise SystemExit(main())

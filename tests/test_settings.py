@@ -1,8 +1,12 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from rec_core.settings import Settings, SettingsError, settings_table_markdown
+from tests.conftest import ROOT
 
 
 def test_defaults_are_embedded() -> None:
@@ -79,3 +83,16 @@ def test_readme_documents_every_setting() -> None:
     for line in settings_table_markdown().splitlines()[2:]:
         variable = line.split("|")[1].strip()
         assert variable in readme, f"{variable} is missing from the README's settings table"
+
+
+def test_the_command_line_prints_the_effective_settings_masked_and_the_table(tmp_path: Path) -> None:
+    env = {**os.environ, "REC_DATA_DIR": str(tmp_path), "REC_CURSOR_SECRET": "s" * 20, "PYTHONPATH": str(ROOT)}
+    shown = subprocess.run([sys.executable, "-m", "rec_core.settings"], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert f"REC_DATA_DIR={tmp_path}" in shown.stdout.splitlines() and "REC_CURSOR_SECRET=***" in shown.stdout
+    table = subprocess.run([sys.executable, "-m", "rec_core.settings", "--markdown"], env=env, capture_output=True)
+    assert table.stdout.decode().strip() == settings_table_markdown()
+    bad = subprocess.run(
+        [sys.executable, "-m", "rec_core.settings"], env={**env, "REC_API_PORT": "x"}, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "REC_API_PORT" in bad.stderr

@@ -1,0 +1,27 @@
+"""``python -m rec_core.settings``: the effective settings, one ``REC_*=value`` a line (secrets masked), or with
+``--markdown`` the README's table of every setting."""
+
+from __future__ import annotations
+
+import sys
+
+from rec_core.settings import ENV_PREFIX, Settings, SettingsError, settings_table_markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--markdown" in args:
+        print(settings_table_markdown())
+        return 0
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for key, value in settings.as_dict().items():
+        print(f"{ENV_PREFIX}{key.upper()}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
