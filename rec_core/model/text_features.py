@@ -191,9 +191,7 @@ def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -
     live lake) carries, once it holds more than (1 + :data:`COMPACT_SLACK`) entries per video; returns how many
     were dropped. A run on another lake whose texts go is not harmed: it encodes them again. Torn temporary files
     of killed writes in the cache's folder go too."""
-    source = resolve_model(model.text_model)
-    model_id = source.model_id()
-    path = cache_dir(paths, model_id, source.label) / CACHE_FILE
+    model_id, dim, path = _cache_of(paths, model)
     for torn in remove_dead_temps(path.parent):  # a rewrite of the cache or an aligned array killed mid-write
         log.warning("removed %s, left by a write that was killed", torn)
     limit = int(videos.num_rows * (1 + COMPACT_SLACK))
@@ -202,7 +200,7 @@ def compact_cache(videos: pa.Table, paths: PathSettings, model: ModelSettings) -
     live = _live_keys(videos, model_id)
     try:
         with _writer_lock(path):
-            current = _read_cache(path, source.dim())
+            current = _read_cache(path, dim)
             if current is None or current.num_rows <= limit:
                 return 0
             kept = current.filter(pc.is_in(current.column("key"), value_set=live))
@@ -220,9 +218,7 @@ def fold_shared_cache(videos: pa.Table, paths: PathSettings, model: ModelSetting
     :data:`FILES_KEPT` pushed files: merge them all here, then push one file of the texts ``videos`` (the whole live
     lake) carries in their place. Returns how many files were replaced. If the merge fails nothing is folded (this
     machine's cache would lack what the others pushed); a store that fails is logged and left as it was."""
-    source = resolve_model(model.text_model)
-    model_id, dim = source.model_id(), source.dim()
-    path = cache_dir(paths, model_id, source.label) / CACHE_FILE
+    model_id, dim, path = _cache_of(paths, model)
     shared = SharedTextCache.of(paths, path.parent)
     if shared is None:
         return 0
@@ -239,6 +235,12 @@ def fold_shared_cache(videos: pa.Table, paths: PathSettings, model: ModelSetting
     except (OSError, StoreError, VersionError, pa.ArrowException) as exc:
         log.warning("could not fold the text embeddings on %s (%s); left as they are", shared.where(), exc)
         return 0
+
+
+def _cache_of(paths: PathSettings, model: ModelSettings) -> tuple[str, int, Path]:
+    """The model id, the vector width and the cache file of ``model.text_model``."""
+    source = resolve_model(model.text_model)
+    return source.model_id(), source.dim(), cache_dir(paths, source.model_id(), source.label) / CACHE_FILE
 
 
 def _live_keys(videos: pa.Table, model_id: str) -> pa.Array:
