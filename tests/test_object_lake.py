@@ -197,3 +197,22 @@ def test_an_unreachable_store_says_where(tmp_path: Path) -> None:
     )
     with pytest.raises(StoreError, match="s3://nowhere/x/lake/CURRENT: Could not connect"):
         lake_on(s).current()
+
+
+def test_a_machine_that_only_reads_drops_its_copies_of_versions_pruned_from_the_store(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every version a worker reads is copied to its disk; another machine's commits prune the store, and the
+    worker's next copy of a new version removes its copies of those (before, only a machine that committed did)."""
+    from tests.test_lake import users
+
+    store = {k: v for k, v in s3_env.items() if k != "REC_DATA_DIR"}
+    writer, reader = machine(store, tmp_path / "writer"), machine(store, tmp_path / "reader")
+    lake_on(writer).commit({"users": users(["a"])}, source="test")
+    assert lake_on(reader).current().name == "v000001"  # copied to the reader's disk
+    for added in ("b", "c", "d"):
+        lake_on(writer).commit({"users": users(["a", added])}, source="test")
+    assert "lake/v000001/manifest.json" not in store_keys(writer), "pruned past REC_LAKE_VERSIONS_KEEP=3"
+    assert (reader.paths.lake_dir / "v000001").is_dir()
+    assert lake_on(reader).current().name == "v000004"
+    assert sorted(p.name for p in reader.paths.lake_dir.iterdir() if p.is_dir()) == ["v000004"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -99,7 +98,6 @@ class ObjectLake(Lake):
         names = self.versions()
         published = self._published(keep)
         doomed = [n for n in names if n < keep and (n not in published or published.index(n) >= self.keep_versions)]
-        stale_cache = [p.name for p in self.root.glob("v*") if p.is_dir() and p.name not in names]
         try:
             pinned = set(self.pinned()) if self.pinned else set()
         except Exception as exc:  # see Lake._prune: not knowing the pins, delete nothing
@@ -108,8 +106,7 @@ class ObjectLake(Lake):
         for name in doomed:
             if name not in pinned:
                 self.remote.delete(name)
-        for name in stale_cache:  # pruned from the store by another machine
-            shutil.rmtree(self.root / name, ignore_errors=True)
+        self.remote.drop_pruned_copies()  # those another machine pruned from the store
 
     def _published(self, live: str) -> list[str]:
         """The live version and its ancestors still in the store, newest first: the versions that were live."""

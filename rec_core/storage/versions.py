@@ -107,7 +107,22 @@ class RemoteVersions:
         finally:
             shutil.rmtree(pull, ignore_errors=True)
         log.info("copied %s from %s into %s", name, self.where(), folder)
+        self.drop_pruned_copies()  # a machine that only reads would otherwise keep every version it ever read
         return folder
+
+    def drop_pruned_copies(self) -> list[str]:
+        """Remove this machine's copies of versions the store no longer holds (pruned by a commit on another
+        machine); returns their names. A process still reading one keeps the files it has open."""
+        stored = set(self.names())
+        gone = [
+            p.name
+            for p in self.cache.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file() and p.name not in stored
+        ]
+        for name in gone:
+            shutil.rmtree(self.cache / name, ignore_errors=True)
+            log.info("version %s was pruned from %s; removed this machine's copy", name, self.where())
+        return gone
 
     # ---- writing -------------------------------------------------------
     def next_name(self, live: Pointer | None, pattern: Callable[[int], str], number: Callable[[str], int]) -> str:
