@@ -262,6 +262,9 @@ def _swap(
     previous: str | None,
 ) -> dict:
     """THE visible change (one rename, or one conditional write of the store's LIVE), then its log entry."""
+    # Past HISTORY_KEPT entries the snapshots that exist decide which older ones stay: listed before the swap (and
+    # only then), so that after it nothing but the log's own write can fail.
+    held = _held(paths, remote) if len(_history(paths)) >= HISTORY_KEPT else set()
     if remote is not None:
         remote.swap(snapshot_id)
     else:
@@ -274,7 +277,7 @@ def _swap(
         "previous": previous,
     }
     # Only the swap's winner writes the log (on a store, a prune elsewhere must not overwrite a rollback's entry).
-    _write_history(paths, remote, _trimmed([*_history(paths), entry], _held(paths, remote)))
+    _write_history(paths, remote, _trimmed([*_history(paths), entry], held))
     return entry
 
 
