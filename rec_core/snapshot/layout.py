@@ -118,6 +118,11 @@ RANK_SERVE_ARRAYS = (
 SNAPSHOT_ID = re.compile(r"^s\d{8}T\d{6}Z-[0-9a-z]{4,16}$")
 
 
+def snapshot_folders(root: Path) -> set[str]:
+    """The ids of the snapshot folders under ``root`` (none when it does not exist): not trash, temp or files."""
+    return {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)} if root.is_dir() else set()
+
+
 class SnapshotError(RuntimeError):
     """A snapshot is missing, malformed, or fails validation."""
 

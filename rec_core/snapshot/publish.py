@@ -57,6 +57,7 @@ from rec_core.snapshot.layout import (
     SnapshotError,
     SnapshotPaths,
     live_snapshot_id,
+    snapshot_folders,
     snapshot_paths,
 )
 from rec_core.snapshot.manifest import Manifest, read_manifest, try_manifest, verify_checksums
@@ -175,7 +176,7 @@ def list_snapshots(paths: PathSettings) -> list[SnapshotInfo]:
         return []
     live = live_snapshot_id(paths)
     last: dict[str, dict] = {e["snapshot_id"]: e for e in _history(paths)}
-    held = {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)}
+    held = snapshot_folders(root)
     out = []
     for name in sorted(set(remote.ids()) if remote is not None else held):
         manifest, built_by = _describe(remote, SnapshotPaths(root / name))
@@ -345,7 +346,7 @@ def _prune(
     keep = keep[:keep_published]
     published = {e["snapshot_id"] for e in _history(paths)}
     now = dt.datetime.now(dt.UTC).timestamp()
-    held = {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)}
+    held = snapshot_folders(root)
     stored = set(remote.ids()) if remote is not None else set()
     doomed = []
     for name in sorted(held | stored):
@@ -371,9 +372,7 @@ def _prune(
 
 def _held(paths: PathSettings, remote: RemoteSnapshots | None) -> set[str]:
     """The snapshots that exist: this machine's folders and, on a store, the store's."""
-    root = paths.snapshots_dir
-    held = {p.name for p in root.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)} if root.is_dir() else set()
-    return held | (set(remote.ids()) if remote is not None else set())
+    return snapshot_folders(paths.snapshots_dir) | (set(remote.ids()) if remote is not None else set())
 
 
 def _trimmed(history: list[dict], remaining: set[str]) -> list[dict]:

@@ -39,6 +39,7 @@ from rec_core.snapshot.layout import (
     SnapshotError,
     SnapshotPaths,
     live_snapshot_id,
+    snapshot_folders,
 )
 from rec_core.storage.object_store import ObjectStore, PreconditionFailed
 from rec_core.storage.synced_folder import PULLING, SyncedFolder
@@ -250,7 +251,7 @@ def _drop_pruned_copies(remote: RemoteSnapshots, paths: PathSettings) -> None:
         return
     published = {entry["snapshot_id"] for entry in json.loads(history_file.read_text())}
     live = live_snapshot_id(paths)
-    held = {p.name for p in local.iterdir() if p.is_dir() and SNAPSHOT_ID.match(p.name)}
+    held = snapshot_folders(local)
     candidates = (held & published) - {live}
     if not candidates:
         return
