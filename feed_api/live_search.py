@@ -31,13 +31,21 @@ def exact_search(view: SnapshotView, query: np.ndarray, k: int, exclude: set[str
     """
     with view.added.lock:
         added = list(view.added.vectors.items())
-    ids = np.concatenate([view.video_ids, np.asarray([a for a, _ in added], dtype=object)])
+    n = len(view.video_ids)
     vectors = view.video_vectors if not added else np.vstack([view.video_vectors, np.stack([v for _, v in added])])
     scores = vectors @ query.astype(np.float32)
     if exclude:
-        scores[np.isin(ids, np.asarray(list(exclude), dtype=object))] = -np.inf
+        # By code, one binary search per excluded id: the exclusions hold the user's whole history, and isin
+        # compared strings over the whole catalogue.
+        codes = view.video_code.codes(list(exclude))
+        scores[codes[codes >= 0]] = -np.inf
+        for i, (video_id, _) in enumerate(added):
+            if video_id in exclude:
+                scores[n + i] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]
-    return [(str(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+    return [
+        (str(view.video_ids[i]) if i < n else added[i - n][0], float(scores[i])) for i in top if np.isfinite(scores[i])
+    ]
 
 
 @dataclass(frozen=True, slots=True)

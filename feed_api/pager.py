@@ -10,7 +10,8 @@ A walk (a first page and the pages its cursors lead to) reads one snapshot:
 2. when that list runs out, live search in the snapshot's Milvus collection
    with the user's live vector (:func:`live_vector`), excluding the whole list,
    everything served live in this walk (carried in the cursor) and everything the
-   user has watched or skipped, then the batch's own feed pipeline over the answer
+   user has watched or skipped (before the batch: the snapshot's watch history; since:
+   the API's events), then the batch's own feed pipeline over the answer
    (:data:`rec_core.feed.pipeline.FEED_PIPELINE` via :func:`rec_core.feed.live.rank_live`:
    the same filters, ranker, creator cap and reasons as the materialized feeds).
 
@@ -201,6 +202,8 @@ def next_page(
     if not list_left:
         listed = ids[ranked.codes[start:end]].tolist()
         walked = set(listed) | set(ids[served_codes].tolist()) | set(extra)
+        # What they watched before the batch, which their feed left out, and what since.
+        seen = seen | view.watched_before(user_id)
         exclude = walked | seen
         new: list[Item] = []
         need = limit - len(items)
@@ -219,7 +222,7 @@ def next_page(
             known = [view.video_code[i.video_id] for i in new if i.video_id in view.video_code]
             served_codes = np.concatenate([served_codes, np.asarray(known, dtype=np.int64)])
             extra += [i.video_id for i in new if i.video_id not in view.video_code]
-        left = view.catalogue_size() - sum(1 for v in exclude if view.known_video(v)) - len(new)
+        left = view.catalogue_size() - view.known_count(exclude) - len(new)
         # An empty live answer means what is left is all blocked (the user's own videos): the walk ends.
         has_more = left > 0 and (need == 0 or bool(new))
     source = "trending" if trending and from_list else ("precomputed" if from_list == len(items) else "live")

@@ -32,6 +32,7 @@ from rec_core.snapshot.manifest import read_manifest
 from rec_core.snapshot.model_copy import load_snapshot_model
 from rec_core.snapshot.serving_index import RankedList, SpaceArrays, load_serving_index
 from rec_core.snapshot.vector_store import VectorStore
+from rec_core.snapshot.watch_history import open_watch_history
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         known_creators=frozenset(np.unique(index.creator_ids).tolist()),  # a string per creator, not per video
         skipped_ids=index.skipped_ids,
         assignment=Assignment(experiments_from_build(build.experiments)),
+        watched=open_watch_history(paths, build),
     )
     ranker = load_rank_model(path_settings, paths, build, model)
     if ranker is not None:
@@ -92,7 +94,8 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
     # worker would hold it for the life of the snapshot (bench_serving_memory).
     pa.default_memory_pool().release_unused()
     log.info(
-        "snapshot %s loaded in %.1fs (%s): %d videos, %d users with feeds (%d items), %d user vectors",
+        "snapshot %s loaded in %.1fs (%s): %d videos, %d users with feeds (%d items), %d user vectors, "
+        "%d watched pairs",
         paths.snapshot_id,
         time.perf_counter() - started,
         "mapped" if build.serving_index else "indexed on the heap: built before serve/",
@@ -100,6 +103,7 @@ def load_view(path_settings: PathSettings, paths: SnapshotPaths) -> SnapshotView
         len(index.feeds.user_row),
         len(index.feeds.items),
         len(own.user_row),
+        len(view.watched),
     )
     return view
 

@@ -14,6 +14,8 @@ feeds, trending list and vectors are the snapshot's serving index, memory-mapped
 * the model that built it and the snapshot's catalogue (the video tower's
   inputs, written by the video shards), for the user tower online and for
   encoding new videos into the same vector space (loaded once),
+* what each user watched before the build's as-of
+  (:mod:`rec_core.snapshot.watch_history`), which live answers leave out as the batch's feeds did,
 * when its build applied the ranker, the ranker and the feature state as of
   the build (:mod:`rec_core.feed.rank_stage`), so live pages run the batch's
   own ranking stage.
@@ -40,7 +42,7 @@ videos added through the API, which live in :class:`AddedVideos` under a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +55,7 @@ from rec_core.model.store import LoadedModel
 from rec_core.snapshot.layout import BuildInfo
 from rec_core.snapshot.serving_index import FeedIndex, IdIndex, RankedList
 from rec_core.snapshot.vector_store import VectorStore
+from rec_core.snapshot.watch_history import WatchHistory, empty_history
 
 
 @dataclass(slots=True)
@@ -91,6 +94,7 @@ class SnapshotView:
     ranking: RankCatalogue | None = None  # the build's ranker over these codes; None: the towers' order
     assignment: Assignment = field(default_factory=lambda: Assignment([]))  # the build's experiments' arms
     spaces: dict[str, SnapshotView] = field(default_factory=dict)  # other model versions' views, by version
+    watched: WatchHistory = field(default_factory=empty_history)  # what each user watched before as-of
 
     @property
     def dim(self) -> int:
@@ -132,6 +136,18 @@ class SnapshotView:
 
     def known_video(self, video_id: str) -> bool:
         return video_id in self.video_code or video_id in self.added.creators
+
+    def known_count(self, video_ids: Collection[str]) -> int:
+        """How many of ``video_ids`` this snapshot can serve: one binary search for all (a walk's exclusions hold
+        the user's whole history)."""
+        ids = list(video_ids)
+        in_catalogue = int(np.count_nonzero(self.video_code.codes(ids) >= 0))
+        return in_catalogue + sum(1 for v in ids if v in self.added.creators)
+
+    def watched_before(self, user_id: str) -> set[str]:
+        """The videos ``user_id`` watched before the snapshot's as-of: the batch left them out of their feed, and
+        the live continuation must too."""
+        return set(self.video_ids[self.watched.codes_of(user_id)].tolist())
 
     def video_vector(self, video_id: str) -> np.ndarray | None:
         code = self.video_code.get(video_id)

@@ -205,6 +205,7 @@ def test_valid_snapshot_gets_a_manifest_with_counts_and_checksums(settings: Sett
     serve += ["feed_scores", "feed_reason_codes", "trending_codes", "trending_scores", "trending_reason_codes"]
     serve += ["catalogue_text", "catalogue_dense"]
     serve += ["video_vectors", "user_ids", "user_vectors"]
+    serve += ["watched_users", "watched_offsets", "watched_codes"]
     expected |= {f"serve/{name}.npy" for name in serve} | {"serve/index.json"}
     assert set(manifest.checksums) == expected
     assert all(sha256_file(paths.root / rel) == digest for rel, digest in manifest.checksums.items())

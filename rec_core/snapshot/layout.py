@@ -83,6 +83,8 @@ ROOT_ARRAYS = (
     "catalogue_dense",
 )
 SPACE_ARRAYS = ("video_vectors", "user_ids", "user_vectors")
+# What each user watched before as-of (rec_core.snapshot.watch_history), under serve/ when the build has it.
+WATCHED_ARRAYS = ("watched_users", "watched_offsets", "watched_codes")
 # The ranker's feature state read back, under each space's rank/serve/ (rec_core.snapshot.rank_state), mapped by
 # the API and the materializer instead of rebuilt on the heap from rank/*.parquet.
 RANK_ID_ARRAYS = ("user_ids", "video_ids", "creator_ids", "tag_ids")
@@ -156,6 +158,9 @@ class BuildInfo:
     # Whether validation writes the serving index (serve/) that the API maps. False: begun before it; the API then
     # builds the same arrays on its heap.
     serving_index: bool = False
+    # Whether validation writes each user's videos watched before as-of (serve/watched_*.npy), which the API leaves
+    # out of live answers. False: begun before it; the API then leaves out only what it saw since.
+    watch_history: bool = False
 
     @property
     def ranker_applied(self) -> bool:
@@ -283,6 +288,8 @@ def expected_files(paths: SnapshotPaths, build: BuildInfo) -> list[Path]:
         files += [paths.root / SERVE_DIR / f"{name}.npy" for name in ROOT_ARRAYS]
         files.append(paths.root / SERVE_DIR / INDEX_FILE)
         files += [s.space_root / SERVE_DIR / f"{name}.npy" for s, _ in paths.spaces(build) for name in SPACE_ARRAYS]
+    if build.watch_history:
+        files += [paths.root / SERVE_DIR / f"{name}.npy" for name in WATCHED_ARRAYS]
     return files
 
 
@@ -356,6 +363,7 @@ def begin_snapshot(
         experiments=experiments,
         versions=versions or None,
         serving_index=True,
+        watch_history=True,
     )
     for version in info.extra_versions:
         snapshot.space(version, info).vectors_dir.mkdir(parents=True)

@@ -5,10 +5,10 @@ files present and nothing stray, schemas, vectors finite, each catalogue part ro
 for row with its video vector shard, feeds sorted, the Milvus collection there,
 and the content rules of :mod:`rec_core.snapshot.content` against the lake version
 it was built from; then it writes ``manifest.json`` atomically. Before hashing, it writes the serving index the
-API maps (:mod:`rec_core.snapshot.serving_index`) from the same files, so the index is hashed and published with
-them. Hashing FIRST means a file changed while it was being checked no longer matches its manifest,
-so publish refuses it. A failing snapshot raises
-:class:`~rec_core.snapshot.layout.SnapshotError` listing every reason.
+API maps (:mod:`rec_core.snapshot.serving_index`) from the same files, and each user's watch history
+(:mod:`rec_core.snapshot.watch_history`) from the lake version, so both are hashed and published with them.
+Hashing FIRST means a file changed while it was being checked no longer matches its manifest, so publish refuses
+it. A failing snapshot raises :class:`~rec_core.snapshot.layout.SnapshotError` listing every reason.
 
 Validation needs no lock: it writes only inside its own snapshot folder.
 """
@@ -59,6 +59,7 @@ from rec_core.snapshot.manifest import Manifest, sha256_file
 from rec_core.snapshot.model_copy import load_snapshot_model
 from rec_core.snapshot.rank_state import rank_arrays_problems, read_ranking
 from rec_core.snapshot.serving_index import write_serving_index
+from rec_core.snapshot.watch_history import write_watch_history
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
             index = write_serving_index(paths, build)
         except Exception as exc:  # damaged inputs fail in many ways; the checks below name each
             problems.append(f"cannot write the serving index: {type(exc).__name__}: {exc}")
+    if build.watch_history and index is not None:
+        try:
+            write_watch_history(paths, build, lake["interactions"], index.video_ids)
+        except Exception as exc:  # an unreadable lake table; the missing files are named below
+            problems.append(f"cannot write the watch history: {type(exc).__name__}: {exc}")
     files = expected_files(paths, build)
     milvus_file = paths.milvus_lite_file if not path_settings.milvus_uri else None
     # Hash before checking: a file rewritten during the checks then fails publish's re-hash.
