@@ -15,7 +15,10 @@ For each ASGI server (granian, uvicorn; one worker each, the same app):
 * the server's resident memory with the snapshot loaded (process tree).
 
 In process (no server): the fresh user's first page with the snapshot's ranker and
-without it, interleaved (``--fresh-ranker`` runs only this).
+without it, interleaved (``--fresh-ranker`` runs only this); and the first live page
+past a snapshot user's feed, leaving out what they watched before the snapshot and
+not, interleaved, with how many watched videos the latter served again
+(``--continuation`` runs only this).
 
 Impression logging (uvicorn): a server logging every page and one not, on the same
 snapshot, one at a time (Milvus Lite opens in one process), in alternating rounds
@@ -133,6 +136,68 @@ def fresh_pages_in_process(data: Path, n: int = FRESH_USERS) -> dict[str, list[f
         view.ranking = ranking
         view.close()
     return out
+
+
+def continuation_pages_in_process(data: Path, n: int = FRESH_USERS) -> dict[str, list[float]]:
+    """Milliseconds of the first live page past a snapshot user's feed, leaving out what the snapshot says they
+    watched before it ("history") and not ("no history": the API before the watch history), alternated user by
+    user over the ``n`` users with the longest histories; and per page, how many items without it were such videos."""
+    from feed_api.pager import next_page
+    from feed_api.snapshot_load import load_view
+    from rec_core.feed.cursor import Cursor
+    from rec_core.feed.policy import FeedPolicy
+    from rec_core.snapshot.watch_history import empty_history
+
+    paths = Settings.load().override(data_dir=data).paths
+    view = load_view(paths, served_snapshot(data))
+    history = view.watched
+    assert len(history), "the live snapshot has no watch history (built before it)"
+    policy = FeedPolicy(feed_length=view.build.feed_length)
+    sizes = np.diff(history.offsets)
+    users = history.user_row.ids[np.argsort(-sizes, kind="stable")[:n]].tolist()
+    out: dict[str, list[float]] = {"history": [], "no history": [], "re-served": [], "sizes": []}
+    try:
+        for i, user in enumerate(users):
+            bounds = view.feeds.bounds(user)
+            cursor = Cursor(view.snapshot_id, user, "feed", 0 if bounds is None else bounds[1] - bounds[0])
+            watched = set(view.video_ids[history.codes_of(user)].tolist())
+            out["sizes"].append(len(watched))
+            for mode in ("history", "no history") if i % 2 else ("no history", "history"):
+                view.watched = history if mode == "history" else empty_history()
+                started = time.perf_counter()
+                page = next_page(view, cursor, 20, None, lambda u=user: view.batch_vector(u), policy)
+                out[mode].append(1000 * (time.perf_counter() - started))
+                assert len(page.items) == 20 and page.source == "live"
+                again = sum(item.video_id in watched for item in page.items)
+                if mode == "history":
+                    assert not again, f"{user}: {again} watched videos served again"
+                else:
+                    out["re-served"].append(again)
+    finally:
+        view.watched = history
+        view.close()
+    return out
+
+
+def continuation_rows(data: Path) -> list[BenchRow]:
+    times = continuation_pages_in_process(data)
+    sizes = times["sizes"]
+    note = f"in process, the {len(sizes)} longest histories ({min(sizes):,}-{max(sizes):,} videos)"
+    rows = []
+    for mode in ("history", "no history"):
+        p50, p99 = np.percentile(times[mode], [50, 99])
+        what = "leaving out the watch history" if mode == "history" else "without it (before)"
+        rows.append(BenchRow(NAME, f"first live page past a feed p99, {what}", p99, "ms", f"p50 {p50:.1f} ms, {note}"))
+    rows.append(
+        BenchRow(
+            NAME,
+            "watched videos served again per 20-item live page, without it",
+            float(np.mean(times["re-served"])),
+            "items",
+            f"max {max(times['re-served'])}; none with it (asserted on every page)",
+        )
+    )
+    return rows
 
 
 def fresh_rows(data: Path) -> list[BenchRow]:
@@ -410,6 +475,7 @@ def run() -> list[BenchRow]:
             BenchRow(NAME, f"{server}: resident memory", r["rss_mib"], "MiB", shape),
         ]
     rows += fresh_rows(data)
+    rows += continuation_rows(data)
     rows += impression_rows(data, sample)
     us = in_process(data, sample[0])
     rows += [
@@ -452,15 +518,21 @@ if __name__ == "__main__":
     parser.add_argument("--memory-of", type=Path, help="only the resident memory of the API serving this data root")
     parser.add_argument("--fresh-ranker", action="store_true", help="only the in-process fresh-user pages, on/off")
     parser.add_argument("--impressions", action="store_true", help="only page throughput, impression logging on/off")
+    parser.add_argument(
+        "--continuation", action="store_true", help="only the in-process live pages past a feed, history on/off"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.memory_of:
         print(serving_memory(args.memory_of.resolve()))
-    elif args.fresh_ranker or args.impressions:
+    elif args.fresh_ranker or args.impressions or args.continuation:
         world = ensure_world(Settings.load())
         ensure_ranked(Settings.load(), world)
         if args.fresh_ranker:
             for row in fresh_rows(world):
+                print(row)
+        if args.continuation:
+            for row in continuation_rows(world):
                 print(row)
         if args.impressions:
             live = served_snapshot(world)
