@@ -60,6 +60,7 @@ class LiveSearch:
     pipeline: FeedPipeline
     query: np.ndarray  # the vector the search ran with: the user's (the ranker reads it), or the trending vector
     profile: UserProfile | None = None  # for the ranker: a fresh user's live history, a known one's events since
+    prior_creators: tuple[str, ...] = ()  # creators of the walk's items just before the answer, oldest first
 
     @property
     def depth(self) -> int:
@@ -91,6 +92,7 @@ class LiveSearch:
             ranking=ranking,
             posted_vector=view.video_vector,
             popular=len(popular),
+            prior_creators=self.prior_creators,
         )
 
     def popular(self, ranking: RankInputs | None) -> list[tuple[str, float]]:

@@ -147,6 +147,14 @@ def precomputed(view: SnapshotView, cursor: Cursor) -> tuple[RankedList, int, in
     return view.trending, 0, 0
 
 
+def _recent(cursor: Cursor, items: list[Item], span: int) -> tuple[str, ...]:
+    """The walk's last ``span`` videos with this page's ``items``, oldest first. Ids, not creators: a precomputed
+    page has them at hand, and only a live page needs their creators (looking those up on every page cost a
+    precomputed page a third more)."""
+    recent = (*cursor.recent_videos, *(i.video_id for i in items[max(len(items) - span, 0) :]))
+    return recent[max(len(recent) - span, 0) :]
+
+
 def next_page(
     view: SnapshotView,
     cursor: Cursor,
@@ -216,12 +224,14 @@ def next_page(
             profile = None
             if activity is not None:
                 profile = activity.since_snapshot() if view.knows_user(user_id) else activity.merged_profile()
-            search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query, profile)
+            # The creator cap counts the walk's items before the answer: this page's from the list, the pages before.
+            prior = tuple(view.catalogue_facts(list(_recent(cursor, items, policy.window - 1)))[1])
+            search = LiveSearch(view, user_id, seen, walked, policy, pipeline, query, profile, prior)
             new = [Item(i.video_id, i.score, i.reason) for i in search.items(need, exclude)]
             items += new
-            known = [view.video_code[i.video_id] for i in new if i.video_id in view.video_code]
-            served_codes = np.concatenate([served_codes, np.asarray(known, dtype=np.int64)])
-            extra += [i.video_id for i in new if i.video_id not in view.video_code]
+            new_codes = view.video_code.codes([i.video_id for i in new])
+            served_codes = np.concatenate([served_codes, new_codes[new_codes >= 0]])
+            extra += [i.video_id for i, c in zip(new, new_codes.tolist(), strict=True) if c < 0]
         left = view.catalogue_size() - view.known_count(exclude) - len(new)
         # An empty live answer means what is left is all blocked (the user's own videos): the walk ends.
         has_more = left > 0 and (need == 0 or bool(new))
@@ -240,5 +250,6 @@ def next_page(
             cursor.page + 1,
             served=cursor.served + len(items),
             placement=cursor.placement,
+            recent_videos=_recent(cursor, items, policy.window - 1),
         )
     return Page(items, has_more, nxt, source, unknown=trending, from_list=from_list)

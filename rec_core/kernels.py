@@ -57,8 +57,8 @@ SIGNATURES: dict[str, tuple[tuple[types.Type, ...], ...]] = {
     ),
     "rec_core.feed.policy_kernel._best_waiting": ((_I8, I2, I2, I2, I2, I1, I1, _I8, B1),),
     "rec_core.feed.policy_kernel.greedy_block": (
-        (I2_RO, B2, B2_RO, B1_RO, _I8, _I8, _I8, I2, I1),
-        (I2, B2, B2, B1_RO, _I8, _I8, _I8, I2, I1),
+        (I2_RO, B2, B2_RO, I2, B1_RO, _I8, _I8, _I8, I2, I1),
+        (I2, B2, B2, I2, B1_RO, _I8, _I8, _I8, I2, I1),
     ),
     "rec_core.feed.tiled_top_k._thresholds": ((F4_2, I1, I1, I1, _I8),),
     "rec_core.feed.tiled_top_k._scan_tile": ((F4_2, _I8, F4_1, I1, I1, I1, I2, F4_2, I1),),

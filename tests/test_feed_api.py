@@ -389,6 +389,28 @@ def test_any_page_sizes_walk_the_same_feed_without_duplicates_or_gaps(
     n = min(len(served), len(expected))
     assert served[:n] == expected[:n], "pages of any size follow the feed exactly: no gap, no reorder"
     assert len(served) == sum(limits), "a walk never runs short while the catalogue lasts"
+    assert cap_breaks(api_world, served) == [], "the creator cap holds across the pages of a walk"
+
+
+def cap_breaks(data: Path, served: list[str]) -> list[int]:
+    """Positions of a walk where the feed policy's creator cap is broken."""
+    from rec_core.data.inbox import iter_kind, read_new
+    from rec_core.feed.policy import FeedPolicy, check_feed
+
+    creator = dict(videos(data).select("video_id", "creator_id").iter_rows())
+    # Videos other tests posted since the snapshot: their creator as the API takes it (the video's own id without).
+    for record in iter_kind(read_new(data / "inbox"), "video"):
+        creator[record.data["video_id"]] = record.data.get("creator_id") or record.data["video_id"]
+    return check_feed([creator[v] for v in served], FeedPolicy())
+
+
+def test_the_creator_cap_holds_across_small_pages_past_the_feed(api: ApiServer, api_world: Path) -> None:
+    """Each live page chose under the cap as if it started a feed: at a page boundary two more videos of a creator
+    the page before ended with could follow (7-item pages: 18-27 breaks in 200 live items for each of these)."""
+    for user in ("u0000010", "u0000030", "fresh-never-seen"):
+        items, pages = walk(api, user, limit=7, max_pages=60, to_end=False)
+        assert {"live", "mixed"} & {p["source"] for p in pages}
+        assert cap_breaks(api_world, [i["video_id"] for i in items]) == [], user
 
 
 FEEDS_CACHE: dict[str, pl.DataFrame] = {}

@@ -283,15 +283,18 @@ def test_select_eligible_fast_path_matches_select() -> None:
     assert fast.tolist() == slow.tolist()
 
 
-def greedy_by_definition(creators: list[int], fresh: list[bool], policy: FeedPolicy) -> list[int]:
+def greedy_by_definition(
+    creators: list[int], fresh: list[bool], policy: FeedPolicy, prior: list[int] | None = None
+) -> list[int]:
     """The policy's rule read literally, O(slots x candidates): each slot takes the lowest unused position of its
     stream (fresh ones for a fresh slot, then all) whose creator has fewer than the cap in the last window - 1
-    picks; the feed ends when none is takeable."""
+    items (the ``prior`` creators served before, then the picks); the feed ends when none is takeable."""
     slots = policy.fresh_slots(min(policy.feed_length, len(creators)))
     picked: list[int] = []
 
     def takeable(q: int) -> bool:
-        recent = [creators[p] for p in picked[-(policy.window - 1) :]] if policy.window > 1 else []
+        before = [*(prior or []), *(creators[p] for p in picked)]
+        recent = before[-(policy.window - 1) :] if policy.window > 1 else []
         return q not in picked and recent.count(creators[q]) < policy.max_per_creator_in_window
 
     for slot in slots:
@@ -333,6 +336,47 @@ def test_compiled_block_selection_is_the_rule_by_definition(rows, cap, window, s
         want = greedy_by_definition(creator[i, ok].tolist(), fresh[i, ok].tolist(), policy)
         assert got[i].tolist() == ok[want].tolist()
         assert select_eligible(creator[i, ok], 7, fresh[i, ok], policy).tolist() == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=0, max_size=40),
+            st.lists(st.integers(-1, 5), min_size=0, max_size=12),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    cap=st.integers(1, 3),
+    window=st.integers(1, 8),
+    share=st.sampled_from([0.0, 0.1, 0.5]),
+    length=st.integers(1, 50),
+)
+def test_the_items_served_before_count_in_the_first_windows(rows, cap, window, share, length) -> None:
+    """A page continuing a walk: the creators of the items before it (``prior``, of any length; -1 for none) count
+    toward the cap exactly as if they had been picked first, as the rule read literally says."""
+    cap = min(cap, window)
+    policy = FeedPolicy(feed_length=length, max_per_creator_in_window=cap, window=window, fresh_share=share)
+    width = max(1, *(len(r) for r, _ in rows))
+    longest = max(len(p) for _, p in rows)
+    creator = np.zeros((len(rows), width), dtype=np.int64)
+    keep = np.zeros((len(rows), width), dtype=bool)
+    fresh = np.zeros((len(rows), width), dtype=bool)
+    prior = np.full((len(rows), longest), -1, dtype=np.int64)
+    for i, (row, before) in enumerate(rows):
+        for j, (c, f) in enumerate(row):
+            creator[i, j], keep[i, j], fresh[i, j] = c, True, f
+        prior[i, longest - len(before) :] = before  # right-aligned: the newest item last
+    got = select_block(creator, keep, fresh, 6, policy, prior)
+    for i, (row, _) in enumerate(rows):
+        n = len(row)
+        # A -1 is a place with no item: for the rule read literally, a creator of its own that no candidate has.
+        before = [c if c >= 0 else -1 - k for k, c in enumerate(prior[i].tolist())]
+        want = greedy_by_definition(creator[i, :n].tolist(), fresh[i, :n].tolist(), policy, before)
+        assert got[i].tolist() == want
+        walk = [*before, *creator[i, :n][want].tolist()]
+        assert [p for p in check_feed(walk, policy) if p >= len(before)] == []
 
 
 def test_block_selection_refuses_creator_codes_outside_the_range() -> None:

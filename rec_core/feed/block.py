@@ -57,6 +57,9 @@ class FeedContext:
     # Live only: videos posted since the snapshot, coded after the catalogue in this order. Apart, so that a live
     # page does not copy the whole catalogue's ids to append a few.
     posted_ids: tuple[str, ...] = ()
+    # Live only: int64 [users, m], the creator codes of the items the walk served just before this page, oldest first
+    # (-1: none), so the creator cap holds across the page boundary. None: feeds from the top (the batch).
+    prior_creators: np.ndarray | None = None
 
     @property
     def n_videos(self) -> int:

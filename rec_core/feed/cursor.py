@@ -11,7 +11,9 @@ without a duplicate or a gap, so the server keeps no per-walk state:
 * the position in the precomputed list (the user's feed, or trending),
 * the videos already served from live search, as catalogue positions of that
   snapshot (sorted, delta-encoded and compressed: a few bytes per item), plus
-  the ids of videos the snapshot's catalogue does not have (added through the API).
+  the ids of videos the snapshot's catalogue does not have (added through the API),
+* the last few videos served, so the creator cap holds across the boundary to
+  the next page when that page comes from live search.
 
 The token is ``base64url(payload || HMAC-SHA256(secret, payload)[:16])`` with
 the payload in MessagePack. It is opaque to clients, not secret: it is signed,
@@ -66,6 +68,8 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
     issued_at: int = 0  # unix seconds, set when signed; cursors from before expiry existed read as 0 (expired)
     served: int = 0  # items served so far in this walk: the walk position of the next page's first item
     placement: tuple[str, ...] = ()  # (experiment, arm, variant) the walk is served under; () for none
+    # The walk's last window - 1 videos, oldest first: the creator cap of the next live page counts their creators.
+    recent_videos: tuple[str, ...] = ()
 
     def served_codes(self) -> np.ndarray:
         return decode_codes(self.live_codes)

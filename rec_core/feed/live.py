@@ -50,6 +50,7 @@ def rank_live(
     ranking: RankInputs | None = None,
     posted_vector: Callable[[str], np.ndarray | None] | None = None,
     popular: int = 0,
+    prior_creators: Sequence[str] = (),
 ) -> list[LiveItem]:
     """The feed the pipeline makes of ``hits`` (best first; ties by video id), at most ``policy.feed_length`` long.
 
@@ -60,6 +61,8 @@ def rank_live(
     vector of a video posted since the snapshot, for its engagement features. The last ``popular`` hits are not the
     search's but the ranker's popular videos (``RankCatalogue.popular_codes``, scored with the same vector): they
     go behind the ranker's N best of the search, as the batch and the ranker's training lay them out.
+    ``prior_creators``: the creators of the items the walk served just before, oldest first, which the creator cap
+    counts in the answer's first windows.
     """
     if not hits:
         return []
@@ -97,6 +100,7 @@ def rank_live(
         seen=_codes_row(codes[[v in seen for v in hit_ids]]),
         served=_codes_row(codes[[v in served for v in hit_ids]]),
         unique=False,
+        prior=prior_creators,
     )
     if ranking is not None and extra:
         ranking = replace(ranking, extra_vectors=_posted_vectors(list(extra), ranking, posted_vector))
@@ -190,11 +194,14 @@ def _one_user(
     served: ExclusionCSR | None,
     unique: bool,
     posted_ids: tuple[str, ...] = (),
+    prior: Sequence[str] = (),
 ) -> tuple[CandidateBlock, FeedContext]:
-    """A one-row block of ranked candidates and its context; creators are coded over the row and the user."""
+    """A one-row block of ranked candidates and its context; creators are coded over the row, the user and the
+    creators of the items served before (``prior``)."""
     # Dense creator codes in order of appearance (a dict: a page's worth of strings is no job for a sort).
     index: dict[str, int] = {}
     creator_codes = np.asarray([index.setdefault(c, len(index)) for c in [*creators.tolist(), user_id]], np.int64)
+    prior_codes = np.asarray([index.setdefault(c, len(index)) for c in prior], np.int64).reshape(1, -1)
     creator_ids = np.asarray(list(index), dtype=object)
     block = CandidateBlock(
         users=np.zeros(1, dtype=np.int64),
@@ -212,6 +219,7 @@ def _one_user(
         user_creator=creator_codes[-1:],
         seen=seen,
         served=served,
+        prior_creators=prior_codes if len(prior) else None,
     )
     return block, ctx
 

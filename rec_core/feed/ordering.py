@@ -32,7 +32,7 @@ class PolicySelector:
 
     def select(self, block: CandidateBlock, keep: np.ndarray, ctx: FeedContext) -> list[np.ndarray]:
         # select_block reads (and checks) creator codes only where keep is set: no masking copy needed.
-        return select_block(block.creator, keep, block.fresh, ctx.n_creators, ctx.policy)
+        return select_block(block.creator, keep, block.fresh, ctx.n_creators, ctx.policy, ctx.prior_creators)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,23 +137,39 @@ def select(
     return order[select_eligible(creators, len(codes), fresh[order], policy)]
 
 
-def select_eligible(creator_codes: np.ndarray, n_creators: int, fresh: np.ndarray, policy: FeedPolicy) -> np.ndarray:
+def select_eligible(
+    creator_codes: np.ndarray,
+    n_creators: int,
+    fresh: np.ndarray,
+    policy: FeedPolicy,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
     """The fast path of :func:`select` for candidates already unique and eligible (the batch filters them).
 
-    ``creator_codes`` are dense integers in ``0..n_creators-1``; returns positions, in feed order.
+    ``creator_codes`` are dense integers in ``0..n_creators-1``; returns positions, in feed order. ``prior``: the
+    creator codes of the items served just before, oldest first (see :func:`select_block`).
     """
     creator_codes = np.asarray(creator_codes, dtype=np.int64)
     keep = np.ones((1, len(creator_codes)), dtype=bool)
-    return select_block(creator_codes[None, :], keep, np.asarray(fresh, dtype=bool)[None, :], n_creators, policy)[0]
+    prior_row = None if prior is None else np.asarray(prior, dtype=np.int64)[None, :]
+    fresh_row = np.asarray(fresh, dtype=bool)[None, :]
+    return select_block(creator_codes[None, :], keep, fresh_row, n_creators, policy, prior_row)[0]
 
 
 def select_block(
-    creator_codes: np.ndarray, keep: np.ndarray, fresh: np.ndarray, n_creators: int, policy: FeedPolicy
+    creator_codes: np.ndarray,
+    keep: np.ndarray,
+    fresh: np.ndarray,
+    n_creators: int,
+    policy: FeedPolicy,
+    prior: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """:func:`select_eligible` for a block of users at once: per row of ``creator_codes`` [rows, width] (dense codes
     in ``0..n_creators-1``), the positions of the feed among the columns ``keep`` marks, in feed order.
 
-    The candidates ``keep`` marks must be unique and eligible, as for :func:`select_eligible`.
+    The candidates ``keep`` marks must be unique and eligible, as for :func:`select_eligible`. ``prior`` [rows, m]:
+    per row, the creator codes of the items served just before this feed, oldest first (-1: none; only the last
+    ``window - 1`` count): a page continuing a walk keeps the creator cap across the page boundary.
     """
     creator_codes = np.ascontiguousarray(creator_codes, dtype=np.int64)
     keep = np.ascontiguousarray(keep, dtype=np.bool_)
@@ -161,6 +177,11 @@ def select_block(
     if not (creator_codes.shape == keep.shape == fresh.shape) or creator_codes.ndim != 2:
         raise ValueError(f"block arrays differ in shape: {creator_codes.shape}, {keep.shape}, {fresh.shape}")
     rows = creator_codes.shape[0]
+    span = policy.window - 1
+    prior = np.zeros((rows, 0), dtype=np.int64) if prior is None else np.asarray(prior, dtype=np.int64)
+    prior = np.ascontiguousarray(prior[:, max(prior.shape[1] - span, 0) :])
+    if prior.shape[0] != rows:
+        raise ValueError(f"prior creators for {prior.shape[0]} rows, the block has {rows}")
     out = np.full((rows, policy.feed_length), -1, dtype=np.int64)
     lengths = np.zeros(rows, dtype=np.int64)
     if n_creators < 1 and keep.any():
@@ -170,9 +191,10 @@ def select_block(
             creator_codes,
             keep,
             fresh,
+            prior,
             _slots(policy, policy.feed_length),
             policy.max_per_creator_in_window,
-            policy.window - 1,
+            span,
             max(n_creators, 1),
             out,
             lengths,

@@ -75,6 +75,7 @@ def greedy_block(
     creator: np.ndarray,
     keep: np.ndarray,
     fresh: np.ndarray,
+    prior: np.ndarray,
     slots: np.ndarray,
     cap: int,
     span: int,
@@ -85,11 +86,14 @@ def greedy_block(
     """Fill ``out[r, :lengths[r]]`` with row ``r``'s feed: column positions among those ``keep`` marks, in order.
 
     ``creator`` int64 [rows, width] dense codes below ``n_creators``; ``keep`` and ``fresh`` bool, same shape;
-    ``slots`` bool [feed length]: the fresh slots; ``cap`` items of one creator in any ``span + 1`` consecutive.
-    Returns -1, or the first row with a kept code outside ``0..n_creators-1``, checked as the row is read and
-    before anything is indexed by it (the rows before it are filled, it and those after it are not).
+    ``prior`` int64 [rows, m], m <= span: the creator codes of the m items served just before the feed, oldest
+    first (-1: none), which count in its first windows (a live page continuing a walk); m = 0 for a feed from the
+    top. ``slots`` bool [feed length]: the fresh slots; ``cap`` items of one creator in any ``span + 1`` consecutive.
+    Returns -1, or the first row with a kept or prior code outside ``0..n_creators-1``, checked as the row is read
+    and before anything is indexed by it (the rows before it are filled, it and those after it are not).
     """
     rows, width = creator.shape
+    m = prior.shape[1]
     feed_length = out.shape[1]
     # Scratch, per block: per candidate (compact over a row's kept columns) and per creator code, per stream where
     # the streams differ. What a row touches is reset after it, so a block costs O(candidates), not
@@ -125,6 +129,12 @@ def greedy_block(
                     n_fresh += 1
                 n += 1
         n_stream[FRESH], n_stream[REGULAR] = n_fresh, n
+        for k in range(m):
+            c = prior[r, k]
+            if c >= n_creators:
+                return r
+            if c >= 0:
+                counts[c] += 1
         ptr[:] = 0
         n_waiting[:] = 0
         free[:] = False
@@ -162,9 +172,13 @@ def greedy_block(
             picks[length] = p
             length += 1
             counts[cre[p]] += 1
-            # Counts cover the last span picks: the next pick completes a window of span + 1.
+            # Counts cover the last span items, the prior's first: the next pick completes a window of span + 1.
+            c = -1
             if i >= span:
                 c = cre[picks[i - span]]
+            elif i - span + m >= 0:
+                c = prior[r, i - span + m]
+            if c >= 0:
                 counts[c] -= 1
                 for s in range(2):
                     if head[s, c] >= 0:
@@ -172,6 +186,9 @@ def greedy_block(
         for k in range(length):
             out[r, k] = column[picks[k]]
         lengths[r] = length
+        for k in range(m):
+            if prior[r, k] >= 0:
+                counts[prior[r, k]] = 0
         for j in range(n):
             c = cre[j]
             counts[c] = 0
