@@ -15,7 +15,8 @@ that post events and remember which were acknowledged) while one fault happens:
 What must hold in every row: no 5xx outside the moments the API process is down (503s on ``/events``
 while the inbox's disk is full are expected and counted apart), every acknowledged event in the lake's
 interactions after a final ingest, no duplicate and no gap in any walk (a walk runs to ``has_more``
-false or ``WALK_PAGES`` pages, all on one snapshot, its precomputed part equal to that snapshot's feed),
+false or ``WALK_PAGES`` pages, all on one snapshot, its precomputed part equal to that snapshot's feed, nothing
+in it the user watched before that snapshot, the creator cap held across its pages),
 and during a publish the previous snapshot served until the pointer swap. Exit status 1 if any row fails.
 
     python -m benchmarks.chaos [--rebuild-world] [--keep]
@@ -262,6 +263,31 @@ def snapshot_feeds(data: Path, snapshot_id: str, users: list[str]) -> dict[str, 
     return {u: g["video_id"].to_list() for (u,), g in frame.group_by("user_id", maintain_order=True)}
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotFacts:
+    """What a walk on one snapshot is checked against, read from the snapshot and its lake version: the walk users'
+    feeds, what they watched before its as-of, and every video's creator (None: the lake version was pruned)."""
+
+    feeds: dict[str, list[str]]
+    watched: dict[str, set[str]] | None
+    creators: dict[str, str] | None
+
+
+def snapshot_facts(data: Path, snapshot_id: str, users: list[str]) -> SnapshotFacts:
+    feeds = snapshot_feeds(data, snapshot_id, users)
+    build = json.loads((data / "snapshots" / snapshot_id / "build.json").read_text())
+    lake = data / "lake" / build["lake_version"]
+    try:
+        as_of = pl.lit(build["as_of"]).str.to_datetime(time_zone="UTC")
+        interactions = pl.read_parquet(lake / "interactions.parquet", columns=["user_id", "video_id", "ts"])
+        before = interactions.filter(pl.col("user_id").is_in(users) & (pl.col("ts") < as_of))
+        watched = {u: set(g["video_id"].to_list()) for (u,), g in before.group_by("user_id")}
+        creators = dict(pl.read_parquet(lake / "videos.parquet", columns=["video_id", "creator_id"]).iter_rows())
+    except (OSError, pl.exceptions.PolarsError):
+        return SnapshotFacts(feeds, None, None)
+    return SnapshotFacts(feeds, watched, creators)
+
+
 def live_pointer(data: Path) -> str | None:
     with contextlib.suppress(FileNotFoundError):
         return (data / "snapshots" / "LIVE").read_text().strip()
@@ -445,19 +471,23 @@ def within(t: float, windows: list[tuple[float, float]]) -> bool:
 
 
 class Feeds:
-    """The walk users' feeds per snapshot, read from the snapshot's files the first time a walk names it."""
+    """The walk users' feeds per snapshot, and what else a walk is checked against (:class:`SnapshotFacts`), read
+    the first time a walk names the snapshot."""
 
     def __init__(self, data: Path, users: list[str]) -> None:
         self.data, self.users = data, users
-        self._by_snapshot: dict[str, dict[str, list[str]]] = {}
+        self._by_snapshot: dict[str, SnapshotFacts] = {}
 
-    def of(self, snapshot_id: str, user: str) -> list[str] | None:
+    def facts(self, snapshot_id: str) -> SnapshotFacts:
         if snapshot_id not in self._by_snapshot:
             try:
-                self._by_snapshot[snapshot_id] = snapshot_feeds(self.data, snapshot_id, self.users)
+                self._by_snapshot[snapshot_id] = snapshot_facts(self.data, snapshot_id, self.users)
             except (OSError, pl.exceptions.PolarsError):  # pruned (or never there): nothing to compare with
-                self._by_snapshot[snapshot_id] = {}
-        return self._by_snapshot[snapshot_id].get(user)
+                self._by_snapshot[snapshot_id] = SnapshotFacts({}, None, None)
+        return self._by_snapshot[snapshot_id]
+
+    def of(self, snapshot_id: str, user: str) -> list[str] | None:
+        return self.facts(snapshot_id).feeds.get(user)
 
 
 def judge_load(
@@ -490,7 +520,7 @@ def judge_load(
         elif a.status >= 400 and a.op == "event":
             row.failures.append(f"valid event refused: {a.detail}")
     row.acked = list(load.acked)
-    walked, compared = 0, 0
+    walked, compared, checked = 0, 0, 0
     per_snapshot: Counter[str] = Counter()
     for w in load.walks:
         if w.why == "aborted":  # cut short by the harness's own time limit, not by the API
@@ -498,6 +528,7 @@ def judge_load(
         walked += 1
         per_snapshot.update(set(w.snapshots))
         compared += bool(w.snapshots) and feeds.of(w.snapshots[0], w.user) is not None
+        checked += bool(w.snapshots) and feeds.facts(w.snapshots[0]).watched is not None
         row.duplicates += len(w.items) - len(set(w.items))
         problem = _walk_problem(w, feeds)
         if problem:
@@ -508,11 +539,14 @@ def judge_load(
         row.failures.append(f"{row.duplicates} duplicate items in walks")
     on = ", ".join(f"{n} on {_short(s)}" for s, n in sorted(per_snapshot.items()))
     row.notes.append(
-        f"{walked} walks ({on}; {compared} compared with their snapshot's feed), "
+        f"{walked} walks ({on}; {compared} compared with their snapshot's feed, {checked} with its lake's history "
+        "and creators), "
         f"{len(load.acked)} events acknowledged, {len(load.answers)} requests"
     )
-    if walked == 0 or compared == 0:
-        row.failures.append(f"{walked} walks, {compared} compared with a snapshot feed: the check did not run")
+    if walked == 0 or compared == 0 or checked == 0:
+        row.failures.append(
+            f"{walked} walks, {compared} compared with a snapshot feed, {checked} with its lake: the check did not run"
+        )
 
 
 def _walk_problem(w: Walk, feeds: Feeds) -> str:
@@ -526,6 +560,15 @@ def _walk_problem(w: Walk, feeds: Feeds) -> str:
         if w.items[:n] != feed[:n]:
             at = next(i for i in range(n) if w.items[i] != feed[i])
             return f"precomputed part differs from snapshot {w.snapshots[0]}'s feed from position {at}"
+    facts = feeds.facts(w.snapshots[0]) if w.snapshots else None
+    if facts is not None and facts.watched is not None and facts.creators is not None:
+        from rec_core.feed.policy import FeedPolicy, check_feed
+
+        if again := set(w.items) & facts.watched.get(w.user, set()):
+            return f"served {len(again)} video(s) watched before the snapshot, e.g. {sorted(again)[:3]}"
+        # A video the API took since the snapshot is its own creator, as the API has it without a creator_id.
+        if broken := check_feed([facts.creators.get(v, v) for v in w.items], FeedPolicy()):
+            return f"the creator cap broken at walk position(s) {broken[:5]}"
     return ""
 
 
