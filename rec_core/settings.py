@@ -332,6 +332,15 @@ class BatchSettings(_Section):
         hi=3650,
         env="IMPRESSIONS_KEEP_DAYS",
     )
+    feed_active_days: int = _setting(
+        0,
+        "Only users active in this many days before a snapshot's as-of (an interaction, or joining) get a "
+        "precomputed feed; the others keep their vector and are served by live search, so feeds grow with "
+        "activity, not with every user ever seen. 0: every user gets one.",
+        lo=0,
+        hi=36500,
+        env="FEED_ACTIVE_DAYS",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +489,7 @@ class Settings:
         path = config_file or _config_path(env)
         if path is not None:
             raw.update(_read_toml(path))
-        known = _flat_fields()
+        known = flat_fields()
         for key, value in env.items():
             if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
                 name = key[len(ENV_PREFIX) :].lower()
@@ -499,7 +508,7 @@ class Settings:
 
     def override(self, **flat: Any) -> Settings:
         """A copy with some settings changed, by their flat names; each lands in its section."""
-        known = _flat_fields()
+        known = flat_fields()
         per_section: dict[str | None, dict[str, Any]] = {}
         for name, value in flat.items():
             if name not in known:
@@ -514,7 +523,7 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         """Every setting by its flat name, secrets masked."""
         out: dict[str, Any] = {}
-        for name, (section, f) in _flat_fields().items():
+        for name, (section, f) in flat_fields().items():
             value = getattr(getattr(self, section) if section else self, f.name)
             out[name] = str(value) if isinstance(value, Path) else value
         out["cursor_secret"] = "***" if self.api.cursor_secret else ""
@@ -525,7 +534,7 @@ class Settings:
 _SECTIONS = ("paths", "model", "batch", "api")
 
 
-def _flat_fields() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
+def flat_fields() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
     """Flat name -> (section attribute or None for a shared field, the field), in documentation order."""
     out: dict[str, tuple[str | None, dataclasses.Field[Any]]] = {}
     for f in dataclasses.fields(Settings):
@@ -539,7 +548,7 @@ def _flat_fields() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
 
 def variable_names() -> list[str]:
     """Every ``REC_*`` variable a setting is read from, in documentation order."""
-    return [f"{ENV_PREFIX}{name.upper()}" for name in _flat_fields()]
+    return [f"{ENV_PREFIX}{name.upper()}" for name in flat_fields()]
 
 
 def _config_path(env: Mapping[str, str]) -> Path | None:
@@ -580,14 +589,6 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
         return _PARSERS[kind](value)
     except (TypeError, ValueError):
         raise SettingsError(name, f"must be {'an integer' if kind == 'int' else 'a ' + kind}, got {value!r}") from None
-
-
-def settings_table_markdown() -> str:
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, (_, f) in _flat_fields().items():
-        default = f.default if f.default != "" else "(empty)"
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {f.metadata['doc']} |")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import sys
 
-from rec_core.settings import ENV_PREFIX, Settings, SettingsError, settings_table_markdown
+from rec_core.settings import ENV_PREFIX, Settings, SettingsError, flat_fields
+
+
+def settings_table_markdown() -> str:
+    """The README's table of every setting: variable, default, meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, (_, f) in flat_fields().items():
+        default = f.default if f.default != "" else "(empty)"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

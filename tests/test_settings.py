@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rec_core.settings import Settings, SettingsError, settings_table_markdown
+from rec_core.settings import Settings, SettingsError
+from rec_core.settings_cli import settings_table_markdown
 from tests.conftest import ROOT
 
 

@@ -52,6 +52,7 @@ from rec_core.feed.reasons import ReasonCatalogue, like_threshold, render, unit_
 from rec_core.progress import Progress
 from rec_core.rank.candidates import with_popular
 from rec_core.settings import Settings
+from rec_core.snapshot.feed_users import active_user_ids
 from rec_core.snapshot.files import FEED_SCHEMA, TRENDING_SCHEMA, USER_ID, VIDEO_ID
 from rec_core.snapshot.layout import BuildInfo, SnapshotError, SnapshotPaths, snapshot_paths
 
@@ -81,6 +82,10 @@ def materialize_feeds(
     cat, policy = inputs.catalogue, inputs.policy
     user_file = paths.user_vectors(shard, build.user_shards)
     user_ids, user_vectors = read_vectors([user_file], USER_ID, build, str(user_file))
+    if (active := active_user_ids(settings.paths, build)) is not None:
+        # A feed for the shard's active users only; the others keep their vector (rec_core.snapshot.feed_users).
+        rows = np.flatnonzero(pl.Series(user_ids).is_in(active.implode()).to_numpy())
+        user_ids, user_vectors = user_ids.take(pa.array(rows)), user_vectors[rows]
     n_users = len(user_ids)
     timings["load"] = time.perf_counter() - started
     log.info(

@@ -84,6 +84,7 @@ def begin(settings: Settings, *, video_shards: int, user_shards: int) -> dict:
         # A change to an experiment takes effect here, at the next snapshot (rec_core.experiments.registry).
         experiments=[msgspec.to_builtins(e) for e in experiments],
         versions={v: space.record for v, space in others.items()},
+        feed_active_days=settings.batch.feed_active_days,
     )
     # The version is pinned from the moment build.json names it; a commit that pruned it before then
     # (possible only with REC_LAKE_VERSIONS_KEEP=1) must fail this snapshot now, not its readers later.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import polars as pl
 
 from rec_core.snapshot.layout import BuildInfo
 
@@ -38,6 +39,7 @@ def check_content(
     *,
     ordered: bool = False,
     repeats: Repeats | None = None,
+    active: pl.Series | None = None,
 ) -> tuple[dict[str, int], str | None]:
     """Row counts and every content rule, one DuckDB pass per concern; appends to ``problems``.
 
@@ -49,6 +51,9 @@ def check_content(
     ``repeats``: the caller has counted the rows that repeat a video of their user from the serving index's codes
     (:mod:`rec_core.snapshot.feed_repeats`), so the distinct count of videos per user is not taken here (9.5 s of
     13 at that scale).
+
+    ``active``: the users the build gives a feed (:func:`rec_core.snapshot.feed_users.active_user_ids`); None: every
+    lake user. Every one of them must have a feed, and no one else.
 
     Returns the counts and the lake's watermark (the newest interaction, ISO time; None without interactions).
     """
@@ -70,10 +75,17 @@ def check_content(
         f"CREATE TEMP TABLE lake_users AS SELECT user_id FROM read_parquet({_sql_str(lake['users'])}) UNION "
         f"SELECT user_id FROM read_parquet({_sql_str(lake['interactions'])}) WHERE ts < {as_of}::TIMESTAMPTZ"
     )
+    if active is None:
+        con.execute("CREATE TEMP TABLE feed_users AS SELECT user_id FROM lake_users")
+    else:
+        con.register("active_users", pl.DataFrame({"user_id": active}).to_arrow())
+        con.execute("CREATE TEMP TABLE feed_users AS SELECT user_id FROM active_users")
+        con.unregister("active_users")
     watermark_ms = one(f"SELECT epoch_ms(max(ts)) FROM read_parquet({_sql_str(lake['interactions'])})")[0]
     counts = {
         "videos": one("SELECT count(*) FROM lake_videos")[0],
         "lake_users": one("SELECT count(*) FROM lake_users")[0],
+        "active_users": one("SELECT count(*) FROM feed_users")[0],
     }
 
     if feeds:
@@ -143,21 +155,22 @@ def check_content(
                 f"unknown video ids in feeds (not in lake {build.lake_version}): {unknown} row(s), e.g. "
                 + examples(f"SELECT DISTINCT video_id FROM {src} ANTI JOIN lake_videos USING (video_id) ORDER BY 1")
             )
-        missing_users = one("SELECT count(*) FROM lake_users ANTI JOIN per_user USING (user_id)")[0]
+        missing_users = one("SELECT count(*) FROM feed_users ANTI JOIN per_user USING (user_id)")[0]
         if missing_users:
             problems.append(
-                f"users without a feed: {missing_users} of {counts['lake_users']}, e.g. "
-                + examples("SELECT user_id FROM lake_users ANTI JOIN per_user USING (user_id) ORDER BY 1")
+                f"users without a feed: {missing_users} of {counts['active_users']}, e.g. "
+                + examples("SELECT user_id FROM feed_users ANTI JOIN per_user USING (user_id) ORDER BY 1")
             )
-        strangers = one("SELECT count(*) FROM per_user ANTI JOIN lake_users USING (user_id)")[0]
+        strangers = one("SELECT count(*) FROM per_user ANTI JOIN feed_users USING (user_id)")[0]
         if strangers:
+            whom = "unknown to the lake" if active is None else f"not active since {build.feed_active_since}"
             problems.append(
-                f"feeds for {strangers} user(s) unknown to the lake, e.g. "
-                + examples("SELECT user_id FROM per_user ANTI JOIN lake_users USING (user_id) ORDER BY 1")
+                f"feeds for {strangers} user(s) {whom}, e.g. "
+                + examples("SELECT user_id FROM per_user ANTI JOIN feed_users USING (user_id) ORDER BY 1")
             )
     else:
         counts |= {"feed_rows": 0, "feed_users": 0, "feed_videos": 0}
-        problems.append(f"users without a feed: all {counts['lake_users']} (no readable feed part)")
+        problems.append(f"users without a feed: all {counts['active_users']} (no readable feed part)")
 
     for kind, files, id_column, table in (
         ("video", video_vecs, "video_id", "lake_videos"),

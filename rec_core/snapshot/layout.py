@@ -161,6 +161,9 @@ class BuildInfo:
     # Whether validation writes each user's videos watched before as-of (serve/watched_*.npy), which the API leaves
     # out of live answers. False: begun before it; the API then leaves out only what it saw since.
     watch_history: bool = False
+    # Only users active since this ISO time (an interaction, or joining, in [since, as-of)) get a feed; the others
+    # keep their vector and the API serves them by live search (rec_core.snapshot.feed_users). None: every user.
+    feed_active_since: str | None = None
 
     @property
     def ranker_applied(self) -> bool:
@@ -336,6 +339,7 @@ def begin_snapshot(
     ranker: dict | None = None,
     experiments: list[dict] | None = None,
     versions: dict[str, dict] | None = None,
+    feed_active_days: int = 0,
     now: dt.datetime | None = None,
 ) -> SnapshotPaths:
     """Create the folder of a new snapshot and its ``build.json``; stages then fill it."""
@@ -364,6 +368,9 @@ def begin_snapshot(
         versions=versions or None,
         serving_index=True,
         watch_history=True,
+        feed_active_since=(as_of - dt.timedelta(days=feed_active_days)).astimezone(dt.UTC).isoformat()
+        if feed_active_days
+        else None,
     )
     for version in info.extra_versions:
         snapshot.space(version, info).vectors_dir.mkdir(parents=True)

@@ -35,6 +35,7 @@ from rec_core.model.inference import as_of_ms
 from rec_core.settings import PathSettings, Settings
 from rec_core.snapshot.content import EXAMPLES, check_content
 from rec_core.snapshot.feed_repeats import feed_repeats
+from rec_core.snapshot.feed_users import active_user_ids
 from rec_core.snapshot.files import (
     CATALOGUE_COLUMNS,
     CATALOGUE_DENSE,
@@ -154,6 +155,7 @@ def validate_snapshot(path_settings: PathSettings, snapshot_id: str, *, require_
             problems,
             ordered=not order_problems,
             repeats=repeats,
+            active=active_user_ids(path_settings, build),
         )
     finally:
         con.close()
