@@ -116,13 +116,23 @@ def live_vector(view: SnapshotView, user_id: str, activity: UserActivity | None)
     return (moved / max(float(np.linalg.norm(moved)), 1e-12)).astype(np.float32)
 
 
-def first_cursor(view: SnapshotView, user_id: str, *, has_vector: bool, placement: Placement | None = None) -> Cursor:
+def first_cursor(
+    view: SnapshotView,
+    user_id: str,
+    *,
+    has_vector: bool,
+    placement: Placement | None = None,
+    acted_since: bool = False,
+) -> Cursor:
     """Where a walk starts: the user's feed, live search for a user with a vector, else trending; bound to the
     user's experiment arm. A MostPop arm's user has a materialized list when the snapshot knows them, and
-    trending otherwise: never a search by their vector."""
+    trending otherwise: never a search by their vector. A user the snapshot knows without a feed
+    (``REC_FEED_ACTIVE_DAYS``) and with no history before it gets trending, as the batch gives such a user, unless
+    they posted a profile or watched something since (``acted_since``)."""
+    no_history = view.knows_user(user_id) and not len(view.watched.codes_of(user_id)) and not acted_since
     if view.feeds.bounds(user_id) is not None:
         source = "feed"
-    elif has_vector and not (placement is not None and placement.variant == "most_pop"):
+    elif has_vector and not no_history and not (placement is not None and placement.variant == "most_pop"):
         source = "live"
     else:
         source = "trending"
@@ -166,6 +176,10 @@ def next_page(
 ) -> Page:
     seen = activity.seen if activity else set()
     user_id = cursor.user_id
+    if cursor.source == "trending" and view.knows_user(user_id):
+        # A user the snapshot knows but gave no feed (outside REC_FEED_ACTIVE_DAYS): trending less what they
+        # watched before it, as their feed would have been.
+        seen = seen | view.watched_before(user_id)
     ranked, start, end = precomputed(view, cursor)
     items: list[Item] = []
     pos = start + cursor.position

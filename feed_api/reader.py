@@ -35,17 +35,25 @@ from rec_core.settings import ApiSettings, BatchSettings, PathSettings
 RESTART_HINT = "restart from the first page: send the request again with cursor null"
 
 
+def acted_since(activity: UserActivity | None) -> bool:
+    """Whether the user posted a profile or watched something since the batch: what the user tower reads."""
+    return activity is not None and (activity.profile is not None or activity.watches > 0)
+
+
 def has_live_vector(view: SnapshotView, user_id: str, activity: UserActivity | None) -> bool:
     """Whether :func:`feed_api.pager.live_vector` has a vector for the user, without computing it: a batch
     vector, a posted profile or events since the batch (the user tower reads those)."""
-    return view.knows_user(user_id) or (activity is not None and (activity.profile is not None or activity.watches > 0))
+    return view.knows_user(user_id) or acted_since(activity)
 
 
 def precomputed_suffices(view: SnapshotView, cursor: Cursor, limit: int, activity: UserActivity | None) -> bool:
     """Whether the page comes whole from the walk's precomputed list, even if every video the user has seen
     since the batch is in it: then no live search or user tower is needed."""
     _, start, end = precomputed(view, cursor)
-    return end - start - cursor.position > limit + (len(activity.seen) if activity else 0)
+    skipped = len(activity.seen) if activity else 0
+    if cursor.source == "trending":  # a known user's history leaves trending too (pager.next_page)
+        skipped += len(view.watched.codes_of(cursor.user_id))
+    return end - start - cursor.position > limit + skipped
 
 
 class FeedReader:
@@ -83,7 +91,8 @@ class FeedReader:
             view = self.live_view()
             placement = view.assignment.of(user_id) if view.assignment else None
             has_vector = has_live_vector(view, user_id, activity)
-            cursor = first_cursor(view, user_id, has_vector=has_vector, placement=placement)
+            acted = acted_since(activity)
+            cursor = first_cursor(view, user_id, has_vector=has_vector, placement=placement, acted_since=acted)
         else:
             cursor = self._decode(req.cursor, user_id)
             view = await self._view_of(cursor)
