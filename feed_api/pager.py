@@ -176,9 +176,9 @@ def next_page(
 ) -> Page:
     seen = activity.seen if activity else set()
     user_id = cursor.user_id
-    if cursor.source == "trending" and view.knows_user(user_id):
+    if cursor.source == "trending":
         # A user the snapshot knows but gave no feed (outside REC_FEED_ACTIVE_DAYS): trending less what they
-        # watched before it, as their feed would have been.
+        # watched before it, as their feed would have been (a newcomer has no history: nothing changes).
         seen = seen | view.watched_before(user_id)
     ranked, start, end = precomputed(view, cursor)
     items: list[Item] = []
@@ -224,8 +224,9 @@ def next_page(
     if not list_left:
         listed = ids[ranked.codes[start:end]].tolist()
         walked = set(listed) | set(ids[served_codes].tolist()) | set(extra)
-        # What they watched before the batch, which their feed left out, and what since.
-        seen = seen | view.watched_before(user_id)
+        if cursor.source != "trending":  # a trending walk's seen holds it already
+            # What they watched before the batch, which their feed left out, and what since.
+            seen = seen | view.watched_before(user_id)
         exclude = walked | seen
         new: list[Item] = []
         need = limit - len(items)
