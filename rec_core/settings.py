@@ -335,8 +335,8 @@ class BatchSettings(_Section):
     feed_active_days: int = _setting(
         0,
         "Only users active in this many days before a snapshot's as-of (an interaction, or joining) get a "
-        "precomputed feed; the others keep their vector and are served by live search, so feeds grow with "
-        "activity, not with every user ever seen. 0: every user gets one.",
+        "precomputed feed; the others keep their vector and are served as the batch would have (live search, or "
+        "trending without a history), so feeds grow with activity, not with every user ever seen. 0: every user.",
         lo=0,
         hi=36500,
         env="FEED_ACTIVE_DAYS",
