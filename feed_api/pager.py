@@ -129,10 +129,13 @@ def first_cursor(
     trending otherwise: never a search by their vector. A user the snapshot knows without a feed
     (``REC_FEED_ACTIVE_DAYS``) and with no history before it gets trending, as the batch gives such a user, unless
     they posted a profile or watched something since (``acted_since``)."""
-    no_history = view.knows_user(user_id) and not len(view.watched.codes_of(user_id)) and not acted_since
     if view.feeds.bounds(user_id) is not None:
         source = "feed"
-    elif has_vector and not no_history and not (placement is not None and placement.variant == "most_pop"):
+    elif (
+        has_vector
+        and not (placement is not None and placement.variant == "most_pop")
+        and (acted_since or not (view.knows_user(user_id) and not len(view.watched.codes_of(user_id))))
+    ):
         source = "live"
     else:
         source = "trending"
