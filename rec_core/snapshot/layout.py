@@ -161,8 +161,9 @@ class BuildInfo:
     # Whether validation writes each user's videos watched before as-of (serve/watched_*.npy), which the API leaves
     # out of live answers. False: begun before it; the API then leaves out only what it saw since.
     watch_history: bool = False
-    # Only users active since this ISO time (an interaction, or joining, in [since, as-of)) get a feed; the others
-    # keep their vector and the API serves them by live search (rec_core.snapshot.feed_users). None: every user.
+    # Only users active since this ISO time (an interaction in [since, as-of), or joining since then) get a feed;
+    # the others keep their vector and the API serves them as the batch would have (rec_core.snapshot.feed_users).
+    # None: every user.
     feed_active_since: str | None = None
 
     @property
