@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import msgspec
@@ -91,3 +92,17 @@ def test_a_torn_secret_file_is_replaced_not_waited_on(tmp_path: Path, left_behin
     path.write_bytes(left_behind)
     secret = cursor_secret("", tmp_path)
     assert len(secret) == 32 and path.read_bytes() == secret and cursor_secret("", tmp_path) == secret
+
+
+def test_a_cursor_signed_before_recent_videos_existed_still_decodes() -> None:
+    """Cursors are arrays: one signed by the API before the walk's recent videos were carried has one field
+    fewer. It must read as a walk with no recent items (its next live page counts no prior creators), not be
+    refused, or every walk in flight at an upgrade would break."""
+    cursor = Cursor("s20260101T000000Z-abcd", "u1", "live", 0, encode_codes([5, 9]), ("x1",), 3, served=40)
+    fields = list(msgspec.structs.astuple(msgspec.structs.replace(cursor, issued_at=1_000_000)))
+    older = msgspec.msgpack.encode(fields[:-1])  # without recent_videos, as signed before 83dec70
+    token = base64.urlsafe_b64encode(older + SIGNER._tag(older)).rstrip(b"=").decode("ascii")
+    decoded = SIGNER.decode(token, user_id="u1", now=1_000_000)
+    assert decoded.recent_videos == () and decoded.served == 40 and decoded.served_codes().tolist() == [5, 9]
+    carried = msgspec.structs.replace(cursor, recent_videos=("v1", "v2"))
+    assert SIGNER.decode(SIGNER.encode(carried), user_id="u1").recent_videos == ("v1", "v2")
