@@ -472,6 +472,7 @@ def bad_dataset(folder: Path) -> dict[str, Path]:
             ["v1", "dup", "", "", "", ""],  # 10 duplicate video_id
             ["v2", "ok", "", "", "", ""],  # 11
             ["v12", "views", "", "", "", "-3"],  # 12 number out of range
+            ["v'13", "apostrophe", "", "", "", ""],  # 13 id has an apostrophe
         ],
     )
     interactions = write_csv(
@@ -509,6 +510,7 @@ EXPECTED_BAD = {
     ("videos", "empty id", "video_id"): [2],
     ("videos", "id too long", "video_id"): [3],
     ("videos", "id has control characters", "video_id"): [4],
+    ("videos", "id has an apostrophe", "video_id"): [13],
     ("videos", "unparseable number", "duration_s"): [5],
     ("videos", "number out of range", "duration_s"): [6],
     ("videos", "unparseable number", "width"): [7],
@@ -547,7 +549,7 @@ def test_each_bad_row_reason_is_counted_with_examples(tmp_path: Path, settings: 
                        "created_at": None, "views": None}  # fmt: skip
     # Kept rows are exactly the good ones, and the lake got them.
     assert {t: (c.read, c.skipped, c.added, c.written) for t, c in report.counts.items()} == {
-        "videos": (12, 10, 0, 2),
+        "videos": (13, 11, 0, 2),
         "interactions": (12, 10, 0, 2),
         "users": (3, 2, 1, 2),  # u2 is added from the interactions
         "follows": (5, 3, 0, 2),
@@ -580,7 +582,7 @@ def test_strict_rejects_and_leaves_the_lake_alone(tmp_path: Path, settings: Sett
     with pytest.raises(RejectedError) as err:
         import_dataset(**bad_dataset(tmp_path / "bad"), strict=True, settings=settings)
     assert err.value.report is not None and err.value.report.status == "rejected"
-    assert err.value.report.skipped_total == 25
+    assert err.value.report.skipped_total == 26
     assert ((lake_dir / "CURRENT").read_text(), (lake_dir / "v000001" / "manifest.json").read_text()) == before
     assert lake_of(settings).versions() == ["v000001"]
 
@@ -675,7 +677,7 @@ def test_cli_report_json_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "skipped rows by reason" in printed and "committed" in printed
     report = json.loads(out.read_text())
     assert report["status"] == "committed" and report["lake_version"] == "v000001"
-    assert report["skipped_total"] == 25
+    assert report["skipped_total"] == 26
     assert report["counts"]["interactions"] == {"read": 12, "skipped": 10, "added": 0, "written": 2}
     assert {(b["table"], b["reason"], b["column"]) for b in report["bad_rows"]} == set(EXPECTED_BAD)
 

@@ -23,7 +23,9 @@ from tests.test_feed_api import error, live_id
 pytestmark = pytest.mark.slow
 
 POISON = "é" * 128  # 128 characters, 256 bytes: more than Milvus' VARCHAR(128) takes
-BAD_IDS = [POISON, "abc\n", "u\u202egnp", "v\u200b1", " v1"]
+# An apostrophe reached Milvus Lite's SQL unescaped: this one deleted every other row of the collection's file.
+INJECTION = "x') OR ('1'='1"
+BAD_IDS = [POISON, "abc\n", "u\u202egnp", "v\u200b1", " v1", INJECTION]
 VIDEO = {
     "caption": "a cat on a skateboard",
     "hashtags": ["cats"],
@@ -131,6 +133,7 @@ def write_poison(data: Path) -> None:
         [
             ("video", {**VIDEO, "video_id": POISON}),
             ("video", {**VIDEO, "video_id": "v-good-new"}),
+            ("video", {**VIDEO, "video_id": INJECTION}),
             ("video", {**VIDEO, "video_id": "v-bad-creator", "creator_id": "c\u202e1"}),
             ("event", {"user_id": "u0000010", "video_id": POISON, "type": "like"}),
             ("event", {"user_id": "abc\n", "video_id": "v-good-new", "type": "watch"}),
@@ -167,11 +170,11 @@ def test_the_batch_skips_and_reports_poison_inbox_records(api_world: Path, tmp_p
     data = copy_world(api_world, tmp_path)
     write_poison(data)
     summary = ingest_inbox(Settings.load({"REC_DATA_DIR": str(data)}))
-    assert summary["records_invalid_id"] == 6, summary
+    assert summary["records_invalid_id"] == 7, summary
     ids = lake_ids(data)
     assert {"v-good-new", "fresh-user-2"} <= ids
     assert not [i for i in ids if not is_valid_id(i)]
-    assert not {POISON, "v-bad-creator", "fresh-user"} & ids
+    assert not {POISON, INJECTION, "v-bad-creator", "fresh-user"} & ids
     lake = data / "lake" / (data / "lake" / "CURRENT").read_text().strip()
     likes = pl.read_parquet(lake / "interactions.parquet").filter(
         (pl.col("user_id") == "u0000010") & (pl.col("video_id") == "v-good-new")
@@ -200,7 +203,7 @@ def test_the_ingest_cli_succeeds_on_poison(api_world: Path, tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["records_invalid_id"] == 6
+    assert summary["records_invalid_id"] == 7
     assert "invalid id" in done.stderr, done.stderr  # the warning with an example
 
 
@@ -310,13 +313,36 @@ def test_the_api_serves_a_snapshot_with_a_bad_id(api_world: Path, tmp_path: Path
 
 def test_the_api_starts_and_serves_with_poison_in_its_inbox(api_world: Path, tmp_path: Path) -> None:
     """A starting API replays the unconsumed inbox into its live collection: the poison video used to fail that
-    upsert, and with it the loading of this and every later snapshot, so the API never became ready."""
+    upsert, and with it the loading of this and every later snapshot, so the API never became ready. The
+    injection id, replayed into Milvus Lite, used to empty the collection's file: the next start found one row,
+    and live search served almost nothing."""
     data = copy_world(api_world, tmp_path)
     write_poison(data)
+    vectors = pl.read_parquet(data / "snapshots" / live_id(data) / "vectors" / "videos-*.parquet").height
+    for _ in range(2):  # the second start reads the collection's file the first one replayed into
+        server = ApiServer(data).start(timeout=90)
+        try:
+            r = httpx.post(f"{server.url}/recommendations", json={"user_id": "u0000010", "limit": 10}, timeout=60)
+            assert r.status_code == 200, r.text
+            profile = {"user_id": "fresh-profile", "watched_videos": ["v0000001", "v0000002"]}
+            assert httpx.post(f"{server.url}/embeddings/user", json=profile, timeout=60).status_code == 200
+            r = httpx.post(f"{server.url}/recommendations", json={"user_id": "fresh-profile", "limit": 100}, timeout=60)
+            assert r.status_code == 200 and r.json()["source"] == "live", r.text
+            assert len(r.json()["items"]) == 100, "live search answers from the whole collection"
+        finally:
+            server.stop()
+    from feed_api.snapshot_load import load_view
+    from rec_core.settings import Settings
+    from rec_core.snapshot.layout import snapshot_paths
+
+    settings = Settings.load({"REC_DATA_DIR": str(data)})
+    view = load_view(settings.paths, snapshot_paths(settings.paths, live_id(data)))
+    try:
+        assert view.store.count() >= vectors, "the collection lost rows"
+    finally:
+        view.close()
     server = ApiServer(data).start(timeout=90)
     try:
-        r = httpx.post(f"{server.url}/recommendations", json={"user_id": "u0000010", "limit": 10}, timeout=60)
-        assert r.status_code == 200, r.text
         r = httpx.post(f"{server.url}/embeddings/video", json={**VIDEO, "video_id": "v-after"}, timeout=120)
         assert r.status_code == 200, r.text
     finally:

@@ -20,6 +20,7 @@ from rec_core.data.import_spec import (
     BAD_TS,
     COMPLETION_RANGE,
     EMPTY_ID,
+    ID_APOSTROPHE,
     ID_CONTROL,
     ID_TOO_LONG,
     MAX_EXAMPLES,
@@ -31,7 +32,7 @@ from rec_core.data.import_spec import (
     TS_MIN_MS,
     TS_RANGE,
 )
-from rec_core.ids import TOO_LONG, id_problems
+from rec_core.ids import APOSTROPHE, TOO_LONG, id_problems
 
 _EXACT_FLOAT_INT = 2**53
 
@@ -230,6 +231,7 @@ class InputRows:
             self.drop(self.parsed(column).is_null(), EMPTY_ID, column)
         # The API's rule, vectorised; stripping has already removed what it refuses at the ends.
         self.drop(id_problems(self.parsed(column)) == TOO_LONG, ID_TOO_LONG, column)
+        self.drop(id_problems(self.parsed(column)) == APOSTROPHE, ID_APOSTROPHE, column)
         self.drop(id_problems(self.parsed(column)).is_not_null(), ID_CONTROL, column)
 
     def check_ts(self, column: str, *, required: bool = False) -> None:

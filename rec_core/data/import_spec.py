@@ -139,6 +139,7 @@ OPTIONAL: dict[str, tuple[str, ...]] = {t: tuple(d.column for d in DEFAULTS if d
 EMPTY_ID = "empty id"
 ID_TOO_LONG = "id too long"
 ID_CONTROL = "id has control characters"  # or bidi, zero-width or other invisible ones: see rec_core.ids
+ID_APOSTROPHE = "id has an apostrophe"  # the vector index cannot hold one: see rec_core.ids
 MISSING_TS = "missing ts"
 BAD_TS = "unparseable ts"
 TS_RANGE = "ts out of range"
@@ -158,6 +159,7 @@ REASONS: dict[str, str] = {
     EMPTY_ID: "an id is empty or missing",
     ID_TOO_LONG: f"an id is longer than {MAX_ID_LEN} bytes in UTF-8",
     ID_CONTROL: "an id contains control, bidi, zero-width or other invisible characters",
+    ID_APOSTROPHE: "an id contains an apostrophe ('), which the vector index cannot store",
     MISSING_TS: "interactions.ts is empty",
     BAD_TS: "a timestamp is neither ISO 8601 nor unix seconds",
     TS_RANGE: "a timestamp is before 1970-01-01 or from 2100 on (unix milliseconds given as seconds?)",

@@ -231,9 +231,12 @@ class VectorStore:
         return Upserted(written=len(ids), skipped=skipped)
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove ``ids`` (absent ones are ignored)."""
+        """Remove ``ids`` (absent ones are ignored).
+
+        As a filter we quote, not ``delete(ids=...)``: pymilvus writes those ids into the expression without
+        escaping, so an id with a backslash or a quote was silently left in the collection."""
         if ids:
-            self.client.delete(self.collection, ids=list(ids))
+            self.client.delete(self.collection, filter=f"{ID_FIELD} in {_id_list([str(i) for i in ids])}")
 
     def flush(self) -> None:
         """Seal what was written so that a count or a reopen sees all of it."""
