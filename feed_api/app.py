@@ -22,7 +22,7 @@ from litestar.openapi.config import OpenAPIConfig
 
 from feed_api.auth import auth_middleware
 from feed_api.batcher import Busy
-from feed_api.bodies import MAX_BODY_BYTES, locate
+from feed_api.bodies import MAX_BODY_BYTES, locate, not_utf8
 from feed_api.controllers import CONTROLLERS
 from feed_api.dependencies import app_state, provide_reader, provide_updates
 from feed_api.docs import docs_plugins_and_routes
@@ -151,6 +151,8 @@ def _as_api_error(exc: Exception) -> ApiError:
         )
     if isinstance(exc, RecursionError):  # msgspec's answer to `[[[[...` thousands deep, in Litestar's own decoding
         return too_deep()
+    if isinstance(exc, UnicodeDecodeError):  # msgspec's answer to a string that is not UTF-8, likewise
+        return not_utf8()
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
         first = extra[0] if isinstance(extra[0], dict) else {}

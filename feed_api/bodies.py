@@ -192,8 +192,15 @@ def decode(raw: bytes, kind: type[B]) -> B:
         raise ApiError(400, "invalid_field", field, reason) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise not_utf8() from None
     _check_finite(value)
     return value
+
+
+def not_utf8() -> ApiError:
+    """msgspec checks a string's UTF-8 only when it reads it, and says so with a UnicodeDecodeError."""
+    return ApiError(400, "invalid_json", "body", "not valid JSON: the body is not UTF-8 text")
 
 
 def decode_events(raw: bytes) -> list[EventIn]:
@@ -202,6 +209,8 @@ def decode_events(raw: bytes) -> list[EventIn]:
         head = msgspec.json.decode(raw) if raw.strip() else None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", "body", f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise not_utf8() from None
     if isinstance(head, dict) and "events" in head:
         return decode(raw, EventsIn).events
     return [decode(raw, EventIn)]

@@ -171,6 +171,23 @@ def test_deeply_nested_json_is_a_400(keyed, path: str) -> None:
         assert r.json()["error"]["field"]
 
 
+@pytest.mark.parametrize("path", ["/recommendations", "/events", "/embeddings/video", "/embeddings/user"])
+def test_a_body_that_is_not_utf8_is_a_400_and_nothing_is_written(keyed, path: str) -> None:
+    """Latin-1 text, or any stray 0xff byte, inside a JSON string: msgspec raises UnicodeDecodeError, which no
+    handler mapped, so every endpoint answered 500."""
+    server, data, tokens = keyed
+    headers = {
+        **bearer(tokens["reader" if path == "/recommendations" else "writer"]),
+        "content-type": "application/json",
+    }
+    before = inbox_bytes(data)
+    for body in (b'{"user_id": "caf\xe9"}', b'{"user_id": "u\xff1"}', b'{"user_id": "\xed\xa0\x80"}'):
+        r = httpx.post(server.url + path, content=body, headers=headers)
+        error(r, 400, field="body", code="invalid_json")
+        assert "UTF-8" in r.json()["error"]["reason"], r.text
+    assert inbox_bytes(data) == before
+
+
 def test_metric_labels_stay_bounded_whatever_clients_send(keyed) -> None:
     server, _, tokens = keyed
     with httpx.Client(base_url=server.url) as client:
