@@ -1,7 +1,7 @@
 """``python -m jobs.summarize``: rebuild the DuckDB warehouse and print a summary of the lake and live snapshot.
 
 The queries (:mod:`rec_core.data.summary`) are the ones an analyst would start with; they run against the
-warehouse file that ``duckdb data/warehouse.duckdb`` opens too.
+warehouse file that ``duckdb -readonly data/warehouse.duckdb`` opens too.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_results(results))
-    print(f"\nWarehouse: {settings.paths.warehouse_path} (open it with duckdb; `SHOW TABLES` lists the views)")
+    print(f"\nWarehouse: {settings.paths.warehouse_path} (duckdb -readonly; `SHOW TABLES` lists the views)")
     return 0
 
 

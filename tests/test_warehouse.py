@@ -167,3 +167,24 @@ def test_warehouse_follows_a_rollback_and_opens_from_anywhere(settings: Settings
     assert out == [first.snapshot_id, str(read_manifest(first).counts["feed_rows"]), "3"]
     assert not list(settings.paths.data_dir.glob(".warehouse.duckdb.*"))  # no temp file left beside it
     assert os.access(path, os.R_OK)
+
+
+def test_a_rebuild_is_not_paired_with_the_wal_of_a_crashed_read_write_session(settings: Settings) -> None:
+    """DuckDB names a database's write-ahead log after its path: an analyst's read-write session that made a
+    table and died left ``warehouse.duckdb.wal``, every rebuilt warehouse renamed under that path was paired with
+    it, and every open failed ("WAL does not match database file") until someone deleted it by hand."""
+    path = build_warehouse(settings.paths, settings.batch)
+    crashed = (
+        "import duckdb, os, sys\n"
+        "con = duckdb.connect(sys.argv[1])\n"  # read-write: the duckdb CLI's default
+        "con.execute('CREATE TABLE my_scratch AS SELECT * FROM interactions LIMIT 1000')\n"
+        "os._exit(0)\n"  # no close, no checkpoint: as a killed notebook leaves it
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(path)], check=True, timeout=60)
+    assert path.with_name(path.name + ".wal").is_file(), "the session left no WAL: the test proves nothing"
+    build_warehouse(settings.paths, settings.batch)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM videos").fetchone()[0] == 1500
+    finally:
+        con.close()

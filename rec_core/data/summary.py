@@ -1,6 +1,6 @@
 """The lake summary an analyst starts with: table sizes, time span, engagement, heavy tails, cold videos,
 top hashtags, and once a snapshot is live the README's analysis queries, run on a freshly rebuilt warehouse
-(the file ``duckdb data/warehouse.duckdb`` opens too)."""
+(the file ``duckdb -readonly data/warehouse.duckdb`` opens too)."""
 
 from __future__ import annotations
 

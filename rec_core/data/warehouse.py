@@ -1,6 +1,8 @@
 """The DuckDB warehouse: one small database file of views, for analysts' ad hoc SQL.
 
-``duckdb data/warehouse.duckdb`` then ``SHOW TABLES`` lists what is there:
+``duckdb -readonly data/warehouse.duckdb`` then ``SHOW TABLES`` lists what is there (read-only: every rebuild
+replaces the file, and with it any table an analyst made in it; keep yours in a database of your own and
+``ATTACH 'data/warehouse.duckdb' (READ_ONLY)``):
 
 * always: views ``videos``, ``users``, ``follows``, ``interactions`` and ``impressions``
   (what the API served, one row per item; an empty table before the first ingest of
@@ -74,6 +76,13 @@ def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
             con.execute("CHECKPOINT")
         finally:
             con.close()
+    # DuckDB names the write-ahead log after the path, not the file: a read-write session on the old file that
+    # wrote and died (or is still open) left one that every open of the new file would replay and fail on. A
+    # session still open keeps its own handles on the old file and log, and sees the old warehouse until it closes.
+    stale_wal = target.with_name(target.name + ".wal")
+    if stale_wal.exists():
+        log.warning("warehouse %s: removing %s, left by a read-write session on the old file", target, stale_wal.name)
+        stale_wal.unlink(missing_ok=True)
     log.info("warehouse %s rebuilt over lake %s, live snapshot %s", target, version.name, live or "none")
     return target
 
