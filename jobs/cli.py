@@ -38,6 +38,25 @@ def settings_for(args: argparse.Namespace, *, logging: bool = True) -> Settings:
     return settings
 
 
+def int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``, refused as ``must be <what>`` before anything runs."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "0 or a positive integer")
+
+
 def shard_cli(job: Callable[[Settings, str, int], dict], doc: str | None, argv: list[str] | None) -> int:
     """``--snapshot ID --shard I [--data-dir DIR]``; prints the job's summary as JSON. Shared by the embed jobs.
     With snapshots on the object store the job works on a copy pulled first and pushes what it wrote (as a

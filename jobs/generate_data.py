@@ -10,25 +10,11 @@ rerun leaves the lake version unchanged.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
-from jobs.cli import settings_for
+from jobs.cli import non_negative_int, positive_int, settings_for
 from rec_core.synthetic.commit import format_summary, generate_data
 from rec_core.synthetic.params import SCALES
-
-
-def _int_at_least(low: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {text!r}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jobs.generate_data",
         description="Generate a synthetic short-video world with planted structure and commit it to the lake.",
     )
-    positive = _int_at_least(1, "positive")
     sizes = ", ".join(f"{name}: {p.users:,} users / {p.videos:,} videos" for name, p in SCALES.items())
     parser.add_argument("--scale", choices=list(SCALES), default="default", help=f"world size ({sizes})")
-    parser.add_argument("--users", type=positive, help="number of users (overrides the scale's)")
-    parser.add_argument("--videos", type=positive, help="number of videos (overrides the scale's)")
-    parser.add_argument("--seed", type=_int_at_least(0, "non-negative"), help="random seed (default: REC_SEED, 42)")
+    parser.add_argument("--users", type=positive_int, help="number of users (overrides the scale's)")
+    parser.add_argument("--videos", type=positive_int, help="number of videos (overrides the scale's)")
+    parser.add_argument("--seed", type=non_negative_int, help="random seed (default: REC_SEED, 42)")
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR, ./data)")
     return parser
 

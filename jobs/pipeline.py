@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from jobs.cli import settings_for
+from jobs.cli import non_negative_int, positive_int, settings_for
 from rec_core.model.errors import ModelStoreError
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.begin import begin, latest_unpublished
@@ -43,21 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("begin", help="begin a snapshot of the current model")
-    b.add_argument("--video-shards", type=int, default=4)
-    b.add_argument("--user-shards", type=int, default=4)
+    b.add_argument("--video-shards", type=positive_int, default=4)
+    b.add_argument("--user-shards", type=positive_int, default=4)
     sub.add_parser("latest", help="print the newest unpublished snapshot id")
     r = sub.add_parser("run", help="run every stage in this process, without Airflow, and publish")
     r.add_argument("--reuse-model", action="store_true", help="serve the current model instead of training one")
-    r.add_argument("--epochs", type=int, default=None)
-    r.add_argument("--video-shards", type=int, default=2)
-    r.add_argument("--user-shards", type=int, default=2)
+    r.add_argument("--epochs", type=positive_int, default=None)
+    r.add_argument("--video-shards", type=positive_int, default=2)
+    r.add_argument("--user-shards", type=positive_int, default=2)
     s = sub.add_parser("stage", help="run one declared stage as its Airflow task does; print its result")
     s.add_argument("name", choices=list(STAGES))
     s.add_argument("--snapshot", help="the snapshot the stage works on (stages after begin_snapshot)")
-    s.add_argument("--shard", type=int, help="the shard, for a stage run once per shard")
+    s.add_argument("--shard", type=non_negative_int, help="the shard, for a stage run once per shard")
     args = parser.parse_args(argv)
+    # Every command as a task runs it: its logging (the stages' progress) on stderr, torch's threads capped.
+    settings = settings_for(args)
     try:
-        settings = Settings.load()
         if args.command == "begin":
             print(json.dumps(begin(settings, video_shards=args.video_shards, user_shards=args.user_shards)))
         elif args.command == "run":
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 user_shards=args.user_shards,
             )
             print(json.dumps({"published": snapshot_id}))
-        elif args.command == "stage":  # as a task runs it: its logging on stderr, torch's threads capped
-            settings = settings_for(args)
+        elif args.command == "stage":
             print(json.dumps(run_one(settings, STAGES[args.name], args.snapshot, args.shard), default=str))
         else:
             print(latest_unpublished(settings.paths))

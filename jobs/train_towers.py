@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs.cli import settings_for
+from jobs.cli import non_negative_int, positive_int, settings_for
 from rec_core.data.lake import LakeError
 from rec_core.model.release import train_towers
 from rec_core.model.training import TrainConfig
@@ -28,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
-    parser.add_argument("--embedding-dim", type=_positive_int, help="default: REC_EMBEDDING_DIM")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--embedding-dim", type=positive_int, help="default: REC_EMBEDDING_DIM")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     parser.add_argument("--no-logq", action="store_true", help="ablation: no log-Q popularity correction")
     parser.add_argument("--aux-weight", type=float, default=defaults.aux_weight, help="0 disables the MSE head")
     parser.add_argument(
         "--time-windows",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=defaults.time_windows,
         help="batches per time window (each batch from one window, videos as of its start); 0: random batches",
     )
@@ -84,24 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def _non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0, "0 or a positive integer")
-
-
-def _int_at_least(text: str, low: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-    return value
 
 
 if __name__ == "__main__":

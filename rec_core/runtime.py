@@ -28,12 +28,14 @@ def apply_torch_threads(model: ModelSettings) -> None:
         return
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
+    # numba first: its first set_num_threads starts its OpenMP pool at full size, which resized torch's too (torch
+    # read 2 threads after a cap of 1 when numba was already imported, as in a test process).
     numba = sys.modules.get("numba")
     if numba is not None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def thread_budget(model: ModelSettings) -> int:

@@ -1,0 +1,62 @@
+"""The job CLIs' common parts: arguments refused before anything runs, and every command set up as a task is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--epochs", "0"],
+        ["run", "--user-shards", "-2"],
+        ["begin", "--video-shards", "0"],
+        ["stage", "publish", "--shard", "-1"],
+    ],
+)
+def test_a_bad_argument_is_refused_before_anything_is_written(tmp_path: Path, argv: list[str]) -> None:
+    """``run --epochs 0`` used to be refused by the training stage, after the inbox's ingest had committed a
+    lake version and marked the inbox consumed."""
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.pipeline", *argv],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "REC_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "must be" in done.stderr, done.stderr
+    assert not data.exists()
+
+
+def test_run_sets_up_logging_and_torch_threads_as_a_stage_does(tmp_path: Path) -> None:
+    """``run`` loaded its settings bare: REC_TORCH_THREADS and REC_LOG_LEVEL were ignored, so a whole pipeline ran
+    on every core and printed no progress. The stages are stubbed: what is checked is the process they run in."""
+    stub = (
+        "import logging, sys, torch, jobs.pipeline as p\n"
+        "def run_all(settings, **params):\n"
+        "    logging.getLogger('rec_core.stages').debug('stage progress, threads=%d', torch.get_num_threads())\n"
+        "    return 's20260101T000000Z-abcd1234'\n"
+        "p.run_all = run_all\n"
+        "import numba\n"  # imported before the cap, as a test process or a warmed-up job has it
+        "sys.exit(p.main(['run', '--epochs', '1']))\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "REC_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-c", stub],
+        cwd=ROOT,
+        env={**env, "REC_TORCH_THREADS": "1", "REC_LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stage progress, threads=1" in done.stderr, done.stderr
+    assert '"published"' in done.stdout
