@@ -62,6 +62,17 @@ def _rebuild_warehouse(paths: PathSettings, batch: BatchSettings) -> int:
     return 0
 
 
+def _hours_at_least_one(text: str) -> float:
+    """0 removed a snapshot begun a second before, under the build still writing it."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of hours, got {text!r}") from None
+    if not hours >= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be at least 1 hour, got {text}")
+    return hours
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
@@ -71,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate-only", action="store_true", help="with --snapshot: validate, do not publish")
     parser.add_argument(
         "--abandoned-after-hours",
-        type=float,
+        type=_hours_at_least_one,
         default=ABANDONED_AFTER.total_seconds() / 3600,
-        help="never-published snapshot folders untouched this long are removed when pruning (default: %(default)s)",
+        help="never-published snapshot folders untouched this long are removed when pruning (default: %(default)s; "
+        "at least 1, so that a build in progress, which touches its folder at every stage, is never taken for one)",
     )
     parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     args = parser.parse_args(argv)

@@ -14,18 +14,21 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize(
     "argv",
     [
-        ["run", "--epochs", "0"],
-        ["run", "--user-shards", "-2"],
-        ["begin", "--video-shards", "0"],
-        ["stage", "publish", "--shard", "-1"],
+        ["jobs.pipeline", "run", "--epochs", "0"],
+        ["jobs.pipeline", "run", "--user-shards", "-2"],
+        ["jobs.pipeline", "begin", "--video-shards", "0"],
+        ["jobs.pipeline", "stage", "publish", "--shard", "-1"],
+        ["jobs.publish", "--snapshot", "s20260101T000000Z-abcd1234", "--abandoned-after-hours", "0"],
+        ["jobs.publish", "--list", "--abandoned-after-hours", "nan"],
     ],
 )
 def test_a_bad_argument_is_refused_before_anything_is_written(tmp_path: Path, argv: list[str]) -> None:
     """``run --epochs 0`` used to be refused by the training stage, after the inbox's ingest had committed a
-    lake version and marked the inbox consumed."""
+    lake version and marked the inbox consumed; ``publish --abandoned-after-hours 0`` removed a snapshot begun a
+    second before, under the build writing it."""
     data = tmp_path / "data"
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.pipeline", *argv],
+        [sys.executable, "-m", *argv],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "REC_DATA_DIR": str(data)},
         capture_output=True,
