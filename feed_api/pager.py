@@ -15,7 +15,9 @@ A walk (a first page and the pages its cursors lead to) reads one snapshot:
    (:data:`rec_core.feed.pipeline.FEED_PIPELINE` via :func:`rec_core.feed.live.rank_live`:
    the same filters, ranker, creator cap and reasons as the materialized feeds).
 
-``has_more`` is false only when nothing in the catalogue is left to serve.
+``has_more`` is false only when nothing in the catalogue is left to serve, or what is left is all held back by
+the creator cap (the feed ends early rather than break it); the reader also ends a walk whose cursor would pass
+what a request may carry (:meth:`rec_core.feed.cursor.CursorSigner.encode_if_it_fits`).
 """
 
 from __future__ import annotations

@@ -132,10 +132,11 @@ class FeedReader:
                     list_source="trending" if cursor.source == "trending" else "precomputed",
                 )
             )
+        token = self.signer.encode_if_it_fits(result.cursor) if result.cursor is not None else None
         return RecommendationsOut(
             items=result.items,
-            has_more=result.has_more,
-            next_cursor=self.signer.encode(result.cursor) if result.cursor is not None else None,
+            has_more=token is not None,
+            next_cursor=token,
             snapshot_id=view.snapshot_id,
             source=result.source,
             request_id=request_id,

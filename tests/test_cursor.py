@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rec_core.feed.cursor import Cursor, CursorError, CursorSigner, cursor_secret, decode_codes, encode_codes
+from rec_core.feed.cursor import (
+    MAX_TOKEN_CHARS,
+    Cursor,
+    CursorError,
+    CursorSigner,
+    cursor_secret,
+    decode_codes,
+    encode_codes,
+)
 
 SIGNER = CursorSigner(b"0123456789abcdef0123")
 
@@ -106,3 +114,14 @@ def test_a_cursor_signed_before_recent_videos_existed_still_decodes() -> None:
     assert decoded.recent_videos == () and decoded.served == 40 and decoded.served_codes().tolist() == [5, 9]
     carried = msgspec.structs.replace(cursor, recent_videos=("v1", "v2"))
     assert SIGNER.decode(SIGNER.encode(carried), user_id="u1").recent_videos == ("v1", "v2")
+
+
+def test_a_cursor_too_long_to_be_accepted_is_never_issued() -> None:
+    """A walk through hundreds of posted videos with long ids (carried by id) got a cursor of 72,670 characters,
+    which the next request refused: the walk died with a 400. Now the walk ends at the page before instead."""
+    posted = tuple(f"posted-{i:05d}-" + "x" * 100 for i in range(600))
+    long = Cursor("s20260101T000000Z-abcd", "u1", "live", 0, encode_codes(range(0, 40_000, 7)), posted, 30)
+    assert len(SIGNER.encode(long)) > MAX_TOKEN_CHARS and SIGNER.encode_if_it_fits(long) is None
+    short = msgspec.structs.replace(long, live_extra=posted[:100])
+    token = SIGNER.encode_if_it_fits(short)
+    assert token is not None and SIGNER.decode(token, user_id="u1").live_extra == posted[:100]

@@ -121,6 +121,22 @@ class CursorSigner:
         payload = self._encoder.encode(msgspec.structs.replace(cursor, issued_at=issued))
         return base64.urlsafe_b64encode(payload + self._tag(payload)).rstrip(b"=").decode("ascii")
 
+    def encode_if_it_fits(self, cursor: Cursor) -> str | None:
+        """:meth:`encode`, or None where the token would be longer than :meth:`decode` accepts: a walk past
+        thousands of live items, most of all of videos posted through the API, which it carries by id. The
+        caller ends such a walk rather than hand out a cursor that the next request would be refused."""
+        token = self.encode(cursor)
+        if len(token) <= MAX_TOKEN_CHARS:
+            return token
+        log.warning(
+            "walk of %s ends at %d items: its cursor would be %d characters (at most %d)",
+            ascii(cursor.user_id)[:80],
+            cursor.served,
+            len(token),
+            MAX_TOKEN_CHARS,
+        )
+        return None
+
     def decode(self, token: str, *, user_id: str, now: float | None = None) -> Cursor:
         """The cursor in ``token``, checked: signed by us, in a version we read, for ``user_id``, not expired."""
         if not token or len(token) > MAX_TOKEN_CHARS:
