@@ -188,3 +188,42 @@ def test_a_rebuild_is_not_paired_with_the_wal_of_a_crashed_read_write_session(se
         assert con.execute("SELECT count(*) FROM videos").fetchone()[0] == 1500
     finally:
         con.close()
+
+
+def test_two_rebuilds_at_once_leave_the_warehouse_over_what_is_live(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow rebuild (a summary job) that read the live snapshot before a rollback, and renamed its file after the
+    rollback's own rebuild, left the warehouse describing a snapshot no longer live until the next rebuild."""
+    import threading
+
+    import rec_core.data.warehouse as warehouse
+
+    first, second = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
+    publish(settings.paths, first.snapshot_id, keep=settings.batch.snapshots_keep)
+    publish(settings.paths, second.snapshot_id, keep=settings.batch.snapshots_keep)
+    has_read_live, may_finish = threading.Event(), threading.Event()
+    original = warehouse._model_metrics
+
+    def slow(con: duckdb.DuckDBPyConnection, paths: object) -> None:  # after the live snapshot was read
+        if threading.current_thread().name == "slow":
+            has_read_live.set()
+            may_finish.wait(30)
+        original(con, paths)
+
+    monkeypatch.setattr(warehouse, "_model_metrics", slow)
+    summary = threading.Thread(target=build_warehouse, args=(settings.paths, settings.batch), name="slow")
+    summary.start()
+    assert has_read_live.wait(30)
+    rollback(settings.paths)  # the first snapshot is live again
+    rebuild = threading.Thread(target=build_warehouse, args=(settings.paths, settings.batch))
+    rebuild.start()
+    rebuild.join(1.0)  # under the lock it waits for the slow one; without it, it is done by now
+    may_finish.set()
+    summary.join(60)
+    rebuild.join(60)
+    con = duckdb.connect(str(settings.paths.warehouse_path), read_only=True)
+    try:
+        assert con.execute("SELECT snapshot_id FROM snapshot_info").fetchone()[0] == first.snapshot_id
+    finally:
+        con.close()

@@ -41,7 +41,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from rec_core.atomic import atomic_path
+from rec_core.atomic import atomic_path, exclusive_lock
 from rec_core.data.lake import LakeVersion, lake_for
 from rec_core.data.tables import LAKE_TABLES
 from rec_core.model.store import ModelStoreError, model_store
@@ -58,10 +58,19 @@ def _sql_str(value: str | Path) -> str:
 
 
 def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
-    """(Re)build ``paths.warehouse_path`` atomically; needs a lake, works without a snapshot or a model."""
+    """(Re)build ``paths.warehouse_path`` atomically; needs a lake, works without a snapshot or a model.
+
+    One rebuild at a time: two at once (a summary beside a publish) each read the live snapshot and the lake
+    version, and the one renamed last won, though it may have read them first, leaving a warehouse over a
+    snapshot no longer live. Under the lock the later one reads what the earlier left live."""
+    target = paths.warehouse_path
+    with exclusive_lock(target.with_name(target.name + ".lock")):
+        return _build(paths, batch, target)
+
+
+def _build(paths: PathSettings, batch: BatchSettings, target: Path) -> Path:
     lake = lake_for(paths, batch)
     version = lake.current()
-    target = paths.warehouse_path
     with atomic_path(target) as tmp:
         tmp.unlink()  # DuckDB wants to create the file itself
         con = duckdb.connect(str(tmp))
