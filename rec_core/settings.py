@@ -24,23 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV_PREFIX = "REC_"
-CONFIG_ENV = "REC_CONFIG"
-DEFAULT_CONFIG_FILE = "rec.toml"
-
-
-class SettingsError(ValueError):
-    """A setting has a value the product cannot run with."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.setting = name
-        super().__init__(f"{ENV_PREFIX}{name.upper()}: {reason}")
+from rec_core.settings_sources import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    SettingsError,
+    coerce,
+    config_path,
+    read_toml,
+)
 
 
 def _setting(default: Any, doc: str, *, env: str, lo: float | None = None, hi: float | None = None) -> Any:
@@ -91,9 +87,9 @@ class PathSettings(_Section):
     )
     data_uri: str = _setting(
         "",
-        "Where the lake and the model versions live. Empty: under the data root. `s3://bucket/prefix`: on an "
-        "S3-compatible object store (the source of truth, shared by every machine), with the data root as this "
-        "machine's verified copy. Snapshots stay under the data root.",
+        "Where the lake, the model versions, the feed snapshots and the API's shipped inbox live. Empty: under the "
+        "data root. `s3://bucket/prefix`: on an S3-compatible object store (the source of truth, shared by every "
+        "machine), with the data root as this machine's verified copy.",
         env="DATA_URI",
     )
     s3_endpoint: str = _setting(
@@ -467,7 +463,9 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
-    seed: int = _setting(42, "Seed for every random choice (data generation, training).", lo=0, env="SEED")
+    seed: int = _setting(
+        42, "Seed for every random choice (data generation, training).", lo=0, hi=2**32 - 1, env="SEED"
+    )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.", env="LOG_LEVEL")
 
     def __post_init__(self) -> None:
@@ -486,9 +484,9 @@ class Settings:
         """Read settings from a TOML file and ``REC_*`` variables; the environment wins."""
         env = os.environ if environ is None else environ
         raw: dict[str, Any] = {}
-        path = config_file or _config_path(env)
+        path = config_file or config_path(env)
         if path is not None:
-            raw.update(_read_toml(path))
+            raw.update(read_toml(path))
         known = flat_fields()
         for key, value in env.items():
             if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
@@ -499,7 +497,7 @@ class Settings:
         for name in raw:
             if name not in known:
                 raise SettingsError(name, f"unknown setting in {path}")
-        return cls.of(**{name: _coerce(known[name][1], value) for name, value in raw.items()})
+        return cls.of(**{name: coerce(known[name][1], value) for name, value in raw.items()})
 
     @classmethod
     def of(cls, **flat: Any) -> Settings:
@@ -549,46 +547,6 @@ def flat_fields() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
 def variable_names() -> list[str]:
     """Every ``REC_*`` variable a setting is read from, in documentation order."""
     return [f"{ENV_PREFIX}{name.upper()}" for name in flat_fields()]
-
-
-def _config_path(env: Mapping[str, str]) -> Path | None:
-    if env.get(CONFIG_ENV):
-        path = Path(env[CONFIG_ENV])
-        if not path.is_file():
-            raise SettingsError("config", f"file {path} does not exist")
-        return path
-    default = Path(DEFAULT_CONFIG_FILE)
-    return default if default.is_file() else None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError("config", f"{path} is not valid TOML: {exc}") from exc
-    # Accept both a flat file and one with a [rec] table.
-    return dict(data.get("rec", data))
-
-
-_PARSERS: dict[Any, Callable[[Any], Any]] = {
-    "int": int,
-    "str": str,
-    "Path": lambda v: Path(str(v)),
-}
-
-
-def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
-    name = f.metadata["env"]
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    try:
-        if kind == "int" and isinstance(value, str):
-            return int(value.strip())
-        if kind == "int" and isinstance(value, bool):
-            raise ValueError(value)
-        return _PARSERS[kind](value)
-    except (TypeError, ValueError):
-        raise SettingsError(name, f"must be {'an integer' if kind == 'int' else 'a ' + kind}, got {value!r}") from None
 
 
 if __name__ == "__main__":
