@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from jobs.cli import non_negative_int, positive_int, settings_for
+from rec_core.data.lake import LakeError
 from rec_core.model.errors import ModelStoreError
 from rec_core.settings import Settings, SettingsError
 from rec_core.snapshot.begin import begin, latest_unpublished
@@ -30,8 +32,10 @@ def run_one(settings: Settings, stage: Stage, snapshot_id: str | None, shard: in
         raise ValueError(f"stage {stage.name} takes no snapshot: leave --snapshot out")
     values = {"snapshot_id": snapshot_id} if snapshot_id is not None else {}
     missing = [name for name in stage.needs if name not in values]
+    if missing == ["snapshot_id"]:
+        raise ValueError(f"stage {stage.name} works on a snapshot: pass --snapshot")
     if missing:
-        raise ValueError(f"stage {stage.name} needs {missing}: run it within `run` or the DAG, or pass --snapshot")
+        raise ValueError(f"stage {stage.name} needs {missing}, which `run` or the DAG passes it: run it there")
     if (stage.shards is None) != (shard is None):
         raise ValueError(
             f"stage {stage.name} " + ("runs once per shard: pass --shard" if shard is None else "has no shards")
@@ -41,6 +45,7 @@ def run_one(settings: Settings, stage: Stage, snapshot_id: str | None, shard: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, help="data root (default: REC_DATA_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("begin", help="begin a snapshot of the current model")
     b.add_argument("--video-shards", type=positive_int, default=4)
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run_one(settings, STAGES[args.name], args.snapshot, args.shard), default=str))
         else:
             print(latest_unpublished(settings.paths))
-    except (SettingsError, ModelStoreError, SnapshotError, ValueError) as exc:
+    except (SettingsError, ModelStoreError, SnapshotError, LakeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -63,3 +63,19 @@ def test_run_sets_up_logging_and_torch_threads_as_a_stage_does(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert "stage progress, threads=1" in done.stderr, done.stderr
     assert '"published"' in done.stdout
+
+
+def test_a_stage_on_a_root_without_a_lake_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """It was a raw LakeError traceback, after creating the warehouse's lock under the mistyped root."""
+    data = tmp_path / "typo"
+    data.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.pipeline", "--data-dir", str(data), "stage", "rebuild_warehouse"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: no lake at"), done.stderr
+    assert "Traceback" not in done.stderr and list(data.iterdir()) == []

@@ -748,3 +748,12 @@ def test_a_build_record_from_a_newer_batch_still_reads(settings: Settings) -> No
     raw = json.loads(paths.build_file.read_text())
     paths.build_file.write_text(json.dumps({**raw, "added_by_a_newer_batch": {"x": 1}}))
     assert dataclasses.asdict(paths.read_build()) == raw
+
+
+def test_two_builds_begun_in_one_second_are_a_clear_error(settings: Settings) -> None:
+    """Snapshot ids are to the second: the second build of a model that began in the same one died with a bare
+    FileExistsError."""
+    first = build_snapshot(settings, 7, milvus=False)
+    with pytest.raises(SnapshotError, match="began this second; begin again"):
+        build_snapshot(settings, 7, milvus=False)
+    assert first.read_build().snapshot_id == first.snapshot_id

@@ -24,7 +24,11 @@ replaces the file, and with it any table an analyst made in it; keep yours in a 
 Views name absolute file paths (the exact shard list of the snapshot's
 ``build.json``, never a glob a stray file could join), so the warehouse opens
 from any working directory. It holds no data of its own beyond the small tables,
-and is rebuilt after every lake commit, publish and rollback: written beside the
+and is rebuilt by every publish and rollback (``jobs.publish``, the pipeline's
+``rebuild_warehouse`` stage), by the data DAGs after their lake commit, and by
+``python -m jobs.summarize``; a lake commit made by a job CLI by hand
+(``jobs.generate_data``, ``jobs.import_dataset``, ``jobs.ingest_inbox``) shows once
+one of those runs. Each rebuild is written beside the
 old file and renamed over it, so an analyst never opens a half-built warehouse.
 A warehouse built before a publish keeps pointing at the snapshot that was live
 then; that snapshot stays on disk for ``snapshots_keep`` more publishes.
@@ -64,6 +68,7 @@ def build_warehouse(paths: PathSettings, batch: BatchSettings) -> Path:
     version, and the one renamed last won, though it may have read them first, leaving a warehouse over a
     snapshot no longer live. Under the lock the later one reads what the earlier left live."""
     target = paths.warehouse_path
+    lake_for(paths, batch).current()  # no lake: say so before making the lock under a mistyped data root
     with exclusive_lock(target.with_name(target.name + ".lock")):
         return _build(paths, batch, target)
 

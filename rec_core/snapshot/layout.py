@@ -348,7 +348,12 @@ def begin_snapshot(
         raise ValueError("shard counts must be at least 1")
     snapshot_id = new_snapshot_id(model_version, now)
     snapshot = snapshot_paths(paths, snapshot_id)
-    snapshot.root.mkdir(parents=True, exist_ok=False)
+    try:
+        snapshot.root.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:  # ids are to the second
+        raise SnapshotError(
+            f"snapshot {snapshot_id} exists: another build of model {model_version} began this second; begin again"
+        ) from None
     snapshot.vectors_dir.mkdir()
     snapshot.catalogue_dir.mkdir()
     snapshot.feeds_dir.mkdir()
