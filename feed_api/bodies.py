@@ -26,7 +26,7 @@ import msgspec
 from feed_api.errors import ApiError
 from feed_api.pager import Item
 from rec_core.data.impressions import REQUEST_ID_PATTERN
-from rec_core.ids import ID_PATTERN, MAX_ID_BYTES, id_problem
+from rec_core.ids import ID_PATTERN, INVISIBLE, MAX_ID_BYTES, has_invisible, id_problem
 from rec_core.model.inference import UserProfile
 
 # An id's bytes are checked by the rule; a character limit too (never stricter: a character is 1 to 4 bytes) keeps
@@ -38,7 +38,7 @@ MAX_BODY_BYTES = 1 << 20
 
 ID_RULE = (
     f"An id: 1 to {MAX_ID_BYTES} bytes of UTF-8 (64 x 'é' fits, 128 do not), no control, bidi, zero-width or "
-    "other invisible characters, no whitespace at either end."
+    "other invisible characters, no apostrophe, no whitespace at either end."
 )
 Id = Annotated[
     str,
@@ -78,12 +78,12 @@ class Body(msgspec.Struct, forbid_unknown_fields=True):
 
 # msgspec reports an exception raised in __post_init__ as a ValidationError with this message (and, for a
 # nested body, its path after " - at "); locate() reads the field back out of it.
-_BAD_ID = re.compile(r"^invalid id in `([^`]+)`: (.*)\Z", re.DOTALL)
+_BAD_ID = re.compile(r"^invalid value in `([^`]+)`: (.*)\Z", re.DOTALL)
 
 
 def _check_id(field: str, value: str) -> None:
     if (problem := id_problem(value)) is not None:
-        raise ValueError(f"invalid id in `{field}`: {problem}")
+        raise ValueError(f"invalid value in `{field}`: {problem}")
 
 
 class RecommendationsIn(Body):
@@ -116,6 +116,14 @@ class VideoIn(Body):
     user_followers: Count
     user_likes: Count
     creator_id: Id | None = None  # the uploader; without it the video is its own creator (no creator cap across)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The pattern refuses ASCII controls and whitespace; the reasons quote a tag to users ("trending in #tag"),
+        # so the invisible characters the id rule refuses (bidi overrides, zero-width ones) are refused too.
+        for i, tag in enumerate(self.hashtags):
+            if has_invisible(tag):
+                raise ValueError(f"invalid value in `hashtags[{i}]`: {INVISIBLE}")
 
 
 class VideoOut(msgspec.Struct):

@@ -127,6 +127,11 @@ def id_problem(value: object) -> str | None:
     return None
 
 
+def has_invisible(text: str) -> bool:
+    """Whether ``text`` holds a character the rule refuses as invisible: for other text shown to users (hashtags)."""
+    return _REFUSED.search(text) is not None
+
+
 def is_valid_id(value: object) -> bool:
     return id_problem(value) is None
 

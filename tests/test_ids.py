@@ -181,6 +181,20 @@ def test_a_hashtag_with_a_trailing_newline_is_refused() -> None:
     assert decode(json.dumps({**body, "user_likes": 0, "hashtags": ["cats"]}).encode(), VideoIn).hashtags == ["cats"]
 
 
+@pytest.mark.parametrize("tag", ["cats\u200b", "\u202ecats", "ca\u2066ts", "cats\u00ad", "\U000e0041cats"])
+def test_a_hashtag_with_an_invisible_character_is_refused(tag: str) -> None:
+    """The reasons quote a tag to users ("trending in #tag"): a zero-width or bidi character in one passed the
+    tag pattern, which refused only ASCII controls and whitespace."""
+    from feed_api.bodies import VideoIn, decode
+    from feed_api.errors import ApiError
+
+    body = {"video_id": "v1", "caption": "c", "duration": 1, "width": 1, "height": 1, "user_followers": 0}
+    with pytest.raises(ApiError) as caught:
+        decode(json.dumps({**body, "user_likes": 0, "hashtags": ["ok", tag]}).encode(), VideoIn)
+    assert (caught.value.field, caught.value.reason) == ("hashtags[1]", INVISIBLE)
+    assert decode(json.dumps({**body, "user_likes": 0, "hashtags": ["ünïcødé", "猫"]}).encode(), VideoIn).hashtags
+
+
 @given(st.text(max_size=40))
 def test_what_the_documented_pattern_refuses_the_rule_refuses(value: str) -> None:
     """The OpenAPI schema's pattern may be looser than the rule (bytes, astral characters), never stricter: a fuzzer
