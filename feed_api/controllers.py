@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, head, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
@@ -57,6 +57,15 @@ class OpsController(Controller):
     async def ready(self, reader: NamedDependency[FeedReader]) -> dict[str, Any]:
         view = reader.live_view()
         return {"status": "ready", "snapshot_id": view.snapshot_id, "model_version": view.build.model_version}
+
+    # HEAD for the probes of load balancers that ask that way (a 405 reads as down): the same answer, no body.
+    @head("/health", opt=PUBLIC, include_in_schema=False)
+    async def health_head(self) -> None:
+        return None
+
+    @head("/ready", opt=PUBLIC, include_in_schema=False)
+    async def ready_head(self, reader: NamedDependency[FeedReader]) -> None:
+        reader.live_view()  # 503 before a snapshot is loaded, as GET /ready
 
     @get("/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", opt={"scope": "metrics:read"})
     async def metrics(self, telemetry: NamedDependency[Metrics], updates: NamedDependency[LiveUpdates]) -> str:

@@ -73,6 +73,9 @@ def test_every_endpoint_but_the_probes_needs_a_key_with_its_scope(keyed) -> None
     url = server.url
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.get(f"{url}/ready").status_code == 200
+    for probe in ("/health", "/ready"):  # load balancers that probe with HEAD read a 405 as down
+        r = httpx.head(f"{url}{probe}")
+        assert r.status_code == 200 and r.content == b"", (probe, r.status_code)
     calls = {
         "feed:read": ("POST", "/recommendations", {"user_id": "u0000001"}),
         "events:write": ("POST", "/events", {"user_id": "u0000001", "video_id": "v0000001", "type": "skip"}),
