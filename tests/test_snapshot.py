@@ -602,7 +602,7 @@ def test_the_dag_tasks_one_at_a_time_from_the_command_line(
     assert pipeline_main(["stage", "publish", "--snapshot", paths.snapshot_id]) == 2
     assert live_snapshot_id(settings.paths) is None
     assert pipeline_main(["stage", "validate"]) == 2
-    assert "needs ['snapshot_id']" in capsys.readouterr().err
+    assert "works on a snapshot: pass --snapshot" in capsys.readouterr().err
     assert pipeline_main(["stage", "validate", "--snapshot", paths.snapshot_id]) == 0
     assert json.loads(capsys.readouterr().out)["snapshot_id"] == paths.snapshot_id
     assert not settings.paths.warehouse_path.exists()
