@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,16 @@ def test_a_bad_experiment_is_refused_naming_the_field(tmp_path: Path) -> None:
     registry.start(path, "e1", (Arm("a", "model", 0.5),))
     with pytest.raises(ExperimentError, match="never reused"):
         registry.start(path, "e1", (Arm("a", "model", 0.5),))
+    # A change moves shares only: a new variant or arm under a kept name pooled two designs in one report.
+    for arms, says in [
+        ((Arm("a", "most_pop", 0.5),), "not variants"),
+        ((Arm("b", "model", 0.5),), "keeps the arms ['a']"),
+        ((Arm("a", "model", 0.3), Arm("b", "model", 0.3)), "keeps the arms ['a']"),
+    ]:
+        with pytest.raises(ExperimentError, match=re.escape(says)) as refused:
+            registry.change(path, "e1", arms)
+        assert refused.value.field == "arms"
+    assert registry.read_experiments(path)[0].changed_at is None, "a refused change changed nothing"
     registry.change(path, "e1", (Arm("a", "model", 0.6),))
     registry.stop(path, "e1")
     with pytest.raises(ExperimentError, match="no running experiment"):

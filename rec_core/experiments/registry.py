@@ -61,9 +61,31 @@ def change(
     check_versions(arms, versions)
     with _editing(path) as (experiments, save):
         i = _running_index(experiments, name)
+        _same_arms(experiments[i], arms)
         experiment = msgspec.structs.replace(experiments[i], arms=arms, changed_at=_now(now))
         save([*experiments[:i], experiment, *experiments[i + 1 :]])
     return experiment
+
+
+def _same_arms(experiment: Experiment, arms: tuple[Arm, ...]) -> None:
+    """A change may move shares only. The report pools an arm's impressions under its name over the whole run:
+    an arm whose variant changed put one variant's figures under the other's label, and renamed arms left every
+    user "seen in two arms" and the report empty. A new design is a new experiment."""
+    before = {arm.name: arm.variant for arm in experiment.arms}
+    after = {arm.name: arm.variant for arm in arms}
+    if set(after) != set(before):
+        raise ExperimentError(
+            "arms",
+            f"a change keeps the arms {sorted(before)} (got {sorted(after)}) and moves their shares only; "
+            "stop this experiment and start another for new arms",
+        )
+    for arm in arms:
+        if arm.variant != before[arm.name]:
+            raise ExperimentError(
+                "arms",
+                f"arm {arm.name!r} serves {before[arm.name]!r}: a change moves shares only, not variants; "
+                "stop this experiment and start another",
+            )
 
 
 def stop(path: Path, name: str, now: dt.datetime | None = None) -> Experiment:
