@@ -97,6 +97,9 @@ def run_import_command(
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     setup_logging(settings.log_level)
+    if report_json is not None and report_json.is_dir():  # found after the commit, it broke "the lake untouched"
+        print(f"error: --report-json {report_json} is a folder: name a file", file=sys.stderr)
+        return EXIT_INPUT
     try:
         report = do_import(settings)
         code = EXIT_OK
@@ -104,8 +107,14 @@ def run_import_command(
         print(f"error: {exc}", file=sys.stderr)
         report = exc.report or ImportReport(source="import", strict=strict, status="error", error=str(exc))
         code = EXIT_INPUT if isinstance(exc, InputError) else EXIT_REJECTED
+    except LakeError as exc:  # another commit (an inbox ingest) moved the lake while this import read it
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     print(report.format_text())
     if report_json is not None:
-        write_bytes_atomic(report_json, (report.to_json() + "\n").encode())
-        log.info("report written to %s", report_json)
+        try:
+            write_bytes_atomic(report_json, (report.to_json() + "\n").encode())
+            log.info("report written to %s", report_json)
+        except OSError as exc:  # the import's outcome stands; only its copy is missing
+            print(f"warning: the report could not be written to {report_json}: {exc}", file=sys.stderr)
     return code

@@ -682,6 +682,18 @@ def test_cli_report_json_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert {(b["table"], b["reason"], b["column"]) for b in report["bad_rows"]} == set(EXPECTED_BAD)
 
 
+def test_a_report_path_that_is_a_folder_is_refused_before_the_commit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report was written after the commit: a folder there crashed the command (exit 1, "rejected") with the
+    lake already changed."""
+    files = full_csv(tmp_path / "in")
+    data_dir = tmp_path / "data"
+    argv = [f"--{t}={p}" for t, p in files.items()] + [f"--data-dir={data_dir}", f"--report-json={tmp_path}"]
+    assert main(argv) == 2
+    assert "is a folder" in capsys.readouterr().err and not (data_dir / "lake").exists()
+
+
 # ---- the import DAG reads only from the import folder ---------------------------------------------------------
 
 
@@ -798,3 +810,40 @@ def test_import_dag_refuses_a_path_outside_the_import_folder_and_reads_one_insid
     run = dag.test(run_conf={"videos": "batch/videos.csv", "interactions": str(inside["interactions"])})
     assert run.state == "success"
     assert sorted(Lake(data_env / "lake").read("videos")["video_id"].to_pylist()) == ["v1", "v2", "v3"]
+
+
+def test_an_import_keeps_only_the_impressions_its_world_explains(tmp_path: Path, settings: Settings) -> None:
+    """An import replaces the four tables, but the lake's impressions (the API's pages) were kept whole: after
+    importing another world, every one named a video no longer in the catalogue, and the online views and the
+    experiment reports read them all as never viewed."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from rec_core.data.tables import LAKE_TABLES
+
+    import_dataset(**full_csv(tmp_path / "a"), settings=settings)
+    lake = lake_of(settings)
+    shown = [("u1", "v1"), ("u2", "v3"), ("u1", "v3"), ("u9", "v1")]  # u9: a user only the API had seen
+    rows = [
+        {"request_id": f"r{i}", "position": 0, "ts": dt.datetime(2024, 1, 5, tzinfo=dt.UTC), "user_id": u,
+         "video_id": v, "snapshot_id": "s1", "model_version": "m1", "experiment": None, "arm": None,
+         "source": "precomputed", "reason": "trending", "score": 1.0}
+        for i, (u, v) in enumerate(shown)
+    ]  # fmt: skip
+    lake.commit({"impressions": pa.Table.from_pylist(rows, LAKE_TABLES["impressions"].schema)}, source="test")
+    # The same world again: nothing to drop, the version stays.
+    again = import_dataset(**full_csv(tmp_path / "a"), settings=settings)
+    assert (again.status, again.impressions_dropped) == ("unchanged", 0)
+    # A world without v3: the impressions of v3 go, and the report says so; u9's page stays (pages count).
+    files = full_csv(tmp_path / "b")
+    write_csv(files["videos"], VIDEO_HEADER, VIDEO_ROWS[:2])
+    write_csv(files["interactions"], INTERACTION_HEADER, [r for r in INTERACTION_ROWS if r[1] != "v3"])
+    report = import_dataset(**files, settings=settings)
+    assert (report.status, report.impressions_dropped) == ("committed", 2)
+    assert "impressions: 2 dropped" in report.format_text()
+    kept = lake.read("impressions")
+    assert sorted(zip(kept["user_id"].to_pylist(), kept["video_id"].to_pylist(), strict=True)) == [
+        ("u1", "v1"),
+        ("u9", "v1"),
+    ]

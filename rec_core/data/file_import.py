@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rec_core.data.import_checks import InputRows
 from rec_core.data.import_report import ImportReport, InputError, RejectedError
@@ -310,12 +312,31 @@ def run_import(raw: CanonicalInput, lake: Lake | None, *, strict: bool = False, 
         report.status = "validated"
     else:
         before = lake.current().name if lake.exists() else None
-        version = lake.commit(tables, source=source)
+        kept = _impressions_of(lake, tables) if before is not None else None
+        if kept is not None:
+            tables = {**tables, "impressions": kept}
+            report.impressions_dropped = lake.current().manifest["tables"]["impressions"]["rows"] - kept.num_rows
+        # expect: the impressions were read from ``before``; an ingest committing meanwhile is a conflict, not lost.
+        version = lake.commit(tables, source=source, expect=before)
         report.lake_version = version.name
         report.status = "unchanged" if version.name == before else "committed"
     report.elapsed_s = time.perf_counter() - started
     log.info("import %s: %s (lake %s) in %.1fs", source, report.status, report.lake_version, report.elapsed_s)
     return report
+
+
+def _impressions_of(lake: Lake, tables: Mapping[str, pa.Table]) -> pa.Table | None:
+    """The lake's impressions of videos the import keeps, or None when that is all of them. An import replaces the
+    four tables: the impressions of a replaced world named videos no longer in the catalogue, so the online views
+    and every experiment report read them as never viewed. (Their users stay: a user the API served who never
+    acted is in no imported table, and their pages count.)"""
+    if not lake.has("impressions"):
+        return None
+    shown = lake.read("impressions")
+    keep = pc.is_in(shown["video_id"], value_set=tables["videos"]["video_id"])
+    if pc.all(keep).as_py() is not False:
+        return None
+    return shown.filter(keep)
 
 
 def import_dataset(

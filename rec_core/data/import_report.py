@@ -55,6 +55,7 @@ class ImportReport:
     ignored_columns: dict[str, list[str]] = field(default_factory=dict)
     status: str = "pending"  # committed | unchanged | validated (dry run) | rejected | error
     lake_version: str | None = None
+    impressions_dropped: int = 0  # of the lake's, naming a video the import does not have
     error: str | None = None
     elapsed_s: float = 0.0
 
@@ -115,6 +116,8 @@ class ImportReport:
                 first, *rest = [_format_example(e) for e in b.examples] or [""]
                 lines.append(f"  {b.table:<13} {b.reason:<26} {b.column or '-':<18} {b.count:>8,}  {first}")
                 lines += [f"  {'':<13} {'':<26} {'':<18} {'':>8}  {e}" for e in rest]
+        if self.impressions_dropped:
+            lines += ["", f"impressions: {self.impressions_dropped:,} dropped (their video is not imported)"]
         lines.append("")
         if self.status == "committed":
             lines.append(f"result: committed, lake {self.lake_version} is live ({self.elapsed_s:.1f}s)")
