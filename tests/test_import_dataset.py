@@ -847,3 +847,31 @@ def test_an_import_keeps_only_the_impressions_its_world_explains(tmp_path: Path,
         ("u1", "v1"),
         ("u9", "v1"),
     ]
+
+
+def test_numbers_the_lake_types_cannot_hold_are_out_of_range(tmp_path: Path, settings: Settings) -> None:
+    """Checked as float64 and stored as float32 or int64: 1e39 became inf in the lake (under --strict too), 1e-50 s
+    a duration of 0, a count of 2**62 + 1 was rounded and one of 2**63 - 1 crashed the import."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    videos = pa.table(
+        {
+            "video_id": ["v1", "v2", "v3", "v4", "v5"],
+            "caption": ["ok", "inf", "zero", "rounded", "crash"],
+            "duration_s": [10.0, 1e39, 1e-50, 10.0, 10.0],
+            "views": pa.array([5, 5, 5, 2**62 + 1, 2**63 - 1], pa.int64()),
+        }
+    )
+    pq.write_table(videos, tmp_path / "videos.parquet")
+    interactions = write_csv(
+        tmp_path / "i.csv", ["user_id", "video_id", "ts", "watch_time_s"], [["u1", "v1", "2024-01-01", "1e39"]]
+    )
+    report = import_dataset(tmp_path / "videos.parquet", interactions, settings=settings)
+    bad = {
+        (b.table, b.column): [e["row"] for e in b.examples]
+        for b in report.bad_rows
+        if b.reason == "number out of range"
+    }
+    assert bad == {("videos", "duration_s"): [2, 3], ("videos", "views"): [4, 5], ("interactions", "watch_time_s"): [1]}
+    assert lake_of(settings).read("videos")["video_id"].to_pylist() == ["v1"]

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,6 +45,11 @@ from rec_core.settings import Settings
 log = logging.getLogger(__name__)
 
 _INT32_MAX = 2**31 - 1
+# The lake keeps durations and watch times as float32 and counts as int64, through float64 checks: past these a
+# value became inf (1e39), 0 (1e-50 s, against "> 0"), a rounded count (2**62 + 1) or a crash (2**63 - 1).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_COUNT_MAX = 2**53  # float64's exact integers
 
 
 @dataclass(slots=True)
@@ -131,11 +137,11 @@ def build_tables(
     videos.check_text("caption")
     videos.check_hashtags("hashtags")
     videos.check_ts("created_at")
-    videos.check_number("duration_s", integer=False, lo=0.0, lo_inclusive=False)
+    videos.check_number("duration_s", integer=False, lo=_FLOAT32_TINY, hi=_FLOAT32_MAX)
     videos.check_number("width", integer=True, lo=1, hi=_INT32_MAX)
     videos.check_number("height", integer=True, lo=1, hi=_INT32_MAX)
     for c in ("creator_followers", "creator_likes", "views", "likes", "comments", "shares"):
-        videos.check_number(c, integer=True, lo=0)
+        videos.check_number(c, integer=True, lo=0, hi=_COUNT_MAX)
     videos.check_unique(["video_id"], DUPLICATE_VIDEO)
     videos.defaulted(OPTIONAL["videos"])
 
@@ -143,7 +149,7 @@ def build_tables(
     inter.check_id("user_id")
     inter.check_id("video_id")
     inter.check_ts("ts", required=True)
-    inter.check_number("watch_time_s", integer=False, lo=0.0)
+    inter.check_number("watch_time_s", integer=False, lo=0.0, hi=_FLOAT32_MAX)
     inter.check_number("completion", integer=False, lo=0.0, hi=1.0)
     for c in ("liked", "shared", "commented"):
         inter.check_bool(c)

@@ -164,7 +164,8 @@ REASONS: dict[str, str] = {
     BAD_TS: "a timestamp is neither ISO 8601 nor unix seconds",
     TS_RANGE: "a timestamp is before 1970-01-01 or from 2100 on (unix milliseconds given as seconds?)",
     BAD_NUMBER: "a number (or integer, for integer columns) does not parse or is not finite",
-    NUMBER_RANGE: "duration_s, width, height must be > 0; counts and watch_time_s must be >= 0",
+    NUMBER_RANGE: "duration_s, width, height must be > 0; counts and watch_time_s must be >= 0; durations and "
+    "watch times fit float32 (about 3.4e38, and a duration at least 1.2e-38), counts at most 2**53",
     COMPLETION_RANGE: "completion is outside [0, 1]",
     BAD_BOOL: "liked/shared/commented is not one of true/false/1/0/yes/no",
     UNKNOWN_VIDEO: "an interaction names a video_id that is not among the imported videos",
