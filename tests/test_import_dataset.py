@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import gzip
 import json
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -875,3 +876,36 @@ def test_numbers_the_lake_types_cannot_hold_are_out_of_range(tmp_path: Path, set
     }
     assert bad == {("videos", "duration_s"): [2, 3], ("videos", "views"): [4, 5], ("interactions", "watch_time_s"): [1]}
     assert lake_of(settings).read("videos")["video_id"].to_pylist() == ["v1"]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "says"),
+    [
+        ("video_id", pa.array([["v1"], ["v2"]]), "'video_id' is List(String)"),
+        ("caption", pa.array([{"a": 1}, {"a": 2}]), "'caption' is Struct("),
+        ("creator_id", pa.array([b"\xff", b"c2"], pa.binary()), "'creator_id' holds bytes that are not UTF-8"),
+    ],
+)
+def test_a_parquet_column_of_the_wrong_shape_is_named_not_a_crash(
+    tmp_path: Path, settings: Settings, column: str, values: pa.Array, says: str
+) -> None:
+    """A list id crashed a cast, non-UTF-8 bytes crashed a decode (tracebacks, exit 1 meaning "rejected"), and a
+    struct id was committed as its text."""
+    import pyarrow.parquet as pq
+
+    table = {"video_id": ["v1", "v2"], "caption": ["a", "b"], column: values}
+    pq.write_table(pa.table(table), tmp_path / "videos.parquet")
+    interactions = write_csv(tmp_path / "i.csv", ["user_id", "video_id", "ts"], [["u1", "v1", "2024-01-01"]])
+    with pytest.raises(InputError, match=re.escape(says)):
+        import_dataset(tmp_path / "videos.parquet", interactions, settings=settings)
+    assert not lake_of(settings).exists()
+
+
+def test_a_header_given_twice_is_refused(tmp_path: Path, settings: Settings) -> None:
+    """ "caption,caption" imported the first copy without a word; " video_id" beside "video_id" crashed."""
+    interactions = write_csv(tmp_path / "i.csv", ["user_id", "video_id", "ts"], [["u1", "v1", "2024-01-01"]])
+    for header in (["video_id", "caption", "caption"], ["video_id", "caption", " video_id"]):
+        videos = write_csv(tmp_path / "v.csv", header, [["v1", "a", "b"]])
+        with pytest.raises(InputError, match="more than once"):
+            import_dataset(videos, interactions, settings=settings)
+    assert not lake_of(settings).exists()

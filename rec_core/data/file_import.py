@@ -9,6 +9,7 @@ all-or-nothing commit (or, on a dry run, only validates them). The import comman
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,8 +86,33 @@ def read_table_file(path: Path, what: str = "input") -> pl.DataFrame:
         raise InputError(f"{what} file {path} is empty (not even a header row)") from None
     except Exception as exc:  # polars/arrow raise many types for a corrupt or non-UTF-8 file
         raise InputError(f"{what} file {path} cannot be read: {type(exc).__name__}: {exc}") from None
+    _check_shape(df, f"{what} file {path}")
     # Header cells like " video_id" are a common spreadsheet export artefact.
     return df.rename({c: c.strip() for c in df.columns if c != c.strip()})
+
+
+# polars renames a repeated CSV header cell "x" to "x_duplicated_0", "x_duplicated_1", ...
+_POLARS_DUPLICATE = re.compile(r"(.+)_duplicated_[0-9]+")
+
+
+def _check_shape(df: pl.DataFrame, where: str) -> None:
+    """Refuse what the row checks cannot read, naming the column: a header given twice (the first copy won,
+    and " video_id" beside "video_id" crashed the rename), a nested column (a list id crashed a cast, a struct
+    was stored as its text) other than a list of hashtags, bytes that are not UTF-8 text (a crash)."""
+    stripped = [c.strip() for c in df.columns]
+    repeated = {c for c in stripped if stripped.count(c) > 1}
+    repeated |= {m.group(1).strip() for c in df.columns if (m := _POLARS_DUPLICATE.fullmatch(c))} & set(stripped)
+    if repeated:
+        raise InputError(f"{where} has the column {sorted(repeated)[0]!r} more than once")
+    for name, dtype in df.schema.items():
+        tags = name.strip() == "hashtags" and isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Null)
+        if dtype.is_nested() and not tags:
+            raise InputError(f"{where}: column {name!r} is {dtype}, not a single value per row")
+        if dtype == pl.Binary:
+            try:
+                df[name].cast(pl.String)
+            except pl.exceptions.ComputeError:
+                raise InputError(f"{where}: column {name!r} holds bytes that are not UTF-8 text") from None
 
 
 def read_canonical(
