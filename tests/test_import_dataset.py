@@ -866,7 +866,9 @@ def test_numbers_the_lake_types_cannot_hold_are_out_of_range(tmp_path: Path, set
     )
     pq.write_table(videos, tmp_path / "videos.parquet")
     interactions = write_csv(
-        tmp_path / "i.csv", ["user_id", "video_id", "ts", "watch_time_s"], [["u1", "v1", "2024-01-01", "1e39"]]
+        tmp_path / "i.csv",
+        ["user_id", "video_id", "ts", "watch_time_s"],
+        [["u1", "v1", "2024-01-01", "1e39"], ["u1", "v1", "2024-01-02", "5"]],
     )
     report = import_dataset(tmp_path / "videos.parquet", interactions, settings=settings)
     bad = {
@@ -909,3 +911,15 @@ def test_a_header_given_twice_is_refused(tmp_path: Path, settings: Settings) -> 
         with pytest.raises(InputError, match="more than once"):
             import_dataset(videos, interactions, settings=settings)
     assert not lake_of(settings).exists()
+
+
+def test_an_import_whose_interactions_are_all_refused_changes_nothing(tmp_path: Path, settings: Settings) -> None:
+    """Unix milliseconds given as seconds: every interaction out of range, and the import replaced the live lake's
+    interactions and users with none."""
+    import_dataset(**full_csv(tmp_path / "a"), settings=settings)
+    live = lake_of(settings).current().name
+    files = full_csv(tmp_path / "b")
+    write_csv(files["interactions"], ["user_id", "video_id", "ts"], [["u1", "v1", "1704276000000"]])
+    with pytest.raises(RejectedError, match="no valid interaction in the input: all 1 were skipped"):
+        import_dataset(**files, settings=settings)
+    assert lake_of(settings).current().name == live

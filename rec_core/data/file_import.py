@@ -334,6 +334,10 @@ def run_import(raw: CanonicalInput, lake: Lake | None, *, strict: bool = False, 
         problem = f"--strict and {report.skipped_total:,} bad row(s)"
     elif tables["videos"].num_rows == 0:
         problem = "no valid video in the input"
+    elif tables["interactions"].num_rows == 0 and (read := report.counts["interactions"].read):
+        # Every row refused (unix milliseconds given as seconds, say): committing would replace the live
+        # interactions with none. A header-only file is a catalogue without history, and imports.
+        problem = f"no valid interaction in the input: all {read:,} were skipped (the reasons are above)"
     if problem is not None:
         report.status, report.error = "rejected", problem
         report.elapsed_s = time.perf_counter() - started
