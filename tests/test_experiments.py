@@ -100,11 +100,21 @@ def test_a_bad_experiment_is_refused_naming_the_field(tmp_path: Path) -> None:
             registry.change(path, "e1", arms)
         assert refused.value.field == "arms"
     assert registry.read_experiments(path)[0].changed_at is None, "a refused change changed nothing"
+    # A user is in the first-started experiment that places them: behind one whose shares sum to 1, a later one
+    # was accepted, listed as running, and reached no one.
+    registry.start(path, "full", (Arm("x", "model", 0.5), Arm("y", "most_pop", 0.5)))
+    with pytest.raises(ExperimentError, match="'full' places every user"):
+        registry.start(path, "shadowed", (Arm("a", "model", 0.5),))
+    registry.stop(path, "full")
+    registry.start(path, "later", (Arm("a", "model", 0.5),))
+    with pytest.raises(ExperimentError, match="leaving no one to 'later'"):
+        registry.change(path, "e1", (Arm("a", "model", 1.0),))
+    registry.stop(path, "later")
     registry.change(path, "e1", (Arm("a", "model", 0.6),))
     registry.stop(path, "e1")
     with pytest.raises(ExperimentError, match="no running experiment"):
         registry.stop(path, "e1")
-    (e1,) = registry.read_experiments(path)
+    e1 = registry.read_experiments(path)[0]
     assert e1.arms[0].share == 0.6 and e1.changed_at and e1.stopped_at and registry.running(path) == []
 
 

@@ -49,6 +49,12 @@ def start(
     with _editing(path) as (experiments, save):
         if any(e.name == name for e in experiments):
             raise ExperimentError("name", f"an experiment named {name!r} exists already; names are never reused")
+        if full := [e.name for e in experiments if e.active and _places_everyone(e.arms)]:
+            raise ExperimentError(
+                "arms",
+                f"experiment {full[0]!r} places every user (its shares sum to 1), and a user is in the first-started "
+                f"experiment that places them: {name!r} would reach no one; lower {full[0]!r}'s shares or stop it",
+            )
         experiment = Experiment(name, arms, started_at=_now(now))
         save([*experiments, experiment])
     return experiment
@@ -62,9 +68,20 @@ def change(
     with _editing(path) as (experiments, save):
         i = _running_index(experiments, name)
         _same_arms(experiments[i], arms)
+        later = [e.name for e in experiments[i + 1 :] if e.active]
+        if later and _places_everyone(arms):
+            raise ExperimentError(
+                "arms",
+                f"shares summing to 1 would place every user in {name!r}, leaving no one to {later[0]!r}, "
+                "which started after it",
+            )
         experiment = msgspec.structs.replace(experiments[i], arms=arms, changed_at=_now(now))
         save([*experiments[:i], experiment, *experiments[i + 1 :]])
     return experiment
+
+
+def _places_everyone(arms: tuple[Arm, ...]) -> bool:
+    return sum(arm.share for arm in arms) >= 1 - 1e-9
 
 
 def _same_arms(experiment: Experiment, arms: tuple[Arm, ...]) -> None:
