@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--list", action="store_true", help="list snapshots and which one is live")
     parser.add_argument("--validate-only", action="store_true", help="with --snapshot: validate, do not publish")
     parser.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="with --snapshot: publish it even though it began before the live snapshot (refused otherwise)",
+    )
+    parser.add_argument(
         "--abandoned-after-hours",
         type=_hours_at_least_one,
         default=ABANDONED_AFTER.total_seconds() / 3600,
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             args.snapshot,
             keep=settings.batch.snapshots_keep,
             abandoned_after=dt.timedelta(hours=args.abandoned_after_hours),
+            allow_older=args.allow_older,
         )
     except (SnapshotError, LakeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

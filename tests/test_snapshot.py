@@ -757,3 +757,16 @@ def test_two_builds_begun_in_one_second_are_a_clear_error(settings: Settings) ->
     with pytest.raises(SnapshotError, match="began this second; begin again"):
         build_snapshot(settings, 7, milvus=False)
     assert first.read_build().snapshot_id == first.snapshot_id
+
+
+def test_a_snapshot_begun_before_the_live_one_is_not_published_over_it(settings: Settings) -> None:
+    """An old pipeline run cleared and run again in the Airflow UI published its snapshot over the newer live one:
+    a rollback, recorded as a publish."""
+    older, newer = valid_snapshot(settings, 1), valid_snapshot(settings, 2)
+    publish(settings.paths, newer.snapshot_id, keep=3)
+    with pytest.raises(SnapshotError, match="began before the live"):
+        publish(settings.paths, older.snapshot_id, keep=3)
+    assert live_snapshot_id(settings.paths) == newer.snapshot_id
+    publish(settings.paths, older.snapshot_id, keep=3, allow_older=True)  # the operator's deliberate choice
+    assert live_snapshot_id(settings.paths) == older.snapshot_id
+    assert publish(settings.paths, newer.snapshot_id, keep=3).changed  # forward again

@@ -96,13 +96,20 @@ class SnapshotInfo:
 
 
 def publish(
-    paths: PathSettings, snapshot_id: str, *, keep: int, abandoned_after: dt.timedelta = ABANDONED_AFTER
+    paths: PathSettings,
+    snapshot_id: str,
+    *,
+    keep: int,
+    abandoned_after: dt.timedelta = ABANDONED_AFTER,
+    allow_older: bool = False,
 ) -> PublishResult:
     """Make a validated snapshot live with one atomic pointer change, record it, then prune to the ``keep``
     most recently published snapshots (plus the live one).
 
     Idempotent: publishing the live snapshot again changes nothing (beyond repairing a history
-    entry a killed publish did not get to write).
+    entry a killed publish did not get to write). A snapshot begun before the live one is refused unless
+    ``allow_older``: an old pipeline run cleared and run again in the Airflow UI published its snapshot over a
+    newer one, a rollback recorded as a publish.
     """
     snapshot = snapshot_paths(paths, snapshot_id)
     with _locked(paths) as remote:
@@ -110,6 +117,12 @@ def publish(
         if live == snapshot_id:
             entry = _history(paths)[-1]
             return PublishResult(snapshot_id, live, False, entry.get("published_at"), entry.get("model_version", ""))
+        if live is not None and not allow_older and _began(snapshot_id) < _began(live):
+            raise SnapshotError(
+                f"snapshot {snapshot_id} began before the live {live}: publishing it would serve older feeds as "
+                "new ones. To go back, roll back (`python -m jobs.publish --rollback`), or publish it with "
+                "--allow-older"
+            )
         if remote is not None:
             remote.pull(snapshot_id)
         if not snapshot.root.is_dir():
@@ -123,6 +136,11 @@ def publish(
         pruned = _prune(paths, remote, keep, abandoned_after)
     log.info("snapshot %s is live (previous: %s); pruned %s", snapshot_id, live, pruned or "nothing")
     return PublishResult(snapshot_id, live, True, entry["published_at"], manifest.model_version, pruned)
+
+
+def _began(snapshot_id: str) -> str:
+    """When the snapshot began, as its id's leading UTC time (``s20260101T000000Z-...``): sortable as text."""
+    return snapshot_id.split("-", 1)[0]
 
 
 def rollback(paths: PathSettings) -> str:
