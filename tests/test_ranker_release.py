@@ -208,6 +208,24 @@ def test_the_gate_reads_the_stack_metrics_and_refuses_a_stale_evaluation(
         gate_version(settings.override(ranker="off"), version)
 
 
+def test_a_gate_run_again_after_another_model_became_current_refuses_to_promote(
+    ranked: tuple[Settings, dict], tmp_path: Path
+) -> None:
+    """An old train_towers run's quality_gate cleared in the Airflow UI promoted its version over a newer, better
+    one: its evaluation compared it with the model current back then."""
+    source, summary = ranked
+    settings = _copy(source.paths.data_dir, tmp_path / "data")
+    store, version = ModelStore(settings.paths.models_dir), summary["version"]
+    assert store.read_json(version, "metrics.json")["current_at_evaluation"] is None  # the first release
+    newer = "m29990101T000000Z-00000001"  # a later release, promoted since
+    shutil.copytree(store.root / version, store.root / newer)
+    store.promote(newer)
+    with pytest.raises(ModelStoreError, match=f"{newer} is current now: evaluate it again"):
+        gate_version(settings, version)
+    assert store.current() == newer
+    assert gate_version(settings, version, promote=False)["current"] == newer  # a look, without promoting, is fine
+
+
 def test_with_the_ranker_off_a_version_carries_none_and_the_gate_says_retrieval(world: Path, tmp_path: Path) -> None:
     settings = _copy(world, tmp_path / "data", ranker="off")
     summary = train_towers(settings, TOWERS, ranker_config=FAST)

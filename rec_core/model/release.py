@@ -345,6 +345,7 @@ def evaluate_version(
         }
     models.update({name: values.summary() for name, values in per_user.items()})
     current, current_users = store.current(), None
+    metrics["current_at_evaluation"] = current  # what the gate's comparison stands for (see gate_version)
     if current is not None and current != version:
         try:
             current_users, current_stack = _current_model_metrics(settings, store, current, data, instant)
@@ -407,6 +408,14 @@ def gate_version(settings: Settings, version: str, *, promote: bool = True) -> d
         raise ModelStoreError(
             f"{version} was evaluated for serving {evaluated['name']} as of {evaluated['as_of']}, but with "
             f"REC_RANKER={settings.model.ranker} it serves {stack.name} as of {stack.as_of}: evaluate it again"
+        )
+    now, then = store.current(), metrics.get("current_at_evaluation", store.current())
+    if promote and now not in (then, version):
+        # A task cleared and run again later (or a release racing another): the comparison is against a model
+        # that is no longer current, and promoting on it put a worse model over a better one.
+        raise ModelStoreError(
+            f"{version} was compared with the current model {then or '(none)'}, but {now} is current now: "
+            "evaluate it again (clear evaluate_version and what follows) before gating it"
         )
     current = models.get("current_model")
     evidence = Evidence.from_dict(metrics["gate_evidence"]) if "gate_evidence" in metrics else None
