@@ -153,6 +153,23 @@ def test_a_ranker_param_stands_for_rec_ranker_in_every_stage_of_the_run(settings
     assert run_stages(settings, (probe,), {})["ranker"] == "on"
 
 
+def _shard_counts(settings: Any, video_shards: int, user_shards: int) -> dict:
+    return {"counts": (video_shards, user_shards)}
+
+
+def test_a_whole_float_count_from_the_trigger_form_reaches_a_stage_as_an_int(settings: Any) -> None:
+    """JSON Schema's "integer" admits 2.0: the Trigger form passed {"video_shards": 2.0}, and begin_snapshot wrote
+    a build of 2.0 shards before range() refused it, leaving a snapshot that broke the next materialize run."""
+    from rec_core.stages import Stage, run_stages, shard_numbers
+
+    probe = Stage("probe", "tests.test_dags:_shard_counts", needs=("video_shards", "user_shards"), provides=("counts",))
+    counts = run_stages(settings, (probe,), {"video_shards": 2.0, "user_shards": 3})["counts"]
+    assert counts == (2, 3) and all(type(c) is int for c in counts)
+    with pytest.raises(ValueError, match=r"video_shards must be a whole number, got 2\.5"):
+        run_stages(settings, (probe,), {"video_shards": 2.5, "user_shards": 3})
+    assert shard_numbers(settings.paths, {"caption_shards": 2.0}, "caption") == [0, 1]
+
+
 def test_rec_core_stages_imports_only_the_standard_library() -> None:
     script = """
 import sys

@@ -770,3 +770,15 @@ def test_a_snapshot_begun_before_the_live_one_is_not_published_over_it(settings:
     publish(settings.paths, older.snapshot_id, keep=3, allow_older=True)  # the operator's deliberate choice
     assert live_snapshot_id(settings.paths) == older.snapshot_id
     assert publish(settings.paths, newer.snapshot_id, keep=3).changed  # forward again
+
+
+def test_a_run_resumes_only_a_snapshot_still_in_progress(settings: Settings) -> None:
+    """The materialize_feeds DAG given the live snapshot's id rewrote its feeds in place, under the API."""
+    from rec_core.snapshot.begin import resume
+
+    live, building = valid_snapshot(settings, 1), build_snapshot(settings, 2, milvus=False)
+    publish(settings.paths, live.snapshot_id, keep=3)
+    assert resume(settings, snapshot_id=building.snapshot_id) == {"snapshot_id": building.snapshot_id}
+    assert resume(settings, snapshot_id=None) == {"snapshot_id": building.snapshot_id}
+    with pytest.raises(SnapshotError, match="is validated already"):
+        resume(settings, snapshot_id=live.snapshot_id)

@@ -25,7 +25,7 @@ from rec_core.experiments.spec import Experiment, model_versions
 from rec_core.model.store import ModelStore, ModelStoreError, model_store
 from rec_core.rank.ranker import Ranker
 from rec_core.settings import PathSettings, Settings
-from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id
+from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapshot, live_snapshot_id, snapshot_paths
 from rec_core.snapshot.model_copy import copy_model, model_file_names
 from rec_core.snapshot.publish import prune
 from rec_core.snapshot.rank_state import build_state, choose_ranker, write_rank_arrays, write_ranking
@@ -169,5 +169,17 @@ def latest_unpublished(paths: PathSettings) -> str:
 
 
 def resume(settings: Settings, *, snapshot_id: str | None) -> dict:
-    """The snapshot a run continues: ``snapshot_id`` when given, else the newest unpublished one."""
-    return {"snapshot_id": snapshot_id or latest_unpublished(settings.paths)}
+    """The snapshot a run continues: ``snapshot_id`` when given, else the newest unpublished one. A validated one
+    is refused: a standalone materialize run given the live snapshot's id rewrote its feeds in place, under the
+    API serving them (and after a manifest that then no longer matched)."""
+    if snapshot_id is None:
+        return {"snapshot_id": latest_unpublished(settings.paths)}
+    paths = snapshot_paths(settings.paths, snapshot_id)
+    remote = remote_snapshots(settings.paths)
+    validated = remote.validated(snapshot_id) if remote is not None else (paths.root / MANIFEST_FILE).exists()
+    if validated or snapshot_id == live_snapshot_id(settings.paths):
+        raise SnapshotError(
+            f"snapshot {snapshot_id} is validated already (or live): its files stay as they are; "
+            "leave snapshot_id empty to continue the newest one in progress, or build a new one"
+        )
+    return {"snapshot_id": snapshot_id}
