@@ -58,6 +58,7 @@ class Stage:
 
     def run(self, settings: Settings, values: Mapping[str, Any], shard: int | None = None) -> Any:
         """Call the stage's function with the values it needs (and ``shard`` for a sharded stage)."""
+        values = whole_counts(values)
         kwargs = {name: values[name] for name in self.needs}
         if self.shards is not None:
             kwargs["shard"] = shard
@@ -71,6 +72,23 @@ class Stage:
         return run_synced(
             settings.paths, kwargs.get("snapshot_id"), lambda: self.function()(settings, **kwargs), begins=begins
         )
+
+
+# A run's values that count something. JSON Schema's "integer" admits 2.0, so the Trigger form passes one; a float
+# count failed deep in a stage (range() of a float), after begin_snapshot had written a build of 2.0 shards.
+COUNTS: tuple[str, ...] = ("epochs", "embedding_dim", "video_shards", "user_shards", "caption_shards")
+
+
+def whole_counts(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each count a Python int: a whole float (2.0) becomes 2; any other float is refused."""
+    out = dict(values)
+    for name in COUNTS:
+        value = out.get(name)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{name} must be a whole number, got {value}")
+            out[name] = int(value)
+    return out
 
 
 def run_settings(settings: Settings, values: Mapping[str, Any]) -> Settings:
@@ -212,7 +230,7 @@ def shard_numbers(paths: PathSettings, values: Mapping[str, Any], kind: ShardKin
     """The shards of ``kind`` to run or map over: the run's ``caption_shards`` for captions, else those its
     snapshot (``values["snapshot_id"]``) was begun with (its build.json)."""
     if kind == "caption":
-        shards = int(values["caption_shards"])
+        shards = whole_counts(values)["caption_shards"]
         if shards < 1:
             raise ValueError(f"caption_shards must be at least 1, got {shards}")
         return list(range(shards))
