@@ -107,7 +107,7 @@ BUILD_FEATURES = Stage(
 
 # The whole batch, in order: inbox -> lake -> features -> model -> vectors -> feeds -> live snapshot.
 PIPELINE: tuple[Stage, ...] = (
-    Stage("ingest_inbox", "rec_core.data.inbox_merge:ingest_inbox", announces="lake"),
+    Stage("ingest_inbox", "rec_core.data.inbox_merge:ingest_inbox", announces="lake", announce_if="committed"),
     BUILD_FEATURES,
     # The towers, their ranker (REC_RANKER=on), evaluation and gate in one call (MODEL_RELEASE below, step by step).
     # A new model version is announced only when the gate promoted it, not when the current one is reused.

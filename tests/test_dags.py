@@ -82,7 +82,7 @@ def _check_dags_follow_the_declared_stages(tasks: dict[str, dict[str, list[str]]
     shard lists to map over, and the model announcement after the stage that may promote one."""
     from rec_core.stages import MODEL_RELEASE, PIPELINE, RESUME_SNAPSHOT, between
 
-    glue = {"video_shard_list", "user_shard_list", "caption_shard_list", "announce_model"}
+    glue = {"video_shard_list", "user_shard_list", "caption_shard_list", "announce_model", "announce_lake"}
     declared = {
         "recsys_pipeline": PIPELINE,
         "refresh_embeddings": between("begin_snapshot", "load_vectors"),
@@ -102,6 +102,8 @@ def _check_dags_follow_the_declared_stages(tasks: dict[str, dict[str, list[str]]
     # The model is announced after, and only by, the stage that may promote one.
     assert tasks["recsys_pipeline"]["announce_model"] == ["train_or_reuse"]
     assert tasks["train_towers"]["announce_model"] == ["quality_gate"]
+    # The lake, only after an ingest that committed a new version (one with nothing new started a training).
+    assert tasks["recsys_pipeline"]["announce_lake"] == ["ingest_inbox"]
 
 
 def test_stage_declarations_resolve_to_functions_that_take_what_they_are_given(settings: Any) -> None:

@@ -181,8 +181,9 @@ def test_the_batch_skips_and_reports_poison_inbox_records(api_world: Path, tmp_p
     )
     assert likes["liked"].to_list() == [True]
     # Consumed: the next run has nothing new, so the poison is not reported again and again.
+    assert summary["committed"]
     again = ingest_inbox(Settings.load({"REC_DATA_DIR": str(data)}))
-    assert again["records"] == 0
+    assert again["records"] == 0 and not again["committed"], "nothing new: no new lake to announce"
 
 
 def test_the_ingest_cli_succeeds_on_poison(api_world: Path, tmp_path: Path) -> None:

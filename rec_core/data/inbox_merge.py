@@ -45,6 +45,7 @@ def ingest_inbox(settings: Settings) -> dict:
     shown = read_new(shown_root)
     summary = {"records": len(batch.records), "bad_lines": batch.bad_lines + shown.bad_lines}
     summary["impression_pages"] = len(shown.records)
+    before = lake.current_name()
     if batch.records or shown.records:
         version, counts = _merge_and_commit(lake, batch, shown, settings.batch.impressions_keep_days)
         summary.update(counts, lake_version=version.name)
@@ -67,6 +68,9 @@ def ingest_inbox(settings: Settings) -> dict:
     record_consumed(paths, INBOX, inbox_root, pruned[0])
     record_consumed(paths, IMPRESSIONS, shown_root, pruned[1])
     summary["segments_pruned"] = len(pruned[0]) + len(pruned[1])
+    # Whether the lake has a new version: only then is there a new lake to announce (a train_towers run on an
+    # unchanged lake trained and gated for nothing).
+    summary["committed"] = summary["lake_version"] != before
     return summary
 
 
