@@ -211,3 +211,29 @@ def test_verdicts_hold_for_the_whole_report_not_each_metric_alone() -> None:
     checked = [dict(d) for d in differences]
     _holm_verdicts(checked)
     assert [d["verdict"] for d in checked[:3]] == ["lower", "higher", "within noise"]
+
+
+def test_a_report_with_no_data_is_strict_json_and_says_no_data(tmp_path: Path) -> None:
+    """Before any impression: report.json held bare NaN tokens (JSON.parse refuses them), every difference read
+    "within noise" with nothing measured, and a one-arm report's table had a header cell too many."""
+    from rec_core.experiments.report import report
+    from rec_core.settings import Settings
+    from rec_core.synthetic.commit import generate_data
+
+    settings = Settings.load({}).override(data_dir=tmp_path / "data")
+    generate_data(settings, "tiny", seed=3)
+    path = settings.paths.experiments_file
+    registry.start(path, "two", (Arm("a", "model", 0.2), Arm("b", "most_pop", 0.2)))
+    registry.start(path, "one", (Arm("solo", "model", 0.5),))
+    for name in ("two", "one"):
+        result = report(settings, name)
+        folder = Path(result["path"]).parent
+
+        def refuse(token: str) -> None:
+            raise AssertionError(f"{token} in report.json")
+
+        strict = json.loads((folder / "report.json").read_text(), parse_constant=refuse)
+        table = [line for line in (folder / "report.md").read_text().splitlines() if line.startswith("|")]
+        assert len({line.count("|") for line in table}) == 1, table
+        if name == "two":
+            assert {entry["b"]["difference"]["verdict"] for entry in strict["metrics"].values()} == {"no data"}

@@ -117,7 +117,8 @@ def report(settings: Settings, name: str, out_dir: Path | None = None, seed: int
     _holm_verdicts([entry[a]["difference"] for entry in result["metrics"].values() for a in arm_names[1:]])
     out = out_dir or settings.paths.reports_dir / "experiments" / name
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "report.json", json.dumps(result, indent=2).encode())
+    # JSON has no NaN (Python writes a bare NaN token that strict parsers refuse): a figure with no data is null.
+    write_bytes_atomic(out / "report.json", json.dumps(_nulls_for_nan(result), indent=2, allow_nan=False).encode())
     write_bytes_atomic(out / "report.md", markdown(result).encode())
     write_bytes_atomic(out / "report.png", _picture(result))
     return {**result, "path": str(out / "report.md")}
@@ -157,7 +158,20 @@ def _holm_verdicts(differences: list[dict]) -> None:
     for rank, i in enumerate(order):
         d = differences[i]
         still = still and bool(np.isfinite(d["p"])) and d["p"] <= alpha / (m - rank)
+        if not np.isfinite(d["value"]):  # an arm with no view: nothing was measured, not "no difference"
+            d["verdict"] = "no data"
+            continue
         d["verdict"] = ("higher" if d["value"] > 0 else "lower") if still else "within noise"
+
+
+def _nulls_for_nan(value: object) -> object:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nulls_for_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulls_for_nan(v) for v in value]
+    return value
 
 
 def _ratio(num: float, den: float) -> float:
@@ -192,12 +206,8 @@ def markdown(result: dict) -> str:
         f"table at once (Holm over its {len(METRICS) * (len(arms) - 1)} differences, 5% in all), so a 95% interval "
         "that only just leaves zero may still read *within noise*.",
         "",
-        "| metric | "
-        + " | ".join(f"`{a}`" for a in arms)
-        + " | "
-        + " | ".join(f"`{a}` - `{control}`" for a in arms[1:])
-        + " |",
-        "| --- " * (2 * len(arms)) + "|",
+        "| " + " | ".join(["metric", *(f"`{a}`" for a in arms), *(f"`{a}` - `{control}`" for a in arms[1:])]) + " |",
+        "| --- " * (1 + len(arms) + len(arms) - 1) + "|",
     ]
     for metric, entry in result["metrics"].items():
         cells = [f"{entry[a]['value']:.4f} [{entry[a]['low']:.4f}, {entry[a]['high']:.4f}]" for a in arms]
