@@ -181,8 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("users", "sessions", "limit", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    api_key = None
+    if args.api_key_file is not None:  # a traceback here read as exit 1, "a request failed"
+        try:
+            api_key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--api-key-file: cannot read {args.api_key_file}: {exc.strerror}")
+        if not api_key:
+            parser.error(f"--api-key-file: {args.api_key_file} is empty")
     settings = settings_for(args)
-    api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
     url = args.url or f"http://{settings.api.host}:{settings.api.port}"
     try:
         summary = asyncio.run(

@@ -79,3 +79,20 @@ def test_a_stage_on_a_root_without_a_lake_says_so_and_creates_nothing(tmp_path: 
     )
     assert done.returncode == 2 and done.stderr.startswith("error: no lake at"), done.stderr
     assert "Traceback" not in done.stderr and list(data.iterdir()) == []
+
+
+@pytest.mark.parametrize("key_file", ["missing", "empty"])
+def test_the_simulator_says_when_its_key_file_cannot_be_used(tmp_path: Path, key_file: str) -> None:
+    """A missing key file was a traceback and exit 1, which the simulator documents as "a request failed"."""
+    path = tmp_path / key_file
+    if key_file == "empty":
+        path.write_text("\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.simulate_traffic", "--api-key-file", str(path)],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "REC_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--api-key-file" in done.stderr and "Traceback" not in done.stderr, done.stderr
