@@ -24,7 +24,8 @@ from rec_dags.defaults import DEFAULT_ARGS, START
     default_args=DEFAULT_ARGS,
     tags=["recsys", "experiments"],
     params={
-        "action": Param("report", enum=["start", "change", "stop", "list", "report"], description="What to do."),
+        # list by default: the one action that needs no name, so the form as it opens runs (report failed on "").
+        "action": Param("list", enum=["start", "change", "stop", "list", "report"], description="What to do."),
         "name": Param("", type="string", description="The experiment (all actions but list)."),
         "arms": Param(
             "",
