@@ -923,3 +923,9 @@ def test_an_import_whose_interactions_are_all_refused_changes_nothing(tmp_path: 
     with pytest.raises(RejectedError, match="no valid interaction in the input: all 1 were skipped"):
         import_dataset(**files, settings=settings)
     assert lake_of(settings).current().name == live
+
+
+def test_a_folder_given_as_a_file_is_named_as_one(tmp_path: Path, settings: Settings) -> None:
+    files = full_csv(tmp_path / "in")
+    with pytest.raises(InputError, match="is a folder: name the file in it"):
+        import_dataset(tmp_path / "in", files["interactions"], settings=settings)

@@ -70,6 +70,8 @@ class CanonicalInput:
 def read_table_file(path: Path, what: str = "input") -> pl.DataFrame:
     """Read one CSV (every column as text, so the validator sees the raw values) or Parquet file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} file {path} is a folder: name the file in it")
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist")
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
