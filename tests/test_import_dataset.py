@@ -929,3 +929,12 @@ def test_a_folder_given_as_a_file_is_named_as_one(tmp_path: Path, settings: Sett
     files = full_csv(tmp_path / "in")
     with pytest.raises(InputError, match="is a folder: name the file in it"):
         import_dataset(tmp_path / "in", files["interactions"], settings=settings)
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_named_by_its_line(tmp_path: Path, settings: Settings) -> None:
+    """polars said only "found more fields than defined in 'Schema'" and suggested an option no operator can set."""
+    videos = tmp_path / "videos.csv"
+    videos.write_text('video_id,caption\nv1,"a, quoted\nline"\nv2,short\nv3,a,b\n')  # a quoted newline: 5 lines
+    interactions = write_csv(tmp_path / "i.csv", ["user_id", "video_id", "ts"], [["u1", "v1", "2024-01-01"]])
+    with pytest.raises(InputError, match="CSV line 5 has 3 fields, the header 2"):
+        import_dataset(videos, interactions, settings=settings)

@@ -8,6 +8,8 @@ all-or-nothing commit (or, on a dry run, only validates them). The import comman
 
 from __future__ import annotations
 
+import csv
+import gzip
 import logging
 import re
 import time
@@ -87,10 +89,32 @@ def read_table_file(path: Path, what: str = "input") -> pl.DataFrame:
     except pl.exceptions.NoDataError:
         raise InputError(f"{what} file {path} is empty (not even a header row)") from None
     except Exception as exc:  # polars/arrow raise many types for a corrupt or non-UTF-8 file
+        if suffix in (".csv", ".csv.gz") and (row := _first_ragged_row(path)) is not None:
+            line, fields, header = row
+            raise InputError(
+                f"{what} file {path}: CSV line {line} has {fields} fields, the header {header} "
+                "(a comma in an unquoted field? quote it)"
+            ) from None
         raise InputError(f"{what} file {path} cannot be read: {type(exc).__name__}: {exc}") from None
     _check_shape(df, f"{what} file {path}")
     # Header cells like " video_id" are a common spreadsheet export artefact.
     return df.rename({c: c.strip() for c in df.columns if c != c.strip()})
+
+
+def _first_ragged_row(path: Path) -> tuple[int, int, int] | None:
+    """(line, its fields, the header's) of the first CSV row with more fields than the header: polars
+    says only "found more fields than defined in 'Schema'", and suggests an option the operator cannot set."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = len(next(reader, []))
+            for row in reader:
+                if len(row) > header:
+                    return reader.line_num, len(row), header
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
 
 
 # polars renames a repeated CSV header cell "x" to "x_duplicated_0", "x_duplicated_1", ...
