@@ -66,9 +66,9 @@ def test_a_prune_keeps_the_newest_the_current_and_every_version_in_use(tmp_path:
     store.promote(NAMES[0])  # a rollback made the oldest current
     _snapshot(settings, NAMES[1], others=(NAMES[2],))  # built with one version, carrying another for an arm
     experiments = settings.paths.experiments_file
-    start(experiments, "running", (Arm("a", NAMES[3], 0.5), Arm("b", "model", 0.5)), versions=NAMES)
     start(experiments, "stopped", (Arm("a", NAMES[4], 0.5), Arm("b", "model", 0.5)), versions=NAMES)
     stop(experiments, "stopped")
+    start(experiments, "running", (Arm("a", NAMES[3], 0.5), Arm("b", "model", 0.5)), versions=NAMES)
 
     assert versions_in_use(settings.paths) == {NAMES[1], NAMES[2], NAMES[3]}
     for name in (NAMES[4], NAMES[5]):  # `jobs.evaluate`'s reports
