@@ -10,8 +10,10 @@ from what the last `ingest_inbox` took in. The same as `python -m jobs.experimen
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import Param, dag, task
-from rec_dags.defaults import DEFAULT_ARGS, START
+from rec_dags.defaults import DEFAULT_ARGS, START, refuse_unknown_conf
 
 
 @dag(
@@ -36,10 +38,11 @@ from rec_dags.defaults import DEFAULT_ARGS, START
 )
 def experiments_dag() -> None:
     @task
-    def apply(params: dict | None = None) -> dict:
+    def apply(params: dict | None = None, dag_run: Any = None, dag: Any = None) -> dict:
         from jobs.experiments import apply
         from rec_core.runtime import job_settings
 
+        refuse_unknown_conf(dag_run, dag)
         assert params is not None
         return apply(job_settings(), params["action"], params["name"], params["arms"])
 

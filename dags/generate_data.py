@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import Asset, Param, dag, task
-from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
+from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, refuse_unknown_conf, summarize_lake
 
 
 @dag(
@@ -27,10 +29,11 @@ from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
 )
 def generate_data_dag() -> None:
     @task(outlets=[Asset(LAKE_URI)])
-    def generate(params: dict | None = None) -> dict:
+    def generate(params: dict | None = None, dag_run: Any = None, dag: Any = None) -> dict:
         from rec_core.runtime import job_settings
         from rec_core.synthetic.commit import generate_data
 
+        refuse_unknown_conf(dag_run, dag)
         assert params is not None
         return generate_data(job_settings(), scale=params["scale"], seed=int(params["seed"]))
 

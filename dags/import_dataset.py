@@ -9,8 +9,10 @@ fails the run and the lake is left unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import Asset, Param, dag, task
-from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
+from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, refuse_unknown_conf, summarize_lake
 
 
 @dag(
@@ -36,13 +38,14 @@ from rec_dags.defaults import DEFAULT_ARGS, LAKE_URI, START, summarize_lake
 )
 def import_dataset_dag() -> None:
     @task(outlets=[Asset(LAKE_URI)])
-    def run_import(params: dict | None = None) -> dict:
+    def run_import(params: dict | None = None, dag_run: Any = None, dag: Any = None) -> dict:
         from pathlib import Path
 
         from rec_core.data.file_import import import_dataset
         from rec_core.data.import_paths import resolve_import_path
         from rec_core.runtime import job_settings
 
+        refuse_unknown_conf(dag_run, dag)
         assert params is not None
         settings = job_settings()
 

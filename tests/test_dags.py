@@ -286,6 +286,11 @@ def test_experiments_dag_starts_changes_and_stops_an_experiment(airflow_db: Path
 
     dag = _bag().get_dag("experiments")
     assert dag.test().state == "success"  # the Trigger form as it opens (it used to fail: a report of no name)
+    # A typo in the conf: Airflow takes any key, so it ran the defaults. Refused, and not retried.
+    typo = dag.test(run_conf={"action": "start", "nmae": "pop-check", "arms": "towers=model:0.5"})
+    (apply,) = typo.get_task_instances()
+    assert typo.state == "failed" and apply.try_number == 1, (typo.state, apply.try_number)
+    assert not (data_env / "experiments.json").exists()
     start = {"action": "start", "name": "pop-check", "arms": "towers=model:0.5,pop=most_pop:0.5"}
     assert dag.test(run_conf=start).state == "success"
     assert dag.test(run_conf={**start, "action": "change", "arms": "towers=model:0.4,pop=most_pop:0.4"}).state == (

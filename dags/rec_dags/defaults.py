@@ -30,6 +30,20 @@ SNAPSHOT_URI = "file://rec/snapshot"
 ASSET_URIS = {"lake": LAKE_URI, "model": MODEL_URI, "embeddings": EMBEDDINGS_URI, "snapshot": SNAPSHOT_URI}
 
 
+def refuse_unknown_conf(dag_run: Any, dag: Any) -> None:
+    """Fail the task, without a retry, when the run's conf names a param the DAG does not have. Airflow takes any
+    key (apache/airflow#29018), so a typo such as {"epoch": 1} ran the defaults without a word. Called first by
+    every task that reads the params."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    conf = getattr(dag_run, "conf", None) or {}
+    unknown = sorted(set(conf) - set(dag.params)) if dag is not None else []
+    if unknown:
+        raise AirflowFailException(
+            f"unknown param(s) {unknown} in the run's conf; {dag.dag_id} takes {sorted(dag.params)}"
+        )
+
+
 def shard_params() -> dict[str, Any]:
     """The shard-count params of every DAG that embeds (``recsys_pipeline``, ``refresh_embeddings``)."""
     from airflow.sdk import Param

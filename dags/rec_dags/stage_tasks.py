@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from rec_core.stages import Stage
 
-from .defaults import ASSET_URIS
+from .defaults import ASSET_URIS, refuse_unknown_conf
 
 
 def wire(stages: Sequence[Stage]) -> dict[str, Any]:
@@ -55,9 +55,16 @@ def _stage_task(stage: Stage) -> Any:
     outlets = [Asset(ASSET_URIS[stage.announces])] if unconditional else []
 
     @task(task_id=stage.name, outlets=outlets, multiple_outputs=bool(stage.provides), doc_md=stage.call)
-    def run(inputs: dict[str, Any], shard: int | None = None, params: dict | None = None) -> Any:
+    def run(
+        inputs: dict[str, Any],
+        shard: int | None = None,
+        params: dict | None = None,
+        dag_run: Any = None,
+        dag: Any = None,
+    ) -> Any:
         from rec_core.runtime import job_settings
 
+        refuse_unknown_conf(dag_run, dag)
         assert params is not None
         return stage.run(job_settings(), {**params, **inputs}, shard)
 
