@@ -15,6 +15,7 @@ from pathlib import Path
 from jobs.cli import settings_for
 from rec_core.data.lake import LakeError
 from rec_core.model.release import build_features
+from rec_core.settings import SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(args)
     try:
         print(build_features(settings, args.shards, args.shard))
-    except LakeError as exc:
+    except (LakeError, SettingsError) as exc:  # SettingsError: a REC_TEXT_MODEL found bad only when it loads
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

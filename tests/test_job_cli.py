@@ -65,19 +65,27 @@ def test_run_sets_up_logging_and_torch_threads_as_a_stage_does(tmp_path: Path) -
     assert '"published"' in done.stdout
 
 
-def test_a_stage_on_a_root_without_a_lake_says_so_and_creates_nothing(tmp_path: Path) -> None:
-    """It was a raw LakeError traceback, after creating the warehouse's lock under the mistyped root."""
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["jobs.pipeline", "--data-dir", "{data}", "stage", "rebuild_warehouse"], "error: no lake at"),
+        (["jobs.publish", "--data-dir", "{data}", "--rollback"], "error: nothing has been published under"),
+    ],
+)
+def test_a_command_on_a_mistyped_root_says_so_and_creates_nothing(tmp_path: Path, argv: list[str], says: str) -> None:
+    """The stage was a raw LakeError traceback, after creating the warehouse's lock under the mistyped root; the
+    rollback made snapshots/.lock there before saying there was nothing to roll back."""
     data = tmp_path / "typo"
     data.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.pipeline", "--data-dir", str(data), "stage", "rebuild_warehouse"],
+        [sys.executable, "-m", *(a.format(data=data) for a in argv)],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2 and done.stderr.startswith("error: no lake at"), done.stderr
+    assert done.returncode == 2 and done.stderr.startswith(says), done.stderr
     assert "Traceback" not in done.stderr and list(data.iterdir()) == []
 
 
@@ -96,3 +104,23 @@ def test_the_simulator_says_when_its_key_file_cannot_be_used(tmp_path: Path, key
         timeout=120,
     )
     assert done.returncode == 2 and "--api-key-file" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_build_features_names_a_text_model_it_cannot_load(tmp_path: Path) -> None:
+    """REC_TEXT_MODEL is checked when the encoder loads: build_features showed the SettingsError as a traceback."""
+    from rec_core.settings import Settings
+    from rec_core.synthetic.commit import generate_data
+
+    data = tmp_path / "data"
+    generate_data(Settings.load({}).override(data_dir=data), "tiny", seed=5)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.build_features", "--data-dir", str(data)],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "REC_TEXT_MODEL": "no-such-model"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "error: REC_TEXT_MODEL:" in done.stderr and "Traceback" not in done.stderr, (
+        done.stderr
+    )

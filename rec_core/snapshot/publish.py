@@ -145,6 +145,8 @@ def _began(snapshot_id: str) -> str:
 
 def rollback(paths: PathSettings) -> str:
     """Make the previously published snapshot live again (atomically); returns its id."""
+    if not paths.snapshots_dir.is_dir() and remote_snapshots(paths) is None:  # before a lock under a mistyped root
+        raise SnapshotError(f"nothing has been published under {paths.snapshots_dir}: there is nothing to roll back")
     with _locked(paths) as remote:
         live = _recover(paths, remote)
         if live is None:
