@@ -229,10 +229,13 @@ class InputRows:
         self.put(column, _text(raw))
         if not optional:
             self.drop(self.parsed(column).is_null(), EMPTY_ID, column)
-        # The API's rule, vectorised; stripping has already removed what it refuses at the ends.
-        self.drop(id_problems(self.parsed(column)) == TOO_LONG, ID_TOO_LONG, column)
-        self.drop(id_problems(self.parsed(column)) == APOSTROPHE, ID_APOSTROPHE, column)
-        self.drop(id_problems(self.parsed(column)).is_not_null(), ID_CONTROL, column)
+        # The API's rule, vectorised once (a row has one problem at most, so the order only names the reasons);
+        # stripping has already removed what it refuses at the ends.
+        problems = id_problems(self.parsed(column))
+        for problem, reason in ((TOO_LONG, ID_TOO_LONG), (APOSTROPHE, ID_APOSTROPHE), (None, ID_CONTROL)):
+            mask = problems.is_not_null() if problem is None else (problems == problem).fill_null(False)
+            self.drop(mask, reason, column)
+            problems = problems.filter(~mask)
 
     def check_ts(self, column: str, *, required: bool = False) -> None:
         raw = self.raw(column)
