@@ -29,7 +29,7 @@ from rec_core.snapshot.layout import MANIFEST_FILE, SnapshotError, begin_snapsho
 from rec_core.snapshot.model_copy import copy_model, model_file_names
 from rec_core.snapshot.publish import prune
 from rec_core.snapshot.rank_state import build_state, choose_ranker, write_rank_arrays, write_ranking
-from rec_core.snapshot.remote import remote_snapshots
+from rec_core.snapshot.remote import RemoteSnapshots, remote_snapshots
 from rec_core.storage.object_store import StoreError
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,12 @@ def latest_unpublished(paths: PathSettings) -> str:
     root = paths.snapshots_dir
     remote = remote_snapshots(paths)
     if remote is not None:  # the builds of every machine, not only this one's
-        candidates = [name for name in remote.ids() if (live is None or name > live) and not remote.validated(name)]
+        names = remote.ids()
     elif root.is_dir():
-        candidates = sorted(
-            p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("s") and not (p / MANIFEST_FILE).exists()
-        )
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("s"))
     else:
-        candidates = []
-    candidates = [c for c in candidates if live is None or c > live]
+        names = []
+    candidates = [name for name in names if (live is None or name > live) and not _validated(paths, remote, name)]
     if not candidates:
         raise SnapshotError("no snapshot in progress: run refresh_embeddings (or recsys_pipeline) first")
     return candidates[-1]
@@ -174,12 +172,18 @@ def resume(settings: Settings, *, snapshot_id: str | None) -> dict:
     API serving them (and after a manifest that then no longer matched)."""
     if snapshot_id is None:
         return {"snapshot_id": latest_unpublished(settings.paths)}
-    paths = snapshot_paths(settings.paths, snapshot_id)
-    remote = remote_snapshots(settings.paths)
-    validated = remote.validated(snapshot_id) if remote is not None else (paths.root / MANIFEST_FILE).exists()
+    snapshot_paths(settings.paths, snapshot_id)  # a malformed id is refused here, naming it
+    validated = _validated(settings.paths, remote_snapshots(settings.paths), snapshot_id)
     if validated or snapshot_id == live_snapshot_id(settings.paths):
         raise SnapshotError(
             f"snapshot {snapshot_id} is validated already (or live): its files stay as they are; "
             "leave snapshot_id empty to continue the newest one in progress, or build a new one"
         )
     return {"snapshot_id": snapshot_id}
+
+
+def _validated(paths: PathSettings, remote: RemoteSnapshots | None, snapshot_id: str) -> bool:
+    """Whether the snapshot has its manifest (on the store, where snapshots live there): its files are final."""
+    if remote is not None:
+        return remote.validated(snapshot_id)
+    return (paths.snapshots_dir / snapshot_id / MANIFEST_FILE).exists()
